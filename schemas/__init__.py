@@ -11,6 +11,7 @@ from .io import (
     write_parquet,
 )
 from .manifest import MANIFEST_NAME, RunManifest, ShardInfo
+from .manifests import FORMATS, ManifestRead, detect_format, read_manifest
 from .stories import StoryError, story_problems, validate_story, validate_story_row
 from .tables import (
     CLIP_STATUSES,
@@ -28,6 +29,10 @@ from .tables import (
 
 __all__ = [
     "CLIPS_SCHEMA",
+    "FORMATS",
+    "ManifestRead",
+    "detect_format",
+    "read_manifest",
     "CLIP_STATUSES",
     "DROPPED",
     "DROP_REASONS",

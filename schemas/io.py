@@ -90,7 +90,7 @@ def rows_to_table(
     name, schema = _schema(kind)
     rows = list(rows)
     if validate:
-        validate_rows(rows, schema)
+        validate_rows(rows, kind)
     columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
     table = pa.Table.from_pydict(columns, schema=schema)
     return table.replace_schema_metadata(_metadata(name))
