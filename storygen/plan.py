@@ -1,0 +1,469 @@
+"""The hierarchical plan of diffusion over diffusion: which model call makes which frames.
+
+With ``L`` frames per model call and depth ``m`` (the number of levels, which is also the number
+of sequential rounds), the regular structure makes ``N = (L − 1)^m + 1`` frames:
+
+* level 0 (global): one call makes ``L`` keyframes spread over the whole story, none given;
+* level j ≥ 1 (local): for every adjacent pair ``(a, b)`` of frames known after level j − 1 with
+  ``b − a > 1``, one call makes up to ``L − 2`` frames between them, given ``a`` and ``b``.
+
+For ``L = 16``: depth 1 → 16 frames (1 call), depth 2 → 226 frames (16 calls, 2 rounds),
+depth 3 → 3376 frames (241 calls, 3 rounds). All calls of one level are independent, so a level
+is one batch however many calls it holds.
+
+Other lengths use a policy:
+
+* ``"stretch"`` (default): positions are rounded linspaces at every level, so spacing is uneven
+  by at most one frame; every call still holds ≤ ``L`` frames. Level 0 always makes ``L``
+  keyframes over the whole story; below it each gap is split into the fewest parts that let
+  the remaining levels finish, which keeps the last level's calls full and the call count low
+  (1024 frames at L = 16: 1 + 15 + 75 = 91 calls in 3 rounds). Exactly ``N`` frames are
+  generated. When ``depth`` is larger than ``N`` needs, each level splits its gaps
+  geometrically (``≈ g^(1/r)`` parts for ``r`` levels left) so that every level does part of
+  the work.
+* ``"trim"``: the regular structure for ``(L − 1)^m + 1`` frames, keeping the first ``N``;
+  calls whose frames are all dropped (and not needed as ends by a kept call) are skipped.
+  ``Plan.generated_frames`` counts what the kept calls make; ``Plan.dropped`` lists the frames
+  beyond ``N`` that they make anyway.
+
+:func:`autoregressive_plan` lays out the sliding-window baseline as a plan of the same type
+(one call per level), so a benchmark runs both through the same executor and compares model
+calls and rounds on equal footing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .script import StoryScript
+
+__all__ = [
+    "POLICIES",
+    "Call",
+    "Level",
+    "Plan",
+    "autoregressive_plan",
+    "build_plan",
+    "depth_for",
+    "max_frames",
+    "plan_story",
+]
+
+POLICIES = ("stretch", "trim")
+#: the sliding-window baseline's policy name (see :func:`autoregressive_plan`)
+AUTOREGRESSIVE = "autoregressive"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One model call: the frames it outputs, which of them are given, and their prompts.
+
+    ``frames`` are output-frame indices, sorted; ``known[i]`` is True where ``frames[i]`` was
+    produced by an earlier level and is given to the model as a condition.
+    """
+
+    level: int
+    frames: tuple[int, ...]
+    known: tuple[bool, ...]
+    prompts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.known) != len(self.frames):
+            raise ValueError(
+                f"call at level {self.level}: {len(self.frames)} frames but "
+                f"{len(self.known)} known flags"
+            )
+        if self.prompts is not None and len(self.prompts) != len(self.frames):
+            raise ValueError(
+                f"call at level {self.level}: {len(self.frames)} frames but "
+                f"{len(self.prompts)} prompts"
+            )
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def new_frames(self) -> tuple[int, ...]:
+        """The frames this call generates (not given)."""
+        return tuple(f for f, k in zip(self.frames, self.known) if not k)
+
+    @property
+    def known_frames(self) -> tuple[int, ...]:
+        return tuple(f for f, k in zip(self.frames, self.known) if k)
+
+    @property
+    def key(self) -> str:
+        """A stable name for caching this call's output: level, first and last frame."""
+        return f"L{self.level}-{self.frames[0]:06d}-{self.frames[-1]:06d}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "frames": list(self.frames),
+            "known": list(self.known),
+            "prompts": None if self.prompts is None else list(self.prompts),
+        }
+
+
+@dataclass(frozen=True)
+class Level:
+    """The calls of one level (all independent) and the approximate frame spacing after it."""
+
+    index: int
+    calls: tuple[Call, ...]
+    spacing: float
+
+    @property
+    def new_frames(self) -> int:
+        return sum(len(c.new_frames) for c in self.calls)
+
+    @property
+    def max_call_frames(self) -> int:
+        return max((len(c) for c in self.calls), default=0)
+
+    @property
+    def min_call_frames(self) -> int:
+        return min((len(c) for c in self.calls), default=0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Levels of model calls producing ``num_frames`` output frames."""
+
+    num_frames: int
+    frames_per_call: int
+    depth: int
+    levels: tuple[Level, ...]
+    policy: str
+    prompts: tuple[str, ...] | None = None
+    generated_frames: int = 0
+    dropped: tuple[int, ...] = ()
+    fps: float | None = None
+    overlap: int | None = None
+
+    @property
+    def model_calls(self) -> int:
+        return sum(len(level.calls) for level in self.levels)
+
+    @property
+    def rounds(self) -> int:
+        """Sequential rounds: levels run one after another, calls inside a level in parallel."""
+        return len(self.levels)
+
+    @property
+    def calls(self) -> tuple[Call, ...]:
+        return tuple(c for level in self.levels for c in level.calls)
+
+    def frames_at_level(self, j: int) -> list[int]:
+        """Sorted indices known after level ``j`` (generated space; trim may exceed N)."""
+        if not 0 <= j < len(self.levels):
+            raise IndexError(f"level {j} out of range: the plan has {len(self.levels)} levels")
+        out: set[int] = set()
+        for level in self.levels[: j + 1]:
+            for call in level.calls:
+                out.update(call.new_frames)
+        return sorted(out)
+
+    def prompt_changes(self) -> list[tuple[int, str]]:
+        """``(frame, prompt)`` wherever the per-frame prompt changes (frame 0 included)."""
+        if not self.prompts:
+            return []
+        out = [(0, self.prompts[0])]
+        for i in range(1, len(self.prompts)):
+            if self.prompts[i] != self.prompts[i - 1]:
+                out.append((i, self.prompts[i]))
+        return out
+
+    def summary(self) -> str:
+        """A human-readable table of levels, calls and spacing."""
+        fps = self.fps
+        head = (
+            f"plan: {self.num_frames} frames"
+            + (f" ({self.num_frames / fps:.2f} s at {fps:g} fps)" if fps else "")
+            + f", {self.frames_per_call} frames per call, "
+            + (
+                f"sliding windows with overlap {self.overlap}"
+                if self.policy == AUTOREGRESSIVE
+                else f"depth {self.depth}, policy {self.policy}"
+            )
+        )
+        cols = ["level", "calls", "frames/call", "new frames", "spacing (frames)"]
+        if fps:
+            cols.append("spacing (s)")
+        rows = []
+        levels = self.levels
+        shown = levels
+        if self.policy == AUTOREGRESSIVE and len(levels) > 8:
+            shown = (*levels[:3], *levels[-2:])
+        for level in shown:
+            lo, hi = level.min_call_frames, level.max_call_frames
+            row = [
+                str(level.index),
+                str(len(level.calls)),
+                f"{lo}" if lo == hi else f"{lo}–{hi}",
+                str(level.new_frames),
+                f"{level.spacing:.2f}",
+            ]
+            if fps:
+                row.append(f"{level.spacing / fps:.3f}")
+            rows.append(row)
+        if shown is not levels:
+            rows.insert(3, ["…"] * len(cols))
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+
+        def fmt(r: Sequence[str]) -> str:
+            return "  ".join(v.rjust(w) for v, w in zip(r, widths)).rstrip()
+
+        lines = [head, fmt(cols), fmt(["-" * w for w in widths])]
+        lines += [fmt(r) for r in rows]
+        tail = (
+            f"total: {self.model_calls} model calls in {self.rounds} sequential rounds; "
+            f"{self.generated_frames} frames generated for {self.num_frames} kept"
+        )
+        if self.dropped:
+            tail += f" ({len(self.dropped)} dropped by trimming)"
+        lines.append(tail)
+        return "\n".join(lines)
+
+    def to_dict(self, *, calls: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "num_frames": self.num_frames,
+            "frames_per_call": self.frames_per_call,
+            "depth": self.depth,
+            "policy": self.policy,
+            "fps": self.fps,
+            "overlap": self.overlap,
+            "model_calls": self.model_calls,
+            "rounds": self.rounds,
+            "generated_frames": self.generated_frames,
+            "dropped": list(self.dropped),
+            "levels": [
+                {
+                    "index": lv.index,
+                    "calls": len(lv.calls),
+                    "min_frames_per_call": lv.min_call_frames,
+                    "max_frames_per_call": lv.max_call_frames,
+                    "new_frames": lv.new_frames,
+                    "spacing_frames": lv.spacing,
+                    "spacing_s": None if not self.fps else lv.spacing / self.fps,
+                }
+                for lv in self.levels
+            ],
+            "prompt_changes": [{"frame": f, "prompt": p} for f, p in self.prompt_changes()],
+        }
+        if calls:
+            out["calls"] = [c.to_dict() for c in self.calls]
+        return out
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(**kwargs), indent=2, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------- arithmetic
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def max_frames(frames_per_call: int, depth: int) -> int:
+    """Frames the regular structure makes: ``(L − 1)^m + 1`` (``L`` for depth 1)."""
+    _check_int("frames_per_call", frames_per_call, 3)
+    _check_int("depth", depth, 1)
+    return (frames_per_call - 1) ** depth + 1
+
+
+def depth_for(num_frames: int, frames_per_call: int) -> int:
+    """The smallest depth ``m ≥ 1`` with ``(L − 1)^m + 1 ≥ num_frames``."""
+    _check_int("num_frames", num_frames, 1)
+    _check_int("frames_per_call", frames_per_call, 3)
+    m = 1
+    while max_frames(frames_per_call, m) < num_frames:
+        m += 1
+    return m
+
+
+def _int_root_ceil(g: int, r: int) -> int:
+    """The smallest s with s**r >= g (exact integer arithmetic)."""
+    s = max(1, int(round(g ** (1.0 / r))))
+    while s**r < g:
+        s += 1
+    while s > 1 and (s - 1) ** r >= g:
+        s -= 1
+    return s
+
+
+def _split(a: int, b: int, parts: int) -> list[int]:
+    """``parts + 1`` evenly spaced, rounded, unique positions from a to b inclusive."""
+    g = b - a
+    return sorted({a + round(k * g / parts) for k in range(parts + 1)})
+
+
+def _parts(g: int, levels_left: int, L: int, balanced: bool, *, first: bool = False) -> int:
+    """How many sub-gaps a gap of ``g`` frames is split into at this level.
+
+    The global level uses all ``L`` frames (it is the only call that sees the whole story).
+    Below it a gap gets the fewest parts that still let the levels left finish it, so the
+    calls of the last level are as full as they can be and the call count stays low: 91 calls
+    for 1024 frames at L = 16 instead of 241 with every level split ``L − 1`` ways. With
+    ``balanced`` (more levels than the length needs) each level takes about ``g^(1/r)``.
+    """
+    cap = min(L - 1, g)
+    needed = math.ceil(g / (L - 1) ** (levels_left - 1))  # so later levels can still finish
+    if balanced:
+        return min(cap, max(needed, _int_root_ceil(g, levels_left)))
+    return cap if first else min(cap, needed)
+
+
+def _spacing(known: Sequence[int]) -> float:
+    return (known[-1] - known[0]) / (len(known) - 1) if len(known) > 1 else 1.0
+
+
+def _hierarchy(n: int, L: int, depth: int, balanced: bool) -> list[Level]:
+    """Levels over frames 0..n−1 (n ≤ (L−1)^depth + 1), every frame produced exactly once."""
+    if n <= 2 or (n <= L and not balanced):
+        frames = tuple(range(n))
+        call = Call(0, frames, (False,) * n)
+        return [Level(0, (call,), 1.0)]
+    first = _split(0, n - 1, _parts(n - 1, depth, L, balanced, first=True))
+    levels = [Level(0, (Call(0, tuple(first), (False,) * len(first)),), _spacing(first))]
+    known = first
+    for j in range(1, depth):
+        calls = []
+        next_known: list[int] = [known[0]]
+        for a, b in zip(known, known[1:]):
+            if b - a > 1:
+                frames = _split(a, b, _parts(b - a, depth - j, L, balanced))
+                flags = tuple(f in (a, b) for f in frames)
+                calls.append(Call(j, tuple(frames), flags))
+                next_known.extend(frames[1:])
+            else:
+                next_known.append(b)
+        if not calls:
+            break
+        known = next_known
+        levels.append(Level(j, tuple(calls), _spacing(known)))
+    if len(known) != n:  # guarded by the feasibility check in build_plan
+        raise AssertionError(f"plan left {n - len(known)} of {n} frames ungenerated")
+    return levels
+
+
+def build_plan(
+    num_frames: int,
+    *,
+    frames_per_call: int = 16,
+    depth: int | None = None,
+    policy: str = "stretch",
+) -> Plan:
+    """The hierarchical plan for ``num_frames`` frames (see the module docstring)."""
+    n = _check_int("num_frames", num_frames, 1)
+    L = _check_int("frames_per_call", frames_per_call, 3)
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    need = depth_for(n, L)
+    if depth is None:
+        depth = need
+    _check_int("depth", depth, 1)
+    if max_frames(L, depth) < n:
+        raise ValueError(
+            f"depth {depth} with {L} frames per call makes at most {max_frames(L, depth)} "
+            f"frames, fewer than num_frames={n}; use depth >= {need} or more frames per call"
+        )
+
+    if policy == "stretch":
+        levels = _hierarchy(n, L, depth, balanced=depth > need)
+        return Plan(n, L, len(levels), tuple(levels), policy, None, n)
+
+    # trim: the regular structure over g frames, keeping only the calls the first n need
+    g = max_frames(L, depth)
+    full = _hierarchy(g, L, depth, balanced=False)
+    needed = set(range(n))
+    kept_rev: list[Level] = []
+    for level in reversed(full):
+        calls = tuple(c for c in level.calls if needed.intersection(c.new_frames))
+        for c in calls:
+            needed.update(c.known_frames)
+        kept_rev.append(replace(level, calls=calls))
+    kept = [lv for lv in reversed(kept_rev) if lv.calls]
+    produced = sorted({f for lv in kept for c in lv.calls for f in c.new_frames})
+    dropped = tuple(f for f in produced if f >= n)
+    return Plan(n, L, len(kept), tuple(kept), policy, None, len(produced), dropped)
+
+
+def autoregressive_plan(num_frames: int, *, frames_per_call: int = 16, overlap: int = 1) -> Plan:
+    """Sliding windows of ``L`` frames, each given the last ``overlap`` frames of the one before.
+
+    Every window is one level with one call, so ``rounds == model_calls``: nothing runs in
+    parallel. The last window is shifted back to end on the last frame (it keeps ``L`` frames
+    and is given more than ``overlap`` of them) so every call has the model's native length.
+    """
+    n = _check_int("num_frames", num_frames, 1)
+    L = _check_int("frames_per_call", frames_per_call, 2)
+    _check_int("overlap", overlap, 1)
+    if overlap >= L:
+        raise ValueError(f"overlap must be smaller than frames_per_call={L}, got {overlap!r}")
+    levels: list[Level] = []
+    first = tuple(range(min(n, L)))
+    levels.append(Level(0, (Call(0, first, (False,) * len(first)),), 1.0))
+    done = len(first)
+    while done < n:
+        start = max(0, min(done - overlap, n - L))
+        frames = tuple(range(start, min(start + L, n)))
+        j = len(levels)
+        levels.append(Level(j, (Call(j, frames, tuple(f < done for f in frames)),), 1.0))
+        done = frames[-1] + 1
+    return Plan(n, L, len(levels), tuple(levels), AUTOREGRESSIVE, None, n, overlap=overlap)
+
+
+def with_prompts(plan: Plan, prompts: Sequence[str], *, fps: float | None = None) -> Plan:
+    """``plan`` with per-frame prompts on the plan and on every call.
+
+    Frames past the end (trim) take the last prompt.
+    """
+    prompts = tuple(prompts)
+    if len(prompts) != plan.num_frames:
+        raise ValueError(f"got {len(prompts)} prompts for a plan of {plan.num_frames} frames")
+
+    def at(f: int) -> str:
+        return prompts[min(f, len(prompts) - 1)]
+
+    levels = tuple(
+        replace(
+            lv,
+            calls=tuple(replace(c, prompts=tuple(at(f) for f in c.frames)) for c in lv.calls),
+        )
+        for lv in plan.levels
+    )
+    return replace(plan, levels=levels, prompts=prompts, fps=fps if fps else plan.fps)
+
+
+def plan_story(
+    script: StoryScript,
+    *,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    frames_per_call: int = 16,
+    depth: int | None = None,
+    policy: str = "stretch",
+    gaps: str = "hold",
+    overlap: int = 1,
+) -> Plan:
+    """The plan for a script at ``fps`` (default: the script's), with per-frame prompts.
+
+    ``num_frames`` defaults to ``round(duration × fps)``; ``policy`` may also be
+    ``"autoregressive"`` (sliding windows with ``overlap``), for comparison.
+    """
+    fps_used = script._fps(fps)
+    prompts = script.prompts_per_frame(fps_used, num_frames=num_frames, gaps=gaps)
+    if policy == AUTOREGRESSIVE:
+        if depth is not None:
+            raise ValueError(f"depth does not apply to the {AUTOREGRESSIVE!r} policy")
+        plan = autoregressive_plan(len(prompts), frames_per_call=frames_per_call, overlap=overlap)
+    else:
+        plan = build_plan(len(prompts), frames_per_call=frames_per_call, depth=depth, policy=policy)
+    return with_prompts(plan, prompts, fps=fps_used)
