@@ -1,0 +1,466 @@
+"""Caption–frame agreement with any Hugging Face CLIP checkpoint.
+
+:class:`ClipScorer` loads a ``transformers.CLIPModel`` with its tokenizer and image
+preprocessing config from a local folder (or a hub id where the hub is reachable) and exposes
+the batched pure functions the Beam pipeline wraps in ``RunInference``:
+
+- :meth:`ClipScorer.embed_images` — ``(N, H, W, 3) uint8`` frames → ``(N, D)`` float32, unit norm
+- :meth:`ClipScorer.embed_texts` — ``list[str]`` → ``(N, D)`` float32, unit norm (LRU-cached)
+- :meth:`ClipScorer.score_record` — a clip record with sampled ``frames`` → the same record
+  with ``caption_score``, ``frame_scores`` and ``embedding`` filled in
+
+The caption score of a scene is the cosine between the caption and each sampled frame,
+aggregated over frames (mean, min, max or median). A source caption that narrates several
+events ("a red circle ..., then a blue square ...") only describes one of them per scene, so
+by default each scene is scored against the caption fragment that fits it best (the whole
+caption is one of the candidates).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.tables import DROPPED
+
+from .errors import ModelFolderError
+from .step import Step, check_choice, check_positive
+from .text import clean_caption, truncate_to_tokens
+
+logger = logging.getLogger(__name__)
+
+#: the shipped shapes-world CLIP; the folder lives at the repository root, next to ``curate/``
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "shapes-clip"
+
+AGGREGATES = ("mean", "min", "max", "median")
+CAPTION_MODES = ("best_fragment", "whole")
+DTYPES = ("float32", "bfloat16", "float16")
+
+#: keys a scored record carries between steps that are not columns of the clips table
+TRANSIENT_KEYS = ("frames", "frame_indices", "frame_embeddings", "caption_note", "fragment")
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def check_model_folder(path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` is a complete CLIP folder; raise :class:`ModelFolderError` if not.
+
+    The message names the first missing file: ``config.json``, the weights
+    (``model.safetensors`` or ``pytorch_model.bin``), the tokenizer files (``tokenizer.json``,
+    or ``vocab.json`` + ``merges.txt``) or ``preprocessor_config.json``.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        hint = ""
+        if folder.resolve() == DEFAULT_MODEL:
+            hint = "; the shipped model is built by `make train-clip`"
+        raise ModelFolderError(f"model folder does not exist{hint}", uri=str(folder))
+    if not folder.is_dir():
+        raise ModelFolderError("model path is not a folder", uri=str(folder))
+    missing: list[str] = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any((folder / w).is_file() for w in WEIGHT_FILES):
+        missing.append("model.safetensors (or pytorch_model.bin)")
+    has_fast = (folder / "tokenizer.json").is_file()
+    has_slow = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not (has_fast or has_slow):
+        missing.append("tokenizer.json (or vocab.json + merges.txt)")
+    if not (folder / "preprocessor_config.json").is_file():
+        missing.append("preprocessor_config.json")
+    if missing:
+        raise ModelFolderError(
+            f"incomplete model folder: missing {', '.join(missing)}", uri=str(folder)
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"config.json is not valid JSON: {exc}", uri=str(folder)) from None
+    if "vision_config" not in config or "text_config" not in config:
+        raise ModelFolderError(
+            "config.json is not a CLIP config (no vision_config / text_config)", uri=str(folder)
+        )
+    return folder
+
+
+def resolve_model(model: str | os.PathLike[str]) -> str:
+    """A checked local folder, or a hub id (``org/name`` that is not an existing path)."""
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    looks_like_hub_id = (
+        not path.exists()
+        and text.count("/") == 1
+        and not text.startswith((".", "/", "~"))
+        and not text.endswith("/")
+    )
+    if looks_like_hub_id:
+        return text
+    return str(check_model_folder(path))
+
+
+def aggregate_scores(scores: np.ndarray, how: str) -> float:
+    check_choice("aggregate", how, AGGREGATES)
+    if scores.size == 0:
+        raise ValueError("cannot aggregate an empty score list")
+    fn = {"mean": np.mean, "min": np.min, "max": np.max, "median": np.median}[how]
+    return float(fn(scores))
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+class ClipScorer(Step[dict, dict]):
+    """Score clip captions against their sampled frames with a CLIP model.
+
+    Settings (keyword-only): ``model`` (folder or hub id, default the shipped shapes-world
+    CLIP), ``device`` ("cpu", "cuda", "cuda:1"), ``dtype`` ("float32"; "bfloat16" / "float16"
+    on CUDA), ``batch_size`` (frames per forward pass), ``aggregate`` (over frames),
+    ``caption_mode`` ("best_fragment" or "whole"), ``text_cache_size`` (distinct texts whose
+    embeddings are kept), ``num_threads`` (torch CPU threads; ``None`` leaves torch's default).
+    """
+
+    stage = "clip-score"
+
+    def __init__(
+        self,
+        *,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 64,
+        aggregate: str = "mean",
+        caption_mode: str = "best_fragment",
+        text_cache_size: int = 4096,
+        num_threads: int | None = None,
+    ) -> None:
+        if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        check_choice("dtype", dtype, DTYPES)
+        if dtype != "float32" and device == "cpu":
+            raise ValueError(f"dtype {dtype!r} needs a CUDA device; use float32 on the CPU")
+        check_positive("batch_size", batch_size)
+        check_choice("aggregate", aggregate, AGGREGATES)
+        check_choice("caption_mode", caption_mode, CAPTION_MODES)
+        check_positive("text_cache_size", text_cache_size, allow_zero=True)
+        if num_threads is not None:
+            check_positive("num_threads", num_threads)
+        self.model_path = os.fspath(model)
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self.aggregate = aggregate
+        self.caption_mode = caption_mode
+        self.text_cache_size = int(text_cache_size)
+        self.num_threads = num_threads
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # --- loading ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoTokenizer, CLIPModel
+
+        source = resolve_model(self.model_path)
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelFolderError("device is CUDA but no CUDA device is available", uri=source)
+        torch_dtype = getattr(torch, self.dtype)
+        try:
+            model = CLIPModel.from_pretrained(source, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            preprocess = self._read_preprocessor_config(source)
+        except ModelFolderError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelFolderError(f"cannot load CLIP model: {exc}", uri=source) from exc
+        self._model = model.to(self.device).eval()
+        self._tokenizer = tokenizer
+        self._torch = torch
+        self._torch_dtype = torch_dtype
+        self._configure_preprocessing(preprocess)
+        max_pos = int(model.config.text_config.max_position_embeddings)
+        tok_max = int(getattr(tokenizer, "model_max_length", max_pos) or max_pos)
+        self.max_text_tokens = min(max_pos, tok_max)
+        logger.info(
+            "loaded CLIP %s on %s (%s): %.1f M parameters, input %sx%s, embedding %s",
+            source,
+            self.device,
+            self.dtype,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            self.input_size[0],
+            self.input_size[1],
+            self.embedding_dim,
+        )
+
+    def teardown(self) -> None:
+        self._model = None
+        self._tokenizer = None
+        self._text_cache.clear()
+
+    @staticmethod
+    def _read_preprocessor_config(source: str) -> dict[str, Any]:
+        local = Path(source) / "preprocessor_config.json"
+        if local.is_file():
+            return json.loads(local.read_text())
+        from transformers.utils import cached_file
+
+        return json.loads(Path(cached_file(source, "preprocessor_config.json")).read_text())
+
+    def _configure_preprocessing(self, cfg: Mapping[str, Any]) -> None:
+        """Read CLIP's preprocessing (resize shortest edge, centre crop, rescale, normalise)."""
+        image_size = int(self._model.config.vision_config.image_size)
+        crop = cfg.get("crop_size", image_size)
+        if isinstance(crop, Mapping):
+            crop_hw = (int(crop["height"]), int(crop["width"]))
+        else:
+            crop_hw = (int(crop), int(crop))
+        size = cfg.get("size", crop_hw[0])
+        if isinstance(size, Mapping):
+            shortest = int(size.get("shortest_edge", min(size.get("height", 0), size.get("width", 0))))
+        else:
+            shortest = int(size)
+        self._do_resize = bool(cfg.get("do_resize", True))
+        self._shortest_edge = shortest
+        self._do_crop = bool(cfg.get("do_center_crop", True))
+        self._crop_hw = crop_hw if self._do_crop else (image_size, image_size)
+        self._rescale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
+        mean = cfg.get("image_mean", [0.48145466, 0.4578275, 0.40821073])
+        std = cfg.get("image_std", [0.26862954, 0.26130258, 0.27577711])
+        if not cfg.get("do_normalize", True):
+            mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+        torch = self._torch
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    def _require(self) -> None:
+        if self._model is None:
+            raise RuntimeError("ClipScorer.setup() must be called before use (or use `with`)")
+
+    # --- properties the sampler and pipeline read ---------------------------------------------
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` the model sees; sampling frames at this size skips a resize."""
+        self._require()
+        return self._crop_hw
+
+    @property
+    def embedding_dim(self) -> int:
+        self._require()
+        return int(self._model.config.projection_dim)
+
+    # --- batched pure functions ----------------------------------------------------------------
+
+    def preprocess(self, frames: np.ndarray):
+        """``(N, H, W, 3)`` uint8 → ``(N, 3, h, w)`` normalised pixel tensor on the device."""
+        self._require()
+        torch = self._torch
+        import torch.nn.functional as F
+        from einops import rearrange
+
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be (N, H, W, 3), got shape {frames.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = rearrange(x, "n h w c -> n c h w").float()
+        h, w = x.shape[-2:]
+        if self._do_resize and min(h, w) != self._shortest_edge:
+            scale = self._shortest_edge / min(h, w)
+            new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp(0, 255)
+        ch, cw = self._crop_hw
+        h, w = x.shape[-2:]
+        if (h, w) != (ch, cw):
+            if h < ch or w < cw:  # as the HF processors do: pad a too-small image, then crop
+                ph, pw = max(0, ch - h), max(0, cw - w)
+                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+                h, w = x.shape[-2:]
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[:, :, top : top + ch, left : left + cw]
+        x = (x * self._rescale - self._mean) / self._std
+        return x.to(self._torch_dtype)
+
+    def embed_images(self, frames: np.ndarray) -> np.ndarray:
+        """Unit-norm image embeddings, ``(N, H, W, 3)`` uint8 → ``(N, D)`` float32."""
+        self._require()
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8, got {frames.dtype}")
+        if len(frames) == 0:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        out = []
+        with self._torch.inference_mode():
+            for i in range(0, len(frames), self.batch_size):
+                pixels = self.preprocess(frames[i : i + self.batch_size])
+                feats = self._model.get_image_features(pixel_values=pixels)
+                out.append(_features(feats).float().cpu().numpy())
+        return _l2_normalize(np.concatenate(out))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm text embeddings, ``list[str]`` → ``(N, D)`` float32.
+
+        Texts are truncated at the model's context length (77 tokens for CLIP); embeddings of
+        distinct texts are cached (least recently used out first).
+        """
+        self._require()
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        todo = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        self.cache_hits += len(texts) - len(todo)
+        self.cache_misses += len(todo)
+        fresh: dict[str, np.ndarray] = {}
+        with self._torch.inference_mode():
+            for i in range(0, len(todo), self.batch_size):
+                chunk = todo[i : i + self.batch_size]
+                enc = self._tokenizer(
+                    chunk,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_text_tokens,
+                    return_tensors="pt",
+                ).to(self.device)
+                feats = self._model.get_text_features(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                )
+                emb = _l2_normalize(_features(feats).float().cpu().numpy())
+                fresh.update(zip(chunk, emb))
+        rows = []
+        for t in texts:
+            vec = fresh.get(t)
+            if vec is None:
+                vec = self._text_cache[t]
+                self._text_cache.move_to_end(t)
+            rows.append(vec)
+        if self.text_cache_size:
+            for t, vec in fresh.items():
+                self._text_cache[t] = vec
+                self._text_cache.move_to_end(t)
+            while len(self._text_cache) > self.text_cache_size:
+                self._text_cache.popitem(last=False)
+        return np.stack(rows).astype(np.float32)
+
+    def truncate_caption(self, text: str) -> tuple[str, bool]:
+        """The part of ``text`` the model reads, and whether anything was cut."""
+        self._require()
+        return truncate_to_tokens(text, self._tokenizer, self.max_text_tokens)
+
+    def frame_scores(self, frame_embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """Cosine of every text with every frame: ``(T, N)``."""
+        return self.embed_texts(texts) @ np.asarray(frame_embeddings, np.float32).T
+
+    # --- records -------------------------------------------------------------------------------
+
+    def score_record(self, record: Mapping[str, Any], frame_embeddings: np.ndarray | None = None) -> dict:
+        """Fill ``caption_score``, ``frame_scores``, ``embedding`` and ``frame_embeddings``.
+
+        ``record["frames"]`` holds the sampled frames (unless ``frame_embeddings`` is given,
+        as when the pipeline computed them in a batched ``RunInference`` step). A record
+        without a usable caption still gets its embedding (dedup and re-captioning need it)
+        and is left with ``caption_score`` null.
+        """
+        from .recaption import split_caption  # the fragment grammar lives with re-captioning
+
+        out = dict(record)
+        if frame_embeddings is None:
+            frames = out.get("frames")
+            if frames is None or len(frames) == 0:
+                raise ValueError(
+                    f"clip {out.get('clip_id')!r} has no sampled frames to score"
+                )
+            frame_embeddings = self.embed_images(np.asarray(frames))
+        frame_embeddings = np.asarray(frame_embeddings, np.float32)
+        out["frame_embeddings"] = frame_embeddings
+        out["embedding"] = _l2_normalize(frame_embeddings.mean(axis=0)).tolist()
+
+        caption = out.get("source_caption")
+        usable = caption and not (
+            out.get("status") == DROPPED and out.get("reason") in ("empty_caption", "invalid_caption")
+        )
+        if not usable:
+            out["caption_score"] = None
+            out["frame_scores"] = None
+            return out
+        cleaned = clean_caption(caption)
+        if not cleaned.ok:
+            out["caption_score"] = None
+            out["frame_scores"] = None
+            if out.get("status") != DROPPED:
+                out["status"], out["reason"] = DROPPED, cleaned.reason
+            out["caption_note"] = cleaned.note
+            return out
+        text, truncated = self.truncate_caption(cleaned.text)
+        if truncated:
+            out["caption_note"] = (
+                f"caption of {len(cleaned.text)} characters truncated to the model's "
+                f"{self.max_text_tokens} tokens ({len(text)} characters scored)"
+            )
+        candidates = [text]
+        if self.caption_mode == "best_fragment":
+            candidates += [f for f in split_caption(text) if f != text]
+        sims = self.frame_scores(frame_embeddings, candidates)  # (T, N)
+        agg = np.array([aggregate_scores(row, self.aggregate) for row in sims])
+        best = int(np.argmax(agg))
+        out["caption_score"] = float(agg[best])
+        out["frame_scores"] = sims[best].astype(np.float32).tolist()
+        out["fragment"] = candidates[best]
+        return out
+
+    def process(self, record: Mapping[str, Any]) -> Iterator[dict]:
+        self._require()
+        yield self.score_record(record)
+
+    def process_all(self, records: Iterable[Mapping[str, Any]]) -> Iterator[dict]:
+        """Score many records, embedding their frames in shared batches."""
+        self._require()
+        batch: list[Mapping[str, Any]] = []
+        n_frames = 0
+        for record in records:
+            batch.append(record)
+            n_frames += _num_frames(record)
+            if n_frames >= self.batch_size:
+                yield from self._score_batch(batch)
+                batch, n_frames = [], 0
+        if batch:
+            yield from self._score_batch(batch)
+
+    def _score_batch(self, records: list[Mapping[str, Any]]) -> Iterator[dict]:
+        sizes = [_num_frames(r) for r in records]
+        stacked = [np.asarray(r["frames"]) for r, n in zip(records, sizes) if n]
+        # frames of one batch may differ in size (videos of different resolutions)
+        if stacked and len({f.shape[1:] for f in stacked}) == 1:
+            embs = self.embed_images(np.concatenate(stacked))
+            splits = np.split(embs, np.cumsum([n for n in sizes if n])[:-1])
+        else:
+            splits = [self.embed_images(f) for f in stacked]
+        it = iter(splits)
+        for record, n in zip(records, sizes):
+            yield self.score_record(record, next(it) if n else None)
+
+
+def _num_frames(record: Mapping[str, Any]) -> int:
+    frames = record.get("frames")
+    return 0 if frames is None else len(frames)
+
+
+def _features(out: Any):
+    """The projected embedding of ``get_*_features`` (a tensor, or ``.pooler_output`` in v5)."""
+    if hasattr(out, "pooler_output") and not hasattr(out, "shape"):
+        return out.pooler_output
+    return out
