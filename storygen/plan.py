@@ -320,36 +320,43 @@ def _parts(g: int, levels_left: int, L: int, balanced: bool, *, first: bool = Fa
     return cap if first else min(cap, needed)
 
 
-def _spacing(known: Sequence[int]) -> float:
-    return (known[-1] - known[0]) / (len(known) - 1) if len(known) > 1 else 1.0
+def _spacing(calls: Sequence[Call]) -> float:
+    """Mean distance between neighbouring frames inside the calls of a level."""
+    steps = [(c.frames[-1] - c.frames[0]) / (len(c) - 1) for c in calls if len(c) > 1]
+    return sum(steps) / len(steps) if steps else 1.0
 
 
-def _hierarchy(n: int, L: int, depth: int, balanced: bool) -> list[Level]:
-    """Levels over frames 0..n−1 (n ≤ (L−1)^depth + 1), every frame produced exactly once."""
-    if n <= 2 or (n <= L and not balanced):
-        frames = tuple(range(n))
-        call = Call(0, frames, (False,) * n)
+def _hierarchy(total: int, L: int, depth: int, balanced: bool, keep: int) -> list[Level]:
+    """Levels over frames ``0 .. total − 1`` (``total ≤ (L−1)^depth + 1``).
+
+    Every frame below ``keep`` is produced exactly once; a gap is only filled when it holds a
+    frame below ``keep`` (so trimming never builds the calls it would throw away).
+    """
+    if total <= 2 or (total <= L and not balanced):
+        call = Call(0, tuple(range(total)), (False,) * total)
         return [Level(0, (call,), 1.0)]
-    first = _split(0, n - 1, _parts(n - 1, depth, L, balanced, first=True))
-    levels = [Level(0, (Call(0, tuple(first), (False,) * len(first)),), _spacing(first))]
+    first = _split(0, total - 1, _parts(total - 1, depth, L, balanced, first=True))
+    calls = (Call(0, tuple(first), (False,) * len(first)),)
+    levels = [Level(0, calls, _spacing(calls))]
     known = first
     for j in range(1, depth):
-        calls = []
+        new_calls = []
         next_known: list[int] = [known[0]]
         for a, b in zip(known, known[1:]):
-            if b - a > 1:
+            if b - a > 1 and a < keep - 1:
                 frames = _split(a, b, _parts(b - a, depth - j, L, balanced))
                 flags = tuple(f in (a, b) for f in frames)
-                calls.append(Call(j, tuple(frames), flags))
+                new_calls.append(Call(j, tuple(frames), flags))
                 next_known.extend(frames[1:])
             else:
                 next_known.append(b)
-        if not calls:
+        if not new_calls:
             break
         known = next_known
-        levels.append(Level(j, tuple(calls), _spacing(known)))
-    if len(known) != n:  # guarded by the feasibility check in build_plan
-        raise AssertionError(f"plan left {n - len(known)} of {n} frames ungenerated")
+        levels.append(Level(j, tuple(new_calls), _spacing(new_calls)))
+    missing = keep - len([f for f in known if f < keep])
+    if missing:  # guarded by the feasibility check in build_plan
+        raise AssertionError(f"plan left {missing} of {keep} frames ungenerated")
     return levels
 
 
@@ -376,23 +383,14 @@ def build_plan(
         )
 
     if policy == "stretch":
-        levels = _hierarchy(n, L, depth, balanced=depth > need)
+        levels = _hierarchy(n, L, depth, balanced=depth > need, keep=n)
         return Plan(n, L, len(levels), tuple(levels), policy, None, n)
 
-    # trim: the regular structure over g frames, keeping only the calls the first n need
-    g = max_frames(L, depth)
-    full = _hierarchy(g, L, depth, balanced=False)
-    needed = set(range(n))
-    kept_rev: list[Level] = []
-    for level in reversed(full):
-        calls = tuple(c for c in level.calls if needed.intersection(c.new_frames))
-        for c in calls:
-            needed.update(c.known_frames)
-        kept_rev.append(replace(level, calls=calls))
-    kept = [lv for lv in reversed(kept_rev) if lv.calls]
-    produced = sorted({f for lv in kept for c in lv.calls for f in c.new_frames})
+    # trim: the regular structure over (L-1)^depth + 1 frames, built only where frames < n lie
+    levels = _hierarchy(max_frames(L, depth), L, depth, balanced=False, keep=n)
+    produced = sorted({f for lv in levels for c in lv.calls for f in c.new_frames})
     dropped = tuple(f for f in produced if f >= n)
-    return Plan(n, L, len(kept), tuple(kept), policy, None, len(produced), dropped)
+    return Plan(n, L, len(levels), tuple(levels), policy, None, len(produced), dropped)
 
 
 def autoregressive_plan(num_frames: int, *, frames_per_call: int = 16, overlap: int = 1) -> Plan:

@@ -1,0 +1,252 @@
+"""The hierarchical plan: arithmetic as properties, the paper's regular structure, prompts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storygen.plan import (
+    Call,
+    Plan,
+    autoregressive_plan,
+    build_plan,
+    depth_for,
+    max_frames,
+    plan_story,
+)
+from storygen.script import Segment, StoryScript
+
+
+def check_plan(plan: Plan) -> None:
+    """The invariants every executable plan keeps."""
+    L = plan.frames_per_call
+    produced_at: dict[int, int] = {}
+    for j, level in enumerate(plan.levels):
+        assert level.index == j
+        assert level.calls, f"level {j} is empty"
+        new_this_level: set[int] = set()
+        for call in level.calls:
+            assert call.level == j
+            assert 1 <= len(call.frames) <= L
+            assert list(call.frames) == sorted(set(call.frames))
+            assert len(call.known) == len(call.frames)
+            for f, known in zip(call.frames, call.known):
+                if known:  # given frames come from an earlier level
+                    assert f in produced_at and produced_at[f] < j, (j, f)
+                else:  # calls of one level are disjoint in what they generate
+                    assert f not in produced_at and f not in new_this_level, (j, f)
+                    new_this_level.add(f)
+        for f in new_this_level:
+            produced_at[f] = j
+        if j in (0, len(plan.levels) // 2, len(plan.levels) - 1):
+            assert plan.frames_at_level(j) == sorted(produced_at)
+    # every output frame exactly once (trim may make a few more, all beyond the end)
+    assert set(range(plan.num_frames)) <= set(produced_at)
+    extra = sorted(set(produced_at) - set(range(plan.num_frames)))
+    assert extra == list(plan.dropped)
+    assert plan.generated_frames == len(produced_at)
+    assert plan.rounds == len(plan.levels) == plan.depth
+    assert plan.model_calls == sum(len(lv.calls) for lv in plan.levels)
+
+
+# --------------------------------------------------------------------------- arithmetic
+@pytest.mark.parametrize(
+    ("L", "m", "n"), [(16, 1, 16), (16, 2, 226), (16, 3, 3376), (8, 2, 50), (3, 4, 17)]
+)
+def test_max_frames_and_depth_for(L, m, n):
+    assert max_frames(L, m) == n
+    assert depth_for(n, L) == m
+    assert depth_for(n + 1, L) == m + 1
+
+
+@pytest.mark.parametrize("policy", ["stretch", "trim"])
+@pytest.mark.parametrize(("L", "m"), [(16, 1), (16, 2), (16, 3), (4, 3), (5, 4), (3, 5)])
+def test_regular_lengths_give_the_papers_structure(L, m, policy):
+    n = (L - 1) ** m + 1
+    plan = build_plan(n, frames_per_call=L, policy=policy)
+    check_plan(plan)
+    assert plan.depth == plan.rounds == m
+    assert [len(lv.calls) for lv in plan.levels] == [(L - 1) ** j for j in range(m)]
+    assert plan.model_calls == sum((L - 1) ** j for j in range(m))
+    assert plan.generated_frames == n and plan.dropped == ()
+    for j, level in enumerate(plan.levels):
+        step = (L - 1) ** (m - 1 - j)
+        assert level.spacing == step
+        for call in level.calls:
+            assert len(call.frames) == L
+            # evenly spaced: a call spans (L - 1) steps of this level's spacing
+            assert [b - a for a, b in zip(call.frames, call.frames[1:])] == [step] * (L - 1)
+            if j == 0:
+                assert not any(call.known)
+            else:
+                assert call.known == (True,) + (False,) * (L - 2) + (True,)
+    assert plan.levels[0].calls[0].frames[0] == 0
+    assert plan.levels[0].calls[0].frames[-1] == n - 1
+
+
+def test_paper_numbers_for_16_frames_per_call():
+    three = build_plan(3376)
+    assert (three.model_calls, three.rounds) == (241, 3)
+    assert [len(lv.calls) for lv in three.levels] == [1, 15, 225]
+    two = build_plan(226)
+    assert (two.model_calls, two.rounds) == (16, 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 4000),
+    L=st.integers(3, 20),
+    extra_depth=st.integers(0, 2),
+    policy=st.sampled_from(["stretch", "trim"]),
+)
+def test_plan_invariants(n, L, extra_depth, policy):
+    depth = depth_for(n, L) + extra_depth
+    plan = build_plan(n, frames_per_call=L, depth=depth, policy=policy)
+    check_plan(plan)
+    assert plan.policy == policy
+    first = plan.levels[0].calls[0]
+    assert first.frames[0] == 0
+    if policy == "stretch":
+        assert plan.generated_frames == n and not plan.dropped
+        assert first.frames[-1] == n - 1
+        assert plan.depth <= depth
+        if extra_depth == 0:
+            # the global call uses the model's full length whenever the story has that many frames
+            assert len(first.frames) == min(L, n)
+    else:
+        assert plan.generated_frames >= n
+        assert all(f >= n for f in plan.dropped)
+        assert first.frames[-1] == max_frames(L, depth) - 1 or n <= 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 4000), L=st.integers(3, 20))
+def test_stretch_spacing_is_even_within_one_frame(n, L):
+    plan = build_plan(n, frames_per_call=L)
+    for level in plan.levels:
+        for call in level.calls:
+            gaps = [b - a for a, b in zip(call.frames, call.frames[1:])]
+            assert max(gaps) - min(gaps) <= 1
+
+
+def test_stretch_needs_fewer_calls_than_splitting_every_level_fully():
+    plan = build_plan(1024)
+    check_plan(plan)
+    assert [len(lv.calls) for lv in plan.levels] == [1, 15, 75]
+    assert plan.levels[-1].min_call_frames >= 14  # the last level's calls stay nearly full
+
+
+def test_trim_skips_calls_that_only_make_dropped_frames():
+    plan = build_plan(100, policy="trim")
+    check_plan(plan)
+    # the regular 226-frame structure, of which frames 0..99 need level-1 calls 0..6
+    assert [len(lv.calls) for lv in plan.levels] == [1, 7]
+    assert plan.generated_frames == 16 + 7 * 14
+    assert plan.dropped[0] == 100 and plan.dropped[-1] == 225
+
+
+def test_depth_larger_than_needed_spreads_work_over_every_level():
+    plan = build_plan(226, depth=3)
+    check_plan(plan)
+    assert plan.depth == 3
+    assert all(lv.new_frames > 0 for lv in plan.levels)
+    short = build_plan(16, depth=2)
+    check_plan(short)
+    assert short.depth == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_frames": 0}, "num_frames must be an integer >= 1, got 0"),
+        ({"num_frames": 2.5}, "got 2.5"),
+        (
+            {"num_frames": 10, "frames_per_call": 2},
+            "frames_per_call must be an integer >= 3, got 2",
+        ),
+        ({"num_frames": 10, "depth": 0}, "depth must be an integer >= 1, got 0"),
+        ({"num_frames": 10, "policy": "squash"}, "got 'squash'"),
+        ({"num_frames": 227, "depth": 2}, "depth 2 with 16 frames per call makes at most 226"),
+    ],
+)
+def test_bad_arguments_are_quoted(kwargs, message):
+    n = kwargs.pop("num_frames")
+    with pytest.raises(ValueError, match=message):
+        build_plan(n, **kwargs)
+
+
+def test_call_checks_lengths():
+    with pytest.raises(ValueError, match="3 frames but 2 known flags"):
+        Call(0, (0, 1, 2), (False, False))
+
+
+# --------------------------------------------------------------------------- baseline
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 2000), L=st.integers(3, 20), data=st.data())
+def test_autoregressive_windows(n, L, data):
+    overlap = data.draw(st.integers(1, L - 1))
+    plan = autoregressive_plan(n, frames_per_call=L, overlap=overlap)
+    check_plan(plan)
+    assert plan.rounds == plan.model_calls  # nothing runs in parallel
+    for level in plan.levels[1:]:
+        (call,) = level.calls
+        assert len(call.frames) == min(L, n)
+        assert call.frames == tuple(range(call.frames[0], call.frames[-1] + 1))
+        # the first `overlap` frames (at least) are given, and only a prefix is given
+        n_known = sum(call.known)
+        assert n_known >= overlap
+        assert call.known == (True,) * n_known + (False,) * (len(call) - n_known)
+    expected_calls = 1 if n <= L else 1 + -(-(n - L) // (L - overlap))
+    assert plan.model_calls == expected_calls
+
+
+def test_autoregressive_argument_checks():
+    with pytest.raises(ValueError, match="overlap must be smaller than frames_per_call=16, got 16"):
+        autoregressive_plan(100, overlap=16)
+    with pytest.raises(ValueError, match="overlap must be an integer >= 1, got 0"):
+        autoregressive_plan(100, overlap=0)
+
+
+# --------------------------------------------------------------------------- prompts
+def _script() -> StoryScript:
+    return StoryScript(
+        (Segment(0.0, 10.0, "a"), Segment(10.0, 17.5, "b"), Segment(20.0, 28.0, "c")), 8
+    )
+
+
+@pytest.mark.parametrize("policy", ["stretch", "trim", "autoregressive"])
+def test_plan_story_puts_each_frames_prompt_on_every_call(policy):
+    script = _script()
+    plan = plan_story(script, fps=8, policy=policy)
+    check_plan(plan)
+    per_frame = script.prompts_per_frame(8)
+    assert plan.num_frames == 224 and plan.prompts == tuple(per_frame)
+    assert plan.fps == 8
+    for call in plan.calls:
+        assert call.prompts == tuple(per_frame[min(f, 223)] for f in call.frames)
+    assert plan.prompt_changes() == [(0, "a"), (80, "b"), (160, "c")]
+
+
+def test_plan_story_length_and_gap_options():
+    script = _script()
+    plan = plan_story(script, fps=4, num_frames=50)
+    assert plan.num_frames == 50 and len(plan.prompts) == 50
+    with pytest.raises(ValueError, match="17.5–20 s"):
+        plan_story(script, fps=8, gaps="error")
+    with pytest.raises(ValueError, match="depth does not apply"):
+        plan_story(script, fps=8, policy="autoregressive", depth=2)
+
+
+def test_summary_and_json():
+    plan = plan_story(_script(), fps=8)
+    text = plan.summary()
+    assert "224 frames (28.00 s at 8 fps)" in text
+    assert "total: 16 model calls in 2 sequential rounds" in text
+    data = json.loads(plan.to_json())
+    assert data["model_calls"] == 16 and data["rounds"] == 2
+    assert [lv["calls"] for lv in data["levels"]] == [1, 15]
+    assert data["levels"][0]["spacing_s"] == pytest.approx(223 / 15 / 8)
+    assert len(data["calls"]) == 16 and data["calls"][0]["prompts"][0] == "a"
