@@ -1,0 +1,127 @@
+"""Progress of a running curate job, read from what it has committed.
+
+Runners report metrics only when a job ends (the local runner) or not at all (Dask), but every
+runner commits finished videos to ``OUT/_work``. A background thread polls those commits, so
+the same progress bar works whichever runner does the work, and it shows committed progress:
+what a crash right now would keep.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from curate import shards
+
+logger = logging.getLogger(__name__)
+
+
+def _leaf_count(meta: Any, path: str) -> int:
+    schema = meta.schema
+    col = next((i for i in range(len(schema)) if schema.column(i).path == path), None)
+    if col is None:
+        return 0
+    total = 0
+    for rg in range(meta.num_row_groups):
+        chunk = meta.row_group(rg).column(col)
+        nulls = chunk.statistics.null_count if chunk.statistics is not None else 0
+        total += chunk.num_values - (nulls or 0)
+    return total
+
+
+class WorkProgress:
+    """A tqdm bar (or, without a terminal, a log line every ``every_s``) over committed videos."""
+
+    def __init__(
+        self,
+        output: str | Path,
+        *,
+        total: int,
+        already: int = 0,
+        enabled: bool = True,
+        poll_s: float = 1.0,
+        every_s: float = 30.0,
+    ) -> None:
+        self.output = Path(output)
+        self.total = total
+        self.already = already
+        self.enabled = enabled
+        self.poll_s = poll_s
+        self.every_s = every_s
+        self._seen: dict[str, tuple[int, int, int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = time.monotonic()
+
+    def snapshot(self) -> tuple[int, int, int]:
+        """(videos, clips, failed videos) committed so far."""
+        for file in shards.work_files(self.output):
+            if file.name in self._seen:
+                continue
+            try:
+                meta = pq.ParquetFile(file).metadata
+            except OSError:  # replaced between listing and reading
+                continue
+            self._seen[file.name] = (
+                meta.num_rows,
+                _leaf_count(meta, "clips.list.element.clip_id"),
+                _leaf_count(meta, "failures.list.element.input_id"),
+            )
+        videos = sum(v for v, _, _ in self._seen.values())
+        clips = sum(c for _, c, _ in self._seen.values())
+        failed = sum(f for _, _, f in self._seen.values())
+        return videos, clips, failed
+
+    def _loop(self) -> None:
+        bar = None
+        tty = sys.stderr.isatty()
+        if tty:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total, initial=self.already, unit="video", desc="curate")
+        last_log = time.monotonic()
+        try:
+            while not self._stop.wait(self.poll_s):
+                videos, clips, failed = self.snapshot()
+                videos = min(videos, self.total)
+                if bar is not None:
+                    bar.n = videos
+                    bar.set_postfix(clips=clips, failed=failed, refresh=False)
+                    bar.refresh()
+                elif time.monotonic() - last_log >= self.every_s:
+                    last_log = time.monotonic()
+                    rate = (videos - self.already) / max(1e-9, time.monotonic() - self._start)
+                    logger.info(
+                        "progress: %d/%d videos committed (%d clips, %d failed), %.1f videos/min",
+                        videos,
+                        self.total,
+                        clips,
+                        failed,
+                        rate * 60,
+                    )
+            if bar is not None:
+                videos, clips, failed = self.snapshot()
+                bar.n = min(videos, self.total)
+                bar.set_postfix(clips=clips, failed=failed, refresh=False)
+                bar.refresh()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def __enter__(self) -> WorkProgress:
+        self._start = time.monotonic()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, name="curate-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)

@@ -1,0 +1,667 @@
+"""DoFn adapters over the ``curate`` steps, and the composite transforms of the curate pipeline.
+
+Dead letters. Each per-video stage emits failed videos on a ``failures`` output
+(``TaggedOutput``) and the rest on its main output; nothing is dropped. Beam 2.77's
+``DaskRunner`` hands *every* element of a multi-output ``ParDo`` to each consumer, whatever its
+tag, so each output is read through :func:`_only`, a filter on the element's own state: a no-op
+on runners that route tags, the difference between right and doubled rows on Dask.
+
+A failed video carries its failures rows with it (:class:`~pipelines.records.VideoWork`), so
+the work committer writes a video's clips or its failures in the same atomic file: a rerun
+after a crash never finds one without the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from curate import shards
+from curate.text import CaptionCleaner
+
+from .handlers import ClipModelHandler
+from .isolation import IsolatedWorker, Outcome
+from .records import TRANSIENT_CLIP_KEYS, VideoWork, failure_from_exception, failure_row
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "storyloom"
+FAILURES = "failures"
+
+
+def _only(pcoll: beam.PCollection, *, failed: bool, label: str) -> beam.PCollection:
+    return pcoll | label >> beam.Filter(
+        lambda w, f=failed: isinstance(w, VideoWork) and w.failed == f
+    )
+
+
+def _split(results: Any, name: str) -> tuple[beam.PCollection, beam.PCollection]:
+    ok = _only(results.ok, failed=False, label=f"{name}Ok")
+    bad = _only(results[FAILURES], failed=True, label=f"{name}Failed")
+    return ok, bad
+
+
+def _timed(work: VideoWork, stage: str, seconds: float) -> None:
+    work.timings[stage] = work.timings.get(stage, 0.0) + seconds
+    Metrics.distribution(NAMESPACE, f"{stage}_ms").update(int(seconds * 1000))
+
+
+# --- read ---------------------------------------------------------------------------------------
+
+
+class ReadManifest(beam.PTransform):
+    """The manifest's usable video rows, minus the ``skip`` set (videos already done).
+
+    The manifest is read when the pipeline is built, as Beam's file sources size themselves
+    at construction: the rows become a ``Create``, which every runner can split into bundles
+    (a single file element read inside the pipeline would land on one worker on Dask).
+    Rows the manifest reader rejected are not emitted here; the corpus phase writes them.
+    """
+
+    def __init__(self, videos: Sequence[Mapping[str, Any]], *, skip: Iterable[str] = ()) -> None:
+        super().__init__()
+        skip = set(skip)
+        self.videos = [dict(v) for v in videos if v["video_id"] not in skip]
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return pbegin | "Videos" >> beam.Create(self.videos, reshuffle=False)
+
+
+# --- probe and split, isolated -----------------------------------------------------------------
+
+
+class _DecodeFn(beam.DoFn):
+    """Probe, split and sample one video in an isolated child process (see ``isolation``)."""
+
+    def __init__(
+        self,
+        decoder: Callable[..., Any],
+        decoder_kwargs: Mapping[str, Any],
+        *,
+        timeout_s: float | None,
+        isolate: bool,
+    ) -> None:
+        self.decoder = decoder
+        self.decoder_kwargs = dict(decoder_kwargs)
+        self.timeout_s = timeout_s
+        self.isolate = isolate
+        self.videos = Metrics.counter(NAMESPACE, "decode_videos")
+        self.clips = Metrics.counter(NAMESPACE, "decode_clips")
+        self.failed = Metrics.counter(NAMESPACE, "decode_failed")
+        self.crashed = Metrics.counter(NAMESPACE, "decode_crashed")
+
+    def setup(self) -> None:
+        if self.isolate:
+            self._worker: Any = IsolatedWorker(
+                self.decoder, self.decoder_kwargs, timeout_s=self.timeout_s, name="decoder"
+            )
+            self._worker.start()
+        else:
+            self._step = self.decoder(**self.decoder_kwargs)
+            if hasattr(self._step, "setup"):
+                self._step.setup()
+
+    def teardown(self) -> None:
+        if self.isolate:
+            self._worker.close()
+        elif hasattr(self._step, "teardown"):
+            self._step.teardown()
+
+    def _call(self, video: dict[str, Any]) -> Outcome:
+        if self.isolate:
+            return self._worker.call(video)
+        from .isolation import traceback_tail
+
+        try:
+            return Outcome(value=self._step(video))
+        except Exception as exc:  # turned into a failures row below
+            return Outcome(
+                error=exc,
+                error_type=type(exc).__name__,
+                message=str(exc),
+                traceback=traceback_tail(exc),
+            )
+
+    def process(self, video: dict[str, Any]) -> Iterator[Any]:
+        self.videos.inc()
+        start = time.perf_counter()
+        outcome = self._call(video)
+        work = VideoWork(video=video)
+        _timed(work, "decode", time.perf_counter() - start)
+        if outcome.ok:
+            clips = list(outcome.value or ())
+            if clips:
+                work.clips = clips
+                self.clips.inc(len(clips))
+                yield work
+                return
+            outcome = Outcome(error_type="NoScenes", message="the splitter found no scene")
+        self.failed.inc()
+        if outcome.crashed or outcome.timed_out:
+            self.crashed.inc()
+        row = failure_from_exception(
+            video,
+            outcome.error,
+            stage="decode" if (outcome.crashed or outcome.timed_out) else "probe",
+            error_type=outcome.error_type,
+            message=(
+                outcome.error.reason
+                if outcome.error is not None and hasattr(outcome.error, "reason")
+                else outcome.message
+            ),
+            traceback=outcome.traceback,
+        )
+        yield beam.pvalue.TaggedOutput(FAILURES, work.fail(row))
+
+
+class ProbeAndSplit(beam.PTransform):
+    """Videos rows → ``VideoWork`` with clips and sampled frames, or failed ``VideoWork``."""
+
+    def __init__(
+        self,
+        decoder: Callable[..., Any],
+        decoder_kwargs: Mapping[str, Any],
+        *,
+        timeout_s: float | None = 300.0,
+        isolate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.fn = _DecodeFn(decoder, decoder_kwargs, timeout_s=timeout_s, isolate=isolate)
+
+    def expand(self, videos: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        results = videos | "Decode" >> beam.ParDo(self.fn).with_outputs(FAILURES, main="ok")
+        return _split(results, "Decode")
+
+
+# --- captions ----------------------------------------------------------------------------------
+
+
+class _CleanCaptionsFn(beam.DoFn):
+    def __init__(self) -> None:
+        self.dropped = Metrics.counter(NAMESPACE, "caption_unusable")
+
+    def setup(self) -> None:
+        self._cleaner = CaptionCleaner()
+
+    def process(self, work: VideoWork) -> Iterator[Any]:
+        start = time.perf_counter()
+        try:
+            clips = list(self._cleaner.process_all(work.clips))
+        except Exception as exc:
+            from .isolation import traceback_tail
+
+            row = failure_from_exception(
+                work.video, exc, stage="caption", traceback=traceback_tail(exc)
+            )
+            yield beam.pvalue.TaggedOutput(FAILURES, work.fail(row))
+            return
+        self.dropped.inc(sum(1 for c in clips if c.get("status") == "dropped"))
+        work.clips = clips
+        _timed(work, "caption", time.perf_counter() - start)
+        yield work
+
+
+class CleanCaptions(beam.PTransform):
+    """Normalise source captions; empty or invalid ones mark their clips dropped."""
+
+    def expand(self, works: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        results = works | "Clean" >> beam.ParDo(_CleanCaptionsFn()).with_outputs(
+            FAILURES, main="ok"
+        )
+        return _split(results, "Clean")
+
+
+# --- CLIP scoring through RunInference -----------------------------------------------------------
+
+
+class _SplitScoredFn(beam.DoFn):
+    def __init__(self) -> None:
+        self.scored = Metrics.counter(NAMESPACE, "score_clips")
+        self.failed = Metrics.counter(NAMESPACE, "score_failed")
+
+    def process(self, work: VideoWork) -> Iterator[Any]:
+        if work.failed:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(FAILURES, work)
+        else:
+            self.scored.inc(len(work.clips))
+            yield work
+
+
+class _BatchFailedFn(beam.DoFn):
+    """A batch RunInference itself rejected: every video in it becomes a failures row."""
+
+    def process(self, failed: Any) -> Iterator[VideoWork]:
+        batch, exc = failed
+        for work in batch if isinstance(batch, (list, tuple)) else [batch]:
+            if isinstance(work, VideoWork):
+                yield work.fail(failure_from_exception(work.video, exc, stage="clip-score"))
+
+
+class ScoreCaptions(beam.PTransform):
+    """CLIP caption scores and image embeddings for every clip, via ``RunInference``."""
+
+    def __init__(self, handler: ClipModelHandler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, works: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        inference = (
+            works
+            | "RunInference"
+            >> RunInference(self.handler, metrics_namespace=NAMESPACE).with_exception_handling()
+        )
+        main, dlq = inference
+        rejected_works = (
+            dlq.failed_inferences
+            | "KeepRejected" >> beam.Filter(lambda e: isinstance(e, tuple) and len(e) == 2)
+            | "RejectedBatch" >> beam.ParDo(_BatchFailedFn())
+        )
+        scored = (
+            main
+            | "OnlyScored" >> beam.Filter(lambda e: isinstance(e, VideoWork))
+            | "SplitScored" >> beam.ParDo(_SplitScoredFn()).with_outputs(FAILURES, main="ok")
+        )
+        ok, bad = _split(scored, "Score")
+        bad = (bad, rejected_works) | "ScoreFailures" >> beam.Flatten()
+        return ok, bad
+
+
+# --- commit per-video work -----------------------------------------------------------------------
+
+
+class FailureRateExceeded(RuntimeError):
+    """Too many inputs failed; the run stops (what is committed stays committed)."""
+
+
+def work_record(work: VideoWork) -> dict[str, Any]:
+    """The committed form of a finished video: table columns only, frames left behind."""
+    clips, extras = [], []
+    for clip in work.clips:
+        clips.append({k: v for k, v in clip.items() if k not in TRANSIENT_CLIP_KEYS})
+        fe = clip.get("frame_embeddings")
+        extras.append(
+            {
+                "clip_id": clip.get("clip_id"),
+                "fragment": clip.get("fragment"),
+                "caption_note": clip.get("caption_note"),
+                "frame_embeddings": None if fe is None else [list(map(float, r)) for r in fe],
+            }
+        )
+    return {
+        "video_id": work.video_id,
+        "video": work.video,
+        "clips": clips,
+        "clip_extras": extras,
+        "failures": work.failures,
+    }
+
+
+class _CommitWorkFn(beam.DoFn):
+    """Commit finished videos to ``OUT/_work`` in small atomic batches.
+
+    A batch is committed when it holds ``every`` videos, when ``interval_s`` passed since the
+    last commit, and at the end of each bundle; a crash loses at most the batch in flight,
+    and a rerun redoes exactly those videos.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        *,
+        every: int,
+        interval_s: float,
+        max_failure_rate: float,
+        min_inputs: int,
+    ) -> None:
+        self.output = output
+        self.every = every
+        self.interval_s = interval_s
+        self.max_failure_rate = max_failure_rate
+        self.min_inputs = min_inputs
+        self.committed = Metrics.counter(NAMESPACE, "committed_videos")
+        self.failed = Metrics.counter(NAMESPACE, "failed_videos")
+        self.commits = Metrics.counter(NAMESPACE, "work_commits")
+
+    def setup(self) -> None:
+        self._seen = 0
+        self._failed = 0
+
+    def start_bundle(self) -> None:
+        self._buffer: list[dict[str, Any]] = []
+        self._last = time.monotonic()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        start = time.perf_counter()
+        shards.commit_work(self.output, self._buffer)
+        Metrics.distribution(NAMESPACE, "commit_ms").update(
+            int((time.perf_counter() - start) * 1000)
+        )
+        self.commits.inc()
+        self.committed.inc(len(self._buffer))
+        self._buffer = []
+        self._last = time.monotonic()
+        self._check_rate()
+
+    def _check_rate(self) -> None:
+        if self.max_failure_rate >= 1.0 or self._seen < self.min_inputs:
+            return
+        rate = self._failed / self._seen
+        if rate > self.max_failure_rate:
+            raise FailureRateExceeded(
+                f"FailureRateExceeded: {self._failed} of {self._seen} videos failed "
+                f"({rate:.0%}), above --max-failure-rate {self.max_failure_rate:.0%}; "
+                f"stopped. Finished videos are committed under {self.output}; see the "
+                f"failures table, fix the inputs, and rerun to resume"
+            )
+
+    def process(self, work: VideoWork) -> Iterator[tuple[str, int, bool]]:
+        self._seen += 1
+        if work.failed:
+            self._failed += 1
+            self.failed.inc()
+        self._buffer.append(work_record(work))
+        if len(self._buffer) >= self.every or time.monotonic() - self._last >= self.interval_s:
+            self._flush()
+        yield work.video_id, len(work.clips), work.failed
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+
+class CommitWork(beam.PTransform):
+    """Per-video results (clips or failures) → committed work files; emits a summary per video."""
+
+    def __init__(
+        self,
+        output: str,
+        *,
+        every: int = 8,
+        interval_s: float = 30.0,
+        max_failure_rate: float = 1.0,
+        min_inputs: int = 20,
+    ) -> None:
+        super().__init__()
+        self.fn = _CommitWorkFn(
+            output,
+            every=every,
+            interval_s=interval_s,
+            max_failure_rate=max_failure_rate,
+            min_inputs=min_inputs,
+        )
+
+    def expand(self, works: beam.PCollection) -> beam.PCollection:
+        return works | "Commit" >> beam.ParDo(self.fn)
+
+
+__all__ = [
+    "CleanCaptions",
+    "CommitWork",
+    "FailureRateExceeded",
+    "ProbeAndSplit",
+    "ReadManifest",
+    "ScoreCaptions",
+    "failure_row",
+    "work_record",
+]
+
+
+# === the corpus phase ===========================================================================
+
+
+class ReadWork(beam.PTransform):
+    """Every committed per-video record under ``output`` whose video is in ``keep``.
+
+    A video committed twice (a retried bundle) is read once: records are keyed by video id and
+    the first in file order wins, which makes the choice the same on every runner.
+    """
+
+    def __init__(self, files: Sequence[str], *, keep: Iterable[str]) -> None:
+        super().__init__()
+        self.files = sorted(str(f) for f in files)
+        self.keep = frozenset(keep)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        keep = self.keep
+
+        def read(path: str) -> Iterator[tuple[str, tuple[str, dict]]]:
+            for record in shards.read_work_file(path):
+                if record["video_id"] in keep:
+                    yield record["video_id"], (path, record)
+
+        def first(kv: tuple[str, Iterable[tuple[str, dict]]]) -> dict:
+            return min(kv[1], key=lambda pr: pr[0])[1]
+
+        return (
+            pbegin
+            | "Files" >> beam.Create(self.files, reshuffle=False)
+            | "Read" >> beam.FlatMap(read)
+            | "ByVideo" >> beam.GroupByKey()
+            | "Once" >> beam.Map(first)
+        )
+
+
+class _CutoffFn(beam.CombineFn):
+    """All scorable caption scores → the absolute cut-off (a percentile needs every score)."""
+
+    def __init__(self, threshold: Any) -> None:
+        self.threshold = threshold
+
+    def create_accumulator(self) -> list[float]:
+        return []
+
+    def add_input(self, acc: list[float], score: float) -> list[float]:
+        acc.append(score)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list[float]]) -> list[float]:
+        return [s for acc in accs for s in acc]
+
+    def extract_output(self, acc: list[float]) -> float | None:
+        from .corpus import cutoff_from_scores
+
+        return cutoff_from_scores(sorted(acc), self.threshold)
+
+
+class CaptionCutoff(beam.PTransform):
+    """The corpus's caption-score cut-off, as a one-element PCollection (a side input)."""
+
+    def __init__(self, threshold: Any) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        from .corpus import scorable
+
+        return (
+            records
+            | "Scores"
+            >> beam.FlatMap(lambda r: [c["caption_score"] for c in r["clips"] if scorable(c)])
+            | "Cutoff" >> beam.CombineGlobally(_CutoffFn(self.threshold))
+        )
+
+
+class _FilterAndRecaptionFn(beam.DoFn):
+    """Per video: apply the cut-off, then re-caption into a stories row."""
+
+    def __init__(self) -> None:
+        self.kept = Metrics.counter(NAMESPACE, "filter_kept")
+        self.dropped = Metrics.counter(NAMESPACE, "filter_dropped")
+        self.stories = Metrics.counter(NAMESPACE, "stories")
+        self.failed = Metrics.counter(NAMESPACE, "recaption_failed")
+
+    def process(self, record: dict, cutoff: float | None) -> Iterator[dict]:
+        from .corpus import apply_cutoff, recaption
+
+        if not record["clips"]:
+            yield {**record, "story": None}
+            return
+        clips = apply_cutoff(record["clips"], cutoff)
+        kept = sum(1 for c in clips if c["status"] == "kept")
+        self.kept.inc(kept)
+        self.dropped.inc(len(clips) - kept)
+        try:
+            clips, story = recaption(record["video"], clips, record.get("clip_extras") or [])
+        except Exception as exc:
+            from .isolation import traceback_tail
+
+            # the whole video moves to the failures table: no video is in both
+            self.failed.inc()
+            row = failure_from_exception(
+                record["video"], exc, stage="recaption", traceback=traceback_tail(exc)
+            )
+            yield {**record, "clips": [], "failures": [row], "story": None}
+            return
+        if story is not None:
+            self.stories.inc()
+        yield {**record, "clips": clips, "story": story}
+
+
+class FilterAndRecaption(beam.PTransform):
+    def __init__(self, cutoff: beam.PCollection) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        return records | "FilterRecaption" >> beam.ParDo(
+            _FilterAndRecaptionFn(), cutoff=beam.pvalue.AsSingleton(self.cutoff, default_value=None)
+        )
+
+
+class _ExactDedupFn(beam.CombineFn):
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, acc: list, item: tuple[str, list[float]]) -> list:
+        acc.append(item)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list]) -> list:
+        return [i for acc in accs for i in acc]
+
+    def extract_output(self, acc: list) -> dict[str, str]:
+        from .corpus import dedup_exact
+
+        # sorted, so the original of a duplicate pair is the same on every runner
+        return dedup_exact(sorted(acc, key=lambda i: i[0]), threshold=self.threshold)
+
+
+class _CentroidsFn(beam.CombineFn):
+    def __init__(self, clusters: int, sample: int, seed: int) -> None:
+        self.clusters, self.sample, self.seed = clusters, sample, seed
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, acc: list, item: tuple[str, list[float]]) -> list:
+        acc.append(item)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list]) -> list:
+        return [i for acc in accs for i in acc]
+
+    def extract_output(self, acc: list) -> Any:
+        import numpy as np
+
+        from .corpus import train_centroids
+
+        acc.sort(key=lambda i: i[0])
+        rng = np.random.default_rng(self.seed)
+        take = rng.choice(len(acc), size=min(self.sample, len(acc)), replace=False)
+        return train_centroids([acc[i][1] for i in sorted(take)], clusters=self.clusters)
+
+
+class FindDuplicates(beam.PTransform):
+    """``(clip_id, duplicate_of)`` pairs among kept clips.
+
+    Up to ``exact_limit`` clips, one exact search over all of them. Above it, k-means
+    centroids are trained on a sample, every clip is keyed by its nearest centroid
+    (``GroupByKey``) and the search runs inside each group, as large-scale pipelines do.
+    """
+
+    def __init__(self, *, threshold: float, exact: bool, clusters: int = 64, seed: int = 0):
+        super().__init__()
+        self.threshold = threshold
+        self.exact = exact
+        self.clusters = clusters
+        self.seed = seed
+
+    def expand(self, items: beam.PCollection) -> beam.PCollection:
+        if self.exact:
+            return (
+                items
+                | "Exact" >> beam.CombineGlobally(_ExactDedupFn(self.threshold))
+                | "Pairs" >> beam.FlatMap(lambda d: sorted(d.items()))
+            )
+        from .corpus import assign_centroid, dedup_exact
+
+        centroids = items | "Centroids" >> beam.CombineGlobally(
+            _CentroidsFn(self.clusters, sample=self.clusters * 256, seed=self.seed)
+        )
+        threshold = self.threshold
+        return (
+            items
+            | "Assign"
+            >> beam.Map(
+                lambda it, c: (assign_centroid(it[1], c), it),
+                c=beam.pvalue.AsSingleton(centroids),
+            )
+            | "ByCentroid" >> beam.GroupByKey()
+            | "InGroup"
+            >> beam.FlatMap(
+                lambda kv: sorted(
+                    dedup_exact(sorted(kv[1], key=lambda i: i[0]), threshold=threshold).items()
+                )
+            )
+        )
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, output: str, table: str, count: int, sort_key: Sequence[str]) -> None:
+        self.output, self.table, self.count, self.sort_key = output, table, count, list(sort_key)
+
+    def process(self, kv: tuple[int, Iterable[dict]]) -> Iterator[tuple[Any, dict]]:
+        from .corpus import table_counts
+
+        index, rows = kv
+        rows = list(rows)
+        info = shards.write_shard(
+            self.output, self.table, index, self.count, rows, sort_key=self.sort_key
+        )
+        yield info, dict(table_counts(self.table, rows))
+
+
+class WriteShards(beam.PTransform):
+    """Rows of one table → ``count`` shards keyed by video, staged under ``_staging/``."""
+
+    SORT = {
+        "clips": ("video_id", "scene_index"),
+        "stories": ("story_id",),
+        "failures": ("input_id", "stage", "source_line"),
+    }
+    KEY = {"clips": "video_id", "stories": "story_id", "failures": "input_id"}
+
+    def __init__(self, output: str, table: str, count: int) -> None:
+        super().__init__()
+        self.output, self.table, self.count = output, table, count
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        key, count = self.KEY[self.table], self.count
+        return (
+            rows
+            | "Key" >> beam.Map(lambda r: (shards.shard_of(str(r[key]), count), r))
+            | "ByShard" >> beam.GroupByKey()
+            | "Write"
+            >> beam.ParDo(_WriteShardFn(self.output, self.table, count, self.SORT[self.table]))
+        )
