@@ -1,0 +1,136 @@
+"""Decode once, run every detector: the entry points of scene splitting."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from curate.scenes.base import Boundary, Detector, Scene, StreamInfo, build_scenes
+from curate.video import FrameReader, VideoInfo, probe
+
+#: default decode width for detection (frames are downscaled by decord while decoding)
+DEFAULT_DETECTION_WIDTH = 128
+
+
+def _registry() -> dict[str, Callable[..., Detector]]:
+    from curate.scenes.fast import FastDetector
+    from curate.scenes.pyscenedetect import AdaptiveDetector, ContentDetector, HistogramDetector
+
+    return {
+        "fast": FastDetector,
+        "content": ContentDetector,
+        "adaptive": AdaptiveDetector,
+        "histogram": HistogramDetector,
+    }
+
+
+DETECTORS: tuple[str, ...] = ("fast", "content", "adaptive", "histogram")
+
+
+def make_detector(name: str, **settings: Any) -> Detector:
+    """A detector by name (:data:`DETECTORS`) with its keyword settings."""
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(f"detector must be one of {tuple(registry)}, got {name!r}")
+    return registry[name](**settings)
+
+
+def detect_boundaries(
+    uri: str | os.PathLike[str],
+    detectors: Sequence[Detector],
+    *,
+    width: int | None = DEFAULT_DETECTION_WIDTH,
+    stride: int = 1,
+    chunk: int = 64,
+    info: VideoInfo | None = None,
+    min_frames: int = 2,
+    allow_truncated: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[VideoInfo, list[list[Boundary]]]:
+    """Decode ``uri`` once at ``width`` px and feed every chunk to every detector.
+
+    Returns the probe result and, per detector, its boundaries. ``progress`` is called with
+    the number of frames of each chunk.
+    """
+    if not detectors:
+        raise ValueError("detectors must name at least one detector, got none")
+    uri = os.fspath(uri)
+    info = info or probe(uri, min_frames=min_frames, allow_truncated=allow_truncated)
+    found: list[list[Boundary]] = [[] for _ in detectors]
+    with FrameReader(
+        uri, width=width, stride=stride, chunk=chunk, info=info, allow_truncated=allow_truncated
+    ) as reader:
+        assert reader.size is not None
+        stream = StreamInfo(video=info, size=reader.size, num_samples=len(reader), stride=stride)
+        for det in detectors:
+            det.reset(stream)
+        for indices, frames in reader:
+            for det, out in zip(detectors, found, strict=True):
+                out += det.process(indices, frames)
+            if progress is not None:
+                progress(len(indices))
+        for det, out in zip(detectors, found, strict=True):
+            out += det.flush()
+        decoded_to = reader.truncated_at
+    if decoded_to is not None:
+        found = [[b for b in out if b.frame < decoded_to] for out in found]
+    return info, found
+
+
+def detect_scenes(
+    uri: str | os.PathLike[str],
+    detectors: Sequence[Detector | str] = ("fast",),
+    *,
+    min_scene_len: int = 15,
+    max_scene_len_s: float | None = None,
+    width: int | None = DEFAULT_DETECTION_WIDTH,
+    stride: int = 1,
+    chunk: int = 64,
+    info: VideoInfo | None = None,
+    min_frames: int = 2,
+    allow_truncated: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[VideoInfo, list[list[Scene]]]:
+    """The scenes of ``uri`` according to each detector, from one decode."""
+    dets = [make_detector(d) if isinstance(d, str) else d for d in detectors]
+    info, found = detect_boundaries(
+        uri,
+        dets,
+        width=width,
+        stride=stride,
+        chunk=chunk,
+        info=info,
+        min_frames=min_frames,
+        allow_truncated=allow_truncated,
+        progress=progress,
+    )
+    return info, [
+        build_scenes(b, info, min_scene_len=min_scene_len, max_scene_len_s=max_scene_len_s)
+        for b in found
+    ]
+
+
+def split_scenes(
+    uri: str | os.PathLike[str],
+    detector: Detector | str = "fast",
+    *,
+    min_scene_len: int = 15,
+    max_scene_len_s: float | None = None,
+    width: int | None = DEFAULT_DETECTION_WIDTH,
+    info: VideoInfo | None = None,
+    min_frames: int = 2,
+    **detect: Any,
+) -> list[Scene]:
+    """The scenes of one video with one detector."""
+    _, (scenes,) = detect_scenes(
+        uri,
+        [detector],
+        min_scene_len=min_scene_len,
+        max_scene_len_s=max_scene_len_s,
+        width=width,
+        info=info,
+        min_frames=min_frames,
+        **detect,
+    )
+    return scenes

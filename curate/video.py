@@ -1,0 +1,745 @@
+"""Probing and decoding videos.
+
+Decoding goes through decord (one ``VideoReader`` per open, released as soon as the caller is
+done with it). PyAV reads what decord cannot tell: the container's streams, the codec name, the
+exact frame rate as a fraction and the *declared* frame size, which is checked before decord is
+asked to allocate anything, because a header claiming 100000x100000 must not reach a decoder.
+
+Every failure is one of the :mod:`curate.errors` video exceptions, carrying the uri and a
+one-line reason:
+
+==================  ===============================================================
+``VideoOpenFailure``  missing, empty, a directory, not a container, demuxer refused it
+``NoVideoStream``     the container holds no video stream (audio only, data only)
+``ZeroFrames``        a video stream with no frame in it
+``TooFewFrames``      fewer frames than the caller asked for (``min_frames``)
+``TruncatedVideo``    the file ends before the frames its index declares
+``UnsupportedCodec``  no decoder for the stream's codec
+``AbsurdSize``        the declared frame size is beyond ``max_side`` / ``max_pixels``
+==================  ===============================================================
+
+Frame times are exact: for a constant frame rate ``t(i) = i / rate`` with the rate as a
+fraction (30000/1001 for 29.97); for a variable frame rate they come from the per-frame
+timestamps (decord's ``get_frame_timestamp``, snapped to the stream's time base).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from curate.errors import (
+    AbsurdSize,
+    NoVideoStream,
+    TooFewFrames,
+    TruncatedVideo,
+    UnsupportedCodec,
+    VideoError,
+    VideoOpenFailure,
+    ZeroFrames,
+)
+
+log = logging.getLogger(__name__)
+
+#: largest width or height accepted (declared in the header)
+DEFAULT_MAX_SIDE = 16384
+#: largest number of pixels per frame accepted (8192 x 8192; 8K UHD is 33 Mpx)
+DEFAULT_MAX_PIXELS = 8192 * 8192
+#: a frame duration may deviate this much (relative) from the median before the rate counts as
+#: variable; absorbs time-base rounding
+VFR_TOLERANCE = 0.02
+
+# PyAV routes FFmpeg's log lines into Python only while a level is set; the header probe sets
+# one for its own duration to read why FFmpeg refused a stream ("Picture size ... is invalid").
+_AV_LOG_LOCK = threading.Lock()
+_PICTURE_SIZE = re.compile(r"[Pp]icture size (\d+)\s*x\s*(\d+) is invalid")
+
+
+def _quiet_decord() -> None:
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+
+
+# --- what a probe returns --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe` learned about one video."""
+
+    uri: str
+    num_frames: int
+    #: average frames per second (``float(frame_rate)``)
+    fps: float
+    #: the exact frame rate, e.g. ``Fraction(30000, 1001)``; the average one for VFR
+    frame_rate: Fraction
+    duration_s: float
+    width: int
+    height: int
+    codec: str
+    container: str
+    variable_frame_rate: bool = False
+    #: presentation time of each frame relative to the first, seconds (VFR only; ``None`` for
+    #: a constant rate, whose times are ``i / frame_rate``)
+    frame_times: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: the file ends before the frames its index declares (only when probed with
+    #: ``allow_truncated=True``; ``num_frames`` then counts the frames that can be read)
+    truncated: bool = False
+    declared_frames: int | None = None
+    has_audio: bool = False
+
+    @property
+    def path(self) -> str:
+        return local_path(self.uri)
+
+    def frame_time(self, index: int) -> float:
+        """Start time of frame ``index`` in seconds; ``index == num_frames`` gives the end."""
+        if not 0 <= index <= self.num_frames:
+            raise ValueError(f"{self.uri}: frame {index!r} outside [0, {self.num_frames}]")
+        if self.frame_times is not None:
+            if index == self.num_frames:
+                return self.duration_s
+            return float(self.frame_times[index])
+        return float(Fraction(index) / self.frame_rate)
+
+    def frame_times_array(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`frame_time`."""
+        return np.array([self.frame_time(int(i)) for i in indices], dtype=np.float64)
+
+
+def local_path(uri: str | os.PathLike[str]) -> str:
+    """The filesystem path behind ``uri`` (a path or a ``file://`` uri)."""
+    s = os.fspath(uri)
+    if s.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(s).path)
+    return s
+
+
+# --- header checks that need no decoder ------------------------------------------------------
+
+_ISO_TOP_LEVEL = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"moof"}
+
+
+def _iso_truncation(path: str, size: int) -> tuple[str, bool] | None:
+    """For an ISO-BMFF (mp4/mov) file: ``(box, has_moov)`` when a top-level box runs past the end
+    of the file, else ``None``. Reads box headers only."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 8 or head[4:8] != b"ftyp":
+            return None
+        pos, has_moov = 0, False
+        while pos + 8 <= size:
+            fh.seek(pos)
+            hdr = fh.read(16)
+            box_size, kind = struct.unpack(">I4s", hdr[:8])
+            if box_size == 1 and len(hdr) >= 16:
+                box_size = struct.unpack(">Q", hdr[8:16])[0]
+            elif box_size == 0:  # runs to the end of the file by definition
+                box_size = size - pos
+            if kind == b"moov":
+                has_moov = True
+            if box_size < 8 or (kind not in _ISO_TOP_LEVEL and not kind.isalnum()):
+                return None  # not a box walk we understand; let the demuxer judge
+            if pos + box_size > size:
+                return kind.decode("latin-1"), has_moov
+            pos += box_size
+    return None
+
+
+@dataclass
+class _Header:
+    width: int
+    height: int
+    codec: str
+    container: str
+    frame_rate: Fraction | None
+    declared_frames: int
+    time_base: Fraction | None
+    has_audio: bool
+
+
+def _check_size(uri: str, width: int, height: int, max_side: int, max_pixels: int) -> None:
+    if width > max_side or height > max_side or width * height > max_pixels:
+        raise AbsurdSize(
+            f"declared frame size {width}x{height} exceeds the limit "
+            f"(max side {max_side}, max {max_pixels} pixels)",
+            uri=uri,
+        )
+
+
+def _read_header(uri: str, path: str, *, max_side: int, max_pixels: int) -> _Header:
+    """Open the container with PyAV (no decoding beyond FFmpeg's stream analysis)."""
+    import av
+    import av.logging
+
+    with _AV_LOG_LOCK:
+        previous = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture(local=True) as logs:
+                try:
+                    # bounded analysis: a broken header must not make FFmpeg read the whole file
+                    container = av.open(
+                        path,
+                        options={"probesize": str(8 << 20), "analyzeduration": str(5_000_000)},
+                        metadata_errors="ignore",
+                    )
+                except av.error.FFmpegError as exc:
+                    raise VideoOpenFailure(
+                        f"not a readable video container ({_av_reason(exc)})", uri=uri
+                    ) from None
+                try:
+                    return _header_from(uri, container, logs, max_side, max_pixels)
+                finally:
+                    container.close()
+        finally:
+            av.logging.set_level(previous)
+
+
+def _av_reason(exc: Exception) -> str:
+    msg = getattr(exc, "strerror", None) or str(exc)
+    return str(msg).strip().splitlines()[0] if msg else type(exc).__name__
+
+
+def _header_from(uri: str, container: Any, logs: list, max_side: int, max_pixels: int) -> _Header:
+    fmt = container.format.name if container.format is not None else "?"
+    videos = [s for s in container.streams if s.type == "video"]
+    # cover art is a one-frame "video" stream in audio files; it is not a video
+    videos = [s for s in videos if not (int(s.disposition) & 0x400)]  # ATTACHED_PIC
+    has_audio = any(s.type == "audio" for s in container.streams)
+    if not videos:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise NoVideoStream(f"no video stream (streams: {', '.join(kinds)})", uri=uri)
+    stream = videos[0]
+    ctx = stream.codec_context
+    if ctx is None or ctx.codec is None:
+        tag = _sample_entry(container.name) or "unknown"
+        raise UnsupportedCodec(f"no decoder for the video codec (tag {tag!r})", uri=uri)
+    width, height = int(ctx.width or 0), int(ctx.height or 0)
+    if width <= 0 or height <= 0:
+        for _level, _name, message in logs:
+            m = _PICTURE_SIZE.search(message)
+            if m:
+                w, h = int(m[1]), int(m[2])
+                _check_size(uri, w, h, max_side, max_pixels)
+                raise AbsurdSize(f"declared frame size {w}x{h} is invalid", uri=uri)
+        raise VideoOpenFailure("video stream declares no frame size", uri=uri)
+    _check_size(uri, width, height, max_side, max_pixels)
+    codec = ctx.name
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return _Header(
+        width=width,
+        height=height,
+        codec=codec,
+        container=fmt,
+        frame_rate=Fraction(rate) if rate else None,
+        declared_frames=int(stream.frames or 0),
+        time_base=Fraction(stream.time_base) if stream.time_base else None,
+        has_audio=has_audio,
+    )
+
+
+def _sample_entry(path: str) -> str | None:
+    """The codec fourcc of the first sample entry of an mp4/mov file, for error messages."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError:
+        return None
+    pos = head.find(b"stsd")
+    if pos < 0 or pos + 20 > len(head):
+        return None
+    return head[pos + 16 : pos + 20].decode("latin-1")
+
+
+def _count_packets(uri: str, path: str) -> int:
+    """Frames whose packets can be read before the file ends (demux only, no decoding)."""
+    import av
+
+    count = 0
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if packet.size > 0:
+                    count += 1
+    except av.error.FFmpegError:
+        pass
+    return count
+
+
+# --- decord ------------------------------------------------------------------------------------
+
+
+def _decord_error_types() -> tuple[type[BaseException], ...]:
+    from decord._ffi.base import DECORDError
+
+    return (DECORDError, RuntimeError, AssertionError)
+
+
+def _open_decord(
+    uri: str, path: str, *, width: int = -1, height: int = -1, num_threads: int = 0
+) -> Any:
+    import decord
+
+    _quiet_decord()
+    try:
+        return decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
+    except _decord_error_types() as exc:
+        raise _classify_decord(uri, exc) from None
+
+
+def _classify_decord(uri: str, exc: BaseException) -> VideoError:
+    text = str(exc)
+    first = next((ln for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    first = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", first).strip()
+    low = text.lower()
+    if "decoder" in low or "codec" in low:
+        return UnsupportedCodec(f"decord cannot decode this stream ({first})", uri=uri)
+    if "av_read_frame" in low:
+        return TruncatedVideo(f"the file ends early: {first}", uri=uri)
+    if "invalid frame count" in low:
+        return ZeroFrames("the video stream holds no frame", uri=uri)
+    return VideoOpenFailure(f"decord cannot open it ({first})", uri=uri)
+
+
+def _timestamps(reader: Any, num_frames: int) -> np.ndarray:
+    """``(num_frames, 2)`` start / end seconds of every frame, as decord reports them."""
+    return np.asarray(reader.get_frame_timestamp(list(range(num_frames))), dtype=np.float64)
+
+
+def _snap(times: np.ndarray, time_base: Fraction | None) -> np.ndarray:
+    """decord reports float32 seconds; snap them back onto the stream's time base."""
+    if not time_base or time_base <= 0:
+        return times
+    tb = float(time_base)
+    return np.round(times / tb) * tb
+
+
+# --- probe -------------------------------------------------------------------------------------
+
+
+def probe(
+    uri: str | os.PathLike[str],
+    *,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_frames: int = 1,
+    allow_truncated: bool = False,
+) -> VideoInfo:
+    """Read what a stage needs to know about a video, or raise the domain error that says why
+    it cannot be used.
+
+    ``min_frames`` raises :class:`TooFewFrames` below it. With ``allow_truncated`` a file that
+    ends before its declared frame count is accepted: ``truncated`` is set and ``num_frames``
+    counts the frames whose data is present.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side!r}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels!r}")
+    if min_frames < 1:
+        raise ValueError(f"min_frames must be >= 1, got {min_frames!r}")
+    uri = os.fspath(uri)
+    path = local_path(uri)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VideoOpenFailure("no such file", uri=uri) from None
+    except OSError as exc:
+        raise VideoOpenFailure(f"cannot stat the file ({exc.strerror})", uri=uri) from None
+    if os.path.isdir(path):
+        raise VideoOpenFailure("is a directory, not a video file", uri=uri)
+    if st.st_size == 0:
+        raise VideoOpenFailure("empty file (0 bytes)", uri=uri)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise VideoOpenFailure(f"cannot read the file ({exc.strerror})", uri=uri) from None
+
+    cut = _iso_truncation(path, st.st_size)
+    if cut is not None and not cut[1]:
+        raise TruncatedVideo(
+            f"the file ends inside its '{cut[0]}' box and has no index ('moov') to read",
+            uri=uri,
+        )
+    header = _read_header(uri, path, max_side=max_side, max_pixels=max_pixels)
+    if cut is not None:
+        readable = _count_packets(uri, path)
+        declared = header.declared_frames
+        if not allow_truncated:
+            raise TruncatedVideo(
+                f"the file ends inside its '{cut[0]}' box: {readable} of {declared} declared "
+                "frames present",
+                uri=uri,
+            )
+        return _truncated_info(uri, header, readable, min_frames)
+
+    if header.declared_frames == 0 and _count_packets(uri, path) == 0:
+        # containers without a frame count (Matroska, AVI written empty): look for packets
+        raise ZeroFrames("the video stream holds no frame", uri=uri)
+    reader = _open_decord(uri, path, width=32, height=32)
+    try:
+        num_frames = len(reader)
+        if num_frames == 0:
+            raise ZeroFrames("the video stream holds no frame", uri=uri)
+        times = _snap(_timestamps(reader, num_frames), header.time_base)
+    finally:
+        del reader
+    if num_frames < min_frames:
+        raise TooFewFrames(f"{num_frames} frame(s), at least {min_frames} needed", uri=uri)
+    starts = times[:, 0] - times[0, 0]
+    duration = float(times[-1, 1] - times[0, 0])
+    vfr = _is_variable(starts)
+    if vfr:
+        rate = Fraction(num_frames) / Fraction(duration).limit_denominator(1_000_000)
+        frame_times: np.ndarray | None = starts
+    else:
+        rate = header.frame_rate or Fraction(num_frames) / Fraction(duration).limit_denominator()
+        frame_times = None
+        duration = float(Fraction(num_frames) / rate)
+    return VideoInfo(
+        uri=uri,
+        num_frames=num_frames,
+        fps=float(rate),
+        frame_rate=rate,
+        duration_s=duration,
+        width=header.width,
+        height=header.height,
+        codec=header.codec,
+        container=header.container,
+        variable_frame_rate=vfr,
+        frame_times=frame_times,
+        declared_frames=header.declared_frames or None,
+        has_audio=header.has_audio,
+    )
+
+
+def _is_variable(starts: np.ndarray) -> bool:
+    if len(starts) < 3:
+        return False
+    durations = np.diff(starts)
+    median = float(np.median(durations))
+    if median <= 0:
+        return True
+    return bool(np.max(np.abs(durations - median)) > VFR_TOLERANCE * median)
+
+
+def _truncated_info(uri: str, header: _Header, readable: int, min_frames: int) -> VideoInfo:
+    if readable == 0:
+        raise ZeroFrames("the file is truncated before its first frame", uri=uri)
+    if readable < min_frames:
+        raise TooFewFrames(f"{readable} frame(s), at least {min_frames} needed", uri=uri)
+    rate = header.frame_rate or Fraction(25)
+    return VideoInfo(
+        uri=uri,
+        num_frames=readable,
+        fps=float(rate),
+        frame_rate=rate,
+        duration_s=float(Fraction(readable) / rate),
+        width=header.width,
+        height=header.height,
+        codec=header.codec,
+        container=header.container,
+        truncated=True,
+        declared_frames=header.declared_frames or None,
+        has_audio=header.has_audio,
+    )
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def target_size(
+    width: int,
+    height: int,
+    *,
+    out_width: int | None = None,
+    out_height: int | None = None,
+    short_side: int | None = None,
+) -> tuple[int, int]:
+    """The decode size for a ``width`` x ``height`` video: an explicit size, a width or a height
+    (the other side follows the aspect ratio), or a short side; never upscaled; even sides."""
+    for name, v in (("width", out_width), ("height", out_height), ("short_side", short_side)):
+        if v is not None and v < 2:
+            raise ValueError(f"{name} must be >= 2, got {v!r}")
+    if out_width and out_height:
+        w, h = out_width, out_height
+    elif out_width:
+        w, h = out_width, out_width * height / width
+    elif out_height:
+        w, h = out_height * width / height, out_height
+    elif short_side:
+        scale = short_side / min(width, height)
+        w, h = width * scale, height * scale
+    else:
+        return width, height
+    if w >= width and h >= height:
+        return width, height
+    return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)
+
+
+class FrameReader:
+    """Decoded frames of one video in chunks: ``for indices, frames in reader`` with
+    ``frames`` of shape ``(n, height, width, 3)`` uint8 RGB and ``indices`` the frame numbers.
+
+    Memory is bounded by ``chunk`` frames at the decode size, whatever the video's length.
+    Frames are decoded at the reduced size by decord itself (``width`` / ``height`` /
+    ``short_side``); ``stride`` keeps every n-th frame; ``start`` / ``end`` restrict the span.
+
+    A file that ends early raises :class:`TruncatedVideo` when decoding stops, or with
+    ``allow_truncated`` ends the iteration there (``truncated_at`` tells where).
+
+    Use as a context manager; the decoder is released on exit (and by :meth:`close`).
+    """
+
+    def __init__(
+        self,
+        uri: str | os.PathLike[str],
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        short_side: int | None = None,
+        stride: int = 1,
+        chunk: int = 64,
+        start: int = 0,
+        end: int | None = None,
+        allow_truncated: bool = False,
+        info: VideoInfo | None = None,
+        num_threads: int = 0,
+        max_side: int = DEFAULT_MAX_SIDE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride!r}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start!r}")
+        if end is not None and end < start:
+            raise ValueError(f"end must be >= start ({start}), got {end!r}")
+        if num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {num_threads!r}")
+        target_size(64, 64, out_width=width, out_height=height, short_side=short_side)
+        self.uri = os.fspath(uri)
+        self._width, self._height, self._short = width, height, short_side
+        self.stride, self.chunk, self.start, self._end = stride, chunk, start, end
+        self.allow_truncated = allow_truncated
+        self.num_threads = num_threads
+        self._limits = (max_side, max_pixels)
+        self.info = info
+        self.size: tuple[int, int] | None = None
+        self.truncated_at: int | None = None
+        self._reader: Any = None
+
+    # -- lifetime
+    def open(self) -> FrameReader:
+        if self.info is None:
+            self.info = probe(
+                self.uri,
+                max_side=self._limits[0],
+                max_pixels=self._limits[1],
+                allow_truncated=self.allow_truncated,
+            )
+        info = self.info
+        self.size = target_size(
+            info.width,
+            info.height,
+            out_width=self._width,
+            out_height=self._height,
+            short_side=self._short,
+        )
+        if not info.truncated and self._reader is None:
+            w, h = self.size
+            self._reader = _open_decord(
+                self.uri, info.path, width=w, height=h, num_threads=self.num_threads
+            )
+        return self
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        del reader  # decord frees the FFmpeg context in __del__; keep no other reference
+
+    def __enter__(self) -> FrameReader:
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    @property
+    def end(self) -> int:
+        assert self.info is not None
+        n = self.info.num_frames
+        return n if self._end is None else min(self._end, n)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The frame numbers this reader yields."""
+        return np.arange(self.start, self.end, self.stride, dtype=np.int64)
+
+    def __len__(self) -> int:
+        if self.info is None:
+            self.open()
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.info is None or (self._reader is None and not self.info.truncated):
+            self.open()
+        assert self.info is not None
+        if self.info.truncated:
+            yield from self._iter_pyav()
+            return
+        indices = self.indices
+        for lo in range(0, len(indices), self.chunk):
+            idx = indices[lo : lo + self.chunk]
+            try:
+                frames = self._reader.get_batch(idx.tolist()).asnumpy()
+            except _decord_error_types() as exc:
+                frames = self._salvage(idx, exc)
+                if frames is None:
+                    return
+            yield idx, frames
+            if len(frames) < len(idx):
+                return
+
+    def _salvage(self, idx: np.ndarray, exc: BaseException) -> np.ndarray | None:
+        """A batch failed: decode it frame by frame to find where the data stops."""
+        good = []
+        for i in idx.tolist():
+            try:
+                good.append(self._reader.get_batch([i]).asnumpy()[0])
+            except _decord_error_types():
+                self.truncated_at = i
+                break
+        assert self.info is not None
+        if self.truncated_at is None:  # the batch failed as a whole but every frame decodes
+            return np.stack(good)
+        reason = f"decoding stopped at frame {self.truncated_at} of {self.info.num_frames}"
+        if not self.allow_truncated:
+            raise TruncatedVideo(reason, uri=self.uri) from exc
+        log.warning("%s: %s; keeping the %d frames before it", self.uri, reason, len(good))
+        return np.stack(good) if good else None
+
+    def _iter_pyav(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """decord refuses files whose packets end early; PyAV reads what is there."""
+        import av
+
+        assert self.info is not None and self.size is not None
+        w, h = self.size
+        wanted = self.indices
+        if len(wanted) == 0:
+            return
+        last = int(wanted[-1])
+        buf_idx: list[int] = []
+        buf: list[np.ndarray] = []
+        pos = 0
+        with av.open(self.info.path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            try:
+                for frame in container.decode(stream):
+                    if pos > last:
+                        break
+                    if pos >= self.start and (pos - self.start) % self.stride == 0:
+                        buf_idx.append(pos)
+                        buf.append(frame.to_ndarray(width=w, height=h, format="rgb24"))
+                        if len(buf) == self.chunk:
+                            yield np.asarray(buf_idx, dtype=np.int64), np.stack(buf)
+                            buf_idx, buf = [], []
+                    pos += 1
+            except av.error.FFmpegError:
+                self.truncated_at = pos
+                log.warning("%s: decoding stopped at frame %d (truncated file)", self.uri, pos)
+        if buf:
+            yield np.asarray(buf_idx, dtype=np.int64), np.stack(buf)
+        if pos <= last and self.truncated_at is None:
+            self.truncated_at = pos
+
+
+def read_frames(
+    uri: str | os.PathLike[str],
+    indices: Sequence[int] | np.ndarray,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    short_side: int | None = None,
+    info: VideoInfo | None = None,
+) -> np.ndarray:
+    """Random access: the frames at ``indices`` as ``(n, h, w, 3)`` uint8 RGB, in the order
+    given (repeats allowed). Decoded at the reduced size when one is given."""
+    uri = os.fspath(uri)
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    info = info or probe(uri)
+    bad = idx[(idx < 0) | (idx >= info.num_frames)]
+    if len(bad):
+        raise ValueError(f"{uri}: frame index {int(bad[0])!r} outside [0, {info.num_frames})")
+    w, h = target_size(
+        info.width, info.height, out_width=width, out_height=height, short_side=short_side
+    )
+    if len(idx) == 0:
+        return np.zeros((0, h, w, 3), np.uint8)
+    if info.truncated:
+        order = np.unique(idx)
+        got: dict[int, np.ndarray] = {}
+        with FrameReader(uri, width=w, height=h, info=info, allow_truncated=True) as reader:
+            for fi, frames in reader:
+                for i, f in zip(fi.tolist(), frames, strict=True):
+                    if i in set(order.tolist()):
+                        got[i] = f
+        missing = [int(i) for i in order if int(i) not in got]
+        if missing:
+            raise TruncatedVideo(f"frame {missing[0]} cannot be decoded", uri=uri)
+        return np.stack([got[int(i)] for i in idx])
+    reader = _open_decord(uri, info.path, width=w, height=h)
+    try:
+        # decord seeks to the key frame before each index; sorting keeps that monotone
+        order = np.argsort(idx, kind="stable")
+        frames = reader.get_batch(idx[order].tolist()).asnumpy()
+    except _decord_error_types() as exc:
+        raise TruncatedVideo(f"cannot decode frames {idx.tolist()[:8]}: {exc}", uri=uri) from None
+    finally:
+        del reader
+    out = np.empty_like(frames)
+    out[order] = frames
+    return out
+
+
+def describe(info: VideoInfo) -> str:
+    """One line about a probed video, for logs and the CLI."""
+    rate = f"{info.frame_rate.numerator}/{info.frame_rate.denominator}"
+    if info.frame_rate.denominator == 1:
+        rate = str(info.frame_rate.numerator)
+    vfr = " VFR" if info.variable_frame_rate else ""
+    return (
+        f"{info.width}x{info.height} {info.codec} {info.num_frames} frames @ {rate} fps{vfr} "
+        f"({info.duration_s:.3f} s)"
+    )
+
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_SIDE",
+    "FrameReader",
+    "VideoInfo",
+    "describe",
+    "local_path",
+    "probe",
+    "read_frames",
+    "target_size",
+]
