@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -250,3 +252,52 @@ def test_summary_and_json():
     assert [lv["calls"] for lv in data["levels"]] == [1, 15]
     assert data["levels"][0]["spacing_s"] == pytest.approx(223 / 15 / 8)
     assert len(data["calls"]) == 16 and data["calls"][0]["prompts"][0] == "a"
+
+
+# --------------------------------------------------------------------------- CLI
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _cli(*argv: str) -> int:
+    from storygen import plan_cli
+
+    parser = argparse.ArgumentParser(prog="storygen")
+    plan_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["plan", *argv])
+    return args.func(args)
+
+
+def test_cli_prints_levels_totals_and_prompt_changes(capsys):
+    assert _cli(str(EXAMPLES / "shapes_story.yaml")) == 0
+    out = capsys.readouterr().out
+    assert "224 frames (28.00 s at 8 fps)" in out
+    assert "total: 16 model calls in 2 sequential rounds" in out
+    assert "frame     56      7.000 s  a yellow star growing on a navy background" in out
+    assert "sliding windows (overlap 1) would need 15 model calls in 15 sequential rounds" in out
+
+
+def test_cli_json_matches_the_library(capsys):
+    assert _cli(str(EXAMPLES / "shapes_story.srt"), "--fps", "8", "--frames", "3376", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    expected = build_plan(3376)
+    assert (data["model_calls"], data["rounds"]) == (expected.model_calls, expected.rounds)
+    assert [c["frames"] for c in data["calls"]] == [list(c.frames) for c in expected.calls]
+    assert data["autoregressive"] == {"overlap": 1, "model_calls": 225, "rounds": 225}
+
+
+def test_cli_duration_and_trim(capsys):
+    assert _cli(str(EXAMPLES / "shapes_story.json"), "--duration", "12.5", "--policy", "trim") == 0
+    assert "100 frames (12.50 s at 8 fps)" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line_and_exit_2(capsys, tmp_path):
+    assert _cli(str(EXAMPLES / "shapes_story.srt")) == 2
+    assert "sets no fps (SRT never does); pass --fps" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "segments:\n  - {start: 0, end: 2, prompt: a}\n  - {start: 1, end: 3, prompt: b}\n"
+    )
+    assert _cli(str(bad), "--fps", "8") == 2
+    assert "segment 2 (line 3): overlaps segment 1 (line 2)" in capsys.readouterr().err
+    assert _cli(str(EXAMPLES / "shapes_story.yaml"), "--depth", "1") == 2
+    assert "depth 1 with 16 frames per call makes at most 16" in capsys.readouterr().err

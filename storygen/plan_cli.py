@@ -1,0 +1,190 @@
+"""``storygen plan``: show what rendering a script would cost before running any model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Read a story script (YAML, JSON, SRT / WebVTT, or a curated stories.parquet) and print its
+diffusion-over-diffusion plan: the levels (model calls, frames per call, frame spacing in
+frames and seconds), the total model calls, the sequential rounds, the frames generated, and
+where the prompt changes. Nothing is rendered and no model is loaded.
+
+With L frames per call and depth m the regular structure makes (L-1)^m + 1 frames
+(16 -> 226 -> 3376 for L = 16); other lengths are stretched (uneven spacing, exact length) or
+trimmed (regular spacing, extra frames dropped). The sliding-window baseline's cost is printed
+for comparison.
+"""
+
+EPILOG = """\
+examples:
+  storygen plan examples/shapes_story.yaml
+  storygen plan examples/shapes_story.srt --fps 8 --frames 3376 --policy trim
+  storygen plan curated/stories.parquet --story-id v0007 --json > plan.json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "plan",
+        help="print the levels, model calls and rounds a script needs",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "script", help="a .yaml / .yml / .json / .srt / .vtt script or a stories .parquet"
+    )
+    p.add_argument("--story-id", help="which story of a stories table (default: the first)")
+    p.add_argument(
+        "--fps", type=float, help="frame rate of the output (default: the script's, if it sets one)"
+    )
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
+        "--frames", type=int, metavar="N", help="output length in frames (default: duration × fps)"
+    )
+    length.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="output length in seconds (default: the script's)",
+    )
+    p.add_argument(
+        "--frames-per-call",
+        "-L",
+        type=int,
+        default=16,
+        metavar="L",
+        help="frames one model call makes (default: 16)",
+    )
+    p.add_argument(
+        "--depth",
+        "-m",
+        type=int,
+        metavar="M",
+        help="levels of the hierarchy (default: the fewest that reach the length)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=("stretch", "trim", "autoregressive"),
+        default="stretch",
+        help="stretch: uneven spacing, exact length (default); trim: regular spacing, "
+        "extra frames generated then dropped; autoregressive: the sliding-window baseline",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=1,
+        help="frames each sliding window is given from the one before (autoregressive; default 1)",
+    )
+    p.add_argument(
+        "--gaps",
+        choices=("hold", "error"),
+        default="hold",
+        help="frames between segments keep the previous prompt (hold, default) or are an error",
+    )
+    p.add_argument("--calls", action="store_true", help="also list every model call")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (with every call)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _num_frames(args: argparse.Namespace, fps: float) -> int | None:
+    if args.frames is not None:
+        return args.frames
+    if args.duration is not None:
+        if not args.duration > 0:
+            raise ValueError(f"--duration must be positive, got {args.duration!r}")
+        return max(1, round(args.duration * fps))
+    return None
+
+
+def _calls_table(plan) -> list[str]:
+    lines = ["", "calls (frames; * = given):"]
+    for call in plan.calls:
+        marks = " ".join(f"{f}{'*' if k else ''}" for f, k in zip(call.frames, call.known))
+        lines.append(f"  level {call.level}: {marks}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from .plan import autoregressive_plan, plan_story
+    from .script import ScriptError, load_script
+
+    try:
+        script = load_script(args.script, story_id=args.story_id)
+        fps = args.fps if args.fps is not None else script.fps
+        if fps is None:
+            raise ValueError(f"{args.script}: the script sets no fps (SRT never does); pass --fps")
+        plan = plan_story(
+            script,
+            fps=fps,
+            num_frames=_num_frames(args, fps),
+            frames_per_call=args.frames_per_call,
+            depth=args.depth,
+            policy=args.policy,
+            gaps=args.gaps,
+            overlap=args.overlap,
+        )
+        baseline = None
+        if args.policy != "autoregressive":
+            overlap = args.overlap if args.overlap < args.frames_per_call else 1
+            baseline = autoregressive_plan(
+                plan.num_frames, frames_per_call=args.frames_per_call, overlap=overlap
+            )
+    except ScriptError as exc:
+        print(f"storygen plan: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"storygen plan: error: {exc}", file=sys.stderr)
+        return 2
+
+    try:
+        _print(args, script, plan, baseline, fps)
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter closes it at exit)
+    return 0
+
+
+def _print(args, script, plan, baseline, fps) -> None:
+    if args.json:
+        data = {
+            "script": str(args.script),
+            "story_id": script.story_id,
+            "duration_s": script.duration_s,
+            "segments": len(script.segments),
+            **plan.to_dict(),
+        }
+        if baseline is not None:
+            data["autoregressive"] = {
+                "overlap": baseline.overlap,
+                "model_calls": baseline.model_calls,
+                "rounds": baseline.rounds,
+            }
+        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+        return
+
+    out = [
+        f"script: {args.script} (story {script.story_id!r}, {len(script.segments)} segments, "
+        f"{script.duration_s:g} s)",
+        plan.summary(),
+    ]
+    if baseline is not None:
+        speed = baseline.rounds / plan.rounds
+        out.append(
+            f"sliding windows (overlap {baseline.overlap}) would need {baseline.model_calls} "
+            f"model calls in {baseline.rounds} sequential rounds ({speed:.1f}x the rounds)"
+        )
+    out += ["", "prompt changes:"]
+    for frame, prompt in plan.prompt_changes():
+        out.append(f"  frame {frame:>6}  {frame / fps:>9.3f} s  {prompt}")
+    if args.calls:
+        out += _calls_table(plan)
+    print("\n".join(out))
