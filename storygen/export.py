@@ -39,6 +39,7 @@ __all__ = [
     "SheetEntry",
     "VideoWriter",
     "export_video",
+    "plan_sheet",
     "preview_sheet",
     "sheet_entries",
 ]
@@ -331,6 +332,36 @@ def sheet_entries(
         prompt = prompts[i] if prompts is not None else ""
         out.append(SheetEntry(int(i), i / rate, prompt, frames[i]))
     return out
+
+
+def plan_sheet(
+    frames: Any,
+    plan: Any,
+    path: str | os.PathLike[str] | None,
+    *,
+    level: int = 0,
+    title: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """The preview sheet of a rendered plan: the frames one level made (default: the global
+    keyframes), each with its time and prompt. ``frames``: the video, ``(N, H, W, 3)`` or a
+    sequence / mapping of frames by index. Extra keyword arguments go to :func:`preview_sheet`.
+    """
+    if not 0 <= level < len(plan.levels):
+        raise ValueError(f"level must lie in [0, {len(plan.levels) - 1}], got {level!r}")
+    fps = plan.fps or 1.0
+    indices = sorted(
+        {f for call in plan.levels[level].calls for f in call.new_frames if f < plan.num_frames}
+    )
+    prompts = plan.prompts or [""] * plan.num_frames
+    entries = [SheetEntry(i, i / fps, prompts[i], frames[i]) for i in indices]
+    if title is None:
+        seconds = f" ({plan.num_frames / plan.fps:.1f} s at {plan.fps:g} fps)" if plan.fps else ""
+        title = (
+            f"level {level} of {plan.rounds}: {len(entries)} of {plan.num_frames} frames"
+            f"{seconds}, {plan.model_calls} model calls"
+        )
+    return preview_sheet(entries, path, title=title, **kwargs)
 
 
 def _font(size: int, font_path: str | os.PathLike[str] | None) -> Any:

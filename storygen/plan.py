@@ -301,7 +301,8 @@ def _int_root_ceil(g: int, r: int) -> int:
 def _split(a: int, b: int, parts: int) -> list[int]:
     """``parts + 1`` evenly spaced, rounded, unique positions from a to b inclusive."""
     g = b - a
-    return sorted({a + round(k * g / parts) for k in range(parts + 1)})
+    # exact integer rounding (half up): float division drifts for very deep trimmed plans
+    return sorted({a + (2 * k * g + parts) // (2 * parts) for k in range(parts + 1)})
 
 
 def _parts(g: int, levels_left: int, L: int, balanced: bool, *, first: bool = False) -> int:

@@ -145,14 +145,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"storygen plan: error: {exc}", file=sys.stderr)
         return 2
 
+    warnings = _warnings(script, plan, fps)
+    for line in warnings:
+        log.warning("%s", line)
     try:
-        _print(args, script, plan, baseline, fps)
+        _print(args, script, plan, baseline, fps, warnings)
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter closes it at exit)
     return 0
 
 
-def _print(args, script, plan, baseline, fps) -> None:
+def _warnings(script, plan, fps: float) -> list[str]:
+    """Segments the output will not show: too short for the frame rate, or cut off."""
+    out = []
+    end_s = plan.num_frames / fps
+    for i, (seg, (a, b)) in enumerate(zip(script.segments, script.frame_spans(fps)), 1):
+        if seg.start_s >= end_s:
+            out.append(
+                f"segment {i} ({seg.start_s:g}–{seg.end_s:g} s) starts after the output ends "
+                f"at {end_s:g} s and is not shown"
+            )
+        elif b <= a:
+            out.append(
+                f"segment {i} ({seg.start_s:g}–{seg.end_s:g} s) falls between two frames at "
+                f"{fps:g} fps and is not shown"
+            )
+    return out
+
+
+def _print(args, script, plan, baseline, fps, warnings) -> None:
     if args.json:
         data = {
             "script": str(args.script),
@@ -160,6 +181,7 @@ def _print(args, script, plan, baseline, fps) -> None:
             "duration_s": script.duration_s,
             "segments": len(script.segments),
             **plan.to_dict(),
+            "warnings": warnings,
         }
         if baseline is not None:
             data["autoregressive"] = {
@@ -185,6 +207,8 @@ def _print(args, script, plan, baseline, fps) -> None:
     out += ["", "prompt changes:"]
     for frame, prompt in plan.prompt_changes():
         out.append(f"  frame {frame:>6}  {frame / fps:>9.3f} s  {prompt}")
+    if warnings:
+        out += ["", "warnings:", *(f"  {w}" for w in warnings)]
     if args.calls:
         out += _calls_table(plan)
     print("\n".join(out))

@@ -13,6 +13,7 @@ from storygen.export import (
     ExportError,
     VideoWriter,
     export_video,
+    plan_sheet,
     preview_sheet,
     sheet_entries,
 )
@@ -160,3 +161,25 @@ def test_preview_sheet_arguments():
         preview_sheet([(0, 0.0, "x", _frames(1)[0])], None, columns=0)
     with pytest.raises(IndexError, match="frame 30 out of range"):
         sheet_entries(_frames(4), [30], fps=8)
+
+
+def test_plan_sheet_shows_the_global_keyframes(tmp_path):
+    from storygen.plan import plan_story
+    from storygen.script import Segment, StoryScript
+
+    script = StoryScript((Segment(0, 3, "first prompt"), Segment(3, 6, "second prompt")), 8)
+    plan = plan_story(script, frames_per_call=6)
+    frames = _frames(plan.num_frames, h=24, w=32)
+    path = tmp_path / "plan.png"
+    plan_sheet(frames, plan, path, columns=3, thumb_width=64)
+    keyframes = plan.levels[0].calls[0].frames
+    assert len(keyframes) == 6
+    with Image.open(path) as png:
+        pixels = np.asarray(png.convert("RGB")).astype(int)
+    # each keyframe's flat colour is on the sheet (2 rows of 3 tiles)
+    for f in keyframes:
+        near = np.abs(pixels - frames[f, 1, 1]).sum(axis=-1) < 6
+        assert near.sum() > 40 * 20, f
+    assert png.size[0] < 4 * 64 + 40
+    with pytest.raises(ValueError, match="level must lie in"):
+        plan_sheet(frames, plan, None, level=5)

@@ -301,3 +301,17 @@ def test_cli_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert "segment 2 (line 3): overlaps segment 1 (line 2)" in capsys.readouterr().err
     assert _cli(str(EXAMPLES / "shapes_story.yaml"), "--depth", "1") == 2
     assert "depth 1 with 16 frames per call makes at most 16" in capsys.readouterr().err
+
+
+def test_cli_warns_about_segments_the_output_cannot_show(capsys, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "fps: 4\nsegments:\n  - {start: 0, end: 1.05, prompt: a}\n"
+        "  - {start: 1.05, end: 1.1, prompt: too short}\n  - {start: 1.1, end: 4, prompt: c}\n"
+        "  - {start: 4, end: 6, prompt: late}\n"
+    )
+    assert _cli(str(path), "--duration", "4") == 0
+    out = capsys.readouterr().out
+    assert "segment 2 (1.05–1.1 s) falls between two frames at 4 fps" in out
+    assert "segment 4 (4–6 s) starts after the output ends at 4 s" in out
+    assert "segment 3" not in out.split("warnings:")[1]
