@@ -250,8 +250,8 @@ class StoryScript:
             raise ScriptError(self.source, empty)
         story_id = self.story_id
         if story_id is None:
-            known = self.source and not self.source.startswith("<")
-            story_id = Path(self.source).stem if known else "story"
+            src = self.source
+            story_id = Path(src).stem if src and not src.startswith("<") else "story"
         return {
             "story_id": story_id,
             "video_id": None,
@@ -508,6 +508,7 @@ def _parse_yaml(text: str, source: str | None, story_id: str | None) -> StoryScr
         line = f"line {mark.line + 1}: " if mark is not None else ""
         raise ScriptError(source, [f"{line}not valid YAML ({exc})"]) from exc
     problems: list[str] = []
+    items: Any
     if data is None:
         raise ScriptError(source, ["script is empty"])
     if isinstance(data, list):  # a bare list of segments
@@ -568,7 +569,7 @@ def _json_decoder(text: str) -> json.JSONDecoder:
         out.line = bisect.bisect_right(line_starts, start - 1)
         return out, end
 
-    decoder.parse_object = parse_object  # type: ignore[assignment]
+    decoder.parse_object = parse_object  # type: ignore[attr-defined]
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder
 
