@@ -650,8 +650,9 @@ def _parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScri
     raw: list[dict[str, Any] | None] = []
     labels: list[str] = []
     for k, (first_line, block) in enumerate(blocks, 1):
-        timing_at = 1 if block[0].strip().isdigit() else 0
-        number = block[0].strip() if timing_at else str(k)
+        # a cue may start with its number (SRT) or an identifier (WebVTT) before the timing
+        timing_at = 0 if "-->" in block[0] or re.match(r"\s*\d+:\d", block[0]) else 1
+        number = block[0].strip() if timing_at and block[0].strip().isdigit() else str(k)
         label = f"cue {number} (line {first_line})"
         labels.append(label)
         if timing_at >= len(block):

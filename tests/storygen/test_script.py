@@ -146,8 +146,14 @@ def test_srt_tolerates_bom_crlf_blank_lines_and_tags(tmp_path):
 
 def test_webvtt(tmp_path):
     path = tmp_path / "c.vtt"
-    path.write_text("WEBVTT\n\nNOTE a comment\n\n00:01.000 --> 00:02.500\nhello there\n")
-    assert load_script(path).segments == (Segment(1.0, 2.5, "hello there"),)
+    path.write_text(
+        "WEBVTT\n\nNOTE a comment\n\n00:01.000 --> 00:02.500\nhello there\n\n"
+        "intro-2\n00:02.500 --> 00:04.000 align:start\n<v Narrator>general kenobi\n"
+    )
+    assert load_script(path).segments == (
+        Segment(1.0, 2.5, "hello there"),
+        Segment(2.5, 4.0, "general kenobi"),
+    )
 
 
 def test_duration_and_segment_duration_fields():
