@@ -168,6 +168,8 @@ class _Header:
     declared_frames: int
     time_base: Fraction | None
     has_audio: bool
+    #: the stream's declared duration in seconds, where the container gives one
+    duration_s: float | None = None
 
 
 def _check_size(uri: str, width: int, height: int, max_side: int, max_pixels: int) -> None:
@@ -239,6 +241,9 @@ def _header_from(uri: str, container: Any, logs: list, max_side: int, max_pixels
     _check_size(uri, width, height, max_side, max_pixels)
     codec = ctx.name
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    duration = None
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
     return _Header(
         width=width,
         height=height,
@@ -248,6 +253,7 @@ def _header_from(uri: str, container: Any, logs: list, max_side: int, max_pixels
         declared_frames=int(stream.frames or 0),
         time_base=Fraction(stream.time_base) if stream.time_base else None,
         has_audio=has_audio,
+        duration_s=duration,
     )
 
 
@@ -299,6 +305,28 @@ def _open_decord(
         return decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
     except _decord_error_types() as exc:
         raise _classify_decord(uri, exc) from None
+
+
+def _open_decord_sized(
+    uri: str, path: str, width: int, height: int, *, num_threads: int = 0
+) -> tuple[Any, tuple[int, int]]:
+    """Open decord at ``width`` x ``height`` and decode one frame to prove the size works.
+
+    decord 0.6 fails to copy out frames at a few output widths (16, 24, 48, 72, ...: its
+    row padding does not match the array it allocates); the next even width works.
+    """
+    for attempt in range(4):
+        w = width + 2 * attempt
+        reader = _open_decord(uri, path, width=w, height=height, num_threads=num_threads)
+        try:
+            reader.get_batch([0])
+            reader.seek(0)
+            return reader, (w, height)
+        except _decord_error_types() as exc:
+            del reader
+            if "DECORDArrayCopyFromTo" not in str(exc):
+                raise _classify_decord(uri, exc) from None
+    raise VideoOpenFailure(f"decord cannot decode at {width}x{height} or near it", uri=uri)
 
 
 def _classify_decord(uri: str, exc: BaseException) -> VideoError:
@@ -402,8 +430,15 @@ def probe(
     if num_frames < min_frames:
         raise TooFewFrames(f"{num_frames} frame(s), at least {min_frames} needed", uri=uri)
     starts = times[:, 0] - times[0, 0]
-    duration = float(times[-1, 1] - times[0, 0])
     vfr = _is_variable(starts)
+    duration = float(times[-1, 1] - times[0, 0])
+    if vfr and times[-1, 1] <= times[-1, 0]:
+        # decord gives the last frame no duration: take the container's, else the median
+        last = float(starts[-1])
+        if header.duration_s is not None and header.duration_s > last:
+            duration = header.duration_s
+        else:
+            duration = last + float(np.median(np.diff(starts)))
     if vfr:
         rate = Fraction(num_frames) / Fraction(duration).limit_denominator(1_000_000)
         frame_times: np.ndarray | None = starts
@@ -564,8 +599,8 @@ class FrameReader:
         )
         if not info.truncated and self._reader is None:
             w, h = self.size
-            self._reader = _open_decord(
-                self.uri, info.path, width=w, height=h, num_threads=self.num_threads
+            self._reader, self.size = _open_decord_sized(
+                self.uri, info.path, w, h, num_threads=self.num_threads
             )
         return self
 
@@ -706,7 +741,7 @@ def read_frames(
         if missing:
             raise TruncatedVideo(f"frame {missing[0]} cannot be decoded", uri=uri)
         return np.stack([got[int(i)] for i in idx])
-    reader = _open_decord(uri, info.path, width=w, height=h)
+    reader, got = _open_decord_sized(uri, info.path, w, h)
     try:
         # decord seeks to the key frame before each index; sorting keeps that monotone
         order = np.argsort(idx, kind="stable")
@@ -715,6 +750,10 @@ def read_frames(
         raise TruncatedVideo(f"cannot decode frames {idx.tolist()[:8]}: {exc}", uri=uri) from None
     finally:
         del reader
+    if got != (w, h):  # decord could not produce this exact width (see _open_decord_sized)
+        import cv2
+
+        frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
     out = np.empty_like(frames)
     out[order] = frames
     return out

@@ -1,0 +1,218 @@
+"""Probing and decoding: sizes, exact frame times (29.97, VFR), chunked reading, random
+access, and truncated files."""
+
+from __future__ import annotations
+
+import tracemalloc
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curate.errors import TooFewFrames, TruncatedVideo, VideoOpenFailure
+from curate.video import FrameReader, VideoInfo, probe, read_frames, target_size
+
+
+def write_video(
+    path: Path,
+    colors: list[int],
+    *,
+    size: tuple[int, int] = (96, 64),
+    rate: Fraction = Fraction(25),
+    pts_ms: list[int] | None = None,
+) -> Path:
+    """An h264 mp4 whose frame ``i`` is grey level ``colors[i]`` below a barcode of ``i`` (8
+    black/white blocks across the top half), so a decoded frame tells which frame it is.
+    ``pts_ms`` gives irregular times (VFR)."""
+    import av
+
+    w, h = size
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate, options={"threads": "1"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        tb = Fraction(1, 1000) if pts_ms is not None else 1 / rate
+        stream.codec_context.time_base = tb
+        for i, c in enumerate(colors):
+            img = np.full((h, w, 3), c, np.uint8)
+            for bit in range(8):
+                on = (i >> bit) & 1
+                img[: h // 2, bit * w // 8 : (bit + 1) * w // 8] = 235 if on else 16
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = pts_ms[i] if pts_ms is not None else i
+            frame.time_base = tb
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def ramp(n: int) -> list[int]:
+    return [int(v) for v in np.linspace(10, 240, n)]
+
+
+@pytest.fixture(scope="module")
+def ntsc_video(tmp_path_factory) -> Path:
+    return write_video(
+        tmp_path_factory.mktemp("ntsc") / "ntsc.mp4", ramp(90), rate=Fraction(30000, 1001)
+    )
+
+
+VFR_PTS = [0, 40, 60, 100, 180, 200, 260, 270, 330, 400, 433, 500, 520, 600]
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory) -> Path:
+    return write_video(
+        tmp_path_factory.mktemp("vfr") / "vfr.mp4", ramp(len(VFR_PTS)), pts_ms=VFR_PTS
+    )
+
+
+def test_probe_reads_size_codec_and_exact_ntsc_rate(ntsc_video):
+    info = probe(ntsc_video)
+    assert (info.width, info.height, info.num_frames) == (96, 64, 90)
+    assert info.codec == "h264" and "mp4" in info.container
+    assert info.frame_rate == Fraction(30000, 1001)
+    assert not info.variable_frame_rate and info.frame_times is None
+    # frame-exact: t(i) = i * 1001 / 30000, not i / 29.97 rounded
+    for i in (0, 1, 29, 30, 89, 90):
+        assert info.frame_time(i) == float(Fraction(i * 1001, 30000))
+    assert info.duration_s == pytest.approx(90 * 1001 / 30000, abs=1e-12)
+    with pytest.raises(ValueError, match="91"):
+        info.frame_time(91)
+
+
+def test_probe_variable_frame_rate_uses_per_frame_timestamps(vfr_video):
+    info = probe(vfr_video)
+    assert info.variable_frame_rate
+    assert info.frame_times is not None
+    np.testing.assert_allclose(info.frame_times, np.array(VFR_PTS) / 1000, atol=1e-9)
+    assert info.frame_time(4) == pytest.approx(0.18, abs=1e-9)
+    assert info.duration_s > VFR_PTS[-1] / 1000
+    assert info.fps == pytest.approx(info.num_frames / info.duration_s)
+
+
+def test_probe_accepts_file_uri_and_pathlike(ntsc_video):
+    assert probe(f"file://{ntsc_video}").num_frames == 90
+    assert probe(Path(ntsc_video)).uri == str(ntsc_video)
+
+
+def test_probe_min_frames(ntsc_video):
+    with pytest.raises(TooFewFrames, match="90 frame"):
+        probe(ntsc_video, min_frames=91)
+    with pytest.raises(ValueError, match="0"):
+        probe(ntsc_video, min_frames=0)
+
+
+def test_target_size_keeps_aspect_and_never_upscales():
+    assert target_size(1280, 720, out_width=128) == (128, 72)
+    assert target_size(640, 360, short_side=90) == (160, 90)
+    assert target_size(96, 64, out_width=400) == (96, 64)
+    assert target_size(1280, 720, out_width=100, out_height=50) == (100, 50)
+    with pytest.raises(ValueError, match="1"):
+        target_size(100, 100, out_width=1)
+
+
+def frame_numbers(frames: np.ndarray, n: int) -> list[int]:
+    """Read back the barcode that :func:`write_video` draws (any decode size)."""
+    h, w = frames.shape[1:3]
+    cols = [int((bit + 0.5) * w / 8) for bit in range(8)]
+    bits = frames[:, h // 4, cols, :].mean(axis=-1) > 128  # (n, 8)
+    out = (bits * (1 << np.arange(8))).sum(axis=1)
+    assert (out < n).all()
+    return [int(v) for v in out]
+
+
+def test_frame_reader_chunks_stride_span_and_size(ntsc_video):
+    with FrameReader(ntsc_video, width=64, chunk=16, stride=3, start=5, end=80) as reader:
+        assert reader.size == (64, 42)
+        assert len(reader) == len(range(5, 80, 3))
+        chunks = list(reader)
+    indices = np.concatenate([i for i, _ in chunks])
+    assert indices.tolist() == list(range(5, 80, 3))
+    assert all(len(i) <= 16 and f.shape[1:] == (42, 64, 3) for i, f in chunks)
+    frames = np.concatenate([f for _, f in chunks])
+    assert frames.dtype == np.uint8
+    assert frame_numbers(frames, 90) == indices.tolist()
+
+
+def test_frame_reader_works_around_decord_widths(ntsc_video):
+    """decord 0.6 cannot output 48 px wide frames; the reader takes the next width that works."""
+    with FrameReader(ntsc_video, width=48, chunk=32) as reader:
+        w, h = reader.size
+        frames = np.concatenate([f for _, f in reader])
+    assert w in (48, 50) and h == 32
+    assert frames.shape == (90, h, w, 3)
+    assert frame_numbers(frames, 90) == list(range(90))
+
+
+def test_read_frames_random_access_order_and_repeats(ntsc_video):
+    want = [70, 3, 3, 45, 0]
+    frames = read_frames(ntsc_video, want, width=48)
+    assert frames.shape == (5, 32, 48, 3)
+    assert frame_numbers(frames, 90) == want
+    full = read_frames(ntsc_video, [10])
+    assert full.shape == (1, 64, 96, 3)
+    with pytest.raises(ValueError, match="90"):
+        read_frames(ntsc_video, [90])
+    assert read_frames(ntsc_video, []).shape == (0, 64, 96, 3)
+
+
+def test_frame_reader_memory_does_not_grow_with_length(tmp_path):
+    """Peak traced memory while reading is bounded by the chunk, not the video length."""
+    short = write_video(tmp_path / "short.mp4", ramp(60) * 1, size=(160, 96))
+    long = write_video(tmp_path / "long.mp4", ramp(60) * 8, size=(160, 96))
+
+    def peak(path: Path) -> int:
+        tracemalloc.start()
+        with FrameReader(path, chunk=16) as reader:
+            for _ in reader:
+                pass
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    p_short, p_long = peak(short), peak(long)
+    chunk_bytes = 16 * 160 * 96 * 3
+    assert p_long < 4 * chunk_bytes + 2_000_000
+    assert p_long < 1.5 * p_short + 500_000
+
+
+def test_truncated_file_raises_or_keeps_what_decodes(tmp_path):
+    good = write_video(tmp_path / "good.mp4", ramp(40), size=(96, 64))
+    from curate.badvideos import write_h264
+
+    rng = np.random.default_rng(0)
+    noisy = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(40)]
+    src = write_h264(tmp_path / "noisy.mp4", noisy, faststart=True)
+    cut = tmp_path / "cut.mp4"
+    data = src.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TruncatedVideo, match="cut.mp4") as err:
+        probe(cut)
+    assert "of 40 declared" in err.value.reason
+    info = probe(cut, allow_truncated=True)
+    assert info.truncated and info.declared_frames == 40 and 0 < info.num_frames < 40
+    reader = FrameReader(cut, allow_truncated=True, chunk=8)
+    with reader:
+        got = np.concatenate([i for i, _ in reader])
+    assert got.tolist() == list(range(len(got)))
+    assert 0 < len(got) <= info.num_frames
+    assert reader.truncated_at is not None
+    assert probe(good).num_frames == 40
+
+
+def test_video_info_is_a_plain_record(ntsc_video):
+    info = probe(ntsc_video)
+    assert isinstance(info, VideoInfo)
+    assert info.path == str(ntsc_video)
+    np.testing.assert_allclose(
+        info.frame_times_array([0, 30]), [0.0, 30 * 1001 / 30000], atol=1e-12
+    )
+
+
+def test_missing_file_is_an_open_failure(tmp_path):
+    with pytest.raises(VideoOpenFailure, match="no such file") as err:
+        probe(tmp_path / "nope.mp4")
+    assert err.value.uri == str(tmp_path / "nope.mp4")
