@@ -44,7 +44,9 @@ __all__ = [
     "StoryScript",
     "load_script",
     "parse_time",
+    "save_script",
     "script_from_stories_row",
+    "script_to_text",
 ]
 
 #: file formats ``load_script`` reads, by extension
@@ -741,6 +743,68 @@ def _load_parquet(path: Path, story_id: str | None) -> StoryScript:
                 str(path), [f"no story with story_id {story_id!r}; available: {shown}"]
             )
     return script_from_stories_row(rows[0], source=str(path))
+
+
+# --------------------------------------------------------------------- writing
+def _srt_stamp(t: float) -> str:
+    ms = round(t * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def script_to_text(script: StoryScript, fmt: str) -> str:
+    """The script as YAML, JSON or SRT text (SRT keeps milliseconds and no fps / id)."""
+    if fmt == "srt":
+        return "\n".join(
+            f"{i}\n{_srt_stamp(s.start_s)} --> {_srt_stamp(s.end_s)}\n{s.prompt}\n"
+            for i, s in enumerate(script.segments, 1)
+        )
+    data: dict[str, Any] = {}
+    if script.story_id is not None:
+        data["story_id"] = script.story_id
+    if script.fps is not None:
+        data["fps"] = script.fps
+    if script.length_s is not None:
+        data["duration"] = script.length_s
+    data["segments"] = [
+        {
+            "start": s.start_s,
+            "end": s.end_s,
+            "prompt": s.prompt,
+            **({"clip_id": s.clip_id} if s.clip_id is not None else {}),
+            **({"score": s.score} if s.score is not None else {}),
+        }
+        for s in script.segments
+    ]
+    if fmt == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    raise ValueError(f"fmt must be one of ['json', 'srt', 'yaml'], got {fmt!r}")
+
+
+def save_script(
+    script: StoryScript, path: str | os.PathLike[str], *, fps: float | None = None
+) -> Path:
+    """Write ``script`` in the format of ``path``'s extension (a ``.parquet`` stories table
+    needs a frame rate: ``fps`` or the script's). Returns the path."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"{path}: unknown script format {path.suffix!r}; expected one of {sorted(FORMATS)}"
+        )
+    if kind == "parquet":
+        from schemas.io import rows_to_table, write_parquet
+
+        row = script.to_stories_row(fps)
+        return write_parquet(rows_to_table([row], "stories"), path, "stories")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(script_to_text(script, kind), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 # --------------------------------------------------------------------- entry point

@@ -17,6 +17,7 @@ from storygen.script import (
     StoryScript,
     load_script,
     parse_time,
+    save_script,
     script_from_stories_row,
 )
 
@@ -401,3 +402,26 @@ def test_to_stories_row_matches_the_schema_and_round_trips():
     short = StoryScript((Segment(0, 1.05, "a"), Segment(1.05, 1.1, "b"), Segment(1.1, 2, "c")))
     with pytest.raises(ScriptError, match="segment 2 .* holds no frame at 4 fps"):
         short.to_stories_row(4)
+
+
+@pytest.mark.parametrize("ext", ["yaml", "json", "srt", "parquet"])
+def test_save_and_load_round_trip(tmp_path, ext):
+    script = StoryScript(
+        (
+            Segment(0.0, 2.125, "a red circle: moving right", clip_id="c1", score=0.31),
+            Segment(3.5, 7.0, 'a "quoted" prompt, with commas'),
+            Segment(7.0, 61.25, "the last one, über long"),
+        ),
+        8.0,
+        "round-trip",
+        length_s=70.0,
+    )
+    path = save_script(script, tmp_path / f"story.{ext}")
+    back = load_script(path, story_id="round-trip")
+    if ext == "srt":  # SRT holds only times and text
+        assert back.segments == tuple(
+            Segment(s.start_s, s.end_s, s.prompt) for s in script.segments
+        )
+        return
+    assert back.segments == script.segments
+    assert (back.fps, back.story_id, back.duration_s) == (8.0, "round-trip", 70.0)
