@@ -257,11 +257,91 @@ class Plan:
             "prompt_changes": [{"frame": f, "prompt": p} for f, p in self.prompt_changes()],
         }
         if calls:
+            out["prompts"] = None if self.prompts is None else list(self.prompts)
             out["calls"] = [c.to_dict() for c in self.calls]
         return out
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(**kwargs), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """A plan from :meth:`to_dict` output (with its calls), checked with :meth:`check`."""
+        if "calls" not in data:
+            raise ValueError("plan data has no 'calls' (write it with to_dict(calls=True))")
+        by_level: dict[int, list[Call]] = {}
+        for k, c in enumerate(data["calls"]):
+            try:
+                call = Call(
+                    int(c["level"]),
+                    tuple(int(f) for f in c["frames"]),
+                    tuple(bool(x) for x in c["known"]),
+                    None if c.get("prompts") is None else tuple(c["prompts"]),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"plan call {k}: {exc}") from exc
+            by_level.setdefault(call.level, []).append(call)
+        if sorted(by_level) != list(range(len(by_level))):
+            raise ValueError(f"plan levels must be 0..n-1, got {sorted(by_level)}")
+        levels = tuple(
+            Level(j, tuple(by_level[j]), _spacing(by_level[j])) for j in sorted(by_level)
+        )
+        prompts = data.get("prompts")
+        plan = cls(
+            int(data["num_frames"]),
+            int(data["frames_per_call"]),
+            len(levels),
+            levels,
+            str(data.get("policy", "stretch")),
+            None if prompts is None else tuple(prompts),
+            int(data.get("generated_frames", 0)),
+            tuple(int(f) for f in data.get("dropped", ())),
+            data.get("fps"),
+            data.get("overlap"),
+        )
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first call that breaks a rule of an executable plan.
+
+        Rules: calls hold 1..L sorted, distinct frames; a given frame was made at an earlier
+        level; no frame is made twice; every output frame is made; prompts match frames.
+        """
+        made_at: dict[int, int] = {}
+        for j, level in enumerate(self.levels):
+            if level.index != j:
+                raise ValueError(f"level {j} carries index {level.index}")
+            this_level: set[int] = set()
+            for k, call in enumerate(level.calls):
+                where = f"level {j} call {k} (frames {call.frames[:3]}...)"
+                if call.level != j:
+                    raise ValueError(f"{where}: says level {call.level}")
+                if not 1 <= len(call) <= self.frames_per_call:
+                    raise ValueError(
+                        f"{where}: {len(call)} frames, expected 1..{self.frames_per_call}"
+                    )
+                if list(call.frames) != sorted(set(call.frames)) or call.frames[0] < 0:
+                    raise ValueError(f"{where}: frames must be sorted, distinct and >= 0")
+                for f, known in zip(call.frames, call.known):
+                    if known and made_at.get(f, j) >= j:
+                        raise ValueError(
+                            f"{where}: frame {f} is given but no earlier level made it"
+                        )
+                    if not known and (f in made_at or f in this_level):
+                        raise ValueError(f"{where}: frame {f} is made twice")
+                    if not known:
+                        this_level.add(f)
+            for f in this_level:
+                made_at[f] = j
+        missing = [f for f in range(self.num_frames) if f not in made_at]
+        if missing:
+            raise ValueError(
+                f"plan never makes {len(missing)} of its {self.num_frames} frames "
+                f"(first: {missing[:5]})"
+            )
+        if self.prompts is not None and len(self.prompts) != self.num_frames:
+            raise ValueError(f"{len(self.prompts)} prompts for {self.num_frames} frames")
 
 
 # --------------------------------------------------------------------- arithmetic

@@ -52,6 +52,7 @@ def check_plan(plan: Plan) -> None:
     assert plan.generated_frames == len(produced_at)
     assert plan.rounds == len(plan.levels) == plan.depth
     assert plan.model_calls == sum(len(lv.calls) for lv in plan.levels)
+    plan.check()  # the library's own check agrees
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -315,3 +316,33 @@ def test_cli_warns_about_segments_the_output_cannot_show(capsys, tmp_path):
     assert "segment 2 (1.05–1.1 s) falls between two frames at 4 fps" in out
     assert "segment 4 (4–6 s) starts after the output ends at 4 s" in out
     assert "segment 3" not in out.split("warnings:")[1]
+
+
+@pytest.mark.parametrize("policy", ["stretch", "trim", "autoregressive"])
+def test_json_round_trip_and_check(policy):
+    plan = plan_story(_script(), fps=8, policy=policy, frames_per_call=8)
+    plan.check()
+    back = Plan.from_dict(json.loads(plan.to_json()))
+    assert back.calls == plan.calls
+    assert (back.num_frames, back.rounds, back.model_calls, back.dropped, back.prompts) == (
+        plan.num_frames,
+        plan.rounds,
+        plan.model_calls,
+        plan.dropped,
+        plan.prompts,
+    )
+
+
+def test_check_names_the_broken_call():
+    data = build_plan(226).to_dict()
+    data["calls"][3]["known"][0] = False  # frame made again at level 1
+    with pytest.raises(ValueError, match=r"level 1 call 2 .*: frame 30 is made twice"):
+        Plan.from_dict(data)
+    data = build_plan(226).to_dict()
+    del data["calls"][5]
+    with pytest.raises(ValueError, match="plan never makes 14 of its 226 frames"):
+        Plan.from_dict(data)
+    data = build_plan(226).to_dict()
+    data["calls"][0]["known"][4] = True
+    with pytest.raises(ValueError, match="frame 60 is given but no earlier level made it"):
+        Plan.from_dict(data)
