@@ -358,7 +358,8 @@ def plan_sheet(
     if title is None:
         seconds = f" ({plan.num_frames / plan.fps:.1f} s at {plan.fps:g} fps)" if plan.fps else ""
         title = (
-            f"level {level} of {plan.rounds}: {len(entries)} of {plan.num_frames} frames"
+            f"level {level}{' (global keyframes)' if level == 0 else ''} of {plan.rounds} "
+            f"levels: {len(entries)} of {plan.num_frames} frames"
             f"{seconds}, {plan.model_calls} model calls"
         )
     return preview_sheet(entries, path, title=title, **kwargs)
@@ -467,9 +468,16 @@ def preview_sheet(
         sheet.paste(thumb, (x0, y0))
         ty = y0 + thumb.height + pad // 2
         draw.text((x0, ty), f"#{entry.index}  {entry.time_s:.2f} s", fill=(90, 90, 90), font=font)
+        # a prompt that continues from the tile before is greyed, so the cuts stand out
+        changed = k == 0 or entry.prompt != entries[k - 1].prompt
+        if changed and k > 0:
+            draw.rectangle(
+                (x0 - pad // 2 - 1, y0, x0 - pad // 2 + 1, y0 + cell_h), fill=(214, 80, 40)
+            )
+        colour = (20, 20, 20) if changed else (150, 150, 150)
         for line in _wrap(entry.prompt, font, cell_w, max_prompt_lines):
             ty += line_h
-            draw.text((x0, ty), line, fill=(20, 20, 20), font=font)
+            draw.text((x0, ty), line, fill=colour, font=font)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
