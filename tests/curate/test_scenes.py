@@ -1,0 +1,298 @@
+"""Scene splitting against shapes-world ground truth, the SceneSplitter step and the CLI."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from curate.badvideos import EXPECTED_ERRORS, MIN_FRAMES, make_bad_videos
+from curate.errors import CurateError
+from curate.scenes import (
+    CLIP_COLUMNS,
+    Boundary,
+    Detector,
+    SceneSplitter,
+    build_scenes,
+    detect_boundaries,
+    detect_scenes,
+    make_detector,
+    split_scenes,
+)
+from curate.scenes.metrics import score_boundaries, score_cuts, score_gradual
+from curate.video import probe
+
+
+def truth_transitions(v) -> list[tuple[str, int, int]]:
+    return [(t.kind, t.start_frame, t.end_frame) for t in v.transitions]
+
+
+@pytest.fixture(scope="module")
+def corpus_results(shapes_corpus):
+    """Every detector on every corpus video, from one decode per video."""
+    names = ("fast", "content", "adaptive", "histogram")
+    out = {}
+    for v in shapes_corpus:
+        dets = [make_detector(n) for n in names]
+        info, found = detect_boundaries(v.path, dets)
+        out[v.video_id] = (v, info, dict(zip(names, found, strict=True)))
+    return out
+
+
+def test_corpus_has_what_these_tests_rely_on(shapes_corpus):
+    kinds = {t.kind for v in shapes_corpus for t in v.transitions}
+    assert {"fade", "dissolve"} <= kinds
+    assert any(v.cuts for v in shapes_corpus)
+    assert any(Fraction(v.fps_fraction) == Fraction(30000, 1001) for v in shapes_corpus)
+
+
+def test_fast_detector_finds_every_cut_exactly(corpus_results):
+    for video_id, (v, _, found) in corpus_results.items():
+        cuts = sorted(b.frame for b in found["fast"] if b.kind == "cut")
+        assert len(cuts) == len(v.cuts), (video_id, cuts, v.cuts)
+        for got, want in zip(cuts, sorted(v.cuts), strict=True):
+            assert abs(got - want) <= 1, (video_id, cuts, v.cuts)
+
+
+def test_fast_detector_finds_gradual_transitions_with_their_kind(corpus_results):
+    for video_id, (v, _, found) in corpus_results.items():
+        gradual = [b for b in found["fast"] if b.kind in ("fade", "dissolve")]
+        assert len(gradual) == len(v.transitions), (video_id, gradual, v.transitions)
+        for b, t in zip(sorted(gradual, key=lambda b: b.frame), v.transitions, strict=True):
+            assert b.kind == t.kind, (video_id, b, t)
+            # the new scene starts inside the true transition, near its boundary frame
+            assert t.start_frame <= b.frame < t.end_frame, (video_id, b, t)
+            assert abs(b.frame - t.boundary_frame) <= 2, (video_id, b, t)
+
+
+def test_fast_scenes_match_ground_truth_scenes(corpus_results):
+    for video_id, (v, info, found) in corpus_results.items():
+        scenes = build_scenes(found["fast"], info)
+        assert len(scenes) == len(v.scenes), video_id
+        for s, t in zip(scenes, v.scenes, strict=True):
+            assert s.transition == t.transition_in
+            assert abs(s.start_frame - t.start_frame) <= 2
+        assert scenes[-1].end_frame == v.num_frames
+
+
+@pytest.mark.parametrize("name", ["content", "adaptive"])
+def test_pyscenedetect_detectors_find_the_hard_cuts(corpus_results, name):
+    for video_id, (v, _, found) in corpus_results.items():
+        prf = score_cuts(found[name], v.cuts, truth_transitions(v), tolerance=1)
+        assert prf.fn == 0 and prf.fp == 0, (video_id, prf.as_dict(), found[name], v.cuts)
+
+
+def test_histogram_detector_finds_the_hard_cuts(corpus_results):
+    recall = [
+        score_cuts(found["histogram"], v.cuts, truth_transitions(v)).recall
+        for v, _, found in corpus_results.values()
+        if v.cuts
+    ]
+    assert min(recall) == 1.0
+
+
+def test_metrics_score_a_known_case():
+    truth_cuts = [50, 120]
+    truth_grad = [("dissolve", 200, 212)]
+    detected = [
+        Boundary(51, "cut", 1.0),  # right, 1 frame late
+        Boundary(90, "cut", 1.0),  # wrong
+        Boundary(205, "cut", 1.0),  # inside a gradual transition: not scored as a cut
+        Boundary(206, "dissolve", 1.0, 201, 211),
+    ]
+    cuts = score_cuts(detected, truth_cuts, truth_grad)
+    assert (cuts.tp, cuts.fp, cuts.fn) == (1, 1, 1)
+    grad = score_gradual(detected, truth_grad)
+    assert (grad.tp, grad.fp, grad.fn) == (1, 0, 0)
+    allb = score_boundaries(detected, truth_cuts, truth_grad)
+    assert (allb.tp, allb.fp, allb.fn) == (2, 2, 1)
+
+
+def test_scene_times_are_frame_exact_at_2997(corpus_results):
+    ntsc = [
+        (v, info, found)
+        for v, info, found in corpus_results.values()
+        if Fraction(v.fps_fraction) == Fraction(30000, 1001)
+    ]
+    assert ntsc
+    for v, info, found in ntsc:
+        assert info.frame_rate == Fraction(30000, 1001)
+        for s in build_scenes(found["fast"], info):
+            assert s.start_s == float(Fraction(s.start_frame * 1001, 30000))
+            assert s.end_s == float(Fraction(s.end_frame * 1001, 30000))
+
+
+def test_one_decode_feeds_every_detector_the_same_frames(shapes_corpus):
+    v = next(v for v in shapes_corpus if v.cuts or v.transitions)
+    info, (together_fast, together_content) = detect_boundaries(
+        v.path, [make_detector("fast"), make_detector("content")]
+    )
+    _, (alone_fast,) = detect_boundaries(v.path, [make_detector("fast")], info=info)
+    _, (alone_content,) = detect_boundaries(v.path, [make_detector("content")], info=info)
+    assert together_fast == alone_fast
+    assert together_content == alone_content
+
+
+def test_detector_interface_is_one_abstract_method():
+    assert Detector.__abstractmethods__ == frozenset({"process"})
+
+
+def test_max_scene_len_recuts_long_scenes(shapes_corpus):
+    v = max(shapes_corpus, key=lambda v: max(s.num_frames for s in v.scenes))
+    scenes = split_scenes(v.path, "fast", max_scene_len_s=1.0)
+    assert any(s.transition == "recut" for s in scenes)
+    for s in scenes:
+        assert s.duration_s <= 1.0 + 1e-9
+        assert s.num_frames >= 15
+    starts = [s.start_frame for s in scenes]
+    for t in v.scenes[1:]:  # the detected boundaries survive the recut
+        assert min(abs(t.start_frame - x) for x in starts) <= 2
+
+
+def test_min_scene_len_merges_close_boundaries(shapes_corpus):
+    v = next(v for v in shapes_corpus if len(v.scenes) >= 3)
+    info = probe(v.path)
+    fake = [Boundary(30, "cut", 9.0), Boundary(35, "cut", 9.0), Boundary(60, "cut", 9.0)]
+    scenes = build_scenes(fake, info, min_scene_len=15)
+    assert [s.start_frame for s in scenes] == [0, 30, 60]
+    with pytest.raises(ValueError, match="0"):
+        build_scenes(fake, info, min_scene_len=0)
+
+
+def test_moving_shapes_alone_make_one_scene(tmp_path):
+    """A single scene with fast motion: no cut, no gradual transition."""
+    from curate.synth import SceneFacts, render_scene, write_video
+
+    frames = list(
+        render_scene(
+            SceneFacts("red", "square", "moving right", "gray"), num_frames=90, width=160, height=96
+        )
+    )
+    path = tmp_path / "motion.mp4"
+    write_video(path, frames, fps=25)
+    for name in ("fast", "adaptive"):
+        scenes = split_scenes(path, name)
+        assert len(scenes) == 1, (name, scenes)
+
+
+def test_variable_frame_rate_scene_times_use_frame_timestamps(tmp_path):
+    import av
+
+    pts_ms = [round(1000 * t) for t in np.cumsum([0] + [40, 20, 60] * 30)][:80]
+    path = tmp_path / "vfr_cut.mp4"
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25, options={"threads": "1"})
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.time_base = tb
+        for i, p in enumerate(pts_ms):
+            img = np.full((64, 96, 3), (200, 40, 40) if i < 50 else (30, 60, 200), np.uint8)
+            img[10:30, i // 2 + 5 : i // 2 + 25] = 250  # a block moving right
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = p, tb
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    info = probe(path)
+    assert info.variable_frame_rate
+    scenes = split_scenes(path, "fast", info=info)
+    assert [s.start_frame for s in scenes] == [0, 50]
+    assert scenes[1].start_s == pytest.approx(pts_ms[50] / 1000, abs=1e-9)
+    assert scenes[0].end_s == scenes[1].start_s
+
+
+# --- the step -------------------------------------------------------------------------------
+
+
+def test_scene_splitter_rows(shapes_corpus):
+    import pyarrow as pa
+
+    from schemas.tables import CLIPS_SCHEMA
+
+    v = max(shapes_corpus, key=lambda v: len(v.scenes))
+    row = {"video_id": v.video_id, "uri": str(v.path), "caption": "a caption"}
+    with SceneSplitter(detector="fast") as step:
+        rows = list(step.process(row))
+    assert len(rows) == len(v.scenes)
+    assert all(set(r) == set(CLIP_COLUMNS) for r in rows)
+    assert set(CLIP_COLUMNS) <= set(CLIPS_SCHEMA.names)
+    assert [r["clip_id"] for r in rows] == [f"{v.video_id}:{i:04d}" for i in range(len(rows))]
+    assert rows[0]["start_frame"] == 0 and rows[-1]["end_frame"] == v.num_frames
+    for a, b in zip(rows, rows[1:], strict=False):
+        assert a["end_frame"] == b["start_frame"] and a["end_s"] == b["start_s"]
+    assert {r["source_caption"] for r in rows} == {"a caption"}
+    assert rows[0]["transition"] == "start" and rows[0]["detector_score"] is None
+    assert (rows[0]["width"], rows[0]["height"]) == (v.width, v.height)
+    # the rows fit the clips schema's types
+    sub = pa.schema([CLIPS_SCHEMA.field(c) for c in CLIP_COLUMNS])
+    table = pa.Table.from_pylist(rows, schema=sub)
+    assert table.num_rows == len(rows)
+
+
+def test_scene_splitter_settings_are_validated():
+    with pytest.raises(ValueError, match="'nope'"):
+        SceneSplitter(detector="nope")
+    with pytest.raises(ValueError, match="-1"):
+        SceneSplitter(min_scene_len=-1)
+    with pytest.raises(ValueError, match="0"):
+        SceneSplitter(max_scene_len_s=0)
+    with pytest.raises(ValueError, match="8"):
+        SceneSplitter(detection_width=8)
+    with pytest.raises(ValueError, match="-2"):
+        SceneSplitter(detector_settings={"cut_threshold": -2})
+
+
+def test_scene_splitter_raises_domain_errors_with_video_id(tmp_path):
+    bad = make_bad_videos(tmp_path / "bad")
+    with SceneSplitter() as step:
+        assert step.min_frames == MIN_FRAMES
+        for name, path in bad.items():
+            with pytest.raises(CurateError) as err:
+                list(step.process({"video_id": f"v_{name}", "uri": str(path), "caption": "x"}))
+            assert type(err.value) is EXPECTED_ERRORS[name], name
+            assert err.value.video_id == f"v_{name}"
+            assert err.value.uri == str(path)
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_json_lists_cuts_and_reports_failures(shapes_corpus, tmp_path, capsys):
+    from curate.cli import main
+
+    v = max(shapes_corpus, key=lambda v: len(v.scenes))
+    missing = tmp_path / "missing.mp4"
+    rc = main(["scenes", str(v.path), str(missing), "--json"])
+    assert rc == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2
+    good, failed = lines
+    assert good["ok"] and good["file"] == str(v.path)
+    assert len(good["cuts"]) == len(v.scenes) - 1
+    for got, t in zip(good["cuts"], v.scenes[1:], strict=True):
+        assert abs(got - t.start_frame) <= 2
+    assert good["transitions"] == [t.transition_in for t in v.scenes[1:]]
+    assert good["cut_times"] == [
+        round(float(c / Fraction(v.fps_fraction)), 6) for c in good["cuts"]
+    ]
+    assert not failed["ok"] and failed["error"] == "VideoOpenFailure"
+    assert failed["file"] == str(missing)
+
+
+def test_cli_table(shapes_corpus, capsys):
+    from curate.cli import main
+
+    v = shapes_corpus.videos[0]
+    assert main(["scenes", str(v.path), "--detector", "adaptive"]) == 0
+    out = capsys.readouterr().out
+    assert str(v.path) in out and "scene(s)" in out and "start" in out
+
+
+def test_detect_scenes_accepts_names_and_instances(shapes_corpus):
+    v = shapes_corpus.videos[0]
+    info, (a, b) = detect_scenes(v.path, ["fast", make_detector("fast")])
+    assert a == b
+    assert a[-1].end_frame == info.num_frames
