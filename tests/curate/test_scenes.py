@@ -117,7 +117,7 @@ def test_scene_times_are_frame_exact_at_2997(corpus_results):
         if Fraction(v.fps_fraction) == Fraction(30000, 1001)
     ]
     assert ntsc
-    for v, info, found in ntsc:
+    for _v, info, found in ntsc:
         assert info.frame_rate == Fraction(30000, 1001)
         for s in build_scenes(found["fast"], info):
             assert s.start_s == float(Fraction(s.start_frame * 1001, 30000))
