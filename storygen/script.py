@@ -199,7 +199,7 @@ class StoryScript:
         out: list[str] = []
         uncovered: list[tuple[int, int]] = []  # runs of frames in a gap: [a, b)
         held = self.segments[0].prompt
-        cursor = 0
+        cursor = shown_end = 0
         for seg in self.segments:
             first = min(_first_frame_at_or_after(seg.start_s, fps), num_frames)
             end = min(_first_frame_at_or_after(seg.end_s, fps), num_frames)
@@ -209,7 +209,9 @@ class StoryScript:
             out.extend([seg.prompt] * (end - first))
             held = seg.prompt
             cursor = max(cursor, end)
-        cursor_last = cursor
+            if end > first:
+                shown_end = end
+        cursor_last = shown_end
         if cursor < num_frames:
             uncovered.append((cursor, num_frames))
             out.extend([held] * (num_frames - cursor))
@@ -223,9 +225,9 @@ class StoryScript:
                     where = "after the last segment"
                 else:
                     where = "between segments"
+                frames = f"frame {a}" if b - a == 1 else f"frames {a}–{b - 1}"
                 problems.append(
-                    f"no segment covers {a / fps:g}–{b / fps:g} s "
-                    f"(frames {a}–{b - 1} at {fps:g} fps, {where})"
+                    f"no segment covers {a / fps:g}–{b / fps:g} s ({frames} at {fps:g} fps, {where})"
                 )
             raise ScriptError(self.source, problems)
         return out
