@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
+import os
 import pickle
 import signal
+import socket
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -104,12 +107,27 @@ class IsolatedWorkerError(RuntimeError):
     """The isolated step could not even start (bad settings, missing model, ...)."""
 
 
+def _child_entry(fd: int) -> None:
+    """Entry point of the child process: read the step from the socket, then serve calls."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    try:
+        factory, kwargs = conn.recv()
+    except Exception as exc:  # noqa: BLE001 - e.g. the factory's module cannot be imported
+        conn.send(("setup-error", None, type(exc).__name__, str(exc), traceback_tail()))
+        return
+    _child_main(conn, factory, kwargs)
+
+
 class IsolatedWorker:
     """One child process serving ``factory(**kwargs)(payload)`` calls.
 
-    ``factory`` must be importable by name (a module-level class or function), because the
-    child is started with the ``spawn`` method: forking a process that runs Beam's gRPC
-    threads is unsafe. ``timeout_s`` bounds each call; ``None`` waits for ever.
+    The child is a fresh interpreter (``python -c``) talking over a socket pair: it imports
+    only the step's own modules, not the parent's ``__main__`` (as ``multiprocessing``'s
+    spawn would, which costs seconds when that is a Beam launcher), and nothing is forked
+    from a process running Beam's gRPC threads. ``factory`` must be importable by name (a
+    module-level class or function). ``timeout_s`` bounds each call; ``None`` waits for ever.
     """
 
     def __init__(
@@ -119,40 +137,54 @@ class IsolatedWorker:
         *,
         timeout_s: float | None = 300.0,
         name: str = "isolated",
-        start_method: str = "spawn",
+        start_timeout_s: float = 300.0,
     ) -> None:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s!r}")
+        if start_timeout_s <= 0:
+            raise ValueError(f"start_timeout_s must be > 0, got {start_timeout_s!r}")
         self.factory = factory
         self.kwargs = dict(kwargs or {})
         self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
         self.name = name
-        self._ctx = mp.get_context(start_method)
-        self._proc: Any = None
+        self._proc: subprocess.Popen | None = None
         self._conn: Any = None
         self.restarts = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
+        if self._proc is not None and self._proc.poll() is None:
             return
-        parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(
-            target=_child_main,
-            args=(child, self.factory, self.kwargs),
-            name=f"{self.name}-child",
-            daemon=True,
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # the child must import what the parent can (e.g. a test module defining the step)
+        paths = [p for p in sys.path if isinstance(p, str)]
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in paths)
+        fd = theirs.fileno()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"from pipelines.isolation import _child_entry; _child_entry({fd})",
+            ],
+            pass_fds=(fd,),
+            env=env,
+            stdin=subprocess.DEVNULL,
         )
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        theirs.close()
+        conn = Connection(ours.detach())
+        self._proc, self._conn = proc, conn
         try:
-            status, exc, etype, message, tb = parent.recv()
-        except EOFError:
-            proc.join(5)
-            code = proc.exitcode
-            self._reset()
+            conn.send((self.factory, self.kwargs))
+            if not conn.poll(self.start_timeout_s):
+                raise EOFError("no answer")
+            status, exc, etype, message, tb = conn.recv()
+        except (EOFError, OSError):
+            code = self._kill()
             raise IsolatedWorkerError(
                 f"{self.name}: child process died while starting (exit code {code})"
             ) from None
@@ -163,21 +195,27 @@ class IsolatedWorker:
             ) from exc
         logger.debug("%s: child %s ready", self.name, proc.pid)
 
+    def _kill(self) -> int | None:
+        proc, conn = self._proc, self._conn
+        self._proc, self._conn = None, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+        with contextlib.suppress(OSError):
+            conn.close()
+        return code
+
     def close(self) -> None:
         proc, conn = self._proc, self._conn
-        self._reset()
         if proc is None:
             return
-        with contextlib.suppress(OSError, BrokenPipeError):
+        with contextlib.suppress(OSError):
             conn.send(None)
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
-        conn.close()
-
-    def _reset(self) -> None:
-        self._proc, self._conn = None, None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        self._kill()
 
     def __enter__(self) -> IsolatedWorker:
         self.start()
@@ -185,6 +223,10 @@ class IsolatedWorker:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._kill()
 
     @property
     def pid(self) -> int | None:
@@ -195,17 +237,14 @@ class IsolatedWorker:
     def call(self, payload: Any) -> Outcome:
         """Run one call in the child; never raises for what happens inside it."""
         self.start()
-        conn, proc = self._conn, self._proc
+        conn = self._conn
         try:
             conn.send(payload)
             ready = conn.poll(self.timeout_s)
-        except (BrokenPipeError, OSError):
+        except OSError:
             ready = True  # the child is gone; recv below reports how
         if not ready:
-            proc.kill()
-            proc.join(5)
-            conn.close()
-            self._reset()
+            self._kill()
             self.restarts += 1
             return Outcome(
                 error_type="DecoderTimeout",
@@ -214,20 +253,15 @@ class IsolatedWorker:
             )
         try:
             status, value, etype, message, tb = conn.recv()
-        except (EOFError, OSError, ConnectionResetError):
-            proc.join(5)
-            code = proc.exitcode
-            conn.close()
-            self._reset()
+        except (EOFError, OSError):
+            code = self._kill()
             self.restarts += 1
             if code is not None and code < 0:
                 how = f"crashed with signal {-code} ({signal_name(-code)})"
             else:
                 how = f"exited with code {code}"
             return Outcome(
-                error_type="DecoderCrash",
-                message=f"decoder process {how}",
-                crashed=True,
+                error_type="DecoderCrash", message=f"decoder process {how}", crashed=True
             )
         if status == "ok":
             return Outcome(value=value)

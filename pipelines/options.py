@@ -19,7 +19,7 @@ RUNNER_ALIASES = {
 }
 
 KEYFRAME_FORMATS = ("none", "jpeg", "webp")
-DETECTORS = ("fast", "content", "adaptive", "threshold", "histogram")
+DETECTORS = ("fast", "content", "adaptive", "histogram")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class CurateOptions(PipelineOptions):
         parser.add_argument("--detector", default="fast", choices=DETECTORS)
         parser.add_argument("--samples_per_scene", type=_positive_int, default=4)
         parser.add_argument("--sample_size", type=_positive_int, default=224)
-        parser.add_argument("--min_scene_frames", type=_positive_int, default=8)
+        parser.add_argument("--min_scene_frames", type=_positive_int, default=15)
         parser.add_argument("--dedup_threshold", type=float, default=0.98)
         parser.add_argument(
             "--dedup_exact_limit",

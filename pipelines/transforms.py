@@ -231,6 +231,9 @@ class _SplitScoredFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILURES, work)
         else:
             self.scored.inc(len(work.clips))
+            Metrics.distribution(NAMESPACE, "score_ms").update(
+                int(work.timings.get("score", 0.0) * 1000)
+            )
             yield work
 
 
@@ -452,8 +455,9 @@ class ReadWork(beam.PTransform):
 class _CutoffFn(beam.CombineFn):
     """All scorable caption scores → the absolute cut-off (a percentile needs every score)."""
 
-    def __init__(self, threshold: Any) -> None:
+    def __init__(self, threshold: Any, steps: Any) -> None:
         self.threshold = threshold
+        self.steps = steps
 
     def create_accumulator(self) -> list[float]:
         return []
@@ -466,17 +470,16 @@ class _CutoffFn(beam.CombineFn):
         return [s for acc in accs for s in acc]
 
     def extract_output(self, acc: list[float]) -> float | None:
-        from .corpus import cutoff_from_scores
-
-        return cutoff_from_scores(sorted(acc), self.threshold)
+        return self.steps.cutoff(sorted(acc), self.threshold)
 
 
 class CaptionCutoff(beam.PTransform):
     """The corpus's caption-score cut-off, as a one-element PCollection (a side input)."""
 
-    def __init__(self, threshold: Any) -> None:
+    def __init__(self, threshold: Any, steps: Any) -> None:
         super().__init__()
         self.threshold = threshold
+        self.steps = steps
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         from .corpus import scorable
@@ -485,31 +488,33 @@ class CaptionCutoff(beam.PTransform):
             records
             | "Scores"
             >> beam.FlatMap(lambda r: [c["caption_score"] for c in r["clips"] if scorable(c)])
-            | "Cutoff" >> beam.CombineGlobally(_CutoffFn(self.threshold))
+            | "Cutoff" >> beam.CombineGlobally(_CutoffFn(self.threshold, self.steps))
         )
 
 
 class _FilterAndRecaptionFn(beam.DoFn):
     """Per video: apply the cut-off, then re-caption into a stories row."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: Any) -> None:
+        self.steps = steps
         self.kept = Metrics.counter(NAMESPACE, "filter_kept")
         self.dropped = Metrics.counter(NAMESPACE, "filter_dropped")
         self.stories = Metrics.counter(NAMESPACE, "stories")
         self.failed = Metrics.counter(NAMESPACE, "recaption_failed")
 
     def process(self, record: dict, cutoff: float | None) -> Iterator[dict]:
-        from .corpus import apply_cutoff, recaption
-
         if not record["clips"]:
             yield {**record, "story": None}
             return
-        clips = apply_cutoff(record["clips"], cutoff)
+        start = time.perf_counter()
+        clips = self.steps.apply_cutoff(record["clips"], cutoff)
         kept = sum(1 for c in clips if c["status"] == "kept")
         self.kept.inc(kept)
         self.dropped.inc(len(clips) - kept)
         try:
-            clips, story = recaption(record["video"], clips, record.get("clip_extras") or [])
+            clips, story = self.steps.recaption(
+                record["video"], clips, record.get("clip_extras") or []
+            )
         except Exception as exc:
             from .isolation import traceback_tail
 
@@ -522,23 +527,31 @@ class _FilterAndRecaptionFn(beam.DoFn):
             return
         if story is not None:
             self.stories.inc()
+        Metrics.distribution(NAMESPACE, "filter_recaption_ms").update(
+            int((time.perf_counter() - start) * 1000)
+        )
         yield {**record, "clips": clips, "story": story}
 
 
 class FilterAndRecaption(beam.PTransform):
-    def __init__(self, cutoff: beam.PCollection) -> None:
+    """Per video: the corpus cut-off (a side input), then re-captioning into a story."""
+
+    def __init__(self, cutoff: beam.PCollection, steps: Any) -> None:
         super().__init__()
         self.cutoff = cutoff
+        self.steps = steps
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         return records | "FilterRecaption" >> beam.ParDo(
-            _FilterAndRecaptionFn(), cutoff=beam.pvalue.AsSingleton(self.cutoff, default_value=None)
+            _FilterAndRecaptionFn(self.steps),
+            cutoff=beam.pvalue.AsSingleton(self.cutoff, default_value=None),
         )
 
 
 class _ExactDedupFn(beam.CombineFn):
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, steps: Any) -> None:
         self.threshold = threshold
+        self.steps = steps
 
     def create_accumulator(self) -> list:
         return []
@@ -551,15 +564,13 @@ class _ExactDedupFn(beam.CombineFn):
         return [i for acc in accs for i in acc]
 
     def extract_output(self, acc: list) -> dict[str, str]:
-        from .corpus import dedup_exact
-
         # sorted, so the original of a duplicate pair is the same on every runner
-        return dedup_exact(sorted(acc, key=lambda i: i[0]), threshold=self.threshold)
+        return self.steps.duplicates(sorted(acc, key=lambda i: i[0]), threshold=self.threshold)
 
 
 class _CentroidsFn(beam.CombineFn):
-    def __init__(self, clusters: int, sample: int, seed: int) -> None:
-        self.clusters, self.sample, self.seed = clusters, sample, seed
+    def __init__(self, clusters: int, sample: int, seed: int, steps: Any) -> None:
+        self.clusters, self.sample, self.seed, self.steps = clusters, sample, seed, steps
 
     def create_accumulator(self) -> list:
         return []
@@ -574,12 +585,12 @@ class _CentroidsFn(beam.CombineFn):
     def extract_output(self, acc: list) -> Any:
         import numpy as np
 
-        from .corpus import train_centroids
-
         acc.sort(key=lambda i: i[0])
         rng = np.random.default_rng(self.seed)
         take = rng.choice(len(acc), size=min(self.sample, len(acc)), replace=False)
-        return train_centroids([acc[i][1] for i in sorted(take)], clusters=self.clusters)
+        return self.steps.train_centroids(
+            [acc[i][1] for i in sorted(take)], clusters=self.clusters, seed=self.seed
+        )
 
 
 class FindDuplicates(beam.PTransform):
@@ -590,8 +601,11 @@ class FindDuplicates(beam.PTransform):
     (``GroupByKey``) and the search runs inside each group, as large-scale pipelines do.
     """
 
-    def __init__(self, *, threshold: float, exact: bool, clusters: int = 64, seed: int = 0):
+    def __init__(
+        self, steps: Any, *, threshold: float, exact: bool, clusters: int = 64, seed: int = 0
+    ) -> None:
         super().__init__()
+        self.steps = steps
         self.threshold = threshold
         self.exact = exact
         self.clusters = clusters
@@ -601,27 +615,25 @@ class FindDuplicates(beam.PTransform):
         if self.exact:
             return (
                 items
-                | "Exact" >> beam.CombineGlobally(_ExactDedupFn(self.threshold))
+                | "Exact" >> beam.CombineGlobally(_ExactDedupFn(self.threshold, self.steps))
                 | "Pairs" >> beam.FlatMap(lambda d: sorted(d.items()))
             )
-        from .corpus import assign_centroid, dedup_exact
-
+        steps, threshold = self.steps, self.threshold
         centroids = items | "Centroids" >> beam.CombineGlobally(
-            _CentroidsFn(self.clusters, sample=self.clusters * 256, seed=self.seed)
+            _CentroidsFn(self.clusters, sample=self.clusters * 256, seed=self.seed, steps=steps)
         )
-        threshold = self.threshold
         return (
             items
             | "Assign"
             >> beam.Map(
-                lambda it, c: (assign_centroid(it[1], c), it),
+                lambda it, c: (steps.assign(it[1], c), it),
                 c=beam.pvalue.AsSingleton(centroids),
             )
             | "ByCentroid" >> beam.GroupByKey()
             | "InGroup"
             >> beam.FlatMap(
                 lambda kv: sorted(
-                    dedup_exact(sorted(kv[1], key=lambda i: i[0]), threshold=threshold).items()
+                    steps.duplicates(sorted(kv[1], key=lambda i: i[0]), threshold=threshold).items()
                 )
             )
         )

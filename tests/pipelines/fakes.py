@@ -132,3 +132,77 @@ def write_fake_corpus(root: Path, specs: dict[str, tuple[str, str]]) -> Path:
     manifest = root / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
+
+
+class FakeCorpusSteps:
+    """Plain numpy versions of the corpus steps (same contracts as ``CorpusSteps``)."""
+
+    def cutoff(self, scores, threshold):
+        if not threshold.percentile:
+            return threshold.value
+        return float(np.percentile(scores, threshold.value)) if len(scores) else None
+
+    def apply_cutoff(self, clips, cutoff):
+        out = []
+        for c in clips:
+            c = dict(c)
+            score = c.get("caption_score")
+            if (
+                c["status"] == "kept"
+                and cutoff is not None
+                and score is not None
+                and score < cutoff
+            ):
+                c["status"], c["reason"] = "dropped", "low_caption_score"
+            out.append(c)
+        return out
+
+    def recaption(self, video, clips, extras):
+        if "recaption-fails" in (video.get("caption") or ""):
+            raise ValueError("no prompt fits")
+        clips = [
+            dict(c, recaption=c.get("source_caption"), recaption_source="source") for c in clips
+        ]
+        kept = [c for c in clips if c["status"] == "kept"]
+        if not kept:
+            return clips, None
+        segments = [
+            {
+                "start_s": c["start_s"],
+                "end_s": c["end_s"],
+                "start_frame": c["start_frame"],
+                "end_frame": c["end_frame"],
+                "prompt": c["recaption"],
+                "clip_id": c["clip_id"],
+                "score": c["caption_score"],
+            }
+            for c in kept
+        ]
+        story = {
+            "story_id": video["video_id"],
+            "video_id": video["video_id"],
+            "uri": video["uri"],
+            "fps": kept[0]["fps"],
+            "duration_s": clips[-1]["end_s"],
+            "num_frames": clips[-1]["end_frame"],
+            "segments": segments,
+        }
+        return clips, story
+
+    def duplicates(self, items, *, threshold):
+        ids = [i for i, _ in items]
+        emb = np.asarray([e for _, e in items], np.float32)
+        sims = emb @ emb.T
+        out = {}
+        for j in range(len(ids)):
+            for i in range(j):
+                if ids[i] not in out and sims[i, j] >= threshold:
+                    out[ids[j]] = ids[i]
+                    break
+        return out
+
+    def train_centroids(self, sample, *, clusters, seed=0):
+        return np.asarray(sample[:clusters], np.float32)
+
+    def assign(self, embedding, centroids):
+        return int(np.argmax(centroids @ np.asarray(embedding, np.float32)))

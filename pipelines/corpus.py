@@ -1,0 +1,122 @@
+"""The corpus phase, as plain functions the Beam transforms wrap.
+
+Everything here works on committed per-video records (``curate.shards.WORK_SCHEMA`` rows) and
+the corpus-level values computed from all of them: the caption-score cut-off (a percentile
+needs every score) and the duplicate map (a duplicate can sit in any other video). None of it
+decodes video, so rerunning it over every committed record is cheap, and it is rerun in full
+on every ``curate run``: the result does not depend on how the per-video work was split
+across runs, and changing ``--threshold`` or ``--dedup-threshold`` needs no re-decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from schemas.tables import DROPPED, KEPT
+
+from .options import Threshold
+
+logger = logging.getLogger(__name__)
+
+LOW_SCORE = "low_caption_score"
+DUPLICATE = "duplicate"
+
+
+# --- the corpus-level steps -------------------------------------------------------------------
+
+
+def scorable(clip: Mapping[str, Any]) -> bool:
+    """A clip whose caption score takes part in the corpus distribution."""
+    return clip.get("caption_score") is not None and clip.get("status") != DROPPED
+
+
+class CorpusSteps:
+    """The corpus-phase steps, backed by the ``curate`` library.
+
+    A subclass can replace any of them (another re-captioner, another dedup) and be passed to
+    the pipeline as ``Components(corpus=...)``; it must pickle, as Beam ships it to workers.
+    """
+
+    def cutoff(self, scores: Sequence[float], threshold: Threshold) -> float | None:
+        """The absolute cut-off: the threshold itself, or the percentile of ``scores``."""
+        if not threshold.percentile:
+            return threshold.value
+        if len(scores) == 0:
+            return None
+        from curate import filtering
+
+        return float(filtering.percentile_cutoff(np.asarray(scores, np.float64), threshold.value))
+
+    def apply_cutoff(self, clips: Iterable[Mapping[str, Any]], cutoff: float | None) -> list[dict]:
+        """Mark clips scoring below ``cutoff`` dropped (``low_caption_score``)."""
+        from curate import filtering
+
+        return [filtering.apply_cutoff(dict(c), cutoff) for c in clips]
+
+    def recaption(
+        self,
+        video: Mapping[str, Any],
+        clips: Sequence[dict],
+        extras: Sequence[Mapping[str, Any]],
+    ) -> tuple[list[dict], dict | None]:
+        """Prompts for every clip of one video, and its stories row (``None``: nothing kept)."""
+        from curate import recaption as rc
+
+        return rc.recaption_video(video, clips, extras)
+
+    def duplicates(
+        self, items: Sequence[tuple[str, Sequence[float]]], *, threshold: float
+    ) -> dict[str, str]:
+        """``{clip_id: duplicate_of}`` among ``items`` (exact inner-product search)."""
+        if len(items) < 2:
+            return {}
+        from curate import dedup
+
+        ids = [i for i, _ in items]
+        emb = np.asarray([e for _, e in items], np.float32)
+        return dict(dedup.find_duplicates(ids, emb, threshold=threshold))
+
+    def train_centroids(
+        self, sample: Sequence[Sequence[float]], *, clusters: int, seed: int = 0
+    ) -> np.ndarray:
+        from curate import dedup
+
+        return dedup.train_centroids(np.asarray(sample, np.float32), clusters=clusters, seed=seed)
+
+    def assign(self, embedding: Sequence[float], centroids: np.ndarray) -> int:
+        from curate import dedup
+
+        return int(dedup.assign_centroids(np.asarray([embedding], np.float32), centroids)[0])
+
+
+def apply_duplicates(clips: Iterable[Mapping[str, Any]], dup_of: Mapping[str, str]) -> list[dict]:
+    out = []
+    for clip in clips:
+        clip = dict(clip)
+        original = dup_of.get(clip["clip_id"])
+        if original is not None and clip.get("status") == KEPT:
+            clip["status"], clip["reason"], clip["duplicate_of"] = DROPPED, DUPLICATE, original
+        out.append(clip)
+    return out
+
+
+# --- counts -----------------------------------------------------------------------------------
+
+
+def table_counts(table: str, rows: Iterable[Mapping[str, Any]]) -> Counter:
+    """The manifest's counts for one shard's rows."""
+    counts: Counter = Counter()
+    for row in rows:
+        counts[table] += 1
+        if table == "clips":
+            counts[f"clips_{row['status']}"] += 1
+            if row.get("reason"):
+                counts[f"clips_dropped_{row['reason']}"] += 1
+        elif table == "failures":
+            counts[f"failures_stage_{row['stage']}"] += 1
+    return counts

@@ -1,0 +1,515 @@
+"""The curate pipeline: raw videos with noisy captions → clean Parquet shards.
+
+Two Beam pipelines run one after the other:
+
+1. **Per-video phase** (:func:`build_pipeline`), resumable::
+
+       ReadManifest → ProbeAndSplit (isolated decoder process) → CleanCaptions
+                    → ScoreCaptions (RunInference, CLIP) → CommitWork (OUT/_work, atomic)
+
+   Videos already committed in ``OUT/_work`` are skipped, so a rerun after a crash or a
+   ``kill -9`` picks up where the last commit left off.
+
+2. **Corpus phase** (:func:`build_finalize_pipeline`), rerun in full every time::
+
+       ReadWork → CaptionCutoff (percentile over all scores, side input)
+                → FilterAndRecaption (per video) → FindDuplicates (faiss; exact, or by centroid)
+                → WriteShards (clips, stories, failures) → Publish (_manifest.json)
+
+   It reads every committed record, so percentile thresholds and dedup see the whole corpus
+   whether the per-video work ran once or in several resumed runs.
+
+The split also suits distributed runners: the corpus phase's side inputs read cheap committed
+files, never re-trigger decoding.
+
+Invariant, checked and printed after each run (each manifest entry is one input)::
+
+    inputs = videos with clips + videos with failures + rows the manifest reader rejected
+             (+ inputs still pending when a run was stopped)
+
+and no video has both clips and failures: a stage that fails after the split (scoring,
+re-captioning) withdraws the video's clips and records the failure instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from curate import shards
+from curate.errors import OutputError
+from schemas import RunManifest, ShardInfo
+from schemas.manifests import ManifestRead, read_manifest
+
+from .corpus import CorpusSteps
+from .handlers import ClipModelHandler
+from .options import CurateOptions, parse_threshold, runner_flags
+from .transforms import (
+    CaptionCutoff,
+    CleanCaptions,
+    CommitWork,
+    FilterAndRecaption,
+    FindDuplicates,
+    ProbeAndSplit,
+    ReadManifest,
+    ReadWork,
+    ScoreCaptions,
+    WriteShards,
+)
+
+logger = logging.getLogger(__name__)
+
+#: settings of the per-video phase; committed work is only reused under the same ones
+WORK_SETTINGS = (
+    "model",
+    "detector",
+    "samples_per_scene",
+    "sample_size",
+    "min_scene_frames",
+    "keyframes",
+    "keyframe_size",
+)
+WORK_CONFIG = "_config.json"
+
+
+@dataclass(frozen=True)
+class Components:
+    """The per-video steps, as importable factories (the decoder runs in a child process).
+
+    ``decoder(**decoder_kwargs)`` has ``setup()`` and ``__call__(video_row) -> list[clip]``,
+    each clip a clips-table row plus its sampled ``frames``; ``scorer(**scorer_kwargs)`` has
+    ``setup()`` and ``process_all(clips) -> clips`` (see :class:`curate.clip_score.ClipScorer`).
+    """
+
+    decoder: Callable[..., Any]
+    decoder_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    scorer: Callable[..., Any] | None = None
+    scorer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    corpus: CorpusSteps = field(default_factory=CorpusSteps)
+
+
+def default_components(opts: CurateOptions) -> Components:
+    from curate.clip_score import ClipScorer
+
+    from .decode import VideoDecoder
+
+    return Components(
+        decoder=VideoDecoder,
+        decoder_kwargs={
+            "detector": opts.detector,
+            "samples_per_scene": opts.samples_per_scene,
+            "sample_size": opts.sample_size,
+            "min_scene_frames": opts.min_scene_frames,
+            "keyframes": opts.keyframes,
+            "keyframe_size": opts.keyframe_size,
+        },
+        scorer=ClipScorer,
+        scorer_kwargs={
+            "model": resolve_model_path(opts.model),
+            "device": opts.device,
+            "batch_size": opts.clip_batch_size,
+        },
+    )
+
+
+def resolve_model_path(model: str | None) -> str:
+    if model:
+        return str(model)
+    from curate.clip_score import DEFAULT_MODEL
+
+    return str(DEFAULT_MODEL)
+
+
+def _is_dask(options: PipelineOptions) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    return "dask" in str(runner or "").lower()
+
+
+# --- phase 1 -----------------------------------------------------------------------------------
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    options: PipelineOptions,
+    *,
+    videos: Sequence[Mapping[str, Any]] | None = None,
+    skip: Sequence[str] = (),
+    components: Components | None = None,
+) -> beam.PCollection:
+    """The per-video phase on ``p``; returns the committed-video summaries.
+
+    ``videos`` (the manifest's usable rows) and ``skip`` (the done-set) are read from
+    ``options`` when not given.
+    """
+    opts = options.view_as(CurateOptions)
+    if videos is None:
+        videos = read_manifest(opts.input).videos
+    if not skip and not opts.overwrite:
+        skip = sorted(shards.done_set(opts.output))
+    comps = components or default_components(opts)
+    # Beam 2.77's DaskRunner drops what a DoFn emits in finish_bundle, where BatchElements
+    # emits its last partial batch: batches of one video keep every element there
+    batch_videos = 1 if _is_dask(options) else opts.inference_batch_videos
+    handler = ClipModelHandler(
+        comps.scorer,
+        comps.scorer_kwargs,
+        max_batch_videos=batch_videos,
+        share_model=opts.share_model,
+    )
+    todo = p | "ReadManifest" >> ReadManifest(videos, skip=skip)
+    split, split_failed = todo | "ProbeAndSplit" >> ProbeAndSplit(
+        comps.decoder,
+        comps.decoder_kwargs,
+        timeout_s=opts.decode_timeout,
+        isolate=opts.isolate_decode,
+    )
+    cleaned, clean_failed = split | "CleanCaptions" >> CleanCaptions()
+    scored, score_failed = cleaned | "ScoreCaptions" >> ScoreCaptions(handler)
+    finished = (scored, split_failed, clean_failed, score_failed) | "Finished" >> beam.Flatten()
+    return finished | "CommitWork" >> CommitWork(
+        opts.output,
+        every=opts.commit_every,
+        interval_s=opts.commit_interval_s,
+        max_failure_rate=opts.max_failure_rate,
+        min_inputs=opts.failure_rate_min_inputs,
+    )
+
+
+# --- phase 2 -----------------------------------------------------------------------------------
+
+
+class _PublishFn(beam.DoFn):
+    def __init__(self, output: str, config: dict[str, Any], extra_counts: dict[str, int]) -> None:
+        self.output, self.config, self.extra_counts = output, config, extra_counts
+
+    def process(self, written: list[tuple[ShardInfo, dict[str, int]]], cutoff: Any) -> Any:
+        counts: Counter = Counter(self.extra_counts)
+        infos = []
+        for info, c in written:
+            infos.append(info)
+            counts.update(c)
+        config = {**self.config, "cutoff": cutoff}
+        manifest = RunManifest(config=config, counts=dict(counts), shards=infos)
+        path = shards.publish(self.output, manifest)
+        yield str(path)
+
+
+def build_finalize_pipeline(
+    p: beam.Pipeline,
+    options: PipelineOptions,
+    *,
+    manifest: ManifestRead,
+    config: Mapping[str, Any],
+    pending: int = 0,
+    corpus: CorpusSteps | None = None,
+) -> beam.PCollection:
+    """The corpus phase on ``p``: every committed record → published shards and manifest."""
+    opts = options.view_as(CurateOptions)
+    steps = corpus or CorpusSteps()
+    out = opts.output
+    threshold = parse_threshold(opts.threshold)
+    keep = {v["video_id"] for v in manifest.videos}
+    files = shards.work_files(out)
+    done = len(shards.done_set(out) & keep)
+    n_shards = shards.shard_count(max(done, 1), rows_per_shard=opts.videos_per_shard)
+    exact = shards.count_work_clips(out) <= opts.dedup_exact_limit
+    shards.begin_publish(out)
+
+    records = p | "ReadWork" >> ReadWork([str(f) for f in files], keep=keep)
+    cutoff = records | "CaptionCutoff" >> CaptionCutoff(threshold, steps)
+    filtered = records | "FilterAndRecaption" >> FilterAndRecaption(cutoff, steps)
+    kept = filtered | "KeptEmbeddings" >> beam.FlatMap(
+        lambda r: [
+            (c["clip_id"], c["embedding"])
+            for c in r["clips"]
+            if c["status"] == "kept" and c.get("embedding") is not None
+        ]
+    )
+    dups = kept | "FindDuplicates" >> FindDuplicates(
+        steps, threshold=opts.dedup_threshold, exact=exact
+    )
+
+    def final_clips(record: dict, dup_of: dict[str, str]) -> list[dict]:
+        from .corpus import apply_duplicates
+
+        return apply_duplicates(record["clips"], dup_of)
+
+    clips = filtered | "Dedup" >> beam.FlatMap(final_clips, dup_of=beam.pvalue.AsDict(dups))
+    stories = filtered | "Stories" >> beam.FlatMap(lambda r: [r["story"]] if r.get("story") else [])
+    failures = (
+        filtered | "WorkFailures" >> beam.FlatMap(lambda r: r["failures"] or []),
+        p | "ManifestFailures" >> beam.Create(manifest.failures, reshuffle=False),
+    ) | "AllFailures" >> beam.Flatten()
+    written = [
+        clips | "WriteClips" >> WriteShards(out, "clips", n_shards),
+        stories | "WriteStories" >> WriteShards(out, "stories", n_shards),
+        failures | "WriteFailures" >> WriteShards(out, "failures", n_shards),
+    ]
+    extra = {
+        "inputs": manifest.inputs,
+        "manifest_rejected": len(manifest.failures),
+        "videos": len(manifest.videos),
+        "videos_done": done,
+        "pending": pending,
+        "dedup_exact": int(exact),
+    }
+    publish_config = {**config, "threshold": str(threshold)}
+    return (
+        tuple(written)
+        | "Written" >> beam.Flatten()
+        | "Gather" >> beam.combiners.ToList()
+        | "Publish"
+        >> beam.ParDo(
+            _PublishFn(out, publish_config, extra),
+            cutoff=beam.pvalue.AsSingleton(cutoff, default_value=None),
+        )
+    )
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    output: Path
+    counts: dict[str, int]
+    invariant_ok: bool
+    invariant: str
+    wall_s: float
+    phase_s: dict[str, float]
+    stage_s: dict[str, float]
+    stopped: str | None = None
+
+    def lines(self) -> list[str]:
+        c = self.counts
+        out = [
+            f"inputs {c.get('inputs', 0)}: {c.get('videos_with_clips', 0)} videos with clips, "
+            f"{c.get('videos_failed', 0)} failed, {c.get('manifest_rejected', 0)} manifest rows "
+            f"rejected, {c.get('pending', 0)} pending",
+            f"clips {c.get('clips', 0)} (kept {c.get('clips_kept', 0)}, dropped "
+            f"{c.get('clips_dropped', 0)}); stories {c.get('stories', 0)}; failures rows "
+            f"{c.get('failures', 0)}",
+            f"invariant: {self.invariant} [{'ok' if self.invariant_ok else 'BROKEN'}]",
+            f"shards: {self.output}/{{clips,stories,failures}}/part-*.parquet and "
+            f"{self.output}/_manifest.json",
+            f"wall time {self.wall_s:.1f} s ("
+            + ", ".join(f"{k} {v:.1f} s" for k, v in self.phase_s.items())
+            + ")",
+        ]
+        if self.stopped:
+            out.append(f"STOPPED: {self.stopped}")
+        return out
+
+
+def _work_config(opts: CurateOptions) -> dict[str, Any]:
+    cfg = {k: getattr(opts, k) for k in WORK_SETTINGS}
+    cfg["model"] = resolve_model_path(opts.model)
+    return cfg
+
+
+def check_work_config(output: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
+    """Refuse to mix committed work done under other per-video settings."""
+    path = Path(output) / shards.WORK_DIR / WORK_CONFIG
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{WORK_CONFIG}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+        return
+    before = json.loads(path.read_text())
+    changed = {k: (before.get(k), config.get(k)) for k in config if before.get(k) != config.get(k)}
+    if changed:
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise OutputError(
+            f"the committed work was done with other per-video settings ({what}); "
+            "rerun with --overwrite to redo it, or use another output folder",
+            uri=str(output),
+        )
+
+
+def _pipeline_options(argv: Sequence[str]) -> PipelineOptions:
+    options = PipelineOptions(list(argv))
+    if options.view_as(CurateOptions).input is None:
+        raise ValueError("--input is required")
+    if options.view_as(CurateOptions).output is None:
+        raise ValueError("--output is required")
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if options.view_as(StandardOptions).runner is None:
+        options = PipelineOptions([*runner_flags("local"), *argv])
+    return options
+
+
+def _metrics(result: Any) -> dict[str, Any]:
+    """Per-stage counters and timers of a finished run (runners without metrics give {})."""
+    try:
+        res = result.metrics().query()
+    except Exception:  # the DaskRunner does not collect metrics
+        return {}
+    out: dict[str, Any] = {}
+    for c in res.get("counters", []):
+        if c.key.metric.namespace == "storyloom":
+            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
+    for d in res.get("distributions", []):
+        if d.key.metric.namespace == "storyloom" and d.committed is not None:
+            name = d.key.metric.name
+            out[name] = out.get(name, 0) + d.committed.sum
+    return out
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    components: Components | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Run both phases; return the summary (also printed). Raises on unusable settings."""
+    from .progress import WorkProgress
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = _pipeline_options(argv)
+    opts = options.view_as(CurateOptions)
+    parse_threshold(opts.threshold)  # fail on a bad threshold before any work
+    t0 = time.perf_counter()
+
+    out = shards.check_output_dir(opts.output)
+    manifest = read_manifest(opts.input)
+    if opts.overwrite:
+        shards.clear_run(out)
+    work_config = _work_config(opts)
+    check_work_config(out, work_config)
+    keep = {v["video_id"] for v in manifest.videos}
+    done = shards.done_set(out) & keep
+    todo = len(keep) - len(done)
+    logger.info(
+        "%s (%s): %d inputs, %d usable videos, %d already done, %d to process",
+        opts.input,
+        manifest.format,
+        manifest.inputs,
+        len(keep),
+        len(done),
+        todo,
+    )
+
+    phase_s: dict[str, float] = {}
+    stage_metrics: dict[str, Any] = {}
+    stopped = None
+    if todo:
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, options, videos=manifest.videos, skip=sorted(done), components=components)
+        watcher = WorkProgress(out, total=len(keep), already=len(done), enabled=progress)
+        start = time.perf_counter()
+        with watcher:
+            try:
+                result = p.run()
+                result.wait_until_finish()
+                stage_metrics = _metrics(result)
+            except Exception as exc:
+                if "FailureRateExceeded" not in f"{exc!r}{exc}":
+                    raise
+                stopped = _failure_rate_message(exc)
+                logger.error("%s", stopped)
+        phase_s["per-video"] = time.perf_counter() - start
+
+    done_now = shards.done_set(out) & keep
+    start = time.perf_counter()
+    p2 = beam.Pipeline(options=options)
+    config = {
+        **work_config,
+        "input": str(opts.input),
+        "manifest_format": manifest.format,
+        "threshold": opts.threshold,
+        "dedup_threshold": opts.dedup_threshold,
+        "runner": str(options.get_all_options().get("runner")),
+    }
+    if stopped:
+        config["stopped"] = stopped
+    build_finalize_pipeline(
+        p2,
+        options,
+        manifest=manifest,
+        config=config,
+        pending=len(keep) - len(done_now),
+        corpus=components.corpus if components is not None else None,
+    )
+    p2.run().wait_until_finish()
+    phase_s["corpus"] = time.perf_counter() - start
+
+    summary = summarize(out, wall_s=time.perf_counter() - t0, phase_s=phase_s)
+    summary.stopped = stopped
+    summary.stage_s = {
+        k[: -len("_ms")]: v / 1000.0 for k, v in stage_metrics.items() if k.endswith("_ms")
+    }
+    summary.counts.update(
+        {f"metric_{k}": v for k, v in stage_metrics.items() if not k.endswith("_ms")}
+    )
+    return summary
+
+
+def _failure_rate_message(exc: BaseException) -> str:
+    text = str(exc)
+    i = text.find("FailureRateExceeded:")
+    if i < 0:
+        return text.splitlines()[0] if text else repr(exc)
+    line = text[i + len("FailureRateExceeded:") :].strip().splitlines()[0]
+    return line.strip(" '\"")
+
+
+def summarize(
+    output: str | os.PathLike[str], *, wall_s: float, phase_s: dict[str, float]
+) -> RunSummary:
+    """Counts and the invariant of a published run, from its tables."""
+    out = Path(output)
+    manifest = RunManifest.read(out)
+    counts = dict(manifest.counts)
+    clip_videos = set(shards.read_table(out, "clips").column("video_id").to_pylist())
+    failures = shards.read_table(out, "failures").to_pylist()
+    failed_videos = {f["input_id"] for f in failures if f["stage"] != "read-manifest"}
+    rejected = sum(1 for f in failures if f["stage"] == "read-manifest")
+    both = clip_videos & failed_videos
+    counts["videos_with_clips"] = len(clip_videos)
+    counts["videos_failed"] = len(failed_videos)
+    total = len(clip_videos) + len(failed_videos) + rejected + counts.get("pending", 0)
+    ok = total == counts.get("inputs", -1) and not both
+    text = (
+        f"inputs {counts.get('inputs')} = {len(clip_videos)} with clips + "
+        f"{len(failed_videos)} failed + {rejected} rejected by the manifest reader"
+        + (f" + {counts.get('pending')} pending" if counts.get("pending") else "")
+        + (f"; {len(both)} videos in both tables: {sorted(both)[:5]}" if both else "")
+    )
+    return RunSummary(
+        output=out,
+        counts=counts,
+        invariant_ok=ok,
+        invariant=text,
+        wall_s=wall_s,
+        phase_s=phase_s,
+        stage_s={},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = run(argv)
+    for line in summary.lines():
+        print(line)
+    if summary.stopped:
+        return 3
+    return 0 if summary.invariant_ok else 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())
