@@ -831,7 +831,7 @@ def load_script(
     """Read a script from a file (format by extension, or ``fmt``) or from text.
 
     Formats: ``yaml`` (.yaml / .yml), ``json``, ``srt`` (.srt, .vtt), ``parquet`` (a stories
-    table; ``story_id`` picks the row, default the first). A string holding a newline, or one
+    table, or a folder of them; ``story_id`` picks the row, default the first). A string holding a newline, or one
     that names no existing file, is read as text (format from ``fmt`` or sniffed).
     ``story_id`` also overrides the id a YAML / JSON file sets. Raises :class:`ScriptError`
     listing every problem, each with its line, cue or segment.
@@ -855,7 +855,8 @@ def load_script(
         raise TypeError(f"expected a path or script text, got {type(path_or_text).__name__}")
 
     if path is not None:
-        kind = fmt or FORMATS.get(path.suffix.lower())
+        # a folder is a sharded stories table, as curate writes it
+        kind = fmt or ("parquet" if path.is_dir() else FORMATS.get(path.suffix.lower()))
         if kind is None:
             raise ScriptError(
                 str(path),

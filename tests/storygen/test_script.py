@@ -272,6 +272,11 @@ def test_parquet_missing_story_lists_available_ids(tmp_path):
     assert "'s0', 's1', 's2'" in str(exc.value)
     assert load_script(path).story_id == "s0"
     assert load_script(path, story_id="s2").prompts == ("story 2",)
+    # a folder of shards, as curate writes them
+    shards = tmp_path / "stories"
+    for i, row in enumerate(rows):
+        write_parquet(rows_to_table([row], "stories"), shards / f"part-{i}.parquet", "stories")
+    assert load_script(shards, story_id="s1").prompts == ("story 1",)
 
 
 def test_stories_row_errors_name_story_and_segment():
