@@ -831,10 +831,10 @@ def load_script(
     """Read a script from a file (format by extension, or ``fmt``) or from text.
 
     Formats: ``yaml`` (.yaml / .yml), ``json``, ``srt`` (.srt, .vtt), ``parquet`` (a stories
-    table, or a folder of them; ``story_id`` picks the row, default the first). A string holding a newline, or one
-    that names no existing file, is read as text (format from ``fmt`` or sniffed).
-    ``story_id`` also overrides the id a YAML / JSON file sets. Raises :class:`ScriptError`
-    listing every problem, each with its line, cue or segment.
+    table, or a folder of them; ``story_id`` picks the row, default the first). A string
+    holding a newline, or one that names no existing file, is read as text (format from
+    ``fmt`` or sniffed). ``story_id`` also overrides the id a YAML / JSON file sets. Raises
+    :class:`ScriptError` listing every problem, each with its line, cue or segment.
     """
     if fmt is not None and fmt not in {*_PARSERS, "parquet"}:
         raise ValueError(f"fmt must be one of {sorted({*_PARSERS, 'parquet'})}, got {fmt!r}")
