@@ -226,9 +226,8 @@ class StoryScript:
                 else:
                     where = "between segments"
                 frames = f"frame {a}" if b - a == 1 else f"frames {a}–{b - 1}"
-                problems.append(
-                    f"no segment covers {a / fps:g}–{b / fps:g} s ({frames} at {fps:g} fps, {where})"
-                )
+                span = f"{a / fps:g}–{b / fps:g} s"
+                problems.append(f"no segment covers {span} ({frames} at {fps:g} fps, {where})")
             raise ScriptError(self.source, problems)
         return out
 
