@@ -183,3 +183,25 @@ def test_plan_sheet_shows_the_global_keyframes(tmp_path):
     assert png.size[0] < 4 * 64 + 40
     with pytest.raises(ValueError, match="level must lie in"):
         plan_sheet(frames, plan, None, level=5)
+
+
+def test_memory_does_not_grow_with_length(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    proc = psutil.Process()
+    n, h, w = 600, 240, 320  # 138 MB of frames if they were held
+    base = _frames(8, h=h, w=w)
+
+    def frames():
+        for i in range(n):
+            yield base[i % 8]
+
+    path = tmp_path / "long.mp4"
+    with VideoWriter(path, fps=24) as writer:
+        for i, frame in enumerate(frames()):
+            writer.write(frame)
+            if i == 100:  # encoder buffers are full by now
+                rss_early = proc.memory_info().rss
+        rss_late = proc.memory_info().rss
+    assert rss_late - rss_early < 40e6, (rss_early, rss_late)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == n
