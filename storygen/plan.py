@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .script import StoryScript
 
 __all__ = [
+    "AUTOREGRESSIVE",
     "POLICIES",
     "Call",
     "Level",
@@ -52,6 +53,7 @@ __all__ = [
     "depth_for",
     "max_frames",
     "plan_story",
+    "with_prompts",
 ]
 
 POLICIES = ("stretch", "trim")
