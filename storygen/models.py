@@ -1,0 +1,241 @@
+"""Models: a mask-conditioned 3D UNet and per-frame text conditioning for any 3D UNet.
+
+:class:`MaskedUNet3D` is diffusers' :class:`~diffusers.UNet3DConditionModel` (the ModelScope
+text-to-video UNet) whose input carries the condition video as extra channels, as inpainting
+UNets do: ``[noisy frames (C), known frames (C, zero where unknown), mask (1)]``, so
+``in_channels = 2C + 1`` and ``out_channels = C``. With an all-zero mask it is the global model;
+with the first and last frame known it is NUWA-XL's local model. Its config (constructor
+kwargs) round-trips through ``save_pretrained`` / ``from_pretrained`` as JSON beside safetensors.
+
+Per-frame prompts: ``UNet3DConditionModel.forward`` takes one prompt per video and repeats it
+over frames. :func:`unet3d_forward` is the same computation with one prompt embedding per
+frame, ``encoder_hidden_states`` of shape (B, F, S, D) flattened to (B·F, S, D) in the order the
+UNet flattens frames (``(b f)``), so frame k cross-attends to its own prompt. It works for a
+stock ``UNet3DConditionModel`` too, which is how the training-free mode conditions an
+off-the-shelf ModelScope checkpoint on a prompt per frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import ModelMixin, UNet3DConditionModel
+from diffusers.configuration_utils import register_to_config
+from einops import rearrange
+
+# diffusers' pipeline loader resolves a saved component ["storygen.models", "MaskedUNet3D"] by
+# looking up its base classes (ModelMixin) in this module: keep ModelMixin importable here
+__all__ = ["MaskedUNet3D", "ModelMixin", "spacing_embedding", "unet3d_forward"]
+
+
+def spacing_embedding(spacing: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of log2 of the frame spacing of a call: (B,) -> (B, dim).
+
+    The same network serves every level; the spacing tells it whether it is drawing keyframes
+    seconds apart (global level) or filling adjacent frames (last local level).
+    """
+    half = dim // 2
+    x = torch.log2(spacing.float().clamp(min=1.0))[:, None]
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=x.device) / max(half, 1))
+    args = x * freqs[None] * 8.0
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+def unet3d_forward(
+    unet: UNet3DConditionModel,
+    sample: torch.Tensor,
+    timestep: torch.Tensor | float | int,
+    encoder_hidden_states: torch.Tensor,
+    *,
+    timestep_cond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``UNet3DConditionModel.forward`` with a prompt embedding per frame.
+
+    sample: (B, C, F, H, W); encoder_hidden_states: (B, F, S, D) per frame, or (B, S, D) for
+    one prompt per video (then identical to ``unet(...)``). Returns (B, C_out, F, H, W).
+    """
+    batch, _, num_frames = sample.shape[:3]
+    if encoder_hidden_states.ndim == 3:
+        encoder_hidden_states = encoder_hidden_states[:, None].expand(-1, num_frames, -1, -1)
+    if encoder_hidden_states.shape[:2] != (batch, num_frames):
+        raise ValueError(
+            f"encoder_hidden_states has shape {tuple(encoder_hidden_states.shape)}; expected "
+            f"({batch}, {num_frames}, S, D): one embedding per frame of sample "
+            f"{tuple(sample.shape)}"
+        )
+    up_factor = 2**unet.num_upsamplers
+    forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
+    upsample_size = None
+
+    # 1. time, one embedding per video repeated over its frames, as the UNet does
+    timesteps = timestep
+    if not torch.is_tensor(timesteps):
+        timesteps = torch.tensor([timesteps], dtype=torch.float32, device=sample.device)
+    elif timesteps.ndim == 0:
+        timesteps = timesteps[None].to(sample.device)
+    timesteps = timesteps.expand(batch)
+    t_emb = unet.time_proj(timesteps).to(dtype=unet.dtype)
+    if timestep_cond is not None:
+        timestep_cond = timestep_cond.to(dtype=unet.dtype)
+    emb = unet.time_embedding(t_emb, timestep_cond)
+    emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)
+    # the one change: frames keep their own prompt, in the UNet's (b f) frame order
+    context = rearrange(encoder_hidden_states, "b f s d -> (b f) s d").to(dtype=unet.dtype)
+
+    # 2. pre-process
+    x = rearrange(sample, "b c f h w -> (b f) c h w")
+    x = unet.conv_in(x)
+    x = unet.transformer_in(x, num_frames=num_frames, return_dict=False)[0]
+
+    # 3. down
+    residuals: tuple[torch.Tensor, ...] = (x,)
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            x, res = block(
+                hidden_states=x, temb=emb, encoder_hidden_states=context, num_frames=num_frames
+            )
+        else:
+            x, res = block(hidden_states=x, temb=emb, num_frames=num_frames)
+        residuals += res
+
+    # 4. mid
+    if unet.mid_block is not None:
+        x = unet.mid_block(x, emb, encoder_hidden_states=context, num_frames=num_frames)
+
+    # 5. up
+    for i, block in enumerate(unet.up_blocks):
+        res = residuals[-len(block.resnets) :]
+        residuals = residuals[: -len(block.resnets)]
+        if i < len(unet.up_blocks) - 1 and forward_upsample_size:
+            upsample_size = residuals[-1].shape[2:]
+        if getattr(block, "has_cross_attention", False):
+            x = block(
+                hidden_states=x,
+                temb=emb,
+                res_hidden_states_tuple=res,
+                encoder_hidden_states=context,
+                upsample_size=upsample_size,
+                num_frames=num_frames,
+            )
+        else:
+            x = block(
+                hidden_states=x,
+                temb=emb,
+                res_hidden_states_tuple=res,
+                upsample_size=upsample_size,
+                num_frames=num_frames,
+            )
+
+    # 6. post-process
+    if unet.conv_norm_out is not None:
+        x = unet.conv_act(unet.conv_norm_out(x))
+    x = unet.conv_out(x)
+    return rearrange(x, "(b f) c h w -> b c f h w", b=batch)
+
+
+class MaskedUNet3D(UNet3DConditionModel):
+    """A 3D UNet conditioned on known frames and a per-frame mask (NUWA-XL's local model).
+
+    ``sample_channels`` is C, the channels of a frame in model space (3 for pixels, 4 for SD
+    latents). ``time_cond_proj_dim``, when set, adds the embedding of the call's frame spacing
+    to the timestep embedding, so one network serves every level of the plan.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_channels: int = 4,
+        sample_size: int | None = None,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        down_block_types: tuple[str, ...] = (
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "DownBlock3D",
+        ),
+        up_block_types: tuple[str, ...] = (
+            "UpBlock3D",
+            "CrossAttnUpBlock3D",
+            "CrossAttnUpBlock3D",
+            "CrossAttnUpBlock3D",
+        ),
+        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
+        layers_per_block: int = 2,
+        downsample_padding: int = 1,
+        mid_block_scale_factor: float = 1,
+        act_fn: str = "silu",
+        norm_num_groups: int | None = 32,
+        norm_eps: float = 1e-5,
+        cross_attention_dim: int = 1024,
+        attention_head_dim: int | tuple[int] = 64,
+        num_attention_heads: int | tuple[int] | None = None,
+        time_cond_proj_dim: int | None = None,
+    ):
+        if sample_channels < 1:
+            raise ValueError(f"sample_channels must be >= 1, got {sample_channels!r}")
+        expected_in, expected_out = 2 * sample_channels + 1, sample_channels
+        if in_channels not in (None, expected_in) or out_channels not in (None, expected_out):
+            raise ValueError(
+                f"in_channels={in_channels!r} / out_channels={out_channels!r} do not match "
+                f"sample_channels={sample_channels!r} (expected {expected_in} / {expected_out})"
+            )
+        super().__init__(
+            sample_size=sample_size,
+            in_channels=expected_in,
+            out_channels=expected_out,
+            down_block_types=down_block_types,
+            up_block_types=up_block_types,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            downsample_padding=downsample_padding,
+            mid_block_scale_factor=mid_block_scale_factor,
+            act_fn=act_fn,
+            norm_num_groups=norm_num_groups,
+            norm_eps=norm_eps,
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads,
+            time_cond_proj_dim=time_cond_proj_dim,
+        )
+
+    @property
+    def sample_channels(self) -> int:
+        return int(self.config.sample_channels)
+
+    def forward(  # type: ignore[override]
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        known: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        spacing: torch.Tensor | None = None,
+        return_dict: bool = False,
+    ) -> torch.Tensor:
+        """Predict noise (or v) for ``sample`` given the known frames.
+
+        sample, known: (B, C, F, H, W); mask: (B, F) with 1 where a frame is known (known is
+        multiplied by it, so its values at unknown frames never matter); spacing: (B,) frames
+        of the final video between adjacent frames of the call; encoder_hidden_states:
+        (B, F, S, D) or (B, S, D).
+        """
+        b, c, f, h, w = sample.shape
+        if c != self.sample_channels:
+            raise ValueError(f"sample has {c} channels, the model takes {self.sample_channels}")
+        if mask is None:
+            mask = sample.new_zeros(b, f)
+        mask = mask.to(sample.dtype)
+        known = sample.new_zeros(sample.shape) if known is None else known.to(sample.dtype)
+        mask_map = mask[:, None, :, None, None].expand(b, 1, f, h, w)
+        x = torch.cat([sample, known * mask_map, mask_map], dim=1)
+        cond = None
+        if self.config.time_cond_proj_dim is not None:
+            if spacing is None:
+                spacing = sample.new_ones(b)
+            cond = spacing_embedding(spacing.to(sample.device), self.config.time_cond_proj_dim)
+        return unet3d_forward(self, x, timestep, encoder_hidden_states, timestep_cond=cond)
