@@ -3,7 +3,8 @@
 Per frame ``t`` one compiled kernel computes, on frames about 128 px wide:
 
 * ``d[t]``, the mean absolute RGB difference to frame ``t-1`` (0-255);
-* ``y[t]``, the mean luma (fades are found as runs of black frames);
+* ``y[t]``, the mean level over all pixels and channels (fades are found as runs of black
+  frames);
 * for a few half-widths ``k``, the *linearity residual* of the window centred on ``t``:
   ``e_k[t] = mean|f[t] - (f[t-k] + f[t+k]) / 2|`` next to the window's change
   ``D_k[t] = mean|f[t+k] - f[t-k]|``.
@@ -14,8 +15,8 @@ with the frame size or the chunking):
 * **Hard cut** at ``t``: ``d[t]`` is at least ``cut_threshold`` *and* at least ``cut_ratio``
   times the mean of its ``window`` neighbours on each side. Motion raises every neighbour
   alike, so a moving shape never stands out; a cut is a lone spike.
-* **Fade** (through black): a run of frames whose mean luma is below ``black_level``, not at
-  either end of the video, entered by falling luma or left by rising luma. The new scene starts
+* **Fade** (through black): a run of frames whose mean level is below ``black_level``, not at
+  either end of the video, entered by a falling level or left by a rising one. The new scene starts
   in the middle of the black run.
 * **Dissolve**: during a cross-dissolve every pixel moves on a straight line between the two
   scenes, so the middle of a window is the mean of its ends: ``e_k`` is near 0 while ``D_k``
@@ -44,33 +45,36 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOWS: tuple[int, ...] = (3, 6, 10)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _chunk_features(buf, first_new, ks, d, y, e, dd):  # pragma: no cover - compiled
     """Features of frames ``buf[first_new:]``; ``buf[:first_new]`` is the tail of the previous
     chunk. ``e`` / ``dd`` rows are indexed by the *newest* frame of each window (its centre is
-    ``k`` frames earlier). Missing values are NaN."""
+    ``k`` frames earlier). Missing values are NaN.
+
+    Integer sums over each frame's bytes as one contiguous run, so the loops vectorise.
+    """
     m, h, w, ch = buf.shape
-    inv = 1.0 / (h * w * ch)
+    n = h * w * ch
+    flat = buf.reshape(m, n)
     for j in range(first_new, m):
         o = j - first_new
-        # mean luma (BT.601 weights) and the difference to the previous frame
-        lum = 0.0
-        diff = 0.0
-        for r in range(h):
-            for c in range(w):
-                rr = np.int32(buf[j, r, c, 0])
-                gg = np.int32(buf[j, r, c, 1])
-                bb = np.int32(buf[j, r, c, 2])
-                lum += 0.299 * rr + 0.587 * gg + 0.114 * bb
-                if j > 0:
-                    diff += (
-                        abs(rr - np.int32(buf[j - 1, r, c, 0]))
-                        + abs(gg - np.int32(buf[j - 1, r, c, 1]))
-                        + abs(bb - np.int32(buf[j - 1, r, c, 2]))
-                    )
-        y[o] = lum / (h * w)
-        d[o] = diff * inv if j > 0 else np.nan
-        # linearity of the windows that end at j (subsampled 2x2: the residual is a mean)
+        cur = flat[j]
+        # mean level of all channels: a fade to black takes it to ~0
+        total = np.int64(0)
+        for c in range(n):
+            total += np.int32(cur[c])
+        y[o] = total / n
+        if j > 0:
+            prev = flat[j - 1]
+            diff = np.int64(0)
+            for c in range(n):
+                x = np.int32(cur[c]) - np.int32(prev[c])
+                diff += x if x >= 0 else -x
+            d[o] = diff / n
+        else:
+            d[o] = np.nan
+        # linearity of the windows that end at j (one flat loop: it vectorises, a loop over
+        # every other row does not and is slower despite doing half the work)
         for ki in range(ks.shape[0]):
             k = ks[ki]
             a = j - 2 * k
@@ -78,21 +82,19 @@ def _chunk_features(buf, first_new, ks, d, y, e, dd):  # pragma: no cover - comp
                 e[ki, o] = np.nan
                 dd[ki, o] = np.nan
                 continue
-            mid = j - k
-            res = 0.0
-            chg = 0.0
-            cnt = 0
-            for r in range(0, h, 2):
-                for c in range(0, w, 2):
-                    for q in range(ch):
-                        fa = np.float32(buf[a, r, c, q])
-                        fb = np.float32(buf[j, r, c, q])
-                        fm = np.float32(buf[mid, r, c, q])
-                        res += abs(fm - 0.5 * (fa + fb))
-                        chg += abs(fb - fa)
-                        cnt += 1
-            e[ki, o] = res / cnt
-            dd[ki, o] = chg / cnt
+            fa_ = flat[a]
+            fm_ = flat[j - k]
+            res = np.int64(0)
+            chg = np.int64(0)
+            for c in range(n):
+                fa = np.int32(fa_[c])
+                fb = np.int32(cur[c])
+                x = 2 * np.int32(fm_[c]) - fa - fb
+                res += x if x >= 0 else -x
+                z = fb - fa
+                chg += z if z >= 0 else -z
+            e[ki, o] = res / (2.0 * n)
+            dd[ki, o] = chg / n
 
 
 class _Growable:
@@ -125,7 +127,7 @@ class FastDetector(Detector):
     * ``cut_threshold``: least mean absolute RGB change (0-255) of a hard cut.
     * ``cut_ratio``: how many times the neighbours' mean change a cut must exceed.
     * ``window``: neighbours on each side for that mean.
-    * ``black_level``: mean luma below which a frame is black (fades).
+    * ``black_level``: mean level (0-255) below which a frame is black (fades).
     * ``dissolve_threshold``: least change across a dissolve window (0-255).
     * ``dissolve_linearity``: largest residual / change ratio of a dissolve window.
     * ``windows``: half-widths of the dissolve windows, frames.
