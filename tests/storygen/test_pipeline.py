@@ -1,0 +1,242 @@
+"""StoryVideoPipeline with a tiny random masked model: exactness, reproducibility, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from storygen.pipeline import CallResult, StoryVideoPipeline, call_seed
+from storygen.presets import build_components, new_model
+from storygen.script import Segment, StoryScript
+from storygen.training_free import load_pipeline
+
+PROMPTS = ["a red circle moving left"] * 9 + ["a blue square on a striped background"] * 8
+# guidance 1 (no CFG) halves the cost; test_plan_and_output_shapes covers CFG
+RUN = {
+    "frames_per_call": 5,
+    "num_inference_steps": 2,
+    "guidance_scale": 1.0,
+    "generator": 7,
+    "progress": False,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("masked") / "model"
+    return new_model(path, preset="micro", mode="masked", texts=PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    return StoryVideoPipeline.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(pipe):
+    """17 frames in two levels (1 global call + 4 local calls), model space."""
+    return pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN).frames
+
+
+def test_plan_and_output_shapes(pipe, reference):
+    out = pipe(PROMPTS, 17, micro_batch=4, **RUN)
+    cfg = pipe(PROMPTS, 17, micro_batch=4, output_type="latent", **{**RUN, "guidance_scale": 5.0})
+    assert not torch.allclose(cfg.frames, reference)
+    assert out.frames.shape == (17, 16, 16, 3) and out.frames.dtype == np.uint8
+    assert reference.shape == (17, 3, 16, 16)
+    assert (out.plan.model_calls, out.plan.rounds) == (5, 2)
+    assert out.stats.calls_run == 5 and out.stats.unet_forwards == 2 * 2  # 2 levels x 2 steps
+    # np output is the model-space output mapped from [-1, 1] to uint8
+    expected = ((reference.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    np.testing.assert_array_equal(out.frames, expected.permute(0, 2, 3, 1).numpy())
+    assert sorted(out.keyframes) == [0, 4, 8, 12, 16]
+
+
+def test_save_load_round_trip_gives_identical_video(pipe, reference, tmp_path):
+    pipe.save_pretrained(tmp_path / "again")
+    again = StoryVideoPipeline.from_pretrained(tmp_path / "again")
+    out = again(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN)
+    assert torch.equal(out.frames, reference)
+
+
+def test_known_frames_appear_exactly_at_their_indices(pipe):
+    calls: list[CallResult] = []
+    out = pipe(
+        PROMPTS,
+        17,
+        output_type="latent",
+        callback_on_call_end=lambda p, r: calls.append(r),
+        **RUN,
+    )
+    made = {}  # frame -> the call output it came from
+    for r in calls:
+        for k, (frame, known) in enumerate(zip(r.call.frames, r.call.known)):
+            if known:
+                # the call's output holds the earlier level's frame bit for bit
+                assert torch.equal(r.sample[:, k], made[frame])
+            else:
+                made[frame] = r.sample[:, k]
+    assert sorted(made) == list(range(17))
+    for frame, value in made.items():
+        assert torch.equal(out.frames[frame], value)
+    assert any(any(r.call.known) for r in calls)
+
+
+def test_seed_reproduces_and_different_seeds_differ(pipe, reference):
+    again = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN).frames
+    assert torch.equal(again, reference)
+    other = pipe(PROMPTS, 17, output_type="latent", **{**RUN, "generator": 8}).frames
+    assert not torch.allclose(other, reference)
+    # a torch.Generator stands for its initial seed
+    gen = pipe(
+        PROMPTS, 17, output_type="latent", **{**RUN, "generator": torch.Generator().manual_seed(7)}
+    ).frames
+    assert torch.equal(gen, reference)
+
+
+def test_call_seeds_depend_on_level_and_call_only():
+    seeds = {call_seed(7, level, i) for level in range(3) for i in range(20)}
+    assert len(seeds) == 60
+    assert call_seed(7, 1, 2) == call_seed(7, 1, 2) != call_seed(8, 1, 2)
+
+
+# batched kernels round differently from unbatched ones (~1e-5): equal up to that
+BATCH_ATOL = 1e-4
+
+
+def test_micro_batch_size_does_not_change_the_video(pipe, reference):
+    one = pipe(PROMPTS, 17, output_type="latent", micro_batch=1, **RUN).frames
+    torch.testing.assert_close(one, reference, rtol=0, atol=BATCH_ATOL)
+
+
+def test_two_cpu_devices_give_the_single_device_video(pipe, reference):
+    out = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, devices=["cpu", "cpu"], **RUN)
+    assert out.stats.devices == ["cpu", "cpu"]
+    torch.testing.assert_close(out.frames, reference, rtol=0, atol=BATCH_ATOL)
+    # two batches per level at micro_batch 2: each device runs one; identical batching, so
+    # the result is bit for bit the single-device one
+    a = pipe(PROMPTS, 17, output_type="latent", micro_batch=2, devices=["cpu", "cpu"], **RUN)
+    b = pipe(PROMPTS, 17, output_type="latent", micro_batch=2, **RUN)
+    assert torch.equal(a.frames, b.frames)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_the_cache(pipe, reference, tmp_path):
+    def stop_after_level_0(p, level):
+        if level == 0:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        pipe(
+            PROMPTS,
+            17,
+            output_type="latent",
+            micro_batch=4,
+            cache_dir=tmp_path,
+            callback_on_level_end=stop_after_level_0,
+            **RUN,
+        )
+    (key_dir,) = tmp_path.iterdir()
+    assert sorted(p.name for p in key_dir.iterdir()) == ["level0000-calls00000-00000.pt"]
+    # resumed with another micro-batch size: the cache key ignores batching
+    out = pipe(PROMPTS, 17, output_type="latent", micro_batch=2, cache_dir=tmp_path, **RUN)
+    assert out.stats.calls_from_cache == 1 and out.stats.calls_run == 4
+    torch.testing.assert_close(out.frames, reference, rtol=0, atol=BATCH_ATOL)
+    # a finished run is served from the cache entirely
+    again = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, cache_dir=tmp_path, **RUN)
+    assert again.stats.calls_run == 0 and again.stats.calls_from_cache == 5
+    torch.testing.assert_close(again.frames, reference, rtol=0, atol=BATCH_ATOL)
+    # anything that changes the output changes the key
+    pipe(PROMPTS, 17, output_type=None, cache_dir=tmp_path, **{**RUN, "generator": 3})
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm", "euler"])
+def test_every_scheduler_renders(model_dir, scheduler):
+    pipe = load_pipeline(model_dir, scheduler=scheduler)
+    calls: list[CallResult] = []
+    out = pipe(
+        PROMPTS,
+        17,
+        output_type="latent",
+        callback_on_call_end=lambda p, r: calls.append(r),
+        **{**RUN, "num_inference_steps": 3},
+    )
+    assert type(pipe.scheduler).__name__.lower().startswith(scheduler[:3])
+    assert torch.isfinite(out.frames).all()
+    # a random model gives no clean image, but sampling must end near data scale, not noise
+    # scale (Euler starts at sigma ~ 14)
+    assert out.frames.abs().max() < 20
+    for r in calls:
+        for k, known in enumerate(r.call.known):
+            if known:
+                assert torch.equal(r.sample[:, k], out.frames[r.call.frames[k]])
+
+
+def test_story_script_routes_prompts_per_frame(pipe):
+    script = StoryScript(
+        (Segment(0.0, 2.0, "a red circle moving left"), Segment(2.0, 4.25, "a green star")),
+        fps=4,
+    )
+    seen: dict[int, str] = {}
+    out = pipe(
+        script,
+        output_type=None,
+        callback_on_call_end=lambda p, r: seen.update(zip(r.call.frames, r.call.prompts)),
+        **RUN,
+    )
+    assert out.plan.num_frames == 17 and out.frames is None
+    assert all(seen[f] == "a red circle moving left" for f in range(8))
+    assert all(seen[f] == "a green star" for f in range(8, 17))
+
+
+def test_latent_space_model_end_to_end(tmp_path):
+    parts = build_components("micro-latent", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline(**parts)
+    out = pipe(PROMPTS, 17, micro_batch=4, **RUN)
+    assert out.frames.shape == (17, 32, 32, 3)
+    latents = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN).frames
+    assert latents.shape == (17, 4, 16, 16)
+    decoded = pipe.decode_frames(latents[:3])
+    np.testing.assert_array_equal(
+        out.frames[:3], ((decoded + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    )
+
+
+def test_local_unet_serves_the_local_levels(model_dir):
+    pipe = StoryVideoPipeline.from_pretrained(model_dir)
+    base = pipe(PROMPTS, 17, output_type="latent", **RUN).frames
+    other = build_components("micro", mode="masked", texts=PROMPTS, seed=5)["unet"]
+    pipe.local_unet = other
+    mixed = pipe(PROMPTS, 17, output_type="latent", **RUN).frames
+    keyframes = [0, 4, 8, 12, 16]
+    assert torch.equal(mixed[keyframes], base[keyframes])  # level 0: the global unet
+    assert not torch.allclose(mixed[1:4], base[1:4])  # level 1: the local unet
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_frames": 16}, "per-frame prompts"),
+        ({"micro_batch": 0}, "micro_batch"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"output_type": "mp4"}, "output_type"),
+        ({"generator": [1, 2]}, "generator"),
+    ],
+)
+def test_bad_arguments_are_named(pipe, kwargs, match):
+    args = {"num_frames": 17, **RUN, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pipe(PROMPTS, **args)
