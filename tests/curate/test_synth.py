@@ -389,7 +389,7 @@ def test_manifests_have_one_row_per_video(shapes_corpus, shapes_corpus_path):
 def test_same_seed_same_corpus_other_seed_differs(tmp_path):
     kw = dict(
         videos=3,
-        resolutions=["128x96"],
+        resolutions=["96x64"],
         scene_seconds=(1.6, 2.0),
         max_scenes=3,
         duplicate_rate=0.5,
@@ -416,7 +416,7 @@ def test_same_seed_same_corpus_other_seed_differs(tmp_path):
         (dict(videos=0), "videos must be >= 1, got 0"),
         (dict(noise_rate=1.5), "noise_rate must be in \\[0, 1\\], got 1.5"),
         (dict(min_scenes=3, max_scenes=2), "min_scenes"),
-        (dict(resolutions=["96x64"]), "96x64"),
+        (dict(resolutions=["62x40"]), "62x40"),
         (dict(resolutions=["big"]), "'big'"),
         (dict(scene_seconds=(0, 1)), "scene_seconds"),
     ],
@@ -487,3 +487,56 @@ def test_cli_rejects_bad_rates(tmp_path, capsys):
 @pytest.mark.allow_error_logs
 def test_error_logs_are_allowed_when_marked():
     logging.getLogger("curate.synth").error("expected in this test")
+
+
+def test_error_log_fixture_fails_unmarked_tests(tmp_path):
+    """The autouse fixture fails a test that logs at ERROR, unless it opts out."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(Path(__file__).parents[1] / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_logs.py").write_text(
+        "import logging\n"
+        "import pytest\n"
+        "log = logging.getLogger('x')\n"
+        "def test_logs_error():\n    log.error('boom %s', 1)\n"
+        "def test_logs_warning():\n    log.warning('only a warning')\n"
+        "@pytest.mark.allow_error_logs\n"
+        "def test_marked():\n    log.error('expected')\n"
+        "def test_fixture(allow_error_logs):\n    log.error('expected')\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    # the check runs at teardown, so pytest reports the offending test as an error
+    assert "4 passed, 1 error" in proc.stdout, proc.stdout + proc.stderr
+    assert "ERROR test_logs.py::test_logs_error" in proc.stdout
+    assert "x: boom 1" in proc.stdout
+
+
+@pytest.mark.slow
+def test_default_corpus_is_reproducible(tmp_path):
+    """The default settings (all resolutions, 720p included) give byte-identical corpora."""
+    a = generate_corpus(tmp_path / "a", videos=20, seed=0, progress=False)
+    b = generate_corpus(tmp_path / "b", videos=20, seed=0, progress=False)
+    assert a.to_json() == b.to_json()
+    for va, vb in zip(a, b, strict=True):
+        assert va.path.read_bytes() == vb.path.read_bytes(), va.video_id
