@@ -513,7 +513,8 @@ def read_frame(frame: np.ndarray, *, threshold: int = 30) -> FrameFacts:
     )
     bg_rgb = np.median(border, axis=0)
     background = _nearest(bg_rgb.astype(np.float32), _BG_NAMES, _BG_RGB)
-    diff = cv2.absdiff(frame, (*(float(c) for c in np.round(bg_rgb)), 0.0))
+    bg_scalar = (*(float(c) for c in np.round(bg_rgb)), 0.0)
+    diff = cv2.absdiff(frame, bg_scalar)  # type: ignore[call-overload]
     dist = cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])  # (H, W) uint8
     _, mask = cv2.threshold(dist, threshold, 1, cv2.THRESH_BINARY)
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
@@ -573,22 +574,26 @@ def read_motion(
         raise ValueError(f"need at least 2 frames to read a motion, got {len(frames)}")
     if min_shift <= 0 or min_scale <= 1:
         raise ValueError(f"need min_shift > 0 and min_scale > 1, got {min_shift!r}, {min_scale!r}")
+    facts: list[FrameFacts]
     if isinstance(frames[0], FrameFacts):
-        facts = list(frames)  # type: ignore[arg-type]
+        facts = [f for f in frames if isinstance(f, FrameFacts)]
+        times = np.arange(len(facts), dtype=np.float64)
         aspect = aspect or 1.0
     else:
         n = len(frames)
+        # two dozen frames spread over the scene pin down a constant-speed line
         picks = np.unique(np.linspace(0, n - 1, min(n, 24)).round().astype(int))
         facts = [read_frame(np.asarray(frames[i])) for i in picks]
+        times = picks.astype(np.float64)
         h, w = np.asarray(frames[0]).shape[:2]
         aspect = w / h
-    ts = [i for i, f in enumerate(facts) if f.centroid is not None and f.area > 0]  # type: ignore[union-attr]
-    if len(ts) < 2:
+    seen = [(tt, f.centroid, f.area) for tt, f in zip(times, facts, strict=True) if f.centroid]
+    if len(seen) < 2:
         return "still"
-    t = np.asarray(ts, dtype=np.float64)
-    xs = np.asarray([facts[i].centroid[0] for i in ts])  # type: ignore[index,union-attr]
-    ys = np.asarray([facts[i].centroid[1] for i in ts])  # type: ignore[index,union-attr]
-    la = np.log(np.asarray([facts[i].area for i in ts]))  # type: ignore[union-attr]
+    t = np.asarray([s[0] for s in seen])
+    xs = np.asarray([s[1][0] for s in seen])
+    ys = np.asarray([s[1][1] for s in seen])
+    la = np.log(np.maximum(np.asarray([s[2] for s in seen]), 1e-9))
     span = t[-1] - t[0]
     dlog = np.polyfit(t, la, 1)[0] * span
     if dlog > math.log(min_scale):
@@ -693,9 +698,8 @@ def write_video(
                 stream.codec_context.thread_count = 1
             # OpenCV's BT.601 limited-range conversion is what decoders assume for an untagged
             # stream, and is ~20x faster than PyAV's swscale path
-            frame = av.VideoFrame.from_ndarray(
-                cv2.cvtColor(arr, cv2.COLOR_RGB2YUV_I420), format="yuv420p"
-            )
+            yuv = np.asarray(cv2.cvtColor(arr, cv2.COLOR_RGB2YUV_I420), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts = count
             frame.time_base = 1 / rate
             for packet in stream.encode(frame):
@@ -1028,7 +1032,8 @@ class VideoPlan:
         starts, transitions = self.layout()
         off = self.trim[0]
         n = self.full_frames - self.trim[0] - self.trim[1]
-        scenes, cuts = [], []
+        scenes: list[SceneTruth] = []
+        cuts: list[int] = []
         for s, a in zip(self.scenes, starts, strict=True):
             start = max(0, a - off)
             end = min(n, a + s.num_frames - off)
