@@ -105,6 +105,12 @@ def apply_duplicates(clips: Iterable[Mapping[str, Any]], dup_of: Mapping[str, st
     return out
 
 
+def story_survives_dedup(story: Mapping[str, Any], dup_of: Mapping[str, str]) -> bool:
+    """False when every segment of ``story`` shows a duplicate clip."""
+    ids = [seg.get("clip_id") for seg in story.get("segments") or ()]
+    return not ids or not all(i in dup_of for i in ids)
+
+
 # --- counts -----------------------------------------------------------------------------------
 
 

@@ -29,6 +29,11 @@ Invariant, checked and printed after each run (each manifest entry is one input)
 
 and no video has both clips and failures: a stage that fails after the split (scoring,
 re-captioning) withdraws the video's clips and records the failure instead.
+
+Stories are built from the clips kept by the caption filter. Dedup runs after re-captioning
+and marks clips duplicate in the clips table; a story is withdrawn only when *every* one of
+its segments is a duplicate (a re-upload or trimmed copy of another video), since a story
+that reuses one scene of another video is still a distinct timeline.
 """
 
 from __future__ import annotations
@@ -248,7 +253,14 @@ def build_finalize_pipeline(
         return apply_duplicates(record["clips"], dup_of)
 
     clips = filtered | "Dedup" >> beam.FlatMap(final_clips, dup_of=beam.pvalue.AsDict(dups))
-    stories = filtered | "Stories" >> beam.FlatMap(lambda r: [r["story"]] if r.get("story") else [])
+
+    def final_story(record: dict, dup_of: dict[str, str]) -> list[dict]:
+        from .corpus import story_survives_dedup
+
+        story = record.get("story")
+        return [story] if story and story_survives_dedup(story, dup_of) else []
+
+    stories = filtered | "Stories" >> beam.FlatMap(final_story, dup_of=beam.pvalue.AsDict(dups))
     failures = (
         filtered | "WorkFailures" >> beam.FlatMap(lambda r: r["failures"] or []),
         p | "ManifestFailures" >> beam.Create(manifest.failures, reshuffle=False),
@@ -465,6 +477,7 @@ def _failure_rate_message(exc: BaseException) -> str:
     if i < 0:
         return text.splitlines()[0] if text else repr(exc)
     line = text[i + len("FailureRateExceeded:") :].strip().splitlines()[0]
+    line = line.split(" [while running")[0]
     return line.strip(" '\"")
 
 

@@ -107,15 +107,15 @@ class CurateOptions(PipelineOptions):
         parser.add_argument("--max_failure_rate", type=_rate, default=1.0)
         parser.add_argument("--failure_rate_min_inputs", type=_positive_int, default=20)
         parser.add_argument("--decode_timeout", type=float, default=300.0)
-        parser.add_argument("--isolate_decode", default=True, type=_bool)
+        parser.add_argument("--isolate_decode", default=True, type=_bool, nargs="?", const=True)
         parser.add_argument("--commit_every", type=_positive_int, default=8)
         parser.add_argument("--commit_interval_s", type=float, default=30.0)
         parser.add_argument("--videos_per_shard", type=_positive_int, default=1000)
         parser.add_argument("--inference_batch_videos", type=_positive_int, default=8)
         parser.add_argument("--clip_batch_size", type=_positive_int, default=64)
         parser.add_argument("--device", default="cpu")
-        parser.add_argument("--share_model", default=False, type=_bool)
-        parser.add_argument("--overwrite", default=False, type=_bool)
+        parser.add_argument("--share_model", default=False, type=_bool, nargs="?", const=True)
+        parser.add_argument("--overwrite", default=False, type=_bool, nargs="?", const=True)
 
 
 def _bool(text: str | bool) -> bool:

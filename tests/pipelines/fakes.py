@@ -104,7 +104,10 @@ class FakeScorer:
             if self.fail_on and self.fail_on in caption:
                 raise RuntimeError(f"scorer exploded on {out['clip_id']}")
             frames = np.asarray(out.pop("frames"))
-            emb = _unit(out.pop("look"))
+            look = out.pop("look", None)
+            if look is None:  # real frames: the embedding follows the mean colour
+                look = str(np.round(frames.reshape(-1, 3).mean(axis=0) / 32).astype(int).tolist())
+            emb = _unit(look)
             out["frame_embeddings"] = np.stack([emb] * len(frames))
             out["embedding"] = emb.tolist()
             if out.get("status") == "dropped":
@@ -206,3 +209,9 @@ class FakeCorpusSteps:
 
     def assign(self, embedding, centroids):
         return int(np.argmax(centroids @ np.asarray(embedding, np.float32)))
+
+
+def fake_components():
+    from pipelines.curate import Components
+
+    return Components(FakeDecoder, {}, FakeScorer, {}, FakeCorpusSteps())
