@@ -731,6 +731,8 @@ class SceneTruth:
     motion: str
     background: str
     transition_in: str  # "start" | "cut" | "fade" | "dissolve"
+    start_s: float = 0.0  # start_frame / fps
+    end_s: float = 0.0  # end_frame / fps
 
     @property
     def facts(self) -> SceneFacts:
@@ -1050,6 +1052,8 @@ class VideoPlan:
                     motion=s.facts.motion,
                     background=s.facts.background,
                     transition_in=kind,
+                    start_s=round(float(start / self.fps), 6),
+                    end_s=round(float(end / self.fps), 6),
                 )
             )
             if kind == "cut":
@@ -1193,6 +1197,7 @@ def generate_corpus(
     timed_caption_rate: float = 0.5,
     ensure_variety: bool = False,
     preset: str = "veryfast",
+    overwrite: bool = False,
     progress: bool = True,
 ) -> GroundTruth:
     """Write a shapes-world corpus under ``out_dir`` and return its ground truth.
@@ -1205,6 +1210,8 @@ def generate_corpus(
 
     Layout: ``videos/<id>.mp4`` with sidecars ``<id>.txt`` (the source caption) and, for some,
     ``<id>.json`` (timed captions); ``webvid.csv``, ``manifest.jsonl``, ``ground_truth.json``.
+    A folder that already holds a corpus is refused unless ``overwrite``; then the old corpus's
+    files are removed first, so ``videos/`` never mixes two corpora.
     """
     # -- validate settings
     if videos < 1:
@@ -1234,6 +1241,7 @@ def generate_corpus(
 
     root = Path(out_dir)
     vdir = root / "videos"
+    _prepare_out_dir(root, overwrite)
     vdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0x5A4E])
     ntsc = Fraction(30000, 1001)
@@ -1392,6 +1400,38 @@ def generate_corpus(
         root,
     )
     return gt
+
+
+def _prepare_out_dir(root: Path, overwrite: bool) -> None:
+    vdir = root / "videos"
+    old_truth = root / GroundTruth.FILE_NAME
+    present = old_truth.exists() or (vdir.is_dir() and any(vdir.iterdir()))
+    if not present:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{root}: already holds a shapes corpus or files in videos/; "
+            "choose an empty folder or pass overwrite=True (--overwrite)"
+        )
+    owned: set[Path] = set()
+    if old_truth.exists():
+        try:
+            old = json.loads(old_truth.read_text(encoding="utf-8"))
+            for v in old.get("videos", []):
+                stem = Path(v["file"]).stem
+                owned |= {vdir / f"{stem}{ext}" for ext in (".mp4", ".txt", ".json")}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{old_truth}: cannot read the old ground truth: {exc}") from exc
+    for f in owned:
+        f.unlink(missing_ok=True)
+    for name in ("webvid.csv", "manifest.jsonl", GroundTruth.FILE_NAME):
+        (root / name).unlink(missing_ok=True)
+    left = sorted(p.name for p in vdir.iterdir()) if vdir.is_dir() else []
+    if left:
+        raise ValueError(
+            f"{vdir}: holds files that are not part of a shapes corpus ({', '.join(left[:5])}"
+            f"{', ...' if len(left) > 5 else ''}); the folder manifest would pick them up"
+        )
 
 
 def _is_noise(kind: str, caption: str, first: SceneFacts) -> bool:

@@ -93,6 +93,11 @@ def register(subparsers: Any) -> None:
         default="veryfast",
         help="libx264 preset (default veryfast; ultrafast writes about 3x faster, larger files)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a corpus already in --out (its videos, sidecars and manifests)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -129,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             max_scenes=args.max_scenes,
             scene_seconds=(lo, hi),
             preset=args.preset,
+            overwrite=args.overwrite,
             progress=not args.no_progress,
         )
     except ValueError as exc:

@@ -540,3 +540,24 @@ def test_default_corpus_is_reproducible(tmp_path):
     assert a.to_json() == b.to_json()
     for va, vb in zip(a, b, strict=True):
         assert va.path.read_bytes() == vb.path.read_bytes(), va.video_id
+
+
+def test_existing_corpus_is_refused_or_replaced_whole(tmp_path):
+    kw = dict(resolutions=["96x64"], scene_seconds=(1.6, 2.0), max_scenes=2, progress=False)
+    first = generate_corpus(tmp_path, videos=3, seed=1, **kw)
+    with pytest.raises(ValueError, match="overwrite"):
+        generate_corpus(tmp_path, videos=2, seed=2, **kw)
+    second = generate_corpus(tmp_path, videos=2, seed=2, overwrite=True, **kw)
+    stems = {p.stem for p in (tmp_path / "videos").iterdir()}
+    assert stems == {v.video_id for v in second}
+    assert not stems & {v.video_id for v in first}
+    (tmp_path / "videos" / "holiday.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="holiday.mp4"):
+        generate_corpus(tmp_path, videos=2, seed=2, overwrite=True, **kw)
+
+
+def test_scene_times_match_frames(shapes_corpus):
+    for v in shapes_corpus:
+        for s in v.scenes:
+            assert s.start_s == pytest.approx(s.start_frame / float(v.fps_exact), abs=1e-6)
+            assert s.end_s == pytest.approx(s.end_frame / float(v.fps_exact), abs=1e-6)
