@@ -40,7 +40,45 @@ class CorpusSteps:
 
     A subclass can replace any of them (another re-captioner, another dedup) and be passed to
     the pipeline as ``Components(corpus=...)``; it must pickle, as Beam ships it to workers.
+    Dedup settings (see :class:`curate.dedup.Deduplicator`) other than the threshold are fixed
+    here because the signature is computed in the per-video phase and committed.
     """
+
+    def __init__(
+        self,
+        *,
+        relaxed_threshold: float | None = 0.85,
+        pixel_weight: float = 0.5,
+        thumb_size: int = 8,
+        k: int = 4,
+    ) -> None:
+        self.relaxed_threshold = relaxed_threshold
+        self.pixel_weight = pixel_weight
+        self.thumb_size = thumb_size
+        self.k = k
+
+    def _dedup(self, threshold: float) -> Any:
+        from curate.dedup import Deduplicator
+
+        relaxed = self.relaxed_threshold
+        if relaxed is not None:
+            relaxed = min(relaxed, threshold)
+        return Deduplicator(
+            threshold=threshold,
+            relaxed_threshold=relaxed,
+            pixel_weight=self.pixel_weight,
+            thumb_size=self.thumb_size,
+            k=self.k,
+            nprobe=1,
+        )
+
+    def signature(self, record: Mapping[str, Any]) -> np.ndarray:
+        """The dedup signature of a scored clip that still has its sampled ``frames``."""
+        from curate.dedup import clip_signature
+
+        return clip_signature(
+            record, pixel_weight=self.pixel_weight, thumb_size=self.thumb_size, k=self.k
+        )
 
     def cutoff(self, scores: Sequence[float], threshold: Threshold) -> float | None:
         """The absolute cut-off: the threshold itself, or the percentile of ``scores``."""
@@ -48,15 +86,16 @@ class CorpusSteps:
             return threshold.value
         if len(scores) == 0:
             return None
-        from curate import filtering
+        from curate.filtering import calibrate_threshold
 
-        return float(filtering.percentile_cutoff(np.asarray(scores, np.float64), threshold.value))
+        return calibrate_threshold(scores, percentile=threshold.value)
 
     def apply_cutoff(self, clips: Iterable[Mapping[str, Any]], cutoff: float | None) -> list[dict]:
-        """Mark clips scoring below ``cutoff`` dropped (``low_caption_score``)."""
-        from curate import filtering
+        """Final status and reason of every clip (``None``: nothing was scored at all)."""
+        from curate.filtering import apply_threshold
 
-        return [filtering.apply_cutoff(dict(c), cutoff) for c in clips]
+        cut = float("-inf") if cutoff is None else cutoff
+        return [apply_threshold(c, cut) for c in clips]
 
     def recaption(
         self,
@@ -69,29 +108,25 @@ class CorpusSteps:
 
         return rc.recaption_video(video, clips, extras)
 
-    def duplicates(
-        self, items: Sequence[tuple[str, Sequence[float]]], *, threshold: float
-    ) -> dict[str, str]:
-        """``{clip_id: duplicate_of}`` among ``items`` (exact inner-product search)."""
-        if len(items) < 2:
+    def duplicates(self, rows: Sequence[Mapping[str, Any]], *, threshold: float) -> dict[str, str]:
+        """``{clip_id: duplicate_of}`` among ``rows`` (each with its ``dedup_signature``)."""
+        if len(rows) < 2:
             return {}
-        from curate import dedup
-
-        ids = [i for i, _ in items]
-        emb = np.asarray([e for _, e in items], np.float32)
-        return dict(dedup.find_duplicates(ids, emb, threshold=threshold))
+        marked = self._dedup(threshold).dedup_group(list(rows))
+        return {r["clip_id"]: r["duplicate_of"] for r in marked if r.get("duplicate_of")}
 
     def train_centroids(
-        self, sample: Sequence[Sequence[float]], *, clusters: int, seed: int = 0
+        self, signatures: Sequence[Sequence[float]], *, clusters: int, seed: int = 0
     ) -> np.ndarray:
-        from curate import dedup
+        from curate.dedup import train_centroids
 
-        return dedup.train_centroids(np.asarray(sample, np.float32), clusters=clusters, seed=seed)
+        sigs = np.asarray(signatures, np.float32)
+        return train_centroids(sigs, n_centroids=min(clusters, len(sigs)), seed=seed)
 
-    def assign(self, embedding: Sequence[float], centroids: np.ndarray) -> int:
-        from curate import dedup
+    def assign(self, signature: Sequence[float], centroids: np.ndarray) -> int:
+        from curate.dedup import assign_centroids
 
-        return int(dedup.assign_centroids(np.asarray([embedding], np.float32), centroids)[0])
+        return int(assign_centroids(np.asarray([signature], np.float32), centroids)[0])
 
 
 def apply_duplicates(clips: Iterable[Mapping[str, Any]], dup_of: Mapping[str, str]) -> list[dict]:

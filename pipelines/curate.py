@@ -173,6 +173,7 @@ def build_pipeline(
         comps.scorer_kwargs,
         max_batch_videos=batch_videos,
         share_model=opts.share_model,
+        signature=comps.corpus.signature,
     )
     todo = p | "ReadManifest" >> ReadManifest(videos, skip=skip)
     split, split_failed = todo | "ProbeAndSplit" >> ProbeAndSplit(
@@ -236,13 +237,18 @@ def build_finalize_pipeline(
     records = p | "ReadWork" >> ReadWork([str(f) for f in files], keep=keep)
     cutoff = records | "CaptionCutoff" >> CaptionCutoff(threshold, steps)
     filtered = records | "FilterAndRecaption" >> FilterAndRecaption(cutoff, steps)
-    kept = filtered | "KeptEmbeddings" >> beam.FlatMap(
-        lambda r: [
-            (c["clip_id"], c["embedding"])
-            for c in r["clips"]
-            if c["status"] == "kept" and c.get("embedding") is not None
+
+    def kept_rows(record: dict) -> list[dict]:
+        from .transforms import dedup_row
+
+        sigs = {e["clip_id"]: e.get("dedup_signature") for e in record.get("clip_extras") or ()}
+        return [
+            dedup_row(c, sigs[c["clip_id"]])
+            for c in record["clips"]
+            if c["status"] == "kept" and sigs.get(c["clip_id"]) is not None
         ]
-    )
+
+    kept = filtered | "KeptSignatures" >> beam.FlatMap(kept_rows)
     dups = kept | "FindDuplicates" >> FindDuplicates(
         steps, threshold=opts.dedup_threshold, exact=exact
     )

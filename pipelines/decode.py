@@ -82,9 +82,7 @@ class VideoDecoder:
             **self.splitter_settings,
         )
         self._splitter.setup()
-        self._sampler = FrameSampler(
-            samples_per_scene=self.samples_per_scene, short_side=self.sample_size
-        )
+        self._sampler = FrameSampler(k=self.samples_per_scene, size=self.sample_size)
         if hasattr(self._sampler, "setup"):
             self._sampler.setup()
 

@@ -28,15 +28,24 @@ class ScorerService:
     survive that, a list does.
     """
 
-    def __init__(self, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        factory: Callable[..., Any],
+        kwargs: Mapping[str, Any],
+        signature: Callable[[Mapping[str, Any]], Any] | None = None,
+    ) -> None:
         self.scorer = factory(**dict(kwargs))
+        self.signature = signature
         if hasattr(self.scorer, "setup"):
             self.scorer.setup()
 
     def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = list(self.scorer.process_all(records))
         for record in out:
-            record.pop("frames", None)  # scored: the pixels are no longer needed
+            if self.signature is not None:
+                # dedup compares pixels too; this is the last stage that has them
+                record["dedup_signature"] = [float(x) for x in self.signature(record)]
+            record.pop("frames", None)
         return out
 
 
@@ -55,6 +64,7 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         *,
         max_batch_videos: int = 8,
         share_model: bool = False,
+        signature: Callable[[Mapping[str, Any]], Any] | None = None,
     ) -> None:
         if max_batch_videos < 1:
             raise ValueError(f"max_batch_videos must be >= 1, got {max_batch_videos!r}")
@@ -69,10 +79,11 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         )
         self.factory = factory
         self.kwargs = dict(kwargs or {})
+        self.signature = signature
 
     def load_model(self) -> ScorerService:
         start = time.perf_counter()
-        service = ScorerService(self.factory, self.kwargs)
+        service = ScorerService(self.factory, self.kwargs, self.signature)
         logger.info("scorer loaded in %.1f s", time.perf_counter() - start)
         return service
 

@@ -95,7 +95,7 @@ class CurateOptions(PipelineOptions):
         parser.add_argument("--samples_per_scene", type=_positive_int, default=4)
         parser.add_argument("--sample_size", type=_positive_int, default=224)
         parser.add_argument("--min_scene_frames", type=_positive_int, default=15)
-        parser.add_argument("--dedup_threshold", type=float, default=0.98)
+        parser.add_argument("--dedup_threshold", type=float, default=0.95)
         parser.add_argument(
             "--dedup_exact_limit",
             type=_positive_int,

@@ -18,6 +18,7 @@ TRANSIENT_CLIP_KEYS = (
     "frame_embeddings",
     "caption_note",
     "fragment",
+    "dedup_signature",
 )
 
 

@@ -90,8 +90,9 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--dedup-threshold",
         type=float,
-        default=0.98,
-        help="cosine at or above which two kept clips are duplicates (default 0.98)",
+        default=0.95,
+        help="signature cosine (CLIP embedding + pixel thumbnails) at or above which two kept "
+        "clips are duplicates (default 0.95)",
     )
     run.add_argument(
         "--keyframes",

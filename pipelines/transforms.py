@@ -289,12 +289,14 @@ def work_record(work: VideoWork) -> dict[str, Any]:
     for clip in work.clips:
         clips.append({k: v for k, v in clip.items() if k not in TRANSIENT_CLIP_KEYS})
         fe = clip.get("frame_embeddings")
+        sig = clip.get("dedup_signature")
         extras.append(
             {
                 "clip_id": clip.get("clip_id"),
                 "fragment": clip.get("fragment"),
                 "caption_note": clip.get("caption_note"),
                 "frame_embeddings": None if fe is None else [list(map(float, r)) for r in fe],
+                "dedup_signature": None if sig is None else [float(x) for x in sig],
             }
         )
     return {
@@ -556,84 +558,85 @@ class _ExactDedupFn(beam.CombineFn):
     def create_accumulator(self) -> list:
         return []
 
-    def add_input(self, acc: list, item: tuple[str, list[float]]) -> list:
-        acc.append(item)
+    def add_input(self, acc: list, row: dict) -> list:
+        acc.append(row)
         return acc
 
     def merge_accumulators(self, accs: Iterable[list]) -> list:
         return [i for acc in accs for i in acc]
 
     def extract_output(self, acc: list) -> dict[str, str]:
-        # sorted, so the original of a duplicate pair is the same on every runner
-        return self.steps.duplicates(sorted(acc, key=lambda i: i[0]), threshold=self.threshold)
+        # sorted, so ties resolve the same way on every runner
+        rows = sorted(acc, key=lambda r: r["clip_id"])
+        return self.steps.duplicates(rows, threshold=self.threshold)
 
 
-class _CentroidsFn(beam.CombineFn):
-    def __init__(self, clusters: int, sample: int, seed: int, steps: Any) -> None:
-        self.clusters, self.sample, self.seed, self.steps = clusters, sample, seed, steps
-
-    def create_accumulator(self) -> list:
-        return []
-
-    def add_input(self, acc: list, item: tuple[str, list[float]]) -> list:
-        acc.append(item)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[list]) -> list:
-        return [i for acc in accs for i in acc]
-
-    def extract_output(self, acc: list) -> Any:
-        import numpy as np
-
-        acc.sort(key=lambda i: i[0])
-        rng = np.random.default_rng(self.seed)
-        take = rng.choice(len(acc), size=min(self.sample, len(acc)), replace=False)
-        return self.steps.train_centroids(
-            [acc[i][1] for i in sorted(take)], clusters=self.clusters, seed=self.seed
-        )
+def dedup_row(clip: Mapping[str, Any], signature: Sequence[float]) -> dict[str, Any]:
+    """What dedup needs of a kept clip (its signature and what ranks duplicates)."""
+    keys = ("clip_id", "video_id", "scene_index", "caption_score", "status")
+    row = {k: clip.get(k) for k in keys}
+    row["start_frame"], row["end_frame"] = clip["start_frame"], clip["end_frame"]
+    row["dedup_signature"] = list(signature)
+    return row
 
 
 class FindDuplicates(beam.PTransform):
-    """``(clip_id, duplicate_of)`` pairs among kept clips.
+    """``(clip_id, duplicate_of)`` pairs among kept clips (rows from :func:`dedup_row`).
 
-    Up to ``exact_limit`` clips, one exact search over all of them. Above it, k-means
-    centroids are trained on a sample, every clip is keyed by its nearest centroid
-    (``GroupByKey``) and the search runs inside each group, as large-scale pipelines do.
+    Up to the exact limit, one exact search over all of them. Above it, k-means centroids are
+    trained on a fixed-size sample (``Sample.FixedSizeGlobally``), every clip is keyed by its
+    nearest centroid (``GroupByKey``) and the search runs inside each group, as large-scale
+    pipelines do; pairs that straddle two groups are not found.
     """
 
     def __init__(
-        self, steps: Any, *, threshold: float, exact: bool, clusters: int = 64, seed: int = 0
+        self,
+        steps: Any,
+        *,
+        threshold: float,
+        exact: bool,
+        clusters: int = 64,
+        sample: int = 50_000,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.steps = steps
         self.threshold = threshold
         self.exact = exact
         self.clusters = clusters
+        self.sample = sample
         self.seed = seed
 
-    def expand(self, items: beam.PCollection) -> beam.PCollection:
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        steps, threshold = self.steps, self.threshold
         if self.exact:
             return (
-                items
-                | "Exact" >> beam.CombineGlobally(_ExactDedupFn(self.threshold, self.steps))
+                rows
+                | "Exact" >> beam.CombineGlobally(_ExactDedupFn(threshold, steps))
                 | "Pairs" >> beam.FlatMap(lambda d: sorted(d.items()))
             )
-        steps, threshold = self.steps, self.threshold
-        centroids = items | "Centroids" >> beam.CombineGlobally(
-            _CentroidsFn(self.clusters, sample=self.clusters * 256, seed=self.seed, steps=steps)
+        clusters, seed = self.clusters, self.seed
+        centroids = (
+            rows
+            | "Signatures" >> beam.Map(lambda r: r["dedup_signature"])
+            | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(self.sample)
+            | "Train"
+            >> beam.Map(lambda sample: steps.train_centroids(sample, clusters=clusters, seed=seed))
         )
         return (
-            items
+            rows
             | "Assign"
             >> beam.Map(
-                lambda it, c: (steps.assign(it[1], c), it),
+                lambda r, c: (steps.assign(r["dedup_signature"], c), r),
                 c=beam.pvalue.AsSingleton(centroids),
             )
             | "ByCentroid" >> beam.GroupByKey()
             | "InGroup"
             >> beam.FlatMap(
                 lambda kv: sorted(
-                    steps.duplicates(sorted(kv[1], key=lambda i: i[0]), threshold=threshold).items()
+                    steps.duplicates(
+                        sorted(kv[1], key=lambda r: r["clip_id"]), threshold=threshold
+                    ).items()
                 )
             )
         )

@@ -103,7 +103,7 @@ class FakeScorer:
             caption = out.get("source_caption") or ""
             if self.fail_on and self.fail_on in caption:
                 raise RuntimeError(f"scorer exploded on {out['clip_id']}")
-            frames = np.asarray(out.pop("frames"))
+            frames = np.asarray(out["frames"])
             look = out.pop("look", None)
             if look is None:  # real frames: the embedding follows the mean colour
                 look = str(np.round(frames.reshape(-1, 3).mean(axis=0) / 32).astype(int).tolist())
@@ -192,9 +192,12 @@ class FakeCorpusSteps:
         }
         return clips, story
 
-    def duplicates(self, items, *, threshold):
-        ids = [i for i, _ in items]
-        emb = np.asarray([e for _, e in items], np.float32)
+    def signature(self, record):
+        return np.asarray(record["embedding"], np.float32)
+
+    def duplicates(self, rows, *, threshold):
+        ids = [r["clip_id"] for r in rows]
+        emb = np.asarray([r["dedup_signature"] for r in rows], np.float32)
         sims = emb @ emb.T
         out = {}
         for j in range(len(ids)):
