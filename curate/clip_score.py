@@ -231,15 +231,27 @@ class ClipScorer(Step[dict, dict]):
         else:
             crop_hw = (int(crop), int(crop))
         size = cfg.get("size", crop_hw[0])
-        if isinstance(size, Mapping):
-            shortest = int(size.get("shortest_edge", min(size.get("height", 0), size.get("width", 0))))
+        self._do_resize = bool(cfg.get("do_resize", True))
+        self._do_crop = bool(cfg.get("do_center_crop", True))
+        # {"height", "width"}: resize to exactly that size; else shortest edge (then crop)
+        self._exact_hw: tuple[int, int] | None = None
+        if isinstance(size, Mapping) and "height" in size and "width" in size:
+            self._exact_hw = (int(size["height"]), int(size["width"]))
+            shortest = min(self._exact_hw)
+        elif isinstance(size, Mapping):
+            shortest = int(size["shortest_edge"])
         else:
             shortest = int(size)
-        self._do_resize = bool(cfg.get("do_resize", True))
         self._shortest_edge = shortest
-        self._do_crop = bool(cfg.get("do_center_crop", True))
-        self._crop_hw = crop_hw if self._do_crop else (image_size, image_size)
-        self._rescale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
+        if self._do_crop:
+            self._crop_hw = crop_hw
+        elif self._exact_hw is not None:
+            self._crop_hw = self._exact_hw
+        else:
+            self._crop_hw = (image_size, image_size)
+        self._rescale = (
+            float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
+        )
         mean = cfg.get("image_mean", [0.48145466, 0.4578275, 0.40821073])
         std = cfg.get("image_std", [0.26862954, 0.26130258, 0.27577711])
         if not cfg.get("do_normalize", True):
@@ -261,6 +273,15 @@ class ClipScorer(Step[dict, dict]):
         return self._crop_hw
 
     @property
+    def sample_size(self) -> int | tuple[int, int]:
+        """What :class:`curate.sampling.FrameSampler` should decode at: ``(height, width)``
+        for a model that squashes frames, else the shortest edge (the model crops)."""
+        self._require()
+        if self._exact_hw is not None and self._do_resize:
+            return self._exact_hw
+        return self._shortest_edge
+
+    @property
     def embedding_dim(self) -> int:
         self._require()
         return int(self._model.config.projection_dim)
@@ -279,9 +300,13 @@ class ClipScorer(Step[dict, dict]):
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         x = rearrange(x, "n h w c -> n c h w").float()
         h, w = x.shape[-2:]
-        if self._do_resize and min(h, w) != self._shortest_edge:
+        new_hw: tuple[int, int] | None = None
+        if self._do_resize and self._exact_hw is not None:
+            new_hw = self._exact_hw if (h, w) != self._exact_hw else None
+        elif self._do_resize and min(h, w) != self._shortest_edge:
             scale = self._shortest_edge / min(h, w)
             new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if new_hw is not None:
             x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False)
             x = x.clamp(0, 255)
         ch, cw = self._crop_hw
@@ -367,7 +392,9 @@ class ClipScorer(Step[dict, dict]):
 
     # --- records -------------------------------------------------------------------------------
 
-    def score_record(self, record: Mapping[str, Any], frame_embeddings: np.ndarray | None = None) -> dict:
+    def score_record(
+        self, record: Mapping[str, Any], frame_embeddings: np.ndarray | None = None
+    ) -> dict:
         """Fill ``caption_score``, ``frame_scores``, ``embedding`` and ``frame_embeddings``.
 
         ``record["frames"]`` holds the sampled frames (unless ``frame_embeddings`` is given,
@@ -381,9 +408,7 @@ class ClipScorer(Step[dict, dict]):
         if frame_embeddings is None:
             frames = out.get("frames")
             if frames is None or len(frames) == 0:
-                raise ValueError(
-                    f"clip {out.get('clip_id')!r} has no sampled frames to score"
-                )
+                raise ValueError(f"clip {out.get('clip_id')!r} has no sampled frames to score")
             frame_embeddings = self.embed_images(np.asarray(frames))
         frame_embeddings = np.asarray(frame_embeddings, np.float32)
         out["frame_embeddings"] = frame_embeddings
@@ -391,7 +416,8 @@ class ClipScorer(Step[dict, dict]):
 
         caption = out.get("source_caption")
         usable = caption and not (
-            out.get("status") == DROPPED and out.get("reason") in ("empty_caption", "invalid_caption")
+            out.get("status") == DROPPED
+            and out.get("reason") in ("empty_caption", "invalid_caption")
         )
         if not usable:
             out["caption_score"] = None

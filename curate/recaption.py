@@ -1,8 +1,35 @@
-"""Re-captioning: turn each video's scenes into a timed prompt sequence (a stories row)."""
+"""Re-captioning: turn each video's scenes into a timed prompt sequence (a stories row).
+
+A WebVid-style caption narrates a whole video ("a red circle ..., then a blue square ...").
+Re-captioning splits it into fragments, aligns them to the scenes in temporal order by CLIP
+similarity, and gives scenes the caption does not describe a prompt from a prompt bank (faiss
+inner-product search over the bank's CLIP text embeddings) or from an image-to-text model.
+Consecutive scenes with one prompt merge, and the result is a story (``schemas.STORIES_SCHEMA``).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.stories import validate_story
+from schemas.tables import DROPPED, KEPT
+
+from .clip_score import WEIGHT_FILES
+from .errors import CaptionError, ModelFolderError
+from .step import Step, check_choice, check_positive
+from .text import clean_caption, normalize_caption
+
+logger = logging.getLogger(__name__)
+
+#: drop reasons that say the source caption does not describe the scene
+CAPTION_DROP_REASONS = ("low_caption_score", "empty_caption", "invalid_caption")
 
 # Connectives that start a new event in WebVid-style narration. Longer ones come first so
 # "and then" is consumed whole rather than leaving a dangling "and".
@@ -24,3 +51,412 @@ def split_caption(text: str) -> list[str]:
     """
     parts = [_LEADING.sub("", _EDGE.sub("", p)) for p in _SPLIT.split(text or "")]
     return [p for p in parts if any(ch.isalnum() for ch in p)]
+
+
+# --- alignment --------------------------------------------------------------------------------
+
+
+def align_monotonic(sims: np.ndarray) -> list[int]:
+    """Assign each scene (row) a fragment (column), fragment indices non-decreasing over scenes,
+    maximising the summed similarity. Several consecutive scenes may share a fragment (an
+    event the splitter cut in two) and a fragment may go unused (an event the video lacks).
+
+    Dynamic programming: ``best[s, f]`` is the best total for scenes ``0..s`` with scene ``s``
+    on fragment ``f``; ``best[s, f] = sims[s, f] + max(best[s - 1, :f + 1])``. O(S·F).
+    """
+    sims = np.asarray(sims, np.float64)
+    if sims.ndim != 2 or sims.shape[1] == 0:
+        raise ValueError(f"need a (scenes, fragments) matrix with >= 1 fragment, got {sims.shape}")
+    n_s, n_f = sims.shape
+    if n_s == 0:
+        return []
+    best = np.empty_like(sims)
+    back = np.zeros((n_s, n_f), np.int64)
+    best[0] = sims[0]
+    for s in range(1, n_s):
+        prefix_arg = np.zeros(n_f, np.int64)
+        arg = 0
+        for f in range(n_f):
+            if best[s - 1, f] > best[s - 1, arg]:
+                arg = f
+            prefix_arg[f] = arg
+        best[s] = sims[s] + best[s - 1, prefix_arg]
+        back[s] = prefix_arg
+    out = [int(np.argmax(best[-1]))]
+    for s in range(n_s - 1, 0, -1):
+        out.append(int(back[s, out[-1]]))
+    return out[::-1]
+
+
+# --- prompt bank --------------------------------------------------------------------------------
+
+
+def load_prompt_bank(path: str | os.PathLike[str]) -> list[str]:
+    """One prompt per line (blank lines and ``#`` comments skipped), cleaned, de-duplicated."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise CaptionError(f"cannot read prompt bank: {exc.strerror or exc}", uri=str(p)) from None
+    out: list[str] = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        cleaned = clean_caption(line, where=f"{p}:{n}")
+        if cleaned.ok and not cleaned.text.startswith("#"):
+            out.append(cleaned.text)
+        elif line.strip() and not line.strip().startswith(b"#"):
+            logger.warning("%s line %d skipped: %s", p, n, cleaned.note)
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise CaptionError("prompt bank holds no usable prompt", uri=str(p))
+    return out
+
+
+def build_prompt_bank(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The corpus' own prompts: the caption fragment that scored each kept clip."""
+    bank: dict[str, None] = {}
+    for r in records:
+        if r.get("status") != KEPT:
+            continue
+        text = r.get("fragment") or r.get("source_caption")
+        if isinstance(text, str) and text.strip():
+            bank[normalize_caption(text)] = None
+    return list(bank)
+
+
+class PromptBank:
+    """Prompts with their CLIP text embeddings behind a faiss inner-product index."""
+
+    def __init__(self, prompts: Sequence[str], embeddings: np.ndarray) -> None:
+        import faiss
+
+        if len(prompts) != len(embeddings):
+            raise ValueError(f"{len(prompts)} prompts but {len(embeddings)} embeddings")
+        self.prompts = list(prompts)
+        self.index = faiss.IndexFlatIP(int(embeddings.shape[1]))
+        if len(prompts):
+            self.index.add(np.ascontiguousarray(embeddings, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, D)`` unit image embeddings → ``(scores, indices)``, each ``(n, k)``."""
+        if not self.prompts:
+            raise ValueError("the prompt bank is empty")
+        return self.index.search(np.ascontiguousarray(queries, np.float32), k)
+
+
+# --- image-to-text captioner ----------------------------------------------------------------------
+
+
+#: (any of) the files a captioner folder needs
+BLIP_FILES = (
+    ("config.json",),
+    ("processor_config.json", "preprocessor_config.json"),
+    ("tokenizer.json", "vocab.txt"),
+)
+
+
+class Captioner:
+    """A BLIP-class image-to-text model (``BlipForConditionalGeneration``) from a folder."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        prompt: str | None = None,
+    ) -> None:
+        check_positive("max_new_tokens", max_new_tokens)
+        check_positive("num_beams", num_beams)
+        self.model_path = os.fspath(model)
+        self.device = device
+        self.max_new_tokens = int(max_new_tokens)
+        self.num_beams = int(num_beams)
+        self.prompt = prompt
+        self._model: Any = None
+
+    def setup(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+
+        folder = Path(self.model_path)
+        if folder.exists():
+            missing = [
+                " or ".join(names)
+                for names in (*BLIP_FILES, WEIGHT_FILES)
+                if not any((folder / n).is_file() for n in names)
+            ]
+            if missing:
+                raise ModelFolderError(
+                    f"incomplete captioner folder: missing {', '.join(missing)}", uri=str(folder)
+                )
+        elif self.model_path.count("/") != 1:
+            raise ModelFolderError("captioner folder does not exist", uri=self.model_path)
+        try:
+            self._processor = BlipProcessor.from_pretrained(self.model_path)
+            self._model = BlipForConditionalGeneration.from_pretrained(self.model_path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelFolderError(f"cannot load captioner: {exc}", uri=self.model_path) from exc
+        self._model = self._model.to(self.device).eval()
+
+    def caption(self, frames: np.ndarray) -> list[str]:
+        """One caption per ``(H, W, 3)`` uint8 frame."""
+        import torch
+
+        self.setup()
+        images = list(np.asarray(frames))
+        if not images:
+            return []
+        kwargs: dict[str, Any] = {"images": images, "return_tensors": "pt"}
+        if self.prompt:
+            kwargs["text"] = [self.prompt] * len(images)
+        inputs = self._processor(**kwargs).to(self.device)
+        with torch.inference_mode():
+            ids = self._model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
+            )
+        texts = self._processor.batch_decode(ids, skip_special_tokens=True)
+        return [normalize_caption(t) for t in texts]
+
+
+# --- the step -------------------------------------------------------------------------------------
+
+
+FALLBACKS = ("prompt_bank", "captioner", "best")
+
+
+class Recaptioner(Step[Any, dict]):
+    """Give every scene of a video a prompt and build the video's story (a stories row).
+
+    ``process(clips)`` takes the scored, filtered clip records of one video (each with
+    ``embedding``; ``frames`` too when a captioner is used) and yields one dict::
+
+        {"video_id": ..., "clips": [clip records with recaption fields], "story": stories row}
+
+    Per scene, in order of preference:
+
+    1. the fragment of the video's source caption aligned to it (monotonic alignment of
+       fragments to scenes by CLIP similarity), when the clip's caption passed the filter and
+       the similarity is at least ``align_threshold``;
+    2. otherwise (``fallback``) the best prompt of the prompt bank by CLIP image→text
+       similarity, an image-to-text ``captioner``'s caption, or whichever of the two CLIP
+       prefers (``"best"``); a bank or captioner prompt scoring under ``min_score`` is not
+       used.
+
+    A scene left without a prompt stays out of the story (a gap). Consecutive scenes with the
+    same prompt merge into one segment.
+    """
+
+    stage = "recaption"
+
+    def __init__(
+        self,
+        *,
+        model: str | os.PathLike[str] | None = None,
+        scorer: Any | None = None,
+        prompt_bank: Sequence[str] | str | os.PathLike[str] | None = None,
+        captioner: str | os.PathLike[str] | None = None,
+        fallback: str = "prompt_bank",
+        align_threshold: float | None = None,
+        min_score: float | None = None,
+        merge: bool = True,
+        device: str = "cpu",
+    ) -> None:
+        check_choice("fallback", fallback, FALLBACKS)
+        if fallback in ("captioner", "best") and captioner is None:
+            raise ValueError(f"fallback {fallback!r} needs a captioner model folder")
+        for name, value in (("align_threshold", align_threshold), ("min_score", min_score)):
+            if value is not None and not -1.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a cosine in [-1, 1], got {value!r}")
+        self.model = model
+        self.fallback = fallback
+        self.align_threshold = align_threshold
+        self.min_score = min_score
+        self.merge = bool(merge)
+        self.device = device
+        self._scorer = scorer
+        self._own_scorer = scorer is None
+        self._bank_source = prompt_bank
+        self._bank: PromptBank | None = None
+        self._captioner = Captioner(captioner, device=device) if captioner is not None else None
+
+    # -- resources
+
+    def setup(self) -> None:
+        if self._scorer is None:
+            from .clip_score import DEFAULT_MODEL, ClipScorer
+
+            self._scorer = ClipScorer(model=self.model or DEFAULT_MODEL, device=self.device)
+        self._scorer.setup()
+        if self._bank is None and self._bank_source is not None:
+            prompts = (
+                load_prompt_bank(self._bank_source)
+                if isinstance(self._bank_source, (str, os.PathLike))
+                else list(self._bank_source)
+            )
+            self.set_prompt_bank(prompts)
+        if self._captioner is not None:
+            self._captioner.setup()
+
+    def teardown(self) -> None:
+        if self._own_scorer and self._scorer is not None:
+            self._scorer.teardown()
+            self._scorer = None
+
+    def set_prompt_bank(self, prompts: Sequence[str]) -> None:
+        """Use ``prompts`` (e.g. :func:`build_prompt_bank` of a first pass) as the bank."""
+        if self._scorer is None:
+            self.setup()
+        prompts = list(dict.fromkeys(p for p in prompts if p and p.strip()))
+        emb = self._scorer.embed_texts(prompts) if prompts else np.zeros((0, 1), np.float32)
+        if not prompts:
+            emb = np.zeros((0, self._scorer.embedding_dim), np.float32)
+        self._bank = PromptBank(prompts, emb)
+        logger.info("prompt bank: %d prompts", len(prompts))
+
+    # -- per video
+
+    def recaption_video(self, clips: Sequence[Mapping[str, Any]]) -> tuple[list[dict], dict]:
+        """The clips with ``recaption``, ``recaption_source``, ``recaption_score``; the story."""
+        if self._scorer is None:
+            self.setup()
+        if not clips:
+            raise ValueError("recaption_video needs at least one clip")
+        rows = sorted((dict(c) for c in clips), key=lambda r: int(r["start_frame"]))
+        vids = {r["video_id"] for r in rows}
+        if len(vids) != 1:
+            raise ValueError(f"recaption_video takes the clips of one video, got {sorted(vids)}")
+        video_id = vids.pop()
+        missing = [r.get("clip_id") for r in rows if r.get("embedding") is None]
+        if missing:
+            raise ValueError(f"{video_id}: clips {missing} have no embedding (score them first)")
+        emb = np.stack([np.asarray(r["embedding"], np.float32) for r in rows])
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+        for r in rows:
+            r["recaption"] = r["recaption_source"] = r["recaption_score"] = None
+
+        # 1. fragments of the source caption, aligned to scenes in order
+        caption = next(
+            (
+                r["source_caption"]
+                for r in rows
+                if isinstance(r.get("source_caption"), str)
+                and clean_caption(r["source_caption"]).ok
+            ),
+            None,
+        )
+        if caption is not None:
+            text, _ = self._scorer.truncate_caption(clean_caption(caption).text)
+            fragments = split_caption(text) or [text]
+            sims = emb @ self._scorer.embed_texts(fragments).T  # (scenes, fragments)
+            assignment = align_monotonic(sims)
+            source = "source" if len(fragments) == 1 else "source_fragment"
+            for r, f, s in zip(rows, assignment, sims[np.arange(len(rows)), assignment]):
+                if not self._caption_usable(r):
+                    continue
+                if self.align_threshold is not None and s < self.align_threshold:
+                    continue
+                r["recaption"], r["recaption_source"] = fragments[f], source
+                r["recaption_score"] = float(s)
+
+        # 2. bank and/or captioner for the rest
+        todo = [i for i, r in enumerate(rows) if r["recaption"] is None]
+        if todo:
+            self._fill(rows, todo, emb)
+        story = self._story(rows, video_id)
+        return rows, story
+
+    @staticmethod
+    def _caption_usable(r: Mapping[str, Any]) -> bool:
+        # the filter's verdict on this scene's caption; drops for other reasons (duplicate,
+        # too short) say nothing against the caption
+        return not (r.get("status") == DROPPED and r.get("reason") in CAPTION_DROP_REASONS)
+
+    def _fill(self, rows: list[dict], todo: list[int], emb: np.ndarray) -> None:
+        candidates: list[list[tuple[float, str, str]]] = [[] for _ in todo]
+        if self.fallback in ("prompt_bank", "best") and self._bank is not None and len(self._bank):
+            scores, idx = self._bank.search(emb[todo], 1)
+            for c, s, i in zip(candidates, scores[:, 0], idx[:, 0]):
+                c.append((float(s), self._bank.prompts[int(i)], "prompt_bank"))
+        if self.fallback in ("captioner", "best") and self._captioner is not None:
+            frames = []
+            for i in todo:
+                f = rows[i].get("frames")
+                if f is None or len(f) == 0:
+                    raise ValueError(f"clip {rows[i].get('clip_id')!r} has no frames to caption")
+                frames.append(np.asarray(f)[len(f) // 2])
+            texts = self._captioner.caption(np.stack(frames))
+            usable = [t if t and clean_caption(t).ok else None for t in texts]
+            known = [t for t in usable if t]
+            temb = dict(zip(known, self._scorer.embed_texts(known))) if known else {}
+            for c, i, t in zip(candidates, todo, usable):
+                if t:
+                    c.append((float(emb[i] @ temb[t]), t, "captioner"))
+        for i, cands in zip(todo, candidates):
+            if not cands:
+                continue
+            score, text, source = max(cands)
+            if self.min_score is not None and score < self.min_score:
+                continue
+            rows[i]["recaption"], rows[i]["recaption_source"] = text, source
+            rows[i]["recaption_score"] = score
+
+    def _story(self, rows: list[dict], video_id: str) -> dict:
+        fps = float(rows[0]["fps"])
+        num_frames = max(int(r["end_frame"]) for r in rows)
+        segments: list[dict] = []
+        weights: list[list[tuple[float, int]]] = []
+        for r in rows:
+            if not r.get("recaption"):
+                continue
+            sf, ef = int(r["start_frame"]), int(r["end_frame"])
+            n = ef - sf
+            prev = segments[-1] if segments else None
+            if (
+                self.merge
+                and prev is not None
+                and prev["prompt"] == r["recaption"]
+                and prev["end_frame"] == sf
+            ):
+                prev["end_frame"], prev["end_s"] = ef, ef / fps
+                weights[-1].append((r["recaption_score"], n))
+            else:
+                segments.append(
+                    {
+                        "start_s": sf / fps,
+                        "end_s": ef / fps,
+                        "start_frame": sf,
+                        "end_frame": ef,
+                        "prompt": r["recaption"],
+                        "clip_id": r["clip_id"],
+                        "score": None,
+                    }
+                )
+                weights.append([(r["recaption_score"], n)])
+        for seg, w in zip(segments, weights):
+            known = [(s, n) for s, n in w if s is not None]
+            seg["score"] = (
+                float(sum(s * n for s, n in known) / sum(n for _, n in known)) if known else None
+            )
+        story = {
+            "story_id": video_id,
+            "video_id": video_id,
+            "uri": rows[0].get("uri"),
+            "fps": fps,
+            "duration_s": num_frames / fps,
+            "num_frames": num_frames,
+            "segments": segments,
+        }
+        if segments:
+            validate_story(segments, duration_s=story["duration_s"], where=f"story {video_id!r}")
+        return story
+
+    def process(self, record: Any) -> Iterator[dict]:
+        clips = [record] if isinstance(record, Mapping) else list(record)
+        rows, story = self.recaption_video(clips)
+        yield {"video_id": story["video_id"], "clips": rows, "story": story}

@@ -90,7 +90,9 @@ def clean_caption(raw: Any, *, where: str = "") -> CleanCaption:
     if not text:
         return CleanCaption("", EMPTY_CAPTION, "caption is empty or whitespace only")
     if not any(ch.isalnum() for ch in text):
-        return CleanCaption(text, INVALID_CAPTION, f"caption has no letters or digits: {text!r:.60}")
+        return CleanCaption(
+            text, INVALID_CAPTION, f"caption has no letters or digits: {text!r:.60}"
+        )
     return CleanCaption(text)
 
 

@@ -184,7 +184,9 @@ def test_long_caption_is_truncated_with_a_note(scorer, frames):
 
 
 def test_other_script_is_scored(scorer, frames):
-    row = scorer.score_record({"clip_id": "c", "frames": frames, "source_caption": "赤い円が左に動く"})
+    row = scorer.score_record(
+        {"clip_id": "c", "frames": frames, "source_caption": "赤い円が左に動く"}
+    )
     assert isinstance(row["caption_score"], float) and -1.0 <= row["caption_score"] <= 1.0
 
 
@@ -205,8 +207,11 @@ def test_record_without_frames_is_an_error(scorer):
 def test_process_all_batches_across_records(scorer):
     rng = np.random.default_rng(1)
     rows = [
-        {"clip_id": f"c{i}", "frames": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-         "source_caption": "a red circle"}
+        {
+            "clip_id": f"c{i}",
+            "frames": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "source_caption": "a red circle",
+        }
         for i, n in enumerate([1, 3, 2, 5])
     ]
     batched = list(scorer.process_all(rows))

@@ -22,7 +22,9 @@ def test_normalize(raw, expected):
     assert clean_caption(raw).text == expected
 
 
-@pytest.mark.parametrize("raw", ["", "   ", "\n\t ", None], ids=["empty", "spaces", "newlines", "none"])
+@pytest.mark.parametrize(
+    "raw", ["", "   ", "\n\t ", None], ids=["empty", "spaces", "newlines", "none"]
+)
 def test_empty_caption_gets_empty_status(raw):
     out = clean_caption(raw)
     assert out.reason == "empty_caption" and not out.ok and out.text == ""

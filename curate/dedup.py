@@ -1,0 +1,390 @@
+"""Near-duplicate clips: faiss search over clip signatures, union-find, keep the best member.
+
+A clip's *signature* is what two copies of one scene share and two different scenes do not.
+The clip's CLIP embedding alone is not enough: CLIP is built to ignore where things are, so
+two scenes with the same content (a red circle on navy, in two unrelated videos) look alike to
+it. The signature therefore joins, with weights, the mean CLIP embedding of the sampled frames
+(what is shown) and a temporal pixel signature: small mean-centred thumbnails of the sampled
+frames in order (where it is and how it moves). Re-encoded or resized copies keep both; a
+trimmed copy shifts the sampled frames a little in time, which coarse thumbnails tolerate.
+
+Search: exact inner product (``faiss.IndexFlatIP``) for small sets; for large ones,
+:func:`assign_centroids` keys every clip by its nearest k-means centroid (trained on a sample)
+and :func:`dedup_group` searches inside each key's group. The two halves are separate so that
+a distributed pipeline can group by key between them.
+
+In each connected group of pairs above ``threshold`` the member with the best caption score
+is kept (ties: the earliest clip id); the others are dropped with reason ``duplicate`` and
+``duplicate_of`` naming the kept clip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from schemas.tables import DROPPED
+
+from .step import Step, check_positive
+
+logger = logging.getLogger(__name__)
+
+DUPLICATE = "duplicate"
+SIGNATURE_KEY = "dedup_signature"
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+def thumbnail_signature(frames: np.ndarray, *, size: int = 8) -> np.ndarray:
+    """``(k, H, W, 3)`` uint8 → unit vector of the k frames' ``size``×``size`` RGB thumbnails,
+    each frame mean-centred per channel so a global brightness or encoding shift cancels."""
+    import cv2
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"frames must be (k, H, W, 3) with k >= 1, got shape {frames.shape}")
+    thumbs = np.stack(
+        [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames]
+    ).astype(np.float32)
+    thumbs -= thumbs.mean(axis=(1, 2), keepdims=True)
+    return _unit(thumbs.reshape(-1))
+
+
+def clip_signature(
+    record: Mapping[str, Any],
+    *,
+    pixel_weight: float = 0.5,
+    thumb_size: int = 8,
+    k: int | None = None,
+) -> np.ndarray:
+    """The dedup signature of a scored clip record (unit norm, float32).
+
+    ``cos(sig_a, sig_b) = (1 - w) cos(clip_a, clip_b) + w cos(pix_a, pix_b)`` for
+    ``w = pixel_weight``. Uses ``embedding`` (mean CLIP embedding) and ``frames`` (the sampled
+    frames); with ``pixel_weight`` 0 only the embedding is needed. ``k`` resamples the frames
+    to a fixed count so clips sampled with different counts stay comparable.
+    """
+    if not 0.0 <= pixel_weight <= 1.0:
+        raise ValueError(f"pixel_weight must be in [0, 1], got {pixel_weight!r}")
+    emb = record.get("embedding")
+    if emb is None:
+        raise ValueError(f"clip {record.get('clip_id')!r} has no embedding to deduplicate on")
+    parts = [np.sqrt(1.0 - pixel_weight) * _unit(np.asarray(emb, np.float32))]
+    if pixel_weight > 0:
+        frames = record.get("frames")
+        if frames is None or len(frames) == 0:
+            raise ValueError(f"clip {record.get('clip_id')!r} has no sampled frames for dedup")
+        frames = np.asarray(frames)
+        if k is not None and len(frames) != k:
+            pick = np.linspace(0, len(frames) - 1, k).round().astype(int)
+            frames = frames[pick]
+        parts.append(np.sqrt(pixel_weight) * thumbnail_signature(frames, size=thumb_size))
+    return np.concatenate(parts).astype(np.float32)
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+def similar_pairs(signatures: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """All pairs ``(i, j, cosine)`` with ``i < j`` and cosine >= ``threshold`` (exact search)."""
+    import faiss
+
+    x = np.ascontiguousarray(signatures, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"signatures must be (n, d), got shape {x.shape}")
+    if len(x) < 2:
+        return []
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    # faiss' range search keeps scores strictly above the radius
+    lims, dist, ids = index.range_search(x, float(np.nextafter(np.float32(threshold), -np.inf)))
+    pairs = []
+    for i in range(len(x)):
+        for s, j in zip(dist[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]]):
+            if j > i and s >= threshold:
+                pairs.append((i, int(j), float(s)))
+    return pairs
+
+
+def train_centroids(
+    signatures: np.ndarray,
+    *,
+    n_centroids: int,
+    sample: int = 50_000,
+    seed: int = 0,
+    niter: int = 20,
+) -> np.ndarray:
+    """k-means centroids (``faiss.Kmeans``, spherical) trained on a random sample."""
+    import faiss
+
+    check_positive("n_centroids", n_centroids)
+    x = np.ascontiguousarray(signatures, dtype=np.float32)
+    if len(x) < n_centroids:
+        raise ValueError(f"need at least n_centroids={n_centroids} signatures, got {len(x)}")
+    rng = np.random.default_rng(seed)
+    if len(x) > sample:
+        x = x[rng.choice(len(x), size=sample, replace=False)]
+    km = faiss.Kmeans(
+        x.shape[1], n_centroids, niter=niter, seed=seed, spherical=True, verbose=False
+    )
+    km.train(x)
+    return np.asarray(km.centroids, np.float32)
+
+
+def assign_centroids(
+    signatures: np.ndarray, centroids: np.ndarray, *, nprobe: int = 1
+) -> np.ndarray:
+    """Key each signature by its nearest centroid: ``(n,)`` int64 (``nprobe`` = 1), or
+    ``(n, nprobe)`` keys: a clip sent to its ``nprobe`` nearest groups is compared across
+    cluster borders, where near-duplicates straddling a border would otherwise be missed."""
+    import faiss
+
+    check_positive("nprobe", nprobe)
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    _, keys = index.search(np.ascontiguousarray(signatures, np.float32), nprobe)
+    return keys[:, 0].astype(np.int64) if nprobe == 1 else keys.astype(np.int64)
+
+
+# --- resolving groups ----------------------------------------------------------------------
+
+
+class UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+    def groups(self) -> list[list[int]]:
+        out: dict[int, list[int]] = defaultdict(list)
+        for i in range(len(self.parent)):
+            out[self.find(i)].append(i)
+        return [g for g in out.values() if len(g) > 1]
+
+
+def _rank_key(row: Mapping[str, Any]) -> tuple:
+    # best first: kept before dropped, then caption score, then longer, then clip id
+    score = row.get("caption_score")
+    score = -1e9 if score is None else float(score)
+    length = int(row.get("end_frame", 0)) - int(row.get("start_frame", 0))
+    return (row.get("status") == DROPPED, -score, -length, str(row.get("clip_id")))
+
+
+def resolve_duplicates(
+    rows: Sequence[Mapping[str, Any]], pairs: Iterable[tuple[int, int, float]]
+) -> list[dict]:
+    """Union-find over ``pairs``; each group keeps its best member, the rest point to it."""
+    out = [dict(r) for r in rows]
+    uf = UnionFind(len(out))
+    for i, j, _ in pairs:
+        uf.union(i, j)
+    for group in uf.groups():
+        best = min(group, key=lambda i: _rank_key(out[i]))
+        for i in group:
+            if i == best:
+                continue
+            out[i]["duplicate_of"] = out[best]["clip_id"]
+            if out[i].get("status") != DROPPED:
+                out[i]["status"], out[i]["reason"] = DROPPED, DUPLICATE
+    return out
+
+
+def consistent_pairs(
+    rows: Sequence[Mapping[str, Any]],
+    pairs: Iterable[tuple[int, int, float]],
+    signatures: np.ndarray,
+    *,
+    threshold: float,
+    relaxed_threshold: float,
+) -> list[tuple[int, int, float]]:
+    """Video-level consistency: duplicate videos are copies of whole videos.
+
+    Pairs above ``threshold`` between two videos make those videos duplicate candidates; the
+    other scenes of two such videos, matched in order, are then accepted down to
+    ``relaxed_threshold`` (a trimmed copy's first and last scenes lose frames, so they match
+    less well than the untouched middle ones). Pairs inside one video are ignored: scenes of
+    one video that look alike are a repeated shot, not a duplicate.
+    """
+    strong = [(i, j, s) for i, j, s in pairs if rows[i]["video_id"] != rows[j]["video_id"]]
+    video_pairs = {tuple(sorted((rows[i]["video_id"], rows[j]["video_id"]))) for i, j, _ in strong}
+    by_video: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_video[r["video_id"]].append(i)
+    accepted = {(i, j): s for i, j, s in strong}
+    for va, vb in video_pairs:
+        a = sorted(by_video[va], key=lambda i: rows[i].get("scene_index", 0))
+        b = sorted(by_video[vb], key=lambda i: rows[i].get("scene_index", 0))
+        sims = signatures[a] @ signatures[b].T
+        # monotone alignment of the two scene lists (longest chain of in-order matches)
+        for ia, ib in _align(sims, relaxed_threshold):
+            key = (min(a[ia], b[ib]), max(a[ia], b[ib]))
+            accepted.setdefault(key, float(sims[ia, ib]))
+    return [(i, j, s) for (i, j), s in sorted(accepted.items())]
+
+
+def _align(sims: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Order-preserving matching of rows to columns maximising the summed similarity of
+    matches above ``threshold`` (dynamic programming, as in sequence alignment)."""
+    n, m = sims.shape
+    gain = np.where(sims >= threshold, sims, -np.inf)
+    best = np.zeros((n + 1, m + 1))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            best[i, j] = max(
+                best[i - 1, j], best[i, j - 1], best[i - 1, j - 1] + gain[i - 1, j - 1]
+            )
+    out, i, j = [], n, m
+    while i > 0 and j > 0:
+        if best[i, j] == best[i - 1, j]:
+            i -= 1
+        elif best[i, j] == best[i, j - 1]:
+            j -= 1
+        else:
+            out.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+    return out[::-1]
+
+
+class Deduplicator(Step[Any, dict]):
+    """Mark near-duplicate clips of a run (``process_all``) or of one key's group.
+
+    Settings: ``threshold`` (signature cosine for a duplicate pair), ``relaxed_threshold``
+    (for the other scenes of two videos already found to be copies; ``None`` disables the
+    video-level pass), ``pixel_weight`` / ``thumb_size`` / ``k`` (the signature, see
+    :func:`clip_signature`), ``exact_limit`` (up to this many clips, one exact search; above,
+    k-means with ``n_centroids`` (default ~sqrt(n)) and ``nprobe`` groups per clip).
+    """
+
+    stage = "dedup"
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.95,
+        relaxed_threshold: float | None = 0.85,
+        pixel_weight: float = 0.5,
+        thumb_size: int = 8,
+        k: int = 4,
+        exact_limit: int = 20_000,
+        n_centroids: int | None = None,
+        nprobe: int = 2,
+        seed: int = 0,
+    ) -> None:
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold!r}")
+        if relaxed_threshold is not None and not -1.0 <= relaxed_threshold <= threshold:
+            raise ValueError(
+                f"relaxed_threshold must be in [-1, threshold={threshold}], got {relaxed_threshold!r}"
+            )
+        if not 0.0 <= pixel_weight <= 1.0:
+            raise ValueError(f"pixel_weight must be in [0, 1], got {pixel_weight!r}")
+        check_positive("thumb_size", thumb_size)
+        check_positive("k", k)
+        check_positive("exact_limit", exact_limit)
+        if n_centroids is not None:
+            check_positive("n_centroids", n_centroids)
+        check_positive("nprobe", nprobe)
+        self.threshold = float(threshold)
+        self.relaxed_threshold = relaxed_threshold
+        self.pixel_weight = float(pixel_weight)
+        self.thumb_size = int(thumb_size)
+        self.k = int(k)
+        self.exact_limit = int(exact_limit)
+        self.n_centroids = n_centroids
+        self.nprobe = int(nprobe)
+        self.seed = int(seed)
+
+    def signature(self, record: Mapping[str, Any]) -> np.ndarray:
+        sig = record.get(SIGNATURE_KEY)
+        if sig is not None:
+            return np.asarray(sig, np.float32)
+        return clip_signature(
+            record, pixel_weight=self.pixel_weight, thumb_size=self.thumb_size, k=self.k
+        )
+
+    def with_signature(self, record: Mapping[str, Any]) -> dict:
+        """``record`` plus its ``dedup_signature`` (a list), computed while frames are at hand."""
+        out = dict(record)
+        out[SIGNATURE_KEY] = self.signature(record).tolist()
+        return out
+
+    def dedup_group(self, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Mark duplicates among ``rows`` (one centroid key's group, or a whole small run)."""
+        if not rows:
+            return []
+        sigs = np.stack([self.signature(r) for r in rows])
+        pairs = similar_pairs(sigs, self.threshold)
+        if self.relaxed_threshold is not None:
+            pairs = consistent_pairs(
+                rows,
+                pairs,
+                sigs,
+                threshold=self.threshold,
+                relaxed_threshold=self.relaxed_threshold,
+            )
+        else:
+            pairs = [(i, j, s) for i, j, s in pairs if rows[i]["video_id"] != rows[j]["video_id"]]
+        return resolve_duplicates(rows, pairs)
+
+    def assign_centroids(self, signatures: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        return assign_centroids(signatures, centroids, nprobe=self.nprobe)
+
+    def process(self, record: Any) -> Iterator[dict]:
+        """One group of rows (e.g. all clips with one centroid key) → the same rows, marked."""
+        rows = [record] if isinstance(record, Mapping) else list(record)
+        yield from self.dedup_group(rows)
+
+    def process_all(self, records: Iterable[Mapping[str, Any]]) -> Iterator[dict]:
+        """Deduplicate a whole run: exact search when small, centroid groups when large."""
+        rows = list(records)
+        if len(rows) <= self.exact_limit:
+            yield from self.dedup_group(rows)
+            return
+        sigs = np.stack([self.signature(r) for r in rows])
+        n_centroids = self.n_centroids or max(2, int(np.sqrt(len(rows))))
+        centroids = train_centroids(sigs, n_centroids=n_centroids, seed=self.seed)
+        keys = assign_centroids(sigs, centroids, nprobe=self.nprobe).reshape(len(rows), -1)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, ks in enumerate(keys):
+            for key in ks:
+                groups[int(key)].append(i)
+        pairs: set[tuple[int, int, float]] = set()
+        for members in groups.values():
+            sub = sigs[members]
+            for a, b, s in similar_pairs(sub, self.threshold):
+                i, j = members[a], members[b]
+                if rows[i]["video_id"] != rows[j]["video_id"]:
+                    pairs.add((min(i, j), max(i, j), s))
+        logger.info(
+            "dedup: %d clips in %d centroid groups, %d pairs >= %.3f",
+            len(rows),
+            len(groups),
+            len(pairs),
+            self.threshold,
+        )
+        found = sorted(pairs)
+        if self.relaxed_threshold is not None:
+            found = consistent_pairs(
+                rows,
+                found,
+                sigs,
+                threshold=self.threshold,
+                relaxed_threshold=self.relaxed_threshold,
+            )
+        yield from resolve_duplicates(rows, found)

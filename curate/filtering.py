@@ -1,0 +1,203 @@
+"""Caption filtering: every clip leaves with a status and, when dropped, a reason.
+
+The cut-off is absolute (a cosine) or a percentile of the corpus' own scores: CLIP cosines
+depend on the model and the corpus (LAION's 0.28 for ViT-B/32 images means little for video
+frames or for another checkpoint), so calibrating on the corpus is the portable choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from schemas.tables import DROP_REASONS, DROPPED, KEPT
+
+from .step import Step, check_positive
+
+logger = logging.getLogger(__name__)
+
+LOW_SCORE = "low_caption_score"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold and how it was chosen (for logs, manifests and the ``calibrate`` CLI)."""
+
+    threshold: float
+    method: str  # "absolute" | "percentile"
+    percentile: float | None
+    scored: int
+    dropped: int
+
+    @property
+    def kept(self) -> int:
+        return self.scored - self.dropped
+
+
+def _scores(values: Iterable[Any]) -> np.ndarray:
+    arr = np.asarray([float(v) for v in values if v is not None and not _isnan(v)], np.float64)
+    return arr
+
+
+def _isnan(v: Any) -> bool:
+    try:
+        return math.isnan(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
+def calibrate_threshold(scores: Iterable[Any], *, percentile: float) -> float:
+    """The cut that drops the lowest ``percentile`` % of the scored clips.
+
+    Uses the "lower" percentile so that a clip scoring exactly the threshold is kept and at
+    most ``percentile`` % fall below it. ``None`` / NaN scores (unscorable clips) do not count.
+    """
+    if not 0 <= percentile < 100:
+        raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
+    arr = _scores(scores)
+    if arr.size == 0:
+        raise ValueError("cannot calibrate a threshold on zero scored clips")
+    return float(np.percentile(arr, percentile, method="lower"))
+
+
+def calibrate(
+    scores: Iterable[Any], *, threshold: float | None = None, percentile: float | None = None
+) -> Calibration:
+    """Choose the threshold (absolute or percentile) and count what it drops."""
+    if (threshold is None) == (percentile is None):
+        raise ValueError(
+            f"give exactly one of threshold and percentile, got {threshold!r} and {percentile!r}"
+        )
+    arr = _scores(scores)
+    if percentile is not None:
+        cut = calibrate_threshold(arr, percentile=percentile)
+        method = "percentile"
+    else:
+        cut, method = float(threshold), "absolute"  # type: ignore[arg-type]
+    return Calibration(cut, method, percentile, int(arr.size), int((arr < cut).sum()))
+
+
+def apply_threshold(record: Mapping[str, Any], threshold: float) -> dict:
+    """Give ``record`` its final ``status`` and ``reason``.
+
+    Order of precedence: an earlier drop keeps its reason (empty / invalid caption, too
+    short); an unscored clip with no drop reason is an empty caption if it has none, else an
+    invalid one; a score below ``threshold`` is ``low_caption_score``; otherwise kept.
+    """
+    out = dict(record)
+    if out.get("status") == DROPPED and out.get("reason") in DROP_REASONS:
+        return out
+    score = out.get("caption_score")
+    if score is None or _isnan(score):
+        caption = out.get("source_caption")
+        reason = (
+            "empty_caption"
+            if not (isinstance(caption, str) and caption.strip())
+            else ("invalid_caption")
+        )
+        out["status"], out["reason"] = DROPPED, reason
+    elif float(score) < threshold:
+        out["status"], out["reason"] = DROPPED, LOW_SCORE
+    else:
+        out["status"], out["reason"] = KEPT, None
+    return out
+
+
+class CaptionFilter(Step[dict, dict]):
+    """Mark clips kept or dropped by caption score; nothing is removed, every row stays.
+
+    ``threshold``: an absolute cosine. ``percentile``: drop the lowest that many percent of
+    the scored clips; the threshold comes from :meth:`fit` (or, in :meth:`process_all`,
+    from the records themselves, which then are held in memory). Give exactly one.
+    """
+
+    stage = "filter"
+
+    def __init__(self, *, threshold: float | None = None, percentile: float | None = None) -> None:
+        if (threshold is None) == (percentile is None):
+            raise ValueError(
+                f"give exactly one of threshold and percentile, got {threshold!r} and {percentile!r}"
+            )
+        if threshold is not None and not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold!r}")
+        if percentile is not None and not 0 <= percentile < 100:
+            raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
+        self.percentile = percentile
+        self.threshold: float | None = None if threshold is None else float(threshold)
+        self.counts: Counter[str] = Counter()
+
+    def fit(self, scores: Iterable[Any]) -> Calibration:
+        """Set the threshold from a corpus' scores (percentile mode; a no-op count otherwise)."""
+        cal = calibrate(
+            scores,
+            threshold=self.threshold if self.percentile is None else None,
+            percentile=self.percentile,
+        )
+        self.threshold = cal.threshold
+        logger.info(
+            "caption threshold %.4f (%s%s): %d of %d scored clips below",
+            cal.threshold,
+            cal.method,
+            f" {cal.percentile:g}" if cal.percentile is not None else "",
+            cal.dropped,
+            cal.scored,
+        )
+        return cal
+
+    def process(self, record: Mapping[str, Any]) -> Iterator[dict]:
+        if self.threshold is None:
+            raise RuntimeError("percentile filter has no threshold yet: call fit(scores) first")
+        out = apply_threshold(record, self.threshold)
+        self.counts[out["reason"] or KEPT] += 1
+        yield out
+
+    def process_all(self, records: Iterable[Mapping[str, Any]]) -> Iterator[dict]:
+        if self.threshold is None:
+            records = list(records)
+            self.fit(r.get("caption_score") for r in records)
+        for record in records:
+            yield from self.process(record)
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Counts per status and reason: ``{"kept": n, "dropped": m, "low_caption_score": k, ...}``."""
+    counts: Counter[str] = Counter()
+    for r in records:
+        counts[r.get("status") or "unknown"] += 1
+        if r.get("status") == DROPPED:
+            counts[r.get("reason") or "unknown"] += 1
+    return dict(counts)
+
+
+def text_histogram(
+    scores: Iterable[Any], *, bins: int = 20, threshold: float | None = None, width: int = 50
+) -> str:
+    """A histogram drawn with characters, the bin holding ``threshold`` marked with ``<- cut``."""
+    check_positive("bins", bins)
+    check_positive("width", width)
+    arr = _scores(scores)
+    if arr.size == 0:
+        return "(no scored clips)"
+    lo, hi = float(arr.min()), float(arr.max())
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    if hi - lo < 1e-9:
+        hi = lo + 1e-3
+    counts, edges = np.histogram(arr, bins=bins, range=(lo, hi))
+    top = max(int(counts.max()), 1)
+    lines = []
+    for i, c in enumerate(counts):
+        a, b = edges[i], edges[i + 1]
+        bar = "#" * int(round(width * c / top))
+        mark = ""
+        last = i == len(counts) - 1
+        if threshold is not None and (a <= threshold < b or (last and threshold == b)):
+            mark = "  <- cut"
+        lines.append(f"{a:+.3f} .. {b:+.3f} | {c:6d} {bar}{mark}")
+    return "\n".join(lines)

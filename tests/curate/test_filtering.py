@@ -1,0 +1,161 @@
+"""Filtering: thresholds, calibration and the ``curate calibrate`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from curate.filtering import (
+    CaptionFilter,
+    apply_threshold,
+    calibrate,
+    calibrate_threshold,
+    summarize,
+    text_histogram,
+)
+
+
+def rec(cid, score, caption="a red circle", **kw):
+    return {
+        "clip_id": cid,
+        "caption_score": score,
+        "source_caption": caption,
+        "status": "kept",
+        "reason": None,
+        **kw,
+    }
+
+
+def test_percentile_drops_at_most_that_share():
+    scores = np.linspace(0.0, 1.0, 101)
+    cut = calibrate_threshold(scores, percentile=10)
+    assert cut == pytest.approx(0.10)
+    assert (scores < cut).sum() == 10
+    assert calibrate_threshold(scores, percentile=0) == 0.0
+
+
+def test_unscored_clips_do_not_count():
+    assert calibrate_threshold([None, float("nan"), 0.2, 0.4], percentile=50) == 0.2
+    with pytest.raises(ValueError, match="zero scored"):
+        calibrate_threshold([None], percentile=10)
+
+
+@pytest.mark.parametrize("bad", [-1, 100, 150])
+def test_bad_percentile(bad):
+    with pytest.raises(ValueError, match=repr(bad)):
+        calibrate_threshold([0.1], percentile=bad)
+
+
+def test_calibrate_counts():
+    cal = calibrate([0.1, 0.2, 0.3, None], threshold=0.25)
+    assert (cal.threshold, cal.scored, cal.dropped, cal.kept) == (0.25, 3, 2, 1)
+    with pytest.raises(ValueError, match="exactly one"):
+        calibrate([0.1], threshold=0.1, percentile=5)
+
+
+def test_every_clip_gets_status_and_reason():
+    rows = [
+        rec("hi", 0.5),
+        rec("lo", 0.1),
+        rec("at", 0.3),
+        rec("empty", None, caption=""),
+        rec("bad", None, caption="\ufffd"),
+        rec("short", 0.9, status="dropped", reason="too_short"),
+    ]
+    out = {r["clip_id"]: r for r in (apply_threshold(r, 0.3) for r in rows)}
+    assert (out["hi"]["status"], out["hi"]["reason"]) == ("kept", None)
+    assert (out["lo"]["status"], out["lo"]["reason"]) == ("dropped", "low_caption_score")
+    assert out["at"]["status"] == "kept"  # the threshold itself is kept
+    assert out["empty"]["reason"] == "empty_caption"
+    assert out["bad"]["reason"] == "invalid_caption"
+    assert out["short"]["reason"] == "too_short"
+    assert summarize(list(out.values())) == {
+        "kept": 2,
+        "dropped": 4,
+        "low_caption_score": 1,
+        "empty_caption": 1,
+        "invalid_caption": 1,
+        "too_short": 1,
+    }
+
+
+def test_filter_step_absolute_and_percentile():
+    rows = [
+        rec(f"c{i}", s) for i, s in enumerate([0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    ]
+    out = list(CaptionFilter(threshold=0.35).process_all(rows))
+    assert len(out) == len(rows)
+    assert [r["status"] for r in out].count("dropped") == 4
+    f = CaptionFilter(percentile=30)
+    with pytest.raises(RuntimeError, match="fit"):
+        list(f.process(rows[0]))
+    out = list(f.process_all(rows))
+    assert f.threshold == pytest.approx(0.2)
+    assert [r["clip_id"] for r in out if r["status"] == "dropped"] == ["c0", "c1"]
+    assert f.counts == {"kept": 8, "low_caption_score": 2}
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"threshold": 0.1, "percentile": 5}, {"threshold": 2.0}, {"percentile": 100}]
+)
+def test_filter_settings_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        CaptionFilter(**kwargs)
+
+
+def test_histogram_marks_the_cut():
+    text = text_histogram([0.1, 0.2, 0.2, 0.3, 0.9], bins=8, threshold=0.25)
+    lines = text.splitlines()
+    assert len(lines) == 8
+    marked = [line for line in lines if "<- cut" in line]
+    assert len(marked) == 1
+    lo, hi = (float(x) for x in marked[0].split("|")[0].split(".."))
+    assert lo <= 0.25 < hi
+    assert sum(int(line.split("|")[1].split()[0]) for line in lines) == 5
+    assert text_histogram([None]) == "(no scored clips)"
+
+
+def test_calibrate_cli_on_a_clips_file(tmp_path, capsys):
+    from curate.cli import main
+    from schemas.io import rows_to_table, write_parquet
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        rows.append(
+            {
+                "clip_id": f"v{i}:0000",
+                "video_id": f"v{i}",
+                "scene_index": 0,
+                "uri": f"v{i}.mp4",
+                "start_frame": 0,
+                "end_frame": 50,
+                "start_s": 0.0,
+                "end_s": 2.0,
+                "fps": 25.0,
+                "width": 64,
+                "height": 64,
+                "source_caption": "a red circle" if i else None,
+                "caption_score": float(rng.uniform(0, 1)) if i else None,
+                "status": "kept",
+            }
+        )
+    path = tmp_path / "clips.parquet"
+    write_parquet(rows_to_table(rows, "clips"), path, "clips")
+    out_json = tmp_path / "cal.json"
+    assert main(["calibrate", str(path), "--percentile", "25", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "<- cut" in printed and "39 scored clips" in printed
+    payload = json.loads(out_json.read_text())
+    scores = [s for s in payload["scores"].values() if s is not None]
+    assert payload["dropped"] == sum(s < payload["threshold"] for s in scores) <= 0.25 * 39
+    assert payload["counts"]["empty_caption"] == 1
+
+
+def test_calibrate_cli_reports_bad_input(tmp_path, capsys):
+    from curate.cli import main
+
+    assert main(["calibrate", str(tmp_path / "missing.parquet")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,406 @@
+"""Re-captioning: fragment splitting, monotonic alignment, prompt bank, captioner, stories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curate.errors import CaptionError, ModelFolderError
+from curate.recaption import (
+    Captioner,
+    Recaptioner,
+    align_monotonic,
+    build_prompt_bank,
+    load_prompt_bank,
+    split_caption,
+)
+from schemas.stories import validate_story_row
+
+# --- splitting ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "a red circle moving up on a navy background",
+            ["a red circle moving up on a navy background"],
+        ),
+        ("a red circle, then a blue square", ["a red circle", "a blue square"]),
+        (
+            "a red circle, followed by a blue square; a green star",
+            ["a red circle", "a blue square", "a green star"],
+        ),
+        ("A red circle. Then a blue square.", ["A red circle", "a blue square"]),
+        ("a red circle and then a blue square", ["a red circle", "a blue square"]),
+        ("a red circle. After that, a blue square", ["a red circle", "a blue square"]),
+        ("then a cat", ["a cat"]),
+        ("", []),
+        (" ; , . ", []),
+        ("赤い円。青い四角", ["赤い円", "青い四角"]),
+    ],
+)
+def test_split_caption(text, expected):
+    assert split_caption(text) == expected
+
+
+def test_split_matches_the_shapes_world_connectors():
+    from curate.synth import caption_for, join_captions
+
+    caps = [
+        caption_for("red", "circle", "moving up", "navy"),
+        caption_for("blue", "star", "still", "beige"),
+        caption_for("green", "ring", "growing", "black"),
+        caption_for("white", "square", "shrinking", "brown"),
+    ]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert split_caption(join_captions(caps, rng)) == caps
+
+
+# --- alignment ------------------------------------------------------------------------------
+
+
+def brute_force(sims):
+    import itertools
+
+    n_s, n_f = sims.shape
+    best, arg = -np.inf, None
+    for a in itertools.product(range(n_f), repeat=n_s):
+        if all(x <= y for x, y in zip(a, a[1:])):
+            total = sum(sims[s, f] for s, f in enumerate(a))
+            if total > best:
+                best, arg = total, list(a)
+    return best, arg
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_alignment_is_optimal_and_monotonic(seed):
+    rng = np.random.default_rng(seed)
+    sims = rng.uniform(-1, 1, (int(rng.integers(1, 6)), int(rng.integers(1, 5))))
+    got = align_monotonic(sims)
+    assert all(x <= y for x, y in zip(got, got[1:]))
+    best, _ = brute_force(sims)
+    assert sum(sims[s, f] for s, f in enumerate(got)) == pytest.approx(best)
+
+
+def test_alignment_respects_order_over_greedy():
+    # scene 1 alone prefers fragment 0, but order forces it onto fragment 1 or later
+    sims = np.array([[0.1, 0.9, 0.0], [0.8, 0.0, 0.7]])
+    assert align_monotonic(sims) == [1, 2]
+
+
+# --- the step, with a stub scorer whose embeddings are known ----------------------------------
+
+AXES = {"red circle": 0, "blue square": 1, "green star": 2, "white ring": 3}
+
+
+class StubScorer:
+    """Texts embed on the axis of the shape they name; unknown texts on the last axis."""
+
+    stage = "clip-score"
+    embedding_dim = 5
+
+    def setup(self):
+        pass
+
+    def teardown(self):
+        pass
+
+    def truncate_caption(self, text):
+        return text, False
+
+    def embed_texts(self, texts):
+        out = np.zeros((len(texts), 5), np.float32)
+        for i, t in enumerate(texts):
+            hit = [a for k, a in AXES.items() if k in t]
+            out[i, hit[0] if hit else 4] = 1.0
+        return out
+
+
+def scene(i, what, start, end, *, caption, status="kept", reason=None, frames=None):
+    emb = np.zeros(5, np.float32)
+    emb[AXES[what]] = 1.0
+    return {
+        "clip_id": f"v:{i:04d}",
+        "video_id": "v",
+        "scene_index": i,
+        "uri": "v.mp4",
+        "start_frame": start,
+        "end_frame": end,
+        "fps": 25.0,
+        "source_caption": caption,
+        "status": status,
+        "reason": reason,
+        "embedding": emb.tolist(),
+        "frames": frames,
+    }
+
+
+def test_fragments_align_to_scenes_and_merge():
+    cap = "a red circle, then a blue square; a green star"
+    clips = [
+        scene(0, "red circle", 0, 50, caption=cap),
+        scene(1, "blue square", 50, 80, caption=cap),
+        scene(2, "blue square", 80, 120, caption=cap),
+        scene(3, "green star", 120, 200, caption=cap),
+    ]
+    with Recaptioner(scorer=StubScorer()) as step:
+        out = next(iter(step.process(clips)))
+    rows, story = out["clips"], out["story"]
+    assert [r["recaption"] for r in rows] == [
+        "a red circle",
+        "a blue square",
+        "a blue square",
+        "a green star",
+    ]
+    assert {r["recaption_source"] for r in rows} == {"source_fragment"}
+    assert [(s["start_frame"], s["end_frame"], s["prompt"]) for s in story["segments"]] == [
+        (0, 50, "a red circle"),
+        (50, 120, "a blue square"),
+        (120, 200, "a green star"),
+    ]
+    assert story["segments"][1]["clip_id"] == "v:0001"
+    assert story["segments"][1]["start_s"] == 2.0 and story["segments"][1]["end_s"] == 4.8
+    assert (story["story_id"], story["num_frames"], story["duration_s"]) == ("v", 200, 8.0)
+    validate_story_row(story)
+
+
+def test_dropped_caption_scenes_use_the_prompt_bank():
+    cap = "a red circle"
+    clips = [
+        scene(0, "red circle", 0, 40, caption=cap),
+        scene(1, "white ring", 40, 90, caption=cap, status="dropped", reason="low_caption_score"),
+    ]
+    bank = ["a green star on black", "a white ring on beige", "stock footage"]
+    with Recaptioner(scorer=StubScorer(), prompt_bank=bank) as step:
+        rows, story = step.recaption_video(clips)
+    assert (rows[0]["recaption"], rows[0]["recaption_source"]) == ("a red circle", "source")
+    assert (rows[1]["recaption"], rows[1]["recaption_source"]) == (
+        "a white ring on beige",
+        "prompt_bank",
+    )
+    assert rows[1]["recaption_score"] == pytest.approx(1.0)
+    assert len(story["segments"]) == 2
+
+
+def test_noise_caption_video_is_recaptioned_from_the_bank_only():
+    clips = [
+        scene(
+            i,
+            w,
+            30 * i,
+            30 * i + 30,
+            caption="Stock footage 4K",
+            status="dropped",
+            reason="low_caption_score",
+        )
+        for i, w in enumerate(["blue square", "green star"])
+    ]
+    with Recaptioner(scorer=StubScorer(), prompt_bank=["a blue square", "a green star"]) as step:
+        rows, story = step.recaption_video(clips)
+    assert [r["recaption"] for r in rows] == ["a blue square", "a green star"]
+    assert all(r["recaption_source"] == "prompt_bank" for r in rows)
+
+
+def test_empty_caption_without_bank_leaves_gaps_not_bad_stories():
+    clips = [scene(0, "red circle", 0, 40, caption=None, status="dropped", reason="empty_caption")]
+    with Recaptioner(scorer=StubScorer()) as step:
+        rows, story = step.recaption_video(clips)
+    assert rows[0]["recaption"] is None and story["segments"] == []
+
+
+def test_align_threshold_and_min_score():
+    cap = "a red circle"
+    clips = [
+        scene(0, "red circle", 0, 40, caption=cap),
+        scene(1, "green star", 40, 80, caption=cap),
+    ]
+    with Recaptioner(
+        scorer=StubScorer(), align_threshold=0.5, prompt_bank=["a white ring"], min_score=0.5
+    ) as step:
+        rows, _ = step.recaption_video(clips)
+    assert rows[0]["recaption"] == "a red circle"
+    # scene 1: the fragment does not fit (0 < 0.5) and the bank's best scores 0 < min_score
+    assert rows[1]["recaption"] is None
+
+
+def test_duplicate_or_short_clips_keep_their_fragment():
+    cap = "a red circle, then a green star"
+    clips = [
+        scene(0, "red circle", 0, 40, caption=cap, status="dropped", reason="duplicate"),
+        scene(1, "green star", 40, 45, caption=cap, status="dropped", reason="too_short"),
+    ]
+    with Recaptioner(scorer=StubScorer()) as step:
+        rows, _ = step.recaption_video(clips)
+    assert [r["recaption"] for r in rows] == ["a red circle", "a green star"]
+
+
+def test_bad_inputs():
+    with Recaptioner(scorer=StubScorer()) as step:
+        with pytest.raises(ValueError, match="at least one"):
+            step.recaption_video([])
+        with pytest.raises(ValueError, match="no embedding"):
+            step.recaption_video([{**scene(0, "red circle", 0, 9, caption="x"), "embedding": None}])
+        a = scene(0, "red circle", 0, 9, caption="x")
+        with pytest.raises(ValueError, match="one video"):
+            step.recaption_video([a, {**a, "video_id": "w"}])
+    with pytest.raises(ValueError, match="'nope'"):
+        Recaptioner(fallback="nope")
+    with pytest.raises(ValueError, match="captioner"):
+        Recaptioner(fallback="captioner")
+    with pytest.raises(ValueError, match="1.5"):
+        Recaptioner(align_threshold=1.5)
+
+
+def test_prompt_bank_files(tmp_path):
+    good = tmp_path / "bank.txt"
+    good.write_bytes(b"# prompts\na red circle\n\n  a blue   square \na red circle\n\xff\xfe bad\n")
+    assert load_prompt_bank(good) == ["a red circle", "a blue square"]
+    with pytest.raises(CaptionError, match="no usable prompt"):
+        (tmp_path / "empty.txt").write_text("# nothing\n\n")
+        load_prompt_bank(tmp_path / "empty.txt")
+    with pytest.raises(CaptionError, match="cannot read"):
+        load_prompt_bank(tmp_path / "missing.txt")
+    rows = [
+        {"status": "kept", "fragment": "a red circle"},
+        {"status": "dropped", "fragment": "x y"},
+        {"status": "kept", "source_caption": "a  blue square"},
+        {"status": "kept", "fragment": "a red circle"},
+    ]
+    assert build_prompt_bank(rows) == ["a red circle", "a blue square"]
+
+
+# --- the real classes at toy size ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_blip(tmp_path_factory):
+    import torch
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
+
+    folder = tmp_path_factory.mktemp("blip")
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "[DEC]",
+        "a",
+        "red",
+        "circle",
+        "blue",
+        "square",
+        "on",
+        "background",
+        "green",
+        "star",
+    ]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(
+        vocab_file=str(folder / "vocab.txt"), bos_token="[DEC]", model_max_length=32
+    )
+    cfg = BlipConfig(
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            encoder_hidden_size=32,
+            max_position_embeddings=32,
+            bos_token_id=5,
+            sep_token_id=3,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(cfg).eval().save_pretrained(folder)
+    BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tok
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_blip_captioner_code_path(tiny_blip):
+    cap = Captioner(tiny_blip, max_new_tokens=6)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 40, 56, 3), dtype=np.uint8)
+    texts = cap.caption(frames)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    vocab = set((tiny_blip / "vocab.txt").read_text().split())
+    assert all(set(t.split()) <= vocab for t in texts)  # random weights: words, but no meaning
+
+
+def test_incomplete_blip_folder_names_the_file(tiny_blip, tmp_path):
+    import shutil
+
+    broken = tmp_path / "blip"
+    shutil.copytree(tiny_blip, broken)
+    (broken / "processor_config.json").unlink()
+    with pytest.raises(ModelFolderError, match="processor_config.json"):
+        Captioner(broken).setup()
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        Captioner(tmp_path / "none" / "x" / "y").setup()
+
+
+def test_recaptioner_with_real_clip_and_blip(tiny_blip, tmp_path):
+    from curate.clip_train import make_tiny_clip
+
+    clip = make_tiny_clip(tmp_path / "clip", texts=["a red circle", "a blue square"])
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    clips = [
+        scene(
+            0,
+            "red circle",
+            0,
+            30,
+            caption="a red circle",
+            status="dropped",
+            reason="low_caption_score",
+            frames=frames,
+        ),
+        scene(
+            1,
+            "blue square",
+            30,
+            60,
+            caption="a red circle",
+            status="dropped",
+            reason="low_caption_score",
+            frames=frames,
+        ),
+    ]
+    from curate.clip_score import ClipScorer
+
+    with ClipScorer(model=clip) as scorer:
+        for c in clips:
+            c["embedding"] = scorer.embed_images(frames).mean(0).tolist()
+        with Recaptioner(
+            scorer=scorer,
+            captioner=tiny_blip,
+            fallback="best",
+            prompt_bank=["a green star", "a blue square"],
+        ) as step:
+            rows, story = step.recaption_video(clips)
+    for r in rows:
+        assert r["recaption_source"] in ("prompt_bank", "captioner")
+        assert isinstance(r["recaption"], str) and r["recaption"]
+        assert -1 <= r["recaption_score"] <= 1
+    validate_story_row(story)
