@@ -105,6 +105,29 @@ def resolve_model(model: str | os.PathLike[str]) -> str:
     return str(check_model_folder(path))
 
 
+#: optional file in a model folder: the caption-score cut-off its authors measured for it
+SCORING_FILE = "scoring.json"
+
+
+def recommended_threshold(model: str | os.PathLike[str]) -> float | None:
+    """The ``caption_threshold`` stored in the model folder's ``scoring.json``, if any.
+
+    Thresholds belong to a model (and a corpus): the shipped shapes-world CLIP records the one
+    measured on its held-out frames; other checkpoints have none, and should be calibrated
+    with ``curate calibrate``.
+    """
+    path = Path(model) / SCORING_FILE
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())["caption_threshold"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelFolderError(
+            f"{SCORING_FILE} has no readable caption_threshold: {exc}", uri=str(model)
+        ) from None
+    return float(value)
+
+
 def aggregate_scores(scores: np.ndarray, how: str) -> float:
     check_choice("aggregate", how, AGGREGATES)
     if scores.size == 0:

@@ -524,6 +524,10 @@ def evaluate_shapes_clip(
     }
     acc["all_acc"] = float(np.mean([p == t for p, t in zip(pred, truth)]))
     acc["noise_auroc"] = auroc(true_cos, wrong_cos)
+    # the cut that best separates true from mismatched captions (Youden's J)
+    cuts = np.unique(np.concatenate([true_cos, wrong_cos]))
+    j = [(true_cos >= c).mean() - (wrong_cos >= c).mean() for c in cuts]
+    acc["recommended_threshold"] = float(cuts[int(np.argmax(j))])
     acc["true_caption_cos_mean"] = float(true_cos.mean())
     acc["mismatched_caption_cos_mean"] = float(wrong_cos.mean())
     acc["frames"] = int(len(frames))

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .clip_score import SCORING_FILE
 from .clip_train import TrainSettings, evaluate_shapes_clip, train_shapes_clip
 
 logger = logging.getLogger("curate.train_clip")
@@ -65,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "clock, so a busy machine trains fewer steps but still anneals "
         "(default %(default)s; 0 trains all --epochs)",
     )
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="torch CPU threads (1 on a machine shared with other jobs: OpenMP "
+        "threads that wait for a busy core slow every step down)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -73,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 def model_card(report: dict, metrics: dict) -> str:
     s = report["settings"]
     pct = {k: f"{100 * v:.1f} %" for k, v in metrics.items() if k.endswith("_acc")}
+    budget = ""
+    if s.get("time_budget_s"):
+        budget = (
+            f", within a {s['time_budget_s']:.0f} s time budget (the learning-rate schedule "
+            "follows the clock)"
+        )
     return f"""# shapes-clip
 
 A small [CLIP](https://arxiv.org/abs/2103.00020) (`transformers.CLIPModel`) trained from
@@ -109,8 +122,9 @@ resizes to exact height and width so a shape near the edge of a 16:9 frame is ne
 - Negatives: the other captions of the batch, {s["hard_negatives"]} hard negative(s) per frame
   that change exactly one of colour, shape or background, and generic stock-footage phrases.
   The corpus generator's own boilerplate and foreign-language noise captions are *not* used.
-- {s["epochs"]} epochs, batch {s["batch_size"]}, AdamW (lr {s["lr"]}, one-cycle), {report["steps"]} steps;
-  final loss {report["final_loss"]:.3f}.
+- Batch {s["batch_size"]}, AdamW (peak lr {s["lr"]}, weight decay {s["weight_decay"]}, linear
+  warm-up then cosine decay), at most {s["epochs"]} epochs{budget}: {report["steps"]} steps
+  ({report["steps"] * s["batch_size"]:,} frames seen); final loss {report["final_loss"]:.3f}.
 - Training time: {report["train_seconds"]:.0f} s on {s["threads"]} CPU threads (rendering
   {report["data_seconds"]:.0f} s of it).
 
@@ -126,6 +140,7 @@ zero-shot against every caption of the grammar (best over the seven motions):
 | background accuracy | {pct["background_acc"]} |
 | all three right | {pct["all_acc"]} |
 | AUROC, true caption vs a mismatched one (other colour and shape) | {metrics["noise_auroc"]:.4f} |
+| recommended caption threshold (`scoring.json`) | {metrics["recommended_threshold"]:.4f} |
 | mean cosine, true caption / mismatched caption | {metrics["true_caption_cos_mean"]:.3f} / {metrics["mismatched_caption_cos_mean"]:.3f} |
 
 Corpus-level numbers (noisy-caption detection on whole videos, re-captioning, dedup) are
@@ -137,6 +152,28 @@ measured by `benchmarks/quality.py`.
 - Text outside the grammar (other scripts, boilerplate) embeds far from every frame, which is
   what a noise filter wants, but the model has no notion of real-world content.
 """
+
+
+def finish(out: Path, report: dict, settings: TrainSettings) -> dict:
+    """Evaluate a trained folder on held-out frames; write the card, report and scoring.json."""
+    metrics = evaluate_shapes_clip(
+        out, seed=settings.eval_seed, scenes=settings.eval_scenes, progress=False
+    )
+    report["heldout"] = metrics
+    (out / "README.md").write_text(model_card(report, metrics))
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / SCORING_FILE).write_text(
+        json.dumps(
+            {
+                "caption_threshold": round(metrics["recommended_threshold"], 4),
+                "measured_on": f"{metrics['frames']} held-out frames, seed {settings.eval_seed}",
+                "rule": "maximises TPR - FPR of true vs mismatched captions, per frame",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,12 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     report = train_shapes_clip(args.out, settings, progress=not args.no_progress)
-    metrics = evaluate_shapes_clip(
-        args.out, seed=settings.eval_seed, scenes=settings.eval_scenes, progress=False
-    )
-    report["heldout"] = metrics
-    (args.out / "README.md").write_text(model_card(report, metrics))
-    (args.out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    metrics = finish(args.out, report, settings)
     logger.info("settings: %s", dataclasses.asdict(settings))
     print(
         f"saved {args.out} ({report['size_bytes'] / 1e6:.1f} MB, {report['parameters']:,} parameters)"

@@ -1,0 +1,573 @@
+"""Curation quality on a held-out shapes-world corpus, and CLIP scoring throughput.
+
+Measures, with the shipped shapes-world CLIP (``models/shapes-clip``):
+
+- noisy-caption detection: AUROC of the caption score, per clip and per video, and precision /
+  recall of the filter at the model's recommended threshold;
+- re-captioning: do the prompts of the stories name each scene's true colour, shape and
+  background (and motion, which one frame cannot show)?
+- dedup: precision and recall of the planted duplicate videos, clip by clip;
+- throughput: frames/s of CLIP image embedding with the shipped model and with a real-size
+  ViT-B/32 CLIP (random weights), on the chosen device.
+
+The corpus is generated from a seed the CLIP training never saw. Scenes come from the ground
+truth by default (``--scenes splitter`` runs the real scene splitter instead).
+
+    python benchmarks/quality.py                       # everything, CPU
+    python benchmarks/quality.py --device cuda --real-size-only --dtype bfloat16
+
+Prints a table and writes ``benchmarks/results/quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+
+logger = logging.getLogger("benchmarks.quality")
+
+CORPUS_SETTINGS: dict[str, Any] = {
+    "videos": 80,
+    "seed": 2027,
+    "noise_rate": 0.3,
+    "duplicate_rate": 0.15,
+    "transition_rate": 0.3,
+    "resolutions": ["284x160", "320x240", "640x360"],
+    "progress": False,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--corpus-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "storyloom-quality-corpus",
+        help="where the held-out corpus is generated (reused when present)",
+    )
+    p.add_argument("--videos", type=int, default=CORPUS_SETTINGS["videos"])
+    p.add_argument("--seed", type=int, default=CORPUS_SETTINGS["seed"], help="corpus seed")
+    p.add_argument("--model", default=None, help="CLIP folder (default: the shipped one)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--k", type=int, default=4, help="frames sampled per scene")
+    p.add_argument(
+        "--scenes",
+        default="truth",
+        choices=("truth", "splitter"),
+        help="scenes from ground truth or from the scene splitter",
+    )
+    p.add_argument(
+        "--real-size-only",
+        action="store_true",
+        help="only the throughput of a real-size (ViT-B/32) CLIP",
+    )
+    p.add_argument("--skip-real-size", action="store_true", help="skip the ViT-B/32 throughput")
+    p.add_argument("--throughput-frames", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+# --- corpus and clips ---------------------------------------------------------------------------
+
+
+def load_corpus(args: argparse.Namespace):
+    from curate.synth import GroundTruth, generate_corpus
+
+    settings = {**CORPUS_SETTINGS, "videos": args.videos, "seed": args.seed}
+    gt_file = args.corpus_dir / "ground_truth.json"
+    if gt_file.exists():
+        gt = GroundTruth.load(gt_file)
+        if gt.seed == args.seed and len(gt) == args.videos:
+            return gt
+    logger.info("generating the held-out corpus (%s videos, seed %s)", args.videos, args.seed)
+    generate_corpus(args.corpus_dir, **settings)
+    return GroundTruth.load(gt_file)
+
+
+def truth_clips(v) -> list[dict]:
+    from curate.text import clean_caption
+
+    cap = clean_caption(v.source_caption)
+    return [
+        {
+            "clip_id": f"{v.video_id}:{i:04d}",
+            "video_id": v.video_id,
+            "scene_index": i,
+            "uri": str(v.path),
+            "start_frame": s.start_frame,
+            "end_frame": s.end_frame,
+            "start_s": s.start_frame / v.fps,
+            "end_s": s.end_frame / v.fps,
+            "fps": v.fps,
+            "width": v.width,
+            "height": v.height,
+            "transition": s.transition_in,
+            "source_caption": cap.text or None,
+            "status": "dropped" if not cap.ok else "kept",
+            "reason": cap.reason,
+        }
+        for i, s in enumerate(v.scenes)
+    ]
+
+
+def scene_truth_for(v, clip: dict):
+    """The ground-truth scene covering most of a (possibly detected) clip."""
+    best, overlap = None, -1
+    for s in v.scenes:
+        o = min(s.end_frame, clip["end_frame"]) - max(s.start_frame, clip["start_frame"])
+        if o > overlap:
+            best, overlap = s, o
+    return best
+
+
+def names_scene(caption: str | None, s) -> bool:
+    """Whether a caption names the scene's colour and shape (what a caption must get right)."""
+    if not caption:
+        return False
+    return re.search(rf"\b{s.color}\s+{s.shape}\b", caption, re.IGNORECASE) is not None
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    return {
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
+
+
+def throughput(
+    model: str,
+    *,
+    device: str,
+    dtype: str,
+    frames: int,
+    batch: int,
+    size: tuple[int, int],
+    threads: int | None,
+) -> dict[str, float]:
+    from curate.clip_score import ClipScorer
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (frames, *size, 3), dtype=np.uint8)
+    with ClipScorer(
+        model=model, device=device, dtype=dtype, batch_size=batch, num_threads=threads
+    ) as s:
+        s.embed_images(x[: min(batch, frames)])  # warm-up
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        s.embed_images(x)
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        params = sum(p.numel() for p in s._model.parameters())
+    return {
+        "frames": frames,
+        "seconds": dt,
+        "frames_per_s": frames / dt,
+        "parameters": params,
+        "input": list(size),
+        "batch_size": batch,
+    }
+
+
+def real_size_clip(folder: Path) -> Path:
+    """A ViT-B/32 CLIP (transformers' default config) with random weights, saved to ``folder``."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from curate.clip_train import save_clip_folder
+    from curate.tokenizer import train_clip_tokenizer
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    torch.manual_seed(0)
+    tok = train_clip_tokenizer(["a photo of a cat"], vocab_size=512)
+    cfg = CLIPConfig(
+        text_config={
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        }
+    )
+    save_clip_folder(CLIPModel(cfg).eval(), tok, folder, squash=False)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from curate.clip_score import DEFAULT_MODEL
+
+    model = args.model or str(DEFAULT_MODEL)
+    result: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
+            "device": args.device,
+            "dtype": args.dtype,
+        },
+        "model": model,
+    }
+    if not args.real_size_only:
+        result.update(quality(args, model))
+        size = (64, 64)
+        result["throughput_shipped"] = throughput(
+            model,
+            device=args.device,
+            dtype=args.dtype,
+            frames=args.throughput_frames,
+            batch=args.batch_size,
+            size=size,
+            threads=args.threads,
+        )
+    if not args.skip_real_size:
+        folder = real_size_clip(Path(tempfile.gettempdir()) / "storyloom-clip-vit-b32-random")
+        result["throughput_vit_b32"] = throughput(
+            str(folder),
+            device=args.device,
+            dtype=args.dtype,
+            frames=min(args.throughput_frames, 64)
+            if args.device == "cpu"
+            else args.throughput_frames * 4,
+            batch=args.batch_size,
+            size=(224, 224),
+            threads=args.threads,
+        )
+    print_table(result)
+    out = args.out
+    if args.real_size_only and out == RESULTS:
+        out = RESULTS.with_name(f"quality_real_size_{args.device.replace(':', '')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    from curate.calibrate_cli import score_videos
+    from curate.clip_score import ClipScorer, recommended_threshold
+    from curate.clip_train import auroc
+    from curate.dedup import Deduplicator
+    from curate.filtering import CaptionFilter
+    from curate.recaption import Recaptioner, build_prompt_bank
+    from curate.sampling import FrameSampler
+    from curate.synth import parse_caption
+
+    gt = load_corpus(args)
+    by_id = gt.by_id
+    t0 = time.perf_counter()
+    scorer = ClipScorer(
+        model=model,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        num_threads=args.threads,
+    )
+    scorer.setup()
+    sampler = FrameSampler(k=args.k, size=scorer.sample_size)
+    sampler.setup()
+    videos = [{"video_id": v.video_id, "uri": str(v.path), "caption": v.source_caption} for v in gt]
+    if args.scenes == "truth":
+        clips, failures = score_videos(
+            videos,
+            scorer=scorer,
+            sampler=sampler,
+            clips_of=lambda r: truth_clips(by_id[r["video_id"]]),
+        )
+    else:
+        from curate.scenes import SceneSplitter
+        from curate.text import CaptionCleaner
+
+        cleaner = CaptionCleaner()
+        with SceneSplitter() as splitter:
+            clips, failures = score_videos(
+                videos,
+                scorer=scorer,
+                sampler=sampler,
+                clips_of=lambda r: list(
+                    cleaner.process_all(
+                        {**c, "status": "kept", "reason": None} for c in splitter.process(r)
+                    )
+                ),
+            )
+    t_score = time.perf_counter() - t0
+    n_frames = sum(len(c["frames"]) for c in clips)
+
+    # -- noisy-caption detection
+    threshold = recommended_threshold(model)
+    threshold_from = "model folder scoring.json"
+    if threshold is None:  # a checkpoint without a measured cut: calibrate on the corpus
+        from curate.filtering import calibrate_threshold
+
+        threshold = calibrate_threshold([c["caption_score"] for c in clips], percentile=30)
+        threshold_from = "corpus percentile 30"
+    filt = CaptionFilter(threshold=threshold)
+    clips = list(filt.process_all(clips))
+    good, bad, flags = [], [], Counter()
+    for c in clips:
+        v = by_id[c["video_id"]]
+        s = scene_truth_for(v, c)
+        describes = names_scene(c.get("source_caption"), s) and not v.caption_is_noise
+        score = c["caption_score"] if c["caption_score"] is not None else -1.0
+        (good if describes else bad).append(score)
+        dropped = c["status"] == "dropped" and c["reason"] in (
+            "low_caption_score",
+            "empty_caption",
+            "invalid_caption",
+        )
+        flags[("drop" if dropped else "keep", "noise" if not describes else "good")] += 1
+    video_scores, video_noise = [], []
+    per_video = defaultdict(list)
+    for c in clips:
+        per_video[c["video_id"]].append(
+            c["caption_score"] if c["caption_score"] is not None else -1.0
+        )
+    for vid, scores in per_video.items():
+        video_scores.append(max(scores))
+        video_noise.append(by_id[vid].caption_is_noise)
+    vs, vn = np.array(video_scores), np.array(video_noise)
+    video_dropped = {
+        vid
+        for vid in per_video
+        if all(
+            c["status"] == "dropped" and c["reason"] != "duplicate"
+            for c in clips
+            if c["video_id"] == vid
+        )
+    }
+    detection = {
+        "threshold": threshold,
+        "threshold_from": threshold_from,
+        "clip_auroc": auroc(np.array(good), np.array(bad)),
+        "video_auroc": auroc(vs[~vn], vs[vn]),
+        "clips": len(clips),
+        "noise_clips": len(bad),
+        # positive class: a caption that does not describe its scene, caught by the filter
+        "clip_filter": prf(
+            flags[("drop", "noise")], flags[("drop", "good")], flags[("keep", "noise")]
+        ),
+        "video_filter": prf(
+            sum(1 for vid in video_dropped if by_id[vid].caption_is_noise),
+            sum(1 for vid in video_dropped if not by_id[vid].caption_is_noise),
+            sum(1 for vid in per_video if by_id[vid].caption_is_noise and vid not in video_dropped),
+        ),
+        "noise_kinds_caught": {
+            kind: f"{sum(1 for v in gt if v.caption_noise == kind and v.video_id in video_dropped)}"
+            f"/{sum(1 for v in gt if v.caption_noise == kind)}"
+            for kind in sorted({v.caption_noise for v in gt})
+        },
+    }
+
+    # -- re-captioning
+    bank = build_prompt_bank(clips)
+    t1 = time.perf_counter()
+    groups = defaultdict(list)
+    for c in clips:
+        groups[c["video_id"]].append(c)
+    match = Counter()
+    by_source = defaultdict(Counter)
+    stories = 0
+    with Recaptioner(scorer=scorer, prompt_bank=bank) as rec:
+        out_clips = []
+        for cs in groups.values():
+            rows, story = rec.recaption_video(cs)
+            stories += bool(story["segments"])
+            out_clips.extend(rows)
+    for c in out_clips:
+        s = scene_truth_for(by_id[c["video_id"]], c)
+        facts = parse_caption(c.get("recaption"))
+        ok = {
+            "color": facts is not None and facts.color == s.color,
+            "shape": facts is not None and facts.shape == s.shape,
+            "background": facts is not None and facts.background == s.background,
+            "motion": facts is not None and facts.motion == s.motion,
+        }
+        ok["visible"] = ok["color"] and ok["shape"] and ok["background"]
+        ok["full"] = ok["visible"] and ok["motion"]
+        match["scenes"] += 1
+        for k, v in ok.items():
+            match[k] += v
+        src = c.get("recaption_source") or "none"
+        by_source[src]["scenes"] += 1
+        by_source[src]["visible"] += ok["visible"]
+        by_source[src]["full"] += ok["full"]
+    n = match["scenes"]
+    recaption = {
+        "scenes": n,
+        "stories_with_segments": stories,
+        "prompt_bank_size": len(bank),
+        **{
+            f"{k}_match": match[k] / n
+            for k in ("color", "shape", "background", "motion", "visible", "full")
+        },
+        "by_source": {
+            k: {
+                "scenes": v["scenes"],
+                "visible_match": v["visible"] / v["scenes"],
+                "full_match": v["full"] / v["scenes"],
+            }
+            for k, v in by_source.items()
+        },
+        "seconds": time.perf_counter() - t1,
+    }
+
+    # -- dedup
+    t2 = time.perf_counter()
+    dedup = Deduplicator()
+    deduped = list(dedup.process_all(clips))
+    group_of = {vid: i for i, g in enumerate(gt.duplicate_groups) for vid in g}
+    expected = set()
+    for g in gt.duplicate_groups:
+        members = [c for c in clips if c["video_id"] in g]
+        by_scene = defaultdict(list)
+        for c in members:
+            s = scene_truth_for(by_id[c["video_id"]], c)
+            by_scene[by_id[c["video_id"]].scenes.index(s)].append(c["clip_id"])
+        for ids in by_scene.values():
+            expected.update(sorted(ids)[1:] if len(ids) > 1 else [])
+    index = {c["clip_id"]: c for c in clips}
+    tp = fp = 0
+    for c in deduped:
+        if not c.get("duplicate_of"):
+            continue
+        other = index[c["duplicate_of"]]
+        same_group = c["video_id"] in group_of and group_of[c["video_id"]] == group_of.get(
+            other["video_id"]
+        )
+        same_scene = same_group and (
+            by_id[c["video_id"]].scenes.index(scene_truth_for(by_id[c["video_id"]], c))
+            == by_id[other["video_id"]].scenes.index(
+                scene_truth_for(by_id[other["video_id"]], other)
+            )
+        )
+        tp += same_scene
+        fp += not same_scene
+    n_expected = len(expected)
+    dedup_res = {
+        "planted_groups": len(gt.duplicate_groups),
+        "expected_duplicate_clips": n_expected,
+        "flagged": tp + fp,
+        "precision": tp / (tp + fp) if tp + fp else 1.0,
+        "recall": tp / n_expected if n_expected else 1.0,
+        "threshold": dedup.threshold,
+        "relaxed_threshold": dedup.relaxed_threshold,
+        "seconds": time.perf_counter() - t2,
+    }
+    return {
+        "corpus": {
+            "videos": len(gt),
+            "seed": gt.seed,
+            "scenes_from": args.scenes,
+            "clips": len(clips),
+            "failures": len(failures),
+            "noise_kinds": dict(Counter(v.caption_noise for v in gt)),
+            "duplicate_groups": len(gt.duplicate_groups),
+        },
+        "scoring": {"frames": n_frames, "seconds": t_score, "k": args.k},
+        "detection": detection,
+        "recaption": recaption,
+        "dedup": dedup_res,
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows: list[tuple[str, str]] = []
+    if "detection" in r:
+        d, rc, dd = r["detection"], r["recaption"], r["dedup"]
+        rows += [
+            (
+                "corpus",
+                f"{r['corpus']['videos']} videos, seed {r['corpus']['seed']}, "
+                f"{r['corpus']['clips']} clips ({r['corpus']['scenes_from']} scenes)",
+            ),
+            ("noise AUROC (clip / video)", f"{d['clip_auroc']:.4f} / {d['video_auroc']:.4f}"),
+            ("filter threshold", f"{d['threshold']:.4f}"),
+            (
+                "filter P / R (clips)",
+                f"{d['clip_filter']['precision']:.3f} / {d['clip_filter']['recall']:.3f}",
+            ),
+            (
+                "filter P / R (videos)",
+                f"{d['video_filter']['precision']:.3f} / {d['video_filter']['recall']:.3f}",
+            ),
+            (
+                "noise kinds caught (videos)",
+                ", ".join(f"{k} {v}" for k, v in d["noise_kinds_caught"].items()),
+            ),
+            (
+                "recaption colour / shape / bg",
+                f"{rc['color_match']:.3f} / {rc['shape_match']:.3f} / {rc['background_match']:.3f}",
+            ),
+            ("recaption visible (c+s+bg)", f"{rc['visible_match']:.3f}"),
+            ("recaption full (with motion)", f"{rc['full_match']:.3f}"),
+            (
+                "recaption sources",
+                ", ".join(f"{k} {v['scenes']}" for k, v in rc["by_source"].items()),
+            ),
+            (
+                "dedup P / R",
+                f"{dd['precision']:.3f} / {dd['recall']:.3f} ({dd['flagged']} flagged, {dd['expected_duplicate_clips']} planted)",
+            ),
+            (
+                "scoring (sample+embed+score)",
+                f"{r['scoring']['frames'] / r['scoring']['seconds']:.0f} frames/s end to end",
+            ),
+        ]
+    for key, name in (
+        ("throughput_shipped", "shipped CLIP"),
+        ("throughput_vit_b32", "ViT-B/32 (random)"),
+    ):
+        if key in r:
+            t = r[key]
+            rows.append(
+                (
+                    f"{name} embed, {r['machine']['device']}",
+                    f"{t['frames_per_s']:.0f} frames/s ({t['parameters'] / 1e6:.1f} M params, {t['input'][0]} px)",
+                )
+            )
+    if "throughput_shipped" in r and "throughput_vit_b32" in r:
+        ratio = r["throughput_shipped"]["frames_per_s"] / r["throughput_vit_b32"]["frames_per_s"]
+        rows.append(("shipped / ViT-B/32 speed", f"{ratio:.0f}x"))
+    w = max(len(a) for a, _ in rows)
+    print(f"\n{'metric':{w}s} | value\n{'-' * w}-+-{'-' * 40}")
+    for a, b in rows:
+        print(f"{a:{w}s} | {b}")
+    print(f"(load average {r['machine']['load_avg_1m']:.1f} on {r['machine']['cpus']} CPUs)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The shipped shapes-world CLIP, end to end on the session's shapes-world corpus.
+
+Ground truth decides every assertion: which captions are noise, what each scene shows, which
+videos are planted copies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from curate.clip_score import DEFAULT_MODEL, ClipScorer, check_model_folder, recommended_threshold
+
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_MODEL / "model.safetensors").exists(),
+    reason="models/shapes-clip not built (make train-clip)",
+)
+
+NOISE = ("mismatched", "boilerplate", "empty", "non_ascii")
+
+
+def test_shipped_folder_is_complete_and_small():
+    check_model_folder(DEFAULT_MODEL)
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir())
+    assert size < 10e6
+    card = (DEFAULT_MODEL / "README.md").read_text()
+    for needle in ("Training data", "Held-out evaluation", "seed", "AUROC"):
+        assert needle in card
+    threshold = recommended_threshold(DEFAULT_MODEL)
+    assert threshold is not None and -1 < threshold < 1
+    report = json.loads((DEFAULT_MODEL / "training_report.json").read_text())
+    assert report["heldout"]["noise_auroc"] > 0.9
+    assert report["settings"]["eval_seed"] != report["settings"]["seed"]
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    with ClipScorer() as s:
+        yield s
+
+
+def test_true_captions_beat_wrong_ones_on_unseen_frames(scorer):
+    from curate.synth import SceneFacts, random_facts, render_scene
+
+    rng = np.random.default_rng(424242)
+    wins, total = 0, 0
+    for i in range(40):
+        f = random_facts(rng)
+        frames = render_scene(f, num_frames=4, width=142, height=80, seed=90_000 + i)
+        emb = scorer.embed_images(frames)
+        others = [
+            SceneFacts(c, f.shape, f.motion, f.background).caption
+            for c in ("red", "blue", "green", "yellow")
+            if c != f.color
+        ]
+        sims = emb.mean(0) @ scorer.embed_texts([f.caption, *others]).T
+        wins += int(np.argmax(sims) == 0)
+        total += 1
+    assert wins / total >= 0.85
+
+
+@pytest.fixture(scope="module")
+def scored(shapes_corpus, scorer):
+    """Every ground-truth scene of the session corpus, sampled from the mp4s and scored."""
+    from curate.calibrate_cli import score_videos
+    from curate.filtering import CaptionFilter
+    from curate.sampling import FrameSampler
+    from curate.text import clean_caption
+
+    def clips_of(video):
+        v = shapes_corpus.by_id(video["video_id"])
+        cap = clean_caption(v.source_caption)
+        return [
+            {
+                "clip_id": f"{v.video_id}:{i:04d}",
+                "video_id": v.video_id,
+                "scene_index": i,
+                "uri": str(v.path),
+                "start_frame": s.start_frame,
+                "end_frame": s.end_frame,
+                "fps": v.fps,
+                "width": v.width,
+                "height": v.height,
+                "source_caption": cap.text or None,
+                "status": "kept" if cap.ok else "dropped",
+                "reason": cap.reason,
+            }
+            for i, s in enumerate(v.scenes)
+        ]
+
+    with FrameSampler(k=4, size=scorer.sample_size) as sampler:
+        clips, failures = score_videos(
+            [{"video_id": v.video_id, "uri": str(v.path)} for v in shapes_corpus],
+            scorer=scorer,
+            sampler=sampler,
+            clips_of=clips_of,
+            progress=False,
+        )
+    assert failures == []
+    return list(CaptionFilter(threshold=recommended_threshold(DEFAULT_MODEL)).process_all(clips))
+
+
+def test_filter_drops_noise_and_keeps_clean_captions(shapes_corpus, scored):
+    by_video = defaultdict(list)
+    for c in scored:
+        by_video[c["video_id"]].append(c)
+    kept_clean = total_clean = 0
+    for v in shapes_corpus:
+        rows = by_video[v.video_id]
+        assert all(r["status"] in ("kept", "dropped") for r in rows)
+        if v.caption_noise in NOISE:
+            # no scene of a noise-captioned video keeps its caption
+            assert all(r["status"] == "dropped" for r in rows), (v.video_id, v.caption_noise)
+            reasons = {r["reason"] for r in rows}
+            assert reasons <= {"low_caption_score", "empty_caption", "invalid_caption"}
+            if v.caption_noise == "empty":
+                assert reasons == {"empty_caption"}
+        elif v.caption_noise == "clean":
+            kept_clean += sum(r["status"] == "kept" for r in rows)
+            total_clean += len(rows)
+    assert total_clean and kept_clean / total_clean >= 0.9
+
+
+def test_recaption_stories_match_the_scenes(shapes_corpus, scored, scorer):
+    from curate.recaption import Recaptioner, build_prompt_bank
+    from curate.synth import parse_caption
+    from schemas.stories import validate_story_row
+
+    groups = defaultdict(list)
+    for c in scored:
+        groups[c["video_id"]].append(c)
+    visible = total = 0
+    with Recaptioner(scorer=scorer, prompt_bank=build_prompt_bank(scored)) as rec:
+        for vid, clips in groups.items():
+            v = shapes_corpus.by_id(vid)
+            rows, story = rec.recaption_video(clips)
+            validate_story_row(story)
+            assert story["story_id"] == vid and story["num_frames"] == v.num_frames
+            for r, s in zip(rows, v.scenes):
+                facts = parse_caption(r["recaption"])
+                total += 1
+                visible += facts is not None and (facts.color, facts.shape, facts.background) == (
+                    s.color,
+                    s.shape,
+                    s.background,
+                )
+                if v.caption_noise == "clean":
+                    # the source caption's own fragment, motion included
+                    assert r["recaption_source"] in ("source", "source_fragment")
+                    assert r["recaption"] == s.caption
+    assert visible / total >= 0.85
+
+
+def test_planted_duplicates_are_found_without_false_alarms(shapes_corpus, scored):
+    from curate.dedup import Deduplicator
+
+    out = list(Deduplicator().process_all(scored))
+    group_of = {vid: i for i, g in enumerate(shapes_corpus.duplicate_groups) for vid in g}
+    assert group_of, "the session corpus plants at least one duplicate"
+    index = {r["clip_id"]: r for r in out}
+    flagged = [r for r in out if r.get("duplicate_of")]
+    for r in flagged:
+        other = index[r["duplicate_of"]]
+        assert group_of.get(r["video_id"]) is not None
+        assert group_of.get(r["video_id"]) == group_of.get(other["video_id"])
+        assert r["scene_index"] == other["scene_index"]
+        assert r["reason"] == "duplicate" or r["status"] == "dropped"
+    expected = sum(
+        (len(g) - 1) * len(shapes_corpus.by_id(g[0]).scenes) for g in shapes_corpus.duplicate_groups
+    )
+    assert len(flagged) >= 0.9 * expected
