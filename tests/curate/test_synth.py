@@ -222,15 +222,7 @@ def test_decoded_videos_show_the_cuts_exactly(shapes_corpus):
         assert vr.get_avg_fps() == pytest.approx(v.fps, rel=1e-6)
         frames = vr.get_batch(list(range(len(vr)))).asnumpy()
         assert frames.shape[1:3] == (v.height, v.width)
-        d = _frame_diffs(frames)
-        in_transition = set()
-        for t in v.transitions:
-            in_transition |= set(range(t.start_frame, t.end_frame + 1))
-        quiet = [d[i] for i in range(1, v.num_frames) if i not in v.cuts and i not in in_transition]
-        for c in v.cuts:
-            assert d[c] > 15, (v.video_id, c, d[c])
-            assert d[c] > 5 * max(quiet), (v.video_id, c)
-        assert max(quiet) < 4, v.video_id
+        _check_cuts(v, frames)
 
 
 def test_gradual_transitions_fade_through_black_and_dissolve(shapes_corpus):
@@ -314,7 +306,41 @@ def test_captions_carry_their_noise_labels(shapes_corpus):
 
 
 def test_duplicates_decode_to_similar_content(shapes_corpus):
-    gt = shapes_corpus
+    _check_duplicates(shapes_corpus)
+
+
+def test_every_duplicate_kind_keeps_its_truth(tmp_path):
+    gt = generate_corpus(
+        tmp_path,
+        videos=6,
+        seed=5,
+        duplicate_rate=1.0,
+        transition_rate=0.5,
+        resolutions=["160x120"],
+        max_scenes=3,
+        scene_seconds=(1.6, 2.4),
+        progress=False,
+    )
+    assert {v.duplicate_kind for v in gt if v.duplicate_of} == set(synth.DUPLICATE_KINDS)
+    _check_duplicates(gt)
+    for v in gt:
+        _check_cuts(v, _decode(v.path))
+
+
+def _check_cuts(v, frames: np.ndarray) -> None:
+    """Every recorded cut is a jump at exactly that frame; nothing else inside scenes jumps."""
+    d = _frame_diffs(frames)
+    in_transition = set()
+    for t in v.transitions:
+        in_transition |= set(range(t.start_frame, t.end_frame + 1))
+    quiet = [d[i] for i in range(1, v.num_frames) if i not in v.cuts and i not in in_transition]
+    for c in v.cuts:
+        assert d[c] > 15, (v.video_id, c, d[c])
+        assert d[c] > 5 * max(quiet), (v.video_id, c)
+    assert max(quiet) < 4, v.video_id
+
+
+def _check_duplicates(gt) -> None:
     dups = [v for v in gt if v.duplicate_of]
     assert dups
     for dup in dups:
@@ -330,6 +356,9 @@ def test_duplicates_decode_to_similar_content(shapes_corpus):
                 assert d.start_frame == max(0, o.start_frame - off)
                 assert d.end_frame == min(dup.num_frames, o.end_frame - off)
             assert dup.cuts == [c - off for c in orig.cuts]
+            assert [(t.kind, t.start_frame, t.end_frame) for t in dup.transitions] == [
+                (t.kind, t.start_frame - off, t.end_frame - off) for t in orig.transitions
+            ]
         else:
             assert off == 0 and dup.num_frames == orig.num_frames
             if dup.duplicate_kind == "resize":
