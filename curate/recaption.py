@@ -460,3 +460,60 @@ class Recaptioner(Step[Any, dict]):
         clips = [record] if isinstance(record, Mapping) else list(record)
         rows, story = self.recaption_video(clips)
         yield {"video_id": story["video_id"], "clips": rows, "story": story}
+
+
+# --- a functional entry point for pipelines -------------------------------------------------------
+
+_CACHED: dict[tuple, Recaptioner] = {}
+
+
+def recaption_video(
+    video: Mapping[str, Any],
+    clips: Sequence[Mapping[str, Any]],
+    extras: Sequence[Mapping[str, Any]] = (),
+    *,
+    model: str | os.PathLike[str] | None = None,
+    prompt_bank: Sequence[str] | str | os.PathLike[str] | None = None,
+    align_threshold: float | None = None,
+    min_score: float | None = None,
+) -> tuple[list[dict], dict | None]:
+    """Re-caption the filtered clips of one ``video`` (a videos row); ``(clips, story)``.
+
+    ``extras`` are per-clip values that are not table columns (``clip_id`` + ``fragment``,
+    ``frame_embeddings``), merged into the clips by id. The story is ``None`` when no scene
+    got a prompt. A :class:`Recaptioner` per (model, bank, settings) is kept for the life of
+    the process, so a worker loads its CLIP once.
+    """
+    if not clips:
+        return [], None
+    by_id = {e.get("clip_id"): e for e in extras if e.get("clip_id") is not None}
+    rows = []
+    for c in clips:
+        row = dict(c)
+        extra = by_id.get(c.get("clip_id")) or {}
+        for key in ("fragment", "frame_embeddings"):
+            if row.get(key) is None and extra.get(key) is not None:
+                row[key] = extra[key]
+        if row.get("embedding") is None and row.get("frame_embeddings") is not None:
+            fe = np.asarray(row["frame_embeddings"], np.float32)
+            mean = fe.mean(axis=0)
+            row["embedding"] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist()
+        row.setdefault("uri", video.get("uri"))
+        rows.append(row)
+    bank_key = tuple(prompt_bank) if isinstance(prompt_bank, (list, tuple)) else prompt_bank
+    key = (os.fspath(model) if model else None, bank_key, align_threshold, min_score)
+    step = _CACHED.get(key)
+    if step is None:
+        step = Recaptioner(
+            model=model,
+            prompt_bank=prompt_bank,
+            align_threshold=align_threshold,
+            min_score=min_score,
+        )
+        step.setup()
+        _CACHED[key] = step
+    out, story = step.recaption_video(rows)
+    for row in out:
+        for key_ in ("frame_embeddings", "fragment"):
+            row.pop(key_, None)
+    return out, (story if story["segments"] else None)

@@ -45,10 +45,21 @@ def clip_row(video, i, facts, seed, *, score=0.3, trim=0, resize=None, noise=0, 
         frames = np.stack([cv2.resize(cv2.resize(f, resize), (128, 72)) for f in frames])
     if noise:
         rng = np.random.default_rng(seed + 99)
-        frames = np.clip(frames + rng.integers(-noise, noise + 1, frames.shape), 0, 255).astype(np.uint8)
-    return {"clip_id": f"{video}:{i:04d}", "video_id": video, "scene_index": i,
-            "start_frame": 0, "end_frame": n - trim, "caption_score": score, "status": "kept",
-            "reason": None, "embedding": content_embedding(facts), "frames": sample(frames, trim=trim)}
+        frames = np.clip(frames + rng.integers(-noise, noise + 1, frames.shape), 0, 255).astype(
+            np.uint8
+        )
+    return {
+        "clip_id": f"{video}:{i:04d}",
+        "video_id": video,
+        "scene_index": i,
+        "start_frame": 0,
+        "end_frame": n - trim,
+        "caption_score": score,
+        "status": "kept",
+        "reason": None,
+        "embedding": content_embedding(facts),
+        "frames": sample(frames, trim=trim),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +99,17 @@ def test_copies_are_found_and_same_content_elsewhere_is_not(corpus):
         a, b, c = out[f"a:{i:04d}"], out[f"b:{i:04d}"], out[f"c:{i:04d}"]
         # b is the better-scored copy: kept; a points to it
         assert (b["status"], b.get("duplicate_of")) == ("kept", None)
-        assert (a["status"], a["reason"], a["duplicate_of"]) == ("dropped", "duplicate", b["clip_id"])
+        assert (a["status"], a["reason"], a["duplicate_of"]) == (
+            "dropped",
+            "duplicate",
+            b["clip_id"],
+        )
         # c shows the same facts at other positions: not a duplicate
         assert (c["status"], c.get("duplicate_of")) == ("kept", None)
     # the embedding alone cannot tell c from a copy: pixels are what separates them
-    emb_only = list(Deduplicator(threshold=0.9, pixel_weight=0.0, relaxed_threshold=None).process_all(corpus))
+    emb_only = list(
+        Deduplicator(threshold=0.9, pixel_weight=0.0, relaxed_threshold=None).process_all(corpus)
+    )
     assert sum(r["status"] == "dropped" for r in emb_only) > 3
 
 
@@ -143,16 +160,36 @@ def test_kmeans_path_matches_exact_search():
     base = rng.normal(size=(300, 24)).astype(np.float32)
     rows = []
     for i, v in enumerate(base):
-        rows.append({"clip_id": f"v{i}:0000", "video_id": f"v{i}", "scene_index": 0,
-                     "start_frame": 0, "end_frame": 10, "caption_score": 0.5, "status": "kept"})
+        rows.append(
+            {
+                "clip_id": f"v{i}:0000",
+                "video_id": f"v{i}",
+                "scene_index": 0,
+                "start_frame": 0,
+                "end_frame": 10,
+                "caption_score": 0.5,
+                "status": "kept",
+            }
+        )
         rows[-1]["dedup_signature"] = (v / np.linalg.norm(v)).tolist()
     for i in range(0, 60, 3):  # 20 planted copies
         v = base[i] + rng.normal(scale=0.05, size=24)
-        rows.append({"clip_id": f"d{i}:0000", "video_id": f"d{i}", "scene_index": 0,
-                     "start_frame": 0, "end_frame": 10, "caption_score": 0.1, "status": "kept",
-                     "dedup_signature": (v / np.linalg.norm(v)).tolist()})
+        rows.append(
+            {
+                "clip_id": f"d{i}:0000",
+                "video_id": f"d{i}",
+                "scene_index": 0,
+                "start_frame": 0,
+                "end_frame": 10,
+                "caption_score": 0.1,
+                "status": "kept",
+                "dedup_signature": (v / np.linalg.norm(v)).tolist(),
+            }
+        )
     exact = Deduplicator(threshold=0.95, relaxed_threshold=None)
-    approx = Deduplicator(threshold=0.95, relaxed_threshold=None, exact_limit=50, n_centroids=8, nprobe=2)
+    approx = Deduplicator(
+        threshold=0.95, relaxed_threshold=None, exact_limit=50, n_centroids=8, nprobe=2
+    )
     e = {r["clip_id"]: r.get("duplicate_of") for r in exact.process_all(rows)}
     a = {r["clip_id"]: r.get("duplicate_of") for r in approx.process_all(rows)}
     planted = {f"d{i}:0000": f"v{i}:0000" for i in range(0, 60, 3)}
@@ -176,8 +213,13 @@ def test_assign_centroids_keys():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"threshold": 1.5}, {"threshold": 0.9, "relaxed_threshold": 0.95}, {"pixel_weight": -0.1},
-     {"k": 0}, {"nprobe": 0}],
+    [
+        {"threshold": 1.5},
+        {"threshold": 0.9, "relaxed_threshold": 0.95},
+        {"pixel_weight": -0.1},
+        {"k": 0},
+        {"nprobe": 0},
+    ],
 )
 def test_settings_are_validated(kwargs):
     with pytest.raises(ValueError, match="got"):

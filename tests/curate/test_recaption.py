@@ -404,3 +404,39 @@ def test_recaptioner_with_real_clip_and_blip(tiny_blip, tmp_path):
         assert isinstance(r["recaption"], str) and r["recaption"]
         assert -1 <= r["recaption_score"] <= 1
     validate_story_row(story)
+
+
+def test_functional_entry_merges_extras_and_caches_the_model(tmp_path):
+    from curate import recaption as rc
+    from curate.clip_train import make_tiny_clip
+
+    clip = make_tiny_clip(tmp_path / "clip", texts=["a red circle"])
+    rng = np.random.default_rng(0)
+    fe = rng.normal(size=(3, 16)).astype(np.float32)
+    clips = [
+        {
+            "clip_id": "v:0000",
+            "video_id": "v",
+            "scene_index": 0,
+            "start_frame": 0,
+            "end_frame": 50,
+            "fps": 25.0,
+            "source_caption": "a red circle",
+            "status": "kept",
+            "reason": None,
+            "embedding": None,
+        }
+    ]
+    extras = [{"clip_id": "v:0000", "fragment": "a red circle", "frame_embeddings": fe.tolist()}]
+    video = {"video_id": "v", "uri": "v.mp4"}
+    rows, story = rc.recaption_video(video, clips, extras, model=clip)
+    assert rows[0]["recaption"] == "a red circle" and rows[0]["recaption_source"] == "source"
+    assert "frame_embeddings" not in rows[0] and "fragment" not in rows[0]
+    assert np.linalg.norm(rows[0]["embedding"]) == pytest.approx(1.0, abs=1e-5)
+    assert story["uri"] == "v.mp4" and story["segments"][0]["end_frame"] == 50
+    n_cached = len(rc._CACHED)
+    dropped = [{**clips[0], "source_caption": None, "status": "dropped", "reason": "empty_caption"}]
+    rows, story = rc.recaption_video(video, dropped, extras, model=clip)
+    assert story is None and rows[0]["recaption"] is None
+    assert len(rc._CACHED) == n_cached
+    assert rc.recaption_video(video, [], []) == ([], None)
