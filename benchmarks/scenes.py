@@ -19,9 +19,9 @@ all boundaries (any detected scene start against any true one). ``all-4`` is sco
 fast detector's output. PySceneDetect reports hard cuts only, so its gradual score is 0.
 
 Peak memory: the largest RSS growth over the method's start (sampled every 5 ms; for the CLI,
-the child's whole RSS). A long-video check runs the fast path, each in a fresh process, on a
-short and a 10x longer video of the same size (284x160) and compares the processes' peak RSS:
-it must not grow with the length.
+the child's whole RSS). A long-video check runs the fast path, each in a fresh process after a
+warm-up, on a short and a 10x longer video of the same size (284x160) and compares the RSS
+growth during the run: it must not grow with the length.
 
 Usage::
 
@@ -286,21 +286,18 @@ CUT_EVERY = 150
 
 def memory_probe(path: Path) -> None:
     """Run in a fresh process: peak RSS of the fast path over one file, after a warm-up."""
-    import resource
-
     warm = path.with_name("warm.mp4")
     long_video(warm, 2 * CUT_EVERY)
     run_ours("fast")(warm)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    found = run_ours("fast")(path)
-    elapsed = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with PeakRSS(interval=0.002) as mem:
+        t0 = time.perf_counter()
+        found = run_ours("fast")(path)
+        elapsed = time.perf_counter() - t0
     print(
         json.dumps(
             {
-                "maxrss_before_mb": before / 1024,
-                "maxrss_after_mb": after / 1024,
+                "rss_before_mb": mem.base / 2**20,
+                "rss_peak_mb": mem.peak / 2**20,
                 "seconds": elapsed,
                 "cuts": [b.frame for b in found if b.kind == "cut"],
                 "other": [b.frame for b in found if b.kind != "cut"],
@@ -327,8 +324,9 @@ def bench_memory(workdir: Path, short: int, long: int) -> dict:
             "frames": n,
             "seconds": round(m["seconds"], 3),
             "fps": round(n / m["seconds"], 1),
-            "peak_rss_mb": round(m["maxrss_after_mb"], 1),
-            "peak_rss_growth_mb": round(m["maxrss_after_mb"] - m["maxrss_before_mb"], 1),
+            "rss_before_mb": round(m["rss_before_mb"], 1),
+            "peak_rss_mb": round(m["rss_peak_mb"], 1),
+            "peak_rss_growth_mb": round(m["rss_peak_mb"] - m["rss_before_mb"], 1),
             "hard_cuts": prf.as_dict(),
             "false_gradual": len(m["other"]),
         }
@@ -381,7 +379,8 @@ def check_targets(rows: list[dict]) -> dict[str, bool]:
                 out[f"{label}: fast hard-cut F1 >= cli-{det}"] = (
                     f1 >= cli["accuracy"]["hard_cuts"]["f1"]
                 )
-                out[f"{label}: fast >= 2x cli-{det} fps"] = fast["fps"] >= 2 * cli["fps"]
+                if label == "360p":  # the target; at 720p decoding dominates both
+                    out[f"{label}: fast >= 2x cli-{det} fps"] = fast["fps"] >= 2 * cli["fps"]
     return out
 
 
@@ -447,13 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     for n, m in memory.items():
         print(
             f"  {n:>6} frames: {m['fps']:7.1f} fps, peak RSS {m['peak_rss_mb']:.1f} MB "
-            f"(+{m['peak_rss_growth_mb']:.1f} MB over the warm-up), cut F1 "
+            f"(+{m['peak_rss_growth_mb']:.1f} MB over the start of the run), cut F1 "
             f"{m['hard_cuts']['f1']:.3f}, false gradual {m['false_gradual']}"
         )
     targets = check_targets(rows)
     short, long = memory[str(long_frames // 10)], memory[str(long_frames)]
-    targets["peak RSS independent of length (10x the frames: within 10 MB)"] = (
-        long["peak_rss_mb"] <= short["peak_rss_mb"] + 10
+    targets["peak RSS independent of length (10x the frames: growth within 10 MB)"] = (
+        long["peak_rss_growth_mb"] <= short["peak_rss_growth_mb"] + 10
     )
     print()
     for name, ok in targets.items():

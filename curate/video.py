@@ -270,8 +270,9 @@ def _sample_entry(path: str) -> str | None:
     return head[pos + 16 : pos + 20].decode("latin-1")
 
 
-def _count_packets(uri: str, path: str) -> int:
-    """Frames whose packets can be read before the file ends (demux only, no decoding)."""
+def _count_packets(uri: str, path: str, *, limit: int | None = None) -> int:
+    """Frames whose packets can be read before the file ends (demux only, no decoding);
+    stops counting at ``limit``."""
     import av
 
     count = 0
@@ -281,6 +282,8 @@ def _count_packets(uri: str, path: str) -> int:
             for packet in container.demux(stream):
                 if packet.size > 0:
                     count += 1
+                    if limit is not None and count >= limit:
+                        break
     except av.error.FFmpegError:
         pass
     return count
@@ -416,7 +419,7 @@ def probe(
             )
         return _truncated_info(uri, header, readable, min_frames)
 
-    if header.declared_frames == 0 and _count_packets(uri, path) == 0:
+    if header.declared_frames == 0 and _count_packets(uri, path, limit=1) == 0:
         # containers without a frame count (Matroska, AVI written empty): look for packets
         raise ZeroFrames("the video stream holds no frame", uri=uri)
     reader = _open_decord(uri, path, width=32, height=32)
@@ -730,14 +733,16 @@ def read_frames(
     if len(idx) == 0:
         return np.zeros((0, h, w, 3), np.uint8)
     if info.truncated:
-        order = np.unique(idx)
+        wanted = set(idx.tolist())
         got: dict[int, np.ndarray] = {}
-        with FrameReader(uri, width=w, height=h, info=info, allow_truncated=True) as reader:
+        with FrameReader(
+            uri, width=w, height=h, info=info, allow_truncated=True, end=max(wanted) + 1
+        ) as reader:
             for fi, frames in reader:
                 for i, f in zip(fi.tolist(), frames, strict=True):
-                    if i in set(order.tolist()):
+                    if i in wanted:
                         got[i] = f
-        missing = [int(i) for i in order if int(i) not in got]
+        missing = sorted(wanted - set(got))
         if missing:
             raise TruncatedVideo(f"frame {missing[0]} cannot be decoded", uri=uri)
         return np.stack([got[int(i)] for i in idx])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,7 +52,8 @@ def detect_boundaries(
     """Decode ``uri`` once at ``width`` px and feed every chunk to every detector.
 
     Returns the probe result and, per detector, its boundaries. ``progress`` is called with
-    the number of frames of each chunk.
+    the number of frames of each chunk. When a truncated file is kept (``allow_truncated``),
+    the returned info counts the frames that actually decoded.
     """
     if not detectors:
         raise ValueError("detectors must name at least one detector, got none")
@@ -73,8 +75,15 @@ def detect_boundaries(
         for det, out in zip(detectors, found, strict=True):
             out += det.flush()
         decoded_to = reader.truncated_at
-    if decoded_to is not None:
+    if decoded_to is not None and decoded_to < info.num_frames:
+        # a truncated file kept by option: the scenes end where decoding stopped
         found = [[b for b in out if b.frame < decoded_to] for out in found]
+        info = dataclasses.replace(
+            info,
+            num_frames=decoded_to,
+            duration_s=info.frame_time(decoded_to),
+            frame_times=None if info.frame_times is None else info.frame_times[:decoded_to],
+        )
     return info, found
 
 

@@ -103,10 +103,10 @@ class SceneSplitter(Step[dict, dict]):
     def _process(self, record: dict) -> Iterator[dict]:
         video_id = str(record.get("video_id") or "")
         uri = record.get("uri")
+        if not video_id:
+            raise CurateError("the videos row has no video_id", uri=uri, stage=self.stage)
         if not uri:
-            raise CurateError(
-                "the videos row has no uri", video_id=video_id or None, stage=self.stage
-            )
+            raise CurateError("the videos row has no uri", video_id=video_id, stage=self.stage)
         uri = str(uri)
         self.setup()
         assert self._detector is not None
