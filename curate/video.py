@@ -509,14 +509,17 @@ def target_size(
     out_height: int | None = None,
     short_side: int | None = None,
 ) -> tuple[int, int]:
-    """The decode size for a ``width`` x ``height`` video: an explicit size, a width or a height
-    (the other side follows the aspect ratio), or a short side; never upscaled; even sides."""
+    """The decode size for a ``width`` x ``height`` video.
+
+    Both ``out_width`` and ``out_height``: exactly that size. One of them, or ``short_side``:
+    the other side follows the aspect ratio, never upscaled, sides rounded to even numbers.
+    """
     for name, v in (("width", out_width), ("height", out_height), ("short_side", short_side)):
         if v is not None and v < 2:
             raise ValueError(f"{name} must be >= 2, got {v!r}")
     if out_width and out_height:
-        w, h = out_width, out_height
-    elif out_width:
+        return int(out_width), int(out_height)
+    if out_width:
         w, h = out_width, out_width * height / width
     elif out_height:
         w, h = out_height * width / height, out_height

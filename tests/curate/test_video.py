@@ -110,6 +110,7 @@ def test_target_size_keeps_aspect_and_never_upscales():
     assert target_size(640, 360, short_side=90) == (160, 90)
     assert target_size(96, 64, out_width=400) == (96, 64)
     assert target_size(1280, 720, out_width=100, out_height=50) == (100, 50)
+    assert target_size(160, 120, out_width=225, out_height=225) == (225, 225)  # exact
     with pytest.raises(ValueError, match="1"):
         target_size(100, 100, out_width=1)
 
@@ -152,6 +153,10 @@ def test_read_frames_random_access_order_and_repeats(ntsc_video):
     frames = read_frames(ntsc_video, want, width=48)
     assert frames.shape == (5, 32, 48, 3)
     assert frame_numbers(frames, 90) == want
+    # an exact size is honoured, odd sides and decord's unusable widths included
+    for w, h in ((45, 31), (48, 32), (224, 224)):
+        assert read_frames(ntsc_video, [7], width=w, height=h).shape == (1, h, w, 3)
+        assert frame_numbers(read_frames(ntsc_video, [7], width=w, height=h), 90) == [7]
     full = read_frames(ntsc_video, [10])
     assert full.shape == (1, 64, 96, 3)
     with pytest.raises(ValueError, match="90"):
