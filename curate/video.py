@@ -519,6 +519,8 @@ def target_size(
             raise ValueError(f"{name} must be >= 2, got {v!r}")
     if out_width and out_height:
         return int(out_width), int(out_height)
+    w: float
+    h: float
     if out_width:
         w, h = out_width, out_width * height / width
     elif out_height:
@@ -749,7 +751,7 @@ def read_frames(
         if missing:
             raise TruncatedVideo(f"frame {missing[0]} cannot be decoded", uri=uri)
         return np.stack([got[int(i)] for i in idx])
-    reader, got = _open_decord_sized(uri, info.path, w, h)
+    reader, decoded_size = _open_decord_sized(uri, info.path, w, h)
     try:
         # decord seeks to the key frame before each index; sorting keeps that monotone
         order = np.argsort(idx, kind="stable")
@@ -758,7 +760,7 @@ def read_frames(
         raise TruncatedVideo(f"cannot decode frames {idx.tolist()[:8]}: {exc}", uri=uri) from None
     finally:
         del reader
-    if got != (w, h):  # decord could not produce this exact width (see _open_decord_sized)
+    if decoded_size != (w, h):  # decord could not produce this exact width (see _open_decord_sized)
         import cv2
 
         frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])

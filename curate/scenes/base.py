@@ -149,13 +149,13 @@ def build_scenes(
     starts: list[tuple[int, str, float | None, Boundary | None]] = [(0, "start", None, None)]
     starts += [(b.frame, b.kind, b.score, b) for b in kept]
     spans = []
-    for i, (a, kind, score, b) in enumerate(starts):
+    for i, (a, kind, score, bound) in enumerate(starts):
         end = starts[i + 1][0] if i + 1 < len(starts) else n
-        spans.append((a, end, kind, score, b))
+        spans.append((a, end, kind, score, bound))
     if max_scene_len_s is not None:
         spans = _recut(spans, info, max_scene_len_s, min_scene_len)
     scenes = []
-    for i, (a, end, kind, score, b) in enumerate(spans):
+    for i, (a, end, kind, score, entry) in enumerate(spans):
         scenes.append(
             Scene(
                 index=i,
@@ -165,8 +165,8 @@ def build_scenes(
                 end_s=info.frame_time(end) if end <= info.num_frames else end / info.fps,
                 transition=kind,
                 score=None if score is None else float(score),
-                transition_start=b.start_frame if b is not None and kind in GRADUAL else None,
-                transition_end=b.end_frame if b is not None and kind in GRADUAL else None,
+                transition_start=entry.start_frame if entry and kind in GRADUAL else None,
+                transition_end=entry.end_frame if entry and kind in GRADUAL else None,
             )
         )
     return scenes

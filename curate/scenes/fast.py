@@ -299,7 +299,7 @@ class FastDetector(Detector):
         with np.errstate(invalid="ignore", divide="ignore"):
             ok = (dd >= self.dissolve_threshold) & (e <= self.dissolve_linearity * dd)
         ok &= np.isfinite(e)
-        hit = ok.any(axis=0)
+        hit: np.ndarray = np.asarray(ok.any(axis=0))
         strength = np.where(ok, dd, 0.0).max(axis=0)
         out = []
         t = 0
