@@ -28,23 +28,28 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="video files")
-    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="fast")
+    parser.add_argument(
+        "--detector",
+        choices=DETECTOR_CHOICES,
+        default="fast",
+        help="fast: cuts, fades, dissolves; content / adaptive / histogram: PySceneDetect's",
+    )
     parser.add_argument(
         "--min-scene-len",
-        type=int,
+        type=_positive(int),
         default=15,
         metavar="N",
         help="shortest scene in frames; closer boundaries are dropped",
     )
     parser.add_argument(
         "--max-scene-len",
-        type=float,
+        type=_positive(float),
         default=None,
         metavar="SECONDS",
         help="re-cut scenes longer than this into equal parts (transition 'recut')",
     )
     parser.add_argument(
-        "--width", type=int, default=128, metavar="PX", help="decode width for detection"
+        "--width", type=_positive(int), default=128, metavar="PX", help="decode width for detection"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
     parser.add_argument(
@@ -54,6 +59,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
 
 
 def _scene_json(s: Any) -> dict[str, Any]:
