@@ -94,6 +94,12 @@ def register(subparsers: Any) -> None:
         help="libx264 preset (default veryfast; ultrafast writes about 3x faster, larger files)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that render and encode in parallel (default 0: one per CPU, at most 4)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a corpus already in --out (its videos, sidecars and manifests)",
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             scene_seconds=(lo, hi),
             preset=args.preset,
             overwrite=args.overwrite,
+            workers=args.workers,
             progress=not args.no_progress,
         )
     except ValueError as exc:

@@ -28,6 +28,7 @@ SHAPES_CORPUS_SETTINGS: dict[str, Any] = {
     "max_scenes": 4,
     "scene_seconds": (1.6, 3.0),
     "ensure_variety": True,
+    "workers": 1,  # small enough that starting worker processes would cost more than it saves
     "progress": False,
 }
 

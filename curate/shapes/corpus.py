@@ -342,6 +342,7 @@ def generate_corpus(
     ensure_variety: bool = False,
     preset: str = "veryfast",
     overwrite: bool = False,
+    workers: int = 0,
     progress: bool = True,
 ) -> GroundTruth:
     """Write a shapes-world corpus under ``out_dir`` and return its ground truth.
@@ -354,6 +355,8 @@ def generate_corpus(
 
     Layout: ``videos/<id>.mp4`` with sidecars ``<id>.txt`` (the source caption) and, for some,
     ``<id>.json`` (timed captions); ``webvid.csv``, ``manifest.jsonl``, ``ground_truth.json``.
+    ``workers`` processes render and encode videos in parallel (0: one per CPU, at most 4;
+    1: in this process); the output does not depend on it.
     A folder that already holds a corpus is refused unless ``overwrite``; then the old corpus's
     files are removed first, so ``videos/`` never mixes two corpora.
     """
@@ -368,6 +371,8 @@ def generate_corpus(
     ):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {rate!r}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers!r}")
     if not 1 <= min_scenes <= max_scenes:
         raise ValueError(f"need 1 <= min_scenes <= max_scenes, got {min_scenes!r}, {max_scenes!r}")
     lo_s, hi_s = scene_seconds
@@ -479,22 +484,21 @@ def generate_corpus(
         captions[i] = captions[j]
     timed = {i: bool(cap_rng.random() < timed_caption_rate) for i in range(videos)}
 
-    # -- render, encode, write sidecars
+    # -- render and encode (videos are independent: spread over processes), write sidecars
+    written = _encode_all(
+        [(plans[i], vdir / f"{plans[i].video_id}.mp4") for i in range(videos)],
+        preset=preset,
+        workers=workers,
+        progress=progress,
+        desc=f"shapes world (seed {seed})",
+    )
     truths: list[VideoTruth] = []
-    bar = _progress(range(videos), progress, f"shapes world (seed {seed})")
-    for i in bar:
+    for i in range(videos):
         plan = plans[i]
         vid = plan.video_id
-        written = write_video(
-            vdir / f"{vid}.mp4",
-            plan.frames(),
-            fps=plan.fps,
-            crf=plan.crf,
-            preset=preset,
-        )
         truth = plan.truth(f"videos/{vid}.mp4", f"videos/{vid}.txt")
-        if written != truth.num_frames:
-            raise RuntimeError(f"{vid}: wrote {written} frames, planned {truth.num_frames}")
+        if written[i] != truth.num_frames:
+            raise RuntimeError(f"{vid}: wrote {written[i]} frames, planned {truth.num_frames}")
         truth.source_caption = captions[i]
         truth.clean_caption = clean[i if i not in dup_of else dup_of[i][0]]
         truth.caption_noise = noise[i]
@@ -632,12 +636,55 @@ def _force_variety(
             noise[donors[-1]] = kind
 
 
-def _progress(items: Iterable[Any], enabled: bool, desc: str) -> Iterable[Any]:
+def _encode_one(plan: VideoPlan, path: Path, preset: str) -> int:
+    return write_video(path, plan.frames(), fps=plan.fps, crf=plan.crf, preset=preset)
+
+
+def _encode_all(
+    jobs: list[tuple[VideoPlan, Path]],
+    *,
+    preset: str,
+    workers: int,
+    progress: bool,
+    desc: str,
+) -> list[int]:
+    """Render and encode every plan; frame counts in job order."""
+    if workers == 0:
+        workers = min(4, os.cpu_count() or 1)
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        return [_encode_one(plan, path, preset) for plan, path in _progress(jobs, progress, desc)]
+    import concurrent.futures as cf
+    import multiprocessing
+
+    # spawn, not fork: the caller may hold threads (torch, Beam) that fork would orphan
+    ctx = multiprocessing.get_context("spawn")
+    counts: list[int] = [0] * len(jobs)
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # biggest first, so a late 720p video does not leave the other workers idle
+        order = sorted(
+            range(len(jobs)),
+            key=lambda k: jobs[k][0].full_frames * jobs[k][0].width * jobs[k][0].height,
+            reverse=True,
+        )
+        futures = {pool.submit(_encode_one, jobs[k][0], jobs[k][1], preset): k for k in order}
+        for fut in _progress(cf.as_completed(futures), progress, desc, total=len(jobs)):
+            k = futures[fut]
+            try:
+                counts[k] = fut.result()
+            except Exception as exc:
+                raise RuntimeError(f"{jobs[k][1]}: rendering or encoding failed: {exc}") from exc
+    return counts
+
+
+def _progress(
+    items: Iterable[Any], enabled: bool, desc: str, total: int | None = None
+) -> Iterable[Any]:
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="video")
+    return tqdm(items, desc=desc, unit="video", total=total)
 
 
 def write_manifests(gt: GroundTruth, root: str | os.PathLike[str]) -> dict[str, Path]:

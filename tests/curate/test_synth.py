@@ -319,6 +319,7 @@ def test_every_duplicate_kind_keeps_its_truth(tmp_path):
         resolutions=["160x120"],
         max_scenes=3,
         scene_seconds=(1.6, 2.4),
+        workers=1,
         progress=False,
     )
     assert {v.duplicate_kind for v in gt if v.duplicate_of} == set(synth.DUPLICATE_KINDS)
@@ -425,9 +426,9 @@ def test_same_seed_same_corpus_other_seed_differs(tmp_path):
         transition_rate=0.5,
         progress=False,
     )
-    a = generate_corpus(tmp_path / "a", seed=7, **kw)
-    b = generate_corpus(tmp_path / "b", seed=7, **kw)
-    c = generate_corpus(tmp_path / "c", seed=8, **kw)
+    a = generate_corpus(tmp_path / "a", seed=7, workers=1, **kw)
+    b = generate_corpus(tmp_path / "b", seed=7, workers=2, **kw)  # parallel: same bytes
+    c = generate_corpus(tmp_path / "c", seed=8, workers=1, **kw)
     assert (tmp_path / "a/ground_truth.json").read_bytes() == (
         tmp_path / "b/ground_truth.json"
     ).read_bytes()
@@ -495,6 +496,8 @@ def test_cli_writes_a_corpus_and_summarises(tmp_path, capsys):
             "--max-scenes",
             "2",
             "--no-progress",
+            "--workers",
+            "1",
         ]
     )
     assert rc == 0
@@ -572,7 +575,9 @@ def test_default_corpus_is_reproducible(tmp_path):
 
 
 def test_existing_corpus_is_refused_or_replaced_whole(tmp_path):
-    kw = dict(resolutions=["96x64"], scene_seconds=(1.6, 2.0), max_scenes=2, progress=False)
+    kw = dict(
+        resolutions=["96x64"], scene_seconds=(1.6, 2.0), max_scenes=2, workers=1, progress=False
+    )
     first = generate_corpus(tmp_path, videos=3, seed=1, **kw)
     with pytest.raises(ValueError, match="overwrite"):
         generate_corpus(tmp_path, videos=2, seed=2, **kw)
