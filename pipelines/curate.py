@@ -165,15 +165,15 @@ def build_pipeline(
     if not skip and not opts.overwrite:
         skip = sorted(shards.done_set(opts.output))
     comps = components or default_components(opts)
-    # Beam 2.77's DaskRunner drops what a DoFn emits in finish_bundle, where BatchElements
-    # emits its last partial batch: batches of one video keep every element there
-    batch_videos = 1 if _is_dask(options) else opts.inference_batch_videos
     handler = ClipModelHandler(
         comps.scorer,
         comps.scorer_kwargs,
-        max_batch_videos=batch_videos,
+        max_batch_videos=opts.inference_batch_videos,
         share_model=opts.share_model,
         signature=comps.corpus.signature,
+        # Beam 2.77's DaskRunner drops what a DoFn emits in finish_bundle, where
+        # BatchElements emits its last batch: there, videos go to CLIP one at a time
+        prebatched=_is_dask(options),
     )
     todo = p | "ReadManifest" >> ReadManifest(videos, skip=skip)
     split, split_failed = todo | "ProbeAndSplit" >> ProbeAndSplit(

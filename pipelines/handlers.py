@@ -65,6 +65,7 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         max_batch_videos: int = 8,
         share_model: bool = False,
         signature: Callable[[Mapping[str, Any]], Any] | None = None,
+        prebatched: bool = False,
     ) -> None:
         if max_batch_videos < 1:
             raise ValueError(f"max_batch_videos must be >= 1, got {max_batch_videos!r}")
@@ -80,6 +81,11 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         self.factory = factory
         self.kwargs = dict(kwargs or {})
         self.signature = signature
+        self.prebatched = prebatched
+
+    def should_skip_batching(self) -> bool:
+        # prebatched: each element is already a list of videos (see ScoreCaptions)
+        return self.prebatched
 
     def load_model(self) -> ScorerService:
         start = time.perf_counter()

@@ -58,6 +58,22 @@ class VideoWork:
         return total
 
 
+class VideoBatch:
+    """Videos batched by hand for ``RunInference`` (a list would be flattened by some runners)."""
+
+    def __init__(self, items: list[VideoWork]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __getitem__(self, i: int) -> VideoWork:
+        return self.items[i]
+
+
 def failure_row(
     video: Mapping[str, Any],
     *,

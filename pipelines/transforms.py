@@ -27,7 +27,13 @@ from curate.text import CaptionCleaner
 
 from .handlers import ClipModelHandler
 from .isolation import IsolatedWorker, Outcome
-from .records import TRANSIENT_CLIP_KEYS, VideoWork, failure_from_exception, failure_row
+from .records import (
+    TRANSIENT_CLIP_KEYS,
+    VideoBatch,
+    VideoWork,
+    failure_from_exception,
+    failure_row,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +248,7 @@ class _BatchFailedFn(beam.DoFn):
 
     def process(self, failed: Any) -> Iterator[VideoWork]:
         batch, exc = failed
-        for work in batch if isinstance(batch, (list, tuple)) else [batch]:
+        for work in batch if isinstance(batch, (list, tuple, VideoBatch)) else [batch]:
             if isinstance(work, VideoWork):
                 yield work.fail(failure_from_exception(work.video, exc, stage="clip-score"))
 
@@ -255,6 +261,10 @@ class ScoreCaptions(beam.PTransform):
         self.handler = handler
 
     def expand(self, works: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        if self.handler.prebatched:
+            # Beam 2.77's DaskRunner loses what BatchElements emits from finish_bundle (the
+            # last batch of every partition): batches of one video are made here instead
+            works = works | "OneVideoBatches" >> beam.Map(lambda w: VideoBatch([w]))
         inference = (
             works
             | "RunInference"
