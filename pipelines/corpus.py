@@ -47,11 +47,13 @@ class CorpusSteps:
     def __init__(
         self,
         *,
+        model: str | None = None,
         relaxed_threshold: float | None = 0.85,
         pixel_weight: float = 0.5,
         thumb_size: int = 8,
         k: int = 4,
     ) -> None:
+        self.model = model
         self.relaxed_threshold = relaxed_threshold
         self.pixel_weight = pixel_weight
         self.thumb_size = thumb_size
@@ -97,16 +99,29 @@ class CorpusSteps:
         cut = float("-inf") if cutoff is None else cutoff
         return [apply_threshold(c, cut) for c in clips]
 
+    def bank_prompts(self, record: Mapping[str, Any]) -> list[str]:
+        """The prompts one committed video adds to the corpus's prompt bank."""
+        from curate.recaption import build_prompt_bank
+
+        frag = {e.get("clip_id"): e.get("fragment") for e in record.get("clip_extras") or ()}
+        return build_prompt_bank(
+            {**c, "fragment": frag.get(c.get("clip_id"))} for c in record.get("clips") or ()
+        )
+
     def recaption(
         self,
         video: Mapping[str, Any],
         clips: Sequence[dict],
         extras: Sequence[Mapping[str, Any]],
+        *,
+        bank: Sequence[str] | None = None,
     ) -> tuple[list[dict], dict | None]:
         """Prompts for every clip of one video, and its stories row (``None``: nothing kept)."""
         from curate import recaption as rc
 
-        return rc.recaption_video(video, clips, extras)
+        return rc.recaption_video(
+            video, clips, extras, model=self.model, prompt_bank=list(bank) if bank else None
+        )
 
     def duplicates(self, rows: Sequence[Mapping[str, Any]], *, threshold: float) -> dict[str, str]:
         """``{clip_id: duplicate_of}`` among ``rows`` (each with its ``dedup_signature``)."""

@@ -125,6 +125,7 @@ def default_components(opts: CurateOptions) -> Components:
             "device": opts.device,
             "batch_size": opts.clip_batch_size,
         },
+        corpus=CorpusSteps(model=resolve_model_path(opts.model)),
     )
 
 
@@ -461,7 +462,7 @@ def run(
         manifest=manifest,
         config=config,
         pending=len(keep) - len(done_now),
-        corpus=components.corpus if components is not None else None,
+        corpus=(components or default_components(opts)).corpus,
     )
     p2.run().wait_until_finish()
     phase_s["corpus"] = time.perf_counter() - start

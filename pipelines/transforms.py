@@ -504,28 +504,41 @@ class CaptionCutoff(beam.PTransform):
         )
 
 
-class _FilterAndRecaptionFn(beam.DoFn):
-    """Per video: apply the cut-off, then re-caption into a stories row."""
+class _FilterFn(beam.DoFn):
+    """Per video: every clip's final caption status under the corpus cut-off."""
 
     def __init__(self, steps: Any) -> None:
         self.steps = steps
         self.kept = Metrics.counter(NAMESPACE, "filter_kept")
         self.dropped = Metrics.counter(NAMESPACE, "filter_dropped")
-        self.stories = Metrics.counter(NAMESPACE, "stories")
-        self.failed = Metrics.counter(NAMESPACE, "recaption_failed")
 
     def process(self, record: dict, cutoff: float | None) -> Iterator[dict]:
         if not record["clips"]:
-            yield {**record, "story": None}
+            yield record
             return
-        start = time.perf_counter()
         clips = self.steps.apply_cutoff(record["clips"], cutoff)
         kept = sum(1 for c in clips if c["status"] == "kept")
         self.kept.inc(kept)
         self.dropped.inc(len(clips) - kept)
+        yield {**record, "clips": clips}
+
+
+class _RecaptionFn(beam.DoFn):
+    """Per video: prompts for its scenes and its stories row."""
+
+    def __init__(self, steps: Any) -> None:
+        self.steps = steps
+        self.stories = Metrics.counter(NAMESPACE, "stories")
+        self.failed = Metrics.counter(NAMESPACE, "recaption_failed")
+
+    def process(self, record: dict, bank: Sequence[str] | None) -> Iterator[dict]:
+        if not record["clips"]:
+            yield {**record, "story": None}
+            return
+        start = time.perf_counter()
         try:
             clips, story = self.steps.recaption(
-                record["video"], clips, record.get("clip_extras") or []
+                record["video"], record["clips"], record.get("clip_extras") or [], bank=bank
             )
         except Exception as exc:
             from .isolation import traceback_tail
@@ -539,14 +552,39 @@ class _FilterAndRecaptionFn(beam.DoFn):
             return
         if story is not None:
             self.stories.inc()
-        Metrics.distribution(NAMESPACE, "filter_recaption_ms").update(
+        Metrics.distribution(NAMESPACE, "recaption_ms").update(
             int((time.perf_counter() - start) * 1000)
         )
         yield {**record, "clips": clips, "story": story}
 
 
+class _BankFn(beam.CombineFn):
+    """The corpus's own prompt bank, from the kept clips of every video."""
+
+    def __init__(self, steps: Any) -> None:
+        self.steps = steps
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, acc: list, prompts: list[str]) -> list:
+        acc.extend(prompts)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list]) -> list:
+        return [p for acc in accs for p in acc]
+
+    def extract_output(self, acc: list) -> list[str]:
+        return sorted(set(acc))  # sorted: the same bank whatever the order records arrive in
+
+
 class FilterAndRecaption(beam.PTransform):
-    """Per video: the corpus cut-off (a side input), then re-captioning into a story."""
+    """Per video: the corpus cut-off (a side input), then re-captioning into a story.
+
+    Between the two, the corpus's prompt bank (caption fragments that kept clips were scored
+    with, over all videos) is gathered as a side input: a scene whose own caption failed the
+    filter gets the bank prompt CLIP finds closest.
+    """
 
     def __init__(self, cutoff: beam.PCollection, steps: Any) -> None:
         super().__init__()
@@ -554,9 +592,17 @@ class FilterAndRecaption(beam.PTransform):
         self.steps = steps
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return records | "FilterRecaption" >> beam.ParDo(
-            _FilterAndRecaptionFn(self.steps),
-            cutoff=beam.pvalue.AsSingleton(self.cutoff, default_value=None),
+        steps = self.steps
+        filtered = records | "Filter" >> beam.ParDo(
+            _FilterFn(steps), cutoff=beam.pvalue.AsSingleton(self.cutoff, default_value=None)
+        )
+        bank = (
+            filtered
+            | "BankPrompts" >> beam.Map(lambda r: steps.bank_prompts(r))
+            | "Bank" >> beam.CombineGlobally(_BankFn(steps))
+        )
+        return filtered | "Recaption" >> beam.ParDo(
+            _RecaptionFn(steps), bank=beam.pvalue.AsSingleton(bank, default_value=None)
         )
 
 

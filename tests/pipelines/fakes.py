@@ -160,7 +160,10 @@ class FakeCorpusSteps:
             out.append(c)
         return out
 
-    def recaption(self, video, clips, extras):
+    def bank_prompts(self, record):
+        return [c["source_caption"] for c in record["clips"] if c["status"] == "kept"]
+
+    def recaption(self, video, clips, extras, *, bank=None):
         if "recaption-fails" in (video.get("caption") or ""):
             raise ValueError("no prompt fits")
         clips = [
