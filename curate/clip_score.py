@@ -195,10 +195,11 @@ class ClipScorer(Step[dict, dict]):
     def setup(self) -> None:
         if self._model is not None:
             return
+        # a missing or incomplete folder fails before torch and transformers are imported
+        source = resolve_model(self.model_path)
         import torch
         from transformers import AutoTokenizer, CLIPModel
 
-        source = resolve_model(self.model_path)
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         if self.device.startswith("cuda") and not torch.cuda.is_available():

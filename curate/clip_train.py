@@ -185,8 +185,8 @@ class TrainSettings:
     batch_size: int = 96
     lr: float = 3e-3
     weight_decay: float = 0.05
-    image_size: int = 64
-    patch_size: int = 8
+    image_size: int = 96
+    patch_size: int = 12
     hidden: int = 64
     vision_layers: int = 4
     text_layers: int = 2
@@ -196,7 +196,7 @@ class TrainSettings:
     eval_seed: int = 1_000_003
     eval_scenes: int = 1500
     threads: int = 2
-    hard_negatives: int = 1
+    hard_negatives: int = 2
     #: stop after this many seconds of training (the learning-rate schedule follows the
     #: clock); ``None`` trains the full ``epochs``
     time_budget_s: float | None = 1200.0
@@ -264,6 +264,9 @@ def render_training_frames(
     for _ in tqdm(range(n_scenes), desc="render", unit="scene", disable=not progress):
         f = synth.random_facts(rng)
         w, h = TRAIN_RENDER_SIZES[int(rng.integers(len(TRAIN_RENDER_SIZES)))]
+        # the base sizes suit a 64-px model; keep about the same downscale for other inputs
+        scale = image_size / 64
+        w, h = max(32, round(w * scale / 2) * 2), max(32, round(h * scale / 2) * 2)
         n = int(rng.integers(20, 90))
         renderer = synth.SceneRenderer(
             f, num_frames=n, width=w, height=h, seed=int(rng.integers(2**31))
@@ -293,9 +296,12 @@ def _caption_variants(
         ("shape", synth.SHAPES),
         ("background", tuple(synth.BACKGROUNDS)),
     )
+    # shape is the slot a frame shows least plainly (a few pixels at the input size), so the
+    # first hard negative always swaps the shape; further ones swap colour or background
+    order = [1] + [int(k) + (k >= 1) for k in rng.permutation(2)]
     negs = []
-    for k in rng.choice(len(slots), size=n_negatives, replace=False):
-        slot, vocab = slots[int(k)]
+    for k in order[:n_negatives]:
+        slot, vocab = slots[k]
         other = [v for v in vocab if v != getattr(facts, slot)]
         alt = dataclasses.replace(facts, **{slot: other[int(rng.integers(len(other)))]})
         negs.append(alt.caption)
@@ -492,16 +498,16 @@ def evaluate_shapes_clip(
     from . import synth
     from .clip_score import ClipScorer
 
-    frames, facts = render_training_frames(
-        scenes, seed=seed, frames_per_scene=frames_per_scene, image_size=64, progress=progress
-    )
     rng = np.random.default_rng([seed, 0xE7A1])
     combos = [(c, s, b) for c in synth.COLORS for s in synth.SHAPES for b in synth.BACKGROUNDS]
     with ClipScorer(model=model, batch_size=256) as scorer:
-        if scorer.input_size != (64, 64):
+        h, w = scorer.input_size
+        frames, facts = render_training_frames(
+            scenes, seed=seed, frames_per_scene=frames_per_scene, image_size=h, progress=progress
+        )
+        if (h, w) != frames.shape[1:3]:
             import cv2
 
-            h, w = scorer.input_size
             frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
         img = scorer.embed_images(frames)
         texts = [synth.caption_for(c, s, m, b) for (c, s, b) in combos for m in synth.MOTIONS]
