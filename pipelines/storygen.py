@@ -1,0 +1,292 @@
+"""Batch rendering: every story of a stories table → a video, as a Beam pipeline.
+
+One element per story; each worker loads the model once (``DoFn.setup``) and renders its
+stories with :class:`storygen.pipeline.StoryVideoPipeline`, streaming frames to a temporary
+file renamed into place when complete. A story that cannot be rendered (a malformed timeline,
+a model error) becomes a failures row and a ``failed`` results row; the others go on. A rerun
+skips stories whose video already exists (``--render_overwrite`` renders them again).
+
+    python -m pipelines.storygen --stories runs/first --render_output renders/first \\
+        --render_model models/shapes-storygen [--render_steps 25] [--runner ...]
+
+Outputs under ``--output``: ``videos/<story>.mp4``, ``results/part-00000-of-00001.parquet``
+(story_id, path, frames, seconds, model_calls, wall_time_s, status, error) and
+``failures/part-00000-of-00001.parquet`` (the curate failures schema, stage ``render``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from .records import failure_row
+
+logger = logging.getLogger(__name__)
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("story_id", pa.string(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("frames", pa.int64()),
+        pa.field("seconds", pa.float64()),
+        pa.field("fps", pa.float64()),
+        pa.field("model_calls", pa.int64()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
+        pa.field("error", pa.string()),
+    ]
+)
+NAMESPACE = "storyloom_storygen"
+
+
+class StorygenOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        # names are prefixed: every PipelineOptions subclass shares one argument parser
+        parser.add_argument("--stories", help="stories Parquet file or folder (curate output)")
+        parser.add_argument("--render_output", help="folder for videos/, results/, failures/")
+        parser.add_argument("--render_model", help="storygen model folder")
+        parser.add_argument("--render_frames_per_call", type=int, default=16)
+        parser.add_argument("--render_steps", type=int, default=25)
+        parser.add_argument("--render_guidance", type=float, default=7.5)
+        parser.add_argument("--render_seed", type=int, default=0)
+        parser.add_argument("--render_micro_batch", type=int, default=16)
+        parser.add_argument("--render_format", default="mp4", choices=("mp4", "mkv", "webm", "gif"))
+        parser.add_argument("--render_max_stories", type=int, default=0, help="0: all")
+        parser.add_argument("--render_overwrite", default=False, action="store_true")
+
+
+def video_name(story_id: str, fmt: str) -> str:
+    """A file name for ``story_id``: readable, filesystem-safe, and unique (a short hash)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", story_id).strip("._")[:80] or "story"
+    digest = hashlib.sha1(story_id.encode()).hexdigest()[:8]
+    return f"{safe}-{digest}.{fmt}"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    model: str
+    output: str
+    frames_per_call: int = 16
+    steps: int = 25
+    guidance: float = 7.5
+    seed: int = 0
+    micro_batch: int = 16
+    video_format: str = "mp4"
+    overwrite: bool = False
+
+
+class _RenderFn(beam.DoFn):
+    """One story → its video file, a results row, and (on failure) a failures row."""
+
+    def __init__(self, settings: RenderSettings) -> None:
+        self.s = settings
+        self.rendered = Metrics.counter(NAMESPACE, "rendered")
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+        self.skipped = Metrics.counter(NAMESPACE, "skipped")
+        self.frames = Metrics.counter(NAMESPACE, "frames")
+
+    def setup(self) -> None:
+        from storygen.pipeline import StoryVideoPipeline
+
+        self.pipe = StoryVideoPipeline.from_pretrained(self.s.model)
+
+    def process(self, row: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
+        from storygen.script import script_from_stories_row
+
+        story_id = str(row.get("story_id"))
+        videos = Path(self.s.output) / "videos"
+        videos.mkdir(parents=True, exist_ok=True)
+        final = videos / video_name(story_id, self.s.video_format)
+        if final.exists() and not self.s.overwrite:
+            self.skipped.inc()
+            yield "results", _result(story_id, status="skipped", path=str(final))
+            return
+        tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+        start = time.perf_counter()
+        try:
+            script = script_from_stories_row(row)
+            out = self.pipe(
+                script,
+                frames_per_call=self.s.frames_per_call,
+                num_inference_steps=self.s.steps,
+                guidance_scale=self.s.guidance,
+                generator=self.s.seed,
+                micro_batch=self.s.micro_batch,
+                output_type=None,
+                output_path=tmp,
+                progress=False,
+            )
+            os.replace(tmp, final)
+        except Exception as exc:
+            from .isolation import traceback_tail
+
+            tmp.unlink(missing_ok=True)
+            self.failed.inc()
+            message = f"story {story_id!r}: {type(exc).__name__}: {exc}"
+            logger.warning("%s", message)
+            yield "results", _result(story_id, status="failed", error=message)
+            video = {"video_id": story_id, "uri": row.get("uri")}
+            yield (
+                "failures",
+                failure_row(
+                    video,
+                    stage="render",
+                    error_type=type(exc).__name__,
+                    message=message,
+                    traceback=traceback_tail(exc),
+                ),
+            )
+            return
+        stats = out.stats
+        fps = float(script.fps or row.get("fps") or 0.0)
+        self.rendered.inc()
+        self.frames.inc(stats.num_frames)
+        yield (
+            "results",
+            _result(
+                story_id,
+                status="ok",
+                path=str(final),
+                frames=stats.num_frames,
+                fps=fps,
+                seconds=stats.num_frames / fps if fps else None,
+                model_calls=stats.model_calls,
+                wall_time_s=time.perf_counter() - start,
+            ),
+        )
+
+
+def _result(story_id: str, *, status: str, **fields: Any) -> dict[str, Any]:
+    row = {f.name: None for f in RESULTS_SCHEMA}
+    row.update(fields, story_id=story_id, status=status)
+    return row
+
+
+class _WriteTablesFn(beam.DoFn):
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def process(self, tagged: list[tuple[str, dict]]) -> Iterator[str]:
+        from schemas import rows_to_table, write_parquet
+
+        out = Path(self.output)
+        results = sorted((r for t, r in tagged if t == "results"), key=lambda r: r["story_id"])
+        failures = sorted((r for t, r in tagged if t == "failures"), key=lambda r: r["input_id"])
+        target = out / "results" / "part-00000-of-00001.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        pq.write_table(pa.Table.from_pylist(results, schema=RESULTS_SCHEMA), tmp)
+        os.replace(tmp, target)
+        write_parquet(
+            rows_to_table(failures, "failures"),
+            out / "failures" / "part-00000-of-00001.parquet",
+            "failures",
+        )
+        yield str(target)
+
+
+def read_stories(path: str | os.PathLike[str], *, limit: int = 0) -> list[dict[str, Any]]:
+    """Stories rows from a stories Parquet file, a folder of them, or a curate run folder."""
+    from schemas import read_parquet
+
+    p = Path(path)
+    if p.is_dir() and (p / "stories").is_dir():
+        p = p / "stories"
+    rows = read_parquet(p, "stories").to_pylist()
+    rows.sort(key=lambda r: r["story_id"])
+    return rows[:limit] if limit else rows
+
+
+def build_storygen_pipeline(
+    p: beam.Pipeline, stories: Sequence[Mapping[str, Any]], settings: RenderSettings
+) -> beam.PCollection:
+    """One element per story → videos, then the results and failures tables."""
+    return (
+        p
+        | "Stories" >> beam.Create(list(stories))
+        | "Render" >> beam.ParDo(_RenderFn(settings))
+        | "Gather" >> beam.combiners.ToList()
+        | "WriteTables" >> beam.ParDo(_WriteTablesFn(settings.output))
+    )
+
+
+@dataclass
+class RenderSummary:
+    output: Path
+    results: list[dict[str, Any]]
+    wall_s: float
+
+    def lines(self) -> list[str]:
+        ok = [r for r in self.results if r["status"] == "ok"]
+        failed = [r for r in self.results if r["status"] == "failed"]
+        skipped = [r for r in self.results if r["status"] == "skipped"]
+        frames = sum(r["frames"] or 0 for r in ok)
+        lines = [
+            f"stories {len(self.results)}: rendered {len(ok)}, skipped {len(skipped)} (already "
+            f"rendered), failed {len(failed)}",
+            f"frames {frames} in {self.wall_s:.1f} s"
+            + (f" ({frames / self.wall_s:.1f} frames/s)" if self.wall_s > 0 else ""),
+            f"videos under {self.output / 'videos'}; results {self.output / 'results'}; "
+            f"failures {self.output / 'failures'}",
+        ]
+        lines += [f"  failed: {r['error']}" for r in failed[:5]]
+        return lines
+
+
+def run(argv: Sequence[str] | None = None) -> RenderSummary:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(argv)
+    opts = options.view_as(StorygenOptions)
+    if not opts.stories or not opts.render_output or not opts.render_model:
+        raise ValueError("--stories, --render_output and --render_model are required")
+    if options.view_as(StandardOptions).runner is None:
+        from .options import runner_flags
+
+        options = PipelineOptions([*runner_flags("local"), *argv])
+    from curate.shards import check_output_dir
+
+    out = check_output_dir(opts.render_output)
+    stories = read_stories(opts.stories, limit=opts.render_max_stories)
+    settings = RenderSettings(
+        model=str(opts.render_model),
+        output=str(out),
+        frames_per_call=opts.render_frames_per_call,
+        steps=opts.render_steps,
+        guidance=opts.render_guidance,
+        seed=opts.render_seed,
+        micro_batch=opts.render_micro_batch,
+        video_format=opts.render_format,
+        overwrite=opts.render_overwrite,
+    )
+    start = time.perf_counter()
+    with beam.Pipeline(options=options) as p:
+        build_storygen_pipeline(p, stories, settings)
+    results = pq.read_table(out / "results" / "part-00000-of-00001.parquet").to_pylist()
+    return RenderSummary(out, results, time.perf_counter() - start)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = run(argv)
+    print("\n".join(summary.lines()))
+    return 1 if any(r["status"] == "failed" for r in summary.results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Batch rendering of a stories table with a tiny random storygen model."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.storygen import run, video_name
+from schemas import read_parquet, rows_to_table, write_parquet
+
+PROMPTS = ["a red circle moving left", "a blue square on a gray background"]
+
+
+def _story(story_id: str, segments: list[tuple[float, float, str]], fps: float = 8.0) -> dict:
+    return {
+        "story_id": story_id,
+        "video_id": story_id,
+        "uri": f"/videos/{story_id}.mp4",
+        "fps": fps,
+        "duration_s": segments[-1][1] if segments else 1.0,
+        "num_frames": int((segments[-1][1] if segments else 1.0) * fps),
+        "segments": [
+            {
+                "start_s": a,
+                "end_s": b,
+                "start_frame": int(a * fps),
+                "end_frame": int(b * fps),
+                "prompt": text,
+                "clip_id": None,
+                "score": None,
+            }
+            for a, b, text in segments
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from storygen.presets import new_model
+
+    return new_model(
+        tmp_path_factory.mktemp("storygen") / "micro", preset="micro", mode="masked", texts=PROMPTS
+    )
+
+
+def test_every_story_rendered_or_failed(tmp_path, model_dir):
+    import av
+
+    stories = [
+        _story("a/one", [(0.0, 1.0, PROMPTS[0]), (1.0, 2.0, PROMPTS[1])]),
+        _story("two", [(0.0, 1.5, PROMPTS[1])]),
+        # overlapping segments: the script check rejects it, the others go on
+        _story("broken", [(0.0, 1.0, PROMPTS[0]), (0.5, 1.5, PROMPTS[1])]),
+    ]
+    table = tmp_path / "stories.parquet"
+    write_parquet(rows_to_table(stories, "stories", validate=False), table, "stories")
+    flags = [
+        f"--stories={table}",
+        f"--render_output={tmp_path / 'out'}",
+        f"--render_model={model_dir}",
+        "--render_frames_per_call=5",
+        "--render_steps=1",
+        "--render_guidance=1.0",
+        "--render_micro_batch=4",
+    ]
+    summary = run(flags)
+    results = {r["story_id"]: r for r in summary.results}
+    assert results["broken"]["status"] == "failed"
+    assert "overlaps" in results["broken"]["error"]
+    for sid, seconds in (("a/one", 2.0), ("two", 1.5)):
+        r = results[sid]
+        assert r["status"] == "ok", r
+        assert r["frames"] == int(seconds * 8) and r["seconds"] == pytest.approx(seconds)
+        assert r["model_calls"] >= 1 and r["wall_time_s"] > 0
+        assert r["path"].endswith(video_name(sid, "mp4"))
+        with av.open(r["path"]) as container:
+            decoded = sum(1 for _ in container.decode(video=0))
+        assert decoded == r["frames"]
+    failures = read_parquet(tmp_path / "out" / "failures", "failures").to_pylist()
+    assert [(f["input_id"], f["stage"]) for f in failures] == [("broken", "render")]
+
+    # a rerun skips what is rendered and retries what failed
+    again = run(flags)
+    assert {r["story_id"]: r["status"] for r in again.results} == {
+        "a/one": "skipped",
+        "two": "skipped",
+        "broken": "failed",
+    }
+    assert pq.read_table(tmp_path / "out" / "results").num_rows == 3
