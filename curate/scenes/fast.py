@@ -23,7 +23,9 @@ with the frame size or the chunking):
   is large. Motion and cuts give ``e_k / D_k`` of about 0.5 (the middle frame matches one end,
   not their mean). Frames where ``e_k <= dissolve_linearity * D_k`` and
   ``D_k >= dissolve_threshold`` for some ``k`` are grouped; a group becomes a dissolve whose
-  new scene starts at the group's centre.
+  new scene starts at the group's centre, provided the window across it changes
+  ``dissolve_contrast`` times more than the windows just before and after it: a smooth pan over
+  smooth content is linear too, but it changes at the same rate all along.
 
 A cut within a detected gradual transition is dropped (a short dissolve can look like a
 spike at its edge).
@@ -131,7 +133,10 @@ class FastDetector(Detector):
     * ``dissolve_threshold``: least change across a dissolve window (0-255).
     * ``dissolve_linearity``: largest residual / change ratio of a dissolve window.
     * ``windows``: half-widths of the dissolve windows, frames.
-    * ``min_dissolve_frames``: fewest linear window centres a dissolve needs.
+    * ``min_dissolve_frames`` / ``max_dissolve_frames``: the range of linear window centres
+      a dissolve spans.
+    * ``dissolve_contrast``: how many times more a dissolve's window must change than the
+      windows of the same length before and after it (smooth camera motion changes alike).
     * ``gradual``: look for fades and dissolves at all.
     """
 
@@ -148,6 +153,8 @@ class FastDetector(Detector):
         dissolve_linearity: float = 0.2,
         windows: tuple[int, ...] = DEFAULT_WINDOWS,
         min_dissolve_frames: int = 3,
+        max_dissolve_frames: int = 90,
+        dissolve_contrast: float = 2.0,
         gradual: bool = True,
     ) -> None:
         for name, v in (
@@ -166,6 +173,13 @@ class FastDetector(Detector):
             raise ValueError(f"windows must be positive frame counts, got {windows!r}")
         if min_dissolve_frames < 1:
             raise ValueError(f"min_dissolve_frames must be >= 1, got {min_dissolve_frames!r}")
+        if max_dissolve_frames < min_dissolve_frames:
+            raise ValueError(
+                f"max_dissolve_frames must be >= min_dissolve_frames ({min_dissolve_frames}), "
+                f"got {max_dissolve_frames!r}"
+            )
+        if not dissolve_contrast > 0:
+            raise ValueError(f"dissolve_contrast must be > 0, got {dissolve_contrast!r}")
         self.cut_threshold = float(cut_threshold)
         self.cut_ratio = float(cut_ratio)
         self.window = int(window)
@@ -174,6 +188,8 @@ class FastDetector(Detector):
         self.dissolve_linearity = float(dissolve_linearity)
         self.windows = np.asarray(sorted({int(k) for k in windows}), dtype=np.int64)
         self.min_dissolve_frames = int(min_dissolve_frames)
+        self.max_dissolve_frames = int(max_dissolve_frames)
+        self.dissolve_contrast = float(dissolve_contrast)
         self.gradual = bool(gradual)
         self._tail: np.ndarray | None = None
         self._indices: list[np.ndarray] = []
@@ -318,12 +334,36 @@ class FastDetector(Detector):
                     gap += 1
                 t += 1
             b = last + 1  # window centres [a, b)
-            if b - a < self.min_dissolve_frames:
+            if not self.min_dissolve_frames <= b - a <= self.max_dissolve_frames:
                 continue
             # linear windows sit symmetrically around the dissolve's middle
             centre = (a + b) // 2
+            contrast = self._contrast(dd, centre)
+            if contrast < self.dissolve_contrast:
+                continue  # as much change before and after: smooth motion, not a dissolve
             out.append((centre, "dissolve", float(strength[a:b].max()), max(0, a - 1), b + 1))
         return out
+
+    def _contrast(self, dd: np.ndarray, centre: int) -> float:
+        """How much more the window across ``centre`` changes than the windows of the same
+        length just before and just after it (best over the window sizes).
+
+        A smooth pan or zoom changes frames at a steady rate, so every window changes alike
+        (about 1); a dissolve joins two scenes that each change little on their own.
+        """
+        n = dd.shape[1]
+        best = 0.0
+        for ki, k in enumerate(self.windows.tolist()):
+            here = dd[ki, centre]
+            around = [dd[ki, c] for c in (centre - 2 * k, centre + 2 * k) if 0 <= c < n]
+            around = [v for v in around if np.isfinite(v)]
+            if not np.isfinite(here):
+                continue
+            if not around:
+                return float("inf")  # nothing to compare with (a very short video)
+            # a floor of codec noise, so static scenes do not divide by ~0
+            best = max(best, here / max(max(around), 1.0))
+        return best
 
 
 def _drop_overlaps(gradual: list) -> list:

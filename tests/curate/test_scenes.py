@@ -177,6 +177,46 @@ def test_moving_shapes_alone_make_one_scene(tmp_path):
         assert len(scenes) == 1, (name, scenes)
 
 
+def _smooth_texture(seed: int, w: int, h: int) -> np.ndarray:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (5, 9, 3)).astype(np.uint8)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def test_smooth_camera_pan_is_not_a_dissolve(tmp_path):
+    """Panning over smooth content is linear in time, like a dissolve, but it changes at the
+    same rate all along; no boundary may come of it."""
+    from curate.synth import write_video
+
+    tex = _smooth_texture(1, 640, 96)
+    frames = [tex[:, 2 * i : 2 * i + 160] for i in range(200)]
+    path = tmp_path / "pan.mp4"
+    write_video(path, frames, fps=25)
+    info, (found,) = detect_boundaries(path, [make_detector("fast")])
+    assert found == []
+
+
+def test_dissolve_between_textured_scenes(tmp_path):
+    from curate.synth import write_video
+
+    a, b = _smooth_texture(2, 160, 96), _smooth_texture(3, 160, 96)
+    length, start = 12, 60
+    frames = [a] * start
+    for i in range(length):
+        w = (i + 1) / (length + 1)
+        frames.append(np.clip(a * (1 - w) + b * w + 0.5, 0, 255).astype(np.uint8))
+    frames += [b] * 60
+    path = tmp_path / "dissolve.mp4"
+    write_video(path, frames, fps=25)
+    _, (found,) = detect_boundaries(path, [make_detector("fast")])
+    assert [x.kind for x in found] == ["dissolve"]
+    lo, hi = found[0].span
+    assert lo < start + length and start < hi
+    assert abs(found[0].frame - (start + length // 2)) <= 2
+
+
 def test_variable_frame_rate_scene_times_use_frame_timestamps(tmp_path):
     import av
 
