@@ -372,6 +372,22 @@ def _pipeline_options(argv: Sequence[str]) -> PipelineOptions:
     return options
 
 
+def _corpus_phase_options(options: PipelineOptions, argv: Sequence[str]) -> PipelineOptions:
+    """The corpus phase decodes nothing: on the local runner, one in-process worker does it
+    faster than starting worker processes."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = str(options.view_as(StandardOptions).runner or "")
+    if not runner.endswith("FnApiRunner"):
+        return options
+    if options.view_as(DirectOptions).direct_num_workers <= 1:
+        return options
+    flags = [a for a in argv if not a.startswith(("--direct_num_workers", "--direct_running_mode"))]
+    if not any(a.startswith("--runner") for a in flags):
+        flags = [f"--runner={runner}", *flags]
+    return PipelineOptions([*flags, "--direct_num_workers=1", "--direct_running_mode=in_memory"])
+
+
 def _metrics(result: Any) -> dict[str, Any]:
     """Per-stage counters and timers of a finished run (runners without metrics give {})."""
     try:
@@ -445,7 +461,7 @@ def run(
 
     done_now = shards.done_set(out) & keep
     start = time.perf_counter()
-    p2 = beam.Pipeline(options=options)
+    p2 = beam.Pipeline(options=_corpus_phase_options(options, argv))
     config = {
         **work_config,
         "input": str(opts.input),
