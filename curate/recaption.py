@@ -247,8 +247,10 @@ class Recaptioner(Step[Any, dict]):
        prefers (``"best"``); a bank or captioner prompt scoring under ``min_score`` is not
        used.
 
-    A scene left without a prompt stays out of the story (a gap). Consecutive scenes with the
-    same prompt merge into one segment.
+    With ``complete_truncated``, a last fragment that the bank holds longer versions of
+    (a caption cut off mid-word) is completed by the best of them. A scene left without a
+    prompt stays out of the story (a gap). Consecutive scenes with the same prompt merge into
+    one segment.
     """
 
     stage = "recaption"
@@ -264,6 +266,7 @@ class Recaptioner(Step[Any, dict]):
         align_threshold: float | None = None,
         min_score: float | None = None,
         merge: bool = True,
+        complete_truncated: bool = True,
         device: str = "cpu",
     ) -> None:
         check_choice("fallback", fallback, FALLBACKS)
@@ -277,6 +280,7 @@ class Recaptioner(Step[Any, dict]):
         self.align_threshold = align_threshold
         self.min_score = min_score
         self.merge = bool(merge)
+        self.complete_truncated = bool(complete_truncated)
         self.device = device
         self._scorer = scorer
         self._own_scorer = scorer is None
@@ -363,6 +367,10 @@ class Recaptioner(Step[Any, dict]):
                     continue
                 r["recaption"], r["recaption_source"] = fragments[f], source
                 r["recaption_score"] = float(s)
+            if self.complete_truncated:
+                self._complete_last_fragment(
+                    rows, emb, assignment, fragments[-1], len(fragments) - 1
+                )
 
         # 2. bank and/or captioner for the rest
         todo = [i for i, r in enumerate(rows) if r["recaption"] is None]
@@ -370,6 +378,30 @@ class Recaptioner(Step[Any, dict]):
             self._fill(rows, todo, emb)
         story = self._story(rows, video_id)
         return rows, story
+
+    def _complete_last_fragment(
+        self, rows: list[dict], emb: np.ndarray, assignment: list[int], last: str, last_index: int
+    ) -> None:
+        """A caption cut off mid-sentence ("a red circle moving ri") leaves its last fragment
+        unfinished. Where the bank holds prompts that start with that fragment, the scenes
+        aligned to it take the best-scoring of them: the bank completes the source, it does
+        not overrule it."""
+        if self._bank is None or not len(self._bank):
+            return
+        head = normalize_caption(last).lower()
+        matches = [
+            p for p in self._bank.prompts if p.lower().startswith(head) and len(p) > len(head)
+        ]
+        if not matches:
+            return
+        memb = self._scorer.embed_texts(matches)
+        for i, (r, f) in enumerate(zip(rows, assignment)):
+            if f != last_index or r.get("recaption") != last:
+                continue
+            sims = memb @ emb[i]
+            j = int(np.argmax(sims))
+            r["recaption"], r["recaption_source"] = matches[j], "prompt_bank"
+            r["recaption_score"] = float(sims[j])
 
     @staticmethod
     def _caption_usable(r: Mapping[str, Any]) -> bool:

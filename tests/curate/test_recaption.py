@@ -440,3 +440,20 @@ def test_functional_entry_merges_extras_and_caches_the_model(tmp_path):
     assert story is None and rows[0]["recaption"] is None
     assert len(rc._CACHED) == n_cached
     assert rc.recaption_video(video, [], []) == ([], None)
+
+
+def test_truncated_last_fragment_is_completed_from_the_bank():
+    cap = "a red circle on navy, then a blue square on bei"
+    clips = [
+        scene(0, "red circle", 0, 40, caption=cap),
+        scene(1, "blue square", 40, 80, caption=cap),
+    ]
+    bank = ["a blue square on beige", "a blue square on black", "a green star on beige"]
+    with Recaptioner(scorer=StubScorer(), prompt_bank=bank) as step:
+        rows, _ = step.recaption_video(clips)
+    assert rows[0]["recaption"] == "a red circle on navy"
+    assert rows[1]["recaption"] in ("a blue square on beige", "a blue square on black")
+    assert rows[1]["recaption_source"] == "prompt_bank"
+    with Recaptioner(scorer=StubScorer(), prompt_bank=bank, complete_truncated=False) as step:
+        rows, _ = step.recaption_video(clips)
+    assert rows[1]["recaption"] == "a blue square on bei"
