@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .clip_score import SCORING_FILE
-from .clip_train import TrainSettings, evaluate_shapes_clip, train_shapes_clip
+from .clip_train import TRAIN_RENDER_SIZES, TrainSettings, evaluate_shapes_clip, train_shapes_clip
 
 logger = logging.getLogger("curate.train_clip")
 
@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 def model_card(report: dict, metrics: dict) -> str:
     s = report["settings"]
     pct = {k: f"{100 * v:.1f} %" for k, v in metrics.items() if k.endswith("_acc")}
+    scale = s["image_size"] / 64
+    sizes = ", ".join(
+        f"{round(w * scale / 2) * 2}×{round(h * scale / 2) * 2}" for w, h in TRAIN_RENDER_SIZES
+    )
     budget = ""
     if s.get("time_budget_s"):
         budget = (
@@ -113,14 +117,14 @@ resizes to exact height and width so a shape near the edge of a 16:9 frame is ne
 
 - {s["scenes"]:,} random scenes (seed {s["seed"]}; `synth.random_facts`, the corpus' colour /
   background contrast rule), rendered at small sizes of the corpus' aspect ratios
-  ({", ".join(f"{w}×{h}" for w, h in ((142, 80), (128, 72), (96, 72), (160, 90)))}) with the
+  ({sizes}) with the
   renderer's background texture and sensor noise; {s["frames_per_scene"]} random frames per
   scene: {report["train_frames"]:,} frames.
 - Captions: the grammar's caption of the scene (10 % of them cut after the shape word, as a
   truncated caption that still names the shape). A single frame cannot show motion, so
   captions that differ only in motion count as positives of each other.
 - Negatives: the other captions of the batch, {s["hard_negatives"]} hard negative(s) per frame
-  that change exactly one of colour, shape or background, and generic stock-footage phrases.
+  that change exactly one slot (the first always the shape, others the colour or background), and generic stock-footage phrases.
   The corpus generator's own boilerplate and foreign-language noise captions are *not* used.
 - Batch {s["batch_size"]}, AdamW (peak lr {s["lr"]}, weight decay {s["weight_decay"]}, linear
   warm-up then cosine decay), at most {s["epochs"]} epochs{budget}: {report["steps"]} steps
