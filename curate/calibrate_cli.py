@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
         "--percentile",
         type=float,
         default=None,
-        help="drop the lowest PERCENTILE %% of scored clips (default 20 unless --threshold)",
+        help="drop the lowest PERCENTILE %% of scored clips (default: the model folder's "
+        "recommended threshold (scoring.json) if it has one, else percentile 20)",
     )
     cut.add_argument("--threshold", type=float, default=None, help="an absolute cosine cut-off")
     p.add_argument(
@@ -121,9 +122,15 @@ def run(args: argparse.Namespace) -> int:
     from .errors import CurateError
     from .filtering import calibrate, summarize, text_histogram
 
-    percentile = args.percentile
-    if percentile is None and args.threshold is None:
-        percentile = 20.0
+    percentile, threshold = args.percentile, args.threshold
+    if percentile is None and threshold is None:
+        # the cut measured for the model where its folder records one, else a percentile
+        from .clip_score import recommended_threshold
+
+        model_dir = Path(args.model) if args.model else DEFAULT_MODEL
+        threshold = recommended_threshold(model_dir) if model_dir.is_dir() else None
+        if threshold is None:
+            percentile = 20.0
     path: Path = args.input
     if not path.exists():
         print(f"error: {path}: no such file or folder", file=sys.stderr)
@@ -193,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        cal = calibrate(scores, threshold=args.threshold, percentile=percentile)
+        cal = calibrate(scores, threshold=threshold, percentile=percentile)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -172,3 +172,32 @@ def test_planted_duplicates_are_found_without_false_alarms(shapes_corpus, scored
         (len(g) - 1) * len(shapes_corpus.by_id(g[0]).scenes) for g in shapes_corpus.duplicate_groups
     )
     assert len(flagged) >= 0.9 * expected
+
+
+@pytest.mark.slow
+def test_calibrate_command_on_the_corpus_manifest(shapes_corpus, tmp_path, capsys):
+    from curate.cli import main
+
+    out = tmp_path / "cal.json"
+    threshold = recommended_threshold(DEFAULT_MODEL)
+    manifest = shapes_corpus.root / "manifest.jsonl"
+    rc = main(
+        [
+            "calibrate",
+            str(manifest),
+            "--threshold",
+            str(threshold),
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "<- cut" in printed and "threshold" in printed
+    payload = json.loads(out.read_text())
+    noise_videos = {v.video_id for v in shapes_corpus if v.caption_noise in NOISE}
+    for clip_id, score in payload["scores"].items():
+        vid = clip_id.rsplit(":", 1)[0]
+        if vid in noise_videos and score is not None:
+            assert score < threshold, clip_id
