@@ -72,6 +72,8 @@ class TrainConfig:
     workers: int = 6
     text_encoder: str | None = "models/shapes-clip"
     text_width: int = 64
+    #: continue from a model folder this script wrote (its UNet, text encoder and tokenizer)
+    init: str | None = None
     max_minutes: float | None = None
     eval_stories: int = 24
     eval_steps: int = 25
@@ -219,8 +221,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     torch.manual_seed(config.seed)
     captions = all_captions()
-    tokenizer, text_encoder, text_trainable = load_or_build_text(config, captions)
-    unet = build_unet(config, text_encoder.config.hidden_size)
+    if config.init:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        from storygen.models import MaskedUNet3D
+
+        init = Path(config.init)
+        previous = json.loads((init / "training.json").read_text())
+        tokenizer = CLIPTokenizer.from_pretrained(str(init / "tokenizer"))
+        text_encoder = CLIPTextModel.from_pretrained(str(init / "text_encoder"))
+        text_trainable = bool(previous.get("text_encoder_trained", True))
+        unet = MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32)
+        logger.info("continuing from %s (%s steps done)", init, previous.get("steps_done"))
+    else:
+        previous = {}
+        tokenizer, text_encoder, text_trainable = load_or_build_text(config, captions)
+        unet = build_unet(config, text_encoder.config.hidden_size)
     unet.to(device).train()
     text_encoder.to(device).train(text_trainable)
     text_encoder.requires_grad_(text_trainable)
@@ -324,8 +340,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "unet_parameters": n_params,
         "text_encoder_parameters": sum(p.numel() for p in ema_text.parameters()),
         "text_encoder_trained": text_trainable,
-        "steps_done": step,
-        "train_time_s": train_time,
+        "steps_done": step + int(previous.get("steps_done", 0)),
+        "train_time_s": train_time + float(previous.get("train_time_s", 0.0)),
+        "runs": [
+            *previous.get(
+                "runs",
+                [{"steps": previous["steps_done"], "time_s": previous["train_time_s"]}]
+                if previous
+                else [],
+            ),
+            {"steps": step, "time_s": train_time},
+        ],
         "final_loss": float(np.mean(losses[-100:])) if losses else None,
         "history": history,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -439,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name)
         )
     parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--init", default=None, help="continue from this model folder")
     parser.add_argument(
         "--text-encoder",
         default=defaults.text_encoder,

@@ -1,0 +1,278 @@
+"""Hierarchical (diffusion over diffusion) vs autoregressive generation: speed and consistency.
+
+For each length (default 16, 226 and 3376 frames, L = 16 frames per call) both modes render
+the same per-frame prompts with the same model; the table gives model calls, sequential
+rounds, batched UNet passes, wall time, peak memory and two temporal-consistency numbers
+(mean absolute difference of consecutive frames, as VBench's flicker measures it, and the
+seam ratio: the mean frame difference at frames adjacent to a given (known) frame, divided by
+the mean elsewhere; 1.0 means seams are invisible in this statistic).
+
+    python benchmarks/storygen_speed.py                       # CPU, random micro model, 2 steps
+    python benchmarks/storygen_speed.py --model models/shapes-storygen --lengths 16,226
+    python benchmarks/storygen_speed.py --device cuda --preset modelscope --steps 5 \\
+        --out benchmarks/results/storygen_speed_gpu.json     # ModelScope-size UNet, bf16
+
+With random weights the consistency numbers only show that the machinery runs; speed numbers
+are what this measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from storygen.pipeline import StoryVideoPipeline  # noqa: E402
+from storygen.presets import build_components  # noqa: E402
+
+PROMPTS = [
+    "a red circle moving right on a navy background",
+    "a yellow star growing on a black background",
+    "a white square moving down on a brown background",
+    "a cyan ring shrinking on a gray background",
+]
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.proc.memory_info().rss
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def story_prompts(n: int) -> list[str]:
+    """Four scenes of equal length."""
+    return [PROMPTS[min(i * len(PROMPTS) // n, len(PROMPTS) - 1)] for i in range(n)]
+
+
+def consistency(frames: np.ndarray, plan: Any) -> dict[str, float]:
+    x = frames.astype(np.float32)
+    diffs = np.abs(x[1:] - x[:-1]).mean(axis=(1, 2, 3))  # diffs[i]: frame i -> i + 1
+    if len(diffs) == 0:
+        return {"flicker": 0.0, "seam_ratio": 1.0}
+    known = {f for call in plan.calls for f, k in zip(call.frames, call.known) if k}
+    seam = np.zeros(len(diffs), bool)
+    for f in known:
+        for i in (f - 1, f):
+            if 0 <= i < len(diffs):
+                seam[i] = True
+    ratio = (
+        float(diffs[seam].mean() / max(diffs[~seam].mean(), 1e-9))
+        if seam.any() and (~seam).any()
+        else 1.0
+    )
+    return {"flicker": float(diffs.mean()), "seam_ratio": ratio}
+
+
+def load(args: argparse.Namespace) -> tuple[StoryVideoPipeline, str]:
+    device = torch.device(args.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        args.dtype
+    ]
+    if args.model:
+        from storygen.training_free import load_pipeline
+
+        pipe = load_pipeline(args.model, torch_dtype=dtype)
+        name = str(args.model)
+    else:
+        with device:  # initialise the weights where they will live: 1.4 B parameters
+            parts = build_components(args.preset, mode=args.mode, texts=PROMPTS, seed=0)
+        parts["unet"].to(dtype)
+        if parts["vae"] is not None:
+            parts["vae"].to(dtype)
+        pipe = StoryVideoPipeline(**parts)
+        name = f"random {args.preset} ({args.mode})"
+    pipe.to(device)
+    return pipe, name
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_grad_enabled(False)
+    pipe, name = load(args)
+    n_params = sum(p.numel() for p in pipe.unet.parameters())
+    lengths = [int(v) for v in args.lengths.split(",")]
+    rows = []
+    # warm-up: kernels, allocator, lazy imports
+    pipe(
+        story_prompts(args.frames_per_call),
+        args.frames_per_call,
+        frames_per_call=args.frames_per_call,
+        num_inference_steps=1,
+        guidance_scale=args.guidance,
+        generator=0,
+        output_type=None,
+        progress=False,
+    )
+    for n in lengths:
+        for mode in ("hierarchical", "autoregressive"):
+            if mode in args.skip:
+                continue
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            with PeakRSS() as rss:
+                t0 = time.perf_counter()
+                out = pipe(
+                    story_prompts(n),
+                    n,
+                    frames_per_call=args.frames_per_call,
+                    policy="autoregressive" if mode == "autoregressive" else "stretch",
+                    overlap=args.overlap,
+                    num_inference_steps=args.steps,
+                    guidance_scale=args.guidance,
+                    generator=args.seed,
+                    micro_batch=args.micro_batch,
+                    output_type="np",
+                    progress=args.progress,
+                )
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                wall = time.perf_counter() - t0
+            row = {
+                "frames": n,
+                "mode": mode,
+                "model_calls": out.plan.model_calls,
+                "rounds": out.plan.rounds,
+                "unet_passes": out.stats.unet_forwards,
+                "wall_time_s": wall,
+                "s_per_frame": wall / n,
+                "peak_rss_bytes": rss.peak,
+                "peak_cuda_bytes": (
+                    torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
+                ),
+                **consistency(out.frames, out.plan),
+            }
+            rows.append(row)
+            print(
+                f"  {n:>5} frames  {mode:<14} {row['model_calls']:>4} calls "
+                f"{row['rounds']:>4} rounds  {wall:8.1f} s",
+                flush=True,
+            )
+            del out
+    ratios = {}
+    for n in lengths:
+        by_mode = {r["mode"]: r for r in rows if r["frames"] == n}
+        if len(by_mode) == 2:
+            h, a = by_mode["hierarchical"], by_mode["autoregressive"]
+            ratios[str(n)] = {
+                "wall_time_autoregressive_over_hierarchical": a["wall_time_s"] / h["wall_time_s"],
+                "rounds_autoregressive_over_hierarchical": a["rounds"] / h["rounds"],
+                "calls_autoregressive_over_hierarchical": a["model_calls"] / h["model_calls"],
+            }
+    return {
+        "model": name,
+        "unet_parameters": n_params,
+        "device": (
+            torch.cuda.get_device_name(args.device)
+            if args.device.startswith("cuda")
+            else f"cpu ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads)"
+        ),
+        "dtype": args.dtype,
+        "height_width": list(pipe.default_size()),
+        "frames_per_call": args.frames_per_call,
+        "overlap": args.overlap,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "micro_batch": args.micro_batch,
+        "torch": torch.__version__,
+        "rows": rows,
+        "ratios": ratios,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(
+        f"\n{result['model']} ({result['unet_parameters'] / 1e6:.2f} M UNet parameters) on "
+        f"{result['device']}, {result['dtype']}, {result['height_width'][0]} px, "
+        f"L={result['frames_per_call']}, {result['steps']} steps, "
+        f"guidance {result['guidance_scale']}, micro-batch {result['micro_batch']}"
+    )
+    head = (
+        f"{'frames':>6} {'mode':<14} {'calls':>6} {'rounds':>6} {'passes':>7} "
+        f"{'wall s':>9} {'ms/frame':>9} {'peak mem':>10} {'flicker':>8} {'seam':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in result["rows"]:
+        mem = r["peak_cuda_bytes"] if r["peak_cuda_bytes"] is not None else r["peak_rss_bytes"]
+        print(
+            f"{r['frames']:>6} {r['mode']:<14} {r['model_calls']:>6} {r['rounds']:>6} "
+            f"{r['unet_passes']:>7} {r['wall_time_s']:>9.2f} {1000 * r['s_per_frame']:>9.1f} "
+            f"{mem / 2**20:>8.0f}MB {r['flicker']:>8.2f} {r['seam_ratio']:>6.2f}"
+        )
+    for n, q in result["ratios"].items():
+        print(
+            f"{n:>6} frames: autoregressive / hierarchical = "
+            f"{q['wall_time_autoregressive_over_hierarchical']:.2f}x wall time, "
+            f"{q['rounds_autoregressive_over_hierarchical']:.1f}x sequential rounds, "
+            f"{q['calls_autoregressive_over_hierarchical']:.2f}x model calls"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lengths", default="16,226,3376")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", default="micro", help="random model size (storygen.presets)")
+    p.add_argument("--mode", choices=("masked", "t2v"), default="masked")
+    p.add_argument("--model", default=None, help="a model folder instead of a random preset")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    p.add_argument("--frames-per-call", type=int, default=16)
+    p.add_argument("--overlap", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None, help="default 2 on CPU, 10 on GPU")
+    p.add_argument("--guidance", type=float, default=None, help="default 1 on CPU, 7.5 on GPU")
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip", default="", help="modes to skip, comma separated")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--out", default=None, help="default benchmarks/results/storygen_speed.json")
+    args = p.parse_args(argv)
+    gpu = args.device.startswith("cuda")
+    args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
+    args.steps = args.steps or (10 if gpu else 2)
+    args.guidance = args.guidance if args.guidance is not None else (7.5 if gpu else 1.0)
+    args.skip = {s for s in args.skip.split(",") if s}
+    logging.basicConfig(level=logging.WARNING)
+    result = run(args)
+    print_table(result)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / "storygen_speed.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
