@@ -3,8 +3,8 @@
 The public API, re-exported here: story scripts (:mod:`storygen.script`), the hierarchical
 plan (:mod:`storygen.plan`), the models (:mod:`storygen.models`), the pipeline
 (:mod:`storygen.pipeline`), the training-free mode (:mod:`storygen.training_free`), the
-autoregressive baseline (:mod:`storygen.autoregressive`) and video export
-(:mod:`storygen.export`). Heavy modules load on first use, so ``import storygen`` stays cheap
+autoregressive baseline (:mod:`storygen.autoregressive`), video export (:mod:`storygen.export`) and training
+(:mod:`storygen.train`). Heavy modules load on first use, so ``import storygen`` stays cheap
 and a module that fails to import does not take the others down.
 """
 
@@ -30,11 +30,17 @@ _EXPORTS = {
         "GenerationStats",
         "CallResult",
     ),
-    "storygen.training_free": ("TrainingFreeStoryPipeline", "load_pipeline", "renoise"),
+    "storygen.training_free": (
+        "TrainingFreeStoryPipeline",
+        "load_pipeline",
+        "make_scheduler",
+        "renoise",
+    ),
     "storygen.autoregressive": ("AutoregressiveStoryPipeline", "generate_autoregressive"),
     "storygen.text": ("build_tiny_tokenizer", "build_tiny_text_encoder", "PromptCache"),
     "storygen.presets": ("PRESETS", "build_components", "new_model"),
-    "storygen.export": ("VideoWriter", "preview_sheet"),
+    "storygen.export": ("VideoWriter", "export_video", "plan_sheet", "preview_sheet"),
+    "storygen.train": ("TrainConfig", "train", "evaluate"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

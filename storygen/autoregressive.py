@@ -15,6 +15,15 @@ from typing import Any
 from storygen.pipeline import AUTOREGRESSIVE, StoryVideoOutput, StoryVideoPipeline
 
 
+def _baseline_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    for name in ("depth", "policy"):
+        if kwargs.get(name) not in (None, AUTOREGRESSIVE):
+            raise ValueError(
+                f"{name}={kwargs[name]!r} does not apply to the autoregressive baseline"
+            )
+    return {k: v for k, v in kwargs.items() if k not in ("depth", "policy")}
+
+
 def generate_autoregressive(
     pipe: StoryVideoPipeline,
     prompt: Any,
@@ -27,13 +36,10 @@ def generate_autoregressive(
 
     Takes :meth:`StoryVideoPipeline.__call__`'s arguments (``depth`` and ``policy`` aside).
     """
-    for name in ("depth", "policy"):
-        if kwargs.get(name) not in (None, AUTOREGRESSIVE):
-            raise ValueError(
-                f"{name}={kwargs[name]!r} does not apply to the autoregressive baseline"
-            )
-        kwargs.pop(name, None)
-    return pipe(prompt, num_frames, policy=AUTOREGRESSIVE, overlap=overlap, **kwargs)
+    kwargs = _baseline_kwargs(kwargs)
+    return StoryVideoPipeline.__call__(
+        pipe, prompt, num_frames, policy=AUTOREGRESSIVE, overlap=overlap, **kwargs
+    )
 
 
 class AutoregressiveStoryPipeline(StoryVideoPipeline):
@@ -42,12 +48,7 @@ class AutoregressiveStoryPipeline(StoryVideoPipeline):
     def __call__(  # type: ignore[override]
         self, prompt: Any, num_frames: int | None = None, *, overlap: int = 1, **kwargs: Any
     ) -> StoryVideoOutput:
-        for name in ("depth", "policy"):
-            if kwargs.get(name) not in (None, AUTOREGRESSIVE):
-                raise ValueError(
-                    f"{name}={kwargs[name]!r} does not apply to the autoregressive baseline"
-                )
-            kwargs.pop(name, None)
+        kwargs = _baseline_kwargs(kwargs)
         return super().__call__(
             prompt, num_frames, policy=AUTOREGRESSIVE, overlap=overlap, **kwargs
         )

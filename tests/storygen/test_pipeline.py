@@ -210,9 +210,9 @@ def test_latent_space_model_end_to_end(tmp_path):
     latents = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN).frames
     assert latents.shape == (17, 4, 16, 16)
     decoded = pipe.decode_frames(latents[:3])
-    np.testing.assert_array_equal(
-        out.frames[:3], ((decoded + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    )
+    expected = ((decoded + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    # the VAE decodes 16 frames per batch there and 3 here: rounding may differ by one level
+    assert np.abs(out.frames[:3].astype(int) - expected).max() <= 1
 
 
 def test_local_unet_serves_the_local_levels(model_dir):
