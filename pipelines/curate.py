@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -124,9 +125,20 @@ def default_components(opts: CurateOptions) -> Components:
             "model": resolve_model_path(opts.model),
             "device": opts.device,
             "batch_size": opts.clip_batch_size,
+            # several local workers share the cores: one torch thread pool each, not all cores
+            "num_threads": _threads_per_worker(opts),
         },
         corpus=CorpusSteps(model=resolve_model_path(opts.model)),
     )
+
+
+def _threads_per_worker(opts: CurateOptions) -> int | None:
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    workers = opts.view_as(DirectOptions).direct_num_workers or 1
+    if workers <= 1 or opts.device != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -232,7 +244,9 @@ def build_finalize_pipeline(
     files = shards.work_files(out)
     done = len(shards.done_set(out) & keep)
     n_shards = shards.shard_count(max(done, 1), rows_per_shard=opts.videos_per_shard)
-    exact = shards.count_work_clips(out) <= opts.dedup_exact_limit
+    n_clips = shards.count_work_clips(out)
+    exact = n_clips <= opts.dedup_exact_limit
+    clusters = max(2, int(math.sqrt(n_clips)))  # ~sqrt(n) groups, as faiss guidance has it
     shards.begin_publish(out)
 
     records = p | "ReadWork" >> ReadWork([str(f) for f in files], keep=keep)
@@ -251,7 +265,7 @@ def build_finalize_pipeline(
 
     kept = filtered | "KeptSignatures" >> beam.FlatMap(kept_rows)
     dups = kept | "FindDuplicates" >> FindDuplicates(
-        steps, threshold=opts.dedup_threshold, exact=exact
+        steps, threshold=opts.dedup_threshold, exact=exact, clusters=clusters
     )
 
     def final_clips(record: dict, dup_of: dict[str, str]) -> list[dict]:

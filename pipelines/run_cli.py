@@ -182,6 +182,10 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"curate run: {exc}", file=sys.stderr)
         return 2
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Beam's own INFO lines (type hints, state caches, batch statistics) drown the progress
+        for name in ("apache_beam", "distributed", "curate.text"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     cluster = None
     flags = beam_argv(args)
     runner = args.runner

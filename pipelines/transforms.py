@@ -76,7 +76,8 @@ class ReadManifest(beam.PTransform):
         self.videos = [dict(v) for v in videos if v["video_id"] not in skip]
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return pbegin | "Videos" >> beam.Create(self.videos, reshuffle=False)
+        # reshuffled, so that a multi-worker runner can split the videos between workers
+        return pbegin | "Videos" >> beam.Create(self.videos, reshuffle=True)
 
 
 # --- probe and split, isolated -----------------------------------------------------------------

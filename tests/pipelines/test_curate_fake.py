@@ -275,3 +275,16 @@ def test_changed_per_video_settings_refuse_to_mix(tmp_path):
             components=fake_components(),
             progress=False,
         )
+
+
+def test_centroid_dedup_finds_the_exact_duplicates(tmp_path):
+    manifest = write_fake_corpus(tmp_path / "in", GOOD)
+    out = tmp_path / "out"
+    summary = run(
+        _flags(manifest, out, "--dedup_exact_limit=1"),
+        components=fake_components(),
+        progress=False,
+    )
+    assert summary.counts["dedup_exact"] == 0  # the centroid path ran
+    dups = {c["clip_id"]: c["duplicate_of"] for c in _rows(out, "clips") if c["duplicate_of"]}
+    assert dups == {f"cat2-{i:03d}": f"cat-{i:03d}" for i in range(3)}
