@@ -18,6 +18,13 @@ one-line reason:
 ``AbsurdSize``        the declared frame size is beyond ``max_side`` / ``max_pixels``
 ==================  ===============================================================
 
+Detection decodes at a reduced size through decord's own ``width`` / ``height`` arguments. The
+decoding itself is no faster, but the colour conversion and the copy out are: on shapes-world
+files (2 shared CPUs, loaded) reading 128 px wide RGB frames ran at 113-122 frames/s at 720p
+and 355-367 at 360p, against 44-67 and 186-189 for full-size frames and 73 and 235 for
+OpenCV's full-size read plus ``cv2.resize``. ``get_batch`` over 16-64 contiguous frames and
+frame-by-frame ``next()`` are within noise of each other.
+
 Frame times are exact: for a constant frame rate ``t(i) = i / rate`` with the rate as a
 fraction (30000/1001 for 29.97); for a variable frame rate they come from the per-frame
 timestamps (decord's ``get_frame_timestamp``, snapped to the stream's time base).
