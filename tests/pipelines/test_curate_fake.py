@@ -219,6 +219,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_rows(tmp_path):
     assert resumed.invariant_ok
 
 
+@pytest.mark.slow
 def test_overwrite_redoes_everything(tmp_path):
     manifest = write_fake_corpus(tmp_path / "in", dict(list(GOOD.items())[:2]))
     out = tmp_path / "out"
@@ -265,6 +266,7 @@ def test_unwritable_output_fails_before_any_work(tmp_path):
         run(_flags(manifest, blocker / "out"), components=fake_components(), progress=False)
 
 
+@pytest.mark.slow
 def test_changed_per_video_settings_refuse_to_mix(tmp_path):
     manifest = write_fake_corpus(tmp_path / "in", dict(list(GOOD.items())[:1]))
     out = tmp_path / "out"
@@ -277,6 +279,7 @@ def test_changed_per_video_settings_refuse_to_mix(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_centroid_dedup_finds_the_exact_duplicates(tmp_path):
     manifest = write_fake_corpus(tmp_path / "in", GOOD)
     out = tmp_path / "out"

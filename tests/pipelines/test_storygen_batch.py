@@ -43,6 +43,7 @@ def model_dir(tmp_path_factory):
     )
 
 
+@pytest.mark.slow  # builds and runs a diffusion model: ~20 s on 2 cores
 def test_every_story_rendered_or_failed(tmp_path, model_dir):
     import av
 
