@@ -775,21 +775,20 @@ class _PlanRunner:
         return samples.float().cpu(), forwards
 
     def batches(self, level: int, todo: list[tuple[int, Call]]) -> list[_Batch]:
-        """Consecutive calls of equal length, ``micro_batch`` at a time, in plan order."""
-        out: list[_Batch] = []
+        """Calls of equal length, ``micro_batch`` at a time, ordered by their first call.
+
+        A level of an uneven plan alternates call lengths (3 and 4 frames, say); grouping by
+        length rather than by run keeps the batches full.
+        """
+        groups: dict[int, list[tuple[int, Call]]] = {}
         for idx, call in todo:
-            last = out[-1] if out else None
-            if (
-                last is not None
-                and len(last.calls) < self.micro_batch
-                and len(last.calls[0]) == len(call)
-                and last.indices[-1] == idx - 1
-            ):
-                last.indices.append(idx)
-                last.calls.append(call)
-            else:
-                out.append(_Batch(level, [idx], [call]))
-        return out
+            groups.setdefault(len(call), []).append((idx, call))
+        out = []
+        for items in groups.values():
+            for start in range(0, len(items), self.micro_batch):
+                chunk = items[start : start + self.micro_batch]
+                out.append(_Batch(level, [i for i, _ in chunk], [c for _, c in chunk]))
+        return sorted(out, key=lambda b: b.indices[0])
 
     # ---------------------------------------------------------------- levels
     def run(self, sink: _FrameSink) -> None:
@@ -815,7 +814,7 @@ class _PlanRunner:
                 results = {i: (s, True) for i, s in cached.items() if i < len(level.calls)}
                 # consume in plan order, so that frames stream out in order
                 for idx, call in enumerate(level.calls):
-                    if idx not in results:
+                    while idx not in results:
                         batch, future = next(pending)
                         samples, forwards = future.result()
                         self.stats.unet_forwards += forwards
