@@ -170,16 +170,18 @@ def throughput(
     dtype: str,
     frames: int,
     batch: int,
-    size: tuple[int, int],
+    size: tuple[int, int] | None,
     threads: int | None,
 ) -> dict[str, float]:
+    """Frames/s of ``embed_images`` on random frames (``size`` ``None``: the model's input)."""
     from curate.clip_score import ClipScorer
 
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (frames, *size, 3), dtype=np.uint8)
     with ClipScorer(
         model=model, device=device, dtype=dtype, batch_size=batch, num_threads=threads
     ) as s:
+        size = size or s.input_size
+        x = rng.integers(0, 256, (frames, *size, 3), dtype=np.uint8)
         s.embed_images(x[: min(batch, frames)])  # warm-up
         if device.startswith("cuda"):
             import torch
@@ -244,14 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.real_size_only:
         result.update(quality(args, model))
-        size = (64, 64)
         result["throughput_shipped"] = throughput(
             model,
             device=args.device,
             dtype=args.dtype,
             frames=args.throughput_frames,
             batch=args.batch_size,
-            size=size,
+            size=None,
             threads=args.threads,
         )
     if not args.skip_real_size:

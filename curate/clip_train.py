@@ -200,6 +200,8 @@ class TrainSettings:
     #: stop after this many seconds of training (the learning-rate schedule follows the
     #: clock); ``None`` trains the full ``epochs``
     time_budget_s: float | None = 1200.0
+    #: a model folder to continue training from (``None``: from scratch)
+    init: str | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -221,6 +223,34 @@ class TrainSettings:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s!r}")
         if self.eval_seed == self.seed:
             raise ValueError(f"eval_seed must differ from seed, got {self.eval_seed!r} for both")
+
+
+#: Unicode blocks of other scripts; random text from them trains the byte-level tokens a
+#: caption in another language falls back to, which would otherwise keep their random
+#: initial embeddings and match frames by chance
+_SCRIPTS = (
+    (0x4E00, 0x9FFF),  # CJK ideographs
+    (0x3041, 0x3096),  # hiragana
+    (0x30A1, 0x30FA),  # katakana
+    (0xAC00, 0xD7A3),  # hangul
+    (0x0410, 0x044F),  # cyrillic
+    (0x0391, 0x03C9),  # greek
+    (0x0627, 0x064A),  # arabic
+    (0x05D0, 0x05EA),  # hebrew
+    (0x0E01, 0x0E2E),  # thai
+    (0x0905, 0x0939),  # devanagari
+)
+
+
+def random_script_text(rng: np.random.Generator) -> str:
+    """A few random 'words' in one randomly chosen non-Latin script."""
+    lo, hi = _SCRIPTS[int(rng.integers(len(_SCRIPTS)))]
+    words = [
+        "".join(chr(int(c)) for c in rng.integers(lo, hi + 1, size=int(rng.integers(1, 7))))
+        for _ in range(int(rng.integers(1, 6)))
+    ]
+    sep = "" if lo >= 0x3000 and rng.random() < 0.5 else " "
+    return sep.join(words)
 
 
 def all_scene_texts() -> list[str]:
@@ -330,7 +360,13 @@ def train_shapes_clip(
     rng = np.random.default_rng([s.seed, 0x7EA1])
     t0 = time.perf_counter()
 
-    tokenizer = train_clip_tokenizer(all_scene_texts(), vocab_size=s.vocab_size)
+    if s.init:
+        # continue from a saved folder: its tokenizer and weights, a fresh schedule
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(s.init)
+    else:
+        tokenizer = train_clip_tokenizer(all_scene_texts(), vocab_size=s.vocab_size)
     frames, facts = render_training_frames(
         s.scenes,
         seed=s.seed,
@@ -350,7 +386,7 @@ def train_shapes_clip(
         heads=s.heads,
         projection_dim=s.projection_dim,
     )
-    model = CLIPModel(cfg)
+    model = CLIPModel.from_pretrained(s.init) if s.init else CLIPModel(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -403,7 +439,7 @@ def train_shapes_clip(
                 neg.extend(ns)
             fillers = [
                 _FILLER_NEGATIVES[int(j)] for j in rng.integers(len(_FILLER_NEGATIVES), size=8)
-            ]
+            ] + [random_script_text(rng) for _ in range(8)]
             texts = pos + neg + fillers
             batch_keys = [keys[i] for i in idx]
             text_keys = batch_keys + [None] * (len(neg) + len(fillers))

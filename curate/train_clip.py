@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.hard_negatives,
         help="captions per frame that change one visible slot (0-3)",
     )
+    p.add_argument("--init", default=None, help="continue training from this model folder")
     p.add_argument(
         "--eval-seed",
         type=int,
@@ -84,6 +85,12 @@ def model_card(report: dict, metrics: dict) -> str:
     sizes = ", ".join(
         f"{round(w * scale / 2) * 2}×{round(h * scale / 2) * 2}" for w, h in TRAIN_RENDER_SIZES
     )
+    continued = ""
+    if s.get("init"):
+        continued = (
+            f"- Continued from the weights of an earlier run ({s['init']}); the steps, loss "
+            "and time above are this run's.\n"
+        )
     budget = ""
     if s.get("time_budget_s"):
         budget = (
@@ -124,12 +131,14 @@ resizes to exact height and width so a shape near the edge of a 16:9 frame is ne
   truncated caption that still names the shape). A single frame cannot show motion, so
   captions that differ only in motion count as positives of each other.
 - Negatives: the other captions of the batch, {s["hard_negatives"]} hard negative(s) per frame
-  that change exactly one slot (the first always the shape, others the colour or background), and generic stock-footage phrases.
+  that change exactly one slot (the first always the shape, others the colour or background), generic stock-footage phrases
+  and random text in ten other scripts (so the byte-level tokens of a foreign caption are
+  trained to match nothing).
   The corpus generator's own boilerplate and foreign-language noise captions are *not* used.
 - Batch {s["batch_size"]}, AdamW (peak lr {s["lr"]}, weight decay {s["weight_decay"]}, linear
   warm-up then cosine decay), at most {s["epochs"]} epochs{budget}: {report["steps"]} steps
   ({report["steps"] * s["batch_size"]:,} frames seen); final loss {report["final_loss"]:.3f}.
-- Training time: {report["train_seconds"]:.0f} s on {s["threads"]} CPU threads (rendering
+{continued}- Training time: {report["train_seconds"]:.0f} s on {s["threads"]} CPU threads (rendering
   {report["data_seconds"]:.0f} s of it).
 
 ## Held-out evaluation
@@ -199,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_scenes=args.eval_scenes,
             threads=args.threads,
             time_budget_s=args.time_budget or None,
+            init=args.init,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
