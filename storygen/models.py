@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers import ModelMixin, UNet3DConditionModel
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_3d_condition import UNet3DConditionModel
 from einops import rearrange
 
 # diffusers' pipeline loader resolves a saved component ["storygen.models", "MaskedUNet3D"] by
@@ -108,8 +109,9 @@ def unet3d_forward(
 
     # 5. up
     for i, block in enumerate(unet.up_blocks):
-        res = residuals[-len(block.resnets) :]
-        residuals = residuals[: -len(block.resnets)]
+        n_res = len(block.resnets)  # type: ignore[arg-type]
+        res = residuals[-n_res:]
+        residuals = residuals[:-n_res]
         if i < len(unet.up_blocks) - 1 and forward_upsample_size:
             upsample_size = residuals[-1].shape[2:]
         if getattr(block, "has_cross_attention", False):
@@ -205,7 +207,7 @@ class MaskedUNet3D(UNet3DConditionModel):
 
     @property
     def sample_channels(self) -> int:
-        return int(self.config.sample_channels)
+        return int(self.config["sample_channels"])
 
     def forward(  # type: ignore[override]
         self,
@@ -234,8 +236,8 @@ class MaskedUNet3D(UNet3DConditionModel):
         mask_map = mask[:, None, :, None, None].expand(b, 1, f, h, w)
         x = torch.cat([sample, known * mask_map, mask_map], dim=1)
         cond = None
-        if self.config.time_cond_proj_dim is not None:
+        if self.config["time_cond_proj_dim"] is not None:
             if spacing is None:
                 spacing = sample.new_ones(b)
-            cond = spacing_embedding(spacing.to(sample.device), self.config.time_cond_proj_dim)
+            cond = spacing_embedding(spacing.to(sample.device), self.config["time_cond_proj_dim"])
         return unet3d_forward(self, x, timestep, encoder_hidden_states, timestep_cond=cond)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from einops import rearrange
 
@@ -161,7 +161,14 @@ class StoryVideoPipeline(DiffusionPipeline):
     otherwise).
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->local_unet->vae"
+    unet: Any
+    scheduler: Any
+    text_encoder: Any
+    tokenizer: Any
+    vae: Any
+    local_unet: Any
+
+    model_cpu_offload_seq: Any = "text_encoder->unet->local_unet->vae"
     _optional_components = ["vae", "local_unet"]
 
     #: training-free defaults (RePaint): repeat each window of ``jump_length`` steps this many
@@ -312,7 +319,7 @@ class StoryVideoPipeline(DiffusionPipeline):
                 policy=policy,
                 overlap=overlap,
             )
-        prompts = [prompt] * num_frames if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] * int(num_frames or 0) if isinstance(prompt, str) else list(prompt)
         if policy == AUTOREGRESSIVE:
             plan = autoregressive_plan(
                 len(prompts), frames_per_call=frames_per_call, overlap=overlap
@@ -369,8 +376,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         negative: torch.Tensor | None,
     ) -> torch.Tensor:
         """The model's output for x (B, C, F, h, w), with classifier-free guidance."""
-        cfg = negative is not None
-        if cfg:
+        if negative is not None:
             x = torch.cat([x, x])
             context = torch.cat([negative.expand_as(context), context])
             known, mask = torch.cat([known, known]), torch.cat([mask, mask])
@@ -381,7 +387,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         else:
             out = unet3d_forward(unet, x, t, context)
         out = out.float()
-        if cfg:
+        if negative is not None:
             uncond, cond = out.chunk(2)
             out = uncond + guidance_scale * (cond - uncond)
         return out
@@ -744,7 +750,9 @@ class _PlanRunner:
                 if is_known:
                     known[i, :, k] = self.store[frame]
                     mask[i, k] = 1.0
-        context = torch.stack([self.text_cache.get(list(call.prompts)) for call in batch.calls])
+        context = torch.stack(
+            [self.text_cache.get(list(call.prompts or ())) for call in batch.calls]
+        )
         spacing = torch.tensor(
             [(call.frames[-1] - call.frames[0]) / max(len(call) - 1, 1) for call in batch.calls]
         )

@@ -181,7 +181,9 @@ def build_components(
     text_encoder: Any = None,
 ) -> dict[str, Any]:
     """Randomly initialised components (unet, vae, text_encoder, tokenizer, scheduler)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_3d_condition import UNet3DConditionModel
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from storygen.models import MaskedUNet3D
@@ -274,7 +276,7 @@ def new_model(
             )
         from diffusers import TextToVideoSDPipeline
 
-        pipe = TextToVideoSDPipeline(**parts)
+        pipe: Any = TextToVideoSDPipeline(**parts)
     else:
         from storygen.pipeline import StoryVideoPipeline
 

@@ -128,7 +128,11 @@ def build_tiny_tokenizer(
     # a word ending in a byte never seen word-finally would otherwise map to the unknown token
     for sym in pre_tokenizers.ByteLevel.alphabet():
         vocab.setdefault(sym + "</w>", len(vocab))
-    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    clip_tok = CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]  # tuples, as the tokenizers backend wants
+        model_max_length=model_max_length,
+    )
     if out_dir is not None:
         clip_tok.save_pretrained(str(out_dir))
     return clip_tok

@@ -209,7 +209,8 @@ def build_unet(config: TrainConfig, cross_attention_dim: int):
 
 # ----------------------------------------------------------------------------- training
 def train(config: TrainConfig) -> dict[str, Any]:
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
     from tqdm.auto import tqdm
 
     from storygen.pipeline import StoryVideoPipeline
@@ -238,7 +239,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         tokenizer, text_encoder, text_trainable = load_or_build_text(config, captions)
         unet = build_unet(config, text_encoder.config.hidden_size)
     unet.to(device).train()
-    text_encoder.to(device).train(text_trainable)
+    text_encoder.to(device)  # type: ignore[arg-type]
+    text_encoder.train(text_trainable)
     text_encoder.requires_grad_(text_trainable)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).eval().requires_grad_(False)
