@@ -119,11 +119,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
     n.set_defaults(func=run_new_model)
 
+    # every argument, --help included, goes to storygen.train's own parser (which imports
+    # torch): no character counts as an option prefix here
     t = subparsers.add_parser(
         "train",
-        help="train the small shapes-world storygen model",
+        help="train the small shapes-world storygen model (storygen train --help)",
         description="Train a pixel-space MaskedUNet3D on shapes-world clips (see storygen.train).",
         add_help=False,
+        prefix_chars="\x00",
     )
     t.add_argument("args", nargs=argparse.REMAINDER, help="arguments of python -m storygen.train")
     t.set_defaults(func=run_train)
