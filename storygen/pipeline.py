@@ -408,6 +408,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         negative: torch.Tensor | None,
         resample_steps: int,
         jump_length: int,
+        reconstruction_guidance: float = 0.0,
     ) -> tuple[torch.Tensor, int]:
         """Sample one batch of calls; returns the clean samples and the UNet evaluations.
 
@@ -417,7 +418,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         (for the masked model this is what it saw in training; for a plain text-to-video UNet
         it is the whole condition), and the exact known frames replace them at the end.
         """
-        from storygen.training_free import renoise
+        from storygen.training_free import reconstruction_step, renoise
 
         device = noise.device
         scheduler = copy.deepcopy(self.scheduler)
@@ -432,15 +433,28 @@ class StoryVideoPipeline(DiffusionPipeline):
             draws = [torch.randn(noise.shape[1:], generator=g) for g in generators]
             return torch.stack(draws).to(device)
 
+        def model(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.predict(
+                unet, x_in, t, context, known, mask, spacing, guidance_scale, negative
+            )
+
         def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             nonlocal forwards
             if any_known:
                 noised = scheduler.add_noise(known, fresh_noise(), t.reshape(1))
                 x = torch.where(known_mask, noised.to(x.dtype), x)
-            x_in = scheduler.scale_model_input(x, t)
-            out = self.predict(
-                unet, x_in, t, context, known, mask, spacing, guidance_scale, negative
-            )
+            if reconstruction_guidance > 0 and any_known:
+                out = reconstruction_step(
+                    scheduler,
+                    x,
+                    t,
+                    known,
+                    known_mask.to(x.dtype),
+                    reconstruction_guidance,
+                    lambda x_in: model(x_in, t),
+                )
+            else:
+                out = model(scheduler.scale_model_input(x, t), t)
             forwards += 1
             return scheduler.step(out, t, x).prev_sample
 
@@ -486,6 +500,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         devices: Sequence[str | torch.device] | None = None,
         resample_steps: int | None = None,
         jump_length: int | None = None,
+        reconstruction_guidance: float = 0.0,
         callback_on_call_end: Callable[[StoryVideoPipeline, CallResult], None] | None = None,
         callback_on_level_end: Callable[[StoryVideoPipeline, int], None] | None = None,
         progress: bool = True,
@@ -503,6 +518,10 @@ class StoryVideoPipeline(DiffusionPipeline):
         copy each). ``cache_dir``: keep each finished batch of calls on disk and resume from
         it. ``output_path``: stream frames to a video file (mp4 / gif) as soon as they are
         final; with ``output_type=None`` no frames are kept in memory.
+        ``resample_steps`` / ``jump_length``: RePaint resampling of calls with known frames
+        (default on for a plain text-to-video UNet). ``reconstruction_guidance``: weight of a
+        gradient step pulling the predicted clean sample towards the known frames (Ho et al.
+        2022); it back-propagates through the UNet, so each step costs about three forwards.
         """
         started = time.perf_counter()
         resample_steps = resample_steps or (1 if self.masked else self.default_resample_steps)
@@ -526,6 +545,14 @@ class StoryVideoPipeline(DiffusionPipeline):
             jump_length,
         )
         seed = self.seed_of(generator)
+        if not (
+            isinstance(reconstruction_guidance, (int, float))
+            and math.isfinite(reconstruction_guidance)
+            and reconstruction_guidance >= 0
+        ):
+            raise ValueError(
+                f"reconstruction_guidance must be a number >= 0, got {reconstruction_guidance!r}"
+            )
 
         # 2. plan
         plan = self.build_plan(
@@ -556,6 +583,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             "width": width,
             "resample_steps": resample_steps,
             "jump_length": jump_length,
+            "reconstruction_guidance": reconstruction_guidance,
         }
         runner = _PlanRunner(
             self,
@@ -570,6 +598,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             devices=devices,
             resample_steps=resample_steps,
             jump_length=jump_length,
+            reconstruction_guidance=reconstruction_guidance,
             cache_path=(Path(cache_dir) / self.cache_key(plan, **settings) if cache_dir else None),
             callback_on_call_end=callback_on_call_end,
             callback_on_level_end=callback_on_level_end,
@@ -658,6 +687,7 @@ class _PlanRunner:
         devices: Sequence[str | torch.device] | None,
         resample_steps: int,
         jump_length: int,
+        reconstruction_guidance: float,
         cache_path: Path | None,
         callback_on_call_end: Callable | None,
         callback_on_level_end: Callable | None,
@@ -674,6 +704,7 @@ class _PlanRunner:
         self.micro_batch = micro_batch
         self.resample_steps = resample_steps
         self.jump_length = jump_length
+        self.reconstruction_guidance = reconstruction_guidance
         self.cache_path = cache_path
         self.callback_on_call_end = callback_on_call_end
         self.callback_on_level_end = callback_on_level_end
@@ -779,6 +810,7 @@ class _PlanRunner:
             negative=negative,
             resample_steps=self.resample_steps,
             jump_length=self.jump_length,
+            reconstruction_guidance=self.reconstruction_guidance,
         )
         return samples.float().cpu(), forwards
 

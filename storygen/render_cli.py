@@ -91,6 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--micro-batch", type=_positive_int, default=16, help="calls per forward")
     p.add_argument("--resample-steps", type=_positive_int, default=None)
     p.add_argument("--jump-length", type=_positive_int, default=None)
+    p.add_argument(
+        "--reconstruction-guidance",
+        type=float,
+        default=0.0,
+        help="weight of the gradient step towards the known frames (0: off)",
+    )
     p.add_argument("--cache-dir", default=None, help="keep finished calls here; resume from it")
     p.add_argument("--story-id", default=None, help="which story of a multi-story file")
     p.add_argument("--preview", default=None, help="write a keyframe preview sheet (PNG)")
@@ -227,6 +233,7 @@ def run_render(args: argparse.Namespace) -> int:
             devices=devices,
             resample_steps=args.resample_steps,
             jump_length=args.jump_length,
+            reconstruction_guidance=args.reconstruction_guidance,
             progress=not args.no_progress,
         )
     except ValueError as exc:

@@ -70,6 +70,68 @@ def renoise(
     return ratio**0.5 * x + (1.0 - ratio) ** 0.5 * noise.to(x.dtype)
 
 
+def predict_x0(scheduler: Any, x: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The clean sample the model's output implies at step ``t`` (x: the unscaled sample)."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return out
+    if _is_variance_exploding(scheduler):
+        s = _sigma_at(scheduler, t)
+        if kind == "epsilon":
+            return x - s * out
+        if kind == "v_prediction":
+            return out * (-s / (s**2 + 1) ** 0.5) + x / (s**2 + 1)
+    else:
+        a = _alpha_bar_at(scheduler, t)
+        if kind == "epsilon":
+            return (x - (1 - a) ** 0.5 * out) / a**0.5
+        if kind == "v_prediction":
+            return a**0.5 * x - (1 - a) ** 0.5 * out
+    raise ValueError(f"reconstruction guidance does not support prediction_type {kind!r}")
+
+
+def shift_x0(
+    scheduler: Any, out: torch.Tensor, delta_x0: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The model output whose implied clean sample moves by ``delta_x0`` (x held fixed)."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return out + delta_x0
+    if _is_variance_exploding(scheduler):
+        s = max(_sigma_at(scheduler, t), 1e-8)
+        scale = 1 / s if kind == "epsilon" else (s**2 + 1) ** 0.5 / s
+    else:
+        a = _alpha_bar_at(scheduler, t)
+        scale = a**0.5 / (1 - a) ** 0.5 if kind == "epsilon" else 1 / (1 - a) ** 0.5
+    return out - scale * delta_x0
+
+
+def reconstruction_step(
+    scheduler: Any,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    known: torch.Tensor,
+    known_mask: torch.Tensor,
+    weight: float,
+    model: Any,
+) -> torch.Tensor:
+    """Model output with reconstruction guidance (Ho et al. 2022, §3.1).
+
+    ``model(x_in)`` returns the (guided) model output for the scaled input. The implied clean
+    sample is pulled towards the known frames with a gradient step through the model:
+    x̃0 = x̂0 − (w·α_t / 2)·∇_x ‖known − x̂0[known]‖², which moves the unknown frames too, so
+    they agree with the given ends instead of only sitting next to them.
+    """
+    with torch.enable_grad():
+        x_req = x.detach().requires_grad_(True)
+        out = model(scheduler.scale_model_input(x_req, t))
+        x0 = predict_x0(scheduler, x_req, out, t)
+        err = ((x0 - known) * known_mask).square().sum()
+        (grad,) = torch.autograd.grad(err, x_req)
+    alpha = 1.0 if _is_variance_exploding(scheduler) else _alpha_bar_at(scheduler, t) ** 0.5
+    return shift_x0(scheduler, out.detach(), -0.5 * weight * alpha * grad, t)
+
+
 def read_model_index(path: str | os.PathLike) -> dict[str, Any]:
     """The folder's ``model_index.json``, with a clear error naming what is missing."""
     folder = Path(path)

@@ -124,3 +124,51 @@ def test_missing_weight_file_is_named(t2v_dir, tmp_path):
     (broken / "model_index.json").unlink()
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_pipeline(broken)
+
+
+@pytest.mark.parametrize(
+    ("scheduler_cls", "prediction_type"),
+    [
+        (DDIMScheduler, "epsilon"),
+        (DDIMScheduler, "v_prediction"),
+        (EulerDiscreteScheduler, "epsilon"),
+        (EulerDiscreteScheduler, "v_prediction"),
+    ],
+)
+def test_predict_x0_inverts_the_forward_process(scheduler_cls, prediction_type):
+    from storygen.training_free import predict_x0, shift_x0
+
+    sched = scheduler_cls(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type=prediction_type
+    )
+    sched.set_timesteps(10)
+    t = sched.timesteps[3]
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    x = sched.add_noise(x0, eps, t.reshape(1))
+    if prediction_type == "epsilon":
+        out = eps
+    elif scheduler_cls is DDIMScheduler:
+        out = sched.get_velocity(x0, eps, t.reshape(1))
+    else:  # Euler's v: x0 = v * (-sigma / sqrt(sigma^2 + 1)) + x / (sigma^2 + 1)
+        s = float(sched.sigmas[3])
+        out = (x / (s**2 + 1) - x0) * (s**2 + 1) ** 0.5 / s
+    torch.testing.assert_close(predict_x0(sched, x, out, t), x0, rtol=1e-4, atol=1e-4)
+    # shifting the output moves the implied clean sample by exactly delta
+    delta = torch.randn(2, 8, generator=g)
+    moved = predict_x0(sched, x, shift_x0(sched, out, delta, t), t)
+    torch.testing.assert_close(moved, x0 + delta, rtol=1e-4, atol=1e-4)
+
+
+def test_reconstruction_guidance_changes_only_the_local_levels(t2v_dir):
+    pipe = load_pipeline(t2v_dir)
+    base = pipe(PROMPTS, 17, output_type="latent", resample_steps=1, **RUN)
+    guided = pipe(
+        PROMPTS, 17, output_type="latent", resample_steps=1, reconstruction_guidance=5.0, **RUN
+    )
+    keyframes = [0, 4, 8, 12, 16]
+    assert torch.equal(base.frames[keyframes], guided.frames[keyframes])
+    assert not torch.allclose(base.frames[1:4], guided.frames[1:4])
+    assert guided.stats.unet_forwards == base.stats.unet_forwards
+    with pytest.raises(ValueError, match="reconstruction_guidance"):
+        pipe(PROMPTS, 17, reconstruction_guidance=-1.0, **RUN)
