@@ -67,6 +67,9 @@ class GenerationStats:
     level_times_s: list[float] = field(default_factory=list)
     peak_memory_bytes: int = 0
     peak_memory_kind: str = "cpu-rss"
+    #: most model-space frames held at once: the earlier level's frames still needed as
+    #: known frames plus those waiting to be written, not the whole video
+    peak_frames_held: int = 0
     devices: list[str] = field(default_factory=list)
     output_path: str | None = None
     cache_dir: str | None = None
@@ -897,6 +900,7 @@ class _PlanRunner:
         self.written.update(range(before, sink.next))
         # frames this level still gives to its later calls were gathered when it started
         self.release(level)
+        self.stats.peak_frames_held = max(self.stats.peak_frames_held, len(self.store))
 
     def release(self, level: int) -> None:
         """Forget frames already written that no later level needs."""

@@ -240,3 +240,18 @@ def test_bad_arguments_are_named(pipe, kwargs, match):
     args = {"num_frames": 17, **RUN, **kwargs}
     with pytest.raises(ValueError, match=match):
         pipe(PROMPTS, **args)
+
+
+def test_streaming_holds_only_the_frames_still_needed(pipe, tmp_path):
+    # 65 frames at L = 5: levels of 5, 17 and 65 frames (1 + 4 + 16 calls)
+    prompts = ["a red circle moving left"] * 65
+    out = pipe(prompts, 65, output_type=None, output_path=tmp_path / "long.mp4", **RUN)
+    assert out.frames is None and out.plan.rounds == 3
+    import av
+
+    with av.open(str(tmp_path / "long.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 65
+    # level 1's 17 frames are needed until the last call; at most one 16-frame chunk (plus
+    # one call's frames) waits to be written
+    assert out.stats.peak_frames_held <= 17 + 16 + 5
+    assert out.stats.peak_frames_held < 65
