@@ -259,7 +259,8 @@ def run_render(args: argparse.Namespace) -> int:
         f"  model calls     {plan.model_calls} ({stats.calls_from_cache} from cache) "
         f"in {plan.rounds} sequential rounds, {stats.unet_forwards} batched UNet passes",
         f"  wall time       {stats.wall_time_s:.1f} s",
-        f"  peak memory     {_human_bytes(stats.peak_memory_bytes)} ({stats.peak_memory_kind})",
+        f"  peak memory     {_human_bytes(stats.peak_memory_bytes)} ({stats.peak_memory_kind}), "
+        f"at most {stats.peak_frames_held} frames held",
         f"  devices         {', '.join(stats.devices)}",
     ]
     if stats.cache_dir:
