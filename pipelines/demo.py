@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=24, help="videos in the corpus")
     parser.add_argument("--seed", type=int, default=2026, help="corpus seed")
     parser.add_argument("--workers", type=int, default=1, help="Beam worker processes")
-    parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the rendered story")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps per model call")
+    parser.add_argument("--fps", type=float, default=4.0, help="frame rate of the rendered story")
+    parser.add_argument("--steps", type=int, default=12, help="denoising steps per model call")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance")
     parser.add_argument("--skip-render", action="store_true", help="stop after curation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -112,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     print(truth.summary() if hasattr(truth, "summary") else f"{len(truth.videos)} videos")
 
     _banner("2/4 curate (Apache Beam, local runner, shipped shapes-world CLIP)")
-    from pipelines.curate import run as curate_run
+    from curate.cli import main as curate_main
 
     run_dir = out / "curated"
-    summary = curate_run(
+    code = curate_main(
         [
+            "run",
             "--input",
             str(corpus / "webvid.csv"),
             "--output",
@@ -125,11 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             str(args.workers),
         ]
     )
-    for line in summary.lines():
-        print(line)
-    if not summary.invariant_ok:
-        print("the run's invariant does not hold: see above", file=sys.stderr)
-        return 1
+    if code:
+        print(f"curate run ended with status {code}: see above", file=sys.stderr)
+        return code
 
     _banner("3/4 curated vs. ground truth")
     for line in check_against_truth(run_dir, truth):
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.fps),
                 "--steps",
                 str(args.steps),
+                "--guidance",
+                str(args.guidance),
                 "--device",
                 "cpu",
             ]

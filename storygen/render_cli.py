@@ -15,7 +15,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path("models/shapes-storygen")
+#: the shipped shapes-world model, beside the packages in the repository
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "shapes-storygen"
 
 
 def _positive_int(text: str) -> int:
