@@ -67,6 +67,7 @@ from .transforms import (
     CommitWork,
     FilterAndRecaption,
     FindDuplicates,
+    Gather,
     ProbeAndSplit,
     ReadManifest,
     ReadWork,
@@ -217,7 +218,10 @@ class _PublishFn(beam.DoFn):
     def process(self, written: list[tuple[ShardInfo, dict[str, int]]], cutoff: Any) -> Any:
         counts: Counter = Counter(self.extra_counts)
         infos = []
-        for info, c in written:
+        for item in written:
+            if item is None:
+                continue
+            info, c = item
             infos.append(info)
             counts.update(c)
         config = {**self.config, "cutoff": cutoff}
@@ -268,20 +272,20 @@ def build_finalize_pipeline(
         steps, threshold=opts.dedup_threshold, exact=exact, clusters=clusters
     )
 
-    def final_clips(record: dict, dup_of: dict[str, str]) -> list[dict]:
-        from .corpus import apply_duplicates
+    def final_rows(record: dict, dup_of: dict[str, str]) -> list[tuple[str, dict]]:
+        from .corpus import apply_duplicates, story_survives_dedup
 
-        return apply_duplicates(record["clips"], dup_of)
-
-    clips = filtered | "Dedup" >> beam.FlatMap(final_clips, dup_of=beam.pvalue.AsDict(dups))
-
-    def final_story(record: dict, dup_of: dict[str, str]) -> list[dict]:
-        from .corpus import story_survives_dedup
-
+        out = [("clips", c) for c in apply_duplicates(record["clips"], dup_of)]
         story = record.get("story")
-        return [story] if story and story_survives_dedup(story, dup_of) else []
+        if story and story_survives_dedup(story, dup_of):
+            out.append(("stories", story))
+        return out
 
-    stories = filtered | "Stories" >> beam.FlatMap(final_story, dup_of=beam.pvalue.AsDict(dups))
+    # one consumer of the duplicate map: Beam 2.77's DaskRunner did not give a second
+    # AsDict view of it the same contents
+    final = filtered | "Dedup" >> beam.FlatMap(final_rows, dup_of=beam.pvalue.AsDict(dups))
+    clips = final | "Clips" >> beam.FlatMap(lambda tr: [tr[1]] if tr[0] == "clips" else [])
+    stories = final | "StoriesOf" >> beam.FlatMap(lambda tr: [tr[1]] if tr[0] == "stories" else [])
     failures = (
         filtered | "WorkFailures" >> beam.FlatMap(lambda r: r["failures"] or []),
         p | "ManifestFailures" >> beam.Create(manifest.failures, reshuffle=False),
@@ -300,14 +304,17 @@ def build_finalize_pipeline(
         "dedup_exact": int(exact),
     }
     publish_config = {**config, "threshold": str(threshold)}
+    default_cutoff = None if threshold.percentile else threshold.value
+    # a sentinel, so that a run with nothing to write still publishes its (empty) tables
+    written.append(p | "Nothing" >> beam.Create([None]))
     return (
         tuple(written)
         | "Written" >> beam.Flatten()
-        | "Gather" >> beam.combiners.ToList()
+        | "Gather" >> Gather()
         | "Publish"
         >> beam.ParDo(
             _PublishFn(out, publish_config, extra),
-            cutoff=beam.pvalue.AsSingleton(cutoff, default_value=None),
+            cutoff=beam.pvalue.AsSingleton(cutoff, default_value=default_cutoff),
         )
     )
 
@@ -387,19 +394,32 @@ def _pipeline_options(argv: Sequence[str]) -> PipelineOptions:
 
 
 def _corpus_phase_options(options: PipelineOptions, argv: Sequence[str]) -> PipelineOptions:
-    """The corpus phase decodes nothing: on the local runner, one in-process worker does it
-    faster than starting worker processes."""
+    """Runner options for the corpus phase.
+
+    It decodes nothing, so on the local runner one in-process worker does it faster than
+    starting worker processes. On Dask it runs on the launcher with the local runner: Beam
+    2.77's DaskRunner gives different values to transforms that read the same side input
+    (seen with the cut-off and the duplicate map), and this phase is made of side inputs.
+    The expensive per-video phase is the part that runs on the cluster.
+    """
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     runner = str(options.view_as(StandardOptions).runner or "")
-    if not runner.endswith("FnApiRunner"):
+    dask = "dask" in runner.lower()
+    if not dask and not runner.endswith("FnApiRunner"):
         return options
-    if options.view_as(DirectOptions).direct_num_workers <= 1:
+    if not dask and options.view_as(DirectOptions).direct_num_workers <= 1:
         return options
-    flags = [a for a in argv if not a.startswith(("--direct_num_workers", "--direct_running_mode"))]
-    if not any(a.startswith("--runner") for a in flags):
-        flags = [f"--runner={runner}", *flags]
-    return PipelineOptions([*flags, "--direct_num_workers=1", "--direct_running_mode=in_memory"])
+    skip = ("--direct_num_workers", "--direct_running_mode", "--runner", "--dask_")
+    flags = [a for a in argv if not a.startswith(skip)]
+    return PipelineOptions(
+        [
+            *runner_flags("local"),
+            *flags,
+            "--direct_num_workers=1",
+            "--direct_running_mode=in_memory",
+        ]
+    )
 
 
 def _metrics(result: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from .records import failure_row
+from .transforms import Gather
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +174,9 @@ class _RenderFn(beam.DoFn):
 
 
 def _result(story_id: str, *, status: str, **fields: Any) -> dict[str, Any]:
-    row = {f.name: None for f in RESULTS_SCHEMA}
-    row.update(fields, story_id=story_id, status=status)
+    row: dict[str, Any] = {f.name: None for f in RESULTS_SCHEMA}
+    row.update(fields)
+    row["story_id"], row["status"] = story_id, status
     return row
 
 
@@ -221,7 +223,7 @@ def build_storygen_pipeline(
         p
         | "Stories" >> beam.Create(list(stories))
         | "Render" >> beam.ParDo(_RenderFn(settings))
-        | "Gather" >> beam.combiners.ToList()
+        | "Gather" >> Gather()
         | "WriteTables" >> beam.ParDo(_WriteTablesFn(settings.output))
     )
 

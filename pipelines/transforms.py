@@ -53,6 +53,26 @@ def _split(results: Any, name: str) -> tuple[beam.PCollection, beam.PCollection]
     return ok, bad
 
 
+class Gather(beam.PTransform):
+    """All elements as one list (nothing when there are none), through a single-key
+    ``GroupByKey``.
+
+    Used instead of ``CombineGlobally`` / ``ToList``: their lifted partial combine emits from
+    ``finish_bundle``, which Beam 2.77's DaskRunner drops, so a corpus-level value computed
+    through them silently misses whole partitions there. A ``GroupByKey`` is translated
+    directly by every runner. Corpus-level values here (scores, prompts, dedup rows) are
+    gathered in one place by nature, so nothing is lost in scale.
+    """
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return (
+            pcoll
+            | "Key" >> beam.Map(lambda x: (0, x))
+            | "Group" >> beam.GroupByKey()
+            | "List" >> beam.Map(lambda kv: list(kv[1]))
+        )
+
+
 def _timed(work: VideoWork, stage: str, seconds: float) -> None:
     work.timings[stage] = work.timings.get(stage, 0.0) + seconds
     Metrics.distribution(NAMESPACE, f"{stage}_ms").update(int(seconds * 1000))
@@ -465,27 +485,6 @@ class ReadWork(beam.PTransform):
         )
 
 
-class _CutoffFn(beam.CombineFn):
-    """All scorable caption scores → the absolute cut-off (a percentile needs every score)."""
-
-    def __init__(self, threshold: Any, steps: Any) -> None:
-        self.threshold = threshold
-        self.steps = steps
-
-    def create_accumulator(self) -> list[float]:
-        return []
-
-    def add_input(self, acc: list[float], score: float) -> list[float]:
-        acc.append(score)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[list[float]]) -> list[float]:
-        return [s for acc in accs for s in acc]
-
-    def extract_output(self, acc: list[float]) -> float | None:
-        return self.steps.cutoff(sorted(acc), self.threshold)
-
-
 class CaptionCutoff(beam.PTransform):
     """The corpus's caption-score cut-off, as a one-element PCollection (a side input)."""
 
@@ -497,11 +496,13 @@ class CaptionCutoff(beam.PTransform):
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         from .corpus import scorable
 
+        steps, threshold = self.steps, self.threshold
         return (
             records
             | "Scores"
             >> beam.FlatMap(lambda r: [c["caption_score"] for c in r["clips"] if scorable(c)])
-            | "Cutoff" >> beam.CombineGlobally(_CutoffFn(self.threshold, self.steps))
+            | "AllScores" >> Gather()
+            | "Cutoff" >> beam.Map(lambda scores: steps.cutoff(sorted(scores), threshold))
         )
 
 
@@ -559,26 +560,6 @@ class _RecaptionFn(beam.DoFn):
         yield {**record, "clips": clips, "story": story}
 
 
-class _BankFn(beam.CombineFn):
-    """The corpus's own prompt bank, from the kept clips of every video."""
-
-    def __init__(self, steps: Any) -> None:
-        self.steps = steps
-
-    def create_accumulator(self) -> list:
-        return []
-
-    def add_input(self, acc: list, prompts: list[str]) -> list:
-        acc.extend(prompts)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[list]) -> list:
-        return [p for acc in accs for p in acc]
-
-    def extract_output(self, acc: list) -> list[str]:
-        return sorted(set(acc))  # sorted: the same bank whatever the order records arrive in
-
-
 class FilterAndRecaption(beam.PTransform):
     """Per video: the corpus cut-off (a side input), then re-captioning into a story.
 
@@ -600,32 +581,22 @@ class FilterAndRecaption(beam.PTransform):
         bank = (
             filtered
             | "BankPrompts" >> beam.Map(lambda r: steps.bank_prompts(r))
-            | "Bank" >> beam.CombineGlobally(_BankFn(steps))
+            | "AllPrompts" >> Gather()
+            | "Bank" >> beam.Map(lambda lists: sorted({p for ps in lists for p in ps}))
         )
         return filtered | "Recaption" >> beam.ParDo(
             _RecaptionFn(steps), bank=beam.pvalue.AsSingleton(bank, default_value=None)
         )
 
 
-class _ExactDedupFn(beam.CombineFn):
-    def __init__(self, threshold: float, steps: Any) -> None:
-        self.threshold = threshold
-        self.steps = steps
+def _sample(items: list, size: int, seed: int) -> list:
+    """A reproducible random sample (in input order) of at most ``size`` items."""
+    import numpy as np
 
-    def create_accumulator(self) -> list:
-        return []
-
-    def add_input(self, acc: list, row: dict) -> list:
-        acc.append(row)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[list]) -> list:
-        return [i for acc in accs for i in acc]
-
-    def extract_output(self, acc: list) -> dict[str, str]:
-        # sorted, so ties resolve the same way on every runner
-        rows = sorted(acc, key=lambda r: r["clip_id"])
-        return self.steps.duplicates(rows, threshold=self.threshold)
+    if len(items) <= size:
+        return items
+    take = np.random.default_rng(seed).choice(len(items), size=size, replace=False)
+    return [items[i] for i in sorted(take)]
 
 
 def dedup_row(clip: Mapping[str, Any], signature: Sequence[float]) -> dict[str, Any]:
@@ -641,7 +612,7 @@ class FindDuplicates(beam.PTransform):
     """``(clip_id, duplicate_of)`` pairs among kept clips (rows from :func:`dedup_row`).
 
     Up to the exact limit, one exact search over all of them. Above it, k-means centroids are
-    trained on a fixed-size sample (``Sample.FixedSizeGlobally``), every clip is keyed by its
+    trained on a fixed-size random sample, every clip is keyed by its
     nearest centroid (``GroupByKey``) and the search runs inside each group, as large-scale
     pipelines do; pairs that straddle two groups are not found.
     """
@@ -669,16 +640,26 @@ class FindDuplicates(beam.PTransform):
         if self.exact:
             return (
                 rows
-                | "Exact" >> beam.CombineGlobally(_ExactDedupFn(threshold, steps))
+                | "AllRows" >> Gather()
+                | "Exact"
+                >> beam.Map(
+                    lambda rows: steps.duplicates(
+                        sorted(rows, key=lambda r: r["clip_id"]), threshold=threshold
+                    )
+                )
                 | "Pairs" >> beam.FlatMap(lambda d: sorted(d.items()))
             )
-        clusters, seed = self.clusters, self.seed
+        clusters, seed, size = self.clusters, self.seed, self.sample
         centroids = (
             rows
             | "Signatures" >> beam.Map(lambda r: r["dedup_signature"])
-            | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(self.sample)
+            | "AllSignatures" >> Gather()
             | "Train"
-            >> beam.Map(lambda sample: steps.train_centroids(sample, clusters=clusters, seed=seed))
+            >> beam.Map(
+                lambda sigs: steps.train_centroids(
+                    _sample(sigs, size, seed), clusters=clusters, seed=seed
+                )
+            )
         )
         return (
             rows
