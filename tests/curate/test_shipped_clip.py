@@ -47,9 +47,9 @@ def test_true_captions_beat_wrong_ones_on_unseen_frames(scorer):
 
     rng = np.random.default_rng(424242)
     wins, total = 0, 0
-    for i in range(40):
+    for i in range(30):
         f = random_facts(rng)
-        frames = render_scene(f, num_frames=4, width=142, height=80, seed=90_000 + i)
+        frames = render_scene(f, num_frames=2, width=212, height=120, seed=90_000 + i)
         emb = scorer.embed_images(frames)
         others = [
             SceneFacts(c, f.shape, f.motion, f.background).caption
