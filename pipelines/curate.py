@@ -486,6 +486,9 @@ def run(
                 result = p.run()
                 result.wait_until_finish()
                 stage_metrics = _metrics(result)
+                client = getattr(result, "client", None)  # the DaskRunner's; close it before
+                if client is not None:  # its cluster goes, or it keeps trying to reconnect
+                    client.close()
             except Exception as exc:
                 if "FailureRateExceeded" not in f"{exc!r}{exc}":
                     raise
