@@ -88,7 +88,12 @@ def score_videos(
     ):
         stage = "split-scenes"
         try:
-            clips = clips_of(video) if clips_of is not None else list(splitter.process(video))
+            if clips_of is not None:
+                clips = clips_of(video)
+            elif splitter is not None:
+                clips = list(splitter.process(video))
+            else:
+                raise ValueError("score_videos needs a splitter or clips_of")
             stage = sampler.stage
             sampled = sampler.sample_video(clips) if clips else []
             stage = scorer.stage

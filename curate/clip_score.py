@@ -132,7 +132,7 @@ def aggregate_scores(scores: np.ndarray, how: str) -> float:
     check_choice("aggregate", how, AGGREGATES)
     if scores.size == 0:
         raise ValueError("cannot aggregate an empty score list")
-    fn = {"mean": np.mean, "min": np.min, "max": np.max, "median": np.median}[how]
+    fn: Any = {"mean": np.mean, "min": np.min, "max": np.max, "median": np.median}[how]
     return float(fn(scores))
 
 
@@ -206,7 +206,7 @@ class ClipScorer(Step[dict, dict]):
             raise ModelFolderError("device is CUDA but no CUDA device is available", uri=source)
         torch_dtype = getattr(torch, self.dtype)
         try:
-            model = CLIPModel.from_pretrained(source, dtype=torch_dtype)
+            model: Any = CLIPModel.from_pretrained(source, dtype=torch_dtype)
             tokenizer = AutoTokenizer.from_pretrained(source)
             preprocess = self._read_preprocessor_config(source)
         except ModelFolderError:
@@ -218,7 +218,8 @@ class ClipScorer(Step[dict, dict]):
         self._torch = torch
         self._torch_dtype = torch_dtype
         self._configure_preprocessing(preprocess)
-        max_pos = int(model.config.text_config.max_position_embeddings)
+        config: Any = model.config
+        max_pos = int(config.text_config.max_position_embeddings)
         tok_max = int(getattr(tokenizer, "model_max_length", max_pos) or max_pos)
         self.max_text_tokens = min(max_pos, tok_max)
         logger.info(
@@ -232,6 +233,10 @@ class ClipScorer(Step[dict, dict]):
             self.embedding_dim,
         )
 
+    def __enter__(self) -> ClipScorer:
+        self.setup()
+        return self
+
     def teardown(self) -> None:
         self._model = None
         self._tokenizer = None
@@ -244,7 +249,10 @@ class ClipScorer(Step[dict, dict]):
             return json.loads(local.read_text())
         from transformers.utils import cached_file
 
-        return json.loads(Path(cached_file(source, "preprocessor_config.json")).read_text())
+        found = cached_file(source, "preprocessor_config.json")
+        if found is None:
+            raise ModelFolderError("no preprocessor_config.json", uri=source)
+        return json.loads(Path(found).read_text())
 
     def _configure_preprocessing(self, cfg: Mapping[str, Any]) -> None:
         """Read CLIP's preprocessing (resize shortest edge, centre crop, rescale, normalise)."""

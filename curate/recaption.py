@@ -282,7 +282,7 @@ class Recaptioner(Step[Any, dict]):
         self.merge = bool(merge)
         self.complete_truncated = bool(complete_truncated)
         self.device = device
-        self._scorer = scorer
+        self._scorer: Any = scorer
         self._own_scorer = scorer is None
         self._bank_source = prompt_bank
         self._bank: PromptBank | None = None
@@ -485,7 +485,7 @@ class Recaptioner(Step[Any, dict]):
             "segments": segments,
         }
         if segments:
-            validate_story(segments, duration_s=story["duration_s"], where=f"story {video_id!r}")
+            validate_story(segments, duration_s=num_frames / fps, where=f"story {video_id!r}")
         return story
 
     def process(self, record: Any) -> Iterator[dict]:
@@ -533,8 +533,8 @@ def recaption_video(
         row.setdefault("uri", video.get("uri"))
         rows.append(row)
     bank_key = tuple(prompt_bank) if isinstance(prompt_bank, (list, tuple)) else prompt_bank
-    key = (os.fspath(model) if model else None, bank_key, align_threshold, min_score)
-    step = _CACHED.get(key)
+    cache_key = (os.fspath(model) if model else None, bank_key, align_threshold, min_score)
+    step = _CACHED.get(cache_key)
     if step is None:
         step = Recaptioner(
             model=model,
@@ -543,7 +543,7 @@ def recaption_video(
             min_score=min_score,
         )
         step.setup()
-        _CACHED[key] = step
+        _CACHED[cache_key] = step
     out, story = step.recaption_video(rows)
     for row in out:
         for key_ in ("frame_embeddings", "fragment"):

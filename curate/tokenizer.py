@@ -278,6 +278,10 @@ def train_clip_tokenizer(
     # to the unknown token, which is the end-of-text token that CLIP pools on.
     for sym in pre_tokenizers.ByteLevel.alphabet():
         vocab.setdefault(sym + "</w>", len(vocab))
-    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
+    clip_tok = CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]  # tuples, as tokenizers expects
+        model_max_length=MODEL_MAX_LENGTH,
+    )
     logger.info("trained a CLIP BPE tokenizer: %s tokens, %s merges", len(vocab), len(merges))
     return clip_tok
