@@ -189,7 +189,10 @@ def build_pipeline(
         # BatchElements emits its last batch: there, videos go to CLIP one at a time
         prebatched=_is_dask(options),
     )
-    todo = p | "ReadManifest" >> ReadManifest(videos, skip=skip)
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    several = (options.view_as(DirectOptions).direct_num_workers or 1) > 1
+    todo = p | "ReadManifest" >> ReadManifest(videos, skip=skip, reshuffle=several)
     split, split_failed = todo | "ProbeAndSplit" >> ProbeAndSplit(
         comps.decoder,
         comps.decoder_kwargs,
@@ -198,14 +201,32 @@ def build_pipeline(
     )
     cleaned, clean_failed = split | "CleanCaptions" >> CleanCaptions()
     scored, score_failed = cleaned | "ScoreCaptions" >> ScoreCaptions(handler)
-    finished = (scored, split_failed, clean_failed, score_failed) | "Finished" >> beam.Flatten()
-    return finished | "CommitWork" >> CommitWork(
-        opts.output,
-        every=opts.commit_every,
-        interval_s=opts.commit_interval_s,
-        max_failure_rate=opts.max_failure_rate,
-        min_inputs=opts.failure_rate_min_inputs,
-    )
+    # Each branch is committed by its own step: a Flatten in front of one committer splits
+    # the local runner's fused stage there, and no video would be committed before every
+    # video was decoded (a crash would then lose the whole run's work).
+    from .transforms import reset_failure_rate
+
+    reset_failure_rate(opts.output)
+    branches = {
+        "Scored": scored,
+        "SplitFailed": split_failed,
+        "CleanFailed": clean_failed,
+        "ScoreFailed": score_failed,
+    }
+    committed = [
+        works
+        | f"CommitWork{name}"
+        >> CommitWork(
+            opts.output,
+            every=opts.commit_every,
+            interval_s=opts.commit_interval_s,
+            max_failure_rate=opts.max_failure_rate,
+            min_inputs=opts.failure_rate_min_inputs,
+        )
+        for name, works in branches.items()
+    ]
+    # one sink: the DaskRunner computes only what feeds the last transform
+    return tuple(committed) | "Committed" >> beam.Flatten()
 
 
 # --- phase 2 -----------------------------------------------------------------------------------

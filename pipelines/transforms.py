@@ -14,6 +14,7 @@ after a crash never finds one without the other.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -90,14 +91,23 @@ class ReadManifest(beam.PTransform):
     Rows the manifest reader rejected are not emitted here; the corpus phase writes them.
     """
 
-    def __init__(self, videos: Sequence[Mapping[str, Any]], *, skip: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        videos: Sequence[Mapping[str, Any]],
+        *,
+        skip: Iterable[str] = (),
+        reshuffle: bool = False,
+    ) -> None:
         super().__init__()
         skip = set(skip)
         self.videos = [dict(v) for v in videos if v["video_id"] not in skip]
+        self.reshuffle = reshuffle
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        # reshuffled, so that a multi-worker runner can split the videos between workers
-        return pbegin | "Videos" >> beam.Create(self.videos, reshuffle=True)
+        # A reshuffle lets several local workers split the videos, but the local runner then
+        # hands the decoded videos on only when the whole stage is done, so commits (and
+        # resume points) arrive at the end: it is used only when there are several workers.
+        return pbegin | "Videos" >> beam.Create(self.videos, reshuffle=self.reshuffle)
 
 
 # --- probe and split, isolated -----------------------------------------------------------------
@@ -310,6 +320,18 @@ class ScoreCaptions(beam.PTransform):
 # --- commit per-video work -----------------------------------------------------------------------
 
 
+#: per output folder, (videos seen, videos failed) in this worker process, shared by the
+#: committers of the pipeline's branches (successes and failures are committed separately)
+_RATE: dict[str, list[int]] = {}
+_RATE_LOCK = threading.Lock()
+
+
+def reset_failure_rate(output: str) -> None:
+    """Forget this process's counts for ``output`` (a new run starts counting afresh)."""
+    with _RATE_LOCK:
+        _RATE.pop(output, None)
+
+
 class FailureRateExceeded(RuntimeError):
     """Too many inputs failed; the run stops (what is committed stays committed)."""
 
@@ -365,10 +387,6 @@ class _CommitWorkFn(beam.DoFn):
         self.failed = Metrics.counter(NAMESPACE, "failed_videos")
         self.commits = Metrics.counter(NAMESPACE, "work_commits")
 
-    def setup(self) -> None:
-        self._seen = 0
-        self._failed = 0
-
     def start_bundle(self) -> None:
         self._buffer: list[dict[str, Any]] = []
         self._last = time.monotonic()
@@ -388,21 +406,25 @@ class _CommitWorkFn(beam.DoFn):
         self._check_rate()
 
     def _check_rate(self) -> None:
-        if self.max_failure_rate >= 1.0 or self._seen < self.min_inputs:
+        with _RATE_LOCK:
+            seen, failed = _RATE.get(self.output, (0, 0))
+        if self.max_failure_rate >= 1.0 or seen < self.min_inputs:
             return
-        rate = self._failed / self._seen
+        rate = failed / seen
         if rate > self.max_failure_rate:
             raise FailureRateExceeded(
-                f"FailureRateExceeded: {self._failed} of {self._seen} videos failed "
+                f"FailureRateExceeded: {failed} of {seen} videos failed "
                 f"({rate:.0%}), above --max-failure-rate {self.max_failure_rate:.0%}; "
                 f"stopped. Finished videos are committed under {self.output}; see the "
                 f"failures table, fix the inputs, and rerun to resume"
             )
 
     def process(self, work: VideoWork) -> Iterator[tuple[str, int, bool]]:
-        self._seen += 1
+        with _RATE_LOCK:
+            counts = _RATE.setdefault(self.output, [0, 0])
+            counts[0] += 1
+            counts[1] += int(work.failed)
         if work.failed:
-            self._failed += 1
             self.failed.inc()
         self._buffer.append(work_record(work))
         if len(self._buffer) >= self.every or time.monotonic() - self._last >= self.interval_s:
