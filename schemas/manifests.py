@@ -128,7 +128,8 @@ def _decode_line(raw: bytes) -> str:
 def _timed_captions(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise ValueError(f"'captions' must be a list of {{start, end, text}}, got {value!r:.60}")
-    out = []
+    out: list[dict[str, Any]] = []
+    prev_start = 0.0
     for i, item in enumerate(value):
         if not isinstance(item, dict):
             raise ValueError(f"captions[{i}] must be an object, got {item!r:.60}")
@@ -144,9 +145,10 @@ def _timed_captions(value: Any) -> list[dict[str, Any]]:
             raise ValueError(f"captions[{i}].text must be a string, got {text!r:.60}")
         if end <= start:
             raise ValueError(f"captions[{i}] ends ({end:g} s) before it starts ({start:g} s)")
-        if i and start < out[-1]["start_s"]:
+        if i and start < prev_start:
             raise ValueError(f"captions[{i}] starts before captions[{i - 1}] (unsorted)")
-        out.append({"start_s": float(start), "end_s": float(end), "text": text})
+        prev_start = float(start)
+        out.append({"start_s": prev_start, "end_s": float(end), "text": text})
     return out
 
 
