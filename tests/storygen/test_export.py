@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -48,6 +51,10 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     [("mp4", 8, 30), ("mp4", 30000 / 1001, 30), ("mkv", 12.5, 30), ("webm", 24, 28)],
 )
 def test_video_round_trip(tmp_path, ext, fps, min_psnr):
+    if ext == "webm" and not os.environ.get(_FRESH_WEBM):
+        # Late in a long test session libvpx has refused to open (EINVAL) in this process;
+        # the webm case runs whole in a fresh interpreter: test_webm_round_trip_fresh_process.
+        pytest.skip("runs in a fresh process")
     frames = _frames()
     path = tmp_path / f"clip.{ext}"
     # streamed in uneven chunks, one as single (H, W, 3) frames
@@ -61,6 +68,30 @@ def test_video_round_trip(tmp_path, ext, fps, min_psnr):
         others = [_psnr(decoded[i], frames[j]) for j in (i - 1, i + 1) if 0 <= j < len(frames)]
         assert all(p < _psnr(decoded[i], frames[i]) - 5 for p in others)
     assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed
+
+
+_FRESH_WEBM = "STORYLOOM_TEST_WEBM_IN_PROCESS"
+
+
+def test_webm_round_trip_fresh_process():
+    env = {**os.environ, _FRESH_WEBM: "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_video_round_trip[webm-24-28]",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
 
 
 def test_odd_sizes_are_padded_to_even(tmp_path):
