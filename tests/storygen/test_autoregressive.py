@@ -19,14 +19,6 @@ RUN = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def parts():
     return build_components("micro", mode="masked", texts=PROMPTS)

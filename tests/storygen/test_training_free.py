@@ -23,14 +23,6 @@ RUN = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def t2v_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("t2v") / "modelscope-layout"
