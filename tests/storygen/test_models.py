@@ -19,15 +19,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: thread start-up costs more than it saves, and the CI box has 2 cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _masked(seed: int = 0, **kw) -> MaskedUNet3D:
     torch.manual_seed(seed)
     return MaskedUNet3D(sample_channels=3, time_cond_proj_dim=8, **TINY, **kw).eval()
