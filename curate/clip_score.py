@@ -44,7 +44,14 @@ CAPTION_MODES = ("best_fragment", "whole")
 DTYPES = ("float32", "bfloat16", "float16")
 
 #: keys a scored record carries between steps that are not columns of the clips table
-TRANSIENT_KEYS = ("frames", "frame_indices", "frame_embeddings", "caption_note", "fragment")
+TRANSIENT_KEYS = (
+    "frames",
+    "frame_indices",
+    "frame_embeddings",
+    "scene_embedding",
+    "caption_note",
+    "fragment",
+)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -116,16 +123,44 @@ def recommended_threshold(model: str | os.PathLike[str]) -> float | None:
     measured on its held-out frames; other checkpoints have none, and should be calibrated
     with ``curate calibrate``.
     """
-    path = Path(model) / SCORING_FILE
-    if not path.is_file():
+    value = read_scoring(model).get("caption_threshold")
+    if value is None:
         return None
     try:
-        value = json.loads(path.read_text())["caption_threshold"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        return float(value)
+    except (TypeError, ValueError):
         raise ModelFolderError(
-            f"{SCORING_FILE} has no readable caption_threshold: {exc}", uri=str(model)
+            f"{SCORING_FILE} caption_threshold is not a number: {value!r}", uri=str(model)
         ) from None
-    return float(value)
+
+
+def read_scoring(model: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model folder's ``scoring.json`` (``{}`` when it has none, or for a hub id)."""
+    path = Path(model) / SCORING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{SCORING_FILE} is not readable JSON: {exc}", uri=str(model)) from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{SCORING_FILE} is not a JSON object", uri=str(model))
+    return data
+
+
+def scene_similarity(
+    embedding: np.ndarray, scene_embedding: np.ndarray | None, text_embeddings: np.ndarray
+) -> np.ndarray:
+    """Cosine of scenes with texts as re-captioning ranks them: ``(N, T)``.
+
+    ``embedding`` is each scene's mean frame embedding (what the frames show);
+    ``scene_embedding`` its storyboard embedding (what happens over time) or ``None`` for a
+    model that does not read storyboards. With both, the two cosines are averaged.
+    """
+    sims = np.asarray(embedding, np.float32) @ np.asarray(text_embeddings, np.float32).T
+    if scene_embedding is not None:
+        sims = (sims + np.asarray(scene_embedding, np.float32) @ text_embeddings.T) / 2
+    return sims
 
 
 def aggregate_scores(scores: np.ndarray, how: str) -> float:
@@ -134,6 +169,42 @@ def aggregate_scores(scores: np.ndarray, how: str) -> float:
         raise ValueError("cannot aggregate an empty score list")
     fn: Any = {"mean": np.mean, "min": np.min, "max": np.max, "median": np.median}[how]
     return float(fn(scores))
+
+
+#: tiles of a scene storyboard (rows, columns): the sampled frames in time order, row by row
+STORYBOARD_GRID = (2, 2)
+
+
+def storyboard(
+    frames: np.ndarray, size: tuple[int, int], grid: tuple[int, int] = STORYBOARD_GRID
+) -> np.ndarray:
+    """One ``size`` (height, width) image of a scene: its frames in time order, tiled row by row.
+
+    A single frame cannot show motion; a storyboard can (the image-grid trick that lets
+    image-text models read short videos). ``frames`` are ``(N, H, W, 3)`` uint8 in time
+    order; ``rows * cols`` of them are picked evenly (repeating frames when there are fewer)
+    and each is squashed to its tile with area interpolation.
+    """
+    import cv2
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"storyboard needs (N, H, W, 3) frames, got shape {frames.shape}")
+    rows, cols = grid
+    h, w = size
+    if rows < 1 or cols < 1 or h < rows or w < cols:
+        raise ValueError(f"cannot tile {size} into a {rows}x{cols} grid")
+    pick = np.linspace(0, len(frames) - 1, rows * cols).round().astype(int)
+    ys = np.linspace(0, h, rows + 1).round().astype(int)
+    xs = np.linspace(0, w, cols + 1).round().astype(int)
+    out = np.empty((h, w, 3), np.uint8)
+    for k, i in enumerate(pick):
+        r, c = divmod(k, cols)
+        th, tw = ys[r + 1] - ys[r], xs[c + 1] - xs[c]
+        out[ys[r] : ys[r + 1], xs[c] : xs[c + 1]] = cv2.resize(
+            np.ascontiguousarray(frames[i]), (tw, th), interpolation=cv2.INTER_AREA
+        )
+    return out
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -164,6 +235,7 @@ class ClipScorer(Step[dict, dict]):
         caption_mode: str = "best_fragment",
         text_cache_size: int = 4096,
         num_threads: int | None = None,
+        storyboard: bool | None = None,
     ) -> None:
         if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -184,6 +256,8 @@ class ClipScorer(Step[dict, dict]):
         self.caption_mode = caption_mode
         self.text_cache_size = int(text_cache_size)
         self.num_threads = num_threads
+        self.storyboard = storyboard
+        self.storyboard_grid: tuple[int, int] | None = None
         self._model: Any = None
         self._tokenizer: Any = None
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -218,6 +292,7 @@ class ClipScorer(Step[dict, dict]):
         self._torch = torch
         self._torch_dtype = torch_dtype
         self._configure_preprocessing(preprocess)
+        self.storyboard_grid = self._storyboard_grid(source)
         config: Any = model.config
         max_pos = int(config.text_config.max_position_embeddings)
         tok_max = int(getattr(tokenizer, "model_max_length", max_pos) or max_pos)
@@ -232,6 +307,24 @@ class ClipScorer(Step[dict, dict]):
             self.input_size[1],
             self.embedding_dim,
         )
+
+    def _storyboard_grid(self, source: str) -> tuple[int, int] | None:
+        """Whether (and how) scenes get a storyboard embedding: ``storyboard=True`` always
+        (grid :data:`STORYBOARD_GRID`), ``False`` never, ``None`` as the model folder's
+        ``scoring.json`` says (a model trained on storyboards names its grid there)."""
+        if self.storyboard is False:
+            return None
+        declared = read_scoring(source).get("storyboard")
+        if declared is None and not self.storyboard:
+            return None
+        grid = (declared or {}).get("grid", STORYBOARD_GRID) if isinstance(declared, dict) else STORYBOARD_GRID
+        try:
+            rows, cols = (int(v) for v in grid)
+        except (TypeError, ValueError):
+            raise ModelFolderError(
+                f"{SCORING_FILE} storyboard grid must be [rows, cols], got {grid!r}", uri=source
+            ) from None
+        return rows, cols
 
     def __enter__(self) -> ClipScorer:
         self.setup()
@@ -413,6 +506,16 @@ class ClipScorer(Step[dict, dict]):
                 self._text_cache.popitem(last=False)
         return np.stack(rows).astype(np.float32)
 
+    def scene_embeddings(self, scenes: Sequence[np.ndarray]) -> np.ndarray:
+        """Unit-norm storyboard embeddings: per scene, its sampled frames ``(k, H, W, 3)`` in
+        time order, tiled into one image of the model's input size (see :func:`storyboard`)."""
+        self._require()
+        grid = self.storyboard_grid or STORYBOARD_GRID
+        if not len(scenes):
+            return np.zeros((0, self.embedding_dim), np.float32)
+        boards = np.stack([storyboard(np.asarray(f), self.input_size, grid) for f in scenes])
+        return self.embed_images(boards)
+
     def truncate_caption(self, text: str) -> tuple[str, bool]:
         """The part of ``text`` the model reads, and whether anything was cut."""
         self._require()
@@ -425,9 +528,13 @@ class ClipScorer(Step[dict, dict]):
     # --- records -------------------------------------------------------------------------------
 
     def score_record(
-        self, record: Mapping[str, Any], frame_embeddings: np.ndarray | None = None
+        self,
+        record: Mapping[str, Any],
+        frame_embeddings: np.ndarray | None = None,
+        scene_embedding: np.ndarray | None = None,
     ) -> dict:
-        """Fill ``caption_score``, ``frame_scores``, ``embedding`` and ``frame_embeddings``.
+        """Fill ``caption_score``, ``frame_scores``, ``embedding`` and ``frame_embeddings``
+        (and ``scene_embedding``, the storyboard's, for a model that reads storyboards).
 
         ``record["frames"]`` holds the sampled frames (unless ``frame_embeddings`` is given,
         as when the pipeline computed them in a batched ``RunInference`` step). A record
@@ -437,14 +544,19 @@ class ClipScorer(Step[dict, dict]):
         from .recaption import split_caption  # the fragment grammar lives with re-captioning
 
         out = dict(record)
+        frames = out.get("frames")
         if frame_embeddings is None:
-            frames = out.get("frames")
             if frames is None or len(frames) == 0:
                 raise ValueError(f"clip {out.get('clip_id')!r} has no sampled frames to score")
             frame_embeddings = self.embed_images(np.asarray(frames))
+        if scene_embedding is None and self.storyboard_grid is not None:
+            if frames is not None and len(frames):
+                scene_embedding = self.scene_embeddings([np.asarray(frames)])[0]
         frame_embeddings = np.asarray(frame_embeddings, np.float32)
         out["frame_embeddings"] = frame_embeddings
         out["embedding"] = _l2_normalize(frame_embeddings.mean(axis=0)).tolist()
+        if scene_embedding is not None:
+            out["scene_embedding"] = np.asarray(scene_embedding, np.float32)
 
         caption = out.get("source_caption")
         usable = caption and not (
@@ -508,8 +620,13 @@ class ClipScorer(Step[dict, dict]):
         else:
             splits = [self.embed_images(f) for f in stacked]
         it = iter(splits)
+        boards = iter(
+            self.scene_embeddings(stacked) if self.storyboard_grid is not None and stacked else ()
+        )
         for record, n in zip(records, sizes):
-            yield self.score_record(record, next(it) if n else None)
+            yield self.score_record(
+                record, next(it) if n else None, next(boards, None) if n else None
+            )
 
 
 def _num_frames(record: Mapping[str, Any]) -> int:

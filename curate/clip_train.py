@@ -174,28 +174,36 @@ _FILLER_NEGATIVES = (
 )
 
 
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything that determines a shapes-world CLIP run (written into the model card)."""
 
     seed: int = 0
-    scenes: int = 12000
+    scenes: int = 80000
     frames_per_scene: int = 2
-    epochs: int = 3
-    batch_size: int = 96
-    lr: float = 3e-3
+    #: also train on scene storyboards (sampled frames tiled in time order), so that the
+    #: model reads motion from a scene; single frames still train caption scoring
+    storyboards: bool = True
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
     weight_decay: float = 0.05
-    image_size: int = 96
-    patch_size: int = 12
-    hidden: int = 64
-    vision_layers: int = 4
-    text_layers: int = 2
+    image_size: int = 128
+    patch_size: int = 16
+    hidden: int = 128
+    vision_layers: int = 6
+    text_layers: int = 3
     heads: int = 4
-    projection_dim: int = 64
+    projection_dim: int = 128
     vocab_size: int = 1024
     eval_seed: int = 1_000_003
     eval_scenes: int = 1500
     threads: int = 2
+    #: processes that render the training scenes
+    workers: int = 1
+    #: "cpu", "cuda", or "auto" (CUDA when available)
+    device: str = "auto"
     hard_negatives: int = 2
     #: stop after this many seconds of training (the learning-rate schedule follows the
     #: clock); ``None`` trains the full ``epochs``
@@ -211,6 +219,7 @@ class TrainSettings:
             "batch_size",
             "eval_scenes",
             "threads",
+            "workers",
         ):
             value = getattr(self, name)
             if int(value) < 1:
@@ -223,6 +232,8 @@ class TrainSettings:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s!r}")
         if self.eval_seed == self.seed:
             raise ValueError(f"eval_seed must differ from seed, got {self.eval_seed!r} for both")
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda[:N]' or 'auto', got {self.device!r}")
 
 
 #: Unicode blocks of other scripts; random text from them trains the byte-level tokens a
@@ -272,70 +283,229 @@ def all_scene_texts() -> list[str]:
     return texts + list(_FILLER_NEGATIVES)
 
 
-def render_training_frames(
+# --- training data ------------------------------------------------------------------------------
+
+#: the slots of a scene's facts, in the order of the integer codes below
+SLOTS = ("color", "shape", "motion", "background")
+
+
+def _vocabularies() -> tuple[tuple[str, ...], ...]:
+    from . import synth
+
+    return (tuple(synth.COLORS), synth.SHAPES, synth.MOTIONS, tuple(synth.BACKGROUNDS))
+
+
+def facts_codes(facts: Any) -> tuple[int, int, int, int]:
+    """``(colour, shape, motion, background)`` indices of scene facts."""
+    return tuple(  # type: ignore[return-value]
+        vocab.index(getattr(facts, slot)) for slot, vocab in zip(SLOTS, _vocabularies())
+    )
+
+
+@dataclass
+class TrainingData:
+    """Rendered training images and the facts they show (integer codes per :data:`SLOTS`)."""
+
+    frames: np.ndarray  # (N, S, S, 3) uint8: single frames
+    frame_codes: np.ndarray  # (N, 4) int16
+    boards: np.ndarray  # (M, S, S, 3) uint8: storyboards of the sampler's frames (M may be 0)
+    board_codes: np.ndarray  # (M, 4) int16
+    #: the sampler's frames of each storyboard, each squashed to S (only when asked for)
+    board_frames: np.ndarray | None = None
+
+
+def _render_chunk(job: tuple[int, int, int, int, int, bool, bool]) -> tuple[np.ndarray, ...]:
+    """Render scenes ``[start, stop)`` of a run (a worker process's share)."""
+    import cv2
+
+    from . import synth
+    from .clip_score import storyboard
+    from .sampling import plan_indices
+
+    seed, start, stop, frames_per_scene, image_size, boards, keep_board_frames = job
+    n_scenes = stop - start
+    s = image_size
+    frames = np.empty((n_scenes * frames_per_scene, s, s, 3), np.uint8)
+    frame_codes = np.empty((n_scenes * frames_per_scene, 4), np.int16)
+    n_boards = n_scenes if boards else 0
+    board_imgs = np.empty((n_boards, s, s, 3), np.uint8)
+    board_frames = np.empty((n_boards if keep_board_frames else 0, 4, s, s, 3), np.uint8)
+    codes = np.empty((n_scenes, 4), np.int16)
+    # the base sizes suit a 64-px model; keep about the same downscale for other inputs
+    scale = image_size / 64
+    for j in range(n_scenes):
+        rng = np.random.default_rng([seed, 0xC11F, start + j])
+        f = synth.random_facts(rng)
+        codes[j] = facts_codes(f)
+        w, h = TRAIN_RENDER_SIZES[int(rng.integers(len(TRAIN_RENDER_SIZES)))]
+        w, h = max(32, round(w * scale / 2) * 2), max(32, round(h * scale / 2) * 2)
+        # the corpus' scenes are 40 frames or longer
+        n = int(rng.integers(40, 121))
+        renderer = synth.SceneRenderer(
+            f, num_frames=n, width=w, height=h, seed=int(rng.integers(2**31))
+        )
+
+        def squashed(t: int) -> np.ndarray:
+            return cv2.resize(renderer.frame(int(t)), (s, s), interpolation=cv2.INTER_AREA)
+
+        for i, t in enumerate(rng.choice(n, size=frames_per_scene, replace=False)):
+            frames[j * frames_per_scene + i] = squashed(int(t))
+            frame_codes[j * frames_per_scene + i] = codes[j]
+        if boards:
+            # the frames the sampler would take (uniform, a few frames off each end, as a
+            # scene found by the splitter may start or end a little off)
+            a, b = sorted(rng.integers(0, 6, size=2))
+            picked = np.stack(
+                [squashed(t) for t in plan_indices(int(a), n - int(b), 4, strategy="uniform")]
+            )
+            board_imgs[j] = storyboard(picked, (s, s))
+            if keep_board_frames:
+                board_frames[j] = picked
+    return frames, frame_codes, board_imgs, codes[:n_boards], board_frames
+
+
+def render_training_data(
     n_scenes: int,
     *,
     seed: int,
     frames_per_scene: int,
     image_size: int,
+    storyboards: bool = True,
+    keep_board_frames: bool = False,
+    workers: int = 1,
     progress: bool = True,
-) -> tuple[np.ndarray, list[Any]]:
-    """Render ``n_scenes`` random scenes, ``frames_per_scene`` random frames each, squashed to
-    ``image_size`` square as the sampler reads them. Returns ``(frames, facts per frame)``."""
-    import cv2
+) -> TrainingData:
+    """Render ``n_scenes`` random scenes: ``frames_per_scene`` random frames each, squashed to
+    ``image_size`` square as the sampler reads them, and (``storyboards``) one storyboard of the
+    four frames the sampler would take. The same seed gives the same data for any ``workers``."""
     from tqdm import tqdm
 
-    from . import synth
+    chunk = 250
+    jobs = [
+        (seed, a, min(a + chunk, n_scenes), frames_per_scene, image_size, storyboards,
+         keep_board_frames)
+        for a in range(0, n_scenes, chunk)
+    ]
+    bar = tqdm(total=n_scenes, desc="render", unit="scene", disable=not progress)
+    parts: list[tuple[np.ndarray, ...]] = []
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
 
-    rng = np.random.default_rng([seed, 0xC11F])
-    frames = np.empty((n_scenes * frames_per_scene, image_size, image_size, 3), np.uint8)
-    facts: list[Any] = []
-    k = 0
-    for _ in tqdm(range(n_scenes), desc="render", unit="scene", disable=not progress):
-        f = synth.random_facts(rng)
-        w, h = TRAIN_RENDER_SIZES[int(rng.integers(len(TRAIN_RENDER_SIZES)))]
-        # the base sizes suit a 64-px model; keep about the same downscale for other inputs
-        scale = image_size / 64
-        w, h = max(32, round(w * scale / 2) * 2), max(32, round(h * scale / 2) * 2)
-        n = int(rng.integers(20, 90))
-        renderer = synth.SceneRenderer(
-            f, num_frames=n, width=w, height=h, seed=int(rng.integers(2**31))
-        )
-        for t in rng.choice(n, size=frames_per_scene, replace=False):
-            img = renderer.frame(int(t))
-            frames[k] = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA)
-            facts.append(f)
-            k += 1
-    return frames, facts
-
-
-def _caption_variants(
-    facts: Any, rng: np.random.Generator, n_negatives: int = 1
-) -> tuple[str, list[str]]:
-    """A positive caption for ``facts`` and hard negatives that change one visible slot."""
-    from . import synth
-
-    pos = facts.caption
-    r = rng.random()
-    if r < 0.1:
-        # a caption cut after the shape word still names what is visible
-        cut = pos.index(facts.shape) + len(facts.shape)
-        pos = pos[: int(rng.integers(cut, len(pos) + 1))]
-    slots = (
-        ("color", tuple(synth.COLORS)),
-        ("shape", synth.SHAPES),
-        ("background", tuple(synth.BACKGROUNDS)),
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for part in pool.imap(_render_chunk, jobs):
+                parts.append(part)
+                bar.update(len(part[3]) if storyboards else len(part[0]) // frames_per_scene)
+    else:
+        for job in jobs:
+            parts.append(_render_chunk(job))
+            bar.update(job[2] - job[1])
+    bar.close()
+    return TrainingData(
+        frames=np.concatenate([p[0] for p in parts]),
+        frame_codes=np.concatenate([p[1] for p in parts]),
+        boards=np.concatenate([p[2] for p in parts]),
+        board_codes=np.concatenate([p[3] for p in parts]),
+        board_frames=np.concatenate([p[4] for p in parts]) if keep_board_frames else None,
     )
-    # shape is the slot a frame shows least plainly (a few pixels at the input size), so the
-    # first hard negative always swaps the shape; further ones swap colour or background
-    order = [1] + [int(k) + (k >= 1) for k in rng.permutation(2)]
-    negs = []
-    for k in order[:n_negatives]:
-        slot, vocab = slots[k]
-        other = [v for v in vocab if v != getattr(facts, slot)]
-        alt = dataclasses.replace(facts, **{slot: other[int(rng.integers(len(other)))]})
-        negs.append(alt.caption)
-    return pos, negs
+
+
+class CaptionSampler:
+    """The captions of a training step as integer codes (see :data:`SLOTS`), drawn in bulk.
+
+    Every caption of the grammar has an index (:meth:`index`), so its tokens are computed once
+    for the whole run. A code of -1 is a wildcard: a truncated caption ("a red circle") says
+    nothing of motion and background. Captions outside the grammar (fillers, other scripts) get
+    -2 everywhere and match no image.
+    """
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        from . import synth
+
+        self.rng = rng
+        self.vocab = _vocabularies()
+        self.sizes = np.array([len(v) for v in self.vocab])
+        self._caption_for = synth.caption_for
+        motions = self.vocab[2]
+        pairs = {"moving left": "moving right", "moving up": "moving down", "growing": "shrinking"}
+        pairs |= {b: a for a, b in pairs.items()}
+        self.opposite_motion = np.array([motions.index(pairs.get(m, m)) for m in motions])
+
+    @property
+    def n_captions(self) -> int:
+        return int(np.prod(self.sizes))
+
+    def index(self, codes: np.ndarray) -> np.ndarray:
+        """Row of each full code in :meth:`all_captions`."""
+        codes = np.asarray(codes, np.int64)
+        out = codes[:, 0]
+        for k in range(1, 4):
+            out = out * self.sizes[k] + codes[:, k]
+        return out
+
+    def caption(self, code: Any) -> str:
+        return self._caption_for(*(v[int(i)] for v, i in zip(self.vocab, code)))
+
+    def all_captions(self) -> list[str]:
+        codes = np.stack(np.unravel_index(np.arange(self.n_captions), tuple(self.sizes)), 1)
+        return [self.caption(c) for c in codes]
+
+    def truncated(self, code: Any) -> str:
+        """The caption of ``code`` cut at a random point after the shape word."""
+        text = self.caption(code)
+        shape = self.vocab[1][int(code[1])]
+        cut = text.index(shape) + len(shape)
+        return text[: int(self.rng.integers(cut, len(text)))]
+
+    def negatives(self, codes: np.ndarray, n: int, *, board: bool) -> np.ndarray:
+        """``(len(codes) * n, 4)`` codes that each change exactly one slot of a code: for a
+        frame the shape first (the slot a frame shows least plainly), then colour or
+        background; for a storyboard the opposite motion, another motion, then the shape."""
+        codes = np.asarray(codes, np.int64)
+        rows = []
+        for j in range(n):
+            if board and j == 0:
+                # the opposite motion: the one that tells direction apart (left from right,
+                # growing from shrinking) rather than axis, which a storyboard shows at once
+                alt = codes.copy()
+                alt[:, 2] = self.opposite_motion[codes[:, 2]]
+                still = alt[:, 2] == codes[:, 2]
+                size = self.sizes[2]
+                shift = (self.rng.random(int(still.sum())) * (size - 1)).astype(np.int64) + 1
+                alt[still, 2] = (codes[still, 2] + shift) % size
+                rows.append(alt)
+                continue
+            if board:
+                slot = np.full(len(codes), 2 if j < 2 else 1)
+            elif j == 0:
+                slot = np.full(len(codes), 1)
+            else:
+                slot = np.where(self.rng.random(len(codes)) < 0.5, 0, 3)
+            alt = codes.copy()
+            size = self.sizes[slot]
+            shift = (self.rng.random(len(codes)) * (size - 1)).astype(np.int64) + 1
+            r = np.arange(len(codes))
+            alt[r, slot] = (codes[r, slot] + shift) % size
+            rows.append(alt)
+        return np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
+
+
+def match_matrix(image_codes: Any, text_codes: Any) -> Any:
+    """``(I, T)`` bool: text j describes image i (every slot equal, or a wildcard -1 on either
+    side; -2 on the text side matches nothing). NumPy arrays or torch tensors."""
+    img = image_codes[:, None, :]
+    txt = text_codes[None, :, :]
+    ok = (img == txt) | (txt == -1) | (img == -1)
+    return ok.all(-1) & (txt != -2).all(-1)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device is CUDA but no CUDA device is available")
+    return device
 
 
 def train_shapes_clip(
@@ -355,8 +525,11 @@ def train_shapes_clip(
     from .tokenizer import train_clip_tokenizer
 
     s = settings
+    device = resolve_device(s.device)
     torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
     rng = np.random.default_rng([s.seed, 0x7EA1])
     t0 = time.perf_counter()
 
@@ -367,11 +540,13 @@ def train_shapes_clip(
         tokenizer = AutoTokenizer.from_pretrained(s.init)
     else:
         tokenizer = train_clip_tokenizer(all_scene_texts(), vocab_size=s.vocab_size)
-    frames, facts = render_training_frames(
+    data = render_training_data(
         s.scenes,
         seed=s.seed,
         frames_per_scene=s.frames_per_scene,
         image_size=s.image_size,
+        storyboards=s.storyboards,
+        workers=s.workers,
         progress=progress,
     )
     t_data = time.perf_counter() - t0
@@ -387,14 +562,27 @@ def train_shapes_clip(
         projection_dim=s.projection_dim,
     )
     model = CLIPModel.from_pretrained(s.init) if s.init else CLIPModel(cfg)
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    # the images stay uint8 on the device; each step gathers its batch there
+    frames = torch.from_numpy(data.frames).to(device)
+    boards = torch.from_numpy(data.boards).to(device)
+    n_boards = len(data.boards)
+    # a step takes batch_size frames and (with storyboards) batch_size storyboards
+    b_boards = s.batch_size if n_boards else 0
 
-    steps_per_epoch = len(frames) // s.batch_size
+    steps_per_epoch = len(data.frames) // s.batch_size
     total = steps_per_epoch * s.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    warmup = max(1, min(30, total // 10))
+    warmup = max(1, min(200, total // 20))
+    captions = CaptionSampler(rng)
+    # every caption of the grammar, tokenised once
+    table = tokenizer(
+        captions.all_captions(), padding=True, truncation=True, max_length=77, return_tensors="pt"
+    )
+    table_ids, table_mask = table["input_ids"].to(device), table["attention_mask"].to(device)
     t_train = time.perf_counter()
 
     def progress_fraction(step_done: int) -> float:
@@ -413,13 +601,18 @@ def train_shapes_clip(
         for group in opt.param_groups:
             group["lr"] = lr
 
-    keys = [(f.color, f.shape, f.background) for f in facts]
+    def pixels(images: Any, n: int) -> Any:
+        x = rearrange(images.float(), "b h w c -> b c h w") / 255.0
+        # photometric jitter the decoder and resizer of real videos would add
+        x = x * (1 + 0.06 * torch.randn(n, 1, 1, 1, device=device)) + 0.02 * torch.randn_like(x)
+        return (x.clamp(0, 1) - mean) / std
+
     model.train()
     losses: list[float] = []
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     done = 0
     for _epoch in range(s.epochs):
-        order = rng.permutation(len(frames))
+        order = rng.permutation(len(data.frames))
         if progress_fraction(done) >= 1.0:
             break
         for step in range(steps_per_epoch):
@@ -427,47 +620,69 @@ def train_shapes_clip(
                 break
             set_lr(done)
             idx = order[step * s.batch_size : (step + 1) * s.batch_size]
-            x = torch.from_numpy(frames[idx]).float()
-            x = rearrange(x, "b h w c -> b c h w") / 255.0
-            # photometric jitter the decoder and resizer of real videos would add
-            x = x * (1 + 0.06 * torch.randn(len(idx), 1, 1, 1)) + 0.02 * torch.randn_like(x)
-            x = (x.clamp(0, 1) - mean) / std
-            pos, neg, text_keys = [], [], []
-            for i in idx:
-                p, ns = _caption_variants(facts[i], rng, s.hard_negatives)
-                pos.append(p)
-                neg.extend(ns)
-            fillers = [
+            bidx = rng.integers(n_boards, size=b_boards) if b_boards else np.zeros(0, int)
+            images = frames[torch.from_numpy(idx).to(device)]
+            img_codes = data.frame_codes[idx].astype(np.int64)
+            img_codes[:, 2] = -1  # one frame cannot show motion
+            if b_boards:
+                images = torch.cat([images, boards[torch.from_numpy(bidx).to(device)]])
+                img_codes = np.concatenate([img_codes, data.board_codes[bidx].astype(np.int64)])
+            x = pixels(images, len(images))
+            # texts: positives (10 % truncated), hard negatives, fillers
+            pos_codes = np.concatenate([data.frame_codes[idx], data.board_codes[bidx]]).astype(
+                np.int64
+            )
+            cut = rng.random(len(pos_codes)) < 0.1
+            neg_codes = np.concatenate(
+                [
+                    captions.negatives(data.frame_codes[idx], s.hard_negatives, board=False),
+                    captions.negatives(data.board_codes[bidx], s.hard_negatives, board=True),
+                ]
+            )
+            full_codes = np.concatenate([pos_codes[~cut], neg_codes])
+            free_texts = [captions.truncated(c) for c in pos_codes[cut]]
+            free_codes = [(int(c[0]), int(c[1]), -1, -1) for c in pos_codes[cut]]
+            free_texts += [
                 _FILLER_NEGATIVES[int(j)] for j in rng.integers(len(_FILLER_NEGATIVES), size=8)
             ] + [random_script_text(rng) for _ in range(8)]
-            texts = pos + neg + fillers
-            batch_keys = [keys[i] for i in idx]
-            text_keys = batch_keys + [None] * (len(neg) + len(fillers))
+            free_codes += [(-2, -2, -2, -2)] * 16
+            text_codes = np.concatenate([full_codes, np.array(free_codes, np.int64)])
+            # positives in text order: the uncut ones lead the full block, the cut ones lead
+            # the free block
+            n_full_pos, n_cut = int((~cut).sum()), int(cut.sum())
+            positives = np.concatenate(
+                [np.arange(n_full_pos), len(full_codes) + np.arange(n_cut)]
+            )
+            rows, inverse = np.unique(captions.index(full_codes), return_inverse=True)
+            rows_t = torch.from_numpy(rows).to(device)
+            full_emb = _features(
+                model.get_text_features(
+                    input_ids=table_ids[rows_t], attention_mask=table_mask[rows_t]
+                )
+            )[torch.from_numpy(inverse.reshape(-1)).to(device)]
             enc = tokenizer(
-                texts, padding=True, truncation=True, max_length=77, return_tensors="pt"
+                free_texts, padding=True, truncation=True, max_length=77, return_tensors="pt"
+            ).to(device)
+            free_emb = _features(
+                model.get_text_features(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                )
             )
             img = F.normalize(_features(model.get_image_features(pixel_values=x)), dim=-1)
-            txt = F.normalize(
-                _features(
-                    model.get_text_features(
-                        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
-                    )
-                ),
-                dim=-1,
-            )
+            txt = F.normalize(torch.cat([full_emb, free_emb]), dim=-1)
             scale = model.logit_scale.exp().clamp(max=100)
-            logits = scale * img @ txt.T  # (B, T)
-            # several images and captions of one batch can show the same colour, shape and
-            # background: all of them are positives (motion is invisible in one frame)
-            match = torch.tensor(
-                [[tk is not None and tk == bk for tk in text_keys] for bk in batch_keys],
-                dtype=torch.float32,
-            )
+            logits = scale * img @ txt.T  # (I, T)
+            # several images and captions of one batch can show the same facts: all of them
+            # are positives (and a single frame matches its caption under every motion)
+            match = match_matrix(
+                torch.from_numpy(img_codes).to(device), torch.from_numpy(text_codes).to(device)
+            ).float()
             loss_i = (
                 -(F.log_softmax(logits, dim=1) * match / match.sum(1, keepdim=True)).sum(1).mean()
             )
-            pos_logits = logits[:, : len(idx)].T  # (B texts, B images)
-            pmatch = match[:, : len(idx)].T
+            pos_t = torch.from_numpy(positives).to(device)
+            pos_logits = logits[:, pos_t].T  # (positive texts, images)
+            pmatch = match[:, pos_t].T
             loss_t = (
                 -(F.log_softmax(pos_logits, dim=1) * pmatch / pmatch.sum(1, keepdim=True))
                 .sum(1)
@@ -485,13 +700,18 @@ def train_shapes_clip(
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     bar.close()
     train_s = time.perf_counter() - t0
-    model.eval()
+    model = model.to("cpu").eval()
     out = save_clip_folder(model, tokenizer, out)
+    if s.storyboards:
+        write_scoring(out, {"storyboard": {"grid": list(_storyboard_grid())}})
     report = {
         "settings": dataclasses.asdict(s),
+        "device": device if device == "cpu" else torch.cuda.get_device_name(device),
         "parameters": n_params,
-        "train_frames": int(len(frames)),
+        "train_frames": int(len(data.frames)),
+        "train_storyboards": int(n_boards),
         "steps": done,
+        "images_seen": done * (s.batch_size + b_boards),
         "final_loss": float(np.mean(losses[-50:])),
         "data_seconds": round(t_data, 1),
         "train_seconds": round(train_s, 1),
@@ -500,18 +720,35 @@ def train_shapes_clip(
     return report
 
 
+def _storyboard_grid() -> tuple[int, int]:
+    from .clip_score import STORYBOARD_GRID
+
+    return STORYBOARD_GRID
+
+
+def write_scoring(folder: str | os.PathLike[str], values: dict[str, Any]) -> None:
+    """Merge ``values`` into the folder's ``scoring.json`` (what the scorer reads of a model)."""
+    from .clip_score import SCORING_FILE
+
+    path = Path(folder) / SCORING_FILE
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update(values)
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
 def _features(out: Any):
     return out.pooler_output if hasattr(out, "pooler_output") else out
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties half."""
-    from scipy.stats import rankdata
-
     pos, neg = np.asarray(positive, float), np.asarray(negative, float)
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError("AUROC needs at least one positive and one negative")
-    ranks = rankdata(np.concatenate([pos, neg]))
+    values = np.concatenate([pos, neg])
+    # average ranks (ties share the mean of their positions), 1-based
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
@@ -520,51 +757,91 @@ def evaluate_shapes_clip(
     *,
     seed: int,
     scenes: int = 1000,
-    frames_per_scene: int = 1,
     progress: bool = False,
-) -> dict[str, float]:
-    """Held-out accuracy of a CLIP on shapes-world frames rendered from ``seed``.
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Held-out accuracy of a CLIP on shapes-world scenes rendered from ``seed``.
+
+    Each scene is seen as the curate pipeline sees it: the four frames the sampler takes.
 
     - ``color_acc`` / ``shape_acc`` / ``background_acc`` / ``all_acc``: zero-shot
       classification of each frame against every caption of the grammar (the best caption
       over the seven motions of each colour, shape and background)
+    - ``scene_*_acc``: the same per scene over all four slots, motion included, with the
+      similarity re-captioning uses (:func:`curate.clip_score.scene_similarity`: the mean
+      frame embedding, plus the storyboard where the model reads storyboards)
     - ``noise_auroc``: the true caption against a caption of other facts (another colour and
       shape, as a mismatched caption from another video is), per frame
     """
     from . import synth
-    from .clip_score import ClipScorer
+    from .clip_score import ClipScorer, scene_similarity
 
     rng = np.random.default_rng([seed, 0xE7A1])
-    combos = [(c, s, b) for c in synth.COLORS for s in synth.SHAPES for b in synth.BACKGROUNDS]
-    with ClipScorer(model=model, batch_size=256) as scorer:
+    vocab = _vocabularies()
+    with ClipScorer(model=model, batch_size=256, device=device) as scorer:
         h, w = scorer.input_size
-        frames, facts = render_training_frames(
-            scenes, seed=seed, frames_per_scene=frames_per_scene, image_size=h, progress=progress
+        data = render_training_data(
+            scenes,
+            seed=seed,
+            frames_per_scene=1,
+            image_size=h,
+            storyboards=True,
+            keep_board_frames=True,
+            progress=progress,
         )
-        if (h, w) != frames.shape[1:3]:
+        bf = data.board_frames
+        assert bf is not None
+        if (h, w) != bf.shape[2:4]:
             import cv2
 
-            frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
-        img = scorer.embed_images(frames)
-        texts = [synth.caption_for(c, s, m, b) for (c, s, b) in combos for m in synth.MOTIONS]
+            bf = np.stack(
+                [
+                    [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in fs]
+                    for fs in bf
+                ]
+            )
+        n = len(bf)
+        frame_emb = scorer.embed_images(bf.reshape(-1, *bf.shape[2:])).reshape(n, 4, -1)
+        scene = scorer.scene_embeddings(list(bf))
+        combos = [
+            (c, s, m, b)
+            for c in range(len(vocab[0]))
+            for s in range(len(vocab[1]))
+            for m in range(len(vocab[2]))
+            for b in range(len(vocab[3]))
+        ]
+        texts = [synth.caption_for(*(v[i] for v, i in zip(vocab, cmb))) for cmb in combos]
         txt = scorer.embed_texts(texts)
-        sims = (img @ txt.T).reshape(len(img), len(combos), len(synth.MOTIONS)).max(-1)
-        pred = [combos[i] for i in sims.argmax(1)]
-        truth = [(f.color, f.shape, f.background) for f in facts]
+        truth = data.board_codes.astype(int)
+        # per frame: best caption, motion left out
+        per_frame = frame_emb.reshape(n * 4, -1) @ txt.T
+        pred_f = np.array(combos)[per_frame.argmax(1)]
+        truth_f = np.repeat(truth, 4, axis=0)
+        # per scene: all four slots
+        mean = frame_emb.mean(1)
+        mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+        sims = scene_similarity(mean, scene, txt)
+        pred_s = np.array(combos)[sims.argmax(1)]
+        captions = [synth.caption_for(*(v[i] for v, i in zip(vocab, t))) for t in truth]
         mismatched = []
-        for f in facts:
+        for t in truth:
             while True:
                 g = synth.random_facts(rng)
-                if (g.color, g.shape) != (f.color, f.shape):
+                if (vocab[0].index(g.color), vocab[1].index(g.shape)) != (t[0], t[1]):
                     break
             mismatched.append(g.caption)
-        true_cos = np.einsum("nd,nd->n", img, scorer.embed_texts([f.caption for f in facts]))
-        wrong_cos = np.einsum("nd,nd->n", img, scorer.embed_texts(mismatched))
-    acc = {
-        name: float(np.mean([p[k] == t[k] for p, t in zip(pred, truth)]))
-        for k, name in enumerate(("color_acc", "shape_acc", "background_acc"))
-    }
-    acc["all_acc"] = float(np.mean([p == t for p, t in zip(pred, truth)]))
+        flat = frame_emb.reshape(n * 4, -1)
+        true_cos = np.einsum("nd,nd->n", flat, np.repeat(scorer.embed_texts(captions), 4, 0))
+        wrong_cos = np.einsum("nd,nd->n", flat, np.repeat(scorer.embed_texts(mismatched), 4, 0))
+        reads_boards = scorer.storyboard_grid is not None
+    acc: dict[str, Any] = {}
+    for k, name in ((0, "color"), (1, "shape"), (3, "background")):
+        acc[f"{name}_acc"] = float(np.mean(pred_f[:, k] == truth_f[:, k]))
+    visible = [0, 1, 3]
+    acc["all_acc"] = float(np.mean((pred_f[:, visible] == truth_f[:, visible]).all(1)))
+    for k, name in enumerate(SLOTS):
+        acc[f"scene_{name}_acc"] = float(np.mean(pred_s[:, k] == truth[:, k]))
+    acc["scene_all_acc"] = float(np.mean((pred_s == truth).all(1)))
     acc["noise_auroc"] = auroc(true_cos, wrong_cos)
     # the cut that best separates true from mismatched captions (Youden's J)
     cuts = np.unique(np.concatenate([true_cos, wrong_cos]))
@@ -572,5 +849,7 @@ def evaluate_shapes_clip(
     acc["recommended_threshold"] = float(cuts[int(np.argmax(j))])
     acc["true_caption_cos_mean"] = float(true_cos.mean())
     acc["mismatched_caption_cos_mean"] = float(wrong_cos.mean())
-    acc["frames"] = int(len(frames))
+    acc["frames"] = int(len(flat))
+    acc["scenes"] = int(n)
+    acc["storyboards"] = bool(reads_boards)
     return acc

@@ -16,8 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from .clip_score import SCORING_FILE
-from .clip_train import TRAIN_RENDER_SIZES, TrainSettings, evaluate_shapes_clip, train_shapes_clip
+from .clip_train import (
+    TRAIN_RENDER_SIZES,
+    TrainSettings,
+    evaluate_shapes_clip,
+    resolve_device,
+    train_shapes_clip,
+    write_scoring,
+)
 
 logger = logging.getLogger("curate.train_clip")
 
@@ -41,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the frames")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="frames per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="input side in pixels")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="ViT patch side")
     p.add_argument("--hidden", type=int, default=d.hidden, help="width of both towers")
     p.add_argument("--vision-layers", type=int, default=d.vision_layers)
     p.add_argument("--text-layers", type=int, default=d.text_layers)
@@ -49,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.hard_negatives,
         help="captions per frame that change one visible slot (0-3)",
+    )
+    p.add_argument(
+        "--no-storyboards",
+        action="store_true",
+        help="train on single frames only (the model then cannot read motion)",
+    )
+    p.add_argument(
+        "--device",
+        default=d.device,
+        help="cpu, cuda[:N] or auto (CUDA when available; default %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=d.workers, help="processes rendering training scenes"
     )
     p.add_argument("--init", default=None, help="continue training from this model folder")
     p.add_argument(
@@ -170,21 +191,22 @@ measured by `benchmarks/quality.py`.
 def finish(out: Path, report: dict, settings: TrainSettings) -> dict:
     """Evaluate a trained folder on held-out frames; write the card, report and scoring.json."""
     metrics = evaluate_shapes_clip(
-        out, seed=settings.eval_seed, scenes=settings.eval_scenes, progress=False
+        out,
+        seed=settings.eval_seed,
+        scenes=settings.eval_scenes,
+        progress=False,
+        device=resolve_device(settings.device),
     )
     report["heldout"] = metrics
     (out / "README.md").write_text(model_card(report, metrics))
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / SCORING_FILE).write_text(
-        json.dumps(
-            {
-                "caption_threshold": round(metrics["recommended_threshold"], 4),
-                "measured_on": f"{metrics['frames']} held-out frames, seed {settings.eval_seed}",
-                "rule": "maximises TPR - FPR of true vs mismatched captions, per frame",
-            },
-            indent=2,
-        )
-        + "\n"
+    write_scoring(
+        out,
+        {
+            "caption_threshold": round(metrics["recommended_threshold"], 4),
+            "measured_on": f"{metrics['frames']} held-out frames, seed {settings.eval_seed}",
+            "rule": "maximises TPR - FPR of true vs mismatched captions, per frame",
+        },
     )
     return metrics
 
@@ -200,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            image_size=args.image_size,
+            patch_size=args.patch_size,
             hidden=args.hidden,
+            storyboards=not args.no_storyboards,
+            device=args.device,
+            workers=args.workers,
             vision_layers=args.vision_layers,
             text_layers=args.text_layers,
             hard_negatives=args.hard_negatives,
