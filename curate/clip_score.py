@@ -6,8 +6,10 @@ the batched pure functions the Beam pipeline wraps in ``RunInference``:
 
 - :meth:`ClipScorer.embed_images` — ``(N, H, W, 3) uint8`` frames → ``(N, D)`` float32, unit norm
 - :meth:`ClipScorer.embed_texts` — ``list[str]`` → ``(N, D)`` float32, unit norm (LRU-cached)
+- :meth:`ClipScorer.scene_embeddings` — per scene, its sampled frames tiled in time order
+  (:func:`storyboard`) → ``(N, D)``: what happens over the scene, motion included
 - :meth:`ClipScorer.score_record` — a clip record with sampled ``frames`` → the same record
-  with ``caption_score``, ``frame_scores`` and ``embedding`` filled in
+  with ``caption_score``, ``frame_scores`` and ``embedding`` (and ``scene_embedding``) filled in
 
 The caption score of a scene is the cosine between the caption and each sampled frame,
 aggregated over frames (mean, min, max or median). A source caption that narrates several
@@ -219,7 +221,10 @@ class ClipScorer(Step[dict, dict]):
     CLIP), ``device`` ("cpu", "cuda", "cuda:1"), ``dtype`` ("float32"; "bfloat16" / "float16"
     on CUDA), ``batch_size`` (frames per forward pass), ``aggregate`` (over frames),
     ``caption_mode`` ("best_fragment" or "whole"), ``text_cache_size`` (distinct texts whose
-    embeddings are kept), ``num_threads`` (torch CPU threads; ``None`` leaves torch's default).
+    embeddings are kept), ``num_threads`` (torch CPU threads; ``None`` leaves torch's default),
+    ``storyboard`` (also embed each scene's sampled frames tiled in time order, which is what
+    lets re-captioning read motion: ``None`` does so when the model folder's ``scoring.json``
+    declares a storyboard grid, as the shipped model's does; ``True`` / ``False`` force it).
     """
 
     stage = "clip-score"

@@ -373,6 +373,7 @@ def render_training_data(
     storyboards: bool = True,
     keep_board_frames: bool = False,
     workers: int = 1,
+    chunk: int = 250,
     progress: bool = True,
 ) -> TrainingData:
     """Render ``n_scenes`` random scenes: ``frames_per_scene`` random frames each, squashed to
@@ -380,7 +381,8 @@ def render_training_data(
     four frames the sampler would take. The same seed gives the same data for any ``workers``."""
     from tqdm import tqdm
 
-    chunk = 250
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk!r}")
     jobs = [
         (seed, a, min(a + chunk, n_scenes), frames_per_scene, image_size, storyboards,
          keep_board_frames)
@@ -710,6 +712,9 @@ def train_shapes_clip(
         "parameters": n_params,
         "train_frames": int(len(data.frames)),
         "train_storyboards": int(n_boards),
+        "board_negatives": (
+            "storyboards: opposite motion, another motion, shape" if n_boards else "none"
+        ),
         "steps": done,
         "images_seen": done * (s.batch_size + b_boards),
         "final_loss": float(np.mean(losses[-50:])),
@@ -750,6 +755,23 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def best_cut(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The score cut that best separates ``positive`` from ``negative`` (Youden's J: TPR - FPR
+    of ``score >= cut``), in the middle of the range of equally good cuts, so that a score a
+    little off the measured ones (another decoder, a re-encode) falls on the same side."""
+    pos, neg = np.asarray(positive, float), np.asarray(negative, float)
+    cuts = np.unique(np.concatenate([pos, neg]))
+    j = np.array([(pos >= c).mean() - (neg >= c).mean() for c in cuts])
+    best = np.flatnonzero(j == j.max())
+    # the first run of best cuts: every c in (cuts[i0 - 1], cuts[i1]] is as good
+    i0 = int(best[0])
+    i1 = i0
+    while i1 + 1 < len(cuts) and j[i1 + 1] == j.max():
+        i1 += 1
+    lo = cuts[i0 - 1] if i0 > 0 else cuts[i0] - 1e-3
+    return float((lo + cuts[i1]) / 2)
 
 
 def evaluate_shapes_clip(
@@ -843,10 +865,9 @@ def evaluate_shapes_clip(
         acc[f"scene_{name}_acc"] = float(np.mean(pred_s[:, k] == truth[:, k]))
     acc["scene_all_acc"] = float(np.mean((pred_s == truth).all(1)))
     acc["noise_auroc"] = auroc(true_cos, wrong_cos)
-    # the cut that best separates true from mismatched captions (Youden's J)
-    cuts = np.unique(np.concatenate([true_cos, wrong_cos]))
-    j = [(true_cos >= c).mean() - (wrong_cos >= c).mean() for c in cuts]
-    acc["recommended_threshold"] = float(cuts[int(np.argmax(j))])
+    acc["recommended_threshold"] = best_cut(true_cos, wrong_cos)
+    acc["true_caption_cos_min"] = float(true_cos.min())
+    acc["mismatched_caption_cos_max"] = float(wrong_cos.max())
     acc["true_caption_cos_mean"] = float(true_cos.mean())
     acc["mismatched_caption_cos_mean"] = float(wrong_cos.mean())
     acc["frames"] = int(len(flat))

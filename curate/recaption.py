@@ -21,7 +21,7 @@ import numpy as np
 from schemas.stories import validate_story
 from schemas.tables import DROPPED, KEPT
 
-from .clip_score import WEIGHT_FILES
+from .clip_score import WEIGHT_FILES, scene_similarity
 from .errors import CaptionError, ModelFolderError
 from .step import Step, check_choice, check_positive
 from .text import clean_caption, normalize_caption
@@ -139,11 +139,21 @@ class PromptBank:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """``(n, D)`` unit image embeddings → ``(scores, indices)``, each ``(n, k)``."""
+    def search(
+        self, queries: np.ndarray, k: int = 1, scene: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, D)`` unit image embeddings → ``(scores, indices)``, each ``(n, k)``.
+
+        With ``scene`` (storyboard embeddings, ``(n, D)``) the score is
+        :func:`~curate.clip_score.scene_similarity`; being the mean of two cosines, it is the
+        inner product with the mean of the two queries, so one index search gives it.
+        """
         if not self.prompts:
             raise ValueError("the prompt bank is empty")
-        return self.index.search(np.ascontiguousarray(queries, np.float32), k)
+        q = np.asarray(queries, np.float32)
+        if scene is not None:
+            q = (q + np.asarray(scene, np.float32)) / 2
+        return self.index.search(np.ascontiguousarray(q, np.float32), k)
 
 
 # --- image-to-text captioner ----------------------------------------------------------------------
@@ -340,6 +350,13 @@ class Recaptioner(Step[Any, dict]):
             raise ValueError(f"{video_id}: clips {missing} have no embedding (score them first)")
         emb = np.stack([np.asarray(r["embedding"], np.float32) for r in rows])
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        # storyboard embeddings (what happens over a scene) where the scorer made them
+        boards = [r.get("scene_embedding") for r in rows]
+        scene = (
+            np.stack([np.asarray(b, np.float32) for b in boards])
+            if all(b is not None for b in boards)
+            else None
+        )
 
         for r in rows:
             r["recaption"] = r["recaption_source"] = r["recaption_score"] = None
@@ -357,7 +374,7 @@ class Recaptioner(Step[Any, dict]):
         if caption is not None:
             text, _ = self._scorer.truncate_caption(clean_caption(caption).text)
             fragments = split_caption(text) or [text]
-            sims = emb @ self._scorer.embed_texts(fragments).T  # (scenes, fragments)
+            sims = scene_similarity(emb, scene, self._scorer.embed_texts(fragments))
             assignment = align_monotonic(sims)
             source = "source" if len(fragments) == 1 else "source_fragment"
             for r, f, s in zip(rows, assignment, sims[np.arange(len(rows)), assignment]):
@@ -369,18 +386,24 @@ class Recaptioner(Step[Any, dict]):
                 r["recaption_score"] = float(s)
             if self.complete_truncated:
                 self._complete_last_fragment(
-                    rows, emb, assignment, fragments[-1], len(fragments) - 1
+                    rows, emb, scene, assignment, fragments[-1], len(fragments) - 1
                 )
 
         # 2. bank and/or captioner for the rest
         todo = [i for i, r in enumerate(rows) if r["recaption"] is None]
         if todo:
-            self._fill(rows, todo, emb)
+            self._fill(rows, todo, emb, scene)
         story = self._story(rows, video_id)
         return rows, story
 
     def _complete_last_fragment(
-        self, rows: list[dict], emb: np.ndarray, assignment: list[int], last: str, last_index: int
+        self,
+        rows: list[dict],
+        emb: np.ndarray,
+        scene: np.ndarray | None,
+        assignment: list[int],
+        last: str,
+        last_index: int,
     ) -> None:
         """A caption cut off mid-sentence ("a red circle moving ri") leaves its last fragment
         unfinished. Where the bank holds prompts that start with that fragment, the scenes
@@ -394,11 +417,11 @@ class Recaptioner(Step[Any, dict]):
         ]
         if not matches:
             return
-        memb = self._scorer.embed_texts(matches)
+        all_sims = scene_similarity(emb, scene, self._scorer.embed_texts(matches))
         for i, (r, f) in enumerate(zip(rows, assignment)):
             if f != last_index or r.get("recaption") != last:
                 continue
-            sims = memb @ emb[i]
+            sims = all_sims[i]
             j = int(np.argmax(sims))
             r["recaption"], r["recaption_source"] = matches[j], "prompt_bank"
             r["recaption_score"] = float(sims[j])
@@ -409,10 +432,12 @@ class Recaptioner(Step[Any, dict]):
         # too short) say nothing against the caption
         return not (r.get("status") == DROPPED and r.get("reason") in CAPTION_DROP_REASONS)
 
-    def _fill(self, rows: list[dict], todo: list[int], emb: np.ndarray) -> None:
+    def _fill(
+        self, rows: list[dict], todo: list[int], emb: np.ndarray, scene: np.ndarray | None
+    ) -> None:
         candidates: list[list[tuple[float, str, str]]] = [[] for _ in todo]
         if self.fallback in ("prompt_bank", "best") and self._bank is not None and len(self._bank):
-            scores, idx = self._bank.search(emb[todo], 1)
+            scores, idx = self._bank.search(emb[todo], 1, None if scene is None else scene[todo])
             for c, s, i in zip(candidates, scores[:, 0], idx[:, 0]):
                 c.append((float(s), self._bank.prompts[int(i)], "prompt_bank"))
         if self.fallback in ("captioner", "best") and self._captioner is not None:
@@ -428,7 +453,10 @@ class Recaptioner(Step[Any, dict]):
             temb = dict(zip(known, self._scorer.embed_texts(known))) if known else {}
             for c, i, t in zip(candidates, todo, usable):
                 if t:
-                    c.append((float(emb[i] @ temb[t]), t, "captioner"))
+                    sim = scene_similarity(
+                        emb[i : i + 1], None if scene is None else scene[i : i + 1], temb[t][None]
+                    )
+                    c.append((float(sim[0, 0]), t, "captioner"))
         for i, cands in zip(todo, candidates):
             if not cands:
                 continue
@@ -523,7 +551,7 @@ def recaption_video(
     for c in clips:
         row = dict(c)
         extra = by_id.get(c.get("clip_id")) or {}
-        for key in ("fragment", "frame_embeddings"):
+        for key in ("fragment", "frame_embeddings", "scene_embedding"):
             if row.get(key) is None and extra.get(key) is not None:
                 row[key] = extra[key]
         if row.get("embedding") is None and row.get("frame_embeddings") is not None:
@@ -546,6 +574,6 @@ def recaption_video(
         _CACHED[cache_key] = step
     out, story = step.recaption_video(rows)
     for row in out:
-        for key_ in ("frame_embeddings", "fragment"):
+        for key_ in ("frame_embeddings", "scene_embedding", "fragment"):
             row.pop(key_, None)
     return out, (story if story["segments"] else None)

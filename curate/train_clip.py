@@ -99,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _runs(report: dict) -> list[dict]:
+    """The training runs behind a model, first to last (``continued_from`` chains them)."""
+    earlier = report.get("continued_from")
+    return (_runs(earlier) if earlier else []) + [report]
+
+
+def _run_row(i: int, r: dict) -> str:
+    s = r["settings"]
+    init = "from scratch" if not s.get("init") else f"run {i - 1}'s weights"
+    negs = r.get("board_negatives", "shape, colour or background")
+    return (
+        f"| {i} | {init} | {r.get('device', 'cpu')} | {r['steps']:,} | {s['batch_size']} + "
+        f"{s['batch_size'] if s.get('storyboards') else 0} | {s['lr']} | "
+        f"{s['hard_negatives']} ({negs}) | {r['train_seconds']:.0f} s | {r['final_loss']:.3f} |"
+    )
+
+
 def model_card(report: dict, metrics: dict) -> str:
     s = report["settings"]
     pct = {k: f"{100 * v:.1f} %" for k, v in metrics.items() if k.endswith("_acc")}
@@ -106,18 +123,42 @@ def model_card(report: dict, metrics: dict) -> str:
     sizes = ", ".join(
         f"{round(w * scale / 2) * 2}×{round(h * scale / 2) * 2}" for w, h in TRAIN_RENDER_SIZES
     )
-    continued = ""
-    if s.get("init"):
-        continued = (
-            f"- Continued from the weights of an earlier run ({s['init']}); the steps, loss "
-            "and time above are this run's.\n"
-        )
-    budget = ""
-    if s.get("time_budget_s"):
-        budget = (
-            f", within a {s['time_budget_s']:.0f} s time budget (the learning-rate schedule "
-            "follows the clock)"
-        )
+    from . import synth
+
+    n_captions = len(synth.COLORS) * len(synth.SHAPES) * len(synth.MOTIONS) * len(synth.BACKGROUNDS)
+    runs = _runs(report)
+    rows = "\n".join(_run_row(i + 1, r) for i, r in enumerate(runs))
+    total_s = sum(r["train_seconds"] for r in runs)
+    seen = sum(r.get("images_seen", r["steps"] * r["settings"]["batch_size"]) for r in runs)
+    boards = s.get("storyboards")
+    board_text = ""
+    if boards:
+        board_text = f"""- Storyboards: per scene one more image, the four frames the curate sampler takes
+  (uniform over the scene, a few frames off each end) squashed and tiled 2×2 in time order
+  (`curate.clip_score.storyboard`): {report.get("train_storyboards", 0):,} storyboards. Their
+  captions must match in motion too; each storyboard's first hard negative is the *opposite*
+  motion (left/right, up/down, growing/shrinking), so direction is learned and not only axis.
+"""
+    scene_rows = ""
+    if "scene_motion_acc" in metrics:
+        scene_rows = f"""
+Per scene (the four sampled frames; mean frame embedding averaged with the storyboard's, as
+re-captioning ranks prompts), zero-shot against all {n_captions:,} captions:
+
+| metric | value |
+|---|---|
+| colour | {pct["scene_color_acc"]} |
+| shape | {pct["scene_shape_acc"]} |
+| motion | {pct["scene_motion_acc"]} |
+| background | {pct["scene_background_acc"]} |
+| all four right | {pct["scene_all_acc"]} |
+"""
+    motion_limit = (
+        "- Motion is read from storyboards only (`scoring.json` declares the grid, and the scorer "
+        "then embeds one per scene); a single frame still carries no motion."
+        if boards
+        else "- Motion words carry no signal from one frame; score motion with several frames elsewhere."
+    )
     return f"""# shapes-clip
 
 A small [CLIP](https://arxiv.org/abs/2103.00020) (`transformers.CLIPModel`) trained from
@@ -125,7 +166,8 @@ scratch on the procedural *shapes world* of storyloom (`curate/synth.py`). It is
 caption scorer of `curate` (`curate.clip_score.DEFAULT_MODEL`), so that the demo and the tests
 score captions meaningfully without downloading weights. It knows nothing but shapes world.
 
-Rebuild with `make train-clip` (`python -m curate.train_clip --out models/shapes-clip`).
+Rebuild with `make train-clip` (`python -m curate.train_clip --out models/shapes-clip`; add
+`--device cuda --workers 15` on a GPU machine, and `--init` to continue from a folder).
 
 ## Model
 
@@ -144,28 +186,32 @@ resizes to exact height and width so a shape near the edge of a 16:9 frame is ne
 ## Training data
 
 - {s["scenes"]:,} random scenes (seed {s["seed"]}; `synth.random_facts`, the corpus' colour /
-  background contrast rule), rendered at small sizes of the corpus' aspect ratios
-  ({sizes}) with the
-  renderer's background texture and sensor noise; {s["frames_per_scene"]} random frames per
-  scene: {report["train_frames"]:,} frames.
-- Captions: the grammar's caption of the scene (10 % of them cut after the shape word, as a
-  truncated caption that still names the shape). A single frame cannot show motion, so
-  captions that differ only in motion count as positives of each other.
-- Negatives: the other captions of the batch, {s["hard_negatives"]} hard negative(s) per frame
-  that change exactly one slot (the first always the shape, others the colour or background), generic stock-footage phrases
-  and random text in ten other scripts (so the byte-level tokens of a foreign caption are
-  trained to match nothing).
-  The corpus generator's own boilerplate and foreign-language noise captions are *not* used.
-- Batch {s["batch_size"]}, AdamW (peak lr {s["lr"]}, weight decay {s["weight_decay"]}, linear
-  warm-up then cosine decay), at most {s["epochs"]} epochs{budget}: {report["steps"]} steps
-  ({report["steps"] * s["batch_size"]:,} frames seen); final loss {report["final_loss"]:.3f}.
-{continued}- Training time: {report["train_seconds"]:.0f} s on {s["threads"]} CPU threads (rendering
-  {report["data_seconds"]:.0f} s of it).
+  background contrast rule), 40–120 frames long, rendered at small sizes of the corpus' aspect
+  ratios ({sizes}) with the renderer's background texture and sensor noise, squashed to the
+  input size as the sampler reads frames; {s["frames_per_scene"]} random frames per scene:
+  {report["train_frames"]:,} frames.
+{board_text}- Captions: the grammar's caption of the scene (10 % of them cut after the shape word, as a
+  truncated caption that still names the shape). A single frame cannot show motion, so for a
+  frame captions that differ only in motion count as positives of each other.
+- Negatives: the other captions of the batch, {s["hard_negatives"]} hard negatives per image
+  that change exactly one slot (for a frame the shape first, then colour or background),
+  generic stock-footage phrases and random text in ten other scripts (so the byte-level tokens
+  of a foreign caption are trained to match nothing). The corpus generator's own boilerplate
+  and foreign-language noise captions are *not* used.
+- AdamW (weight decay {s["weight_decay"]}, linear warm-up then cosine decay; with a time
+  budget the schedule follows the clock). Runs, each continuing the one before:
+
+| run | start | device | steps | batch (frames + storyboards) | peak lr | hard negatives | time (rendering included) | final loss |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+  In all {seen:,} images seen in {total_s:.0f} s of training ({total_s / 60:.1f} min).
 
 ## Held-out evaluation
 
-{metrics["frames"]:,} frames rendered from seed {s["eval_seed"]} (never seen in training),
-zero-shot against every caption of the grammar (best over the seven motions):
+{metrics["scenes"]:,} scenes rendered from seed {s["eval_seed"]} (never seen in training); per
+frame ({metrics["frames"]:,} frames), zero-shot against every caption of the grammar (best
+over the seven motions):
 
 | metric | value |
 |---|---|
@@ -176,26 +222,30 @@ zero-shot against every caption of the grammar (best over the seven motions):
 | AUROC, true caption vs a mismatched one (other colour and shape) | {metrics["noise_auroc"]:.4f} |
 | recommended caption threshold (`scoring.json`) | {metrics["recommended_threshold"]:.4f} |
 | mean cosine, true caption / mismatched caption | {metrics["true_caption_cos_mean"]:.3f} / {metrics["mismatched_caption_cos_mean"]:.3f} |
-
+| lowest true / highest mismatched cosine | {metrics["true_caption_cos_min"]:.3f} / {metrics["mismatched_caption_cos_max"]:.3f} |
+{scene_rows}
 Corpus-level numbers (noisy-caption detection on whole videos, re-captioning, dedup) are
 measured by `benchmarks/quality.py`.
 
 ## Limits
 
-- Motion words carry no signal from one frame; score motion with several frames elsewhere.
+{motion_limit}
 - Text outside the grammar (other scripts, boilerplate) embeds far from every frame, which is
   what a noise filter wants, but the model has no notion of real-world content.
 """
 
 
-def finish(out: Path, report: dict, settings: TrainSettings) -> dict:
-    """Evaluate a trained folder on held-out frames; write the card, report and scoring.json."""
+def finish(out: Path, report: dict, settings: TrainSettings, *, device: str | None = None) -> dict:
+    """Evaluate a trained folder on held-out frames; write the card, report and scoring.json.
+
+    ``device`` runs the evaluation elsewhere than the training (default: the same device).
+    """
     metrics = evaluate_shapes_clip(
         out,
         seed=settings.eval_seed,
         scenes=settings.eval_scenes,
         progress=False,
-        device=resolve_device(settings.device),
+        device=device or resolve_device(settings.device),
     )
     report["heldout"] = metrics
     (out / "README.md").write_text(model_card(report, metrics))
@@ -205,7 +255,7 @@ def finish(out: Path, report: dict, settings: TrainSettings) -> dict:
         {
             "caption_threshold": round(metrics["recommended_threshold"], 4),
             "measured_on": f"{metrics['frames']} held-out frames, seed {settings.eval_seed}",
-            "rule": "maximises TPR - FPR of true vs mismatched captions, per frame",
+            "rule": "maximises TPR - FPR of true vs mismatched captions, per frame; the middle of the best range",
         },
     )
     return metrics
@@ -242,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     report = train_shapes_clip(args.out, settings, progress=not args.no_progress)
+    earlier = Path(settings.init or "") / "training_report.json"
+    if settings.init and earlier.is_file():
+        report["continued_from"] = json.loads(earlier.read_text())
     metrics = finish(args.out, report, settings)
     logger.info("settings: %s", dataclasses.asdict(settings))
     print(

@@ -54,7 +54,8 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
 
     ``factory(**kwargs)`` builds the scorer (by default :class:`curate.clip_score.ClipScorer`):
     it has ``setup()`` and ``process_all(records) -> records`` filling ``caption_score``,
-    ``frame_scores``, ``embedding`` and ``frame_embeddings``.
+    ``frame_scores``, ``embedding`` and ``frame_embeddings`` (and ``scene_embedding`` for a
+    model that reads storyboards).
     """
 
     def __init__(

@@ -16,6 +16,7 @@ TRANSIENT_CLIP_KEYS = (
     "frames",
     "frame_indices",
     "frame_embeddings",
+    "scene_embedding",
     "caption_note",
     "fragment",
     "dedup_signature",

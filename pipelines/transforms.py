@@ -342,6 +342,7 @@ def work_record(work: VideoWork) -> dict[str, Any]:
     for clip in work.clips:
         clips.append({k: v for k, v in clip.items() if k not in TRANSIENT_CLIP_KEYS})
         fe = clip.get("frame_embeddings")
+        se = clip.get("scene_embedding")
         sig = clip.get("dedup_signature")
         extras.append(
             {
@@ -349,6 +350,7 @@ def work_record(work: VideoWork) -> dict[str, Any]:
                 "fragment": clip.get("fragment"),
                 "caption_note": clip.get("caption_note"),
                 "frame_embeddings": None if fe is None else [list(map(float, r)) for r in fe],
+                "scene_embedding": None if se is None else [float(x) for x in se],
                 "dedup_signature": None if sig is None else [float(x) for x in sig],
             }
         )
