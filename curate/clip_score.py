@@ -144,7 +144,9 @@ def read_scoring(model: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{SCORING_FILE} is not readable JSON: {exc}", uri=str(model)) from None
+        raise ModelFolderError(
+            f"{SCORING_FILE} is not readable JSON: {exc}", uri=str(model)
+        ) from None
     if not isinstance(data, dict):
         raise ModelFolderError(f"{SCORING_FILE} is not a JSON object", uri=str(model))
     return data
@@ -322,7 +324,11 @@ class ClipScorer(Step[dict, dict]):
         declared = read_scoring(source).get("storyboard")
         if declared is None and not self.storyboard:
             return None
-        grid = (declared or {}).get("grid", STORYBOARD_GRID) if isinstance(declared, dict) else STORYBOARD_GRID
+        grid = (
+            (declared or {}).get("grid", STORYBOARD_GRID)
+            if isinstance(declared, dict)
+            else STORYBOARD_GRID
+        )
         try:
             rows, cols = (int(v) for v in grid)
         except (TypeError, ValueError):
@@ -554,9 +560,9 @@ class ClipScorer(Step[dict, dict]):
             if frames is None or len(frames) == 0:
                 raise ValueError(f"clip {out.get('clip_id')!r} has no sampled frames to score")
             frame_embeddings = self.embed_images(np.asarray(frames))
-        if scene_embedding is None and self.storyboard_grid is not None:
-            if frames is not None and len(frames):
-                scene_embedding = self.scene_embeddings([np.asarray(frames)])[0]
+        has_frames = frames is not None and len(frames) > 0
+        if scene_embedding is None and self.storyboard_grid is not None and has_frames:
+            scene_embedding = self.scene_embeddings([np.asarray(frames)])[0]
         frame_embeddings = np.asarray(frame_embeddings, np.float32)
         out["frame_embeddings"] = frame_embeddings
         out["embedding"] = _l2_normalize(frame_embeddings.mean(axis=0)).tolist()

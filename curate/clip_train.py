@@ -174,7 +174,6 @@ _FILLER_NEGATIVES = (
 )
 
 
-
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything that determines a shapes-world CLIP run (written into the model card)."""
@@ -345,7 +344,7 @@ def _render_chunk(job: tuple[int, int, int, int, int, bool, bool]) -> tuple[np.n
             f, num_frames=n, width=w, height=h, seed=int(rng.integers(2**31))
         )
 
-        def squashed(t: int) -> np.ndarray:
+        def squashed(t: int, renderer: Any = renderer) -> np.ndarray:
             return cv2.resize(renderer.frame(int(t)), (s, s), interpolation=cv2.INTER_AREA)
 
         for i, t in enumerate(rng.choice(n, size=frames_per_scene, replace=False)):
@@ -384,8 +383,15 @@ def render_training_data(
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk!r}")
     jobs = [
-        (seed, a, min(a + chunk, n_scenes), frames_per_scene, image_size, storyboards,
-         keep_board_frames)
+        (
+            seed,
+            a,
+            min(a + chunk, n_scenes),
+            frames_per_scene,
+            image_size,
+            storyboards,
+            keep_board_frames,
+        )
         for a in range(0, n_scenes, chunk)
     ]
     bar = tqdm(total=n_scenes, desc="render", unit="scene", disable=not progress)
@@ -563,7 +569,7 @@ def train_shapes_clip(
         heads=s.heads,
         projection_dim=s.projection_dim,
     )
-    model = CLIPModel.from_pretrained(s.init) if s.init else CLIPModel(cfg)
+    model: Any = CLIPModel.from_pretrained(s.init) if s.init else CLIPModel(cfg)
     model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
@@ -652,9 +658,7 @@ def train_shapes_clip(
             # positives in text order: the uncut ones lead the full block, the cut ones lead
             # the free block
             n_full_pos, n_cut = int((~cut).sum()), int(cut.sum())
-            positives = np.concatenate(
-                [np.arange(n_full_pos), len(full_codes) + np.arange(n_cut)]
-            )
+            positives = np.concatenate([np.arange(n_full_pos), len(full_codes) + np.arange(n_cut)])
             rows, inverse = np.unique(captions.index(full_codes), return_inverse=True)
             rows_t = torch.from_numpy(rows).to(device)
             full_emb = _features(
@@ -817,10 +821,7 @@ def evaluate_shapes_clip(
             import cv2
 
             bf = np.stack(
-                [
-                    [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in fs]
-                    for fs in bf
-                ]
+                [[cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in fs] for fs in bf]
             )
         n = len(bf)
         frame_emb = scorer.embed_images(bf.reshape(-1, *bf.shape[2:])).reshape(n, 4, -1)

@@ -152,7 +152,7 @@ class PromptBank:
             raise ValueError("the prompt bank is empty")
         q = np.asarray(queries, np.float32)
         if scene is not None:
-            q = (q + np.asarray(scene, np.float32)) / 2
+            q = ((q + np.asarray(scene, np.float32)) / 2).astype(np.float32)
         return self.index.search(np.ascontiguousarray(q, np.float32), k)
 
 

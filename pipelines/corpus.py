@@ -48,12 +48,16 @@ class CorpusSteps:
         self,
         *,
         model: str | None = None,
+        prompt_bank: str | None = None,
         relaxed_threshold: float | None = 0.85,
         pixel_weight: float = 0.5,
         thumb_size: int = 8,
         k: int = 4,
     ) -> None:
         self.model = model
+        #: a prompt file whose prompts join the corpus' own in the prompt bank
+        self.prompt_bank = prompt_bank
+        self._user_prompts: list[str] | None = None
         self.relaxed_threshold = relaxed_threshold
         self.pixel_weight = pixel_weight
         self.thumb_size = thumb_size
@@ -119,8 +123,13 @@ class CorpusSteps:
         """Prompts for every clip of one video, and its stories row (``None``: nothing kept)."""
         from curate import recaption as rc
 
+        prompts = list(bank or ())
+        if self.prompt_bank:
+            if self._user_prompts is None:
+                self._user_prompts = rc.load_prompt_bank(self.prompt_bank)
+            prompts = list(dict.fromkeys(prompts + self._user_prompts))
         return rc.recaption_video(
-            video, clips, extras, model=self.model, prompt_bank=list(bank) if bank else None
+            video, clips, extras, model=self.model, prompt_bank=prompts or None
         )
 
     def duplicates(self, rows: Sequence[Mapping[str, Any]], *, threshold: float) -> dict[str, str]:

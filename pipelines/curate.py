@@ -129,7 +129,7 @@ def default_components(opts: CurateOptions) -> Components:
             # several local workers share the cores: one torch thread pool each, not all cores
             "num_threads": _threads_per_worker(opts),
         },
-        corpus=CorpusSteps(model=resolve_model_path(opts.model)),
+        corpus=CorpusSteps(model=resolve_model_path(opts.model), prompt_bank=opts.prompt_bank),
     )
 
 
@@ -407,6 +407,11 @@ def _pipeline_options(argv: Sequence[str]) -> PipelineOptions:
         raise ValueError("--input is required")
     if options.view_as(CurateOptions).output is None:
         raise ValueError("--output is required")
+    bank = options.view_as(CurateOptions).prompt_bank
+    if bank:
+        from curate.recaption import load_prompt_bank
+
+        load_prompt_bank(bank)  # an unreadable or empty file fails before any work starts
     from apache_beam.options.pipeline_options import StandardOptions
 
     if options.view_as(StandardOptions).runner is None:

@@ -91,6 +91,12 @@ class CurateOptions(PipelineOptions):
             default="p20",
             help="caption-score cut-off: a cosine (0.22) or a corpus percentile (p20)",
         )
+        parser.add_argument(
+            "--prompt_bank",
+            default=None,
+            help="text file of prompts, one per line, added to the corpus' own kept captions "
+            "as the bank that scenes without a usable caption are re-captioned from",
+        )
         parser.add_argument("--detector", default="fast", choices=DETECTORS)
         parser.add_argument("--samples_per_scene", type=_positive_int, default=4)
         parser.add_argument("--sample_size", type=_positive_int, default=224)

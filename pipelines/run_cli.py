@@ -56,6 +56,12 @@ def register(subparsers: Any) -> None:
         "--model", help="CLIP model folder (default: the shipped shapes-world CLIP, models/)"
     )
     run.add_argument(
+        "--prompt-bank",
+        metavar="FILE",
+        help="prompts, one per line, added to the corpus' own kept captions as the bank that "
+        "scenes without a usable caption are re-captioned from",
+    )
+    run.add_argument(
         "--runner",
         default="local",
         help="local (Beam's FnApiRunner, the default), dask, or any Beam runner name",
@@ -165,6 +171,8 @@ def beam_argv(args: argparse.Namespace) -> list[str]:
     ]
     if args.model:
         flags.append(f"--model={args.model}")
+    if args.prompt_bank:
+        flags.append(f"--prompt_bank={args.prompt_bank}")
     return flags + list(args.beam_args or [])
 
 
