@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+#: extra flags for make train-clip, e.g. CLIP_TRAIN_ARGS="--device cuda --workers 15" on a GPU machine
+CLIP_TRAIN_ARGS ?= --workers 2
 DEMO_DIR ?= demo-out
 
 .PHONY: help env demo test test-all quality format bench lock train-clip train-storygen clean
@@ -45,7 +47,7 @@ bench: $(STAMP) ## run the benchmarks (tables on stdout, JSON under benchmarks/r
 	$(PY) benchmarks/storygen_speed.py
 
 train-clip: $(STAMP) ## train the small shapes-world CLIP shipped in models/shapes-clip
-	$(PY) -m curate.train_clip --out models/shapes-clip
+	$(PY) -m curate.train_clip --out models/shapes-clip $(CLIP_TRAIN_ARGS)
 
 train-storygen: $(STAMP) ## train the small shapes-world storygen model shipped in models/shapes-storygen
 	$(PY) -m storygen.train --out models/shapes-storygen

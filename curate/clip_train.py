@@ -394,27 +394,38 @@ def render_training_data(
         )
         for a in range(0, n_scenes, chunk)
     ]
+    s, nb = image_size, n_scenes if storyboards else 0
+    # filled chunk by chunk, so that memory peaks at the data's size, not twice that
+    data = TrainingData(
+        frames=np.empty((n_scenes * frames_per_scene, s, s, 3), np.uint8),
+        frame_codes=np.empty((n_scenes * frames_per_scene, 4), np.int16),
+        boards=np.empty((nb, s, s, 3), np.uint8),
+        board_codes=np.empty((nb, 4), np.int16),
+        board_frames=np.empty((nb, 4, s, s, 3), np.uint8) if keep_board_frames else None,
+    )
+
+    def store(job: tuple, part: tuple[np.ndarray, ...]) -> None:
+        a, b = job[1], job[2]
+        fa, fb = a * frames_per_scene, b * frames_per_scene
+        data.frames[fa:fb], data.frame_codes[fa:fb] = part[0], part[1]
+        if storyboards:
+            data.boards[a:b], data.board_codes[a:b] = part[2], part[3]
+        if data.board_frames is not None:
+            data.board_frames[a:b] = part[4]
+        bar.update(b - a)
+
     bar = tqdm(total=n_scenes, desc="render", unit="scene", disable=not progress)
-    parts: list[tuple[np.ndarray, ...]] = []
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(workers) as pool:
-            for part in pool.imap(_render_chunk, jobs):
-                parts.append(part)
-                bar.update(len(part[3]) if storyboards else len(part[0]) // frames_per_scene)
+            for job, part in zip(jobs, pool.imap(_render_chunk, jobs)):
+                store(job, part)
     else:
         for job in jobs:
-            parts.append(_render_chunk(job))
-            bar.update(job[2] - job[1])
+            store(job, _render_chunk(job))
     bar.close()
-    return TrainingData(
-        frames=np.concatenate([p[0] for p in parts]),
-        frame_codes=np.concatenate([p[1] for p in parts]),
-        boards=np.concatenate([p[2] for p in parts]),
-        board_codes=np.concatenate([p[3] for p in parts]),
-        board_frames=np.concatenate([p[4] for p in parts]) if keep_board_frames else None,
-    )
+    return data
 
 
 class CaptionSampler:

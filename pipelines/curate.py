@@ -150,6 +150,15 @@ def resolve_model_path(model: str | None) -> str:
     return str(DEFAULT_MODEL)
 
 
+def auto_threshold(model: str | None) -> str:
+    """The cut-off ``--threshold auto`` means: the model folder's recommended one, else p20."""
+    from curate.clip_score import recommended_threshold
+
+    path = resolve_model_path(model)
+    value = recommended_threshold(path) if Path(path).is_dir() else None
+    return "p20" if value is None else f"{value:g}"
+
+
 def _is_dask(options: PipelineOptions) -> bool:
     from apache_beam.options.pipeline_options import StandardOptions
 
@@ -416,6 +425,9 @@ def _pipeline_options(argv: Sequence[str]) -> PipelineOptions:
 
     if options.view_as(StandardOptions).runner is None:
         options = PipelineOptions([*runner_flags("local"), *argv])
+    opts = options.view_as(CurateOptions)
+    if str(opts.threshold).strip().lower() == "auto":
+        opts.threshold = auto_threshold(opts.model)
     return options
 
 

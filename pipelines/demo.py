@@ -61,16 +61,17 @@ def check_against_truth(run_dir: Path, truth) -> list[str]:
                 total += 1
                 continue
             total += 1
-            match += (facts.color, facts.shape, facts.background) == (
+            match += (facts.color, facts.shape, facts.motion) == (
                 scene.color,
                 scene.shape,
-                scene.background,
+                scene.motion,
             )
     return [
         f"scenes: {len(clips)} clips found for {scenes_true} true scenes",
         f"noisy captions: {caught} of {len(noisy)} noisy videos had every clip dropped "
         f"({len(flagged - noisy)} clean videos dropped whole)",
-        f"re-captions naming the right colour, shape and background: {match} of {total}",
+        f"re-captions naming the right colour, shape and motion: {match} of {total} "
+        "(prompt bank: the corpus' own kept captions)",
     ]
 
 

@@ -88,8 +88,9 @@ class CurateOptions(PipelineOptions):
         )
         parser.add_argument(
             "--threshold",
-            default="p20",
-            help="caption-score cut-off: a cosine (0.22) or a corpus percentile (p20)",
+            default="auto",
+            help="caption-score cut-off: a cosine (0.22), a corpus percentile (p20), or auto "
+            "(the model folder's recommended cut-off from its scoring.json, else p20)",
         )
         parser.add_argument(
             "--prompt_bank",

@@ -78,9 +78,10 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument(
         "--threshold",
-        default="p20",
-        help="caption-score cut-off: an absolute cosine (0.22) or a corpus percentile (p20 drops "
-        "the lowest 20%%); default %(default)s",
+        default="auto",
+        help="caption-score cut-off: an absolute cosine (0.22), a corpus percentile (p20 drops "
+        "the lowest 20%%), or auto: the cut-off the model folder recommends in its "
+        "scoring.json (the shipped CLIP's does), else p20; default %(default)s",
     )
     run.add_argument(
         "--detector",
@@ -186,7 +187,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"curate run: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
     try:
-        parse_threshold(args.threshold)
+        if args.threshold.strip().lower() != "auto":  # resolved against the model folder later
+            parse_threshold(args.threshold)
     except ValueError as exc:
         print(f"curate run: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ the work; the corpus phase re-captions from it. Ground truth decides every asser
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from curate import shards
@@ -47,13 +49,23 @@ def curated(shapes_corpus, shapes_corpus_path, tmp_path_factory):
         [
             f"--input={shapes_corpus_path / 'manifest.jsonl'}",
             f"--output={out}",
-            f"--threshold={recommended_threshold(DEFAULT_MODEL)}",
             f"--prompt_bank={bank}",
         ],
         progress=False,
     )
     assert summary.invariant_ok
     return out
+
+
+def test_threshold_auto_is_the_model_folders_cut_off(curated, tmp_path):
+    from curate.clip_train import make_tiny_clip
+    from pipelines.curate import auto_threshold
+
+    # the default --threshold (auto) used the shipped model's recommended cut-off
+    published = json.loads((curated / "_manifest.json").read_text())["config"]
+    assert float(published["threshold"]) == pytest.approx(recommended_threshold(DEFAULT_MODEL))
+    # a folder without scoring.json falls back to a corpus percentile
+    assert auto_threshold(str(make_tiny_clip(tmp_path / "tiny"))) == "p20"
 
 
 def test_stories_name_what_each_scene_shows(shapes_corpus, curated):
