@@ -261,6 +261,11 @@ class Recaptioner(Step[Any, dict]):
     (a caption cut off mid-word) is completed by the best of them. A scene left without a
     prompt stays out of the story (a gap). Consecutive scenes with the same prompt merge into
     one segment.
+
+    Similarities are :func:`~curate.clip_score.scene_similarity`: the cosine with the scene's
+    mean frame embedding, averaged with the cosine with its storyboard embedding
+    (``scene_embedding``) when the scorer made one, so that prompts are also told apart by
+    what happens over the scene (motion), which no single frame shows.
     """
 
     stage = "recaption"
