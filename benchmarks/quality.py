@@ -395,15 +395,9 @@ def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
     }
 
     # -- re-captioning, with the corpus' own prompt bank and with a user-supplied one
-    from curate.synth import BACKGROUNDS, COLORS, MOTIONS, SHAPES, caption_for
+    from curate.synth import all_captions
 
-    vocabulary = [
-        caption_for(c, s, m, b)
-        for c in COLORS
-        for s in SHAPES
-        for m in MOTIONS
-        for b in BACKGROUNDS
-    ]
+    vocabulary = all_captions()
     recaption = recaption_quality(clips, by_id, scorer, build_prompt_bank(clips))
     recaption_user = recaption_quality(clips, by_id, scorer, vocabulary)
 

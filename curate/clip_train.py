@@ -267,13 +267,7 @@ def all_scene_texts() -> list[str]:
     """Every caption of the grammar plus multi-scene joins: the tokenizer's training text."""
     from . import synth
 
-    texts = [
-        synth.caption_for(c, s, m, b)
-        for c in synth.COLORS
-        for s in synth.SHAPES
-        for m in synth.MOTIONS
-        for b in synth.BACKGROUNDS
-    ]
+    texts = synth.all_captions()
     joins = [", then ", ", followed by ", "; ", ". Then ", " and then ", ". After that, "]
     texts += [
         texts[i] + joins[i % len(joins)] + texts[(i * 7 + 3) % len(texts)]
@@ -465,8 +459,10 @@ class CaptionSampler:
         return self._caption_for(*(v[int(i)] for v, i in zip(self.vocab, code)))
 
     def all_captions(self) -> list[str]:
-        codes = np.stack(np.unravel_index(np.arange(self.n_captions), tuple(self.sizes)), 1)
-        return [self.caption(c) for c in codes]
+        """Every caption of the grammar, row :meth:`index` of each code."""
+        from . import synth
+
+        return synth.all_captions()
 
     def truncated(self, code: Any) -> str:
         """The caption of ``code`` cut at a random point after the shape word."""

@@ -9,18 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from curate.clip_score import TRANSIENT_KEYS
 from curate.errors import CurateError
 
 #: keys a clip record carries between stages that are not columns of the clips table
-TRANSIENT_CLIP_KEYS = (
-    "frames",
-    "frame_indices",
-    "frame_embeddings",
-    "scene_embedding",
-    "caption_note",
-    "fragment",
-    "dedup_signature",
-)
+TRANSIENT_CLIP_KEYS = (*TRANSIENT_KEYS, "dedup_signature")
 
 
 @dataclass

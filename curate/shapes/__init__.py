@@ -84,6 +84,7 @@ from .vocab import (
     SHAPES,
     TRANSITION_KINDS,
     SceneFacts,
+    all_captions,
     caption_for,
     compatible,
     join_captions,
@@ -94,6 +95,7 @@ from .vocab import (
 __all__ = [
     "BACKGROUNDS",
     "BOILERPLATE",
+    "all_captions",
     "caption_for",
     "classify_contour",
     "clean_caption",

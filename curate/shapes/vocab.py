@@ -136,6 +136,17 @@ def caption_for(color: str, shape: str, motion: str, background: str) -> str:
     )
 
 
+def all_captions() -> list[str]:
+    """Every caption of the grammar, colour-major then shape, motion, background (1,400)."""
+    return [
+        caption_for(c, s, m, b)
+        for c in COLORS
+        for s in SHAPES
+        for m in MOTIONS
+        for b in BACKGROUNDS
+    ]
+
+
 def _alternation(words: Iterable[str]) -> str:
     # longest first so "moving up" never loses to a prefix
     return "|".join(

@@ -169,17 +169,11 @@ def test_filter_drops_noise_and_keeps_clean_captions(shapes_corpus, scored):
 
 def test_recaption_stories_match_the_scenes(shapes_corpus, scored, scorer):
     from curate.recaption import Recaptioner
-    from curate.synth import BACKGROUNDS, COLORS, MOTIONS, SHAPES, caption_for, parse_caption
+    from curate.synth import all_captions, parse_caption
     from schemas.stories import validate_story_row
 
     # a user-supplied bank: every caption of the grammar, so only the model decides
-    bank = [
-        caption_for(c, s, m, b)
-        for c in COLORS
-        for s in SHAPES
-        for m in MOTIONS
-        for b in BACKGROUNDS
-    ]
+    bank = all_captions()
     groups = defaultdict(list)
     for c in scored:
         groups[c["video_id"]].append(c)

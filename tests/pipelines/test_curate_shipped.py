@@ -30,20 +30,11 @@ def scene_of(video, clip: dict):
 
 @pytest.fixture(scope="module")
 def curated(shapes_corpus, shapes_corpus_path, tmp_path_factory):
-    from curate.synth import BACKGROUNDS, COLORS, MOTIONS, SHAPES, caption_for
+    from curate.synth import all_captions
 
     root = tmp_path_factory.mktemp("shipped")
     bank = root / "prompts.txt"
-    bank.write_text(
-        "# every caption of the shapes-world grammar\n"
-        + "\n".join(
-            caption_for(c, s, m, b)
-            for c in COLORS
-            for s in SHAPES
-            for m in MOTIONS
-            for b in BACKGROUNDS
-        )
-    )
+    bank.write_text("# every caption of the shapes-world grammar\n" + "\n".join(all_captions()))
     out = root / "run"
     summary = run(
         [
