@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 #: extra flags for make train-clip, e.g. CLIP_TRAIN_ARGS="--device cuda --workers 15" on a GPU machine
 CLIP_TRAIN_ARGS ?= --workers 2
+#: extra flags for make train-captioner (same idea)
+CAPTIONER_TRAIN_ARGS ?= --workers 2
 DEMO_DIR ?= demo-out
 
-.PHONY: help env demo test test-all quality format bench lock train-clip train-storygen clean
+.PHONY: help env demo test test-all quality format bench lock train-clip train-captioner train-storygen clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -48,6 +50,9 @@ bench: $(STAMP) ## run the benchmarks (tables on stdout, JSON under benchmarks/r
 
 train-clip: $(STAMP) ## train the small shapes-world CLIP shipped in models/shapes-clip
 	$(PY) -m curate.train_clip --out models/shapes-clip $(CLIP_TRAIN_ARGS)
+
+train-captioner: $(STAMP) ## train the small shapes-world captioner shipped in models/shapes-captioner
+	$(PY) -m curate.train_captioner --out models/shapes-captioner $(CAPTIONER_TRAIN_ARGS)
 
 train-storygen: $(STAMP) ## train the small shapes-world storygen model shipped in models/shapes-storygen
 	$(PY) -m storygen.train --out models/shapes-storygen

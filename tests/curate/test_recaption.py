@@ -305,7 +305,7 @@ def tiny_blip(tmp_path_factory):
     ]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(
-        vocab_file=str(folder / "vocab.txt"), bos_token="[DEC]", model_max_length=32
+        vocab={w: i for i, w in enumerate(vocab)}, bos_token="[DEC]", model_max_length=32
     )
     cfg = BlipConfig(
         text_config=dict(
