@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--videos", type=int, default=CORPUS_SETTINGS["videos"])
     p.add_argument("--seed", type=int, default=CORPUS_SETTINGS["seed"], help="corpus seed")
     p.add_argument("--model", default=None, help="CLIP folder (default: the shipped one)")
+    p.add_argument(
+        "--captioner",
+        default=None,
+        help="BLIP-class captioner folder for the captioner re-caption run (default: the "
+        "shipped one; none skips the run)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--k", type=int, default=4, help="frames sampled per scene")
@@ -400,6 +406,15 @@ def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
     vocabulary = all_captions()
     recaption = recaption_quality(clips, by_id, scorer, build_prompt_bank(clips))
     recaption_user = recaption_quality(clips, by_id, scorer, vocabulary)
+    from curate.recaption import DEFAULT_CAPTIONER
+
+    captioner = args.captioner or (str(DEFAULT_CAPTIONER) if DEFAULT_CAPTIONER.is_dir() else None)
+    recaption_cap = None
+    if captioner and captioner.lower() != "none":
+        recaption_cap = recaption_quality(
+            clips, by_id, scorer, build_prompt_bank(clips), captioner=captioner
+        )
+        recaption_cap["captioner"] = captioner
 
     # -- dedup
     t2 = time.perf_counter()
@@ -457,6 +472,7 @@ def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
         "detection": detection,
         "recaption": recaption,
         "recaption_user_bank": recaption_user,
+        "recaption_captioner": recaption_cap,
         "dedup": dedup_res,
     }
 
@@ -483,13 +499,16 @@ def named_facts(text: str | None) -> dict[str, str | None]:
     return out
 
 
-def recaption_quality(clips, by_id, scorer, bank: list[str]) -> dict[str, Any]:
-    """Re-caption every video with ``bank`` as the prompt bank; how well prompts match truth.
+def recaption_quality(
+    clips, by_id, scorer, bank: list[str], *, captioner: str | None = None
+) -> dict[str, Any]:
+    """Re-caption every video with ``bank`` as the prompt bank (and, with ``captioner``, the
+    captioner's caption as the other candidate, CLIP choosing); how well prompts match truth.
 
     ``csm`` (colour, shape and motion: what a prompt must get right to regenerate the scene)
     is the headline; ``visible`` and ``full`` add the background. ``reachable_csm`` is the
     ceiling: scenes whose true colour, shape and motion appear in their own caption's
-    fragments or in some bank prompt.
+    fragments, in some bank prompt or in the captioner's caption of the scene.
     """
     from curate.recaption import Recaptioner, split_caption
 
@@ -507,7 +526,8 @@ def recaption_quality(clips, by_id, scorer, bank: list[str]) -> dict[str, Any]:
 
     in_bank = {csm(named_facts(p)) for p in bank}
     reachable = 0
-    with Recaptioner(scorer=scorer, prompt_bank=bank) as rec:
+    kwargs: dict[str, Any] = {"captioner": captioner, "fallback": "best"} if captioner else {}
+    with Recaptioner(scorer=scorer, prompt_bank=bank, **kwargs) as rec:
         out_clips = []
         for cs in groups.values():
             rows, story = rec.recaption_video(cs)
@@ -521,6 +541,8 @@ def recaption_quality(clips, by_id, scorer, bank: list[str]) -> dict[str, Any]:
         ok["visible"] = ok["color"] and ok["shape"] and ok["background"]
         ok["full"] = ok["visible"] and ok["motion"]
         own = {csm(named_facts(f)) for f in split_caption(c.get("source_caption") or "")}
+        if c.get("generated_caption"):
+            own.add(csm(named_facts(c["generated_caption"])))
         reachable += (s.color, s.shape, s.motion) in (own | in_bank)
         match["scenes"] += 1
         for k, v in ok.items():
@@ -573,7 +595,11 @@ def print_table(r: dict[str, Any]) -> None:
                 ", ".join(f"{k} {v}" for k, v in d["noise_kinds_caught"].items()),
             ),
         ]
-        for key, label in (("recaption", "corpus bank"), ("recaption_user_bank", "user bank")):
+        for key, label in (
+            ("recaption", "corpus bank"),
+            ("recaption_user_bank", "user bank"),
+            ("recaption_captioner", "corpus bank + captioner"),
+        ):
             rc = r.get(key)
             if rc is None:
                 continue

@@ -82,16 +82,16 @@ class CaptionerSettings:
 
 
 def train_caption_tokenizer(texts: list[str], *, max_length: int = 24) -> Any:
-    """A lower-casing WordPiece tokenizer (``BertTokenizerFast``) trained on ``texts``; ``[DEC]``
+    """A lower-casing WordPiece tokenizer (``BertTokenizer``) trained on ``texts``; ``[DEC]``
     is its beginning-of-caption token, as BLIP's decoder expects."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(
         texts, vocab_size=512, min_frequency=1, special_tokens=list(SPECIAL_TOKENS)
     )
-    return BertTokenizerFast(
+    return BertTokenizer(
         vocab=tok.get_vocab(), bos_token="[DEC]", model_max_length=max_length, do_lower_case=True
     )
 
@@ -184,7 +184,7 @@ def train_shapes_captioner(
     import torch
     from einops import rearrange
     from tqdm import tqdm
-    from transformers import BertTokenizerFast, BlipForConditionalGeneration
+    from transformers import BertTokenizer, BlipForConditionalGeneration
 
     from . import synth
     from .clip_train import resolve_device
@@ -196,7 +196,7 @@ def train_shapes_captioner(
     rng = np.random.default_rng([s.seed, 0xCA97])
     t0 = time.perf_counter()
     if s.init:
-        tokenizer = BertTokenizerFast.from_pretrained(s.init)
+        tokenizer = BertTokenizer.from_pretrained(s.init)
         model: Any = BlipForConditionalGeneration.from_pretrained(s.init)
     else:
         tokenizer = train_caption_tokenizer(synth.all_captions(), max_length=s.max_length)
@@ -348,12 +348,16 @@ def evaluate_shapes_captioner(
     out: dict[str, Any] = {"scenes": scenes, "seed": seed}
     for slot in ("color", "shape", "motion", "background"):
         out[slot] = float(
-            np.mean([g is not None and getattr(g, slot) == getattr(w, slot) for g, w in zip(got, want)])
+            np.mean(
+                [g is not None and getattr(g, slot) == getattr(w, slot) for g, w in zip(got, want)]
+            )
         )
     out["color_shape_motion"] = float(
         np.mean(
             [
-                g is not None and (g.color, g.shape, g.motion) == (w.color, w.shape, w.motion)
+                g is not None
+                and w is not None
+                and (g.color, g.shape, g.motion) == (w.color, w.shape, w.motion)
                 for g, w in zip(got, want)
             ]
         )

@@ -112,15 +112,46 @@ def load_prompt_bank(path: str | os.PathLike[str]) -> list[str]:
 
 
 def build_prompt_bank(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The corpus' own prompts: the caption fragment that scored each kept clip."""
+    """The corpus' own prompts: the caption fragment that scored each kept clip, split into
+    the events it narrates (a bank prompt stands for one scene), cleaned with
+    :func:`clean_prompt_bank`."""
     bank: dict[str, None] = {}
     for r in records:
         if r.get("status") != KEPT:
             continue
         text = r.get("fragment") or r.get("source_caption")
         if isinstance(text, str) and text.strip():
-            bank[normalize_caption(text)] = None
-    return list(bank)
+            for part in split_caption(text) or [text]:
+                bank[normalize_caption(part)] = None
+    return clean_prompt_bank(list(bank))
+
+
+_WORDS = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def clean_prompt_bank(prompts: Iterable[str]) -> list[str]:
+    """Drop the prompts that say less than another: one cut off mid-word (a caption truncated
+    at a length limit: "... on a brown backg", told by a last word that never occurs inside a
+    prompt while a longer word of the bank begins with it) and one that is the start of a longer prompt.
+    Order and first spelling are kept; duplicates go."""
+    import bisect
+
+    uniq = list(dict.fromkeys(normalize_caption(p) for p in prompts if p and p.strip()))
+    words = [_WORDS.findall(p.lower()) for p in uniq]
+    inner = {w for ws in words for w in ws[:-1]}
+    vocab = sorted({w for ws in words for w in ws})
+
+    def cut(text: str, ws: list[str]) -> bool:
+        if not ws or ws[-1] in inner or not text.lower().endswith(ws[-1]):
+            return False
+        i = bisect.bisect_right(vocab, ws[-1])
+        return i < len(vocab) and vocab[i].startswith(ws[-1])
+
+    kept = [p for p, ws in zip(uniq, words) if not cut(p, ws)]
+    # a prompt that another one extends is the prefix of its successor in sorted order
+    low = sorted({p.lower() for p in kept})
+    extended = {a for a, b in zip(low, low[1:]) if b.startswith(a)}
+    return [p for p in kept if p.lower() not in extended]
 
 
 class PromptBank:
@@ -158,6 +189,9 @@ class PromptBank:
 
 # --- image-to-text captioner ----------------------------------------------------------------------
 
+
+#: the shipped shapes-world captioner (a folder at the repository root, next to ``curate/``)
+DEFAULT_CAPTIONER = Path(__file__).resolve().parent.parent / "models" / "shapes-captioner"
 
 #: (any of) the files a captioner folder needs
 BLIP_FILES = (
@@ -310,7 +344,8 @@ class Recaptioner(Step[Any, dict]):
     """Give every scene of a video a prompt and build the video's story (a stories row).
 
     ``process(clips)`` takes the scored, filtered clip records of one video (each with
-    ``embedding``; ``frames`` too when a captioner is used) and yields one dict::
+    ``embedding``; ``frames`` too when a captioner is used, unless they carry the captioner's
+    ``generated_caption`` already) and yields one dict::
 
         {"video_id": ..., "clips": [clip records with recaption fields], "story": stories row}
 
@@ -386,7 +421,9 @@ class Recaptioner(Step[Any, dict]):
             )
             self.set_prompt_bank(prompts)
         if self._captioner is not None:
-            self._captioner.setup()
+            # a bad folder fails now; the model itself loads when a scene first needs it (in a
+            # pipeline the scenes usually come captioned already: ``generated_caption``)
+            self._captioner.check_folder()
 
     def teardown(self) -> None:
         if self._own_scorer and self._scorer is not None:
@@ -513,13 +550,16 @@ class Recaptioner(Step[Any, dict]):
             for c, s, i in zip(candidates, scores[:, 0], idx[:, 0]):
                 c.append((float(s), self._bank.prompts[int(i)], "prompt_bank"))
         if self.fallback in ("captioner", "best") and self._captioner is not None:
-            frames = []
-            for i in todo:
+            need = [i for i in todo if not rows[i].get("generated_caption")]
+            for i in need:
                 f = rows[i].get("frames")
                 if f is None or len(f) == 0:
                     raise ValueError(f"clip {rows[i].get('clip_id')!r} has no frames to caption")
-                frames.append(np.asarray(f)[len(f) // 2])
-            texts = self._captioner.caption(np.stack(frames))
+            if need:
+                made = self._captioner.caption_scenes([np.asarray(rows[i]["frames"]) for i in need])
+                for i, text in zip(need, made):
+                    rows[i]["generated_caption"] = text
+            texts = [rows[i]["generated_caption"] for i in todo]
             usable = [t if t and clean_caption(t).ok else None for t in texts]
             known = [t for t in usable if t]
             temb = dict(zip(known, self._scorer.embed_texts(known))) if known else {}
@@ -608,11 +648,15 @@ def recaption_video(
     prompt_bank: Sequence[str] | str | os.PathLike[str] | None = None,
     align_threshold: float | None = None,
     min_score: float | None = None,
+    captioner: str | os.PathLike[str] | None = None,
+    fallback: str | None = None,
 ) -> tuple[list[dict], dict | None]:
     """Re-caption the filtered clips of one ``video`` (a videos row); ``(clips, story)``.
 
     ``extras`` are per-clip values that are not table columns (``clip_id`` + ``fragment``,
-    ``frame_embeddings``), merged into the clips by id. The story is ``None`` when no scene
+    ``frame_embeddings``, ``scene_embedding``, ``generated_caption``), merged into the clips by
+    id. With a ``captioner`` folder the fallback is ``"best"`` unless given: the bank's prompt or
+    the captioner's caption, whichever CLIP prefers. The story is ``None`` when no scene
     got a prompt. A :class:`Recaptioner` per (model, bank, settings) is kept for the life of
     the process, so a worker loads its CLIP once.
     """
@@ -623,7 +667,7 @@ def recaption_video(
     for c in clips:
         row = dict(c)
         extra = by_id.get(c.get("clip_id")) or {}
-        for key in ("fragment", "frame_embeddings", "scene_embedding"):
+        for key in ("fragment", "frame_embeddings", "scene_embedding", "generated_caption"):
             if row.get(key) is None and extra.get(key) is not None:
                 row[key] = extra[key]
         if row.get("embedding") is None and row.get("frame_embeddings") is not None:
@@ -633,7 +677,16 @@ def recaption_video(
         row.setdefault("uri", video.get("uri"))
         rows.append(row)
     bank_key = tuple(prompt_bank) if isinstance(prompt_bank, (list, tuple)) else prompt_bank
-    cache_key = (os.fspath(model) if model else None, bank_key, align_threshold, min_score)
+    cap = os.fspath(captioner) if captioner else None
+    fallback = fallback or ("best" if cap else "prompt_bank")
+    cache_key = (
+        os.fspath(model) if model else None,
+        bank_key,
+        align_threshold,
+        min_score,
+        cap,
+        fallback,
+    )
     step = _CACHED.get(cache_key)
     if step is None:
         step = Recaptioner(
@@ -641,11 +694,13 @@ def recaption_video(
             prompt_bank=prompt_bank,
             align_threshold=align_threshold,
             min_score=min_score,
+            captioner=cap,
+            fallback=fallback,
         )
         step.setup()
         _CACHED[cache_key] = step
     out, story = step.recaption_video(rows)
     for row in out:
-        for key_ in ("frame_embeddings", "scene_embedding", "fragment"):
+        for key_ in ("frame_embeddings", "scene_embedding", "fragment", "generated_caption"):
             row.pop(key_, None)
     return out, (story if story["segments"] else None)

@@ -51,7 +51,7 @@ WORK_DIR = "_work"
 STAGING_DIR = "_staging"
 #: written into work files so an old work folder is never mixed with a newer layout
 META_WORK_VERSION = b"storyloom.work_version"
-WORK_VERSION = f"{SCHEMA_VERSION}/3"
+WORK_VERSION = f"{SCHEMA_VERSION}/4"
 
 #: per-clip values the corpus phase needs that are not columns of the clips table
 CLIP_EXTRAS = pa.struct(
@@ -62,6 +62,8 @@ CLIP_EXTRAS = pa.struct(
         pa.field("frame_embeddings", pa.list_(pa.list_(pa.float32()))),
         # the storyboard embedding of a model that reads storyboards (re-captioning uses it)
         pa.field("scene_embedding", pa.list_(pa.float32())),
+        # the captioner's caption of the scene (when a captioner is configured)
+        pa.field("generated_caption", pa.string()),
         # what dedup compares (CLIP embedding + pixel thumbnails), computed while frames exist
         pa.field("dedup_signature", pa.list_(pa.float32())),
     ]

@@ -157,7 +157,9 @@ decoding; each caption's facts read back with the grammar's parser:
 """
 
 
-def finish(out: Path, report: dict, settings: CaptionerSettings, *, device: str | None = None) -> dict:
+def finish(
+    out: Path, report: dict, settings: CaptionerSettings, *, device: str | None = None
+) -> dict:
     """Evaluate a trained folder on held-out scenes; write the model card and report."""
     metrics = evaluate_shapes_captioner(
         out,

@@ -49,6 +49,7 @@ class CorpusSteps:
         *,
         model: str | None = None,
         prompt_bank: str | None = None,
+        captioner: str | None = None,
         relaxed_threshold: float | None = 0.85,
         pixel_weight: float = 0.5,
         thumb_size: int = 8,
@@ -58,6 +59,9 @@ class CorpusSteps:
         #: a prompt file whose prompts join the corpus' own in the prompt bank
         self.prompt_bank = prompt_bank
         self._user_prompts: list[str] | None = None
+        #: a captioner folder: scenes without a usable caption take the bank's prompt or the
+        #: captioner's caption, whichever CLIP prefers
+        self.captioner = captioner
         self.relaxed_threshold = relaxed_threshold
         self.pixel_weight = pixel_weight
         self.thumb_size = thumb_size
@@ -129,7 +133,12 @@ class CorpusSteps:
                 self._user_prompts = rc.load_prompt_bank(self.prompt_bank)
             prompts = list(dict.fromkeys(prompts + self._user_prompts))
         return rc.recaption_video(
-            video, clips, extras, model=self.model, prompt_bank=prompts or None
+            video,
+            clips,
+            extras,
+            model=self.model,
+            prompt_bank=prompts or None,
+            captioner=self.captioner,
         )
 
     def duplicates(self, rows: Sequence[Mapping[str, Any]], *, threshold: float) -> dict[str, str]:

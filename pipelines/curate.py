@@ -104,6 +104,8 @@ class Components:
     scorer: Callable[..., Any] | None = None
     scorer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     corpus: CorpusSteps = field(default_factory=CorpusSteps)
+    #: :class:`curate.recaption.Captioner` keyword arguments (``None``: no captioner)
+    captioner_kwargs: Mapping[str, Any] | None = None
 
 
 def default_components(opts: CurateOptions) -> Components:
@@ -111,6 +113,7 @@ def default_components(opts: CurateOptions) -> Components:
 
     from .decode import VideoDecoder
 
+    captioner = resolve_captioner(opts.model, opts.captioner)
     return Components(
         decoder=VideoDecoder,
         decoder_kwargs={
@@ -129,7 +132,16 @@ def default_components(opts: CurateOptions) -> Components:
             # several local workers share the cores: one torch thread pool each, not all cores
             "num_threads": _threads_per_worker(opts),
         },
-        corpus=CorpusSteps(model=resolve_model_path(opts.model), prompt_bank=opts.prompt_bank),
+        captioner_kwargs=(
+            {"model": opts.captioner, "device": opts.device, "batch_size": opts.clip_batch_size}
+            if captioner
+            else None
+        ),
+        corpus=CorpusSteps(
+            model=resolve_model_path(opts.model),
+            prompt_bank=opts.prompt_bank,
+            captioner=captioner,
+        ),
     )
 
 
@@ -148,6 +160,22 @@ def resolve_model_path(model: str | None) -> str:
     from curate.clip_score import DEFAULT_MODEL
 
     return str(DEFAULT_MODEL)
+
+
+def resolve_captioner(model: str | None, captioner: str | None) -> str | None:
+    """The captioner folder ``--captioner`` means (``None``: none). ``auto`` is the shipped
+    shapes-world captioner when the CLIP is the shipped one (the pair is trained on the same
+    world); with any other CLIP, auto means none."""
+    value = (captioner or "none").strip()
+    if value.lower() == "none":
+        return None
+    if value.lower() != "auto":
+        return value
+    from curate.clip_score import DEFAULT_MODEL
+    from curate.recaption import DEFAULT_CAPTIONER
+
+    same = Path(resolve_model_path(model)).resolve() == Path(DEFAULT_MODEL).resolve()
+    return str(DEFAULT_CAPTIONER) if same and Path(DEFAULT_CAPTIONER).is_dir() else None
 
 
 def auto_threshold(model: str | None) -> str:
@@ -194,6 +222,7 @@ def build_pipeline(
         max_batch_videos=opts.inference_batch_videos,
         share_model=opts.share_model,
         signature=comps.corpus.signature,
+        captioner=comps.captioner_kwargs,
         # Beam 2.77's DaskRunner drops what a DoFn emits in finish_bundle, where
         # BatchElements emits its last batch: there, videos go to CLIP one at a time
         prebatched=_is_dask(options),
@@ -387,6 +416,8 @@ class RunSummary:
 def _work_config(opts: CurateOptions) -> dict[str, Any]:
     cfg = {k: getattr(opts, k) for k in WORK_SETTINGS}
     cfg["model"] = resolve_model_path(opts.model)
+    # the captioner's captions are made in the per-video phase and committed with the work
+    cfg["captioner"] = opts.captioner
     return cfg
 
 
@@ -428,6 +459,13 @@ def _pipeline_options(argv: Sequence[str]) -> PipelineOptions:
     opts = options.view_as(CurateOptions)
     if str(opts.threshold).strip().lower() == "auto":
         opts.threshold = auto_threshold(opts.model)
+    # resolved once here, so that the workers and the committed work see one folder
+    captioner = resolve_captioner(opts.model, opts.captioner)
+    if captioner:
+        from curate.recaption import Captioner
+
+        Captioner(captioner).check_folder()  # a missing or incomplete folder fails now
+    opts.captioner = captioner or "none"
     return options
 
 

@@ -33,14 +33,28 @@ class ScorerService:
         factory: Callable[..., Any],
         kwargs: Mapping[str, Any],
         signature: Callable[[Mapping[str, Any]], Any] | None = None,
+        captioner: Mapping[str, Any] | None = None,
     ) -> None:
         self.scorer = factory(**dict(kwargs))
         self.signature = signature
         if hasattr(self.scorer, "setup"):
             self.scorer.setup()
+        self.captioner: Any = None
+        if captioner:
+            from curate.recaption import Captioner
+
+            self.captioner = Captioner(**dict(captioner))
+            self.captioner.setup()
 
     def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = list(self.scorer.process_all(records))
+        if self.captioner is not None:
+            # the captioner reads the sampled frames, which only this stage has; its caption
+            # travels with the committed work to the re-captioner
+            have = [r for r in out if r.get("frames") is not None and len(r["frames"])]
+            texts = self.captioner.caption_scenes([r["frames"] for r in have])
+            for record, text in zip(have, texts):
+                record["generated_caption"] = text
         for record in out:
             if self.signature is not None:
                 # dedup compares pixels too; this is the last stage that has them
@@ -55,7 +69,8 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
     ``factory(**kwargs)`` builds the scorer (by default :class:`curate.clip_score.ClipScorer`):
     it has ``setup()`` and ``process_all(records) -> records`` filling ``caption_score``,
     ``frame_scores``, ``embedding`` and ``frame_embeddings`` (and ``scene_embedding`` for a
-    model that reads storyboards).
+    model that reads storyboards). With ``captioner`` (:class:`curate.recaption.Captioner`
+    keyword arguments) every scene also gets the captioner's ``generated_caption``.
     """
 
     def __init__(
@@ -67,6 +82,7 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         share_model: bool = False,
         signature: Callable[[Mapping[str, Any]], Any] | None = None,
         prebatched: bool = False,
+        captioner: Mapping[str, Any] | None = None,
     ) -> None:
         if max_batch_videos < 1:
             raise ValueError(f"max_batch_videos must be >= 1, got {max_batch_videos!r}")
@@ -83,6 +99,7 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         self.kwargs = dict(kwargs or {})
         self.signature = signature
         self.prebatched = prebatched
+        self.captioner = dict(captioner) if captioner else None
 
     def should_skip_batching(self) -> bool:
         # prebatched: each element is already a list of videos (see ScoreCaptions)
@@ -90,7 +107,7 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
 
     def load_model(self) -> ScorerService:
         start = time.perf_counter()
-        service = ScorerService(self.factory, self.kwargs, self.signature)
+        service = ScorerService(self.factory, self.kwargs, self.signature, self.captioner)
         logger.info("scorer loaded in %.1f s", time.perf_counter() - start)
         return service
 

@@ -98,6 +98,13 @@ class CurateOptions(PipelineOptions):
             help="text file of prompts, one per line, added to the corpus' own kept captions "
             "as the bank that scenes without a usable caption are re-captioned from",
         )
+        parser.add_argument(
+            "--captioner",
+            default="auto",
+            help="BLIP-class captioner folder whose caption of each scene competes with the "
+            "bank's prompt for scenes without a usable caption; auto: the shipped shapes-world "
+            "captioner when --model is the shipped CLIP; none: no captioner",
+        )
         parser.add_argument("--detector", default="fast", choices=DETECTORS)
         parser.add_argument("--samples_per_scene", type=_positive_int, default=4)
         parser.add_argument("--sample_size", type=_positive_int, default=224)

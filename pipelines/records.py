@@ -13,7 +13,7 @@ from curate.clip_score import TRANSIENT_KEYS
 from curate.errors import CurateError
 
 #: keys a clip record carries between stages that are not columns of the clips table
-TRANSIENT_CLIP_KEYS = (*TRANSIENT_KEYS, "dedup_signature")
+TRANSIENT_CLIP_KEYS = (*TRANSIENT_KEYS, "dedup_signature", "generated_caption")
 
 
 @dataclass

@@ -62,6 +62,15 @@ def register(subparsers: Any) -> None:
         "scenes without a usable caption are re-captioned from",
     )
     run.add_argument(
+        "--captioner",
+        default="auto",
+        metavar="FOLDER|auto|none",
+        help="image-to-text (BLIP-class) model folder that captions every scene; a scene "
+        "without a usable caption takes its caption or the bank's prompt, whichever CLIP "
+        "prefers. auto (default): the shipped shapes-world captioner when the CLIP is the "
+        "shipped one, else none",
+    )
+    run.add_argument(
         "--runner",
         default="local",
         help="local (Beam's FnApiRunner, the default), dask, or any Beam runner name",
@@ -174,6 +183,7 @@ def beam_argv(args: argparse.Namespace) -> list[str]:
         flags.append(f"--model={args.model}")
     if args.prompt_bank:
         flags.append(f"--prompt_bank={args.prompt_bank}")
+    flags.append(f"--captioner={args.captioner}")
     return flags + list(args.beam_args or [])
 
 

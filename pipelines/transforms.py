@@ -351,6 +351,7 @@ def work_record(work: VideoWork) -> dict[str, Any]:
                 "caption_note": clip.get("caption_note"),
                 "frame_embeddings": None if fe is None else [list(map(float, r)) for r in fe],
                 "scene_embedding": None if se is None else [float(x) for x in se],
+                "generated_caption": clip.get("generated_caption"),
                 "dedup_signature": None if sig is None else [float(x) for x in sig],
             }
         )
