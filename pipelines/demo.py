@@ -50,6 +50,17 @@ def check_against_truth(run_dir: Path, truth) -> list[str]:
         if all(c["status"] == "dropped" and c["reason"] != "duplicate" for c in cs)
     }
     caught = len(noisy & flagged)
+    names = {
+        "source": "own caption",
+        "source_fragment": "own caption's fragments",
+        "prompt_bank": "corpus prompt bank",
+        "captioner": "captioner",
+    }
+    counts: dict[str, int] = {}
+    for c in clips:
+        key = names.get(c.get("recaption_source") or "", "none")
+        counts[key] = counts.get(key, 0) + 1
+    sources = ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     scenes_true = sum(len(v.scenes) for v in truth.videos)
     match = total = 0
     for v in truth.videos:
@@ -71,7 +82,7 @@ def check_against_truth(run_dir: Path, truth) -> list[str]:
         f"noisy captions: {caught} of {len(noisy)} noisy videos had every clip dropped "
         f"({len(flagged - noisy)} clean videos dropped whole)",
         f"re-captions naming the right colour, shape and motion: {match} of {total} "
-        "(prompt bank: the corpus' own kept captions)",
+        f"(from: {sources})",
     ]
 
 

@@ -457,3 +457,71 @@ def test_truncated_last_fragment_is_completed_from_the_bank():
     with Recaptioner(scorer=StubScorer(), prompt_bank=bank, complete_truncated=False) as step:
         rows, _ = step.recaption_video(clips)
     assert rows[1]["recaption"] == "a blue square on bei"
+
+
+# --- bank hygiene and precomputed captions -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompts", "expected"),
+    [
+        # cut mid-word: "ba" / "bro" never stand alone, but longer words of the bank start so
+        (
+            [
+                "a red circle moving left on a brown background",
+                "a white star moving up on a black ba",
+                "an orange star moving right on a bro",
+            ],
+            ["a red circle moving left on a brown background"],
+        ),
+        # a prompt another one extends says less (case and spacing do not matter)
+        (
+            ["A red circle", "a red circle moving up", "a blue  square", "a blue square"],
+            ["a red circle moving up", "a blue square"],
+        ),
+        # a rare last word that no longer word starts with is a whole word
+        (["slow motion water", "a dog on the beach"], ["slow motion water", "a dog on the beach"]),
+        ([], []),
+    ],
+)
+def test_clean_prompt_bank(prompts, expected):
+    from curate.recaption import clean_prompt_bank
+
+    assert clean_prompt_bank(prompts) == expected
+
+
+def test_bank_prompts_stand_for_one_scene_each():
+    rows = [
+        {"status": "kept", "fragment": "a red circle; a blue square. Then a green st"},
+        {"status": "kept", "fragment": "a green star moving up"},
+    ]
+    # split into events; the cut tail goes, its completion stays
+    assert build_prompt_bank(rows) == ["a red circle", "a blue square", "a green star moving up"]
+
+
+def test_precomputed_captions_compete_without_loading_the_model(tiny_blip):
+    clips = [
+        scene(0, "red circle", 0, 40, caption="a red circle"),
+        # dropped captions, each scene captioned upstream (as the pipeline does)
+        scene(1, "blue square", 40, 80, caption="x", status="dropped", reason="low_caption_score"),
+        scene(2, "green star", 80, 120, caption="x", status="dropped", reason="low_caption_score"),
+    ]
+    clips[1]["generated_caption"] = "a blue square"  # right: beats the bank's prompt
+    clips[2]["generated_caption"] = "a white ring"  # wrong: the bank's prompt wins
+    with Recaptioner(
+        scorer=StubScorer(), captioner=tiny_blip, fallback="best", prompt_bank=["a green star"]
+    ) as step:
+        rows, story = step.recaption_video(clips)
+        assert step._captioner._model is None  # the folder was checked, never loaded
+    got = [(r["recaption"], r["recaption_source"]) for r in rows]
+    assert got == [
+        ("a red circle", "source"),
+        ("a blue square", "captioner"),
+        ("a green star", "prompt_bank"),
+    ]
+    validate_story_row(story)
+    # a scene that needs the captioner but has neither a caption nor frames is an error
+    clips[1].pop("generated_caption")
+    step = Recaptioner(scorer=StubScorer(), captioner=tiny_blip, fallback="captioner")
+    with step, pytest.raises(ValueError, match="v:0001.*no frames"):
+        step.recaption_video(clips)

@@ -41,11 +41,35 @@ def curated(shapes_corpus, shapes_corpus_path, tmp_path_factory):
             f"--input={shapes_corpus_path / 'manifest.jsonl'}",
             f"--output={out}",
             f"--prompt_bank={bank}",
+            "--captioner=none",
         ],
         progress=False,
     )
     assert summary.invariant_ok
     return out
+
+
+@pytest.fixture(scope="module")
+def curated_default(shapes_corpus_path, tmp_path_factory):
+    """The defaults: the corpus' own prompt bank and (auto) the shipped captioner."""
+    out = tmp_path_factory.mktemp("shipped-default") / "run"
+    summary = run(
+        [f"--input={shapes_corpus_path / 'manifest.jsonl'}", f"--output={out}"], progress=False
+    )
+    assert summary.invariant_ok
+    return out
+
+
+def right_facts(shapes_corpus, clip: dict) -> bool:
+    from curate.synth import parse_caption
+
+    truth = scene_of(shapes_corpus.by_id(clip["video_id"]), clip)
+    facts = parse_caption(clip["recaption"])
+    return facts is not None and (facts.color, facts.shape, facts.motion) == (
+        truth.color,
+        truth.shape,
+        truth.motion,
+    )
 
 
 def test_threshold_auto_is_the_model_folders_cut_off(curated, tmp_path):
@@ -81,6 +105,7 @@ def test_stories_name_what_each_scene_shows(shapes_corpus, curated):
         elif c["recaption_source"] in ("source", "source_fragment"):
             own += 1
             own_right += right
+    assert "captioner" not in {c["recaption_source"] for c in clips}  # --captioner=none
     assert bank_scenes >= 4, "the corpus should have noise-captioned videos"
     assert bank_right / bank_scenes >= 0.9
     assert own and own_right / own >= 0.9
@@ -100,6 +125,54 @@ def test_missing_prompt_bank_fails_before_any_work(shapes_corpus_path, tmp_path)
                 f"--input={shapes_corpus_path / 'manifest.jsonl'}",
                 f"--output={tmp_path / 'out'}",
                 f"--prompt_bank={tmp_path / 'nope.txt'}",
+            ],
+            progress=False,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_run_captions_scenes_the_bank_cannot_name(shapes_corpus, curated_default):
+    from curate.recaption import DEFAULT_CAPTIONER
+
+    published = json.loads((curated_default / "_manifest.json").read_text())["config"]
+    assert published["captioner"] == str(DEFAULT_CAPTIONER)
+    clips = shards.read_table(curated_default, "clips").to_pylist()
+    filled = [c for c in clips if c["recaption_source"] in ("captioner", "prompt_bank")]
+    assert sum(c["recaption_source"] == "captioner" for c in filled) >= 4
+    assert sum(right_facts(shapes_corpus, c) for c in filled) / len(filled) >= 0.9
+    # the issue's target, over every scene of the corpus
+    assert sum(right_facts(shapes_corpus, c) for c in clips) / len(clips) >= 0.9
+    # the captioner's caption is not a column: the clips table keeps its schema
+    assert "generated_caption" not in clips[0]
+
+
+def test_captioner_auto_pairs_with_the_shipped_clip_only(tmp_path):
+    from curate.clip_train import make_tiny_clip
+    from curate.recaption import DEFAULT_CAPTIONER
+    from pipelines.curate import resolve_captioner
+
+    assert resolve_captioner(None, "auto") == str(DEFAULT_CAPTIONER)
+    assert resolve_captioner(str(DEFAULT_MODEL), "auto") == str(DEFAULT_CAPTIONER)
+    assert resolve_captioner(str(make_tiny_clip(tmp_path / "tiny")), "auto") is None
+    assert resolve_captioner(None, "none") is None
+    assert resolve_captioner(None, "/some/blip") == "/some/blip"
+
+
+def test_incomplete_captioner_folder_fails_before_any_work(shapes_corpus_path, tmp_path):
+    import shutil
+
+    from curate.errors import ModelFolderError
+    from curate.recaption import DEFAULT_CAPTIONER
+
+    broken = tmp_path / "blip"
+    shutil.copytree(DEFAULT_CAPTIONER, broken)
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(ModelFolderError, match="tokenizer.json"):
+        run(
+            [
+                f"--input={shapes_corpus_path / 'manifest.jsonl'}",
+                f"--output={tmp_path / 'out'}",
+                f"--captioner={broken}",
             ],
             progress=False,
         )
