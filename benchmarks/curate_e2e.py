@@ -73,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", default="160x120")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--model", help="CLIP folder (default: the shipped models/shapes-clip)")
+    parser.add_argument(
+        "--captioner",
+        default="auto",
+        help="captioner for the runs (auto: the shipped one with the shipped CLIP; none)",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the extra 1-worker run without a captioner (what captioning costs)",
+    )
     parser.add_argument("--work-dir", help="keep the corpus and outputs here (default: a temp dir)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "curate_e2e.json"))
     args = parser.parse_args(argv)
@@ -98,14 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     model = resolve_model_path(args.model)
 
     rows = []
-    for workers in [int(w) for w in args.workers.split(",")]:
-        out = work / f"out-w{workers}"
+    plan = [(int(w), args.captioner) for w in args.workers.split(",")]
+    if not args.no_baseline and args.captioner != "none":
+        plan.append((1, "none"))
+    for workers, captioner in plan:
+        out = work / f"out-w{workers}-{'none' if captioner == 'none' else 'cap'}"
         shutil.rmtree(out, ignore_errors=True)
         flags = [
             *runner_flags("local", workers=workers),
             f"--input={corpus / 'manifest.jsonl'}",
             f"--output={out}",
             f"--model={model}",
+            f"--captioner={captioner}",
         ]
         with PeakRSS() as mem:
             start = time.perf_counter()
@@ -115,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         seconds = sum(c["end_s"] - c["start_s"] for c in clips)
         stage = summary.stage_s
         total_stage = sum(stage.values()) or 1.0
+        published = json.loads((out / "_manifest.json").read_text())["config"]
         row = {
             "workers": workers,
+            "captioner": published.get("captioner"),
             "videos": summary.counts.get("inputs", 0),
             "videos_failed": summary.counts.get("videos_failed", 0),
             "clips": len(clips),
@@ -135,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workers={workers}: {summary.invariant}")
 
     header = (
-        f"{'workers':>7} {'videos':>6} {'clips':>5} {'wall s':>7} {'per-video s':>11} "
+        f"{'workers':>7} {'captioner':>9} {'videos':>6} {'clips':>5} {'wall s':>7} {'per-video s':>11} "
         f"{'corpus s':>8} {'videos/min':>10} {'video-s/s':>9} {'peak MB':>8}  stage shares"
     )
     print()
@@ -146,14 +162,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {v:.0%}" for k, v in sorted(r["stage_share"].items(), key=lambda kv: -kv[1])
         )
         print(
-            f"{r['workers']:>7} {r['videos']:>6} {r['clips']:>5} {r['wall_s']:>7.1f} "
+            f"{r['workers']:>7} {'no' if r['captioner'] in (None, 'none') else 'yes':>9} "
+            f"{r['videos']:>6} {r['clips']:>5} {r['wall_s']:>7.1f} "
             f"{r['per_video_phase_s']:>11.1f} {r['corpus_phase_s']:>8.1f} "
             f"{r['videos_per_min']:>10.1f} {r['video_s_per_wall_s']:>9.2f} "
             f"{r['peak_rss_mb']:>8.0f}  {shares}"
         )
-    if len(rows) >= 2:
-        base = rows[0]
-        for r in rows[1:]:
+    with_cap = [r for r in rows if r["captioner"] not in (None, "none")]
+    without = [r for r in rows if r["captioner"] in (None, "none") and r["workers"] == 1]
+    if with_cap and without and with_cap[0]["workers"] == 1:
+        print(
+            "captioning every scene costs "
+            f"{with_cap[0]['per_video_phase_s'] / without[0]['per_video_phase_s']:.2f}x "
+            "per-video time (1 worker)"
+        )
+    same = [r for r in rows if r["captioner"] == rows[0]["captioner"]]
+    if len(same) >= 2:
+        base = same[0]
+        for r in same[1:]:
             print(
                 f"speed-up {r['workers']} vs {base['workers']} workers: "
                 f"{base['wall_s'] / r['wall_s']:.2f}x wall, "

@@ -236,6 +236,67 @@ def real_size_clip(folder: Path) -> Path:
     return folder
 
 
+def captioner_throughput(
+    folder: str, *, device: str, scenes: int, batch: int, max_new_tokens: int = 30
+) -> dict[str, Any]:
+    """Scenes/s of ``Captioner.caption_scenes`` (storyboard or middle frame, then greedy
+    decoding) on random 4-frame scenes at the pipeline's sample size."""
+    from curate.recaption import Captioner
+
+    rng = np.random.default_rng(0)
+    cap = Captioner(folder, device=device, batch_size=batch, max_new_tokens=max_new_tokens)
+    cap.setup()
+    x = [rng.integers(0, 256, (4, 224, 298, 3), dtype=np.uint8) for _ in range(scenes)]
+    cap.caption_scenes(x[: min(2, scenes)])  # warm-up
+    t = time.perf_counter()
+    texts = cap.caption_scenes(x)
+    dt = time.perf_counter() - t
+    tokens = [
+        len(cap._processor.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts
+    ]
+    return {
+        "scenes": scenes,
+        "seconds": dt,
+        "scenes_per_s": scenes / dt,
+        "parameters": sum(p.numel() for p in cap._model.parameters()),
+        "input": list(cap.input_size),
+        "storyboard": cap.storyboard_grid is not None,
+        "mean_tokens": float(np.mean(tokens)) if tokens else 0.0,
+        "batch_size": batch,
+    }
+
+
+def real_size_blip(folder: Path) -> Path:
+    """A BLIP-base captioner (transformers' default ``BlipConfig``: ViT-B/16 at 384 px, a
+    12-layer BERT decoder) with random weights and the shipped captioner's tokenizer."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
+
+    from curate.captioner_train import image_processor
+    from curate.recaption import DEFAULT_CAPTIONER
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    torch.manual_seed(0)
+    tok = BertTokenizer.from_pretrained(DEFAULT_CAPTIONER)
+    cfg = BlipConfig(
+        text_config={
+            "vocab_size": len(tok),
+            "bos_token_id": tok.convert_tokens_to_ids("[DEC]"),
+            "sep_token_id": tok.sep_token_id,
+            "eos_token_id": tok.sep_token_id,
+            "pad_token_id": tok.pad_token_id,
+        }
+    )
+    from transformers import BlipProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    BlipForConditionalGeneration(cfg).eval().save_pretrained(folder)
+    size = cfg.vision_config.image_size
+    BlipProcessor(image_processor=image_processor(size), tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -263,7 +324,23 @@ def main(argv: list[str] | None = None) -> int:
             size=None,
             threads=args.threads,
         )
+    from curate.recaption import DEFAULT_CAPTIONER
+
+    captioner = args.captioner or str(DEFAULT_CAPTIONER)
+    if not args.real_size_only and captioner.lower() != "none":
+        result["captioner_shipped"] = captioner_throughput(
+            captioner, device=args.device, scenes=64, batch=args.batch_size
+        )
     if not args.skip_real_size:
+        blip = real_size_blip(Path(tempfile.gettempdir()) / "storyloom-blip-base-random")
+        # about the length of a real caption, so that decoding costs what it would
+        result["captioner_blip_base"] = captioner_throughput(
+            str(blip),
+            device=args.device,
+            scenes=8 if args.device == "cpu" else 64,
+            batch=args.batch_size,
+            max_new_tokens=12,
+        )
         folder = real_size_clip(Path(tempfile.gettempdir()) / "storyloom-clip-vit-b32-random")
         result["throughput_vit_b32"] = throughput(
             str(folder),
@@ -644,6 +721,22 @@ def print_table(r: dict[str, Any]) -> None:
                     f"{t['frames_per_s']:.0f} frames/s ({t['parameters'] / 1e6:.1f} M params, {t['input'][0]} px)",
                 )
             )
+    for key, name in (
+        ("captioner_shipped", "shipped captioner"),
+        ("captioner_blip_base", "BLIP-base captioner (random)"),
+    ):
+        if key in r:
+            t = r[key]
+            rows.append(
+                (
+                    f"{name}, {r['machine']['device']}",
+                    f"{t['scenes_per_s']:.1f} scenes/s ({t['parameters'] / 1e6:.1f} M params, "
+                    f"{t['input'][0]} px, {t['mean_tokens']:.0f} tokens)",
+                )
+            )
+    if "captioner_shipped" in r and "captioner_blip_base" in r:
+        ratio = r["captioner_shipped"]["scenes_per_s"] / r["captioner_blip_base"]["scenes_per_s"]
+        rows.append(("shipped / BLIP-base captioner speed", f"{ratio:.0f}x"))
     if "throughput_shipped" in r and "throughput_vit_b32" in r:
         ratio = r["throughput_shipped"]["frames_per_s"] / r["throughput_vit_b32"]["frames_per_s"]
         rows.append(("shipped / ViT-B/32 speed", f"{ratio:.0f}x"))
