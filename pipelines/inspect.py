@@ -57,6 +57,8 @@ def report(folder: str | os.PathLike[str], *, stories: int = 3, bins: int = 20) 
             dd=cfg.get("dedup_threshold"),
         )
     )
+    if cfg.get("captioner") not in (None, "none"):
+        lines.append(f"  captioner {cfg['captioner']}")
     if cfg.get("stopped"):
         lines.append(f"  STOPPED: {cfg['stopped']}")
 
@@ -70,6 +72,12 @@ def report(folder: str | os.PathLike[str], *, stories: int = 3, bins: int = 20) 
     lines.append(f"clips {clips.num_rows}: " + ", ".join(f"{k} {v}" for k, v in status.items()))
     for reason, n in reasons.most_common():
         lines.append(f"  dropped: {reason:<20} {n}")
+    sources = Counter(s or "none" for s in clips.column("recaption_source").to_pylist())
+    lines.append(
+        "prompts from: " + ", ".join(f"{k} {n}" for k, n in sources.most_common())
+        if clips.num_rows
+        else "prompts from: (no clips)"
+    )
     lines.append(f"stories {story_rows.num_rows}")
 
     lines.append("")

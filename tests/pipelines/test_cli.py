@@ -60,6 +60,9 @@ def test_inspect_reports_counts_histogram_and_stories(tmp_path, capsys):
     text = capsys.readouterr().out
     assert re.search(r"clips 9: (kept 5, dropped 4|dropped 4, kept 5)", text), text
     assert "dropped: low_caption_score" in text
+    # where every clip's prompt came from, one count per source, adding up to the clips
+    sources = re.search(r"prompts from: (.*)", text)
+    assert sources and sum(int(p.split()[-1]) for p in sources.group(1).split(", ")) == 9
     assert re.search(r"probe\s+VideoOpenFailure\s+1", text)
     assert text.count("<- threshold") == 1
     assert "example stories" in text and "[  0.00 -   1.00 s]" in text
