@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .clip_train import CLIP_MEAN, CLIP_STD, SLOTS, _vocabularies, render_training_data
+from .clip_train import (
+    CLIP_MEAN,
+    CLIP_STD,
+    SLOTS,
+    ClockCosineSchedule,
+    _vocabularies,
+    render_training_data,
+)
 from .recaption import CAPTIONING_FILE
 
 #: the special tokens of the captioner's vocabulary; ``[DEC]`` starts every generated caption
@@ -236,36 +242,21 @@ def train_shapes_captioner(
     steps_per_epoch = max(1, len(data.boards) // s.batch_size)
     total = steps_per_epoch * s.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    warmup = max(1, min(200, total // 20))
     autocast = device.startswith("cuda")
-    t_train = time.perf_counter()
-
-    def progress_fraction(step_done: int) -> float:
-        frac = step_done / total
-        if s.time_budget_s:
-            frac = max(frac, (time.perf_counter() - t_train) / s.time_budget_s)
-        return min(frac, 1.0)
-
-    def set_lr(step_done: int) -> None:
-        if step_done < warmup:
-            lr = s.lr * (step_done + 1) / warmup
-        else:
-            lr = 0.5 * s.lr * (1 + math.cos(math.pi * progress_fraction(step_done)))
-        for group in opt.param_groups:
-            group["lr"] = lr
+    schedule = ClockCosineSchedule(opt, s.lr, total, s.time_budget_s)
 
     model.train()
     losses: list[float] = []
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     done = 0
     for _epoch in range(s.epochs):
-        if progress_fraction(done) >= 1.0:
+        if schedule.finished(done):
             break
         order = torch.from_numpy(rng.permutation(len(data.boards))).to(device)
         for step in range(steps_per_epoch):
-            if progress_fraction(done) >= 1.0:
+            if schedule.finished(done):
                 break
-            set_lr(done)
+            schedule.apply(done)
             idx = order[step * s.batch_size : (step + 1) * s.batch_size]
             x = rearrange(boards[idx].float(), "b h w c -> b c h w") / 255.0
             # photometric jitter the decoder and resizer of real videos would add

@@ -523,6 +523,43 @@ def resolve_device(device: str) -> str:
     return device
 
 
+class ClockCosineSchedule:
+    """Linear warm-up, then cosine decay to zero over the run.
+
+    With a time budget the decay follows the clock as well as the step count (whichever is
+    further along), so a busy machine trains fewer steps but still anneals fully.
+    """
+
+    def __init__(self, optimizer: Any, lr: float, total_steps: int, time_budget_s: float | None):
+        import time
+
+        self.optimizer = optimizer
+        self.lr = lr
+        self.total = max(1, total_steps)
+        self.warmup = max(1, min(200, self.total // 20))
+        self.time_budget_s = time_budget_s
+        self._clock = time.perf_counter
+        self._start = self._clock()
+
+    def fraction(self, step_done: int) -> float:
+        frac = step_done / self.total
+        if self.time_budget_s:
+            frac = max(frac, (self._clock() - self._start) / self.time_budget_s)
+        return min(frac, 1.0)
+
+    def finished(self, step_done: int) -> bool:
+        return self.fraction(step_done) >= 1.0
+
+    def apply(self, step_done: int) -> None:
+        """Set the optimizer's learning rate for the step after ``step_done`` steps."""
+        if step_done < self.warmup:
+            lr = self.lr * (step_done + 1) / self.warmup
+        else:
+            lr = 0.5 * self.lr * (1 + math.cos(math.pi * self.fraction(step_done)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+
 def train_shapes_clip(
     out: str | os.PathLike[str],
     settings: TrainSettings = TrainSettings(),
@@ -591,30 +628,13 @@ def train_shapes_clip(
     steps_per_epoch = len(data.frames) // s.batch_size
     total = steps_per_epoch * s.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    warmup = max(1, min(200, total // 20))
     captions = CaptionSampler(rng)
     # every caption of the grammar, tokenised once
     table = tokenizer(
         captions.all_captions(), padding=True, truncation=True, max_length=77, return_tensors="pt"
     )
     table_ids, table_mask = table["input_ids"].to(device), table["attention_mask"].to(device)
-    t_train = time.perf_counter()
-
-    def progress_fraction(step_done: int) -> float:
-        # with a time budget the schedule follows the clock, so a busy machine trains fewer
-        # steps but still anneals fully; otherwise it follows the step count
-        frac = step_done / total
-        if s.time_budget_s:
-            frac = max(frac, (time.perf_counter() - t_train) / s.time_budget_s)
-        return min(frac, 1.0)
-
-    def set_lr(step_done: int) -> None:
-        if step_done < warmup:
-            lr = s.lr * (step_done + 1) / warmup
-        else:
-            lr = 0.5 * s.lr * (1 + math.cos(math.pi * progress_fraction(step_done)))
-        for group in opt.param_groups:
-            group["lr"] = lr
+    schedule = ClockCosineSchedule(opt, s.lr, total, s.time_budget_s)
 
     def pixels(images: Any, n: int) -> Any:
         x = rearrange(images.float(), "b h w c -> b c h w") / 255.0
@@ -628,12 +648,12 @@ def train_shapes_clip(
     done = 0
     for _epoch in range(s.epochs):
         order = rng.permutation(len(data.frames))
-        if progress_fraction(done) >= 1.0:
+        if schedule.finished(done):
             break
         for step in range(steps_per_epoch):
-            if progress_fraction(done) >= 1.0:
+            if schedule.finished(done):
                 break
-            set_lr(done)
+            schedule.apply(done)
             idx = order[step * s.batch_size : (step + 1) * s.batch_size]
             bidx = rng.integers(n_boards, size=b_boards) if b_boards else np.zeros(0, int)
             images = frames[torch.from_numpy(idx).to(device)]

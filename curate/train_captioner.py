@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .captioner_train import CaptionerSettings, evaluate_shapes_captioner, train_shapes_captioner
 from .clip_train import resolve_device
+from .train_clip import _runs, add_training_args
 
 logger = logging.getLogger("curate.train_captioner")
 
@@ -32,49 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(safetensors, config, tokenizer, processor config, captioning.json, README.md)."
         ),
     )
-    p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--seed", type=int, default=d.seed, help="training data and init seed")
-    p.add_argument("--scenes", type=int, default=d.scenes, help="scenes rendered for training")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the storyboards")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="storyboards per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (cosine)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="input side in pixels")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="ViT patch side")
-    p.add_argument("--hidden", type=int, default=d.hidden, help="width of encoder and decoder")
-    p.add_argument("--vision-layers", type=int, default=d.vision_layers)
-    p.add_argument("--text-layers", type=int, default=d.text_layers)
-    p.add_argument(
-        "--device",
-        default=d.device,
-        help="cpu, cuda[:N] or auto (CUDA when available; default %(default)s)",
-    )
-    p.add_argument(
-        "--workers", type=int, default=d.workers, help="processes rendering training scenes"
-    )
-    p.add_argument("--init", default=None, help="continue training from this captioner folder")
-    p.add_argument(
-        "--eval-seed",
-        type=int,
-        default=d.eval_seed,
-        help="seed of the held-out evaluation scenes (must differ from --seed)",
-    )
-    p.add_argument("--eval-scenes", type=int, default=d.eval_scenes)
-    p.add_argument(
-        "--time-budget",
-        type=float,
-        default=d.time_budget_s,
-        metavar="SECONDS",
-        help="stop training after this long; the learning-rate schedule follows the clock "
-        "(default %(default)s; 0 trains all --epochs)",
-    )
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_training_args(p, d, item="storyboards")
     return p
-
-
-def _runs(report: dict) -> list[dict]:
-    earlier = report.get("continued_from")
-    return (_runs(earlier) if earlier else []) + [report]
 
 
 def model_card(report: dict, metrics: dict) -> str:

@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .clip_train import (
     TRAIN_RENDER_SIZES,
@@ -38,20 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
             "preprocessor config, README.md model card)."
         ),
     )
-    p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--seed", type=int, default=d.seed, help="training data and init seed")
-    p.add_argument("--scenes", type=int, default=d.scenes, help="scenes rendered for training")
+    add_training_args(p, d, item="frames")
     p.add_argument(
         "--frames-per-scene", type=int, default=d.frames_per_scene, help="frames taken per scene"
     )
-    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the frames")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="frames per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="input side in pixels")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="ViT patch side")
-    p.add_argument("--hidden", type=int, default=d.hidden, help="width of both towers")
-    p.add_argument("--vision-layers", type=int, default=d.vision_layers)
-    p.add_argument("--text-layers", type=int, default=d.text_layers)
     p.add_argument(
         "--hard-negatives",
         type=int,
@@ -63,6 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train on single frames only (the model then cannot read motion)",
     )
+    return p
+
+
+def add_training_args(p: argparse.ArgumentParser, d: Any, *, item: str) -> None:
+    """The flags every shapes-world training command shares; ``d`` holds their defaults and
+    ``item`` names what a step batches ("frames", "storyboards")."""
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--seed", type=int, default=d.seed, help="training data and init seed")
+    p.add_argument("--scenes", type=int, default=d.scenes, help="scenes rendered for training")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the {item}")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"{item} per step")
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help="peak learning rate (warm-up, then cosine)"
+    )
+    p.add_argument("--image-size", type=int, default=d.image_size, help="input side in pixels")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="ViT patch side")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="width of the model")
+    p.add_argument("--vision-layers", type=int, default=d.vision_layers)
+    p.add_argument("--text-layers", type=int, default=d.text_layers)
     p.add_argument(
         "--device",
         default=d.device,
@@ -76,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-seed",
         type=int,
         default=d.eval_seed,
-        help="seed of the held-out evaluation frames (must differ from --seed)",
+        help="seed of the held-out evaluation scenes (must differ from --seed)",
     )
     p.add_argument("--eval-scenes", type=int, default=d.eval_scenes)
     p.add_argument(
@@ -96,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
         "threads that wait for a busy core slow every step down)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
 
 
 def _runs(report: dict) -> list[dict]:
