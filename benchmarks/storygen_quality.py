@@ -1,0 +1,212 @@
+"""How good are a storygen model's stories? The pixel probe on held-out scripts.
+
+Renders held-out shapes-world stories (a seed family training never draws) with a model
+folder, reads every frame back with the shapes world's pixel readers and prints, beside the
+readers' ceiling on real frames of the same stories: colour, shape, background and all three
+per frame, motion per segment, within-segment identity, flicker and the seam ratio (see
+:mod:`storygen.training.probe`). Parts:
+
+- the probe: ``--stories`` stories of ``--frames`` frames, hierarchical and autoregressive;
+- ``--sweep``: guidance and step counts on fewer stories (hierarchical), to pick the defaults
+  a model folder recommends;
+- ``--lengths``: NUWA-XL's length experiment (16, 226, 3,376 frames at L = 16), both modes,
+  with "all facts right" per quarter and per tenth of the video (does a mode drift?);
+- ``--training-free``: the same network as a plain text-to-video model (ModelScope layout,
+  no mask channels) run training-free (replacement + RePaint resampling) on the same stories.
+
+    python benchmarks/storygen_quality.py                      # CPU: 4 short stories
+    python benchmarks/storygen_quality.py --device cuda --stories 32 --frames 226 \\
+        --sweep --lengths 16,226,3376 --training-free --plot benchmarks/results/storygen_drift.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from storygen.training.probe import (  # noqa: E402
+    MODES,
+    evaluate,
+    held_out_stories,
+    load_settings,
+)
+
+COLUMNS = ("color", "shape", "background", "all", "motion", "identity", "flicker", "seam_ratio")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def table(title: str, rows: dict[str, dict[str, Any]]) -> str:
+    head = f"{'':<26}" + "".join(f"{c[:10]:>11}" for c in COLUMNS)
+    lines = [title, head]
+    for name, r in rows.items():
+        lines.append(f"{name:<26}" + "".join(f"{_fmt(r.get(c)):>11}" for c in COLUMNS))
+    return "\n".join(lines)
+
+
+def load(folder: str, device: str, scheduler: str | None) -> Any:
+    import torch
+
+    from storygen.training_free import load_pipeline
+
+    pipe = load_pipeline(folder, scheduler=scheduler)
+    return pipe.to(torch.device(device))
+
+
+def probe(pipe: Any, settings: dict[str, Any], *, stories: int, frames: int, modes: Any) -> dict:
+    return evaluate(pipe, held_out_stories(stories, num_frames=frames), settings=settings, modes=modes)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_grad_enabled(False)
+    settings = load_settings(args.model)
+    for key in ("guidance_scale", "num_inference_steps", "overlap"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    settings.setdefault("num_inference_steps", 12)
+    settings.setdefault("guidance_scale", 2.0)
+    settings["micro_batch"] = args.micro_batch
+    pipe = load(args.model, args.device, settings.get("scheduler"))
+    result: dict[str, Any] = {
+        "model": str(args.model),
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "settings": settings,
+    }
+    started = time.perf_counter()
+    main = probe(pipe, settings, stories=args.stories, frames=args.frames, modes=MODES)
+    result["probe"] = main
+    print(
+        table(
+            f"probe: {args.stories} held-out stories of {args.frames} frames "
+            f"({settings['num_inference_steps']} steps, guidance {settings['guidance_scale']})",
+            {"ceiling (real frames)": main["ceiling"]} | {m: main[m] for m in MODES},
+        )
+    )
+    if args.sweep:
+        sweep = {}
+        for guidance in args.sweep_guidance:
+            for steps in args.sweep_steps:
+                s = settings | {"guidance_scale": guidance, "num_inference_steps": steps}
+                r = probe(pipe, s, stories=args.sweep_stories, frames=args.frames, modes=("hierarchical",))
+                sweep[f"guidance {guidance:g}, {steps} steps"] = r["hierarchical"]
+        result["sweep"] = sweep
+        print(table(f"\nsweep: {args.sweep_stories} stories, hierarchical", sweep))
+    if args.lengths:
+        lengths = {}
+        for n in [int(v) for v in args.lengths.split(",")]:
+            r = probe(pipe, settings, stories=args.length_stories, frames=n, modes=MODES)
+            lengths[str(n)] = r
+            print(
+                table(
+                    f"\nlength {n}: {args.length_stories} stories",
+                    {"ceiling": r["ceiling"]} | {m: r[m] for m in MODES},
+                )
+            )
+            for m in MODES:
+                q = " ".join(f"{v:.2f}" for v in r[m]["quarters_all"])
+                print(f"  {m:<16} all facts by quarter: {q}   wall {r[m]['wall_time_s']:.1f} s")
+        result["lengths"] = lengths
+    if args.training_free:
+        from storygen.training.unet import to_t2v_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = to_t2v_folder(args.model, Path(tmp) / "t2v")
+            t2v = load(str(folder), args.device, settings.get("scheduler"))
+            tf = probe(t2v, settings, stories=args.stories, frames=args.frames, modes=("hierarchical",))
+        result["training_free"] = tf
+        print(
+            table(
+                f"\ntraining-free vs masked: {args.stories} stories of {args.frames} frames",
+                {
+                    "masked local model": main["hierarchical"],
+                    "training-free (RePaint)": tf["hierarchical"],
+                },
+            )
+        )
+    result["wall_time_s"] = time.perf_counter() - started
+    if args.plot and args.lengths:
+        plot_drift(result["lengths"], args.plot)
+        print(f"\nplot: {args.plot}")
+    return result
+
+
+def plot_drift(lengths: dict[str, Any], path: str) -> None:
+    """Adherence (all facts right) by tenth of the video, per length and mode, as a PNG."""
+    from PIL import Image, ImageDraw
+
+    w, h, pad = 900, 420, 60
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([pad, pad // 2, w - pad // 2, h - pad], outline="black")
+    for y in range(0, 11, 2):
+        yy = h - pad - (h - 1.5 * pad) * y / 10
+        d.line([pad - 4, yy, pad, yy], fill="black")
+        d.text((10, yy - 6), f"{y / 10:.1f}", fill="black")
+    for x in range(10):
+        xx = pad + (w - 1.5 * pad) * (x + 0.5) / 10
+        d.text((xx - 10, h - pad + 8), f"{x * 10 + 5}%", fill="black")
+    d.text((w // 2 - 140, h - 22), "position in the video (tenths)", fill="black")
+    d.text((pad, 6), "all facts right per frame, by position: solid = hierarchical, dotted = autoregressive", fill="black")
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for i, (n, r) in enumerate(lengths.items()):
+        for mode, dash in (("hierarchical", False), ("autoregressive", True)):
+            vals = r[mode]["tenths_all"]
+            pts = [
+                (pad + (w - 1.5 * pad) * (x + 0.5) / 10, h - pad - (h - 1.5 * pad) * v)
+                for x, v in enumerate(vals)
+            ]
+            for k, (a, b) in enumerate(zip(pts, pts[1:])):
+                if not dash or k % 2 == 0:
+                    d.line([a, b], fill=colors[i % len(colors)], width=3)
+            for p in pts:
+                d.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colors[i % len(colors)])
+        d.text((w - 200, pad // 2 + 10 + 16 * i), f"{n} frames", fill=colors[i % len(colors)])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(ROOT / "models" / "shapes-storygen"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--stories", type=int, default=4, help="held-out stories of the probe (32 for the README)")
+    p.add_argument("--frames", type=int, default=46, help="frames per story of the probe (226 for the README)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="override the folder's guidance")
+    p.add_argument("--num-inference-steps", type=int, default=None, help="override the folder's steps")
+    p.add_argument("--overlap", type=int, default=None, help="known frames per autoregressive window")
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--sweep", action="store_true", help="also sweep guidance and steps")
+    p.add_argument("--sweep-guidance", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 1.5, 2.0, 3.0])
+    p.add_argument("--sweep-steps", type=lambda s: [int(v) for v in s.split(",")], default=[8, 12])
+    p.add_argument("--sweep-stories", type=int, default=12)
+    p.add_argument("--lengths", default="", help="comma-separated story lengths for the drift experiment")
+    p.add_argument("--length-stories", type=int, default=4)
+    p.add_argument("--training-free", action="store_true", help="also probe the training-free mode")
+    p.add_argument("--plot", default=None, help="PNG of adherence by position (with --lengths)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storygen_quality.json"))
+    args = p.parse_args(argv)
+    result = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nresults: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

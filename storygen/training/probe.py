@@ -1,0 +1,272 @@
+"""The pixel probe: how well a storygen model renders shapes-world stories, read from pixels.
+
+Held-out stories (random scripts from a seed family the training never draws) are rendered by
+a model, and every generated frame is read back with the shapes world's pixel readers
+(:func:`curate.shapes.read_frame`, :func:`curate.shapes.read_motion`); no learned judge. The
+same stories rendered by the shapes world itself give the *ceiling*: what the readers score on
+real frames at the same size and fps. Numbers per story:
+
+- per frame: colour, shape and background right against the prompt active at that frame, and
+  all three right;
+- per segment: motion right (segments of at least :data:`MIN_MOTION_FRAMES` frames);
+- identity: per segment, the share of frames whose read (colour, shape, background) equal the
+  segment's most common reading;
+- flicker: mean absolute difference of consecutive frames (0-255 scale) inside segments (a
+  cut is not flicker), as VBench computes it;
+- seam ratio: mean frame difference at the frames next to a given frame divided by the mean
+  elsewhere, inside segments (as ``benchmarks/storygen_speed.py`` defines it);
+- per quarter of the video: "all three right" of the frames in that quarter (drift).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.shapes import FrameFacts, SceneFacts, SceneRenderer, random_facts, read_frame, read_motion
+
+#: seeds of held-out stories start here; training windows draw from seeds below 10**6
+HELD_OUT_SEED = 20_261_201
+MIN_MOTION_FRAMES = 6
+MODES = ("hierarchical", "autoregressive")
+
+
+@dataclass(frozen=True)
+class ProbeStory:
+    """A held-out story: segments ``(start_frame, end_frame, facts)``, half-open, contiguous."""
+
+    story_id: str
+    num_frames: int
+    segments: tuple[tuple[int, int, SceneFacts], ...]
+
+    def prompts(self) -> list[str]:
+        out: list[str] = []
+        for start, end, facts in self.segments:
+            out += [facts.caption] * (end - start)
+        return out
+
+    def facts_at(self) -> list[SceneFacts]:
+        out: list[SceneFacts] = []
+        for start, end, facts in self.segments:
+            out += [facts] * (end - start)
+        return out
+
+    def to_script(self, fps: float) -> dict[str, Any]:
+        """The story as a script mapping (``storygen`` reads it as YAML / JSON)."""
+        return {
+            "fps": fps,
+            "segments": [
+                {"start": s / fps, "end": e / fps, "prompt": f.caption} for s, e, f in self.segments
+            ],
+        }
+
+
+def segment_frames(num_frames: int) -> tuple[int, int]:
+    """Default segment lengths for a story of ``num_frames``: 3-9 segments for 226 frames,
+    2-4 for 16; long stories get segments of 24-96 frames (3-12 s at 8 fps)."""
+    lo = max(4, min(24, num_frames // 4))
+    hi = max(lo, min(96, num_frames // 2))
+    return lo, hi
+
+
+def held_out_stories(
+    count: int,
+    *,
+    num_frames: int,
+    seed: int = HELD_OUT_SEED,
+    lengths: tuple[int, int] | None = None,
+) -> list[ProbeStory]:
+    """``count`` random stories of ``num_frames`` frames; consecutive segments differ in
+    colour and background, so every cut is visible."""
+    if count < 1 or num_frames < 2:
+        raise ValueError(f"need count >= 1 and num_frames >= 2, got {count!r}, {num_frames!r}")
+    lo, hi = lengths or segment_frames(num_frames)
+    stories = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, num_frames, i])
+        bounds = [0]
+        while bounds[-1] < num_frames:
+            bounds.append(bounds[-1] + int(rng.integers(lo, hi + 1)))
+        bounds[-1] = num_frames
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < lo:  # a stub at the end joins
+            del bounds[-2]
+        segments = []
+        prev = None
+        for a, b in zip(bounds, bounds[1:]):
+            prev = random_facts(rng, avoid=prev)
+            segments.append((a, b, prev))
+        stories.append(ProbeStory(f"probe-{num_frames}-{i:03d}", num_frames, tuple(segments)))
+    return stories
+
+
+def render_truth(story: ProbeStory, size: int, *, seed: int = 0) -> np.ndarray:
+    """The story as the shapes world renders it: uint8 (N, size, size, 3)."""
+    rng = np.random.default_rng([seed, HELD_OUT_SEED, story.num_frames, len(story.segments)])
+    parts = []
+    for start, end, facts in story.segments:
+        r = SceneRenderer(facts, num_frames=end - start, width=size, height=size, seed=rng)
+        parts.append(np.stack(list(r)))
+    return np.concatenate(parts)
+
+
+def _frame_diffs(frames: np.ndarray) -> np.ndarray:
+    x = frames.astype(np.float32)
+    return np.abs(x[1:] - x[:-1]).mean(axis=(1, 2, 3))
+
+
+def read_story(
+    frames: np.ndarray, story: ProbeStory, *, known: Iterable[int] = ()
+) -> dict[str, Any]:
+    """Probe numbers of one rendered story (frames uint8 (N, H, W, 3), N = story length)."""
+    if len(frames) != story.num_frames:
+        raise ValueError(f"{story.story_id}: {len(frames)} frames for a {story.num_frames}-frame story")
+    seen: list[FrameFacts] = [read_frame(np.ascontiguousarray(f)) for f in frames]
+    want = story.facts_at()
+    color = np.array([s.color == w.color for s, w in zip(seen, want)])
+    shape = np.array([s.shape == w.shape for s, w in zip(seen, want)])
+    background = np.array([s.background == w.background for s, w in zip(seen, want)])
+    every = color & shape & background
+    motions, identity = [], []
+    inside = np.zeros(max(len(frames) - 1, 0), bool)  # diff i (frame i -> i+1) inside a segment
+    for start, end, facts in story.segments:
+        inside[start : end - 1] = True
+        triples = [(s.color, s.shape, s.background) for s in seen[start:end]]
+        identity.append(Counter(triples).most_common(1)[0][1] / len(triples))
+        if end - start >= MIN_MOTION_FRAMES:
+            motions.append(read_motion(seen[start:end], aspect=1.0) == facts.motion)
+    diffs = _frame_diffs(frames)
+    seam = np.zeros_like(inside)
+    for f in known:
+        for i in (f - 1, f):
+            if 0 <= i < len(seam):
+                seam[i] = True
+    seam &= inside
+    plain = inside & ~seam
+    quarters = np.array_split(every, 4)
+    tenths = np.array_split(every, 10)
+    return {
+        "frames": len(frames),
+        "color": float(color.mean()),
+        "shape": float(shape.mean()),
+        "background": float(background.mean()),
+        "all": float(every.mean()),
+        "motion": float(np.mean(motions)) if motions else None,
+        "motion_segments": len(motions),
+        "identity": float(np.mean(identity)),
+        "flicker": float(diffs[inside].mean()) if inside.any() else 0.0,
+        "seam_ratio": (
+            float(diffs[seam].mean() / max(diffs[plain].mean(), 1e-9))
+            if seam.any() and plain.any()
+            else None
+        ),
+        "quarters_all": [float(q.mean()) if len(q) else None for q in quarters],
+        "tenths_all": [float(q.mean()) if len(q) else None for q in tenths],
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Frame-weighted means of per-story numbers (motion weighted by segments)."""
+    frames = np.array([r["frames"] for r in rows], float)
+    out: dict[str, Any] = {"stories": len(rows), "frames": int(frames.sum())}
+    for key in ("color", "shape", "background", "all", "identity", "flicker"):
+        out[key] = float(np.average([r[key] for r in rows], weights=frames))
+    segs = np.array([r["motion_segments"] for r in rows], float)
+    out["motion"] = (
+        float(np.average([r["motion"] or 0.0 for r in rows], weights=segs)) if segs.sum() else None
+    )
+    out["motion_segments"] = int(segs.sum())
+    seams = [(r["seam_ratio"], w) for r, w in zip(rows, frames) if r["seam_ratio"] is not None]
+    out["seam_ratio"] = (
+        float(np.average([s for s, _ in seams], weights=[w for _, w in seams])) if seams else None
+    )
+    for key in ("quarters_all", "tenths_all"):
+        table = np.array([r[key] for r in rows], float)
+        out[key] = [float(v) for v in np.nanmean(table, axis=0)]
+    return out
+
+
+def ceiling(stories: Sequence[ProbeStory], size: int) -> dict[str, Any]:
+    """The readers on real shapes-world frames of the same stories: the best a model can score."""
+    return summarize([read_story(render_truth(s, size), s) for s in stories])
+
+
+def render_story(pipe: Any, story: ProbeStory, *, mode: str, settings: dict[str, Any], seed: int) -> tuple[np.ndarray, set[int]]:
+    """Render a story with ``pipe`` in ``mode``; returns frames and the frames given to calls."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    out = pipe(
+        story.prompts(),
+        story.num_frames,
+        fps=settings.get("fps"),
+        frames_per_call=int(settings.get("frames_per_call", 16)),
+        num_inference_steps=int(settings["num_inference_steps"]),
+        guidance_scale=float(settings["guidance_scale"]),
+        generator=seed,
+        policy="autoregressive" if mode == "autoregressive" else "stretch",
+        overlap=int(settings.get("overlap", 1)),
+        micro_batch=int(settings.get("micro_batch", 16)),
+        output_type="np",
+        progress=False,
+    )
+    known = {f for call in out.plan.calls for f, k in zip(call.frames, call.known) if k}
+    return out.frames, known
+
+
+def evaluate(
+    pipe: Any,
+    stories: Sequence[ProbeStory],
+    *,
+    settings: dict[str, Any],
+    modes: Sequence[str] = MODES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Render every story in every mode and read it back; with the readers' ceiling."""
+    size = int(settings.get("height") or pipe.default_size()[0])
+    report: dict[str, Any] = {
+        "settings": dict(settings),
+        "num_frames": stories[0].num_frames,
+        "ceiling": ceiling(stories, size),
+    }
+    for mode in modes:
+        rows = []
+        started = time.perf_counter()
+        for i, story in enumerate(stories):
+            frames, known = render_story(pipe, story, mode=mode, settings=settings, seed=seed + i)
+            rows.append(read_story(frames, story, known=known))
+        report[mode] = summarize(rows) | {"wall_time_s": time.perf_counter() - started}
+    return report
+
+
+def load_settings(folder: str | Path) -> dict[str, Any]:
+    """The folder's recommended sampling settings (``sampling.json``), or an empty dict."""
+    import json
+
+    path = Path(folder) / "sampling.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def evaluate_folder(
+    folder: str | Path,
+    *,
+    stories: int = 32,
+    num_frames: int = 226,
+    device: str = "cpu",
+    modes: Sequence[str] = MODES,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load a model folder and probe it with its own recommended settings (plus overrides)."""
+    import torch
+
+    from storygen.training_free import load_pipeline
+
+    settings = load_settings(folder) | (overrides or {})
+    pipe = load_pipeline(folder, scheduler=settings.get("scheduler"))
+    pipe.to(torch.device(device))
+    held_out = held_out_stories(stories, num_frames=num_frames)
+    return evaluate(pipe, held_out, settings=settings, modes=modes)

@@ -1,0 +1,428 @@
+"""Train the shapes-world storygen model: a latent ``MaskedUNet3D`` on story windows.
+
+One network serves every role of the plan (global, local, autoregressive: see
+:mod:`storygen.training.windows`); the frame spacing of each window enters through the
+spacing embedding. Frames are encoded by the model's own autoencoder (:mod:`.vae`), trained
+first when the run starts from scratch. Objective: v-prediction on a cosine noise schedule,
+min-SNR-5 loss weights (Hang et al. 2023), loss over the frames not given; given frames enter
+as condition channels and, noised like the rest, in the sample, which is how the pipeline
+feeds them. 10 % of windows drop their prompts, for classifier-free guidance. Weights saved
+are an exponential moving average.
+
+The text encoder is ``models/shapes-clip``'s text tower, frozen (it already separates the
+grammar's colours, shapes, motions and backgrounds); without that folder a small CLIP text
+model is trained along.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from storygen.training.vae import SHAPES_VAE, build_vae, encode, train_vae
+from storygen.training.windows import StoryWindows
+
+logger = logging.getLogger(__name__)
+
+#: the UNet of the shipped model: 12 M parameters, attention at 8×8 and 4×4 latents
+SHAPES_UNET: dict[str, Any] = {
+    "block_out_channels": (64, 128, 128),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D"),
+    "up_block_types": ("CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"),
+    "attention_head_dim": 32,
+    "norm_num_groups": 32,
+}
+SPACING_DIM = 32
+#: the noise schedule of training; samplers are built from it
+NOISE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "v_prediction",
+}
+#: recommended sampling, written to the folder's sampling.json (measured: see the model card)
+SAMPLING: dict[str, Any] = {
+    "scheduler": "dpm",
+    "num_inference_steps": 12,
+    "guidance_scale": 2.0,
+    "fps": 8.0,
+    "frames_per_call": 16,
+}
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    #: continue from a model folder this trainer wrote (its UNet, autoencoder, text encoder)
+    init: str | None = None
+    steps: int = 20000
+    max_minutes: float | None = None
+    batch_size: int = 64
+    frames: int = 16
+    size: int = 64
+    lr: float = 2e-4
+    ema: float = 0.999
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    text_encoder: str | None = "models/shapes-clip"
+    #: fine-tune the text encoder too (at ``text_lr``): the CLIP tower's token states barely
+    #: tell backgrounds apart (cosine 0.999 between "navy" and "brown"), its EOS state does
+    train_text: int = 1
+    text_lr: float = 5e-5
+    #: autoencoder training, when the run starts from scratch (or --vae-steps with --init)
+    vae_steps: int = 4000
+    vae_minutes: float | None = None
+    eval_stories: int = 32
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "frames", "size", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.frames < 3:
+            raise ValueError(f"frames must be >= 3, got {self.frames!r}")
+        if self.size < 32 or self.size % 8:
+            raise ValueError(f"size must be a multiple of 8, >= 32, got {self.size!r}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must lie in [0, 1), got {self.ema!r}")
+
+
+def _quiet_worker(_: int) -> None:
+    """One thread per data worker: many workers with a thread pool each oversubscribe the CPU."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def build_unet(cross_attention_dim: int, size: int, seed: int = 0) -> Any:
+    from storygen.models import MaskedUNet3D
+
+    torch.manual_seed(seed)
+    scale = 2 ** (len(SHAPES_VAE["block_out_channels"]) - 1)
+    return MaskedUNet3D(
+        sample_channels=SHAPES_VAE["latent_channels"],
+        sample_size=size // scale,
+        cross_attention_dim=cross_attention_dim,
+        time_cond_proj_dim=SPACING_DIM,
+        **SHAPES_UNET,
+    )
+
+
+def load_text(config: TrainConfig) -> tuple[Any, Any, bool]:
+    """(tokenizer, text_encoder, trainable): shapes-clip's text tower if present, else new."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    from curate.shapes import all_captions
+    from storygen.text import build_tiny_text_encoder, build_tiny_tokenizer
+
+    path = Path(config.text_encoder) if config.text_encoder else None
+    if path is not None and path.is_dir():
+        tokenizer = CLIPTokenizer.from_pretrained(str(path))
+        # the folder holds a whole CLIPModel: its vision tower is left out on purpose
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        try:
+            encoder = CLIPTextModel.from_pretrained(str(path)).eval()
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+        logger.info("text encoder: %s (frozen)", path)
+        return tokenizer, encoder, False
+    tokenizer = build_tiny_tokenizer(all_captions(), vocab_size=600)
+    encoder = build_tiny_text_encoder(
+        tokenizer, hidden_size=64, num_layers=2, num_heads=4, seed=config.seed
+    )
+    logger.info("text encoder: a new 64-wide CLIP text model, trained along")
+    return tokenizer, encoder, True
+
+
+def sampler(name: str = SAMPLING["scheduler"]) -> Any:
+    """The inference scheduler for the training noise schedule."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if name == "dpm":
+        return DPMSolverMultistepScheduler(
+            **NOISE, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"
+        )
+    return DDIMScheduler(
+        **NOISE, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _encode_prompts(
+    tokenizer: Any, text_encoder: Any, prompts: list[list[str]], device: torch.device
+) -> torch.Tensor:
+    """Per-frame prompt embeddings (B, F, S, D), each distinct prompt encoded once."""
+    flat = [p for clip in prompts for p in clip]
+    uniq = sorted(set(flat))
+    ids = tokenizer(
+        uniq,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    table = text_encoder(ids).last_hidden_state
+    where = {p: i for i, p in enumerate(uniq)}
+    index = torch.tensor([where[p] for p in flat], device=device)
+    return table[index].reshape(len(prompts), len(prompts[0]), *table.shape[1:])
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train (or continue) and write the model folder; returns the training report."""
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+    from tqdm.auto import tqdm
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from curate.clip_train import ClockCosineSchedule
+    from storygen.models import MaskedUNet3D
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    torch.backends.cudnn.benchmark = True
+    previous: dict[str, Any] = {}
+    vae_run = None
+    if config.init:
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+        init = Path(config.init)
+        previous = json.loads((init / "training.json").read_text())
+        tokenizer = CLIPTokenizer.from_pretrained(str(init / "tokenizer"))
+        text_encoder = CLIPTextModel.from_pretrained(str(init / "text_encoder"))
+        text_trainable = bool(config.train_text)
+        unet = MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(str(init / "vae"), torch_dtype=torch.float32)
+        logger.info("continuing from %s (%s steps done)", init, previous.get("steps_done"))
+    else:
+        tokenizer, text_encoder, text_trainable = load_text(config)
+        text_trainable = text_trainable or bool(config.train_text)
+        unet = build_unet(text_encoder.config.hidden_size, config.size, config.seed)
+        vae = build_vae(config.size, config.seed)
+        vae_run = train_vae(
+            vae,
+            size=config.size,
+            device=device,
+            max_steps=config.vae_steps,
+            max_minutes=config.vae_minutes,
+            workers=config.workers,
+            seed=config.seed,
+        )
+    vae.to(device).eval().requires_grad_(False)
+    unet.to(device).train()
+    text_encoder.to(device)
+    text_encoder.train(text_trainable).requires_grad_(text_trainable)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    ema_text = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+    noise_sched = DDPMScheduler(**NOISE)
+    alphas = noise_sched.alphas_cumprod.to(device)
+
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_trainable else [])
+    groups = [{"params": list(unet.parameters()), "lr": config.lr}]
+    if text_trainable:
+        groups.append({"params": list(text_encoder.parameters()), "lr": config.text_lr})
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.01)
+    budget = config.max_minutes * 60 if config.max_minutes else None
+    clock = ClockCosineSchedule(opt, config.lr, config.steps, budget)
+    text_share = config.text_lr / config.lr
+    loader = torch.utils.data.DataLoader(
+        StoryWindows(
+            batch_size=config.batch_size,
+            frames=config.frames,
+            size=config.size,
+            seed=config.seed + 1000 * len(previous.get("runs", [])),
+        ),
+        batch_size=None,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        prefetch_factor=4 if config.workers > 0 else None,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_quiet_worker,
+    )
+    n_params = sum(p.numel() for p in unet.parameters())
+    logger.info("training a %s-parameter MaskedUNet3D on %s", n_params, device)
+    amp = device.type == "cuda"
+    started = time.perf_counter()
+    losses: list[float] = []
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=config.steps, desc="unet", unit="step", mininterval=5)
+    step = 0
+    waited = 0.0  # seconds spent waiting for the data loader
+    tick = time.perf_counter()
+    for frames, prompts, mask, spacing in loader:
+        waited += time.perf_counter() - tick
+        mask = mask.to(device, non_blocking=True)
+        spacing = spacing.to(device, non_blocking=True)
+        b, f = frames.shape[:2]
+        with torch.no_grad():
+            # (b f) h w c -> latents (b f) c h w -> b c f h w
+            z = encode(vae, frames.to(device, non_blocking=True).flatten(0, 1)).float()
+            x0 = z.reshape(b, f, *z.shape[1:]).transpose(1, 2).contiguous()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.set_grad_enabled(text_trainable):
+                context = _encode_prompts(tokenizer, text_encoder, prompts, device)
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), device=device)
+            noise = torch.randn_like(x0)
+            a = alphas[t].view(b, 1, 1, 1, 1)
+            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            pred = unet(noisy, t, context, known=x0, mask=mask, spacing=spacing)
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        snr = alphas[t] / (1 - alphas[t])
+        weight = (snr.clamp(max=5.0) / (snr + 1)).view(b, 1, 1, 1, 1)
+        unknown = (1 - mask)[:, None, :, None, None].expand_as(x0)
+        err = (pred.float() - target) ** 2 * weight * unknown
+        loss = err.sum() / unknown.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        clock.apply(step)
+        if text_trainable:  # the schedule sets one rate; the text tower runs at its share
+            opt.param_groups[1]["lr"] *= text_share
+        opt.step()
+        decay = min(config.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters()):
+                e.lerp_(p, 1 - decay)
+            if text_trainable:
+                for e, p in zip(ema_text.parameters(), text_encoder.parameters()):
+                    e.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0:
+            mean = float(np.mean(losses[-config.log_every :]))
+            elapsed = time.perf_counter() - started
+            history.append({"step": step, "loss": mean, "time_s": elapsed, "data_wait_s": waited})
+            bar.set_postfix(loss=f"{mean:.4f}")
+            logger.info(
+                "step %s loss %.4f (%.0f s, %.0f s waiting for data)", step, mean, elapsed, waited
+            )
+        if clock.finished(step):
+            break
+        tick = time.perf_counter()
+    bar.close()
+    train_time = time.perf_counter() - started
+
+    out = Path(config.out)
+    save_folder(out, unet=ema, vae=vae, text_encoder=ema_text, tokenizer=tokenizer)
+    runs = list(previous.get("runs", []))
+    if vae_run is not None:
+        runs.append({"part": "autoencoder", **asdict(vae_run)})
+    runs.append(
+        {
+            "part": "unet",
+            "steps": step,
+            "time_s": train_time,
+            "final_loss": float(np.mean(losses[-100:])) if losses else None,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "text_lr": config.text_lr if text_trainable else None,
+            "data_wait_s": waited,
+            "seed": config.seed,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "history": history,
+        }
+    )
+    report: dict[str, Any] = {
+        "config": asdict(config),
+        "unet_parameters": n_params,
+        "vae_parameters": sum(p.numel() for p in vae.parameters()),
+        "text_encoder_parameters": sum(p.numel() for p in ema_text.parameters()),
+        "text_encoder_trained": text_trainable,
+        "steps_done": step + int(previous.get("steps_done", 0)),
+        "unet_time_s": train_time + float(previous.get("unet_time_s", 0.0)),
+        "runs": runs,
+    }
+    (out / "training.json").write_text(json.dumps(report, indent=2))
+    if config.eval_stories:
+        from storygen.training.probe import evaluate_folder
+
+        report["eval"] = evaluate_folder(out, stories=config.eval_stories, device=str(device))
+        (out / "training.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def save_folder(out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any) -> None:
+    """Write the model folder: the pipeline layout, UNet and autoencoder in float16 (halves the
+    folder; they load as float32 unless asked otherwise), and ``sampling.json``."""
+    from storygen.pipeline import StoryVideoPipeline
+
+    pipe = StoryVideoPipeline(
+        unet=copy.deepcopy(unet).half(),
+        scheduler=sampler(),
+        text_encoder=text_encoder.float(),
+        tokenizer=tokenizer,
+        vae=copy.deepcopy(vae).half(),
+    )
+    pipe.save_pretrained(str(out), max_shard_size="12MB")
+    write_sampling(out, SAMPLING | {"height": vae.config.sample_size, "width": vae.config.sample_size})
+
+
+def write_sampling(folder: Path, settings: dict[str, Any]) -> None:
+    (Path(folder) / "sampling.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> Path:
+    """The same network as a plain text-to-video model in the ModelScope layout.
+
+    The UNet loses its condition channels (known frames and mask: ``conv_in`` keeps the
+    weights of the noisy sample's channels only), which is exactly the network the global role
+    trained, with nothing given. A stock ``UNet3DConditionModel`` has no spacing input, so the
+    embedding of ``spacing`` is folded into the time embedding's bias. The folder loads as
+    ``TextToVideoSDPipeline`` saves it, and storygen runs it training-free.
+    """
+    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
+
+    from storygen.models import spacing_embedding
+    from storygen.pipeline import StoryVideoPipeline
+
+    masked = StoryVideoPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
+    unet = masked.unet
+    config = {
+        k: v
+        for k, v in unet.config.items()
+        if not k.startswith("_") and k not in ("sample_channels", "time_cond_proj_dim")
+    }
+    c = unet.sample_channels
+    config.update(in_channels=c, out_channels=c)
+    plain = UNet3DConditionModel(**config)
+    state = dict(unet.state_dict())
+    state["conv_in.weight"] = state["conv_in.weight"][:, :c]
+    cond = spacing_embedding(torch.tensor([spacing]), unet.config["time_cond_proj_dim"])
+    with torch.no_grad():
+        shift = unet.time_embedding.cond_proj(cond)[0]  # added to the timestep embedding
+        state["time_embedding.linear_1.bias"] = (
+            state["time_embedding.linear_1.bias"] + unet.time_embedding.linear_1.weight @ shift
+        )
+    del state["time_embedding.cond_proj.weight"]
+    plain.load_state_dict(state)
+    pipe = TextToVideoSDPipeline(
+        unet=plain.half(),
+        vae=masked.vae,
+        text_encoder=masked.text_encoder,
+        tokenizer=masked.tokenizer,
+        scheduler=masked.scheduler,
+    )
+    pipe.save_pretrained(str(dst))
+    settings_path = Path(src) / "sampling.json"
+    if settings_path.is_file():
+        (Path(dst) / "sampling.json").write_text(settings_path.read_text())
+    return Path(dst)
