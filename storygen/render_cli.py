@@ -186,8 +186,8 @@ def run_render(args: argparse.Namespace) -> int:
     import torch
 
     from storygen.export import plan_sheet
+    from storygen.loading import load_pipeline
     from storygen.script import ScriptError, load_script
-    from storygen.training_free import load_pipeline
 
     model = _resolve_model(args.model)
     try:
