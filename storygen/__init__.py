@@ -2,7 +2,9 @@
 
 Module map (a script flows top to bottom: parse -> plan -> levels -> frames -> mp4)::
 
-    script           story scripts (YAML / JSON / SRT / WebVTT / stories Parquet): StoryScript
+    script/          story scripts: StoryScript and its checks (story), one module per format
+                     (yaml_json, subtitles for SRT / WebVTT, parquet for stories tables), and
+                     load_script / save_script (files)
     plan             the hierarchical plan: which model call makes which frames, per level
     text             CLIP tokenizers and encoders; PromptCache (each distinct prompt once)
     models           MaskedUNet3D and per-frame prompt conditioning for any 3D UNet
