@@ -140,6 +140,30 @@ def _header(
     )
 
 
+def _build_from_mappings(
+    header: Mapping[str, Any],
+    where: str,
+    items: list[Any],
+    labels: list[str],
+    *,
+    source: str | None,
+    story_id: str | None,
+) -> StoryScript:
+    """The script from a YAML / JSON header and its segment mappings, every problem collected."""
+    problems: list[str] = []
+    fps, length_s, sid = _header(header, problems, where) if header else (None, None, None)
+    raw = [_segment_from_mapping(item, lab, problems) for item, lab in zip(items, labels)]
+    return build_script(
+        raw,
+        labels,
+        problems,
+        source=source,
+        fps=fps,
+        story_id=story_id or sid,
+        length_s=length_s,
+    )
+
+
 # --------------------------------------------------------------------- YAML
 def _yaml_loader() -> type:
     """A safe loader that reads ``1:02.5`` as text, not as a YAML 1.1 base-60 number.
@@ -168,7 +192,6 @@ def parse_yaml(text: str, source: str | None, story_id: str | None) -> StoryScri
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
         raise ScriptError(source, [f"{line}not valid YAML ({exc})"]) from exc
-    problems: list[str] = []
     items: Any
     if data is None:
         raise ScriptError(source, ["script is empty"])
@@ -190,23 +213,13 @@ def parse_yaml(text: str, source: str | None, story_id: str | None) -> StoryScri
             raise ScriptError(source, [f"{where}: 'segments' must be a list"])
     else:
         raise ScriptError(source, ["expected a mapping with 'segments' (or a list of segments)"])
-    fps, length_s, sid = _header(header, problems, "line 1") if header else (None, None, None)
     labels = [
         f"segment {i + 1} (line {item_nodes[i].start_mark.line + 1})"
         if i < len(item_nodes)
         else f"segment {i + 1}"
         for i in range(len(items))
     ]
-    raw = [_segment_from_mapping(item, lab, problems) for item, lab in zip(items, labels)]
-    return build_script(
-        raw,
-        labels,
-        problems,
-        source=source,
-        fps=fps,
-        story_id=story_id or sid,
-        length_s=length_s,
-    )
+    return _build_from_mappings(header, "line 1", items, labels, source=source, story_id=story_id)
 
 
 # --------------------------------------------------------------------- JSON
@@ -243,7 +256,6 @@ def parse_json(text: str, source: str | None, story_id: str | None) -> StoryScri
         raise ScriptError(
             source, [f"line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})"]
         ) from exc
-    problems: list[str] = []
     if isinstance(data, list):
         items, header = data, {}
     elif isinstance(data, dict):
@@ -255,20 +267,12 @@ def parse_json(text: str, source: str | None, story_id: str | None) -> StoryScri
             raise ScriptError(source, ["'segments' must be a list"])
     else:
         raise ScriptError(source, ["expected an object with 'segments' (or a list of segments)"])
-    fps, length_s, sid = _header(header, problems, "top level") if header else (None, None, None)
     labels = [
         f"segment {i + 1} (line {item.line})" if isinstance(item, _LineDict) else f"segment {i + 1}"
         for i, item in enumerate(items)
     ]
-    raw = [_segment_from_mapping(item, lab, problems) for item, lab in zip(items, labels)]
-    return build_script(
-        raw,
-        labels,
-        problems,
-        source=source,
-        fps=fps,
-        story_id=story_id or sid,
-        length_s=length_s,
+    return _build_from_mappings(
+        header, "top level", items, labels, source=source, story_id=story_id
     )
 
 
