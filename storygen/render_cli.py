@@ -5,8 +5,8 @@ layout), streaming frames to the output file as they become final; ``new-model``
 randomly initialised model folder of a preset size; ``train`` trains the small shapes-world
 model (:mod:`storygen.train`).
 
-torch, diffusers and the script readers load inside the ``run_*`` functions, so that
-``storygen --help`` and argument errors stay fast.
+torch, diffusers, numpy and the pyarrow-backed script readers load inside the functions that
+run a command, so that ``storygen --help`` and argument errors stay fast.
 """
 
 from __future__ import annotations
