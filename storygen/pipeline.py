@@ -444,7 +444,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         """
         started = time.perf_counter()
 
-        # 1. check inputs, with the model's defaults filled in; one settings object from here
+        # 1. check inputs, with the model's defaults filled in; one settings object from here on
         default_h, default_w = self.default_size()
         height = height or default_h
         width = width or default_w
@@ -496,21 +496,21 @@ class StoryVideoPipeline(DiffusionPipeline):
             )
 
         # 3. encode prompts, each distinct one once
-        text, negative = self.encode_prompt(list(plan.prompts or ()), negative_prompt)
+        text, negative = self.encode_prompt(list(plan.prompts or ()), settings.negative_prompt)
 
-        # 4. global pass, then the local levels, finished calls kept on disk when asked;
-        # 5. decode and export as frames become final
+        # 4. the levels: global keyframes, then the local levels (finished calls kept on disk)
         cache = CallCache(Path(cache_dir) / cache_key(self, plan, settings)) if cache_dir else None
         runner = PlanRunner(
             self,
             plan,
             settings,
             text_cache=text,
-            negative=negative if guidance_scale != 1.0 else None,
+            negative=negative if settings.guidance_scale != 1.0 else None,
             cache=cache,
             callback_on_call_end=callback_on_call_end,
             callback_on_level_end=callback_on_level_end,
         )
+        # 5. frames: decoded and written (or kept) in order, as the levels make them final
         sink = FrameSink(
             plan,
             decode=self.decode,
