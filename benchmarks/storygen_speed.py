@@ -101,7 +101,7 @@ def load(args: argparse.Namespace) -> tuple[StoryVideoPipeline, str]:
         args.dtype
     ]
     if args.model:
-        from storygen.training_free import load_pipeline
+        from storygen.loading import load_pipeline
 
         pipe = load_pipeline(args.model, torch_dtype=dtype)
         name = str(args.model)

@@ -1,11 +1,30 @@
 """storygen: long videos from timed prompt sequences by diffusion over diffusion (NUWA-XL).
 
-The public API, re-exported here: story scripts (:mod:`storygen.script`), the hierarchical
-plan (:mod:`storygen.plan`), the models (:mod:`storygen.models`), the pipeline
-(:mod:`storygen.pipeline`), the training-free mode (:mod:`storygen.training_free`), the
-autoregressive baseline (:mod:`storygen.autoregressive`), video export (:mod:`storygen.export`) and training
-(:mod:`storygen.train`). Heavy modules load on first use, so ``import storygen`` stays cheap
-and a module that fails to import does not take the others down.
+Module map (a script flows top to bottom: parse -> plan -> levels -> frames -> mp4)::
+
+    script/          story scripts: StoryScript and its checks (story), one module per format
+                     (yaml_json, subtitles for SRT / WebVTT, parquet for stories tables), and
+                     load_script / save_script (files)
+    plan             the hierarchical plan: which model call makes which frames, per level
+    text             CLIP tokenizers and encoders; PromptCache (each distinct prompt once)
+    models           MaskedUNet3D and per-frame prompt conditioning for any 3D UNet
+    pipeline         StoryVideoPipeline (diffusers-shaped: check_inputs, encode_prompt,
+                     prepare_latents, denoise, decode, __call__) and TrainingFreeStoryPipeline
+    settings         RenderSettings: one frozen object with a render's resolved settings
+    runner           PlanRunner: levels in order, calls batched and spread over devices
+    sampling         the denoising loop of one batch: replacement of known frames, RePaint
+                     resampling, reconstruction guidance
+    cache            the disk cache of finished calls (run key, save / load), for resuming
+    sink             FrameSink: final frames decoded in order, streamed to a file or kept
+    export           VideoWriter (mp4 / mkv / webm / gif) and preview sheets
+    training_free    model folders: the ModelScope text-to-video layout, file checks
+    loading          load_pipeline (class from the folder's layout), make_scheduler
+    autoregressive   the sliding-window baseline on the same machinery
+    presets, train   model sizes and random models; training the shapes-world model
+    cli, plan_cli, render_cli   the ``storygen`` command
+
+The public API is re-exported here. Heavy modules load on first use, so ``import storygen``
+stays cheap and a module that fails to import does not take the others down.
 """
 
 from __future__ import annotations
@@ -27,15 +46,12 @@ _EXPORTS = {
     "storygen.pipeline": (
         "StoryVideoPipeline",
         "StoryVideoOutput",
-        "GenerationStats",
-        "CallResult",
-    ),
-    "storygen.training_free": (
         "TrainingFreeStoryPipeline",
-        "load_pipeline",
-        "make_scheduler",
-        "renoise",
     ),
+    "storygen.runner": ("GenerationStats", "CallResult"),
+    "storygen.settings": ("RenderSettings",),
+    "storygen.sampling": ("renoise",),
+    "storygen.loading": ("load_pipeline", "make_scheduler"),
     "storygen.autoregressive": ("AutoregressiveStoryPipeline", "generate_autoregressive"),
     "storygen.text": ("build_tiny_tokenizer", "build_tiny_text_encoder", "PromptCache"),
     "storygen.presets": ("PRESETS", "build_components", "new_model"),

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from storygen.pipeline import AUTOREGRESSIVE, StoryVideoOutput, StoryVideoPipeline
+from storygen.pipeline import StoryVideoOutput, StoryVideoPipeline
+from storygen.plan import AUTOREGRESSIVE
 
 
 def _baseline_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,9 @@ Other lengths use a policy:
 :func:`autoregressive_plan` lays out the sliding-window baseline as a plan of the same type
 (one call per level), so a benchmark runs both through the same executor and compares model
 calls and rounds on equal footing.
+
+(Somewhat over 500 lines on purpose: the plan types and the arithmetic that builds them are
+read together; :meth:`Plan.check` states the rules the builders keep.)
 """
 
 from __future__ import annotations

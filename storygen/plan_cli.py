@@ -7,6 +7,12 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from storygen.plan import AUTOREGRESSIVE, POLICIES, Plan, autoregressive_plan, plan_story
+
+if TYPE_CHECKING:
+    from storygen.script import StoryScript
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--policy",
-        choices=("stretch", "trim", "autoregressive"),
+        choices=(*POLICIES, AUTOREGRESSIVE),
         default="stretch",
         help="stretch: uneven spacing, exact length (default); trim: regular spacing, "
         "extra frames generated then dropped; autoregressive: the sliding-window baseline",
@@ -105,7 +111,7 @@ def _num_frames(args: argparse.Namespace, fps: float) -> int | None:
     return None
 
 
-def _calls_table(plan) -> list[str]:
+def _calls_table(plan: Plan) -> list[str]:
     lines = ["", "calls (frames; * = given):"]
     for call in plan.calls:
         marks = " ".join(f"{f}{'*' if k else ''}" for f, k in zip(call.frames, call.known))
@@ -114,8 +120,8 @@ def _calls_table(plan) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .plan import autoregressive_plan, plan_story
-    from .script import ScriptError, load_script
+    # the script readers import pyarrow: loaded here, so that `storygen --help` stays fast
+    from storygen.script import ScriptError, load_script
 
     try:
         script = load_script(args.script, story_id=args.story_id)
@@ -133,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
         )
         baseline = None
-        if args.policy != "autoregressive":
+        if args.policy != AUTOREGRESSIVE:
             overlap = args.overlap if args.overlap < args.frames_per_call else 1
             baseline = autoregressive_plan(
                 plan.num_frames, frames_per_call=args.frames_per_call, overlap=overlap
@@ -155,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warnings(script, plan, fps: float) -> list[str]:
+def _warnings(script: StoryScript, plan: Plan, fps: float) -> list[str]:
     """Segments the output will not show: too short for the frame rate, or cut off."""
     out = []
     end_s = plan.num_frames / fps
@@ -173,7 +179,14 @@ def _warnings(script, plan, fps: float) -> list[str]:
     return out
 
 
-def _print(args, script, plan, baseline, fps, warnings) -> None:
+def _print(
+    args: argparse.Namespace,
+    script: StoryScript,
+    plan: Plan,
+    baseline: Plan | None,
+    fps: float,
+    warnings: list[str],
+) -> None:
     if args.json:
         data = {
             "script": str(args.script),

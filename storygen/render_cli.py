@@ -4,14 +4,21 @@
 layout), streaming frames to the output file as they become final; ``new-model`` writes a
 randomly initialised model folder of a preset size; ``train`` trains the small shapes-world
 model (:mod:`storygen.train`).
+
+torch, diffusers, numpy and the pyarrow-backed script readers load inside the functions that
+run a command, so that ``storygen --help`` and argument errors stay fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
+
+from storygen.plan import AUTOREGRESSIVE, POLICIES
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,12 @@ def _positive_float(text: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_render(subparsers)
+    _add_new_model(subparsers)
+    _add_train(subparsers)
+
+
+def _add_render(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "render",
         help="render a story script to a video",
@@ -68,8 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--frames-per-call", type=_positive_int, default=16, help="L")
     p.add_argument("--depth", type=_positive_int, default=None, help="levels; default: minimal")
-    p.add_argument("--policy", choices=("stretch", "trim"), default="stretch")
-    p.add_argument("--mode", choices=("hierarchical", "autoregressive"), default="hierarchical")
+    p.add_argument("--policy", choices=POLICIES, default="stretch")
+    p.add_argument("--mode", choices=("hierarchical", AUTOREGRESSIVE), default="hierarchical")
     p.add_argument(
         "--overlap", type=_positive_int, default=1, help="known frames per autoregressive window"
     )
@@ -105,6 +118,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_render)
 
+
+def _add_new_model(subparsers: argparse._SubParsersAction) -> None:
     n = subparsers.add_parser(
         "new-model",
         help="write a randomly initialised model folder",
@@ -126,6 +141,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
     n.set_defaults(func=run_new_model)
 
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
     # every argument, --help included, goes to storygen.train's own parser (which imports
     # torch): no character counts as an option prefix here
     t = subparsers.add_parser(
@@ -180,46 +197,46 @@ def _human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def run_render(args: argparse.Namespace) -> int:
-    import json
+def _fail(message: Any) -> int:
+    print(f"storygen render: {message}", file=sys.stderr)
+    return 2
 
+
+def run_render(args: argparse.Namespace) -> int:
     import torch
 
-    from storygen.export import plan_sheet
+    from storygen.loading import load_pipeline
     from storygen.script import ScriptError, load_script
-    from storygen.training_free import load_pipeline
 
     model = _resolve_model(args.model)
     try:
         script = load_script(args.script, story_id=args.story_id)
     except (ScriptError, FileNotFoundError, ValueError) as exc:
-        print(f"storygen render: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     fps = args.fps or script.fps
     if fps is None:
-        print(f"storygen render: {args.script} sets no fps; pass --fps", file=sys.stderr)
-        return 2
+        return _fail(f"{args.script} sets no fps; pass --fps")
     num_frames = args.frames
     if args.duration is not None:
         num_frames = max(1, round(args.duration * fps))
     try:
         pipe = load_pipeline(model, torch_dtype=_dtype(args.dtype), scheduler=args.scheduler)
     except FileNotFoundError as exc:
-        print(f"storygen render: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
     device = args.device or (devices[0] if devices else None)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe.to(device)
+    hierarchical = args.mode == "hierarchical"
     try:
         out = pipe(
             script,
             num_frames,
             fps=fps,
             frames_per_call=args.frames_per_call,
-            depth=args.depth if args.mode == "hierarchical" else None,
-            policy=args.policy if args.mode == "hierarchical" else "autoregressive",
+            depth=args.depth if hierarchical else None,
+            policy=args.policy if hierarchical else AUTOREGRESSIVE,
             overlap=args.overlap,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
@@ -238,20 +255,35 @@ def run_render(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except ValueError as exc:
-        print(f"storygen render: {exc}", file=sys.stderr)
-        return 2
-    written = [args.out]
+        return _fail(exc)
+    written = [args.out, *_write_extras(args, out)]
+    print(_summary(args, model, pipe, out, fps, written))
+    return 0
+
+
+def _write_extras(args: argparse.Namespace, out: Any) -> list[str]:
+    """The preview sheet and the statistics JSON, where asked for; returns their paths."""
+    from storygen.export import plan_sheet
+
+    written = []
     if args.preview and out.keyframes:
         plan_sheet(out.keyframes, out.plan, args.preview)
         written.append(args.preview)
-    stats = out.stats
     if args.stats_json:
         Path(args.stats_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.stats_json).write_text(
-            json.dumps({"stats": stats.to_dict(), "plan": out.plan.to_dict(calls=False)}, indent=2)
+            json.dumps(
+                {"stats": out.stats.to_dict(), "plan": out.plan.to_dict(calls=False)}, indent=2
+            )
         )
         written.append(args.stats_json)
-    plan = out.plan
+    return written
+
+
+def _summary(
+    args: argparse.Namespace, model: Path, pipe: Any, out: Any, fps: float, written: list[str]
+) -> str:
+    plan, stats = out.plan, out.stats
     lines = [
         f"rendered {plan.num_frames} frames ({plan.num_frames / fps:.2f} s at {fps:g} fps) "
         f"with {model} ({type(pipe.unet).__name__}, {type(pipe.scheduler).__name__})",
@@ -267,5 +299,4 @@ def run_render(args: argparse.Namespace) -> int:
     if stats.cache_dir:
         lines.append(f"  cache           {stats.cache_dir}")
     lines.append("  wrote           " + ", ".join(written))
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from storygen.autoregressive import AutoregressiveStoryPipeline, generate_autoregressive
-from storygen.pipeline import CallResult
 from storygen.presets import build_components
+from storygen.runner import CallResult
 
 PROMPTS = ["a red circle moving left"] * 9 + ["a blue square on a striped background"] * 8
 RUN = {

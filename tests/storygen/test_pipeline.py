@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from storygen.pipeline import CallResult, StoryVideoPipeline, call_seed
+from storygen.loading import load_pipeline
+from storygen.pipeline import StoryVideoPipeline, call_seed
 from storygen.presets import build_components, new_model
+from storygen.runner import CallResult
 from storygen.script import Segment, StoryScript
-from storygen.training_free import load_pipeline
 
 PROMPTS = ["a red circle moving left"] * 9 + ["a blue square on a striped background"] * 8
 # guidance 1 (no CFG) halves the cost; test_plan_and_output_shapes covers CFG

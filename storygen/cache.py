@@ -1,0 +1,111 @@
+"""The disk cache of finished model calls, so that an interrupted render resumes.
+
+``cache_dir/<key>/level0001-calls00016-00031.pt`` holds the outputs (model space, (C, F, h, w)
+each) of calls 16..31 of level 1, by call index. The key hashes everything that determines the
+frames (the components' classes, configs and weights, the scheduler, the plan with its prompts,
+and :meth:`RenderSettings.output_fields <storygen.settings.RenderSettings.output_fields>`) and
+nothing that does not (micro-batch, devices, output type), so a run resumes with other batching
+and a changed setting never reads stale frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from storygen.plan import Plan
+from storygen.settings import RenderSettings
+
+logger = logging.getLogger(__name__)
+
+#: the pipeline components whose weights determine the frames
+KEYED_COMPONENTS = ("unet", "local_unet", "vae", "text_encoder")
+
+
+def _fingerprint(module: torch.nn.Module | None) -> str:
+    """A cheap fingerprint of a module's weights (sum and squared norm of every tensor)."""
+    if module is None:
+        return "none"
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in module.state_dict().items():
+            t = p.detach().float()
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(np.float64(t.sum().item()).tobytes())
+            h.update(np.float64(t.square().sum().item()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _config_dict(module: Any) -> Any:
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(config, default=str, sort_keys=True))
+
+
+def cache_key(pipe: Any, plan: Plan, settings: RenderSettings) -> str:
+    """A hash of everything that determines ``pipe``'s output for ``plan`` and ``settings``."""
+    comps: dict[str, Any] = {}
+    for name in KEYED_COMPONENTS:
+        module = getattr(pipe, name, None)
+        comps[name] = (
+            None
+            if module is None
+            else {
+                "class": type(module).__name__,
+                "config": _config_dict(module),
+                "weights": _fingerprint(module),
+                "dtype": str(module.dtype),
+            }
+        )
+    comps["scheduler"] = {
+        "class": type(pipe.scheduler).__name__,
+        "config": _config_dict(pipe.scheduler),
+    }
+    payload = {
+        "format": 1,
+        "components": comps,
+        "plan": plan.to_dict(calls=True),
+        "settings": settings.output_fields(),
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+class CallCache:
+    """The finished calls of one run (one key), one file per batch of calls."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def load(self, level: int) -> dict[int, torch.Tensor]:
+        """The level's finished calls by call index; a torn file is skipped (recomputed)."""
+        if not self.path.exists():
+            return {}
+        found: dict[int, torch.Tensor] = {}
+        for path in sorted(self.path.glob(f"level{level:04d}-*.pt")):
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # a torn file: recompute those calls
+                logger.warning("ignoring unreadable cache file %s: %s", path, exc)
+                continue
+            found.update({int(k): v for k, v in data.items()})
+        return found
+
+    def save(self, level: int, indices: Sequence[int], samples: torch.Tensor) -> None:
+        """Keep the outputs of calls ``indices`` of ``level`` (samples: (B, C, F, h, w))."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        name = f"level{level:04d}-calls{indices[0]:05d}-{indices[-1]:05d}.pt"
+        tmp = self.path / (name + ".tmp")
+        torch.save({str(i): s.clone() for i, s in zip(indices, samples)}, tmp)
+        os.replace(tmp, self.path / name)  # atomic: a crash never leaves half a file

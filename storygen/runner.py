@@ -1,0 +1,278 @@
+"""Running a plan: levels in order, the calls of a level batched and spread over devices.
+
+For every level the runner takes the calls the cache does not already hold, groups them into
+batches of ``micro_batch`` calls of equal length, prepares each batch on the main thread (the
+known frames are gathered before they can be released) and samples it on a worker thread per
+device. Results are consumed in plan order, so frames reach the :class:`~storygen.sink.FrameSink`
+in order; a frame is forgotten once it is written and no later level needs it as a known frame.
+How one batch is sampled is the pipeline's business (:meth:`StoryVideoPipeline.prepare_latents`
+and :meth:`StoryVideoPipeline.denoise`).
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from storygen.cache import CallCache
+from storygen.plan import Call, Plan
+from storygen.sampling import CallInputs
+from storygen.settings import RenderSettings
+from storygen.sink import FrameSink
+from storygen.text import PromptCache
+
+
+@dataclass
+class GenerationStats:
+    """What a run cost: model calls, sequential rounds, UNet evaluations, time, memory."""
+
+    num_frames: int
+    model_calls: int
+    rounds: int
+    unet_forwards: int = 0
+    calls_run: int = 0
+    calls_from_cache: int = 0
+    wall_time_s: float = 0.0
+    level_times_s: list[float] = field(default_factory=list)
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = "cpu-rss"
+    #: most model-space frames held at once: the earlier level's frames still needed as
+    #: known frames plus those waiting to be written, not the whole video
+    peak_frames_held: int = 0
+    devices: list[str] = field(default_factory=list)
+    output_path: str | None = None
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def record_peak_memory(self) -> None:
+        """Peak CUDA memory allocated on the run's CUDA devices, else this process's peak RSS."""
+        cuda = [torch.device(d) for d in self.devices if str(d).startswith("cuda")]
+        if cuda:
+            self.peak_memory_bytes = max(torch.cuda.max_memory_allocated(d) for d in cuda)
+            self.peak_memory_kind = "cuda-allocated"
+        else:
+            # ru_maxrss is in KiB on Linux
+            self.peak_memory_bytes = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """Handed to ``callback_on_call_end`` after every model call."""
+
+    level: int
+    index: int
+    call: Call
+    #: the call's frames in model space: (C, F, h, w)
+    sample: torch.Tensor
+    from_cache: bool
+
+
+@dataclass
+class CallBatch:
+    """Calls of one level, of equal length, sampled in one forward pass."""
+
+    level: int
+    indices: list[int]
+    calls: list[Call]
+
+
+class CallSampler(Protocol):
+    """The pipeline as the runner sees it (:class:`~storygen.pipeline.StoryVideoPipeline` is one):
+    it makes a batch's inputs and samples them; the runner decides what runs where and when."""
+
+    unet: Any
+
+    def unet_for_level(self, level: int) -> Any: ...
+
+    def prepare_latents(
+        self,
+        batch: CallBatch,
+        *,
+        settings: RenderSettings,
+        frames: Mapping[int, torch.Tensor],
+        text: PromptCache,
+    ) -> CallInputs: ...
+
+    def denoise(
+        self,
+        unet: Any,
+        inputs: CallInputs,
+        *,
+        negative: torch.Tensor | None,
+        settings: RenderSettings,
+    ) -> tuple[torch.Tensor, int]: ...
+
+    def progress_bar(self, iterable: Any = None, total: Any = None) -> Any: ...
+
+
+class PlanRunner:
+    """Runs the levels of a plan: batching, devices, cache, callbacks, progress."""
+
+    def __init__(
+        self,
+        pipe: CallSampler,
+        plan: Plan,
+        settings: RenderSettings,
+        *,
+        text_cache: PromptCache,
+        negative: torch.Tensor | None,
+        cache: CallCache | None,
+        callback_on_call_end: Callable | None = None,
+        callback_on_level_end: Callable | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.plan = plan
+        self.settings = settings
+        self.text_cache = text_cache
+        self.negative = negative
+        self.cache = cache
+        self.callback_on_call_end = callback_on_call_end
+        self.callback_on_level_end = callback_on_level_end
+        self.devices = [torch.device(d) for d in (settings.devices or [pipe.unet.device])]
+        self.stats = GenerationStats(
+            num_frames=plan.num_frames,
+            model_calls=plan.model_calls,
+            rounds=plan.rounds,
+            devices=[str(d) for d in self.devices],
+        )
+        # frames in model space, (C, h, w) float32 on the CPU, kept only while still needed
+        self.store: dict[int, torch.Tensor] = {}
+        self.written: set[int] = set()
+        # the last level at which each frame is given to a call as a known frame
+        self.last_use: dict[int, int] = {}
+        for level in plan.levels:
+            for call in level.calls:
+                for f in call.known_frames:
+                    self.last_use[f] = level.index
+        self._unets: dict[tuple[int, str], Any] = {}
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- devices
+    def unet_on(self, level: int, device: torch.device) -> Any:
+        """The level's UNet on ``device``: the pipeline's own copy where it lives, else a copy."""
+        base = self.pipe.unet_for_level(level)
+        key = (id(base), str(device))
+        with self._lock:
+            if key not in self._unets:
+                same = base.device == device and not any(v is base for v in self._unets.values())
+                self._unets[key] = base if same else copy.deepcopy(base).to(device)
+            return self._unets[key]
+
+    # ---------------------------------------------------------------- one batch
+    def run_batch(
+        self, batch: CallBatch, inputs: CallInputs, device: torch.device
+    ) -> tuple[torch.Tensor, int]:
+        negative = None if self.negative is None else self.negative.to(device)[None, None]
+        samples, forwards = self.pipe.denoise(
+            self.unet_on(batch.level, device),
+            inputs.to(device),
+            negative=negative,
+            settings=self.settings,
+        )
+        return samples.float().cpu(), forwards
+
+    def batches(self, level: int, todo: list[tuple[int, Call]]) -> list[CallBatch]:
+        """Calls of equal length, ``micro_batch`` at a time, ordered by their first call.
+
+        A level of an uneven plan alternates call lengths (3 and 4 frames, say); grouping by
+        length rather than by run keeps the batches full.
+        """
+        size = self.settings.micro_batch
+        groups: dict[int, list[tuple[int, Call]]] = {}
+        for idx, call in todo:
+            groups.setdefault(len(call), []).append((idx, call))
+        out = []
+        for items in groups.values():
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                out.append(CallBatch(level, [i for i, _ in chunk], [c for _, c in chunk]))
+        return sorted(out, key=lambda b: b.indices[0])
+
+    # ---------------------------------------------------------------- levels
+    def run(self, sink: FrameSink) -> None:
+        progress = self.settings.progress
+        bar = self.pipe.progress_bar(total=self.plan.model_calls) if progress else None
+        # one worker thread per device, so a device runs its batches one after another
+        executors = [ThreadPoolExecutor(max_workers=1) for _ in self.devices]
+        try:
+            for level in self.plan.levels:
+                t0 = time.perf_counter()
+                cached = self.cache.load(level.index) if self.cache is not None else {}
+                todo = [(i, c) for i, c in enumerate(level.calls) if i not in cached]
+                batches = self.batches(level.index, todo)
+                futures: list[Future] = [
+                    executors[k % len(self.devices)].submit(
+                        self.run_batch,
+                        batch,
+                        self.pipe.prepare_latents(
+                            batch, settings=self.settings, frames=self.store, text=self.text_cache
+                        ),
+                        self.devices[k % len(self.devices)],
+                    )
+                    for k, batch in enumerate(batches)
+                ]
+                pending = iter(zip(batches, futures))
+                results = {i: (s, True) for i, s in cached.items() if i < len(level.calls)}
+                # consume in plan order, so that frames stream out in order
+                for idx, call in enumerate(level.calls):
+                    while idx not in results:
+                        batch, future = next(pending)
+                        samples, forwards = future.result()
+                        self.stats.unet_forwards += forwards
+                        self.stats.calls_run += len(batch.calls)
+                        if self.cache is not None:
+                            self.cache.save(batch.level, batch.indices, samples)
+                        results.update({i: (s, False) for i, s in zip(batch.indices, samples)})
+                    sample, from_cache = results.pop(idx)
+                    self.stats.calls_from_cache += int(from_cache)
+                    self.finish_call(level.index, idx, call, sample, from_cache, sink)
+                    if bar is not None:
+                        bar.update(1)
+                self.stats.level_times_s.append(time.perf_counter() - t0)
+                self.release(level.index)
+                if self.callback_on_level_end is not None:
+                    self.callback_on_level_end(self.pipe, level.index)
+            sink.offer(self.store, flush=True)
+        finally:
+            for ex in executors:
+                ex.shutdown(wait=True, cancel_futures=True)
+            if bar is not None:
+                bar.close()
+
+    def finish_call(
+        self,
+        level: int,
+        idx: int,
+        call: Call,
+        sample: torch.Tensor,
+        from_cache: bool,
+        sink: FrameSink,
+    ) -> None:
+        # a frame is made once and never changed: later calls get it back exactly as known
+        for k, frame in enumerate(call.frames):
+            if not call.known[k] and frame not in self.store and frame not in self.written:
+                self.store[frame] = sample[:, k].clone()
+        if self.callback_on_call_end is not None:
+            self.callback_on_call_end(self.pipe, CallResult(level, idx, call, sample, from_cache))
+        before = sink.next
+        sink.offer(self.store)
+        self.written.update(range(before, sink.next))
+        # frames this level still gives to its later calls were gathered when it started
+        self.release(level)
+        self.stats.peak_frames_held = max(self.stats.peak_frames_held, len(self.store))
+
+    def release(self, level: int) -> None:
+        """Forget frames already written that no later level needs."""
+        done = [f for f in self.written if f in self.store and self.last_use.get(f, -1) <= level]
+        for frame in done:
+            del self.store[frame]

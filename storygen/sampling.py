@@ -1,0 +1,262 @@
+"""Sampling one batch of model calls: the denoising loop both kinds of UNet share.
+
+Known frames, noised to the current step with ``scheduler.add_noise``, replace their positions
+before every model evaluation. For :class:`~storygen.models.MaskedUNet3D` that is what it saw
+in training (the known frames and their mask are extra input channels as well); for a stock
+text-to-video UNet (the training-free mode) it is the whole condition. Plain replacement leaves
+seams (Ho et al. 2022, §3.1), so two remedies are offered:
+
+- RePaint resampling: every window of ``jump_length`` steps is repeated ``resample_steps``
+  times: noise back to the window's start (:func:`renoise`) and denoise again, which lets the
+  unknown frames settle towards the known ones;
+- reconstruction guidance (:func:`reconstruction_step`): a gradient step through the UNet pulls
+  the implied clean sample towards the known frames.
+
+After the last step the exact known frames replace their positions, so a frame made at one
+level reaches every later call bit for bit. Nothing here knows about plans, devices or caches:
+:mod:`storygen.runner` decides which calls form a batch and where it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from storygen.models import MaskedUNet3D, unet3d_forward
+
+#: the model's (guided) output for a scaled input at a timestep
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CallInputs:
+    """A batch of B model calls of F frames each, ready to sample."""
+
+    #: (B, C, F, h, w): each call's starting noise, drawn from its own generator
+    noise: torch.Tensor
+    #: (B, C, F, h, w): the given frames, zero elsewhere
+    known: torch.Tensor
+    #: (B, F): 1 where a frame is given
+    mask: torch.Tensor
+    #: (B, F, S, D): each frame's prompt embedding
+    context: torch.Tensor
+    #: (B,): distance between neighbouring frames of a call, in output frames
+    spacing: torch.Tensor
+    #: one per call, for the noise drawn while sampling (stays on the CPU)
+    generators: list[torch.Generator] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> CallInputs:
+        return replace(
+            self,
+            noise=self.noise.to(device),
+            known=self.known.to(device),
+            mask=self.mask.to(device),
+            context=self.context.to(device),
+            spacing=self.spacing.to(device),
+        )
+
+
+# ----------------------------------------------------------------------------- the model
+def guided_output(
+    unet: Any,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    inputs: CallInputs,
+    guidance_scale: float,
+    negative: torch.Tensor | None,
+) -> torch.Tensor:
+    """The model's output for x (B, C, F, h, w), with classifier-free guidance.
+
+    ``negative``: the unconditional prompt embedding, broadcastable to ``inputs.context``
+    (None: no guidance, one forward pass).
+    """
+    context, known, mask, spacing = inputs.context, inputs.known, inputs.mask, inputs.spacing
+    if negative is not None:
+        x = torch.cat([x, x])
+        context = torch.cat([negative.expand_as(context), context])
+        known, mask = torch.cat([known, known]), torch.cat([mask, mask])
+        spacing = spacing.repeat(2)
+    x = x.to(unet.dtype)
+    if isinstance(unet, MaskedUNet3D):
+        out = unet(x, t, context, known=known.to(unet.dtype), mask=mask, spacing=spacing)
+    else:
+        out = unet3d_forward(unet, x, t, context)
+    out = out.float()
+    if negative is not None:
+        uncond, cond = out.chunk(2)
+        out = uncond + guidance_scale * (cond - uncond)
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+def sample_calls(
+    scheduler: Any,
+    model: ModelFn,
+    inputs: CallInputs,
+    *,
+    num_inference_steps: int,
+    resample_steps: int,
+    jump_length: int,
+    reconstruction_guidance: float = 0.0,
+) -> tuple[torch.Tensor, int]:
+    """Denoise ``inputs.noise``; returns the clean samples and the number of UNet evaluations.
+
+    ``scheduler`` is changed (timesteps set, state stepped): hand over a copy. ``inputs`` lie
+    on the model's device, its generators on the CPU.
+    """
+    noise, known, mask, generators = inputs.noise, inputs.known, inputs.mask, inputs.generators
+    device = noise.device
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = list(scheduler.timesteps)
+    x = noise * scheduler.init_noise_sigma
+    known_mask = mask[:, None, :, None, None].to(torch.bool)
+    any_known = bool(mask.any())
+    forwards = 0
+
+    def fresh_noise() -> torch.Tensor:
+        draws = [torch.randn(noise.shape[1:], generator=g) for g in generators]
+        return torch.stack(draws).to(device)
+
+    def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nonlocal forwards
+        if any_known:
+            noised = scheduler.add_noise(known, fresh_noise(), t.reshape(1))
+            x = torch.where(known_mask, noised.to(x.dtype), x)
+        if reconstruction_guidance > 0 and any_known:
+            out = reconstruction_step(
+                scheduler,
+                x,
+                t,
+                known,
+                known_mask.to(x.dtype),
+                reconstruction_guidance,
+                lambda x_in: model(x_in, t),
+            )
+        else:
+            out = model(scheduler.scale_model_input(x, t), t)
+        forwards += 1
+        return scheduler.step(out, t, x).prev_sample
+
+    # RePaint: denoise a window of `jump_length` steps; then, resample_steps - 1 times,
+    # noise back to the window's start and denoise it again (only with known frames)
+    resample = resample_steps if any_known else 1
+    for i in range(0, len(timesteps), jump_length):
+        window = timesteps[i : i + jump_length]
+        t_end = timesteps[i + jump_length] if i + jump_length < len(timesteps) else None
+        for r in range(resample):
+            last = r == resample - 1
+            snapshot = None if last else copy.deepcopy(scheduler)
+            for t in window:
+                x = step(x, t)
+            if snapshot is not None:
+                x = renoise(scheduler, x, t_from=t_end, t_to=window[0], noise=fresh_noise())
+                scheduler = snapshot
+    x = torch.where(known_mask, known.to(x.dtype), x)
+    return x, forwards
+
+
+# ----------------------------------------------------------------------------- noise levels
+def _is_variance_exploding(scheduler: Any) -> bool:
+    """Euler-type schedulers keep samples as x0 + σ·ε (σ up to ~15), not √ᾱ·x0 + √(1−ᾱ)·ε."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0 + 1e-6
+
+
+def _sigma_at(scheduler: Any, t: torch.Tensor | None) -> float:
+    if t is None:
+        return 0.0
+    index = scheduler.index_for_timestep(t.to(scheduler.timesteps.device))
+    return float(scheduler.sigmas[index])
+
+
+def _alpha_bar_at(scheduler: Any, t: torch.Tensor | None) -> float:
+    if t is None:  # past the last step: a clean sample
+        return 1.0
+    return float(scheduler.alphas_cumprod[int(t)])
+
+
+def renoise(
+    scheduler: Any,
+    x: torch.Tensor,
+    *,
+    t_from: torch.Tensor | None,
+    t_to: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Take a sample at noise level ``t_from`` (None: clean) back up to ``t_to`` ≥ ``t_from``.
+
+    Variance preserving: x_to = √(ᾱ_to/ᾱ_from)·x_from + √(1 − ᾱ_to/ᾱ_from)·ε.
+    Variance exploding (Euler): x_to = x_from + √(σ_to² − σ_from²)·ε.
+    """
+    if _is_variance_exploding(scheduler):
+        s_from, s_to = _sigma_at(scheduler, t_from), _sigma_at(scheduler, t_to)
+        return x + max(s_to**2 - s_from**2, 0.0) ** 0.5 * noise.to(x.dtype)
+    ratio = _alpha_bar_at(scheduler, t_to) / _alpha_bar_at(scheduler, t_from)
+    ratio = min(ratio, 1.0)
+    return ratio**0.5 * x + (1.0 - ratio) ** 0.5 * noise.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- reconstruction
+def predict_x0(scheduler: Any, x: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The clean sample the model's output implies at step ``t`` (x: the unscaled sample)."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return out
+    if _is_variance_exploding(scheduler):
+        s = _sigma_at(scheduler, t)
+        if kind == "epsilon":
+            return x - s * out
+        if kind == "v_prediction":
+            return out * (-s / (s**2 + 1) ** 0.5) + x / (s**2 + 1)
+    else:
+        a = _alpha_bar_at(scheduler, t)
+        if kind == "epsilon":
+            return (x - (1 - a) ** 0.5 * out) / a**0.5
+        if kind == "v_prediction":
+            return a**0.5 * x - (1 - a) ** 0.5 * out
+    raise ValueError(f"reconstruction guidance does not support prediction_type {kind!r}")
+
+
+def shift_x0(
+    scheduler: Any, out: torch.Tensor, delta_x0: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The model output whose implied clean sample moves by ``delta_x0`` (x held fixed)."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return out + delta_x0
+    if _is_variance_exploding(scheduler):
+        s = max(_sigma_at(scheduler, t), 1e-8)
+        scale = 1 / s if kind == "epsilon" else (s**2 + 1) ** 0.5 / s
+    else:
+        a = _alpha_bar_at(scheduler, t)
+        scale = a**0.5 / (1 - a) ** 0.5 if kind == "epsilon" else 1 / (1 - a) ** 0.5
+    return out - scale * delta_x0
+
+
+def reconstruction_step(
+    scheduler: Any,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    known: torch.Tensor,
+    known_mask: torch.Tensor,
+    weight: float,
+    model: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Model output with reconstruction guidance (Ho et al. 2022, §3.1).
+
+    ``model(x_in)`` returns the (guided) model output for the scaled input. The implied clean
+    sample is pulled towards the known frames with a gradient step through the model:
+    x̃0 = x̂0 − (w·α_t / 2)·∇_x ‖known − x̂0[known]‖², which moves the unknown frames too, so
+    they agree with the given ends instead of only sitting next to them.
+    """
+    with torch.enable_grad():
+        x_req = x.detach().requires_grad_(True)
+        out = model(scheduler.scale_model_input(x_req, t))
+        x0 = predict_x0(scheduler, x_req, out, t)
+        err = ((x0 - known) * known_mask).square().sum()
+        (grad,) = torch.autograd.grad(err, x_req)
+    alpha = 1.0 if _is_variance_exploding(scheduler) else _alpha_bar_at(scheduler, t) ** 0.5
+    return shift_x0(scheduler, out.detach(), -0.5 * weight * alpha * grad, t)

@@ -1,0 +1,132 @@
+"""Reading and writing script files: the format from the extension (or sniffed from text)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from schemas.io import rows_to_table, write_parquet
+from storygen.script.parquet import load_parquet
+from storygen.script.story import ScriptError, StoryScript
+from storygen.script.subtitles import parse_srt, to_srt
+from storygen.script.yaml_json import parse_json, parse_yaml, to_json, to_yaml
+
+#: file formats ``load_script`` reads, by extension
+FORMATS = {
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".json": "json",
+    ".srt": "srt",
+    ".vtt": "srt",
+    ".parquet": "parquet",
+}
+
+
+def script_to_text(script: StoryScript, fmt: str) -> str:
+    """The script as YAML, JSON or SRT text (SRT keeps milliseconds and no fps / id)."""
+    if fmt == "srt":
+        return to_srt(script)
+    if fmt == "json":
+        return to_json(script)
+    if fmt == "yaml":
+        return to_yaml(script)
+    raise ValueError(f"fmt must be one of ['json', 'srt', 'yaml'], got {fmt!r}")
+
+
+def save_script(
+    script: StoryScript, path: str | os.PathLike[str], *, fps: float | None = None
+) -> Path:
+    """Write ``script`` in the format of ``path``'s extension (a ``.parquet`` stories table
+    needs a frame rate: ``fps`` or the script's). Returns the path."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"{path}: unknown script format {path.suffix!r}; expected one of {sorted(FORMATS)}"
+        )
+    if kind == "parquet":
+        row = script.to_stories_row(fps)
+        return write_parquet(rows_to_table([row], "stories"), path, "stories")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(script_to_text(script, kind), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------- entry point
+_PARSERS = {"yaml": parse_yaml, "json": parse_json, "srt": parse_srt}
+
+
+def _sniff(text: str) -> str:
+    head = text.lstrip("\ufeff \t\r\n")
+    if head.startswith(("{", "[")):
+        return "json"
+    if head.upper().startswith("WEBVTT") or re.search(r"-->", head[:400]):
+        return "srt"
+    return "yaml"
+
+
+def load_script(
+    path_or_text: str | os.PathLike[str],
+    *,
+    story_id: str | None = None,
+    fmt: str | None = None,
+) -> StoryScript:
+    """Read a script from a file (format by extension, or ``fmt``) or from text.
+
+    Formats: ``yaml`` (.yaml / .yml), ``json``, ``srt`` (.srt, .vtt), ``parquet`` (a stories
+    table, or a folder of them; ``story_id`` picks the row, default the first). A string
+    holding a newline, or one that names no existing file, is read as text (format from
+    ``fmt`` or sniffed). ``story_id`` also overrides the id a YAML / JSON file sets. Raises
+    :class:`ScriptError` listing every problem, each with its line, cue or segment.
+    """
+    if fmt is not None and fmt not in {*_PARSERS, "parquet"}:
+        raise ValueError(f"fmt must be one of {sorted({*_PARSERS, 'parquet'})}, got {fmt!r}")
+    text: str | None = None
+    path: Path | None = None
+    if isinstance(path_or_text, os.PathLike):
+        path = Path(path_or_text)
+    elif isinstance(path_or_text, str):
+        if "\n" in path_or_text or (
+            len(path_or_text) < 4096
+            and Path(path_or_text).suffix.lower() not in FORMATS
+            and not Path(path_or_text).exists()
+        ):
+            text = path_or_text
+        else:
+            path = Path(path_or_text)
+    else:
+        raise TypeError(f"expected a path or script text, got {type(path_or_text).__name__}")
+
+    if path is not None:
+        # a folder is a sharded stories table, as curate writes it
+        kind = fmt or ("parquet" if path.is_dir() else FORMATS.get(path.suffix.lower()))
+        if kind is None:
+            raise ScriptError(
+                str(path),
+                [f"unknown script format {path.suffix!r}; expected one of {sorted(FORMATS)}"],
+            )
+        if not path.exists():
+            raise ScriptError(str(path), ["no such file"])
+        if kind == "parquet":
+            return load_parquet(path, story_id)
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ScriptError(str(path), [f"not UTF-8 text ({exc})"]) from exc
+        source = str(path)
+        story_id = story_id or None
+        script = _PARSERS[kind](text, source, story_id)
+        if script.story_id is None:
+            script = StoryScript(
+                script.segments, script.fps, path.stem, source, length_s=script.length_s
+            )
+        return script
+
+    assert text is not None
+    kind = fmt or _sniff(text)
+    if kind == "parquet":
+        raise ValueError("a Parquet stories table must be given as a path, not text")
+    return _PARSERS[kind](text.lstrip("\ufeff"), "<text>", story_id)

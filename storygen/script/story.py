@@ -1,0 +1,327 @@
+"""The story script: a validated timed prompt sequence, its times, and the checks every reader
+ends in.
+
+A script is a sorted list of non-overlapping segments ``[start_s, end_s)`` with one prompt each.
+Readers (:mod:`.yaml_json`, :mod:`.subtitles`, :mod:`.parquet`) turn a file into raw segments
+with a label each (the line, cue or story segment they come from) and hand them to
+:func:`build_script`, which collects every problem before raising :class:`ScriptError`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.stories import TIME_EPS, StoryError, story_problems
+
+GAP_POLICIES = ("hold", "error")
+
+
+class ScriptError(StoryError):
+    """A script cannot be read or breaks a rule.
+
+    ``source`` is the file (or ``"<text>"``), ``problems`` every problem found, each naming
+    its line, cue or segment. A ``ValueError`` (through :class:`schemas.StoryError`).
+    """
+
+    def __init__(self, source: str | None, problems: Sequence[str]) -> None:
+        self.source = source or "<script>"
+        self.where = self.source
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = f"{self.source}: {self.problems[0]}"
+        else:
+            listed = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"{self.source}: {len(self.problems)} problems:\n{listed}"
+        # skip StoryError.__init__: the message is laid out one problem per line here
+        ValueError.__init__(self, message)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One prompt over the half-open time span ``[start_s, end_s)``."""
+
+    start_s: float
+    end_s: float
+    prompt: str
+    clip_id: str | None = None
+    score: float | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "prompt": self.prompt,
+            "clip_id": self.clip_id,
+            "score": self.score,
+        }
+
+
+def _first_frame_at_or_after(t: float, fps: float) -> int:
+    """Index of the first frame whose time ``i / fps`` is >= ``t`` (up to ``TIME_EPS``)."""
+    return max(0, math.ceil(t * fps - TIME_EPS * max(1.0, fps)))
+
+
+@dataclass(frozen=True)
+class StoryScript:
+    """A validated timed prompt sequence.
+
+    ``length_s`` is the declared length (a YAML ``duration``, a stories row's ``duration_s``);
+    without it the story ends with its last segment. Constructing a script validates it and
+    raises :class:`ScriptError` listing every problem.
+    """
+
+    segments: tuple[Segment, ...]
+    fps: float | None = None
+    story_id: str | None = None
+    source: str | None = None
+    length_s: float | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(self.segments))
+        problems = story_problems([s.as_dict() for s in self.segments], duration_s=self.length_s)
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            problems.append(f"fps must be a positive number, got {self.fps!r}")
+        if problems:
+            raise ScriptError(self.source, problems)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def duration_s(self) -> float:
+        """The story's length: the declared length, else the last segment's end."""
+        last = self.segments[-1].end_s
+        return max(last, self.length_s) if self.length_s is not None else last
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return tuple(s.prompt for s in self.segments)
+
+    def num_frames(self, fps: float | None = None) -> int:
+        """Frames in the story at ``fps`` (default: the script's): ``round(duration × fps)``."""
+        fps = self._fps(fps)
+        return max(1, round(self.duration_s * fps))
+
+    def _fps(self, fps: float | None) -> float:
+        fps = self.fps if fps is None else fps
+        if fps is None:
+            raise ValueError(
+                f"{self.source or 'script'}: no fps given and the script sets none; "
+                "pass fps= (or --fps)"
+            )
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        if not math.isfinite(fps):
+            raise ValueError(f"fps must be finite, got {fps!r}")
+        return float(fps)
+
+    # ----------------------------------------------------------------- frames
+    def prompt_at(self, t: float) -> str | None:
+        """The prompt of the segment containing time ``t`` (half-open spans), or None."""
+        starts = [s.start_s for s in self.segments]
+        i = bisect.bisect_right(starts, t + TIME_EPS) - 1
+        if i >= 0 and t < self.segments[i].end_s - TIME_EPS:
+            return self.segments[i].prompt
+        return None
+
+    def prompts_per_frame(
+        self,
+        fps: float | None = None,
+        *,
+        num_frames: int | None = None,
+        gaps: str = "hold",
+    ) -> list[str]:
+        """One prompt per frame: frame ``i`` at time ``i / fps`` takes its segment's prompt.
+
+        Spans are half-open, so a frame exactly on a boundary belongs to the later segment.
+        ``gaps="hold"``: a frame between segments (or after the last) keeps the previous
+        segment's prompt, one before the first segment takes the first's. ``gaps="error"``:
+        raise :class:`ScriptError` naming every gap that holds frames. ``num_frames`` defaults
+        to ``round(duration × fps)``.
+        """
+        fps = self._fps(fps)
+        if gaps not in GAP_POLICIES:
+            raise ValueError(f"gaps must be one of {GAP_POLICIES}, got {gaps!r}")
+        if num_frames is None:
+            num_frames = self.num_frames(fps)
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+
+        # segment i owns frames [first_i, end_i): the frames whose time lies in its span
+        out: list[str] = []
+        uncovered: list[tuple[int, int]] = []  # runs of frames in a gap: [a, b)
+        held = self.segments[0].prompt
+        cursor = shown_end = 0
+        for seg in self.segments:
+            first = min(_first_frame_at_or_after(seg.start_s, fps), num_frames)
+            end = min(_first_frame_at_or_after(seg.end_s, fps), num_frames)
+            if first > cursor:
+                uncovered.append((cursor, first))
+                out.extend([held] * (first - cursor))
+            out.extend([seg.prompt] * (end - first))
+            held = seg.prompt
+            cursor = max(cursor, end)
+            if end > first:
+                shown_end = end
+        cursor_last = shown_end
+        if cursor < num_frames:
+            uncovered.append((cursor, num_frames))
+            out.extend([held] * (num_frames - cursor))
+
+        if gaps == "error" and uncovered:
+            problems = []
+            for a, b in uncovered:
+                if a == 0:
+                    where = "before the first segment"
+                elif b == num_frames and a >= cursor_last:
+                    where = "after the last segment"
+                else:
+                    where = "between segments"
+                frames = f"frame {a}" if b - a == 1 else f"frames {a}–{b - 1}"
+                span = f"{a / fps:g}–{b / fps:g} s"
+                problems.append(f"no segment covers {span} ({frames} at {fps:g} fps, {where})")
+            raise ScriptError(self.source, problems)
+        return out
+
+    def frame_spans(self, fps: float | None = None) -> list[tuple[int, int]]:
+        """Each segment's half-open frame span ``[start_frame, end_frame)`` at ``fps``."""
+        fps = self._fps(fps)
+        return [
+            (_first_frame_at_or_after(s.start_s, fps), _first_frame_at_or_after(s.end_s, fps))
+            for s in self.segments
+        ]
+
+    # ----------------------------------------------------------------- tables
+    def to_stories_row(self, fps: float | None = None) -> dict[str, Any]:
+        """A row of ``schemas.STORIES_SCHEMA`` (times kept as written, frames at ``fps``)."""
+        fps = self._fps(fps)
+        spans = self.frame_spans(fps)
+        empty = [
+            f"segment {i + 1} ({s.start_s:g}–{s.end_s:g} s) holds no frame at {fps:g} fps"
+            for i, (s, (a, b)) in enumerate(zip(self.segments, spans))
+            if b <= a
+        ]
+        if empty:
+            raise ScriptError(self.source, empty)
+        story_id = self.story_id
+        if story_id is None:
+            src = self.source
+            story_id = Path(src).stem if src and not src.startswith("<") else "story"
+        return {
+            "story_id": story_id,
+            "video_id": None,
+            "uri": self.source,
+            "fps": fps,
+            "duration_s": float(self.duration_s),
+            "num_frames": self.num_frames(fps),
+            "segments": [
+                {
+                    "start_s": float(s.start_s),
+                    "end_s": float(s.end_s),
+                    "start_frame": a,
+                    "end_frame": b,
+                    "prompt": s.prompt,
+                    "clip_id": s.clip_id,
+                    "score": s.score,
+                }
+                for s, (a, b) in zip(self.segments, spans)
+            ],
+        }
+
+    def with_segments(self, segments: Sequence[Segment]) -> StoryScript:
+        return StoryScript(
+            tuple(segments),
+            self.fps,
+            self.story_id,
+            self.source,
+            length_s=self.length_s,
+        )
+
+
+# --------------------------------------------------------------------- times
+_CLOCK = re.compile(r"^(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+(?:[.,]\d*)?|[.,]\d+)$")
+_SUFFIX = re.compile(r"^(?P<v>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<u>ms|s)?$")
+
+
+def parse_time(value: Any) -> float:
+    """Seconds from a number or a string (``"12.5"``, ``"12.5s"``, ``"1:02.5"``,
+    ``"00:01:02,500"``, ``"250ms"``); ``ValueError`` naming the value otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad time {value!r}: expected seconds or a time string")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"bad time {value!r}: not finite")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(
+            f"bad time {value!r}: expected seconds or a string like '12.5s', '1:02.5', '00:01:02.5'"
+        )
+    text = value.strip()
+    m = _SUFFIX.match(text)
+    if m:
+        seconds = float(m.group("v"))
+        return seconds / 1000.0 if m.group("u") == "ms" else seconds
+    m = _CLOCK.match(text)
+    if m and (m.group("m") is not None):
+        hours = int(m.group("h") or 0)
+        minutes = int(m.group("m"))
+        seconds = float(m.group("s").replace(",", "."))
+        if seconds >= 60 or (m.group("h") is not None and minutes >= 60):
+            raise ValueError(f"bad time string {value!r}: minutes and seconds must be below 60")
+        return hours * 3600.0 + minutes * 60.0 + seconds
+    raise ValueError(
+        f"bad time string {value!r}: expected seconds or a string like '12.5s', '1:02.5', "
+        "'00:01:02.5'"
+    )
+
+
+# --------------------------------------------------------------------- building
+def _in_file_order(problems: list[str], labels: list[str]) -> list[str]:
+    """Problems sorted by the segment they name (file-level problems first), stable."""
+    order = {lab: i for i, lab in enumerate(labels)}
+
+    def key(problem: str) -> int:
+        return order.get(problem.split(": ", 1)[0], -1)
+
+    return sorted(problems, key=key)
+
+
+def build_script(
+    raw: list[dict[str, Any] | None],
+    labels: list[str],
+    problems: list[str],
+    *,
+    source: str | None,
+    fps: float | None,
+    story_id: str | None,
+    length_s: float | None,
+) -> StoryScript:
+    """Validate parsed segments with the shared story rules and build the script."""
+    good = [(seg, lab) for seg, lab in zip(raw, labels) if seg is not None]
+    if not raw and not problems:
+        problems.append("script has no segments")
+    elif good:
+        problems.extend(
+            story_problems(
+                [seg for seg, _ in good],
+                duration_s=length_s,
+                labels=[lab for _, lab in good],
+            )
+        )
+    if problems:
+        raise ScriptError(source, _in_file_order(problems, labels))
+    return StoryScript(
+        tuple(Segment(**seg) for seg, _ in good),
+        fps,
+        story_id,
+        source,
+        length_s=length_s,
+    )

@@ -1,0 +1,112 @@
+"""Where a render's frames go: decoded in order as they become final, streamed to a video file
+(:class:`storygen.export.VideoWriter`) and / or kept in memory in the requested output type.
+
+A frame is final once the level that makes it has run; frames are emitted in index order, a
+chunk at a time, so a long video is written while it is still being generated and only the
+frames not yet written (and those later levels still need) are held.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from storygen.export import VideoWriter
+from storygen.plan import Plan
+
+#: what ``output_type`` may ask for; None keeps no frames (they only stream to a file)
+OUTPUT_TYPES = ("np", "pt", "pil", "latent", None)
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    x = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "n c h w -> n h w c").cpu().numpy()
+
+
+class FrameSink:
+    """Decodes final frames in order and streams them to a file and / or keeps them.
+
+    ``decode``: model space (n, C, h, w) -> pixels (n, 3, H, W) in [-1, 1].
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        decode: Callable[[torch.Tensor], torch.Tensor],
+        output_type: str | None,
+        output_path: str | os.PathLike | None,
+        fps: float | None,
+        chunk: int = 16,
+    ) -> None:
+        self.plan = plan
+        self.decode = decode
+        self.output_type = output_type
+        self.output_path = output_path
+        self.fps = fps or 8.0
+        self.chunk = chunk
+        self.next = 0
+        self.kept: list[Any] = []
+        self.writer: VideoWriter | None = None
+        self.keyframe_ids = (
+            {f for c in plan.levels[0].calls for f in c.new_frames} if plan.levels else set()
+        )
+        self.keyframes: dict[int, np.ndarray] = {}
+
+    def __enter__(self) -> FrameSink:
+        if self.output_path is not None:
+            Path(self.output_path).parent.mkdir(parents=True, exist_ok=True)
+            self.writer = VideoWriter(self.output_path, fps=self.fps)
+            self.writer.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.writer is not None:
+            self.writer.__exit__(*exc)
+
+    def offer(self, store: dict[int, torch.Tensor], *, flush: bool = False) -> None:
+        """Emit the frames from ``next`` on that are final, in order, a chunk at a time."""
+        end = self.next
+        while end < self.plan.num_frames and end in store:
+            end += 1
+        if end - self.next < self.chunk and end < self.plan.num_frames and not flush:
+            return
+        for a in range(self.next, end, self.chunk):
+            b = min(a + self.chunk, end)
+            self.emit(a, torch.stack([store[f] for f in range(a, b)]))
+        self.next = end
+
+    def emit(self, start: int, samples: torch.Tensor) -> None:
+        """Frames ``start, start + 1, ...`` in model space: (n, C, h, w)."""
+        if self.output_type == "latent":
+            self.kept.append(samples.clone())
+        pixels = self.decode(samples)
+        frames = to_uint8(pixels)
+        for k, frame in enumerate(frames):
+            if start + k in self.keyframe_ids:
+                self.keyframes[start + k] = frame
+        if self.writer is not None:
+            self.writer.write(frames)
+        if self.output_type in ("np", "pil"):
+            self.kept.append(frames)
+        elif self.output_type == "pt":
+            self.kept.append(((pixels + 1) / 2).clamp(0, 1))
+
+    def result(self) -> Any:
+        if self.output_type is None:
+            return None
+        if self.output_type in ("pt", "latent"):
+            return torch.cat(self.kept)
+        frames = np.concatenate(self.kept)
+        if self.output_type == "pil":
+            from PIL import Image
+
+            return [Image.fromarray(f) for f in frames]
+        return frames
