@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 CLIP_TRAIN_ARGS ?= --workers 2
 #: extra flags for make train-captioner (same idea)
 CAPTIONER_TRAIN_ARGS ?= --workers 2
+#: extra flags for make train-storygen, e.g. STORYGEN_TRAIN_ARGS="--device cuda --workers 14 --max-minutes 20"
+STORYGEN_TRAIN_ARGS ?= --workers 2
 DEMO_DIR ?= demo-out
 
 .PHONY: help env demo test test-all quality format bench lock train-clip train-captioner train-storygen clean
@@ -55,7 +57,7 @@ train-captioner: $(STAMP) ## train the small shapes-world captioner shipped in m
 	$(PY) -m curate.train_captioner --out models/shapes-captioner $(CAPTIONER_TRAIN_ARGS)
 
 train-storygen: $(STAMP) ## train the small shapes-world storygen model shipped in models/shapes-storygen
-	$(PY) -m storygen.train --out models/shapes-storygen
+	$(PY) -m storygen.train --out models/shapes-storygen $(STORYGEN_TRAIN_ARGS)
 
 lock: ## re-resolve the pinned environment from pyproject.toml
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -61,7 +61,7 @@ def table(title: str, rows: dict[str, dict[str, Any]]) -> str:
 def load(folder: str, device: str, scheduler: str | None) -> Any:
     import torch
 
-    from storygen.training_free import load_pipeline
+    from storygen.loading import load_pipeline
 
     pipe = load_pipeline(folder, scheduler=scheduler)
     return pipe.to(torch.device(device))

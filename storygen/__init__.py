@@ -20,7 +20,10 @@ Module map (a script flows top to bottom: parse -> plan -> levels -> frames -> m
     training_free    model folders: the ModelScope text-to-video layout, file checks
     loading          load_pipeline (class from the folder's layout), make_scheduler
     autoregressive   the sliding-window baseline on the same machinery
-    presets, train   model sizes and random models; training the shapes-world model
+    presets          model sizes and randomly initialised model folders
+    training/        the shapes-world model: story windows (training data), the autoencoder,
+                     the UNet trainer, the pixel probe (held-out stories read from pixels)
+    train            ``storygen train``: the trainer's command line
     cli, plan_cli, render_cli   the ``storygen`` command
 
 The public API is re-exported here. Heavy modules load on first use, so ``import storygen``
@@ -56,7 +59,8 @@ _EXPORTS = {
     "storygen.text": ("build_tiny_tokenizer", "build_tiny_text_encoder", "PromptCache"),
     "storygen.presets": ("PRESETS", "build_components", "new_model"),
     "storygen.export": ("VideoWriter", "export_video", "plan_sheet", "preview_sheet"),
-    "storygen.train": ("TrainConfig", "train", "evaluate"),
+    "storygen.training.unet": ("TrainConfig", "train"),
+    "storygen.training.probe": ("held_out_stories", "evaluate", "evaluate_folder"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -148,7 +148,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser(
         "train",
         help="train the small shapes-world storygen model (storygen train --help)",
-        description="Train a pixel-space MaskedUNet3D on shapes-world clips (see storygen.train).",
+        description="Train the latent shapes-world model (autoencoder + MaskedUNet3D) on story windows (see storygen.train).",
         add_help=False,
         prefix_chars="\x00",
     )

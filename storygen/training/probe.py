@@ -263,7 +263,7 @@ def evaluate_folder(
     """Load a model folder and probe it with its own recommended settings (plus overrides)."""
     import torch
 
-    from storygen.training_free import load_pipeline
+    from storygen.loading import load_pipeline
 
     settings = load_settings(folder) | (overrides or {})
     pipe = load_pipeline(folder, scheduler=settings.get("scheduler"))

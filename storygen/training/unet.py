@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from storygen.training.vae import SHAPES_VAE, build_vae, encode, train_vae
+from storygen.training.vae import VAES, build_vae, encode, train_vae
 from storygen.training.windows import StoryWindows
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,16 @@ SHAPES_UNET: dict[str, Any] = {
     "attention_head_dim": 32,
     "norm_num_groups": 32,
 }
+#: a UNet small enough to train for a few steps on a CPU (tests)
+MICRO_UNET: dict[str, Any] = {
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock3D", "CrossAttnDownBlock3D"),
+    "up_block_types": ("CrossAttnUpBlock3D", "UpBlock3D"),
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+UNETS = {"shapes": SHAPES_UNET, "micro": MICRO_UNET}
 SPACING_DIM = 32
 #: the noise schedule of training; samplers are built from it
 NOISE: dict[str, Any] = {
@@ -74,6 +84,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 2
     text_encoder: str | None = "models/shapes-clip"
+    #: network sizes: "shapes" (the shipped model) or "micro" (tests, CPU smoke runs)
+    preset: str = "shapes"
     #: fine-tune the text encoder too (at ``text_lr``): the CLIP tower's token states barely
     #: tell backgrounds apart (cosine 0.999 between "navy" and "brown"), its EOS state does
     train_text: int = 1
@@ -95,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"size must be a multiple of 8, >= 32, got {self.size!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1), got {self.ema!r}")
+        if self.preset not in UNETS:
+            raise ValueError(f"preset must be one of {sorted(UNETS)}, got {self.preset!r}")
 
 
 def _quiet_worker(_: int) -> None:
@@ -105,17 +119,20 @@ def _quiet_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def build_unet(cross_attention_dim: int, size: int, seed: int = 0) -> Any:
+def build_unet(
+    cross_attention_dim: int, size: int, seed: int = 0, preset: str = "shapes"
+) -> Any:
     from storygen.models import MaskedUNet3D
 
     torch.manual_seed(seed)
-    scale = 2 ** (len(SHAPES_VAE["block_out_channels"]) - 1)
+    vae = VAES[preset]
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
     return MaskedUNet3D(
-        sample_channels=SHAPES_VAE["latent_channels"],
+        sample_channels=vae["latent_channels"],
         sample_size=size // scale,
         cross_attention_dim=cross_attention_dim,
         time_cond_proj_dim=SPACING_DIM,
-        **SHAPES_UNET,
+        **UNETS[preset],
     )
 
 
@@ -215,8 +232,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     else:
         tokenizer, text_encoder, text_trainable = load_text(config)
         text_trainable = text_trainable or bool(config.train_text)
-        unet = build_unet(text_encoder.config.hidden_size, config.size, config.seed)
-        vae = build_vae(config.size, config.seed)
+        unet = build_unet(text_encoder.config.hidden_size, config.size, config.seed, config.preset)
+        vae = build_vae(config.size, config.seed, config.preset)
         vae_run = train_vae(
             vae,
             size=config.size,

@@ -35,6 +35,14 @@ SHAPES_VAE: dict[str, Any] = {
     "norm_num_groups": 16,
 }
 
+#: a tiny autoencoder of the same shape (tests, CPU smoke runs)
+MICRO_VAE: dict[str, Any] = SHAPES_VAE | {
+    "block_out_channels": (8, 16, 16),
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+}
+VAES = {"shapes": SHAPES_VAE, "micro": MICRO_VAE}
+
 
 @dataclass
 class VaeRun:
@@ -51,11 +59,11 @@ def to_unit(frames: torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
-def build_vae(size: int, seed: int = 0) -> Any:
+def build_vae(size: int, seed: int = 0, preset: str = "shapes") -> Any:
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(sample_size=size, **SHAPES_VAE)
+    return AutoencoderKL(sample_size=size, **VAES[preset])
 
 
 def train_vae(

@@ -1,0 +1,80 @@
+"""The pixel probe against rendered ground truth: real frames score at the ceiling, frames that
+do not belong to the story score near chance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from storygen.training.probe import (
+    ceiling,
+    held_out_stories,
+    read_story,
+    render_truth,
+    summarize,
+)
+
+
+def test_held_out_stories_cover_their_length_and_cut_visibly():
+    stories = held_out_stories(6, num_frames=226)
+    assert stories == held_out_stories(6, num_frames=226)  # same seed, same stories
+    assert stories != held_out_stories(6, num_frames=226, seed=7)
+    for story in stories:
+        assert story.segments[0][0] == 0 and story.segments[-1][1] == 226
+        for (_, end, a), (start, _, b) in zip(story.segments, story.segments[1:]):
+            assert end == start
+            assert a.color != b.color and a.background != b.background
+        assert all(end - start >= 24 for start, end, _ in story.segments)
+        assert len(story.prompts()) == 226
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_real_frames_score_at_the_ceiling(size):
+    stories = held_out_stories(3, num_frames=120)
+    got = ceiling(stories, size)
+    assert got["color"] == 1.0 and got["background"] == 1.0
+    assert got["shape"] >= 0.95 and got["all"] >= 0.95
+    assert got["motion"] >= 0.9 and got["identity"] >= 0.95
+    assert got["seam_ratio"] is None  # nothing was given to a model
+
+
+def test_frames_of_another_story_score_near_chance():
+    a, b = held_out_stories(2, num_frames=120)
+    got = read_story(render_truth(b, 64), a)
+    assert got["all"] < 0.15 and got["color"] < 0.35
+
+
+def test_shuffled_frames_lose_order_and_identity():
+    story = held_out_stories(1, num_frames=120)[0]
+    frames = render_truth(story, 64)
+    shuffled = frames[np.random.default_rng(0).permutation(len(frames))]
+    real, mixed = read_story(frames, story), read_story(shuffled, story)
+    assert mixed["all"] < 0.6 * real["all"]
+    assert mixed["identity"] < 0.8
+    assert mixed["flicker"] > 5 * real["flicker"]
+
+
+def test_seam_ratio_sees_jumps_next_to_given_frames():
+    story = held_out_stories(1, num_frames=40, lengths=(40, 40))[0]
+    drift = np.full((40, 64, 64, 3), 100, np.uint8)
+    drift += np.arange(40, dtype=np.uint8)[:, None, None, None]  # one level a frame
+    jump = drift.copy()
+    jump[20:] += 30  # a jump after frame 19, next to the given frame 20
+    smooth = read_story(drift, story, known={10})
+    jumpy = read_story(jump, story, known={20})
+    assert smooth["seam_ratio"] == pytest.approx(1.0)
+    assert jumpy["seam_ratio"] > 5
+
+
+def test_summaries_weight_stories_by_frames():
+    rows = [
+        {"frames": 10, "color": 1.0, "shape": 1.0, "background": 1.0, "all": 1.0,
+         "identity": 1.0, "flicker": 1.0, "motion": 1.0, "motion_segments": 1,
+         "seam_ratio": None, "quarters_all": [1.0] * 4, "tenths_all": [1.0] * 10},
+        {"frames": 30, "color": 0.0, "shape": 0.0, "background": 0.0, "all": 0.0,
+         "identity": 0.0, "flicker": 3.0, "motion": 0.0, "motion_segments": 3,
+         "seam_ratio": 2.0, "quarters_all": [0.0] * 4, "tenths_all": [0.0] * 10},
+    ]
+    got = summarize(rows)
+    assert got["color"] == pytest.approx(0.25) and got["flicker"] == pytest.approx(2.5)
+    assert got["motion"] == pytest.approx(0.25) and got["seam_ratio"] == pytest.approx(2.0)

@@ -1,0 +1,139 @@
+"""Training the shapes-world storygen model: windows as the plan draws them, and tiny runs
+that learn (autoencoder and UNet), write a folder that renders, and export the same network
+as a plain text-to-video model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from curate.shapes import read_frame
+from storygen.training.windows import ROLES, sample_window
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_windows_carry_the_prompt_of_every_frame(role):
+    rng = np.random.default_rng(3)
+    for spacing in (1.0, 12.0, 200.0):
+        w = sample_window(rng, frames=16, size=64, role=role, spacing=spacing)
+        assert w.frames.shape == (16, 64, 64, 3) and w.frames.dtype == np.uint8
+        assert w.spacing == pytest.approx(round(15 * spacing) / 15)
+        for frame, prompt, facts in zip(w.frames, w.prompts, w.facts):
+            seen = read_frame(frame)
+            assert prompt == facts.caption
+            assert (seen.color, seen.background) == (facts.color, facts.background)
+        known = np.flatnonzero(w.mask)
+        if role == "global":
+            assert known.size == 0
+        elif role == "local":
+            assert known.tolist() == [0, 15]
+        else:
+            assert known.tolist() == list(range(known.size)) and 1 <= known.size <= 4
+
+
+def test_wide_windows_hold_more_scenes_than_narrow_ones():
+    rng = np.random.default_rng(0)
+
+    def scenes(spacing):
+        return np.mean(
+            [len(set(sample_window(rng, frames=16, size=32, spacing=spacing).prompts)) for _ in range(30)]
+        )
+
+    assert scenes(1.0) < 2.0 < 6.0 < scenes(250.0)
+
+
+def test_tiny_autoencoder_learns_shapes_frames():
+    from storygen.training.vae import build_vae, reconstruction_psnr, train_vae
+
+    vae = build_vae(32, seed=0, preset="micro")
+    cpu = torch.device("cpu")
+    before = reconstruction_psnr(vae, size=32, device=cpu, seed=5, count=32)
+    run = train_vae(
+        vae, size=32, device=cpu, max_steps=100, max_minutes=None, batch_size=16, lr=3e-3, workers=0
+    )
+    assert run.steps == 100
+    assert run.psnr_db > before + 5
+    assert vae.config.scaling_factor == pytest.approx(run.scaling_factor)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from storygen.training.unet import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny-storygen")
+    config = TrainConfig(
+        out=str(out),
+        preset="micro",
+        size=32,
+        frames=8,
+        batch_size=4,
+        steps=60,
+        vae_steps=30,
+        workers=0,
+        lr=1e-3,
+        log_every=10,
+        eval_stories=0,
+        text_encoder=str(ROOT / "models" / "shapes-clip"),
+    )
+    return out, train(config)
+
+
+def test_tiny_training_lowers_the_loss_and_writes_a_folder(tiny_folder):
+    out, report = tiny_folder
+    history = report["runs"][-1]["history"]
+    assert len(history) == 6
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    assert report["steps_done"] == 60
+    saved = json.loads((out / "training.json").read_text())
+    assert [r["part"] for r in saved["runs"]] == ["autoencoder", "unet"]
+    sampling = json.loads((out / "sampling.json").read_text())
+    assert sampling["height"] == sampling["width"] == 32
+
+
+def test_the_folder_renders_and_continues(tiny_folder, tmp_path):
+    from storygen.loading import load_pipeline
+    from storygen.training.unet import TrainConfig, train
+
+    out, _ = tiny_folder
+    pipe = load_pipeline(out)
+    frames = pipe(
+        ["a red circle moving right on a navy background"] * 9,
+        9,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        generator=0,
+        progress=False,
+    ).frames
+    assert frames.shape == (9, 32, 32, 3)
+    more = train(
+        TrainConfig(out=str(tmp_path / "more"), init=str(out), preset="micro", size=32,
+                    frames=8, batch_size=2, steps=3, workers=0, eval_stories=0)
+    )
+    assert more["steps_done"] == 63
+    assert [r["part"] for r in more["runs"]] == ["autoencoder", "unet", "unet"]
+
+
+def test_plain_text_to_video_export_is_the_same_network(tiny_folder, tmp_path):
+    from diffusers import UNet3DConditionModel
+
+    from storygen.loading import load_pipeline
+    from storygen.models import unet3d_forward
+    from storygen.training.unet import to_t2v_folder
+    from storygen.training_free import is_t2v_layout
+
+    out, _ = tiny_folder
+    t2v = to_t2v_folder(out, tmp_path / "t2v", spacing=1.0)
+    assert is_t2v_layout(t2v)
+    masked = load_pipeline(out).unet.float()
+    plain = UNet3DConditionModel.from_pretrained(t2v / "unet").float()
+    x, ctx = torch.randn(1, 4, 5, 8, 8), torch.randn(1, 5, 77, masked.config.cross_attention_dim)
+    with torch.no_grad():
+        a = masked(x, torch.tensor(300), ctx, spacing=torch.tensor([1.0]))
+        b = unet3d_forward(plain, x, torch.tensor(300), ctx)
+    assert torch.allclose(a, b, atol=1e-3)
