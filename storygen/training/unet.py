@@ -249,6 +249,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     text_encoder.train(text_trainable).requires_grad_(text_trainable)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+    ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
+    ema_text_params, text_params = list(ema_text.parameters()), list(text_encoder.parameters())
     noise_sched = DDPMScheduler(**NOISE)
     alphas = noise_sched.alphas_cumprod.to(device)
 
@@ -279,6 +281,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     amp = device.type == "cuda"
     started = time.perf_counter()
     losses: list[float] = []
+    pending: list[torch.Tensor] = []  # losses still on the device: one host sync per log line
+
+    def flush() -> None:
+        if pending:
+            losses.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
     history: list[dict[str, float]] = []
     bar = tqdm(total=config.steps, desc="unet", unit="step", mininterval=5)
     step = 0
@@ -315,16 +323,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
             opt.param_groups[1]["lr"] *= text_share
         opt.step()
         decay = min(config.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters()):
-                e.lerp_(p, 1 - decay)
+        with torch.no_grad():  # one fused update per model, not a kernel per tensor
+            torch._foreach_lerp_(ema_params, unet_params, 1 - decay)
             if text_trainable:
-                for e, p in zip(ema_text.parameters(), text_encoder.parameters()):
-                    e.lerp_(p, 1 - decay)
-        losses.append(loss.item())
+                torch._foreach_lerp_(ema_text_params, text_params, 1 - decay)
+        pending.append(loss.detach())
         step += 1
         bar.update(1)
         if step % config.log_every == 0:
+            flush()
             mean = float(np.mean(losses[-config.log_every :]))
             elapsed = time.perf_counter() - started
             history.append({"step": step, "loss": mean, "time_s": elapsed, "data_wait_s": waited})
@@ -336,6 +343,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             break
         tick = time.perf_counter()
     bar.close()
+    flush()
     train_time = time.perf_counter() - started
 
     out = Path(config.out)
