@@ -75,6 +75,8 @@ def score_videos(
 
     from tqdm import tqdm
 
+    from schemas.failures import failure_row
+
     from .errors import CurateError
 
     clips_out: list[dict] = []
@@ -100,16 +102,14 @@ def score_videos(
             clips_out.extend(scorer.process_all(sampled))
         except (CurateError, ValueError, OSError) as exc:
             failures.append(
-                {
-                    "input_id": str(video.get("video_id") or video.get("uri")),
-                    "uri": video.get("uri"),
-                    "stage": getattr(exc, "stage", stage)
-                    if isinstance(exc, CurateError)
-                    else stage,
-                    "error_type": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": "".join(traceback.format_exception(exc)[-3:]),
-                }
+                failure_row(
+                    str(video.get("video_id") or video.get("uri")),
+                    uri=video.get("uri"),
+                    stage=exc.stage if isinstance(exc, CurateError) else stage,
+                    error_type=type(exc).__name__,
+                    message=str(exc),
+                    traceback="".join(traceback.format_exception(exc)[-3:]),
+                )
             )
             logger.warning("%s: %s: %s", video.get("video_id"), type(exc).__name__, exc)
     return clips_out, failures
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
                     progress=not args.no_progress,
                 )
             else:
-                from schemas.manifests import read_manifest
+                from schemas.inputs import read_manifest
 
                 from .scenes import SceneSplitter
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROPPED
+from schemas.tables import DROPPED, UNUSABLE_CAPTION_REASONS
 
 from .errors import ModelFolderError
 from .step import Step, check_choice, check_positive
@@ -571,8 +571,7 @@ class ClipScorer(Step[dict, dict]):
 
         caption = out.get("source_caption")
         usable = caption and not (
-            out.get("status") == DROPPED
-            and out.get("reason") in ("empty_caption", "invalid_caption")
+            out.get("status") == DROPPED and out.get("reason") in UNUSABLE_CAPTION_REASONS
         )
         if not usable:
             out["caption_score"] = None

@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROPPED
+from schemas.tables import DROPPED, DUPLICATE
 
 from .step import Step, check_positive
 
 logger = logging.getLogger(__name__)
 
-DUPLICATE = "duplicate"
 SIGNATURE_KEY = "dedup_signature"
 
 

@@ -16,13 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROP_REASONS, DROPPED, KEPT
+from schemas.tables import (
+    DROP_REASONS,
+    DROPPED,
+    EMPTY_CAPTION,
+    INVALID_CAPTION,
+    KEPT,
+    LOW_CAPTION_SCORE,
+)
 
 from .step import Step, check_positive
 
 logger = logging.getLogger(__name__)
-
-LOW_SCORE = "low_caption_score"
 
 
 @dataclass(frozen=True)
@@ -97,13 +102,11 @@ def apply_threshold(record: Mapping[str, Any], threshold: float) -> dict:
     if score is None or _isnan(score):
         caption = out.get("source_caption")
         reason = (
-            "empty_caption"
-            if not (isinstance(caption, str) and caption.strip())
-            else ("invalid_caption")
+            EMPTY_CAPTION if not (isinstance(caption, str) and caption.strip()) else INVALID_CAPTION
         )
         out["status"], out["reason"] = DROPPED, reason
     elif float(score) < threshold:
-        out["status"], out["reason"] = DROPPED, LOW_SCORE
+        out["status"], out["reason"] = DROPPED, LOW_CAPTION_SCORE
     else:
         out["status"], out["reason"] = KEPT, None
     return out

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from schemas.stories import validate_story
-from schemas.tables import DROPPED, KEPT
+from schemas.tables import CAPTION_DROP_REASONS, DROPPED, KEPT
 
 from .clip_score import WEIGHT_FILES, scene_similarity
 from .errors import CaptionError, ModelFolderError
@@ -27,9 +27,6 @@ from .step import Step, check_choice, check_positive
 from .text import clean_caption, normalize_caption
 
 logger = logging.getLogger(__name__)
-
-#: drop reasons that say the source caption does not describe the scene
-CAPTION_DROP_REASONS = ("low_caption_score", "empty_caption", "invalid_caption")
 
 # Connectives that start a new event in WebVid-style narration. Longer ones come first so
 # "and then" is consumed whole rather than leaving a dangling "and".

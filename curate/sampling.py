@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROPPED
+from schemas.tables import DROPPED, TOO_SHORT
 
 from .step import Step, check_choice, check_positive
 
@@ -213,7 +213,7 @@ class FrameSampler(Step[Any, dict]):
             rec["frame_indices"] = list(idx)
             length = int(clip["end_frame"]) - int(clip["start_frame"])
             if length < self.min_frames and rec.get("status") != DROPPED:
-                rec["status"], rec["reason"] = DROPPED, "too_short"
+                rec["status"], rec["reason"] = DROPPED, TOO_SHORT
                 logger.info(
                     "%s: %s frames < min_frames %s: too_short",
                     rec.get("clip_id"),

@@ -16,15 +16,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.tables import DROPPED
+from schemas.tables import DROPPED, EMPTY_CAPTION, INVALID_CAPTION
 
 from .errors import CaptionError
 from .step import Step
 
 logger = logging.getLogger(__name__)
-
-EMPTY_CAPTION = "empty_caption"
-INVALID_CAPTION = "invalid_caption"
 
 _WS = re.compile(r"\s+")
 # C0/C1 control characters other than whitespace; they are never meaningful in a caption

@@ -17,14 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROPPED, KEPT
+from schemas.tables import DROPPED, DUPLICATE, KEPT
 
 from .options import Threshold
 
 logger = logging.getLogger(__name__)
-
-LOW_SCORE = "low_caption_score"
-DUPLICATE = "duplicate"
 
 
 # --- the corpus-level steps -------------------------------------------------------------------

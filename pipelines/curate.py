@@ -56,7 +56,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from curate import shards
 from curate.errors import OutputError
 from schemas import RunManifest, ShardInfo
-from schemas.manifests import ManifestRead, read_manifest
+from schemas.inputs import ManifestRead, read_manifest
 
 from .corpus import CorpusSteps
 from .handlers import ClipModelHandler

@@ -11,6 +11,7 @@ from typing import Any
 
 from curate.clip_score import TRANSIENT_KEYS
 from curate.errors import CurateError
+from schemas.failures import video_failure_row
 
 #: keys a clip record carries between stages that are not columns of the clips table
 TRANSIENT_CLIP_KEYS = (*TRANSIENT_KEYS, "dedup_signature", "generated_caption")
@@ -77,16 +78,9 @@ def failure_row(
     traceback: str | None = None,
 ) -> dict[str, Any]:
     """A failures row about ``video`` (a videos row)."""
-    return {
-        "input_id": video.get("video_id") or "?",
-        "uri": video.get("uri"),
-        "stage": stage,
-        "error_type": error_type,
-        "message": message,
-        "traceback": traceback,
-        "source": video.get("source"),
-        "source_line": video.get("source_line"),
-    }
+    return video_failure_row(
+        video, stage=stage, error_type=error_type, message=message, traceback=traceback
+    )
 
 
 def failure_from_exception(

@@ -384,7 +384,7 @@ def test_ground_truth_round_trips(shapes_corpus, shapes_corpus_path):
 
 
 def test_manifests_have_one_row_per_video(shapes_corpus, shapes_corpus_path):
-    from schemas.manifests import read_folder, read_jsonl, read_webvid_csv
+    from schemas.inputs import read_folder, read_jsonl, read_webvid_csv
 
     by_id = shapes_corpus.by_id
     for read in (

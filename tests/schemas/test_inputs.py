@@ -7,7 +7,7 @@ import json
 import pytest
 
 from schemas import SchemaError, detect_format, read_manifest, rows_to_table, validate_rows
-from schemas.manifests import parse_duration
+from schemas.inputs import parse_duration
 
 
 def write(path, data: bytes | str):

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .failures import READ_MANIFEST, failure_row
 from .io import SchemaError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts")
 WEBVID_COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
 FORMATS = ("webvid", "jsonl", "folder")
-STAGE = "read-manifest"
 ROW_ERROR = "ManifestRowError"
 
 
@@ -53,16 +53,15 @@ class _Rows:
     ) -> None:
         where = f"line {line}" if line is not None else self.result.path
         self.result.failures.append(
-            {
-                "input_id": input_id or f"{self.result.path}:{line if line is not None else '?'}",
-                "uri": uri,
-                "stage": STAGE,
-                "error_type": ROW_ERROR,
-                "message": f"{self.result.path} {where}: {message}",
-                "traceback": None,
-                "source": self.result.path,
-                "source_line": line,
-            }
+            failure_row(
+                input_id or f"{self.result.path}:{line if line is not None else '?'}",
+                uri=uri,
+                stage=READ_MANIFEST,
+                error_type=ROW_ERROR,
+                message=f"{self.result.path} {where}: {message}",
+                source=self.result.path,
+                source_line=line,
+            )
         )
 
     def add(self, row: dict[str, Any], *, line: int | None) -> None:
@@ -297,16 +296,15 @@ def read_folder(path: str | Path) -> ManifestRead:
             sidecar = sidecar_json if sidecar_json.exists() else sidecar_txt
             msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             rows.result.failures.append(
-                {
-                    "input_id": vid,
-                    "uri": row["uri"],
-                    "stage": STAGE,
-                    "error_type": ROW_ERROR,
-                    "message": f"{sidecar}: bad sidecar: {msg}",
-                    "traceback": None,
-                    "source": str(sidecar),
-                    "source_line": getattr(exc, "lineno", None),
-                }
+                failure_row(
+                    vid,
+                    uri=row["uri"],
+                    stage=READ_MANIFEST,
+                    error_type=ROW_ERROR,
+                    message=f"{sidecar}: bad sidecar: {msg}",
+                    source=str(sidecar),
+                    source_line=getattr(exc, "lineno", None),
+                )
             )
             continue
         rows.add(row, line=None)
