@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 env: $(STAMP) ## create .venv from the pinned lock file
 
 demo: $(STAMP) ## synthesize a shapes-world corpus, curate it, render one story
-	$(PY) -m pipelines.demo --out $(DEMO_DIR)
+	$(PY) -m pipelines.cli.demo --out $(DEMO_DIR)
 
 test: $(STAMP) ## run the fast test suite (slow / gpu / integration tests are marked and skipped)
 	$(PY) -m pytest -q -p no:cacheprovider

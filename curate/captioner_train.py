@@ -28,7 +28,7 @@ from .clip_train import (
     _vocabularies,
     render_training_data,
 )
-from .recaption import CAPTIONING_FILE
+from .models import CAPTIONING_FILE
 
 #: the special tokens of the captioner's vocabulary; ``[DEC]`` starts every generated caption
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
@@ -152,7 +152,7 @@ def save_captioner_folder(
     """Write ``model``, its processor and ``captioning.json`` (storyboard input) to ``out``."""
     from transformers import BlipProcessor
 
-    from .clip_score import STORYBOARD_GRID
+    from .storyboard import STORYBOARD_GRID
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,11 +168,11 @@ def save_captioner_folder(
 
 def caption_of_codes(codes: np.ndarray) -> list[str]:
     """The grammar's caption of each ``(colour, shape, motion, background)`` code row."""
-    from . import synth
+    from . import shapes
 
     vocab = _vocabularies()
     order = [SLOTS.index(k) for k in ("color", "shape", "motion", "background")]
-    return [synth.caption_for(*(vocab[k][int(c[k])] for k in order)) for c in codes]
+    return [shapes.caption_for(*(vocab[k][int(c[k])] for k in order)) for c in codes]
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def train_shapes_captioner(
     from tqdm import tqdm
     from transformers import BertTokenizer, BlipForConditionalGeneration
 
-    from . import synth
+    from . import shapes
     from .clip_train import resolve_device
 
     s = settings
@@ -205,7 +205,7 @@ def train_shapes_captioner(
         tokenizer = BertTokenizer.from_pretrained(s.init)
         model: Any = BlipForConditionalGeneration.from_pretrained(s.init)
     else:
-        tokenizer = train_caption_tokenizer(synth.all_captions(), max_length=s.max_length)
+        tokenizer = train_caption_tokenizer(shapes.all_captions(), max_length=s.max_length)
         model = BlipForConditionalGeneration(blip_config(tokenizer, s))
     data = render_training_data(
         s.scenes,
@@ -315,8 +315,8 @@ def evaluate_shapes_captioner(
     (read back with the grammar's parser) with the scene's truth, slot by slot."""
     from tqdm import tqdm
 
-    from . import synth
-    from .recaption import Captioner
+    from . import shapes
+    from .captioner import Captioner
 
     data = render_training_data(
         scenes,
@@ -334,8 +334,8 @@ def evaluate_shapes_captioner(
     for a in tqdm(range(0, scenes, batch_size), desc="caption", disable=not progress):
         texts += cap.caption_scenes(list(data.board_frames[a : a + batch_size]))
     truth = caption_of_codes(data.board_codes)
-    got = [synth.parse_caption(t) for t in texts]
-    want = [synth.parse_caption(t) for t in truth]
+    got = [shapes.parse_caption(t) for t in texts]
+    want = [shapes.parse_caption(t) for t in truth]
     out: dict[str, Any] = {"scenes": scenes, "seed": seed}
     for slot in ("color", "shape", "motion", "background"):
         out[slot] = float(

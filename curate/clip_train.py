@@ -1,7 +1,7 @@
 """Build, train and save small CLIP models.
 
 The shipped shapes-world scorer (``models/shapes-clip``) is a real ``transformers.CLIPModel``
-at toy size, trained here on frames rendered by :func:`curate.synth.render_scene` and their
+at toy size, trained here on frames rendered by :func:`curate.shapes.render_scene` and their
 scene captions. The same builders make the tiny random CLIPs that tests load through the very
 code path a real checkpoint takes.
 """
@@ -265,9 +265,9 @@ def random_script_text(rng: np.random.Generator) -> str:
 
 def all_scene_texts() -> list[str]:
     """Every caption of the grammar plus multi-scene joins: the tokenizer's training text."""
-    from . import synth
+    from . import shapes
 
-    texts = synth.all_captions()
+    texts = shapes.all_captions()
     joins = [", then ", ", followed by ", "; ", ". Then ", " and then ", ". After that, "]
     texts += [
         texts[i] + joins[i % len(joins)] + texts[(i * 7 + 3) % len(texts)]
@@ -283,9 +283,9 @@ SLOTS = ("color", "shape", "motion", "background")
 
 
 def _vocabularies() -> tuple[tuple[str, ...], ...]:
-    from . import synth
+    from . import shapes
 
-    return (tuple(synth.COLORS), synth.SHAPES, synth.MOTIONS, tuple(synth.BACKGROUNDS))
+    return (tuple(shapes.COLORS), shapes.SHAPES, shapes.MOTIONS, tuple(shapes.BACKGROUNDS))
 
 
 def facts_codes(facts: Any) -> tuple[int, int, int, int]:
@@ -311,9 +311,9 @@ def _render_chunk(job: tuple[int, int, int, int, int, bool, bool]) -> tuple[np.n
     """Render scenes ``[start, stop)`` of a run (a worker process's share)."""
     import cv2
 
-    from . import synth
-    from .clip_score import storyboard
+    from . import shapes
     from .sampling import plan_indices
+    from .storyboard import storyboard
 
     seed, start, stop, frames_per_scene, image_size, boards, keep_board_frames = job
     n_scenes = stop - start
@@ -328,13 +328,13 @@ def _render_chunk(job: tuple[int, int, int, int, int, bool, bool]) -> tuple[np.n
     scale = image_size / 64
     for j in range(n_scenes):
         rng = np.random.default_rng([seed, 0xC11F, start + j])
-        f = synth.random_facts(rng)
+        f = shapes.random_facts(rng)
         codes[j] = facts_codes(f)
         w, h = TRAIN_RENDER_SIZES[int(rng.integers(len(TRAIN_RENDER_SIZES)))]
         w, h = max(32, round(w * scale / 2) * 2), max(32, round(h * scale / 2) * 2)
         # the corpus' scenes are 40 frames or longer
         n = int(rng.integers(40, 121))
-        renderer = synth.SceneRenderer(
+        renderer = shapes.SceneRenderer(
             f, num_frames=n, width=w, height=h, seed=int(rng.integers(2**31))
         )
 
@@ -432,12 +432,12 @@ class CaptionSampler:
     """
 
     def __init__(self, rng: np.random.Generator) -> None:
-        from . import synth
+        from . import shapes
 
         self.rng = rng
         self.vocab = _vocabularies()
         self.sizes = np.array([len(v) for v in self.vocab])
-        self._caption_for = synth.caption_for
+        self._caption_for = shapes.caption_for
         motions = self.vocab[2]
         pairs = {"moving left": "moving right", "moving up": "moving down", "growing": "shrinking"}
         pairs |= {b: a for a, b in pairs.items()}
@@ -460,9 +460,9 @@ class CaptionSampler:
 
     def all_captions(self) -> list[str]:
         """Every caption of the grammar, row :meth:`index` of each code."""
-        from . import synth
+        from . import shapes
 
-        return synth.all_captions()
+        return shapes.all_captions()
 
     def truncated(self, code: Any) -> str:
         """The caption of ``code`` cut at a random point after the shape word."""
@@ -757,14 +757,14 @@ def train_shapes_clip(
 
 
 def _storyboard_grid() -> tuple[int, int]:
-    from .clip_score import STORYBOARD_GRID
+    from .storyboard import STORYBOARD_GRID
 
     return STORYBOARD_GRID
 
 
 def write_scoring(folder: str | os.PathLike[str], values: dict[str, Any]) -> None:
     """Merge ``values`` into the folder's ``scoring.json`` (what the scorer reads of a model)."""
-    from .clip_score import SCORING_FILE
+    from .models import SCORING_FILE
 
     path = Path(folder) / SCORING_FILE
     current = json.loads(path.read_text()) if path.is_file() else {}
@@ -821,13 +821,14 @@ def evaluate_shapes_clip(
       classification of each frame against every caption of the grammar (the best caption
       over the seven motions of each colour, shape and background)
     - ``scene_*_acc``: the same per scene over all four slots, motion included, with the
-      similarity re-captioning uses (:func:`curate.clip_score.scene_similarity`: the mean
+      similarity re-captioning uses (:func:`curate.storyboard.scene_similarity`: the mean
       frame embedding, plus the storyboard where the model reads storyboards)
     - ``noise_auroc``: the true caption against a caption of other facts (another colour and
       shape, as a mismatched caption from another video is), per frame
     """
-    from . import synth
-    from .clip_score import ClipScorer, scene_similarity
+    from . import shapes
+    from .clip_score import ClipScorer
+    from .storyboard import scene_similarity
 
     rng = np.random.default_rng([seed, 0xE7A1])
     vocab = _vocabularies()
@@ -860,7 +861,7 @@ def evaluate_shapes_clip(
             for m in range(len(vocab[2]))
             for b in range(len(vocab[3]))
         ]
-        texts = [synth.caption_for(*(v[i] for v, i in zip(vocab, cmb))) for cmb in combos]
+        texts = [shapes.caption_for(*(v[i] for v, i in zip(vocab, cmb))) for cmb in combos]
         txt = scorer.embed_texts(texts)
         truth = data.board_codes.astype(int)
         # per frame: best caption, motion left out
@@ -872,11 +873,11 @@ def evaluate_shapes_clip(
         mean /= np.linalg.norm(mean, axis=1, keepdims=True)
         sims = scene_similarity(mean, scene, txt)
         pred_s = np.array(combos)[sims.argmax(1)]
-        captions = [synth.caption_for(*(v[i] for v, i in zip(vocab, t))) for t in truth]
+        captions = [shapes.caption_for(*(v[i] for v, i in zip(vocab, t))) for t in truth]
         mismatched = []
         for t in truth:
             while True:
-                g = synth.random_facts(rng)
+                g = shapes.random_facts(rng)
                 if (vocab[0].index(g.color), vocab[1].index(g.shape)) != (t[0], t[1]):
                     break
             mismatched.append(g.caption)

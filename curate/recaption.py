@@ -21,34 +21,16 @@ import numpy as np
 from schemas.stories import validate_story
 from schemas.tables import CAPTION_DROP_REASONS, DROPPED, KEPT
 
-from .clip_score import WEIGHT_FILES, scene_similarity
-from .errors import CaptionError, ModelFolderError
-from .step import Step, check_choice, check_positive
-from .text import clean_caption, normalize_caption
+from .captioner import Captioner
+from .captions import clean_caption, normalize_caption, split_caption
+from .choices import FALLBACKS
+from .clip_score import ClipScorer
+from .errors import CaptionError
+from .models import DEFAULT_MODEL
+from .step import Step, check_choice
+from .storyboard import scene_similarity
 
 logger = logging.getLogger(__name__)
-
-# Connectives that start a new event in WebVid-style narration. Longer ones come first so
-# "and then" is consumed whole rather than leaving a dangling "and".
-_CONNECTIVES = r"(?:and\s+then|after\s+that|afterwards|followed\s+by|and\s+later|later|then|next)"
-_SPLIT = re.compile(
-    rf"\s*(?:[;,。！？]|[.!?](?=\s|$))\s*(?:{_CONNECTIVES}\b)?\s*|\s+{_CONNECTIVES}\s+",
-    re.IGNORECASE,
-)
-_EDGE = re.compile(r"^[\s,;:.!?\-。！？]+|[\s,;:.!?\-。！？]+$")
-_LEADING = re.compile(rf"^{_CONNECTIVES}\b\s*", re.IGNORECASE)
-
-
-def split_caption(text: str) -> list[str]:
-    """Split a caption narrating several events into its fragments, in order.
-
-    Splits on ";", ",", sentence ends and "then" / "and then" / "after that" / "followed
-    by"; fragments without a letter or digit are dropped. A caption with one event comes back
-    as a one-element list.
-    """
-    parts = [_LEADING.sub("", _EDGE.sub("", p)) for p in _SPLIT.split(text or "")]
-    return [p for p in parts if any(ch.isalnum() for ch in p)]
-
 
 # --- alignment --------------------------------------------------------------------------------
 
@@ -173,7 +155,7 @@ class PromptBank:
         """``(n, D)`` unit image embeddings → ``(scores, indices)``, each ``(n, k)``.
 
         With ``scene`` (storyboard embeddings, ``(n, D)``) the score is
-        :func:`~curate.clip_score.scene_similarity`; being the mean of two cosines, it is the
+        :func:`~curate.storyboard.scene_similarity`; being the mean of two cosines, it is the
         inner product with the mean of the two queries, so one index search gives it.
         """
         if not self.prompts:
@@ -184,157 +166,7 @@ class PromptBank:
         return self.index.search(np.ascontiguousarray(q, np.float32), k)
 
 
-# --- image-to-text captioner ----------------------------------------------------------------------
-
-
-#: the shipped shapes-world captioner (a folder at the repository root, next to ``curate/``)
-DEFAULT_CAPTIONER = Path(__file__).resolve().parent.parent / "models" / "shapes-captioner"
-
-#: (any of) the files a captioner folder needs
-BLIP_FILES = (
-    ("config.json",),
-    ("processor_config.json", "preprocessor_config.json"),
-    ("tokenizer.json", "vocab.txt"),
-)
-
-
-class Captioner:
-    """A BLIP-class image-to-text model (``BlipForConditionalGeneration``) from a folder.
-
-    A folder with a ``captioning.json`` of ``{"storyboard": {"grid": [rows, cols]}}`` (as the
-    shipped shapes-world captioner has) is captioned from scene storyboards: the sampled frames
-    tiled in time order, so that the caption can name what moves where. Any other folder gets
-    each scene's middle frame.
-    """
-
-    def __init__(
-        self,
-        model: str | os.PathLike[str],
-        *,
-        device: str = "cpu",
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        prompt: str | None = None,
-        batch_size: int = 64,
-    ) -> None:
-        check_positive("max_new_tokens", max_new_tokens)
-        check_positive("num_beams", num_beams)
-        check_positive("batch_size", batch_size)
-        self.model_path = os.fspath(model)
-        self.device = device
-        self.max_new_tokens = int(max_new_tokens)
-        self.num_beams = int(num_beams)
-        self.prompt = prompt
-        self.batch_size = int(batch_size)
-        self.storyboard_grid: tuple[int, int] | None = None
-        self._model: Any = None
-
-    def check_folder(self) -> None:
-        """Raise :class:`ModelFolderError` naming what a local folder lacks (before any work)."""
-        folder = Path(self.model_path)
-        if folder.exists():
-            missing = [
-                " or ".join(names)
-                for names in (*BLIP_FILES, WEIGHT_FILES)
-                if not any((folder / n).is_file() for n in names)
-            ]
-            if missing:
-                raise ModelFolderError(
-                    f"incomplete captioner folder: missing {', '.join(missing)}", uri=str(folder)
-                )
-            self.storyboard_grid = read_captioning(folder)
-        elif self.model_path.count("/") != 1:
-            raise ModelFolderError("captioner folder does not exist", uri=self.model_path)
-
-    def setup(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import BlipForConditionalGeneration, BlipProcessor
-
-        self.check_folder()
-        try:
-            self._processor = BlipProcessor.from_pretrained(self.model_path)
-            self._model = BlipForConditionalGeneration.from_pretrained(self.model_path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelFolderError(f"cannot load captioner: {exc}", uri=self.model_path) from exc
-        self._model = self._model.to(self.device).eval()
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(height, width) the processor feeds the model."""
-        self.setup()
-        size = self._processor.image_processor.size
-        return int(size["height"]), int(size["width"])
-
-    def caption(self, frames: np.ndarray) -> list[str]:
-        """One caption per ``(H, W, 3)`` uint8 image."""
-        import torch
-
-        self.setup()
-        images = list(np.asarray(frames))
-        texts: list[str] = []
-        for a in range(0, len(images), self.batch_size):
-            kwargs: dict[str, Any] = {
-                "images": images[a : a + self.batch_size],
-                "return_tensors": "pt",
-            }
-            if self.prompt:
-                kwargs["text"] = [self.prompt] * len(kwargs["images"])
-            inputs = self._processor(**kwargs).to(self.device)
-            with torch.inference_mode():
-                ids = self._model.generate(
-                    **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
-                )
-            texts += self._processor.batch_decode(ids, skip_special_tokens=True)
-        return [normalize_caption(t) for t in texts]
-
-    def scene_image(self, frames: np.ndarray) -> np.ndarray:
-        """What the model sees of a scene's sampled ``(N, H, W, 3)`` frames (time order): their
-        storyboard for a storyboard captioner, else the middle frame."""
-        from .clip_score import storyboard
-
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or len(frames) == 0:
-            raise ValueError(f"a scene needs (N, H, W, 3) frames, got shape {frames.shape}")
-        self.setup()
-        if self.storyboard_grid is None:
-            return frames[len(frames) // 2]
-        return storyboard(frames, self.input_size, self.storyboard_grid)
-
-    def caption_scenes(self, scenes: Sequence[np.ndarray]) -> list[str]:
-        """One caption per scene, each given as its sampled frames in time order."""
-        if not scenes:
-            return []
-        return self.caption(np.stack([self.scene_image(f) for f in scenes]))
-
-
-#: what a captioner folder may say about its input besides the transformers files
-CAPTIONING_FILE = "captioning.json"
-
-
-def read_captioning(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """The storyboard grid a captioner folder's ``captioning.json`` asks for, or ``None``."""
-    import json
-
-    path = Path(folder) / CAPTIONING_FILE
-    if not path.is_file():
-        return None
-    try:
-        grid = json.loads(path.read_text())["storyboard"]["grid"]
-        rows, cols = (int(g) for g in grid)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFolderError(
-            f"{CAPTIONING_FILE} has no valid storyboard grid: {exc}", uri=str(path)
-        ) from exc
-    if rows < 1 or cols < 1:
-        raise ModelFolderError(f"storyboard grid must be positive, got {grid!r}", uri=str(path))
-    return rows, cols
-
-
 # --- the step -------------------------------------------------------------------------------------
-
-
-FALLBACKS = ("prompt_bank", "captioner", "best")
 
 
 class Recaptioner(Step[Any, dict]):
@@ -361,7 +193,7 @@ class Recaptioner(Step[Any, dict]):
     prompt stays out of the story (a gap). Consecutive scenes with the same prompt merge into
     one segment.
 
-    Similarities are :func:`~curate.clip_score.scene_similarity`: the cosine with the scene's
+    Similarities are :func:`~curate.storyboard.scene_similarity`: the cosine with the scene's
     mean frame embedding, averaged with the cosine with its storyboard embedding
     (``scene_embedding``) when the scorer made one, so that prompts are also told apart by
     what happens over the scene (motion), which no single frame shows.
@@ -406,8 +238,6 @@ class Recaptioner(Step[Any, dict]):
 
     def setup(self) -> None:
         if self._scorer is None:
-            from .clip_score import DEFAULT_MODEL, ClipScorer
-
             self._scorer = ClipScorer(model=self.model or DEFAULT_MODEL, device=self.device)
         self._scorer.setup()
         if self._bank is None and self._bank_source is not None:

@@ -22,11 +22,11 @@ import numpy as np
 
 from schemas.tables import DROPPED, TOO_SHORT
 
+from .choices import STRATEGIES
 from .step import Step, check_choice, check_positive
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("uniform", "middle", "keyframes")
 
 #: ``read_frames(uri, indices, *, width=None, height=None) -> (N, H, W, 3) uint8``
 FrameReader = Callable[..., np.ndarray]

@@ -1,6 +1,6 @@
 """``python -m curate.train_clip --out models/shapes-clip``: train and ship the shapes-world CLIP.
 
-Renders shapes-world frames with :func:`curate.synth.render_scene`'s renderer, trains a small
+Renders shapes-world frames with :func:`curate.shapes.render_scene`'s renderer, trains a small
 ``transformers.CLIPModel`` on them and their scene captions (contrastive, with hard negatives
 that change one visible slot: colour, shape or background), measures it on frames from a seed
 the training never saw, and writes a complete model folder with a ``README.md`` model card.
@@ -132,9 +132,11 @@ def model_card(report: dict, metrics: dict) -> str:
     sizes = ", ".join(
         f"{round(w * scale / 2) * 2}×{round(h * scale / 2) * 2}" for w, h in TRAIN_RENDER_SIZES
     )
-    from . import synth
+    from . import shapes
 
-    n_captions = len(synth.COLORS) * len(synth.SHAPES) * len(synth.MOTIONS) * len(synth.BACKGROUNDS)
+    n_captions = (
+        len(shapes.COLORS) * len(shapes.SHAPES) * len(shapes.MOTIONS) * len(shapes.BACKGROUNDS)
+    )
     runs = _runs(report)
     rows = "\n".join(_run_row(i + 1, r) for i, r in enumerate(runs))
     total_s = sum(r["train_seconds"] for r in runs)
@@ -144,7 +146,7 @@ def model_card(report: dict, metrics: dict) -> str:
     if boards:
         board_text = f"""- Storyboards: per scene one more image, the four frames the curate sampler takes
   (uniform over the scene, a few frames off each end) squashed and tiled 2×2 in time order
-  (`curate.clip_score.storyboard`): {report.get("train_storyboards", 0):,} storyboards. Their
+  (`curate.storyboard.storyboard`): {report.get("train_storyboards", 0):,} storyboards. Their
   captions must match in motion too; each storyboard's first hard negative is the *opposite*
   motion (left/right, up/down, growing/shrinking), so direction is learned and not only axis.
 """
@@ -171,8 +173,8 @@ re-captioning ranks prompts), zero-shot against all {n_captions:,} captions:
     return f"""# shapes-clip
 
 A small [CLIP](https://arxiv.org/abs/2103.00020) (`transformers.CLIPModel`) trained from
-scratch on the procedural *shapes world* of storyloom (`curate/synth.py`). It is the default
-caption scorer of `curate` (`curate.clip_score.DEFAULT_MODEL`), so that the demo and the tests
+scratch on the procedural *shapes world* of storyloom (`curate/shapes/`). It is the default
+caption scorer of `curate` (`curate.models.DEFAULT_MODEL`), so that the demo and the tests
 score captions meaningfully without downloading weights. It knows nothing but shapes world.
 
 Rebuild with `make train-clip` (`python -m curate.train_clip --out models/shapes-clip`; add
@@ -194,7 +196,7 @@ resizes to exact height and width so a shape near the edge of a 16:9 frame is ne
 
 ## Training data
 
-- {s["scenes"]:,} random scenes (seed {s["seed"]}; `synth.random_facts`, the corpus' colour /
+- {s["scenes"]:,} random scenes (seed {s["seed"]}; `shapes.random_facts`, the corpus' colour /
   background contrast rule), 40–120 frames long, rendered at small sizes of the corpus' aspect
   ratios ({sizes}) with the renderer's background texture and sensor noise, squashed to the
   input size as the sampler reads frames; {s["frames_per_scene"]} random frames per scene:

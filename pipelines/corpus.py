@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from curate.threshold import Threshold
 from schemas.tables import DROPPED, DUPLICATE, KEPT
-
-from .options import Threshold
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class CorpusSteps:
             return threshold.value
         if len(scores) == 0:
             return None
-        from curate.filtering import calibrate_threshold
+        from curate.threshold import calibrate_threshold
 
         return calibrate_threshold(scores, percentile=threshold.value)
 

@@ -55,12 +55,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from curate import shards
 from curate.errors import OutputError
+from curate.models import resolve_captioner, resolve_model_path
+from curate.threshold import auto_threshold, parse_threshold
 from schemas import RunManifest, ShardInfo
 from schemas.inputs import ManifestRead, read_manifest
 
 from .corpus import CorpusSteps
 from .handlers import ClipModelHandler
-from .options import CurateOptions, parse_threshold, runner_flags
+from .options import CurateOptions, runner_flags
 from .transforms import (
     CaptionCutoff,
     CleanCaptions,
@@ -104,7 +106,7 @@ class Components:
     scorer: Callable[..., Any] | None = None
     scorer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     corpus: CorpusSteps = field(default_factory=CorpusSteps)
-    #: :class:`curate.recaption.Captioner` keyword arguments (``None``: no captioner)
+    #: :class:`curate.captioner.Captioner` keyword arguments (``None``: no captioner)
     captioner_kwargs: Mapping[str, Any] | None = None
 
 
@@ -152,39 +154,6 @@ def _threads_per_worker(opts: CurateOptions) -> int | None:
     if workers <= 1 or opts.device != "cpu":
         return None
     return max(1, (os.cpu_count() or 1) // workers)
-
-
-def resolve_model_path(model: str | None) -> str:
-    if model:
-        return str(model)
-    from curate.clip_score import DEFAULT_MODEL
-
-    return str(DEFAULT_MODEL)
-
-
-def resolve_captioner(model: str | None, captioner: str | None) -> str | None:
-    """The captioner folder ``--captioner`` means (``None``: none). ``auto`` is the shipped
-    shapes-world captioner when the CLIP is the shipped one (the pair is trained on the same
-    world); with any other CLIP, auto means none."""
-    value = (captioner or "none").strip()
-    if value.lower() == "none":
-        return None
-    if value.lower() != "auto":
-        return value
-    from curate.clip_score import DEFAULT_MODEL
-    from curate.recaption import DEFAULT_CAPTIONER
-
-    same = Path(resolve_model_path(model)).resolve() == Path(DEFAULT_MODEL).resolve()
-    return str(DEFAULT_CAPTIONER) if same and Path(DEFAULT_CAPTIONER).is_dir() else None
-
-
-def auto_threshold(model: str | None) -> str:
-    """The cut-off ``--threshold auto`` means: the model folder's recommended one, else p20."""
-    from curate.clip_score import recommended_threshold
-
-    path = resolve_model_path(model)
-    value = recommended_threshold(path) if Path(path).is_dir() else None
-    return "p20" if value is None else f"{value:g}"
 
 
 def _is_dask(options: PipelineOptions) -> bool:
@@ -462,7 +431,7 @@ def _pipeline_options(argv: Sequence[str]) -> PipelineOptions:
     # resolved once here, so that the workers and the committed work see one folder
     captioner = resolve_captioner(opts.model, opts.captioner)
     if captioner:
-        from curate.recaption import Captioner
+        from curate.captioner import Captioner
 
         Captioner(captioner).check_folder()  # a missing or incomplete folder fails now
     opts.captioner = captioner or "none"

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from curate.choices import KEYFRAME_FORMATS
 from curate.step import check_choice, check_positive
 
 logger = logging.getLogger(__name__)
 
-KEYFRAME_FORMATS = ("none", "jpeg", "webp")
 KEYFRAME_QUALITY = 90
 
 

@@ -41,7 +41,7 @@ class ScorerService:
             self.scorer.setup()
         self.captioner: Any = None
         if captioner:
-            from curate.recaption import Captioner
+            from curate.captioner import Captioner
 
             self.captioner = Captioner(**dict(captioner))
             self.captioner.setup()
@@ -69,7 +69,7 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
     ``factory(**kwargs)`` builds the scorer (by default :class:`curate.clip_score.ClipScorer`):
     it has ``setup()`` and ``process_all(records) -> records`` filling ``caption_score``,
     ``frame_scores``, ``embedding`` and ``frame_embeddings`` (and ``scene_embedding`` for a
-    model that reads storyboards). With ``captioner`` (:class:`curate.recaption.Captioner`
+    model that reads storyboards). With ``captioner`` (:class:`curate.captioner.Captioner`
     keyword arguments) every scene also gets the captioner's ``generated_caption``.
     """
 

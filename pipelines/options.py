@@ -9,6 +9,8 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from curate.choices import DETECTORS, KEYFRAME_FORMATS
+
 #: runner names accepted by ``curate run --runner`` (anything else is passed to Beam as is)
 RUNNER_ALIASES = {
     "local": "apache_beam.runners.portability.fn_api_runner.FnApiRunner",
@@ -17,9 +19,6 @@ RUNNER_ALIASES = {
     "dask": "apache_beam.runners.dask.dask_runner.DaskRunner",
     "DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner",
 }
-
-KEYFRAME_FORMATS = ("none", "jpeg", "webp")
-DETECTORS = ("fast", "content", "adaptive", "histogram")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from curate import shards
-from curate.text import CaptionCleaner
+from curate.captions import CaptionCleaner
 
 from .handlers import ClipModelHandler
 from .isolation import IsolatedWorker, Outcome

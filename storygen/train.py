@@ -94,7 +94,7 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- data
 def all_captions() -> list[str]:
-    from curate.synth import BACKGROUNDS, COLORS, MOTIONS, SHAPES, caption_for, compatible
+    from curate.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, caption_for, compatible
 
     return [
         caption_for(c, s, m, b)
@@ -107,7 +107,7 @@ def all_captions() -> list[str]:
 
 
 def random_facts(rng: np.random.Generator):
-    from curate.synth import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SceneFacts, compatible
+    from curate.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SceneFacts, compatible
 
     while True:
         color = str(rng.choice(list(COLORS)))
@@ -122,7 +122,7 @@ def render_clip(
     rng: np.random.Generator, frames: int, size: int, *, max_scenes: int = 3
 ) -> tuple[np.ndarray, list[str]]:
     """One clip of ``frames`` frames with 1..max_scenes scenes: uint8 (F, H, W, 3), prompts."""
-    from curate.synth import render_scene
+    from curate.shapes import render_scene
 
     weights = np.array([0.5, 0.35, 0.15][:max_scenes])
     n_scenes = min(int(rng.choice(np.arange(1, max_scenes + 1), p=weights / weights.sum())), frames)
@@ -383,7 +383,7 @@ def evaluate(
     colour / shape / background match the prompt active at that frame, and the same against
     the *other* scene's prompt (what a model ignoring per-frame prompts would score).
     """
-    from curate.synth import read_frame
+    from curate.shapes import read_frame
 
     results: dict[str, Any] = {}
     for mode in ("hierarchical", "autoregressive"):

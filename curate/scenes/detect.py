@@ -26,9 +26,6 @@ def _registry() -> dict[str, Callable[..., Detector]]:
     }
 
 
-DETECTORS: tuple[str, ...] = ("fast", "content", "adaptive", "histogram")
-
-
 def make_detector(name: str, **settings: Any) -> Detector:
     """A detector by name (:data:`DETECTORS`) with its keyword settings."""
     registry = _registry()

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from curate.captioner import Captioner
 from curate.captioner_train import (
     CaptionerSettings,
     caption_of_codes,
@@ -15,11 +16,11 @@ from curate.captioner_train import (
     train_caption_tokenizer,
     train_shapes_captioner,
 )
-from curate.recaption import Captioner, read_captioning
+from curate.models import read_captioning
 
 
 def test_tokenizer_round_trips_every_caption_of_the_grammar():
-    from curate.synth import all_captions
+    from curate.shapes import all_captions
 
     captions = all_captions()
     tok = train_caption_tokenizer(captions)
@@ -32,7 +33,7 @@ def test_tokenizer_round_trips_every_caption_of_the_grammar():
 
 def test_caption_of_codes_is_the_grammar():
     from curate.clip_train import facts_codes
-    from curate.synth import random_facts
+    from curate.shapes import random_facts
 
     rng = np.random.default_rng(5)
     facts = [random_facts(rng) for _ in range(20)]
@@ -80,7 +81,7 @@ def test_tiny_run_learns_and_writes_a_loadable_folder(tiny_run):
     frames = np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
     (text,) = cap.caption_scenes([frames])
     # what it writes is made of the grammar's words, whatever it learned so far
-    from curate.synth import all_captions
+    from curate.shapes import all_captions
 
     words = {w for c in all_captions() for w in c.split()}
     assert text and set(text.split()) <= words

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from curate import synth
+from curate import shapes
 from curate.clip_train import (
     SLOTS,
     CaptionSampler,
@@ -31,7 +31,7 @@ def data():
 def test_rendered_images_show_their_facts(data):
     assert data.frames.shape == (48, 64, 64, 3) and data.boards.shape == (24, 64, 64, 3)
     assert data.board_frames is not None and data.board_frames.shape == (24, 4, 64, 64, 3)
-    vocab = (tuple(synth.COLORS), synth.SHAPES, synth.MOTIONS, tuple(synth.BACKGROUNDS))
+    vocab = (tuple(shapes.COLORS), shapes.SHAPES, shapes.MOTIONS, tuple(shapes.BACKGROUNDS))
     seen = 0
     for frame, code in zip(data.frames, data.frame_codes):
         facts = read_frame(frame)
@@ -65,7 +65,7 @@ def test_caption_codes_round_trip():
     codes = np.stack(np.unravel_index(np.arange(cs.n_captions), tuple(cs.sizes)), 1)
     assert (cs.index(codes) == np.arange(cs.n_captions)).all()
     for i in (0, 17, 999):
-        facts = synth.parse_caption(captions[i])
+        facts = shapes.parse_caption(captions[i])
         assert facts is not None and facts_codes(facts) == tuple(codes[i])
 
 
@@ -80,7 +80,7 @@ def test_hard_negatives_change_exactly_one_slot():
         if board:
             # first the opposite motion, then another motion, then the shape
             assert (slots[0] == 2).all() and (slots[1] == 2).all() and (slots[2] == 1).all()
-            motions = synth.MOTIONS
+            motions = shapes.MOTIONS
             for code, neg in zip(codes, negs[0]):
                 a, b = motions[code[2]], motions[neg[2]]
                 if a != "still":
@@ -100,7 +100,7 @@ def test_truncated_captions_keep_the_shape():
     full = cs.caption(code)
     for _ in range(20):
         t = cs.truncated(code)
-        assert full.startswith(t) and len(t) < len(full) and synth.SHAPES[3] in t
+        assert full.startswith(t) and len(t) < len(full) and shapes.SHAPES[3] in t
 
 
 def test_match_matrix_wildcards():
@@ -138,7 +138,8 @@ def test_settings_are_validated():
 
 
 def test_a_short_run_writes_a_complete_folder(tmp_path):
-    from curate.clip_score import ClipScorer, check_model_folder
+    from curate.clip_score import ClipScorer
+    from curate.models import check_model_folder
     from curate.train_clip import finish
 
     settings = TrainSettings(

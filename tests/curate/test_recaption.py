@@ -5,57 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from curate.captioner import Captioner
 from curate.errors import CaptionError, ModelFolderError
-from curate.recaption import (
-    Captioner,
-    Recaptioner,
-    align_monotonic,
-    build_prompt_bank,
-    load_prompt_bank,
-    split_caption,
-)
+from curate.recaption import Recaptioner, align_monotonic, build_prompt_bank, load_prompt_bank
 from schemas.stories import validate_story_row
 
 # --- splitting ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (
-            "a red circle moving up on a navy background",
-            ["a red circle moving up on a navy background"],
-        ),
-        ("a red circle, then a blue square", ["a red circle", "a blue square"]),
-        (
-            "a red circle, followed by a blue square; a green star",
-            ["a red circle", "a blue square", "a green star"],
-        ),
-        ("A red circle. Then a blue square.", ["A red circle", "a blue square"]),
-        ("a red circle and then a blue square", ["a red circle", "a blue square"]),
-        ("a red circle. After that, a blue square", ["a red circle", "a blue square"]),
-        ("then a cat", ["a cat"]),
-        ("", []),
-        (" ; , . ", []),
-        ("赤い円。青い四角", ["赤い円", "青い四角"]),
-    ],
-)
-def test_split_caption(text, expected):
-    assert split_caption(text) == expected
-
-
-def test_split_matches_the_shapes_world_connectors():
-    from curate.synth import caption_for, join_captions
-
-    caps = [
-        caption_for("red", "circle", "moving up", "navy"),
-        caption_for("blue", "star", "still", "beige"),
-        caption_for("green", "ring", "growing", "black"),
-        caption_for("white", "square", "shrinking", "brown"),
-    ]
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        assert split_caption(join_captions(caps, rng)) == caps
 
 
 # --- alignment ------------------------------------------------------------------------------

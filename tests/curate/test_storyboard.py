@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from curate.clip_score import ClipScorer, scene_similarity, storyboard
+from curate.clip_score import ClipScorer
 from curate.clip_train import make_tiny_clip
 from curate.errors import ModelFolderError
+from curate.storyboard import scene_similarity, storyboard
 
 WORDS = ["a red circle moving left on a blue background", "a green square growing"]
 

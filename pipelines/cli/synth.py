@@ -116,7 +116,7 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from curate.synth import generate_corpus
+    from curate.shapes import generate_corpus
 
     try:
         lo, hi = (float(x) for x in args.scene_seconds.split(","))

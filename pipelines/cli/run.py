@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Any
 
+from curate.choices import DETECTORS, KEYFRAME_FORMATS
+
 logger = logging.getLogger(__name__)
 
 RUN_EPILOG = """\
@@ -95,7 +97,7 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--detector",
         default="fast",
-        choices=("fast", "content", "adaptive", "histogram"),
+        choices=DETECTORS,
         help="scene detector: the numba fast path or a PySceneDetect detector (default fast)",
     )
     run.add_argument("--samples-per-scene", type=int, default=4, help="frames CLIP sees per scene")
@@ -113,7 +115,7 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--keyframes",
         default="none",
-        choices=("none", "jpeg", "webp"),
+        choices=KEYFRAME_FORMATS,
         help="store the sampled frames, encoded, in the clips shard (so it can train alone)",
     )
     run.add_argument("--keyframe-size", type=int, default=256, help="longest side of keyframes")
@@ -189,9 +191,9 @@ def beam_argv(args: argparse.Namespace) -> list[str]:
 
 def run_command(args: argparse.Namespace) -> int:
     from curate.errors import CurateError
+    from curate.threshold import parse_threshold
+    from pipelines.options import runner_flags
     from schemas import SchemaError
-
-    from .options import parse_threshold, runner_flags
 
     if args.workers < 1:
         print(f"curate run: --workers must be >= 1, got {args.workers}", file=sys.stderr)
@@ -204,7 +206,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # Beam's own INFO lines (type hints, state caches, batch statistics) drown the progress
-        for name in ("apache_beam", "distributed", "curate.text"):
+        for name in ("apache_beam", "distributed", "curate.captions"):
             logging.getLogger(name).setLevel(logging.WARNING)
     cluster = None
     flags = beam_argv(args)
@@ -222,7 +224,7 @@ def run_command(args: argparse.Namespace) -> int:
         ]
     else:
         flags = [*runner_flags(runner, workers=args.workers), *flags]
-    from .curate import run
+    from pipelines.curate import run
 
     try:
         summary = run(flags, progress=not args.no_progress)

@@ -1,11 +1,19 @@
-"""Caption cleaning: every kind of bad caption gets a status and a reason, never a crash."""
+"""Caption cleaning: every kind of bad caption gets a status and a reason, never a crash; and
+splitting a caption into the events it narrates."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from curate.captions import (
+    CaptionCleaner,
+    clean_caption,
+    decode_caption,
+    normalize_caption,
+    split_caption,
+)
 from curate.errors import CaptionError
-from curate.text import CaptionCleaner, clean_caption, decode_caption, normalize_caption
 
 
 @pytest.mark.parametrize(
@@ -81,3 +89,42 @@ def test_cleaner_step_marks_records_and_keeps_first_reason():
 def test_cleaner_validates_settings():
     with pytest.raises(ValueError, match="''"):
         CaptionCleaner(field="")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "a red circle moving up on a navy background",
+            ["a red circle moving up on a navy background"],
+        ),
+        ("a red circle, then a blue square", ["a red circle", "a blue square"]),
+        (
+            "a red circle, followed by a blue square; a green star",
+            ["a red circle", "a blue square", "a green star"],
+        ),
+        ("A red circle. Then a blue square.", ["A red circle", "a blue square"]),
+        ("a red circle and then a blue square", ["a red circle", "a blue square"]),
+        ("a red circle. After that, a blue square", ["a red circle", "a blue square"]),
+        ("then a cat", ["a cat"]),
+        ("", []),
+        (" ; , . ", []),
+        ("赤い円。青い四角", ["赤い円", "青い四角"]),
+    ],
+)
+def test_split_caption(text, expected):
+    assert split_caption(text) == expected
+
+
+def test_split_matches_the_shapes_world_connectors():
+    from curate.shapes import caption_for, join_captions
+
+    caps = [
+        caption_for("red", "circle", "moving up", "navy"),
+        caption_for("blue", "star", "still", "beige"),
+        caption_for("green", "ring", "growing", "black"),
+        caption_for("white", "square", "shrinking", "brown"),
+    ]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert split_caption(join_captions(caps, rng)) == caps

@@ -8,9 +8,9 @@ import logging
 import sys
 from typing import Any
 
-log = logging.getLogger(__name__)
+from curate.choices import DETECTORS
 
-DETECTOR_CHOICES = ("fast", "content", "adaptive", "histogram")
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("files", nargs="+", metavar="FILE", help="video files")
     parser.add_argument(
         "--detector",
-        choices=DETECTOR_CHOICES,
+        choices=DETECTORS,
         default="fast",
         help="fast: cuts, fades, dissolves; content / adaptive / histogram: PySceneDetect's",
     )

@@ -1,22 +1,24 @@
 """``curate``: the command line of the curation half.
 
-Each subcommand lives in its own module, which exposes ``register(subparsers)`` and keeps its
-heavy imports (torch, Beam) inside the functions it runs, so ``curate --help`` stays fast.
+One module per subcommand, each exposing ``register(subparsers)``. They keep their heavy
+imports (torch, Beam, Dask) inside the functions they run, so that ``curate --help`` and every
+``curate COMMAND --help`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from . import calibrate, run, scenes, synth
+
 #: subcommand modules, in the order ``--help`` lists them
-COMMAND_MODULES = (
-    "curate.synth_cli",  # curate synth: generate a shapes-world corpus
-    "curate.scenes_cli",  # curate scenes: list the scenes of video files
-    "curate.calibrate_cli",  # curate calibrate: score distribution and threshold
-    "pipelines.run_cli",  # curate run / curate inspect: the Beam pipeline and its outputs
+COMMANDS = (
+    synth,  # curate synth: generate a shapes-world corpus
+    scenes,  # curate scenes: list the scenes of video files
+    calibrate,  # curate calibrate: score distribution and threshold
+    run,  # curate run / curate inspect: the Beam pipeline and its outputs
 )
 
 
@@ -31,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in COMMANDS:
         module.register(sub)
     return parser
 

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from curate.cli import main
+from pipelines.cli import main
+from pipelines.cli.inspect import histogram
 from pipelines.curate import run
-from pipelines.inspect import histogram
 from tests.pipelines.fakes import fake_components, write_fake_corpus
 
 

@@ -17,8 +17,6 @@ from pathlib import Path
 
 logger = logging.getLogger("storyloom.demo")
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def _banner(text: str) -> None:
     print(f"\n=== {text} " + "=" * max(0, 74 - len(text)), flush=True)
@@ -36,7 +34,7 @@ def pick_story(stories_dir: Path) -> dict:
 
 def check_against_truth(run_dir: Path, truth) -> list[str]:
     """How the curated run compares with the corpus' ground truth (a few headline numbers)."""
-    from curate.synth import parse_caption
+    from curate.shapes import parse_caption
     from schemas import read_parquet
 
     clips = read_parquet(run_dir / "clips", "clips").to_pylist()
@@ -88,7 +86,7 @@ def check_against_truth(run_dir: Path, truth) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.demo",
+        prog="python -m pipelines.cli.demo",
         description=(
             "Synthesize a shapes-world corpus, curate it with the Beam pipeline and the shipped "
             "CLIP, and render the richest curated story to mp4 with the shipped storygen model."
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     _banner(f"1/4 shapes world: {args.videos} videos, seed {args.seed}")
-    from curate.synth import GroundTruth, generate_corpus
+    from curate.shapes import GroundTruth, generate_corpus
 
     corpus = out / "corpus"
     truth_file = corpus / "ground_truth.json"
@@ -125,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(truth.summary() if hasattr(truth, "summary") else f"{len(truth.videos)} videos")
 
     _banner("2/4 curate (Apache Beam, local runner, shipped shapes-world CLIP)")
-    from curate.cli import main as curate_main
+    from pipelines.cli import main as curate_main
 
     run_dir = out / "curated"
     code = curate_main(

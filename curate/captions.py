@@ -1,10 +1,14 @@
-"""Caption cleaning and validation.
+"""Caption text: cleaning, validation, and splitting a caption into the events it narrates.
 
 Captions arrive as WebVid-style text: stray whitespace, decomposed Unicode, stock-footage
 boilerplate, sometimes bytes that are not UTF-8 at all, sometimes nothing. This module turns
 each into either a clean string or a clip status with a reason, so that nothing downstream has
 to guess. Captions in any script are kept as they are: they are scored like any other text (a
 model that never saw the script simply gives them a low score).
+
+A WebVid-style caption often narrates several events ("a red circle ..., then a blue square
+..."); :func:`split_caption` cuts it into its fragments, which scoring and re-captioning both
+match against scenes.
 """
 
 from __future__ import annotations
@@ -91,6 +95,28 @@ def clean_caption(raw: Any, *, where: str = "") -> CleanCaption:
             text, INVALID_CAPTION, f"caption has no letters or digits: {text!r:.60}"
         )
     return CleanCaption(text)
+
+
+# Connectives that start a new event in WebVid-style narration. Longer ones come first so
+# "and then" is consumed whole rather than leaving a dangling "and".
+_CONNECTIVES = r"(?:and\s+then|after\s+that|afterwards|followed\s+by|and\s+later|later|then|next)"
+_SPLIT = re.compile(
+    rf"\s*(?:[;,。！？]|[.!?](?=\s|$))\s*(?:{_CONNECTIVES}\b)?\s*|\s+{_CONNECTIVES}\s+",
+    re.IGNORECASE,
+)
+_EDGE = re.compile(r"^[\s,;:.!?\-。！？]+|[\s,;:.!?\-。！？]+$")
+_LEADING = re.compile(rf"^{_CONNECTIVES}\b\s*", re.IGNORECASE)
+
+
+def split_caption(text: str) -> list[str]:
+    """Split a caption narrating several events into its fragments, in order.
+
+    Splits on ";", ",", sentence ends and "then" / "and then" / "after that" / "followed
+    by"; fragments without a letter or digit are dropped. A caption with one event comes back
+    as a one-element list.
+    """
+    parts = [_LEADING.sub("", _EDGE.sub("", p)) for p in _SPLIT.split(text or "")]
+    return [p for p in parts if any(ch.isalnum() for ch in p)]
 
 
 def truncate_to_tokens(text: str, tokenizer: Any, max_length: int) -> tuple[str, bool]:

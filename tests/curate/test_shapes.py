@@ -13,8 +13,8 @@ import decord
 import numpy as np
 import pytest
 
-from curate import synth
-from curate.synth import (
+from curate import shapes
+from curate.shapes import (
     BACKGROUNDS,
     BOILERPLATE,
     COLORS,
@@ -106,8 +106,8 @@ def test_unknown_vocabulary_is_a_clear_value_error():
 def test_shape_colours_never_match_their_backgrounds():
     # every background must still offer several colours, and the contrast rule is symmetric
     for bg in BACKGROUNDS:
-        assert sum(synth.compatible(c, bg) for c in COLORS) >= 4
-    assert not synth.compatible("white", "beige")
+        assert sum(shapes.compatible(c, bg) for c in COLORS) >= 4
+    assert not shapes.compatible("white", "beige")
 
 
 # --- rendering and reading pixels -----------------------------------------------------------
@@ -128,7 +128,7 @@ def test_render_scene_shape_and_determinism():
 def test_render_keeps_the_shape_inside_the_frame():
     rng = np.random.default_rng(0)
     for _ in range(60):
-        facts = synth.random_facts(rng)
+        facts = shapes.random_facts(rng)
         frames = render_scene(facts, num_frames=6, width=160, height=90, rng=rng, noise=0)
         for f in frames:
             fact = read_frame(f)
@@ -146,7 +146,7 @@ def test_read_frame_and_motion_accuracy(size):
     w, h = size
     n, frame_hits, frame_total, motion_hits = 24000 // w, 0, 0, 0
     for _ in range(n):
-        facts = synth.random_facts(rng)
+        facts = shapes.random_facts(rng)
         frames = render_scene(facts, num_frames=12, width=w, height=h, rng=rng)
         for f in frames[::3]:
             got = read_frame(f)
@@ -164,13 +164,13 @@ def test_read_frame_and_motion_accuracy(size):
 def test_read_frame_centroid_and_area_follow_the_track():
     facts = SceneFacts("yellow", "square", "moving down", "navy")
     frames = render_scene(facts, num_frames=20, width=200, height=150, seed=3, noise=0)
-    r = synth.SceneRenderer(facts, num_frames=20, width=200, height=150, seed=3, noise=0)
+    r = shapes.SceneRenderer(facts, num_frames=20, width=200, height=150, seed=3, noise=0)
     for t in (0, 10, 19):
         cx, cy, rad = r.track.at(t, 20)
         got = read_frame(frames[t])
         assert got.centroid == pytest.approx((cx / 200, cy / 150), abs=0.01)
         drawn = np.zeros((150, 200), np.uint8)
-        synth.draw_shape_mask(drawn, "square", cx, cy, rad)
+        shapes.draw_shape_mask(drawn, "square", cx, cy, rad)
         assert got.area == pytest.approx(drawn.sum() / 255 / (200 * 150), rel=0.03)
         assert got.area == pytest.approx((1.6 * rad) ** 2 / (200 * 150), rel=0.15)
 
@@ -190,7 +190,7 @@ def test_corpus_has_what_the_fixture_promises(shapes_corpus):
     kinds = {t.kind for v in vids for t in v.transitions}
     assert kinds == {"fade", "dissolve"}
     assert any(v.fps_fraction == "30000/1001" for v in vids)
-    assert set(synth.NOISE_KINDS) <= {v.caption_noise for v in vids}
+    assert set(shapes.NOISE_KINDS) <= {v.caption_noise for v in vids}
     assert any(v.duplicate_of for v in vids)
 
 
@@ -210,7 +210,7 @@ def test_scenes_are_contiguous_and_consistent(shapes_corpus):
             assert t.boundary_frame == t.start_frame + (t.end_frame - t.start_frame) // 2
         for s in v.scenes:
             assert s.caption == caption_for(s.color, s.shape, s.motion, s.background)
-            assert synth.compatible(s.color, s.background)
+            assert shapes.compatible(s.color, s.background)
         assert v.duration == pytest.approx(v.num_frames / float(Fraction(v.fps_fraction)))
 
 
@@ -322,7 +322,7 @@ def test_every_duplicate_kind_keeps_its_truth(tmp_path):
         workers=1,
         progress=False,
     )
-    assert {v.duplicate_kind for v in gt if v.duplicate_of} == set(synth.DUPLICATE_KINDS)
+    assert {v.duplicate_kind for v in gt if v.duplicate_of} == set(shapes.DUPLICATE_KINDS)
     _check_duplicates(gt)
     for v in gt:
         _check_cuts(v, _decode(v.path))
@@ -479,46 +479,9 @@ def test_tiny_video_factory_writes_the_requested_scenes(tiny_video):
         tiny_video(["a pink blob"])
 
 
-def test_cli_writes_a_corpus_and_summarises(tmp_path, capsys):
-    from curate.cli import main
-
-    rc = main(
-        [
-            "synth",
-            "--out",
-            str(tmp_path),
-            "--videos",
-            "3",
-            "--seed",
-            "2",
-            "--resolutions",
-            "128x96",
-            "--max-scenes",
-            "2",
-            "--no-progress",
-            "--workers",
-            "1",
-        ]
-    )
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "3 videos" in out and "webvid.csv" in out
-    gt = GroundTruth.load(tmp_path)
-    assert len(gt) == 3 and all(v.path.exists() for v in gt)
-    assert all(len(v.scenes) <= 2 for v in gt)
-
-
-def test_cli_rejects_bad_rates(tmp_path, capsys):
-    from curate.cli import main
-
-    with pytest.raises(SystemExit):
-        main(["synth", "--out", str(tmp_path), "--noise-rate", "2"])
-    assert "'2'" in capsys.readouterr().err
-
-
 @pytest.mark.allow_error_logs
 def test_error_logs_are_allowed_when_marked():
-    logging.getLogger("curate.synth").error("expected in this test")
+    logging.getLogger("curate.shapes").error("expected in this test")
 
 
 def test_error_log_fixture_fails_unmarked_tests(tmp_path):
