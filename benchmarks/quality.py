@@ -218,8 +218,8 @@ def real_size_clip(folder: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from curate.clip_train import save_clip_folder
-    from curate.tokenizer import train_clip_tokenizer
+    from curate.training.clip import save_clip_folder
+    from curate.training.tokenizer import train_clip_tokenizer
 
     if (folder / "model.safetensors").exists():
         return folder
@@ -272,8 +272,8 @@ def real_size_blip(folder: Path) -> Path:
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
 
-    from curate.captioner_train import image_processor
     from curate.models import DEFAULT_CAPTIONER
+    from curate.training.captioner import image_processor
 
     if (folder / "model.safetensors").exists():
         return folder
@@ -365,13 +365,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
     from curate.clip_score import ClipScorer
-    from curate.clip_train import auroc
     from curate.dedup import Deduplicator
     from curate.filtering import CaptionFilter
     from curate.models import recommended_threshold
     from curate.recaption import build_prompt_bank
     from curate.sampling import FrameSampler
     from curate.scoring import score_videos
+    from curate.training.evaluate import auroc
 
     gt = load_corpus(args)
     by_id = gt.by_id

@@ -320,7 +320,7 @@ class ClipScorer(Step[dict, dict]):
             for i in range(0, len(frames), self.batch_size):
                 pixels = self.preprocess(frames[i : i + self.batch_size])
                 feats = self._model.get_image_features(pixel_values=pixels)
-                out.append(_features(feats).float().cpu().numpy())
+                out.append(projected_features(feats).float().cpu().numpy())
         return _l2_normalize(np.concatenate(out))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -350,7 +350,7 @@ class ClipScorer(Step[dict, dict]):
                 feats = self._model.get_text_features(
                     input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
                 )
-                emb = _l2_normalize(_features(feats).float().cpu().numpy())
+                emb = _l2_normalize(projected_features(feats).float().cpu().numpy())
                 fresh.update(zip(chunk, emb))
         rows = []
         for t in texts:
@@ -492,7 +492,7 @@ def _num_frames(record: Mapping[str, Any]) -> int:
     return 0 if frames is None else len(frames)
 
 
-def _features(out: Any):
+def projected_features(out: Any) -> Any:
     """The projected embedding of ``get_*_features`` (a tensor, or ``.pooler_output`` in v5)."""
     if hasattr(out, "pooler_output") and not hasattr(out, "shape"):
         return out.pooler_output

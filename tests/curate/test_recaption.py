@@ -315,7 +315,7 @@ def test_incomplete_blip_folder_names_the_file(tiny_blip, tmp_path):
 
 
 def test_recaptioner_with_real_clip_and_blip(tiny_blip, tmp_path):
-    from curate.clip_train import make_tiny_clip
+    from curate.training.clip import make_tiny_clip
 
     clip = make_tiny_clip(tmp_path / "clip", texts=["a red circle", "a blue square"])
     rng = np.random.default_rng(1)
@@ -363,7 +363,7 @@ def test_recaptioner_with_real_clip_and_blip(tiny_blip, tmp_path):
 
 def test_functional_entry_merges_extras_and_caches_the_model(tmp_path):
     from curate import recaption as rc
-    from curate.clip_train import make_tiny_clip
+    from curate.training.clip import make_tiny_clip
 
     clip = make_tiny_clip(tmp_path / "clip", texts=["a red circle"])
     rng = np.random.default_rng(0)

@@ -46,8 +46,7 @@ def test_shipped_folder_is_complete_small_and_documented():
 
 
 def test_captions_unseen_rendered_scenes(captioner):
-    from curate.captioner_train import caption_of_codes
-    from curate.clip_train import render_training_data
+    from curate.training.data import caption_of_codes, render_training_data
 
     # a seed neither the training runs (0, 1) nor the card's evaluation (1000003) used
     data = render_training_data(

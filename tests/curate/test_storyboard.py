@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from curate.clip_score import ClipScorer
-from curate.clip_train import make_tiny_clip
 from curate.errors import ModelFolderError
 from curate.storyboard import scene_similarity, storyboard
+from curate.training.clip import make_tiny_clip
 
 WORDS = ["a red circle moving left on a blue background", "a green square growing"]
 

@@ -18,7 +18,7 @@ LONG_CAPTION = ("a red circle moving left on a navy background " * 250)[:10_000]
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> Path:
-    from curate.clip_train import make_tiny_clip
+    from curate.training.clip import make_tiny_clip
 
     return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny")
 

@@ -73,8 +73,8 @@ def right_facts(shapes_corpus, clip: dict) -> bool:
 
 
 def test_threshold_auto_is_the_model_folders_cut_off(curated, tmp_path):
-    from curate.clip_train import make_tiny_clip
     from curate.threshold import auto_threshold
+    from curate.training.clip import make_tiny_clip
 
     # the default --threshold (auto) used the shipped model's recommended cut-off
     published = json.loads((curated / "_manifest.json").read_text())["config"]
@@ -147,8 +147,8 @@ def test_default_run_captions_scenes_the_bank_cannot_name(shapes_corpus, curated
 
 
 def test_captioner_auto_pairs_with_the_shipped_clip_only(tmp_path):
-    from curate.clip_train import make_tiny_clip
     from curate.models import DEFAULT_CAPTIONER, resolve_captioner
+    from curate.training.clip import make_tiny_clip
 
     assert resolve_captioner(None, "auto") == str(DEFAULT_CAPTIONER)
     assert resolve_captioner(str(DEFAULT_MODEL), "auto") == str(DEFAULT_CAPTIONER)

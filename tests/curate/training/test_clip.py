@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 
 from curate import shapes
-from curate.clip_train import (
+from curate.shapes.read import read_frame
+from curate.training.clip import ClipSettings, train_shapes_clip
+from curate.training.data import (
     SLOTS,
     CaptionSampler,
-    TrainSettings,
-    best_cut,
     facts_codes,
     match_matrix,
     render_training_data,
-    train_shapes_clip,
 )
-from curate.shapes.read import read_frame
+from curate.training.evaluate import best_cut
 
 
 @pytest.fixture(scope="module")
@@ -130,19 +129,19 @@ def test_best_cut_sits_in_the_middle_of_the_gap():
 
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="eval_seed"):
-        TrainSettings(seed=3, eval_seed=3)
+        ClipSettings(seed=3, eval_seed=3)
     with pytest.raises(ValueError, match="device"):
-        TrainSettings(device="tpu")
+        ClipSettings(device="tpu")
     with pytest.raises(ValueError, match="workers"):
-        TrainSettings(workers=0)
+        ClipSettings(workers=0)
 
 
 def test_a_short_run_writes_a_complete_folder(tmp_path):
     from curate.clip_score import ClipScorer
     from curate.models import check_model_folder
-    from curate.train_clip import finish
+    from curate.training.clip import finish
 
-    settings = TrainSettings(
+    settings = ClipSettings(
         scenes=48,
         batch_size=16,
         epochs=1,

@@ -1,17 +1,24 @@
-"""Build a CLIP tokenizer offline from a word list.
+"""Tokenizers trained offline: the one CLIP BPE trainer, and the captioner's WordPiece.
 
-The shipped shapes-world CLIP needs a tokenizer, and no hub is reachable at build time, so a
-byte-level BPE is trained here with the ``tokenizers`` library using exactly the normalizer,
-pre-tokenizer and ``</w>`` end-of-word suffix that :class:`transformers.CLIPTokenizer` applies.
-The learnt vocabulary and merges are then handed to ``CLIPTokenizer`` itself, so the saved
-folder loads with ``CLIPTokenizer.from_pretrained`` like any CLIP checkpoint.
+The shipped models need tokenizers, and no hub is reachable at build time, so they are trained
+here with the ``tokenizers`` library:
+
+- :func:`train_clip_tokenizer`: a byte-level BPE with exactly the normalizer, pre-tokenizer and
+  ``</w>`` end-of-word suffix that :class:`transformers.CLIPTokenizer` applies. The learnt
+  vocabulary and merges are handed to ``CLIPTokenizer`` itself, so a saved folder loads with
+  ``CLIPTokenizer.from_pretrained`` like any CLIP checkpoint. The shapes-world CLIP, the tiny
+  CLIPs of tests and storygen's text encoders all take their tokenizer from here.
+- :func:`train_caption_tokenizer`: a lower-casing WordPiece (``BertTokenizer``) whose ``[DEC]``
+  starts a caption, as BLIP's decoder expects.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -225,11 +232,16 @@ def train_clip_tokenizer(
     *,
     vocab_size: int = 1024,
     min_frequency: int = 1,
-):
+    base_words: Sequence[str] = GENERAL_WORDS,
+    model_max_length: int = MODEL_MAX_LENGTH,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> Any:
     """Train a byte-level BPE on ``texts`` and return a :class:`transformers.CLIPTokenizer`.
 
     ``vocab_size`` counts the 256 byte symbols (so any text, in any script, still encodes) and
-    the two special tokens. The result has ``model_max_length`` 77 and truncates there.
+    the two special tokens. ``base_words`` are learnt besides ``texts``, so that ordinary words
+    tokenize whole. The result truncates at ``model_max_length`` (CLIP's 77 by default) and is
+    saved to ``out_dir`` when given.
     """
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
@@ -266,7 +278,7 @@ def train_clip_tokenizer(
         end_of_word_suffix="</w>",
         show_progress=False,
     )
-    corpus = list(texts) + [" ".join(GENERAL_WORDS)]
+    corpus = list(texts) + [" ".join(base_words)]
     tok.train_from_iterator(corpus, trainer=trainer)
 
     model = json.loads(tok.to_str())["model"]
@@ -281,7 +293,28 @@ def train_clip_tokenizer(
     clip_tok = CLIPTokenizer(
         vocab=vocab,
         merges=merges,  # type: ignore[arg-type]  # tuples, as tokenizers expects
-        model_max_length=MODEL_MAX_LENGTH,
+        model_max_length=model_max_length,
     )
     logger.info("trained a CLIP BPE tokenizer: %s tokens, %s merges", len(vocab), len(merges))
+    if out_dir is not None:
+        clip_tok.save_pretrained(os.fspath(out_dir))
     return clip_tok
+
+
+#: the special tokens of the captioner's vocabulary; ``[DEC]`` starts every generated caption
+CAPTION_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
+
+
+def train_caption_tokenizer(texts: list[str], *, max_length: int = 24) -> Any:
+    """A lower-casing WordPiece tokenizer (``BertTokenizer``) trained on ``texts``; ``[DEC]``
+    is its beginning-of-caption token, as BLIP's decoder expects."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizer
+
+    tok = BertWordPieceTokenizer(lowercase=True)
+    tok.train_from_iterator(
+        texts, vocab_size=512, min_frequency=1, special_tokens=list(CAPTION_SPECIAL_TOKENS)
+    )
+    return BertTokenizer(
+        vocab=tok.get_vocab(), bos_token="[DEC]", model_max_length=max_length, do_lower_case=True
+    )

@@ -9,14 +9,11 @@ import numpy as np
 import pytest
 
 from curate.captioner import Captioner
-from curate.captioner_train import (
-    CaptionerSettings,
-    caption_of_codes,
-    evaluate_shapes_captioner,
-    train_caption_tokenizer,
-    train_shapes_captioner,
-)
 from curate.models import read_captioning
+from curate.training.captioner import CaptionerSettings, train_shapes_captioner
+from curate.training.data import caption_of_codes
+from curate.training.evaluate import evaluate_shapes_captioner
+from curate.training.tokenizer import train_caption_tokenizer
 
 
 def test_tokenizer_round_trips_every_caption_of_the_grammar():
@@ -32,8 +29,8 @@ def test_tokenizer_round_trips_every_caption_of_the_grammar():
 
 
 def test_caption_of_codes_is_the_grammar():
-    from curate.clip_train import facts_codes
     from curate.shapes import random_facts
+    from curate.training.data import facts_codes
 
     rng = np.random.default_rng(5)
     facts = [random_facts(rng) for _ in range(20)]
@@ -88,7 +85,7 @@ def test_tiny_run_learns_and_writes_a_loadable_folder(tiny_run):
 
 
 def test_evaluation_and_model_card(tiny_run):
-    from curate.train_captioner import model_card
+    from curate.training.cards import captioner_card
 
     out, settings, report = tiny_run
     metrics = evaluate_shapes_captioner(out, scenes=24, image_size=64, progress=False)
@@ -97,7 +94,7 @@ def test_evaluation_and_model_card(tiny_run):
         assert 0.0 <= metrics[k] <= 1.0
     assert metrics["exact"] <= metrics["color_shape_motion"] <= metrics["color"]
     report = {**report, "continued_from": dict(report)}
-    card = model_card(report, metrics)
+    card = captioner_card(report, metrics)
     assert card.count("| cpu |") == 2  # both chained runs have a row
     assert f"{metrics['scenes']:,} scenes" in card
     json.dumps(dataclasses.asdict(settings))  # the settings go into the report as JSON
