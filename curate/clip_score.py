@@ -42,17 +42,6 @@ from .storyboard import STORYBOARD_GRID, storyboard
 logger = logging.getLogger(__name__)
 
 
-#: keys a scored record carries between steps that are not columns of the clips table
-TRANSIENT_KEYS = (
-    "frames",
-    "frame_indices",
-    "frame_embeddings",
-    "scene_embedding",
-    "caption_note",
-    "fragment",
-)
-
-
 def aggregate_scores(scores: np.ndarray, how: str) -> float:
     check_choice("aggregate", how, AGGREGATES)
     if scores.size == 0:

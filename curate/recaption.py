@@ -29,8 +29,12 @@ from .errors import CaptionError
 from .models import DEFAULT_MODEL
 from .step import Step, check_choice
 from .storyboard import scene_similarity
+from .work import joined_clips
 
 logger = logging.getLogger(__name__)
+
+#: the extras only re-captioning reads (see :func:`Recaptioner.recaption_record`)
+RECAPTION_INPUTS = ("frame_embeddings", "scene_embedding", "fragment", "generated_caption")
 
 # --- alignment --------------------------------------------------------------------------------
 
@@ -231,6 +235,8 @@ class Recaptioner(Step[Any, dict]):
         self._scorer: Any = scorer
         self._own_scorer = scorer is None
         self._bank_source = prompt_bank
+        #: the prompts given at construction (a list, or a file's, once set up)
+        self._given_prompts: list[str] = []
         self._bank: PromptBank | None = None
         self._captioner = Captioner(captioner, device=device) if captioner is not None else None
 
@@ -241,12 +247,12 @@ class Recaptioner(Step[Any, dict]):
             self._scorer = ClipScorer(model=self.model or DEFAULT_MODEL, device=self.device)
         self._scorer.setup()
         if self._bank is None and self._bank_source is not None:
-            prompts = (
+            self._given_prompts = (
                 load_prompt_bank(self._bank_source)
                 if isinstance(self._bank_source, (str, os.PathLike))
                 else list(self._bank_source)
             )
-            self.set_prompt_bank(prompts)
+            self.set_prompt_bank(self._given_prompts)
         if self._captioner is not None:
             # a bad folder fails now; the model itself loads when a scene first needs it (in a
             # pipeline the scenes usually come captioned already: ``generated_caption``)
@@ -267,6 +273,18 @@ class Recaptioner(Step[Any, dict]):
             emb = np.zeros((0, self._scorer.embedding_dim), np.float32)
         self._bank = PromptBank(prompts, emb)
         logger.info("prompt bank: %d prompts", len(prompts))
+
+    def use_corpus_bank(self, prompts: Sequence[str]) -> None:
+        """Rank from the corpus' own ``prompts`` (:func:`build_prompt_bank` over every video)
+        followed by the prompts this step was given. The corpus phase gathers them after the
+        step is set up; only a bank that changed is embedded again."""
+        if self._scorer is None:
+            self.setup()
+        merged = list(dict.fromkeys([*prompts, *self._given_prompts]))
+        current = None if self._bank is None else self._bank.prompts
+        if merged == current or (current is None and not merged):
+            return
+        self.set_prompt_bank(merged)
 
     # -- per video
 
@@ -460,74 +478,29 @@ class Recaptioner(Step[Any, dict]):
         rows, story = self.recaption_video(clips)
         yield {"video_id": story["video_id"], "clips": rows, "story": story}
 
+    def recaption_record(
+        self,
+        video: Mapping[str, Any],
+        clips: Sequence[Mapping[str, Any]],
+        extras: Sequence[Mapping[str, Any]] = (),
+    ) -> tuple[list[dict], dict | None]:
+        """Re-caption the filtered clips of one committed video (``video``: its videos row):
+        ``(clips, story)``, the story ``None`` when no scene got a prompt.
 
-# --- a functional entry point for pipelines -------------------------------------------------------
-
-_CACHED: dict[tuple, Recaptioner] = {}
-
-
-def recaption_video(
-    video: Mapping[str, Any],
-    clips: Sequence[Mapping[str, Any]],
-    extras: Sequence[Mapping[str, Any]] = (),
-    *,
-    model: str | os.PathLike[str] | None = None,
-    prompt_bank: Sequence[str] | str | os.PathLike[str] | None = None,
-    align_threshold: float | None = None,
-    min_score: float | None = None,
-    captioner: str | os.PathLike[str] | None = None,
-    fallback: str | None = None,
-) -> tuple[list[dict], dict | None]:
-    """Re-caption the filtered clips of one ``video`` (a videos row); ``(clips, story)``.
-
-    ``extras`` are per-clip values that are not table columns (``clip_id`` + ``fragment``,
-    ``frame_embeddings``, ``scene_embedding``, ``generated_caption``), merged into the clips by
-    id. With a ``captioner`` folder the fallback is ``"best"`` unless given: the bank's prompt or
-    the captioner's caption, whichever CLIP prefers. The story is ``None`` when no scene
-    got a prompt. A :class:`Recaptioner` per (model, bank, settings) is kept for the life of
-    the process, so a worker loads its CLIP once.
-    """
-    if not clips:
-        return [], None
-    by_id = {e.get("clip_id"): e for e in extras if e.get("clip_id") is not None}
-    rows = []
-    for c in clips:
-        row = dict(c)
-        extra = by_id.get(c.get("clip_id")) or {}
-        for key in ("fragment", "frame_embeddings", "scene_embedding", "generated_caption"):
-            if row.get(key) is None and extra.get(key) is not None:
-                row[key] = extra[key]
-        if row.get("embedding") is None and row.get("frame_embeddings") is not None:
-            fe = np.asarray(row["frame_embeddings"], np.float32)
-            mean = fe.mean(axis=0)
-            row["embedding"] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist()
-        row.setdefault("uri", video.get("uri"))
-        rows.append(row)
-    bank_key = tuple(prompt_bank) if isinstance(prompt_bank, (list, tuple)) else prompt_bank
-    cap = os.fspath(captioner) if captioner else None
-    fallback = fallback or ("best" if cap else "prompt_bank")
-    cache_key = (
-        os.fspath(model) if model else None,
-        bank_key,
-        align_threshold,
-        min_score,
-        cap,
-        fallback,
-    )
-    step = _CACHED.get(cache_key)
-    if step is None:
-        step = Recaptioner(
-            model=model,
-            prompt_bank=prompt_bank,
-            align_threshold=align_threshold,
-            min_score=min_score,
-            captioner=cap,
-            fallback=fallback,
-        )
-        step.setup()
-        _CACHED[cache_key] = step
-    out, story = step.recaption_video(rows)
-    for row in out:
-        for key_ in ("frame_embeddings", "scene_embedding", "fragment", "generated_caption"):
-            row.pop(key_, None)
-    return out, (story if story["segments"] else None)
+        The clips carry their extras (:func:`curate.work.joined_clips`), or ``extras`` gives
+        them separately. The ones only re-captioning reads are left out of the returned clips;
+        a clip without an ``embedding`` gets the mean of its frame embeddings.
+        """
+        if not clips:
+            return [], None
+        rows = joined_clips({"clips": clips, "clip_extras": extras})
+        for row in rows:
+            if row.get("embedding") is None and row.get("frame_embeddings") is not None:
+                mean = np.asarray(row["frame_embeddings"], np.float32).mean(axis=0)
+                row["embedding"] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist()
+            row.setdefault("uri", video.get("uri"))
+        out, story = self.recaption_video(rows)
+        for row in out:
+            for key in RECAPTION_INPUTS:
+                row.pop(key, None)
+        return out, (story if story["segments"] else None)

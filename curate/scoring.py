@@ -1,22 +1,84 @@
-"""Scoring whole videos in-process: split, sample and score every video of a manifest.
+"""Scoring scenes while their sampled frames exist.
 
-``curate calibrate`` and the quality benchmark score a corpus without Beam: each video goes
-through the scene splitter (or given scenes), the frame sampler and the CLIP scorer, and a
-video that fails at any of them becomes a failures row; the others go on.
+- :class:`VideoScorer`: everything the per-video phase learns from the sampled frames of a
+  batch of scenes before they are dropped: CLIP scores and embeddings (a
+  :class:`~curate.clip_score.ClipScorer`), the captioner's caption of each scene, the dedup
+  signature. The Beam pipeline runs it behind a ``RunInference`` model handler.
+- :func:`score_videos`: ``curate calibrate`` and the quality benchmark score a corpus without
+  Beam: each video goes through the scene splitter (or given scenes), the frame sampler and the
+  CLIP scorer, and a video that fails at any of them becomes a failures row; the others go on.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from schemas.failures import failure_row
 
+from .captioner import Captioner
+from .clip_score import ClipScorer
+from .dedup import SIGNATURE_KEY, Deduplicator
 from .errors import CurateError
 
 logger = logging.getLogger(__name__)
+
+
+class VideoScorer:
+    """Score, caption and sign the clip records of a batch of scenes, then drop their frames.
+
+    ``scorer(**scorer_kwargs)`` builds the scorer (default :class:`ClipScorer`): ``setup()``
+    and ``process_all(records) -> records`` filling ``caption_score``, ``frame_scores``,
+    ``embedding`` and ``frame_embeddings`` (and ``scene_embedding`` for a model that reads
+    storyboards). With ``captioner`` (:class:`~curate.captioner.Captioner` keyword arguments)
+    each scene gets the captioner's ``generated_caption``; with ``dedup``
+    (:class:`~curate.dedup.Deduplicator` settings) its ``dedup_signature``, which compares
+    pixels too. This is the last stage that has the frames.
+
+    :meth:`score` is one plain method returning a list, so that the scorer also works as a
+    shared proxy (Beam's cross-process model sharing proxies method calls; a generator does not
+    survive that).
+    """
+
+    def __init__(
+        self,
+        scorer: Callable[..., Any] | None = None,
+        scorer_kwargs: Mapping[str, Any] | None = None,
+        *,
+        captioner: Mapping[str, Any] | None = None,
+        dedup: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.factory = scorer or ClipScorer
+        self.scorer_kwargs = dict(scorer_kwargs or {})
+        self.captioner_kwargs = dict(captioner) if captioner else None
+        self.dedup = Deduplicator(**dedup) if dedup is not None else None
+        self.scorer: Any = None
+        self.captioner: Captioner | None = None
+
+    def setup(self) -> None:
+        self.scorer = self.factory(**self.scorer_kwargs)
+        if hasattr(self.scorer, "setup"):
+            self.scorer.setup()
+        if self.captioner_kwargs:
+            self.captioner = Captioner(**self.captioner_kwargs)
+            self.captioner.setup()
+
+    def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.scorer is None:
+            self.setup()
+        out = list(self.scorer.process_all(records))
+        if self.captioner is not None:
+            have = [r for r in out if r.get("frames") is not None and len(r["frames"])]
+            texts = self.captioner.caption_scenes([r["frames"] for r in have])
+            for record, text in zip(have, texts):
+                record["generated_caption"] = text
+        for record in out:
+            if self.dedup is not None:
+                record[SIGNATURE_KEY] = [float(x) for x in self.dedup.signature(record)]
+            record.pop("frames", None)
+        return out
 
 
 def score_videos(

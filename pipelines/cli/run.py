@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-from curate.choices import DETECTORS, KEYFRAME_FORMATS
+from ..settings import RunSettings
 
 logger = logging.getLogger(__name__)
 
@@ -47,98 +47,7 @@ def register(subparsers: Any) -> None:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
-        "--input",
-        required=True,
-        help="manifest: a WebVid CSV, a JSONL file, or a folder of videos with sidecar captions "
-        "(recognised from the content)",
-    )
-    run.add_argument("--output", required=True, help="run folder (created if needed)")
-    run.add_argument(
-        "--model", help="CLIP model folder (default: the shipped shapes-world CLIP, models/)"
-    )
-    run.add_argument(
-        "--prompt-bank",
-        metavar="FILE",
-        help="prompts, one per line, added to the corpus' own kept captions as the bank that "
-        "scenes without a usable caption are re-captioned from",
-    )
-    run.add_argument(
-        "--captioner",
-        default="auto",
-        metavar="FOLDER|auto|none",
-        help="image-to-text (BLIP-class) model folder that captions every scene; a scene "
-        "without a usable caption takes its caption or the bank's prompt, whichever CLIP "
-        "prefers. auto (default): the shipped shapes-world captioner when the CLIP is the "
-        "shipped one, else none",
-    )
-    run.add_argument(
-        "--runner",
-        default="local",
-        help="local (Beam's FnApiRunner, the default), dask, or any Beam runner name",
-    )
-    run.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="worker processes (local: FnApiRunner multi-processing; dask: LocalCluster workers)",
-    )
-    run.add_argument(
-        "--dask-address",
-        help="scheduler address of a running Dask cluster (default: start a local one)",
-    )
-    run.add_argument(
-        "--threshold",
-        default="auto",
-        help="caption-score cut-off: an absolute cosine (0.22), a corpus percentile (p20 drops "
-        "the lowest 20%%), or auto: the cut-off the model folder recommends in its "
-        "scoring.json (the shipped CLIP's does), else p20; default %(default)s",
-    )
-    run.add_argument(
-        "--detector",
-        default="fast",
-        choices=DETECTORS,
-        help="scene detector: the numba fast path or a PySceneDetect detector (default fast)",
-    )
-    run.add_argument("--samples-per-scene", type=int, default=4, help="frames CLIP sees per scene")
-    run.add_argument("--sample-size", type=int, default=224, help="short side of sampled frames")
-    run.add_argument(
-        "--min-scene-frames", type=int, default=15, help="shortest scene the splitter keeps"
-    )
-    run.add_argument(
-        "--dedup-threshold",
-        type=float,
-        default=0.95,
-        help="signature cosine (CLIP embedding + pixel thumbnails) at or above which two kept "
-        "clips are duplicates (default 0.95)",
-    )
-    run.add_argument(
-        "--keyframes",
-        default="none",
-        choices=KEYFRAME_FORMATS,
-        help="store the sampled frames, encoded, in the clips shard (so it can train alone)",
-    )
-    run.add_argument("--keyframe-size", type=int, default=256, help="longest side of keyframes")
-    run.add_argument(
-        "--max-failure-rate",
-        type=float,
-        default=1.0,
-        help="stop when more than this fraction of videos fail (after at least 20); what is "
-        "done is published (default 1.0: never stop)",
-    )
-    run.add_argument(
-        "--decode-timeout", type=float, default=300.0, help="seconds one video may take to decode"
-    )
-    run.add_argument("--device", default="cpu", help="CLIP device: cpu, cuda, cuda:1")
-    run.add_argument(
-        "--share-model",
-        action="store_true",
-        help="one CLIP per machine shared by all worker processes (large models on a GPU)",
-    )
-    run.add_argument(
-        "--overwrite", action="store_true", help="discard the output folder's previous run"
-    )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    RunSettings.add_cli_arguments(run)
     run.add_argument(
         "beam_args",
         nargs="*",
@@ -162,72 +71,46 @@ def register(subparsers: Any) -> None:
     inspect.set_defaults(func=inspect_command)
 
 
-def beam_argv(args: argparse.Namespace) -> list[str]:
-    """The Beam flags for the parsed ``curate run`` arguments (runner flags not included)."""
-    flags = [
-        f"--input={args.input}",
-        f"--output={args.output}",
-        f"--threshold={args.threshold}",
-        f"--detector={args.detector}",
-        f"--samples_per_scene={args.samples_per_scene}",
-        f"--sample_size={args.sample_size}",
-        f"--min_scene_frames={args.min_scene_frames}",
-        f"--dedup_threshold={args.dedup_threshold}",
-        f"--keyframes={args.keyframes}",
-        f"--keyframe_size={args.keyframe_size}",
-        f"--max_failure_rate={args.max_failure_rate}",
-        f"--decode_timeout={args.decode_timeout}",
-        f"--device={args.device}",
-        f"--share_model={args.share_model}",
-        f"--overwrite={args.overwrite}",
-    ]
-    if args.model:
-        flags.append(f"--model={args.model}")
-    if args.prompt_bank:
-        flags.append(f"--prompt_bank={args.prompt_bank}")
-    flags.append(f"--captioner={args.captioner}")
-    return flags + list(args.beam_args or [])
-
-
 def run_command(args: argparse.Namespace) -> int:
     from curate.errors import CurateError
-    from curate.threshold import parse_threshold
-    from pipelines.options import runner_flags
     from schemas import SchemaError
 
-    if args.workers < 1:
-        print(f"curate run: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+    settings = RunSettings.from_namespace(args)
+    if settings.workers < 1:
+        print(f"curate run: --workers must be >= 1, got {settings.workers}", file=sys.stderr)
         return 2
     try:
-        if args.threshold.strip().lower() != "auto":  # resolved against the model folder later
-            parse_threshold(args.threshold)
-    except ValueError as exc:
+        # the threshold, prompt bank and captioner fail here, before a cluster starts
+        settings = settings.resolved()
+    except (CurateError, ValueError) as exc:
         print(f"curate run: {exc}", file=sys.stderr)
         return 2
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # Beam's own INFO lines (type hints, state caches, batch statistics) drown the progress
         for name in ("apache_beam", "distributed", "curate.captions"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    from pipelines.curate import run
+    from pipelines.options import runner_flags
+
     cluster = None
-    flags = beam_argv(args)
-    runner = args.runner
-    if runner.lower() in ("dask", "daskrunner"):
-        address = args.dask_address
+    if settings.runner.lower() in ("dask", "daskrunner"):
+        address = settings.dask_address
         if address is None:
-            cluster = _local_dask_cluster(args.workers)
+            cluster = _local_dask_cluster(settings.workers)
             address = cluster.scheduler_address
         flags = [
             *runner_flags("dask"),
             f"--dask_client_address={address}",
-            f"--dask_npartitions={max(2, 2 * args.workers)}",
-            *flags,
+            f"--dask_npartitions={max(2, 2 * settings.workers)}",
         ]
     else:
-        flags = [*runner_flags(runner, workers=args.workers), *flags]
-    from pipelines.curate import run
-
+        flags = runner_flags(settings.runner, workers=settings.workers)
     try:
-        summary = run(flags, progress=not args.no_progress)
+        summary = run(
+            [*flags, *settings.beam_flags(), *(args.beam_args or [])],
+            settings=settings,
+            progress=not settings.no_progress,
+        )
     except (CurateError, SchemaError, ValueError) as exc:
         print(f"curate run: {exc}", file=sys.stderr)
         return 2

@@ -361,11 +361,21 @@ def test_recaptioner_with_real_clip_and_blip(tiny_blip, tmp_path):
     validate_story_row(story)
 
 
-def test_functional_entry_merges_extras_and_caches_the_model(tmp_path):
-    from curate import recaption as rc
+def test_committed_record_entry_merges_extras_and_loads_the_model_once(tmp_path, monkeypatch):
+    import transformers
+
+    from curate.recaption import Recaptioner
     from curate.training.clip import make_tiny_clip
 
     clip = make_tiny_clip(tmp_path / "clip", texts=["a red circle"])
+    loads: list[str] = []
+    load = transformers.CLIPModel.from_pretrained
+
+    def counted(source, *args, **kwargs):
+        loads.append(str(source))
+        return load(source, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", staticmethod(counted))
     rng = np.random.default_rng(0)
     fe = rng.normal(size=(3, 16)).astype(np.float32)
     clips = [
@@ -384,17 +394,19 @@ def test_functional_entry_merges_extras_and_caches_the_model(tmp_path):
     ]
     extras = [{"clip_id": "v:0000", "fragment": "a red circle", "frame_embeddings": fe.tolist()}]
     video = {"video_id": "v", "uri": "v.mp4"}
-    rows, story = rc.recaption_video(video, clips, extras, model=clip)
-    assert rows[0]["recaption"] == "a red circle" and rows[0]["recaption_source"] == "source"
-    assert "frame_embeddings" not in rows[0] and "fragment" not in rows[0]
-    assert np.linalg.norm(rows[0]["embedding"]) == pytest.approx(1.0, abs=1e-5)
-    assert story["uri"] == "v.mp4" and story["segments"][0]["end_frame"] == 50
-    n_cached = len(rc._CACHED)
-    dropped = [{**clips[0], "source_caption": None, "status": "dropped", "reason": "empty_caption"}]
-    rows, story = rc.recaption_video(video, dropped, extras, model=clip)
-    assert story is None and rows[0]["recaption"] is None
-    assert len(rc._CACHED) == n_cached
-    assert rc.recaption_video(video, [], []) == ([], None)
+    with Recaptioner(model=clip) as step:
+        rows, story = step.recaption_record(video, clips, extras)
+        assert rows[0]["recaption"] == "a red circle" and rows[0]["recaption_source"] == "source"
+        assert "frame_embeddings" not in rows[0] and "fragment" not in rows[0]
+        assert np.linalg.norm(rows[0]["embedding"]) == pytest.approx(1.0, abs=1e-5)
+        assert story["uri"] == "v.mp4" and story["segments"][0]["end_frame"] == 50
+        dropped = [
+            {**clips[0], "source_caption": None, "status": "dropped", "reason": "empty_caption"}
+        ]
+        rows, story = step.recaption_record(video, dropped, extras)
+        assert story is None and rows[0]["recaption"] is None
+        assert len(loads) == 1  # one model for every video the step sees
+        assert step.recaption_record(video, [], []) == ([], None)
 
 
 def test_truncated_last_fragment_is_completed_from_the_bank():

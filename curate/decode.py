@@ -1,10 +1,9 @@
-"""The per-video decoding work that runs in the isolated child process.
+"""Decoding one video into scenes with their sampled frames: the step that touches a decoder.
 
-:class:`VideoDecoder` is what :class:`~pipelines.transforms.ProbeAndSplit` builds in its child:
-probe and split (``curate.scenes.SceneSplitter``), sample frames per scene
-(``curate.sampling.FrameSampler``), and optionally encode keyframes. Everything that touches a
-native decoder happens here, so a decoder crash kills only the child. No Beam import: the
-child stays light to start.
+:class:`VideoDecoder` probes and splits (:class:`curate.scenes.SceneSplitter`), samples frames
+per scene (:class:`curate.sampling.FrameSampler`) and optionally encodes keyframes. The Beam
+pipeline runs it in an isolated child process (``pipelines.isolation``), so that a native
+decoder crash kills only the child.
 """
 
 from __future__ import annotations
@@ -16,8 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from curate.choices import KEYFRAME_FORMATS
-from curate.step import check_choice, check_positive
+from schemas.tables import KEPT
+
+from .choices import KEYFRAME_FORMATS
+from .sampling import FrameSampler
+from .scenes import SceneSplitter
+from .step import check_choice, check_positive
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +76,6 @@ class VideoDecoder:
         self._sampler: Any = None
 
     def setup(self) -> None:
-        from curate.sampling import FrameSampler
-        from curate.scenes import SceneSplitter
-
         self._splitter = SceneSplitter(
             detector=self.detector,
             min_scene_len=self.min_scene_frames,
@@ -97,7 +97,7 @@ class VideoDecoder:
         clips = list(self._splitter.process(dict(video)))
         sampled = list(self._sampler.process_all(clips))
         for clip in sampled:
-            clip.setdefault("status", "kept")
+            clip.setdefault("status", KEPT)
             if self.keyframes != "none":
                 clip["keyframes"] = encode_keyframes(
                     clip["frames"], fmt=self.keyframes, max_side=self.keyframe_size
