@@ -368,7 +368,7 @@ def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
     from curate.dedup import Deduplicator
     from curate.filtering import CaptionFilter
     from curate.models import recommended_threshold
-    from curate.recaption import build_prompt_bank
+    from curate.prompt_bank import build_prompt_bank
     from curate.sampling import FrameSampler
     from curate.scoring import score_videos
     from curate.training.evaluate import auroc

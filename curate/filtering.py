@@ -45,14 +45,15 @@ def apply_threshold(record: Mapping[str, Any], threshold: float) -> dict:
     out = dict(record)
     if out.get("status") == DROPPED and out.get("reason") in DROP_REASONS:
         return out
-    score = out.get("caption_score")
-    if missing_score(score):
+    raw: Any = out.get("caption_score")
+    score = None if missing_score(raw) else float(raw)
+    if score is None:
         caption = out.get("source_caption")
         reason = (
             EMPTY_CAPTION if not (isinstance(caption, str) and caption.strip()) else INVALID_CAPTION
         )
         out["status"], out["reason"] = DROPPED, reason
-    elif float(score) < threshold:
+    elif score < threshold:
         out["status"], out["reason"] = DROPPED, LOW_CAPTION_SCORE
     else:
         out["status"], out["reason"] = KEPT, None

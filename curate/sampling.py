@@ -24,6 +24,7 @@ from schemas.tables import DROPPED, TOO_SHORT
 
 from .choices import STRATEGIES
 from .step import Step, check_choice, check_positive
+from .video import read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,6 @@ class FrameSampler(Step[Any, dict]):
 
     def setup(self) -> None:
         if self._reader is None:
-            from .video import read_frames
-
             self._reader = read_frames
 
     def _target_size(self, record: Mapping[str, Any]) -> tuple[int | None, int | None]:

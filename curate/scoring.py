@@ -11,17 +11,23 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.failures import failure_row
+from schemas.inputs import read_manifest
+from schemas.io import read_parquet
 
 from .captioner import Captioner
 from .clip_score import ClipScorer
 from .dedup import SIGNATURE_KEY, Deduplicator
 from .errors import CurateError
+from .scenes import SceneSplitter
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +138,69 @@ def score_videos(
             )
             logger.warning("%s: %s: %s", video.get("video_id"), type(exc).__name__, exc)
     return clips_out, failures
+
+
+@dataclass
+class Scored:
+    """Scored clip records of a corpus, and the inputs that failed."""
+
+    records: list[dict]
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def scores(self) -> list[Any]:
+        return [r.get("caption_score") for r in self.records]
+
+
+def _limited(items: Iterable[Any], limit: int | None) -> Iterator[Any]:
+    return iter(items) if limit is None else itertools.islice(items, limit)
+
+
+def score_manifest(
+    path: str | os.PathLike[str],
+    *,
+    scorer: Any,
+    sampler: Any,
+    detector: str = "fast",
+    limit: int | None = None,
+    progress: bool = True,
+) -> Scored:
+    """Split, sample and score the videos of a manifest (at most ``limit`` of them); the
+    manifest's rejected rows are failures too."""
+    manifest = read_manifest(path)
+    videos = list(_limited(manifest.videos, limit))
+    with SceneSplitter(detector=detector) as splitter:
+        records, failures = score_videos(
+            videos, scorer=scorer, sampler=sampler, splitter=splitter, progress=progress
+        )
+    return Scored(records, list(manifest.failures) + failures)
+
+
+def score_clips_file(
+    path: str | os.PathLike[str],
+    *,
+    scorer: Any,
+    sampler: Any,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Scored:
+    """Score again, from their videos, the scenes a clips file lists (its first ``limit``
+    videos)."""
+    rows = read_parquet(path, "clips").to_pylist()
+    by_video = [list(g) for _, g in itertools.groupby(rows, key=lambda r: r["video_id"])]
+    videos = [
+        {"video_id": g[0]["video_id"], "uri": g[0]["uri"], "clips": g}
+        for g in _limited(by_video, limit)
+    ]
+    records, failures = score_videos(
+        videos, scorer=scorer, sampler=sampler, clips_of=lambda v: v["clips"], progress=progress
+    )
+    return Scored(records, failures)
+
+
+def read_scores(path: str | os.PathLike[str]) -> Scored:
+    """The scores a clips file holds already (``ValueError`` when it holds none)."""
+    rows = read_parquet(path, "clips").to_pylist()
+    if all(r.get("caption_score") is None for r in rows):
+        raise ValueError(f"{path} has no caption_score values; use --rescore")
+    return Scored(rows)

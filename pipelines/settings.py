@@ -246,7 +246,7 @@ class RunSettings:
         bank or an incomplete captioner folder fails here, naming the value."""
         # curate's modules load numpy; --help does not need them
         from curate.models import check_captioner_folder, resolve_captioner
-        from curate.recaption import load_prompt_bank
+        from curate.prompt_bank import load_prompt_bank
         from curate.threshold import resolve_threshold
 
         if self.input is None:

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -151,7 +152,7 @@ def _timed_captions(value: Any) -> list[dict[str, Any]]:
     return out
 
 
-def read_webvid_csv(path: str | Path) -> ManifestRead:
+def read_webvid_csv(path: str | os.PathLike[str]) -> ManifestRead:
     """WebVid's CSV: ``videoid, contentUrl, duration, page_dir, name`` (name is the caption)."""
     path = Path(path)
     rows = _Rows(path, "webvid")
@@ -205,7 +206,7 @@ def read_webvid_csv(path: str | Path) -> ManifestRead:
     return rows.result
 
 
-def read_jsonl(path: str | Path) -> ManifestRead:
+def read_jsonl(path: str | os.PathLike[str]) -> ManifestRead:
     """One JSON object a line: ``video_id, uri, caption`` and optional timed ``captions``."""
     path = Path(path)
     rows = _Rows(path, "jsonl")
@@ -268,7 +269,7 @@ def _iter_videos(folder: Path) -> Iterator[Path]:
             yield p
 
 
-def read_folder(path: str | Path) -> ManifestRead:
+def read_folder(path: str | os.PathLike[str]) -> ManifestRead:
     """A folder of videos; each may have a sidecar ``NAME.txt`` (caption) or ``NAME.json``
     (``{"caption": ..., "captions": [{start, end, text}]}``). The video id is the path relative
     to the folder, without its extension."""
@@ -311,7 +312,7 @@ def read_folder(path: str | Path) -> ManifestRead:
     return rows.result
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(path: str | os.PathLike[str]) -> str:
     """Recognise a manifest's format from its content (not only its name)."""
     path = Path(path)
     if not path.exists():
@@ -336,7 +337,7 @@ def detect_format(path: str | Path) -> str:
 READERS = {"webvid": read_webvid_csv, "jsonl": read_jsonl, "folder": read_folder}
 
 
-def read_manifest(path: str | Path, *, fmt: str | None = None) -> ManifestRead:
+def read_manifest(path: str | os.PathLike[str], *, fmt: str | None = None) -> ManifestRead:
     """Read any supported manifest; ``fmt`` overrides recognition."""
     fmt = fmt or detect_format(path)
     if fmt not in READERS:

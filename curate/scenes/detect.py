@@ -15,6 +15,7 @@ DEFAULT_DETECTION_WIDTH = 128
 
 
 def _registry() -> dict[str, Callable[..., Detector]]:
+    # numba (the fast path) and scenedetect are slow to import: only when a detector is made
     from curate.scenes.fast import FastDetector
     from curate.scenes.pyscenedetect import AdaptiveDetector, ContentDetector, HistogramDetector
 

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -193,7 +193,7 @@ class ClipSettings(TrainingSettings):
     hard_negatives: int = 2
     time_budget_s: float | None = 1200.0
 
-    POSITIVE = (*TrainingSettings.POSITIVE, "frames_per_scene")
+    POSITIVE: ClassVar[tuple[str, ...]] = (*TrainingSettings.POSITIVE, "frames_per_scene")
 
     def __post_init__(self) -> None:
         super().__post_init__()

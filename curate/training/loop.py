@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -64,7 +64,14 @@ class TrainingSettings:
     init: str | None = None
 
     #: the fields that must be positive whole numbers
-    POSITIVE = ("scenes", "epochs", "batch_size", "eval_scenes", "threads", "workers")
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "scenes",
+        "epochs",
+        "batch_size",
+        "eval_scenes",
+        "threads",
+        "workers",
+    )
 
     def __post_init__(self) -> None:
         for name in self.POSITIVE:

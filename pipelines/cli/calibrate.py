@@ -4,6 +4,9 @@ Reads a manifest (WebVid CSV, JSONL, a folder of videos with sidecar captions) o
 Parquet file; splits scenes, samples frames and scores each scene's caption with CLIP (or
 reuses the ``caption_score`` column of a clips file); prints the score distribution as a text
 histogram, the chosen threshold and what it would drop.
+
+The command's functions import curate's modules where they need them, so that
+``curate --help`` does not load numpy and torch.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +60,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _limited(items: Iterable[Any], limit: int | None) -> Iterator[Any]:
-    for i, item in enumerate(items):
-        if limit is not None and i >= limit:
-            return
-        yield item
-
-
-@dataclass
-class Scored:
-    """What ``calibrate`` measures: the scored clip records and the inputs that failed."""
-
-    records: list[dict]
-    failures: list[dict] = field(default_factory=list)
-
-    @property
-    def scores(self) -> list[Any]:
-        return [r.get("caption_score") for r in self.records]
-
-
 def _threshold(args: argparse.Namespace) -> Any:
     from curate.threshold import AUTO, Threshold, resolve_threshold
 
@@ -88,11 +70,15 @@ def _threshold(args: argparse.Namespace) -> Any:
     return resolve_threshold(AUTO, model=args.model)
 
 
-def _scorer_and_sampler(args: argparse.Namespace) -> tuple[Any, Any]:
+def _measure(path: Path, args: argparse.Namespace) -> Any:
+    """The scored clips of ``path``: a manifest's, a clips file's own, or re-scored ones."""
+    from curate import scoring
     from curate.clip_score import ClipScorer
     from curate.models import resolve_model_path
     from curate.sampling import FrameSampler
 
+    if path.suffix == ".parquet" and not args.rescore:
+        return scoring.read_scores(path)
     scorer = ClipScorer(
         model=resolve_model_path(args.model),
         device=args.device,
@@ -103,67 +89,22 @@ def _scorer_and_sampler(args: argparse.Namespace) -> tuple[Any, Any]:
     scorer.setup()
     sampler = FrameSampler(k=args.k, strategy=args.strategy, size=scorer.sample_size)
     sampler.setup()
-    return scorer, sampler
-
-
-def _rescore_clips_file(path: Path, args: argparse.Namespace) -> Scored:
-    """Score the scenes a clips file lists, from their videos."""
-    from itertools import groupby
-
-    from curate.scoring import score_videos
-    from schemas.io import read_parquet
-
-    scorer, sampler = _scorer_and_sampler(args)
-    rows = read_parquet(path, "clips").to_pylist()
-    by_video = [list(g) for _, g in groupby(rows, key=lambda r: r["video_id"])]
-    videos = [
-        {"video_id": g[0]["video_id"], "uri": g[0]["uri"], "clips": g}
-        for g in _limited(by_video, args.limit)
-    ]
-    records, failures = score_videos(
-        videos,
+    progress = not args.no_progress
+    if path.suffix == ".parquet":
+        return scoring.score_clips_file(
+            path, scorer=scorer, sampler=sampler, limit=args.limit, progress=progress
+        )
+    return scoring.score_manifest(
+        path,
         scorer=scorer,
         sampler=sampler,
-        clips_of=lambda v: v["clips"],
-        progress=not args.no_progress,
+        detector=args.detector,
+        limit=args.limit,
+        progress=progress,
     )
-    return Scored(records, failures)
 
 
-def _score_manifest(path: Path, args: argparse.Namespace) -> Scored:
-    """Split, sample and score the videos of a manifest."""
-    from curate.scenes import SceneSplitter
-    from curate.scoring import score_videos
-    from schemas.inputs import read_manifest
-
-    scorer, sampler = _scorer_and_sampler(args)
-    manifest = read_manifest(path)
-    videos = list(_limited(manifest.videos, args.limit))
-    with SceneSplitter(detector=args.detector) as splitter:
-        records, failures = score_videos(
-            videos,
-            scorer=scorer,
-            sampler=sampler,
-            splitter=splitter,
-            progress=not args.no_progress,
-        )
-    return Scored(records, list(manifest.failures) + failures)
-
-
-def _measure(path: Path, args: argparse.Namespace) -> Scored:
-    if path.suffix != ".parquet":
-        return _score_manifest(path, args)
-    if args.rescore:
-        return _rescore_clips_file(path, args)
-    from schemas.io import read_parquet
-
-    rows = read_parquet(path, "clips").to_pylist()
-    if all(r.get("caption_score") is None for r in rows):
-        raise ValueError(f"{path} has no caption_score values; use --rescore")
-    return Scored(rows)
-
-
-def _report(scored: Scored, cal: Any, bins: int) -> dict[str, int]:
+def _report(scored: Any, cal: Any, bins: int) -> dict[str, int]:
     """Print the histogram, the cut-off and what it drops; return the counts it would give."""
     from curate.filtering import apply_threshold, summarize, text_histogram
 
@@ -186,7 +127,7 @@ def _report(scored: Scored, cal: Any, bins: int) -> dict[str, int]:
     return counts
 
 
-def _write_json(target: Path, path: Path, scored: Scored, cal: Any, counts: dict) -> None:
+def _write_json(target: Path, path: Path, scored: Any, cal: Any, counts: dict) -> None:
     payload = {
         "input": str(path),
         "threshold": cal.threshold,

@@ -14,6 +14,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from curate.shapes import GroundTruth, generate_corpus, parse_caption
+from pipelines.cli import main as curate_main
+from schemas import read_parquet
+from storygen.cli import main as storygen_main
 
 logger = logging.getLogger("storyloom.demo")
 
@@ -24,8 +30,6 @@ def _banner(text: str) -> None:
 
 def pick_story(stories_dir: Path) -> dict:
     """The curated story with the most segments (ties: the longest)."""
-    from schemas import read_parquet
-
     rows = read_parquet(stories_dir, "stories").to_pylist()
     if not rows:
         raise SystemExit(f"{stories_dir}: the run produced no story to render")
@@ -34,9 +38,6 @@ def pick_story(stories_dir: Path) -> dict:
 
 def check_against_truth(run_dir: Path, truth) -> list[str]:
     """How the curated run compares with the corpus' ground truth (a few headline numbers)."""
-    from curate.shapes import parse_caption
-    from schemas import read_parquet
-
     clips = read_parquet(run_dir / "clips", "clips").to_pylist()
     by_video: dict[str, list[dict]] = {}
     for c in clips:
@@ -84,7 +85,50 @@ def check_against_truth(run_dir: Path, truth) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_corpus(corpus: Path, *, videos: int, seed: int) -> GroundTruth:
+    """The demo corpus, reused when one of the same size and seed is there already."""
+    truth_file = corpus / "ground_truth.json"
+    if not truth_file.exists():
+        return generate_corpus(corpus, videos=videos, seed=seed)
+    truth = GroundTruth.load(truth_file)
+    if len(truth.videos) != videos or truth.seed != seed:
+        return generate_corpus(corpus, videos=videos, seed=seed, overwrite=True)
+    print(f"reusing {corpus}")
+    return truth
+
+
+def render_story(run_dir: Path, out: Path, args: argparse.Namespace) -> tuple[int, Path, Path]:
+    """Render the richest curated story; the exit status, the video and its preview sheet."""
+    story = pick_story(run_dir / "stories")
+    _banner(f"4/4 storygen: story {story['story_id']!r}, {len(story['segments'])} segments")
+    for seg in story["segments"]:
+        print(f"  {seg['start_s']:6.2f}-{seg['end_s']:6.2f} s  {seg['prompt']}")
+    video = out / f"story-{story['story_id']}.mp4"
+    preview = out / f"story-{story['story_id']}-preview.png"
+    code = storygen_main(
+        [
+            "render",
+            str(run_dir / "stories"),
+            "--story-id",
+            story["story_id"],
+            "--out",
+            str(video),
+            "--preview",
+            str(preview),
+            "--fps",
+            str(args.fps),
+            "--steps",
+            str(args.steps),
+            "--guidance",
+            str(args.guidance),
+            "--device",
+            "cpu",
+        ]
+    )
+    return code, video, preview
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.cli.demo",
         description=(
@@ -100,43 +144,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12, help="denoising steps per model call")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance")
     parser.add_argument("--skip-render", action="store_true", help="stop after curation")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
     _banner(f"1/4 shapes world: {args.videos} videos, seed {args.seed}")
-    from curate.shapes import GroundTruth, generate_corpus
-
     corpus = out / "corpus"
-    truth_file = corpus / "ground_truth.json"
-    if truth_file.exists():
-        truth = GroundTruth.load(truth_file)
-        if len(truth.videos) != args.videos or truth.seed != args.seed:
-            truth = generate_corpus(corpus, videos=args.videos, seed=args.seed, overwrite=True)
-        else:
-            print(f"reusing {corpus}")
-    else:
-        truth = generate_corpus(corpus, videos=args.videos, seed=args.seed)
+    truth: Any = make_corpus(corpus, videos=args.videos, seed=args.seed)
     print(truth.summary() if hasattr(truth, "summary") else f"{len(truth.videos)} videos")
 
     _banner("2/4 curate (Apache Beam, local runner, shipped shapes-world CLIP)")
-    from pipelines.cli import main as curate_main
-
     run_dir = out / "curated"
-    code = curate_main(
-        [
-            "run",
-            "--input",
-            str(corpus / "webvid.csv"),
-            "--output",
-            str(run_dir),
-            "--workers",
-            str(args.workers),
-        ]
-    )
+    flags = ["--input", str(corpus / "webvid.csv"), "--output", str(run_dir)]
+    code = curate_main(["run", *flags, "--workers", str(args.workers)])
     if code:
         print(f"curate run ended with status {code}: see above", file=sys.stderr)
         return code
@@ -147,34 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     video = preview = None
     if not args.skip_render:
-        story = pick_story(run_dir / "stories")
-        _banner(f"4/4 storygen: story {story['story_id']!r}, {len(story['segments'])} segments")
-        for seg in story["segments"]:
-            print(f"  {seg['start_s']:6.2f}-{seg['end_s']:6.2f} s  {seg['prompt']}")
-        from storygen.cli import main as storygen_main
-
-        video = out / f"story-{story['story_id']}.mp4"
-        preview = out / f"story-{story['story_id']}-preview.png"
-        code = storygen_main(
-            [
-                "render",
-                str(run_dir / "stories"),
-                "--story-id",
-                story["story_id"],
-                "--out",
-                str(video),
-                "--preview",
-                str(preview),
-                "--fps",
-                str(args.fps),
-                "--steps",
-                str(args.steps),
-                "--guidance",
-                str(args.guidance),
-                "--device",
-                "cpu",
-            ]
-        )
+        code, video, preview = render_story(run_dir, out, args)
         if code:
             return code
 

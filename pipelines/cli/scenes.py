@@ -1,4 +1,7 @@
-"""``curate scenes``: list the scenes of video files."""
+"""``curate scenes``: list the scenes of video files.
+
+The command imports curate's modules when it runs, so that ``curate --help`` stays fast.
+"""
 
 from __future__ import annotations
 

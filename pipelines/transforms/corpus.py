@@ -34,7 +34,7 @@ from curate.dedup import (
     train_centroids,
 )
 from curate.filtering import CaptionFilter
-from curate.recaption import build_prompt_bank
+from curate.prompt_bank import build_prompt_bank
 from curate.threshold import Threshold, scorable
 from curate.work import failure_from_exception, joined_clips, table_row
 from schemas import RunManifest, ShardInfo

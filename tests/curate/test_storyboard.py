@@ -122,7 +122,7 @@ def test_bad_storyboard_declaration_names_the_file(folders, tmp_path):
 
 
 def test_prompt_bank_search_with_storyboards_ranks_by_the_mean_cosine():
-    from curate.recaption import PromptBank
+    from curate.prompt_bank import PromptBank
 
     rng = np.random.default_rng(3)
 
