@@ -50,7 +50,6 @@ from curate.dedup import Deduplicator
 from curate.models import resolve_model_path
 from curate.recaption import Recaptioner
 from curate.runs import RunSummary, summarize
-from curate.threshold import parse_threshold
 from schemas.inputs import ManifestRead, read_manifest
 
 from .handlers import ClipModelHandler
@@ -243,7 +242,9 @@ def build_finalize_pipeline(
 ) -> beam.PCollection:
     """The corpus phase on ``p``: every committed record → published shards and manifest."""
     out = str(settings.output)
-    threshold = parse_threshold(settings.threshold)
+    threshold = settings.resolved_threshold
+    if threshold is None:
+        raise ValueError("the run settings are not resolved (RunSettings.resolved)")
     keep = {v["video_id"] for v in manifest.videos}
     done = len(shards.done_set(out) & keep)
     n_shards = shards.shard_count(max(done, 1), rows_per_shard=settings.videos_per_shard)

@@ -176,6 +176,8 @@ class RunSettings:
         8, "videos per RunInference batch", type=positive_int, cli=False
     )
     clip_batch_size: int = option(64, "frames per CLIP forward pass", type=positive_int, cli=False)
+    #: the parsed :class:`curate.threshold.Threshold`, set by :meth:`resolved` (not an option)
+    resolved_threshold: Any = option(None, cli=False, beam=False)
 
     # --- building parsers from the declaration ------------------------------------------------
 
@@ -259,7 +261,12 @@ class RunSettings:
         captioner = resolve_captioner(self.model, self.captioner)
         if captioner:
             check_captioner_folder(captioner)  # a missing or incomplete folder fails now
-        return dataclasses.replace(self, threshold=str(threshold), captioner=captioner or "none")
+        return dataclasses.replace(
+            self,
+            threshold=str(threshold),
+            resolved_threshold=threshold,
+            captioner=captioner or "none",
+        )
 
     @property
     def captioner_folder(self) -> str | None:

@@ -120,20 +120,14 @@ def generate_corpus(
     plans: dict[int, VideoPlan] = {}
     noise: dict[int, str] = {}
     for i in originals:
-        w, h = res[int(rng.choice(len(res), p=res_p))]
-        fps = choice(rng, fps_list)
-        k = int(rng.integers(min_scenes, max_scenes + 1))
-        crf = int(rng.integers(20, 27))
-        plans[i] = plan_video(
-            f"shapes_{seed}_{i:04d}",
+        plans[i] = _plan_original(
             rng,
-            width=w,
-            height=h,
-            fps=fps,
-            num_scenes=k,
+            f"shapes_{seed}_{i:04d}",
+            sizes=(res, res_p),
+            fps_list=fps_list,
+            scenes=(min_scenes, max_scenes),
             scene_seconds=scene_seconds,
             transition_rate=transition_rate,
-            crf=crf,
         )
         noise[i] = choice(rng, NOISE_KINDS[1:]) if rng.random() < noise_rate else "clean"
     if ensure_variety:
@@ -160,8 +154,7 @@ def generate_corpus(
         original = dup_of[i][0] if i in dup_of else i
         truth = _video_truth(plans[i], written[i], captions[i], clean[original], noise[i])
         if i in dup_of:
-            j, kind = dup_of[i]
-            truth.duplicate_of, truth.duplicate_kind = plans[j].video_id, kind
+            truth.duplicate_of, truth.duplicate_kind = plans[original].video_id, dup_of[i][1]
             truth.duplicate_offset = plans[i].trim[0]
         _write_sidecars(truth, vdir, timed[i])
         truth.root = root.resolve()
@@ -181,19 +174,7 @@ def generate_corpus(
         "timed_caption_rate": timed_caption_rate,
         "ensure_variety": ensure_variety,
     }
-    gt = _ground_truth(root, seed, params, truths)
-    write_manifests(gt, root)
-    gt.to_json(root / GroundTruth.FILE_NAME)
-    log.info(
-        "shapes world seed %s: %s videos, %s scenes, %s noisy captions, %s duplicates in %s",
-        seed,
-        len(truths),
-        sum(len(t.scenes) for t in truths),
-        sum(t.caption_is_noise for t in truths),
-        sum(t.duplicate_of is not None for t in truths),
-        root,
-    )
-    return gt
+    return _publish(root, seed, params, truths)
 
 
 def _check_rates(
@@ -238,6 +219,35 @@ def _plan_copies(
         if not dup_of and videos >= 2:
             dup_of[videos - 1] = (0, "trim")
     return dup_of
+
+
+def _plan_original(
+    rng: np.random.Generator,
+    video_id: str,
+    *,
+    sizes: tuple[list[tuple[int, int]], np.ndarray],
+    fps_list: list[Fraction],
+    scenes: tuple[int, int],
+    scene_seconds: tuple[float, float],
+    transition_rate: float,
+) -> VideoPlan:
+    """A random original video: its size (by weight), frame rate, scene count and quality."""
+    res, res_p = sizes
+    w, h = res[int(rng.choice(len(res), p=res_p))]
+    fps = choice(rng, fps_list)
+    k = int(rng.integers(scenes[0], scenes[1] + 1))
+    crf = int(rng.integers(20, 27))
+    return plan_video(
+        video_id,
+        rng,
+        width=w,
+        height=h,
+        fps=fps,
+        num_scenes=k,
+        scene_seconds=scene_seconds,
+        transition_rate=transition_rate,
+        crf=crf,
+    )
 
 
 def _copy_plan(src: VideoPlan, video_id: str, kind: str, rng: np.random.Generator) -> VideoPlan:
@@ -334,20 +344,33 @@ def _write_sidecars(truth: VideoTruth, vdir: Path, timed: bool) -> None:
         )
 
 
-def _ground_truth(
+def _publish(
     root: Path, seed: int, params: dict[str, Any], truths: list[VideoTruth]
 ) -> GroundTruth:
+    """The corpus' ground truth, written with both manifests."""
     groups: dict[str, list[str]] = {}
     for t in truths:
         if t.duplicate_of is not None:
             groups.setdefault(t.duplicate_of, [t.duplicate_of]).append(t.video_id)
-    return GroundTruth(
+    gt = GroundTruth(
         seed=seed,
         params=params,
         videos=truths,
         duplicate_groups=list(groups.values()),
         root=root.resolve(),
     )
+    write_manifests(gt, root)
+    gt.to_json(root / GroundTruth.FILE_NAME)
+    log.info(
+        "shapes world seed %s: %s videos, %s scenes, %s noisy captions, %s duplicates in %s",
+        seed,
+        len(truths),
+        sum(len(t.scenes) for t in truths),
+        sum(t.caption_is_noise for t in truths),
+        sum(t.duplicate_of is not None for t in truths),
+        root,
+    )
+    return gt
 
 
 def _prepare_out_dir(root: Path, overwrite: bool) -> None:

@@ -17,7 +17,27 @@ from curate.captioner import Captioner
 from curate.clip_score import ClipScorer
 from curate.storyboard import scene_similarity
 
-from .data import SLOTS, caption_of_codes, render_training_data, vocabularies
+from .data import SLOTS, TrainingData, caption_of_codes, render_training_data, vocabularies
+
+
+def heldout_scenes(
+    scenes: int, *, seed: int, image_size: int, workers: int = 1, progress: bool = False
+) -> tuple[TrainingData, np.ndarray]:
+    """``scenes`` scenes from ``seed`` as the pipeline sees them: their storyboards and, per
+    scene, the four frames the sampler takes ``(n, 4, S, S, 3)``."""
+    data = render_training_data(
+        scenes,
+        seed=seed,
+        frames_per_scene=1,
+        image_size=image_size,
+        storyboards=True,
+        keep_board_frames=True,
+        workers=workers,
+        progress=progress,
+    )
+    if data.board_frames is None:  # asked for above: always there
+        raise RuntimeError("held-out scenes were rendered without their frames")
+    return data, data.board_frames
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -74,17 +94,7 @@ def evaluate_shapes_clip(
     vocab = vocabularies()
     with ClipScorer(model=model, batch_size=256, device=device) as scorer:
         h, w = scorer.input_size
-        data = render_training_data(
-            scenes,
-            seed=seed,
-            frames_per_scene=1,
-            image_size=h,
-            storyboards=True,
-            keep_board_frames=True,
-            progress=progress,
-        )
-        bf = data.board_frames
-        assert bf is not None
+        data, bf = heldout_scenes(scenes, seed=seed, image_size=h, progress=progress)
         if (h, w) != bf.shape[2:4]:
             import cv2
 
@@ -160,21 +170,13 @@ def evaluate_shapes_captioner(
     (read back with the grammar's parser) with the scene's truth, slot by slot."""
     from tqdm import tqdm
 
-    data = render_training_data(
-        scenes,
-        seed=seed,
-        frames_per_scene=1,
-        image_size=image_size,
-        storyboards=True,
-        keep_board_frames=True,
-        workers=workers,
-        progress=progress,
+    data, board_frames = heldout_scenes(
+        scenes, seed=seed, image_size=image_size, workers=workers, progress=progress
     )
-    assert data.board_frames is not None
     cap = Captioner(folder, device=device)
     texts: list[str] = []
     for a in tqdm(range(0, scenes, batch_size), desc="caption", disable=not progress):
-        texts += cap.caption_scenes(list(data.board_frames[a : a + batch_size]))
+        texts += cap.caption_scenes(list(board_frames[a : a + batch_size]))
     truth = caption_of_codes(data.board_codes)
     got = [shapes.parse_caption(t) for t in texts]
     want = [shapes.parse_caption(t) for t in truth]

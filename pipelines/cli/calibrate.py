@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.choices import AGGREGATES, DTYPES, STRATEGIES
+from curate.errors import CurateError
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,6 @@ def _write_json(target: Path, path: Path, scored: Any, cal: Any, counts: dict) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from curate.errors import CurateError
 
     path: Path = args.input
     if not path.exists():

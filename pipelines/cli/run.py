@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Any
 
+from curate.errors import CurateError
+
 from ..settings import RunSettings
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from curate.errors import CurateError
     from schemas import SchemaError
 
     settings = RunSettings.from_namespace(args)

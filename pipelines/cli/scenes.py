@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from curate.choices import DETECTORS
+from curate.errors import CurateError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,6 @@ def _table(info: Any, scenes: list[Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from curate.errors import CurateError
     from curate.scenes import detect_scenes
 
     failed = 0

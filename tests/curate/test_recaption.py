@@ -437,3 +437,22 @@ def test_precomputed_captions_compete_without_loading_the_model(tiny_blip):
     step = Recaptioner(scorer=StubScorer(), captioner=tiny_blip, fallback="captioner")
     with step, pytest.raises(ValueError, match="v:0001.*no frames"):
         step.recaption_video(clips)
+
+
+def test_corpus_bank_comes_first_and_joins_the_given_prompts():
+    cap = "a red circle"
+    clips = [
+        scene(0, "red circle", 0, 40, caption=cap),
+        scene(1, "white ring", 40, 90, caption=cap, status="dropped", reason="low_caption_score"),
+    ]
+    with Recaptioner(scorer=StubScorer(), prompt_bank=["a green star on black"]) as step:
+        step.use_corpus_bank([])
+        rows, _ = step.recaption_video(clips)
+        assert rows[1]["recaption"] == "a green star on black"  # the given bank only
+        step.use_corpus_bank(["a white ring on beige", "a green star on black"])
+        rows, _ = step.recaption_video(clips)
+        assert rows[1]["recaption"] == "a white ring on beige"
+    with Recaptioner(scorer=StubScorer()) as step:
+        step.use_corpus_bank([])  # no bank at all: scenes without a caption stay gaps
+        rows, story = step.recaption_video(clips)
+        assert rows[1]["recaption"] is None and len(story["segments"]) == 1
