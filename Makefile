@@ -27,7 +27,7 @@ $(STAMP): requirements.lock pyproject.toml
 env: $(STAMP) ## create .venv from the pinned lock file
 
 demo: $(STAMP) ## synthesize a shapes-world corpus, curate it, render one story
-	$(PY) -m pipelines.demo --out $(DEMO_DIR)
+	$(PY) -m pipelines.cli.demo --out $(DEMO_DIR)
 
 test: $(STAMP) ## run the fast test suite (slow / gpu / integration tests are marked and skipped)
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -51,10 +51,10 @@ bench: $(STAMP) ## run the benchmarks (tables on stdout, JSON under benchmarks/r
 	$(PY) benchmarks/storygen_speed.py
 
 train-clip: $(STAMP) ## train the small shapes-world CLIP shipped in models/shapes-clip
-	$(PY) -m curate.train_clip --out models/shapes-clip $(CLIP_TRAIN_ARGS)
+	$(PY) -m curate.training.clip --out models/shapes-clip $(CLIP_TRAIN_ARGS)
 
 train-captioner: $(STAMP) ## train the small shapes-world captioner shipped in models/shapes-captioner
-	$(PY) -m curate.train_captioner --out models/shapes-captioner $(CAPTIONER_TRAIN_ARGS)
+	$(PY) -m curate.training.captioner --out models/shapes-captioner $(CAPTIONER_TRAIN_ARGS)
 
 train-storygen: $(STAMP) ## train the small shapes-world storygen model shipped in models/shapes-storygen
 	$(PY) -m storygen.train --out models/shapes-storygen $(STORYGEN_TRAIN_ARGS)

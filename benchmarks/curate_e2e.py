@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from curate import shards
-    from curate.synth import generate_corpus
-    from pipelines.curate import resolve_model_path, run
+    from curate.models import resolve_model_path
+    from curate.shapes import generate_corpus
+    from pipelines.curate import run
     from pipelines.options import runner_flags
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="curate_e2e-"))

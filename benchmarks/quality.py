@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_corpus(args: argparse.Namespace):
-    from curate.synth import GroundTruth, generate_corpus
+    from curate.shapes import GroundTruth, generate_corpus
 
     settings = {**CORPUS_SETTINGS, "videos": args.videos, "seed": args.seed}
     gt_file = args.corpus_dir / "ground_truth.json"
@@ -113,7 +113,7 @@ def load_corpus(args: argparse.Namespace):
 
 
 def truth_clips(v) -> list[dict]:
-    from curate.text import clean_caption
+    from curate.captions import clean_caption
 
     cap = clean_caption(v.source_caption)
     return [
@@ -218,8 +218,8 @@ def real_size_clip(folder: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from curate.clip_train import save_clip_folder
-    from curate.tokenizer import train_clip_tokenizer
+    from curate.training.clip import save_clip_folder
+    from curate.training.tokenizer import train_clip_tokenizer
 
     if (folder / "model.safetensors").exists():
         return folder
@@ -241,7 +241,7 @@ def captioner_throughput(
 ) -> dict[str, Any]:
     """Scenes/s of ``Captioner.caption_scenes`` (storyboard or middle frame, then greedy
     decoding) on random 4-frame scenes at the pipeline's sample size."""
-    from curate.recaption import Captioner
+    from curate.captioner import Captioner
 
     rng = np.random.default_rng(0)
     cap = Captioner(folder, device=device, batch_size=batch, max_new_tokens=max_new_tokens)
@@ -272,8 +272,8 @@ def real_size_blip(folder: Path) -> Path:
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
 
-    from curate.captioner_train import image_processor
-    from curate.recaption import DEFAULT_CAPTIONER
+    from curate.models import DEFAULT_CAPTIONER
+    from curate.training.captioner import image_processor
 
     if (folder / "model.safetensors").exists():
         return folder
@@ -300,7 +300,7 @@ def real_size_blip(folder: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from curate.clip_score import DEFAULT_MODEL
+    from curate.models import DEFAULT_MODEL
 
     model = args.model or str(DEFAULT_MODEL)
     result: dict[str, Any] = {
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             size=None,
             threads=args.threads,
         )
-    from curate.recaption import DEFAULT_CAPTIONER
+    from curate.models import DEFAULT_CAPTIONER
 
     captioner = args.captioner or str(DEFAULT_CAPTIONER)
     if not args.real_size_only and captioner.lower() != "none":
@@ -364,13 +364,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
-    from curate.calibrate_cli import score_videos
-    from curate.clip_score import ClipScorer, recommended_threshold
-    from curate.clip_train import auroc
+    from curate.clip_score import ClipScorer
     from curate.dedup import Deduplicator
     from curate.filtering import CaptionFilter
-    from curate.recaption import build_prompt_bank
+    from curate.models import recommended_threshold
+    from curate.prompt_bank import build_prompt_bank
     from curate.sampling import FrameSampler
+    from curate.scoring import score_videos
+    from curate.training.evaluate import auroc
 
     gt = load_corpus(args)
     by_id = gt.by_id
@@ -394,8 +395,8 @@ def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
             clips_of=lambda r: truth_clips(by_id[r["video_id"]]),
         )
     else:
+        from curate.captions import CaptionCleaner
         from curate.scenes import SceneSplitter
-        from curate.text import CaptionCleaner
 
         cleaner = CaptionCleaner()
         with SceneSplitter() as splitter:
@@ -416,7 +417,7 @@ def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
     threshold = recommended_threshold(model)
     threshold_from = "model folder scoring.json"
     if threshold is None:  # a checkpoint without a measured cut: calibrate on the corpus
-        from curate.filtering import calibrate_threshold
+        from curate.threshold import calibrate_threshold
 
         threshold = calibrate_threshold([c["caption_score"] for c in clips], percentile=30)
         threshold_from = "corpus percentile 30"
@@ -478,12 +479,12 @@ def quality(args: argparse.Namespace, model: str) -> dict[str, Any]:
     }
 
     # -- re-captioning, with the corpus' own prompt bank and with a user-supplied one
-    from curate.synth import all_captions
+    from curate.shapes import all_captions
 
     vocabulary = all_captions()
     recaption = recaption_quality(clips, by_id, scorer, build_prompt_bank(clips))
     recaption_user = recaption_quality(clips, by_id, scorer, vocabulary)
-    from curate.recaption import DEFAULT_CAPTIONER
+    from curate.models import DEFAULT_CAPTIONER
 
     captioner = args.captioner or (str(DEFAULT_CAPTIONER) if DEFAULT_CAPTIONER.is_dir() else None)
     recaption_cap = None
@@ -558,7 +559,7 @@ def named_facts(text: str | None) -> dict[str, str | None]:
     """The colour, shape, motion and background a prompt names, slot by slot (``None`` where
     it names none or several): a prompt cut short ("a white star moving up on a black ba") still
     names its colour, shape and motion."""
-    from curate.synth import BACKGROUNDS, COLORS, MOTIONS, SHAPES
+    from curate.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES
 
     out: dict[str, str | None] = dict.fromkeys(("color", "shape", "motion", "background"))
     if not text:
@@ -587,7 +588,8 @@ def recaption_quality(
     ceiling: scenes whose true colour, shape and motion appear in their own caption's
     fragments, in some bank prompt or in the captioner's caption of the scene.
     """
-    from curate.recaption import Recaptioner, split_caption
+    from curate.captions import split_caption
+    from curate.recaption import Recaptioner
 
     t1 = time.perf_counter()
     groups = defaultdict(list)

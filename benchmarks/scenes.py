@@ -160,7 +160,7 @@ def cli_startup_s(repeats: int = 3) -> float:
 
 
 def make_corpus(out: Path, size: tuple[int, int], videos: int, seed: int):
-    from curate.synth import GroundTruth, generate_corpus
+    from curate.shapes import GroundTruth, generate_corpus
 
     if (out / GroundTruth.FILE_NAME).exists():
         gt = GroundTruth.load(out)
@@ -260,7 +260,7 @@ def bench_resolution(label: str, truth, workdir: Path, *, cli: bool, startup: fl
 
 def long_video(path: Path, frames: int, size: tuple[int, int] = (284, 160)) -> list[int]:
     """A square bouncing over a flat background that changes every ``CUT_EVERY`` frames."""
-    from curate.synth import write_video
+    from curate.shapes import write_video
 
     w, h = size
     colors = [(40, 40, 160), (200, 120, 40), (30, 150, 60), (180, 180, 180), (120, 30, 90)]

@@ -30,141 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROPPED
+from schemas.tables import DROPPED, UNUSABLE_CAPTION_REASONS
 
+from .captions import clean_caption, split_caption, truncate_to_tokens
+from .choices import AGGREGATES, CAPTION_MODES, DTYPES
 from .errors import ModelFolderError
+from .models import CLIP_MEAN, CLIP_STD, DEFAULT_MODEL, SCORING_FILE, read_scoring, resolve_model
 from .step import Step, check_choice, check_positive
-from .text import clean_caption, truncate_to_tokens
+from .storyboard import STORYBOARD_GRID, storyboard
 
 logger = logging.getLogger(__name__)
-
-#: the shipped shapes-world CLIP; the folder lives at the repository root, next to ``curate/``
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "shapes-clip"
-
-AGGREGATES = ("mean", "min", "max", "median")
-CAPTION_MODES = ("best_fragment", "whole")
-DTYPES = ("float32", "bfloat16", "float16")
-
-#: keys a scored record carries between steps that are not columns of the clips table
-TRANSIENT_KEYS = (
-    "frames",
-    "frame_indices",
-    "frame_embeddings",
-    "scene_embedding",
-    "caption_note",
-    "fragment",
-)
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def check_model_folder(path: str | os.PathLike[str]) -> Path:
-    """Check that ``path`` is a complete CLIP folder; raise :class:`ModelFolderError` if not.
-
-    The message names the first missing file: ``config.json``, the weights
-    (``model.safetensors`` or ``pytorch_model.bin``), the tokenizer files (``tokenizer.json``,
-    or ``vocab.json`` + ``merges.txt``) or ``preprocessor_config.json``.
-    """
-    folder = Path(path)
-    if not folder.exists():
-        hint = ""
-        if folder.resolve() == DEFAULT_MODEL:
-            hint = "; the shipped model is built by `make train-clip`"
-        raise ModelFolderError(f"model folder does not exist{hint}", uri=str(folder))
-    if not folder.is_dir():
-        raise ModelFolderError("model path is not a folder", uri=str(folder))
-    missing: list[str] = []
-    if not (folder / "config.json").is_file():
-        missing.append("config.json")
-    if not any((folder / w).is_file() for w in WEIGHT_FILES):
-        missing.append("model.safetensors (or pytorch_model.bin)")
-    has_fast = (folder / "tokenizer.json").is_file()
-    has_slow = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    if not (has_fast or has_slow):
-        missing.append("tokenizer.json (or vocab.json + merges.txt)")
-    if not (folder / "preprocessor_config.json").is_file():
-        missing.append("preprocessor_config.json")
-    if missing:
-        raise ModelFolderError(
-            f"incomplete model folder: missing {', '.join(missing)}", uri=str(folder)
-        )
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"config.json is not valid JSON: {exc}", uri=str(folder)) from None
-    if "vision_config" not in config or "text_config" not in config:
-        raise ModelFolderError(
-            "config.json is not a CLIP config (no vision_config / text_config)", uri=str(folder)
-        )
-    return folder
-
-
-def resolve_model(model: str | os.PathLike[str]) -> str:
-    """A checked local folder, or a hub id (``org/name`` that is not an existing path)."""
-    text = os.fspath(model)
-    path = Path(text).expanduser()
-    looks_like_hub_id = (
-        not path.exists()
-        and text.count("/") == 1
-        and not text.startswith((".", "/", "~"))
-        and not text.endswith("/")
-    )
-    if looks_like_hub_id:
-        return text
-    return str(check_model_folder(path))
-
-
-#: optional file in a model folder: the caption-score cut-off its authors measured for it
-SCORING_FILE = "scoring.json"
-
-
-def recommended_threshold(model: str | os.PathLike[str]) -> float | None:
-    """The ``caption_threshold`` stored in the model folder's ``scoring.json``, if any.
-
-    Thresholds belong to a model (and a corpus): the shipped shapes-world CLIP records the one
-    measured on its held-out frames; other checkpoints have none, and should be calibrated
-    with ``curate calibrate``.
-    """
-    value = read_scoring(model).get("caption_threshold")
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ModelFolderError(
-            f"{SCORING_FILE} caption_threshold is not a number: {value!r}", uri=str(model)
-        ) from None
-
-
-def read_scoring(model: str | os.PathLike[str]) -> dict[str, Any]:
-    """The model folder's ``scoring.json`` (``{}`` when it has none, or for a hub id)."""
-    path = Path(model) / SCORING_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(
-            f"{SCORING_FILE} is not readable JSON: {exc}", uri=str(model)
-        ) from None
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{SCORING_FILE} is not a JSON object", uri=str(model))
-    return data
-
-
-def scene_similarity(
-    embedding: np.ndarray, scene_embedding: np.ndarray | None, text_embeddings: np.ndarray
-) -> np.ndarray:
-    """Cosine of scenes with texts as re-captioning ranks them: ``(N, T)``.
-
-    ``embedding`` is each scene's mean frame embedding (what the frames show);
-    ``scene_embedding`` its storyboard embedding (what happens over time) or ``None`` for a
-    model that does not read storyboards. With both, the two cosines are averaged.
-    """
-    sims = np.asarray(embedding, np.float32) @ np.asarray(text_embeddings, np.float32).T
-    if scene_embedding is not None:
-        sims = (sims + np.asarray(scene_embedding, np.float32) @ text_embeddings.T) / 2
-    return sims
 
 
 def aggregate_scores(scores: np.ndarray, how: str) -> float:
@@ -173,42 +48,6 @@ def aggregate_scores(scores: np.ndarray, how: str) -> float:
         raise ValueError("cannot aggregate an empty score list")
     fn: Any = {"mean": np.mean, "min": np.min, "max": np.max, "median": np.median}[how]
     return float(fn(scores))
-
-
-#: tiles of a scene storyboard (rows, columns): the sampled frames in time order, row by row
-STORYBOARD_GRID = (2, 2)
-
-
-def storyboard(
-    frames: np.ndarray, size: tuple[int, int], grid: tuple[int, int] = STORYBOARD_GRID
-) -> np.ndarray:
-    """One ``size`` (height, width) image of a scene: its frames in time order, tiled row by row.
-
-    A single frame cannot show motion; a storyboard can (the image-grid trick that lets
-    image-text models read short videos). ``frames`` are ``(N, H, W, 3)`` uint8 in time
-    order; ``rows * cols`` of them are picked evenly (repeating frames when there are fewer)
-    and each is squashed to its tile with area interpolation.
-    """
-    import cv2
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"storyboard needs (N, H, W, 3) frames, got shape {frames.shape}")
-    rows, cols = grid
-    h, w = size
-    if rows < 1 or cols < 1 or h < rows or w < cols:
-        raise ValueError(f"cannot tile {size} into a {rows}x{cols} grid")
-    pick = np.linspace(0, len(frames) - 1, rows * cols).round().astype(int)
-    ys = np.linspace(0, h, rows + 1).round().astype(int)
-    xs = np.linspace(0, w, cols + 1).round().astype(int)
-    out = np.empty((h, w, 3), np.uint8)
-    for k, i in enumerate(pick):
-        r, c = divmod(k, cols)
-        th, tw = ys[r + 1] - ys[r], xs[c + 1] - xs[c]
-        out[ys[r] : ys[r + 1], xs[c] : xs[c + 1]] = cv2.resize(
-            np.ascontiguousarray(frames[i]), (tw, th), interpolation=cv2.INTER_AREA
-        )
-    return out
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -388,8 +227,8 @@ class ClipScorer(Step[dict, dict]):
         self._rescale = (
             float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
         )
-        mean = cfg.get("image_mean", [0.48145466, 0.4578275, 0.40821073])
-        std = cfg.get("image_std", [0.26862954, 0.26130258, 0.27577711])
+        mean = cfg.get("image_mean", CLIP_MEAN)
+        std = cfg.get("image_std", CLIP_STD)
         if not cfg.get("do_normalize", True):
             mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
         torch = self._torch
@@ -470,7 +309,7 @@ class ClipScorer(Step[dict, dict]):
             for i in range(0, len(frames), self.batch_size):
                 pixels = self.preprocess(frames[i : i + self.batch_size])
                 feats = self._model.get_image_features(pixel_values=pixels)
-                out.append(_features(feats).float().cpu().numpy())
+                out.append(projected_features(feats).float().cpu().numpy())
         return _l2_normalize(np.concatenate(out))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -500,7 +339,7 @@ class ClipScorer(Step[dict, dict]):
                 feats = self._model.get_text_features(
                     input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
                 )
-                emb = _l2_normalize(_features(feats).float().cpu().numpy())
+                emb = _l2_normalize(projected_features(feats).float().cpu().numpy())
                 fresh.update(zip(chunk, emb))
         rows = []
         for t in texts:
@@ -552,8 +391,6 @@ class ClipScorer(Step[dict, dict]):
         without a usable caption still gets its embedding (dedup and re-captioning need it)
         and is left with ``caption_score`` null.
         """
-        from .recaption import split_caption  # the fragment grammar lives with re-captioning
-
         out = dict(record)
         frames = out.get("frames")
         if frame_embeddings is None:
@@ -571,8 +408,7 @@ class ClipScorer(Step[dict, dict]):
 
         caption = out.get("source_caption")
         usable = caption and not (
-            out.get("status") == DROPPED
-            and out.get("reason") in ("empty_caption", "invalid_caption")
+            out.get("status") == DROPPED and out.get("reason") in UNUSABLE_CAPTION_REASONS
         )
         if not usable:
             out["caption_score"] = None
@@ -645,7 +481,7 @@ def _num_frames(record: Mapping[str, Any]) -> int:
     return 0 if frames is None else len(frames)
 
 
-def _features(out: Any):
+def projected_features(out: Any) -> Any:
     """The projected embedding of ``get_*_features`` (a tensor, or ``.pooler_output`` in v5)."""
     if hasattr(out, "pooler_output") and not hasattr(out, "shape"):
         return out.pooler_output

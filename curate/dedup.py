@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROPPED
+from schemas.tables import DROPPED, DUPLICATE, KEPT
 
 from .step import Step, check_positive
 
 logger = logging.getLogger(__name__)
 
-DUPLICATE = "duplicate"
 SIGNATURE_KEY = "dedup_signature"
 
 
@@ -310,6 +309,15 @@ class Deduplicator(Step[Any, dict]):
         self.nprobe = int(nprobe)
         self.seed = int(seed)
 
+    @classmethod
+    def at(cls, threshold: float, **settings: Any) -> Deduplicator:
+        """A deduplicator at ``threshold`` whose relaxed threshold (default 0.85, for the
+        other scenes of two videos found to be copies) is capped at ``threshold``."""
+        relaxed = settings.pop("relaxed_threshold", 0.85)
+        if relaxed is not None:
+            relaxed = min(relaxed, threshold)
+        return cls(threshold=threshold, relaxed_threshold=relaxed, **settings)
+
     def signature(self, record: Mapping[str, Any]) -> np.ndarray:
         sig = record.get(SIGNATURE_KEY)
         if sig is not None:
@@ -341,6 +349,13 @@ class Deduplicator(Step[Any, dict]):
         else:
             pairs = [(i, j, s) for i, j, s in pairs if rows[i]["video_id"] != rows[j]["video_id"]]
         return resolve_duplicates(rows, pairs)
+
+    def duplicates(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """``{clip_id: duplicate_of}`` among ``rows`` (one group; see :meth:`dedup_group`)."""
+        if len(rows) < 2:
+            return {}
+        marked = self.dedup_group(rows)
+        return {r["clip_id"]: r["duplicate_of"] for r in marked if r.get("duplicate_of")}
 
     def assign_centroids(self, signatures: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         return assign_centroids(signatures, centroids, nprobe=self.nprobe)
@@ -388,3 +403,36 @@ class Deduplicator(Step[Any, dict]):
                 relaxed_threshold=self.relaxed_threshold,
             )
         yield from resolve_duplicates(rows, found)
+
+
+# --- a run's duplicate map ------------------------------------------------------------------
+
+
+def dedup_row(clip: Mapping[str, Any]) -> dict[str, Any]:
+    """What dedup needs of a kept clip: its ``dedup_signature`` and what ranks duplicates."""
+    keys = ("clip_id", "video_id", "scene_index", "caption_score", "status")
+    row = {k: clip.get(k) for k in keys}
+    row["start_frame"], row["end_frame"] = clip["start_frame"], clip["end_frame"]
+    row[SIGNATURE_KEY] = list(clip[SIGNATURE_KEY])
+    return row
+
+
+def apply_duplicates(clips: Iterable[Mapping[str, Any]], dup_of: Mapping[str, str]) -> list[dict]:
+    """The clips with ``{clip_id: duplicate_of}`` applied: a kept duplicate is dropped with
+    reason ``duplicate`` and names the clip it copies."""
+    out = []
+    for clip in clips:
+        clip = dict(clip)
+        original = dup_of.get(clip["clip_id"])
+        if original is not None and clip.get("status") == KEPT:
+            clip["status"], clip["reason"], clip["duplicate_of"] = DROPPED, DUPLICATE, original
+        out.append(clip)
+    return out
+
+
+def story_survives_dedup(story: Mapping[str, Any], dup_of: Mapping[str, str]) -> bool:
+    """False when every segment of ``story`` shows a duplicate clip (a re-upload or trimmed
+    copy of another video); a story that reuses one scene of another video is still a
+    distinct timeline."""
+    ids = [seg.get("clip_id") for seg in story.get("segments") or ()]
+    return not ids or not all(i in dup_of for i in ids)

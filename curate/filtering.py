@@ -1,86 +1,38 @@
 """Caption filtering: every clip leaves with a status and, when dropped, a reason.
 
-The cut-off is absolute (a cosine) or a percentile of the corpus' own scores: CLIP cosines
-depend on the model and the corpus (LAION's 0.28 for ViT-B/32 images means little for video
-frames or for another checkpoint), so calibrating on the corpus is the portable choice.
+The cut-off is absolute (a cosine) or a percentile of the corpus' own scores; how a threshold
+is read and turned into a cut-off is :mod:`curate.threshold`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROP_REASONS, DROPPED, KEPT
+from schemas.tables import (
+    DROP_REASONS,
+    DROPPED,
+    EMPTY_CAPTION,
+    INVALID_CAPTION,
+    KEPT,
+    LOW_CAPTION_SCORE,
+)
 
 from .step import Step, check_positive
+from .threshold import (
+    Calibration,
+    Threshold,
+    calibrate,
+    missing_score,
+    scorable,
+    valid_scores,
+)
 
 logger = logging.getLogger(__name__)
-
-LOW_SCORE = "low_caption_score"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A threshold and how it was chosen (for logs, manifests and the ``calibrate`` CLI)."""
-
-    threshold: float
-    method: str  # "absolute" | "percentile"
-    percentile: float | None
-    scored: int
-    dropped: int
-
-    @property
-    def kept(self) -> int:
-        return self.scored - self.dropped
-
-
-def _scores(values: Iterable[Any]) -> np.ndarray:
-    arr = np.asarray([float(v) for v in values if v is not None and not _isnan(v)], np.float64)
-    return arr
-
-
-def _isnan(v: Any) -> bool:
-    try:
-        return math.isnan(float(v))
-    except (TypeError, ValueError):
-        return True
-
-
-def calibrate_threshold(scores: Iterable[Any], *, percentile: float) -> float:
-    """The cut that drops the lowest ``percentile`` % of the scored clips.
-
-    Uses the "lower" percentile so that a clip scoring exactly the threshold is kept and at
-    most ``percentile`` % fall below it. ``None`` / NaN scores (unscorable clips) do not count.
-    """
-    if not 0 <= percentile < 100:
-        raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
-    arr = _scores(scores)
-    if arr.size == 0:
-        raise ValueError("cannot calibrate a threshold on zero scored clips")
-    return float(np.percentile(arr, percentile, method="lower"))
-
-
-def calibrate(
-    scores: Iterable[Any], *, threshold: float | None = None, percentile: float | None = None
-) -> Calibration:
-    """Choose the threshold (absolute or percentile) and count what it drops."""
-    if (threshold is None) == (percentile is None):
-        raise ValueError(
-            f"give exactly one of threshold and percentile, got {threshold!r} and {percentile!r}"
-        )
-    arr = _scores(scores)
-    if percentile is not None:
-        cut = calibrate_threshold(arr, percentile=percentile)
-        method = "percentile"
-    else:
-        cut, method = float(threshold), "absolute"  # type: ignore[arg-type]
-    return Calibration(cut, method, percentile, int(arr.size), int((arr < cut).sum()))
 
 
 def apply_threshold(record: Mapping[str, Any], threshold: float) -> dict:
@@ -93,17 +45,16 @@ def apply_threshold(record: Mapping[str, Any], threshold: float) -> dict:
     out = dict(record)
     if out.get("status") == DROPPED and out.get("reason") in DROP_REASONS:
         return out
-    score = out.get("caption_score")
-    if score is None or _isnan(score):
+    raw: Any = out.get("caption_score")
+    score = None if missing_score(raw) else float(raw)
+    if score is None:
         caption = out.get("source_caption")
         reason = (
-            "empty_caption"
-            if not (isinstance(caption, str) and caption.strip())
-            else ("invalid_caption")
+            EMPTY_CAPTION if not (isinstance(caption, str) and caption.strip()) else INVALID_CAPTION
         )
         out["status"], out["reason"] = DROPPED, reason
-    elif float(score) < threshold:
-        out["status"], out["reason"] = DROPPED, LOW_SCORE
+    elif score < threshold:
+        out["status"], out["reason"] = DROPPED, LOW_CAPTION_SCORE
     else:
         out["status"], out["reason"] = KEPT, None
     return out
@@ -115,6 +66,10 @@ class CaptionFilter(Step[dict, dict]):
     ``threshold``: an absolute cosine. ``percentile``: drop the lowest that many percent of
     the scored clips; the threshold comes from :meth:`fit` (or, in :meth:`process_all`,
     from the records themselves, which then are held in memory). Give exactly one.
+
+    A run too large to hold in memory (the Beam pipeline's corpus phase) computes the cut-off
+    once over every score (:meth:`curate.threshold.Threshold.cutoff`) and filters each video
+    with :meth:`fitted`.
     """
 
     stage = "filter"
@@ -131,6 +86,21 @@ class CaptionFilter(Step[dict, dict]):
         self.percentile = percentile
         self.threshold: float | None = None if threshold is None else float(threshold)
         self.counts: Counter[str] = Counter()
+
+    @classmethod
+    def for_threshold(cls, threshold: Threshold) -> CaptionFilter:
+        """The filter of a parsed :class:`~curate.threshold.Threshold`."""
+        if threshold.percentile:
+            return cls(percentile=threshold.value)
+        return cls(threshold=threshold.value)
+
+    @classmethod
+    def fitted(cls, cutoff: float | None) -> CaptionFilter:
+        """A filter at a cut-off computed elsewhere; ``None`` (nothing was scored) keeps every
+        scored clip."""
+        step = cls(threshold=0.0)
+        step.threshold = float("-inf") if cutoff is None else float(cutoff)
+        return step
 
     def fit(self, scores: Iterable[Any]) -> Calibration:
         """Set the threshold from a corpus' scores (percentile mode; a no-op count otherwise)."""
@@ -160,7 +130,7 @@ class CaptionFilter(Step[dict, dict]):
     def process_all(self, records: Iterable[Mapping[str, Any]]) -> Iterator[dict]:
         if self.threshold is None:
             records = list(records)
-            self.fit(r.get("caption_score") for r in records)
+            self.fit(r.get("caption_score") for r in records if scorable(r))
         for record in records:
             yield from self.process(record)
 
@@ -181,7 +151,7 @@ def text_histogram(
     """A histogram drawn with characters, the bin holding ``threshold`` marked with ``<- cut``."""
     check_positive("bins", bins)
     check_positive("width", width)
-    arr = _scores(scores)
+    arr = valid_scores(scores)
     if arr.size == 0:
         return "(no scored clips)"
     lo, hi = float(arr.min()), float(arr.max())

@@ -11,47 +11,28 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from schemas.stories import validate_story
-from schemas.tables import DROPPED, KEPT
+from schemas.tables import CAPTION_DROP_REASONS, DROPPED
 
-from .clip_score import WEIGHT_FILES, scene_similarity
-from .errors import CaptionError, ModelFolderError
-from .step import Step, check_choice, check_positive
-from .text import clean_caption, normalize_caption
+from .captioner import Captioner
+from .captions import clean_caption, normalize_caption, split_caption
+from .choices import FALLBACKS
+from .clip_score import ClipScorer
+from .models import DEFAULT_MODEL
+from .prompt_bank import PromptBank, load_prompt_bank
+from .step import Step, check_choice
+from .storyboard import scene_similarity
+from .work import joined_clips
 
 logger = logging.getLogger(__name__)
 
-#: drop reasons that say the source caption does not describe the scene
-CAPTION_DROP_REASONS = ("low_caption_score", "empty_caption", "invalid_caption")
-
-# Connectives that start a new event in WebVid-style narration. Longer ones come first so
-# "and then" is consumed whole rather than leaving a dangling "and".
-_CONNECTIVES = r"(?:and\s+then|after\s+that|afterwards|followed\s+by|and\s+later|later|then|next)"
-_SPLIT = re.compile(
-    rf"\s*(?:[;,。！？]|[.!?](?=\s|$))\s*(?:{_CONNECTIVES}\b)?\s*|\s+{_CONNECTIVES}\s+",
-    re.IGNORECASE,
-)
-_EDGE = re.compile(r"^[\s,;:.!?\-。！？]+|[\s,;:.!?\-。！？]+$")
-_LEADING = re.compile(rf"^{_CONNECTIVES}\b\s*", re.IGNORECASE)
-
-
-def split_caption(text: str) -> list[str]:
-    """Split a caption narrating several events into its fragments, in order.
-
-    Splits on ";", ",", sentence ends and "then" / "and then" / "after that" / "followed
-    by"; fragments without a letter or digit are dropped. A caption with one event comes back
-    as a one-element list.
-    """
-    parts = [_LEADING.sub("", _EDGE.sub("", p)) for p in _SPLIT.split(text or "")]
-    return [p for p in parts if any(ch.isalnum() for ch in p)]
-
+#: the extras only re-captioning reads (see :func:`Recaptioner.recaption_record`)
+RECAPTION_INPUTS = ("frame_embeddings", "scene_embedding", "fragment", "generated_caption")
 
 # --- alignment --------------------------------------------------------------------------------
 
@@ -88,256 +69,7 @@ def align_monotonic(sims: np.ndarray) -> list[int]:
     return out[::-1]
 
 
-# --- prompt bank --------------------------------------------------------------------------------
-
-
-def load_prompt_bank(path: str | os.PathLike[str]) -> list[str]:
-    """One prompt per line (blank lines and ``#`` comments skipped), cleaned, de-duplicated."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise CaptionError(f"cannot read prompt bank: {exc.strerror or exc}", uri=str(p)) from None
-    out: list[str] = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        cleaned = clean_caption(line, where=f"{p}:{n}")
-        if cleaned.ok and not cleaned.text.startswith("#"):
-            out.append(cleaned.text)
-        elif line.strip() and not line.strip().startswith(b"#"):
-            logger.warning("%s line %d skipped: %s", p, n, cleaned.note)
-    out = list(dict.fromkeys(out))
-    if not out:
-        raise CaptionError("prompt bank holds no usable prompt", uri=str(p))
-    return out
-
-
-def build_prompt_bank(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The corpus' own prompts: the caption fragment that scored each kept clip, split into
-    the events it narrates (a bank prompt stands for one scene), cleaned with
-    :func:`clean_prompt_bank`."""
-    bank: dict[str, None] = {}
-    for r in records:
-        if r.get("status") != KEPT:
-            continue
-        text = r.get("fragment") or r.get("source_caption")
-        if isinstance(text, str) and text.strip():
-            for part in split_caption(text) or [text]:
-                bank[normalize_caption(part)] = None
-    return clean_prompt_bank(list(bank))
-
-
-_WORDS = re.compile(r"[^\W\d_]+", re.UNICODE)
-
-
-def clean_prompt_bank(prompts: Iterable[str]) -> list[str]:
-    """Drop the prompts that say less than another: one cut off mid-word (a caption truncated
-    at a length limit: "... on a brown backg", told by a last word that never occurs inside a
-    prompt while a longer word of the bank begins with it) and one that is the start of a longer prompt.
-    Order and first spelling are kept; duplicates go."""
-    import bisect
-
-    uniq = list(dict.fromkeys(normalize_caption(p) for p in prompts if p and p.strip()))
-    words = [_WORDS.findall(p.lower()) for p in uniq]
-    inner = {w for ws in words for w in ws[:-1]}
-    vocab = sorted({w for ws in words for w in ws})
-
-    def cut(text: str, ws: list[str]) -> bool:
-        if not ws or ws[-1] in inner or not text.lower().endswith(ws[-1]):
-            return False
-        i = bisect.bisect_right(vocab, ws[-1])
-        return i < len(vocab) and vocab[i].startswith(ws[-1])
-
-    kept = [p for p, ws in zip(uniq, words) if not cut(p, ws)]
-    # a prompt that another one extends is the prefix of its successor in sorted order
-    low = sorted({p.lower() for p in kept})
-    extended = {a for a, b in zip(low, low[1:]) if b.startswith(a)}
-    return [p for p in kept if p.lower() not in extended]
-
-
-class PromptBank:
-    """Prompts with their CLIP text embeddings behind a faiss inner-product index."""
-
-    def __init__(self, prompts: Sequence[str], embeddings: np.ndarray) -> None:
-        import faiss
-
-        if len(prompts) != len(embeddings):
-            raise ValueError(f"{len(prompts)} prompts but {len(embeddings)} embeddings")
-        self.prompts = list(prompts)
-        self.index = faiss.IndexFlatIP(int(embeddings.shape[1]))
-        if len(prompts):
-            self.index.add(np.ascontiguousarray(embeddings, np.float32))
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def search(
-        self, queries: np.ndarray, k: int = 1, scene: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(n, D)`` unit image embeddings → ``(scores, indices)``, each ``(n, k)``.
-
-        With ``scene`` (storyboard embeddings, ``(n, D)``) the score is
-        :func:`~curate.clip_score.scene_similarity`; being the mean of two cosines, it is the
-        inner product with the mean of the two queries, so one index search gives it.
-        """
-        if not self.prompts:
-            raise ValueError("the prompt bank is empty")
-        q = np.asarray(queries, np.float32)
-        if scene is not None:
-            q = ((q + np.asarray(scene, np.float32)) / 2).astype(np.float32)
-        return self.index.search(np.ascontiguousarray(q, np.float32), k)
-
-
-# --- image-to-text captioner ----------------------------------------------------------------------
-
-
-#: the shipped shapes-world captioner (a folder at the repository root, next to ``curate/``)
-DEFAULT_CAPTIONER = Path(__file__).resolve().parent.parent / "models" / "shapes-captioner"
-
-#: (any of) the files a captioner folder needs
-BLIP_FILES = (
-    ("config.json",),
-    ("processor_config.json", "preprocessor_config.json"),
-    ("tokenizer.json", "vocab.txt"),
-)
-
-
-class Captioner:
-    """A BLIP-class image-to-text model (``BlipForConditionalGeneration``) from a folder.
-
-    A folder with a ``captioning.json`` of ``{"storyboard": {"grid": [rows, cols]}}`` (as the
-    shipped shapes-world captioner has) is captioned from scene storyboards: the sampled frames
-    tiled in time order, so that the caption can name what moves where. Any other folder gets
-    each scene's middle frame.
-    """
-
-    def __init__(
-        self,
-        model: str | os.PathLike[str],
-        *,
-        device: str = "cpu",
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        prompt: str | None = None,
-        batch_size: int = 64,
-    ) -> None:
-        check_positive("max_new_tokens", max_new_tokens)
-        check_positive("num_beams", num_beams)
-        check_positive("batch_size", batch_size)
-        self.model_path = os.fspath(model)
-        self.device = device
-        self.max_new_tokens = int(max_new_tokens)
-        self.num_beams = int(num_beams)
-        self.prompt = prompt
-        self.batch_size = int(batch_size)
-        self.storyboard_grid: tuple[int, int] | None = None
-        self._model: Any = None
-
-    def check_folder(self) -> None:
-        """Raise :class:`ModelFolderError` naming what a local folder lacks (before any work)."""
-        folder = Path(self.model_path)
-        if folder.exists():
-            missing = [
-                " or ".join(names)
-                for names in (*BLIP_FILES, WEIGHT_FILES)
-                if not any((folder / n).is_file() for n in names)
-            ]
-            if missing:
-                raise ModelFolderError(
-                    f"incomplete captioner folder: missing {', '.join(missing)}", uri=str(folder)
-                )
-            self.storyboard_grid = read_captioning(folder)
-        elif self.model_path.count("/") != 1:
-            raise ModelFolderError("captioner folder does not exist", uri=self.model_path)
-
-    def setup(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import BlipForConditionalGeneration, BlipProcessor
-
-        self.check_folder()
-        try:
-            self._processor = BlipProcessor.from_pretrained(self.model_path)
-            self._model = BlipForConditionalGeneration.from_pretrained(self.model_path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelFolderError(f"cannot load captioner: {exc}", uri=self.model_path) from exc
-        self._model = self._model.to(self.device).eval()
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(height, width) the processor feeds the model."""
-        self.setup()
-        size = self._processor.image_processor.size
-        return int(size["height"]), int(size["width"])
-
-    def caption(self, frames: np.ndarray) -> list[str]:
-        """One caption per ``(H, W, 3)`` uint8 image."""
-        import torch
-
-        self.setup()
-        images = list(np.asarray(frames))
-        texts: list[str] = []
-        for a in range(0, len(images), self.batch_size):
-            kwargs: dict[str, Any] = {
-                "images": images[a : a + self.batch_size],
-                "return_tensors": "pt",
-            }
-            if self.prompt:
-                kwargs["text"] = [self.prompt] * len(kwargs["images"])
-            inputs = self._processor(**kwargs).to(self.device)
-            with torch.inference_mode():
-                ids = self._model.generate(
-                    **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
-                )
-            texts += self._processor.batch_decode(ids, skip_special_tokens=True)
-        return [normalize_caption(t) for t in texts]
-
-    def scene_image(self, frames: np.ndarray) -> np.ndarray:
-        """What the model sees of a scene's sampled ``(N, H, W, 3)`` frames (time order): their
-        storyboard for a storyboard captioner, else the middle frame."""
-        from .clip_score import storyboard
-
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or len(frames) == 0:
-            raise ValueError(f"a scene needs (N, H, W, 3) frames, got shape {frames.shape}")
-        self.setup()
-        if self.storyboard_grid is None:
-            return frames[len(frames) // 2]
-        return storyboard(frames, self.input_size, self.storyboard_grid)
-
-    def caption_scenes(self, scenes: Sequence[np.ndarray]) -> list[str]:
-        """One caption per scene, each given as its sampled frames in time order."""
-        if not scenes:
-            return []
-        return self.caption(np.stack([self.scene_image(f) for f in scenes]))
-
-
-#: what a captioner folder may say about its input besides the transformers files
-CAPTIONING_FILE = "captioning.json"
-
-
-def read_captioning(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """The storyboard grid a captioner folder's ``captioning.json`` asks for, or ``None``."""
-    import json
-
-    path = Path(folder) / CAPTIONING_FILE
-    if not path.is_file():
-        return None
-    try:
-        grid = json.loads(path.read_text())["storyboard"]["grid"]
-        rows, cols = (int(g) for g in grid)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFolderError(
-            f"{CAPTIONING_FILE} has no valid storyboard grid: {exc}", uri=str(path)
-        ) from exc
-    if rows < 1 or cols < 1:
-        raise ModelFolderError(f"storyboard grid must be positive, got {grid!r}", uri=str(path))
-    return rows, cols
-
-
 # --- the step -------------------------------------------------------------------------------------
-
-
-FALLBACKS = ("prompt_bank", "captioner", "best")
 
 
 class Recaptioner(Step[Any, dict]):
@@ -364,7 +96,7 @@ class Recaptioner(Step[Any, dict]):
     prompt stays out of the story (a gap). Consecutive scenes with the same prompt merge into
     one segment.
 
-    Similarities are :func:`~curate.clip_score.scene_similarity`: the cosine with the scene's
+    Similarities are :func:`~curate.storyboard.scene_similarity`: the cosine with the scene's
     mean frame embedding, averaged with the cosine with its storyboard embedding
     (``scene_embedding``) when the scorer made one, so that prompts are also told apart by
     what happens over the scene (motion), which no single frame shows.
@@ -402,6 +134,8 @@ class Recaptioner(Step[Any, dict]):
         self._scorer: Any = scorer
         self._own_scorer = scorer is None
         self._bank_source = prompt_bank
+        #: the prompts given at construction (a list, or a file's, once set up)
+        self._given_prompts: list[str] = []
         self._bank: PromptBank | None = None
         self._captioner = Captioner(captioner, device=device) if captioner is not None else None
 
@@ -409,17 +143,15 @@ class Recaptioner(Step[Any, dict]):
 
     def setup(self) -> None:
         if self._scorer is None:
-            from .clip_score import DEFAULT_MODEL, ClipScorer
-
             self._scorer = ClipScorer(model=self.model or DEFAULT_MODEL, device=self.device)
         self._scorer.setup()
         if self._bank is None and self._bank_source is not None:
-            prompts = (
+            self._given_prompts = (
                 load_prompt_bank(self._bank_source)
                 if isinstance(self._bank_source, (str, os.PathLike))
                 else list(self._bank_source)
             )
-            self.set_prompt_bank(prompts)
+            self.set_prompt_bank(self._given_prompts)
         if self._captioner is not None:
             # a bad folder fails now; the model itself loads when a scene first needs it (in a
             # pipeline the scenes usually come captioned already: ``generated_caption``)
@@ -440,6 +172,18 @@ class Recaptioner(Step[Any, dict]):
             emb = np.zeros((0, self._scorer.embedding_dim), np.float32)
         self._bank = PromptBank(prompts, emb)
         logger.info("prompt bank: %d prompts", len(prompts))
+
+    def use_corpus_bank(self, prompts: Sequence[str]) -> None:
+        """Rank from the corpus' own ``prompts`` (:func:`build_prompt_bank` over every video)
+        followed by the prompts this step was given. The corpus phase gathers them after the
+        step is set up; only a bank that changed is embedded again."""
+        if self._scorer is None:
+            self.setup()
+        merged = list(dict.fromkeys([*prompts, *self._given_prompts]))
+        current = None if self._bank is None else self._bank.prompts
+        if merged == current or (current is None and not merged):
+            return
+        self.set_prompt_bank(merged)
 
     # -- per video
 
@@ -633,74 +377,29 @@ class Recaptioner(Step[Any, dict]):
         rows, story = self.recaption_video(clips)
         yield {"video_id": story["video_id"], "clips": rows, "story": story}
 
+    def recaption_record(
+        self,
+        video: Mapping[str, Any],
+        clips: Sequence[Mapping[str, Any]],
+        extras: Sequence[Mapping[str, Any]] = (),
+    ) -> tuple[list[dict], dict | None]:
+        """Re-caption the filtered clips of one committed video (``video``: its videos row):
+        ``(clips, story)``, the story ``None`` when no scene got a prompt.
 
-# --- a functional entry point for pipelines -------------------------------------------------------
-
-_CACHED: dict[tuple, Recaptioner] = {}
-
-
-def recaption_video(
-    video: Mapping[str, Any],
-    clips: Sequence[Mapping[str, Any]],
-    extras: Sequence[Mapping[str, Any]] = (),
-    *,
-    model: str | os.PathLike[str] | None = None,
-    prompt_bank: Sequence[str] | str | os.PathLike[str] | None = None,
-    align_threshold: float | None = None,
-    min_score: float | None = None,
-    captioner: str | os.PathLike[str] | None = None,
-    fallback: str | None = None,
-) -> tuple[list[dict], dict | None]:
-    """Re-caption the filtered clips of one ``video`` (a videos row); ``(clips, story)``.
-
-    ``extras`` are per-clip values that are not table columns (``clip_id`` + ``fragment``,
-    ``frame_embeddings``, ``scene_embedding``, ``generated_caption``), merged into the clips by
-    id. With a ``captioner`` folder the fallback is ``"best"`` unless given: the bank's prompt or
-    the captioner's caption, whichever CLIP prefers. The story is ``None`` when no scene
-    got a prompt. A :class:`Recaptioner` per (model, bank, settings) is kept for the life of
-    the process, so a worker loads its CLIP once.
-    """
-    if not clips:
-        return [], None
-    by_id = {e.get("clip_id"): e for e in extras if e.get("clip_id") is not None}
-    rows = []
-    for c in clips:
-        row = dict(c)
-        extra = by_id.get(c.get("clip_id")) or {}
-        for key in ("fragment", "frame_embeddings", "scene_embedding", "generated_caption"):
-            if row.get(key) is None and extra.get(key) is not None:
-                row[key] = extra[key]
-        if row.get("embedding") is None and row.get("frame_embeddings") is not None:
-            fe = np.asarray(row["frame_embeddings"], np.float32)
-            mean = fe.mean(axis=0)
-            row["embedding"] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist()
-        row.setdefault("uri", video.get("uri"))
-        rows.append(row)
-    bank_key = tuple(prompt_bank) if isinstance(prompt_bank, (list, tuple)) else prompt_bank
-    cap = os.fspath(captioner) if captioner else None
-    fallback = fallback or ("best" if cap else "prompt_bank")
-    cache_key = (
-        os.fspath(model) if model else None,
-        bank_key,
-        align_threshold,
-        min_score,
-        cap,
-        fallback,
-    )
-    step = _CACHED.get(cache_key)
-    if step is None:
-        step = Recaptioner(
-            model=model,
-            prompt_bank=prompt_bank,
-            align_threshold=align_threshold,
-            min_score=min_score,
-            captioner=cap,
-            fallback=fallback,
-        )
-        step.setup()
-        _CACHED[cache_key] = step
-    out, story = step.recaption_video(rows)
-    for row in out:
-        for key_ in ("frame_embeddings", "scene_embedding", "fragment", "generated_caption"):
-            row.pop(key_, None)
-    return out, (story if story["segments"] else None)
+        The clips carry their extras (:func:`curate.work.joined_clips`), or ``extras`` gives
+        them separately. The ones only re-captioning reads are left out of the returned clips;
+        a clip without an ``embedding`` gets the mean of its frame embeddings.
+        """
+        if not clips:
+            return [], None
+        rows = joined_clips({"clips": clips, "clip_extras": extras})
+        for row in rows:
+            if row.get("embedding") is None and row.get("frame_embeddings") is not None:
+                mean = np.asarray(row["frame_embeddings"], np.float32).mean(axis=0)
+                row["embedding"] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist()
+            row.setdefault("uri", video.get("uri"))
+        out, story = self.recaption_video(rows)
+        for row in out:
+            for key in RECAPTION_INPUTS:
+                row.pop(key, None)
+        return out, (story if story["segments"] else None)

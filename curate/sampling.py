@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tables import DROPPED
+from schemas.tables import DROPPED, TOO_SHORT
 
+from .choices import STRATEGIES
 from .step import Step, check_choice, check_positive
+from .video import read_frames
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("uniform", "middle", "keyframes")
 
 #: ``read_frames(uri, indices, *, width=None, height=None) -> (N, H, W, 3) uint8``
 FrameReader = Callable[..., np.ndarray]
@@ -158,8 +159,6 @@ class FrameSampler(Step[Any, dict]):
 
     def setup(self) -> None:
         if self._reader is None:
-            from .video import read_frames
-
             self._reader = read_frames
 
     def _target_size(self, record: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -213,7 +212,7 @@ class FrameSampler(Step[Any, dict]):
             rec["frame_indices"] = list(idx)
             length = int(clip["end_frame"]) - int(clip["start_frame"])
             if length < self.min_frames and rec.get("status") != DROPPED:
-                rec["status"], rec["reason"] = DROPPED, "too_short"
+                rec["status"], rec["reason"] = DROPPED, TOO_SHORT
                 logger.info(
                     "%s: %s frames < min_frames %s: too_short",
                     rec.get("clip_id"),

@@ -25,10 +25,12 @@ Everything here is plain pyarrow: no Beam.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import MANIFEST_NAME, RunManifest, ShardInfo, rows_to_table, write_parquet
+from schemas import (
+    MANIFEST_NAME,
+    RunManifest,
+    ShardInfo,
+    empty_table,
+    rows_to_table,
+    write_parquet,
+)
 from schemas.io import read_parquet
 from schemas.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, SCHEMA_VERSION, VIDEOS_SCHEMA
 
@@ -208,6 +217,30 @@ def done_set(path: str | os.PathLike[str]) -> set[str]:
     return done
 
 
+#: the per-video settings committed work was done under (reused only under the same ones)
+WORK_CONFIG = "_config.json"
+
+
+def check_work_config(output: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
+    """Refuse to mix committed work done under other per-video settings."""
+    path = Path(output) / WORK_DIR / WORK_CONFIG
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{WORK_CONFIG}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+        return
+    before = json.loads(path.read_text())
+    changed = {k: (before.get(k), config.get(k)) for k in config if before.get(k) != config.get(k)}
+    if changed:
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise OutputError(
+            f"the committed work was done with other per-video settings ({what}); "
+            "rerun with --overwrite to redo it, or use another output folder",
+            uri=str(output),
+        )
+
+
 # --- final shards ---------------------------------------------------------------------------
 
 
@@ -243,6 +276,21 @@ def write_shard(
     rel = f"{table}/{shard_name(index, count)}"
     write_parquet(rows_to_table(rows, table), Path(path) / STAGING_DIR / rel, table)
     return ShardInfo(table=table, path=rel, rows=len(rows))
+
+
+def table_counts(table: str, rows: Iterable[Mapping[str, Any]]) -> Counter:
+    """The manifest's counts for one shard's rows: rows per table, clips per status and drop
+    reason, failures per stage."""
+    counts: Counter = Counter()
+    for row in rows:
+        counts[table] += 1
+        if table == "clips":
+            counts[f"clips_{row['status']}"] += 1
+            if row.get("reason"):
+                counts[f"clips_dropped_{row['reason']}"] += 1
+        elif table == "failures":
+            counts[f"failures_stage_{row['stage']}"] += 1
+    return counts
 
 
 def _sortable(value: Any) -> tuple[int, Any]:
@@ -293,8 +341,6 @@ def read_table(path: str | os.PathLike[str], table: str) -> pa.Table:
     files = [out / s.path for s in manifest.shards if s.table == table]
     tables = [read_parquet(f, table) for f in files]
     if not tables:
-        from schemas import empty_table
-
         return empty_table(table)
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 

@@ -28,6 +28,11 @@ frame-by-frame ``next()`` are within noise of each other.
 Frame times are exact: for a constant frame rate ``t(i) = i / rate`` with the rate as a
 fraction (30000/1001 for 29.97); for a variable frame rate they come from the per-frame
 timestamps (decord's ``get_frame_timestamp``, snapped to the stream's time base).
+
+This module is longer than the others (about 800 lines) on purpose: probing and frame reading
+share one error model and one set of private helpers around decord and PyAV (opening with a
+size, classifying decord's errors, counting packets, salvaging a truncated tail). Split in
+two, those helpers would become a public API of their own for no reader's benefit.
 """
 
 from __future__ import annotations
@@ -392,23 +397,7 @@ def probe(
         raise ValueError(f"min_frames must be >= 1, got {min_frames!r}")
     uri = os.fspath(uri)
     path = local_path(uri)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise VideoOpenFailure("no such file", uri=uri) from None
-    except OSError as exc:
-        raise VideoOpenFailure(f"cannot stat the file ({exc.strerror})", uri=uri) from None
-    if os.path.isdir(path):
-        raise VideoOpenFailure("is a directory, not a video file", uri=uri)
-    if st.st_size == 0:
-        raise VideoOpenFailure("empty file (0 bytes)", uri=uri)
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise VideoOpenFailure(f"cannot read the file ({exc.strerror})", uri=uri) from None
-
-    cut = _iso_truncation(path, st.st_size)
+    cut = _iso_truncation(path, _readable_size(uri, path))
     if cut is not None and not cut[1]:
         raise TruncatedVideo(
             f"the file ends inside its '{cut[0]}' box and has no index ('moov') to read",
@@ -429,14 +418,8 @@ def probe(
     if header.declared_frames == 0 and _count_packets(uri, path, limit=1) == 0:
         # containers without a frame count (Matroska, AVI written empty): look for packets
         raise ZeroFrames("the video stream holds no frame", uri=uri)
-    reader = _open_decord(uri, path, width=32, height=32)
-    try:
-        num_frames = len(reader)
-        if num_frames == 0:
-            raise ZeroFrames("the video stream holds no frame", uri=uri)
-        times = _snap(_timestamps(reader, num_frames), header.time_base)
-    finally:
-        del reader
+    times = _frame_times(uri, path, header)
+    num_frames = len(times)
     if num_frames < min_frames:
         raise TooFewFrames(f"{num_frames} frame(s), at least {min_frames} needed", uri=uri)
     starts = times[:, 0] - times[0, 0]
@@ -471,6 +454,38 @@ def probe(
         declared_frames=header.declared_frames or None,
         has_audio=header.has_audio,
     )
+
+
+def _readable_size(uri: str, path: str) -> int:
+    """The size of a file that exists, is not a folder, is not empty and can be opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VideoOpenFailure("no such file", uri=uri) from None
+    except OSError as exc:
+        raise VideoOpenFailure(f"cannot stat the file ({exc.strerror})", uri=uri) from None
+    if os.path.isdir(path):
+        raise VideoOpenFailure("is a directory, not a video file", uri=uri)
+    if st.st_size == 0:
+        raise VideoOpenFailure("empty file (0 bytes)", uri=uri)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise VideoOpenFailure(f"cannot read the file ({exc.strerror})", uri=uri) from None
+    return st.st_size
+
+
+def _frame_times(uri: str, path: str, header: _Header) -> np.ndarray:
+    """``(n, 2)`` start and end time of every frame, snapped to the stream's time base."""
+    reader = _open_decord(uri, path, width=32, height=32)
+    try:
+        num_frames = len(reader)
+        if num_frames == 0:
+            raise ZeroFrames("the video stream holds no frame", uri=uri)
+        return _snap(_timestamps(reader, num_frames), header.time_base)
+    finally:
+        del reader
 
 
 def _is_variable(starts: np.ndarray) -> bool:

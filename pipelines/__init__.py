@@ -2,5 +2,5 @@
 (``pipelines.storygen``).
 
 The only package that imports ``apache_beam``; it does so in its submodules, so that the
-isolated decoder process (``pipelines.isolation`` / ``pipelines.decode``) starts without it.
+isolated decoder process (``pipelines.isolation`` running ``curate.decode``) starts without it.
 """

@@ -13,7 +13,7 @@ Two Beam pipelines run one after the other:
 2. **Corpus phase** (:func:`build_finalize_pipeline`), rerun in full every time::
 
        ReadWork → CaptionCutoff (percentile over all scores, side input)
-                → FilterAndRecaption (per video) → FindDuplicates (faiss; exact, or by centroid)
+                → FilterAndRecaption (per video) → MarkDuplicates (faiss; exact, or by centroid)
                 → WriteShards (clips, stories, failures) → Publish (_manifest.json)
 
    It reads every committed record, so percentile thresholds and dedup see the whole corpus
@@ -22,57 +22,53 @@ Two Beam pipelines run one after the other:
 The split also suits distributed runners: the corpus phase's side inputs read cheap committed
 files, never re-trigger decoding.
 
-Invariant, checked and printed after each run (each manifest entry is one input)::
-
-    inputs = videos with clips + videos with failures + rows the manifest reader rejected
-             (+ inputs still pending when a run was stopped)
-
-and no video has both clips and failures: a stage that fails after the split (scoring,
-re-captioning) withdraws the video's clips and records the failure instead.
-
-Stories are built from the clips kept by the caption filter. Dedup runs after re-captioning
-and marks clips duplicate in the clips table; a story is withdrawn only when *every* one of
-its segments is a duplicate (a re-upload or trimmed copy of another video), since a story
-that reuses one scene of another video is still a distinct timeline.
+The transforms of each phase are in :mod:`pipelines.transforms`; the settings of a run are
+one :class:`~pipelines.settings.RunSettings`. After each run the invariant of
+:mod:`curate.runs` is checked and printed: every input ends up with clips or a failures row,
+never both (a stage that fails after the split withdraws the video's clips and records the
+failure instead).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from curate import shards
-from curate.errors import OutputError
-from schemas import RunManifest, ShardInfo
-from schemas.manifests import ManifestRead, read_manifest
+from curate.clip_score import ClipScorer
+from curate.decode import VideoDecoder
+from curate.dedup import Deduplicator
+from curate.models import resolve_model_path
+from curate.recaption import Recaptioner
+from curate.runs import RunSummary, summarize
+from schemas.inputs import ManifestRead, read_manifest
 
-from .corpus import CorpusSteps
 from .handlers import ClipModelHandler
-from .options import CurateOptions, parse_threshold, runner_flags
+from .options import runner_flags, settings_of
+from .progress import WorkProgress
+from .settings import RunSettings
 from .transforms import (
     CaptionCutoff,
     CleanCaptions,
     CommitWork,
     FilterAndRecaption,
-    FindDuplicates,
-    Gather,
+    MarkDuplicates,
     ProbeAndSplit,
+    Publish,
     ReadManifest,
     ReadWork,
     ScoreCaptions,
     WriteShards,
+    reset_failure_rate,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,109 +83,84 @@ WORK_SETTINGS = (
     "keyframes",
     "keyframe_size",
 )
-WORK_CONFIG = "_config.json"
 
 
 @dataclass(frozen=True)
 class Components:
-    """The per-video steps, as importable factories (the decoder runs in a child process).
+    """The steps of a run, as importable factories and their settings (workers build them).
 
     ``decoder(**decoder_kwargs)`` has ``setup()`` and ``__call__(video_row) -> list[clip]``,
-    each clip a clips-table row plus its sampled ``frames``; ``scorer(**scorer_kwargs)`` has
-    ``setup()`` and ``process_all(clips) -> clips`` (see :class:`curate.clip_score.ClipScorer`).
+    each clip a clips-table row plus its sampled ``frames`` (it runs in a child process);
+    ``scorer(**scorer_kwargs)`` has ``setup()`` and ``process_all(clips) -> clips`` (see
+    :class:`curate.clip_score.ClipScorer`); ``recaptioner(**recaptioner_kwargs)`` has
+    ``setup()``, ``use_corpus_bank(prompts)`` and ``recaption_record(video, clips)`` (see
+    :class:`curate.recaption.Recaptioner`). ``dedup`` are :class:`curate.dedup.Deduplicator`
+    settings other than the threshold (the signature is computed in the per-video phase).
     """
 
     decoder: Callable[..., Any]
     decoder_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scorer: Callable[..., Any] | None = None
     scorer_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    corpus: CorpusSteps = field(default_factory=CorpusSteps)
-    #: :class:`curate.recaption.Captioner` keyword arguments (``None``: no captioner)
+    #: :class:`curate.captioner.Captioner` keyword arguments (``None``: no captioner)
     captioner_kwargs: Mapping[str, Any] | None = None
+    recaptioner: Callable[..., Any] = Recaptioner
+    recaptioner_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    dedup: Mapping[str, Any] = field(default_factory=dict)
+
+    def deduplicator(self, threshold: float) -> Deduplicator:
+        return Deduplicator.at(threshold, **self.dedup)
 
 
-def default_components(opts: CurateOptions) -> Components:
-    from curate.clip_score import ClipScorer
-
-    from .decode import VideoDecoder
-
-    captioner = resolve_captioner(opts.model, opts.captioner)
+def default_components(settings: RunSettings, *, workers: int = 1) -> Components:
+    """The shipped steps, configured by (resolved) ``settings``."""
+    model = resolve_model_path(settings.model)
+    captioner = settings.captioner_folder
     return Components(
         decoder=VideoDecoder,
         decoder_kwargs={
-            "detector": opts.detector,
-            "samples_per_scene": opts.samples_per_scene,
-            "sample_size": opts.sample_size,
-            "min_scene_frames": opts.min_scene_frames,
-            "keyframes": opts.keyframes,
-            "keyframe_size": opts.keyframe_size,
+            "detector": settings.detector,
+            "samples_per_scene": settings.samples_per_scene,
+            "sample_size": settings.sample_size,
+            "min_scene_frames": settings.min_scene_frames,
+            "keyframes": settings.keyframes,
+            "keyframe_size": settings.keyframe_size,
         },
         scorer=ClipScorer,
         scorer_kwargs={
-            "model": resolve_model_path(opts.model),
-            "device": opts.device,
-            "batch_size": opts.clip_batch_size,
+            "model": model,
+            "device": settings.device,
+            "batch_size": settings.clip_batch_size,
             # several local workers share the cores: one torch thread pool each, not all cores
-            "num_threads": _threads_per_worker(opts),
+            "num_threads": _threads_per_worker(workers, settings.device),
         },
         captioner_kwargs=(
-            {"model": opts.captioner, "device": opts.device, "batch_size": opts.clip_batch_size}
+            {"model": captioner, "device": settings.device, "batch_size": settings.clip_batch_size}
             if captioner
             else None
         ),
-        corpus=CorpusSteps(
-            model=resolve_model_path(opts.model),
-            prompt_bank=opts.prompt_bank,
-            captioner=captioner,
-        ),
+        recaptioner_kwargs={
+            "model": model,
+            "prompt_bank": settings.prompt_bank,
+            "captioner": captioner,
+            # with a captioner: the bank's prompt or the captioner's caption, whichever CLIP
+            # prefers
+            "fallback": "best" if captioner else "prompt_bank",
+        },
     )
 
 
-def _threads_per_worker(opts: CurateOptions) -> int | None:
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    workers = opts.view_as(DirectOptions).direct_num_workers or 1
-    if workers <= 1 or opts.device != "cpu":
+def _threads_per_worker(workers: int, device: str) -> int | None:
+    if workers <= 1 or device != "cpu":
         return None
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def resolve_model_path(model: str | None) -> str:
-    if model:
-        return str(model)
-    from curate.clip_score import DEFAULT_MODEL
-
-    return str(DEFAULT_MODEL)
-
-
-def resolve_captioner(model: str | None, captioner: str | None) -> str | None:
-    """The captioner folder ``--captioner`` means (``None``: none). ``auto`` is the shipped
-    shapes-world captioner when the CLIP is the shipped one (the pair is trained on the same
-    world); with any other CLIP, auto means none."""
-    value = (captioner or "none").strip()
-    if value.lower() == "none":
-        return None
-    if value.lower() != "auto":
-        return value
-    from curate.clip_score import DEFAULT_MODEL
-    from curate.recaption import DEFAULT_CAPTIONER
-
-    same = Path(resolve_model_path(model)).resolve() == Path(DEFAULT_MODEL).resolve()
-    return str(DEFAULT_CAPTIONER) if same and Path(DEFAULT_CAPTIONER).is_dir() else None
-
-
-def auto_threshold(model: str | None) -> str:
-    """The cut-off ``--threshold auto`` means: the model folder's recommended one, else p20."""
-    from curate.clip_score import recommended_threshold
-
-    path = resolve_model_path(model)
-    value = recommended_threshold(path) if Path(path).is_dir() else None
-    return "p20" if value is None else f"{value:g}"
+def _workers(options: PipelineOptions) -> int:
+    return options.view_as(DirectOptions).direct_num_workers or 1
 
 
 def _is_dask(options: PipelineOptions) -> bool:
-    from apache_beam.options.pipeline_options import StandardOptions
-
     runner = options.view_as(StandardOptions).runner
     return "dask" in str(runner or "").lower()
 
@@ -199,52 +170,42 @@ def _is_dask(options: PipelineOptions) -> bool:
 
 def build_pipeline(
     p: beam.Pipeline,
-    options: PipelineOptions,
+    settings: RunSettings,
     *,
-    videos: Sequence[Mapping[str, Any]] | None = None,
+    videos: Sequence[Mapping[str, Any]],
     skip: Sequence[str] = (),
-    components: Components | None = None,
+    components: Components,
 ) -> beam.PCollection:
-    """The per-video phase on ``p``; returns the committed-video summaries.
-
-    ``videos`` (the manifest's usable rows) and ``skip`` (the done-set) are read from
-    ``options`` when not given.
-    """
-    opts = options.view_as(CurateOptions)
-    if videos is None:
-        videos = read_manifest(opts.input).videos
-    if not skip and not opts.overwrite:
-        skip = sorted(shards.done_set(opts.output))
-    comps = components or default_components(opts)
+    """The per-video phase on ``p``: the manifest's usable ``videos`` minus the done-set
+    ``skip`` → committed work; returns the committed-video summaries."""
+    options = p.options
+    comps = components
     handler = ClipModelHandler(
         comps.scorer,
         comps.scorer_kwargs,
-        max_batch_videos=opts.inference_batch_videos,
-        share_model=opts.share_model,
-        signature=comps.corpus.signature,
+        max_batch_videos=settings.inference_batch_videos,
+        share_model=settings.share_model,
+        dedup=comps.dedup,
         captioner=comps.captioner_kwargs,
         # Beam 2.77's DaskRunner drops what a DoFn emits in finish_bundle, where
         # BatchElements emits its last batch: there, videos go to CLIP one at a time
         prebatched=_is_dask(options),
     )
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    several = (options.view_as(DirectOptions).direct_num_workers or 1) > 1
+    out = str(settings.output)
+    several = _workers(options) > 1
     todo = p | "ReadManifest" >> ReadManifest(videos, skip=skip, reshuffle=several)
     split, split_failed = todo | "ProbeAndSplit" >> ProbeAndSplit(
         comps.decoder,
         comps.decoder_kwargs,
-        timeout_s=opts.decode_timeout,
-        isolate=opts.isolate_decode,
+        timeout_s=settings.decode_timeout,
+        isolate=settings.isolate_decode,
     )
     cleaned, clean_failed = split | "CleanCaptions" >> CleanCaptions()
     scored, score_failed = cleaned | "ScoreCaptions" >> ScoreCaptions(handler)
     # Each branch is committed by its own step: a Flatten in front of one committer splits
     # the local runner's fused stage there, and no video would be committed before every
     # video was decoded (a crash would then lose the whole run's work).
-    from .transforms import reset_failure_rate
-
-    reset_failure_rate(opts.output)
+    reset_failure_rate(out)
     branches = {
         "Scored": scored,
         "SplitFailed": split_failed,
@@ -255,11 +216,11 @@ def build_pipeline(
         works
         | f"CommitWork{name}"
         >> CommitWork(
-            opts.output,
-            every=opts.commit_every,
-            interval_s=opts.commit_interval_s,
-            max_failure_rate=opts.max_failure_rate,
-            min_inputs=opts.failure_rate_min_inputs,
+            out,
+            every=settings.commit_every,
+            interval_s=settings.commit_interval_s,
+            max_failure_rate=settings.max_failure_rate,
+            min_inputs=settings.failure_rate_min_inputs,
         )
         for name, works in branches.items()
     ]
@@ -270,91 +231,50 @@ def build_pipeline(
 # --- phase 2 -----------------------------------------------------------------------------------
 
 
-class _PublishFn(beam.DoFn):
-    def __init__(self, output: str, config: dict[str, Any], extra_counts: dict[str, int]) -> None:
-        self.output, self.config, self.extra_counts = output, config, extra_counts
-
-    def process(self, written: list[tuple[ShardInfo, dict[str, int]]], cutoff: Any) -> Any:
-        counts: Counter = Counter(self.extra_counts)
-        infos = []
-        for item in written:
-            if item is None:
-                continue
-            info, c = item
-            infos.append(info)
-            counts.update(c)
-        config = {**self.config, "cutoff": cutoff}
-        manifest = RunManifest(config=config, counts=dict(counts), shards=infos)
-        path = shards.publish(self.output, manifest)
-        yield str(path)
-
-
 def build_finalize_pipeline(
     p: beam.Pipeline,
-    options: PipelineOptions,
+    settings: RunSettings,
     *,
     manifest: ManifestRead,
     config: Mapping[str, Any],
     pending: int = 0,
-    corpus: CorpusSteps | None = None,
+    components: Components,
 ) -> beam.PCollection:
     """The corpus phase on ``p``: every committed record → published shards and manifest."""
-    opts = options.view_as(CurateOptions)
-    steps = corpus or CorpusSteps()
-    out = opts.output
-    threshold = parse_threshold(opts.threshold)
+    out = str(settings.output)
+    threshold = settings.resolved_threshold
+    if threshold is None:
+        raise ValueError("the run settings are not resolved (RunSettings.resolved)")
     keep = {v["video_id"] for v in manifest.videos}
-    files = shards.work_files(out)
     done = len(shards.done_set(out) & keep)
-    n_shards = shards.shard_count(max(done, 1), rows_per_shard=opts.videos_per_shard)
+    n_shards = shards.shard_count(max(done, 1), rows_per_shard=settings.videos_per_shard)
     n_clips = shards.count_work_clips(out)
-    exact = n_clips <= opts.dedup_exact_limit
-    clusters = max(2, int(math.sqrt(n_clips)))  # ~sqrt(n) groups, as faiss guidance has it
+    exact = n_clips <= settings.dedup_exact_limit
     shards.begin_publish(out)
 
-    records = p | "ReadWork" >> ReadWork([str(f) for f in files], keep=keep)
-    cutoff = records | "CaptionCutoff" >> CaptionCutoff(threshold, steps)
-    filtered = records | "FilterAndRecaption" >> FilterAndRecaption(cutoff, steps)
-
-    def kept_rows(record: dict) -> list[dict]:
-        from .transforms import dedup_row
-
-        sigs = {e["clip_id"]: e.get("dedup_signature") for e in record.get("clip_extras") or ()}
-        return [
-            dedup_row(c, sigs[c["clip_id"]])
-            for c in record["clips"]
-            if c["status"] == "kept" and sigs.get(c["clip_id"]) is not None
-        ]
-
-    kept = filtered | "KeptSignatures" >> beam.FlatMap(kept_rows)
-    dups = kept | "FindDuplicates" >> FindDuplicates(
-        steps, threshold=opts.dedup_threshold, exact=exact, clusters=clusters
+    files = [str(f) for f in shards.work_files(out)]
+    records = p | "ReadWork" >> ReadWork(files, keep=keep)
+    cutoff = records | "CaptionCutoff" >> CaptionCutoff(threshold)
+    recaptioned = records | "FilterAndRecaption" >> FilterAndRecaption(
+        cutoff, components.recaptioner, components.recaptioner_kwargs
     )
-
-    def final_rows(record: dict, dup_of: dict[str, str]) -> list[tuple[str, dict]]:
-        from .corpus import apply_duplicates, story_survives_dedup
-
-        out = [("clips", c) for c in apply_duplicates(record["clips"], dup_of)]
-        story = record.get("story")
-        if story and story_survives_dedup(story, dup_of):
-            out.append(("stories", story))
-        return out
-
-    # one consumer of the duplicate map: Beam 2.77's DaskRunner did not give a second
-    # AsDict view of it the same contents
-    final = filtered | "Dedup" >> beam.FlatMap(final_rows, dup_of=beam.pvalue.AsDict(dups))
+    final = recaptioned | "MarkDuplicates" >> MarkDuplicates(
+        components.deduplicator(settings.dedup_threshold),
+        exact=exact,
+        clusters=max(2, int(math.sqrt(n_clips))),  # ~sqrt(n) groups, as faiss guidance has it
+    )
     clips = final | "Clips" >> beam.FlatMap(lambda tr: [tr[1]] if tr[0] == "clips" else [])
     stories = final | "StoriesOf" >> beam.FlatMap(lambda tr: [tr[1]] if tr[0] == "stories" else [])
     failures = (
-        filtered | "WorkFailures" >> beam.FlatMap(lambda r: r["failures"] or []),
+        recaptioned | "WorkFailures" >> beam.FlatMap(lambda r: r["failures"] or []),
         p | "ManifestFailures" >> beam.Create(manifest.failures, reshuffle=False),
     ) | "AllFailures" >> beam.Flatten()
-    written = [
+    written = (
         clips | "WriteClips" >> WriteShards(out, "clips", n_shards),
         stories | "WriteStories" >> WriteShards(out, "stories", n_shards),
         failures | "WriteFailures" >> WriteShards(out, "failures", n_shards),
-    ]
-    extra = {
+    ) | "Written" >> beam.Flatten()
+    counts = {
         "inputs": manifest.inputs,
         "manifest_rejected": len(manifest.failures),
         "videos": len(manifest.videos),
@@ -362,110 +282,31 @@ def build_finalize_pipeline(
         "pending": pending,
         "dedup_exact": int(exact),
     }
-    publish_config = {**config, "threshold": str(threshold)}
-    default_cutoff = None if threshold.percentile else threshold.value
-    # a sentinel, so that a run with nothing to write still publishes its (empty) tables
-    written.append(p | "Nothing" >> beam.Create([None]))
-    return (
-        tuple(written)
-        | "Written" >> beam.Flatten()
-        | "Gather" >> Gather()
-        | "Publish"
-        >> beam.ParDo(
-            _PublishFn(out, publish_config, extra),
-            cutoff=beam.pvalue.AsSingleton(cutoff, default_value=default_cutoff),
-        )
+    return written | "Publish" >> Publish(
+        out,
+        cutoff,
+        config={**config, "threshold": str(threshold)},
+        counts=counts,
+        default_cutoff=None if threshold.percentile else threshold.value,
     )
 
 
 # --- run ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunSummary:
-    output: Path
-    counts: dict[str, int]
-    invariant_ok: bool
-    invariant: str
-    wall_s: float
-    phase_s: dict[str, float]
-    stage_s: dict[str, float]
-    stopped: str | None = None
-
-    def lines(self) -> list[str]:
-        c = self.counts
-        out = [
-            f"inputs {c.get('inputs', 0)}: {c.get('videos_with_clips', 0)} videos with clips, "
-            f"{c.get('videos_failed', 0)} failed, {c.get('manifest_rejected', 0)} manifest rows "
-            f"rejected, {c.get('pending', 0)} pending",
-            f"clips {c.get('clips', 0)} (kept {c.get('clips_kept', 0)}, dropped "
-            f"{c.get('clips_dropped', 0)}); stories {c.get('stories', 0)}; failures rows "
-            f"{c.get('failures', 0)}",
-            f"invariant: {self.invariant} [{'ok' if self.invariant_ok else 'BROKEN'}]",
-            f"shards: {self.output}/{{clips,stories,failures}}/part-*.parquet and "
-            f"{self.output}/_manifest.json",
-            f"wall time {self.wall_s:.1f} s ("
-            + ", ".join(f"{k} {v:.1f} s" for k, v in self.phase_s.items())
-            + ")",
-        ]
-        if self.stopped:
-            out.append(f"STOPPED: {self.stopped}")
-        return out
-
-
-def _work_config(opts: CurateOptions) -> dict[str, Any]:
-    cfg = {k: getattr(opts, k) for k in WORK_SETTINGS}
-    cfg["model"] = resolve_model_path(opts.model)
+def _work_config(settings: RunSettings) -> dict[str, Any]:
+    cfg = {k: getattr(settings, k) for k in WORK_SETTINGS}
+    cfg["model"] = resolve_model_path(settings.model)
     # the captioner's captions are made in the per-video phase and committed with the work
-    cfg["captioner"] = opts.captioner
+    cfg["captioner"] = settings.captioner
     return cfg
 
 
-def check_work_config(output: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
-    """Refuse to mix committed work done under other per-video settings."""
-    path = Path(output) / shards.WORK_DIR / WORK_CONFIG
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{WORK_CONFIG}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
-        return
-    before = json.loads(path.read_text())
-    changed = {k: (before.get(k), config.get(k)) for k in config if before.get(k) != config.get(k)}
-    if changed:
-        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-        raise OutputError(
-            f"the committed work was done with other per-video settings ({what}); "
-            "rerun with --overwrite to redo it, or use another output folder",
-            uri=str(output),
-        )
-
-
-def _pipeline_options(argv: Sequence[str]) -> PipelineOptions:
+def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
+    """Beam options of ``argv``, the local runner where none is named."""
     options = PipelineOptions(list(argv))
-    if options.view_as(CurateOptions).input is None:
-        raise ValueError("--input is required")
-    if options.view_as(CurateOptions).output is None:
-        raise ValueError("--output is required")
-    bank = options.view_as(CurateOptions).prompt_bank
-    if bank:
-        from curate.recaption import load_prompt_bank
-
-        load_prompt_bank(bank)  # an unreadable or empty file fails before any work starts
-    from apache_beam.options.pipeline_options import StandardOptions
-
     if options.view_as(StandardOptions).runner is None:
         options = PipelineOptions([*runner_flags("local"), *argv])
-    opts = options.view_as(CurateOptions)
-    if str(opts.threshold).strip().lower() == "auto":
-        opts.threshold = auto_threshold(opts.model)
-    # resolved once here, so that the workers and the committed work see one folder
-    captioner = resolve_captioner(opts.model, opts.captioner)
-    if captioner:
-        from curate.recaption import Captioner
-
-        Captioner(captioner).check_folder()  # a missing or incomplete folder fails now
-    opts.captioner = captioner or "none"
     return options
 
 
@@ -518,80 +359,74 @@ def _metrics(result: Any) -> dict[str, Any]:
 def run(
     argv: Sequence[str] | None = None,
     *,
+    settings: RunSettings | None = None,
     components: Components | None = None,
     progress: bool = True,
 ) -> RunSummary:
-    """Run both phases; return the summary (also printed). Raises on unusable settings."""
-    from .progress import WorkProgress
+    """Run both phases; return the summary. Raises on unusable settings, before any work.
 
+    ``argv`` holds Beam flags: the run's options (``--input=... --output=...``) and the
+    runner's. A caller that parsed the run's options already (``curate run``) passes them as
+    ``settings``, resolved, and only the runner's flags in ``argv``.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = _pipeline_options(argv)
-    opts = options.view_as(CurateOptions)
-    parse_threshold(opts.threshold)  # fail on a bad threshold before any work
+    options = pipeline_options(argv)
+    if settings is None:
+        settings = settings_of(options).resolved()
+    components = components or default_components(settings, workers=_workers(options))
     t0 = time.perf_counter()
 
-    out = shards.check_output_dir(opts.output)
-    manifest = read_manifest(opts.input)
-    if opts.overwrite:
+    out = shards.check_output_dir(str(settings.output))
+    manifest = read_manifest(str(settings.input))
+    if settings.overwrite:
         shards.clear_run(out)
-    work_config = _work_config(opts)
-    check_work_config(out, work_config)
+    work_config = _work_config(settings)
+    shards.check_work_config(out, work_config)
     keep = {v["video_id"] for v in manifest.videos}
     done = shards.done_set(out) & keep
-    todo = len(keep) - len(done)
     logger.info(
         "%s (%s): %d inputs, %d usable videos, %d already done, %d to process",
-        opts.input,
+        settings.input,
         manifest.format,
         manifest.inputs,
         len(keep),
         len(done),
-        todo,
+        len(keep) - len(done),
     )
 
     phase_s: dict[str, float] = {}
     stage_metrics: dict[str, Any] = {}
     stopped = None
-    if todo:
+    if len(keep) > len(done):
         p = beam.Pipeline(options=options)
-        build_pipeline(p, options, videos=manifest.videos, skip=sorted(done), components=components)
+        build_pipeline(
+            p, settings, videos=manifest.videos, skip=sorted(done), components=components
+        )
         watcher = WorkProgress(out, total=len(keep), already=len(done), enabled=progress)
         start = time.perf_counter()
         with watcher:
-            try:
-                result = p.run()
-                result.wait_until_finish()
-                stage_metrics = _metrics(result)
-                client = getattr(result, "client", None)  # the DaskRunner's; close it before
-                if client is not None:  # its cluster goes, or it keeps trying to reconnect
-                    client.close()
-            except Exception as exc:
-                if "FailureRateExceeded" not in f"{exc!r}{exc}":
-                    raise
-                stopped = _failure_rate_message(exc)
-                logger.error("%s", stopped)
+            stage_metrics, stopped = _run_per_video(p)
         phase_s["per-video"] = time.perf_counter() - start
 
-    done_now = shards.done_set(out) & keep
     start = time.perf_counter()
     p2 = beam.Pipeline(options=_corpus_phase_options(options, argv))
     config = {
         **work_config,
-        "input": str(opts.input),
+        "input": str(settings.input),
         "manifest_format": manifest.format,
-        "threshold": opts.threshold,
-        "dedup_threshold": opts.dedup_threshold,
+        "threshold": settings.threshold,
+        "dedup_threshold": settings.dedup_threshold,
         "runner": str(options.get_all_options().get("runner")),
     }
     if stopped:
         config["stopped"] = stopped
     build_finalize_pipeline(
         p2,
-        options,
+        settings,
         manifest=manifest,
         config=config,
-        pending=len(keep) - len(done_now),
-        corpus=(components or default_components(opts)).corpus,
+        pending=len(keep - shards.done_set(out)),
+        components=components,
     )
     p2.run().wait_until_finish()
     phase_s["corpus"] = time.perf_counter() - start
@@ -607,6 +442,24 @@ def run(
     return summary
 
 
+def _run_per_video(p: beam.Pipeline) -> tuple[dict[str, Any], str | None]:
+    """Run the per-video phase; its metrics, and why it stopped (``None``: it did not)."""
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as exc:
+        if "FailureRateExceeded" not in f"{exc!r}{exc}":
+            raise
+        stopped = _failure_rate_message(exc)
+        logger.error("%s", stopped)
+        return {}, stopped
+    metrics = _metrics(result)
+    client = getattr(result, "client", None)  # the DaskRunner's; close it before its
+    if client is not None:  # cluster goes, or it keeps trying to reconnect
+        client.close()
+    return metrics, None
+
+
 def _failure_rate_message(exc: BaseException) -> str:
     text = str(exc)
     i = text.find("FailureRateExceeded:")
@@ -615,39 +468,6 @@ def _failure_rate_message(exc: BaseException) -> str:
     line = text[i + len("FailureRateExceeded:") :].strip().splitlines()[0]
     line = line.split(" [while running")[0]
     return line.strip(" '\"")
-
-
-def summarize(
-    output: str | os.PathLike[str], *, wall_s: float, phase_s: dict[str, float]
-) -> RunSummary:
-    """Counts and the invariant of a published run, from its tables."""
-    out = Path(output)
-    manifest = RunManifest.read(out)
-    counts = dict(manifest.counts)
-    clip_videos = set(shards.read_table(out, "clips").column("video_id").to_pylist())
-    failures = shards.read_table(out, "failures").to_pylist()
-    failed_videos = {f["input_id"] for f in failures if f["stage"] != "read-manifest"}
-    rejected = sum(1 for f in failures if f["stage"] == "read-manifest")
-    both = clip_videos & failed_videos
-    counts["videos_with_clips"] = len(clip_videos)
-    counts["videos_failed"] = len(failed_videos)
-    total = len(clip_videos) + len(failed_videos) + rejected + counts.get("pending", 0)
-    ok = total == counts.get("inputs", -1) and not both
-    text = (
-        f"inputs {counts.get('inputs')} = {len(clip_videos)} with clips + "
-        f"{len(failed_videos)} failed + {rejected} rejected by the manifest reader"
-        + (f" + {counts.get('pending')} pending" if counts.get("pending") else "")
-        + (f"; {len(both)} videos in both tables: {sorted(both)[:5]}" if both else "")
-    )
-    return RunSummary(
-        output=out,
-        counts=counts,
-        invariant_ok=ok,
-        invariant=text,
-        wall_s=wall_s,
-        phase_s=phase_s,
-        stage_s={},
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

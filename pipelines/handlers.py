@@ -1,76 +1,50 @@
 """``RunInference`` model handler for CLIP caption scoring.
 
-The handler's examples are whole videos (:class:`~pipelines.records.VideoWork`): Beam batches
-videos, and the scorer embeds all sampled frames of a batch in shared forward passes. One video
-whose scoring raises is retried alone, so a bad video fails by itself and never takes its batch
-along. With ``share_model=True`` (a large model on a GPU) Beam keeps one model per machine,
-served to every worker process, instead of one per process.
+The handler's examples are whole videos (:class:`~curate.work.VideoWork`): Beam batches
+videos, and :class:`curate.scoring.VideoScorer` embeds all sampled frames of a batch in shared
+forward passes. One video whose scoring raises is retried alone, so a bad video fails by itself
+and never takes its batch along. With ``share_model=True`` (a large model on a GPU) Beam keeps
+one model per machine, served to every worker process, instead of one per process.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler
 
-from .records import VideoWork, failure_from_exception
+from curate.scoring import VideoScorer
+from curate.work import VideoWork, failure_from_exception
+
+from .isolation import traceback_tail
 
 logger = logging.getLogger(__name__)
 
 
-class ScorerService:
-    """The loaded scorer behind one plain method, so that it also works as a shared proxy.
+class VideoBatch:
+    """Videos batched by hand for ``RunInference`` (a list would be flattened by some runners)."""
 
-    Beam's cross-process sharing proxies method calls; a generator (``process_all``) does not
-    survive that, a list does.
-    """
+    def __init__(self, items: list[VideoWork]) -> None:
+        self.items = list(items)
 
-    def __init__(
-        self,
-        factory: Callable[..., Any],
-        kwargs: Mapping[str, Any],
-        signature: Callable[[Mapping[str, Any]], Any] | None = None,
-        captioner: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.scorer = factory(**dict(kwargs))
-        self.signature = signature
-        if hasattr(self.scorer, "setup"):
-            self.scorer.setup()
-        self.captioner: Any = None
-        if captioner:
-            from curate.recaption import Captioner
+    def __len__(self) -> int:
+        return len(self.items)
 
-            self.captioner = Captioner(**dict(captioner))
-            self.captioner.setup()
+    def __iter__(self) -> Iterator[VideoWork]:
+        return iter(self.items)
 
-    def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = list(self.scorer.process_all(records))
-        if self.captioner is not None:
-            # the captioner reads the sampled frames, which only this stage has; its caption
-            # travels with the committed work to the re-captioner
-            have = [r for r in out if r.get("frames") is not None and len(r["frames"])]
-            texts = self.captioner.caption_scenes([r["frames"] for r in have])
-            for record, text in zip(have, texts):
-                record["generated_caption"] = text
-        for record in out:
-            if self.signature is not None:
-                # dedup compares pixels too; this is the last stage that has them
-                record["dedup_signature"] = [float(x) for x in self.signature(record)]
-            record.pop("frames", None)
-        return out
+    def __getitem__(self, i: int) -> VideoWork:
+        return self.items[i]
 
 
-class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
-    """Scores every clip of a batch of videos with a CLIP scorer.
+class ClipModelHandler(ModelHandler[VideoWork, VideoWork, VideoScorer]):
+    """Scores every clip of a batch of videos with a :class:`~curate.scoring.VideoScorer`.
 
-    ``factory(**kwargs)`` builds the scorer (by default :class:`curate.clip_score.ClipScorer`):
-    it has ``setup()`` and ``process_all(records) -> records`` filling ``caption_score``,
-    ``frame_scores``, ``embedding`` and ``frame_embeddings`` (and ``scene_embedding`` for a
-    model that reads storyboards). With ``captioner`` (:class:`curate.recaption.Captioner`
-    keyword arguments) every scene also gets the captioner's ``generated_caption``.
+    ``factory(**kwargs)`` builds its scorer (default :class:`curate.clip_score.ClipScorer`);
+    ``captioner`` and ``dedup`` are the scorer's captioner and dedup-signature settings.
     """
 
     def __init__(
@@ -80,16 +54,12 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         *,
         max_batch_videos: int = 8,
         share_model: bool = False,
-        signature: Callable[[Mapping[str, Any]], Any] | None = None,
+        dedup: Mapping[str, Any] | None = None,
         prebatched: bool = False,
         captioner: Mapping[str, Any] | None = None,
     ) -> None:
         if max_batch_videos < 1:
             raise ValueError(f"max_batch_videos must be >= 1, got {max_batch_videos!r}")
-        if factory is None:
-            from curate.clip_score import ClipScorer
-
-            factory = ClipScorer
         super().__init__(
             min_batch_size=1,
             max_batch_size=max_batch_videos,
@@ -97,7 +67,7 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         )
         self.factory = factory
         self.kwargs = dict(kwargs or {})
-        self.signature = signature
+        self.dedup = dict(dedup) if dedup is not None else None
         self.prebatched = prebatched
         self.captioner = dict(captioner) if captioner else None
 
@@ -105,16 +75,17 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
         # prebatched: each element is already a list of videos (see ScoreCaptions)
         return self.prebatched
 
-    def load_model(self) -> ScorerService:
+    def load_model(self) -> VideoScorer:
         start = time.perf_counter()
-        service = ScorerService(self.factory, self.kwargs, self.signature, self.captioner)
+        scorer = VideoScorer(self.factory, self.kwargs, captioner=self.captioner, dedup=self.dedup)
+        scorer.setup()
         logger.info("scorer loaded in %.1f s", time.perf_counter() - start)
-        return service
+        return scorer
 
     def run_inference(
         self,
         batch: Sequence[VideoWork],
-        model: ScorerService,
+        model: VideoScorer,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[VideoWork]:
         start = time.perf_counter()
@@ -132,9 +103,7 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, ScorerService]):
             i += n
         return out
 
-    def _score_one(self, work: VideoWork, model: ScorerService) -> VideoWork:
-        from .isolation import traceback_tail
-
+    def _score_one(self, work: VideoWork, model: VideoScorer) -> VideoWork:
         start = time.perf_counter()
         try:
             scored = model.score([dict(c) for c in work.clips])

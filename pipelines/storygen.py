@@ -34,7 +34,12 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from .records import failure_row
+from curate.shards import check_output_dir
+from schemas import read_parquet, rows_to_table, video_failure_row, write_parquet
+from storygen.script import script_from_stories_row
+
+from .isolation import traceback_tail
+from .options import runner_flags
 from .transforms import Gather
 
 logger = logging.getLogger(__name__)
@@ -103,13 +108,11 @@ class _RenderFn(beam.DoFn):
         self.frames = Metrics.counter(NAMESPACE, "frames")
 
     def setup(self) -> None:
-        from storygen.pipeline import StoryVideoPipeline
+        from storygen.pipeline import StoryVideoPipeline  # torch and diffusers: on workers only
 
         self.pipe = StoryVideoPipeline.from_pretrained(self.s.model)
 
     def process(self, row: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
-        from storygen.script import script_from_stories_row
-
         story_id = str(row.get("story_id"))
         videos = Path(self.s.output) / "videos"
         videos.mkdir(parents=True, exist_ok=True)
@@ -135,8 +138,6 @@ class _RenderFn(beam.DoFn):
             )
             os.replace(tmp, final)
         except Exception as exc:
-            from .isolation import traceback_tail
-
             tmp.unlink(missing_ok=True)
             self.failed.inc()
             message = f"story {story_id!r}: {type(exc).__name__}: {exc}"
@@ -145,7 +146,7 @@ class _RenderFn(beam.DoFn):
             video = {"video_id": story_id, "uri": row.get("uri")}
             yield (
                 "failures",
-                failure_row(
+                video_failure_row(
                     video,
                     stage="render",
                     error_type=type(exc).__name__,
@@ -185,8 +186,6 @@ class _WriteTablesFn(beam.DoFn):
         self.output = output
 
     def process(self, tagged: list[tuple[str, dict]]) -> Iterator[str]:
-        from schemas import rows_to_table, write_parquet
-
         out = Path(self.output)
         results = sorted((r for t, r in tagged if t == "results"), key=lambda r: r["story_id"])
         failures = sorted((r for t, r in tagged if t == "failures"), key=lambda r: r["input_id"])
@@ -205,8 +204,6 @@ class _WriteTablesFn(beam.DoFn):
 
 def read_stories(path: str | os.PathLike[str], *, limit: int = 0) -> list[dict[str, Any]]:
     """Stories rows from a stories Parquet file, a folder of them, or a curate run folder."""
-    from schemas import read_parquet
-
     p = Path(path)
     if p.is_dir() and (p / "stories").is_dir():
         p = p / "stories"
@@ -258,11 +255,7 @@ def run(argv: Sequence[str] | None = None) -> RenderSummary:
     if not opts.stories or not opts.render_output or not opts.render_model:
         raise ValueError("--stories, --render_output and --render_model are required")
     if options.view_as(StandardOptions).runner is None:
-        from .options import runner_flags
-
         options = PipelineOptions([*runner_flags("local"), *argv])
-    from curate.shards import check_output_dir
-
     out = check_output_dir(opts.render_output)
     stories = read_stories(opts.stories, limit=opts.render_max_stories)
     settings = RenderSettings(

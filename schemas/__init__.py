@@ -1,5 +1,8 @@
-"""pyarrow schemas, validation and input-manifest readers shared by every storyloom package."""
+"""pyarrow schemas, validation, failures rows and input-manifest readers shared by every
+storyloom package."""
 
+from .failures import READ_MANIFEST, failure_row, video_failure_row
+from .inputs import FORMATS, ManifestRead, detect_format, read_manifest
 from .io import (
     SchemaError,
     check_version,
@@ -10,46 +13,61 @@ from .io import (
     validate_rows,
     write_parquet,
 )
-from .manifest import MANIFEST_NAME, RunManifest, ShardInfo
-from .manifests import FORMATS, ManifestRead, detect_format, read_manifest
+from .run_manifest import MANIFEST_NAME, RunManifest, ShardInfo
 from .stories import StoryError, story_problems, validate_story, validate_story_row
 from .tables import (
+    CAPTION_DROP_REASONS,
     CLIP_STATUSES,
     CLIPS_SCHEMA,
     DROP_REASONS,
     DROPPED,
+    DUPLICATE,
+    EMPTY_CAPTION,
     FAILURES_SCHEMA,
+    INVALID_CAPTION,
     KEPT,
+    LOW_CAPTION_SCORE,
     SCHEMA_VERSION,
     SCHEMAS,
     SEGMENT,
     STORIES_SCHEMA,
+    TOO_SHORT,
+    UNUSABLE_CAPTION_REASONS,
     VIDEOS_SCHEMA,
 )
 
 __all__ = [
+    "CAPTION_DROP_REASONS",
     "CLIPS_SCHEMA",
-    "FORMATS",
-    "ManifestRead",
-    "detect_format",
-    "read_manifest",
     "CLIP_STATUSES",
     "DROPPED",
     "DROP_REASONS",
+    "DUPLICATE",
+    "EMPTY_CAPTION",
     "FAILURES_SCHEMA",
+    "FORMATS",
+    "INVALID_CAPTION",
     "KEPT",
+    "LOW_CAPTION_SCORE",
     "MANIFEST_NAME",
+    "READ_MANIFEST",
     "SCHEMAS",
     "SCHEMA_VERSION",
     "SEGMENT",
     "STORIES_SCHEMA",
+    "TOO_SHORT",
+    "UNUSABLE_CAPTION_REASONS",
     "VIDEOS_SCHEMA",
+    "ManifestRead",
     "RunManifest",
     "SchemaError",
     "ShardInfo",
     "StoryError",
     "check_version",
+    "detect_format",
     "empty_table",
+    "failure_row",
+    "read_manifest",
     "read_parquet",
     "rows_to_table",
     "story_problems",
@@ -57,5 +75,6 @@ __all__ = [
     "validate_rows",
     "validate_story",
     "validate_story_row",
+    "video_failure_row",
     "write_parquet",
 ]

@@ -42,13 +42,16 @@ DROPPED = "dropped"
 CLIP_STATUSES = (KEPT, DROPPED)
 
 #: reasons a clip is dropped (``reason`` is empty for kept clips)
-DROP_REASONS = (
-    "low_caption_score",
-    "too_short",
-    "duplicate",
-    "empty_caption",
-    "invalid_caption",
-)
+LOW_CAPTION_SCORE = "low_caption_score"
+TOO_SHORT = "too_short"
+DUPLICATE = "duplicate"
+EMPTY_CAPTION = "empty_caption"
+INVALID_CAPTION = "invalid_caption"
+DROP_REASONS = (LOW_CAPTION_SCORE, TOO_SHORT, DUPLICATE, EMPTY_CAPTION, INVALID_CAPTION)
+#: the drop reasons that say the source caption does not describe the scene
+CAPTION_DROP_REASONS = (LOW_CAPTION_SCORE, EMPTY_CAPTION, INVALID_CAPTION)
+#: the drop reasons that say the source caption cannot be read at all
+UNUSABLE_CAPTION_REASONS = (EMPTY_CAPTION, INVALID_CAPTION)
 
 #: one row per scene
 CLIPS_SCHEMA = pa.schema(

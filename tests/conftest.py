@@ -70,8 +70,8 @@ def _fail_on_error_logs(
 
 @pytest.fixture(scope="session")
 def shapes_corpus(tmp_path_factory: pytest.TempPathFactory):
-    """Ground truth (a ``curate.synth.GroundTruth`` with ``.root``) of the session corpus."""
-    from curate.synth import generate_corpus
+    """Ground truth (a ``curate.shapes.GroundTruth`` with ``.root``) of the session corpus."""
+    from curate.shapes import generate_corpus
 
     root = tmp_path_factory.mktemp("shapes_corpus")
     return generate_corpus(root, **SHAPES_CORPUS_SETTINGS)
@@ -88,7 +88,7 @@ def tiny_video(tmp_path: Path) -> Callable[..., Any]:
     """Factory: ``tiny_video(["a red circle moving left on a navy background", ...],
     fps=25, width=160, height=120, scene_frames=48, transitions=["cut"], name="v")`` writes
     ``tmp_path/<name>.mp4`` and returns its ``VideoTruth`` (``.path`` is the file)."""
-    from curate.synth import make_video
+    from curate.shapes import make_video
 
     counter = iter(range(1_000_000))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from curate.choices import DETECTORS
 from curate.scenes.base import (
     GRADUAL,
     TRANSITIONS,
@@ -24,7 +25,6 @@ from curate.scenes.base import (
 )
 from curate.scenes.detect import (
     DEFAULT_DETECTION_WIDTH,
-    DETECTORS,
     detect_boundaries,
     detect_scenes,
     make_detector,

@@ -15,6 +15,7 @@ DEFAULT_DETECTION_WIDTH = 128
 
 
 def _registry() -> dict[str, Callable[..., Detector]]:
+    # numba (the fast path) and scenedetect are slow to import: only when a detector is made
     from curate.scenes.fast import FastDetector
     from curate.scenes.pyscenedetect import AdaptiveDetector, ContentDetector, HistogramDetector
 
@@ -24,9 +25,6 @@ def _registry() -> dict[str, Callable[..., Detector]]:
         "adaptive": AdaptiveDetector,
         "histogram": HistogramDetector,
     }
-
-
-DETECTORS: tuple[str, ...] = ("fast", "content", "adaptive", "histogram")
 
 
 def make_detector(name: str, **settings: Any) -> Detector:

@@ -7,9 +7,10 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from curate.choices import DETECTORS
 from curate.errors import CurateError
 from curate.scenes.base import Detector
-from curate.scenes.detect import DEFAULT_DETECTION_WIDTH, DETECTORS, detect_scenes, make_detector
+from curate.scenes.detect import DEFAULT_DETECTION_WIDTH, detect_scenes, make_detector
 from curate.step import Step, check_choice, check_positive
 from curate.video import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, probe
 

@@ -32,6 +32,11 @@ Conventions of the ground truth (``ground_truth.json``, see :class:`GroundTruth`
 from __future__ import annotations
 
 from .corpus import (
+    generate_corpus,
+    iso_duration,
+    write_manifests,
+)
+from .plan import (
     DEFAULT_FPS,
     DEFAULT_RESOLUTION_WEIGHTS,
     DEFAULT_RESOLUTIONS,
@@ -39,14 +44,10 @@ from .corpus import (
     MIN_WIDTH,
     VideoPlan,
     clean_caption,
-    generate_corpus,
-    iso_duration,
-    make_video,
     plan_video,
     random_facts,
     truncate_caption,
     truncated_is_noise,
-    write_manifests,
 )
 from .read import (
     FrameFacts,
@@ -69,6 +70,7 @@ from .truth import (
 )
 from .video import (
     X264_PRESETS,
+    make_video,
     parse_fps,
     write_video,
 )

@@ -1,14 +1,19 @@
-"""Writing h264 mp4 files reproducibly, with exact rational frame rates."""
+"""Writing h264 mp4 files reproducibly, with exact rational frame rates; one shapes-world video
+of given scenes (:func:`make_video`, for tests and examples)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .plan import ScenePlan, VideoPlan, clean_caption
+from .truth import VideoTruth
+from .vocab import TRANSITION_KINDS, SceneFacts, parse_caption
 
 
 def parse_fps(value: float | str | Fraction) -> Fraction:
@@ -113,3 +118,71 @@ def write_video(
     container.close()
     os.replace(tmp, path)
     return count
+
+
+def make_video(
+    path: str | os.PathLike[str],
+    scenes: Sequence[SceneFacts | str],
+    *,
+    scene_frames: int | Sequence[int] = 48,
+    fps: float | str | Fraction = 25,
+    width: int = 160,
+    height: int = 120,
+    transitions: Sequence[str] | None = None,
+    transition_frames: int = 12,
+    crf: int = 23,
+    seed: int = 0,
+) -> VideoTruth:
+    """Write one shapes-world video with the given scenes; returns its ground truth.
+
+    ``scenes`` are :class:`SceneFacts` or captions; ``transitions`` gives the kind ("cut",
+    "fade", "dissolve") entering each scene after the first (default: all cuts).
+    """
+    path = Path(path)
+    facts = []
+    for s in scenes:
+        f = parse_caption(s) if isinstance(s, str) else s
+        if f is None:
+            raise ValueError(f"cannot parse scene caption {s!r}")
+        facts.append(f)
+    if not facts:
+        raise ValueError("need at least one scene")
+    counts = [scene_frames] * len(facts) if isinstance(scene_frames, int) else list(scene_frames)
+    kinds = list(transitions) if transitions is not None else ["cut"] * (len(facts) - 1)
+    if len(counts) != len(facts) or len(kinds) != len(facts) - 1:
+        raise ValueError(
+            f"{len(facts)} scenes need {len(facts)} scene_frames and {len(facts) - 1} transitions, "
+            f"got {len(counts)} and {len(kinds)}"
+        )
+    for k in kinds:
+        if k not in ("cut", *TRANSITION_KINDS):
+            raise ValueError(f"unknown transition {k!r}; expected cut, fade or dissolve")
+    if any(c < 2 for c in counts) or any(
+        k != "cut" and min(counts[i], counts[i + 1]) < transition_frames
+        for i, k in enumerate(kinds)
+    ):
+        raise ValueError(f"scenes too short for their transitions: {counts!r}")
+    rng = np.random.default_rng(seed)
+    plan = VideoPlan(
+        path.stem,
+        width,
+        height,
+        parse_fps(fps),
+        crf,
+        [
+            ScenePlan(
+                f,
+                c,
+                int(rng.integers(2**31)),
+                "start" if i == 0 else kinds[i - 1],
+                transition_frames if i > 0 and kinds[i - 1] != "cut" else 0,
+            )
+            for i, (f, c) in enumerate(zip(facts, counts, strict=True))
+        ],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, plan.frames(), fps=plan.fps, crf=crf)
+    truth = plan.truth(path.name, "")
+    truth.source_caption = truth.clean_caption = clean_caption(facts)
+    truth.root = path.parent.resolve()
+    return truth

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from curate.badvideos import EXPECTED_ERRORS, MIN_FRAMES, make_bad_videos
 from curate.errors import VideoError
 from curate.video import FrameReader, probe, read_frames
+from tests.badvideos import EXPECTED_ERRORS, MIN_FRAMES, make_bad_videos
 
 #: each bad input must be classified within this many seconds (they take milliseconds)
 TIME_LIMIT_S = 3.0

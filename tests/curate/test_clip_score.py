@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curate.clip_score import DEFAULT_MODEL, ClipScorer, check_model_folder, resolve_model
-from curate.clip_train import make_tiny_clip
+from curate.clip_score import ClipScorer
 from curate.errors import ModelFolderError
+from curate.models import DEFAULT_MODEL, check_model_folder, resolve_model
+from curate.training.clip import make_tiny_clip
 
 WORDS = ["a red circle moves left over a blue background", "then a green square spins"]
 

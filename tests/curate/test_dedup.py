@@ -15,7 +15,7 @@ from curate.dedup import (
     thumbnail_signature,
     train_centroids,
 )
-from curate.synth import SceneFacts, render_scene
+from curate.shapes import SceneFacts, render_scene
 
 FACTS = [
     SceneFacts("red", "circle", "moving right", "navy"),

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 
-from curate.filtering import (
-    CaptionFilter,
-    apply_threshold,
-    calibrate,
-    calibrate_threshold,
-    summarize,
-    text_histogram,
-)
+from curate.filtering import CaptionFilter, apply_threshold, summarize, text_histogram
 
 
 def rec(cid, score, caption="a red circle", **kw):
@@ -26,33 +16,6 @@ def rec(cid, score, caption="a red circle", **kw):
         "reason": None,
         **kw,
     }
-
-
-def test_percentile_drops_at_most_that_share():
-    scores = np.linspace(0.0, 1.0, 101)
-    cut = calibrate_threshold(scores, percentile=10)
-    assert cut == pytest.approx(0.10)
-    assert (scores < cut).sum() == 10
-    assert calibrate_threshold(scores, percentile=0) == 0.0
-
-
-def test_unscored_clips_do_not_count():
-    assert calibrate_threshold([None, float("nan"), 0.2, 0.4], percentile=50) == 0.2
-    with pytest.raises(ValueError, match="zero scored"):
-        calibrate_threshold([None], percentile=10)
-
-
-@pytest.mark.parametrize("bad", [-1, 100, 150])
-def test_bad_percentile(bad):
-    with pytest.raises(ValueError, match=repr(bad)):
-        calibrate_threshold([0.1], percentile=bad)
-
-
-def test_calibrate_counts():
-    cal = calibrate([0.1, 0.2, 0.3, None], threshold=0.25)
-    assert (cal.threshold, cal.scored, cal.dropped, cal.kept) == (0.25, 3, 2, 1)
-    with pytest.raises(ValueError, match="exactly one"):
-        calibrate([0.1], threshold=0.1, percentile=5)
 
 
 def test_every_clip_gets_status_and_reason():
@@ -115,47 +78,3 @@ def test_histogram_marks_the_cut():
     assert lo <= 0.25 < hi
     assert sum(int(line.split("|")[1].split()[0]) for line in lines) == 5
     assert text_histogram([None]) == "(no scored clips)"
-
-
-def test_calibrate_cli_on_a_clips_file(tmp_path, capsys):
-    from curate.cli import main
-    from schemas.io import rows_to_table, write_parquet
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(40):
-        rows.append(
-            {
-                "clip_id": f"v{i}:0000",
-                "video_id": f"v{i}",
-                "scene_index": 0,
-                "uri": f"v{i}.mp4",
-                "start_frame": 0,
-                "end_frame": 50,
-                "start_s": 0.0,
-                "end_s": 2.0,
-                "fps": 25.0,
-                "width": 64,
-                "height": 64,
-                "source_caption": "a red circle" if i else None,
-                "caption_score": float(rng.uniform(0, 1)) if i else None,
-                "status": "kept",
-            }
-        )
-    path = tmp_path / "clips.parquet"
-    write_parquet(rows_to_table(rows, "clips"), path, "clips")
-    out_json = tmp_path / "cal.json"
-    assert main(["calibrate", str(path), "--percentile", "25", "--json", str(out_json)]) == 0
-    printed = capsys.readouterr().out
-    assert "<- cut" in printed and "39 scored clips" in printed
-    payload = json.loads(out_json.read_text())
-    scores = [s for s in payload["scores"].values() if s is not None]
-    assert payload["dropped"] == sum(s < payload["threshold"] for s in scores) <= 0.25 * 39
-    assert payload["counts"]["empty_caption"] == 1
-
-
-def test_calibrate_cli_reports_bad_input(tmp_path, capsys):
-    from curate.cli import main
-
-    assert main(["calibrate", str(tmp_path / "missing.parquet")]) == 2
-    assert "no such file" in capsys.readouterr().err

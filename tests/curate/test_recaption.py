@@ -5,57 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate.errors import CaptionError, ModelFolderError
-from curate.recaption import (
-    Captioner,
-    Recaptioner,
-    align_monotonic,
-    build_prompt_bank,
-    load_prompt_bank,
-    split_caption,
-)
+from curate.captioner import Captioner
+from curate.errors import ModelFolderError
+from curate.recaption import Recaptioner, align_monotonic
 from schemas.stories import validate_story_row
 
 # --- splitting ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (
-            "a red circle moving up on a navy background",
-            ["a red circle moving up on a navy background"],
-        ),
-        ("a red circle, then a blue square", ["a red circle", "a blue square"]),
-        (
-            "a red circle, followed by a blue square; a green star",
-            ["a red circle", "a blue square", "a green star"],
-        ),
-        ("A red circle. Then a blue square.", ["A red circle", "a blue square"]),
-        ("a red circle and then a blue square", ["a red circle", "a blue square"]),
-        ("a red circle. After that, a blue square", ["a red circle", "a blue square"]),
-        ("then a cat", ["a cat"]),
-        ("", []),
-        (" ; , . ", []),
-        ("赤い円。青い四角", ["赤い円", "青い四角"]),
-    ],
-)
-def test_split_caption(text, expected):
-    assert split_caption(text) == expected
-
-
-def test_split_matches_the_shapes_world_connectors():
-    from curate.synth import caption_for, join_captions
-
-    caps = [
-        caption_for("red", "circle", "moving up", "navy"),
-        caption_for("blue", "star", "still", "beige"),
-        caption_for("green", "ring", "growing", "black"),
-        caption_for("white", "square", "shrinking", "brown"),
-    ]
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        assert split_caption(join_captions(caps, rng)) == caps
 
 
 # --- alignment ------------------------------------------------------------------------------
@@ -253,24 +208,6 @@ def test_bad_inputs():
         Recaptioner(align_threshold=1.5)
 
 
-def test_prompt_bank_files(tmp_path):
-    good = tmp_path / "bank.txt"
-    good.write_bytes(b"# prompts\na red circle\n\n  a blue   square \na red circle\n\xff\xfe bad\n")
-    assert load_prompt_bank(good) == ["a red circle", "a blue square"]
-    with pytest.raises(CaptionError, match="no usable prompt"):
-        (tmp_path / "empty.txt").write_text("# nothing\n\n")
-        load_prompt_bank(tmp_path / "empty.txt")
-    with pytest.raises(CaptionError, match="cannot read"):
-        load_prompt_bank(tmp_path / "missing.txt")
-    rows = [
-        {"status": "kept", "fragment": "a red circle"},
-        {"status": "dropped", "fragment": "x y"},
-        {"status": "kept", "source_caption": "a  blue square"},
-        {"status": "kept", "fragment": "a red circle"},
-    ]
-    assert build_prompt_bank(rows) == ["a red circle", "a blue square"]
-
-
 # --- the real classes at toy size ---------------------------------------------------------------
 
 
@@ -360,7 +297,7 @@ def test_incomplete_blip_folder_names_the_file(tiny_blip, tmp_path):
 
 
 def test_recaptioner_with_real_clip_and_blip(tiny_blip, tmp_path):
-    from curate.clip_train import make_tiny_clip
+    from curate.training.clip import make_tiny_clip
 
     clip = make_tiny_clip(tmp_path / "clip", texts=["a red circle", "a blue square"])
     rng = np.random.default_rng(1)
@@ -406,11 +343,21 @@ def test_recaptioner_with_real_clip_and_blip(tiny_blip, tmp_path):
     validate_story_row(story)
 
 
-def test_functional_entry_merges_extras_and_caches_the_model(tmp_path):
-    from curate import recaption as rc
-    from curate.clip_train import make_tiny_clip
+def test_committed_record_entry_merges_extras_and_loads_the_model_once(tmp_path, monkeypatch):
+    import transformers
+
+    from curate.recaption import Recaptioner
+    from curate.training.clip import make_tiny_clip
 
     clip = make_tiny_clip(tmp_path / "clip", texts=["a red circle"])
+    loads: list[str] = []
+    load = transformers.CLIPModel.from_pretrained
+
+    def counted(source, *args, **kwargs):
+        loads.append(str(source))
+        return load(source, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", staticmethod(counted))
     rng = np.random.default_rng(0)
     fe = rng.normal(size=(3, 16)).astype(np.float32)
     clips = [
@@ -429,17 +376,19 @@ def test_functional_entry_merges_extras_and_caches_the_model(tmp_path):
     ]
     extras = [{"clip_id": "v:0000", "fragment": "a red circle", "frame_embeddings": fe.tolist()}]
     video = {"video_id": "v", "uri": "v.mp4"}
-    rows, story = rc.recaption_video(video, clips, extras, model=clip)
-    assert rows[0]["recaption"] == "a red circle" and rows[0]["recaption_source"] == "source"
-    assert "frame_embeddings" not in rows[0] and "fragment" not in rows[0]
-    assert np.linalg.norm(rows[0]["embedding"]) == pytest.approx(1.0, abs=1e-5)
-    assert story["uri"] == "v.mp4" and story["segments"][0]["end_frame"] == 50
-    n_cached = len(rc._CACHED)
-    dropped = [{**clips[0], "source_caption": None, "status": "dropped", "reason": "empty_caption"}]
-    rows, story = rc.recaption_video(video, dropped, extras, model=clip)
-    assert story is None and rows[0]["recaption"] is None
-    assert len(rc._CACHED) == n_cached
-    assert rc.recaption_video(video, [], []) == ([], None)
+    with Recaptioner(model=clip) as step:
+        rows, story = step.recaption_record(video, clips, extras)
+        assert rows[0]["recaption"] == "a red circle" and rows[0]["recaption_source"] == "source"
+        assert "frame_embeddings" not in rows[0] and "fragment" not in rows[0]
+        assert np.linalg.norm(rows[0]["embedding"]) == pytest.approx(1.0, abs=1e-5)
+        assert story["uri"] == "v.mp4" and story["segments"][0]["end_frame"] == 50
+        dropped = [
+            {**clips[0], "source_caption": None, "status": "dropped", "reason": "empty_caption"}
+        ]
+        rows, story = step.recaption_record(video, dropped, extras)
+        assert story is None and rows[0]["recaption"] is None
+        assert len(loads) == 1  # one model for every video the step sees
+        assert step.recaption_record(video, [], []) == ([], None)
 
 
 def test_truncated_last_fragment_is_completed_from_the_bank():
@@ -460,43 +409,6 @@ def test_truncated_last_fragment_is_completed_from_the_bank():
 
 
 # --- bank hygiene and precomputed captions -----------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("prompts", "expected"),
-    [
-        # cut mid-word: "ba" / "bro" never stand alone, but longer words of the bank start so
-        (
-            [
-                "a red circle moving left on a brown background",
-                "a white star moving up on a black ba",
-                "an orange star moving right on a bro",
-            ],
-            ["a red circle moving left on a brown background"],
-        ),
-        # a prompt another one extends says less (case and spacing do not matter)
-        (
-            ["A red circle", "a red circle moving up", "a blue  square", "a blue square"],
-            ["a red circle moving up", "a blue square"],
-        ),
-        # a rare last word that no longer word starts with is a whole word
-        (["slow motion water", "a dog on the beach"], ["slow motion water", "a dog on the beach"]),
-        ([], []),
-    ],
-)
-def test_clean_prompt_bank(prompts, expected):
-    from curate.recaption import clean_prompt_bank
-
-    assert clean_prompt_bank(prompts) == expected
-
-
-def test_bank_prompts_stand_for_one_scene_each():
-    rows = [
-        {"status": "kept", "fragment": "a red circle; a blue square. Then a green st"},
-        {"status": "kept", "fragment": "a green star moving up"},
-    ]
-    # split into events; the cut tail goes, its completion stays
-    assert build_prompt_bank(rows) == ["a red circle", "a blue square", "a green star moving up"]
 
 
 def test_precomputed_captions_compete_without_loading_the_model(tiny_blip):
@@ -525,3 +437,22 @@ def test_precomputed_captions_compete_without_loading_the_model(tiny_blip):
     step = Recaptioner(scorer=StubScorer(), captioner=tiny_blip, fallback="captioner")
     with step, pytest.raises(ValueError, match="v:0001.*no frames"):
         step.recaption_video(clips)
+
+
+def test_corpus_bank_comes_first_and_joins_the_given_prompts():
+    cap = "a red circle"
+    clips = [
+        scene(0, "red circle", 0, 40, caption=cap),
+        scene(1, "white ring", 40, 90, caption=cap, status="dropped", reason="low_caption_score"),
+    ]
+    with Recaptioner(scorer=StubScorer(), prompt_bank=["a green star on black"]) as step:
+        step.use_corpus_bank([])
+        rows, _ = step.recaption_video(clips)
+        assert rows[1]["recaption"] == "a green star on black"  # the given bank only
+        step.use_corpus_bank(["a white ring on beige", "a green star on black"])
+        rows, _ = step.recaption_video(clips)
+        assert rows[1]["recaption"] == "a white ring on beige"
+    with Recaptioner(scorer=StubScorer()) as step:
+        step.use_corpus_bank([])  # no bank at all: scenes without a caption stay gaps
+        rows, story = step.recaption_video(clips)
+        assert rows[1]["recaption"] is None and len(story["segments"]) == 1

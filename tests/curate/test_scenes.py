@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from curate.badvideos import EXPECTED_ERRORS, MIN_FRAMES, make_bad_videos
 from curate.errors import CurateError
 from curate.scenes import (
     CLIP_COLUMNS,
@@ -23,6 +21,7 @@ from curate.scenes import (
 )
 from curate.scenes.metrics import score_boundaries, score_cuts, score_gradual
 from curate.video import probe
+from tests.badvideos import EXPECTED_ERRORS, MIN_FRAMES, make_bad_videos
 
 
 def truth_transitions(v) -> list[tuple[str, int, int]]:
@@ -163,7 +162,7 @@ def test_min_scene_len_merges_close_boundaries(shapes_corpus):
 
 def test_moving_shapes_alone_make_one_scene(tmp_path):
     """A single scene with fast motion: no cut, no gradual transition."""
-    from curate.synth import SceneFacts, render_scene, write_video
+    from curate.shapes import SceneFacts, render_scene, write_video
 
     frames = list(
         render_scene(
@@ -188,7 +187,7 @@ def _smooth_texture(seed: int, w: int, h: int) -> np.ndarray:
 def test_smooth_camera_pan_is_not_a_dissolve(tmp_path):
     """Panning over smooth content is linear in time, like a dissolve, but it changes at the
     same rate all along; no boundary may come of it."""
-    from curate.synth import write_video
+    from curate.shapes import write_video
 
     tex = _smooth_texture(1, 640, 96)
     frames = [tex[:, 2 * i : 2 * i + 160] for i in range(200)]
@@ -199,7 +198,7 @@ def test_smooth_camera_pan_is_not_a_dissolve(tmp_path):
 
 
 def test_dissolve_between_textured_scenes(tmp_path):
-    from curate.synth import write_video
+    from curate.shapes import write_video
 
     a, b = _smooth_texture(2, 160, 96), _smooth_texture(3, 160, 96)
     length, start = 12, 60
@@ -300,37 +299,6 @@ def test_scene_splitter_raises_domain_errors_with_video_id(tmp_path):
 # --- the CLI ----------------------------------------------------------------------------------
 
 
-def test_cli_json_lists_cuts_and_reports_failures(shapes_corpus, tmp_path, capsys):
-    from curate.cli import main
-
-    v = max(shapes_corpus, key=lambda v: len(v.scenes))
-    missing = tmp_path / "missing.mp4"
-    rc = main(["scenes", str(v.path), str(missing), "--json"])
-    assert rc == 1
-    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
-    assert len(lines) == 2
-    good, failed = lines
-    assert good["ok"] and good["file"] == str(v.path)
-    assert len(good["cuts"]) == len(v.scenes) - 1
-    for got, t in zip(good["cuts"], v.scenes[1:], strict=True):
-        assert abs(got - t.start_frame) <= 2
-    assert good["transitions"] == [t.transition_in for t in v.scenes[1:]]
-    assert good["cut_times"] == [
-        round(float(c / Fraction(v.fps_fraction)), 6) for c in good["cuts"]
-    ]
-    assert not failed["ok"] and failed["error"] == "VideoOpenFailure"
-    assert failed["file"] == str(missing)
-
-
-def test_cli_table(shapes_corpus, capsys):
-    from curate.cli import main
-
-    v = shapes_corpus.videos[0]
-    assert main(["scenes", str(v.path), "--detector", "adaptive"]) == 0
-    out = capsys.readouterr().out
-    assert str(v.path) in out and "scene(s)" in out and "start" in out
-
-
 def test_detect_scenes_accepts_names_and_instances(shapes_corpus):
     v = shapes_corpus.videos[0]
     info, (a, b) = detect_scenes(v.path, ["fast", make_detector("fast")])
@@ -367,7 +335,7 @@ def test_long_video_memory_is_bounded(tmp_path):
     every cut."""
     import tracemalloc
 
-    from curate.synth import write_video
+    from curate.shapes import write_video
 
     w, h, n, every = 284, 160, 10_000, 500
     colors = [(40, 40, 160), (200, 120, 40), (30, 150, 60), (180, 180, 180)]

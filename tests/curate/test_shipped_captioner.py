@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from curate.recaption import DEFAULT_CAPTIONER, Captioner, read_captioning
+from curate.captioner import Captioner
+from curate.models import DEFAULT_CAPTIONER, read_captioning
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_CAPTIONER / "model.safetensors").exists(),
@@ -25,7 +26,7 @@ def captioner():
 
 
 def csm(text: str | None):
-    from curate.synth import parse_caption
+    from curate.shapes import parse_caption
 
     f = parse_caption(text)
     return None if f is None else (f.color, f.shape, f.motion)
@@ -45,8 +46,7 @@ def test_shipped_folder_is_complete_small_and_documented():
 
 
 def test_captions_unseen_rendered_scenes(captioner):
-    from curate.captioner_train import caption_of_codes
-    from curate.clip_train import render_training_data
+    from curate.training.data import caption_of_codes, render_training_data
 
     # a seed neither the training runs (0, 1) nor the card's evaluation (1000003) used
     data = render_training_data(
@@ -88,7 +88,7 @@ def test_captions_decoded_corpus_scenes(captioner, shapes_corpus):
 
 
 def test_storyboard_input_comes_from_the_folder(tmp_path, captioner):
-    from curate.clip_score import storyboard
+    from curate.storyboard import storyboard
 
     frames = np.random.default_rng(3).integers(0, 256, (4, 90, 120, 3), dtype=np.uint8)
     np.testing.assert_array_equal(

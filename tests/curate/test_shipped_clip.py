@@ -12,7 +12,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from curate.clip_score import DEFAULT_MODEL, ClipScorer, check_model_folder, recommended_threshold
+from curate.clip_score import ClipScorer
+from curate.models import DEFAULT_MODEL, check_model_folder, recommended_threshold
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL / "model.safetensors").exists(),
@@ -43,7 +44,7 @@ def scorer():
 
 
 def test_true_captions_beat_wrong_ones_on_unseen_frames(scorer):
-    from curate.synth import SceneFacts, random_facts, render_scene
+    from curate.shapes import SceneFacts, random_facts, render_scene
 
     rng = np.random.default_rng(424242)
     wins, total = 0, 0
@@ -63,7 +64,7 @@ def test_true_captions_beat_wrong_ones_on_unseen_frames(scorer):
 
 
 def test_shapes_are_told_apart_on_unseen_frames(scorer):
-    from curate.synth import SHAPES, SceneFacts, random_facts, render_scene
+    from curate.shapes import SHAPES, SceneFacts, random_facts, render_scene
 
     rng = np.random.default_rng(515151)
     wins = 0
@@ -79,7 +80,7 @@ def test_shapes_are_told_apart_on_unseen_frames(scorer):
 
 def test_motion_is_read_from_storyboards_not_single_frames(scorer):
     from curate.sampling import plan_indices
-    from curate.synth import MOTIONS, SceneFacts, random_facts, render_scene
+    from curate.shapes import MOTIONS, SceneFacts, random_facts, render_scene
 
     assert scorer.storyboard_grid == (2, 2)  # declared by the folder's scoring.json
     rng = np.random.default_rng(626262)
@@ -108,10 +109,10 @@ def test_motion_is_read_from_storyboards_not_single_frames(scorer):
 @pytest.fixture(scope="module")
 def scored(shapes_corpus, scorer):
     """Every ground-truth scene of the session corpus, sampled from the mp4s and scored."""
-    from curate.calibrate_cli import score_videos
+    from curate.captions import clean_caption
     from curate.filtering import CaptionFilter
     from curate.sampling import FrameSampler
-    from curate.text import clean_caption
+    from curate.scoring import score_videos
 
     def clips_of(video):
         v = shapes_corpus.by_id(video["video_id"])
@@ -169,7 +170,7 @@ def test_filter_drops_noise_and_keeps_clean_captions(shapes_corpus, scored):
 
 def test_recaption_stories_match_the_scenes(shapes_corpus, scored, scorer):
     from curate.recaption import Recaptioner
-    from curate.synth import all_captions, parse_caption
+    from curate.shapes import all_captions, parse_caption
     from schemas.stories import validate_story_row
 
     # a user-supplied bank: every caption of the grammar, so only the model decides
@@ -220,7 +221,7 @@ def test_planted_duplicates_are_found_without_false_alarms(shapes_corpus, scored
 
 @pytest.mark.slow
 def test_calibrate_command_on_the_corpus_manifest(shapes_corpus, tmp_path, capsys):
-    from curate.cli import main
+    from pipelines.cli import main
 
     out = tmp_path / "cal.json"
     threshold = recommended_threshold(DEFAULT_MODEL)

@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from curate.clip_score import ClipScorer, scene_similarity, storyboard
-from curate.clip_train import make_tiny_clip
+from curate.clip_score import ClipScorer
 from curate.errors import ModelFolderError
+from curate.storyboard import scene_similarity, storyboard
+from curate.training.clip import make_tiny_clip
 
 WORDS = ["a red circle moving left on a blue background", "a green square growing"]
 
@@ -121,7 +122,7 @@ def test_bad_storyboard_declaration_names_the_file(folders, tmp_path):
 
 
 def test_prompt_bank_search_with_storyboards_ranks_by_the_mean_cosine():
-    from curate.recaption import PromptBank
+    from curate.prompt_bank import PromptBank
 
     rng = np.random.default_rng(3)
 

@@ -186,7 +186,7 @@ def test_frame_reader_memory_does_not_grow_with_length(tmp_path):
 
 def test_truncated_file_raises_or_keeps_what_decodes(tmp_path):
     good = write_video(tmp_path / "good.mp4", ramp(40), size=(96, 64))
-    from curate.badvideos import write_h264
+    from tests.badvideos import write_h264
 
     rng = np.random.default_rng(0)
     noisy = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(40)]

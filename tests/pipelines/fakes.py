@@ -137,33 +137,20 @@ def write_fake_corpus(root: Path, specs: dict[str, tuple[str, str]]) -> Path:
     return manifest
 
 
-class FakeCorpusSteps:
-    """Plain numpy versions of the corpus steps (same contracts as ``CorpusSteps``)."""
+class FakeRecaptioner:
+    """Every clip keeps its own caption as its prompt; the kept ones make the story (same
+    contract as :class:`curate.recaption.Recaptioner`, no model)."""
 
-    def cutoff(self, scores, threshold):
-        if not threshold.percentile:
-            return threshold.value
-        return float(np.percentile(scores, threshold.value)) if len(scores) else None
+    def setup(self) -> None:
+        self.bank: list[str] = []
 
-    def apply_cutoff(self, clips, cutoff):
-        out = []
-        for c in clips:
-            c = dict(c)
-            score = c.get("caption_score")
-            if (
-                c["status"] == "kept"
-                and cutoff is not None
-                and score is not None
-                and score < cutoff
-            ):
-                c["status"], c["reason"] = "dropped", "low_caption_score"
-            out.append(c)
-        return out
+    def teardown(self) -> None:
+        pass
 
-    def bank_prompts(self, record):
-        return [c["source_caption"] for c in record["clips"] if c["status"] == "kept"]
+    def use_corpus_bank(self, prompts):
+        self.bank = list(prompts)
 
-    def recaption(self, video, clips, extras, *, bank=None):
+    def recaption_record(self, video, clips):
         if "recaption-fails" in (video.get("caption") or ""):
             raise ValueError("no prompt fits")
         clips = [
@@ -195,29 +182,17 @@ class FakeCorpusSteps:
         }
         return clips, story
 
-    def signature(self, record):
-        return np.asarray(record["embedding"], np.float32)
-
-    def duplicates(self, rows, *, threshold):
-        ids = [r["clip_id"] for r in rows]
-        emb = np.asarray([r["dedup_signature"] for r in rows], np.float32)
-        sims = emb @ emb.T
-        out = {}
-        for j in range(len(ids)):
-            for i in range(j):
-                if ids[i] not in out and sims[i, j] >= threshold:
-                    out[ids[j]] = ids[i]
-                    break
-        return out
-
-    def train_centroids(self, sample, *, clusters, seed=0):
-        return np.asarray(sample[:clusters], np.float32)
-
-    def assign(self, embedding, centroids):
-        return int(np.argmax(centroids @ np.asarray(embedding, np.float32)))
-
 
 def fake_components():
+    """The fake decoder, scorer and re-captioner; the real filter and dedup, on signatures
+    that are the fake embeddings alone (the fake frames are flat colours)."""
     from pipelines.curate import Components
 
-    return Components(FakeDecoder, {}, FakeScorer, {}, FakeCorpusSteps())
+    return Components(
+        FakeDecoder,
+        {},
+        FakeScorer,
+        {},
+        recaptioner=FakeRecaptioner,
+        dedup={"pixel_weight": 0.0},
+    )

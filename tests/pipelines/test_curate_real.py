@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from curate import shards
-from curate.badvideos import EXPECTED_ERRORS, make_bad_videos
 from pipelines.curate import run
+from tests.badvideos import EXPECTED_ERRORS, make_bad_videos
 
 LONG_CAPTION = ("a red circle moving left on a navy background " * 250)[:10_000]
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> Path:
-    from curate.clip_train import make_tiny_clip
+    from curate.training.clip import make_tiny_clip
 
     return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny")
 
@@ -30,7 +30,7 @@ def _jsonl(rows: list[dict]) -> bytes:
 @pytest.fixture(scope="module")
 def corpora(shapes_corpus_path, tmp_path_factory):
     """(clean manifest, mixed manifest, names of the bad files)."""
-    from curate.synth import make_video
+    from curate.shapes import make_video
 
     root = tmp_path_factory.mktemp("real")
     good = [json.loads(line) for line in (shapes_corpus_path / "manifest.jsonl").open()]

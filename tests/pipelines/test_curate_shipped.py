@@ -11,7 +11,7 @@ import json
 import pytest
 
 from curate import shards
-from curate.clip_score import DEFAULT_MODEL, recommended_threshold
+from curate.models import DEFAULT_MODEL, recommended_threshold
 from pipelines.curate import run
 
 pytestmark = pytest.mark.skipif(
@@ -30,7 +30,7 @@ def scene_of(video, clip: dict):
 
 @pytest.fixture(scope="module")
 def curated(shapes_corpus, shapes_corpus_path, tmp_path_factory):
-    from curate.synth import all_captions
+    from curate.shapes import all_captions
 
     root = tmp_path_factory.mktemp("shipped")
     bank = root / "prompts.txt"
@@ -61,7 +61,7 @@ def curated_default(shapes_corpus_path, tmp_path_factory):
 
 
 def right_facts(shapes_corpus, clip: dict) -> bool:
-    from curate.synth import parse_caption
+    from curate.shapes import parse_caption
 
     truth = scene_of(shapes_corpus.by_id(clip["video_id"]), clip)
     facts = parse_caption(clip["recaption"])
@@ -73,8 +73,8 @@ def right_facts(shapes_corpus, clip: dict) -> bool:
 
 
 def test_threshold_auto_is_the_model_folders_cut_off(curated, tmp_path):
-    from curate.clip_train import make_tiny_clip
-    from pipelines.curate import auto_threshold
+    from curate.threshold import auto_threshold
+    from curate.training.clip import make_tiny_clip
 
     # the default --threshold (auto) used the shipped model's recommended cut-off
     published = json.loads((curated / "_manifest.json").read_text())["config"]
@@ -84,7 +84,7 @@ def test_threshold_auto_is_the_model_folders_cut_off(curated, tmp_path):
 
 
 def test_stories_name_what_each_scene_shows(shapes_corpus, curated):
-    from curate.synth import parse_caption
+    from curate.shapes import parse_caption
 
     clips = shards.read_table(curated, "clips").to_pylist()
     assert {c["video_id"] for c in clips} == {v.video_id for v in shapes_corpus}
@@ -132,7 +132,7 @@ def test_missing_prompt_bank_fails_before_any_work(shapes_corpus_path, tmp_path)
 
 
 def test_default_run_captions_scenes_the_bank_cannot_name(shapes_corpus, curated_default):
-    from curate.recaption import DEFAULT_CAPTIONER
+    from curate.models import DEFAULT_CAPTIONER
 
     published = json.loads((curated_default / "_manifest.json").read_text())["config"]
     assert published["captioner"] == str(DEFAULT_CAPTIONER)
@@ -147,9 +147,8 @@ def test_default_run_captions_scenes_the_bank_cannot_name(shapes_corpus, curated
 
 
 def test_captioner_auto_pairs_with_the_shipped_clip_only(tmp_path):
-    from curate.clip_train import make_tiny_clip
-    from curate.recaption import DEFAULT_CAPTIONER
-    from pipelines.curate import resolve_captioner
+    from curate.models import DEFAULT_CAPTIONER, resolve_captioner
+    from curate.training.clip import make_tiny_clip
 
     assert resolve_captioner(None, "auto") == str(DEFAULT_CAPTIONER)
     assert resolve_captioner(str(DEFAULT_MODEL), "auto") == str(DEFAULT_CAPTIONER)
@@ -162,7 +161,7 @@ def test_incomplete_captioner_folder_fails_before_any_work(shapes_corpus_path, t
     import shutil
 
     from curate.errors import ModelFolderError
-    from curate.recaption import DEFAULT_CAPTIONER
+    from curate.models import DEFAULT_CAPTIONER
 
     broken = tmp_path / "blip"
     shutil.copytree(DEFAULT_CAPTIONER, broken)

@@ -1,0 +1,210 @@
+"""Model folders: where the shipped models are, what a folder must hold, what it declares.
+
+curate loads every model from a folder (or a hub id where the hub is reachable). This module
+checks a folder before anything heavy is imported, so a missing file is named in a second, and
+reads what a folder says about itself besides the transformers files: ``scoring.json`` (a CLIP's
+recommended caption cut-off and the storyboard grid it reads scenes with) and
+``captioning.json`` (the grid a captioner reads). It also says what ``--model`` and
+``--captioner`` mean when they are left to their defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelFolderError
+
+#: the shipped shapes-world CLIP; the folder lives at the repository root, next to ``curate/``
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "shapes-clip"
+
+#: the shipped shapes-world captioner (a folder at the repository root, next to ``curate/``)
+DEFAULT_CAPTIONER = Path(__file__).resolve().parent.parent / "models" / "shapes-captioner"
+
+#: CLIP's published image statistics; every CLIP folder written here uses them, so any CLIP
+#: tooling reads the folder the same way
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# --- CLIP folders -----------------------------------------------------------------------------
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def check_model_folder(path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` is a complete CLIP folder; raise :class:`ModelFolderError` if not.
+
+    The message names the first missing file: ``config.json``, the weights
+    (``model.safetensors`` or ``pytorch_model.bin``), the tokenizer files (``tokenizer.json``,
+    or ``vocab.json`` + ``merges.txt``) or ``preprocessor_config.json``.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        hint = ""
+        if folder.resolve() == DEFAULT_MODEL:
+            hint = "; the shipped model is built by `make train-clip`"
+        raise ModelFolderError(f"model folder does not exist{hint}", uri=str(folder))
+    if not folder.is_dir():
+        raise ModelFolderError("model path is not a folder", uri=str(folder))
+    missing: list[str] = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any((folder / w).is_file() for w in WEIGHT_FILES):
+        missing.append("model.safetensors (or pytorch_model.bin)")
+    has_fast = (folder / "tokenizer.json").is_file()
+    has_slow = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not (has_fast or has_slow):
+        missing.append("tokenizer.json (or vocab.json + merges.txt)")
+    if not (folder / "preprocessor_config.json").is_file():
+        missing.append("preprocessor_config.json")
+    if missing:
+        raise ModelFolderError(
+            f"incomplete model folder: missing {', '.join(missing)}", uri=str(folder)
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"config.json is not valid JSON: {exc}", uri=str(folder)) from None
+    if "vision_config" not in config or "text_config" not in config:
+        raise ModelFolderError(
+            "config.json is not a CLIP config (no vision_config / text_config)", uri=str(folder)
+        )
+    return folder
+
+
+def resolve_model(model: str | os.PathLike[str]) -> str:
+    """A checked local folder, or a hub id (``org/name`` that is not an existing path)."""
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    looks_like_hub_id = (
+        not path.exists()
+        and text.count("/") == 1
+        and not text.startswith((".", "/", "~"))
+        and not text.endswith("/")
+    )
+    if looks_like_hub_id:
+        return text
+    return str(check_model_folder(path))
+
+
+# --- CLIP folders: scoring.json -------------------------------------------------------------
+
+#: optional file in a model folder: the caption-score cut-off its authors measured for it
+SCORING_FILE = "scoring.json"
+
+
+def recommended_threshold(model: str | os.PathLike[str]) -> float | None:
+    """The ``caption_threshold`` stored in the model folder's ``scoring.json``, if any.
+
+    Thresholds belong to a model (and a corpus): the shipped shapes-world CLIP records the one
+    measured on its held-out frames; other checkpoints have none, and should be calibrated
+    with ``curate calibrate``.
+    """
+    value = read_scoring(model).get("caption_threshold")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ModelFolderError(
+            f"{SCORING_FILE} caption_threshold is not a number: {value!r}", uri=str(model)
+        ) from None
+
+
+def read_scoring(model: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model folder's ``scoring.json`` (``{}`` when it has none, or for a hub id)."""
+    path = Path(model) / SCORING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(
+            f"{SCORING_FILE} is not readable JSON: {exc}", uri=str(model)
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{SCORING_FILE} is not a JSON object", uri=str(model))
+    return data
+
+
+def write_scoring(folder: str | os.PathLike[str], values: dict[str, Any]) -> None:
+    """Merge ``values`` into the folder's ``scoring.json`` (what the scorer reads of a model)."""
+    path = Path(folder) / SCORING_FILE
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update(values)
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+# --- captioner folders ------------------------------------------------------------------------
+
+#: (any of) the files a captioner folder needs
+BLIP_FILES = (
+    ("config.json",),
+    ("processor_config.json", "preprocessor_config.json"),
+    ("tokenizer.json", "vocab.txt"),
+)
+
+
+#: what a captioner folder may say about its input besides the transformers files
+CAPTIONING_FILE = "captioning.json"
+
+
+def read_captioning(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """The storyboard grid a captioner folder's ``captioning.json`` asks for, or ``None``."""
+    path = Path(folder) / CAPTIONING_FILE
+    if not path.is_file():
+        return None
+    try:
+        grid = json.loads(path.read_text())["storyboard"]["grid"]
+        rows, cols = (int(g) for g in grid)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFolderError(
+            f"{CAPTIONING_FILE} has no valid storyboard grid: {exc}", uri=str(path)
+        ) from exc
+    if rows < 1 or cols < 1:
+        raise ModelFolderError(f"storyboard grid must be positive, got {grid!r}", uri=str(path))
+    return rows, cols
+
+
+def check_captioner_folder(model: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Raise :class:`ModelFolderError` naming what a local captioner folder lacks; return the
+    storyboard grid it declares (``None``: it reads single frames, or it is a hub id)."""
+    text = os.fspath(model)
+    folder = Path(text)
+    if folder.exists():
+        missing = [
+            " or ".join(names)
+            for names in (*BLIP_FILES, WEIGHT_FILES)
+            if not any((folder / n).is_file() for n in names)
+        ]
+        if missing:
+            raise ModelFolderError(
+                f"incomplete captioner folder: missing {', '.join(missing)}", uri=str(folder)
+            )
+        return read_captioning(folder)
+    if text.count("/") != 1:
+        raise ModelFolderError("captioner folder does not exist", uri=text)
+    return None
+
+
+# --- what --model and --captioner mean --------------------------------------------------------
+
+
+def resolve_model_path(model: str | None) -> str:
+    """The CLIP ``--model`` means: the given folder or hub id, else the shipped CLIP."""
+    return str(model) if model else str(DEFAULT_MODEL)
+
+
+def resolve_captioner(model: str | None, captioner: str | None) -> str | None:
+    """The captioner folder ``--captioner`` means (``None``: none). ``auto`` is the shipped
+    shapes-world captioner when the CLIP is the shipped one (the pair is trained on the same
+    world); with any other CLIP, auto means none."""
+    value = (captioner or "none").strip()
+    if value.lower() == "none":
+        return None
+    if value.lower() != "auto":
+        return value
+    same = Path(resolve_model_path(model)).resolve() == Path(DEFAULT_MODEL).resolve()
+    return str(DEFAULT_CAPTIONER) if same and Path(DEFAULT_CAPTIONER).is_dir() else None

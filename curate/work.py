@@ -1,0 +1,138 @@
+"""One input video on its way through the per-video phase, and the record it is committed as.
+
+A clip record carries, besides its clips-table columns, values later steps need that are not
+columns: the *extras* (the caption fragment it was scored with, its frame and storyboard
+embeddings, the captioner's caption, the dedup signature, a note on its caption). They are
+committed beside the clips (``clip_extras``, see :data:`curate.shards.CLIP_EXTRAS`) and joined
+back when the corpus phase reads the work: :func:`work_record` splits them off,
+:func:`joined_clips` joins them back, and nothing else does either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.failures import video_failure_row
+from schemas.tables import CLIPS_SCHEMA
+
+from .errors import CurateError
+from .shards import CLIP_EXTRAS
+
+#: the extras of a clip record, in ``CLIP_EXTRAS`` order
+EXTRA_KEYS: tuple[str, ...] = tuple(f.name for f in CLIP_EXTRAS if f.name != "clip_id")
+
+
+@dataclass
+class VideoWork:
+    """One input video on its way through the per-video stages.
+
+    ``clips`` are clip records (clips-table columns, extras, and transient keys such as the
+    sampled ``frames``); ``failures`` holds the failures rows of a video that failed. A failed
+    video has no clips: a stage that fails after the split moves the whole video to the
+    failures table, so that every input lands in exactly one of the two.
+    """
+
+    video: dict[str, Any]
+    clips: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    #: seconds spent per stage, for the progress line and the benchmark
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def video_id(self) -> str:
+        return self.video["video_id"]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failures)
+
+    def fail(self, row: dict[str, Any]) -> VideoWork:
+        """The same video, now failed: its clips are withdrawn and ``row`` recorded."""
+        return VideoWork(video=self.video, clips=[], failures=[row], timings=dict(self.timings))
+
+    def frame_bytes(self) -> int:
+        total = 0
+        for clip in self.clips:
+            frames = clip.get("frames")
+            total += int(getattr(frames, "nbytes", 0) or 0)
+        return total
+
+    def record(self) -> dict[str, Any]:
+        return work_record(self.video, self.clips, self.failures)
+
+
+def failure_from_exception(
+    video: Mapping[str, Any],
+    exc: BaseException | None,
+    *,
+    stage: str,
+    error_type: str | None = None,
+    message: str | None = None,
+    traceback: str | None = None,
+) -> dict[str, Any]:
+    """A failures row about ``video`` from a raised exception: domain errors keep their own
+    stage and reason, and the message names the input (rows are read one at a time)."""
+    if isinstance(exc, CurateError):
+        stage = exc.stage or stage
+        message = exc.reason
+    etype = error_type or (type(exc).__name__ if exc is not None else "Error")
+    text = message if message is not None else (str(exc) if exc is not None else "unknown error")
+    uri = video.get("uri")
+    if uri and uri not in text:
+        text = f"{uri}: {text}"
+    return video_failure_row(
+        video, stage=stage, error_type=etype, message=text, traceback=traceback
+    )
+
+
+# --- the committed record ---------------------------------------------------------------------
+
+
+def table_row(clip: Mapping[str, Any]) -> dict[str, Any]:
+    """A clip record's clips-table columns (extras and transient keys left behind)."""
+    return {name: clip.get(name) for name in CLIPS_SCHEMA.names}
+
+
+def _plain(value: Any) -> Any:
+    """Arrays as (nested) lists of Python numbers, as Parquet takes them."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def work_record(
+    video: Mapping[str, Any],
+    clips: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The committed form of a finished video: table columns, extras beside them, no frames."""
+    return {
+        "video_id": video["video_id"],
+        "video": dict(video),
+        "clips": [table_row(c) for c in clips],
+        "clip_extras": [
+            {"clip_id": c.get("clip_id"), **{k: _plain(c.get(k)) for k in EXTRA_KEYS}}
+            for c in clips
+        ],
+        "failures": list(failures),
+    }
+
+
+def joined_clips(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The clips of a committed record with their extras joined back by ``clip_id``."""
+    extras = {
+        e["clip_id"]: e for e in record.get("clip_extras") or () if e.get("clip_id") is not None
+    }
+    out = []
+    for clip in record.get("clips") or ():
+        row = dict(clip)
+        extra = extras.get(clip.get("clip_id")) or {}
+        for key in EXTRA_KEYS:
+            if row.get(key) is None and extra.get(key) is not None:
+                row[key] = extra[key]
+        out.append(row)
+    return out

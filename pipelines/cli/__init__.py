@@ -1,0 +1,52 @@
+"""``curate``: the command line of the curation half.
+
+One module per subcommand, each exposing ``register(subparsers)``. They keep their heavy
+imports (torch, Beam, Dask) inside the functions they run, so that ``curate --help`` and every
+``curate COMMAND --help`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import calibrate, run, scenes, synth
+
+#: subcommand modules, in the order ``--help`` lists them
+COMMANDS = (
+    synth,  # curate synth: generate a shapes-world corpus
+    scenes,  # curate scenes: list the scenes of video files
+    calibrate,  # curate calibrate: score distribution and threshold
+    run,  # curate run / curate inspect: the Beam pipeline and its outputs
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curate",
+        description=(
+            "Turn raw videos with noisy captions into clean training shards: split scenes, "
+            "score captions with CLIP, filter, re-caption as timed prompt sequences, "
+            "deduplicate, write Parquet."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

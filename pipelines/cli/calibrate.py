@@ -1,0 +1,164 @@
+"""``curate calibrate``: score a corpus' captions and choose the filter's cut-off.
+
+Reads a manifest (WebVid CSV, JSONL, a folder of videos with sidecar captions) or a clips
+Parquet file; splits scenes, samples frames and scores each scene's caption with CLIP (or
+reuses the ``caption_score`` column of a clips file); prints the score distribution as a text
+histogram, the chosen threshold and what it would drop.
+
+The command's functions import curate's modules where they need them, so that
+``curate --help`` does not load numpy and torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from curate.choices import AGGREGATES, DTYPES, STRATEGIES
+from curate.errors import CurateError
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="score captions with CLIP and choose the filter threshold",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, help="manifest (CSV / JSONL / folder) or clips .parquet")
+    cut = p.add_mutually_exclusive_group()
+    cut.add_argument(
+        "--percentile",
+        type=float,
+        default=None,
+        help="drop the lowest PERCENTILE %% of scored clips (default: the model folder's "
+        "recommended threshold (scoring.json) if it has one, else percentile 20)",
+    )
+    cut.add_argument("--threshold", type=float, default=None, help="an absolute cosine cut-off")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="CLIP folder or hub id (default: the shipped shapes-world CLIP)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward pass")
+    p.add_argument("--k", type=int, default=4, help="frames sampled per scene")
+    p.add_argument("--strategy", default="uniform", choices=STRATEGIES)
+    p.add_argument("--aggregate", default="mean", choices=AGGREGATES)
+    p.add_argument("--detector", default="fast", help="scene detector for manifests")
+    p.add_argument("--limit", type=int, default=None, help="score at most this many videos")
+    p.add_argument("--rescore", action="store_true", help="re-score a clips file from its videos")
+    p.add_argument("--bins", type=int, default=20, help="histogram bins")
+    p.add_argument("--json", type=Path, default=None, help="also write scores + cut as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _threshold(args: argparse.Namespace) -> Any:
+    from curate.threshold import AUTO, Threshold, resolve_threshold
+
+    if args.percentile is not None:
+        return Threshold(args.percentile, True)
+    if args.threshold is not None:
+        return Threshold(args.threshold, False)
+    return resolve_threshold(AUTO, model=args.model)
+
+
+def _measure(path: Path, args: argparse.Namespace) -> Any:
+    """The scored clips of ``path``: a manifest's, a clips file's own, or re-scored ones."""
+    from curate import scoring
+    from curate.clip_score import ClipScorer
+    from curate.models import resolve_model_path
+    from curate.sampling import FrameSampler
+
+    if path.suffix == ".parquet" and not args.rescore:
+        return scoring.read_scores(path)
+    scorer = ClipScorer(
+        model=resolve_model_path(args.model),
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        aggregate=args.aggregate,
+    )
+    scorer.setup()
+    sampler = FrameSampler(k=args.k, strategy=args.strategy, size=scorer.sample_size)
+    sampler.setup()
+    progress = not args.no_progress
+    if path.suffix == ".parquet":
+        return scoring.score_clips_file(
+            path, scorer=scorer, sampler=sampler, limit=args.limit, progress=progress
+        )
+    return scoring.score_manifest(
+        path,
+        scorer=scorer,
+        sampler=sampler,
+        detector=args.detector,
+        limit=args.limit,
+        progress=progress,
+    )
+
+
+def _report(scored: Any, cal: Any, bins: int) -> dict[str, int]:
+    """Print the histogram, the cut-off and what it drops; return the counts it would give."""
+    from curate.filtering import apply_threshold, summarize, text_histogram
+
+    scores = scored.scores
+    print(text_histogram(scores, bins=bins, threshold=cal.threshold))
+    how = f"percentile {cal.percentile:g}" if cal.method == "percentile" else "absolute"
+    print(
+        f"\nthreshold {cal.threshold:.4f} ({how}): {cal.scored} scored clips, "
+        f"{cal.dropped} below the cut, {cal.kept} at or above"
+    )
+    unscored = sum(1 for s in scores if s is None)
+    if unscored:
+        print(f"{unscored} clips without a score (empty, invalid or unreadable caption)")
+    if scored.failures:
+        print(f"{len(scored.failures)} inputs failed:")
+        for f in scored.failures[:10]:
+            print(f"  {f['input_id']}: {f['stage']}: {f['message']}")
+    counts = summarize([apply_threshold(r, cal.threshold) for r in scored.records])
+    print("would give: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return counts
+
+
+def _write_json(target: Path, path: Path, scored: Any, cal: Any, counts: dict) -> None:
+    payload = {
+        "input": str(path),
+        "threshold": cal.threshold,
+        "method": cal.method,
+        "percentile": cal.percentile,
+        "scored": cal.scored,
+        "dropped": cal.dropped,
+        "counts": counts,
+        "failures": len(scored.failures),
+        "scores": {str(r.get("clip_id")): r.get("caption_score") for r in scored.records},
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {target}")
+
+
+def run(args: argparse.Namespace) -> int:
+
+    path: Path = args.input
+    if not path.exists():
+        print(f"error: {path}: no such file or folder", file=sys.stderr)
+        return 2
+    try:
+        threshold = _threshold(args)
+        scored = _measure(path, args)
+        cal = threshold.calibrate(scored.scores)
+    except (CurateError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    counts = _report(scored, cal, args.bins)
+    if args.json:
+        _write_json(args.json, path, scored, cal, counts)
+    return 0

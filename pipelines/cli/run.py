@@ -1,0 +1,161 @@
+"""``curate run`` and ``curate inspect``: the Beam pipeline and what it wrote.
+
+Heavy imports (Beam, torch, Dask) stay inside the command functions so ``curate --help``
+answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from curate.errors import CurateError
+
+from ..settings import RunSettings
+
+logger = logging.getLogger(__name__)
+
+RUN_EPILOG = """\
+examples:
+  curate run --input corpus/webvid.csv --output runs/first
+  curate run --input corpus/manifest.jsonl --output runs/first --workers 2 --threshold p25
+  curate run --input corpus/videos --output runs/dask --runner dask --workers 2
+  curate run --input corpus/webvid.csv --output runs/first --threshold 0.24   # corpus phase only
+
+Rerunning into the same --output resumes: videos already committed are skipped, and the
+corpus phase (threshold, dedup, stories) is redone over everything, so changing --threshold or
+--dedup-threshold costs seconds. --overwrite starts from scratch.
+
+exit status: 0 done; 2 bad arguments or unusable output; 3 stopped by --max-failure-rate
+(finished work is published); 4 the inputs = clips + failures invariant does not hold.
+
+Dataflow, Flink and Spark: see pipelines/RUNNERS.md (pass Beam flags after "--").
+"""
+
+
+def register(subparsers: Any) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="curate a manifest of videos into Parquet shards (Apache Beam)",
+        description=(
+            "Probe and split every video into scenes (in an isolated decoder process), "
+            "score each scene's caption with CLIP, drop low scores, re-caption each video as "
+            "a timed prompt sequence, drop near-duplicate clips, and write clips, stories and "
+            "failures shards plus _manifest.json. Every input ends up with clip rows or a "
+            "failures row."
+        ),
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    RunSettings.add_cli_arguments(run)
+    run.add_argument(
+        "beam_args",
+        nargs="*",
+        metavar="-- BEAM_FLAGS",
+        help="extra Beam pipeline flags, after a '--' (e.g. -- --project=... --region=...)",
+    )
+    run.set_defaults(func=run_command)
+
+    inspect = subparsers.add_parser(
+        "inspect",
+        help="summarise a curate run folder: counts, failures, scores, example stories",
+        description=(
+            "Read a run folder's _manifest.json and shards; print counts by status and drop "
+            "reason, failures by stage, the caption-score distribution as a histogram with "
+            "the threshold marked, and a few example stories."
+        ),
+    )
+    inspect.add_argument("folder", help="the --output folder of a curate run")
+    inspect.add_argument("--stories", type=int, default=3, help="example stories to print")
+    inspect.add_argument("--bins", type=int, default=20, help="histogram bins")
+    inspect.set_defaults(func=inspect_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from schemas import SchemaError
+
+    settings = RunSettings.from_namespace(args)
+    if settings.workers < 1:
+        print(f"curate run: --workers must be >= 1, got {settings.workers}", file=sys.stderr)
+        return 2
+    try:
+        # the threshold, prompt bank and captioner fail here, before a cluster starts
+        settings = settings.resolved()
+    except (CurateError, ValueError) as exc:
+        print(f"curate run: {exc}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Beam's own INFO lines (type hints, state caches, batch statistics) drown the progress
+        for name in ("apache_beam", "distributed", "curate.captions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    from pipelines.curate import run
+    from pipelines.options import runner_flags
+
+    cluster = None
+    if settings.runner.lower() in ("dask", "daskrunner"):
+        address = settings.dask_address
+        if address is None:
+            cluster = _local_dask_cluster(settings.workers)
+            address = cluster.scheduler_address
+        flags = [
+            *runner_flags("dask"),
+            f"--dask_client_address={address}",
+            f"--dask_npartitions={max(2, 2 * settings.workers)}",
+        ]
+    else:
+        flags = runner_flags(settings.runner, workers=settings.workers)
+    try:
+        summary = run(
+            [*flags, *settings.beam_flags(), *(args.beam_args or [])],
+            settings=settings,
+            progress=not settings.no_progress,
+        )
+    except (CurateError, SchemaError, ValueError) as exc:
+        print(f"curate run: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if cluster is not None:
+            cluster.close()
+    print()
+    for line in summary.lines():
+        print(line)
+    if summary.stage_s:
+        total = sum(summary.stage_s.values()) or 1.0
+        print(
+            "time per stage (summed over workers): "
+            + ", ".join(
+                f"{k} {v:.1f} s ({v / total:.0%})"
+                for k, v in sorted(summary.stage_s.items(), key=lambda kv: -kv[1])
+            )
+        )
+    if summary.stopped:
+        return 3
+    return 0 if summary.invariant_ok else 4
+
+
+def _local_dask_cluster(workers: int) -> Any:
+    from dask.distributed import LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    from schemas import SchemaError
+
+    from .inspect import report
+
+    try:
+        print(report(args.folder, stories=args.stories, bins=args.bins))
+    except SchemaError as exc:
+        print(f"curate inspect: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,274 @@
+"""The settings of one ``curate run``, declared once.
+
+:class:`RunSettings` is the single declaration of every run option: its fields carry their
+default, help, type and where they are offered. ``curate run``'s argparse flags
+(``--samples-per-scene``) and the Beam pipeline options (``--samples_per_scene``, see
+:class:`pipelines.options.CurateOptions`) are both built from it, and the pipeline reads a
+:class:`RunSettings` whichever way it was started. Launcher options (runner, workers, Dask
+address, progress bar) are only command-line flags; tuning options (commit batching, shard
+size, inference batch sizes) are only Beam flags.
+
+Beam-free and light on purpose: ``curate --help`` builds its parser from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from curate.choices import DETECTORS, KEYFRAME_FORMATS
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def boolean(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def option(
+    default: Any,
+    help: str = "",
+    *,
+    type: Callable[[str], Any] | None = None,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    required: bool = False,
+    cli: bool = True,
+    beam: bool = True,
+) -> Any:
+    """A :class:`RunSettings` field: ``cli`` offers it on ``curate run``, ``beam`` as a Beam
+    pipeline option. A ``bool`` default makes a ``--flag`` on the command line and a
+    ``--flag[=true|false]`` Beam option."""
+    meta = {
+        "help": help,
+        "type": type,
+        "choices": tuple(choices) if choices else None,
+        "metavar": metavar,
+        "required": required,
+        "cli": cli,
+        "beam": beam,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every option of one curation run (see the module docstring)."""
+
+    input: str | None = option(
+        None,
+        "manifest: a WebVid CSV, a JSONL file, or a folder of videos with sidecar captions "
+        "(recognised from the content)",
+        required=True,
+    )
+    output: str | None = option(None, "run folder (created if needed)", required=True)
+    model: str | None = option(
+        None, "CLIP model folder (default: the shipped shapes-world CLIP, models/)"
+    )
+    prompt_bank: str | None = option(
+        None,
+        "prompts, one per line, added to the corpus' own kept captions as the bank that "
+        "scenes without a usable caption are re-captioned from",
+        metavar="FILE",
+    )
+    captioner: str = option(
+        "auto",
+        "image-to-text (BLIP-class) model folder that captions every scene; a scene "
+        "without a usable caption takes its caption or the bank's prompt, whichever CLIP "
+        "prefers. auto (default): the shipped shapes-world captioner when the CLIP is the "
+        "shipped one, else none",
+        metavar="FOLDER|auto|none",
+    )
+    runner: str = option(
+        "local",
+        "local (Beam's FnApiRunner, the default), dask, or any Beam runner name",
+        beam=False,
+    )
+    workers: int = option(
+        1,
+        "worker processes (local: FnApiRunner multi-processing; dask: LocalCluster workers)",
+        type=int,
+        beam=False,
+    )
+    dask_address: str | None = option(
+        None,
+        "scheduler address of a running Dask cluster (default: start a local one)",
+        beam=False,
+    )
+    threshold: str = option(
+        "auto",
+        "caption-score cut-off: an absolute cosine (0.22), a corpus percentile (p20 drops "
+        "the lowest 20%%), or auto: the cut-off the model folder recommends in its "
+        "scoring.json (the shipped CLIP's does), else p20; default %(default)s",
+    )
+    detector: str = option(
+        "fast",
+        "scene detector: the numba fast path or a PySceneDetect detector (default fast)",
+        choices=DETECTORS,
+    )
+    samples_per_scene: int = option(4, "frames CLIP sees per scene", type=positive_int)
+    sample_size: int = option(224, "short side of sampled frames", type=positive_int)
+    min_scene_frames: int = option(15, "shortest scene the splitter keeps", type=positive_int)
+    dedup_threshold: float = option(
+        0.95,
+        "signature cosine (CLIP embedding + pixel thumbnails) at or above which two kept "
+        "clips are duplicates (default 0.95)",
+        type=float,
+    )
+    keyframes: str = option(
+        "none",
+        "store the sampled frames, encoded, in the clips shard (so it can train alone)",
+        choices=KEYFRAME_FORMATS,
+    )
+    keyframe_size: int = option(256, "longest side of keyframes", type=positive_int)
+    max_failure_rate: float = option(
+        1.0,
+        "stop when more than this fraction of videos fail (after at least 20); what is "
+        "done is published (default 1.0: never stop)",
+        type=rate,
+    )
+    decode_timeout: float = option(300.0, "seconds one video may take to decode", type=float)
+    device: str = option("cpu", "CLIP device: cpu, cuda, cuda:1")
+    share_model: bool = option(
+        False, "one CLIP per machine shared by all worker processes (large models on a GPU)"
+    )
+    overwrite: bool = option(False, "discard the output folder's previous run")
+    no_progress: bool = option(False, "no progress bar", beam=False)
+    # tuning: Beam options only
+    dedup_exact_limit: int = option(
+        50_000,
+        "up to this many kept clips dedup is exact; above, clips are grouped by centroid",
+        type=positive_int,
+        cli=False,
+    )
+    failure_rate_min_inputs: int = option(
+        20, "inputs seen before --max_failure_rate applies", type=positive_int, cli=False
+    )
+    isolate_decode: bool = option(True, "decode in an isolated child process", cli=False)
+    commit_every: int = option(8, "videos per committed work file", type=positive_int, cli=False)
+    commit_interval_s: float = option(
+        30.0, "seconds between commits of finished videos", type=float, cli=False
+    )
+    videos_per_shard: int = option(1000, "videos per output shard", type=positive_int, cli=False)
+    inference_batch_videos: int = option(
+        8, "videos per RunInference batch", type=positive_int, cli=False
+    )
+    clip_batch_size: int = option(64, "frames per CLIP forward pass", type=positive_int, cli=False)
+    #: the parsed :class:`curate.threshold.Threshold`, set by :meth:`resolved` (not an option)
+    resolved_threshold: Any = option(None, cli=False, beam=False)
+
+    # --- building parsers from the declaration ------------------------------------------------
+
+    @classmethod
+    def options(cls, *, cli: bool = False, beam: bool = False) -> list[dataclasses.Field]:
+        return [
+            f
+            for f in dataclasses.fields(cls)
+            if (cli and f.metadata["cli"]) or (beam and f.metadata["beam"])
+        ]
+
+    @classmethod
+    def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``curate run``'s flags: ``--samples-per-scene 4``, ``--overwrite``."""
+        for f in cls.options(cli=True):
+            m = f.metadata
+            kwargs: dict[str, Any] = {"help": m["help"], "default": f.default}
+            if isinstance(f.default, bool):
+                kwargs["action"] = "store_true"
+            else:
+                kwargs.update(type=m["type"], choices=m["choices"], metavar=m["metavar"])
+                kwargs["required"] = m["required"]
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+
+    @classmethod
+    def add_beam_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The Beam pipeline options: ``--samples_per_scene 4``, ``--overwrite[=true]``."""
+        for f in cls.options(beam=True):
+            m = f.metadata
+            if isinstance(f.default, bool):
+                parser.add_argument(
+                    f"--{f.name}", default=f.default, type=boolean, nargs="?", const=True
+                )
+            else:
+                parser.add_argument(
+                    f"--{f.name}",
+                    default=f.default,
+                    type=m["type"],
+                    choices=m["choices"],
+                    help=m["help"],
+                )
+
+    @classmethod
+    def from_namespace(cls, values: Any) -> RunSettings:
+        """Settings from parsed flags (an ``argparse.Namespace`` or a Beam options view);
+        options a parser does not offer keep their defaults."""
+        return cls(
+            **{
+                f.name: getattr(values, f.name)
+                for f in dataclasses.fields(cls)
+                if hasattr(values, f.name)
+            }
+        )
+
+    def beam_flags(self) -> list[str]:
+        """These settings as Beam pipeline flags (unset ones left out)."""
+        return [
+            f"--{f.name}={getattr(self, f.name)}"
+            for f in self.options(beam=True)
+            if getattr(self, f.name) is not None
+        ]
+
+    # --- what the values mean ----------------------------------------------------------------
+
+    def resolved(self) -> RunSettings:
+        """The settings with ``--threshold auto`` and ``--captioner auto`` resolved against the
+        model folder, checked before any work starts: a bad threshold, an unreadable prompt
+        bank or an incomplete captioner folder fails here, naming the value."""
+        # curate's modules load numpy; --help does not need them
+        from curate.models import check_captioner_folder, resolve_captioner
+        from curate.prompt_bank import load_prompt_bank
+        from curate.threshold import resolve_threshold
+
+        if self.input is None:
+            raise ValueError("--input is required")
+        if self.output is None:
+            raise ValueError("--output is required")
+        threshold = resolve_threshold(self.threshold, model=self.model)
+        if self.prompt_bank:
+            load_prompt_bank(self.prompt_bank)  # an unreadable or empty file fails now
+        captioner = resolve_captioner(self.model, self.captioner)
+        if captioner:
+            check_captioner_folder(captioner)  # a missing or incomplete folder fails now
+        return dataclasses.replace(
+            self,
+            threshold=str(threshold),
+            resolved_threshold=threshold,
+            captioner=captioner or "none",
+        )
+
+    @property
+    def captioner_folder(self) -> str | None:
+        """The resolved captioner folder (``None``: no captioner)."""
+        return None if self.captioner.strip().lower() in ("none", "auto") else self.captioner

@@ -1,0 +1,48 @@
+"""The composite transforms of the curate pipeline, by phase.
+
+- :mod:`~pipelines.transforms.per_video`: read the manifest, decode and split (isolated),
+  clean captions, score with CLIP (``RunInference``), commit each video's work
+- :mod:`~pipelines.transforms.corpus`: read the committed work, the corpus cut-off, filter
+  and re-caption, mark duplicates, write the shards, publish the manifest
+- :mod:`~pipelines.transforms.common`: dead-letter routing, :class:`Gather`, stage timing
+"""
+
+from .common import FAILURES, NAMESPACE, Gather
+from .corpus import (
+    CaptionCutoff,
+    FilterAndRecaption,
+    FindDuplicates,
+    MarkDuplicates,
+    Publish,
+    ReadWork,
+    WriteShards,
+)
+from .per_video import (
+    CleanCaptions,
+    CommitWork,
+    FailureRateExceeded,
+    ProbeAndSplit,
+    ReadManifest,
+    ScoreCaptions,
+    reset_failure_rate,
+)
+
+__all__ = [
+    "FAILURES",
+    "NAMESPACE",
+    "CaptionCutoff",
+    "CleanCaptions",
+    "CommitWork",
+    "FailureRateExceeded",
+    "FilterAndRecaption",
+    "FindDuplicates",
+    "Gather",
+    "MarkDuplicates",
+    "ProbeAndSplit",
+    "Publish",
+    "ReadManifest",
+    "ReadWork",
+    "ScoreCaptions",
+    "WriteShards",
+    "reset_failure_rate",
+]

@@ -1,0 +1,387 @@
+"""The per-video phase: each video decoded, split, sampled, scored and committed on its own.
+
+::
+
+    ReadManifest → ProbeAndSplit (isolated decoder process) → CleanCaptions
+                 → ScoreCaptions (RunInference, CLIP) → CommitWork (OUT/_work, atomic)
+
+Each stage is a DoFn over a ``curate`` step (the decoder, :class:`curate.captions.CaptionCleaner`,
+:class:`curate.scoring.VideoScorer` behind a ``RunInference`` handler), built in
+``DoFn.setup()``. A failed video carries its failures rows with it
+(:class:`~curate.work.VideoWork`), so the committer writes a video's clips or its failures in
+the same atomic file: a rerun after a crash never finds one without the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from curate import shards
+from curate.captions import CaptionCleaner
+from curate.work import VideoWork, failure_from_exception
+
+from ..handlers import ClipModelHandler, VideoBatch
+from ..isolation import IsolatedWorker, Outcome, traceback_tail
+from .common import FAILURES, NAMESPACE, split_outputs, timed
+
+logger = logging.getLogger(__name__)
+
+
+# --- read ---------------------------------------------------------------------------------------
+
+
+class ReadManifest(beam.PTransform):
+    """The manifest's usable video rows, minus the ``skip`` set (videos already done).
+
+    The manifest is read when the pipeline is built, as Beam's file sources size themselves
+    at construction: the rows become a ``Create``, which every runner can split into bundles
+    (a single file element read inside the pipeline would land on one worker on Dask).
+    Rows the manifest reader rejected are not emitted here; the corpus phase writes them.
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[Mapping[str, Any]],
+        *,
+        skip: Iterable[str] = (),
+        reshuffle: bool = False,
+    ) -> None:
+        super().__init__()
+        skip = set(skip)
+        self.videos = [dict(v) for v in videos if v["video_id"] not in skip]
+        self.reshuffle = reshuffle
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        # A reshuffle lets several local workers split the videos, but the local runner then
+        # hands the decoded videos on only when the whole stage is done, so commits (and
+        # resume points) arrive at the end: it is used only when there are several workers.
+        return pbegin | "Videos" >> beam.Create(self.videos, reshuffle=self.reshuffle)
+
+
+# --- probe and split, isolated -----------------------------------------------------------------
+
+
+class _DecodeFn(beam.DoFn):
+    """Probe, split and sample one video in an isolated child process (see ``isolation``)."""
+
+    def __init__(
+        self,
+        decoder: Callable[..., Any],
+        decoder_kwargs: Mapping[str, Any],
+        *,
+        timeout_s: float | None,
+        isolate: bool,
+    ) -> None:
+        self.decoder = decoder
+        self.decoder_kwargs = dict(decoder_kwargs)
+        self.timeout_s = timeout_s
+        self.isolate = isolate
+        self.videos = Metrics.counter(NAMESPACE, "decode_videos")
+        self.clips = Metrics.counter(NAMESPACE, "decode_clips")
+        self.failed = Metrics.counter(NAMESPACE, "decode_failed")
+        self.crashed = Metrics.counter(NAMESPACE, "decode_crashed")
+
+    def setup(self) -> None:
+        if self.isolate:
+            self._worker: Any = IsolatedWorker(
+                self.decoder, self.decoder_kwargs, timeout_s=self.timeout_s, name="decoder"
+            )
+            self._worker.start()
+        else:
+            self._step = self.decoder(**self.decoder_kwargs)
+            if hasattr(self._step, "setup"):
+                self._step.setup()
+
+    def teardown(self) -> None:
+        if self.isolate:
+            self._worker.close()
+        elif hasattr(self._step, "teardown"):
+            self._step.teardown()
+
+    def _call(self, video: dict[str, Any]) -> Outcome:
+        if self.isolate:
+            return self._worker.call(video)
+        try:
+            return Outcome(value=self._step(video))
+        except Exception as exc:  # turned into a failures row below
+            return Outcome(
+                error=exc,
+                error_type=type(exc).__name__,
+                message=str(exc),
+                traceback=traceback_tail(exc),
+            )
+
+    def process(self, video: dict[str, Any]) -> Iterator[Any]:
+        self.videos.inc()
+        start = time.perf_counter()
+        outcome = self._call(video)
+        work = VideoWork(video=video)
+        timed(work, "decode", time.perf_counter() - start)
+        if outcome.ok:
+            clips = list(outcome.value or ())
+            if clips:
+                work.clips = clips
+                self.clips.inc(len(clips))
+                yield work
+                return
+            outcome = Outcome(error_type="NoScenes", message="the splitter found no scene")
+        self.failed.inc()
+        if outcome.crashed or outcome.timed_out:
+            self.crashed.inc()
+        row = failure_from_exception(
+            video,
+            outcome.error,
+            stage="decode" if (outcome.crashed or outcome.timed_out) else "probe",
+            error_type=outcome.error_type,
+            message=(
+                outcome.error.reason
+                if outcome.error is not None and hasattr(outcome.error, "reason")
+                else outcome.message
+            ),
+            traceback=outcome.traceback,
+        )
+        yield beam.pvalue.TaggedOutput(FAILURES, work.fail(row))
+
+
+class ProbeAndSplit(beam.PTransform):
+    """Videos rows → ``VideoWork`` with clips and sampled frames, or failed ``VideoWork``."""
+
+    def __init__(
+        self,
+        decoder: Callable[..., Any],
+        decoder_kwargs: Mapping[str, Any],
+        *,
+        timeout_s: float | None = 300.0,
+        isolate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.fn = _DecodeFn(decoder, decoder_kwargs, timeout_s=timeout_s, isolate=isolate)
+
+    def expand(self, videos: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        results = videos | "Decode" >> beam.ParDo(self.fn).with_outputs(FAILURES, main="ok")
+        return split_outputs(results, "Decode")
+
+
+# --- captions ----------------------------------------------------------------------------------
+
+
+class _CleanCaptionsFn(beam.DoFn):
+    def __init__(self) -> None:
+        self.dropped = Metrics.counter(NAMESPACE, "caption_unusable")
+
+    def setup(self) -> None:
+        self._cleaner = CaptionCleaner()
+
+    def process(self, work: VideoWork) -> Iterator[Any]:
+        start = time.perf_counter()
+        try:
+            clips = list(self._cleaner.process_all(work.clips))
+        except Exception as exc:
+            row = failure_from_exception(
+                work.video, exc, stage="caption", traceback=traceback_tail(exc)
+            )
+            yield beam.pvalue.TaggedOutput(FAILURES, work.fail(row))
+            return
+        self.dropped.inc(sum(1 for c in clips if c.get("status") == "dropped"))
+        work.clips = clips
+        timed(work, "caption", time.perf_counter() - start)
+        yield work
+
+
+class CleanCaptions(beam.PTransform):
+    """Normalise source captions; empty or invalid ones mark their clips dropped."""
+
+    def expand(self, works: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        results = works | "Clean" >> beam.ParDo(_CleanCaptionsFn()).with_outputs(
+            FAILURES, main="ok"
+        )
+        return split_outputs(results, "Clean")
+
+
+# --- CLIP scoring through RunInference -----------------------------------------------------------
+
+
+class _SplitScoredFn(beam.DoFn):
+    def __init__(self) -> None:
+        self.scored = Metrics.counter(NAMESPACE, "score_clips")
+        self.failed = Metrics.counter(NAMESPACE, "score_failed")
+
+    def process(self, work: VideoWork) -> Iterator[Any]:
+        if work.failed:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(FAILURES, work)
+        else:
+            self.scored.inc(len(work.clips))
+            Metrics.distribution(NAMESPACE, "score_ms").update(
+                int(work.timings.get("score", 0.0) * 1000)
+            )
+            yield work
+
+
+class _BatchFailedFn(beam.DoFn):
+    """A batch RunInference itself rejected: every video in it becomes a failures row."""
+
+    def process(self, failed: Any) -> Iterator[VideoWork]:
+        batch, exc = failed
+        for work in batch if isinstance(batch, (list, tuple, VideoBatch)) else [batch]:
+            if isinstance(work, VideoWork):
+                yield work.fail(failure_from_exception(work.video, exc, stage="clip-score"))
+
+
+class ScoreCaptions(beam.PTransform):
+    """CLIP caption scores and image embeddings for every clip, via ``RunInference``."""
+
+    def __init__(self, handler: ClipModelHandler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, works: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        if self.handler.prebatched:
+            # Beam 2.77's DaskRunner loses what BatchElements emits from finish_bundle (the
+            # last batch of every partition): batches of one video are made here instead
+            works = works | "OneVideoBatches" >> beam.Map(lambda w: VideoBatch([w]))
+        inference = (
+            works
+            | "RunInference"
+            >> RunInference(self.handler, metrics_namespace=NAMESPACE).with_exception_handling()
+        )
+        main, dlq = inference
+        rejected_works = (
+            dlq.failed_inferences
+            | "KeepRejected" >> beam.Filter(lambda e: isinstance(e, tuple) and len(e) == 2)
+            | "RejectedBatch" >> beam.ParDo(_BatchFailedFn())
+        )
+        scored = (
+            main
+            | "OnlyScored" >> beam.Filter(lambda e: isinstance(e, VideoWork))
+            | "SplitScored" >> beam.ParDo(_SplitScoredFn()).with_outputs(FAILURES, main="ok")
+        )
+        ok, bad = split_outputs(scored, "Score")
+        bad = (bad, rejected_works) | "ScoreFailures" >> beam.Flatten()
+        return ok, bad
+
+
+# --- commit per-video work -----------------------------------------------------------------------
+
+
+#: per output folder, (videos seen, videos failed) in this worker process, shared by the
+#: committers of the pipeline's branches (successes and failures are committed separately)
+_RATE: dict[str, list[int]] = {}
+_RATE_LOCK = threading.Lock()
+
+
+def reset_failure_rate(output: str) -> None:
+    """Forget this process's counts for ``output`` (a new run starts counting afresh)."""
+    with _RATE_LOCK:
+        _RATE.pop(output, None)
+
+
+class FailureRateExceeded(RuntimeError):
+    """Too many inputs failed; the run stops (what is committed stays committed)."""
+
+
+class _CommitWorkFn(beam.DoFn):
+    """Commit finished videos to ``OUT/_work`` in small atomic batches.
+
+    A batch is committed when it holds ``every`` videos, when ``interval_s`` passed since the
+    last commit, and at the end of each bundle; a crash loses at most the batch in flight,
+    and a rerun redoes exactly those videos.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        *,
+        every: int,
+        interval_s: float,
+        max_failure_rate: float,
+        min_inputs: int,
+    ) -> None:
+        self.output = output
+        self.every = every
+        self.interval_s = interval_s
+        self.max_failure_rate = max_failure_rate
+        self.min_inputs = min_inputs
+        self.committed = Metrics.counter(NAMESPACE, "committed_videos")
+        self.failed = Metrics.counter(NAMESPACE, "failed_videos")
+        self.commits = Metrics.counter(NAMESPACE, "work_commits")
+
+    def start_bundle(self) -> None:
+        self._buffer: list[dict[str, Any]] = []
+        self._last = time.monotonic()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        start = time.perf_counter()
+        shards.commit_work(self.output, self._buffer)
+        Metrics.distribution(NAMESPACE, "commit_ms").update(
+            int((time.perf_counter() - start) * 1000)
+        )
+        self.commits.inc()
+        self.committed.inc(len(self._buffer))
+        self._buffer = []
+        self._last = time.monotonic()
+        self._check_rate()
+
+    def _check_rate(self) -> None:
+        with _RATE_LOCK:
+            seen, failed = _RATE.get(self.output, (0, 0))
+        if self.max_failure_rate >= 1.0 or seen < self.min_inputs:
+            return
+        rate = failed / seen
+        if rate > self.max_failure_rate:
+            raise FailureRateExceeded(
+                f"FailureRateExceeded: {failed} of {seen} videos failed "
+                f"({rate:.0%}), above --max-failure-rate {self.max_failure_rate:.0%}; "
+                f"stopped. Finished videos are committed under {self.output}; see the "
+                f"failures table, fix the inputs, and rerun to resume"
+            )
+
+    def process(self, work: VideoWork) -> Iterator[tuple[str, int, bool]]:
+        with _RATE_LOCK:
+            counts = _RATE.setdefault(self.output, [0, 0])
+            counts[0] += 1
+            counts[1] += int(work.failed)
+        if work.failed:
+            self.failed.inc()
+        self._buffer.append(work.record())
+        if len(self._buffer) >= self.every or time.monotonic() - self._last >= self.interval_s:
+            self._flush()
+        yield work.video_id, len(work.clips), work.failed
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+
+class CommitWork(beam.PTransform):
+    """Per-video results (clips or failures) → committed work files; emits a summary per video."""
+
+    def __init__(
+        self,
+        output: str,
+        *,
+        every: int = 8,
+        interval_s: float = 30.0,
+        max_failure_rate: float = 1.0,
+        min_inputs: int = 20,
+    ) -> None:
+        super().__init__()
+        self.fn = _CommitWorkFn(
+            output,
+            every=every,
+            interval_s=interval_s,
+            max_failure_rate=max_failure_rate,
+            min_inputs=min_inputs,
+        )
+
+    def expand(self, works: beam.PCollection) -> beam.PCollection:
+        return works | "Commit" >> beam.ParDo(self.fn)

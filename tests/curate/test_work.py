@@ -1,0 +1,42 @@
+"""The committed form of a video's work: extras split off beside the clips, joined back."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curate.errors import VideoOpenFailure
+from curate.work import EXTRA_KEYS, VideoWork, failure_from_exception, joined_clips, work_record
+from schemas.tables import CLIPS_SCHEMA
+
+
+def test_extras_go_beside_the_clips_and_come_back():
+    clip = {
+        "clip_id": "v:0000",
+        "video_id": "v",
+        "caption_score": 0.5,
+        "frames": np.zeros((2, 4, 4, 3), np.uint8),
+        "frame_embeddings": np.eye(2, dtype=np.float32),
+        "dedup_signature": [0.6, 0.8],
+        "fragment": "a red circle",
+    }
+    rec = work_record({"video_id": "v", "uri": "v.mp4"}, [clip], [])
+    (row,) = rec["clips"]
+    assert set(row) == set(CLIPS_SCHEMA.names)  # frames and extras left behind
+    (extra,) = rec["clip_extras"]
+    assert set(extra) == {"clip_id", *EXTRA_KEYS}
+    assert extra["frame_embeddings"] == [[1.0, 0.0], [0.0, 1.0]]
+    (joined,) = joined_clips(rec)
+    assert joined["fragment"] == "a red circle" and joined["dedup_signature"] == [0.6, 0.8]
+    assert joined["caption_score"] == 0.5 and "frames" not in joined
+
+
+def test_a_failed_video_loses_its_clips_and_names_its_input():
+    work = VideoWork(video={"video_id": "v", "uri": "/x/v.mp4", "source_line": 3}, clips=[{}])
+    row = failure_from_exception(work.video, VideoOpenFailure("moov atom not found"), stage="x")
+    failed = work.fail(row)
+    assert failed.failed and not failed.clips and failed.video_id == "v"
+    assert row["stage"] == "probe"  # the domain error's own stage
+    assert row["message"] == "/x/v.mp4: moov atom not found"
+    assert (row["input_id"], row["source_line"]) == ("v", 3)
+    rec = failed.record()
+    assert rec["clips"] == [] and rec["failures"] == [row]

@@ -1,0 +1,82 @@
+"""``curate run`` / ``curate inspect`` from the command line."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.cli.inspect import histogram
+from pipelines.curate import run
+from tests.pipelines.fakes import fake_components, write_fake_corpus
+
+
+def test_run_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--threshold",
+        "--workers",
+        "--runner",
+        "--overwrite",
+        "--keyframes",
+        "RUNNERS.md",
+    ):
+        assert flag in text
+
+
+def test_unwritable_output_is_refused_before_work(tmp_path, capsys):
+    manifest = write_fake_corpus(tmp_path / "in", {"a": ("scenes=1", "x")})
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    code = main(["run", "--input", str(manifest), "--output", str(tmp_path / "file.txt" / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'file.txt'} exists and is not a folder" in err
+
+
+def test_bad_threshold_is_refused(tmp_path, capsys):
+    manifest = write_fake_corpus(tmp_path / "in", {"a": ("scenes=1", "x")})
+    code = main(
+        ["run", "--input", str(manifest), "--output", str(tmp_path / "o"), "--threshold", "p150"]
+    )
+    assert code == 2
+    assert "p150" in capsys.readouterr().err
+
+
+def test_inspect_reports_counts_histogram_and_stories(tmp_path, capsys):
+    specs = {f"v{i}": (f"scenes={1 + i % 2}", f"clip {i} score 0.{i + 1}") for i in range(6)}
+    specs["bad"] = ("broken", "x")
+    manifest = write_fake_corpus(tmp_path / "in", specs)
+    out = tmp_path / "out"
+    run(
+        [f"--input={manifest}", f"--output={out}", "--threshold=p50"],
+        components=fake_components(),
+        progress=False,
+    )
+    assert main(["inspect", str(out), "--stories", "2"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"clips 9: (kept 5, dropped 4|dropped 4, kept 5)", text), text
+    assert "dropped: low_caption_score" in text
+    # where every clip's prompt came from, one count per source, adding up to the clips
+    sources = re.search(r"prompts from: (.*)", text)
+    assert sources and sum(int(p.split()[-1]) for p in sources.group(1).split(", ")) == 9
+    assert re.search(r"probe\s+VideoOpenFailure\s+1", text)
+    assert text.count("<- threshold") == 1
+    assert "example stories" in text and "[  0.00 -   1.00 s]" in text
+
+
+def test_histogram_marks_the_bin_holding_the_threshold():
+    import numpy as np
+
+    lines = histogram(np.array([0.1, 0.2, 0.2, 0.9]), bins=4, cutoff=0.5)
+    marked = [line for line in lines if "<- threshold" in line]
+    assert len(marked) == 1 and "[+0.500, +0.700)" in marked[0]
+    assert sum(int(line.split(")")[1].split()[0]) for line in lines) == 4
+
+
+def test_inspect_of_a_folder_without_manifest_says_so(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "no run manifest" in capsys.readouterr().err
