@@ -68,7 +68,9 @@ def load(folder: str, device: str, scheduler: str | None) -> Any:
 
 
 def probe(pipe: Any, settings: dict[str, Any], *, stories: int, frames: int, modes: Any) -> dict:
-    return evaluate(pipe, held_out_stories(stories, num_frames=frames), settings=settings, modes=modes)
+    return evaluate(
+        pipe, held_out_stories(stories, num_frames=frames), settings=settings, modes=modes
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,7 +87,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pipe = load(args.model, args.device, settings.get("scheduler"))
     result: dict[str, Any] = {
         "model": str(args.model),
-        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else platform.processor() or "cpu",
         "settings": settings,
     }
     started = time.perf_counter()
@@ -103,7 +107,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for guidance in args.sweep_guidance:
             for steps in args.sweep_steps:
                 s = settings | {"guidance_scale": guidance, "num_inference_steps": steps}
-                r = probe(pipe, s, stories=args.sweep_stories, frames=args.frames, modes=("hierarchical",))
+                r = probe(
+                    pipe, s, stories=args.sweep_stories, frames=args.frames, modes=("hierarchical",)
+                )
                 sweep[f"guidance {guidance:g}, {steps} steps"] = r["hierarchical"]
         result["sweep"] = sweep
         print(table(f"\nsweep: {args.sweep_stories} stories, hierarchical", sweep))
@@ -128,7 +134,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             folder = to_t2v_folder(args.model, Path(tmp) / "t2v")
             t2v = load(str(folder), args.device, settings.get("scheduler"))
-            tf = probe(t2v, settings, stories=args.stories, frames=args.frames, modes=("hierarchical",))
+            tf = probe(
+                t2v, settings, stories=args.stories, frames=args.frames, modes=("hierarchical",)
+            )
         result["training_free"] = tf
         print(
             table(
@@ -162,7 +170,11 @@ def plot_drift(lengths: dict[str, Any], path: str) -> None:
         xx = pad + (w - 1.5 * pad) * (x + 0.5) / 10
         d.text((xx - 10, h - pad + 8), f"{x * 10 + 5}%", fill="black")
     d.text((w // 2 - 140, h - 22), "position in the video (tenths)", fill="black")
-    d.text((pad, 6), "all facts right per frame, by position: solid = hierarchical, dotted = autoregressive", fill="black")
+    d.text(
+        (pad, 6),
+        "all facts right per frame, by position: solid = hierarchical, dotted = autoregressive",
+        fill="black",
+    )
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     for i, (n, r) in enumerate(lengths.items()):
         for mode, dash in (("hierarchical", False), ("autoregressive", True)):
@@ -185,17 +197,33 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "shapes-storygen"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--stories", type=int, default=4, help="held-out stories of the probe (32 for the README)")
-    p.add_argument("--frames", type=int, default=46, help="frames per story of the probe (226 for the README)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="override the folder's guidance")
-    p.add_argument("--num-inference-steps", type=int, default=None, help="override the folder's steps")
-    p.add_argument("--overlap", type=int, default=None, help="known frames per autoregressive window")
+    p.add_argument(
+        "--stories", type=int, default=4, help="held-out stories of the probe (32 for the README)"
+    )
+    p.add_argument(
+        "--frames", type=int, default=46, help="frames per story of the probe (226 for the README)"
+    )
+    p.add_argument(
+        "--guidance-scale", type=float, default=None, help="override the folder's guidance"
+    )
+    p.add_argument(
+        "--num-inference-steps", type=int, default=None, help="override the folder's steps"
+    )
+    p.add_argument(
+        "--overlap", type=int, default=None, help="known frames per autoregressive window"
+    )
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--sweep", action="store_true", help="also sweep guidance and steps")
-    p.add_argument("--sweep-guidance", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 1.5, 2.0, 3.0])
+    p.add_argument(
+        "--sweep-guidance",
+        type=lambda s: [float(v) for v in s.split(",")],
+        default=[1.0, 1.5, 2.0, 3.0],
+    )
     p.add_argument("--sweep-steps", type=lambda s: [int(v) for v in s.split(",")], default=[8, 12])
     p.add_argument("--sweep-stories", type=int, default=12)
-    p.add_argument("--lengths", default="", help="comma-separated story lengths for the drift experiment")
+    p.add_argument(
+        "--lengths", default="", help="comma-separated story lengths for the drift experiment"
+    )
     p.add_argument("--length-stories", type=int, default=4)
     p.add_argument("--training-free", action="store_true", help="also probe the training-free mode")
     p.add_argument("--plot", default=None, help="PNG of adherence by position (with --lengths)")

@@ -6,7 +6,7 @@ Module map (a script flows top to bottom: parse -> plan -> levels -> frames -> m
                      (yaml_json, subtitles for SRT / WebVTT, parquet for stories tables), and
                      load_script / save_script (files)
     plan             the hierarchical plan: which model call makes which frames, per level
-    text             CLIP tokenizers and encoders; PromptCache (each distinct prompt once)
+    text             per-frame prompt embeddings; PromptCache (each distinct prompt once)
     models           MaskedUNet3D and per-frame prompt conditioning for any 3D UNet
     pipeline         StoryVideoPipeline (diffusers-shaped: check_inputs, encode_prompt,
                      prepare_latents, denoise, decode, __call__) and TrainingFreeStoryPipeline
@@ -20,7 +20,8 @@ Module map (a script flows top to bottom: parse -> plan -> levels -> frames -> m
     training_free    model folders: the ModelScope text-to-video layout, file checks
     loading          load_pipeline (class from the folder's layout), make_scheduler
     autoregressive   the sliding-window baseline on the same machinery
-    presets          model sizes and randomly initialised model folders
+    presets          model sizes and randomly initialised model folders (their tokenizer
+                     trained by curate.training.tokenizer, as the shapes-world models' are)
     training/        the shapes-world model: story windows (training data), the autoencoder,
                      the UNet trainer, the pixel probe (held-out stories read from pixels)
     train            ``storygen train``: the trainer's command line
@@ -56,8 +57,8 @@ _EXPORTS = {
     "storygen.sampling": ("renoise",),
     "storygen.loading": ("load_pipeline", "make_scheduler"),
     "storygen.autoregressive": ("AutoregressiveStoryPipeline", "generate_autoregressive"),
-    "storygen.text": ("build_tiny_tokenizer", "build_tiny_text_encoder", "PromptCache"),
-    "storygen.presets": ("PRESETS", "build_components", "new_model"),
+    "storygen.text": ("PromptCache",),
+    "storygen.presets": ("PRESETS", "build_components", "build_tiny_text_encoder", "new_model"),
     "storygen.export": ("VideoWriter", "export_video", "plan_sheet", "preview_sheet"),
     "storygen.training.unet": ("TrainConfig", "train"),
     "storygen.training.probe": ("held_out_stories", "evaluate", "evaluate_folder"),

@@ -171,6 +171,32 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
+def build_tiny_text_encoder(
+    tokenizer: Any,
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> Any:
+    """A randomly initialised :class:`transformers.CLIPTextModel` sized for ``tokenizer``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return CLIPTextModel(config).eval()
+
+
 def build_components(
     preset: str | Preset,
     *,
@@ -186,14 +212,14 @@ def build_components(
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from curate.training.tokenizer import train_clip_tokenizer
     from storygen.models import MaskedUNet3D
-    from storygen.text import build_tiny_text_encoder, build_tiny_tokenizer
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if tokenizer is None:
-        tokenizer = build_tiny_tokenizer(
+        tokenizer = train_clip_tokenizer(
             texts or [], vocab_size=49408 if p.name == "modelscope" else 512
         )
     if text_encoder is None:

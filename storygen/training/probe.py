@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from curate.shapes import FrameFacts, SceneFacts, SceneRenderer, random_facts, read_frame, read_motion
+from curate.shapes import (
+    FrameFacts,
+    SceneFacts,
+    SceneRenderer,
+    random_facts,
+    read_frame,
+    read_motion,
+)
 
 #: seeds of held-out stories start here; training windows draw from seeds below 10**6
 HELD_OUT_SEED = 20_261_201
@@ -125,7 +132,9 @@ def read_story(
 ) -> dict[str, Any]:
     """Probe numbers of one rendered story (frames uint8 (N, H, W, 3), N = story length)."""
     if len(frames) != story.num_frames:
-        raise ValueError(f"{story.story_id}: {len(frames)} frames for a {story.num_frames}-frame story")
+        raise ValueError(
+            f"{story.story_id}: {len(frames)} frames for a {story.num_frames}-frame story"
+        )
     seen: list[FrameFacts] = [read_frame(np.ascontiguousarray(f)) for f in frames]
     want = story.facts_at()
     color = np.array([s.color == w.color for s, w in zip(seen, want)])
@@ -196,7 +205,9 @@ def ceiling(stories: Sequence[ProbeStory], size: int) -> dict[str, Any]:
     return summarize([read_story(render_truth(s, size), s) for s in stories])
 
 
-def render_story(pipe: Any, story: ProbeStory, *, mode: str, settings: dict[str, Any], seed: int) -> tuple[np.ndarray, set[int]]:
+def render_story(
+    pipe: Any, story: ProbeStory, *, mode: str, settings: dict[str, Any], seed: int
+) -> tuple[np.ndarray, set[int]]:
     """Render a story with ``pipe`` in ``mode``; returns frames and the frames given to calls."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

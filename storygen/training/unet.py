@@ -119,9 +119,7 @@ def _quiet_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def build_unet(
-    cross_attention_dim: int, size: int, seed: int = 0, preset: str = "shapes"
-) -> Any:
+def build_unet(cross_attention_dim: int, size: int, seed: int = 0, preset: str = "shapes") -> Any:
     from storygen.models import MaskedUNet3D
 
     torch.manual_seed(seed)
@@ -142,7 +140,8 @@ def load_text(config: TrainConfig) -> tuple[Any, Any, bool]:
     from transformers.utils import logging as transformers_logging
 
     from curate.shapes import all_captions
-    from storygen.text import build_tiny_text_encoder, build_tiny_tokenizer
+    from curate.training.tokenizer import train_clip_tokenizer
+    from storygen.presets import build_tiny_text_encoder
 
     path = Path(config.text_encoder) if config.text_encoder else None
     if path is not None and path.is_dir():
@@ -156,7 +155,7 @@ def load_text(config: TrainConfig) -> tuple[Any, Any, bool]:
             transformers_logging.set_verbosity(verbosity)
         logger.info("text encoder: %s (frozen)", path)
         return tokenizer, encoder, False
-    tokenizer = build_tiny_tokenizer(all_captions(), vocab_size=600)
+    tokenizer = train_clip_tokenizer(all_captions(), vocab_size=600)
     encoder = build_tiny_text_encoder(
         tokenizer, hidden_size=64, num_layers=2, num_heads=4, seed=config.seed
     )
@@ -210,7 +209,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from curate.clip_train import ClockCosineSchedule
+    from curate.training.loop import ClockCosineSchedule
     from storygen.models import MaskedUNet3D
 
     device = resolve_device(config.device)
@@ -245,12 +244,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
     vae.to(device).eval().requires_grad_(False)
     unet.to(device).train()
-    text_encoder.to(device)
+    text_encoder.to(device)  # type: ignore[arg-type]  # transformers' to() wrapper
     text_encoder.train(text_trainable).requires_grad_(text_trainable)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).eval().requires_grad_(False)
-    ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
-    ema_text_params, text_params = list(ema_text.parameters()), list(text_encoder.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    unet_params: list[torch.Tensor] = list(unet.parameters())
+    ema_text_params: list[torch.Tensor] = list(ema_text.parameters())
+    text_params: list[torch.Tensor] = list(text_encoder.parameters())
     noise_sched = DDPMScheduler(**NOISE)
     alphas = noise_sched.alphas_cumprod.to(device)
 
@@ -287,6 +288,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if pending:
             losses.extend(torch.stack(pending).float().cpu().tolist())
             pending.clear()
+
     history: list[dict[str, float]] = []
     bar = tqdm(total=config.steps, desc="unet", unit="step", mininterval=5)
     step = 0
@@ -398,7 +400,9 @@ def save_folder(out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer:
         vae=copy.deepcopy(vae).half(),
     )
     pipe.save_pretrained(str(out), max_shard_size="12MB")
-    write_sampling(out, SAMPLING | {"height": vae.config.sample_size, "width": vae.config.sample_size})
+    write_sampling(
+        out, SAMPLING | {"height": vae.config.sample_size, "width": vae.config.sample_size}
+    )
 
 
 def write_sampling(folder: Path, settings: dict[str, Any]) -> None:
@@ -428,7 +432,7 @@ def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> 
     }
     c = unet.sample_channels
     config.update(in_channels=c, out_channels=c)
-    plain = UNet3DConditionModel(**config)
+    plain: Any = UNet3DConditionModel(**config)
     state = dict(unet.state_dict())
     state["conv_in.weight"] = state["conv_in.weight"][:, :c]
     cond = spacing_embedding(torch.tensor([spacing]), unet.config["time_cond_proj_dim"])
@@ -439,7 +443,7 @@ def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> 
         )
     del state["time_embedding.cond_proj.weight"]
     plain.load_state_dict(state)
-    pipe = TextToVideoSDPipeline(
+    pipe: Any = TextToVideoSDPipeline(
         unet=plain.half(),
         vae=masked.vae,
         text_encoder=masked.text_encoder,

@@ -83,7 +83,7 @@ def train_vae(
     """Train ``vae`` in place; returns what the run did (and sets its scaling factor)."""
     from tqdm.auto import tqdm
 
-    from curate.clip_train import ClockCosineSchedule
+    from curate.training.loop import ClockCosineSchedule
 
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -152,7 +152,9 @@ def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_scale(vae: Any, *, size: int, device: torch.device, seed: int, count: int = 512) -> float:
+def latent_scale(
+    vae: Any, *, size: int, device: torch.device, seed: int, count: int = 512
+) -> float:
     """1 / standard deviation of the latents of ``count`` random frames."""
     frames = torch.from_numpy(random_frames(np.random.default_rng(seed), count, size))
     z = torch.cat(

@@ -162,18 +162,16 @@ class StoryWindows(torch.utils.data.IterableDataset):
         self.batch_size, self.frames, self.size = batch_size, frames, size
         self.seed, self.uncond = seed, uncond
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor]]:
+    def __iter__(
+        self,
+    ) -> Iterator[tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, worker, 7919])
         while True:
             f = draw_call_length(rng, self.frames)
-            windows = [
-                sample_window(rng, frames=f, size=self.size) for _ in range(self.batch_size)
-            ]
-            prompts = [
-                [""] * f if rng.random() < self.uncond else w.prompts for w in windows
-            ]
+            windows = [sample_window(rng, frames=f, size=self.size) for _ in range(self.batch_size)]
+            prompts = [[""] * f if rng.random() < self.uncond else w.prompts for w in windows]
             yield (
                 torch.from_numpy(np.stack([w.frames for w in windows])),
                 prompts,

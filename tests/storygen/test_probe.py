@@ -68,12 +68,34 @@ def test_seam_ratio_sees_jumps_next_to_given_frames():
 
 def test_summaries_weight_stories_by_frames():
     rows = [
-        {"frames": 10, "color": 1.0, "shape": 1.0, "background": 1.0, "all": 1.0,
-         "identity": 1.0, "flicker": 1.0, "motion": 1.0, "motion_segments": 1,
-         "seam_ratio": None, "quarters_all": [1.0] * 4, "tenths_all": [1.0] * 10},
-        {"frames": 30, "color": 0.0, "shape": 0.0, "background": 0.0, "all": 0.0,
-         "identity": 0.0, "flicker": 3.0, "motion": 0.0, "motion_segments": 3,
-         "seam_ratio": 2.0, "quarters_all": [0.0] * 4, "tenths_all": [0.0] * 10},
+        {
+            "frames": 10,
+            "color": 1.0,
+            "shape": 1.0,
+            "background": 1.0,
+            "all": 1.0,
+            "identity": 1.0,
+            "flicker": 1.0,
+            "motion": 1.0,
+            "motion_segments": 1,
+            "seam_ratio": None,
+            "quarters_all": [1.0] * 4,
+            "tenths_all": [1.0] * 10,
+        },
+        {
+            "frames": 30,
+            "color": 0.0,
+            "shape": 0.0,
+            "background": 0.0,
+            "all": 0.0,
+            "identity": 0.0,
+            "flicker": 3.0,
+            "motion": 0.0,
+            "motion_segments": 3,
+            "seam_ratio": 2.0,
+            "quarters_all": [0.0] * 4,
+            "tenths_all": [0.0] * 10,
+        },
     ]
     got = summarize(rows)
     assert got["color"] == pytest.approx(0.25) and got["flicker"] == pytest.approx(2.5)

@@ -42,7 +42,10 @@ def test_wide_windows_hold_more_scenes_than_narrow_ones():
 
     def scenes(spacing):
         return np.mean(
-            [len(set(sample_window(rng, frames=16, size=32, spacing=spacing).prompts)) for _ in range(30)]
+            [
+                len(set(sample_window(rng, frames=16, size=32, spacing=spacing).prompts))
+                for _ in range(30)
+            ]
         )
 
     assert scenes(1.0) < 2.0 < 6.0 < scenes(250.0)
@@ -112,8 +115,17 @@ def test_the_folder_renders_and_continues(tiny_folder, tmp_path):
     ).frames
     assert frames.shape == (9, 32, 32, 3)
     more = train(
-        TrainConfig(out=str(tmp_path / "more"), init=str(out), preset="micro", size=32,
-                    frames=8, batch_size=2, steps=3, workers=0, eval_stories=0)
+        TrainConfig(
+            out=str(tmp_path / "more"),
+            init=str(out),
+            preset="micro",
+            size=32,
+            frames=8,
+            batch_size=2,
+            steps=3,
+            workers=0,
+            eval_stories=0,
+        )
     )
     assert more["steps_done"] == 63
     assert [r["part"] for r in more["runs"]] == ["autoencoder", "unet", "unet"]
