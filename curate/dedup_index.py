@@ -1,0 +1,287 @@
+"""Near-duplicate search that scales past memory: signatures on disk, an inverted-file index.
+
+:mod:`curate.dedup` finds duplicate pairs in memory, which is right for a run of thousands of
+clips. A corpus of millions of clips (WebVid-10M cuts into tens of millions) does not fit: a
+900-dimensional float32 signature is 3.6 KB, so 1 M clips are 3.6 GB before any index. Here:
+
+1. :class:`SignatureStore` keeps signatures on disk as float16 rows (appended in chunks as
+   committed work streams by), so nothing holds the corpus in memory.
+2. :func:`ivf_pairs` trains k-means centroids (``faiss.Kmeans``, spherical) on a sample, then
+   streams the store once to assign every clip to its ``nprobe`` nearest centroids (the
+   inverted lists of an IVF index) and appends each row to its lists' bucket files.
+3. Each list is then read back whole (one sequential read) and searched exactly
+   (``faiss.IndexFlatIP`` range search); lists are independent, so they run in parallel
+   (threads here, workers on a cluster). A pair found in two lists is counted once.
+
+Memory is bounded by ``memory_mb``: it sets the streaming chunk and caps the k-means sample;
+the largest list is what must fit at once (lists are about ``n / n_lists`` rows; with the
+default ``n_lists ≈ 2·√n`` a 1 M-clip list is ~500 rows, ×``nprobe``). Recall against exact
+search is what :func:`recall_against_exact` measures, on a sample of query clips.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_ROW_DTYPE = np.float16
+
+
+class SignatureStore:
+    """An append-only matrix of unit signatures on disk (float16 rows, ``dim`` columns).
+
+    Rows are read back in chunks (:meth:`chunks`) or by index (:meth:`rows`) with plain file
+    reads, not a memory map, so reading never grows the process's resident memory past the
+    chunk in hand.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], dim: int) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim!r}")
+        self.path = Path(path)
+        self.dim = int(dim)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(exist_ok=True)
+        size = self.path.stat().st_size
+        row_bytes = self.dim * np.dtype(_ROW_DTYPE).itemsize
+        if size % row_bytes:
+            raise ValueError(
+                f"{self.path}: {size} bytes is not a whole number of {self.dim}-wide rows "
+                "(a torn write? delete the file and rebuild the store)"
+            )
+        self._rows = size // row_bytes
+        self._row_bytes = row_bytes
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def append(self, signatures: np.ndarray) -> None:
+        x = np.asarray(signatures, np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected (n, {self.dim}) signatures, got shape {x.shape}")
+        with self.path.open("ab") as f:
+            f.write(np.ascontiguousarray(x, _ROW_DTYPE).tobytes())
+        self._rows += len(x)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` as float32 ``(n, dim)``."""
+        start, stop = max(0, start), min(stop, self._rows)
+        if stop <= start:
+            return np.empty((0, self.dim), np.float32)
+        with self.path.open("rb") as f:
+            f.seek(start * self._row_bytes)
+            raw = f.read((stop - start) * self._row_bytes)
+        return np.frombuffer(raw, _ROW_DTYPE).reshape(-1, self.dim).astype(np.float32)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """The rows at ``index`` (any order) as float32 ``(len(index), dim)``."""
+        index = np.asarray(index, np.int64)
+        out = np.empty((len(index), self.dim), np.float32)
+        order = np.argsort(index, kind="stable")
+        with self.path.open("rb") as f:
+            for k in order:
+                f.seek(int(index[k]) * self._row_bytes)
+                out[k] = np.frombuffer(f.read(self._row_bytes), _ROW_DTYPE)
+        return out
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)`` pairs covering the store in order."""
+        for start in range(0, self._rows, rows):
+            yield start, self.read(start, start + rows)
+
+
+@dataclass
+class IvfReport:
+    """What :func:`ivf_pairs` did: sizes, time split and the largest list."""
+
+    clips: int
+    n_lists: int
+    nprobe: int
+    sample: int
+    chunk_rows: int
+    largest_list: int
+    pairs: int
+    train_s: float = 0.0
+    assign_s: float = 0.0
+    search_s: float = 0.0
+
+
+def default_lists(n: int) -> int:
+    """About 2·√n inverted lists: lists of ~√n/2 rows keep the per-list search cheap while
+    k-means (whose cost grows with the number of lists) stays a small share of the time."""
+    return max(1, min(n, int(2 * math.sqrt(max(n, 1)))))
+
+
+def _chunk_rows(dim: int, memory_mb: float) -> int:
+    # a chunk in float32, its float16 source and faiss' distance table to the centroids
+    return max(1024, int(memory_mb * 2**20 / 8 / (dim * 4)))
+
+
+def ivf_pairs(
+    store: SignatureStore,
+    threshold: float,
+    *,
+    n_lists: int | None = None,
+    nprobe: int = 2,
+    memory_mb: float = 1024.0,
+    sample: int = 100_000,
+    workers: int = 2,
+    seed: int = 0,
+    work_dir: str | os.PathLike[str] | None = None,
+) -> tuple[list[tuple[int, int, float]], IvfReport]:
+    """All pairs ``(i, j, cosine)``, ``i < j``, cosine >= ``threshold``, found within the
+    ``nprobe`` nearest inverted lists of each clip (exact inside a list)."""
+    import time
+
+    import faiss
+
+    n = len(store)
+    if n < 2:
+        return [], IvfReport(n, 0, nprobe, 0, 0, 0, 0)
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold!r}")
+    lists = min(n_lists or default_lists(n), n)
+    nprobe = max(1, min(nprobe, lists))
+    chunk = _chunk_rows(store.dim, memory_mb)
+    # the k-means sample shares the budget: at most a quarter of it, at least 40 per list
+    take = int(min(n, sample, max(40 * lists, memory_mb * 2**20 / 4 / (store.dim * 4))))
+    report = IvfReport(n, lists, nprobe, take, chunk, 0, 0)
+    rng = np.random.default_rng(seed)
+
+    t0 = time.perf_counter()
+    picks = np.sort(rng.choice(n, size=take, replace=False))
+    km = faiss.Kmeans(store.dim, lists, niter=20, seed=seed, spherical=True, verbose=False)
+    km.train(store.rows(picks))
+    centroids = faiss.IndexFlatIP(store.dim)
+    centroids.add(np.ascontiguousarray(km.centroids, np.float32))
+    report.train_s = time.perf_counter() - t0
+
+    tmp = Path(tempfile.mkdtemp(prefix="ivf-", dir=work_dir))
+    try:
+        t0 = time.perf_counter()
+        sizes = np.zeros(lists, np.int64)
+        for start, x in store.chunks(chunk):
+            _, keys = centroids.search(x, nprobe)
+            ids = np.arange(start, start + len(x), dtype=np.int64)
+            flat_keys = keys.reshape(-1)
+            flat_ids = np.repeat(ids, nprobe)
+            flat_rows = np.repeat(np.arange(len(x)), nprobe)
+            order = np.argsort(flat_keys, kind="stable")
+            bounds = np.flatnonzero(np.diff(flat_keys[order])) + 1
+            for part in np.split(order, bounds):
+                key = int(flat_keys[part[0]])
+                # a bucket file holds (id int64, row float16 × dim) records
+                rec = np.empty(len(part), dtype=[("id", "<i8"), ("v", _ROW_DTYPE, store.dim)])
+                rec["id"] = flat_ids[part]
+                rec["v"] = x[flat_rows[part]]
+                with (tmp / f"{key}.bin").open("ab") as f:
+                    f.write(rec.tobytes())
+                sizes[key] += len(part)
+        report.assign_s = time.perf_counter() - t0
+        report.largest_list = int(sizes.max())
+
+        t0 = time.perf_counter()
+        record = np.dtype([("id", "<i8"), ("v", _ROW_DTYPE, store.dim)])
+
+        def search(key: int) -> list[tuple[int, int, float]]:
+            path = tmp / f"{key}.bin"
+            if not path.exists():
+                return []
+            rec = np.fromfile(path, dtype=record)
+            if len(rec) < 2:
+                return []
+            return _pairs_in(rec["id"], rec["v"].astype(np.float32), threshold)
+
+        found: dict[tuple[int, int], float] = {}
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for pairs in pool.map(search, range(lists)):
+                for i, j, s in pairs:
+                    found[(i, j)] = s
+        report.search_s = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = [(i, j, s) for (i, j), s in sorted(found.items())]
+    report.pairs = len(out)
+    logger.info(
+        "ivf dedup: %d clips, %d lists (largest %d), %d pairs >= %.3f",
+        n,
+        lists,
+        report.largest_list,
+        len(out),
+        threshold,
+    )
+    return out, report
+
+
+def _pairs_in(ids: np.ndarray, x: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """Exact pairs above ``threshold`` among rows ``x`` with global ``ids``."""
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(np.ascontiguousarray(x))
+    # faiss' range search keeps scores strictly above the radius
+    lims, dist, nbr = index.range_search(x, float(np.nextafter(np.float32(threshold), -np.inf)))
+    out = []
+    for a in range(len(x)):
+        for s, b in zip(dist[lims[a] : lims[a + 1]], nbr[lims[a] : lims[a + 1]]):
+            i, j = int(ids[a]), int(ids[b])
+            if i < j and s >= threshold:
+                out.append((i, j, float(s)))
+    return out
+
+
+def exact_neighbours(
+    store: SignatureStore,
+    queries: np.ndarray,
+    threshold: float,
+    *,
+    memory_mb: float = 1024.0,
+) -> set[tuple[int, int]]:
+    """Every pair ``(min, max)`` between a query row and any row of the store with cosine >=
+    ``threshold`` (brute force, the store streamed in chunks): the ground truth of recall."""
+    q = store.rows(np.asarray(queries))
+    qid = np.asarray(queries, np.int64)
+    out: set[tuple[int, int]] = set()
+    for start, x in store.chunks(_chunk_rows(store.dim, memory_mb)):
+        sims = q @ x.T
+        a, b = np.nonzero(sims >= threshold)
+        for i, j in zip(qid[a], b + start):
+            if i != j:
+                out.add((int(min(i, j)), int(max(i, j))))
+    return out
+
+
+def recall_against_exact(
+    store: SignatureStore,
+    pairs: list[tuple[int, int, float]],
+    threshold: float,
+    *,
+    queries: int = 1000,
+    seed: int = 0,
+    memory_mb: float = 1024.0,
+) -> dict[str, float]:
+    """Share of the exact pairs of ``queries`` random clips that ``pairs`` holds."""
+    rng = np.random.default_rng(seed)
+    q = np.sort(rng.choice(len(store), size=min(queries, len(store)), replace=False))
+    truth = exact_neighbours(store, q, threshold, memory_mb=memory_mb)
+    qs = set(q.tolist())
+    found = {(i, j) for i, j, _ in pairs if i in qs or j in qs}
+    hit = len(truth & found)
+    return {
+        "queries": float(len(q)),
+        "exact_pairs": float(len(truth)),
+        "found_pairs": float(hit),
+        "recall": hit / len(truth) if truth else 1.0,
+        "false_pairs": float(len(found - truth)),
+    }
