@@ -665,7 +665,7 @@ def _resize(frame: np.ndarray, width: int, height: int, mode: str) -> np.ndarray
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def _decode_size(job: VideoJob, settings: ExportSettings) -> tuple[int, int]:
+def decode_size(job: VideoJob, settings: ExportSettings) -> tuple[int, int]:
     """The size decord decodes at: twice the target (or the source, if smaller), which
     OpenCV's area filter then halves. decord's own scaler aliases: a ring's hole read back as
     a hole in 19 of 245 frames scaled 128 -> 64 by decord, 171 by area (yuv444p, crf 23)."""
@@ -677,20 +677,25 @@ def _decode_size(job: VideoJob, settings: ExportSettings) -> tuple[int, int]:
     return min(job.width, 2 * tw), min(job.height, 2 * th)
 
 
-def decode_windows(job: VideoJob, settings: ExportSettings) -> Iterator[np.ndarray]:
-    """The frames of each window of ``job`` (uint8 (frames, H, W, 3)), in order."""
-    from .video import FrameReader, probe
-
-    info = probe(job.uri)
-    dw, dh = _decode_size(job, settings)
-    # windows of one run share a span: decode each contiguous group of windows once
+def window_groups(job: VideoJob) -> list[list[Window]]:
+    """The windows of ``job`` in groups that one decoder pass reads: windows of one run share
+    a span (and nearby runs too: seeking would cost more than decoding the gap)."""
     groups: list[list[Window]] = []
     for w in job.windows:
         if groups and w.source_frames[0] <= groups[-1][-1].source_frames[-1] + 64:
             groups[-1].append(w)
         else:
             groups.append([w])
-    for group in groups:
+    return groups
+
+
+def decode_windows(job: VideoJob, settings: ExportSettings) -> Iterator[np.ndarray]:
+    """The frames of each window of ``job`` (uint8 (frames, H, W, 3)), in order."""
+    from .video import FrameReader, probe
+
+    info = probe(job.uri)
+    dw, dh = decode_size(job, settings)
+    for group in window_groups(job):
         wanted = {i for w in group for i in w.source_frames}
         lo, hi = min(wanted), max(wanted) + 1
         got: dict[int, np.ndarray] = {}
