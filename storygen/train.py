@@ -4,11 +4,14 @@
         --max-minutes 8                                     # from scratch: autoencoder, then UNet
     python -m storygen.train --out next --init models/shapes-storygen --max-minutes 8
     python -m storygen.train --out /tmp/m --steps 5 --vae-steps 5 --size 32 --eval-stories 0
+    python -m storygen.train --out m --shards shards/first     # from `curate export` shards
 
 A run from scratch trains the frame autoencoder first (``--vae-steps`` / ``--vae-minutes``),
 then the latent UNet on shapes-world story windows drawn on the fly (see
-:mod:`storygen.training`). ``--init`` continues from a folder this command wrote and appends
-the run to its ``training.json``. The folder is written in the pipeline layout with a
+:mod:`storygen.training`), or, with ``--shards DIR``, on windows of a ``curate export``'s
+samples (:mod:`storygen.training.shards`; the autoencoder still learns from rendered frames).
+``--init`` continues from a folder this command wrote and appends the run to its
+``training.json``. The folder is written in the pipeline layout with a
 ``sampling.json`` of recommended sampling settings; ``--eval-stories N`` probes N held-out
 stories at the end (colour, shape, background, motion, identity, flicker, seams).
 """
@@ -45,6 +48,7 @@ _HELP = {
     "vae_minutes": "autoencoder time budget",
     "eval_stories": "held-out stories to probe at the end (0: none)",
     "log_every": "steps between log lines",
+    "shards": "train from this `curate export` folder's shards instead of the shapes renderer",
 }
 
 

@@ -95,6 +95,8 @@ class TrainConfig:
     vae_minutes: float | None = None
     eval_stories: int = 32
     log_every: int = 100
+    #: train from the shards of a `curate export` folder instead of the shapes renderer
+    shards: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "frames", "size", "log_every"):
@@ -263,13 +265,23 @@ def train(config: TrainConfig) -> dict[str, Any]:
     budget = config.max_minutes * 60 if config.max_minutes else None
     clock = ClockCosineSchedule(opt, config.lr, config.steps, budget)
     text_share = config.text_lr / config.lr
-    loader = torch.utils.data.DataLoader(
-        StoryWindows(
+    data_seed = config.seed + 1000 * len(previous.get("runs", []))
+    if config.shards:
+        from storygen.training.shards import ShardWindows
+
+        windows: torch.utils.data.IterableDataset = ShardWindows(
+            config.shards,
             batch_size=config.batch_size,
             frames=config.frames,
             size=config.size,
-            seed=config.seed + 1000 * len(previous.get("runs", [])),
-        ),
+            seed=data_seed,
+        )
+    else:
+        windows = StoryWindows(
+            batch_size=config.batch_size, frames=config.frames, size=config.size, seed=data_seed
+        )
+    loader = torch.utils.data.DataLoader(
+        windows,
         batch_size=None,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,

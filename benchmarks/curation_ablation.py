@@ -1,0 +1,417 @@
+"""The measured value of curation (issue 18): one storygen model trained three ways.
+
+Same network, steps and seed; only the training data differs:
+
+* ``raw``: every window of every video of a noisy shapes-world corpus, every frame prompted
+  with the video's manifest caption, noise and all (``curate export --raw``), as someone would
+  train on WebVid as it comes;
+* ``curated``: ``curate run``'s kept, non-duplicate clips with their timed re-captions
+  (``curate export``); trained with two seeds to measure the seed-to-seed spread;
+* ``truth``: the shapes renderer's clean story windows (``storygen train`` without
+  ``--shards``): the ceiling.
+
+Every arm is probed on the same held-out scripts by :mod:`storygen.training.probe` (colour,
+shape, background, motion, all three facts right), read from pixels.
+
+Steps (CPU for ``prepare`` and ``table``, a GPU for ``train`` and ``probe``)::
+
+    python benchmarks/curation_ablation.py prepare --out .ablation      # corpus, run, shards
+    python benchmarks/curation_ablation.py train --arm curated --shards .ablation/carry/curated \\
+        --out /tmp/curated-s0 --device cuda --workers 14 --steps 3000 --seed 0
+    python benchmarks/curation_ablation.py probe --model curated-s0=/tmp/curated-s0 \\
+        --device cuda --out results/curated-s0.json --sheet results
+    python benchmarks/curation_ablation.py table --results results/*.json
+    python benchmarks/curation_ablation.py dry-run --out /tmp/abl     # all of it, tiny, on CPU
+
+``prepare`` checks that each arm's carried folder (its tar shards and ``_export.json``) fits
+in one device call beside the repository and the wheels the GPU image lacks (diffusers and
+decord), and writes ``prepare.json`` with the sizes. The arms may run in separate GPU sittings:
+each ``probe`` writes a JSON that ``table`` merges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MIB = 1 << 20
+#: what one device call may carry, and the wheels the GPU image lacks (measured sizes of
+#: diffusers-0.42.1-py3-none-any.whl and decord-0.6.0-py3-none-manylinux2010_x86_64.whl)
+TRANSFER_BYTES = 64 * MIB
+WHEEL_BYTES = 6_355_908 + 13_602_299
+ARMS = ("raw", "curated", "truth")
+FACTS = ("color", "shape", "background", "motion", "all")
+
+#: prepare / train settings: the full ablation and the CPU dry run
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {
+        "videos": 2000,
+        "resolutions": "128x128",
+        "size": 64,
+        "fps": 8.0,
+        "frames": 32,
+        "crf": 23,
+        "pix_fmt": "yuv444p",
+        "max_samples": 1100,
+        "samples_per_shard": 200,
+        "train_frames": 16,
+        "model_preset": "shapes",
+        "batch_size": 64,
+        "vae_steps": 4000,
+        "stories": 32,
+        "num_frames": 226,
+    },
+    "micro": {
+        "videos": 6,
+        "resolutions": "64x64",
+        "size": 32,
+        "fps": 8.0,
+        "frames": 8,
+        "crf": 23,
+        "pix_fmt": "yuv444p",
+        "max_samples": 40,
+        "samples_per_shard": 10,
+        "train_frames": 8,
+        "model_preset": "micro",
+        "batch_size": 2,
+        "vae_steps": 2,
+        "stories": 1,
+        "num_frames": 16,
+    },
+}
+
+
+def repo_bytes() -> int:
+    """What a device call carries of the repository: tracked files plus untracked ones that
+    git does not ignore."""
+    names = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    return sum(
+        (ROOT / n.decode()).stat().st_size for n in names if n and (ROOT / n.decode()).is_file()
+    )
+
+
+# --- prepare (CPU) ---------------------------------------------------------------------------
+
+
+def prepare(args: argparse.Namespace) -> dict[str, Any]:
+    from curate.export import ExportSettings, export_run
+    from curate.shapes import GroundTruth, generate_corpus
+    from pipelines.curate import run as curate_run
+
+    p = PRESETS[args.preset]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    corpus = out / "corpus"
+    t = time.perf_counter()
+    if (corpus / GroundTruth.FILE_NAME).exists():
+        print(f"corpus: reusing {corpus}")
+    else:  # the synth defaults (noise mix, duplicates, transitions), square frames
+        generate_corpus(
+            corpus,
+            videos=args.videos or p["videos"],
+            seed=args.seed,
+            resolutions=p["resolutions"].split(","),
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    timings["synth_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    summary = curate_run(
+        [
+            f"--input={corpus / 'manifest.jsonl'}",
+            f"--output={out / 'run'}",
+            f"--workers={args.workers}",
+        ],
+        progress=not args.quiet,
+    )
+    timings["curate_s"] = time.perf_counter() - t
+    print("\n".join(summary.lines()))
+    arms: dict[str, Any] = {}
+    base = repo_bytes()
+    for arm in ("raw", "curated"):
+        settings = ExportSettings(
+            width=p["size"],
+            height=p["size"],
+            fps=p["fps"],
+            frames=p["frames"],
+            crf=p["crf"],
+            pix_fmt=p["pix_fmt"],
+            samples_per_shard=p["samples_per_shard"],
+            raw=arm == "raw",
+            max_samples=args.max_samples or p["max_samples"],
+        )
+        t = time.perf_counter()
+        shards = out / "shards" / arm
+        result = export_run(out / "run", shards, settings, workers=args.workers)
+        timings[f"export_{arm}_s"] = time.perf_counter() - t
+        carry = out / "carry" / arm
+        shutil.rmtree(carry, ignore_errors=True)
+        carry.mkdir(parents=True)
+        for f in [*sorted(shards.glob("shard-*.tar")), shards / "_export.json"]:
+            shutil.copy2(f, carry / f.name)
+        carried = sum(f.stat().st_size for f in carry.iterdir())
+        total = base + WHEEL_BYTES + carried
+        arms[arm] = {
+            "samples": result.samples,
+            "frames": result.counts["frames"],
+            "videos": result.counts["videos_exported"],
+            "failures": result.failures,
+            "shard_bytes": result.bytes,
+            "carried_bytes": carried,
+            "call_bytes": total,
+            "fits": total <= TRANSFER_BYTES,
+        }
+    report = {
+        "preset": args.preset,
+        "settings": p,
+        "seed": args.seed,
+        "run_counts": summary.counts if hasattr(summary, "counts") else None,
+        "repo_bytes": base,
+        "wheel_bytes": WHEEL_BYTES,
+        "transfer_limit_bytes": TRANSFER_BYTES,
+        "arms": arms,
+        "timings": timings,
+    }
+    (out / "prepare.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"{'arm':8} {'samples':>8} {'frames':>8} {'videos':>7} {'shards MB':>10} {'call MiB':>9}")
+    for arm, a in arms.items():
+        print(
+            f"{arm:8} {a['samples']:8d} {a['frames']:8d} {a['videos']:7d} "
+            f"{a['carried_bytes'] / 1e6:10.2f} {a['call_bytes'] / MIB:9.2f}"
+            f"{'' if a['fits'] else '  OVER the 64 MiB transfer: lower --max-samples'}"
+        )
+    print(f"repository {base / 1e6:.1f} MB, wheels {WHEEL_BYTES / 1e6:.1f} MB; {out}/prepare.json")
+    return report
+
+
+# --- train and probe (GPU) -------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """One arm; every arm gets the same network, steps, batch, seed and schedule."""
+    from storygen.training.unet import TrainConfig
+    from storygen.training.unet import train as train_unet
+
+    p = PRESETS[args.preset]
+    shards = None if args.shards in (None, "none") else args.shards
+    if (args.arm == "truth") != (shards is None):
+        raise SystemExit(
+            "--arm truth trains on the renderer (--shards none); the others need shards"
+        )
+    if shards is not None:
+        from storygen.training.shards import ShardWindows
+
+        ShardWindows(shards, batch_size=1, frames=p["train_frames"], size=p["size"], seed=0)
+    config = TrainConfig(
+        out=args.out,
+        shards=shards,
+        steps=args.steps,
+        max_minutes=None,
+        batch_size=args.batch_size or p["batch_size"],
+        frames=p["train_frames"],
+        size=p["size"],
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        preset=p["model_preset"],
+        vae_steps=args.vae_steps or p["vae_steps"],
+        eval_stories=0,
+        log_every=max(1, min(100, args.steps // 10)),
+    )
+    report = train_unet(config)
+    print(json.dumps({"arm": args.arm, "steps_done": report["steps_done"]}))
+    return report
+
+
+def probe(args: argparse.Namespace) -> dict[str, Any]:
+    """Probe each NAME=FOLDER on the same held-out stories; one JSON for all of them."""
+    from storygen.training.probe import evaluate_folder, held_out_stories
+
+    p = PRESETS[args.preset]
+    results: dict[str, Any] = {}
+    for spec in args.model:
+        name, _, folder = spec.partition("=")
+        if not folder:
+            raise SystemExit(f"--model takes NAME=FOLDER, got {spec!r}")
+        started = time.perf_counter()
+        report = evaluate_folder(
+            folder,
+            stories=args.stories or p["stories"],
+            num_frames=args.num_frames or p["num_frames"],
+            device=args.device,
+            modes=("hierarchical",),
+            overrides={"micro_batch": 16},
+        )
+        report["probe_time_s"] = time.perf_counter() - started
+        training = Path(folder) / "training.json"
+        if training.is_file():
+            t = json.loads(training.read_text())
+            report["training"] = {
+                "config": t.get("config"),
+                "steps_done": t.get("steps_done"),
+                "unet_time_s": t.get("unet_time_s"),
+            }
+        results[name] = report
+        if args.sheet:
+            sheet(folder, name, Path(args.sheet), args, held_out_stories, p)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(format_table(results))
+    return results
+
+
+def sheet(folder: str, name: str, out: Path, args: Any, stories: Any, p: dict) -> Path:
+    """The first held-out script rendered by the model: 8 frames with their prompts."""
+    import numpy as np
+    import torch
+
+    from storygen.export import preview_sheet
+    from storygen.loading import load_pipeline
+    from storygen.training.probe import load_settings, render_story
+
+    settings = load_settings(folder)
+    pipe = load_pipeline(folder, scheduler=settings.get("scheduler"))
+    pipe.to(torch.device(args.device))
+    story = stories(1, num_frames=args.num_frames or p["num_frames"])[0]
+    frames, _ = render_story(pipe, story, mode="hierarchical", settings=settings, seed=0)
+    prompts = story.prompts()
+    fps = float(settings.get("fps") or 8.0)
+    picks = np.linspace(0, len(frames) - 1, 8).round().astype(int)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"sheet-{name}.png"
+    entries = [(int(i), i / fps, prompts[i], frames[i]) for i in picks]
+    preview_sheet(entries, path, columns=8, thumb_width=128, title=f"{name}: {story.story_id}")
+    return path
+
+
+# --- the table (CPU) -------------------------------------------------------------------------
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| model | steps | " + " | ".join(FACTS) + " |",
+        "|---|---|" + "---|" * len(FACTS),
+    ]
+    ceiling = None
+    for name, r in results.items():
+        h = r["hierarchical"]
+        steps = (r.get("training") or {}).get("steps_done", "")
+        cells = [f"{h[k]:.3f}" if h.get(k) is not None else "-" for k in FACTS]
+        lines.append(f"| {name} | {steps} | " + " | ".join(cells) + " |")
+        ceiling = r["ceiling"]
+    if ceiling is not None:
+        cells = [f"{ceiling[k]:.3f}" if ceiling.get(k) is not None else "-" for k in FACTS]
+        lines.append("| readers on real frames | | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table(args: argparse.Namespace) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in args.results:
+        merged.update(json.loads(Path(path).read_text()))
+    text = format_table(merged)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = {name: {k: r["hierarchical"].get(k) for k in FACTS} for name, r in merged.items()}
+    out.write_text(json.dumps({"table": summary, "results": merged}, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+    return merged
+
+
+def dry_run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every step at toy size on the CPU: prepare, train each arm a few steps, probe, table."""
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ablation-"))
+    common = ["--preset", args.preset, "--workers", "1"]
+    prepared = main(["prepare", "--out", str(out), *common, "--quiet"])
+    assert isinstance(prepared, dict)
+    results = []
+    runs = [("raw", 0), ("curated", 0), ("curated", 1), ("truth", 0)]
+    for arm, seed in runs:
+        shards = str(out / "carry" / arm) if arm != "truth" else "none"
+        model = out / "models" / f"{arm}-s{seed}"
+        main(
+            ["train", "--arm", arm, "--shards", shards, "--out", str(model), "--seed", str(seed)]
+            + ["--steps", str(args.steps), "--device", "cpu", "--preset", args.preset]
+            + ["--workers", "0"]
+        )
+        result = out / "results" / f"{arm}-s{seed}.json"
+        main(
+            ["probe", "--model", f"{arm}-s{seed}={model}", "--device", "cpu", "--out", str(result)]
+            + ["--preset", args.preset]
+            + (["--sheet", str(out / "results")] if arm != "truth" else [])
+        )
+        results.append(str(result))
+    merged = main(["table", "--results", *results, "--out", str(out / "results" / "table.json")])
+    assert isinstance(merged, dict)
+    return {"out": str(out), "prepare": prepared, "results": merged}
+
+
+def main(argv: list[str] | None = None) -> Any:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="corpus, curate run, raw and curated shards, size check")
+    p.add_argument("--out", default=".ablation")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    p.add_argument("--videos", type=int, default=None, help="corpus size (default: preset's)")
+    p.add_argument("--max-samples", type=int, default=None, help="samples per arm (preset's)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=prepare)
+    t = sub.add_parser("train", help="train one arm (same settings for every arm)")
+    t.add_argument("--arm", choices=ARMS, required=True)
+    t.add_argument("--shards", default=None, help="an arm's carried folder, or none (truth)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--vae-steps", type=int, default=None)
+    t.set_defaults(func=train)
+    r = sub.add_parser("probe", help="probe model folders on the held-out scripts")
+    r.add_argument("--model", action="append", required=True, help="NAME=FOLDER (repeatable)")
+    r.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    r.add_argument("--stories", type=int, default=None)
+    r.add_argument("--num-frames", type=int, default=None)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--out", default=None, help="JSON to write")
+    r.add_argument("--sheet", default=None, help="folder for a preview sheet per model")
+    r.set_defaults(func=probe)
+    b = sub.add_parser("table", help="merge probe JSONs into the README table")
+    b.add_argument("--results", nargs="+", required=True)
+    b.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "curation_ablation.json"))
+    b.set_defaults(func=table)
+    d = sub.add_parser("dry-run", help="every step at toy size on the CPU")
+    d.add_argument("--out", default=None)
+    d.add_argument("--preset", choices=sorted(PRESETS), default="micro")
+    d.add_argument("--steps", type=int, default=2)
+    d.set_defaults(func=dry_run)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Training windows from ``curate export`` shards, in the batch format of :mod:`.windows`.
+
+``storygen train --shards DIR`` reads the tar shards of an export (``DIR/_export.json`` lists
+them) instead of drawing stories from the shapes renderer. Each DataLoader worker streams its
+own share of the shards (a new shard order every pass, from the seed), mixes samples through
+a shuffle buffer, decodes each sample's mp4 (decord, else PyAV: :func:`curate.export.decode_mp4`)
+and draws one window from it, as the plan's calls see windows:
+
+- a call of ``f`` frames (most calls hold ``frames``, some fewer, as in :mod:`.windows`);
+- spacing 1 (contiguous frames at the export fps) half the time, otherwise a spacing drawn
+  uniformly up to what the sample holds, ``(n - 1) / (f - 1)`` for a sample of ``n`` frames
+  (a sample of exactly ``f`` frames gives spacing 1 only);
+- the role (global, local, autoregressive) and its mask drawn as :mod:`.windows` draws them;
+- each frame's prompt is the prompt of the sample segment it falls in.
+
+Yields ``(frames uint8 (B, F, H, W, 3), prompts [[str] * F] * B, mask (B, F), spacing (B,))``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from storygen.training.windows import ROLE_WEIGHTS, ROLES, draw_call_length
+
+#: samples held by each worker's shuffle buffer
+SHUFFLE_BUFFER = 256
+
+
+def export_info(folder: str | Path) -> dict[str, Any]:
+    """``_export.json`` of a finished export, with a clear error when there is none."""
+    path = Path(folder) / "_export.json"
+    if not path.is_file():
+        raise ValueError(
+            f"{folder}: no _export.json; --shards takes the --out folder of a finished "
+            "`curate export`"
+        )
+    return json.loads(path.read_text())
+
+
+def frame_prompts(meta: dict[str, Any]) -> list[str]:
+    """One prompt per frame of a sample, from its timed segments."""
+    prompts = [""] * int(meta["frames"])
+    for seg in meta["segments"]:
+        for k in range(int(seg["start_frame"]), min(int(seg["end_frame"]), len(prompts))):
+            prompts[k] = seg["prompt"]
+    return prompts
+
+
+def draw_window(
+    rng: np.random.Generator, frames: np.ndarray, prompts: list[str], f: int
+) -> tuple[np.ndarray, list[str], np.ndarray, float]:
+    """One window of ``f`` frames from a sample's decoded ``frames`` (n, H, W, 3)."""
+    n = len(frames)
+    if n < f:
+        raise ValueError(f"a sample of {n} frames cannot hold a window of {f}")
+    widest = (n - 1) / (f - 1) if f > 1 else 1.0
+    spacing = 1.0 if widest <= 1.0 or rng.random() < 0.5 else float(rng.uniform(1.0, widest))
+    positions = np.round(np.arange(f) * spacing).astype(np.int64)
+    positions += int(rng.integers(0, n - int(positions[-1])))
+    role = str(rng.choice(ROLES, p=ROLE_WEIGHTS))
+    mask = np.zeros(f, np.float32)
+    if role == "local":
+        mask[0] = mask[-1] = 1.0
+    elif role == "autoregressive":
+        mask[: int(rng.integers(1, min(4, f - 1) + 1))] = 1.0
+    real_spacing = float(positions[-1] - positions[0]) / max(f - 1, 1)
+    return frames[positions], [prompts[int(p)] for p in positions], mask, real_spacing
+
+
+class ShardWindows(torch.utils.data.IterableDataset):
+    """Endless batches of windows from export shards (each DataLoader worker its share).
+
+    The export's frame size must equal ``size`` and its samples must hold at least
+    ``frames`` frames; both are checked when the dataset is built.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        batch_size: int,
+        frames: int,
+        size: int,
+        seed: int,
+        uncond: float = 0.1,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
+    ) -> None:
+        info = export_info(folder)
+        settings = info["settings"]
+        if (settings["width"], settings["height"]) != (size, size):
+            raise ValueError(
+                f"{folder}: shards hold {settings['width']}x{settings['height']} frames, "
+                f"training asks for {size}x{size} (export again with --size {size})"
+            )
+        if settings["frames"] < frames:
+            raise ValueError(
+                f"{folder}: samples hold {settings['frames']} frames, fewer than the "
+                f"{frames} frames per call asked for"
+            )
+        self.paths = [str(Path(folder) / s["path"]) for s in info["shards"] if s["samples"]]
+        if not self.paths:
+            raise ValueError(f"{folder}: the export holds no samples")
+        self.batch_size, self.frames, self.size = batch_size, frames, size
+        self.seed, self.uncond, self.shuffle_buffer = seed, uncond, shuffle_buffer
+        self.samples = int(info["counts"]["samples"])
+
+    def _stream(self, rng: np.random.Generator, worker: int, workers: int) -> Iterator[dict]:
+        """This worker's samples, pass after pass, each pass in a new shard order."""
+        from curate.export import iter_samples
+
+        if self.samples < workers:  # too few to share out: every worker reads them all
+            worker, workers = 0, 1
+        epoch = 0
+        while True:
+            order = np.random.default_rng([self.seed, epoch, 31]).permutation(len(self.paths))
+            paths = [self.paths[i] for i in order]
+            if len(paths) >= workers:
+                yield from iter_samples(paths[worker::workers])
+            else:  # fewer shards than workers: every worker reads all, keeps its share
+                for i, sample in enumerate(iter_samples(paths)):
+                    if i % workers == worker:
+                        yield sample
+            epoch += 1
+
+    def _shuffled(self, rng: np.random.Generator, worker: int, workers: int) -> Iterator[dict]:
+        buffer: list[dict] = []
+        for sample in self._stream(rng, worker, workers):
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = int(rng.integers(0, len(buffer)))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+
+    def __iter__(
+        self,
+    ) -> Iterator[tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor]]:
+        from curate.export import decode_mp4
+
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = np.random.default_rng([self.seed, worker, 15485863])
+        samples = self._shuffled(rng, worker, workers)
+        while True:
+            f = draw_call_length(rng, self.frames)
+            batch: list[tuple[np.ndarray, list[str], np.ndarray, float]] = []
+            while len(batch) < self.batch_size:
+                sample = next(samples)
+                meta = sample["json"]
+                frames = decode_mp4(sample["mp4"])
+                batch.append(draw_window(rng, frames, frame_prompts(meta), f))
+            prompts = [[""] * f if rng.random() < self.uncond else w[1] for w in batch]
+            yield (
+                torch.from_numpy(np.stack([w[0] for w in batch])),
+                prompts,
+                torch.from_numpy(np.stack([w[2] for w in batch])),
+                torch.tensor([w[3] for w in batch], dtype=torch.float32),
+            )

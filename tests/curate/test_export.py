@@ -1,0 +1,332 @@
+"""``curate export``: training shards from a run folder, checked against the shapes world's
+ground truth (every clip accounted for, frames and prompts of every sample, the formats that
+read them, damaged sources, determinism, resume after SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from curate.export import (
+    EXPORT_NAME,
+    INDEX_NAME,
+    ExportError,
+    ExportSettings,
+    decode_mp4,
+    export_run,
+    iter_samples,
+    parse_bytes,
+    parse_size,
+    read_export,
+    read_failures,
+    shard_paths,
+)
+from tests.curate.export_helpers import run_from_truth, truth_clips, write_run
+
+REPO = Path(__file__).resolve().parents[2]
+#: small, quick samples that read back exactly: the corpus' own 128 px (at 64 px a ring's hole
+#: is a pixel or two and the reader misses some), yuv444p (yuv420p blurs thin colour details)
+SETTINGS = ExportSettings(
+    width=128, height=128, fps=8, frames=8, crf=18, pix_fmt="yuv444p", samples_per_shard=5
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from curate.shapes import generate_corpus
+
+    return generate_corpus(
+        tmp_path_factory.mktemp("export_corpus"),
+        videos=8,
+        seed=77,
+        noise_rate=0.3,
+        duplicate_rate=0.15,
+        resolutions=["128x128"],
+        max_scenes=4,
+        scene_seconds=(1.6, 3.0),
+        ensure_variety=True,
+        workers=1,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory) -> Path:
+    return run_from_truth(corpus, tmp_path_factory.mktemp("export_run") / "run")
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export_out") / "shards"
+    export_run(run, out, SETTINGS)
+    return out
+
+
+def _index(out: Path) -> list[dict]:
+    return pq.read_table(out / INDEX_NAME).to_pylist()
+
+
+def _selected(corpus) -> set[str]:
+    return {
+        c["clip_id"]
+        for c in truth_clips(corpus)
+        if c["status"] == "kept" and c["duplicate_of"] is None
+    }
+
+
+def test_every_selected_clip_is_in_a_sample_or_a_failures_row(corpus, exported):
+    index = _index(exported)
+    in_samples = {cid for row in index for cid in row["clip_ids"]}
+    failures = read_failures(exported)
+    failed = {f["input_id"] for f in failures if f["stage"].startswith("export")}
+    assert in_samples and in_samples.isdisjoint(failed)
+    assert in_samples | failed == _selected(corpus)
+    for f in failures:
+        assert f["message"].startswith(f["input_id"]) and f["error_type"], f
+    counts = read_export(exported)["counts"]
+    assert counts["clips_exported"] == len(in_samples)
+    assert (
+        counts["clips_exported"] + counts["clips_failed"] + counts["clips_not_selected"]
+        == (counts["run_clips"])
+    )
+    # no source frame is in two samples
+    seen: set[tuple[str, int]] = set()
+    for sample in iter_samples(shard_paths(exported)):
+        meta = sample["json"]
+        frames = {(meta["video_id"], i) for i in meta["source_frames"]}
+        assert len(frames) == meta["frames"] and frames.isdisjoint(seen)
+        seen |= frames
+
+
+def test_frames_and_prompts_match_the_source_span(corpus, exported):
+    """Every frame is the source frame its index names: pixel-read colour and background equal
+    the truth of the scene there (shape too, but for the reader's rare misses), and its
+    prompt is that scene's caption."""
+    from curate.shapes import read_frame
+
+    by_id = corpus.by_id
+    frames_read = shapes_right = 0
+    for sample in iter_samples(shard_paths(exported)):
+        meta = sample["json"]
+        video = by_id[meta["video_id"]]
+        frames = decode_mp4(sample["mp4"])
+        assert frames.shape == (meta["frames"], 128, 128, 3)
+        idx = meta["source_frames"]
+        assert len(idx) == meta["frames"] and idx == sorted(idx)
+        assert (idx[0], idx[-1] + 1) == (meta["source"]["start_frame"], meta["source"]["end_frame"])
+        prompts = [""] * meta["frames"]
+        for seg in meta["segments"]:
+            prompts[seg["start_frame"] : seg["end_frame"]] = [seg["prompt"]] * (
+                seg["end_frame"] - seg["start_frame"]
+            )
+        mixed = {f for t in video.transitions for f in range(t.start_frame, t.end_frame)}
+        for k, i in enumerate(idx):
+            scene = video.scene_at(int(i))
+            assert prompts[k] == scene.caption
+            if int(i) in mixed:  # a fade or dissolve frame shows two scenes
+                continue
+            seen = read_frame(frames[k])
+            assert (seen.color, seen.background) == (scene.color, scene.background), (k, i)
+            frames_read += 1
+            shapes_right += seen.shape == scene.shape
+    assert frames_read > 40
+    assert shapes_right / frames_read > 0.95
+
+
+def test_json_round_trips_through_index_and_clips_table(run, exported):
+    from curate.shards import read_table
+
+    clips = {c["clip_id"]: c for c in read_table(run, "clips").to_pylist()}
+    index = {row["key"]: row for row in _index(exported)}
+    for sample in iter_samples(shard_paths(exported)):
+        meta = sample["json"]
+        row = index[sample["__key__"]]
+        assert meta["key"] == row["key"] == sample["__key__"]
+        assert meta["segments"] == row["segments"]
+        assert meta["clip_ids"] == row["clip_ids"]
+        assert (meta["source"]["start_frame"], meta["source"]["end_frame"]) == (
+            row["start_frame"],
+            row["end_frame"],
+        )
+        assert (
+            meta["frames"]
+            == row["frames"]
+            == sum(s["end_frame"] - s["start_frame"] for s in meta["segments"])
+        )
+        for seg in meta["segments"]:
+            clip = clips[seg["clip_id"]]
+            assert seg["prompt"] == clip["recaption"]
+            assert seg["score"] == clip["caption_score"]
+            assert seg["start_s"] == pytest.approx(seg["start_frame"] / meta["fps"])
+        assert row["prompt"] in [s["prompt"] for s in meta["segments"]]
+        assert row["clip_id"] in meta["clip_ids"]
+
+
+def test_shards_open_with_webdataset_tarfile_pandas_and_duckdb(exported):
+    import duckdb
+    import pandas as pd
+    import webdataset as wds
+
+    index = _index(exported)
+    urls = [str(p) for p in shard_paths(exported)]
+    from_wds = [
+        (s["__key__"], json.loads(s["json"]), s["mp4"])
+        for s in wds.WebDataset(urls, shardshuffle=False)
+    ]
+    assert [k for k, _, _ in from_wds] == [row["key"] for row in index]
+    members = []
+    for url in urls:
+        with tarfile.open(url) as tar:
+            members += tar.getnames()
+    assert members == [f"{row['key']}.{ext}" for row in index for ext in ("json", "mp4")]
+    # random access through the index: the mp4 bytes at the recorded offset
+    for (_, _, mp4), row in zip(from_wds, index):
+        with open(exported / row["shard"], "rb") as fh:
+            fh.seek(row["mp4_offset"])
+            assert fh.read(row["mp4_bytes"]) == mp4
+    frame = pd.read_parquet(exported / INDEX_NAME)
+    assert list(frame.columns[:5]) == ["shard", "key", "clip_id", "prompt", "frames"]
+    assert len(frame) == len(index)
+    n = duckdb.sql(f"select count(*) from '{exported / INDEX_NAME}'").fetchall()
+    assert n[0][0] == len(index)
+
+
+def test_a_damaged_source_becomes_failures_rows_and_the_rest_export(corpus, run, tmp_path):
+    from curate.shards import read_table
+
+    clips = read_table(run, "clips").to_pylist()
+    victim = next(c["video_id"] for c in clips if c["clip_id"] in _selected(corpus))
+    src = Path(next(c["uri"] for c in clips if c["video_id"] == victim))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(src.read_bytes()[: src.stat().st_size // 3])
+    for c in clips:
+        if c["video_id"] == victim:
+            c["uri"] = str(broken)
+    damaged = write_run(tmp_path / "run", clips)
+    out = tmp_path / "shards"
+    export_run(damaged, out, SETTINGS)
+    index = _index(out)
+    assert victim not in {row["video_id"] for row in index}
+    rows = [f for f in read_failures(out) if f["input_id"].startswith(victim + ":")]
+    assert rows and all(f["stage"] == "export-decode" for f in rows)
+    assert all(str(broken) in f["message"] for f in rows)
+    assert {f["error_type"] for f in rows} <= {"TruncatedVideo", "VideoOpenFailure"}
+    others = {row["video_id"] for row in _index(out)}
+    assert others == {row["video_id"] for row in index} and others  # the rest exported
+
+
+def test_raw_exports_every_video_with_its_manifest_caption(corpus, run, tmp_path):
+    out = tmp_path / "raw"
+    summary = export_run(run, out, ExportSettings(**{**SETTINGS.to_dict(), "raw": True}))
+    index = _index(out)
+    captions = {v.video_id: v.source_caption for v in corpus.videos}
+    exported = {row["video_id"] for row in index}
+    failures = read_failures(out)
+    assert exported | {f["input_id"] for f in failures} == set(captions) | {"lost_video"}
+    assert "lost_video" in {f["input_id"] for f in failures}
+    noisy = {v.video_id for v in corpus.videos if v.caption_is_noise or v.duplicate_of}
+    assert noisy & exported  # noise and duplicates go in as they come
+    for sample in iter_samples(shard_paths(out)):
+        meta = sample["json"]
+        assert {s["prompt"] for s in meta["segments"]} == {captions[meta["video_id"]].strip()}
+    assert summary.samples == len(index)
+
+
+def test_include_dropped_adds_the_dropped_clips(corpus, run, exported, tmp_path):
+    out = tmp_path / "all"
+    export_run(run, out, ExportSettings(**{**SETTINGS.to_dict(), "include_dropped": True}))
+    kept = {cid for row in _index(exported) for cid in row["clip_ids"]}
+    every = {cid for row in _index(out) for cid in row["clip_ids"]}
+    failed = {f["input_id"] for f in read_failures(out)}
+    assert kept < every
+    assert every | failed >= {c["clip_id"] for c in truth_clips(corpus)}
+
+
+def test_shards_split_by_bytes_and_the_sample_cap(run, tmp_path):
+    limit = parse_bytes("100KB")
+    out = tmp_path / "bytes"
+    by_bytes = {**SETTINGS.to_dict(), "samples_per_shard": None, "shard_bytes": limit}
+    export_run(run, out, ExportSettings(**by_bytes))
+    info = read_export(out)
+    assert len(info["shards"]) > 1
+    assert all(s["bytes"] <= limit for s in info["shards"][:-1])
+    capped = tmp_path / "capped"
+    export_run(run, capped, ExportSettings(**{**SETTINGS.to_dict(), "max_samples": 4}))
+    assert len(_index(capped)) <= 4
+    assert any(f["error_type"] == "SampleCap" for f in read_failures(capped))
+
+
+def test_same_shards_with_two_workers_and_other_settings_refused(run, exported, tmp_path):
+    out = tmp_path / "again"
+    export_run(run, out, SETTINGS, workers=2)
+    assert [s["sha256"] for s in read_export(out)["shards"]] == [
+        s["sha256"] for s in read_export(exported)["shards"]
+    ]
+    with pytest.raises(ExportError, match="other settings"):
+        export_run(run, out, ExportSettings(**{**SETTINGS.to_dict(), "fps": 6.0}))
+    export_run(run, out, ExportSettings(**{**SETTINGS.to_dict(), "fps": 6.0}), overwrite=True)
+    assert read_export(out)["settings"]["fps"] == 6.0
+
+
+def test_rerun_after_sigkill_gives_the_same_shards(run, tmp_path):
+    settings = ExportSettings(**{**SETTINGS.to_dict(), "samples_per_shard": 1})
+    reference = tmp_path / "reference"
+    export_run(run, reference, settings)
+    out = tmp_path / "killed"
+    flags = ["--size", "128", "--fps", "8", "--frames", "8", "--crf", "18"]
+    flags += ["--pix-fmt", "yuv444p", "--samples-per-shard", "1", "--no-progress"]
+    code = "import sys; from pipelines.cli import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", code, "export", str(run), "--out", str(out), *flags]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "shard-000000.tar").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the export wrote no shard in time"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_early = not (out / EXPORT_NAME).exists()
+    summary = export_run(run, out, settings)
+    assert [s["sha256"] for s in read_export(out)["shards"]] == [
+        s["sha256"] for s in read_export(reference)["shards"]
+    ]
+    assert _index(out) == _index(reference)
+    assert read_failures(out) == read_failures(reference)
+    assert summary.samples == len(_index(reference)) > 3
+    assert killed_early, "the export finished before the kill; the resume path was not exercised"
+
+
+def test_settings_and_sizes_are_checked():
+    assert parse_size("64") == (64, 64) and parse_size("96x64") == (96, 64)
+    assert parse_bytes("64MB") == 64_000_000 and parse_bytes("1KiB") == 1024
+    for bad in ("63", "0", "axb", "8x8"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="frames"):
+        ExportSettings(frames=0)
+    with pytest.raises(ValueError, match="samples_per_shard or shard_bytes"):
+        ExportSettings(samples_per_shard=None)
+    with pytest.raises(ValueError, match="resize"):
+        ExportSettings(resize="stretch")
+
+
+def test_cli_exports_and_reports(run, tmp_path, capsys):
+    from pipelines.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["export", str(run), "--out", str(out), "--frames", "8", "--no-progress"]) == 0
+    assert "samples in" in capsys.readouterr().out
+    assert main(["export", str(run), "--out", str(out), "--frames", "6", "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    shutil.rmtree(out)
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(out)]) == 2

@@ -1,0 +1,96 @@
+"""Training storygen from ``curate export`` shards: windows in the renderer's batch format,
+prompts aligned with frames, and ``storygen train --shards`` running a few steps on a CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from curate.export import ExportSettings, export_run
+from curate.shapes import parse_caption, read_frame
+from storygen.training.shards import ShardWindows, draw_window, frame_prompts
+from tests.curate.export_helpers import run_from_truth
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """A 32 px export of a small 64x64 shapes corpus, samples of 12 frames."""
+    from curate.shapes import generate_corpus
+
+    root = tmp_path_factory.mktemp("train_shards")
+    gt = generate_corpus(
+        root / "corpus",
+        videos=6,
+        seed=11,
+        noise_rate=0.0,
+        duplicate_rate=0.0,
+        resolutions=["64x64"],
+        max_scenes=3,
+        scene_seconds=(2.0, 3.0),
+        workers=1,
+        progress=False,
+    )
+    run = run_from_truth(gt, root / "run")
+    settings = ExportSettings(
+        width=32, height=32, fps=8, frames=12, crf=18, pix_fmt="yuv444p", samples_per_shard=3
+    )
+    export_run(run, root / "shards", settings)
+    return root / "shards"
+
+
+def test_batches_have_the_renderer_format_and_aligned_prompts(shards):
+    data = ShardWindows(shards, batch_size=3, frames=8, size=32, seed=0, uncond=0.0)
+    spacings = []
+    for step, (frames, prompts, mask, spacing) in zip(range(12), data):
+        b, f = frames.shape[:2]
+        assert frames.dtype == torch.uint8 and frames.shape[2:] == (32, 32, 3)
+        assert b == 3 and 3 <= f <= 8
+        assert len(prompts) == b and all(len(p) == f for p in prompts)
+        assert mask.shape == (b, f) and spacing.shape == (b,)
+        for window, window_prompts, window_mask in zip(frames.numpy(), prompts, mask.numpy()):
+            known = np.flatnonzero(window_mask).tolist()
+            assert known in ([], [0, f - 1]) or known == list(range(len(known)))
+            for frame, prompt in zip(window, window_prompts):
+                facts = parse_caption(prompt)
+                assert facts is not None
+                assert read_frame(frame).color == facts.color, (step, prompt)
+        spacings += spacing.tolist()
+    assert min(spacings) == 1.0 and max(spacings) > 1.0  # samples of 12 frames, calls of 8
+
+
+def test_windows_follow_the_sample_and_sizes_are_checked(shards):
+    rng = np.random.default_rng(0)
+    frames = np.arange(12)[:, None, None, None] * np.ones((12, 2, 2, 3), np.uint8)
+    prompts = [f"p{i}" for i in range(12)]
+    for _ in range(50):
+        window, window_prompts, _, spacing = draw_window(rng, frames, prompts, 5)
+        picked = window[:, 0, 0, 0].tolist()
+        assert window_prompts == [f"p{i}" for i in picked]
+        assert picked == sorted(picked) and 1.0 <= spacing <= 11 / 4
+    meta = json.loads(next(iter(sorted(shards.glob("_parts/part-*.json")))).read_text())
+    sample = meta["samples"][0]
+    assert frame_prompts({"frames": sample["frames"], "segments": sample["segments"]})[0]
+    with pytest.raises(ValueError, match="32x32"):
+        ShardWindows(shards, batch_size=2, frames=8, size=64, seed=0)
+    with pytest.raises(ValueError, match="fewer than"):
+        ShardWindows(shards, batch_size=2, frames=16, size=32, seed=0)
+    with pytest.raises(ValueError, match="_export.json"):
+        ShardWindows(shards / "_parts", batch_size=2, frames=8, size=32, seed=0)
+
+
+def test_storygen_train_runs_from_shards_on_cpu(shards, tmp_path, capsys):
+    from storygen.train import main
+
+    out = tmp_path / "model"
+    argv = ["--out", str(out), "--shards", str(shards), "--preset", "micro", "--size", "32"]
+    argv += ["--frames", "8", "--batch-size", "2", "--steps", "3", "--vae-steps", "2"]
+    argv += ["--workers", "1", "--eval-stories", "0", "--device", "cpu", "--log-every", "1"]
+    assert main(argv) == 0
+    report = json.loads((out / "training.json").read_text())
+    assert report["config"]["shards"] == str(shards)
+    assert report["steps_done"] == 3
+    assert (out / "unet" / "config.json").is_file()
+    assert json.loads(capsys.readouterr().out)["steps_done"] == 3
