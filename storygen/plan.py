@@ -75,6 +75,8 @@ __all__ = [
     "autoregressive_plan",
     "build_plan",
     "check_fps",
+    "current_frame_limit",
+    "deepest",
     "depth_for",
     "frame_limit",
     "max_frames",
@@ -100,10 +102,13 @@ _FRAME_LIMIT: ContextVar[int] = ContextVar("storygen_frame_limit", default=MAX_F
 
 @contextmanager
 def frame_limit(limit: int) -> Iterator[int]:
-    """Plans built inside the block may hold up to ``limit`` frames (``--max-frames``)::
+    """Plans built inside the block may hold up to ``limit`` frames (``--max-frames``).
 
-    with frame_limit(5_000_000):
-        pipe(script, fps=240)
+    The pipeline builds its plan inside ``__call__``, so this is how a caller raises the cap
+    for one render::
+
+        with frame_limit(5_000_000):
+            pipe(script, fps=240)
     """
     _check_int("frame limit", limit, 1)
     token = _FRAME_LIMIT.set(limit)

@@ -453,7 +453,8 @@ def _summary(
         + (f", depth {plan.depth}" if args.mode == "hierarchical" else f", overlap {args.overlap}"),
         *(f"  {'settings' if i == 0 else '':<16}{line}" for i, line in enumerate(settings)),
         f"  model calls     {plan.model_calls} ({stats.calls_from_cache} from cache) "
-        f"in {plan.rounds} sequential rounds, {stats.unet_forwards} batched UNet passes",
+        f"in {plan.rounds} sequential round{'s' if plan.rounds != 1 else ''}, "
+        f"{stats.unet_forwards} batched UNet passes",
         f"  wall time       {stats.wall_time_s:.1f} s",
         f"  peak memory     {_human_bytes(stats.peak_memory_bytes)} ({stats.peak_memory_kind}), "
         f"at most {stats.peak_frames_held} frames held",

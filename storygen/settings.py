@@ -235,7 +235,8 @@ def resolve_sampling(
     source video's, so the model's native fps comes first and the row's after it.
     """
     sampling = read_sampling_json(model) if model is not None else {}
-    where = f"{Path(model) / SAMPLING_FILE}" if model is not None else SAMPLING_FILE
+    # the summary names the model folder already; its file needs no path
+    where = f"the model's {SAMPLING_FILE}"
     script: tuple[str, Mapping[str, Any]]
     layers: list[tuple[str, Mapping[str, Any]]] = [("{flag}", flags)]
     if curated:

@@ -120,7 +120,7 @@ NO_FLAGS = dict.fromkeys(BUILTIN_DEFAULTS)
 
 def test_flags_beat_sampling_json_beats_built_in_defaults(tmp_path):
     folder = _write(tmp_path / "m", {"num_inference_steps": 12, "guidance_scale": 2.0})
-    where = str(folder / "sampling.json")
+    where = "the model's sampling.json"
     got = resolve_sampling({**NO_FLAGS, "guidance_scale": 5.0}, folder)
     assert got["guidance_scale"] == Choice(5.0, "--guidance")
     assert got["num_inference_steps"] == Choice(12, where)
@@ -175,7 +175,7 @@ def test_render_takes_the_model_folders_settings_and_says_so(model, tmp_path, ca
     text = _summary(capsys)
     assert "rendered 9 frames (4.50 s at 2 fps)" in text
     assert "EulerDiscreteScheduler" in text
-    where = f"({model / 'sampling.json'})"
+    where = "(the model's sampling.json)"
     assert f"scheduler euler, steps 2, guidance 1, fps 2, frames per call 5 {where}" in text
     assert "height 16, width 16 (the model's config)" in text
 
