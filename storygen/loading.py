@@ -1,5 +1,8 @@
 """Loading a model folder: the pipeline class chosen from its layout, the scheduler by name.
 
+(The folder's recommended sampling settings, ``sampling.json``, are read by
+:func:`storygen.settings.read_sampling_json`, which needs no torch.)
+
 A folder in the masked layout (``StoryVideoPipeline.save_pretrained``'s) loads as
 :class:`~storygen.pipeline.StoryVideoPipeline`; one in the ModelScope text-to-video layout
 (``TextToVideoSDPipeline``'s, see :mod:`storygen.training_free`) as
@@ -15,14 +18,10 @@ import diffusers
 import torch
 
 from storygen.pipeline import StoryVideoPipeline, TrainingFreeStoryPipeline
+from storygen.settings import SCHEDULERS
 from storygen.training_free import is_t2v_layout
 
-#: schedulers by the short names the command line takes
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-}
+__all__ = ["SCHEDULERS", "load_pipeline", "make_scheduler"]
 
 
 def make_scheduler(name: str, config: Any) -> Any:

@@ -30,15 +30,32 @@ Other lengths use a policy:
 (one call per level), so a benchmark runs both through the same executor and compares model
 calls and rounds on equal footing.
 
-(Somewhat over 500 lines on purpose: the plan types and the arithmetic that builds them are
-read together; :meth:`Plan.check` states the rules the builders keep.)
+Every builder keeps its inputs in bounds and refuses, with a ``ValueError`` naming the value,
+what it cannot honour exactly (nothing is clamped):
+
+=========================  ==================  ================================================
+input                      accepted            why
+=========================  ==================  ================================================
+output frames              1 to 1,000,000      ``MAX_FRAMES``; raise it with :func:`frame_limit`
+                                               (``--max-frames``): a plan holds every frame
+frame rate (fps)           0.1 to 240          ``FPS_RANGE``: a million fps is a typo
+frames per call ``L``      3 to 256            ``FRAMES_PER_CALL_RANGE`` (2 for sliding windows)
+depth                      1 to 32, and no     ``MAX_DEPTH``; a plan never has fewer levels
+                           more levels than    than asked for
+                           the length can use
+=========================  ==================  ================================================
+
+(Somewhat over 500 lines on purpose: the plan types, their bounds and the arithmetic that
+builds them are read together; :meth:`Plan.check` states the rules the builders keep.)
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -47,13 +64,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTOREGRESSIVE",
+    "FPS_RANGE",
+    "FRAMES_PER_CALL_RANGE",
+    "MAX_DEPTH",
+    "MAX_FRAMES",
     "POLICIES",
     "Call",
     "Level",
     "Plan",
     "autoregressive_plan",
     "build_plan",
+    "check_fps",
+    "current_frame_limit",
+    "deepest",
     "depth_for",
+    "frame_limit",
     "max_frames",
     "plan_story",
     "with_prompts",
@@ -62,6 +87,77 @@ __all__ = [
 POLICIES = ("stretch", "trim")
 #: the sliding-window baseline's policy name (see :func:`autoregressive_plan`)
 AUTOREGRESSIVE = "autoregressive"
+
+#: the most output frames a plan holds unless :func:`frame_limit` says otherwise
+MAX_FRAMES = 1_000_000
+#: the frame rates a story is planned at, inclusive
+FPS_RANGE = (0.1, 240.0)
+#: frames one model call may make, inclusive (sliding windows may use 2)
+FRAMES_PER_CALL_RANGE = (3, 256)
+#: the most levels a hierarchical plan may have
+MAX_DEPTH = 32
+
+_FRAME_LIMIT: ContextVar[int] = ContextVar("storygen_frame_limit", default=MAX_FRAMES)
+
+
+@contextmanager
+def frame_limit(limit: int) -> Iterator[int]:
+    """Plans built inside the block may hold up to ``limit`` frames (``--max-frames``).
+
+    The pipeline builds its plan inside ``__call__``, so this is how a caller raises the cap
+    for one render::
+
+        with frame_limit(5_000_000):
+            pipe(script, fps=240)
+    """
+    _check_int("frame limit", limit, 1)
+    token = _FRAME_LIMIT.set(limit)
+    try:
+        yield limit
+    finally:
+        _FRAME_LIMIT.reset(token)
+
+
+def current_frame_limit() -> int:
+    """The frame cap in force: :data:`MAX_FRAMES` unless a :func:`frame_limit` block sets one."""
+    return _FRAME_LIMIT.get()
+
+
+def _check_length(num_frames: int | float, what: str | None = None) -> None:
+    """``ValueError`` when ``num_frames`` (``what``: how it was reached) exceeds the limit."""
+    limit = current_frame_limit()
+    if not num_frames <= limit:  # also catches nan
+        head = (
+            f"num_frames={num_frames:,}" if what is None else f"{what} is {num_frames:,.0f} frames,"
+        )
+        raise ValueError(
+            f"{head} more than the limit of {limit:,} frames "
+            "(raise it with --max-frames, or storygen.plan.frame_limit)"
+        )
+
+
+def check_fps(fps: float, source: str | None = None) -> float:
+    """``fps`` if it lies in :data:`FPS_RANGE`, else ``ValueError`` naming where it came from."""
+    lo, hi = FPS_RANGE
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, (int, float))
+        or not (lo <= fps <= hi)  # also catches nan
+    ):
+        shown = f"{fps:g}" if isinstance(fps, (int, float)) else repr(fps)[:40]
+        where = f" (from {source})" if source else ""
+        raise ValueError(
+            f"fps {shown}{where} is out of range: frame rates go from {lo:g} to {hi:g}"
+        )
+    return float(fps)
+
+
+def _check_frames_per_call(value: Any, minimum: int) -> int:
+    lo, hi = minimum, FRAMES_PER_CALL_RANGE[1]
+    frames = _check_int("frames_per_call", value, lo)
+    if frames > hi:
+        raise ValueError(f"frames_per_call must be between {lo} and {hi}, got {frames!r}")
+    return frames
 
 
 @dataclass(frozen=True)
@@ -358,15 +454,33 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 
 def max_frames(frames_per_call: int, depth: int) -> int:
     """Frames the regular structure makes: ``(L − 1)^m + 1`` (``L`` for depth 1)."""
-    _check_int("frames_per_call", frames_per_call, 3)
-    _check_int("depth", depth, 1)
+    _check_frames_per_call(frames_per_call, 3)
+    _check_depth(depth)
     return (frames_per_call - 1) ** depth + 1
+
+
+def _check_depth(depth: Any) -> int:
+    _check_int("depth", depth, 1)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth must be between 1 and {MAX_DEPTH}, got {depth!r}")
+    return depth
+
+
+def deepest(num_frames: int, frames_per_call: int = 16) -> int:
+    """The most levels a stretched plan of ``num_frames`` can use: every level must make
+    frames, and each splits its gaps at least in two, so about ``log2(N − 1)``."""
+    n = _check_int("num_frames", num_frames, 1)
+    L = _check_frames_per_call(frames_per_call, 3)
+    if n <= 2:
+        return 1
+    most = min(MAX_DEPTH, (n - 1).bit_length() + 1)
+    return len(_hierarchy(n, L, most, balanced=True, keep=n))
 
 
 def depth_for(num_frames: int, frames_per_call: int) -> int:
     """The smallest depth ``m ≥ 1`` with ``(L − 1)^m + 1 ≥ num_frames``."""
     _check_int("num_frames", num_frames, 1)
-    _check_int("frames_per_call", frames_per_call, 3)
+    _check_frames_per_call(frames_per_call, 3)
     m = 1
     while max_frames(frames_per_call, m) < num_frames:
         m += 1
@@ -453,15 +567,20 @@ def build_plan(
     depth: int | None = None,
     policy: str = "stretch",
 ) -> Plan:
-    """The hierarchical plan for ``num_frames`` frames (see the module docstring)."""
+    """The hierarchical plan for ``num_frames`` frames (see the module docstring).
+
+    Raises ``ValueError`` for a length over the frame limit (:func:`frame_limit`), a depth
+    too small for the length or with more levels than the length can use.
+    """
     n = _check_int("num_frames", num_frames, 1)
-    L = _check_int("frames_per_call", frames_per_call, 3)
+    _check_length(n)
+    L = _check_frames_per_call(frames_per_call, 3)
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     need = depth_for(n, L)
     if depth is None:
         depth = need
-    _check_int("depth", depth, 1)
+    _check_depth(depth)
     if max_frames(L, depth) < n:
         raise ValueError(
             f"depth {depth} with {L} frames per call makes at most {max_frames(L, depth)} "
@@ -470,6 +589,11 @@ def build_plan(
 
     if policy == "stretch":
         levels = _hierarchy(n, L, depth, balanced=depth > need, keep=n)
+        if len(levels) < depth:
+            raise ValueError(
+                f"depth {depth} is more levels than {n} frames can use with {L} frames per "
+                f"call (at most {deepest(n, L)}); leave depth out for the fewest levels"
+            )
         return Plan(n, L, len(levels), tuple(levels), policy, None, n)
 
     # trim: the regular structure over (L-1)^depth + 1 frames, built only where frames < n lie
@@ -487,7 +611,8 @@ def autoregressive_plan(num_frames: int, *, frames_per_call: int = 16, overlap: 
     and is given more than ``overlap`` of them) so every call has the model's native length.
     """
     n = _check_int("num_frames", num_frames, 1)
-    L = _check_int("frames_per_call", frames_per_call, 2)
+    _check_length(n)
+    L = _check_frames_per_call(frames_per_call, 2)
     _check_int("overlap", overlap, 1)
     if overlap >= L:
         raise ValueError(f"overlap must be smaller than frames_per_call={L}, got {overlap!r}")
@@ -540,9 +665,19 @@ def plan_story(
     """The plan for a script at ``fps`` (default: the script's), with per-frame prompts.
 
     ``num_frames`` defaults to ``round(duration × fps)``; ``policy`` may also be
-    ``"autoregressive"`` (sliding windows with ``overlap``), for comparison.
+    ``"autoregressive"`` (sliding windows with ``overlap``), for comparison. The frame rate
+    must lie in :data:`FPS_RANGE` and the length within the frame limit (:func:`frame_limit`),
+    checked before any per-frame list is made.
     """
-    fps_used = script._fps(fps)
+    fps_used = check_fps(script._fps(fps), None if fps is not None else script.source or "script")
+    if num_frames is None:
+        _check_length(
+            script.duration_s * fps_used,
+            f"{script.source or 'the story'}: {script.duration_s:g} s at {fps_used:g} fps",
+        )
+    else:
+        _check_int("num_frames", num_frames, 1)
+        _check_length(num_frames)
     prompts = script.prompts_per_frame(fps_used, num_frames=num_frames, gaps=gaps)
     if policy == AUTOREGRESSIVE:
         if depth is not None:

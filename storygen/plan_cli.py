@@ -7,9 +7,22 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from storygen.plan import AUTOREGRESSIVE, POLICIES, Plan, autoregressive_plan, plan_story
+from storygen.cli import default_model, positive_float, positive_int
+from storygen.plan import (
+    AUTOREGRESSIVE,
+    FPS_RANGE,
+    FRAMES_PER_CALL_RANGE,
+    MAX_DEPTH,
+    MAX_FRAMES,
+    POLICIES,
+    Plan,
+    autoregressive_plan,
+    check_fps,
+    frame_limit,
+    plan_story,
+)
 
 if TYPE_CHECKING:
     from storygen.script import StoryScript
@@ -26,13 +39,22 @@ With L frames per call and depth m the regular structure makes (L-1)^m + 1 frame
 (16 -> 226 -> 3376 for L = 16); other lengths are stretched (uneven spacing, exact length) or
 trimmed (regular spacing, extra frames dropped). The sliding-window baseline's cost is printed
 for comparison.
+
+The frame rate and the frames per call default as `storygen render` sets them: the flag, else
+the script's fps (for a curated story, the model's fps first: its source video's rate is no
+choice), else the model folder's sampling.json, else 16 frames per call.
 """
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
   storygen plan examples/shapes_story.yaml
   storygen plan examples/shapes_story.srt --fps 8 --frames 3376 --policy trim
-  storygen plan curated/stories.parquet --story-id v0007 --json > plan.json
+  storygen plan demo-out/curated/stories --story-id v0007 --json > demo-out/plan.json
+
+limits (each refused with a one-line error, never clamped): at most {MAX_FRAMES:,} frames
+(--max-frames), {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g} fps, {FRAMES_PER_CALL_RANGE[0]} to \
+{FRAMES_PER_CALL_RANGE[1]} frames per call, depth 1 to {MAX_DEPTH} and no more levels than
+the length can use; scripts of at most 2 MiB.
 """
 
 
@@ -49,15 +71,25 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--story-id", help="which story of a stories table (default: the first)")
     p.add_argument(
-        "--fps", type=float, help="frame rate of the output (default: the script's, if it sets one)"
+        "--model",
+        help="model folder whose sampling.json gives the default fps and frames per call "
+        "(default: the shipped models/shapes-storygen)",
+    )
+    p.add_argument(
+        "--fps",
+        type=positive_float,
+        help="frame rate of the output (default: the script's, else the model's sampling.json)",
     )
     length = p.add_mutually_exclusive_group()
     length.add_argument(
-        "--frames", type=int, metavar="N", help="output length in frames (default: duration × fps)"
+        "--frames",
+        type=positive_int,
+        metavar="N",
+        help="output length in frames (default: duration × fps)",
     )
     length.add_argument(
         "--duration",
-        type=float,
+        type=positive_float,
         metavar="S",
         help="output length in seconds (default: the script's)",
     )
@@ -65,9 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--frames-per-call",
         "-L",
         type=int,
-        default=16,
         metavar="L",
-        help="frames one model call makes (default: 16)",
+        help="frames one model call makes (default: the model's sampling.json, else 16)",
     )
     p.add_argument(
         "--depth",
@@ -75,6 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         metavar="M",
         help="levels of the hierarchy (default: the fewest that reach the length)",
+    )
+    p.add_argument(
+        "--max-frames",
+        type=positive_int,
+        default=MAX_FRAMES,
+        metavar="N",
+        help=f"refuse outputs longer than N frames (default: {MAX_FRAMES:,})",
     )
     p.add_argument(
         "--policy",
@@ -101,14 +139,39 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _num_frames(args: argparse.Namespace, fps: float) -> int | None:
+def num_frames_of(args: argparse.Namespace, fps: float) -> int | None:
+    """``--frames``, or ``--duration`` × fps checked against the frame limit, or None."""
     if args.frames is not None:
         return args.frames
     if args.duration is not None:
-        if not args.duration > 0:
-            raise ValueError(f"--duration must be positive, got {args.duration!r}")
-        return max(1, round(args.duration * fps))
+        frames = args.duration * fps
+        if not frames <= args.max_frames:
+            raise ValueError(
+                f"--duration {args.duration:g} s at {fps:g} fps is {frames:,.0f} frames, more "
+                f"than the limit of {args.max_frames:,} frames (raise it with --max-frames)"
+            )
+        return max(1, round(frames))
     return None
+
+
+def sampling_choices(args: argparse.Namespace, script: StoryScript, **flags: Any) -> dict:
+    """The render settings of ``args`` resolved against the script and the model folder's
+    sampling.json (see :func:`storygen.settings.resolve_sampling`)."""
+    from storygen.script import script_format
+    from storygen.settings import resolve_sampling
+
+    return resolve_sampling(
+        {"fps": args.fps, "frames_per_call": args.frames_per_call, **flags},
+        default_model(args.model),
+        script_fps=script.fps,
+        curated=script_format(args.script) == "parquet",
+    )
+
+
+def no_fps_message(args: argparse.Namespace) -> str:
+    model = default_model(args.model)
+    where = f" and {model}/sampling.json gives none" if model is not None else ""
+    return f"{args.script}: the script sets no fps (SRT never does){where}; pass --fps"
 
 
 def _calls_table(plan: Plan) -> list[str]:
@@ -125,25 +188,28 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         script = load_script(args.script, story_id=args.story_id)
-        fps = args.fps if args.fps is not None else script.fps
+        choices = sampling_choices(args, script)
+        fps, frames_per_call = choices["fps"].value, choices["frames_per_call"].value
         if fps is None:
-            raise ValueError(f"{args.script}: the script sets no fps (SRT never does); pass --fps")
-        plan = plan_story(
-            script,
-            fps=fps,
-            num_frames=_num_frames(args, fps),
-            frames_per_call=args.frames_per_call,
-            depth=args.depth,
-            policy=args.policy,
-            gaps=args.gaps,
-            overlap=args.overlap,
-        )
-        baseline = None
-        if args.policy != AUTOREGRESSIVE:
-            overlap = args.overlap if args.overlap < args.frames_per_call else 1
-            baseline = autoregressive_plan(
-                plan.num_frames, frames_per_call=args.frames_per_call, overlap=overlap
+            raise ValueError(no_fps_message(args))
+        check_fps(fps, choices["fps"].source)
+        with frame_limit(args.max_frames):
+            plan = plan_story(
+                script,
+                fps=fps,
+                num_frames=num_frames_of(args, fps),
+                frames_per_call=frames_per_call,
+                depth=args.depth,
+                policy=args.policy,
+                gaps=args.gaps,
+                overlap=args.overlap,
             )
+            baseline = None
+            if args.policy != AUTOREGRESSIVE:
+                overlap = args.overlap if args.overlap < frames_per_call else 1
+                baseline = autoregressive_plan(
+                    plan.num_frames, frames_per_call=frames_per_call, overlap=overlap
+                )
     except ScriptError as exc:
         print(f"storygen plan: {exc}", file=sys.stderr)
         return 2

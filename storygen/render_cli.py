@@ -18,32 +18,49 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from storygen.plan import AUTOREGRESSIVE, POLICIES
+from storygen.cli import (
+    DEFAULT_MODEL,
+    default_model,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+from storygen.plan import AUTOREGRESSIVE, FPS_RANGE, FRAMES_PER_CALL_RANGE, MAX_FRAMES, POLICIES
+from storygen.settings import BUILTIN_DEFAULTS, MAX_FRAME_SIZE, SCHEDULERS
 
 logger = logging.getLogger(__name__)
 
-#: the shipped shapes-world model, beside the packages in the repository
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "shapes-storygen"
+_BUILTIN_STEPS = BUILTIN_DEFAULTS["num_inference_steps"]
+_BUILTIN_GUIDANCE = BUILTIN_DEFAULTS["guidance_scale"]
+_BUILTIN_FRAMES_PER_CALL = BUILTIN_DEFAULTS["frames_per_call"]
+_MAX_FRAME_SIZE = MAX_FRAME_SIZE
 
+RENDER_DESCRIPTION = """\
+Render a timed prompt sequence (a YAML / JSON / SRT script, or a row of a curated stories
+table) to a video. Hierarchical mode: the global model draws keyframes over the whole story,
+local models fill between them level by level, each level's calls batched (--micro-batch) and
+spread over --devices. Autoregressive mode (the baseline): overlapping sliding windows. Frames
+stream to --out as they become final; --cache-dir makes an interrupted run resumable.
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+Sampling settings come from the first place that sets them: the flag, the model folder's
+sampling.json (the settings its trainer recommends), the built-in default. The frame rate of a
+hand-written script comes before sampling.json; a curated story renders at the model's fps
+(its source video's fps is the last resort). The summary says where each value came from.
+"""
 
+RENDER_EPILOG = f"""\
+examples:
+  storygen render examples/shapes_story.yaml --out demo-out/shapes_story.mp4
+  storygen render examples/shapes_story.srt --out demo-out/shapes_story.gif \\
+      --preview demo-out/shapes_story.png --steps 8
+  storygen render demo-out/curated/stories --story-id shapes_2026_0003 \\
+      --out demo-out/story.mp4 --cache-dir demo-out/cache     # after `make demo`
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+demo-out/ is ignored by git. Limits (refused with a one-line error, exit code 2): at most
+{MAX_FRAMES:,} frames (--max-frames), {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g} fps, \
+{FRAMES_PER_CALL_RANGE[0]} to {FRAMES_PER_CALL_RANGE[1]} frames per call,
+frames of at most {_MAX_FRAME_SIZE}×{_MAX_FRAME_SIZE} pixels (--max-frame-size).
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,66 +73,138 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "render",
         help="render a story script to a video",
-        description=(
-            "Render a timed prompt sequence (YAML / JSON / SRT script, or a stories.parquet "
-            "row with --story-id) to a video. Hierarchical mode: the global model draws "
-            "keyframes over the whole story, local models fill between them level by level, "
-            "each level's calls batched (--micro-batch) and spread over --devices. "
-            "Autoregressive mode (the baseline): overlapping sliding windows. Frames stream "
-            "to --out as they become final; --cache-dir makes an interrupted run resumable."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=RENDER_DESCRIPTION,
+        epilog=RENDER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("script", help="story script: .yaml/.json/.srt/.vtt, or stories .parquet")
+    from_model = "default: the model's sampling.json, else"
+    p.add_argument(
+        "script", help="story script: .yaml / .json / .srt / .vtt, or a stories .parquet (folder)"
+    )
     p.add_argument(
         "--model",
-        default=None,
-        help=f"model folder (masked or ModelScope layout); default {DEFAULT_MODEL} if present",
+        help="model folder (masked or ModelScope layout); default: the shipped "
+        "models/shapes-storygen",
     )
     p.add_argument("--out", required=True, help="output video (.mp4, .mkv, .webm or .gif)")
-    p.add_argument("--fps", type=_positive_float, default=None, help="default: the script's")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--frames", type=_positive_int, default=None, help="number of frames")
+    p.add_argument("--story-id", help="which story of a stories table (default: the first)")
+
+    g = p.add_argument_group("length and plan")
+    g.add_argument(
+        "--fps",
+        type=positive_float,
+        help="frames per second (default: a hand-written script's, else the model's "
+        "sampling.json, else a curated story's source fps)",
+    )
+    length = g.add_mutually_exclusive_group()
     length.add_argument(
-        "--duration", type=_positive_float, default=None, help="seconds (frames = duration × fps)"
+        "--frames", type=positive_int, help="number of frames (default: duration × fps)"
     )
-    p.add_argument("--frames-per-call", type=_positive_int, default=16, help="L")
-    p.add_argument("--depth", type=_positive_int, default=None, help="levels; default: minimal")
-    p.add_argument("--policy", choices=POLICIES, default="stretch")
-    p.add_argument("--mode", choices=("hierarchical", AUTOREGRESSIVE), default="hierarchical")
-    p.add_argument(
-        "--overlap", type=_positive_int, default=1, help="known frames per autoregressive window"
+    length.add_argument(
+        "--duration",
+        type=positive_float,
+        metavar="SECONDS",
+        help="length in seconds (default: the script's)",
     )
-    p.add_argument("--steps", type=_positive_int, default=25, help="denoising steps per call")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--negative-prompt", default="", help="prompt for the unconditional branch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--scheduler", choices=("ddim", "dpm", "euler"), default=None, help="default: saved one"
+    g.add_argument(
+        "--frames-per-call",
+        type=positive_int,
+        metavar="L",
+        help=f"frames one model call makes ({from_model} {_BUILTIN_FRAMES_PER_CALL})",
     )
-    p.add_argument("--height", type=_positive_int, default=None, help="default: the model's")
-    p.add_argument("--width", type=_positive_int, default=None, help="default: the model's")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
-    p.add_argument(
-        "--devices",
-        default=None,
-        help="spread each level over several devices: e.g. cuda:0,cuda:1 or cpu,cpu",
+    g.add_argument(
+        "--depth", type=positive_int, help="levels (default: the fewest that reach the length)"
     )
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
-    p.add_argument("--micro-batch", type=_positive_int, default=16, help="calls per forward")
-    p.add_argument("--resample-steps", type=_positive_int, default=None)
-    p.add_argument("--jump-length", type=_positive_int, default=None)
-    p.add_argument(
+    g.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="stretch",
+        help="stretch (default): exact length, uneven spacing; trim: regular spacing",
+    )
+    g.add_argument(
+        "--mode",
+        choices=("hierarchical", AUTOREGRESSIVE),
+        default="hierarchical",
+        help="hierarchical (default) or the sliding-window baseline",
+    )
+    g.add_argument(
+        "--overlap",
+        type=positive_int,
+        default=1,
+        help="known frames per autoregressive window (default: 1)",
+    )
+    g.add_argument(
+        "--max-frames",
+        type=positive_int,
+        default=MAX_FRAMES,
+        metavar="N",
+        help=f"refuse videos longer than N frames (default: {MAX_FRAMES:,})",
+    )
+
+    g = p.add_argument_group("sampling")
+    g.add_argument(
+        "--scheduler",
+        choices=sorted(SCHEDULERS),
+        help=f"{from_model} the one saved in the model folder",
+    )
+    g.add_argument(
+        "--steps",
+        type=positive_int,
+        help=f"denoising steps per call ({from_model} {_BUILTIN_STEPS})",
+    )
+    g.add_argument(
+        "--guidance",
+        type=non_negative_float,
+        help=f"classifier-free guidance scale, 1 = off ({from_model} {_BUILTIN_GUIDANCE:g})",
+    )
+    g.add_argument(
+        "--negative-prompt", default="", help="prompt of the unconditional branch (default: empty)"
+    )
+    g.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    g.add_argument("--height", type=positive_int, help=f"pixels ({from_model} the model's size)")
+    g.add_argument("--width", type=positive_int, help=f"pixels ({from_model} the model's size)")
+    g.add_argument(
+        "--max-frame-size",
+        type=positive_int,
+        default=_MAX_FRAME_SIZE,
+        metavar="PIXELS",
+        help=f"refuse a height or width above this (default: {_MAX_FRAME_SIZE})",
+    )
+    g.add_argument(
+        "--resample-steps",
+        type=positive_int,
+        help="RePaint resampling per step (default: 1; 2 for a ModelScope-layout model)",
+    )
+    g.add_argument(
+        "--jump-length", type=positive_int, help="RePaint jump length in steps (default: 1)"
+    )
+    g.add_argument(
         "--reconstruction-guidance",
-        type=float,
+        type=non_negative_float,
         default=0.0,
-        help="weight of the gradient step towards the known frames (0: off)",
+        help="weight of the gradient step towards the known frames (default: 0, off)",
     )
-    p.add_argument("--cache-dir", default=None, help="keep finished calls here; resume from it")
-    p.add_argument("--story-id", default=None, help="which story of a multi-story file")
-    p.add_argument("--preview", default=None, help="write a keyframe preview sheet (PNG)")
-    p.add_argument("--stats-json", default=None, help="write the run's statistics as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = p.add_argument_group("devices and output")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
+    g.add_argument(
+        "--devices", help="spread each level over several devices: e.g. cuda:0,cuda:1 or cpu,cpu"
+    )
+    g.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        help="(default: float32)",
+    )
+    g.add_argument(
+        "--micro-batch",
+        type=positive_int,
+        default=16,
+        help="model calls per forward pass (default: 16)",
+    )
+    g.add_argument("--cache-dir", help="keep finished calls here and resume from them")
+    g.add_argument("--preview", help="also write a keyframe preview sheet (PNG)")
+    g.add_argument("--stats-json", help="also write the run's statistics as JSON")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_render)
 
 
@@ -130,15 +219,20 @@ def _add_new_model(subparsers: argparse._SubParsersAction) -> None:
             "micro-latent / tiny-latent (with a tiny VAE), modelscope (the real 1.41 B "
             "UNet shape, SD VAE, 1024-wide text encoder: GPU benchmarks only)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example:\n  storygen new-model demo-out/tiny-model --preset micro",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     n.add_argument("dir", help="output folder")
     n.add_argument(
-        "--preset", default="tiny", help="micro, micro-latent, tiny, tiny-latent, modelscope"
+        "--preset",
+        default="tiny",
+        help="micro, micro-latent, tiny (default), tiny-latent, modelscope",
     )
-    n.add_argument("--mode", choices=("masked", "t2v"), default="masked")
-    n.add_argument("--seed", type=int, default=0)
-    n.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    n.add_argument("--mode", choices=("masked", "t2v"), default="masked", help="(default: masked)")
+    n.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    n.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), help="(default: the preset's)"
+    )
     n.set_defaults(func=run_new_model)
 
 
@@ -148,11 +242,14 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser(
         "train",
         help="train the small shapes-world storygen model (storygen train --help)",
-        description="Train the latent shapes-world model (autoencoder + MaskedUNet3D) on story windows (see storygen.train).",
+        description=(
+            "Train the latent shapes-world model (autoencoder + MaskedUNet3D) on story "
+            "windows; `storygen train --help` lists its options."
+        ),
         add_help=False,
         prefix_chars="\x00",
     )
-    t.add_argument("args", nargs=argparse.REMAINDER, help="arguments of python -m storygen.train")
+    t.add_argument("args", nargs=argparse.REMAINDER, help="the options of storygen train")
     t.set_defaults(func=run_train)
 
 
@@ -178,17 +275,6 @@ def run_train(args: argparse.Namespace) -> int:
     return int(train_main(args.args) or 0)
 
 
-def _resolve_model(value: str | None) -> Path:
-    if value is not None:
-        return Path(value)
-    if DEFAULT_MODEL.is_dir():
-        return DEFAULT_MODEL
-    raise SystemExit(
-        f"storygen render: no --model given and {DEFAULT_MODEL} does not exist; pass a model "
-        "folder (create a random one with `storygen new-model DIR`)"
-    )
-
-
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -198,66 +284,133 @@ def _human_bytes(n: float) -> str:
 
 
 def _fail(message: Any) -> int:
+    """Bad input: one message on stderr (no traceback), exit code 2."""
     print(f"storygen render: {message}", file=sys.stderr)
     return 2
 
 
+#: names of the settings in the summary
+_NAMES = {
+    "scheduler": "scheduler",
+    "num_inference_steps": "steps",
+    "guidance_scale": "guidance",
+    "fps": "fps",
+    "height": "height",
+    "width": "width",
+    "frames_per_call": "frames per call",
+}
+
+
 def run_render(args: argparse.Namespace) -> int:
+    # 1. everything that can be checked without a model, before torch loads
+    from storygen.plan import check_fps, frame_limit, plan_story
+    from storygen.plan_cli import no_fps_message, num_frames_of
+    from storygen.script import ScriptError, load_script, script_format
+    from storygen.settings import check_frame_size, resolve_sampling
+
+    model = default_model(args.model)
+    if model is None:
+        return _fail(
+            f"no --model given and {DEFAULT_MODEL} does not exist; pass a model folder "
+            "(create a random one with `storygen new-model DIR`)"
+        )
+    if not model.is_dir():
+        return _fail(f"{model}: no such model folder")
+    hierarchical = args.mode == "hierarchical"
+    try:
+        script = load_script(args.script, story_id=args.story_id)
+        flags = {
+            "scheduler": args.scheduler,
+            "num_inference_steps": args.steps,
+            "guidance_scale": args.guidance,
+            "fps": args.fps,
+            "height": args.height,
+            "width": args.width,
+            "frames_per_call": args.frames_per_call,
+        }
+        choices = resolve_sampling(
+            flags, model, script_fps=script.fps, curated=script_format(args.script) == "parquet"
+        )
+        fps = choices["fps"].value
+        if fps is None:
+            return _fail(no_fps_message(args))
+        check_fps(fps, choices["fps"].source)
+        num_frames = num_frames_of(args, fps)
+        height, width = choices["height"].value, choices["width"].value
+        if height is not None or width is not None:
+            check_frame_size(height or 1, width or 1, args.max_frame_size)
+        with frame_limit(args.max_frames):
+            plan_story(  # the plan's own checks: length, frames per call, depth
+                script,
+                fps=fps,
+                num_frames=num_frames,
+                frames_per_call=choices["frames_per_call"].value,
+                depth=args.depth if hierarchical else None,
+                policy=args.policy if hierarchical else AUTOREGRESSIVE,
+                overlap=args.overlap,
+            )
+    except ScriptError as exc:
+        return _fail(exc)
+    except ValueError as exc:
+        return _fail(f"error: {exc}")
+
+    # 2. the model, the settings it completes, the render
     import torch
 
     from storygen.loading import load_pipeline
-    from storygen.script import ScriptError, load_script
+    from storygen.settings import Choice
 
-    model = _resolve_model(args.model)
     try:
-        script = load_script(args.script, story_id=args.story_id)
-    except (ScriptError, FileNotFoundError, ValueError) as exc:
+        pipe = load_pipeline(
+            model, torch_dtype=_dtype(args.dtype), scheduler=choices["scheduler"].value
+        )
+    except (FileNotFoundError, OSError, ValueError) as exc:
         return _fail(exc)
-    fps = args.fps or script.fps
-    if fps is None:
-        return _fail(f"{args.script} sets no fps; pass --fps")
-    num_frames = args.frames
-    if args.duration is not None:
-        num_frames = max(1, round(args.duration * fps))
+    default_h, default_w = pipe.default_size()
+    for key, value in (("height", default_h), ("width", default_w)):
+        if choices[key].value is None:
+            choices[key] = Choice(value, "the model's config")
+    if choices["scheduler"].value is None:
+        choices["scheduler"] = Choice(type(pipe.scheduler).__name__, "saved in the model folder")
     try:
-        pipe = load_pipeline(model, torch_dtype=_dtype(args.dtype), scheduler=args.scheduler)
-    except FileNotFoundError as exc:
-        return _fail(exc)
+        check_frame_size(choices["height"].value, choices["width"].value, args.max_frame_size)
+    except ValueError as exc:
+        return _fail(f"error: {exc}")
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
     device = args.device or (devices[0] if devices else None)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe.to(device)
-    hierarchical = args.mode == "hierarchical"
     try:
-        out = pipe(
-            script,
-            num_frames,
-            fps=fps,
-            frames_per_call=args.frames_per_call,
-            depth=args.depth if hierarchical else None,
-            policy=args.policy if hierarchical else AUTOREGRESSIVE,
-            overlap=args.overlap,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            negative_prompt=args.negative_prompt,
-            generator=args.seed,
-            height=args.height,
-            width=args.width,
-            micro_batch=args.micro_batch,
-            output_type=None,
-            output_path=args.out,
-            cache_dir=args.cache_dir,
-            devices=devices,
-            resample_steps=args.resample_steps,
-            jump_length=args.jump_length,
-            reconstruction_guidance=args.reconstruction_guidance,
-            progress=not args.no_progress,
-        )
+        with frame_limit(args.max_frames):
+            out = pipe(
+                script,
+                num_frames,
+                fps=fps,
+                frames_per_call=choices["frames_per_call"].value,
+                depth=args.depth if hierarchical else None,
+                policy=args.policy if hierarchical else AUTOREGRESSIVE,
+                overlap=args.overlap,
+                num_inference_steps=choices["num_inference_steps"].value,
+                guidance_scale=choices["guidance_scale"].value,
+                negative_prompt=args.negative_prompt,
+                generator=args.seed,
+                height=choices["height"].value,
+                width=choices["width"].value,
+                micro_batch=args.micro_batch,
+                output_type=None,
+                output_path=args.out,
+                cache_dir=args.cache_dir,
+                devices=devices,
+                resample_steps=args.resample_steps,
+                jump_length=args.jump_length,
+                reconstruction_guidance=args.reconstruction_guidance,
+                progress=not args.no_progress,
+            )
     except ValueError as exc:
-        return _fail(exc)
+        return _fail(f"error: {exc}")
     written = [args.out, *_write_extras(args, out)]
-    print(_summary(args, model, pipe, out, fps, written))
+    print(_summary(args, model, pipe, out, fps, written, choices))
     return 0
 
 
@@ -281,16 +434,27 @@ def _write_extras(args: argparse.Namespace, out: Any) -> list[str]:
 
 
 def _summary(
-    args: argparse.Namespace, model: Path, pipe: Any, out: Any, fps: float, written: list[str]
+    args: argparse.Namespace,
+    model: Path,
+    pipe: Any,
+    out: Any,
+    fps: float,
+    written: list[str],
+    choices: dict[str, Any],
 ) -> str:
+    from storygen.settings import describe
+
     plan, stats = out.plan, out.stats
+    settings = describe(choices, _NAMES)
     lines = [
         f"rendered {plan.num_frames} frames ({plan.num_frames / fps:.2f} s at {fps:g} fps) "
         f"with {model} ({type(pipe.unet).__name__}, {type(pipe.scheduler).__name__})",
         f"  mode            {args.mode}"
         + (f", depth {plan.depth}" if args.mode == "hierarchical" else f", overlap {args.overlap}"),
+        *(f"  {'settings' if i == 0 else '':<16}{line}" for i, line in enumerate(settings)),
         f"  model calls     {plan.model_calls} ({stats.calls_from_cache} from cache) "
-        f"in {plan.rounds} sequential rounds, {stats.unet_forwards} batched UNet passes",
+        f"in {plan.rounds} sequential round{'s' if plan.rounds != 1 else ''}, "
+        f"{stats.unet_forwards} batched UNet passes",
         f"  wall time       {stats.wall_time_s:.1f} s",
         f"  peak memory     {_human_bytes(stats.peak_memory_bytes)} ({stats.peak_memory_kind}), "
         f"at most {stats.peak_frames_held} frames held",

@@ -7,6 +7,11 @@ device. Results are consumed in plan order, so frames reach the :class:`~storyge
 in order; a frame is forgotten once it is written and no later level needs it as a known frame.
 How one batch is sampled is the pipeline's business (:meth:`StoryVideoPipeline.prepare_latents`
 and :meth:`StoryVideoPipeline.denoise`).
+
+Progress is shown per level (one bar for all sliding windows), in denoising steps of model
+calls: a level of 15 calls at 25 steps is 375 steps, and every UNet evaluation of a batch of
+B calls moves its bar by B, so the bar and its ETA move steadily instead of jumping a whole
+batch at a time (:class:`LevelProgress`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from storygen.cache import CallCache
-from storygen.plan import Call, Plan
+from storygen.plan import AUTOREGRESSIVE, Call, Level, Plan
 from storygen.sampling import CallInputs
 from storygen.settings import RenderSettings
 from storygen.sink import FrameSink
@@ -112,7 +118,74 @@ class CallSampler(Protocol):
         settings: RenderSettings,
     ) -> tuple[torch.Tensor, int]: ...
 
-    def progress_bar(self, iterable: Any = None, total: Any = None) -> Any: ...
+
+class LevelProgress:
+    """One progress bar over some levels, counted in denoising steps of model calls.
+
+    A call takes ``num_inference_steps`` steps, times ``resample_steps`` where it is given
+    frames (RePaint repeats every step). While a batch runs, each evaluation of the UNet
+    (a forward hook on its last layer) advances the bar by the batch's calls, never past what
+    the batch is expected to take; when the batch returns, the bar makes up any difference, so
+    a scheduler that takes more or fewer steps than asked never leaves the bar off.
+    """
+
+    def __init__(self, bar: Any, settings: RenderSettings) -> None:
+        self.bar = bar
+        self.settings = settings
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def label(plan: Plan, level: Level, todo: int, cached: int) -> str:
+        """``"level 2/3 (15 calls)"``, or ``"sliding windows (225 calls)"``."""
+        calls = f"{todo} call{'s' if todo != 1 else ''}" + (
+            f", {cached} from cache" if cached else ""
+        )
+        if plan.policy == AUTOREGRESSIVE:
+            return f"sliding windows ({calls})"
+        return f"level {level.index + 1}/{plan.rounds} ({calls})"
+
+    @staticmethod
+    def steps_of(call: Call, settings: RenderSettings) -> int:
+        """Denoising steps of one call (RePaint repeats each step where frames are given)."""
+        repeats = settings.resample_steps if any(call.known) else 1
+        return settings.num_inference_steps * repeats
+
+    def steps(self, call: Call) -> int:
+        return self.steps_of(call, self.settings)
+
+    def advance(self, n: int) -> None:
+        if n > 0:
+            with self._lock:
+                self.bar.update(n)
+
+    def watch(self, unet: Any, calls: list[Call]) -> tuple[Callable[[], None], Any]:
+        """Hook ``unet`` for one batch; returns ``finish`` (call when the batch returned) and
+        the hook's handle (remove it then)."""
+        expected = sum(self.steps(c) for c in calls)
+        done = 0
+
+        def on_forward(*_: Any) -> None:
+            nonlocal done
+            step = min(len(calls), expected - done)
+            done += step
+            self.advance(step)
+
+        def finish() -> None:
+            nonlocal done
+            self.advance(expected - done)
+            done = expected
+
+        # the UNet's last layer runs once per evaluation, whichever forward drives it
+        layer = getattr(unet, "conv_out", unet)
+        handle = (
+            layer.register_forward_hook(on_forward)
+            if hasattr(layer, "register_forward_hook")
+            else None
+        )
+        return finish, handle
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class PlanRunner:
@@ -156,6 +229,7 @@ class PlanRunner:
                     self.last_use[f] = level.index
         self._unets: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
+        self.progress: LevelProgress | None = None
 
     # ---------------------------------------------------------------- devices
     def unet_on(self, level: int, device: torch.device) -> Any:
@@ -173,12 +247,18 @@ class PlanRunner:
         self, batch: CallBatch, inputs: CallInputs, device: torch.device
     ) -> tuple[torch.Tensor, int]:
         negative = None if self.negative is None else self.negative.to(device)[None, None]
-        samples, forwards = self.pipe.denoise(
-            self.unet_on(batch.level, device),
-            inputs.to(device),
-            negative=negative,
-            settings=self.settings,
-        )
+        unet = self.unet_on(batch.level, device)
+        progress = self.progress
+        finish, hook = progress.watch(unet, batch.calls) if progress else (None, None)
+        try:
+            samples, forwards = self.pipe.denoise(
+                unet, inputs.to(device), negative=negative, settings=self.settings
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
+        if finish is not None:
+            finish()
         return samples.float().cpu(), forwards
 
     def batches(self, level: int, todo: list[tuple[int, Call]]) -> list[CallBatch]:
@@ -199,9 +279,29 @@ class PlanRunner:
         return sorted(out, key=lambda b: b.indices[0])
 
     # ---------------------------------------------------------------- levels
+    def start_progress(self, level: Level, todo: list[tuple[int, Call]]) -> None:
+        """A bar for this level's calls still to run; sliding windows (one call per level)
+        share one bar over the whole plan, where a window from the cache counts as done."""
+        shared = self.plan.policy == AUTOREGRESSIVE
+        cached = len(level.calls) - len(todo)
+        if self.progress is None or not shared:
+            if self.progress is not None:
+                self.progress.close()
+            calls = list(self.plan.calls) if shared else [c for _, c in todo]
+            label = LevelProgress.label(self.plan, level, len(calls), 0 if shared else cached)
+            total = sum(LevelProgress.steps_of(c, self.settings) for c in calls)
+            # diffusers' set_progress_bar_config (disable=True, say) holds here too
+            config = dict(getattr(self.pipe, "_progress_bar_config", None) or {})
+            bar = tqdm(**{"total": total, "desc": label, "unit": "step", **config})
+            self.progress = LevelProgress(bar, self.settings)
+        if shared and cached:
+            self.progress.advance(sum(self.progress.steps(c) for c in level.calls))
+        # the UNet copies for other devices are made now, before a batch hooks the original
+        for device in self.devices:
+            self.unet_on(level.index, device)
+
     def run(self, sink: FrameSink) -> None:
-        progress = self.settings.progress
-        bar = self.pipe.progress_bar(total=self.plan.model_calls) if progress else None
+        show = self.settings.progress
         # one worker thread per device, so a device runs its batches one after another
         executors = [ThreadPoolExecutor(max_workers=1) for _ in self.devices]
         try:
@@ -209,6 +309,8 @@ class PlanRunner:
                 t0 = time.perf_counter()
                 cached = self.cache.load(level.index) if self.cache is not None else {}
                 todo = [(i, c) for i, c in enumerate(level.calls) if i not in cached]
+                if show:
+                    self.start_progress(level, todo)
                 batches = self.batches(level.index, todo)
                 futures: list[Future] = [
                     executors[k % len(self.devices)].submit(
@@ -236,8 +338,6 @@ class PlanRunner:
                     sample, from_cache = results.pop(idx)
                     self.stats.calls_from_cache += int(from_cache)
                     self.finish_call(level.index, idx, call, sample, from_cache, sink)
-                    if bar is not None:
-                        bar.update(1)
                 self.stats.level_times_s.append(time.perf_counter() - t0)
                 self.release(level.index)
                 if self.callback_on_level_end is not None:
@@ -246,8 +346,9 @@ class PlanRunner:
         finally:
             for ex in executors:
                 ex.shutdown(wait=True, cancel_futures=True)
-            if bar is not None:
-                bar.close()
+            if self.progress is not None:
+                self.progress.close()
+                self.progress = None
 
     def finish_call(
         self,

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from schemas.io import rows_to_table, write_parquet
+from storygen.script.limits import MAX_SCRIPT_BYTES, too_large
 from storygen.script.parquet import load_parquet
 from storygen.script.story import ScriptError, StoryScript
 from storygen.script.subtitles import parse_srt, to_srt
@@ -21,6 +22,26 @@ FORMATS = {
     ".vtt": "srt",
     ".parquet": "parquet",
 }
+
+
+def script_format(path: str | os.PathLike[str]) -> str | None:
+    """The format :func:`load_script` reads the file ``path`` in (``"parquet"`` for a folder:
+    a sharded stories table), or None for an unknown extension."""
+    path = Path(path)
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, say
+        is_dir = False
+    return "parquet" if is_dir else FORMATS.get(path.suffix.lower())
+
+
+def _exists(path: str | Path) -> bool:
+    """Whether ``path`` names an existing file or folder (False for a name no file system
+    takes: too long, or holding a NUL)."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def script_to_text(script: StoryScript, fmt: str) -> str:
@@ -57,6 +78,8 @@ def save_script(
 
 # --------------------------------------------------------------------- entry point
 _PARSERS = {"yaml": parse_yaml, "json": parse_json, "srt": parse_srt}
+#: no file system takes a path this long (Linux's PATH_MAX): such a string is script text
+_PATH_MAX = 4096
 
 
 def _sniff(text: str) -> str:
@@ -78,8 +101,9 @@ def load_script(
 
     Formats: ``yaml`` (.yaml / .yml), ``json``, ``srt`` (.srt, .vtt), ``parquet`` (a stories
     table, or a folder of them; ``story_id`` picks the row, default the first). A string
-    holding a newline, or one that names no existing file, is read as text (format from
-    ``fmt`` or sniffed). ``story_id`` also overrides the id a YAML / JSON file sets. Raises
+    holding a newline, blank, starting with ``{`` or ``[``, longer than any path, or naming no
+    existing file (without a script extension) is read as text (format from ``fmt`` or
+    sniffed). ``story_id`` also overrides the id a YAML / JSON file sets. Raises
     :class:`ScriptError` listing every problem, each with its line, cue or segment.
     """
     if fmt is not None and fmt not in {*_PARSERS, "parquet"}:
@@ -89,10 +113,12 @@ def load_script(
     if isinstance(path_or_text, os.PathLike):
         path = Path(path_or_text)
     elif isinstance(path_or_text, str):
-        if "\n" in path_or_text or (
-            len(path_or_text) < 4096
-            and Path(path_or_text).suffix.lower() not in FORMATS
-            and not Path(path_or_text).exists()
+        if (
+            "\n" in path_or_text
+            or not path_or_text.strip()
+            or path_or_text.lstrip().startswith(("{", "["))
+            or len(path_or_text) >= _PATH_MAX
+            or (Path(path_or_text).suffix.lower() not in FORMATS and not _exists(path_or_text))
         ):
             text = path_or_text
         else:
@@ -102,20 +128,27 @@ def load_script(
 
     if path is not None:
         # a folder is a sharded stories table, as curate writes it
-        kind = fmt or ("parquet" if path.is_dir() else FORMATS.get(path.suffix.lower()))
+        kind = fmt or script_format(path)
         if kind is None:
             raise ScriptError(
                 str(path),
                 [f"unknown script format {path.suffix!r}; expected one of {sorted(FORMATS)}"],
             )
-        if not path.exists():
+        if not _exists(path):
             raise ScriptError(str(path), ["no such file"])
         if kind == "parquet":
             return load_parquet(path, story_id)
         try:
+            size = path.stat().st_size
+            if size > MAX_SCRIPT_BYTES:
+                raise ScriptError(str(path), [too_large(size)])
             text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise ScriptError(str(path), [f"not UTF-8 text ({exc})"]) from exc
+            raise ScriptError(
+                str(path), [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]
+            ) from exc
+        except OSError as exc:
+            raise ScriptError(str(path), [f"cannot read the file ({exc.strerror or exc})"]) from exc
         source = str(path)
         story_id = story_id or None
         script = _PARSERS[kind](text, source, story_id)

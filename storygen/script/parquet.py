@@ -3,50 +3,117 @@ them): one script per row, problems named by story and segment."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.io import SchemaError, read_parquet
+from storygen.script.limits import MAX_SEGMENTS, quote
 from storygen.script.story import ScriptError, StoryScript, build_script
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a float, or None when it is not a number (bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond a float's range
+        return math.inf
+
+
 def script_from_stories_row(row: Mapping[str, Any], *, source: str | None = None) -> StoryScript:
-    """A script from one ``schemas.STORIES_SCHEMA`` row (problems name story and segment)."""
+    """A script from one ``schemas.STORIES_SCHEMA`` row (problems name story and segment).
+
+    Any mapping gives a script or a :class:`ScriptError`: values of the wrong type, times that
+    are not finite and segment lists over :data:`~storygen.script.limits.MAX_SEGMENTS` are
+    problems like any other.
+    """
     sid = row.get("story_id")
-    segments = list(row.get("segments") or [])
-    labels = [f"story {sid!r} segment {i}" for i in range(len(segments))]
+    story = f"story {quote(sid)}"
+    uri = row.get("uri")
+    source = source or (uri if isinstance(uri, str) else None)
     problems: list[str] = []
+    segments = row.get("segments")
+    if segments is None:
+        segments = []
+    elif isinstance(segments, (str, bytes, Mapping)) or not isinstance(segments, Sequence):
+        raise ScriptError(source, [f"{story}: segments must be a list, got {quote(segments)}"])
+    if len(segments) > MAX_SEGMENTS:
+        raise ScriptError(
+            source,
+            [f"{story}: {len(segments):,} segments, more than the limit of {MAX_SEGMENTS:,}"],
+        )
+    labels = [f"{story} segment {i}" for i in range(len(segments))]
     raw: list[dict[str, Any] | None] = []
     for seg, label in zip(segments, labels):
-        missing = [k for k in ("start_s", "end_s", "prompt") if seg.get(k) is None]
-        if missing:
-            problems.append(f"{label}: missing field(s) {missing}")
-            raw.append(None)
-            continue
-        raw.append(
-            {
-                "start_s": float(seg["start_s"]),
-                "end_s": float(seg["end_s"]),
-                "prompt": str(seg["prompt"]).strip(),
-                "clip_id": seg.get("clip_id"),
-                "score": seg.get("score"),
-            }
-        )
+        raw.append(_segment(seg, label, problems))
     if not segments:
-        problems.append(f"story {sid!r}: no segments")
+        problems.append(f"{story}: no segments")
     fps = row.get("fps")
+    fps_value = _number(fps)
+    if fps is not None and (fps_value is None or not (fps_value > 0 and math.isfinite(fps_value))):
+        problems.append(f"{story}: fps must be a positive number, got {quote(fps)}")
+        fps_value = None
+    duration = row.get("duration_s")
+    length_s = _number(duration)
+    if duration is not None and (
+        length_s is None or not (length_s > 0 and math.isfinite(length_s))
+    ):
+        problems.append(f"{story}: duration_s must be a positive number, got {quote(duration)}")
+        length_s = None
+    if sid is not None and not isinstance(sid, (str, int)):
+        problems.append(f"{story}: story_id must be text")
+        sid = None
     return build_script(
         raw,
         labels,
         problems,
-        source=source or row.get("uri"),
-        fps=None if fps is None else float(fps),
+        source=source,
+        fps=fps_value,
         story_id=None if sid is None else str(sid),
-        length_s=None if row.get("duration_s") is None else float(row["duration_s"]),
+        length_s=length_s,
     )
+
+
+def _segment(seg: Any, label: str, problems: list[str]) -> dict[str, Any] | None:
+    """One segment of a row as build_script takes it, or None (problems appended)."""
+    if not isinstance(seg, Mapping):
+        problems.append(f"{label}: expected a segment struct, got {quote(seg)}")
+        return None
+    missing = [k for k in ("start_s", "end_s", "prompt") if seg.get(k) is None]
+    if missing:
+        problems.append(f"{label}: missing field(s) {missing}")
+        return None
+    start, end = _number(seg["start_s"]), _number(seg["end_s"])
+    prompt, clip_id, score = seg["prompt"], seg.get("clip_id"), seg.get("score")
+    ok = True
+    for key, value, number in (("start_s", seg["start_s"], start), ("end_s", seg["end_s"], end)):
+        if number is None:
+            problems.append(f"{label}: {key} must be a number, got {quote(value)}")
+            ok = False
+    if not isinstance(prompt, str):
+        problems.append(f"{label}: prompt must be text, got {quote(prompt)}")
+        ok = False
+    if clip_id is not None and not isinstance(clip_id, str):
+        problems.append(f"{label}: clip_id must be text, got {quote(clip_id)}")
+        ok = False
+    if score is not None and _number(score) is None:
+        problems.append(f"{label}: score must be a number, got {quote(score)}")
+        ok = False
+    if not ok:
+        return None
+    return {
+        "start_s": start,
+        "end_s": end,
+        "prompt": prompt.strip(),
+        "clip_id": clip_id,
+        "score": None if score is None else _number(score),
+    }
 
 
 def load_parquet(path: Path, story_id: str | None) -> StoryScript:
@@ -54,18 +121,23 @@ def load_parquet(path: Path, story_id: str | None) -> StoryScript:
         table = read_parquet(path, "stories")
     except SchemaError as exc:
         raise ScriptError(str(path), [str(exc)]) from exc
+    except (pa.ArrowException, OSError) as exc:  # a damaged file past its schema
+        raise ScriptError(str(path), [f"cannot read the stories table ({exc})"]) from exc
     if table.num_rows == 0:
         raise ScriptError(str(path), ["stories table has no rows"])
-    if story_id is None:
-        rows = table.slice(0, 1).to_pylist()
-    else:
-        rows = table.filter(pc.equal(table["story_id"], story_id)).to_pylist()
-        if not rows:
-            ids = table["story_id"].to_pylist()
-            shown = ", ".join(map(repr, ids[:20])) + (
-                f", … ({len(ids)} in all)" if len(ids) > 20 else ""
-            )
-            raise ScriptError(
-                str(path), [f"no story with story_id {story_id!r}; available: {shown}"]
-            )
+    try:
+        if story_id is None:
+            rows = table.slice(0, 1).to_pylist()
+        else:
+            rows = table.filter(pc.equal(table["story_id"], story_id)).to_pylist()
+    except (pa.ArrowException, KeyError) as exc:
+        raise ScriptError(str(path), [f"cannot read the stories table ({exc})"]) from exc
+    if not rows:
+        ids = table["story_id"].to_pylist()
+        shown = ", ".join(quote(i, 40) for i in ids[:20]) + (
+            f", … ({len(ids)} in all)" if len(ids) > 20 else ""
+        )
+        raise ScriptError(
+            str(path), [f"no story with story_id {quote(story_id)}; available: {shown}"]
+        )
     return script_from_stories_row(rows[0], source=str(path))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.stories import TIME_EPS, StoryError, story_problems
+from storygen.script.limits import MAX_PROBLEMS_SHOWN, MAX_SEGMENTS, quote
 
 GAP_POLICIES = ("hold", "error")
 
@@ -26,7 +27,9 @@ class ScriptError(StoryError):
     """A script cannot be read or breaks a rule.
 
     ``source`` is the file (or ``"<text>"``), ``problems`` every problem found, each naming
-    its line, cue or segment. A ``ValueError`` (through :class:`schemas.StoryError`).
+    its line, cue or segment. The message lists the first
+    :data:`~storygen.script.limits.MAX_PROBLEMS_SHOWN` of them. A ``ValueError`` (through
+    :class:`schemas.StoryError`).
     """
 
     def __init__(self, source: str | None, problems: Sequence[str]) -> None:
@@ -36,8 +39,12 @@ class ScriptError(StoryError):
         if len(self.problems) == 1:
             message = f"{self.source}: {self.problems[0]}"
         else:
-            listed = "\n".join(f"  - {p}" for p in self.problems)
-            message = f"{self.source}: {len(self.problems)} problems:\n{listed}"
+            shown = self.problems[:MAX_PROBLEMS_SHOWN]
+            listed = "\n".join(f"  - {p}" for p in shown)
+            more = len(self.problems) - len(shown)
+            if more:
+                listed += f"\n  - … and {more:,} more"
+            message = f"{self.source}: {len(self.problems):,} problems:\n{listed}"
         # skip StoryError.__init__: the message is laid out one problem per line here
         ValueError.__init__(self, message)
 
@@ -66,9 +73,45 @@ class Segment:
         }
 
 
+#: a frame index past any plan (times far beyond the story's frames map here, not to inf)
+FRAME_INDEX_MAX = 2**62
+
+
 def _first_frame_at_or_after(t: float, fps: float) -> int:
     """Index of the first frame whose time ``i / fps`` is >= ``t`` (up to ``TIME_EPS``)."""
-    return max(0, math.ceil(t * fps - TIME_EPS * max(1.0, fps)))
+    x = t * fps - TIME_EPS * max(1.0, fps)
+    if not x < FRAME_INDEX_MAX:  # huge, inf or nan: past every frame
+        return FRAME_INDEX_MAX
+    return max(0, math.ceil(x))
+
+
+def time_problems(segments: Sequence[Any], labels: Sequence[str]) -> dict[int, str]:
+    """Times the shared story rules cannot judge (not finite, negative), by segment index."""
+    problems = {}
+    for i, (seg, label) in enumerate(zip(segments, labels)):
+        for key in ("start_s", "end_s"):
+            t = seg[key] if isinstance(seg, dict) else getattr(seg, key)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+                problems[i] = f"{label}: {key[:-2]} must be a finite number, got {quote(t)}"
+                break
+            if t < 0:
+                problems[i] = f"{label}: {key[:-2]} must not be negative, got {t:g} s"
+                break
+    return problems
+
+
+def length_problem(length_s: Any) -> str | None:
+    """Why a declared story length is unusable, or None."""
+    if length_s is None:
+        return None
+    if (
+        isinstance(length_s, bool)
+        or not isinstance(length_s, (int, float))
+        or not math.isfinite(length_s)
+        or length_s <= 0
+    ):
+        return f"duration must be a positive, finite number of seconds, got {quote(length_s)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -88,9 +131,17 @@ class StoryScript:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.segments))
-        problems = story_problems([s.as_dict() for s in self.segments], duration_s=self.length_s)
+        labels = [f"segment {i}" for i in range(len(self.segments))]
+        problems = list(time_problems(self.segments, labels).values())
+        length = length_problem(self.length_s)
+        if length:
+            problems.append(length)
+        if not problems:
+            problems = story_problems(
+                [s.as_dict() for s in self.segments], duration_s=self.length_s
+            )
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
-            problems.append(f"fps must be a positive number, got {self.fps!r}")
+            problems.append(f"fps must be a positive number, got {quote(self.fps)}")
         if problems:
             raise ScriptError(self.source, problems)
 
@@ -108,7 +159,13 @@ class StoryScript:
     def num_frames(self, fps: float | None = None) -> int:
         """Frames in the story at ``fps`` (default: the script's): ``round(duration × fps)``."""
         fps = self._fps(fps)
-        return max(1, round(self.duration_s * fps))
+        frames = self.duration_s * fps
+        if not frames < FRAME_INDEX_MAX:
+            raise ValueError(
+                f"{self.source or 'script'}: {self.duration_s:g} s at {fps:g} fps is "
+                f"{frames:.3g} frames, too many to render"
+            )
+        return max(1, round(frames))
 
     def _fps(self, fps: float | None) -> float:
         fps = self.fps if fps is None else fps
@@ -118,7 +175,7 @@ class StoryScript:
                 "pass fps= (or --fps)"
             )
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
-            raise ValueError(f"fps must be a positive number, got {fps!r}")
+            raise ValueError(f"fps must be a positive number, got {quote(fps)}")
         if not math.isfinite(fps):
             raise ValueError(f"fps must be finite, got {fps!r}")
         return float(fps)
@@ -253,34 +310,55 @@ _SUFFIX = re.compile(r"^(?P<v>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(
 
 def parse_time(value: Any) -> float:
     """Seconds from a number or a string (``"12.5"``, ``"12.5s"``, ``"1:02.5"``,
-    ``"00:01:02,500"``, ``"250ms"``); ``ValueError`` naming the value otherwise."""
+    ``"00:01:02,500"``, ``"250ms"``); ``ValueError`` naming the value otherwise, also for
+    a time that is negative or not finite (``nan``, ``inf``, ``1e999``)."""
     if isinstance(value, bool):
         raise ValueError(f"bad time {value!r}: expected seconds or a time string")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ValueError(f"bad time {value!r}: not finite")
-        return float(value)
+        return _checked(float(value) if isinstance(value, float) else _int_seconds(value), value)
     if not isinstance(value, str):
         raise ValueError(
-            f"bad time {value!r}: expected seconds or a string like '12.5s', '1:02.5', '00:01:02.5'"
+            f"bad time {quote(value)}: expected seconds or a string like '12.5s', '1:02.5', "
+            "'00:01:02.5'"
         )
     text = value.strip()
-    m = _SUFFIX.match(text)
+    m = _SUFFIX.match(text) if len(text) <= _TIME_CHARS else None
     if m:
         seconds = float(m.group("v"))
-        return seconds / 1000.0 if m.group("u") == "ms" else seconds
-    m = _CLOCK.match(text)
+        return _checked(seconds / 1000.0 if m.group("u") == "ms" else seconds, value)
+    m = _CLOCK.match(text) if len(text) <= _TIME_CHARS else None
     if m and (m.group("m") is not None):
         hours = int(m.group("h") or 0)
         minutes = int(m.group("m"))
         seconds = float(m.group("s").replace(",", "."))
         if seconds >= 60 or (m.group("h") is not None and minutes >= 60):
-            raise ValueError(f"bad time string {value!r}: minutes and seconds must be below 60")
-        return hours * 3600.0 + minutes * 60.0 + seconds
+            raise ValueError(
+                f"bad time string {quote(value)}: minutes and seconds must be below 60"
+            )
+        return _checked(hours * 3600.0 + minutes * 60.0 + seconds, value)
     raise ValueError(
-        f"bad time string {value!r}: expected seconds or a string like '12.5s', '1:02.5', "
-        "'00:01:02.5'"
+        f"bad time string {quote(value)}: expected seconds or a string like '12.5s', "
+        "'1:02.5', '00:01:02.5'"
     )
+
+
+#: the longest time string read (longer ones are not times, however many digits they hold)
+_TIME_CHARS = 64
+
+
+def _int_seconds(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond a float's range
+        return math.inf
+
+
+def _checked(seconds: float, value: Any) -> float:
+    if not math.isfinite(seconds):
+        raise ValueError(f"bad time {quote(value)}: not finite")
+    if seconds < 0:
+        raise ValueError(f"bad time {quote(value)}: negative")
+    return seconds
 
 
 # --------------------------------------------------------------------- building
@@ -306,9 +384,19 @@ def build_script(
 ) -> StoryScript:
     """Validate parsed segments with the shared story rules and build the script."""
     good = [(seg, lab) for seg, lab in zip(raw, labels) if seg is not None]
+    if len(raw) > MAX_SEGMENTS:
+        problems.append(f"{len(raw):,} segments, more than the limit of {MAX_SEGMENTS:,}")
+        raise ScriptError(source, problems)
+    length = length_problem(length_s)
+    if length:
+        problems.append(length)
+    timed = time_problems([seg for seg, _ in good], [lab for _, lab in good])
+    if timed:
+        problems.extend(timed.values())
+        good = [item for i, item in enumerate(good) if i not in timed]
     if not raw and not problems:
         problems.append("script has no segments")
-    elif good:
+    elif good and not length:
         problems.extend(
             story_problems(
                 [seg for seg, _ in good],

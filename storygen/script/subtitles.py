@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from storygen.script.story import StoryScript, build_script
+from storygen.script.limits import quote, text_too_large
+from storygen.script.story import ScriptError, StoryScript, build_script
 
-_SRT_TIME = r"(\d+:)?\d{1,2}:\d{1,2}[,.]\d{1,3}"
+# hours take at most 9 digits: a longer stamp is malformed, not a float overflow
+_SRT_TIME = r"(\d{1,9}:)?\d{1,2}:\d{1,2}[,.]\d{1,3}"
 _SRT_TIMING = re.compile(rf"^\s*(?P<a>{_SRT_TIME})\s*-->\s*(?P<b>{_SRT_TIME})(?:\s+.*)?$")
-_TAG = re.compile(r"</?[^>]{1,40}>|\{\\[^}]*\}")
+# bounded repeats: an unclosed "{\" must not make the substitution quadratic in the cue's length
+_TAG = re.compile(r"</?[^>]{1,40}>|\{\\[^}]{0,200}\}")
 
 
 def _srt_seconds(stamp: str) -> float:
@@ -22,11 +25,14 @@ def _srt_seconds(stamp: str) -> float:
         parts.insert(0, "0")
     h, m, s = parts
     if int(m) >= 60 or float(s) >= 60:
-        raise ValueError(f"bad timestamp {stamp!r}: minutes and seconds must be below 60")
+        raise ValueError(f"bad timestamp {quote(stamp)}: minutes and seconds must be below 60")
     return int(h) * 3600 + int(m) * 60 + float(s)
 
 
 def parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScript:
+    too_large = text_too_large(text)
+    if too_large:
+        raise ScriptError(source, [too_large])
     lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     # blocks of consecutive non-blank lines, with the 1-based line of their first line
     blocks: list[tuple[int, list[str]]] = []
@@ -52,7 +58,8 @@ def parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScrip
     for k, (first_line, block) in enumerate(blocks, 1):
         # a cue may start with its number (SRT) or an identifier (WebVTT) before the timing
         timing_at = 0 if "-->" in block[0] or re.match(r"\s*\d+:\d", block[0]) else 1
-        number = block[0].strip() if timing_at and block[0].strip().isdigit() else str(k)
+        first = block[0].strip()
+        number = first if timing_at and first.isdigit() and len(first) <= 12 else str(k)
         label = f"cue {number} (line {first_line})"
         labels.append(label)
         if timing_at >= len(block):
@@ -64,7 +71,7 @@ def parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScrip
         if not m:
             problems.append(
                 f"cue {number} (line {first_line + timing_at}): malformed timing line "
-                f"{timing.strip()!r}, expected 'HH:MM:SS,mmm --> HH:MM:SS,mmm'"
+                f"{quote(timing.strip())}, expected 'HH:MM:SS,mmm --> HH:MM:SS,mmm'"
             )
             raw.append(None)
             continue

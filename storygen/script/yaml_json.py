@@ -26,6 +26,13 @@ from typing import Any
 
 import yaml
 
+from storygen.script.limits import (
+    MAX_ALIAS_NODES,
+    MAX_NESTING,
+    quote,
+    shorten,
+    text_too_large,
+)
 from storygen.script.story import ScriptError, StoryScript, build_script, parse_time
 
 _SEGMENT_KEYS = {
@@ -56,7 +63,7 @@ def _segment_from_mapping(item: Any, label: str, problems: list[str]) -> dict[st
         canon = _SEGMENT_KEYS.get(str(key))
         if canon is None:
             problems.append(
-                f"{label}: unknown field {key!r} (expected start, end or duration, prompt, "
+                f"{label}: unknown field {quote(key)} (expected start, end or duration, prompt, "
                 "clip_id, score)"
             )
             ok = False
@@ -86,24 +93,41 @@ def _segment_from_mapping(item: Any, label: str, problems: list[str]) -> dict[st
                 ok = False
     prompt = fields.get("prompt")
     if "prompt" in fields and prompt is not None and not isinstance(prompt, str):
-        problems.append(f"{label}: prompt must be text, got {type(prompt).__name__} {prompt!r}")
+        problems.append(
+            f"{label}: prompt must be text, got {type(prompt).__name__} {quote(prompt)}"
+        )
         ok = False
     score = fields.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-        problems.append(f"{label}: score must be a number, got {score!r}")
+        problems.append(f"{label}: score must be a number, got {quote(score)}")
+        ok = False
+    clip_id = fields.get("clip_id")
+    if clip_id is not None and not _is_id(clip_id):
+        problems.append(f"{label}: clip_id must be text, got {quote(clip_id)}")
         ok = False
     if not ok:
         return None
     start = times["start"]
     end = times["end"] if "end" in times else start + times["duration"]
-    clip_id = fields.get("clip_id")
     return {
         "start_s": start,
         "end_s": end,
         "prompt": (prompt or "").strip(),
         "clip_id": None if clip_id is None else str(clip_id),
-        "score": None if score is None else float(score),
+        "score": None if score is None else _float(score),
     }
+
+
+def _is_id(value: Any) -> bool:
+    """Ids are text (a number, as YAML reads ``story_id: 7``, counts as its text)."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond a float's range
+        return math.inf
 
 
 def _header(
@@ -115,10 +139,10 @@ def _header(
     if fps is not None and (
         isinstance(fps, bool)
         or not isinstance(fps, (int, float))
-        or not fps > 0
-        or not math.isfinite(fps)
+        or not _float(fps) > 0
+        or not math.isfinite(_float(fps))
     ):
-        problems.append(f"{where}: fps must be a positive number, got {fps!r}")
+        problems.append(f"{where}: fps must be a positive number, got {quote(fps)}")
         fps = None
     length = data.get("duration", data.get("duration_s"))
     length_s = None
@@ -128,13 +152,18 @@ def _header(
         except ValueError as exc:
             problems.append(f"{where}: duration: {exc}")
     sid = data.get("story_id")
-    unknown = sorted(set(map(str, data)) - _TOP_KEYS)
+    if sid is not None and not _is_id(sid):
+        problems.append(f"{where}: story_id must be text, got {quote(sid)}")
+        sid = None
+    unknown = [key for key in data if str(key) not in _TOP_KEYS]
     if unknown:
+        shown = ", ".join(quote(key, 40) for key in unknown[:5])
+        more = f" and {len(unknown) - 5:,} more" if len(unknown) > 5 else ""
         problems.append(
-            f"{where}: unknown top-level field(s) {unknown} (expected {sorted(_TOP_KEYS)})"
+            f"{where}: unknown top-level field(s) {shown}{more} (expected {sorted(_TOP_KEYS)})"
         )
     return (
-        None if fps is None else float(fps),
+        None if fps is None else _float(fps),
         length_s,
         None if sid is None else str(sid),
     )
@@ -172,7 +201,10 @@ def _yaml_loader() -> type:
     :func:`parse_time` instead so that every form is checked the same way.
     """
 
-    class Loader(yaml.SafeLoader):
+    # libyaml's parser where PyYAML was built with it (several times faster); same results
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[valid-type,misc]
         pass
 
     clock = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-9_]+)+(?:\.[0-9_]*)?$")
@@ -183,15 +215,83 @@ def _yaml_loader() -> type:
     return Loader
 
 
+def _check_yaml_events(text: str, loader: type, source: str | None) -> None:
+    """Refuse, before anything is built, nesting deeper than ``MAX_NESTING`` and aliases that
+    expand to more than ``MAX_ALIAS_NODES`` nodes (or refer to a node that holds them).
+
+    One streaming pass over the parser's events: each anchor's expanded size is known when its
+    node ends, and an alias adds that size. Nothing is expanded, so a "billion laughs" document
+    is refused after reading it once, in time and memory linear in its length.
+    """
+    open_nodes: list[tuple[str | None, int]] = []  # (anchor, nodes before it) per collection
+    sizes: dict[str, int] = {}  # expanded size of every finished anchored node
+    expanded = written = 0
+    for event in yaml.parse(text, Loader=loader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
+        if isinstance(event, yaml.AliasEvent):
+            size = sizes.get(event.anchor) if event.anchor is not None else None
+            if size is None or any(a == event.anchor for a, _ in open_nodes):
+                raise ScriptError(
+                    source,
+                    [
+                        f"line {line}: alias *{shorten(str(event.anchor), 40)} refers to no finished "
+                        "anchor (undefined, or a node that holds the alias)"
+                    ],
+                )
+            expanded += size
+            if expanded - written > MAX_ALIAS_NODES:
+                raise ScriptError(
+                    source,
+                    [
+                        f"line {line}: aliases expand the document by more than "
+                        f"{MAX_ALIAS_NODES:,} nodes; write the values out instead"
+                    ],
+                )
+        elif isinstance(event, yaml.ScalarEvent):
+            expanded += 1
+            written += 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append((event.anchor, expanded))
+            expanded += 1
+            written += 1
+            if len(open_nodes) > MAX_NESTING:
+                raise ScriptError(
+                    source,
+                    [f"line {line}: nested more than {MAX_NESTING} levels deep"],
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, before = open_nodes.pop()
+            if anchor is not None:
+                sizes[anchor] = expanded - before
+
+
 def parse_yaml(text: str, source: str | None, story_id: str | None) -> StoryScript:
+    too_large = text_too_large(text)
+    if too_large:
+        raise ScriptError(source, [too_large])
+    loader_class = _yaml_loader()
     try:
-        loader = _yaml_loader()
-        node = yaml.compose(text, Loader=loader)
-        data = yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader subclass)
+        _check_yaml_events(text, loader_class, source)
+        loader = loader_class(text)
+        try:
+            node = loader.get_single_node()
+            data = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ScriptError(source, [f"{line}not valid YAML ({exc})"]) from exc
+        raise ScriptError(source, [f"{line}not valid YAML ({shorten(str(exc), 300)})"]) from exc
+    except ScriptError:
+        raise
+    except Exception as exc:  # only PyYAML runs in the block
+        # PyYAML's constructors fail in their own ways on hostile input: an integer of 5,000
+        # digits, a date like 2024-13-45, an empty "!!timestamp" (AttributeError)
+        raise ScriptError(
+            source, [f"not valid YAML ({type(exc).__name__}: {quote(str(exc))})"]
+        ) from exc
     items: Any
     if data is None:
         raise ScriptError(source, ["script is empty"])
@@ -204,7 +304,7 @@ def parse_yaml(text: str, source: str | None, story_id: str | None) -> StoryScri
         items = data.get("segments")
         item_nodes = []
         for key_node, value_node in node.value:
-            if key_node.value == "segments":
+            if isinstance(key_node.value, str) and key_node.value == "segments":
                 item_nodes = value_node.value if isinstance(value_node.value, list) else []
                 where = f"line {key_node.start_mark.line + 1}"
         if items is None:
@@ -229,33 +329,65 @@ class _LineDict(dict):
     line: int = 0
 
 
-def _json_decoder(text: str) -> json.JSONDecoder:
-    """A decoder whose objects carry their line (the pure-Python scanner calls our hook)."""
+def _json_decoder(text: str, source: str | None) -> json.JSONDecoder:
+    """A decoder whose objects carry their line (the pure-Python scanner calls our hooks),
+    refusing arrays and objects nested more than ``MAX_NESTING`` deep before the scanner's
+    recursion can run out of stack."""
     line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
     decoder = json.JSONDecoder()
+    depth = 0
+
+    def line_of(pos: int) -> int:
+        return bisect.bisect_right(line_starts, pos - 1)
+
+    def enter(start: int) -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_NESTING:
+            raise ScriptError(
+                source, [f"line {line_of(start)}: nested more than {MAX_NESTING} levels deep"]
+            )
 
     def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None):
+        nonlocal depth
         _, start = s_and_end
+        enter(start)
         # JSONObject is the stdlib's object parser; typeshed does not list it
         obj, end = json.decoder.JSONObject(  # type: ignore[attr-defined]
             s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo
         )
+        depth -= 1
         out = _LineDict(obj)
-        out.line = bisect.bisect_right(line_starts, start - 1)
+        out.line = line_of(start)
         return out, end
 
+    def parse_array(s_and_end, scan_once):
+        nonlocal depth
+        enter(s_and_end[1])
+        out = json.decoder.JSONArray(s_and_end, scan_once)  # type: ignore[attr-defined]
+        depth -= 1
+        return out
+
     decoder.parse_object = parse_object  # type: ignore[attr-defined]
+    decoder.parse_array = parse_array  # type: ignore[attr-defined]
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder
 
 
 def parse_json(text: str, source: str | None, story_id: str | None) -> StoryScript:
+    too_large = text_too_large(text)
+    if too_large:
+        raise ScriptError(source, [too_large])
     try:
-        data = _json_decoder(text).decode(text)
+        data = _json_decoder(text, source).decode(text)
     except json.JSONDecodeError as exc:
         raise ScriptError(
             source, [f"line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})"]
         ) from exc
+    except ScriptError:
+        raise
+    except ValueError as exc:  # an integer of 5,000 digits
+        raise ScriptError(source, [f"not valid JSON ({shorten(str(exc))})"]) from exc
     if isinstance(data, list):
         items, header = data, {}
     elif isinstance(data, dict):

@@ -15,6 +15,7 @@ from storygen.plan import (
     Plan,
     autoregressive_plan,
     build_plan,
+    deepest,
     depth_for,
     max_frames,
     plan_story,
@@ -107,6 +108,11 @@ def test_paper_numbers_for_16_frames_per_call():
 )
 def test_plan_invariants(n, L, extra_depth, policy):
     depth = depth_for(n, L) + extra_depth
+    if policy == "stretch" and depth > deepest(n, L):
+        # more levels than the length can use: refused, never silently fewer
+        with pytest.raises(ValueError, match=f"depth {depth} is more levels than {n} frames"):
+            build_plan(n, frames_per_call=L, depth=depth, policy=policy)
+        return
     plan = build_plan(n, frames_per_call=L, depth=depth, policy=policy)
     check_plan(plan)
     assert plan.policy == policy
@@ -115,7 +121,7 @@ def test_plan_invariants(n, L, extra_depth, policy):
     if policy == "stretch":
         assert plan.generated_frames == n and not plan.dropped
         assert first.frames[-1] == n - 1
-        assert plan.depth <= depth
+        assert plan.depth == depth
         if extra_depth == 0:
             # the global call uses the model's full length whenever the story has that many frames
             assert len(first.frames) == min(L, n)
@@ -292,8 +298,10 @@ def test_cli_duration_and_trim(capsys):
 
 
 def test_cli_errors_are_one_line_and_exit_2(capsys, tmp_path):
-    assert _cli(str(EXAMPLES / "shapes_story.srt")) == 2
-    assert "sets no fps (SRT never does); pass --fps" in capsys.readouterr().err
+    # a model folder without sampling.json gives no fps either
+    assert _cli(str(EXAMPLES / "shapes_story.srt"), "--model", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "sets no fps (SRT never does)" in err and err.rstrip().endswith("pass --fps")
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "segments:\n  - {start: 0, end: 2, prompt: a}\n  - {start: 1, end: 3, prompt: b}\n"
