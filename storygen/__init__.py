@@ -3,14 +3,17 @@
 Module map (a script flows top to bottom: parse -> plan -> levels -> frames -> mp4)::
 
     script/          story scripts: StoryScript and its checks (story), one module per format
-                     (yaml_json, subtitles for SRT / WebVTT, parquet for stories tables), and
-                     load_script / save_script (files)
+                     (yaml_json, subtitles for SRT / WebVTT, parquet for stories tables),
+                     load_script / save_script (files), and the bounds every reader keeps
+                     (limits: size, nesting, YAML aliases, segments)
     plan             the hierarchical plan: which model call makes which frames, per level
     text             per-frame prompt embeddings; PromptCache (each distinct prompt once)
     models           MaskedUNet3D and per-frame prompt conditioning for any 3D UNet
     pipeline         StoryVideoPipeline (diffusers-shaped: check_inputs, encode_prompt,
                      prepare_latents, denoise, decode, __call__) and TrainingFreeStoryPipeline
-    settings         RenderSettings: one frozen object with a render's resolved settings
+    settings         RenderSettings: one frozen object with a render's resolved settings;
+                     sampling.json (a model's recommended settings) read, written, and
+                     resolved against flags and built-in defaults
     runner           PlanRunner: levels in order, calls batched and spread over devices
     sampling         the denoising loop of one batch: replacement of known frames, RePaint
                      resampling, reconstruction guidance

@@ -56,7 +56,12 @@ from storygen.plan import (
 )
 from storygen.runner import CallBatch, CallResult, GenerationStats, PlanRunner
 from storygen.sampling import CallInputs, guided_output, sample_calls
-from storygen.settings import RenderSettings
+from storygen.settings import (
+    BUILTIN_DEFAULTS,
+    RenderSettings,
+    read_sampling_json,
+    write_sampling_json,
+)
 from storygen.sink import OUTPUT_TYPES, FrameSink
 from storygen.text import PromptCache
 from storygen.training_free import check_model_files, is_t2v_layout
@@ -114,6 +119,9 @@ class StoryVideoPipeline(DiffusionPipeline):
     model_cpu_offload_seq: Any = "text_encoder->unet->local_unet->vae"
     _optional_components = ["vae", "local_unet"]
 
+    #: the folder's recommended sampling settings (``sampling.json``): defaults of ``__call__``
+    sampling: dict[str, Any] = {}
+
     #: training-free defaults (RePaint): repeat each window of ``jump_length`` steps this many
     #: times; a masked model needs no resampling
     default_resample_steps = 1
@@ -155,7 +163,15 @@ class StoryVideoPipeline(DiffusionPipeline):
         check_model_files(path)
         if cls is StoryVideoPipeline and is_t2v_layout(path):
             cls = TrainingFreeStoryPipeline
-        return super().from_pretrained(str(path), **kwargs)
+        pipe = super().from_pretrained(str(path), **kwargs)
+        pipe.sampling = read_sampling_json(path)
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:  # type: ignore[override]
+        """The diffusers folder, plus the recommended sampling settings (``sampling.json``)."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self.sampling:
+            write_sampling_json(Path(save_directory), self.sampling)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -347,13 +363,15 @@ class StoryVideoPipeline(DiffusionPipeline):
         *,
         negative: torch.Tensor | None,
         settings: RenderSettings,
+        callback_on_step_end: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Sample one batch of calls; returns the clean samples and the UNet evaluations.
 
         ``inputs`` lie on ``unet``'s device; ``negative`` is the unconditional embedding (None:
         no classifier-free guidance). Known frames, noised to the current step, replace their
         positions before every model evaluation and the exact known frames replace them at the
-        end (:func:`storygen.sampling.sample_calls`).
+        end (:func:`storygen.sampling.sample_calls`). ``callback_on_step_end`` runs after every
+        denoising step.
         """
 
         def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -367,6 +385,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             resample_steps=settings.resample_steps,
             jump_length=settings.jump_length,
             reconstruction_guidance=settings.reconstruction_guidance,
+            callback_on_step_end=callback_on_step_end,
         )
 
     # ------------------------------------------------------------------ VAE
@@ -402,12 +421,12 @@ class StoryVideoPipeline(DiffusionPipeline):
         num_frames: int | None = None,
         *,
         fps: float | None = None,
-        frames_per_call: int = 16,
+        frames_per_call: int | None = None,
         depth: int | None = None,
         policy: str = "stretch",
         overlap: int = 1,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str = "",
         generator: torch.Generator | int | None = None,
         height: int | None = None,
@@ -432,7 +451,10 @@ class StoryVideoPipeline(DiffusionPipeline):
         (hierarchical, see :mod:`storygen.plan`) or ``"autoregressive"`` (sliding windows
         given ``overlap`` frames: the baseline). ``generator``: a seed, or a
         ``torch.Generator`` whose initial seed is used; every call derives its own noise from
-        it. ``guidance_scale`` 1 turns classifier-free guidance off. ``micro_batch``: calls per
+        it. ``num_inference_steps``, ``guidance_scale``, ``frames_per_call``, ``height`` and
+        ``width`` default to the model folder's ``sampling.json``, else 25 steps, guidance 3,
+        16 frames per call and the model's size. ``guidance_scale`` 1 turns classifier-free
+        guidance off. ``micro_batch``: calls per
         forward pass. ``devices``: spread the calls of a level over these devices (one model
         copy each). ``cache_dir``: keep each finished batch of calls on disk and resume from
         it. ``output_path``: stream frames to a video file (mp4 / gif) as soon as they are
@@ -444,10 +466,18 @@ class StoryVideoPipeline(DiffusionPipeline):
         """
         started = time.perf_counter()
 
-        # 1. check inputs, with the model's defaults filled in; one settings object from here on
+        # 1. check inputs, with the model's defaults filled in (its sampling.json, else the
+        # built-in ones); one settings object from here on
+        recommended = {**BUILTIN_DEFAULTS, **self.sampling}
+        if num_inference_steps is None:
+            num_inference_steps = recommended["num_inference_steps"]
+        if guidance_scale is None:
+            guidance_scale = recommended["guidance_scale"]
+        if frames_per_call is None:
+            frames_per_call = recommended["frames_per_call"]
         default_h, default_w = self.default_size()
-        height = height or default_h
-        width = width or default_w
+        height = height or recommended["height"] or default_h
+        width = width or recommended["width"] or default_w
         resample_steps = resample_steps or (1 if self.masked else self.default_resample_steps)
         jump_length = jump_length or self.default_jump_length
         self.check_inputs(

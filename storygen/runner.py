@@ -116,6 +116,7 @@ class CallSampler(Protocol):
         *,
         negative: torch.Tensor | None,
         settings: RenderSettings,
+        callback_on_step_end: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, int]: ...
 
 
@@ -123,8 +124,8 @@ class LevelProgress:
     """One progress bar over some levels, counted in denoising steps of model calls.
 
     A call takes ``num_inference_steps`` steps, times ``resample_steps`` where it is given
-    frames (RePaint repeats every step). While a batch runs, each evaluation of the UNet
-    (a forward hook on its last layer) advances the bar by the batch's calls, never past what
+    frames (RePaint repeats every step). While a batch runs, each denoising step (the
+    sampler's ``callback_on_step_end``) advances the bar by the batch's calls, never past what
     the batch is expected to take; when the batch returns, the bar makes up any difference, so
     a scheduler that takes more or fewer steps than asked never leaves the bar off.
     """
@@ -158,13 +159,13 @@ class LevelProgress:
             with self._lock:
                 self.bar.update(n)
 
-    def watch(self, unet: Any, calls: list[Call]) -> tuple[Callable[[], None], Any]:
-        """Hook ``unet`` for one batch; returns ``finish`` (call when the batch returned) and
-        the hook's handle (remove it then)."""
+    def watch(self, calls: list[Call]) -> tuple[Callable[[], None], Callable[[], None]]:
+        """For one batch: ``on_step`` (the sampler calls it after every denoising step) and
+        ``finish`` (call when the batch returned)."""
         expected = sum(self.steps(c) for c in calls)
         done = 0
 
-        def on_forward(*_: Any) -> None:
+        def on_step() -> None:
             nonlocal done
             step = min(len(calls), expected - done)
             done += step
@@ -175,14 +176,7 @@ class LevelProgress:
             self.advance(expected - done)
             done = expected
 
-        # the UNet's last layer runs once per evaluation, whichever forward drives it
-        layer = getattr(unet, "conv_out", unet)
-        handle = (
-            layer.register_forward_hook(on_forward)
-            if hasattr(layer, "register_forward_hook")
-            else None
-        )
-        return finish, handle
+        return on_step, finish
 
     def close(self) -> None:
         self.bar.close()
@@ -248,15 +242,14 @@ class PlanRunner:
     ) -> tuple[torch.Tensor, int]:
         negative = None if self.negative is None else self.negative.to(device)[None, None]
         unet = self.unet_on(batch.level, device)
-        progress = self.progress
-        finish, hook = progress.watch(unet, batch.calls) if progress else (None, None)
-        try:
-            samples, forwards = self.pipe.denoise(
-                unet, inputs.to(device), negative=negative, settings=self.settings
-            )
-        finally:
-            if hook is not None:
-                hook.remove()
+        on_step, finish = self.progress.watch(batch.calls) if self.progress else (None, None)
+        samples, forwards = self.pipe.denoise(
+            unet,
+            inputs.to(device),
+            negative=negative,
+            settings=self.settings,
+            callback_on_step_end=on_step,
+        )
         if finish is not None:
             finish()
         return samples.float().cpu(), forwards
@@ -296,7 +289,7 @@ class PlanRunner:
             self.progress = LevelProgress(bar, self.settings)
         if shared and cached:
             self.progress.advance(sum(self.progress.steps(c) for c in level.calls))
-        # the UNet copies for other devices are made now, before a batch hooks the original
+        # the UNet copies for other devices are made now, on this thread, before batches run
         for device in self.devices:
             self.unet_on(level.index, device)
 

@@ -102,11 +102,13 @@ def sample_calls(
     resample_steps: int,
     jump_length: int,
     reconstruction_guidance: float = 0.0,
+    callback_on_step_end: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Denoise ``inputs.noise``; returns the clean samples and the number of UNet evaluations.
 
     ``scheduler`` is changed (timesteps set, state stepped): hand over a copy. ``inputs`` lie
-    on the model's device, its generators on the CPU.
+    on the model's device, its generators on the CPU. ``callback_on_step_end`` is called after
+    every denoising step (each RePaint repeat too), e.g. to move a progress bar.
     """
     noise, known, mask, generators = inputs.noise, inputs.known, inputs.mask, inputs.generators
     device = noise.device
@@ -139,7 +141,10 @@ def sample_calls(
         else:
             out = model(scheduler.scale_model_input(x, t), t)
         forwards += 1
-        return scheduler.step(out, t, x).prev_sample
+        x = scheduler.step(out, t, x).prev_sample
+        if callback_on_step_end is not None:
+            callback_on_step_end()
+        return x
 
     # RePaint: denoise a window of `jump_length` steps; then, resample_steps - 1 times,
     # noise back to the window's start and denoise it again (only with known frames)

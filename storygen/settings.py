@@ -192,6 +192,18 @@ def read_sampling_json(folder: str | Path) -> dict[str, Any]:
     return out
 
 
+def write_sampling_json(folder: str | Path, settings: Mapping[str, Any]) -> Path:
+    """Write a model folder's ``sampling.json`` (the keys :func:`read_sampling_json` reads,
+    each checked; unknown keys are a ``ValueError``)."""
+    unknown = sorted(set(settings) - set(SAMPLING_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown sampling setting(s) {unknown}; known: {sorted(SAMPLING_FLAGS)}")
+    checked = {k: _check_sampling_value(k, v) for k, v in settings.items() if v is not None}
+    path = Path(folder) / SAMPLING_FILE
+    path.write_text(json.dumps(checked, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 # --------------------------------------------------------------------- resolution
 @dataclass(frozen=True)
 class Choice:

@@ -256,10 +256,9 @@ def evaluate(
 
 def load_settings(folder: str | Path) -> dict[str, Any]:
     """The folder's recommended sampling settings (``sampling.json``), or an empty dict."""
-    import json
+    from storygen.settings import read_sampling_json
 
-    path = Path(folder) / "sampling.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_sampling_json(folder)
 
 
 def evaluate_folder(

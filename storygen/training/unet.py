@@ -411,14 +411,9 @@ def save_folder(out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer:
         tokenizer=tokenizer,
         vae=copy.deepcopy(vae).half(),
     )
+    size = vae.config.sample_size
+    pipe.sampling = SAMPLING | {"height": size, "width": size}
     pipe.save_pretrained(str(out), max_shard_size="12MB")
-    write_sampling(
-        out, SAMPLING | {"height": vae.config.sample_size, "width": vae.config.sample_size}
-    )
-
-
-def write_sampling(folder: Path, settings: dict[str, Any]) -> None:
-    (Path(folder) / "sampling.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> Path:
@@ -434,6 +429,7 @@ def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> 
 
     from storygen.models import spacing_embedding
     from storygen.pipeline import StoryVideoPipeline
+    from storygen.settings import write_sampling_json
 
     masked = StoryVideoPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
     unet = masked.unet
@@ -463,7 +459,6 @@ def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> 
         scheduler=masked.scheduler,
     )
     pipe.save_pretrained(str(dst))
-    settings_path = Path(src) / "sampling.json"
-    if settings_path.is_file():
-        (Path(dst) / "sampling.json").write_text(settings_path.read_text())
+    if masked.sampling:
+        write_sampling_json(dst, masked.sampling)
     return Path(dst)
