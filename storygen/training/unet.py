@@ -285,6 +285,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         batch_size=None,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
+        # a forked copy of a process running threads (torch, decoders) can deadlock
+        multiprocessing_context="forkserver" if config.workers > 0 else None,
         prefetch_factor=4 if config.workers > 0 else None,
         pin_memory=device.type == "cuda",
         worker_init_fn=_quiet_worker,

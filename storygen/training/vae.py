@@ -94,6 +94,8 @@ def train_vae(
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
+        # a forked copy of a process running threads (torch, decoders) can deadlock
+        multiprocessing_context="forkserver" if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
     )
     amp = device.type == "cuda"
