@@ -192,6 +192,23 @@ def check_captioner_folder(model: str | os.PathLike[str]) -> tuple[int, int] | N
 # --- what --model and --captioner mean --------------------------------------------------------
 
 
+def folder_state(model: str | os.PathLike[str]) -> str:
+    """The names, sizes and modification times of a model folder's files, so that a model
+    retrained in place reads as a different model; a hub id stands for itself."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return os.fspath(model)
+    parts = []
+    for entry in sorted(folder.iterdir()):
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        if entry.is_file():
+            parts.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
+
+
 def resolve_model_path(model: str | None) -> str:
     """The CLIP ``--model`` means: the given folder or hub id, else the shipped CLIP."""
     return str(model) if model else str(DEFAULT_MODEL)

@@ -10,9 +10,13 @@ back when the corpus phase reads the work: :func:`work_record` splits them off,
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from schemas.failures import video_failure_row
 from schemas.tables import CLIPS_SCHEMA
@@ -22,6 +26,48 @@ from .shards import CLIP_EXTRAS
 
 #: the extras of a clip record, in ``CLIP_EXTRAS`` order
 EXTRA_KEYS: tuple[str, ...] = tuple(f.name for f in CLIP_EXTRAS if f.name != "clip_id")
+
+#: keys a run sets on a videos row it processes (not columns of the videos table): what
+#: determined the result (:func:`fingerprint`) and the how-manieth attempt at the input it is
+FINGERPRINT = "fingerprint"
+ATTEMPT = "attempt"
+#: the columns of a manifest row that decide a video's result (``source`` and ``source_line``
+#: only say where the row is)
+ROW_KEYS = ("video_id", "uri", "caption", "captions", "duration_s")
+
+
+# --- what determines a video's result ---------------------------------------------------------
+
+
+def file_state(uri: str | None) -> str:
+    """What a rerun compares of a video's file: its size and modification time (nanoseconds),
+    the error that stops reading it, or ``remote`` for a URL (its row is all a run sees)."""
+    if not uri:
+        return "none"
+    parsed = urlparse(uri)
+    if parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file":
+        return "remote"
+    path = parsed.path if parsed.scheme == "file" else uri
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        return f"error:{getattr(exc, 'errno', None) or type(exc).__name__}"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """A digest of the per-video settings (and model files) a run works under."""
+    text = json.dumps(dict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint(video: Mapping[str, Any], *, config: str) -> str:
+    """What determines a video's committed result: its manifest row (:data:`ROW_KEYS`), its
+    file (:func:`file_state`) and the per-video settings (``config``, a
+    :func:`config_digest`). A rerun redoes a video whose fingerprint changed."""
+    row = {k: video.get(k) for k in ROW_KEYS}
+    text = json.dumps([row, file_state(video.get("uri")), config], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -109,9 +155,12 @@ def work_record(
     clips: list[dict[str, Any]],
     failures: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The committed form of a finished video: table columns, extras beside them, no frames."""
+    """The committed form of a finished video: table columns, extras beside them, no frames;
+    the fingerprint and attempt the run gave the video (see :func:`fingerprint`)."""
     return {
         "video_id": video["video_id"],
+        "fingerprint": video.get(FINGERPRINT),
+        "attempt": video.get(ATTEMPT),
         "video": dict(video),
         "clips": [table_row(c) for c in clips],
         "clip_extras": [

@@ -154,7 +154,24 @@ class RunSettings:
     share_model: bool = option(
         False, "one CLIP per machine shared by all worker processes (large models on a GPU)"
     )
-    overwrite: bool = option(False, "discard the output folder's previous run")
+    overwrite: bool = option(
+        False,
+        "discard the output folder's previous run, and write into a folder that holds files "
+        "storyloom did not write (they are kept: only storyloom's own files are ever deleted)",
+    )
+    no_retry_failed: bool = option(
+        False,
+        "keep the failures of earlier runs into the output folder instead of trying those "
+        "inputs again (by default a rerun retries every failed input; a changed manifest row "
+        "or file is redone either way)",
+    )
+    max_caption_bytes: int = option(
+        65_536,
+        "longest caption (UTF-8 bytes) a manifest row may hold; a longer one makes the row a "
+        "failures row (default 65536). Models read only the first tokens of a caption "
+        "(CLIP: 77), so this bounds cost, not quality",
+        type=positive_int,
+    )
     no_progress: bool = option(False, "no progress bar", beam=False)
     # tuning: Beam options only
     dedup_exact_limit: int = option(
@@ -176,6 +193,15 @@ class RunSettings:
         8, "videos per RunInference batch", type=positive_int, cli=False
     )
     clip_batch_size: int = option(64, "frames per CLIP forward pass", type=positive_int, cli=False)
+    max_manifest_line_bytes: int = option(
+        4 << 20,
+        "longest manifest line (a CSV record, a JSONL row) or sidecar file, bytes",
+        type=positive_int,
+        cli=False,
+    )
+    max_json_depth: int = option(
+        32, "deepest nesting of a JSONL row or .json sidecar", type=positive_int, cli=False
+    )
     #: the parsed :class:`curate.threshold.Threshold`, set by :meth:`resolved` (not an option)
     resolved_threshold: Any = option(None, cli=False, beam=False)
 
@@ -266,6 +292,17 @@ class RunSettings:
             threshold=str(threshold),
             resolved_threshold=threshold,
             captioner=captioner or "none",
+        )
+
+    @property
+    def manifest_limits(self) -> Any:
+        """The :class:`schemas.inputs.ManifestLimits` of these settings."""
+        from schemas.inputs import ManifestLimits
+
+        return ManifestLimits(
+            max_caption_bytes=self.max_caption_bytes,
+            max_line_bytes=max(self.max_manifest_line_bytes, self.max_caption_bytes),
+            max_json_depth=self.max_json_depth,
         )
 
     @property

@@ -45,28 +45,31 @@ from .common import NAMESPACE, Gather
 
 
 class ReadWork(beam.PTransform):
-    """Every committed per-video record under ``output`` whose video is in ``keep``, its clips
-    joined with their extras (:func:`curate.work.joined_clips`).
+    """The current committed record of every video in ``keep`` (video id -> fingerprint), its
+    clips joined with their extras (:func:`curate.work.joined_clips`).
 
-    A video committed twice (a retried bundle) is read once: records are keyed by video id and
-    the first in file order wins, which makes the choice the same on every runner.
+    A record made under another fingerprint (an older row, file or setting) is passed over.
+    Of a video's records under its fingerprint, the latest attempt wins, and among equals (a
+    retried bundle committed twice) the first in file order: the same choice on every runner
+    (:func:`curate.shards.choose_record`).
     """
 
-    def __init__(self, files: Sequence[str], *, keep: Iterable[str]) -> None:
+    def __init__(self, files: Sequence[str], *, keep: Mapping[str, str]) -> None:
         super().__init__()
         self.files = sorted(str(f) for f in files)
-        self.keep = frozenset(keep)
+        self.keep = dict(keep)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         keep = self.keep
 
         def read(path: str) -> Iterator[tuple[str, tuple[str, dict]]]:
             for record in shards.read_work_file(path):
-                if record["video_id"] in keep:
-                    yield record["video_id"], (path, record)
+                vid = record["video_id"]
+                if vid in keep and record.get("fingerprint") == keep[vid]:
+                    yield vid, (path, record)
 
-        def first(kv: tuple[str, Iterable[tuple[str, dict]]]) -> dict:
-            record = min(kv[1], key=lambda pr: pr[0])[1]
+        def current(kv: tuple[str, Iterable[tuple[str, dict]]]) -> dict:
+            record = shards.choose_record(kv[1])
             return {
                 "video_id": record["video_id"],
                 "video": record["video"],
@@ -79,7 +82,7 @@ class ReadWork(beam.PTransform):
             | "Files" >> beam.Create(self.files, reshuffle=False)
             | "Read" >> beam.FlatMap(read)
             | "ByVideo" >> beam.GroupByKey()
-            | "Once" >> beam.Map(first)
+            | "Current" >> beam.Map(current)
         )
 
 

@@ -267,19 +267,6 @@ def test_unwritable_output_fails_before_any_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_changed_per_video_settings_refuse_to_mix(tmp_path):
-    manifest = write_fake_corpus(tmp_path / "in", dict(list(GOOD.items())[:1]))
-    out = tmp_path / "out"
-    run(_flags(manifest, out), components=fake_components(), progress=False)
-    with pytest.raises(OutputError, match="samples_per_scene: 4 -> 2"):
-        run(
-            _flags(manifest, out, "--samples_per_scene=2"),
-            components=fake_components(),
-            progress=False,
-        )
-
-
-@pytest.mark.slow
 def test_centroid_dedup_finds_the_exact_duplicates(tmp_path):
     manifest = write_fake_corpus(tmp_path / "in", GOOD)
     out = tmp_path / "out"
