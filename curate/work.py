@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from schemas.failures import video_failure_row
+from schemas.io import SchemaError, validate_rows
 from schemas.tables import CLIPS_SCHEMA
 
 from .errors import CurateError
@@ -107,6 +109,37 @@ class VideoWork:
 
     def record(self) -> dict[str, Any]:
         return work_record(self.video, self.clips, self.failures)
+
+    def invalid(self) -> str | None:
+        """Why this video's clips cannot be committed (a value no table takes, such as a NaN
+        score), or ``None``. A step that produced such a value fails the video, not the run."""
+        return rows_problem(self.video, self.clips)
+
+
+def rows_problem(
+    video: Mapping[str, Any],
+    clips: list[dict[str, Any]],
+    story: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Why ``clips`` (and ``story``) of ``video`` do not fit their tables, or ``None``: the
+    row, column and value, as :func:`schemas.io.validate_rows` names them. The dedup
+    signature, which is no column, must be finite too (faiss would take a NaN for a match)."""
+    where = str(video.get("video_id") or "?")
+    try:
+        validate_rows([table_row(c) for c in clips], "clips", where=where)
+        if story is not None:
+            validate_rows([story], "stories", where=where)
+    except SchemaError as exc:
+        return str(exc)
+    for clip in clips:
+        signature = clip.get("dedup_signature")
+        if signature is not None and not all(math.isfinite(float(v)) for v in _flat(signature)):
+            return f"{where}: clip {clip.get('clip_id')}: dedup signature is not finite"
+    return None
+
+
+def _flat(values: Any) -> list[Any]:
+    return list(values.ravel()) if hasattr(values, "ravel") else list(values)
 
 
 def failure_from_exception(

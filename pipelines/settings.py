@@ -270,10 +270,15 @@ class RunSettings:
 
     def resolved(self) -> RunSettings:
         """The settings with ``--threshold auto`` and ``--captioner auto`` resolved against the
-        model folder, checked before any work starts: a bad threshold, an unreadable prompt
-        bank or an incomplete captioner folder fails here, naming the value."""
+        model folder, checked before any work starts: a bad value, an unusable CLIP or
+        captioner folder, an unreadable prompt bank fails here, naming the value."""
         # curate's modules load numpy; --help does not need them
-        from curate.models import check_captioner_folder, resolve_captioner
+        from curate.models import (
+            check_captioner_folder,
+            check_clip_model,
+            resolve_captioner,
+            resolve_model_path,
+        )
         from curate.prompt_bank import load_prompt_bank
         from curate.threshold import resolve_threshold
 
@@ -281,6 +286,15 @@ class RunSettings:
             raise ValueError("--input is required")
         if self.output is None:
             raise ValueError("--output is required")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if not self.decode_timeout > 0:
+            raise ValueError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout}")
+        if not 0 < self.dedup_threshold <= 1:
+            raise ValueError(f"--dedup-threshold must be in (0, 1], got {self.dedup_threshold}")
+        # a missing, incomplete or wrong-class model, or weights that cannot be loaded
+        # safely, fail now: not inside a worker after the pipeline has started
+        check_clip_model(resolve_model_path(self.model))
         threshold = resolve_threshold(self.threshold, model=self.model)
         if self.prompt_bank:
             load_prompt_bank(self.prompt_bank)  # an unreadable or empty file fails now

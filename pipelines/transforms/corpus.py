@@ -36,7 +36,7 @@ from curate.dedup import (
 from curate.filtering import CaptionFilter
 from curate.prompt_bank import build_prompt_bank
 from curate.threshold import Threshold, scorable
-from curate.work import failure_from_exception, joined_clips, table_row
+from curate.work import failure_from_exception, joined_clips, rows_problem, table_row
 from schemas import RunManifest, ShardInfo
 from schemas.tables import KEPT
 
@@ -152,6 +152,14 @@ class _RecaptionFn(beam.DoFn):
             self.failed.inc()
             row = failure_from_exception(
                 record["video"], exc, stage="recaption", traceback=traceback_tail(exc)
+            )
+            yield {**record, "clips": [], "failures": [row], "story": None}
+            return
+        problem = rows_problem(record["video"], clips, story)
+        if problem is not None:  # a value no table takes fails this video, not the shards
+            self.failed.inc()
+            row = failure_from_exception(
+                record["video"], None, stage="validate", error_type="InvalidValue", message=problem
             )
             yield {**record, "clips": [], "failures": [row], "story": None}
             return
