@@ -51,7 +51,7 @@ from schemas import (
     rows_to_table,
     write_parquet,
 )
-from schemas.io import read_parquet
+from schemas.io import SchemaError, read_parquet
 from schemas.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, SCHEMA_VERSION, VIDEOS_SCHEMA
 
 from .errors import OutputError
@@ -438,7 +438,17 @@ def read_table(path: str | os.PathLike[str], table: str) -> pa.Table:
         raise ValueError(f"table must be one of {TABLES}, got {table!r}")
     out = Path(path)
     manifest = RunManifest.read(out)
-    files = [out / s.path for s in manifest.shards if s.table == table]
+    root = out.resolve()
+    files = []
+    for shard in manifest.shards:
+        if shard.table != table:
+            continue
+        file = out / shard.path
+        if not file.resolve().is_relative_to(root):  # a link out of the folder
+            raise SchemaError(
+                f"{out / MANIFEST_NAME}: shard {shard.path} is outside the run folder"
+            )
+        files.append(file)
     tables = [read_parquet(f, table) for f in files]
     if not tables:
         return empty_table(table)
