@@ -172,6 +172,18 @@ class RunSettings:
         "(CLIP: 77), so this bounds cost, not quality",
         type=positive_int,
     )
+    max_manifest_line_bytes: int = option(
+        4 << 20,
+        "longest manifest line (a CSV record, a JSONL row) or sidecar file, in bytes; a "
+        "longer one is a failures row, skipped unread (default 4194304)",
+        type=positive_int,
+    )
+    max_json_depth: int = option(
+        32,
+        "deepest nesting of a JSONL row or .json sidecar; a deeper one is a failures row "
+        "(default 32; a manifest row is 3 deep)",
+        type=positive_int,
+    )
     no_progress: bool = option(False, "no progress bar", beam=False)
     # tuning: Beam options only
     dedup_exact_limit: int = option(
@@ -193,15 +205,6 @@ class RunSettings:
         8, "videos per RunInference batch", type=positive_int, cli=False
     )
     clip_batch_size: int = option(64, "frames per CLIP forward pass", type=positive_int, cli=False)
-    max_manifest_line_bytes: int = option(
-        4 << 20,
-        "longest manifest line (a CSV record, a JSONL row) or sidecar file, bytes",
-        type=positive_int,
-        cli=False,
-    )
-    max_json_depth: int = option(
-        32, "deepest nesting of a JSONL row or .json sidecar", type=positive_int, cli=False
-    )
     #: the parsed :class:`curate.threshold.Threshold`, set by :meth:`resolved` (not an option)
     resolved_threshold: Any = option(None, cli=False, beam=False)
 

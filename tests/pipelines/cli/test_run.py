@@ -154,3 +154,27 @@ def test_an_unusable_model_is_one_line_before_any_work(tmp_path, capfd, model, m
         next(line for line in captured.err.splitlines() if message in line)
     ]
     assert not (out / "_work").exists()
+
+
+def test_run_help_states_the_limits_the_code_has(capsys):
+    """The limits' defaults are written out in ``curate run --help`` (which must not import
+    the modules that hold them); this keeps the two the same."""
+    from curate.video import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+    from pipelines.settings import RunSettings
+    from schemas.inputs import CSV_FIELD_LIMIT, DEFAULT_LIMITS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for line in (
+        f"caption {DEFAULT_LIMITS.max_caption_bytes:,} bytes (--max-caption-bytes)",
+        f"manifest line or sidecar {DEFAULT_LIMITS.max_line_bytes:,} bytes",
+        f"JSON nesting {DEFAULT_LIMITS.max_json_depth} levels",
+        f"CSV field {CSV_FIELD_LIMIT:,} characters",
+        f"timed captions {DEFAULT_LIMITS.max_timed_captions:,} per video; times finite, 0 to "
+        f"{DEFAULT_LIMITS.max_seconds:,.0f} s",
+        f"video frame size {DEFAULT_MAX_SIDE} px a side, {DEFAULT_MAX_PIXELS:,} pixels",
+    ):
+        assert line in text, line
+    defaults = RunSettings()
+    assert defaults.manifest_limits == DEFAULT_LIMITS  # the flags' defaults are the readers'
