@@ -133,15 +133,19 @@ def _check_safetensors(folder: Path, path: Path) -> None:
 def _check_pickle(folder: Path, path: Path) -> None:
     """A PyTorch pickle loads with ``weights_only=True``: tensors and plain containers, no
     code (torch's own restricted unpickler decides)."""
+    import warnings
+
     import torch  # only for a folder whose weights are a pickle
 
     try:
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: not for the user
+            warnings.simplefilter("ignore")
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
     except Exception as exc:  # whatever the pickle holds, it is not loaded
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelFolderError(

@@ -146,14 +146,6 @@ def test_a_folder_holding_the_users_own_files_is_refused_and_kept(tmp_path):
     assert theirs.read_bytes() == b"not storyloom's either"
 
 
-def test_a_folder_storyloom_wrote_is_resumed_without_overwrite(tmp_path):
-    manifest = write_fake_corpus(tmp_path / "in", SPECS)
-    out = tmp_path / "out"
-    _run(manifest, out)
-    again = _run(manifest, out)  # its own files: no refusal
-    assert again.invariant_ok and "per-video" not in again.phase_s
-
-
 # --- one run at a time ------------------------------------------------------------------------
 
 
