@@ -63,15 +63,135 @@ def check_model_folder(path: str | os.PathLike[str]) -> Path:
         raise ModelFolderError(
             f"incomplete model folder: missing {', '.join(missing)}", uri=str(folder)
         )
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"config.json is not valid JSON: {exc}", uri=str(folder)) from None
+    config = _read_json(folder, "config.json")
+    if not isinstance(config, dict):
+        raise ModelFolderError("config.json is not a JSON object", uri=str(folder))
     if "vision_config" not in config or "text_config" not in config:
         raise ModelFolderError(
             "config.json is not a CLIP config (no vision_config / text_config)", uri=str(folder)
         )
     return folder
+
+
+def _read_json(folder: Path, name: str) -> Any:
+    try:
+        return json.loads((folder / name).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelFolderError(f"{name} is not readable JSON: {exc}", uri=str(folder)) from None
+
+
+def check_model_type(folder: Path, expected: str, what: str) -> None:
+    """Raise :class:`ModelFolderError` unless ``config.json`` declares ``model_type``
+    ``expected`` (a folder of another class fails here, not deep inside transformers)."""
+    config = _read_json(folder, "config.json")
+    found = config.get("model_type") if isinstance(config, dict) else None
+    if found != expected:
+        raise ModelFolderError(
+            f"config.json declares model_type {found!r}; a {what} has {expected!r}",
+            uri=str(folder),
+        )
+
+
+#: largest safetensors header read when checking a weights file
+_SAFETENSORS_HEADER_LIMIT = 100 << 20
+
+
+def _check_safetensors(folder: Path, path: Path) -> None:
+    """The safetensors header parses and every tensor lies inside the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(size - 8, _SAFETENSORS_HEADER_LIMIT):
+            raise ModelFolderError(
+                f"{path.name}: not a safetensors file (header length {n})", uri=str(folder)
+            )
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ModelFolderError(
+                f"{path.name}: unreadable safetensors header ({exc})", uri=str(folder)
+            ) from None
+    if not isinstance(header, dict):
+        raise ModelFolderError(f"{path.name}: unreadable safetensors header", uri=str(folder))
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= size - 8 - n
+        ):
+            raise ModelFolderError(
+                f"{path.name}: tensor {name!r} lies outside the file (truncated?)",
+                uri=str(folder),
+            )
+
+
+def _check_pickle(folder: Path, path: Path) -> None:
+    """A PyTorch pickle loads with ``weights_only=True``: tensors and plain containers, no
+    code (torch's own restricted unpickler decides)."""
+    import warnings
+
+    import torch  # only for a folder whose weights are a pickle
+
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: not for the user
+            warnings.simplefilter("ignore")
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
+    except Exception as exc:  # whatever the pickle holds, it is not loaded
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFolderError(
+            f"{path.name}: the weights cannot be loaded safely ({type(exc).__name__}: "
+            f"{first[:160]}); a pickle may only hold tensors (use model.safetensors)",
+            uri=str(folder),
+        ) from None
+
+
+def check_weights(folder: Path) -> None:
+    """Raise :class:`ModelFolderError` naming a weights file that cannot be loaded: a
+    truncated or malformed safetensors file, a sharded index naming missing shards, or a
+    pickle that holds more than tensors."""
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.is_file():
+        _check_safetensors(folder, single)
+    elif index.is_file():
+        data = _read_json(folder, index.name)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise ModelFolderError(f"{index.name} has no weight_map", uri=str(folder))
+        for shard in sorted({str(v) for v in weight_map.values()}):
+            path = folder / shard
+            if path.parent != folder or not path.is_file():
+                raise ModelFolderError(
+                    f"{index.name} names a missing shard {shard!r}", uri=str(folder)
+                )
+            _check_safetensors(folder, path)
+    elif (folder / "pytorch_model.bin").is_file():
+        _check_pickle(folder, folder / "pytorch_model.bin")
+
+
+def check_clip_model(model: str | os.PathLike[str]) -> str:
+    """Everything about a ``--model`` that can be checked before any work starts: a local
+    folder is complete (:func:`check_model_folder`), holds a CLIP (``model_type`` ``clip``)
+    and weights that load; a hub id is left to the hub. Returns what ``resolve_model`` does."""
+    source = resolve_model(model)
+    folder = Path(source)
+    if folder.is_dir():
+        check_model_type(folder, "clip", "CLIP model")
+        for name in ("preprocessor_config.json", "tokenizer_config.json", "tokenizer.json"):
+            if (folder / name).is_file():
+                _read_json(folder, name)
+        check_weights(folder)
+    return source
 
 
 def resolve_model(model: str | os.PathLike[str]) -> str:
@@ -183,6 +303,8 @@ def check_captioner_folder(model: str | os.PathLike[str]) -> tuple[int, int] | N
             raise ModelFolderError(
                 f"incomplete captioner folder: missing {', '.join(missing)}", uri=str(folder)
             )
+        check_model_type(folder, "blip", "BLIP-class captioner")
+        check_weights(folder)
         return read_captioning(folder)
     if text.count("/") != 1:
         raise ModelFolderError("captioner folder does not exist", uri=text)
@@ -190,6 +312,23 @@ def check_captioner_folder(model: str | os.PathLike[str]) -> tuple[int, int] | N
 
 
 # --- what --model and --captioner mean --------------------------------------------------------
+
+
+def folder_state(model: str | os.PathLike[str]) -> str:
+    """The names, sizes and modification times of a model folder's files, so that a model
+    retrained in place reads as a different model; a hub id stands for itself."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return os.fspath(model)
+    parts = []
+    for entry in sorted(folder.iterdir()):
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        if entry.is_file():
+            parts.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
 
 
 def resolve_model_path(model: str | None) -> str:

@@ -1,4 +1,4 @@
-"""Shard writing for curation runs: atomic commits, a done-set for resume, the final layout.
+"""Shard writing for curation runs: atomic commits, what a rerun redoes, the final layout.
 
 A run folder looks like this::
 
@@ -9,15 +9,21 @@ A run folder looks like this::
       stories/part-00000-of-00001.parquet
       failures/part-00000-of-00001.parquet
       _work/w-<digest>.parquet          per-video results, committed as videos finish
+      .storyloom.lock                   held while a run writes the folder (curate.run_folder)
 
 Work happens in two phases. The per-video phase (decode, split, sample, score) commits one
 ``_work`` file per batch of finished videos, under a temporary name renamed into place, so a
-killed run loses at most the batch in flight; the video ids in the committed work files are
-the *done-set* a rerun skips. The corpus phase (percentile threshold, dedup, stories) is cheap
-and always reruns over every committed work file, so its results are the same whether the
-per-video work was done in one run or in several. Its shards are written to ``_staging/`` and
-swapped in as whole folders; ``_manifest.json`` is removed first and written last, so a reader
-that finds a manifest finds exactly the shards it lists.
+killed run loses at most the batch in flight. Each committed video carries the *fingerprint*
+of what determined its result (its manifest row, its file's size and modification time, the
+per-video settings; :func:`curate.work.fingerprint`) and its attempt number. A rerun skips a
+video whose committed fingerprint matches and that did not fail (:func:`resume_plan`); a
+changed row or file is redone, and a failed video is tried again unless told not to. The
+corpus phase (percentile threshold, dedup, stories) is cheap and always reruns over the
+current record of every video, so its results are the same whether the per-video work was
+done in one run or in several. Its shards are written to ``_staging/`` and moved into the
+table folders file by file, replacing storyloom's own older shards and nothing else;
+``_manifest.json`` is removed first and written last, so a reader that finds a manifest finds
+exactly the shards it lists.
 
 Everything here is plain pyarrow: no Beam.
 """
@@ -25,10 +31,8 @@ Everything here is plain pyarrow: no Beam.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -47,20 +51,24 @@ from schemas import (
     rows_to_table,
     write_parquet,
 )
-from schemas.io import read_parquet
+from schemas.io import SchemaError, read_parquet
 from schemas.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, SCHEMA_VERSION, VIDEOS_SCHEMA
 
 from .errors import OutputError
+from .run_folder import (
+    STAGING_DIR,
+    TABLES,
+    WORK_DIR,
+    is_shard,
+    remove_old_tables,
+    remove_owned,
+)
 
 logger = logging.getLogger(__name__)
 
-#: the tables a run publishes, in the order the manifest lists them
-TABLES = ("clips", "stories", "failures")
-WORK_DIR = "_work"
-STAGING_DIR = "_staging"
 #: written into work files so an old work folder is never mixed with a newer layout
 META_WORK_VERSION = b"storyloom.work_version"
-WORK_VERSION = f"{SCHEMA_VERSION}/4"
+WORK_VERSION = f"{SCHEMA_VERSION}/5"
 
 #: per-clip values the corpus phase needs that are not columns of the clips table
 CLIP_EXTRAS = pa.struct(
@@ -86,6 +94,11 @@ WORK_SCHEMA = pa.schema(
         pa.field("clips", pa.list_(pa.struct(list(CLIPS_SCHEMA)))),
         pa.field("clip_extras", pa.list_(CLIP_EXTRAS)),
         pa.field("failures", pa.list_(pa.struct(list(FAILURES_SCHEMA)))),
+        # what determined the result (curate.work.fingerprint), the attempt it came from,
+        # and whether the video failed: what a rerun decides by, read without the rest
+        pa.field("fingerprint", pa.string()),
+        pa.field("attempt", pa.int64()),
+        pa.field("failed", pa.bool_()),
     ]
 )
 
@@ -122,34 +135,26 @@ def check_output_dir(path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def clear_run(path: str | os.PathLike[str]) -> None:
-    """Remove everything a previous run wrote into ``path`` (for ``--overwrite``).
-
-    Only storyloom's own names are touched, so an output folder given by mistake loses
-    nothing else.
-    """
-    out = Path(path)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for name in (*TABLES, WORK_DIR, STAGING_DIR):
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-
-
 # --- per-video work: commit, read back, done-set --------------------------------------------
 
 
-def work_file_name(video_ids: Iterable[str]) -> str:
-    """A name determined by the batch's ids, so a retried batch overwrites its own file."""
-    digest = hashlib.sha1("\n".join(sorted(video_ids)).encode()).hexdigest()[:20]
+def work_file_name(keys: Iterable[str]) -> str:
+    """A name determined by the batch's records (video id, fingerprint and attempt), so a
+    retried batch overwrites its own file and a redone video never overwrites its past."""
+    digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:20]
     return f"w-{digest}.parquet"
+
+
+def _record_key(record: Mapping[str, Any]) -> str:
+    return f"{record['video_id']}\t{record.get('fingerprint')}\t{record.get('attempt')}"
 
 
 def commit_work(path: str | os.PathLike[str], records: Sequence[Mapping[str, Any]]) -> Path | None:
     """Commit finished videos as one work file (temporary name, then an atomic rename).
 
     Each record has ``video_id``, ``video`` (a videos row), ``clips`` (clips rows),
-    ``clip_extras`` and ``failures`` (failures rows).
+    ``clip_extras``, ``failures`` (failures rows), and the ``fingerprint`` and ``attempt``
+    it was made under (see :func:`curate.work.work_record`).
     """
     if not records:
         return None
@@ -162,13 +167,16 @@ def commit_work(path: str | os.PathLike[str], records: Sequence[Mapping[str, Any
             "clips": [_fit(c, CLIPS_SCHEMA) for c in r.get("clips") or ()],
             "clip_extras": [_fit(e, CLIP_EXTRAS) for e in r.get("clip_extras") or ()],
             "failures": [_fit(f, FAILURES_SCHEMA) for f in r.get("failures") or ()],
+            "fingerprint": r.get("fingerprint"),
+            "attempt": r.get("attempt"),
+            "failed": bool(r.get("failures")),
         }
         for r in records
     ]
     table = pa.Table.from_pylist(rows, schema=WORK_SCHEMA).replace_schema_metadata(
         {META_WORK_VERSION: WORK_VERSION.encode()}
     )
-    target = folder / work_file_name(r["video_id"] for r in records)
+    target = folder / work_file_name(_record_key(r) for r in records)
     tmp = folder / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     pq.write_table(table, tmp)
     os.replace(tmp, target)
@@ -187,58 +195,149 @@ def work_files(path: str | os.PathLike[str]) -> list[Path]:
     return sorted(folder.glob("w-*.parquet")) if folder.is_dir() else []
 
 
-def read_work_file(file: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def _check_work_version(file: str | os.PathLike[str]) -> None:
     meta = pq.read_schema(file).metadata or {}
-    found = meta.get(META_WORK_VERSION, b"").decode()
+    found = meta.get(META_WORK_VERSION, b"").decode(errors="replace")
     if found != WORK_VERSION:
         raise OutputError(
             f"work file written by another storyloom (work version {found or 'none'}, "
             f"expected {WORK_VERSION}); rerun with --overwrite",
             uri=str(file),
         )
+
+
+def read_work_file(file: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    _check_work_version(file)
     return pq.read_table(file).to_pylist()
 
 
-def read_work(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every committed video once (a video committed twice, e.g. by a retried bundle, once)."""
-    seen: set[str] = set()
+@dataclass(frozen=True)
+class WorkEntry:
+    """One committed record of a video, as a rerun sees it (without its clips)."""
+
+    file: str
+    fingerprint: str | None
+    attempt: int
+    failed: bool
+
+
+def work_index(path: str | os.PathLike[str]) -> dict[str, list[WorkEntry]]:
+    """Every committed record under ``path`` by video id, in file order (small columns only)."""
+    index: dict[str, list[WorkEntry]] = {}
+    for file in work_files(path):
+        _check_work_version(file)
+        table = pq.read_table(file, columns=["video_id", "fingerprint", "attempt", "failed"])
+        columns = [c.to_pylist() for c in table.columns]
+        for vid, fp, attempt, failed in zip(*columns, strict=True):
+            entry = WorkEntry(str(file), fp, int(attempt or 0), bool(failed))
+            index.setdefault(vid, []).append(entry)
+    return index
+
+
+def current_entry(entries: Iterable[WorkEntry], fingerprint: str) -> WorkEntry | None:
+    """The record a run publishes for a video: of those made under ``fingerprint``, the latest
+    attempt (the first in file order among equals: a retried bundle committed twice)."""
+    best: WorkEntry | None = None
+    for entry in entries:
+        if entry.fingerprint == fingerprint and (best is None or entry.attempt > best.attempt):
+            best = entry
+    return best
+
+
+def choose_record(records: Iterable[tuple[str, Mapping[str, Any]]]) -> Mapping[str, Any]:
+    """Of ``(file, record)`` pairs of one video under one fingerprint, the one
+    :func:`current_entry` names: the highest attempt, then the first file."""
+    return min(records, key=lambda fr: (-(fr[1].get("attempt") or 0), fr[0]))[1]
+
+
+def read_work(
+    path: str | os.PathLike[str], keep: Mapping[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The current record of every committed video (``keep``: only those videos, under those
+    fingerprints); without ``keep``, every video's latest attempt."""
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for file in work_files(path):
         for record in read_work_file(file):
-            if record["video_id"] not in seen:
-                seen.add(record["video_id"])
-                yield record
+            vid = record["video_id"]
+            if keep is not None and keep.get(vid) != record.get("fingerprint"):
+                continue
+            found.setdefault(vid, []).append((str(file), record))
+    for vid in sorted(found):
+        yield dict(choose_record(found[vid]))
 
 
 def done_set(path: str | os.PathLike[str]) -> set[str]:
-    """Video ids whose per-video work is committed under ``path``."""
+    """Video ids with any committed record under ``path`` (current or not)."""
     done: set[str] = set()
     for file in work_files(path):
         done.update(pq.read_table(file, columns=["video_id"]).column("video_id").to_pylist())
     return done
 
 
-#: the per-video settings committed work was done under (reused only under the same ones)
-WORK_CONFIG = "_config.json"
+@dataclass
+class ResumePlan:
+    """What a run does with each usable manifest row, given the committed work."""
+
+    #: video id -> the fingerprint it is published under
+    fingerprints: dict[str, str]
+    #: rows to process, each with its ``fingerprint`` and ``attempt`` set
+    todo: list[dict[str, Any]]
+    #: videos whose current record is reused
+    done: set[str]
+    #: of ``todo``: committed under another fingerprint before; failed before, tried again
+    changed: int = 0
+    retried: int = 0
+
+    def describe(self) -> str:
+        detail = [
+            f"{n} {what}"
+            for n, what in (
+                (self.changed, "changed since they were done"),
+                (self.retried, "failed before and tried again"),
+            )
+            if n
+        ]
+        text = f"{len(self.done)} already done, {len(self.todo)} to process"
+        return text + (f" ({', '.join(detail)})" if detail else "")
 
 
-def check_work_config(output: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
-    """Refuse to mix committed work done under other per-video settings."""
-    path = Path(output) / WORK_DIR / WORK_CONFIG
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{WORK_CONFIG}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
-        return
-    before = json.loads(path.read_text())
-    changed = {k: (before.get(k), config.get(k)) for k in config if before.get(k) != config.get(k)}
-    if changed:
-        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-        raise OutputError(
-            f"the committed work was done with other per-video settings ({what}); "
-            "rerun with --overwrite to redo it, or use another output folder",
-            uri=str(output),
-        )
+def resume_plan(
+    path: str | os.PathLike[str],
+    videos: Sequence[Mapping[str, Any]],
+    fingerprints: Mapping[str, str],
+    *,
+    retry_failed: bool = True,
+) -> ResumePlan:
+    """Which of ``videos`` a run must process: those without a committed record under their
+    current fingerprint, and (with ``retry_failed``) those whose current record failed. Each
+    row to process gets its fingerprint and its attempt number (one more than the video's
+    attempts so far, whatever they were made under)."""
+    from .work import ATTEMPT, FINGERPRINT  # work imports this module
+
+    index = work_index(path)
+    plan = ResumePlan(fingerprints=dict(fingerprints), todo=[], done=set())
+    for video in videos:
+        vid = video["video_id"]
+        entries = index.get(vid, [])
+        current = current_entry(entries, fingerprints[vid])
+        if current is not None and (not current.failed or not retry_failed):
+            plan.done.add(vid)
+            continue
+        if current is not None:
+            plan.retried += 1
+        elif entries:
+            plan.changed += 1
+        attempts = max((e.attempt for e in entries), default=0)
+        plan.todo.append({**video, FINGERPRINT: fingerprints[vid], ATTEMPT: attempts + 1})
+    return plan
+
+
+def current_records(path: str | os.PathLike[str], fingerprints: Mapping[str, str]) -> set[str]:
+    """The videos of ``fingerprints`` that have a committed record under their fingerprint."""
+    index = work_index(path)
+    return {
+        vid for vid, fp in fingerprints.items() if current_entry(index.get(vid, ()), fp) is not None
+    }
 
 
 # --- final shards ---------------------------------------------------------------------------
@@ -300,17 +399,17 @@ def _sortable(value: Any) -> tuple[int, Any]:
 def begin_publish(path: str | os.PathLike[str]) -> None:
     """Start the corpus phase: clear staging and withdraw the old manifest."""
     out = Path(path)
-    staging = out / STAGING_DIR
-    if staging.exists():
-        shutil.rmtree(staging)
+    remove_owned(out / STAGING_DIR)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 def publish(path: str | os.PathLike[str], manifest: RunManifest) -> Path:
-    """Swap the staged table folders in and write ``_manifest.json`` last.
+    """Move the staged shards into the table folders and write ``_manifest.json`` last.
 
-    Every table in :data:`TABLES` gets a folder, holding an empty shard when it has no rows,
-    so globbing readers (DuckDB, ``datasets``) always find a file with the schema.
+    Shards of an earlier run that the new ones do not replace are removed; anything else in a
+    table folder (a file storyloom did not write) stays. Every table in :data:`TABLES` gets a
+    shard, an empty one when it has no rows, so globbing readers (DuckDB, ``datasets``)
+    always find a file with the schema.
     """
     out = Path(path)
     staging = out / STAGING_DIR
@@ -319,15 +418,16 @@ def publish(path: str | os.PathLike[str], manifest: RunManifest) -> Path:
         if not any(p.startswith(f"{table}/") for p in listed):
             manifest.shards.append(write_shard(out, table, 0, 1, []))
     for table in TABLES:
-        new = staging / table
-        old = out / table
-        trash = out / f".{table}.old-{uuid.uuid4().hex[:8]}"
-        if old.exists():
-            os.replace(old, trash)
-        os.replace(new, old)
-        if trash.exists():
-            shutil.rmtree(trash)
-    shutil.rmtree(staging, ignore_errors=True)
+        folder = out / table
+        folder.mkdir(exist_ok=True)
+        new = {Path(s.path).name for s in manifest.shards if s.table == table}
+        for old in list(folder.iterdir()):
+            if old.name not in new and is_shard(old, table):
+                old.unlink()
+        for name in sorted(new):
+            os.replace(staging / table / name, folder / name)
+    remove_owned(staging)
+    remove_old_tables(out)  # left by an older storyloom's publish that was killed
     manifest.shards.sort(key=lambda s: (TABLES.index(s.table), s.path))
     return manifest.write(out)
 
@@ -338,7 +438,17 @@ def read_table(path: str | os.PathLike[str], table: str) -> pa.Table:
         raise ValueError(f"table must be one of {TABLES}, got {table!r}")
     out = Path(path)
     manifest = RunManifest.read(out)
-    files = [out / s.path for s in manifest.shards if s.table == table]
+    root = out.resolve()
+    files = []
+    for shard in manifest.shards:
+        if shard.table != table:
+            continue
+        file = out / shard.path
+        if not file.resolve().is_relative_to(root):  # a link out of the folder
+            raise SchemaError(
+                f"{out / MANIFEST_NAME}: shard {shard.path} is outside the run folder"
+            )
+        files.append(file)
     tables = [read_parquet(f, table) for f in files]
     if not tables:
         return empty_table(table)

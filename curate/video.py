@@ -27,7 +27,15 @@ frame-by-frame ``next()`` are within noise of each other.
 
 Frame times are exact: for a constant frame rate ``t(i) = i / rate`` with the rate as a
 fraction (30000/1001 for 29.97); for a variable frame rate they come from the per-frame
-timestamps (decord's ``get_frame_timestamp``, snapped to the stream's time base).
+timestamps (decord's ``get_frame_timestamp``, snapped to the stream's time base). Timestamps
+that do not advance (all equal, as some broken muxers write them) say nothing about time: the
+stream's declared rate is used instead.
+
+A stream with rotation metadata (a phone video held upright: a display matrix turning the
+coded frames by 90, 180 or 270 degrees) is decoded as it is meant to be seen: ``width`` and
+``height`` are the displayed size, and the frames come turned. decord turns such frames at
+their full size but not consistently when asked for a reduced one, so these streams are
+decoded with PyAV, at the coded size, and turned here.
 
 This module is longer than the others (about 800 lines) on purpose: probing and frame reading
 share one error model and one set of private helpers around decord and PyAV (opening with a
@@ -69,6 +77,8 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 #: a frame duration may deviate this much (relative) from the median before the rate counts as
 #: variable; absorbs time-base rounding
 VFR_TOLERANCE = 0.02
+#: the highest declared frame rate trusted when the timestamps say nothing
+MAX_FPS = 1000
 
 # PyAV routes FFmpeg's log lines into Python only while a level is set; the header probe sets
 # one for its own duration to read why FFmpeg refused a stream ("Picture size ... is invalid").
@@ -109,6 +119,9 @@ class VideoInfo:
     truncated: bool = False
     declared_frames: int | None = None
     has_audio: bool = False
+    #: degrees (0, 90, 180, 270, counterclockwise) the coded frames are turned for display;
+    #: ``width`` / ``height`` are the displayed size
+    rotation: int = 0
 
     @property
     def path(self) -> str:
@@ -182,6 +195,14 @@ class _Header:
     has_audio: bool
     #: the stream's declared duration in seconds, where the container gives one
     duration_s: float | None = None
+    #: counterclockwise degrees of the display matrix (0, 90, 180, 270)
+    rotation: int = 0
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        if self.rotation in (90, 270):
+            return self.height, self.width
+        return self.width, self.height
 
 
 def _check_size(uri: str, width: int, height: int, max_side: int, max_pixels: int) -> None:
@@ -257,6 +278,7 @@ def _header_from(uri: str, container: Any, logs: list, max_side: int, max_pixels
     if stream.duration and stream.time_base:
         duration = float(stream.duration * stream.time_base)
     return _Header(
+        rotation=_display_rotation(container, stream),
         width=width,
         height=height,
         codec=codec,
@@ -267,6 +289,40 @@ def _header_from(uri: str, container: Any, logs: list, max_side: int, max_pixels
         has_audio=has_audio,
         duration_s=duration,
     )
+
+
+def _display_rotation(container: Any, stream: Any, *, max_packets: int = 32) -> int:
+    """The rotation a stream's display matrix asks for (0, 90, 180 or 270 degrees,
+    counterclockwise), read from its first decoded frame; 0 when none decodes early on."""
+    import av
+
+    try:
+        for i, packet in enumerate(container.demux(stream)):
+            for frame in packet.decode():
+                angle = float(getattr(frame, "rotation", 0) or 0)
+                return int(round(angle / 90.0)) % 4 * 90
+            if i >= max_packets:
+                break
+    except (av.error.FFmpegError, ValueError, TypeError):
+        pass
+    return 0
+
+
+def _needs_pyav(info: VideoInfo) -> bool:
+    """Frames decord cannot give as they are meant: a truncated file, a rotated stream."""
+    return info.truncated or bool(info.rotation)
+
+
+def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """``(n, h, w, 3)`` coded frames turned ``rotation`` degrees counterclockwise."""
+    if not rotation:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, k=rotation // 90, axes=(1, 2)))
+
+
+def _coded(size: tuple[int, int], rotation: int) -> tuple[int, int]:
+    """The coded (decoder-side) size of a displayed ``(width, height)``, and back."""
+    return (size[1], size[0]) if rotation in (90, 270) else size
 
 
 def _sample_entry(path: str) -> str | None:
@@ -423,6 +479,15 @@ def probe(
     if num_frames < min_frames:
         raise TooFewFrames(f"{num_frames} frame(s), at least {min_frames} needed", uri=uri)
     starts = times[:, 0] - times[0, 0]
+    if num_frames > 1 and not float(np.median(np.diff(starts))) > 0:
+        # timestamps that do not advance tell nothing about time: the declared rate does
+        if header.frame_rate is None or not 0 < header.frame_rate <= MAX_FPS:
+            raise VideoOpenFailure(
+                "frame timestamps do not advance and the stream declares no usable frame rate",
+                uri=uri,
+            )
+        log.warning("%s: frame timestamps do not advance; using the declared rate", uri)
+        return _constant_rate_info(uri, header, num_frames, header.frame_rate)
     vfr = _is_variable(starts)
     duration = float(times[-1, 1] - times[0, 0])
     if vfr and times[-1, 1] <= times[-1, 0]:
@@ -432,27 +497,44 @@ def probe(
             duration = header.duration_s
         else:
             duration = last + float(np.median(np.diff(starts)))
-    if vfr:
-        rate = Fraction(num_frames) / Fraction(duration).limit_denominator(1_000_000)
-        frame_times: np.ndarray | None = starts
-    else:
+    if not vfr:
         rate = header.frame_rate or Fraction(num_frames) / Fraction(duration).limit_denominator()
-        frame_times = None
-        duration = float(Fraction(num_frames) / rate)
+        return _constant_rate_info(uri, header, num_frames, rate)
+    rate = Fraction(num_frames) / Fraction(duration).limit_denominator(1_000_000)
+    width, height = header.display_size
     return VideoInfo(
         uri=uri,
         num_frames=num_frames,
         fps=float(rate),
         frame_rate=rate,
         duration_s=duration,
-        width=header.width,
-        height=header.height,
+        width=width,
+        height=height,
         codec=header.codec,
         container=header.container,
         variable_frame_rate=vfr,
-        frame_times=frame_times,
+        frame_times=starts,
         declared_frames=header.declared_frames or None,
         has_audio=header.has_audio,
+        rotation=header.rotation,
+    )
+
+
+def _constant_rate_info(uri: str, header: _Header, num_frames: int, rate: Fraction) -> VideoInfo:
+    width, height = header.display_size
+    return VideoInfo(
+        uri=uri,
+        num_frames=num_frames,
+        fps=float(rate),
+        frame_rate=rate,
+        duration_s=float(Fraction(num_frames) / rate),
+        width=width,
+        height=height,
+        codec=header.codec,
+        container=header.container,
+        declared_frames=header.declared_frames or None,
+        has_audio=header.has_audio,
+        rotation=header.rotation,
     )
 
 
@@ -504,19 +586,21 @@ def _truncated_info(uri: str, header: _Header, readable: int, min_frames: int) -
     if readable < min_frames:
         raise TooFewFrames(f"{readable} frame(s), at least {min_frames} needed", uri=uri)
     rate = header.frame_rate or Fraction(25)
+    width, height = header.display_size
     return VideoInfo(
         uri=uri,
         num_frames=readable,
         fps=float(rate),
         frame_rate=rate,
         duration_s=float(Fraction(readable) / rate),
-        width=header.width,
-        height=header.height,
+        width=width,
+        height=height,
         codec=header.codec,
         container=header.container,
         truncated=True,
         declared_frames=header.declared_frames or None,
         has_audio=header.has_audio,
+        rotation=header.rotation,
     )
 
 
@@ -627,7 +711,7 @@ class FrameReader:
             out_height=self._height,
             short_side=self._short,
         )
-        if not info.truncated and self._reader is None:
+        if not _needs_pyav(info) and self._reader is None:
             w, h = self.size
             self._reader, self.size = _open_decord_sized(
                 self.uri, info.path, w, h, num_threads=self.num_threads
@@ -664,10 +748,10 @@ class FrameReader:
         return len(self.indices)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if self.info is None or (self._reader is None and not self.info.truncated):
+        if self.info is None or (self._reader is None and not _needs_pyav(self.info)):
             self.open()
         assert self.info is not None
-        if self.info.truncated:
+        if _needs_pyav(self.info):
             yield from self._iter_pyav()
             return
         indices = self.indices
@@ -702,11 +786,12 @@ class FrameReader:
         return np.stack(good) if good else None
 
     def _iter_pyav(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """decord refuses files whose packets end early; PyAV reads what is there."""
+        """PyAV decoding: for files whose packets end early (decord refuses them; PyAV reads
+        what is there) and for rotated streams (turned here)."""
         import av
 
         assert self.info is not None and self.size is not None
-        w, h = self.size
+        w, h = _coded(self.size, self.info.rotation)
         wanted = self.indices
         if len(wanted) == 0:
             return
@@ -725,14 +810,15 @@ class FrameReader:
                         buf_idx.append(pos)
                         buf.append(frame.to_ndarray(width=w, height=h, format="rgb24"))
                         if len(buf) == self.chunk:
-                            yield np.asarray(buf_idx, dtype=np.int64), np.stack(buf)
+                            frames = _rotate(np.stack(buf), self.info.rotation)
+                            yield np.asarray(buf_idx, dtype=np.int64), frames
                             buf_idx, buf = [], []
                     pos += 1
             except av.error.FFmpegError:
                 self.truncated_at = pos
                 log.warning("%s: decoding stopped at frame %d (truncated file)", self.uri, pos)
         if buf:
-            yield np.asarray(buf_idx, dtype=np.int64), np.stack(buf)
+            yield np.asarray(buf_idx, dtype=np.int64), _rotate(np.stack(buf), self.info.rotation)
         if pos <= last and self.truncated_at is None:
             self.truncated_at = pos
 
@@ -759,7 +845,7 @@ def read_frames(
     )
     if len(idx) == 0:
         return np.zeros((0, h, w, 3), np.uint8)
-    if info.truncated:
+    if _needs_pyav(info):
         wanted = set(idx.tolist())
         got: dict[int, np.ndarray] = {}
         with FrameReader(
@@ -797,8 +883,9 @@ def describe(info: VideoInfo) -> str:
     if info.frame_rate.denominator == 1:
         rate = str(info.frame_rate.numerator)
     vfr = " VFR" if info.variable_frame_rate else ""
+    turned = f" rotated {info.rotation}" if info.rotation else ""
     return (
-        f"{info.width}x{info.height} {info.codec} {info.num_frames} frames @ {rate} fps{vfr} "
+        f"{info.width}x{info.height}{turned} {info.codec} {info.num_frames} frames @ {rate} fps{vfr} "
         f"({info.duration_s:.3f} s)"
     )
 

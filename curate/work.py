@@ -10,11 +10,17 @@ back when the corpus phase reads the work: :func:`work_record` splits them off,
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from schemas.failures import video_failure_row
+from schemas.io import SchemaError, validate_rows
 from schemas.tables import CLIPS_SCHEMA
 
 from .errors import CurateError
@@ -22,6 +28,48 @@ from .shards import CLIP_EXTRAS
 
 #: the extras of a clip record, in ``CLIP_EXTRAS`` order
 EXTRA_KEYS: tuple[str, ...] = tuple(f.name for f in CLIP_EXTRAS if f.name != "clip_id")
+
+#: keys a run sets on a videos row it processes (not columns of the videos table): what
+#: determined the result (:func:`fingerprint`) and the how-manieth attempt at the input it is
+FINGERPRINT = "fingerprint"
+ATTEMPT = "attempt"
+#: the columns of a manifest row that decide a video's result (``source`` and ``source_line``
+#: only say where the row is)
+ROW_KEYS = ("video_id", "uri", "caption", "captions", "duration_s")
+
+
+# --- what determines a video's result ---------------------------------------------------------
+
+
+def file_state(uri: str | None) -> str:
+    """What a rerun compares of a video's file: its size and modification time (nanoseconds),
+    the error that stops reading it, or ``remote`` for a URL (its row is all a run sees)."""
+    if not uri:
+        return "none"
+    parsed = urlparse(uri)
+    if parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file":
+        return "remote"
+    path = parsed.path if parsed.scheme == "file" else uri
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        return f"error:{getattr(exc, 'errno', None) or type(exc).__name__}"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """A digest of the per-video settings (and model files) a run works under."""
+    text = json.dumps(dict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint(video: Mapping[str, Any], *, config: str) -> str:
+    """What determines a video's committed result: its manifest row (:data:`ROW_KEYS`), its
+    file (:func:`file_state`) and the per-video settings (``config``, a
+    :func:`config_digest`). A rerun redoes a video whose fingerprint changed."""
+    row = {k: video.get(k) for k in ROW_KEYS}
+    text = json.dumps([row, file_state(video.get("uri")), config], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -61,6 +109,37 @@ class VideoWork:
 
     def record(self) -> dict[str, Any]:
         return work_record(self.video, self.clips, self.failures)
+
+    def invalid(self) -> str | None:
+        """Why this video's clips cannot be committed (a value no table takes, such as a NaN
+        score), or ``None``. A step that produced such a value fails the video, not the run."""
+        return rows_problem(self.video, self.clips)
+
+
+def rows_problem(
+    video: Mapping[str, Any],
+    clips: list[dict[str, Any]],
+    story: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Why ``clips`` (and ``story``) of ``video`` do not fit their tables, or ``None``: the
+    row, column and value, as :func:`schemas.io.validate_rows` names them. The dedup
+    signature, which is no column, must be finite too (faiss would take a NaN for a match)."""
+    where = str(video.get("video_id") or "?")
+    try:
+        validate_rows([table_row(c) for c in clips], "clips", where=where)
+        if story is not None:
+            validate_rows([story], "stories", where=where)
+    except SchemaError as exc:
+        return str(exc)
+    for clip in clips:
+        signature = clip.get("dedup_signature")
+        if signature is not None and not all(math.isfinite(float(v)) for v in _flat(signature)):
+            return f"{where}: clip {clip.get('clip_id')}: dedup signature is not finite"
+    return None
+
+
+def _flat(values: Any) -> list[Any]:
+    return list(values.ravel()) if hasattr(values, "ravel") else list(values)
 
 
 def failure_from_exception(
@@ -109,9 +188,12 @@ def work_record(
     clips: list[dict[str, Any]],
     failures: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The committed form of a finished video: table columns, extras beside them, no frames."""
+    """The committed form of a finished video: table columns, extras beside them, no frames;
+    the fingerprint and attempt the run gave the video (see :func:`fingerprint`)."""
     return {
         "video_id": video["video_id"],
+        "fingerprint": video.get(FINGERPRINT),
+        "attempt": video.get(ATTEMPT),
         "video": dict(video),
         "clips": [table_row(c) for c in clips],
         "clip_extras": [

@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -47,9 +48,11 @@ from curate import shards
 from curate.clip_score import ClipScorer
 from curate.decode import VideoDecoder
 from curate.dedup import Deduplicator
-from curate.models import resolve_model_path
+from curate.models import folder_state, resolve_model_path
 from curate.recaption import Recaptioner
+from curate.run_folder import RunLock, check_ownership, clear_run
 from curate.runs import RunSummary, summarize
+from curate.work import config_digest, fingerprint
 from schemas.inputs import ManifestRead, read_manifest
 
 from .handlers import ClipModelHandler
@@ -236,24 +239,26 @@ def build_finalize_pipeline(
     settings: RunSettings,
     *,
     manifest: ManifestRead,
+    fingerprints: Mapping[str, str],
     config: Mapping[str, Any],
-    pending: int = 0,
     components: Components,
 ) -> beam.PCollection:
-    """The corpus phase on ``p``: every committed record → published shards and manifest."""
+    """The corpus phase on ``p``: the current committed record of every usable manifest row
+    (``fingerprints``: video id -> the fingerprint its result must have) → published shards
+    and manifest. A row without a record under its fingerprint is pending."""
     out = str(settings.output)
     threshold = settings.resolved_threshold
     if threshold is None:
         raise ValueError("the run settings are not resolved (RunSettings.resolved)")
-    keep = {v["video_id"] for v in manifest.videos}
-    done = len(shards.done_set(out) & keep)
+    done = len(shards.current_records(out, fingerprints))
+    pending = len(fingerprints) - done
     n_shards = shards.shard_count(max(done, 1), rows_per_shard=settings.videos_per_shard)
     n_clips = shards.count_work_clips(out)
     exact = n_clips <= settings.dedup_exact_limit
     shards.begin_publish(out)
 
     files = [str(f) for f in shards.work_files(out)]
-    records = p | "ReadWork" >> ReadWork(files, keep=keep)
+    records = p | "ReadWork" >> ReadWork(files, keep=fingerprints)
     cutoff = records | "CaptionCutoff" >> CaptionCutoff(threshold)
     recaptioned = records | "FilterAndRecaption" >> FilterAndRecaption(
         cutoff, components.recaptioner, components.recaptioner_kwargs
@@ -300,6 +305,17 @@ def _work_config(settings: RunSettings) -> dict[str, Any]:
     # the captioner's captions are made in the per-video phase and committed with the work
     cfg["captioner"] = settings.captioner
     return cfg
+
+
+def _fingerprint_config(work_config: Mapping[str, Any]) -> str:
+    """The per-video settings and the model files they name (a model retrained in place
+    changes every result), as one digest."""
+    states = {
+        f"{key}_files": folder_state(work_config[key])
+        for key in ("model", "captioner")
+        if work_config.get(key) not in (None, "none")
+    }
+    return config_digest({**work_config, **states})
 
 
 def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
@@ -377,32 +393,49 @@ def run(
     t0 = time.perf_counter()
 
     out = shards.check_output_dir(str(settings.output))
-    manifest = read_manifest(str(settings.input))
+    with RunLock(out):
+        return _run_locked(out, settings, options, argv, components, progress=progress, t0=t0)
+
+
+def _run_locked(
+    out: Path,
+    settings: RunSettings,
+    options: PipelineOptions,
+    argv: Sequence[str],
+    components: Components,
+    *,
+    progress: bool,
+    t0: float,
+) -> RunSummary:
+    """Both phases, in an output folder this run holds the lock of."""
+    check_ownership(out, overwrite=settings.overwrite)
+    manifest = read_manifest(str(settings.input), limits=settings.manifest_limits)
     if settings.overwrite:
-        shards.clear_run(out)
+        clear_run(out)
     work_config = _work_config(settings)
-    shards.check_work_config(out, work_config)
-    keep = {v["video_id"] for v in manifest.videos}
-    done = shards.done_set(out) & keep
+    config_id = _fingerprint_config(work_config)
+    fingerprints = {v["video_id"]: fingerprint(v, config=config_id) for v in manifest.videos}
+    plan = shards.resume_plan(
+        out, manifest.videos, fingerprints, retry_failed=not settings.no_retry_failed
+    )
     logger.info(
-        "%s (%s): %d inputs, %d usable videos, %d already done, %d to process",
+        "%s (%s): %d inputs, %d usable videos, %s",
         settings.input,
         manifest.format,
         manifest.inputs,
-        len(keep),
-        len(done),
-        len(keep) - len(done),
+        len(fingerprints),
+        plan.describe(),
     )
 
     phase_s: dict[str, float] = {}
     stage_metrics: dict[str, Any] = {}
     stopped = None
-    if len(keep) > len(done):
+    if plan.todo:
         p = beam.Pipeline(options=options)
-        build_pipeline(
-            p, settings, videos=manifest.videos, skip=sorted(done), components=components
+        build_pipeline(p, settings, videos=plan.todo, components=components)
+        watcher = WorkProgress(
+            out, total=len(fingerprints), already=len(plan.done), enabled=progress
         )
-        watcher = WorkProgress(out, total=len(keep), already=len(done), enabled=progress)
         start = time.perf_counter()
         with watcher:
             stage_metrics, stopped = _run_per_video(p)
@@ -416,6 +449,7 @@ def run(
         "manifest_format": manifest.format,
         "threshold": settings.threshold,
         "dedup_threshold": settings.dedup_threshold,
+        "retry_failed": not settings.no_retry_failed,
         "runner": str(options.get_all_options().get("runner")),
     }
     if stopped:
@@ -424,8 +458,8 @@ def run(
         p2,
         settings,
         manifest=manifest,
+        fingerprints=fingerprints,
         config=config,
-        pending=len(keep - shards.done_set(out)),
         components=components,
     )
     p2.run().wait_until_finish()

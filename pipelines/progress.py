@@ -54,13 +54,17 @@ class WorkProgress:
         self.enabled = enabled
         self.poll_s = poll_s
         self.every_s = every_s
-        self._seen: dict[str, tuple[int, int, int]] = {}
+        # work committed before this run is counted in ``already`` (the part of it that is
+        # still current), not file by file: a rerun may redo some of it
+        self._seen: dict[str, tuple[int, int, int]] = {
+            f.name: (0, 0, 0) for f in shards.work_files(self.output)
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start = time.monotonic()
 
     def snapshot(self) -> tuple[int, int, int]:
-        """(videos, clips, failed videos) committed so far."""
+        """(videos, clips, failed videos) done so far: ``already`` plus this run's commits."""
         for file in shards.work_files(self.output):
             if file.name in self._seen:
                 continue
@@ -73,7 +77,7 @@ class WorkProgress:
                 _leaf_count(meta, "clips.list.element.clip_id"),
                 _leaf_count(meta, "failures.list.element.input_id"),
             )
-        videos = sum(v for v, _, _ in self._seen.values())
+        videos = self.already + sum(v for v, _, _ in self._seen.values())
         clips = sum(c for _, c, _ in self._seen.values())
         failed = sum(f for _, _, f in self._seen.values())
         return videos, clips, failed

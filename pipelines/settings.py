@@ -154,7 +154,36 @@ class RunSettings:
     share_model: bool = option(
         False, "one CLIP per machine shared by all worker processes (large models on a GPU)"
     )
-    overwrite: bool = option(False, "discard the output folder's previous run")
+    overwrite: bool = option(
+        False,
+        "discard the output folder's previous run, and write into a folder that holds files "
+        "storyloom did not write (they are kept: only storyloom's own files are ever deleted)",
+    )
+    no_retry_failed: bool = option(
+        False,
+        "keep the failures of earlier runs into the output folder instead of trying those "
+        "inputs again (by default a rerun retries every failed input; a changed manifest row "
+        "or file is redone either way)",
+    )
+    max_caption_bytes: int = option(
+        65_536,
+        "longest caption (UTF-8 bytes) a manifest row may hold; a longer one makes the row a "
+        "failures row (default 65536). Models read only the first tokens of a caption "
+        "(CLIP: 77), so this bounds cost, not quality",
+        type=positive_int,
+    )
+    max_manifest_line_bytes: int = option(
+        4 << 20,
+        "longest manifest line (a CSV record, a JSONL row) or sidecar file, in bytes; a "
+        "longer one is a failures row, skipped unread (default 4194304)",
+        type=positive_int,
+    )
+    max_json_depth: int = option(
+        32,
+        "deepest nesting of a JSONL row or .json sidecar; a deeper one is a failures row "
+        "(default 32; a manifest row is 3 deep)",
+        type=positive_int,
+    )
     no_progress: bool = option(False, "no progress bar", beam=False)
     # tuning: Beam options only
     dedup_exact_limit: int = option(
@@ -244,10 +273,15 @@ class RunSettings:
 
     def resolved(self) -> RunSettings:
         """The settings with ``--threshold auto`` and ``--captioner auto`` resolved against the
-        model folder, checked before any work starts: a bad threshold, an unreadable prompt
-        bank or an incomplete captioner folder fails here, naming the value."""
+        model folder, checked before any work starts: a bad value, an unusable CLIP or
+        captioner folder, an unreadable prompt bank fails here, naming the value."""
         # curate's modules load numpy; --help does not need them
-        from curate.models import check_captioner_folder, resolve_captioner
+        from curate.models import (
+            check_captioner_folder,
+            check_clip_model,
+            resolve_captioner,
+            resolve_model_path,
+        )
         from curate.prompt_bank import load_prompt_bank
         from curate.threshold import resolve_threshold
 
@@ -255,6 +289,15 @@ class RunSettings:
             raise ValueError("--input is required")
         if self.output is None:
             raise ValueError("--output is required")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if not self.decode_timeout > 0:
+            raise ValueError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout}")
+        if not 0 < self.dedup_threshold <= 1:
+            raise ValueError(f"--dedup-threshold must be in (0, 1], got {self.dedup_threshold}")
+        # a missing, incomplete or wrong-class model, or weights that cannot be loaded
+        # safely, fail now: not inside a worker after the pipeline has started
+        check_clip_model(resolve_model_path(self.model))
         threshold = resolve_threshold(self.threshold, model=self.model)
         if self.prompt_bank:
             load_prompt_bank(self.prompt_bank)  # an unreadable or empty file fails now
@@ -266,6 +309,17 @@ class RunSettings:
             threshold=str(threshold),
             resolved_threshold=threshold,
             captioner=captioner or "none",
+        )
+
+    @property
+    def manifest_limits(self) -> Any:
+        """The :class:`schemas.inputs.ManifestLimits` of these settings."""
+        from schemas.inputs import ManifestLimits
+
+        return ManifestLimits(
+            max_caption_bytes=self.max_caption_bytes,
+            max_line_bytes=max(self.max_manifest_line_bytes, self.max_caption_bytes),
+            max_json_depth=self.max_json_depth,
         )
 
     @property

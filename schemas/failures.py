@@ -25,6 +25,7 @@ def failure_row(
     traceback: str | None = None,
     source: str | None = None,
     source_line: int | None = None,
+    attempt: int | None = None,
 ) -> dict[str, Any]:
     """One failures row (the columns of ``FAILURES_SCHEMA``, in its order)."""
     return {
@@ -36,6 +37,7 @@ def failure_row(
         "traceback": traceback,
         "source": source,
         "source_line": source_line,
+        "attempt": attempt,
     }
 
 
@@ -47,7 +49,8 @@ def video_failure_row(
     message: str,
     traceback: str | None = None,
 ) -> dict[str, Any]:
-    """A failures row about ``video`` (a videos row): its id, uri and manifest position."""
+    """A failures row about ``video`` (a videos row): its id, uri, manifest position and, when
+    the run set one, the attempt it is on (``video["attempt"]``)."""
     return failure_row(
         video.get("video_id") or "?",
         uri=video.get("uri"),
@@ -57,4 +60,5 @@ def video_failure_row(
         traceback=traceback,
         source=video.get("source"),
         source_line=video.get("source_line"),
+        attempt=video.get("attempt"),
     )

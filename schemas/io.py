@@ -125,17 +125,27 @@ def write_parquet(table: pa.Table, path: str | os.PathLike[str], kind: str) -> P
     return path
 
 
+def _version_tuple(text: str) -> tuple[int, ...] | None:
+    try:
+        parts = tuple(int(x) for x in text.split("."))
+    except ValueError:
+        return None
+    return parts if parts else None
+
+
 def check_version(found: str | None, path: str | os.PathLike[str]) -> None:
     if found is None:
         raise SchemaError(
             f"{path}: not a storyloom table (no {META_SCHEMA_VERSION.decode()} in its metadata)"
         )
+    if not isinstance(found, str) or _version_tuple(found) is None:
+        raise SchemaError(f"{path}: unreadable schema version {found!r:.40}")
     if found != SCHEMA_VERSION:
-        major_found, major_here = found.split(".")[0], SCHEMA_VERSION.split(".")[0]
-        older = tuple(int(x) for x in found.split(".")) < tuple(
-            int(x) for x in SCHEMA_VERSION.split(".")
-        )
-        if major_found != major_here:
+        here = _version_tuple(SCHEMA_VERSION)
+        there = _version_tuple(found)
+        assert here is not None and there is not None
+        if there[0] != here[0]:
+            older = there < here
             age = "an older" if older else "a newer"
             raise SchemaError(
                 f"{path}: written with schema version {found}, this storyloom reads "
@@ -144,8 +154,42 @@ def check_version(found: str | None, path: str | os.PathLike[str]) -> None:
             )
 
 
+def conform(table: pa.Table, kind: str, path: str | os.PathLike[str]) -> pa.Table:
+    """``table`` (read from ``path``) with exactly the columns of ``kind``, in order.
+
+    A nullable column the file lacks comes back null (a file from an older minor version, or
+    a column that is null throughout); a required column it lacks, or a column of another
+    type, is a :class:`SchemaError` naming the column.
+    """
+    name, schema = _schema(kind)
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            if not field.nullable:
+                raise SchemaError(f"{path}: the {name} table lacks its column {field.name!r}")
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        if not column.type.equals(field.type):
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                raise SchemaError(
+                    f"{path}: column {field.name!r} is {column.type}, the {name} table has "
+                    f"{field.type}"
+                ) from None
+        if not field.nullable and column.null_count:
+            raise SchemaError(f"{path}: column {field.name!r} holds nulls, it is required")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema).replace_schema_metadata(_metadata(name))
+
+
 def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> pa.Table:
-    """Read a storyloom Parquet file (or folder of them), checking version and table kind."""
+    """Read a storyloom Parquet file (or folder of them), checking version and table kind.
+
+    With ``kind``, the table comes back with exactly that table's columns (see
+    :func:`conform`), so files of older minor versions read alongside current ones.
+    """
     path = Path(path)
     if not path.exists():
         raise SchemaError(f"{path}: no such file")
@@ -161,9 +205,13 @@ def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> pa.Ta
         except (pa.ArrowInvalid, OSError) as exc:
             raise SchemaError(f"{f}: not a Parquet file ({exc})") from exc
         version = meta.get(META_SCHEMA_VERSION)
-        check_version(version.decode() if version else None, f)
-        found = meta.get(META_TABLE, b"").decode()
+        check_version(version.decode(errors="replace") if version else None, f)
+        found = meta.get(META_TABLE, b"").decode(errors="replace")
         if kind is not None and found != kind:
             raise SchemaError(f"{f}: holds a {found!r} table, expected {kind!r}")
-        tables.append(pq.read_table(f))
+        try:
+            table = pq.read_table(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SchemaError(f"{f}: unreadable Parquet file ({exc})") from exc
+        tables.append(conform(table, kind, f) if kind is not None else table)
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]

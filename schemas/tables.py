@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-#: bump when a column is added, removed or changes meaning; written into every Parquet file
-SCHEMA_VERSION = "1.0"
+#: bump when a column is added, removed or changes meaning; written into every Parquet file.
+#: A file of the same major version reads (a column added since comes back null); another major
+#: version gets a clear message. 1.1: failures gained ``attempt``.
+SCHEMA_VERSION = "1.1"
 
 #: Parquet metadata keys
 META_SCHEMA_VERSION = b"storyloom.schema_version"
@@ -123,6 +125,9 @@ FAILURES_SCHEMA = pa.schema(
         # the manifest file and line (1-based) the input came from, where known
         pa.field("source", pa.string()),
         pa.field("source_line", pa.int64()),
+        # how many times a run has tried this input (null for rows the manifest reader
+        # rejected: the manifest is read afresh by every run)
+        pa.field("attempt", pa.int64()),
     ]
 )
 

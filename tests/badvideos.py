@@ -12,6 +12,7 @@ name                what it is                                          error
 ``missing``         a path that does not exist                          ``VideoOpenFailure``
 ``text``            a text file named ``.mp4``                          ``VideoOpenFailure``
 ``directory``       a folder named ``.mp4``                             ``VideoOpenFailure``
+``symlink_loop``    a symbolic link to a link back to itself            ``VideoOpenFailure``
 ``truncated``       a good mp4 (index first) cut in half                ``TruncatedVideo``
 ``truncated_tail``  a good mp4 (index last) cut in half: no index       ``TruncatedVideo``
 ``audio_only``      AAC audio in an mp4                                 ``NoVideoStream``
@@ -24,6 +25,10 @@ name                what it is                                          error
 
 ``one_frame`` is a valid video: it fails only where a stage needs two frames or more
 (``probe(..., min_frames=2)``, the scene splitter's default).
+
+Two odd but valid files are made from a good mp4 by patching its boxes: :func:`rotated` (a
+display matrix that turns the frames, as phones write) and :func:`stalled_timestamps` (every
+frame at time 0 and no declared duration, as broken muxers write).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ EXPECTED_ERRORS: dict[str, type[Exception]] = {
     "missing": VideoOpenFailure,
     "text": VideoOpenFailure,
     "directory": VideoOpenFailure,
+    "symlink_loop": VideoOpenFailure,
     "truncated": TruncatedVideo,
     "truncated_tail": TruncatedVideo,
     "audio_only": NoVideoStream,
@@ -187,6 +193,12 @@ def make_bad_videos(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     paths["directory"] = out / "directory.mp4"
     paths["directory"].mkdir(exist_ok=True)
 
+    paths["symlink_loop"] = out / "symlink_loop.mp4"
+    other = out / "symlink_loop_back.mp4"
+    for link, target in ((paths["symlink_loop"], other), (other, paths["symlink_loop"])):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+
     frames = _noise_frames(48, 96, 64)
     good = write_h264(out / ".good_faststart.mp4", frames, faststart=True)
     data = good.read_bytes()
@@ -218,4 +230,57 @@ def make_bad_videos(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["EXPECTED_ERRORS", "MIN_FRAMES", "make_bad_videos", "patch_avi_size", "write_h264"]
+# --- odd but valid files ------------------------------------------------------------------------
+
+
+def _box(data: bytes | bytearray, kind: bytes) -> int:
+    pos = data.find(kind)
+    if pos < 4:
+        raise ValueError(f"no {kind!r} box")
+    return pos - 4  # the box starts with its size
+
+
+def rotated(src: Path, dst: Path, degrees_clockwise: int) -> Path:
+    """A copy of the mp4 ``src`` whose track header's display matrix turns the frames
+    ``degrees_clockwise`` (90, 180, 270) for display; the coded frames are unchanged."""
+    one = 0x10000  # 16.16 fixed point
+    # (a, b, c, d) of the matrix {a b 0; c d 0; 0 0 1}
+    matrices = {90: (0, one, -one, 0), 180: (-one, 0, 0, -one), 270: (0, -one, one, 0)}
+    data = bytearray(src.read_bytes())
+    tkhd = _box(data, b"tkhd")
+    version = data[tkhd + 8]
+    # size, type, version+flags, times and ids, duration, reserved, layer .. volume, reserved
+    matrix = tkhd + 12 + (32 if version == 1 else 20) + 8 + 8
+    a, b, c, d = matrices[degrees_clockwise]
+    struct.pack_into(">9i", data, matrix, a, b, 0, c, d, 0, 0, 0, 0x40000000)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def stalled_timestamps(src: Path, dst: Path) -> Path:
+    """A copy of the mp4 ``src`` in which every frame has time 0 (the sample durations are
+    zero) and no duration is declared."""
+    data = bytearray(src.read_bytes())
+    stts = _box(data, b"stts")
+    for k in range(struct.unpack_from(">I", data, stts + 12)[0]):
+        struct.pack_into(">I", data, stts + 16 + 8 * k + 4, 0)
+    for kind in (b"mvhd", b"mdhd"):  # the duration follows the times and the time scale
+        box = _box(data, kind)
+        wide = data[box + 8] == 1
+        struct.pack_into(">Q" if wide else ">I", data, box + 12 + (16 if wide else 8) + 4, 0)
+    tkhd = _box(data, b"tkhd")
+    wide = data[tkhd + 8] == 1
+    struct.pack_into(">Q" if wide else ">I", data, tkhd + 12 + (16 if wide else 8) + 8, 0)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+__all__ = [
+    "EXPECTED_ERRORS",
+    "MIN_FRAMES",
+    "make_bad_videos",
+    "patch_avi_size",
+    "rotated",
+    "stalled_timestamps",
+    "write_h264",
+]

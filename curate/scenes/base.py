@@ -5,6 +5,12 @@ resolution) and feeds the same chunks to every detector. A detector reports
 :class:`Boundary` objects, the first frame of each new scene and how it was entered;
 :func:`build_scenes` turns them into :class:`Scene` objects with frame-exact times, enforcing a
 minimum scene length and, optionally, re-cutting scenes longer than a maximum.
+
+A video that opens with a fade in from black, or ends with a fade out to black, is not cut
+there: the fade belongs to the first (or last) scene. Detectors see such a fade as a
+transition (its frames change smoothly and linearly, as in a dissolve), so
+:func:`edge_fades` finds the fades at a video's two ends from its frames' mean levels, and
+boundaries inside them are dropped whichever detector reported them.
 """
 
 from __future__ import annotations
@@ -115,6 +121,53 @@ class Detector(ABC):
         return []
 
 
+#: mean level (0-255) below which a frame is black, for the fades at a video's ends
+EDGE_BLACK_LEVEL = 8.0
+
+
+def _ramp(levels: np.ndarray, *, black_level: float, min_step: float) -> int:
+    """How many samples at the start of ``levels`` are a fade in from black: the black run,
+    then the steady brightening after it (0 when the first sample is not black).
+
+    The brightening ends where the level stops rising by ``min_step`` a sample, or at a jump
+    several times larger than the steps before it (a cut, not the fade). A black opening that
+    brightens in one or two jumps (a black scene cut to another) is not a fade: only its
+    black run is counted."""
+    n = len(levels)
+    if n == 0 or not levels[0] < black_level:
+        return 0
+    t = 0
+    while t + 1 < n and levels[t + 1] < black_level:
+        t += 1
+    black_end = t + 1
+    steps: list[float] = []
+    while t + 1 < n:
+        step = float(levels[t + 1] - levels[t])
+        if not step > min_step:
+            break
+        if len(steps) >= 2 and step > 4.0 * float(np.median(steps)) + 2.0:
+            break
+        steps.append(step)
+        t += 1
+    rise = sum(steps)
+    if len(steps) < 3 or max(steps) > 0.5 * rise:
+        return black_end
+    return t + 1
+
+
+def edge_fades(
+    levels: np.ndarray, *, black_level: float = EDGE_BLACK_LEVEL, min_step: float = 0.5
+) -> tuple[int, int]:
+    """``(start, end)``: samples ``[0, start)`` are a fade in from black that opens the
+    video, samples ``[end, n)`` a fade out to black that ends it (``start == 0`` / ``end ==
+    n`` when there is none). ``levels`` are the frames' mean levels (0-255), in order."""
+    levels = np.nan_to_num(np.asarray(levels, dtype=np.float64), nan=255.0)
+    n = len(levels)
+    start = _ramp(levels, black_level=black_level, min_step=min_step)
+    end = n - _ramp(levels[::-1], black_level=black_level, min_step=min_step)
+    return start, max(end, start)
+
+
 def build_scenes(
     boundaries: list[Boundary],
     info: VideoInfo,
@@ -125,10 +178,10 @@ def build_scenes(
 ) -> list[Scene]:
     """Scenes covering ``[0, num_frames)`` from a detector's boundaries.
 
-    A boundary closer than ``min_scene_len`` frames to the previous kept one (or to frame 0)
-    is dropped, except that a gradual transition replaces a cut it collides with (a detector
-    may see a cut at the edge of a dissolve). Scenes longer than ``max_scene_len_s`` seconds are
-    split into equal parts that begin with ``"recut"``.
+    A boundary closer than ``min_scene_len`` frames to the previous kept one (or to frame 0,
+    or to the end) is dropped, except that a gradual transition replaces a cut it collides
+    with (a detector may see a cut at the edge of a dissolve). Scenes longer than
+    ``max_scene_len_s`` seconds are split into equal parts that begin with ``"recut"``.
     """
     if min_scene_len < 1:
         raise ValueError(f"min_scene_len must be >= 1, got {min_scene_len!r}")
@@ -137,7 +190,7 @@ def build_scenes(
     n = info.num_frames if num_frames is None else num_frames
     kept: list[Boundary] = []
     for b in sorted(boundaries, key=lambda b: b.frame):
-        if b.frame <= 0 or b.frame >= n:
+        if b.frame <= 0 or b.frame > n - min_scene_len:
             continue
         prev = kept[-1].frame if kept else 0
         if b.frame - prev >= min_scene_len:
@@ -188,4 +241,14 @@ def _recut(spans: list, info: VideoInfo, max_s: float, min_len: int) -> list:
     return out
 
 
-__all__ = ["GRADUAL", "TRANSITIONS", "Boundary", "Detector", "Scene", "StreamInfo", "build_scenes"]
+__all__ = [
+    "EDGE_BLACK_LEVEL",
+    "GRADUAL",
+    "TRANSITIONS",
+    "Boundary",
+    "Detector",
+    "Scene",
+    "StreamInfo",
+    "build_scenes",
+    "edge_fades",
+]

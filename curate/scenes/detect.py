@@ -7,7 +7,9 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from curate.scenes.base import Boundary, Detector, Scene, StreamInfo, build_scenes
+import numpy as np
+
+from curate.scenes.base import Boundary, Detector, Scene, StreamInfo, build_scenes, edge_fades
 from curate.video import FrameReader, VideoInfo, probe
 
 #: default decode width for detection (frames are downscaled by decord while decoding)
@@ -49,15 +51,19 @@ def detect_boundaries(
 ) -> tuple[VideoInfo, list[list[Boundary]]]:
     """Decode ``uri`` once at ``width`` px and feed every chunk to every detector.
 
-    Returns the probe result and, per detector, its boundaries. ``progress`` is called with
-    the number of frames of each chunk. When a truncated file is kept (``allow_truncated``),
-    the returned info counts the frames that actually decoded.
+    Returns the probe result and, per detector, its boundaries, less those inside a fade in
+    from black at the video's start or a fade out to black at its end
+    (:func:`~curate.scenes.base.edge_fades`). ``progress`` is called with the number of
+    frames of each chunk. When a truncated file is kept (``allow_truncated``), the returned
+    info counts the frames that actually decoded.
     """
     if not detectors:
         raise ValueError("detectors must name at least one detector, got none")
     uri = os.fspath(uri)
     info = info or probe(uri, min_frames=min_frames, allow_truncated=allow_truncated)
     found: list[list[Boundary]] = [[] for _ in detectors]
+    levels: list[np.ndarray] = []
+    indices: list[np.ndarray] = []
     with FrameReader(
         uri, width=width, stride=stride, chunk=chunk, info=info, allow_truncated=allow_truncated
     ) as reader:
@@ -65,14 +71,18 @@ def detect_boundaries(
         stream = StreamInfo(video=info, size=reader.size, num_samples=len(reader), stride=stride)
         for det in detectors:
             det.reset(stream)
-        for indices, frames in reader:
+        for idx, frames in reader:
             for det, out in zip(detectors, found, strict=True):
-                out += det.process(indices, frames)
+                out += det.process(idx, frames)
+            levels.append(frames.reshape(len(frames), -1).mean(axis=1))
+            indices.append(np.asarray(idx, dtype=np.int64))
             if progress is not None:
-                progress(len(indices))
+                progress(len(idx))
         for det, out in zip(detectors, found, strict=True):
             out += det.flush()
         decoded_to = reader.truncated_at
+    if levels:
+        found = _outside_edge_fades(found, np.concatenate(levels), np.concatenate(indices))
     if decoded_to is not None and decoded_to < info.num_frames:
         # a truncated file kept by option: the scenes end where decoding stopped
         found = [[b for b in out if b.frame < decoded_to] for out in found]
@@ -83,6 +93,18 @@ def detect_boundaries(
             frame_times=None if info.frame_times is None else info.frame_times[:decoded_to],
         )
     return info, found
+
+
+def _outside_edge_fades(
+    found: list[list[Boundary]], levels: np.ndarray, indices: np.ndarray
+) -> list[list[Boundary]]:
+    """Each detector's boundaries less those inside the fades at the video's two ends."""
+    start, end = edge_fades(levels)
+    if start == 0 and end == len(levels):
+        return found
+    first = int(indices[start]) if start < len(indices) else int(indices[-1]) + 1
+    last = int(indices[end]) if end < len(indices) else int(indices[-1]) + 1
+    return [[b for b in out if first <= b.frame < last] for out in found]
 
 
 def detect_scenes(

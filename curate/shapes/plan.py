@@ -72,6 +72,10 @@ class VideoPlan:
     scenes: list[ScenePlan]
     trim: tuple[int, int] = (0, 0)  # frames dropped at (start, end): trimmed duplicates
     render_size: tuple[int, int] | None = None  # (w, h) rendered before resizing, if resized
+    #: frames of a fade in from black at the video's start and out to black at its end (the
+    #: first frame, and the last, are black); part of the first and last scenes, not cuts
+    fade_in: int = 0
+    fade_out: int = 0
 
     @property
     def full_frames(self) -> int:
@@ -125,9 +129,21 @@ class VideoPlan:
             while f >= starts[cur] + self.scenes[cur].num_frames:
                 cur += 1
             img = self._mix(f, cur, starts, scene_frame)
+            gain = self._edge_gain(f - first, last - first)
+            if gain < 1.0:
+                img = np.clip(img.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
             if self.render_size is not None:
                 img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
             yield img
+
+    def _edge_gain(self, k: int, n: int) -> float:
+        """Brightness of output frame ``k`` of ``n`` under the fades at the video's ends."""
+        gain = 1.0
+        if k < self.fade_in:
+            gain = k / self.fade_in
+        if n - 1 - k < self.fade_out:
+            gain = min(gain, (n - 1 - k) / self.fade_out)
+        return gain
 
     def _mix(
         self,

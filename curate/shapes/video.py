@@ -132,11 +132,15 @@ def make_video(
     transition_frames: int = 12,
     crf: int = 23,
     seed: int = 0,
+    fade_in: int = 0,
+    fade_out: int = 0,
 ) -> VideoTruth:
     """Write one shapes-world video with the given scenes; returns its ground truth.
 
     ``scenes`` are :class:`SceneFacts` or captions; ``transitions`` gives the kind ("cut",
     "fade", "dissolve") entering each scene after the first (default: all cuts).
+    ``fade_in`` / ``fade_out``: frames of a fade from black at the start and to black at the
+    end, within the first and last scenes (no scene boundary: the truth is unchanged).
     """
     path = Path(path)
     facts = []
@@ -157,6 +161,11 @@ def make_video(
     for k in kinds:
         if k not in ("cut", *TRANSITION_KINDS):
             raise ValueError(f"unknown transition {k!r}; expected cut, fade or dissolve")
+    if fade_in < 0 or fade_out < 0 or fade_in > counts[0] or fade_out > counts[-1]:
+        raise ValueError(
+            f"fade_in and fade_out must fit in the first and last scenes, got {fade_in!r}, "
+            f"{fade_out!r} for {counts!r}"
+        )
     if any(c < 2 for c in counts) or any(
         k != "cut" and min(counts[i], counts[i + 1]) < transition_frames
         for i, k in enumerate(kinds)
@@ -179,6 +188,8 @@ def make_video(
             )
             for i, (f, c) in enumerate(zip(facts, counts, strict=True))
         ],
+        fade_in=fade_in,
+        fade_out=fade_out,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, plan.frames(), fps=plan.fps, crf=crf)

@@ -12,10 +12,22 @@ from curate import shards
 from schemas import RunManifest
 
 
+def _number(value: object) -> float | None:
+    """A finite number from a manifest value, else None (manifests can be edited by hand)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if np.isfinite(value) else None
+
+
 def histogram(
     scores: np.ndarray, *, bins: int = 20, width: int = 40, cutoff: float | None = None
 ) -> list[str]:
-    """A horizontal text histogram; the bin holding ``cutoff`` is marked ``<- threshold``."""
+    """A horizontal text histogram of the finite ``scores``; the bin holding ``cutoff`` is
+    marked ``<- threshold``."""
+    scores = np.asarray(scores, np.float64)
+    scores = scores[np.isfinite(scores)]
+    cutoff = _number(cutoff)
+    bins = max(1, int(bins))
     if len(scores) == 0:
         return ["  (no caption scores)"]
     lo, hi = float(scores.min()), float(scores.max())
@@ -48,12 +60,13 @@ def report(folder: str | os.PathLike[str], *, stories: int = 3, bins: int = 20) 
         f"  created {manifest.created_at}, schema {manifest.schema_version}",
     ]
     cfg = manifest.config
+    cutoff = _number(cfg.get("cutoff"))
     lines.append(
         "  model {m}; detector {d}; threshold {t} (cut-off {co}); dedup cosine >= {dd}".format(
             m=cfg.get("model"),
             d=cfg.get("detector"),
             t=cfg.get("threshold"),
-            co="n/a" if cfg.get("cutoff") is None else f"{cfg['cutoff']:.4f}",
+            co="n/a" if cutoff is None else f"{cutoff:.4f}",
             dd=cfg.get("dedup_threshold"),
         )
     )
@@ -89,14 +102,18 @@ def report(folder: str | os.PathLike[str], *, stories: int = 3, bins: int = 20) 
         lines.append(f"    e.g. {f['input_id']}: {f['message'][:100]}")
 
     lines.append("")
-    scores = np.asarray(
+    given = np.asarray(
         [s for s in clips.column("caption_score").to_pylist() if s is not None], np.float64
     )
-    lines.append(f"caption scores ({len(scores)} scored clips)")
+    scores = given[np.isfinite(given)]
+    odd = len(given) - len(scores)
+    lines.append(
+        f"caption scores ({len(scores)} scored clips" + (f", {odd} not a number)" if odd else ")")
+    )
     if len(scores):
         q = np.percentile(scores, [5, 25, 50, 75, 95])
         lines.append("  p5 {:.3f}  p25 {:.3f}  median {:.3f}  p75 {:.3f}  p95 {:.3f}".format(*q))
-    lines += histogram(scores, bins=bins, cutoff=cfg.get("cutoff"))
+    lines += histogram(scores, bins=bins, cutoff=cutoff)
 
     if stories and story_rows.num_rows:
         lines.append("")

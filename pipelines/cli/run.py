@@ -24,12 +24,30 @@ examples:
   curate run --input corpus/videos --output runs/dask --runner dask --workers 2
   curate run --input corpus/webvid.csv --output runs/first --threshold 0.24   # corpus phase only
 
-Rerunning into the same --output resumes: videos already committed are skipped, and the
-corpus phase (threshold, dedup, stories) is redone over everything, so changing --threshold or
---dedup-threshold costs seconds. --overwrite starts from scratch.
+Rerunning into the same --output resumes: a video is done again only when what determines
+its result changed (its manifest row: id, uri, caption, timed captions, duration; its file's
+size or modification time; the per-video settings or the model files) or when it failed
+(--no-retry-failed keeps earlier failures; the failures table counts each input's attempts).
+The corpus phase (threshold, dedup, stories) is redone over everything, so changing
+--threshold or --dedup-threshold costs seconds. --overwrite starts from scratch.
 
-exit status: 0 done; 2 bad arguments or unusable output; 3 stopped by --max-failure-rate
-(finished work is published); 4 the inputs = clips + failures invariant does not hold.
+The output folder is storyloom's: a folder that holds files storyloom did not write is
+refused (the message names one) unless --overwrite, and even then only storyloom's own files
+are deleted. One run at a time writes a folder: a second one is refused at once, naming the
+first (pid, host, start); a lock left by a run that died is taken over.
+
+limits (a manifest row over one becomes a failures row naming the limit):
+  caption                    65,536 bytes (--max-caption-bytes); models read 77 tokens of it
+  manifest line or sidecar   4,194,304 bytes (--max-manifest-line-bytes)
+  JSON nesting               32 levels (--max-json-depth)
+  CSV field                  131,072 characters (Python's csv module)
+  timed captions             10,000 per video; times finite, 0 to 1,000,000 s
+  video frame size           16384 px a side, 67,108,864 pixels (as the header declares it)
+  decoding one video         --decode-timeout seconds (default 300)
+
+exit status: 0 done; 2 bad arguments, unusable model or output, output in use or not
+storyloom's; 3 stopped by --max-failure-rate (finished work is published); 4 the inputs =
+clips + failures invariant does not hold.
 
 Dataflow, Flink and Spark: see pipelines/RUNNERS.md (pass Beam flags after "--").
 """

@@ -36,7 +36,7 @@ from curate.dedup import (
 from curate.filtering import CaptionFilter
 from curate.prompt_bank import build_prompt_bank
 from curate.threshold import Threshold, scorable
-from curate.work import failure_from_exception, joined_clips, table_row
+from curate.work import failure_from_exception, joined_clips, rows_problem, table_row
 from schemas import RunManifest, ShardInfo
 from schemas.tables import KEPT
 
@@ -45,28 +45,31 @@ from .common import NAMESPACE, Gather
 
 
 class ReadWork(beam.PTransform):
-    """Every committed per-video record under ``output`` whose video is in ``keep``, its clips
-    joined with their extras (:func:`curate.work.joined_clips`).
+    """The current committed record of every video in ``keep`` (video id -> fingerprint), its
+    clips joined with their extras (:func:`curate.work.joined_clips`).
 
-    A video committed twice (a retried bundle) is read once: records are keyed by video id and
-    the first in file order wins, which makes the choice the same on every runner.
+    A record made under another fingerprint (an older row, file or setting) is passed over.
+    Of a video's records under its fingerprint, the latest attempt wins, and among equals (a
+    retried bundle committed twice) the first in file order: the same choice on every runner
+    (:func:`curate.shards.choose_record`).
     """
 
-    def __init__(self, files: Sequence[str], *, keep: Iterable[str]) -> None:
+    def __init__(self, files: Sequence[str], *, keep: Mapping[str, str]) -> None:
         super().__init__()
         self.files = sorted(str(f) for f in files)
-        self.keep = frozenset(keep)
+        self.keep = dict(keep)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         keep = self.keep
 
         def read(path: str) -> Iterator[tuple[str, tuple[str, dict]]]:
             for record in shards.read_work_file(path):
-                if record["video_id"] in keep:
-                    yield record["video_id"], (path, record)
+                vid = record["video_id"]
+                if vid in keep and record.get("fingerprint") == keep[vid]:
+                    yield vid, (path, record)
 
-        def first(kv: tuple[str, Iterable[tuple[str, dict]]]) -> dict:
-            record = min(kv[1], key=lambda pr: pr[0])[1]
+        def current(kv: tuple[str, Iterable[tuple[str, dict]]]) -> dict:
+            record = shards.choose_record(kv[1])
             return {
                 "video_id": record["video_id"],
                 "video": record["video"],
@@ -79,7 +82,7 @@ class ReadWork(beam.PTransform):
             | "Files" >> beam.Create(self.files, reshuffle=False)
             | "Read" >> beam.FlatMap(read)
             | "ByVideo" >> beam.GroupByKey()
-            | "Once" >> beam.Map(first)
+            | "Current" >> beam.Map(current)
         )
 
 
@@ -149,6 +152,14 @@ class _RecaptionFn(beam.DoFn):
             self.failed.inc()
             row = failure_from_exception(
                 record["video"], exc, stage="recaption", traceback=traceback_tail(exc)
+            )
+            yield {**record, "clips": [], "failures": [row], "story": None}
+            return
+        problem = rows_problem(record["video"], clips, story)
+        if problem is not None:  # a value no table takes fails this video, not the shards
+            self.failed.inc()
+            row = failure_from_exception(
+                record["video"], None, stage="validate", error_type="InvalidValue", message=problem
             )
             yield {**record, "clips": [], "failures": [row], "story": None}
             return

@@ -215,6 +215,12 @@ class _SplitScoredFn(beam.DoFn):
         self.failed = Metrics.counter(NAMESPACE, "score_failed")
 
     def process(self, work: VideoWork) -> Iterator[Any]:
+        problem = None if work.failed else work.invalid()
+        if problem is not None:
+            row = failure_from_exception(
+                work.video, None, stage="validate", error_type="InvalidValue", message=problem
+            )
+            work = work.fail(row)
         if work.failed:
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(FAILURES, work)

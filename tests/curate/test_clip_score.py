@@ -68,6 +68,28 @@ def test_non_clip_config_is_rejected(tiny_clip, tmp_path):
         check_model_folder(broken)
 
 
+def test_weights_that_cannot_be_loaded_are_named_before_loading(tiny_clip, tmp_path):
+    from curate.models import DEFAULT_CAPTIONER, check_captioner_folder, check_clip_model
+
+    assert check_clip_model(tiny_clip) == str(tiny_clip)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_clip, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFolderError, match="model.safetensors: tensor .* lies outside"):
+        check_clip_model(truncated)
+    (truncated / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ModelFolderError, match="not a safetensors file"):
+        check_clip_model(truncated)
+    # a captioner folder of another class
+    other = tmp_path / "other"
+    shutil.copytree(DEFAULT_CAPTIONER, other)
+    config = (other / "config.json").read_text().replace('"blip"', '"vit"')
+    (other / "config.json").write_text(config)
+    with pytest.raises(ModelFolderError, match="model_type 'vit'; a BLIP-class captioner"):
+        check_captioner_folder(other)
+
+
 def test_hub_ids_pass_through_and_paths_are_checked(tiny_clip):
     assert resolve_model("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
     assert resolve_model(tiny_clip) == str(tiny_clip)

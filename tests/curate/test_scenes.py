@@ -359,3 +359,73 @@ def test_long_video_memory_is_bounded(tmp_path):
     assert [s.start_frame for s in scenes[1:]] == list(range(every, n, every))
     # 64-frame chunks of 128x72 RGB are 1.8 MB; per-frame scalars for 10k frames ~0.3 MB
     assert peak < 12 * 2**20, peak
+
+
+# --- fades at the video's own ends ------------------------------------------------------------
+
+_EDGE_SCENES = [
+    "a red circle moving left on a navy background",
+    "a yellow star growing on a brown background",
+    "a white square moving up on a black background",
+    "a blue triangle standing still on a beige background",
+]
+
+
+@pytest.mark.parametrize("detector", ["fast", "content", "adaptive"])
+@pytest.mark.parametrize(
+    ("fade_in", "fade_out", "transitions"),
+    [
+        (20, 20, ["cut", "fade", "cut"]),  # as the real clip: fade-through-black inside too
+        (30, 30, ["fade", "fade", "fade"]),
+        (12, 36, ["dissolve", "cut", "fade"]),
+        (40, 0, ["cut", "cut", "cut"]),
+        (0, 40, ["cut", "cut", "cut"]),
+    ],
+    ids=["20-20", "30-30", "12-36", "in-only", "out-only"],
+)
+def test_fades_at_the_video_ends_are_not_scene_boundaries(
+    tiny_video, detector, fade_in, fade_out, transitions
+):
+    truth = tiny_video(
+        _EDGE_SCENES,
+        scene_frames=60,
+        transitions=transitions,
+        transition_frames=16,
+        fade_in=fade_in,
+        fade_out=fade_out,
+    )
+    scenes = split_scenes(truth.path, detector)
+    assert len(scenes) == len(truth.scenes), [(s.start_frame, s.transition) for s in scenes]
+    for found, true in zip(scenes, truth.scenes, strict=True):
+        assert abs(found.start_frame - true.start_frame) <= 2, (found, true)
+
+
+def test_a_cut_right_after_an_opening_fade_is_kept(tiny_video):
+    truth = tiny_video(
+        ["a red circle still on a navy background", "a blue square growing on a beige background"],
+        scene_frames=[30, 60],
+        fade_in=24,
+        fade_out=24,
+    )
+    assert [s.start_frame for s in split_scenes(truth.path, "fast")] == [0, 30]
+
+
+def test_a_black_opening_cut_to_a_scene_is_still_a_cut(tmp_path):
+    from curate.shapes import SceneFacts, render_scene, write_video
+
+    black = [np.zeros((96, 160, 3), np.uint8)] * 30
+    scene = list(
+        render_scene(
+            SceneFacts("red", "circle", "still", "gray"), num_frames=60, width=160, height=96
+        )
+    )
+    write_video(tmp_path / "black.mp4", black + scene, fps=25)
+    assert [s.start_frame for s in split_scenes(tmp_path / "black.mp4", "fast")] == [0, 30]
+
+
+def test_a_boundary_too_close_to_the_end_makes_no_short_last_scene(shapes_corpus):
+    v = next(iter(shapes_corpus))
+    info = probe(v.path)
+    n = info.num_frames
+    scenes = build_scenes([Boundary(n - 5, "cut", 9.0)], info, min_scene_len=15)
+    assert [(s.start_frame, s.end_frame) for s in scenes] == [(0, n)]

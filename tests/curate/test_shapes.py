@@ -479,6 +479,24 @@ def test_tiny_video_factory_writes_the_requested_scenes(tiny_video):
         tiny_video(["a pink blob"])
 
 
+def test_tiny_video_fades_in_from_black_and_out_to_black(tiny_video):
+    scenes = [
+        "a red circle still on a gray background",
+        "a blue square growing on a beige background",
+    ]
+    plain = tiny_video(scenes, scene_frames=40, name="plain")
+    faded = tiny_video(scenes, scene_frames=40, fade_in=16, fade_out=8, name="faded")
+    assert [(s.start_frame, s.end_frame) for s in faded.scenes] == [(0, 40), (40, 80)]
+    assert faded.cuts == plain.cuts == [40]  # the fades are part of the first and last scenes
+    levels = _decode(faded.path).reshape(80, -1).mean(axis=1)
+    plain_levels = _decode(plain.path).reshape(80, -1).mean(axis=1)
+    assert levels[0] < 8 and levels[-1] < 8
+    assert np.all(np.diff(levels[:16]) > 0) and np.all(np.diff(levels[-8:]) < 0)
+    assert np.allclose(levels[16:72], plain_levels[16:72], atol=2)
+    with pytest.raises(ValueError, match="fade_in and fade_out must fit"):
+        tiny_video(scenes, scene_frames=40, fade_in=41)
+
+
 @pytest.mark.allow_error_logs
 def test_error_logs_are_allowed_when_marked():
     logging.getLogger("curate.shapes").error("expected in this test")

@@ -31,8 +31,12 @@ def clip(vid: str, i: int, **extra) -> dict:
     }
 
 
-def record(vid: str, n: int = 2) -> dict:
-    return work_record({"video_id": vid, "uri": f"{vid}.mp4"}, [clip(vid, i) for i in range(n)], [])
+def record(vid: str, n: int = 2, *, fp: str = "fp", attempt: int = 1, failed: bool = False) -> dict:
+    video = {"video_id": vid, "uri": f"{vid}.mp4", "fingerprint": fp, "attempt": attempt}
+    if failed:
+        row = {"input_id": vid, "stage": "probe", "error_type": "E", "message": "m"}
+        return work_record(video, [], [row])
+    return work_record(video, [clip(vid, i) for i in range(n)], [])
 
 
 def test_output_dir_is_created_and_a_file_in_the_way_is_named(tmp_path):
@@ -46,7 +50,7 @@ def test_output_dir_is_created_and_a_file_in_the_way_is_named(tmp_path):
 def test_committed_work_is_the_done_set_and_reads_back_once(tmp_path):
     first = shards.commit_work(tmp_path, [record("a"), record("b", 1)])
     again = shards.commit_work(tmp_path, [record("b", 1), record("a")])  # a retried batch
-    assert first == again and first.name == shards.work_file_name(["b", "a"])
+    assert first == again and first.name == shards.work_file_name(["b\tfp\t1", "a\tfp\t1"])
     shards.commit_work(tmp_path, [record("c", 3), record("a")])
     assert shards.commit_work(tmp_path, []) is None
     assert shards.done_set(tmp_path) == {"a", "b", "c"}
@@ -118,17 +122,29 @@ def test_table_counts():
     }
 
 
-def test_clear_run_removes_only_storyloom_names(tmp_path):
-    shards.commit_work(tmp_path, [record("a")])
-    (tmp_path / "clips").mkdir()
-    (tmp_path / "_manifest.json").write_text("{}")
-    (tmp_path / "notes.txt").write_text("mine")
-    shards.clear_run(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-
-
-def test_committed_work_under_other_settings_is_refused(tmp_path):
-    shards.check_work_config(tmp_path, {"detector": "fast", "samples_per_scene": 4})
-    shards.check_work_config(tmp_path, {"detector": "fast", "samples_per_scene": 4})
-    with pytest.raises(OutputError, match="samples_per_scene: 4 -> 2"):
-        shards.check_work_config(tmp_path, {"detector": "fast", "samples_per_scene": 2})
+def test_a_rerun_redoes_changed_and_failed_videos_and_publishes_the_latest(tmp_path):
+    shards.commit_work(tmp_path, [record("same"), record("changed", fp="old")])
+    shards.commit_work(tmp_path, [record("failed", failed=True)])
+    videos = [{"video_id": v} for v in ("same", "changed", "failed", "new")]
+    fingerprints = {"same": "fp", "changed": "new", "failed": "fp", "new": "fp"}
+    plan = shards.resume_plan(tmp_path, videos, fingerprints)
+    assert plan.done == {"same"}
+    assert [(v["video_id"], v["fingerprint"], v["attempt"]) for v in plan.todo] == [
+        ("changed", "new", 2),
+        ("failed", "fp", 2),
+        ("new", "fp", 1),
+    ]
+    assert (plan.changed, plan.retried) == (1, 1)
+    kept = shards.resume_plan(tmp_path, videos, fingerprints, retry_failed=False)
+    assert kept.done == {"same", "failed"}
+    # the redone videos are committed; the latest attempt under the current fingerprint wins
+    shards.commit_work(tmp_path, [record("changed", 3, fp="new", attempt=2)])
+    shards.commit_work(tmp_path, [record("failed", 1, attempt=2)])
+    assert shards.current_records(tmp_path, fingerprints) == {"same", "changed", "failed"}
+    current = {r["video_id"]: r for r in shards.read_work(tmp_path, fingerprints)}
+    assert {v: (r["attempt"], len(r["clips"])) for v, r in current.items()} == {
+        "same": (1, 2),
+        "changed": (2, 3),
+        "failed": (2, 1),
+    }
+    assert shards.resume_plan(tmp_path, videos, fingerprints).done == {"same", "changed", "failed"}

@@ -221,3 +221,38 @@ def test_missing_file_is_an_open_failure(tmp_path):
     with pytest.raises(VideoOpenFailure, match="no such file") as err:
         probe(tmp_path / "nope.mp4")
     assert err.value.uri == str(tmp_path / "nope.mp4")
+
+
+# --- odd but valid files --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("clockwise", "turns"), [(90, -1), (180, 2), (270, 1)])
+def test_rotation_metadata_turns_the_frames_as_displayed(tmp_path, clockwise, turns):
+    from tests.badvideos import rotated
+
+    plain = write_video(tmp_path / "plain.mp4", ramp(12), size=(96, 64))
+    turned = rotated(plain, tmp_path / "turned.mp4", clockwise)
+    info = probe(turned)
+    assert (info.width, info.height) == ((64, 96) if clockwise != 180 else (96, 64))
+    assert info.rotation == (360 - clockwise) % 360  # counterclockwise, as FFmpeg says
+    # the same coded frames, turned: exactly the decoded plain frames rotated
+    want = np.rot90(read_frames(plain, [0, 5, 11]), k=turns, axes=(1, 2))
+    assert np.array_equal(read_frames(turned, [0, 5, 11]), want)
+    with FrameReader(turned, chunk=5) as reader:
+        got = np.concatenate([frames for _, frames in reader])
+    assert got.shape == (12, info.height, info.width, 3)
+    assert np.array_equal(got[[0, 5, 11]], want)
+    # a reduced size is the displayed size
+    small = read_frames(turned, [3], short_side=32)
+    assert small.shape[1:3] == ((48, 32) if clockwise != 180 else (32, 48))
+
+
+def test_timestamps_that_do_not_advance_fall_back_to_the_declared_rate(tmp_path):
+    from tests.badvideos import stalled_timestamps
+
+    plain = write_video(tmp_path / "plain.mp4", ramp(20), rate=Fraction(25))
+    stalled = stalled_timestamps(plain, tmp_path / "stalled.mp4")
+    info = probe(stalled)
+    assert (info.num_frames, info.frame_rate, info.variable_frame_rate) == (20, 25, False)
+    assert info.duration_s == pytest.approx(0.8)
+    assert info.frame_time(10) == pytest.approx(0.4)

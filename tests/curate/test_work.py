@@ -40,3 +40,30 @@ def test_a_failed_video_loses_its_clips_and_names_its_input():
     assert (row["input_id"], row["source_line"]) == ("v", 3)
     rec = failed.record()
     assert rec["clips"] == [] and rec["failures"] == [row]
+
+
+def test_the_fingerprint_covers_what_determines_a_result(tmp_path):
+    import os
+
+    from curate.work import config_digest, fingerprint
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"frames")
+    row = {"video_id": "v", "uri": str(video), "caption": "a cat", "source_line": 3}
+    config = config_digest({"detector": "fast", "samples_per_scene": 4})
+    base = fingerprint(row, config=config)
+    assert fingerprint({**row, "source_line": 9, "source": "other.csv"}, config=config) == base
+    changed = [
+        fingerprint({**row, "caption": "a dog"}, config=config),
+        fingerprint({**row, "uri": str(tmp_path / "w.mp4")}, config=config),
+        fingerprint(
+            {**row, "captions": [{"start_s": 0.0, "end_s": 1.0, "text": "x"}]}, config=config
+        ),
+        fingerprint(row, config=config_digest({"detector": "fast", "samples_per_scene": 2})),
+    ]
+    st = video.stat()
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    changed.append(fingerprint(row, config=config))
+    video.write_bytes(b"other frames")
+    changed.append(fingerprint(row, config=config))
+    assert len({base, *changed}) == len(changed) + 1

@@ -187,7 +187,7 @@ def test_commit_work_writes_each_video_once(tmp_path):
 def test_read_work_joins_extras_and_reads_a_video_once(tmp_path):
     from curate.work import work_record
 
-    video = {"video_id": "a", "uri": "a.mp4"}
+    video = {"video_id": "a", "uri": "a.mp4", "fingerprint": "now", "attempt": 2}
     clips = [clip("a", 0, 0.5, fragment="a scene", dedup_signature=np.ones(3, np.float32))]
     for _ in range(2):  # a retried bundle commits the same video twice
         shards.commit_work(tmp_path, [work_record(video, clips, [])])
@@ -198,9 +198,13 @@ def test_read_work_joins_extras_and_reads_a_video_once(tmp_path):
                 work_record({"video_id": "b", "uri": "b.mp4"}, [clip("b", 0, 0.1)], []),
             ],
         )
+    # an earlier attempt, and a record made under an older fingerprint: both passed over
+    older = [clip("a", 0, 0.1, fragment="older")]
+    shards.commit_work(tmp_path, [work_record({**video, "attempt": 1}, older, [])])
+    shards.commit_work(tmp_path, [work_record({**video, "fingerprint": "then"}, older, [])])
     files = [str(f) for f in shards.work_files(tmp_path)]
     with test_pipeline.TestPipeline() as p:
-        records = p | ReadWork(files, keep={"a"})
+        records = p | ReadWork(files, keep={"a": "now"})
         assert_that(
             records
             | beam.Map(

@@ -192,3 +192,156 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+# --- rows that used to swallow others or stop the read ---------------------------------------
+
+
+def test_unterminated_quote_costs_one_row_not_the_rows_after_it(tmp_path):
+    body = (
+        '1,a.mp4,PT1S,d,"a caption whose quote never closes\n'
+        "2,b.mp4,PT1S,d,fine\n"
+        '3,c.mp4,PT1S,d,"quoted, with a comma"\n'
+        "4,d.mp4,PT1S,d,last\n"
+    )
+    r = read_manifest(write(tmp_path / "w.csv", HEADER + body))
+    assert [(v["video_id"], v["caption"]) for v in r.videos] == [
+        ("2", "fine"),
+        ("3", "quoted, with a comma"),
+        ("4", "last"),
+    ]
+    (fail,) = r.failures
+    assert fail["source_line"] == 2 and "unterminated quote" in fail["message"]
+    assert r.inputs == 4  # every row of the file is an input: the invariant sees them all
+
+
+def test_unterminated_quote_at_the_end_of_the_file(tmp_path):
+    body = '1,a.mp4,PT1S,d,ok\n2,b.mp4,PT1S,d,"never closed\nmore words\n'
+    r = read_manifest(write(tmp_path / "w.csv", HEADER + body))
+    assert [v["video_id"] for v in r.videos] == ["1"]
+    (fail,) = r.failures
+    assert fail["source_line"] == 3 and "unterminated quote" in fail["message"]
+
+
+def test_csv_field_over_the_csv_module_limit_is_one_failure(tmp_path):
+    huge = "x" * 200_000
+    body = f"1,{huge}.mp4,PT1S,d,cap\n2,b.mp4,PT1S,d,fine\n"
+    r = read_manifest(write(tmp_path / "w.csv", HEADER + body))
+    assert [v["video_id"] for v in r.videos] == ["2"]
+    (fail,) = r.failures
+    assert fail["source_line"] == 2 and "field larger than field limit" in fail["message"]
+
+
+def test_caption_over_the_byte_limit_is_refused_with_the_limit_named(tmp_path):
+    long = "a red circle " * 6000  # 78,000 bytes, over the 65,536 default
+    body = f"1,a.mp4,PT1S,d,{long}\n2,b.mp4,PT1S,d,fine\n"
+    r = read_manifest(write(tmp_path / "w.csv", HEADER + body))
+    assert [v["video_id"] for v in r.videos] == ["2"]
+    (fail,) = r.failures
+    assert fail["input_id"] == "1"
+    assert "caption is 78,000 bytes, over the limit of 65,536" in fail["message"]
+    # the limit is a setting: the same reader with a smaller one
+    from schemas.inputs import ManifestLimits
+
+    small = read_manifest(
+        write(tmp_path / "s.jsonl", json.dumps({"video_id": "a", "uri": "a", "caption": "x" * 11})),
+        limits=ManifestLimits(max_caption_bytes=10),
+    )
+    assert small.videos == [] and "over the limit of 10" in small.failures[0]["message"]
+
+
+def test_a_line_over_the_line_limit_is_skipped_unread(tmp_path):
+    from schemas.inputs import ManifestLimits
+
+    good = json.dumps({"video_id": "ok", "uri": "ok.mp4", "caption": "fine"})
+    big = json.dumps({"video_id": "big", "uri": "b.mp4", "caption": "y" * 5000})
+    m = write(tmp_path / "m.jsonl", f"{big}\n{good}\n")
+    r = read_manifest(m, limits=ManifestLimits(max_line_bytes=1000))
+    assert [v["video_id"] for v in r.videos] == ["ok"]
+    assert "line is 5," in r.failures[0]["message"] and "limit of 1,000" in r.failures[0]["message"]
+
+
+def test_deeply_nested_json_is_one_failure_not_a_recursion_error(tmp_path):
+    deep = "[" * 200_000 + "]" * 200_000
+    rows = [
+        '{"video_id": "a", "uri": "a.mp4", "caption": "x", "extra": ' + deep + "}",
+        deep,
+        json.dumps({"video_id": "ok", "uri": "ok.mp4", "caption": "fine"}),
+    ]
+    r = read_manifest(write(tmp_path / "m.jsonl", "\n".join(rows) + "\n"), fmt="jsonl")
+    assert [v["video_id"] for v in r.videos] == ["ok"]
+    assert [f["source_line"] for f in r.failures] == [1, 2]
+    assert all("nested deeper than the limit of 32" in f["message"] for f in r.failures)
+
+
+def test_deeply_nested_sidecar_is_one_failure(tmp_path):
+    root = tmp_path / "vids"
+    write(root / "a.mp4", b"\x00")
+    write(root / "a.json", '{"caption": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    write(root / "b.mp4", b"\x00")
+    r = read_manifest(root)
+    assert [v["video_id"] for v in r.videos] == ["b"]
+    assert "nested deeper" in r.failures[0]["message"]
+
+
+def test_symlink_loop_as_uri_is_read_for_the_probe_to_name(tmp_path):
+    (tmp_path / "loop1.mp4").symlink_to(tmp_path / "loop2.mp4")
+    (tmp_path / "loop2.mp4").symlink_to(tmp_path / "loop1.mp4")
+    rows = [
+        {"video_id": "loop", "uri": "loop1.mp4", "caption": "x"},
+        {"video_id": "nul", "uri": "a\u0000b.mp4", "caption": "x"},
+        {"video_id": "ok", "uri": "ok.mp4", "caption": "x"},
+    ]
+    r = read_manifest(write(tmp_path / "m.jsonl", "\n".join(json.dumps(x) for x in rows)))
+    assert [v["video_id"] for v in r.videos] == ["loop", "ok"]
+    assert r.videos[0]["uri"].endswith(".mp4")
+    (fail,) = r.failures
+    assert fail["input_id"] == "nul" and "NUL" in fail["message"]
+
+
+def test_utf8_bom_does_not_reject_the_first_jsonl_row(tmp_path):
+    text = "\n".join(
+        json.dumps({"video_id": v, "uri": f"{v}.mp4", "caption": "x"}) for v in ("a", "b")
+    )
+    r = read_manifest(write(tmp_path / "m.jsonl", b"\xef\xbb\xbf" + text.encode()))
+    assert r.format == "jsonl" and r.failures == []
+    assert [v["video_id"] for v in r.videos] == ["a", "b"]
+
+
+def test_a_duplicated_csv_column_is_refused(tmp_path):
+    m = write(tmp_path / "w.csv", "videoid,contentUrl,name,name\n1,a.mp4,first,second\n")
+    with pytest.raises(SchemaError, match=r"names 'name' 2 times \(columns 3, 4\)"):
+        read_manifest(m)
+
+
+@pytest.mark.parametrize(
+    "captions,message",
+    [
+        ('[{"start": NaN, "end": 1, "text": "t"}]', "captions[0].start must be between"),
+        ('[{"start": 0, "end": 1e300, "text": "t"}]', "captions[0].end must be between"),
+        ('[{"start": -1, "end": 1, "text": "t"}]', "captions[0].start must be between"),
+        ('[{"start": 0, "end": Infinity, "text": "t"}]', "captions[0].end must be between"),
+    ],
+)
+def test_timed_captions_must_be_finite_times_in_range(tmp_path, captions, message):
+    line = '{"video_id": "a", "uri": "a.mp4", "caption": "x", "captions": ' + captions + "}"
+    r = read_manifest(write(tmp_path / "m.jsonl", line + "\n"))
+    assert r.videos == []
+    assert message in r.failures[0]["message"]
+
+
+def test_folder_entries_named_like_videos_that_are_not_files_are_counted(tmp_path):
+    root = tmp_path / "vids"
+    write(root / "good.mp4", b"\x00")
+    (root / "dangling.mp4").symlink_to(root / "nowhere.mp4")
+    (root / "loop1.mp4").symlink_to(root / "loop2.mp4")
+    (root / "loop2.mp4").symlink_to(root / "loop1.mp4")
+    (root / "folder.mp4").mkdir()
+    r = read_manifest(root)
+    assert [v["video_id"] for v in r.videos] == ["good"]
+    problems = {f["input_id"]: f["message"] for f in r.failures}
+    assert set(problems) == {"dangling", "loop1", "loop2", "folder"}
+    assert "dangling symbolic link" in problems["dangling"]
+    assert "symbolic link loop" in problems["loop1"]
+    assert "a folder named like a video" in problems["folder"]
+    assert r.inputs == 5

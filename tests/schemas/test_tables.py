@@ -230,3 +230,24 @@ def test_run_manifest_round_trip(tmp_path):
         RunManifest.read(tmp_path)
     with pytest.raises(SchemaError, match="no run manifest"):
         RunManifest.read(tmp_path / "nowhere")
+
+
+def test_a_failures_file_of_schema_1_0_reads_with_attempt_null(tmp_path):
+    """Files written before ``attempt`` existed stay readable, alone or beside new ones."""
+    old_schema = pa.schema([f for f in schemas.FAILURES_SCHEMA if f.name != "attempt"])
+    row = {"input_id": "v", "stage": "probe", "error_type": "E", "message": "m"}
+    old = pa.Table.from_pylist([row], schema=old_schema)
+    meta = {META_SCHEMA_VERSION: b"1.0", META_TABLE: b"failures"}
+    pq.write_table(old.replace_schema_metadata(meta), tmp_path / "part-0.parquet")
+    new = rows_to_table([{**row, "input_id": "w", "attempt": 2}], "failures")
+    write_parquet(new, tmp_path / "part-1.parquet", "failures")
+    table = read_parquet(tmp_path, "failures")
+    assert table.schema.equals(schemas.FAILURES_SCHEMA, check_metadata=False)
+    assert table.column("attempt").to_pylist() == [None, 2]
+
+
+def test_a_shard_missing_a_required_column_is_named(tmp_path):
+    table = rows_to_table([clip_row()], "clips").drop_columns(["video_id"])
+    pq.write_table(table, tmp_path / "c.parquet")
+    with pytest.raises(SchemaError, match="lacks its column 'video_id'"):
+        read_parquet(tmp_path / "c.parquet", "clips")

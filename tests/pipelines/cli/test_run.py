@@ -80,3 +80,101 @@ def test_histogram_marks_the_bin_holding_the_threshold():
 def test_inspect_of_a_folder_without_manifest_says_so(tmp_path, capsys):
     assert main(["inspect", str(tmp_path)]) == 2
     assert "no run manifest" in capsys.readouterr().err
+
+
+# --- configuration errors: one clear line, before any work -------------------------------------
+
+
+def _clip_copy(tmp_path, **config_changes):
+    import json
+    import shutil
+
+    from curate.models import DEFAULT_MODEL
+
+    folder = tmp_path / "clip"
+    shutil.copytree(DEFAULT_MODEL, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(config_changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _captioner_as_clip(tmp_path):
+    """A BLIP captioner folder with every file a CLIP folder has: the wrong class."""
+    import shutil
+
+    from curate.models import DEFAULT_CAPTIONER, DEFAULT_MODEL
+
+    folder = tmp_path / "blip"
+    shutil.copytree(DEFAULT_CAPTIONER, folder)
+    shutil.copy(DEFAULT_MODEL / "preprocessor_config.json", folder)
+    return folder
+
+
+class _Payload:
+    """A pickle that would run code when loaded (here, only a print)."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading the weights",))
+
+
+def _refused_pickle(tmp_path):
+    import pickle
+
+    folder = _clip_copy(tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": _Payload()}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        (lambda tmp: tmp / "no-such-model", "model folder does not exist"),
+        (
+            lambda tmp: _captioner_as_clip(tmp),
+            "config.json declares model_type 'blip'; a CLIP model has 'clip'",
+        ),
+        (lambda tmp: _refused_pickle(tmp), "pytorch_model.bin: the weights cannot be loaded"),
+    ],
+    ids=["missing", "wrong-class", "refused-pickle"],
+)
+def test_an_unusable_model_is_one_line_before_any_work(tmp_path, capfd, model, message):
+    manifest = write_fake_corpus(tmp_path / "in", {"a": ("scenes=1", "x")})
+    out = tmp_path / "out"
+    code = main(
+        ["run", "--input", str(manifest), "--output", str(out), "--model", str(model(tmp_path))]
+    )
+    captured = capfd.readouterr()
+    assert code == 2
+    assert message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert "this ran while loading" not in captured.err + captured.out
+    assert [line for line in captured.err.splitlines() if line.strip()] == [
+        next(line for line in captured.err.splitlines() if message in line)
+    ]
+    assert not (out / "_work").exists()
+
+
+def test_run_help_states_the_limits_the_code_has(capsys):
+    """The limits' defaults are written out in ``curate run --help`` (which must not import
+    the modules that hold them); this keeps the two the same."""
+    from curate.video import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+    from pipelines.settings import RunSettings
+    from schemas.inputs import CSV_FIELD_LIMIT, DEFAULT_LIMITS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for line in (
+        f"caption {DEFAULT_LIMITS.max_caption_bytes:,} bytes (--max-caption-bytes)",
+        f"manifest line or sidecar {DEFAULT_LIMITS.max_line_bytes:,} bytes",
+        f"JSON nesting {DEFAULT_LIMITS.max_json_depth} levels",
+        f"CSV field {CSV_FIELD_LIMIT:,} characters",
+        f"timed captions {DEFAULT_LIMITS.max_timed_captions:,} per video; times finite, 0 to "
+        f"{DEFAULT_LIMITS.max_seconds:,.0f} s",
+        f"video frame size {DEFAULT_MAX_SIDE} px a side, {DEFAULT_MAX_PIXELS:,} pixels",
+    ):
+        assert line in text, line
+    defaults = RunSettings()
+    assert defaults.manifest_limits == DEFAULT_LIMITS  # the flags' defaults are the readers'
