@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .tables import META_SCHEMA_VERSION, META_TABLE, SCHEMA_VERSION, SCHEMAS
+from .tables import META_SCHEMA_VERSION, META_TABLE, READABLE_SINCE, SCHEMA_VERSION, SCHEMAS
 
 
 class SchemaError(ValueError):
@@ -125,22 +125,34 @@ def write_parquet(table: pa.Table, path: str | os.PathLike[str], kind: str) -> P
     return path
 
 
-def check_version(found: str | None, path: str | os.PathLike[str]) -> None:
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+def check_version(found: str | None, path: str | os.PathLike[str], kind: str | None = None) -> None:
+    """Refuse a file of another major version, or a ``kind`` table older than the version
+    its readers need (:data:`~schemas.tables.READABLE_SINCE`), with a message saying what to do."""
     if found is None:
         raise SchemaError(
             f"{path}: not a storyloom table (no {META_SCHEMA_VERSION.decode()} in its metadata)"
         )
     if found != SCHEMA_VERSION:
         major_found, major_here = found.split(".")[0], SCHEMA_VERSION.split(".")[0]
-        older = tuple(int(x) for x in found.split(".")) < tuple(
-            int(x) for x in SCHEMA_VERSION.split(".")
-        )
+        older = _version(found) < _version(SCHEMA_VERSION)
         if major_found != major_here:
             age = "an older" if older else "a newer"
             raise SchemaError(
                 f"{path}: written with schema version {found}, this storyloom reads "
                 f"{SCHEMA_VERSION}; the file comes from {age} storyloom"
                 + (" (re-run curate to rewrite it)" if older else " (upgrade storyloom)")
+            )
+    if kind in READABLE_SINCE:
+        since, change = READABLE_SINCE[kind]
+        if _version(found) < _version(since):
+            raise SchemaError(
+                f"{path}: a {kind} table of schema version {found}, from before {since} "
+                f"({change}); re-run `curate run` into the same --output to rewrite it "
+                "(finished videos are reused: only the corpus phase runs again)"
             )
 
 
@@ -161,8 +173,8 @@ def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> pa.Ta
         except (pa.ArrowInvalid, OSError) as exc:
             raise SchemaError(f"{f}: not a Parquet file ({exc})") from exc
         version = meta.get(META_SCHEMA_VERSION)
-        check_version(version.decode() if version else None, f)
         found = meta.get(META_TABLE, b"").decode()
+        check_version(version.decode() if version else None, f, found)
         if kind is not None and found != kind:
             raise SchemaError(f"{f}: holds a {found!r} table, expected {kind!r}")
         tables.append(pq.read_table(f))

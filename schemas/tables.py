@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: bump when a column is added, removed or changes meaning; written into every Parquet file
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 #: Parquet metadata keys
 META_SCHEMA_VERSION = b"storyloom.schema_version"
@@ -95,6 +95,12 @@ SEGMENT = pa.struct(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("clip_id", pa.string()),
         pa.field("score", pa.float64()),
+        # the status and drop reason of the segment's clips (null in hand-written scripts);
+        # only "kept" segments are training data, the others keep the timeline whole
+        pa.field("status", pa.string()),
+        pa.field("reason", pa.string()),
+        # where the prompt came from, as the clips' ``recaption_source``
+        pa.field("prompt_source", pa.string()),
     ]
 )
 
@@ -125,6 +131,12 @@ FAILURES_SCHEMA = pa.schema(
         pa.field("source_line", pa.int64()),
     ]
 )
+
+#: per table, the oldest schema version its files can be read as, and what changed then;
+#: a file written before is refused with that change named (minor versions otherwise read)
+READABLE_SINCE: dict[str, tuple[str, str]] = {
+    "stories": ("1.1", "story segments gained their clips' status, reason and prompt source"),
+}
 
 SCHEMAS: dict[str, pa.Schema] = {
     "videos": VIDEOS_SCHEMA,
