@@ -49,6 +49,7 @@ from curate.decode import VideoDecoder
 from curate.dedup import Deduplicator
 from curate.models import resolve_model_path
 from curate.recaption import Recaptioner
+from curate.report import report_after_run
 from curate.runs import RunSummary, summarize
 from schemas.inputs import ManifestRead, read_manifest
 
@@ -439,6 +440,7 @@ def run(
     summary.counts.update(
         {f"metric_{k}": v for k, v in stage_metrics.items() if not k.endswith("_ms")}
     )
+    summary.report = report_after_run(out, summary.timing())  # OUT/report.html
     return summary
 
 

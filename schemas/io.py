@@ -151,20 +151,26 @@ def check_version(found: str | None, path: str | os.PathLike[str], kind: str | N
         if _version(found) < _version(since):
             raise SchemaError(
                 f"{path}: a {kind} table of schema version {found}, from before {since} "
-                f"({change}); re-run `curate run` into the same --output to rewrite it "
-                "(finished videos are reused: only the corpus phase runs again)"
+                f"({change}); run `curate run` again with --overwrite to rewrite it"
             )
 
 
-def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> pa.Table:
-    """Read a storyloom Parquet file (or folder of them), checking version and table kind."""
+def read_parquet(
+    path: str | os.PathLike[str],
+    kind: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Read a storyloom Parquet file (or folder of them), checking version and table kind;
+    ``columns``: only these (a report over a large run need not load embeddings)."""
     path = Path(path)
     if not path.exists():
         raise SchemaError(f"{path}: no such file")
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         if kind is not None:
-            return empty_table(kind)
+            table = empty_table(kind)
+            return table.select(list(columns)) if columns is not None else table
         raise SchemaError(f"{path}: folder holds no .parquet file")
     tables = []
     for f in files:
@@ -177,5 +183,5 @@ def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> pa.Ta
         check_version(version.decode() if version else None, f, found)
         if kind is not None and found != kind:
             raise SchemaError(f"{f}: holds a {found!r} table, expected {kind!r}")
-        tables.append(pq.read_table(f))
+        tables.append(pq.read_table(f, columns=list(columns) if columns is not None else None))
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import calibrate, run, scenes, synth
+from . import calibrate, report, run, scenes, synth
 
 #: subcommand modules, in the order ``--help`` lists them
 COMMANDS = (
@@ -19,6 +19,7 @@ COMMANDS = (
     scenes,  # curate scenes: list the scenes of video files
     calibrate,  # curate calibrate: score distribution and threshold
     run,  # curate run / curate inspect: the Beam pipeline and its outputs
+    report,  # curate report: the run's HTML report
 )
 
 

@@ -121,15 +121,6 @@ def run_command(args: argparse.Namespace) -> int:
     print()
     for line in summary.lines():
         print(line)
-    if summary.stage_s:
-        total = sum(summary.stage_s.values()) or 1.0
-        print(
-            "time per stage (summed over workers): "
-            + ", ".join(
-                f"{k} {v:.1f} s ({v / total:.0%})"
-                for k, v in sorted(summary.stage_s.items(), key=lambda kv: -kv[1])
-            )
-        )
     if summary.stopped:
         return 3
     return 0 if summary.invariant_ok else 4

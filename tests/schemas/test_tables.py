@@ -196,7 +196,7 @@ def test_newer_and_older_files_get_a_clear_message(tmp_path):
 def test_stories_from_before_segment_status_name_the_change_and_the_fix(tmp_path):
     _write_with_version(tmp_path / "old.parquet", "1.0")
     with pytest.raises(
-        SchemaError, match=r"schema version 1.0.*clips' status.*re-run `curate run`"
+        SchemaError, match=r"schema version 1.0.*clips' status.*`curate run` again with --overwrite"
     ):
         read_parquet(tmp_path / "old.parquet", "stories")
     # the other tables did not change in 1.1: their 1.0 files still read
