@@ -420,8 +420,8 @@ def build_run_report(
     dup_groups = _sample(sorted(groups.items()), lim.duplicate_groups, lim.seed)
 
     keyframes = _keyframes_of(run, manifest, clips_t, shown, dup_groups, by_id)
-    for group in shown.values():
-        for r in group:
+    for members in shown.values():
+        for r in members:
             _want_clip(thumbs, r, keyframes)
     for original, copies in dup_groups:
         for r in [by_id.get(original), *copies[: lim.copies_per_group]]:
