@@ -54,9 +54,9 @@ def _as_dict(obj: Any, **kwargs: Any) -> dict[str, Any]:
 def _segments(script: Any) -> list[dict[str, Any]]:
     if script is None:
         return []
-    segs = script.get("segments") if isinstance(script, Mapping) else script.segments
+    segs = (script.get("segments") if isinstance(script, Mapping) else script.segments) or []
     return [
-        s
+        dict(s)
         if isinstance(s, Mapping)
         else {"start_s": s.start_s, "end_s": s.end_s, "prompt": s.prompt}
         for s in segs
