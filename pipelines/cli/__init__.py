@@ -8,9 +8,9 @@ imports (torch, Beam, Dask) inside the functions they run, so that ``curate --he
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from ..logs import setup_logging
 from . import calibrate, report, run, scenes, synth
 
 #: subcommand modules, in the order ``--help`` lists them
@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
             "deduplicate, write Parquet."
         ),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at DEBUG level, third-party libraries' lines included",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.register(sub)
@@ -42,10 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.verbose)
     return int(args.func(args) or 0)
 
 
