@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -43,6 +44,10 @@ def setup_logging(verbose: bool = False, *, level: int = logging.INFO) -> None:
     processes inherit."""
     root = logging.getLogger()
     logging.basicConfig(level=logging.DEBUG if verbose else level, format=FORMAT)
+    for handler in root.handlers:
+        # a notice logged at import configured the root logger already, in logging's format
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(logging.Formatter(FORMAT))
     root.setLevel(logging.DEBUG if verbose else level)
     for f in [f for f in root.filters if isinstance(f, _DropImportNotices)]:
         root.removeFilter(f)
@@ -56,3 +61,14 @@ def setup_logging(verbose: bool = False, *, level: int = logging.INFO) -> None:
     # transformers reads it when first imported; "Loading weights" bars stay off
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def hide_import_notices() -> None:
+    """Hide Beam's import-time notices in a module run as a program (``python -m
+    pipelines.storygen``) that imports Beam before its ``main`` can call
+    :func:`setup_logging`; kept when the command line asks for ``-v``."""
+    root = logging.getLogger()
+    if {"-v", "--verbose"} & set(sys.argv[1:]):
+        return
+    if not any(isinstance(f, _DropImportNotices) for f in root.filters):
+        root.addFilter(_DropImportNotices())
