@@ -7,7 +7,7 @@ file renamed into place when complete. A story that cannot be rendered (a malfor
 a model error) becomes a failures row and a ``failed`` results row; the others go on. A rerun
 skips stories whose video already exists (``--render_overwrite`` renders them again).
 
-    python -m pipelines.storygen --stories runs/first --render_output renders/first \\
+    python -m pipelines.storygen --stories demo-out/curated --render_output out/renders \\
         --render_model models/shapes-storygen [--render_max_stories N] [--render_fps F]
 
 Settings not given (fps, steps, guidance, frames per call) are left to the storygen pipeline,
@@ -174,8 +174,8 @@ EPILOG = """\
 examples:
   python -m pipelines.storygen --stories demo-out/curated --render_output demo-out/renders \\
       --render_model models/shapes-storygen --render_max_stories 3
-  python -m pipelines.storygen --stories runs/first/stories --render_output runs/renders \\
-      --render_model my-model --render_fps 8 --runner=dask ...
+  python -m pipelines.storygen --stories out/runs/first/stories --render_output out/renders \\
+      --render_model out/my-model --render_fps 8
 
 A rerun into the same --render_output skips stories whose video exists (--render_overwrite
 renders them again). Settings left out (fps, steps, guidance, frames per call) are the model

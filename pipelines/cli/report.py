@@ -9,7 +9,7 @@ from typing import Any
 EPILOG = """\
 examples:
   curate report demo-out/curated                       # rewrites demo-out/curated/report.html
-  curate report runs/first --out /tmp/first.html --stories 100
+  curate report out/runs/first --out out/first-report.html --stories 100
 
 The page is one self-contained file (images inline, no network): counts and the invariant,
 the caption-score histogram with the cut-off, time per stage, thumbnails per drop reason and

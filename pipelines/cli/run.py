@@ -18,11 +18,12 @@ from ..settings import RunSettings
 logger = logging.getLogger(__name__)
 
 RUN_EPILOG = """\
-examples:
-  curate run --input corpus/webvid.csv --output runs/first
-  curate run --input corpus/manifest.jsonl --output runs/first --workers 2 --threshold p25
-  curate run --input corpus/videos --output runs/dask --runner dask --workers 2
-  curate run --input corpus/webvid.csv --output runs/first --threshold 0.24   # corpus phase only
+examples (the corpus make demo writes):
+  curate run --input demo-out/corpus/webvid.csv --output out/runs/first
+  curate run --input demo-out/corpus/manifest.jsonl --output out/runs/p25 --workers 2 --threshold p25
+  curate run --input demo-out/corpus/videos --output out/runs/dask --runner dask --workers 2
+  curate run --input demo-out/corpus/webvid.csv --output out/runs/first --threshold 0.70
+      # stricter than the shipped CLIP's 0.63; reruns only the corpus phase: seconds
 
 Rerunning into the same --output resumes: videos already committed are skipped, and the
 corpus phase (threshold, dedup, stories) is redone over everything, so changing --threshold or
