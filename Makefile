@@ -55,10 +55,10 @@ check-python: ## check that PYTHON is a supported interpreter (one line when it 
 
 env: $(STAMP) ## create .venv from the pinned lock file
 
-demo: $(STAMP) ## synthesize a shapes-world corpus, curate it, render one story
+demo: $(STAMP) ## synthesize a shapes-world corpus, curate it, render one story; ends with the report's path
 	$(PY) -m pipelines.cli.demo --out $(DEMO_DIR)
 
-test: $(STAMP) ## run the fast test suite (slow / gpu / integration tests are marked and skipped)
+test: $(STAMP) ## run the fast test suite (slow / gpu / integration / browser tests are marked and skipped)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-all: $(STAMP) ## run every test, slow and integration ones included (not gpu, not browser)
@@ -92,11 +92,14 @@ train-storygen: $(STAMP) ## train the small shapes-world storygen model shipped 
 	$(PY) -m storygen.train --out models/shapes-storygen $(STORYGEN_TRAIN_ARGS)
 
 lock: ## re-resolve the pinned environment from pyproject.toml
+	$(check_python)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install -q --upgrade pip
 	.lock-venv/bin/pip install -q -e '.[dev,dask]'
+	@# public versions only: a local label (torch's +cpu) exists on one wheel index alone
 	{ echo "# Fully pinned environment, resolved from pyproject.toml's dependencies and the dev/dask extras."; \
-	  echo "# Regenerate with: make lock"; .lock-venv/bin/pip freeze | grep -vi '^-e\|^storyloom'; } > requirements.lock
+	  echo "# Regenerate with: make lock"; .lock-venv/bin/pip freeze | grep -vi '^-e\|^storyloom' \
+	  | sed -E 's/^([^=]+==[^+]+)\+.*$$/\1/'; } > requirements.lock
 	rm -rf .lock-venv
 
 clean: ## remove the environment and generated outputs
