@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from schemas import RunManifest
+from schemas import RunManifest, read_parquet
 from schemas.failures import READ_MANIFEST
 from schemas.tables import DROP_REASONS, DROPPED, KEPT
 
@@ -419,7 +420,13 @@ def build_run_report(
             groups[r["duplicate_of"]].append(r)
     dup_groups = _sample(sorted(groups.items()), lim.duplicate_groups, lim.seed)
 
-    keyframes = _keyframes_of(run, manifest, clips_t, shown, dup_groups, by_id)
+    keyframes: dict[str, bytes] = {}
+    if any(clips_t.column("keyframe_format").to_pylist()):
+        wanted = {r["clip_id"] for members in shown.values() for r in members}
+        for original, copies in dup_groups:
+            wanted |= {original, *(r["clip_id"] for r in copies[: lim.copies_per_group])}
+        wanted |= {seg["clip_id"] for st in stories for seg in st["segments"] if seg["clip_id"]}
+        keyframes = _keyframes_of(run, manifest, wanted)
     for members in shown.values():
         for r in members:
             _want_clip(thumbs, r, keyframes)
@@ -427,9 +434,10 @@ def build_run_report(
         for r in [by_id.get(original), *copies[: lim.copies_per_group]]:
             if r is not None:
                 _want_clip(thumbs, r, keyframes)
-    for s in stories:
-        for seg in s["segments"]:
-            thumbs.want(s.get("uri"), _mid(seg["start_frame"], seg["end_frame"]))
+    for st in stories:
+        for seg in st["segments"]:
+            mid = _mid(seg["start_frame"], seg["end_frame"])
+            thumbs.want(st.get("uri"), mid, keyframes.get(seg["clip_id"] or ""))
     thumbs.render()
 
     # -- the page
@@ -563,28 +571,26 @@ def build_run_report(
     )
 
 
-def _want_clip(thumbs: Thumbnails, clip: Mapping[str, Any], keyframes: Mapping[str, bytes]):
+def _want_clip(thumbs: Thumbnails, clip: Mapping[str, Any], keyframes: Mapping[str, bytes]) -> None:
     mid = _mid(clip["start_frame"], clip["end_frame"])
     thumbs.want(clip["uri"], mid, keyframes.get(clip["clip_id"]))
 
 
-def _keyframes_of(run, manifest, clips_t, shown, dup_groups, by_id) -> dict[str, bytes]:
-    """The stored middle keyframe of each clip drawn, where the run kept keyframes."""
-    formats = {f for f in clips_t.column("keyframe_format").to_pylist() if f}
-    if not formats:
-        return {}
-    wanted = {r["clip_id"] for group in shown.values() for r in group}
-    for original, copies in dup_groups:
-        wanted |= {original, *(r["clip_id"] for r in copies)}
+def _keyframes_of(run: Path, manifest: RunManifest, wanted: set[str]) -> dict[str, bytes]:
+    """The stored middle keyframe of each ``wanted`` clip that has keyframes, one shard at a
+    time (keyframes are the heavy column of a large run)."""
+    import pyarrow.compute as pc
+
     out: dict[str, bytes] = {}
-    table = read_columns(run, manifest, "clips", ("clip_id", "keyframes"))
-    ids = table.column("clip_id").to_pylist()
-    frames = table.column("keyframes")
-    for i, cid in enumerate(ids):
-        if cid in wanted:
-            kf = frames[i].as_py()
-            if kf:
-                out[cid] = kf[len(kf) // 2]
+    ids = pa.array(sorted(wanted), pa.string())
+    for shard in manifest.shards:
+        if shard.table != "clips":
+            continue
+        table = read_parquet(run / shard.path, "clips", columns=["clip_id", "keyframes"])
+        table = table.filter(pc.is_in(table.column("clip_id"), value_set=ids))
+        for cid, frames in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
+            if frames:
+                out[cid] = frames[len(frames) // 2]
     return out
 
 

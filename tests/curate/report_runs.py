@@ -31,12 +31,29 @@ def make_videos(folder: Path, count: int = 2) -> list[str]:
     ]
 
 
+def _jpeg(rgb: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), rgb).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
 def fake_run(
-    out: Path, uris: list[str], *, videos: int, failures: int = 3, cutoff: float = 0.5
+    out: Path,
+    uris: list[str],
+    *,
+    videos: int,
+    failures: int = 3,
+    cutoff: float = 0.5,
+    keyframes: bool = False,
 ) -> dict:
     """A published run of ``videos`` videos with three scenes each: the first kept, the
     second dropped for a low score (or a duplicate of the video before, every 7th video),
-    the third too short; a story per video; ``failures`` failed inputs. Returns what it made."""
+    the third too short; a story per video; ``failures`` failed inputs; with ``keyframes``,
+    stored JPEG keyframes of one red frame. Returns what it made."""
     rng = np.random.default_rng(0)
     n = videos * len(SCENES)
     vid = [f"v{i:06d}" for i in range(videos) for _ in SCENES]
@@ -77,6 +94,10 @@ def fake_run(
         "recaption_source": ["source_fragment"] * n,
         "duplicate_of": dup,
     }
+    if keyframes:  # stored frames: thumbnails need no video
+        frame = _jpeg((200, 30, 30))
+        columns["keyframes"] = [[frame, frame, frame]] * n
+        columns["keyframe_format"] = ["jpeg"] * n
     clips = pa.Table.from_pydict(
         {f.name: columns.get(f.name, [None] * n) for f in CLIPS_SCHEMA}, schema=CLIPS_SCHEMA
     )

@@ -86,6 +86,13 @@ def test_a_moved_video_costs_its_thumbnails_not_the_report(tmp_path, caplog):
     assert "no thumbnails from" in caplog.text
 
 
+def test_stored_keyframes_make_the_thumbnails_without_the_videos(tmp_path):
+    fake_run(tmp_path, [str(tmp_path / "gone.mp4")], videos=3, keyframes=True)
+    page = build_run_report(tmp_path)
+    assert "no frame" not in page
+    assert page.count('<img class="thumb"') == 3 * 3 + 3 * 3  # every clip, every segment
+
+
 @pytest.mark.slow
 def test_size_and_time_stay_bounded_at_100000_clips(tmp_path, videos):
     """Measured: ~34,000 videos, 100,002 clips, 1,000 failures."""
