@@ -69,6 +69,78 @@ def align_monotonic(sims: np.ndarray) -> list[int]:
     return out[::-1]
 
 
+# --- stories from clips ------------------------------------------------------------------------
+
+
+def _same_segment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether scene ``b`` continues scene ``a``'s segment: adjacent, the same prompt from
+    the same source, and the same status and reason, so that a segment's status holds for
+    every frame of it."""
+    return (
+        int(a["end_frame"]) == int(b["start_frame"])
+        and a.get("recaption") == b.get("recaption")
+        and a.get("recaption_source") == b.get("recaption_source")
+        and a.get("status") == b.get("status")
+        and (a.get("reason") or None) == (b.get("reason") or None)
+    )
+
+
+def _segment(run: Sequence[Mapping[str, Any]], fps: float) -> dict:
+    """One story segment from consecutive scenes that share it; its score is their
+    ``recaption_score`` weighted by length."""
+    first, last = run[0], run[-1]
+    sf, ef = int(first["start_frame"]), int(last["end_frame"])
+    known = [
+        (float(r["recaption_score"]), int(r["end_frame"]) - int(r["start_frame"]))
+        for r in run
+        if r.get("recaption_score") is not None
+    ]
+    weight = sum(n for _, n in known)
+    return {
+        "start_s": sf / fps,
+        "end_s": ef / fps,
+        "start_frame": sf,
+        "end_frame": ef,
+        "prompt": first["recaption"],
+        "clip_id": first["clip_id"],
+        "score": float(sum(s * n for s, n in known) / weight) if known and weight else None,
+        "status": first.get("status"),
+        "reason": first.get("reason") or None,
+        "prompt_source": first.get("recaption_source"),
+    }
+
+
+def with_clip_status(story: Mapping[str, Any], clips: Sequence[Mapping[str, Any]]) -> dict:
+    """``story`` with every segment carrying the final status of its clips (``clips``: the
+    video's clip rows after dedup). A segment whose scenes no longer share one status (dedup
+    dropped one of them) is split at the scene boundary, so that a segment's status holds for
+    all of its frames."""
+    ordered = sorted(clips, key=lambda c: int(c["start_frame"]))
+    segments: list[dict] = []
+    for seg in story.get("segments") or ():
+        inside = [
+            c
+            for c in ordered
+            if seg.get("start_frame") is not None
+            and seg.get("end_frame") is not None
+            and int(c["start_frame"]) >= int(seg["start_frame"])
+            and int(c["end_frame"]) <= int(seg["end_frame"])
+            and c.get("recaption") == seg.get("prompt")
+        ]
+        if not inside:  # not built from these clips: left as it is
+            segments.append(dict(seg))
+            continue
+        runs: list[list[Mapping[str, Any]]] = [[inside[0]]]
+        for c in inside[1:]:
+            if _same_segment(runs[-1][-1], c):
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        fps = float(story.get("fps") or inside[0]["fps"])
+        segments += [_segment(run, fps) for run in runs]
+    return {**story, "segments": segments}
+
+
 # --- the step -------------------------------------------------------------------------------------
 
 
@@ -325,40 +397,16 @@ class Recaptioner(Step[Any, dict]):
     def _story(self, rows: list[dict], video_id: str) -> dict:
         fps = float(rows[0]["fps"])
         num_frames = max(int(r["end_frame"]) for r in rows)
-        segments: list[dict] = []
-        weights: list[list[tuple[float, int]]] = []
+        runs: list[list[dict]] = []
         for r in rows:
             if not r.get("recaption"):
                 continue
-            sf, ef = int(r["start_frame"]), int(r["end_frame"])
-            n = ef - sf
-            prev = segments[-1] if segments else None
-            if (
-                self.merge
-                and prev is not None
-                and prev["prompt"] == r["recaption"]
-                and prev["end_frame"] == sf
-            ):
-                prev["end_frame"], prev["end_s"] = ef, ef / fps
-                weights[-1].append((r["recaption_score"], n))
+            prev = runs[-1][-1] if runs else None
+            if self.merge and prev is not None and _same_segment(prev, r):
+                runs[-1].append(r)
             else:
-                segments.append(
-                    {
-                        "start_s": sf / fps,
-                        "end_s": ef / fps,
-                        "start_frame": sf,
-                        "end_frame": ef,
-                        "prompt": r["recaption"],
-                        "clip_id": r["clip_id"],
-                        "score": None,
-                    }
-                )
-                weights.append([(r["recaption_score"], n)])
-        for seg, w in zip(segments, weights):
-            known = [(s, n) for s, n in w if s is not None]
-            seg["score"] = (
-                float(sum(s * n for s, n in known) / sum(n for _, n in known)) if known else None
-            )
+                runs.append([r])
+        segments = [_segment(run, fps) for run in runs]
         story = {
             "story_id": video_id,
             "video_id": video_id,

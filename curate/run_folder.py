@@ -46,8 +46,9 @@ TABLES = ("clips", "stories", "failures")
 WORK_DIR = "_work"
 STAGING_DIR = "_staging"
 LOCK_NAME = ".storyloom.lock"
-#: the run's self-contained HTML report, written beside the tables
+#: the run's self-contained HTML report, written beside the tables, and its stage timings
 REPORT_NAME = "report.html"
+TIMING_NAME = "_timing.json"
 
 _SHARD = re.compile(r"part-\d{5}-of-\d{5}\.parquet")
 _WORK_FILE = re.compile(r"w-[0-9a-f]{20,64}\.parquet")
@@ -56,7 +57,7 @@ _TEMPORARY = re.compile(r"\..+\.tmp-[\w.-]+")
 _PROBE = re.compile(r"\.write-probe-[0-9a-f]+(\.done)?")
 _OLD_TABLE = re.compile(rf"\.({'|'.join(TABLES)})\.old-[0-9a-f]+")
 #: files at the top of a run folder that storyloom writes
-TOP_FILES = (MANIFEST_NAME, LOCK_NAME, REPORT_NAME)
+TOP_FILES = (MANIFEST_NAME, LOCK_NAME, REPORT_NAME, TIMING_NAME)
 
 
 # --- which files are storyloom's ----------------------------------------------------------------

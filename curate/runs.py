@@ -11,13 +11,37 @@ and no video may have both clips and failures rows.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from schemas import RunManifest
+import pyarrow as pa
+
+from schemas import RunManifest, empty_table, read_parquet
 from schemas.failures import READ_MANIFEST
 
-from . import shards
+#: what each timed stage of a run does, as the summary and the report name it
+STAGES: dict[str, str] = {
+    "decode": "decode: probe, split scenes, sample frames (child process)",
+    "caption": "clean captions",
+    "score": "CLIP: scores, embeddings, dedup signatures",
+    "captioner": "captioner: a caption per scene",
+    "commit": "commit finished videos",
+}
+
+
+#: stage names as people read them, where the metric's name is terse
+STAGE_NAMES: dict[str, str] = {"caption": "clean-captions"}
+
+
+def stage_line(stage_s: dict[str, float]) -> str:
+    """``time per stage (summed over workers): score 25.9 s (62%), ...``, largest first."""
+    total = sum(stage_s.values()) or 1.0
+    return "time per stage (summed over workers): " + ", ".join(
+        f"{STAGE_NAMES.get(k, k)} {v:.1f} s ({v / total:.0%})"
+        for k, v in sorted(stage_s.items(), key=lambda kv: -kv[1])
+    )
 
 
 @dataclass
@@ -32,6 +56,12 @@ class RunSummary:
     phase_s: dict[str, float]
     stage_s: dict[str, float]
     stopped: str | None = None
+    #: the run's HTML report, once written
+    report: Path | None = None
+
+    def timing(self) -> dict[str, Any]:
+        """Where the time went, as the report keeps it."""
+        return {"wall_s": self.wall_s, "phase_s": self.phase_s, "stage_s": self.stage_s}
 
     def lines(self) -> list[str]:
         c = self.counts
@@ -49,9 +79,29 @@ class RunSummary:
             + ", ".join(f"{k} {v:.1f} s" for k, v in self.phase_s.items())
             + ")",
         ]
+        if self.stage_s:
+            out.append(stage_line(self.stage_s))
         if self.stopped:
             out.append(f"STOPPED: {self.stopped}")
+        if self.report is not None:
+            out.append(f"report: {self.report}")
         return out
+
+
+def read_columns(
+    run: str | os.PathLike[str],
+    manifest: RunManifest,
+    table: str,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """The ``columns`` of one published table, from the shards its manifest lists (a large
+    run's summary and report need not load embeddings)."""
+    files = [Path(run) / s.path for s in manifest.shards if s.table == table]
+    parts = [read_parquet(f, table, columns=columns) for f in files]
+    if not parts:
+        empty = empty_table(table)
+        return empty.select(list(columns)) if columns is not None else empty
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
 def summarize(
@@ -61,8 +111,8 @@ def summarize(
     out = Path(output)
     manifest = RunManifest.read(out)
     counts = dict(manifest.counts)
-    clip_videos = set(shards.read_table(out, "clips").column("video_id").to_pylist())
-    failures = shards.read_table(out, "failures").to_pylist()
+    clip_videos = set(read_columns(out, manifest, "clips", ["video_id"]).column(0).to_pylist())
+    failures = read_columns(out, manifest, "failures", ["input_id", "stage"]).to_pylist()
     failed_videos = {f["input_id"] for f in failures if f["stage"] != READ_MANIFEST}
     rejected = sum(1 for f in failures if f["stage"] == READ_MANIFEST)
     both = clip_videos & failed_videos

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -72,19 +73,32 @@ class VideoScorer:
             self.captioner.setup()
 
     def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.score_timed(records)[0]
+
+    def score_timed(
+        self, records: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """:meth:`score`, and the seconds it spent per stage: ``score`` (CLIP and the dedup
+        signature) and, with a captioner, ``captioner``."""
         if self.scorer is None:
             self.setup()
+        start = time.perf_counter()
         out = list(self.scorer.process_all(records))
+        seconds = {"score": time.perf_counter() - start}
         if self.captioner is not None:
+            start = time.perf_counter()
             have = [r for r in out if r.get("frames") is not None and len(r["frames"])]
             texts = self.captioner.caption_scenes([r["frames"] for r in have])
             for record, text in zip(have, texts):
                 record["generated_caption"] = text
+            seconds["captioner"] = time.perf_counter() - start
+        start = time.perf_counter()
         for record in out:
             if self.dedup is not None:
                 record[SIGNATURE_KEY] = [float(x) for x in self.dedup.signature(record)]
             record.pop("frames", None)
-        return out
+        seconds["score"] += time.perf_counter() - start
+        return out, seconds
 
 
 def score_videos(

@@ -50,6 +50,7 @@ from curate.decode import VideoDecoder
 from curate.dedup import Deduplicator
 from curate.models import folder_state, resolve_model_path
 from curate.recaption import Recaptioner
+from curate.report import report_after_run
 from curate.run_folder import RunLock, check_ownership, clear_run
 from curate.runs import RunSummary, summarize
 from curate.work import config_digest, fingerprint
@@ -473,6 +474,7 @@ def _run_locked(
     summary.counts.update(
         {f"metric_{k}": v for k, v in stage_metrics.items() if not k.endswith("_ms")}
     )
+    summary.report = report_after_run(out, summary.timing())  # OUT/report.html
     return summary
 
 

@@ -88,25 +88,26 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, VideoScorer]):
         model: VideoScorer,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[VideoWork]:
-        start = time.perf_counter()
         records = [dict(c) for w in batch for c in w.clips]
         try:
-            scored = model.score(records)
+            scored, seconds = model.score_timed(records)
         except Exception:
             # one bad video must not fail the batch: score each alone to find it
             return [self._score_one(w, model) for w in batch]
         out, i = [], 0
-        per_video = (time.perf_counter() - start) / max(1, len(batch))
+        # a batch's time, shared out by clip count
         for work in batch:
             n = len(work.clips)
-            out.append(self._done(work, scored[i : i + n], per_video))
+            share = n / max(1, len(records))
+            out.append(
+                self._done(work, scored[i : i + n], {k: v * share for k, v in seconds.items()})
+            )
             i += n
         return out
 
     def _score_one(self, work: VideoWork, model: VideoScorer) -> VideoWork:
-        start = time.perf_counter()
         try:
-            scored = model.score([dict(c) for c in work.clips])
+            scored, seconds = model.score_timed([dict(c) for c in work.clips])
         except Exception as exc:
             logger.warning("%s: scoring failed: %s", work.video_id, exc)
             return work.fail(
@@ -114,12 +115,16 @@ class ClipModelHandler(ModelHandler[VideoWork, VideoWork, VideoScorer]):
                     work.video, exc, stage="clip-score", traceback=traceback_tail(exc)
                 )
             )
-        return self._done(work, scored, time.perf_counter() - start)
+        return self._done(work, scored, seconds)
 
     @staticmethod
-    def _done(work: VideoWork, scored: list[dict[str, Any]], seconds: float) -> VideoWork:
+    def _done(
+        work: VideoWork, scored: list[dict[str, Any]], seconds: Mapping[str, float]
+    ) -> VideoWork:
+        """``seconds``: per stage (``score``, ``captioner``), added to the video's timings."""
         out = VideoWork(video=work.video, clips=scored, timings=dict(work.timings))
-        out.timings["score"] = out.timings.get("score", 0.0) + seconds
+        for stage, s in seconds.items():
+            out.timings[stage] = out.timings.get(stage, 0.0) + s
         return out
 
     def get_num_bytes(self, batch: Sequence[VideoWork]) -> int:

@@ -1,5 +1,7 @@
 """Progress of a running curate job, read from what it has committed.
 
+:class:`RenderProgress` does the same for a batch render, over its finished videos.
+
 Runners report metrics only when a job ends (the local runner) or not at all (Dask), but every
 runner commits finished videos to ``OUT/_work``. A background thread polls those commits, so
 the same progress bar works whichever runner does the work, and it shows committed progress:
@@ -37,6 +39,9 @@ def _leaf_count(meta: Any, path: str) -> int:
 
 class WorkProgress:
     """A tqdm bar (or, without a terminal, a log line every ``every_s``) over committed videos."""
+
+    desc = "curate"
+    unit = "video"
 
     def __init__(
         self,
@@ -88,7 +93,7 @@ class WorkProgress:
         if tty:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.total, initial=self.already, unit="video", desc="curate")
+            bar = tqdm(total=self.total, initial=self.already, unit=self.unit, desc=self.desc)
         last_log = time.monotonic()
         try:
             while not self._stop.wait(self.poll_s):
@@ -96,27 +101,33 @@ class WorkProgress:
                 videos = min(videos, self.total)
                 if bar is not None:
                     bar.n = videos
-                    bar.set_postfix(clips=clips, failed=failed, refresh=False)
+                    bar.set_postfix(self._postfix(clips, failed), refresh=False)
                     bar.refresh()
                 elif time.monotonic() - last_log >= self.every_s:
                     last_log = time.monotonic()
                     rate = (videos - self.already) / max(1e-9, time.monotonic() - self._start)
-                    logger.info(
-                        "progress: %d/%d videos committed (%d clips, %d failed), %.1f videos/min",
-                        videos,
-                        self.total,
-                        clips,
-                        failed,
-                        rate * 60,
-                    )
+                    self._log(videos, clips, failed, rate * 60)
             if bar is not None:
                 videos, clips, failed = self.snapshot()
                 bar.n = min(videos, self.total)
-                bar.set_postfix(clips=clips, failed=failed, refresh=False)
+                bar.set_postfix(self._postfix(clips, failed), refresh=False)
                 bar.refresh()
         finally:
             if bar is not None:
                 bar.close()
+
+    def _postfix(self, clips: int, failed: int) -> dict[str, int]:
+        return {"clips": clips, "failed": failed}
+
+    def _log(self, videos: int, clips: int, failed: int, per_min: float) -> None:
+        logger.info(
+            "progress: %d/%d videos committed (%d clips, %d failed), %.1f videos/min",
+            videos,
+            self.total,
+            clips,
+            failed,
+            per_min,
+        )
 
     def __enter__(self) -> WorkProgress:
         self._start = time.monotonic()
@@ -129,3 +140,33 @@ class WorkProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+class RenderProgress(WorkProgress):
+    """The same bar over a batch render's finished videos (files ending in ``suffix`` in
+    ``folder``; unfinished ones are hidden temporary files)."""
+
+    desc = "render"
+    unit = "story"
+
+    def __init__(self, folder: str | Path, *, suffix: str = ".mp4", **kwargs: Any) -> None:
+        super().__init__(folder, **kwargs)
+        self.suffix = suffix
+
+    def snapshot(self) -> tuple[int, int, int]:
+        if not self.output.is_dir():
+            return 0, 0, 0
+        done = sum(
+            1
+            for f in self.output.iterdir()
+            if f.suffix == self.suffix and not f.name.startswith(".")
+        )
+        return done, 0, 0
+
+    def _postfix(self, clips: int, failed: int) -> dict[str, int]:
+        return {}
+
+    def _log(self, videos: int, clips: int, failed: int, per_min: float) -> None:
+        logger.info(
+            "progress: %d/%d stories rendered, %.1f stories/min", videos, self.total, per_min
+        )

@@ -73,6 +73,24 @@ def option(
     return field(default=default, metadata=meta)
 
 
+def _metavar(name: str, type: Any, choices: Any) -> str | None:
+    """A short placeholder for ``--help`` (``N``, ``X``, ``ADDRESS``), not the field's name."""
+    if choices:
+        return None
+    if type in (int, positive_int):
+        return "N"
+    if type in (float, rate):
+        return "X"
+    return name.split("_")[-1].upper()
+
+
+def _with_default(help: str, default: Any) -> str:
+    """``help`` ending with its default where it does not say it already."""
+    if default is None or isinstance(default, bool) or "default" in help:
+        return help
+    return f"{help} (default {default})"
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Every option of one curation run (see the module docstring)."""
@@ -223,11 +241,13 @@ class RunSettings:
         """``curate run``'s flags: ``--samples-per-scene 4``, ``--overwrite``."""
         for f in cls.options(cli=True):
             m = f.metadata
-            kwargs: dict[str, Any] = {"help": m["help"], "default": f.default}
+            kwargs: dict[str, Any] = {"help": _with_default(m["help"], f.default)}
+            kwargs["default"] = f.default
             if isinstance(f.default, bool):
                 kwargs["action"] = "store_true"
             else:
-                kwargs.update(type=m["type"], choices=m["choices"], metavar=m["metavar"])
+                metavar = m["metavar"] or _metavar(f.name, m["type"], m["choices"])
+                kwargs.update(type=m["type"], choices=m["choices"], metavar=metavar)
                 kwargs["required"] = m["required"]
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """Batch rendering: every story of a stories table → a video, as a Beam pipeline.
 
 One element per story; each worker loads the model once (``DoFn.setup``) and renders its
@@ -6,8 +7,12 @@ file renamed into place when complete. A story that cannot be rendered (a malfor
 a model error) becomes a failures row and a ``failed`` results row; the others go on. A rerun
 skips stories whose video already exists (``--render_overwrite`` renders them again).
 
-    python -m pipelines.storygen --stories runs/first --render_output renders/first \\
-        --render_model models/shapes-storygen [--render_steps 25] [--runner ...]
+    python -m pipelines.storygen --stories demo-out/curated --render_output out/renders \\
+        --render_model models/shapes-storygen [--render_max_stories N] [--render_fps F]
+
+Settings not given (fps, steps, guidance, frames per call) are left to the storygen pipeline,
+which takes the model folder's recommended sampling settings. Progress: a bar (or a log line
+every 30 s without a terminal) over finished videos, and a log line per story and level.
 
 Outputs under ``--output``: ``videos/<story>.mp4``, ``results/part-00000-of-00001.parquet``
 (story_id, path, frames, seconds, model_calls, wall_time_s, status, error) and
@@ -28,6 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .logs import hide_import_notices
+
+# before Beam is imported, which logs notices about GCP extras (hence the imports below it)
+hide_import_notices()
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,10 +49,12 @@ from schemas import read_parquet, rows_to_table, video_failure_row, write_parque
 from storygen.script import script_from_stories_row
 
 from .isolation import traceback_tail
+from .logs import setup_logging
 from .options import runner_flags
+from .progress import RenderProgress
 from .transforms import Gather
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pipelines.storygen")  # the same name when run as __main__
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -60,21 +72,136 @@ RESULTS_SCHEMA = pa.schema(
 NAMESPACE = "storyloom_storygen"
 
 
+#: the batch renderer's own flags; every other flag goes to Beam (``--runner``, ...)
+RENDER_FLAGS = (
+    (
+        "--stories",
+        {
+            "metavar": "PATH",
+            "help": "stories Parquet file or folder, or a curate "
+            "run folder (its stories/ are used)",
+        },
+    ),
+    ("--render_output", {"metavar": "DIR", "help": "folder for videos/, results/, failures/"}),
+    (
+        "--render_model",
+        {"metavar": "DIR", "help": "storygen model folder (e.g. models/shapes-storygen)"},
+    ),
+    (
+        "--render_max_stories",
+        {
+            "type": int,
+            "default": 0,
+            "metavar": "N",
+            "help": "render only the first N stories by story_id (default 0: all of them)",
+        },
+    ),
+    (
+        "--render_fps",
+        {
+            "type": float,
+            "default": None,
+            "metavar": "FPS",
+            "help": "frame rate of the videos (default: what the model folder "
+            "recommends, else each story's own)",
+        },
+    ),
+    (
+        "--render_steps",
+        {
+            "type": int,
+            "default": None,
+            "metavar": "N",
+            "help": "denoising steps per model call (default: the model folder's sampling.json)",
+        },
+    ),
+    (
+        "--render_guidance",
+        {
+            "type": float,
+            "default": None,
+            "metavar": "SCALE",
+            "help": "classifier-free guidance scale (default: the model folder's sampling.json)",
+        },
+    ),
+    (
+        "--render_frames_per_call",
+        {
+            "type": int,
+            "default": None,
+            "metavar": "L",
+            "help": "frames per model call (default: the model's)",
+        },
+    ),
+    ("--render_seed", {"type": int, "default": 0, "help": "seed of every story (default 0)"}),
+    (
+        "--render_micro_batch",
+        {
+            "type": int,
+            "default": 16,
+            "metavar": "N",
+            "help": "model calls per forward pass (default 16)",
+        },
+    ),
+    (
+        "--render_format",
+        {
+            "default": "mp4",
+            "choices": ("mp4", "mkv", "webm", "gif"),
+            "help": "video container (default mp4)",
+        },
+    ),
+    (
+        "--render_overwrite",
+        {
+            "default": False,
+            "action": "store_true",
+            "help": "render stories whose video exists already again",
+        },
+    ),
+)
+
+
 class StorygenOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         # names are prefixed: every PipelineOptions subclass shares one argument parser
-        parser.add_argument("--stories", help="stories Parquet file or folder (curate output)")
-        parser.add_argument("--render_output", help="folder for videos/, results/, failures/")
-        parser.add_argument("--render_model", help="storygen model folder")
-        parser.add_argument("--render_frames_per_call", type=int, default=16)
-        parser.add_argument("--render_steps", type=int, default=25)
-        parser.add_argument("--render_guidance", type=float, default=7.5)
-        parser.add_argument("--render_seed", type=int, default=0)
-        parser.add_argument("--render_micro_batch", type=int, default=16)
-        parser.add_argument("--render_format", default="mp4", choices=("mp4", "mkv", "webm", "gif"))
-        parser.add_argument("--render_max_stories", type=int, default=0, help="0: all")
-        parser.add_argument("--render_overwrite", default=False, action="store_true")
+        for flag, kwargs in RENDER_FLAGS:
+            parser.add_argument(flag, **kwargs)
+
+
+EPILOG = """\
+examples:
+  python -m pipelines.storygen --stories demo-out/curated --render_output demo-out/renders \\
+      --render_model models/shapes-storygen --render_max_stories 3
+  python -m pipelines.storygen --stories out/runs/first/stories --render_output out/renders \\
+      --render_model out/my-model --render_fps 8
+
+A rerun into the same --render_output skips stories whose video exists (--render_overwrite
+renders them again). Settings left out (fps, steps, guidance, frames per call) are the model
+folder's recommendation. Other flags are Beam's (--runner, --direct_num_workers, ...).
+
+Outputs: videos/<story>.mp4; results/ (story_id, path, frames, seconds, model_calls,
+wall_time_s, status, error); failures/ (the curate failures schema, stage "render").
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m pipelines.storygen --help``: the renderer's flags (Beam's pass through)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.storygen",
+        description=(
+            "Render every story of a stories table (curate's output) to a video, as a Beam "
+            "pipeline: one element per story, the model loaded once per worker. A story that "
+            "cannot be rendered becomes a failures row; the others go on."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for flag, kwargs in RENDER_FLAGS:
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    return parser
 
 
 def video_name(story_id: str, fmt: str) -> str:
@@ -86,15 +213,32 @@ def video_name(story_id: str, fmt: str) -> str:
 
 @dataclass(frozen=True)
 class RenderSettings:
+    """What the user asked for; ``None``: not given, the storygen pipeline decides (the model
+    folder's recommended sampling settings)."""
+
     model: str
     output: str
-    frames_per_call: int = 16
-    steps: int = 25
-    guidance: float = 7.5
+    frames_per_call: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    fps: float | None = None
     seed: int = 0
     micro_batch: int = 16
     video_format: str = "mp4"
     overwrite: bool = False
+    #: stories to render in this run (for the progress lines)
+    total: int = 0
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``StoryVideoPipeline.__call__`` for the settings given; the
+        pipeline resolves the rest from the model folder."""
+        given = {
+            "frames_per_call": self.frames_per_call,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance,
+            "fps": self.fps,
+        }
+        return {k: v for k, v in given.items() if v is not None}
 
 
 class _RenderFn(beam.DoFn):
@@ -110,6 +254,10 @@ class _RenderFn(beam.DoFn):
     def setup(self) -> None:
         from storygen.pipeline import StoryVideoPipeline  # torch and diffusers: on workers only
 
+        if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # setup_logging, unless -v
+            from diffusers.utils import logging as diffusers_logging
+
+            diffusers_logging.disable_progress_bar()  # "Loading pipeline components..."
         self.pipe = StoryVideoPipeline.from_pretrained(self.s.model)
 
     def process(self, row: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
@@ -127,13 +275,17 @@ class _RenderFn(beam.DoFn):
             script = script_from_stories_row(row)
             out = self.pipe(
                 script,
-                frames_per_call=self.s.frames_per_call,
-                num_inference_steps=self.s.steps,
-                guidance_scale=self.s.guidance,
+                **self.s.pipeline_kwargs(),
                 generator=self.s.seed,
                 micro_batch=self.s.micro_batch,
                 output_type=None,
                 output_path=tmp,
+                callback_on_level_end=lambda pipe, level: logger.info(
+                    "story %r: level %d done (%.0f s)",
+                    story_id,
+                    level,
+                    time.perf_counter() - start,
+                ),
                 progress=False,
             )
             os.replace(tmp, final)
@@ -156,7 +308,15 @@ class _RenderFn(beam.DoFn):
             )
             return
         stats = out.stats
-        fps = float(script.fps or row.get("fps") or 0.0)
+        fps = float(getattr(out.plan, "fps", None) or script.fps or row.get("fps") or 0.0)
+        logger.info(
+            "story %r rendered: %d frames, %d model calls, %.1f s -> %s",
+            story_id,
+            stats.num_frames,
+            stats.model_calls,
+            time.perf_counter() - start,
+            final,
+        )
         self.rendered.inc()
         self.frames.inc(stats.num_frames)
         yield (
@@ -248,7 +408,7 @@ class RenderSummary:
         return lines
 
 
-def run(argv: Sequence[str] | None = None) -> RenderSummary:
+def run(argv: Sequence[str] | None = None, *, progress: bool = True) -> RenderSummary:
     argv = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(argv)
     opts = options.view_as(StorygenOptions)
@@ -264,21 +424,49 @@ def run(argv: Sequence[str] | None = None) -> RenderSummary:
         frames_per_call=opts.render_frames_per_call,
         steps=opts.render_steps,
         guidance=opts.render_guidance,
+        fps=opts.render_fps,
         seed=opts.render_seed,
         micro_batch=opts.render_micro_batch,
         video_format=opts.render_format,
         overwrite=opts.render_overwrite,
+        total=len(stories),
+    )
+    done = 0 if settings.overwrite else _already_rendered(out, stories, settings.video_format)
+    logger.info(
+        "%d stories from %s, %d rendered already; model %s",
+        len(stories),
+        opts.stories,
+        done,
+        settings.model,
     )
     start = time.perf_counter()
-    with beam.Pipeline(options=options) as p:
+    watcher = RenderProgress(
+        out / "videos",
+        total=len(stories),
+        already=done,
+        enabled=progress,
+        suffix=f".{settings.video_format}",
+    )
+    with watcher, beam.Pipeline(options=options) as p:
         build_storygen_pipeline(p, stories, settings)
     results = pq.read_table(out / "results" / "part-00000-of-00001.parquet").to_pylist()
     return RenderSummary(out, results, time.perf_counter() - start)
 
 
+def _already_rendered(out: Path, stories: Sequence[Mapping[str, Any]], fmt: str) -> int:
+    videos = out / "videos"
+    return sum(1 for s in stories if (videos / video_name(str(s["story_id"]), fmt)).exists())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = run(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, _beam = build_parser().parse_known_args(argv)  # --help, and unknown render flags
+    setup_logging(args.verbose)
+    try:
+        summary = run([a for a in argv if a not in ("-v", "--verbose")])
+    except ValueError as exc:
+        print(f"python -m pipelines.storygen: {exc}", file=sys.stderr)
+        return 2
     print("\n".join(summary.lines()))
     return 1 if any(r["status"] == "failed" for r in summary.results) else 0
 

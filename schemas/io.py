@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .tables import META_SCHEMA_VERSION, META_TABLE, SCHEMA_VERSION, SCHEMAS
+from .tables import META_SCHEMA_VERSION, META_TABLE, READABLE_SINCE, SCHEMA_VERSION, SCHEMAS
 
 
 class SchemaError(ValueError):
@@ -133,7 +133,9 @@ def _version_tuple(text: str) -> tuple[int, ...] | None:
     return parts if parts else None
 
 
-def check_version(found: str | None, path: str | os.PathLike[str]) -> None:
+def check_version(found: str | None, path: str | os.PathLike[str], kind: str | None = None) -> None:
+    """Refuse a file of another major version, or a ``kind`` table older than the version
+    its readers need (:data:`~schemas.tables.READABLE_SINCE`), with a message saying what to do."""
     if found is None:
         raise SchemaError(
             f"{path}: not a storyloom table (no {META_SCHEMA_VERSION.decode()} in its metadata)"
@@ -151,6 +153,13 @@ def check_version(found: str | None, path: str | os.PathLike[str]) -> None:
                 f"{path}: written with schema version {found}, this storyloom reads "
                 f"{SCHEMA_VERSION}; the file comes from {age} storyloom"
                 + (" (re-run curate to rewrite it)" if older else " (upgrade storyloom)")
+            )
+    if kind in READABLE_SINCE:
+        since, change = READABLE_SINCE[kind]
+        if (_version_tuple(found) or ()) < (_version_tuple(since) or ()):
+            raise SchemaError(
+                f"{path}: a {kind} table of schema version {found}, from before {since} "
+                f"({change}); run `curate run` again with --overwrite to rewrite it"
             )
 
 
@@ -184,11 +193,39 @@ def conform(table: pa.Table, kind: str, path: str | os.PathLike[str]) -> pa.Tabl
     return pa.Table.from_arrays(columns, schema=schema).replace_schema_metadata(_metadata(name))
 
 
-def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> pa.Table:
+def _read_file(f: Path, kind: str | None, columns: Sequence[str] | None) -> pa.Table:
+    """One file's table: all of ``kind``'s columns (conformed), or just ``columns`` (a column
+    an older file lacks comes back null)."""
+    if columns is None:
+        table = pq.read_table(f)
+        return conform(table, kind, f) if kind is not None else table
+    present = set(pq.read_schema(f).names)
+    table = pq.read_table(f, columns=[c for c in columns if c in present])
+    if kind is None:
+        return table
+    _, schema = _schema(kind)
+    out = []
+    for name in columns:
+        if name in present:
+            out.append(table.column(name))
+        elif name in schema.names and schema.field(name).nullable:
+            out.append(pa.nulls(table.num_rows, schema.field(name).type))
+        else:
+            raise SchemaError(f"{f}: the {kind} table lacks its column {name!r}")
+    return pa.Table.from_arrays(out, names=list(columns))
+
+
+def read_parquet(
+    path: str | os.PathLike[str],
+    kind: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
     """Read a storyloom Parquet file (or folder of them), checking version and table kind.
 
     With ``kind``, the table comes back with exactly that table's columns (see
-    :func:`conform`), so files of older minor versions read alongside current ones.
+    :func:`conform`), so files of older minor versions read alongside current ones;
+    ``columns``: only these (a report over a large run need not load embeddings).
     """
     path = Path(path)
     if not path.exists():
@@ -196,7 +233,8 @@ def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> pa.Ta
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         if kind is not None:
-            return empty_table(kind)
+            table = empty_table(kind)
+            return table.select(list(columns)) if columns is not None else table
         raise SchemaError(f"{path}: folder holds no .parquet file")
     tables = []
     for f in files:
@@ -205,13 +243,13 @@ def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> pa.Ta
         except (pa.ArrowInvalid, OSError) as exc:
             raise SchemaError(f"{f}: not a Parquet file ({exc})") from exc
         version = meta.get(META_SCHEMA_VERSION)
-        check_version(version.decode(errors="replace") if version else None, f)
         found = meta.get(META_TABLE, b"").decode(errors="replace")
+        check_version(version.decode(errors="replace") if version else None, f, found)
         if kind is not None and found != kind:
             raise SchemaError(f"{f}: holds a {found!r} table, expected {kind!r}")
         try:
-            table = pq.read_table(f)
+            table = _read_file(f, kind, columns)
         except (pa.ArrowInvalid, OSError) as exc:
             raise SchemaError(f"{f}: unreadable Parquet file ({exc})") from exc
-        tables.append(conform(table, kind, f) if kind is not None else table)
+        tables.append(table)
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: bump when a column is added, removed or changes meaning; written into every Parquet file.
-#: A file of the same major version reads (a column added since comes back null); another major
-#: version gets a clear message. 1.1: failures gained ``attempt``.
+#: A file of the same major version reads (a column added since comes back null), unless its
+#: table needs a newer one (:data:`READABLE_SINCE`); another major version gets a clear
+#: message. 1.1: failures gained ``attempt``; story segments gained their clips' ``status``,
+#: ``reason`` and ``prompt_source``.
 SCHEMA_VERSION = "1.1"
 
 #: Parquet metadata keys
@@ -97,6 +99,12 @@ SEGMENT = pa.struct(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("clip_id", pa.string()),
         pa.field("score", pa.float64()),
+        # the status and drop reason of the segment's clips (null in hand-written scripts);
+        # only "kept" segments are training data, the others keep the timeline whole
+        pa.field("status", pa.string()),
+        pa.field("reason", pa.string()),
+        # where the prompt came from, as the clips' ``recaption_source``
+        pa.field("prompt_source", pa.string()),
     ]
 )
 
@@ -130,6 +138,12 @@ FAILURES_SCHEMA = pa.schema(
         pa.field("attempt", pa.int64()),
     ]
 )
+
+#: per table, the oldest schema version its files can be read as, and what changed then;
+#: a file written before is refused with that change named (minor versions otherwise read)
+READABLE_SINCE: dict[str, tuple[str, str]] = {
+    "stories": ("1.1", "story segments gained their clips' status, reason and prompt source"),
+}
 
 SCHEMAS: dict[str, pa.Schema] = {
     "videos": VIDEOS_SCHEMA,

@@ -8,10 +8,10 @@ imports (torch, Beam, Dask) inside the functions they run, so that ``curate --he
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from . import calibrate, export, run, scenes, synth
+from ..logs import setup_logging
+from . import calibrate, export, report, run, scenes, synth
 
 #: subcommand modules, in the order ``--help`` lists them
 COMMANDS = (
@@ -20,6 +20,7 @@ COMMANDS = (
     calibrate,  # curate calibrate: score distribution and threshold
     run,  # curate run / curate inspect: the Beam pipeline and its outputs
     export,  # curate export: training shards (WebDataset tar + index) from a run
+    report,  # curate report: the run's HTML report
 )
 
 
@@ -32,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
             "deduplicate, write Parquet."
         ),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at DEBUG level, third-party libraries' lines included",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.register(sub)
@@ -42,10 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.verbose)
     return int(args.func(args) or 0)
 
 

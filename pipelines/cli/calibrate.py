@@ -4,9 +4,6 @@ Reads a manifest (WebVid CSV, JSONL, a folder of videos with sidecar captions) o
 Parquet file; splits scenes, samples frames and scores each scene's caption with CLIP (or
 reuses the ``caption_score`` column of a clips file); prints the score distribution as a text
 histogram, the chosen threshold and what it would drop.
-
-The command's functions import curate's modules where they need them, so that
-``curate --help`` does not load numpy and torch.
 """
 
 from __future__ import annotations
@@ -23,12 +20,36 @@ from curate.errors import CurateError
 
 logger = logging.getLogger(__name__)
 
+# The command's functions import curate's modules where they need them, so that
+# ``curate --help`` does not load numpy and torch.
+
+DESCRIPTION = """\
+Score a corpus' captions with CLIP and choose the filter's cut-off: splits scenes, samples
+frames, scores each scene's caption (or reuses a clips file's caption_score), prints the score
+distribution, the chosen threshold and what it would drop. Thresholds belong to a model: the
+shipped shapes-world CLIP recommends 0.63 (its scoring.json); another CLIP needs its own.
+"""
+
+EPILOG = """\
+examples:
+  curate calibrate demo-out/corpus/webvid.csv                  # the shipped CLIP's cut-off
+  curate calibrate demo-out/corpus/webvid.csv --percentile 25  # what p25 would drop
+  curate calibrate demo-out/curated/clips/part-00000-of-00001.parquet --threshold 0.70
+      # a curated run's own scores, at another cut-off
+  curate calibrate my-videos/manifest.jsonl --model ~/models/clip-vit-base-patch32
+
+--model takes a folder on disk (config.json, weights, tokenizer files,
+preprocessor_config.json), e.g. a downloaded openai/clip-vit-base-patch32; a hub id works
+only where this machine can reach the hub.
+"""
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "calibrate",
         help="score captions with CLIP and choose the filter threshold",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", type=Path, help="manifest (CSV / JSONL / folder) or clips .parquet")
@@ -44,7 +65,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="CLIP folder or hub id (default: the shipped shapes-world CLIP)",
+        metavar="FOLDER",
+        help="CLIP model folder (default: the shipped shapes-world CLIP, models/shapes-clip)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=DTYPES)

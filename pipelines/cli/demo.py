@@ -2,22 +2,26 @@
 
 1. synthesize a shapes-world corpus (videos with noisy WebVid-style captions and exact truth);
 2. curate it with the Beam pipeline and the shipped shapes-world CLIP;
-3. print the run's summary and check it against the corpus' ground truth;
-4. render the richest curated story to mp4 (plus a preview sheet) with the shipped storygen model;
-5. print where everything went.
+3. print the run's summary and compare it with the corpus' ground truth (comparison.json);
+4. render the richest curated story to mp4 (plus a preview sheet and a report page) with the
+   shipped storygen model;
+5. print where everything went, ending with the run's report (OUT/curated/report.html).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from curate.shapes import GroundTruth, generate_corpus, parse_caption
-from pipelines.cli import main as curate_main
+from pipelines.cli import build_parser as curate_parser
+from pipelines.logs import setup_logging
 from schemas import read_parquet
 from storygen.cli import main as storygen_main
 
@@ -36,8 +40,8 @@ def pick_story(stories_dir: Path) -> dict:
     return max(rows, key=lambda r: (len(r["segments"]), r["duration_s"], r["story_id"]))
 
 
-def check_against_truth(run_dir: Path, truth) -> list[str]:
-    """How the curated run compares with the corpus' ground truth (a few headline numbers)."""
+def compare_with_truth(run_dir: Path, truth) -> dict[str, Any]:
+    """How the curated run compares with the corpus' ground truth (the headline numbers)."""
     clips = read_parquet(run_dir / "clips", "clips").to_pylist()
     by_video: dict[str, list[dict]] = {}
     for c in clips:
@@ -48,7 +52,6 @@ def check_against_truth(run_dir: Path, truth) -> list[str]:
         for vid, cs in by_video.items()
         if all(c["status"] == "dropped" and c["reason"] != "duplicate" for c in cs)
     }
-    caught = len(noisy & flagged)
     names = {
         "source": "own caption",
         "source_fragment": "own caption's fragments",
@@ -59,29 +62,40 @@ def check_against_truth(run_dir: Path, truth) -> list[str]:
     for c in clips:
         key = names.get(c.get("recaption_source") or "", "none")
         counts[key] = counts.get(key, 0) + 1
-    sources = ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    scenes_true = sum(len(v.scenes) for v in truth.videos)
     match = total = 0
     for v in truth.videos:
         for c in sorted(by_video.get(v.video_id, []), key=lambda c: c["scene_index"]):
             facts = parse_caption(c.get("recaption"))
             mid = (c["start_frame"] + c["end_frame"]) // 2
             scene = next((s for s in v.scenes if s.start_frame <= mid < s.end_frame), None)
-            if scene is None or facts is None:
-                total += 1
-                continue
             total += 1
+            if scene is None or facts is None:
+                continue
             match += (facts.color, facts.shape, facts.motion) == (
                 scene.color,
                 scene.shape,
                 scene.motion,
             )
+    return {
+        "clips": len(clips),
+        "true_scenes": sum(len(v.scenes) for v in truth.videos),
+        "noisy_videos": len(noisy),
+        "noisy_videos_dropped_whole": len(noisy & flagged),
+        "clean_videos_dropped_whole": len(flagged - noisy),
+        "recaptions_right": match,
+        "recaptions": total,
+        "prompt_sources": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def comparison_lines(c: Mapping[str, Any]) -> list[str]:
+    sources = ", ".join(f"{k} {n}" for k, n in c["prompt_sources"].items())
     return [
-        f"scenes: {len(clips)} clips found for {scenes_true} true scenes",
-        f"noisy captions: {caught} of {len(noisy)} noisy videos had every clip dropped "
-        f"({len(flagged - noisy)} clean videos dropped whole)",
-        f"re-captions naming the right colour, shape and motion: {match} of {total} "
-        f"(from: {sources})",
+        f"scenes: {c['clips']} clips found for {c['true_scenes']} true scenes",
+        f"noisy captions: {c['noisy_videos_dropped_whole']} of {c['noisy_videos']} noisy videos "
+        f"had every clip dropped ({c['clean_videos_dropped_whole']} clean videos dropped whole)",
+        f"re-captions naming the right colour, shape and motion: {c['recaptions_right']} of "
+        f"{c['recaptions']} (from: {sources})",
     ]
 
 
@@ -105,6 +119,7 @@ def render_story(run_dir: Path, out: Path, args: argparse.Namespace) -> tuple[in
         print(f"  {seg['start_s']:6.2f}-{seg['end_s']:6.2f} s  {seg['prompt']}")
     video = out / f"story-{story['story_id']}.mp4"
     preview = out / f"story-{story['story_id']}-preview.png"
+    stats = out / f"story-{story['story_id']}-stats.json"
     code = storygen_main(
         [
             "render",
@@ -123,6 +138,8 @@ def render_story(run_dir: Path, out: Path, args: argparse.Namespace) -> tuple[in
             str(args.guidance),
             "--device",
             "cpu",
+            "--stats-json",
+            str(stats),
         ]
     )
     return code, video, preview
@@ -149,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level=logging.WARNING)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -162,30 +179,59 @@ def main(argv: list[str] | None = None) -> int:
     _banner("2/4 curate (Apache Beam, local runner, shipped shapes-world CLIP)")
     run_dir = out / "curated"
     flags = ["--input", str(corpus / "webvid.csv"), "--output", str(run_dir)]
-    code = curate_main(["run", *flags, "--workers", str(args.workers)])
+    # the command itself, under the demo's logging (warnings only)
+    run_args = curate_parser().parse_args(["run", *flags, "--workers", str(args.workers)])
+    code = int(run_args.func(run_args) or 0)
     if code:
         print(f"curate run ended with status {code}: see above", file=sys.stderr)
         return code
 
     _banner("3/4 curated vs. ground truth")
-    for line in check_against_truth(run_dir, truth):
+    comparison = compare_with_truth(run_dir, truth)
+    for line in comparison_lines(comparison):
         print(line)
+    comparison_file = out / "comparison.json"
+    comparison_file.write_text(json.dumps(comparison, indent=2) + "\n")
 
-    video = preview = None
+    video = preview = render_report = None
     if not args.skip_render:
         code, video, preview = render_story(run_dir, out, args)
         if code:
             return code
+        render_report = write_story_report(run_dir, video, preview)
 
+    report = run_dir / "report.html"
     _banner("where everything went")
     print(f"corpus (videos, manifests, ground truth): {corpus}")
     print(f"curated shards + _manifest.json:          {run_dir}")
-    print(f"inspect the run:                          curate inspect {run_dir}")
+    print(f"comparison with the ground truth:         {comparison_file}")
+    print(f"the run in the terminal:                  curate inspect {run_dir}")
     if video:
         print(f"rendered story:                           {video}")
         print(f"preview sheet:                            {preview}")
+        print(f"render report:                            {render_report}")
     print(f"total {time.perf_counter() - t0:.0f} s")
+    print(f"\nopen the run's report in a browser:\n{report}")
     return 0
+
+
+def write_story_report(run_dir: Path, video: Path, preview: Path) -> Path:
+    """The render's report page, beside the video (from the statistics the render wrote)."""
+    from storygen.report import write_render_report
+    from storygen.script import load_script
+
+    stats = json.loads(video.with_name(video.stem + "-stats.json").read_text())
+    story_id = pick_story(run_dir / "stories")["story_id"]
+    script = load_script(run_dir / "stories", story_id=story_id)
+    return write_render_report(
+        video.with_name(video.stem + "-report.html"),
+        stats["stats"],
+        stats["plan"],
+        preview,
+        script=script,
+        video=video,
+        title=f"storygen render: story {story_id}",
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from curate.dedup import (
 )
 from curate.filtering import CaptionFilter
 from curate.prompt_bank import build_prompt_bank
+from curate.recaption import with_clip_status
 from curate.threshold import Threshold, scorable
 from curate.work import failure_from_exception, joined_clips, rows_problem, table_row
 from schemas import RunManifest, ShardInfo
@@ -294,10 +295,11 @@ class MarkDuplicates(beam.PTransform):
             ]
 
         def final_rows(record: dict, dup_of: dict[str, str]) -> list[tuple[str, dict]]:
-            out = [("clips", table_row(c)) for c in apply_duplicates(record["clips"], dup_of)]
+            clips = apply_duplicates(record["clips"], dup_of)
+            out = [("clips", table_row(c)) for c in clips]
             story = record.get("story")
             if story and story_survives_dedup(story, dup_of):
-                out.append(("stories", story))
+                out.append(("stories", with_clip_status(story, clips)))
             return out
 
         dups = (

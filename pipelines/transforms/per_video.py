@@ -226,9 +226,11 @@ class _SplitScoredFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILURES, work)
         else:
             self.scored.inc(len(work.clips))
-            Metrics.distribution(NAMESPACE, "score_ms").update(
-                int(work.timings.get("score", 0.0) * 1000)
-            )
+            for stage in ("score", "captioner"):  # the captioner's time is its own stage
+                if stage in work.timings:
+                    Metrics.distribution(NAMESPACE, f"{stage}_ms").update(
+                        int(work.timings[stage] * 1000)
+                    )
             yield work
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from curate.captioner import Captioner
+from curate.dedup import apply_duplicates
 from curate.errors import ModelFolderError
-from curate.recaption import Recaptioner, align_monotonic
+from curate.recaption import Recaptioner, align_monotonic, with_clip_status
 from schemas.stories import validate_story_row
 
 # --- splitting ------------------------------------------------------------------------------
@@ -189,6 +190,45 @@ def test_duplicate_or_short_clips_keep_their_fragment():
     with Recaptioner(scorer=StubScorer()) as step:
         rows, _ = step.recaption_video(clips)
     assert [r["recaption"] for r in rows] == ["a red circle", "a green star"]
+
+
+def test_segments_carry_their_clips_status_and_never_mix_two():
+    cap = "a red circle, then a blue square"
+    clips = [
+        scene(0, "red circle", 0, 40, caption=cap),
+        scene(1, "blue square", 40, 80, caption=cap),
+        scene(2, "blue square", 80, 90, caption=cap, status="dropped", reason="too_short"),
+        scene(3, "blue square", 90, 130, caption=cap),
+        scene(4, "white ring", 130, 170, caption=cap, status="dropped", reason="low_caption_score"),
+    ]
+    with Recaptioner(scorer=StubScorer(), prompt_bank=["a white ring"]) as step:
+        rows, story = step.recaption_video(clips)
+    got = [
+        (s["start_frame"], s["end_frame"], s["status"], s["reason"], s["prompt_source"])
+        for s in story["segments"]
+    ]
+    # the short scene splits the blue square's segment instead of hiding inside a kept one
+    assert got == [
+        (0, 40, "kept", None, "source_fragment"),
+        (40, 80, "kept", None, "source_fragment"),
+        (80, 90, "dropped", "too_short", "source_fragment"),
+        (90, 130, "kept", None, "source_fragment"),
+        (130, 170, "dropped", "low_caption_score", "prompt_bank"),
+    ]
+    validate_story_row(story)
+
+    # dedup, later, drops one scene of a merged segment: the segment splits there
+    same = [scene(i, "red circle", 20 * i, 20 * i + 20, caption="a red circle") for i in range(3)]
+    with Recaptioner(scorer=StubScorer()) as step:
+        rows, merged = step.recaption_video(same)
+    assert len(merged["segments"]) == 1 and merged["segments"][0]["status"] == "kept"
+    final = apply_duplicates(rows, {"v:0002": "w:0000"})
+    split = with_clip_status(merged, final)
+    assert [
+        (s["start_frame"], s["end_frame"], s["status"], s["reason"], s["clip_id"])
+        for s in split["segments"]
+    ] == [(0, 40, "kept", None, "v:0000"), (40, 60, "dropped", "duplicate", "v:0002")]
+    validate_story_row(split)
 
 
 def test_bad_inputs():

@@ -88,3 +88,35 @@ def test_every_story_rendered_or_failed(tmp_path, model_dir):
         "broken": "failed",
     }
     assert pq.read_table(tmp_path / "out" / "results").num_rows == 3
+
+
+def test_help_documents_the_renderers_flags(capsys):
+    from pipelines.storygen import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--stories", "--render_max_stories", "--render_fps", "--render_guidance"):
+        assert flag in text
+    assert "7.5" not in text  # the guidance default is the model folder's, not a constant
+
+
+def test_settings_not_given_are_left_to_the_model_folder():
+    from pipelines.storygen import RenderSettings
+
+    assert RenderSettings(model="m", output="o").pipeline_kwargs() == {}
+    given = RenderSettings(model="m", output="o", steps=4, guidance=3.0, fps=8.0)
+    assert given.pipeline_kwargs() == {"num_inference_steps": 4, "guidance_scale": 3.0, "fps": 8.0}
+
+
+def test_render_progress_counts_finished_videos_only(tmp_path):
+    from pipelines.progress import RenderProgress
+
+    videos = tmp_path / "videos"
+    progress = RenderProgress(videos, total=3, enabled=False)
+    assert progress.snapshot() == (0, 0, 0)
+    videos.mkdir()
+    (videos / "a-1.mp4").write_bytes(b"x")
+    (videos / ".b-2.tmp-1.mp4").write_bytes(b"x")  # being written
+    assert progress.snapshot() == (1, 0, 0)

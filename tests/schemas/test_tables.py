@@ -193,6 +193,19 @@ def test_newer_and_older_files_get_a_clear_message(tmp_path):
         read_parquet(tmp_path / "old.parquet", "stories")
 
 
+def test_stories_from_before_segment_status_name_the_change_and_the_fix(tmp_path):
+    _write_with_version(tmp_path / "old.parquet", "1.0")
+    with pytest.raises(
+        SchemaError, match=r"schema version 1.0.*clips' status.*`curate run` again with --overwrite"
+    ):
+        read_parquet(tmp_path / "old.parquet", "stories")
+    # the other tables did not change in 1.1: their 1.0 files still read
+    table = rows_to_table([clip_row(0)], "clips")
+    meta = {META_SCHEMA_VERSION: b"1.0", META_TABLE: b"clips"}
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "clips.parquet")
+    assert read_parquet(tmp_path / "clips.parquet", "clips").num_rows == 1
+
+
 def test_foreign_parquet_and_wrong_kind(tmp_path):
     pq.write_table(pa.table({"a": [1]}), tmp_path / "foreign.parquet")
     with pytest.raises(SchemaError, match="not a storyloom table"):
