@@ -67,6 +67,8 @@ import pyarrow.parquet as pq
 from schemas import RunManifest, failure_row, rows_to_table
 from schemas.tables import DUPLICATE, FAILURES_SCHEMA, KEPT, SEGMENT
 
+SEGMENT_FIELDS = tuple(field.name for field in SEGMENT)
+
 from .errors import CurateError
 from .shards import read_table
 
@@ -241,6 +243,9 @@ class Piece:
     prompt: str
     score: float | None
     status: str | None
+    reason: str | None = None
+    #: where the prompt came from: the clip's ``recaption_source``, or "manifest" (raw)
+    prompt_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -274,17 +279,17 @@ class Window:
                     "prompt": piece.prompt,
                     "clip_id": piece.clip_id,
                     "score": piece.score,
+                    "status": piece.status,
+                    "reason": piece.reason,
+                    "prompt_source": piece.prompt_source,
                 }
             )
         for seg in out:
             del seg["_piece"]
             seg["start_s"] = round(seg["start_frame"] / fps, 6)
             seg["end_s"] = round(seg["end_frame"] / fps, 6)
-        return [
-            {k: s[k] for k in ("start_s", "end_s", "start_frame", "end_frame", "prompt")}
-            | {"clip_id": s["clip_id"], "score": s["score"]}
-            for s in out
-        ]
+        # the stories table's segment fields, in its order
+        return [{k: s[k] for k in SEGMENT_FIELDS} for s in out]
 
     def main_piece(self) -> Piece:
         counts = np.bincount(np.asarray(self.piece_of_frame), minlength=len(self.pieces))
@@ -429,6 +434,8 @@ def plan_export(run_folder: str | os.PathLike[str], settings: ExportSettings) ->
                             _prompt(c) or "",
                             c.get("caption_score"),
                             c["status"],
+                            c.get("reason"),
+                            c.get("recaption_source"),
                         )
                         for c in run
                     ]
@@ -546,11 +553,11 @@ def _raw_run(vclips: list[dict[str, Any]]) -> list[Piece]:
         start = max(int(c["start_frame"]), t)
         end = int(c["end_frame"])
         if end > start:
-            pieces.append(Piece(c["clip_id"], start, end, caption, None, "raw"))
+            pieces.append(Piece(c["clip_id"], start, end, caption, None, "raw", None, "manifest"))
             t = end
     if pieces and pieces[0].start_frame > 0:
         p = pieces[0]
-        pieces[0] = Piece(p.clip_id, 0, p.end_frame, p.prompt, None, "raw")
+        pieces[0] = Piece(p.clip_id, 0, p.end_frame, p.prompt, None, "raw", None, "manifest")
     return pieces
 
 
