@@ -67,10 +67,11 @@ import pyarrow.parquet as pq
 from schemas import RunManifest, failure_row, rows_to_table
 from schemas.tables import DUPLICATE, FAILURES_SCHEMA, KEPT, SEGMENT
 
-SEGMENT_FIELDS = tuple(field.name for field in SEGMENT)
-
 from .errors import CurateError
 from .shards import read_table
+
+#: a sample's timed prompts have the stories table's segment fields, in its order
+SEGMENT_FIELDS = tuple(field.name for field in SEGMENT)
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,6 @@ class Window:
             del seg["_piece"]
             seg["start_s"] = round(seg["start_frame"] / fps, 6)
             seg["end_s"] = round(seg["end_frame"] / fps, 6)
-        # the stories table's segment fields, in its order
         return [{k: s[k] for k in SEGMENT_FIELDS} for s in out]
 
     def main_piece(self) -> Piece:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .logs import hide_import_notices
+from schemas.cli import hide_import_notices
 
 # before Beam is imported, which logs notices about GCP extras (hence the imports below it)
 hide_import_notices()
@@ -46,10 +46,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from curate.shards import check_output_dir
 from schemas import read_parquet, rows_to_table, video_failure_row, write_parquet
+from schemas.cli import setup_logging
 from storygen.script import script_from_stories_row
 
 from .isolation import traceback_tail
-from .logs import setup_logging
 from .options import runner_flags
 from .progress import RenderProgress
 from .transforms import Gather

@@ -2,17 +2,18 @@
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)`` and keeps its
 heavy imports (torch, diffusers) inside the functions it runs, so ``storygen --help`` stays fast.
-The argument types and the default model folder the subcommands share live here.
+The default model folder the subcommands share lives here; argument types and logging come
+from :mod:`schemas.cli`, which the ``curate`` command shares.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
-import math
 import sys
 from pathlib import Path
+
+from schemas.cli import run_command
 
 COMMAND_MODULES = (
     "storygen.plan_cli",  # storygen plan: levels, model calls and rounds of a script
@@ -28,38 +29,6 @@ def default_model(value: str | None) -> Path | None:
     if value is not None:
         return Path(value)
     return DEFAULT_MODEL if DEFAULT_MODEL.is_dir() else None
-
-
-# --------------------------------------------------------------------- argument types
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (``inf`` and ``nan`` are refused here, not deep in a render)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 # --------------------------------------------------------------------- entry point
@@ -86,13 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    return int(args.func(args) or 0)
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from storygen.cli import default_model, positive_float, positive_int
+from schemas.cli import positive_float, positive_int
+from storygen.cli import default_model
 from storygen.plan import (
     AUTOREGRESSIVE,
     FPS_RANGE,

@@ -18,13 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from storygen.cli import (
-    DEFAULT_MODEL,
-    default_model,
-    non_negative_float,
-    positive_float,
-    positive_int,
-)
+from schemas.cli import non_negative_float, positive_float, positive_int
+from storygen.cli import DEFAULT_MODEL, default_model
 from storygen.plan import AUTOREGRESSIVE, FPS_RANGE, FRAMES_PER_CALL_RANGE, MAX_FRAMES, POLICIES
 from storygen.settings import BUILTIN_DEFAULTS, MAX_FRAME_SIZE, SCHEDULERS
 
@@ -204,6 +199,11 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--cache-dir", help="keep finished calls here and resume from them")
     g.add_argument("--preview", help="also write a keyframe preview sheet (PNG)")
     g.add_argument("--stats-json", help="also write the run's statistics as JSON")
+    g.add_argument(
+        "--report",
+        help="also write a self-contained HTML page of the render: preview sheet, script "
+        "timeline, the plan level by level, time per level",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_render)
 
@@ -409,13 +409,16 @@ def run_render(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         return _fail(f"error: {exc}")
-    written = [args.out, *_write_extras(args, out)]
+    written = [args.out, *_write_extras(args, out, script=script, choices=choices)]
     print(_summary(args, model, pipe, out, fps, written, choices))
     return 0
 
 
-def _write_extras(args: argparse.Namespace, out: Any) -> list[str]:
-    """The preview sheet and the statistics JSON, where asked for; returns their paths."""
+def _write_extras(
+    args: argparse.Namespace, out: Any, *, script: Any, choices: dict[str, Any]
+) -> list[str]:
+    """The preview sheet, the statistics JSON and the report page, where asked for; returns
+    their paths."""
     from storygen.export import plan_sheet
 
     written = []
@@ -430,6 +433,21 @@ def _write_extras(args: argparse.Namespace, out: Any) -> list[str]:
             )
         )
         written.append(args.stats_json)
+    if args.report:
+        from storygen.report import write_render_report
+
+        settings = {key: choice.value for key, choice in choices.items()}
+        preview = args.preview if args.preview and out.keyframes else None
+        write_render_report(
+            args.report,
+            out.stats,
+            out.plan,
+            preview,
+            script=script,
+            settings=settings,
+            video=args.out,
+        )
+        written.append(args.report)
     return written
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..logs import setup_logging
+from schemas.cli import run_command
+
 from . import calibrate, export, report, run, scenes, synth
 
 #: subcommand modules, in the order ``--help`` lists them
@@ -46,10 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    return int(args.func(args) or 0)
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from typing import Any
 
 from curate.shapes import GroundTruth, generate_corpus, parse_caption
 from pipelines.cli import build_parser as curate_parser
-from pipelines.logs import setup_logging
 from schemas import read_parquet
+from schemas.cli import setup_logging
 from storygen.cli import main as storygen_main
 
 logger = logging.getLogger("storyloom.demo")
@@ -140,6 +140,8 @@ def render_story(run_dir: Path, out: Path, args: argparse.Namespace) -> tuple[in
             "cpu",
             "--stats-json",
             str(stats),
+            "--report",
+            str(out / f"story-{story['story_id']}-report.html"),
         ]
     )
     return code, video, preview
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         code, video, preview = render_story(run_dir, out, args)
         if code:
             return code
-        render_report = write_story_report(run_dir, video, preview)
+        render_report = video.with_name(video.stem + "-report.html")
 
     report = run_dir / "report.html"
     _banner("where everything went")
@@ -213,25 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total {time.perf_counter() - t0:.0f} s")
     print(f"\nopen the run's report in a browser:\n{report}")
     return 0
-
-
-def write_story_report(run_dir: Path, video: Path, preview: Path) -> Path:
-    """The render's report page, beside the video (from the statistics the render wrote)."""
-    from storygen.report import write_render_report
-    from storygen.script import load_script
-
-    stats = json.loads(video.with_name(video.stem + "-stats.json").read_text())
-    story_id = pick_story(run_dir / "stories")["story_id"]
-    script = load_script(run_dir / "stories", story_id=story_id)
-    return write_render_report(
-        video.with_name(video.stem + "-report.html"),
-        stats["stats"],
-        stats["plan"],
-        preview,
-        script=script,
-        video=video,
-        title=f"storygen render: story {story_id}",
-    )
 
 
 if __name__ == "__main__":

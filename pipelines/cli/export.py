@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from schemas.cli import positive_int
+
 _EPILOG = """\
 writes under OUT:
   shard-NNNNNN.tar    samples: KEY.mp4 (h264, SIZE at FPS, FRAMES frames) + KEY.json
@@ -30,16 +32,6 @@ or `storygen train --shards OUT`.
 
 exit status: 0 done; 2 bad arguments, an unreadable run folder or another export in OUT.
 """
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _bytes(text: str) -> int:
@@ -69,7 +61,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--size", default="64", help="frame size: N (square) or WxH (default 64)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
-    p.add_argument("--frames", type=_positive, default=16, help="frames per sample (default 16)")
+    p.add_argument("--frames", type=positive_int, default=16, help="frames per sample (default 16)")
     p.add_argument(
         "--resize",
         choices=("scale", "crop"),
@@ -85,7 +77,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--samples-per-shard",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="most samples in one shard (default 1000 unless --shard-bytes is given)",
     )
@@ -105,12 +97,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--max-samples",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="stop after this many samples (whole videos, in the export's hashed order)",
     )
     p.add_argument(
-        "--workers", type=_positive, default=1, help="processes that decode and encode (1)"
+        "--workers", type=positive_int, default=1, help="processes that decode and encode (1)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an export in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -10,6 +10,8 @@ import collections
 import sys
 from typing import Any
 
+from schemas.cli import fraction, positive_int
+
 _EPILOG = """\
 writes under OUT:
   videos/<id>.mp4     h264 videos (1-5 scenes, cuts, fades, dissolves)
@@ -23,26 +25,6 @@ writes under OUT:
 example:
   curate synth --out data/shapes --videos 50 --seed 7 --resolutions 320x240,640x360
 """
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -59,17 +41,20 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--videos", type=_positive, default=20, help="number of videos (default 20)")
+    p.add_argument("--videos", type=positive_int, default=20, help="number of videos (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
-        "--noise-rate", type=_rate, default=0.3, help="share of noisy source captions (0.3)"
+        "--noise-rate", type=fraction, default=0.3, help="share of noisy source captions (0.3)"
     )
     p.add_argument(
-        "--duplicate-rate", type=_rate, default=0.1, help="share of planted near-duplicates (0.1)"
+        "--duplicate-rate",
+        type=fraction,
+        default=0.1,
+        help="share of planted near-duplicates (0.1)",
     )
     p.add_argument(
         "--transition-rate",
-        type=_rate,
+        type=fraction,
         default=0.3,
         help="share of scene changes that are fades or dissolves rather than cuts (0.3)",
     )
@@ -84,8 +69,10 @@ def register(subparsers: Any) -> None:
         default=None,
         help="comma-separated frame rates, e.g. 24,30000/1001 (default 24,25,29.97,30)",
     )
-    p.add_argument("--min-scenes", type=_positive, default=1, help="fewest scenes a video has (1)")
-    p.add_argument("--max-scenes", type=_positive, default=5, help="most scenes a video has (5)")
+    p.add_argument(
+        "--min-scenes", type=positive_int, default=1, help="fewest scenes a video has (1)"
+    )
+    p.add_argument("--max-scenes", type=positive_int, default=5, help="most scenes a video has (5)")
     p.add_argument(
         "--scene-seconds",
         default="1.5,5.0",

@@ -59,6 +59,8 @@ def test_render_writes_video_preview_and_summary(model_dir, tmp_path, capsys):
         str(tmp_path / "sheet.png"),
         "--stats-json",
         str(tmp_path / "stats.json"),
+        "--report",
+        str(tmp_path / "report.html"),
         "--cache-dir",
         str(tmp_path / "cache"),
         "--no-progress",
@@ -72,6 +74,9 @@ def test_render_writes_video_preview_and_summary(model_dir, tmp_path, capsys):
     assert (tmp_path / "sheet.png").stat().st_size > 0
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["stats"]["model_calls"] == 5 and stats["plan"]["rounds"] == 2
+    page = (tmp_path / "report.html").read_text()
+    assert "report.html" in text and "data:image/png;base64," in page  # the sheet, inline
+    assert "level 1" in page and "a red circle" in page  # the plan and the script
     # a rerun is served from the cache
     assert main(argv) == 0
     assert "5 (5 from cache)" in capsys.readouterr().out

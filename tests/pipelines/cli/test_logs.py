@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 SCRIPT = """
 import sys
-from pipelines.logs import setup_logging
+from schemas.cli import setup_logging
 setup_logging(verbose=sys.argv[1] == "-v")
 import apache_beam  # noqa: F401
 import faiss  # noqa: F401
