@@ -781,28 +781,42 @@ def export_video(job: VideoJob, settings: ExportSettings) -> tuple[list[Encoded]
     except Exception as exc:
         reason = exc.reason if isinstance(exc, CurateError) else str(exc) or type(exc).__name__
         tail = "".join(traceback.format_exception(exc)[-3:])[-2000:]
-        ids = [job.video_id] if settings.raw else job.clip_ids
-        rows = [
-            failure_row(
-                cid,
-                uri=job.uri,
-                stage=stage,
-                error_type=type(exc).__name__,
-                message=f"{cid}: {job.uri}: {reason}",
-                traceback=tail,
-            )
-            for cid in ids
-        ]
-        logger.warning("%s: cannot export (%s): %s", job.video_id, type(exc).__name__, reason)
-        return [], rows
+        return [], _video_failures(job, settings, stage, type(exc).__name__, reason, tail)
     return out, []
 
 
-def _export_job(args: tuple[VideoJob, ExportSettings]) -> tuple[list[Encoded], list[dict]]:
-    import cv2
+def _video_failures(
+    job: VideoJob, settings: ExportSettings, stage: str, error_type: str, reason: str, tail: str
+) -> list[dict[str, Any]]:
+    """A failures row for every clip of a video that could not be exported (its video id with
+    ``raw``)."""
+    ids = [job.video_id] if settings.raw else job.clip_ids
+    logger.warning("%s: cannot export (%s): %s", job.video_id, error_type, reason)
+    return [
+        failure_row(
+            cid,
+            uri=job.uri,
+            stage=stage,
+            error_type=error_type,
+            message=f"{cid}: {job.uri}: {reason}",
+            traceback=tail,
+        )
+        for cid in ids
+    ]
 
-    cv2.setNumThreads(1)
-    return export_video(*args)
+
+class _ExportStep:
+    """One video's export, as a child process runs it (:class:`curate.isolation.IsolatedWorker`):
+    a decoder that crashes or hangs costs that video, not the export."""
+
+    def __init__(self, settings: ExportSettings) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)
+        self.settings = settings
+
+    def __call__(self, job: VideoJob) -> tuple[list[Encoded], list[dict]]:
+        return export_video(job, self.settings)
 
 
 # --- the output folder -----------------------------------------------------------------------
@@ -982,13 +996,15 @@ def export_run(
     overwrite: bool = False,
     progress: bool = False,
     on_shard: Callable[[str], None] | None = None,
+    timeout_s: float | None = 600.0,
 ) -> ExportSummary:
     """Export a published run into shards under ``out`` (see the module docstring).
 
     Rerunning into the same ``out`` with the same settings resumes (or, when the export is
     complete, returns its summary); other settings are refused unless ``overwrite``.
-    ``workers`` processes decode and encode videos in parallel; the output does not depend on
-    it.
+    ``workers`` child processes decode and encode videos in parallel (the output does not
+    depend on it); a video whose decoder crashes or takes over ``timeout_s`` seconds becomes
+    failures rows and the rest export.
     """
     settings = settings or ExportSettings()
     if workers < 1:
@@ -1043,7 +1059,8 @@ def export_run(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=plan.samples, initial=resume, desc="export", unit="sample")
-    for job, (samples, failures) in zip(jobs, _results(jobs, settings, workers)):
+    results = _results(jobs, settings, workers, timeout_s)
+    for job, (samples, failures) in zip(jobs, results):
         state.failures.extend(failures)
         for window, sample in zip(job.windows, _align(job, samples)):
             if window.position < resume or sample is None:
@@ -1068,17 +1085,48 @@ def _align(job: VideoJob, samples: list[Encoded]) -> list[Encoded | None]:
 
 
 def _results(
-    jobs: list[VideoJob], settings: ExportSettings, workers: int
+    jobs: list[VideoJob],
+    settings: ExportSettings,
+    workers: int,
+    timeout_s: float | None,
+    step: type = _ExportStep,
 ) -> Iterator[tuple[list[Encoded], list[dict]]]:
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield export_video(job, settings)
-        return
-    import multiprocessing
+    """Each job's samples and failures, in job order. Videos are decoded and encoded by
+    ``step`` in ``workers`` isolated child processes; a child that crashes or overruns
+    ``timeout_s`` fails its video and is replaced."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap(_export_job, [(j, settings) for j in jobs], chunksize=1)
+    from .isolation import IsolatedWorker
+
+    pool = [
+        IsolatedWorker(step, {"settings": settings}, timeout_s=timeout_s, name="export")
+        for _ in range(max(1, min(workers, len(jobs))))
+    ]
+    free = list(pool)
+
+    def one(job: VideoJob) -> tuple[list[Encoded], list[dict]]:
+        worker = free.pop()
+        try:
+            outcome = worker.call(job)
+        finally:
+            free.append(worker)
+        if outcome.ok:
+            return outcome.value
+        return [], _video_failures(
+            job,
+            settings,
+            STAGE_DECODE,
+            outcome.error_type or "ExportError",
+            outcome.message or "export failed",
+            outcome.traceback or "",
+        )
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(pool)) as threads:
+            yield from threads.map(one, jobs)
+    finally:
+        for worker in pool:
+            worker.close()
 
 
 class _ShardWriter:

@@ -16,10 +16,9 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler
 
+from curate.isolation import traceback_tail
 from curate.scoring import VideoScorer
 from curate.work import VideoWork, failure_from_exception
-
-from .isolation import traceback_tail
 
 logger = logging.getLogger(__name__)
 

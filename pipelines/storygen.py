@@ -44,12 +44,12 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from curate.isolation import traceback_tail
 from curate.shards import check_output_dir
 from schemas import read_parquet, rows_to_table, video_failure_row, write_parquet
 from schemas.cli import setup_logging
 from storygen.script import script_from_stories_row
 
-from .isolation import traceback_tail
 from .options import runner_flags
 from .progress import RenderProgress
 from .transforms import Gather

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from schemas.cli import positive_int
+from schemas.cli import positive_float, positive_int
 
 _EPILOG = """\
 writes under OUT:
@@ -104,6 +104,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--workers", type=positive_int, default=1, help="processes that decode and encode (1)"
     )
+    p.add_argument(
+        "--decode-timeout",
+        type=positive_float,
+        default=600.0,
+        help="seconds one video may take before its decoder is killed and it fails (600)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an export in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -138,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             settings,
             workers=args.workers,
+            timeout_s=args.decode_timeout,
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )

@@ -34,6 +34,7 @@ from curate.dedup import (
     train_centroids,
 )
 from curate.filtering import CaptionFilter
+from curate.isolation import traceback_tail
 from curate.prompt_bank import build_prompt_bank
 from curate.recaption import with_clip_status
 from curate.threshold import Threshold, scorable
@@ -41,7 +42,6 @@ from curate.work import failure_from_exception, joined_clips, rows_problem, tabl
 from schemas import RunManifest, ShardInfo
 from schemas.tables import KEPT
 
-from ..isolation import traceback_tail
 from .common import NAMESPACE, Gather
 
 

@@ -26,10 +26,10 @@ from apache_beam.ml.inference.base import RunInference
 
 from curate import shards
 from curate.captions import CaptionCleaner
+from curate.isolation import IsolatedWorker, Outcome, traceback_tail
 from curate.work import VideoWork, failure_from_exception
 
 from ..handlers import ClipModelHandler, VideoBatch
-from ..isolation import IsolatedWorker, Outcome, traceback_tail
 from .common import FAILURES, NAMESPACE, split_outputs, timed
 
 logger = logging.getLogger(__name__)

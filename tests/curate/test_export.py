@@ -225,6 +225,37 @@ def test_a_damaged_source_becomes_failures_rows_and_the_rest_export(corpus, run,
     assert others == {row["video_id"] for row in index} and others  # the rest exported
 
 
+class CrashingExport:
+    """The export step, but its decoder segfaults on one video (run in the child process)."""
+
+    def __init__(self, settings: ExportSettings) -> None:
+        from curate.export import _ExportStep
+
+        self.step = _ExportStep(settings)
+
+    def __call__(self, job):
+        if job.video_id == os.environ.get("CRASH_VIDEO"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return self.step(job)
+
+
+def test_a_decoder_crash_fails_its_video_and_the_rest_export(run, monkeypatch):
+    from curate.export import _results, plan_export
+
+    jobs = plan_export(run, SETTINGS).jobs
+    victim = jobs[1].video_id
+    monkeypatch.setenv("CRASH_VIDEO", victim)  # the child processes inherit it
+    results = list(_results(jobs, SETTINGS, 2, 60.0, CrashingExport))
+    assert len(results) == len(jobs)
+    for job, (samples, failures) in zip(jobs, results):
+        if job.video_id == victim:
+            assert samples == [] and {f["input_id"] for f in failures} == set(job.clip_ids)
+            assert all(f["error_type"] == "DecoderCrash" for f in failures)
+            assert all("signal 11 (SIGSEGV)" in f["message"] for f in failures)
+        else:
+            assert failures == [] and len(samples) == len(job.windows)
+
+
 def test_raw_exports_every_video_with_its_manifest_caption(corpus, run, tmp_path):
     out = tmp_path / "raw"
     summary = export_run(run, out, ExportSettings(**{**SETTINGS.to_dict(), "raw": True}))

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from curate.errors import VideoOpenFailure
-from pipelines.isolation import IsolatedWorker, IsolatedWorkerError
+from curate.isolation import IsolatedWorker, IsolatedWorkerError
 from tests.pipelines.fakes import FakeDecoder
 
 

@@ -169,7 +169,7 @@ class IsolatedWorker:
             [
                 sys.executable,
                 "-c",
-                f"from pipelines.isolation import _child_entry; _child_entry({fd})",
+                f"from curate.isolation import _child_entry; _child_entry({fd})",
             ],
             pass_fds=(fd,),
             env=env,
