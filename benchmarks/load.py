@@ -195,6 +195,8 @@ def run_with_kills(
     events = []
     started = time.monotonic()
     for mark in [*marks, math.inf]:
+        # each kill lands after this start has committed something of its own
+        mark = max(mark, committed(out) + 1)
         proc = start_run(manifest, out, workers, log)
         killed = False
         while proc.poll() is None:
