@@ -307,7 +307,7 @@ def probe_prompted(
             if size:
                 truths.append(read_story(render_truth(story, size, seed=start), story))
         start = end
-    out = summarize(rows) if rows else {"stories": 0, "frames": 0}
+    out: dict[str, Any] = summarize(rows) if rows else {"stories": 0, "frames": 0}
     out["frames_unread"] = unread
     if truths:
         out["ceiling"] = summarize(truths)
