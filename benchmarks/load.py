@@ -49,7 +49,9 @@ def _env() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- the corpus
-def make_corpus(folder: Path, videos: int, seed: int, bad_share: float) -> tuple[Path, int]:
+def make_corpus(
+    folder: Path, videos: int, seed: int, bad_share: float, synth_args: list[str]
+) -> tuple[Path, int]:
     """The corpus (reused when present) and its manifest with bad files appended; returns the
     manifest and the number of inputs."""
     import csv
@@ -89,7 +91,13 @@ def make_corpus(folder: Path, videos: int, seed: int, bad_share: float) -> tuple
             path.write_bytes(b"")
         elif kind == "garbage":
             path.write_bytes(rng.randbytes(4096))
-        row = [f"bad_{i:04d}", os.path.relpath(path, folder), "PT00H00M05S", "bad", f"bad file {kind}"]
+        row = [
+            f"bad_{i:04d}",
+            os.path.relpath(path, folder),
+            "PT00H00M05S",
+            "bad",
+            f"bad file {kind}",
+        ]
         extra.append(row)
     with manifest.open("w", newline="") as f:
         w = csv.writer(f)
@@ -274,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=5000)
+    p.add_argument(
+        "--synth-args",
+        default="--resolutions 284x160,320x240,426x240,640x360 --preset ultrafast",
+        help="flags for curate synth (default: four resolutions up to 360p, x264 ultrafast, "
+        "so that 5,000 videos synthesize in under an hour here)",
+    )
     p.add_argument("--work-dir", default=str(ROOT / "out" / "load"))
     p.add_argument("--keep", action="store_true", help="keep the run folders afterwards")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load.json"))
@@ -283,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     manifest, inputs = make_corpus(
-        work / f"corpus-{args.videos}", args.videos, args.seed, args.bad_share
+        work / f"corpus-{args.videos}",
+        args.videos,
+        args.seed,
+        args.bad_share,
+        args.synth_args.split(),
     )
     synth_s = time.monotonic() - t0
     print(f"corpus: {inputs} inputs ({manifest}), {synth_s:.0f} s", flush=True)
