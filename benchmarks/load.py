@@ -68,6 +68,7 @@ def make_corpus(
                 "--seed",
                 str(seed),
                 "--no-progress",
+                *synth_args,
             ],
             check=True,
             env=_env(),
