@@ -134,10 +134,8 @@ def render_story(run_dir: Path, out: Path, args: argparse.Namespace) -> tuple[in
             str(preview),
             "--fps",
             str(args.fps),
-            "--steps",
-            str(args.steps),
-            "--guidance",
-            str(args.guidance),
+            *(["--steps", str(args.steps)] if args.steps is not None else []),
+            *(["--guidance", str(args.guidance)] if args.guidance is not None else []),
             "--device",
             "cpu",
             "--stats-json",
@@ -197,8 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=2026, help="corpus seed")
     parser.add_argument("--workers", type=int, default=1, help="Beam worker processes")
     parser.add_argument("--fps", type=float, default=4.0, help="frame rate of the rendered story")
-    parser.add_argument("--steps", type=int, default=12, help="denoising steps per model call")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps per model call (default: the model's recommended, sampling.json)",
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default: the model's recommended, sampling.json)",
+    )
     parser.add_argument("--skip-render", action="store_true", help="stop after curation")
     return parser
 

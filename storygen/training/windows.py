@@ -141,11 +141,17 @@ def sample_window(
     return Window(out, prompts, mask, real_spacing, role, facts_per_frame)
 
 
-#: call lengths: most calls hold L frames, short ones come from uneven (stretched) plans
+#: shorter calls, as a share of ``frames``: uneven (stretched) plans make calls of 3 to L frames;
+#: training draws a few lengths only, since each new input shape costs the GPU a round of
+#: kernel selection (the network itself takes any length)
+SHORT_CALLS = (0.25, 0.5, 0.75)
+
+
 def draw_call_length(rng: np.random.Generator, frames: int) -> int:
+    """Frames of one training call: L most of the time, else one of a few shorter lengths."""
     if frames <= 3 or rng.random() < 0.7:
         return frames
-    return int(rng.integers(3, frames))
+    return max(3, round(frames * float(rng.choice(SHORT_CALLS))))
 
 
 class StoryWindows(torch.utils.data.IterableDataset):

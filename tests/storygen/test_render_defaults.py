@@ -101,17 +101,19 @@ def test_unreadable_sampling_json_is_named(tmp_path):
 
 
 def test_shipped_model_recommends_its_measured_settings():
-    # the settings the model card's numbers were measured with: DDIM, guidance 3, 32 px
+    # the settings the model card's numbers were measured with (its guidance sweep picked 2.0)
     settings = read_sampling_json(DEFAULT_MODEL)
     assert settings == {
-        "scheduler": "ddim",
-        "num_inference_steps": 25,
-        "guidance_scale": 3.0,
-        "fps": 4.0,
-        "height": 32,
-        "width": 32,
+        "scheduler": "dpm",
+        "num_inference_steps": 12,
+        "guidance_scale": 2.0,
+        "fps": 8.0,
+        "height": 64,
+        "width": 64,
         "frames_per_call": 16,
     }
+    card = (DEFAULT_MODEL / "README.md").read_text()
+    assert "12 DPM steps, guidance 2" in card and "**2.0 → " in card
 
 
 # --------------------------------------------------------------------------- resolution
