@@ -40,7 +40,7 @@ _HELP = {
     "seed": "seed of initialisation and data",
     "device": "cpu, cuda, cuda:1 or auto",
     "workers": "DataLoader processes drawing windows",
-    "text_encoder": "CLIP folder whose text tower is used, frozen (a new one is trained if missing)",
+    "text_encoder": "CLIP folder whose text tower is used (a new one is trained if missing)",
     "preset": "network sizes: shapes (the shipped model) or micro (smoke runs)",
     "train_text": "1: fine-tune the text encoder along (0: keep it frozen)",
     "text_lr": "peak learning rate of the text encoder",

@@ -9,9 +9,10 @@ as condition channels and, noised like the rest, in the sample, which is how the
 feeds them. 10 % of windows drop their prompts, for classifier-free guidance. Weights saved
 are an exponential moving average.
 
-The text encoder is ``models/shapes-clip``'s text tower, frozen (it already separates the
-grammar's colours, shapes, motions and backgrounds); without that folder a small CLIP text
-model is trained along.
+The text encoder is ``models/shapes-clip``'s text tower, fine-tuned at a lower rate
+(``train_text``, ``text_lr``: its pooled state separates the grammar's facts, but its token
+states, which the UNet attends to, barely tell backgrounds apart); without that folder a small
+CLIP text model is trained along.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def load_text(config: TrainConfig) -> tuple[Any, Any, bool]:
             encoder = CLIPTextModel.from_pretrained(str(path)).eval()
         finally:
             transformers_logging.set_verbosity(verbosity)
-        logger.info("text encoder: %s (frozen)", path)
+        logger.info("text encoder: %s", path)
         return tokenizer, encoder, False
     tokenizer = train_clip_tokenizer(all_captions(), vocab_size=600)
     encoder = build_tiny_text_encoder(
