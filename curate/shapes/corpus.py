@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..h264 import parse_fps
 from .plan import (
     DEFAULT_FPS,
     DEFAULT_RESOLUTION_WEIGHTS,
@@ -35,7 +36,7 @@ from .plan import (
     truncate_caption,
 )
 from .truth import GroundTruth, VideoTruth
-from .video import parse_fps, write_video
+from .video import write_video
 from .vocab import (
     BOILERPLATE,
     DUPLICATE_KINDS,
