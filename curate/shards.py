@@ -69,6 +69,10 @@ logger = logging.getLogger(__name__)
 #: written into work files so an old work folder is never mixed with a newer layout
 META_WORK_VERSION = b"storyloom.work_version"
 WORK_VERSION = f"{SCHEMA_VERSION}/5"
+#: keys a run sets on a videos row it processes (:mod:`.work`; not columns of the videos
+#: table): what determined the result (its fingerprint) and the how-manieth attempt it is
+FINGERPRINT = "fingerprint"
+ATTEMPT = "attempt"
 
 #: per-clip values the corpus phase needs that are not columns of the clips table
 CLIP_EXTRAS = pa.struct(
@@ -312,8 +316,6 @@ def resume_plan(
     current fingerprint, and (with ``retry_failed``) those whose current record failed. Each
     row to process gets its fingerprint and its attempt number (one more than the video's
     attempts so far, whatever they were made under)."""
-    from .work import ATTEMPT, FINGERPRINT  # work imports this module
-
     index = work_index(path)
     plan = ResumePlan(fingerprints=dict(fingerprints), todo=[], done=set())
     for video in videos:

@@ -501,41 +501,40 @@ def probe(
         rate = header.frame_rate or Fraction(num_frames) / Fraction(duration).limit_denominator()
         return _constant_rate_info(uri, header, num_frames, rate)
     rate = Fraction(num_frames) / Fraction(duration).limit_denominator(1_000_000)
+    return _info(
+        uri,
+        header,
+        num_frames,
+        rate,
+        duration_s=duration,
+        variable_frame_rate=vfr,
+        frame_times=starts,
+    )
+
+
+def _info(uri: str, header: _Header, num_frames: int, rate: Fraction, **fields: Any) -> VideoInfo:
+    """A probe's result from the stream's header, ``num_frames`` frames at ``rate`` (they
+    last ``num_frames / rate`` seconds unless ``fields`` gives ``duration_s``)."""
     width, height = header.display_size
+    fields.setdefault("duration_s", float(Fraction(num_frames) / rate))
     return VideoInfo(
         uri=uri,
         num_frames=num_frames,
         fps=float(rate),
         frame_rate=rate,
-        duration_s=duration,
         width=width,
         height=height,
         codec=header.codec,
         container=header.container,
-        variable_frame_rate=vfr,
-        frame_times=starts,
         declared_frames=header.declared_frames or None,
         has_audio=header.has_audio,
         rotation=header.rotation,
+        **fields,
     )
 
 
 def _constant_rate_info(uri: str, header: _Header, num_frames: int, rate: Fraction) -> VideoInfo:
-    width, height = header.display_size
-    return VideoInfo(
-        uri=uri,
-        num_frames=num_frames,
-        fps=float(rate),
-        frame_rate=rate,
-        duration_s=float(Fraction(num_frames) / rate),
-        width=width,
-        height=height,
-        codec=header.codec,
-        container=header.container,
-        declared_frames=header.declared_frames or None,
-        has_audio=header.has_audio,
-        rotation=header.rotation,
-    )
+    return _info(uri, header, num_frames, rate)
 
 
 def _readable_size(uri: str, path: str) -> int:
@@ -585,23 +584,7 @@ def _truncated_info(uri: str, header: _Header, readable: int, min_frames: int) -
         raise ZeroFrames("the file is truncated before its first frame", uri=uri)
     if readable < min_frames:
         raise TooFewFrames(f"{readable} frame(s), at least {min_frames} needed", uri=uri)
-    rate = header.frame_rate or Fraction(25)
-    width, height = header.display_size
-    return VideoInfo(
-        uri=uri,
-        num_frames=readable,
-        fps=float(rate),
-        frame_rate=rate,
-        duration_s=float(Fraction(readable) / rate),
-        width=width,
-        height=height,
-        codec=header.codec,
-        container=header.container,
-        truncated=True,
-        declared_frames=header.declared_frames or None,
-        has_audio=header.has_audio,
-        rotation=header.rotation,
-    )
+    return _info(uri, header, readable, header.frame_rate or Fraction(25), truncated=True)
 
 
 # --- decoding ----------------------------------------------------------------------------------

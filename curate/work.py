@@ -24,15 +24,15 @@ from schemas.io import SchemaError, validate_rows
 from schemas.tables import CLIPS_SCHEMA
 
 from .errors import CurateError
-from .shards import CLIP_EXTRAS
+from .shards import ATTEMPT, CLIP_EXTRAS, FINGERPRINT
 
 #: the extras of a clip record, in ``CLIP_EXTRAS`` order
 EXTRA_KEYS: tuple[str, ...] = tuple(f.name for f in CLIP_EXTRAS if f.name != "clip_id")
 
-#: keys a run sets on a videos row it processes (not columns of the videos table): what
-#: determined the result (:func:`fingerprint`) and the how-manieth attempt at the input it is
-FINGERPRINT = "fingerprint"
-ATTEMPT = "attempt"
+# FINGERPRINT and ATTEMPT, the keys a run sets on a videos row it processes, are defined with
+# the work records in .shards (whose resume plan sets them), so that .shards needs no import
+# of this module
+
 #: the columns of a manifest row that decide a video's result (``source`` and ``source_line``
 #: only say where the row is)
 ROW_KEYS = ("video_id", "uri", "caption", "captions", "duration_s")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from curate.choices import DETECTORS, KEYFRAME_FORMATS
+from schemas.inputs import ManifestLimits
 
 
 def positive_int(text: str) -> int:
@@ -295,7 +296,8 @@ class RunSettings:
         """The settings with ``--threshold auto`` and ``--captioner auto`` resolved against the
         model folder, checked before any work starts: a bad value, an unusable CLIP or
         captioner folder, an unreadable prompt bank fails here, naming the value."""
-        # curate's modules load numpy; --help does not need them
+        # curate's model, prompt-bank and threshold modules: only when a run starts, so that
+        # --help stays fast
         from curate.models import (
             check_captioner_folder,
             check_clip_model,
@@ -332,10 +334,8 @@ class RunSettings:
         )
 
     @property
-    def manifest_limits(self) -> Any:
+    def manifest_limits(self) -> ManifestLimits:
         """The :class:`schemas.inputs.ManifestLimits` of these settings."""
-        from schemas.inputs import ManifestLimits
-
         return ManifestLimits(
             max_caption_bytes=self.max_caption_bytes,
             max_line_bytes=max(self.max_manifest_line_bytes, self.max_caption_bytes),

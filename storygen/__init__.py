@@ -28,7 +28,8 @@ Module map (a script flows top to bottom: parse -> plan -> levels -> frames -> m
     training/        the shapes-world model: story windows (training data), the autoencoder,
                      the UNet trainer, the pixel probe (held-out stories read from pixels)
     train            ``storygen train``: the trainer's command line
-    cli, plan_cli, render_cli   the ``storygen`` command
+    cli, plan_cli, render_cli, model_cli
+                     the ``storygen`` command
 
 The public API is re-exported here. Heavy modules load on first use, so ``import storygen``
 stays cheap and a module that fails to import does not take the others down.

@@ -2,8 +2,8 @@
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)`` and keeps its
 heavy imports (torch, diffusers) inside the functions it runs, so ``storygen --help`` stays fast.
-The default model folder the subcommands share lives here; argument types and logging come
-from :mod:`schemas.cli`, which the ``curate`` command shares.
+The default model folder and the dtypes the subcommands share live here; argument types and
+logging come from :mod:`schemas.cli`, which the ``curate`` command shares.
 """
 
 from __future__ import annotations
@@ -12,16 +12,27 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from schemas.cli import run_command
 
 COMMAND_MODULES = (
     "storygen.plan_cli",  # storygen plan: levels, model calls and rounds of a script
-    "storygen.render_cli",  # storygen render / new-model / train
+    "storygen.render_cli",  # storygen render: a script into a video
+    "storygen.model_cli",  # storygen new-model / train: model folders
 )
 
 #: the shipped shapes-world model, beside the packages in the repository
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "shapes-storygen"
+#: the dtypes a model can be loaded or written in
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def torch_dtype(name: str | None) -> Any:
+    """The torch dtype named ``name`` (one of :data:`DTYPES`), or None."""
+    import torch  # only when a command runs: `storygen --help` stays fast
+
+    return None if name is None else getattr(torch, name)
 
 
 def default_model(value: str | None) -> Path | None:

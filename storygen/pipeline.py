@@ -468,6 +468,80 @@ class StoryVideoPipeline(DiffusionPipeline):
 
         # 1. check inputs, with the model's defaults filled in (its sampling.json, else the
         # built-in ones); one settings object from here on
+        settings, frames_per_call = self._settings(
+            prompt,
+            num_frames,
+            generator=generator,
+            output_type=output_type,
+            frames_per_call=frames_per_call,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            resample_steps=resample_steps,
+            jump_length=jump_length,
+            reconstruction_guidance=reconstruction_guidance,
+            negative_prompt=negative_prompt,
+            micro_batch=micro_batch,
+            devices=devices,
+            progress=progress,
+        )
+
+        # 2. plan: which call makes which frames, every frame with its prompt
+        plan = self.build_plan(
+            prompt,
+            num_frames=num_frames,
+            fps=fps,
+            frames_per_call=frames_per_call,
+            depth=depth,
+            policy=policy,
+            overlap=overlap,
+        )
+        if plan.dropped:
+            logger.info(
+                "trim policy: %s frames past the end are made and dropped", len(plan.dropped)
+            )
+
+        # 3. encode prompts, each distinct one once
+        text, negative = self.encode_prompt(list(plan.prompts or ()), settings.negative_prompt)
+
+        # 4. the levels: global keyframes, then the local levels (finished calls kept on disk);
+        # 5. frames: decoded and written (or kept) in order, as the levels make them final;
+        # 6. the output: the frames, the plan and the run's stats
+        return self._render(
+            plan,
+            settings,
+            (text, negative),
+            cache_dir=cache_dir,
+            output_type=output_type,
+            output_path=output_path,
+            fps=plan.fps or fps,
+            callbacks=(callback_on_call_end, callback_on_level_end),
+            started=started,
+        )
+
+    def _settings(
+        self,
+        prompt: Any,
+        num_frames: int | None,
+        *,
+        generator: torch.Generator | int | None,
+        output_type: str | None,
+        frames_per_call: int | None,
+        num_inference_steps: int | None,
+        guidance_scale: float | None,
+        height: int | None,
+        width: int | None,
+        resample_steps: int | None,
+        jump_length: int | None,
+        reconstruction_guidance: float,
+        negative_prompt: str,
+        micro_batch: int,
+        devices: Sequence[str | torch.device] | None,
+        progress: bool,
+    ) -> tuple[RenderSettings, int]:
+        """The render's settings and frames per call, the model's defaults filled in (its
+        sampling.json, else the built-in ones), after :meth:`check_inputs`."""
         recommended = {**BUILTIN_DEFAULTS, **self.sampling}
         if num_inference_steps is None:
             num_inference_steps = recommended["num_inference_steps"]
@@ -509,26 +583,25 @@ class StoryVideoPipeline(DiffusionPipeline):
             devices=tuple(devices) if devices else None,
             progress=progress,
         )
+        return settings, frames_per_call
 
-        # 2. plan: which call makes which frames, every frame with its prompt
-        plan = self.build_plan(
-            prompt,
-            num_frames=num_frames,
-            fps=fps,
-            frames_per_call=frames_per_call,
-            depth=depth,
-            policy=policy,
-            overlap=overlap,
-        )
-        if plan.dropped:
-            logger.info(
-                "trim policy: %s frames past the end are made and dropped", len(plan.dropped)
-            )
-
-        # 3. encode prompts, each distinct one once
-        text, negative = self.encode_prompt(list(plan.prompts or ()), settings.negative_prompt)
-
-        # 4. the levels: global keyframes, then the local levels (finished calls kept on disk)
+    def _render(
+        self,
+        plan: Plan,
+        settings: RenderSettings,
+        prompts: tuple[Any, Any],
+        *,
+        cache_dir: str | os.PathLike | None,
+        output_type: str | None,
+        output_path: str | os.PathLike | None,
+        fps: float | None,
+        callbacks: tuple[Callable | None, Callable | None],
+        started: float,
+    ) -> StoryVideoOutput:
+        """Run ``plan``'s levels (``prompts``: the encoded prompts and negative prompt) and
+        gather the frames and the run's stats."""
+        text, negative = prompts
+        callback_on_call_end, callback_on_level_end = callbacks
         cache = CallCache(Path(cache_dir) / cache_key(self, plan, settings)) if cache_dir else None
         runner = PlanRunner(
             self,
@@ -540,18 +613,18 @@ class StoryVideoPipeline(DiffusionPipeline):
             callback_on_call_end=callback_on_call_end,
             callback_on_level_end=callback_on_level_end,
         )
-        # 5. frames: decoded and written (or kept) in order, as the levels make them final
+        # frames: decoded and written (or kept) in order, as the levels make them final
         sink = FrameSink(
             plan,
             decode=self.decode,
             output_type=output_type,
             output_path=output_path,
-            fps=plan.fps or fps,
+            fps=fps,
         )
         with sink:
             runner.run(sink)
 
-        # 6. output
+        # the output
         stats = runner.stats
         stats.wall_time_s = time.perf_counter() - started
         stats.output_path = str(output_path) if output_path else None

@@ -24,6 +24,7 @@ from storygen.plan import (
     frame_limit,
     plan_story,
 )
+from storygen.settings import resolve_sampling
 
 if TYPE_CHECKING:
     from storygen.script import StoryScript
@@ -158,8 +159,7 @@ def num_frames_of(args: argparse.Namespace, fps: float) -> int | None:
 def sampling_choices(args: argparse.Namespace, script: StoryScript, **flags: Any) -> dict:
     """The render settings of ``args`` resolved against the script and the model folder's
     sampling.json (see :func:`storygen.settings.resolve_sampling`)."""
-    from storygen.script import script_format
-    from storygen.settings import resolve_sampling
+    from storygen.script import script_format  # YAML and pyarrow.compute, as in run()
 
     return resolve_sampling(
         {"fps": args.fps, "frames_per_call": args.frames_per_call, **flags},
@@ -184,7 +184,7 @@ def _calls_table(plan: Plan) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    # the script readers import pyarrow: loaded here, so that `storygen --help` stays fast
+    # the script readers import YAML and pyarrow.compute: here, so that `storygen --help` stays fast
     from storygen.script import ScriptError, load_script
 
     try:

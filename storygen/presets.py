@@ -14,6 +14,9 @@ Presets: ``micro`` (pixel space, 16 px, 8-16 channels: tests and CPU benchmarks)
 space, 32 px, 16-32 channels: the shipped shapes-world model), ``tiny-latent`` and ``modelscope`` (the real ModelScope shapes:
 1.41 B-parameter UNet, SD 1.x VAE, 1024-wide text encoder; random weights, for GPU benchmarks).
 Nothing here reaches the hub.
+
+diffusers, transformers and the storygen modules built on them (the models, the pipeline) load
+inside the builders: importing this module (the preset table) costs torch only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from curate.training.tokenizer import train_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,22 @@ _DDIM = {
     "prediction_type": "epsilon",
 }
 
+
+def _small_vae(block_out_channels: tuple[int, int]) -> dict[str, Any]:
+    """A two-block ``AutoencoderKL`` for 32 px frames: 4 latent channels at 16 x 16."""
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": block_out_channels,
+        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        "layers_per_block": 1,
+        "norm_num_groups": 4,
+        "sample_size": 32,
+    }
+
+
 PRESETS: dict[str, Preset] = {
     "micro": Preset(
         name="micro",
@@ -91,17 +112,7 @@ PRESETS: dict[str, Preset] = {
     "micro-latent": Preset(
         name="micro-latent",
         unet=_MICRO_UNET,
-        vae={
-            "in_channels": 3,
-            "out_channels": 3,
-            "latent_channels": 4,
-            "block_out_channels": (8, 8),
-            "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            "layers_per_block": 1,
-            "norm_num_groups": 4,
-            "sample_size": 32,
-        },
+        vae=_small_vae((8, 8)),
         text={"hidden_size": 16, "num_layers": 1, "num_heads": 2},
         height=32,
         width=32,
@@ -121,17 +132,7 @@ PRESETS: dict[str, Preset] = {
     "tiny-latent": Preset(
         name="tiny-latent",
         unet=_TINY_UNET,
-        vae={
-            "in_channels": 3,
-            "out_channels": 3,
-            "latent_channels": 4,
-            "block_out_channels": (8, 16),
-            "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            "layers_per_block": 1,
-            "norm_num_groups": 4,
-            "sample_size": 32,
-        },
+        vae=_small_vae((8, 16)),
         text={"hidden_size": 32, "num_layers": 2, "num_heads": 4},
         height=32,
         width=32,
@@ -212,7 +213,6 @@ def build_components(
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from curate.training.tokenizer import train_clip_tokenizer
     from storygen.models import MaskedUNet3D
 
     p = get_preset(preset) if isinstance(preset, str) else preset

@@ -1,12 +1,9 @@
-"""``storygen render`` / ``storygen new-model`` / ``storygen train``.
+"""``storygen render``: a story script into a video with a model folder (masked or ModelScope
+layout), streaming frames to the output file as they become final.
 
-``render`` turns a story script into a video with a model folder (masked or ModelScope
-layout), streaming frames to the output file as they become final; ``new-model`` writes a
-randomly initialised model folder of a preset size; ``train`` trains the small shapes-world
-model (:mod:`storygen.train`).
-
-torch, diffusers, numpy and the pyarrow-backed script readers load inside the functions that
-run a command, so that ``storygen --help`` and argument errors stay fast.
+torch, diffusers and the script readers (pyarrow, YAML) load inside the functions that run a
+command (``run_*``, and the steps of ``run_render`` after its checks), so that
+``storygen --help`` and argument errors stay fast.
 """
 
 from __future__ import annotations
@@ -19,9 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from schemas.cli import non_negative_float, positive_float, positive_int
-from storygen.cli import DEFAULT_MODEL, default_model
-from storygen.plan import AUTOREGRESSIVE, FPS_RANGE, FRAMES_PER_CALL_RANGE, MAX_FRAMES, POLICIES
-from storygen.settings import BUILTIN_DEFAULTS, MAX_FRAME_SIZE, SCHEDULERS
+from storygen.cli import DEFAULT_MODEL, DTYPES, default_model, torch_dtype
+from storygen.export import plan_sheet
+from storygen.plan import (
+    AUTOREGRESSIVE,
+    FPS_RANGE,
+    FRAMES_PER_CALL_RANGE,
+    MAX_FRAMES,
+    POLICIES,
+    check_fps,
+    frame_limit,
+    plan_story,
+)
+from storygen.plan_cli import no_fps_message, num_frames_of, sampling_choices
+from storygen.report import write_render_report
+from storygen.settings import (
+    BUILTIN_DEFAULTS,
+    MAX_FRAME_SIZE,
+    SCHEDULERS,
+    Choice,
+    check_frame_size,
+    describe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +45,8 @@ _BUILTIN_STEPS = BUILTIN_DEFAULTS["num_inference_steps"]
 _BUILTIN_GUIDANCE = BUILTIN_DEFAULTS["guidance_scale"]
 _BUILTIN_FRAMES_PER_CALL = BUILTIN_DEFAULTS["frames_per_call"]
 _MAX_FRAME_SIZE = MAX_FRAME_SIZE
+#: where a sampling flag's default comes from
+_FROM_MODEL = "default: the model's sampling.json, else"
 
 RENDER_DESCRIPTION = """\
 Render a timed prompt sequence (a YAML / JSON / SRT script, or a row of a curated stories
@@ -60,8 +78,6 @@ frames of at most {_MAX_FRAME_SIZE}×{_MAX_FRAME_SIZE} pixels (--max-frame-size)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _add_render(subparsers)
-    _add_new_model(subparsers)
-    _add_train(subparsers)
 
 
 def _add_render(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +88,6 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
         epilog=RENDER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from_model = "default: the model's sampling.json, else"
     p.add_argument(
         "script", help="story script: .yaml / .json / .srt / .vtt, or a stories .parquet (folder)"
     )
@@ -83,8 +98,13 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output video (.mp4, .mkv, .webm or .gif)")
     p.add_argument("--story-id", help="which story of a stories table (default: the first)")
+    _add_plan_flags(p.add_argument_group("length and plan"))
+    _add_sampling_flags(p.add_argument_group("sampling"))
+    _add_output_flags(p.add_argument_group("devices and output"))
+    p.set_defaults(func=run_render)
 
-    g = p.add_argument_group("length and plan")
+
+def _add_plan_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--fps",
         type=positive_float,
@@ -105,7 +125,7 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
         "--frames-per-call",
         type=positive_int,
         metavar="L",
-        help=f"frames one model call makes ({from_model} {_BUILTIN_FRAMES_PER_CALL})",
+        help=f"frames one model call makes ({_FROM_MODEL} {_BUILTIN_FRAMES_PER_CALL})",
     )
     g.add_argument(
         "--depth", type=positive_int, help="levels (default: the fewest that reach the length)"
@@ -136,28 +156,29 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
         help=f"refuse videos longer than N frames (default: {MAX_FRAMES:,})",
     )
 
-    g = p.add_argument_group("sampling")
+
+def _add_sampling_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--scheduler",
         choices=sorted(SCHEDULERS),
-        help=f"{from_model} the one saved in the model folder",
+        help=f"{_FROM_MODEL} the one saved in the model folder",
     )
     g.add_argument(
         "--steps",
         type=positive_int,
-        help=f"denoising steps per call ({from_model} {_BUILTIN_STEPS})",
+        help=f"denoising steps per call ({_FROM_MODEL} {_BUILTIN_STEPS})",
     )
     g.add_argument(
         "--guidance",
         type=non_negative_float,
-        help=f"classifier-free guidance scale, 1 = off ({from_model} {_BUILTIN_GUIDANCE:g})",
+        help=f"classifier-free guidance scale, 1 = off ({_FROM_MODEL} {_BUILTIN_GUIDANCE:g})",
     )
     g.add_argument(
         "--negative-prompt", default="", help="prompt of the unconditional branch (default: empty)"
     )
     g.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    g.add_argument("--height", type=positive_int, help=f"pixels ({from_model} the model's size)")
-    g.add_argument("--width", type=positive_int, help=f"pixels ({from_model} the model's size)")
+    g.add_argument("--height", type=positive_int, help=f"pixels ({_FROM_MODEL} the model's size)")
+    g.add_argument("--width", type=positive_int, help=f"pixels ({_FROM_MODEL} the model's size)")
     g.add_argument(
         "--max-frame-size",
         type=positive_int,
@@ -180,16 +201,13 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
         help="weight of the gradient step towards the known frames (default: 0, off)",
     )
 
-    g = p.add_argument_group("devices and output")
+
+def _add_output_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
     g.add_argument(
         "--devices", help="spread each level over several devices: e.g. cuda:0,cuda:1 or cpu,cpu"
     )
-    g.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        help="(default: float32)",
-    )
+    g.add_argument("--dtype", choices=DTYPES, help="(default: float32)")
     g.add_argument(
         "--micro-batch",
         type=positive_int,
@@ -205,74 +223,6 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
         "timeline, the plan level by level, time per level",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_render)
-
-
-def _add_new_model(subparsers: argparse._SubParsersAction) -> None:
-    n = subparsers.add_parser(
-        "new-model",
-        help="write a randomly initialised model folder",
-        description=(
-            "Write a randomly initialised model folder: --mode masked (StoryVideoPipeline with "
-            "a mask-conditioned UNet) or t2v (the ModelScope text-to-video layout, used "
-            "training-free). Presets: micro / tiny (pixel space, for tests and CPU runs), "
-            "micro-latent / tiny-latent (with a tiny VAE), modelscope (the real 1.41 B "
-            "UNet shape, SD VAE, 1024-wide text encoder: GPU benchmarks only)."
-        ),
-        epilog="example:\n  storygen new-model demo-out/tiny-model --preset micro",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    n.add_argument("dir", help="output folder")
-    n.add_argument(
-        "--preset",
-        default="tiny",
-        help="micro, micro-latent, tiny (default), tiny-latent, modelscope",
-    )
-    n.add_argument("--mode", choices=("masked", "t2v"), default="masked", help="(default: masked)")
-    n.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    n.add_argument(
-        "--dtype", choices=("float32", "float16", "bfloat16"), help="(default: the preset's)"
-    )
-    n.set_defaults(func=run_new_model)
-
-
-def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    # every argument, --help included, goes to storygen.train's own parser (which imports
-    # torch): no character counts as an option prefix here
-    t = subparsers.add_parser(
-        "train",
-        help="train the small shapes-world storygen model (storygen train --help)",
-        description=(
-            "Train the latent shapes-world model (autoencoder + MaskedUNet3D) on story "
-            "windows; `storygen train --help` lists its options."
-        ),
-        add_help=False,
-        prefix_chars="\x00",
-    )
-    t.add_argument("args", nargs=argparse.REMAINDER, help="the options of storygen train")
-    t.set_defaults(func=run_train)
-
-
-def _dtype(name: str | None):
-    import torch
-
-    return None if name is None else getattr(torch, name)
-
-
-def run_new_model(args: argparse.Namespace) -> int:
-    from storygen.presets import new_model
-
-    out = new_model(
-        args.dir, preset=args.preset, mode=args.mode, seed=args.seed, dtype=_dtype(args.dtype)
-    )
-    print(f"wrote a randomly initialised {args.preset} model ({args.mode} layout) to {out}")
-    return 0
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from storygen.train import main as train_main
-
-    return int(train_main(args.args) or 0)
 
 
 def _human_bytes(n: float) -> str:
@@ -301,39 +251,60 @@ _NAMES = {
 }
 
 
-def run_render(args: argparse.Namespace) -> int:
-    # 1. everything that can be checked without a model, before torch loads
-    from storygen.plan import check_fps, frame_limit, plan_story
-    from storygen.plan_cli import no_fps_message, num_frames_of
-    from storygen.script import ScriptError, load_script, script_format
-    from storygen.settings import check_frame_size, resolve_sampling
+class _Refused(Exception):
+    """A render refused before or while it runs; the message goes to stderr, exit code 2."""
 
+
+def run_render(args: argparse.Namespace) -> int:
+    try:
+        model = _model_folder(args)
+        # 1. everything that can be checked without a model, before torch loads
+        script, choices, fps, num_frames = _check_request(args, model)
+        # 2. the model, the settings it completes, the render
+        pipe = _load_model(args, model, choices)
+        out = _render(args, pipe, script, fps, num_frames, choices)
+    except _Refused as exc:
+        return _fail(exc)
+    written = [args.out, *_write_extras(args, out, script=script, choices=choices)]
+    print(_summary(args, model, pipe, out, fps, written, choices))
+    return 0
+
+
+def _model_folder(args: argparse.Namespace) -> Path:
     model = default_model(args.model)
     if model is None:
-        return _fail(
+        raise _Refused(
             f"no --model given and {DEFAULT_MODEL} does not exist; pass a model folder "
             "(create a random one with `storygen new-model DIR`)"
         )
     if not model.is_dir():
-        return _fail(f"{model}: no such model folder")
+        raise _Refused(f"{model}: no such model folder")
+    return model
+
+
+def _check_request(
+    args: argparse.Namespace, model: Path
+) -> tuple[Any, dict[str, Choice], float, int | None]:
+    """The script, the sampling settings resolved against the model folder, the frame rate
+    and the length, with every check the plan makes; nothing is loaded but the script."""
+    # the script readers load YAML and pyarrow.compute: here, so that `storygen --help` stays fast
+    from storygen.script import ScriptError, load_script
+
     hierarchical = args.mode == "hierarchical"
     try:
         script = load_script(args.script, story_id=args.story_id)
-        flags = {
-            "scheduler": args.scheduler,
-            "num_inference_steps": args.steps,
-            "guidance_scale": args.guidance,
-            "fps": args.fps,
-            "height": args.height,
-            "width": args.width,
-            "frames_per_call": args.frames_per_call,
-        }
-        choices = resolve_sampling(
-            flags, model, script_fps=script.fps, curated=script_format(args.script) == "parquet"
+        choices = sampling_choices(
+            args,
+            script,
+            scheduler=args.scheduler,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=args.height,
+            width=args.width,
         )
         fps = choices["fps"].value
         if fps is None:
-            return _fail(no_fps_message(args))
+            raise _Refused(no_fps_message(args))
         check_fps(fps, choices["fps"].source)
         num_frames = num_frames_of(args, fps)
         height, width = choices["height"].value, choices["width"].value
@@ -350,22 +321,25 @@ def run_render(args: argparse.Namespace) -> int:
                 overlap=args.overlap,
             )
     except ScriptError as exc:
-        return _fail(exc)
+        raise _Refused(str(exc)) from None
     except ValueError as exc:
-        return _fail(f"error: {exc}")
+        raise _Refused(f"error: {exc}") from None
+    return script, choices, fps, num_frames
 
-    # 2. the model, the settings it completes, the render
+
+def _load_model(args: argparse.Namespace, model: Path, choices: dict[str, Choice]) -> Any:
+    """The pipeline on its device; the size and scheduler no flag or file set are the model's
+    (``choices`` is completed in place)."""
     import torch
 
-    from storygen.loading import load_pipeline
-    from storygen.settings import Choice
+    from storygen.loading import load_pipeline  # torch and diffusers
 
     try:
         pipe = load_pipeline(
-            model, torch_dtype=_dtype(args.dtype), scheduler=choices["scheduler"].value
+            model, torch_dtype=torch_dtype(args.dtype), scheduler=choices["scheduler"].value
         )
     except (FileNotFoundError, OSError, ValueError) as exc:
-        return _fail(exc)
+        raise _Refused(str(exc)) from None
     default_h, default_w = pipe.default_size()
     for key, value in (("height", default_h), ("width", default_w)):
         if choices[key].value is None:
@@ -375,15 +349,32 @@ def run_render(args: argparse.Namespace) -> int:
     try:
         check_frame_size(choices["height"].value, choices["width"].value, args.max_frame_size)
     except ValueError as exc:
-        return _fail(f"error: {exc}")
-    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+        raise _Refused(f"error: {exc}") from None
+    devices = _devices(args)
     device = args.device or (devices[0] if devices else None)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe.to(device)
+    return pipe
+
+
+def _devices(args: argparse.Namespace) -> list[str] | None:
+    return [d.strip() for d in args.devices.split(",")] if args.devices else None
+
+
+def _render(
+    args: argparse.Namespace,
+    pipe: Any,
+    script: Any,
+    fps: float,
+    num_frames: int | None,
+    choices: dict[str, Choice],
+) -> Any:
+    """The render, its frames streamed to ``--out``."""
+    hierarchical = args.mode == "hierarchical"
     try:
         with frame_limit(args.max_frames):
-            out = pipe(
+            return pipe(
                 script,
                 num_frames,
                 fps=fps,
@@ -401,17 +392,14 @@ def run_render(args: argparse.Namespace) -> int:
                 output_type=None,
                 output_path=args.out,
                 cache_dir=args.cache_dir,
-                devices=devices,
+                devices=_devices(args),
                 resample_steps=args.resample_steps,
                 jump_length=args.jump_length,
                 reconstruction_guidance=args.reconstruction_guidance,
                 progress=not args.no_progress,
             )
     except ValueError as exc:
-        return _fail(f"error: {exc}")
-    written = [args.out, *_write_extras(args, out, script=script, choices=choices)]
-    print(_summary(args, model, pipe, out, fps, written, choices))
-    return 0
+        raise _Refused(f"error: {exc}") from None
 
 
 def _write_extras(
@@ -419,8 +407,6 @@ def _write_extras(
 ) -> list[str]:
     """The preview sheet, the statistics JSON and the report page, where asked for; returns
     their paths."""
-    from storygen.export import plan_sheet
-
     written = []
     if args.preview and out.keyframes:
         plan_sheet(out.keyframes, out.plan, args.preview)
@@ -434,8 +420,6 @@ def _write_extras(
         )
         written.append(args.stats_json)
     if args.report:
-        from storygen.report import write_render_report
-
         settings = {key: choice.value for key, choice in choices.items()}
         preview = args.preview if args.preview and out.keyframes else None
         write_render_report(
@@ -460,8 +444,6 @@ def _summary(
     written: list[str],
     choices: dict[str, Any],
 ) -> str:
-    from storygen.settings import describe
-
     plan, stats = out.plan, out.stats
     settings = describe(choices, _NAMES)
     lines = [

@@ -117,7 +117,39 @@ def build_render_report(
     out = [f"<h1>{_e(title)}</h1>"]
     if video:
         out.append(f'<p>video: <code id="video">{_e(video)}</code></p>')
+    out.append(_totals_html(st, pl, num_frames, fps, duration))
+    if settings:
+        out.append(
+            '<h2>Settings</h2><table id="settings">'
+            + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in settings.items())
+            + "</table>"
+        )
+    if preview_png and Path(preview_png).exists():
+        data = base64.b64encode(Path(preview_png).read_bytes()).decode()
+        out.append(
+            "<h2>Preview sheet</h2>"
+            f'<img id="preview" class="sheet" src="data:image/png;base64,{data}" '
+            'alt="keyframes of the render, level by level">'
+        )
+    segs = _segments(script)
+    if segs:
+        out.append(_script_html(segs, duration))
+    out.append(_levels_html(plan, pl, st, num_frames))
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(out)
+        + "</body></html>\n"
+    )
 
+
+def _totals_html(
+    st: Mapping[str, Any],
+    pl: Mapping[str, Any],
+    num_frames: int,
+    fps: float | None,
+    duration: float | None,
+) -> str:
     totals = [
         ("frames", num_frames),
         ("fps", "n/a" if not fps else f"{fps:g}"),
@@ -134,44 +166,34 @@ def build_render_report(
         ),
         ("devices", ", ".join(st.get("devices") or [])),
     ]
-    out.append(
+    return (
         '<table id="totals">'
         + "".join(
             f'<tr data-name="{_e(k)}"><th>{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in totals
         )
         + "</table>"
     )
-    if settings:
-        out.append(
-            '<h2>Settings</h2><table id="settings">'
-            + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in settings.items())
-            + "</table>"
-        )
 
-    if preview_png and Path(preview_png).exists():
-        data = base64.b64encode(Path(preview_png).read_bytes()).decode()
-        out.append(
-            "<h2>Preview sheet</h2>"
-            f'<img id="preview" class="sheet" src="data:image/png;base64,{data}" '
-            'alt="keyframes of the render, level by level">'
-        )
 
-    segs = _segments(script)
-    if segs:
-        total = float(duration or max(float(s["end_s"]) for s in segs)) or 1.0
-        bars = "".join(
-            f'<div class="seg" style="left:{100 * float(s["start_s"]) / total:.3f}%;'
-            f'width:{100 * (float(s["end_s"]) - float(s["start_s"])) / total:.3f}%" '
-            f'title="{float(s["start_s"]):.2f}–{float(s["end_s"]):.2f} s: {_e(s["prompt"])}">'
-            f"{_e(s['prompt'])}</div>"
-            for s in segs
-        )
-        out.append(
-            "<h2>Script</h2>"
-            f'<div id="script" class="timeline" data-segments="{len(segs)}">{bars}</div>'
-            f'<div class="axis"><span>0 s</span><span>{total:.1f} s</span></div>'
-        )
+def _script_html(segs: list[dict[str, Any]], duration: float | None) -> str:
+    """The script as a timeline: one bar per segment with its prompt."""
+    total = float(duration or max(float(s["end_s"]) for s in segs)) or 1.0
+    bars = "".join(
+        f'<div class="seg" style="left:{100 * float(s["start_s"]) / total:.3f}%;'
+        f'width:{100 * (float(s["end_s"]) - float(s["start_s"])) / total:.3f}%" '
+        f'title="{float(s["start_s"]):.2f}–{float(s["end_s"]):.2f} s: {_e(s["prompt"])}">'
+        f"{_e(s['prompt'])}</div>"
+        for s in segs
+    )
+    return (
+        "<h2>Script</h2>"
+        f'<div id="script" class="timeline" data-segments="{len(segs)}">{bars}</div>'
+        f'<div class="axis"><span>0 s</span><span>{total:.1f} s</span></div>'
+    )
 
+
+def _levels_html(plan: Any, pl: Mapping[str, Any], st: Mapping[str, Any], num_frames: int) -> str:
+    """The plan level by level: calls, new frames, spacing, time, and where its frames fall."""
     times = [float(t) for t in st.get("level_times_s") or []]
     top = max(times, default=0.0) or 1.0
     rows = []
@@ -191,7 +213,7 @@ def build_render_report(
             f'<td><span class="hbar" style="width:{0 if t is None else 200 * t / top:.0f}px">'
             f'</span></td><td style="width:40%"><div class="marks">{marks}</div></td></tr>'
         )
-    out.append(
+    return (
         "<h2>Plan and time per level</h2>"
         f'<p class="muted">{_e(pl.get("policy"))} policy, {_e(pl.get("frames_per_call"))} '
         f"frames per call, depth {_e(pl.get('depth'))}. Level 0 draws keyframes over the "
@@ -199,12 +221,6 @@ def build_render_report(
         "the frames a level makes).</p>"
         '<table id="levels"><tr><th></th><th>calls</th><th>new frames</th><th>spacing</th>'
         "<th>time</th><th></th><th>frames made</th></tr>" + "".join(rows) + "</table>"
-    )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
-        + "\n".join(out)
-        + "</body></html>\n"
     )
 
 

@@ -31,6 +31,7 @@ Conventions of the ground truth (``ground_truth.json``, see :class:`GroundTruth`
 
 from __future__ import annotations
 
+from ..h264 import X264_PRESETS, parse_fps
 from .corpus import (
     generate_corpus,
     iso_duration,
@@ -69,9 +70,7 @@ from .truth import (
     VideoTruth,
 )
 from .video import (
-    X264_PRESETS,
     make_video,
-    parse_fps,
     write_video,
 )
 from .vocab import (

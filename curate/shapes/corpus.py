@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..h264 import parse_fps
 from .plan import (
     DEFAULT_FPS,
     DEFAULT_RESOLUTION_WEIGHTS,
@@ -35,7 +36,7 @@ from .plan import (
     truncate_caption,
 )
 from .truth import GroundTruth, VideoTruth
-from .video import parse_fps, write_video
+from .video import write_video
 from .vocab import (
     BOILERPLATE,
     DUPLICATE_KINDS,
@@ -101,12 +102,7 @@ def generate_corpus(
         max_scenes=max_scenes,
         scene_seconds=scene_seconds,
     )
-    if resolutions:
-        res = [parse_resolution(r) for r in resolutions]
-        res_p = np.full(len(res), 1.0 / len(res))
-    else:
-        res = list(DEFAULT_RESOLUTIONS)
-        res_p = np.asarray(DEFAULT_RESOLUTION_WEIGHTS)
+    res, res_p = _resolution_weights(resolutions)
     fps_list = [parse_fps(f) for f in (fps_choices or DEFAULT_FPS)]
     root = Path(out_dir)
     vdir = root / "videos"
@@ -114,27 +110,16 @@ def generate_corpus(
     vdir.mkdir(parents=True, exist_ok=True)
 
     # 1. plan: which videos are copies, the originals' content, caption noise kinds
-    rng = np.random.default_rng([seed, 0x5A4E])
-    dup_of = _plan_copies(rng, videos, duplicate_rate, ensure_variety)
-    originals = [i for i in range(videos) if i not in dup_of]
-    plans: dict[int, VideoPlan] = {}
-    noise: dict[int, str] = {}
-    for i in originals:
-        plans[i] = _plan_original(
-            rng,
-            f"shapes_{seed}_{i:04d}",
-            sizes=(res, res_p),
-            fps_list=fps_list,
-            scenes=(min_scenes, max_scenes),
-            scene_seconds=scene_seconds,
-            transition_rate=transition_rate,
-        )
-        noise[i] = choice(rng, NOISE_KINDS[1:]) if rng.random() < noise_rate else "clean"
-    if ensure_variety:
-        force_variety(plans, noise, originals, NTSC, max_scenes, rng)
-    for i, (j, kind) in sorted(dup_of.items()):
-        plans[i] = _copy_plan(plans[j], f"shapes_{seed}_{i:04d}", kind, rng)
-        noise[i] = noise[j]
+    plans, noise, dup_of, originals = _plan_videos(
+        seed,
+        videos,
+        sizes=(res, res_p),
+        fps_list=fps_list,
+        scenes=(min_scenes, max_scenes),
+        scene_seconds=scene_seconds,
+        rates=(noise_rate, duplicate_rate, transition_rate),
+        ensure_variety=ensure_variety,
+    )
 
     # 2. captions (mismatched ones borrow another original's clean caption)
     cap_rng = np.random.default_rng([seed, 0xCA97])
@@ -149,16 +134,10 @@ def generate_corpus(
         progress=progress,
         desc=f"shapes world (seed {seed})",
     )
-    truths = []
-    for i in range(videos):
-        original = dup_of[i][0] if i in dup_of else i
-        truth = _video_truth(plans[i], written[i], captions[i], clean[original], noise[i])
-        if i in dup_of:
-            truth.duplicate_of, truth.duplicate_kind = plans[original].video_id, dup_of[i][1]
-            truth.duplicate_offset = plans[i].trim[0]
-        _write_sidecars(truth, vdir, timed[i])
-        truth.root = root.resolve()
-        truths.append(truth)
+    truths = [
+        _truth_of(i, plans, dup_of, written[i], (captions[i], clean, noise[i]), root, timed[i])
+        for i in range(videos)
+    ]
 
     # 4. the ground truth and the manifests
     params = {
@@ -175,6 +154,77 @@ def generate_corpus(
         "ensure_variety": ensure_variety,
     }
     return _publish(root, seed, params, truths)
+
+
+def _resolution_weights(
+    resolutions: Sequence[str | tuple[int, int]] | None,
+) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The frame sizes to draw from and their weights: the given ones, equally likely, else
+    the default mix."""
+    if resolutions:
+        res = [parse_resolution(r) for r in resolutions]
+        return res, np.full(len(res), 1.0 / len(res))
+    return list(DEFAULT_RESOLUTIONS), np.asarray(DEFAULT_RESOLUTION_WEIGHTS)
+
+
+def _plan_videos(
+    seed: int,
+    videos: int,
+    *,
+    sizes: tuple[list[tuple[int, int]], np.ndarray],
+    fps_list: list[Fraction],
+    scenes: tuple[int, int],
+    scene_seconds: tuple[float, float],
+    rates: tuple[float, float, float],
+    ensure_variety: bool,
+) -> tuple[dict[int, VideoPlan], dict[int, str], dict[int, tuple[int, str]], list[int]]:
+    """Every video's plan and caption noise kind, which videos copy which original (and how),
+    and the originals, drawn from ``seed``. ``rates``: noise, duplicate, transition."""
+    noise_rate, duplicate_rate, transition_rate = rates
+    rng = np.random.default_rng([seed, 0x5A4E])
+    dup_of = _plan_copies(rng, videos, duplicate_rate, ensure_variety)
+    originals = [i for i in range(videos) if i not in dup_of]
+    plans: dict[int, VideoPlan] = {}
+    noise: dict[int, str] = {}
+    for i in originals:
+        plans[i] = _plan_original(
+            rng,
+            f"shapes_{seed}_{i:04d}",
+            sizes=sizes,
+            fps_list=fps_list,
+            scenes=scenes,
+            scene_seconds=scene_seconds,
+            transition_rate=transition_rate,
+        )
+        noise[i] = choice(rng, NOISE_KINDS[1:]) if rng.random() < noise_rate else "clean"
+    if ensure_variety:
+        force_variety(plans, noise, originals, NTSC, scenes[1], rng)
+    for i, (j, kind) in sorted(dup_of.items()):
+        plans[i] = _copy_plan(plans[j], f"shapes_{seed}_{i:04d}", kind, rng)
+        noise[i] = noise[j]
+    return plans, noise, dup_of, originals
+
+
+def _truth_of(
+    i: int,
+    plans: dict[int, VideoPlan],
+    dup_of: dict[int, tuple[int, str]],
+    written: int,
+    caption: tuple[str, dict[int, str], str],
+    root: Path,
+    timed: bool,
+) -> VideoTruth:
+    """Video ``i``'s ground truth, its sidecars written beside its file. ``caption``: its
+    caption, the originals' clean captions, its noise kind."""
+    text, clean, noise = caption
+    original = dup_of[i][0] if i in dup_of else i
+    truth = _video_truth(plans[i], written, text, clean[original], noise)
+    if i in dup_of:
+        truth.duplicate_of, truth.duplicate_kind = plans[original].video_id, dup_of[i][1]
+        truth.duplicate_offset = plans[i].trim[0]
+    _write_sidecars(truth, root / "videos", timed)
+    truth.root = root.resolve()
+    return truth
 
 
 def _check_rates(

@@ -8,44 +8,12 @@ from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from ..h264 import X264_PRESETS, add_h264_stream, parse_fps, rgb_frame
 from .plan import ScenePlan, VideoPlan, clean_caption
 from .truth import VideoTruth
 from .vocab import TRANSITION_KINDS, SceneFacts, parse_caption
-
-
-def parse_fps(value: float | str | Fraction) -> Fraction:
-    """An exact frame rate: ``29.97`` and ``"30000/1001"`` both mean 30000/1001."""
-    if isinstance(value, Fraction):
-        fps = value
-    elif isinstance(value, str):
-        fps = Fraction(value.strip())
-    else:
-        fps = Fraction(value).limit_denominator(1001)
-    if abs(float(fps) - 29.97) < 0.005:
-        fps = Fraction(30000, 1001)
-    elif abs(float(fps) - 23.976) < 0.005:
-        fps = Fraction(24000, 1001)
-    elif abs(float(fps) - 59.94) < 0.005:
-        fps = Fraction(60000, 1001)
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {value!r}")
-    return fps
-
-
-X264_PRESETS = (
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-)
 
 
 def write_video(
@@ -77,34 +45,14 @@ def write_video(
     try:
         stream = None
         for arr in frames:
-            arr = np.ascontiguousarray(arr)
             if stream is None:
-                h, w = arr.shape[:2]
+                h, w = np.shape(arr)[:2]
                 if w % 2 or h % 2:
                     raise ValueError(f"h264 yuv420p needs even width and height, got {w}x{h}")
-                stream = container.add_stream(
-                    "libx264",
-                    rate=rate,
-                    # libx264's macroblock-tree rate control made the same frames encode to
-                    # different bitstreams within one process (seen at 96x64 and 284x160,
-                    # single-threaded); without it the output is byte-reproducible
-                    options={
-                        "crf": str(crf),
-                        "preset": preset,
-                        "threads": "1",
-                        "x264-params": "mbtree=0",
-                    },
+                stream = add_h264_stream(
+                    container, rate=rate, width=w, height=h, crf=crf, preset=preset
                 )
-                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                stream.codec_context.time_base = 1 / rate
-                stream.codec_context.thread_count = 1
-            # OpenCV's BT.601 limited-range conversion is what decoders assume for an untagged
-            # stream, and is ~20x faster than PyAV's swscale path
-            yuv = np.asarray(cv2.cvtColor(arr, cv2.COLOR_RGB2YUV_I420), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-            frame.pts = count
-            frame.time_base = 1 / rate
-            for packet in stream.encode(frame):
+            for packet in stream.encode(rgb_frame(arr, pts=count, rate=rate)):
                 container.mux(packet)
             count += 1
         if stream is None:

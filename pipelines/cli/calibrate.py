@@ -20,8 +20,8 @@ from curate.errors import CurateError
 
 logger = logging.getLogger(__name__)
 
-# The command's functions import curate's modules where they need them, so that
-# ``curate --help`` does not load numpy and torch.
+# The command's functions import curate's modules where they need them (scoring, CLIP, the
+# threshold, the filter), so that ``curate --help`` does not load them.
 
 DESCRIPTION = """\
 Score a corpus' captions with CLIP and choose the filter's cut-off: splits scenes, samples

@@ -22,10 +22,14 @@ from typing import Any
 import numpy as np
 
 from curate.shapes import GroundTruth, generate_corpus, parse_caption
+from curate.video import probe as probe_video
+from curate.video import read_frames
 from pipelines.cli import build_parser as curate_parser
 from schemas import read_parquet
 from schemas.cli import setup_logging
 from storygen.cli import main as storygen_main
+from storygen.script import load_script
+from storygen.training.probe import probe_prompted
 
 logger = logging.getLogger("storyloom.demo")
 
@@ -151,11 +155,6 @@ def probe_render(run_dir: Path, video: Path, fps: float) -> dict[str, Any]:
     """The rendered story read back from its pixels, frame by frame against the prompt of
     its segment (:func:`storygen.training.probe.probe_prompted`), beside the readers' ceiling
     on real shapes-world frames of the same segments at the video's size."""
-    from curate.video import probe as probe_video
-    from curate.video import read_frames
-    from storygen.script import load_script
-    from storygen.training.probe import probe_prompted
-
     info = probe_video(video)
     frames = read_frames(video, np.arange(info.num_frames))
     story_id = pick_story(run_dir / "stories")["story_id"]

@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from curate.errors import CurateError
+from schemas import SchemaError
 from schemas.cli import positive_float, positive_int
 
 _EPILOG = """\
@@ -35,7 +37,7 @@ exit status: 0 done; 2 bad arguments, an unreadable run folder or another export
 
 
 def _bytes(text: str) -> int:
-    from curate.export import parse_bytes
+    from curate.export import parse_bytes  # the export library: only when the flag is given
 
     try:
         return parse_bytes(text)
@@ -116,9 +118,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from curate.errors import CurateError
     from curate.export import ExportSettings, export_run, parse_size
-    from schemas import SchemaError
 
     try:
         width, height = parse_size(args.size)

@@ -1,10 +1,16 @@
-"""``curate report RUN``: write a run's HTML report again (``curate run`` writes it too)."""
+"""``curate report RUN``: write a run's HTML report again (``curate run`` writes it too).
+
+The report library (:mod:`curate.report`) is imported when the command runs, so that
+``curate --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Any
+
+from schemas import SchemaError
 
 EPILOG = """\
 examples:
@@ -41,7 +47,6 @@ def register(subparsers: Any) -> None:
 
 def report_command(args: argparse.Namespace) -> int:
     from curate.report import ReportLimits, write_run_report
-    from schemas import SchemaError
 
     for name in ("per_group", "stories"):
         if getattr(args, name) < 0:

@@ -1,7 +1,7 @@
 """``curate run`` and ``curate inspect``: the Beam pipeline and what it wrote.
 
-Heavy imports (Beam, torch, Dask) stay inside the command functions so ``curate --help``
-answers at once.
+Heavy imports (Beam, torch, Dask) and the run-folder reader of ``inspect`` stay inside the
+command functions so ``curate --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from curate.errors import CurateError
+from schemas import SchemaError
 
 from ..settings import RunSettings
 
@@ -93,8 +94,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from schemas import SchemaError
-
     settings = RunSettings.from_namespace(args)
     if settings.workers < 1:
         print(f"curate run: --workers must be >= 1, got {settings.workers}", file=sys.stderr)
@@ -159,8 +158,6 @@ def _local_dask_cluster(workers: int) -> Any:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    from schemas import SchemaError
-
     from .inspect import report
 
     try:
