@@ -233,85 +233,81 @@ def _encode_prompts(
     return table[index].reshape(len(prompts), len(prompts[0]), *table.shape[1:])
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train (or continue) and write the model folder; returns the training report."""
-    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
-    from tqdm.auto import tqdm
+@dataclass
+class _Models:
+    """What a run starts from: a folder this trainer wrote (``--init``), or new models with a
+    freshly trained autoencoder."""
+
+    tokenizer: Any
+    text_encoder: Any
+    text_trainable: bool
+    unet: Any
+    vae: Any
+    #: the folder's training report (``--init``), else empty
+    previous: dict[str, Any]
+    vae_run: Any = None
+
+
+def _start(config: TrainConfig, device: torch.device) -> _Models:
+    """Load the ``--init`` folder, or build new models (and train the autoencoder)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from curate.training.loop import ClockCosineSchedule
     from storygen.models import MaskedUNet3D
 
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True  # the autoencoder's float32 encode
-    torch.backends.cudnn.allow_tf32 = True
-    previous: dict[str, Any] = {}
-    vae_run = None
     if config.init:
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
         init = Path(config.init)
         previous = json.loads((init / "training.json").read_text())
-        tokenizer = CLIPTokenizer.from_pretrained(str(init / "tokenizer"))
-        text_encoder = CLIPTextModel.from_pretrained(str(init / "text_encoder"))
-        text_trainable = bool(config.train_text)
-        unet = MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32)
-        vae = AutoencoderKL.from_pretrained(str(init / "vae"), torch_dtype=torch.float32)
         logger.info("continuing from %s (%s steps done)", init, previous.get("steps_done"))
-    else:
-        tokenizer, text_encoder, text_trainable = load_text(config)
-        text_trainable = text_trainable or bool(config.train_text)
-        unet = build_unet(text_encoder.config.hidden_size, config.size, config.seed, config.preset)
-        vae = build_vae(config.size, config.seed, config.preset)
-        vae_run = train_vae(
-            vae,
-            size=config.size,
-            device=device,
-            max_steps=config.vae_steps,
-            max_minutes=config.vae_minutes,
-            workers=config.workers,
-            seed=config.seed,
+        return _Models(
+            tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
+            text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
+            text_trainable=bool(config.train_text),
+            unet=MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32),
+            vae=AutoencoderKL.from_pretrained(str(init / "vae"), torch_dtype=torch.float32),
+            previous=previous,
         )
-    vae.to(device).eval().requires_grad_(False)
-    unet.to(device).train()
-    text_encoder.to(device)  # type: ignore[arg-type]  # transformers' to() wrapper
-    text_encoder.train(text_trainable).requires_grad_(text_trainable)
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    ema_text = copy.deepcopy(text_encoder).eval().requires_grad_(False)
-    ema_params: list[torch.Tensor] = list(ema.parameters())
-    unet_params: list[torch.Tensor] = list(unet.parameters())
-    ema_text_params: list[torch.Tensor] = list(ema_text.parameters())
-    text_params: list[torch.Tensor] = list(text_encoder.parameters())
-    noise_sched = DDPMScheduler(**NOISE)
-    alphas = noise_sched.alphas_cumprod.to(device)
+    tokenizer, text_encoder, text_trainable = load_text(config)
+    vae = build_vae(config.size, config.seed, config.preset)
+    vae_run = train_vae(
+        vae,
+        size=config.size,
+        device=device,
+        max_steps=config.vae_steps,
+        max_minutes=config.vae_minutes,
+        workers=config.workers,
+        seed=config.seed,
+    )
+    return _Models(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        text_trainable=text_trainable or bool(config.train_text),
+        unet=build_unet(text_encoder.config.hidden_size, config.size, config.seed, config.preset),
+        vae=vae,
+        previous={},
+        vae_run=vae_run,
+    )
 
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_trainable else [])
-    groups = [{"params": list(unet.parameters()), "lr": config.lr}]
-    if text_trainable:
-        groups.append({"params": list(text_encoder.parameters()), "lr": config.text_lr})
-    # one fused kernel for the whole update on a GPU
-    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.01, fused=device.type == "cuda")
-    budget = config.max_minutes * 60 if config.max_minutes else None
-    clock = ClockCosineSchedule(opt, config.lr, config.steps, budget)
-    text_share = config.text_lr / config.lr
-    data_seed = config.seed + 1000 * len(previous.get("runs", []))
+
+def _loader(config: TrainConfig, device: torch.device, seed: int) -> Any:
+    """Endless batches of windows: the shapes renderer's, or a ``curate export``'s shards."""
+    windows: torch.utils.data.IterableDataset
     if config.shards:
         from storygen.training.shards import ShardWindows
 
-        windows: torch.utils.data.IterableDataset = ShardWindows(
+        windows = ShardWindows(
             config.shards,
             batch_size=config.batch_size,
             frames=config.frames,
             size=config.size,
-            seed=data_seed,
+            seed=seed,
         )
     else:
         windows = StoryWindows(
-            batch_size=config.batch_size, frames=config.frames, size=config.size, seed=data_seed
+            batch_size=config.batch_size, frames=config.frames, size=config.size, seed=seed
         )
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         windows,
         batch_size=None,
         num_workers=config.workers,
@@ -322,64 +318,116 @@ def train(config: TrainConfig) -> dict[str, Any]:
         pin_memory=device.type == "cuda",
         worker_init_fn=_quiet_worker,
     )
-    n_params = sum(p.numel() for p in unet.parameters())
-    logger.info("training a %s-parameter MaskedUNet3D on %s", n_params, device)
-    amp = device.type == "cuda"
-    started = time.perf_counter()
-    losses: list[float] = []
-    pending: list[torch.Tensor] = []  # losses still on the device: one host sync per log line
 
-    def flush() -> None:
-        if pending:
-            losses.extend(torch.stack(pending).float().cpu().tolist())
-            pending.clear()
 
-    history: list[dict[str, float]] = []
-    tokens = TokenCache(tokenizer)
-    bar = tqdm(total=config.steps, desc="unet", unit="step", mininterval=5)
-    step = 0
-    waited = 0.0  # seconds spent waiting for the data loader
-    tick = time.perf_counter()
-    for frames, prompts, mask, spacing in loader:
-        waited += time.perf_counter() - tick
+class _Trainer:
+    """One optimizer step on a batch of windows: the v-prediction loss with min-SNR weights
+    over the frames not given, the update, and the moving averages that are saved."""
+
+    def __init__(self, config: TrainConfig, models: _Models, device: torch.device) -> None:
+        from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+
+        from curate.training.loop import ClockCosineSchedule
+
+        self.config, self.device = config, device
+        self.vae = models.vae.to(device).eval().requires_grad_(False)
+        self.unet = models.unet.to(device).train()
+        self.text = models.text_encoder.to(device)
+        self.text_trainable = models.text_trainable
+        self.text.train(self.text_trainable).requires_grad_(self.text_trainable)
+        self.tokens = TokenCache(models.tokenizer)
+        self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
+        self.ema_text = copy.deepcopy(self.text).eval().requires_grad_(False)
+        #: (moving average, live) parameter lists
+        self.averaged = [(list(self.ema.parameters()), list(self.unet.parameters()))]
+        if self.text_trainable:
+            self.averaged.append((list(self.ema_text.parameters()), list(self.text.parameters())))
+        self.alphas = DDPMScheduler(**NOISE).alphas_cumprod.to(device)
+        self.params = list(self.unet.parameters())
+        groups = [{"params": list(self.unet.parameters()), "lr": config.lr}]
+        if self.text_trainable:
+            self.params += list(self.text.parameters())
+            groups.append({"params": list(self.text.parameters()), "lr": config.text_lr})
+        # one fused kernel for the whole update on a GPU
+        self.opt = torch.optim.AdamW(
+            groups, lr=config.lr, weight_decay=0.01, fused=device.type == "cuda"
+        )
+        budget = config.max_minutes * 60 if config.max_minutes else None
+        self.clock = ClockCosineSchedule(self.opt, config.lr, config.steps, budget)
+        self.n_params = sum(p.numel() for p in self.unet.parameters())
+
+    def loss(
+        self, frames: torch.Tensor, prompts: list[list[str]], mask: torch.Tensor, spacing: Any
+    ) -> torch.Tensor:
+        device = self.device
         mask = mask.to(device, non_blocking=True)
         spacing = spacing.to(device, non_blocking=True)
         b, f = frames.shape[:2]
         with torch.no_grad():
             # (b f) h w c -> latents (b f) c h w -> b c f h w
-            z = encode(vae, frames.to(device, non_blocking=True).flatten(0, 1)).float()
+            z = encode(self.vae, frames.to(device, non_blocking=True).flatten(0, 1)).float()
             x0 = z.reshape(b, f, *z.shape[1:]).transpose(1, 2).contiguous()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            with torch.set_grad_enabled(text_trainable):
-                context = _encode_prompts(tokens, text_encoder, prompts, device)
-            t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.set_grad_enabled(self.text_trainable):
+                context = _encode_prompts(self.tokens, self.text, prompts, device)
+            t = torch.randint(0, len(self.alphas), (b,), device=device)
             noise = torch.randn_like(x0)
-            a = alphas[t].view(b, 1, 1, 1, 1)
+            a = self.alphas[t].view(b, 1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            pred = unet(noisy, t, context, known=x0, mask=mask, spacing=spacing)
+            pred = self.unet(noisy, t, context, known=x0, mask=mask, spacing=spacing)
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
-        snr = alphas[t] / (1 - alphas[t])
+        snr = self.alphas[t] / (1 - self.alphas[t])
         weight = (snr.clamp(max=5.0) / (snr + 1)).view(b, 1, 1, 1, 1)
         unknown = (1 - mask)[:, None, :, None, None].expand_as(x0)
         err = (pred.float() - target) ** 2 * weight * unknown
-        loss = err.sum() / unknown.sum().clamp(min=1)
-        opt.zero_grad(set_to_none=True)
+        return err.sum() / unknown.sum().clamp(min=1)
+
+    def step(self, step: int, batch: Any) -> torch.Tensor:
+        """One update; returns the loss, left on the device."""
+        loss = self.loss(*batch)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        clock.apply(step)
-        if text_trainable:  # the schedule sets one rate; the text tower runs at its share
-            opt.param_groups[1]["lr"] *= text_share
-        opt.step()
-        decay = min(config.ema, (1 + step) / (10 + step))
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.clock.apply(step)
+        if self.text_trainable:  # the schedule sets one rate; the text tower runs at its share
+            self.opt.param_groups[1]["lr"] *= self.config.text_lr / self.config.lr
+        self.opt.step()
+        decay = min(self.config.ema, (1 + step) / (10 + step))
         with torch.no_grad():  # one fused update per model, not a kernel per tensor
-            torch._foreach_lerp_(ema_params, unet_params, 1 - decay)
-            if text_trainable:
-                torch._foreach_lerp_(ema_text_params, text_params, 1 - decay)
-        pending.append(loss.detach())
+            for ema, live in self.averaged:
+                torch._foreach_lerp_(ema, live, 1 - decay)
+        return loss.detach()
+
+
+@dataclass
+class _Run:
+    steps: int
+    time_s: float
+    losses: list[float]
+    history: list[dict[str, float]]
+    data_wait_s: float
+
+
+def _loop(config: TrainConfig, trainer: _Trainer, loader: Any) -> _Run:
+    """Steps until the step count or the time budget ends, logging every ``log_every``."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    losses: list[float] = []
+    pending: list[torch.Tensor] = []  # losses still on the device: one host sync per log line
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=config.steps, desc="unet", unit="step", mininterval=5)
+    step = 0
+    waited = 0.0  # seconds spent waiting for the data loader
+    tick = time.perf_counter()
+    for batch in loader:
+        waited += time.perf_counter() - tick
+        pending.append(trainer.step(step, batch))
         step += 1
         bar.update(1)
         if step % config.log_every == 0:
-            flush()
+            losses.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
             mean = float(np.mean(losses[-config.log_every :]))
             elapsed = time.perf_counter() - started
             history.append({"step": step, "loss": mean, "time_s": elapsed, "data_wait_s": waited})
@@ -387,41 +435,63 @@ def train(config: TrainConfig) -> dict[str, Any]:
             logger.info(
                 "step %s loss %.4f (%.0f s, %.0f s waiting for data)", step, mean, elapsed, waited
             )
-        if clock.finished(step):
+        if trainer.clock.finished(step):
             break
         tick = time.perf_counter()
     bar.close()
-    flush()
-    train_time = time.perf_counter() - started
+    if pending:
+        losses.extend(torch.stack(pending).float().cpu().tolist())
+    return _Run(step, time.perf_counter() - started, losses, history, waited)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train (or continue) and write the model folder; returns the training report."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True  # the autoencoder's float32 encode
+    torch.backends.cudnn.allow_tf32 = True
+    models = _start(config, device)
+    trainer = _Trainer(config, models, device)
+    loader = _loader(config, device, config.seed + 1000 * len(models.previous.get("runs", [])))
+    logger.info("training a %s-parameter MaskedUNet3D on %s", trainer.n_params, device)
+    run = _loop(config, trainer, loader)
 
     out = Path(config.out)
-    save_folder(out, unet=ema, vae=vae, text_encoder=ema_text, tokenizer=tokenizer)
+    save_folder(
+        out,
+        unet=trainer.ema,
+        vae=trainer.vae,
+        text_encoder=trainer.ema_text,
+        tokenizer=models.tokenizer,
+    )
+    previous = models.previous
     runs = list(previous.get("runs", []))
-    if vae_run is not None:
-        runs.append({"part": "autoencoder", **asdict(vae_run)})
+    if models.vae_run is not None:
+        runs.append({"part": "autoencoder", **asdict(models.vae_run)})
     runs.append(
         {
             "part": "unet",
-            "steps": step,
-            "time_s": train_time,
-            "final_loss": float(np.mean(losses[-100:])) if losses else None,
+            "steps": run.steps,
+            "time_s": run.time_s,
+            "final_loss": float(np.mean(run.losses[-100:])) if run.losses else None,
             "batch_size": config.batch_size,
             "lr": config.lr,
-            "text_lr": config.text_lr if text_trainable else None,
-            "data_wait_s": waited,
+            "text_lr": config.text_lr if trainer.text_trainable else None,
+            "data_wait_s": run.data_wait_s,
             "seed": config.seed,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "history": history,
+            "history": run.history,
         }
     )
     report: dict[str, Any] = {
         "config": asdict(config),
-        "unet_parameters": n_params,
-        "vae_parameters": sum(p.numel() for p in vae.parameters()),
-        "text_encoder_parameters": sum(p.numel() for p in ema_text.parameters()),
-        "text_encoder_trained": text_trainable,
-        "steps_done": step + int(previous.get("steps_done", 0)),
-        "unet_time_s": train_time + float(previous.get("unet_time_s", 0.0)),
+        "unet_parameters": trainer.n_params,
+        "vae_parameters": sum(p.numel() for p in trainer.vae.parameters()),
+        "text_encoder_parameters": sum(p.numel() for p in trainer.ema_text.parameters()),
+        "text_encoder_trained": trainer.text_trainable,
+        "steps_done": run.steps + int(previous.get("steps_done", 0)),
+        "unet_time_s": run.time_s + float(previous.get("unet_time_s", 0.0)),
         "runs": runs,
     }
     (out / "training.json").write_text(json.dumps(report, indent=2))
