@@ -104,6 +104,13 @@ def _metadata(name: str) -> dict[bytes, bytes]:
     return {META_SCHEMA_VERSION: SCHEMA_VERSION.encode(), META_TABLE: name.encode()}
 
 
+def stamped_schema(kind: str) -> pa.Schema:
+    """The schema of ``kind`` with the metadata :func:`write_parquet` stamps a file with (for
+    a writer that writes a table row group by row group)."""
+    name, schema = _schema(kind)
+    return schema.with_metadata(_metadata(name))
+
+
 def empty_table(kind: str) -> pa.Table:
     name, schema = _schema(kind)
     return schema.empty_table().replace_schema_metadata(_metadata(name))
