@@ -9,6 +9,8 @@ the mean elsewhere; 1.0 means seams are invisible in this statistic).
 
     python benchmarks/storygen_speed.py                       # CPU, random micro model, 2 steps
     python benchmarks/storygen_speed.py --model models/shapes-storygen --lengths 16,226
+    python benchmarks/storygen_speed.py --device cuda:0 --devices cuda:0,cuda:1 --preset modelscope \\
+        --steps 25 --lengths 226,3376                         # one GPU against two
     python benchmarks/storygen_speed.py --device cuda --preset modelscope --steps 5 \\
         --out benchmarks/results/storygen_speed_gpu.json     # ModelScope-size UNet, bf16
 
@@ -134,13 +136,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         output_type=None,
         progress=False,
     )
+    # with --devices, the hierarchical mode runs again spread over all of them (the
+    # autoregressive baseline cannot use a second device for one video: its windows are
+    # sequential)
+    runs = [("hierarchical", None), ("autoregressive", None)]
+    if args.devices:
+        runs.append(("hierarchical", args.devices))
     for n in lengths:
-        for mode in ("hierarchical", "autoregressive"):
+        for mode, devices in runs:
             if mode in args.skip:
                 continue
             if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
+                for d in devices or [args.device]:
+                    torch.cuda.synchronize(d)
+                    torch.cuda.reset_peak_memory_stats(d)
             with PeakRSS() as rss:
                 t0 = time.perf_counter()
                 out = pipe(
@@ -153,15 +162,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     guidance_scale=args.guidance,
                     generator=args.seed,
                     micro_batch=args.micro_batch,
+                    devices=devices,
                     output_type="np",
                     progress=args.progress,
                 )
                 if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
+                    for d in devices or [args.device]:
+                        torch.cuda.synchronize(d)
                 wall = time.perf_counter() - t0
             row = {
                 "frames": n,
-                "mode": mode,
+                "mode": mode if devices is None else f"{mode} x{len(devices)}",
+                "devices": devices or [args.device],
+                "calls_per_device": out.stats.calls_per_device,
                 "model_calls": out.plan.model_calls,
                 "rounds": out.plan.rounds,
                 "unet_passes": out.stats.unet_forwards,
@@ -169,7 +182,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "s_per_frame": wall / n,
                 "peak_rss_bytes": rss.peak,
                 "peak_cuda_bytes": (
-                    torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
+                    max(torch.cuda.max_memory_allocated(d) for d in devices or [args.device])
+                    if args.device.startswith("cuda")
+                    else None
                 ),
                 **consistency(out.frames, out.plan),
             }
@@ -190,6 +205,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "rounds_autoregressive_over_hierarchical": a["rounds"] / h["rounds"],
                 "calls_autoregressive_over_hierarchical": a["model_calls"] / h["model_calls"],
             }
+        spread = next((r for r in rows if r["frames"] == n and "x" in r["mode"]), None)
+        if spread is not None and "hierarchical" in by_mode:
+            ratios.setdefault(str(n), {})["speedup_over_one_device"] = (
+                by_mode["hierarchical"]["wall_time_s"] / spread["wall_time_s"]
+            )
+            if "autoregressive" in by_mode:
+                ratios[str(n)]["autoregressive_one_device_over_spread"] = (
+                    by_mode["autoregressive"]["wall_time_s"] / spread["wall_time_s"]
+                )
     return {
         "model": name,
         "unet_parameters": n_params,
@@ -207,6 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "guidance_scale": args.guidance,
         "micro_batch": args.micro_batch,
         "torch": torch.__version__,
+        "devices": args.devices or [args.device],
         "rows": rows,
         "ratios": ratios,
     }
@@ -220,7 +245,7 @@ def print_table(result: dict[str, Any]) -> None:
         f"guidance {result['guidance_scale']}, micro-batch {result['micro_batch']}"
     )
     head = (
-        f"{'frames':>6} {'mode':<14} {'calls':>6} {'rounds':>6} {'passes':>7} "
+        f"{'frames':>6} {'mode':<16} {'calls':>6} {'rounds':>6} {'passes':>7} "
         f"{'wall s':>9} {'ms/frame':>9} {'peak mem':>10} {'flicker':>8} {'seam':>6}"
     )
     print(head)
@@ -228,23 +253,41 @@ def print_table(result: dict[str, Any]) -> None:
     for r in result["rows"]:
         mem = r["peak_cuda_bytes"] if r["peak_cuda_bytes"] is not None else r["peak_rss_bytes"]
         print(
-            f"{r['frames']:>6} {r['mode']:<14} {r['model_calls']:>6} {r['rounds']:>6} "
+            f"{r['frames']:>6} {r['mode']:<16} {r['model_calls']:>6} {r['rounds']:>6} "
             f"{r['unet_passes']:>7} {r['wall_time_s']:>9.2f} {1000 * r['s_per_frame']:>9.1f} "
             f"{mem / 2**20:>8.0f}MB {r['flicker']:>8.2f} {r['seam_ratio']:>6.2f}"
         )
     for n, q in result["ratios"].items():
-        print(
-            f"{n:>6} frames: autoregressive / hierarchical = "
-            f"{q['wall_time_autoregressive_over_hierarchical']:.2f}x wall time, "
-            f"{q['rounds_autoregressive_over_hierarchical']:.1f}x sequential rounds, "
-            f"{q['calls_autoregressive_over_hierarchical']:.2f}x model calls"
-        )
+        if "wall_time_autoregressive_over_hierarchical" in q:
+            print(
+                f"{n:>6} frames: autoregressive / hierarchical = "
+                f"{q['wall_time_autoregressive_over_hierarchical']:.2f}x wall time, "
+                f"{q['rounds_autoregressive_over_hierarchical']:.1f}x sequential rounds, "
+                f"{q['calls_autoregressive_over_hierarchical']:.2f}x model calls"
+            )
+        if "speedup_over_one_device" in q:
+            print(
+                f"{n:>6} frames: hierarchical on {len(result['devices'])} devices is "
+                f"{q['speedup_over_one_device']:.2f}x one device"
+                + (
+                    f", {q['autoregressive_one_device_over_spread']:.2f}x the autoregressive "
+                    "baseline"
+                    if "autoregressive_one_device_over_spread" in q
+                    else ""
+                )
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="16,226,3376")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="also run the hierarchical mode spread over these devices (cuda:0,cuda:1) and "
+        "report its speed-up over --device alone",
+    )
     p.add_argument("--preset", default="micro", help="random model size (storygen.presets)")
     p.add_argument("--mode", choices=("masked", "t2v"), default="masked")
     p.add_argument("--model", default=None, help="a model folder instead of a random preset")
@@ -264,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps or (10 if gpu else 2)
     args.guidance = args.guidance if args.guidance is not None else (7.5 if gpu else 1.0)
     args.skip = {s for s in args.skip.split(",") if s}
+    args.devices = [d for d in (args.devices or "").split(",") if d] or None
     logging.basicConfig(level=logging.WARNING)
     result = run(args)
     print_table(result)

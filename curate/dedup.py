@@ -179,10 +179,16 @@ class UnionFind:
         return [g for g in out.values() if len(g) > 1]
 
 
+#: caption scores are compared at this many decimals when choosing a group's kept member: two
+#: copies of one scene score alike, and float noise (CLIP batches differ with how a run was
+#: split, after a resume say) must not decide which one is kept
+RANK_DECIMALS = 4
+
+
 def _rank_key(row: Mapping[str, Any]) -> tuple:
     # best first: kept before dropped, then caption score, then longer, then clip id
     score = row.get("caption_score")
-    score = -1e9 if score is None else float(score)
+    score = -1e9 if score is None else round(float(score), RANK_DECIMALS)
     length = int(row.get("end_frame", 0)) - int(row.get("start_frame", 0))
     return (row.get("status") == DROPPED, -score, -length, str(row.get("clip_id")))
 

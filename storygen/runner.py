@@ -54,6 +54,8 @@ class GenerationStats:
     #: known frames plus those waiting to be written, not the whole video
     peak_frames_held: int = 0
     devices: list[str] = field(default_factory=list)
+    #: model calls each device of ``devices`` ran, in the same order
+    calls_per_device: list[int] = field(default_factory=list)
     output_path: str | None = None
     cache_dir: str | None = None
 
@@ -211,6 +213,7 @@ class PlanRunner:
             model_calls=plan.model_calls,
             rounds=plan.rounds,
             devices=[str(d) for d in self.devices],
+            calls_per_device=[0] * len(self.devices),
         )
         # frames in model space, (C, h, w) float32 on the CPU, kept only while still needed
         self.store: dict[int, torch.Tensor] = {}
@@ -255,19 +258,28 @@ class PlanRunner:
         return samples.float().cpu(), forwards
 
     def batches(self, level: int, todo: list[tuple[int, Call]]) -> list[CallBatch]:
-        """Calls of equal length, ``micro_batch`` at a time, ordered by their first call.
+        """Calls of equal length in batches of at most ``micro_batch``, ordered by their first
+        call, as even in size as they can be and as many as a multiple of the devices, so that
+        the round-robin over devices gives each the same share of a level (225 calls, 16 per
+        batch, 2 devices: 16 batches of 14 or 15, 113 and 112 calls per device).
 
         A level of an uneven plan alternates call lengths (3 and 4 frames, say); grouping by
         length rather than by run keeps the batches full.
         """
-        size = self.settings.micro_batch
+        size, parts = self.settings.micro_batch, len(self.devices)
         groups: dict[int, list[tuple[int, Call]]] = {}
         for idx, call in todo:
             groups.setdefault(len(call), []).append((idx, call))
         out = []
         for items in groups.values():
-            for start in range(0, len(items), size):
-                chunk = items[start : start + size]
+            count = -(-len(items) // size)
+            if len(items) >= parts:
+                count = parts * -(-count // parts)
+            base, extra = divmod(len(items), count)
+            start = 0
+            for k in range(count):
+                chunk = items[start : start + base + (k < extra)]
+                start += len(chunk)
                 out.append(CallBatch(level, [i for i, _ in chunk], [c for _, c in chunk]))
         return sorted(out, key=lambda b: b.indices[0])
 
@@ -316,15 +328,18 @@ class PlanRunner:
                     )
                     for k, batch in enumerate(batches)
                 ]
-                pending = iter(zip(batches, futures))
+                # batch k runs on device k mod N (see batches)
+                owners = [k % len(self.devices) for k in range(len(batches))]
+                pending = iter(zip(batches, futures, owners))
                 results = {i: (s, True) for i, s in cached.items() if i < len(level.calls)}
                 # consume in plan order, so that frames stream out in order
                 for idx, call in enumerate(level.calls):
                     while idx not in results:
-                        batch, future = next(pending)
+                        batch, future, device = next(pending)
                         samples, forwards = future.result()
                         self.stats.unet_forwards += forwards
                         self.stats.calls_run += len(batch.calls)
+                        self.stats.calls_per_device[device] += len(batch.calls)
                         if self.cache is not None:
                             self.cache.save(batch.level, batch.indices, samples)
                         results.update({i: (s, False) for i, s in zip(batch.indices, samples)})

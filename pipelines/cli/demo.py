@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from curate.shapes import GroundTruth, generate_corpus, parse_caption
 from pipelines.cli import build_parser as curate_parser
 from schemas import read_parquet
@@ -147,6 +149,41 @@ def render_story(run_dir: Path, out: Path, args: argparse.Namespace) -> tuple[in
     return code, video, preview
 
 
+def probe_render(run_dir: Path, video: Path, fps: float) -> dict[str, Any]:
+    """The rendered story read back from its pixels, frame by frame against the prompt of
+    its segment (:func:`storygen.training.probe.probe_prompted`), beside the readers' ceiling
+    on real shapes-world frames of the same segments at the video's size."""
+    from curate.video import probe as probe_video
+    from curate.video import read_frames
+    from storygen.script import load_script
+    from storygen.training.probe import probe_prompted
+
+    info = probe_video(video)
+    frames = read_frames(video, np.arange(info.num_frames))
+    story_id = pick_story(run_dir / "stories")["story_id"]
+    script = load_script(run_dir / "stories", story_id=story_id)
+    prompts = list(script.prompts_per_frame(fps, num_frames=len(frames)))
+    return probe_prompted(frames, prompts, size=int(frames.shape[1]))
+
+
+def probe_lines(probe: dict[str, Any]) -> list[str]:
+    ceiling = probe.get("ceiling") or {}
+
+    def pct(key: str) -> str:
+        value, best = probe.get(key), ceiling.get(key)
+        if value is None:
+            return f"{key} -"
+        return f"{key} {value:.0%}" + (f" (ceiling {best:.0%})" if best is not None else "")
+
+    return [
+        "the rendered story, read back from its pixels (per frame, against its segment's prompt):",
+        "  " + ", ".join(pct(k) for k in ("color", "shape", "background", "all")),
+        "  "
+        + ", ".join(pct(k) for k in ("motion", "identity"))
+        + f"; flicker {probe.get('flicker', 0):.1f} (real frames {ceiling.get('flicker', 0):.1f})",
+    ]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.cli.demo",
@@ -201,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             return code
         render_report = video.with_name(video.stem + "-report.html")
+        probe = probe_render(run_dir, video, args.fps)
+        comparison["render_probe"] = probe
+        comparison_file.write_text(json.dumps(comparison, indent=2) + "\n")
+        for line in probe_lines(probe):
+            print(line)
 
     report = run_dir / "report.html"
     _banner("where everything went")

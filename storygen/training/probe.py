@@ -280,3 +280,35 @@ def evaluate_folder(
     pipe.to(torch.device(device))
     held_out = held_out_stories(stories, num_frames=num_frames)
     return evaluate(pipe, held_out, settings=settings, modes=modes)
+
+
+def probe_prompted(
+    frames: np.ndarray, prompts: Sequence[str], *, size: int | None = None
+) -> dict[str, Any]:
+    """The probe of any rendered story whose prompts follow the shapes world's grammar (a
+    curated story, a script): each run of equal prompts is a segment, read on its own;
+    segments whose prompt names no scene are left out (``frames_unread``). With ``size``, the
+    readers' ceiling on real frames of the same segments at that size comes along."""
+    from curate.shapes import parse_caption
+
+    if len(frames) != len(prompts):
+        raise ValueError(f"{len(frames)} frames for {len(prompts)} prompts")
+    rows, truths, unread = [], [], 0
+    start = 0
+    for end in range(1, len(prompts) + 1):
+        if end < len(prompts) and prompts[end] == prompts[start]:
+            continue
+        facts = parse_caption(prompts[start])
+        if facts is None:
+            unread += end - start
+        else:
+            story = ProbeStory(f"segment-{start}", end - start, ((0, end - start, facts),))
+            rows.append(read_story(np.asarray(frames[start:end]), story))
+            if size:
+                truths.append(read_story(render_truth(story, size, seed=start), story))
+        start = end
+    out: dict[str, Any] = summarize(rows) if rows else {"stories": 0, "frames": 0}
+    out["frames_unread"] = unread
+    if truths:
+        out["ceiling"] = summarize(truths)
+    return out

@@ -133,6 +133,29 @@ def test_union_find_groups_transitively():
     assert sorted(sorted(g) for g in uf.groups()) == [[0, 1, 2], [4, 5]]
 
 
+@pytest.mark.parametrize("noise", [1e-7, -1e-7])
+def test_float_noise_in_scores_does_not_decide_the_kept_copy(noise):
+    from curate.dedup import resolve_duplicates
+
+    def row(clip_id, score):
+        return {
+            "clip_id": clip_id,
+            "status": "kept",
+            "caption_score": score,
+            "start_frame": 0,
+            "end_frame": 30,
+        }
+
+    # two copies of one scene score alike; a resumed run may see the second one a hair higher
+    rows = [row("a:0001", 0.745123), row("b:0001", 0.745123 + noise)]
+    out = resolve_duplicates(rows, [(0, 1, 0.99)])
+    assert [r["status"] for r in out] == ["kept", "dropped"]
+    assert out[1]["duplicate_of"] == "a:0001"
+    # a real difference in score still decides
+    out = resolve_duplicates([row("a:0001", 0.70), row("b:0001", 0.75)], [(0, 1, 0.99)])
+    assert out[0]["duplicate_of"] == "b:0001"
+
+
 def test_pairs_within_one_video_are_not_duplicates(corpus):
     row = corpus[0]
     twin = {**row, "clip_id": "a:0009", "scene_index": 9}

@@ -122,6 +122,20 @@ def test_two_cpu_devices_give_the_single_device_video(pipe, reference):
     assert torch.equal(a.frames, b.frames)
 
 
+def test_devices_share_each_level_evenly(pipe):
+    # 47 frames at 5 per call: calls of equal length per level; at micro_batch 4 a level's
+    # batches come in pairs of near-equal size, so the two devices differ by at most one call
+    # per level (a level of one call runs on one device)
+    out = pipe(PROMPTS[0], 47, output_type="latent", micro_batch=4, devices=["cpu", "cpu"], **RUN)
+    level_sizes = [len(level.calls) for level in out.plan.levels]
+    per_device = out.stats.calls_per_device
+    assert sum(per_device) == out.plan.model_calls == sum(level_sizes)
+    assert max(per_device) - min(per_device) <= len(level_sizes)  # at most one call per level
+    one = pipe(PROMPTS[0], 47, output_type="latent", micro_batch=4, **RUN)
+    assert one.stats.calls_per_device == [out.plan.model_calls]
+    torch.testing.assert_close(out.frames, one.frames, rtol=0, atol=BATCH_ATOL)
+
+
 class _Stop(Exception):
     pass
 

@@ -100,3 +100,20 @@ def test_summaries_weight_stories_by_frames():
     got = summarize(rows)
     assert got["color"] == pytest.approx(0.25) and got["flicker"] == pytest.approx(2.5)
     assert got["motion"] == pytest.approx(0.25) and got["seam_ratio"] == pytest.approx(2.0)
+
+
+def test_any_prompted_render_is_read_segment_by_segment():
+    from storygen.training.probe import probe_prompted
+
+    story = held_out_stories(1, num_frames=60)[0]
+    frames = render_truth(story, 64)
+    prompts = story.prompts()
+    got = probe_prompted(frames, prompts, size=64)
+    assert got["color"] == 1.0 and got["background"] == 1.0 and got["frames_unread"] == 0
+    assert got["ceiling"]["color"] == 1.0
+    # a segment whose prompt names no scene is left out, not counted wrong
+    first = story.segments[0][1]
+    got = probe_prompted(frames, ["a sunset over the sea"] * first + prompts[first:])
+    assert got["frames_unread"] == first and got["color"] == 1.0
+    with pytest.raises(ValueError, match="frames for"):
+        probe_prompted(frames, prompts[:-1])
