@@ -47,6 +47,12 @@ def _check_value(value: Any, typ: pa.DataType, nullable: bool, path: str) -> str
     elif pa.types.is_list(typ):
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
             return f"{path} must be a list, got {type(value).__name__} {value!r:.80}"
+        if (
+            pa.types.is_floating(typ.value_type)
+            and isinstance(value, list)
+            and all(type(v) is float and v == v for v in value)
+        ):
+            return None  # a list of plain floats, none NaN: what embeddings are (fast path)
         for i, item in enumerate(value):
             problem = _check_value(item, typ.value_type, True, f"{path}[{i}]")
             if problem:
