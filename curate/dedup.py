@@ -23,9 +23,11 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.tables import DROPPED, DUPLICATE, KEPT
 
@@ -210,10 +212,102 @@ def resolve_duplicates(
     return out
 
 
+def duplicate_map(
+    rows: Sequence[Mapping[str, Any]], pairs: Iterable[tuple[int, int, float]]
+) -> dict[str, str]:
+    """``{clip_id: duplicate_of}`` of :func:`resolve_duplicates`, touching only the rows that
+    are in a pair: the groups, and the member each keeps, are the same, so a corpus of millions
+    of clips (``rows`` a :class:`ClipRows`) is resolved without a dict per clip."""
+    parent: dict[int, int] = {}
+
+    def find(i: int) -> int:
+        root = i
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    for i, j, _ in pairs:
+        a, b = find(int(i)), find(int(j))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in list(parent):
+        groups[find(i)].append(i)
+    out: dict[str, str] = {}
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        members = {i: rows[i] for i in group}
+        best = min(group, key=lambda i: _rank_key(members[i]))
+        for i in group:
+            if i != best:
+                out[members[i]["clip_id"]] = members[best]["clip_id"]
+    return out
+
+
+#: what dedup keeps of a clip besides its signature (:func:`dedup_row`), as columns
+DEDUP_COLUMNS = pa.schema(
+    [
+        pa.field("clip_id", pa.string()),
+        pa.field("video_id", pa.string()),
+        pa.field("scene_index", pa.int64()),
+        pa.field("caption_score", pa.float64()),
+        pa.field("status", pa.string()),
+        pa.field("start_frame", pa.int64()),
+        pa.field("end_frame", pa.int64()),
+    ]
+)
+
+
+class ClipRows(Sequence[dict]):
+    """Dedup rows (:data:`DEDUP_COLUMNS`, no signatures) held as Arrow columns: a few dozen
+    bytes a clip where a list of dicts takes hundreds. ``rows[i]`` builds row ``i``'s dict;
+    :meth:`by_video` finds a video's rows without a pass in Python."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table.select(DEDUP_COLUMNS.names).combine_chunks()
+        self._columns = [self.table.column(n) for n in DEDUP_COLUMNS.names]
+        self._videos: tuple[dict[str, int], np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @overload
+    def __getitem__(self, i: int) -> dict: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict]: ...
+    def __getitem__(self, i: int | slice) -> dict | list[dict]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"row {i} of {len(self)}")
+        return {n: c[int(i)].as_py() for n, c in zip(DEDUP_COLUMNS.names, self._columns)}
+
+    def by_video(self, videos: Iterable[str]) -> dict[str, list[int]]:
+        """The row indices of each of ``videos`` (in row order)."""
+        if self._videos is None:
+            encoded = pc.dictionary_encode(self.table.column("video_id")).combine_chunks()
+            names = encoded.dictionary.to_pylist()
+            codes = encoded.indices.to_numpy(zero_copy_only=False)
+            self._videos = ({v: k for k, v in enumerate(names)}, codes)
+        lookup, codes = self._videos
+        wanted = {v: lookup[v] for v in videos if v in lookup}
+        if not wanted:
+            return {}
+        hits = np.flatnonzero(np.isin(codes, list(wanted.values())))
+        out: dict[str, list[int]] = {v: [] for v in wanted}
+        names_of = {k: v for v, k in wanted.items()}
+        for i, code in zip(hits.tolist(), codes[hits].tolist()):
+            out[names_of[code]].append(i)
+        return out
+
+
 def consistent_pairs(
     rows: Sequence[Mapping[str, Any]],
     pairs: Iterable[tuple[int, int, float]],
-    signatures: np.ndarray,
+    signatures: Any,
     *,
     threshold: float,
     relaxed_threshold: float,
@@ -225,12 +319,21 @@ def consistent_pairs(
     ``relaxed_threshold`` (a trimmed copy's first and last scenes lose frames, so they match
     less well than the untouched middle ones). Pairs inside one video are ignored: scenes of
     one video that look alike are a repeated shot, not a duplicate.
+
+    ``signatures`` is an ``(n, dim)`` array or anything indexed like one by a list of rows
+    (a :class:`curate.dedup_index.SignatureStore`): only the two videos' scenes are read for
+    each candidate pair.
     """
     strong = [(i, j, s) for i, j, s in pairs if rows[i]["video_id"] != rows[j]["video_id"]]
     video_pairs = {tuple(sorted((rows[i]["video_id"], rows[j]["video_id"]))) for i, j, _ in strong}
-    by_video: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        by_video[r["video_id"]].append(i)
+    needed = {v for pair in video_pairs for v in pair}
+    if isinstance(rows, ClipRows):
+        by_video = rows.by_video(needed)
+    else:
+        by_video = defaultdict(list)
+        for i, r in enumerate(rows):
+            if r["video_id"] in needed:
+                by_video[r["video_id"]].append(i)
     accepted = {(i, j): s for i, j, s in strong}
     for va, vb in video_pairs:
         a = sorted(by_video[va], key=lambda i: rows[i].get("scene_index", 0))
@@ -338,30 +441,40 @@ class Deduplicator(Step[Any, dict]):
         out[SIGNATURE_KEY] = self.signature(record).tolist()
         return out
 
+    def video_pairs(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        pairs: Iterable[tuple[int, int, float]],
+        signatures: Any,
+    ) -> list[tuple[int, int, float]]:
+        """The duplicate pairs among ``rows`` given the ``pairs`` above the threshold: those
+        between two videos, with the video-level pass (:func:`consistent_pairs`) when a
+        relaxed threshold is set. ``signatures`` as :func:`consistent_pairs` takes them."""
+        if self.relaxed_threshold is not None:
+            return consistent_pairs(
+                rows,
+                pairs,
+                signatures,
+                threshold=self.threshold,
+                relaxed_threshold=self.relaxed_threshold,
+            )
+        return [(i, j, s) for i, j, s in pairs if rows[i]["video_id"] != rows[j]["video_id"]]
+
     def dedup_group(self, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Mark duplicates among ``rows`` (one centroid key's group, or a whole small run)."""
         if not rows:
             return []
         sigs = np.stack([self.signature(r) for r in rows])
-        pairs = similar_pairs(sigs, self.threshold)
-        if self.relaxed_threshold is not None:
-            pairs = consistent_pairs(
-                rows,
-                pairs,
-                sigs,
-                threshold=self.threshold,
-                relaxed_threshold=self.relaxed_threshold,
-            )
-        else:
-            pairs = [(i, j, s) for i, j, s in pairs if rows[i]["video_id"] != rows[j]["video_id"]]
+        pairs = self.video_pairs(rows, similar_pairs(sigs, self.threshold), sigs)
         return resolve_duplicates(rows, pairs)
 
     def duplicates(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         """``{clip_id: duplicate_of}`` among ``rows`` (one group; see :meth:`dedup_group`)."""
         if len(rows) < 2:
             return {}
-        marked = self.dedup_group(rows)
-        return {r["clip_id"]: r["duplicate_of"] for r in marked if r.get("duplicate_of")}
+        sigs = np.stack([self.signature(r) for r in rows])
+        pairs = self.video_pairs(rows, similar_pairs(sigs, self.threshold), sigs)
+        return duplicate_map(rows, pairs)
 
     def assign_centroids(self, signatures: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         return assign_centroids(signatures, centroids, nprobe=self.nprobe)
@@ -399,16 +512,7 @@ class Deduplicator(Step[Any, dict]):
             len(pairs),
             self.threshold,
         )
-        found = sorted(pairs)
-        if self.relaxed_threshold is not None:
-            found = consistent_pairs(
-                rows,
-                found,
-                sigs,
-                threshold=self.threshold,
-                relaxed_threshold=self.relaxed_threshold,
-            )
-        yield from resolve_duplicates(rows, found)
+        yield from resolve_duplicates(rows, self.video_pairs(rows, sorted(pairs), sigs))
 
 
 # --- a run's duplicate map ------------------------------------------------------------------

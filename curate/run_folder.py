@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 TABLES = ("clips", "stories", "failures")
 WORK_DIR = "_work"
 STAGING_DIR = "_staging"
+#: the corpus phase's scratch: what it spills to disk between its steps (curate.corpus)
+CORPUS_DIR = "_corpus"
 LOCK_NAME = ".storyloom.lock"
 #: the run's self-contained HTML report, written beside the tables, and its stage timings
 REPORT_NAME = "report.html"
@@ -56,6 +58,7 @@ _WORK_FILE = re.compile(r"w-[0-9a-f]{20,64}\.parquet")
 _TEMPORARY = re.compile(r"\..+\.tmp-[\w.-]+")
 _PROBE = re.compile(r"\.write-probe-[0-9a-f]+(\.done)?")
 _OLD_TABLE = re.compile(rf"\.({'|'.join(TABLES)})\.old-[0-9a-f]+")
+_SCRATCH_FILE = re.compile(r"[\w-]+\.(json|npy|parquet|sig|bin)")
 #: files at the top of a run folder that storyloom writes
 TOP_FILES = (MANIFEST_NAME, LOCK_NAME, REPORT_NAME, TIMING_NAME)
 
@@ -91,6 +94,21 @@ def _owned_in_work_dir(folder: Path) -> Iterator[tuple[Path, bool]]:
         yield entry, ours
 
 
+def _owned_in_scratch(folder: Path) -> Iterator[tuple[Path, bool]]:
+    """The corpus phase's scratch, folder by folder (its files have names of its own)."""
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            yield entry, False
+        elif entry.is_dir():
+            yield from _owned_in_scratch(entry)
+        else:
+            name = entry.name
+            ours = entry.is_file() and bool(
+                _SCRATCH_FILE.fullmatch(name) or _TEMPORARY.fullmatch(name)
+            )
+            yield entry, ours
+
+
 def _entries(out: Path) -> Iterator[tuple[Path, bool]]:
     """Every entry of a run folder, and whether storyloom wrote it (folders of ours are
     opened: an entry of theirs inside one of ours is theirs)."""
@@ -102,6 +120,8 @@ def _entries(out: Path) -> Iterator[tuple[Path, bool]]:
             yield from _owned_in_table_dir(entry, name)
         elif entry.is_dir() and name == WORK_DIR:
             yield from _owned_in_work_dir(entry)
+        elif entry.is_dir() and name == CORPUS_DIR:
+            yield from _owned_in_scratch(entry)
         elif entry.is_dir() and name == STAGING_DIR:
             for sub in sorted(entry.iterdir()):
                 if sub.is_dir() and not sub.is_symlink() and sub.name in TABLES:
@@ -123,7 +143,7 @@ def _is_our_name(out: Path, entry: Path) -> bool:
     """Whether storyloom writes a file or folder of ``entry``'s name where it is (a foreign
     entry there would be written over, or written through)."""
     if entry.parent == out:
-        return entry.name in (*TOP_FILES, *TABLES, WORK_DIR, STAGING_DIR)
+        return entry.name in (*TOP_FILES, *TABLES, WORK_DIR, STAGING_DIR, CORPUS_DIR)
     if entry.parent.name in TABLES or entry.parent.name == WORK_DIR:
         return bool(_SHARD.fullmatch(entry.name) or _WORK_FILE.fullmatch(entry.name))
     return False
@@ -176,6 +196,8 @@ def remove_owned(folder: Path, table: str | None = None) -> None:
         entries = _owned_in_table_dir(folder, table)
     elif folder.name == WORK_DIR:
         entries = _owned_in_work_dir(folder)
+    elif folder.name == CORPUS_DIR:
+        entries = _owned_in_scratch(folder)
     else:  # staging: one folder per table
         for sub in list(folder.iterdir()):
             if sub.is_dir() and not sub.is_symlink() and sub.name in TABLES:
@@ -184,6 +206,10 @@ def remove_owned(folder: Path, table: str | None = None) -> None:
     for entry, ours in list(entries):
         if ours:
             entry.unlink(missing_ok=True)
+    if folder.name == CORPUS_DIR:  # its folders, deepest first, where nothing else is left
+        for sub in sorted((d for d in folder.rglob("*") if d.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                sub.rmdir()
     with contextlib.suppress(OSError):  # not empty: something of theirs is in it
         folder.rmdir()
 
@@ -198,6 +224,7 @@ def clear_run(path: str | os.PathLike[str]) -> None:
         remove_owned(out / table, table)
     remove_owned(out / WORK_DIR)
     remove_owned(out / STAGING_DIR)
+    remove_owned(out / CORPUS_DIR)
     remove_old_tables(out)
 
 

@@ -223,6 +223,8 @@ class WorkEntry:
     fingerprint: str | None
     attempt: int
     failed: bool
+    #: its row in ``file``
+    row: int = 0
 
 
 def work_index(path: str | os.PathLike[str]) -> dict[str, list[WorkEntry]]:
@@ -232,8 +234,8 @@ def work_index(path: str | os.PathLike[str]) -> dict[str, list[WorkEntry]]:
         _check_work_version(file)
         table = pq.read_table(file, columns=["video_id", "fingerprint", "attempt", "failed"])
         columns = [c.to_pylist() for c in table.columns]
-        for vid, fp, attempt, failed in zip(*columns, strict=True):
-            entry = WorkEntry(str(file), fp, int(attempt or 0), bool(failed))
+        for row, (vid, fp, attempt, failed) in enumerate(zip(*columns, strict=True)):
+            entry = WorkEntry(str(file), fp, int(attempt or 0), bool(failed), row)
             index.setdefault(vid, []).append(entry)
     return index
 
@@ -473,22 +475,21 @@ class RunFolder:
 
 def count_work_clips(path: str | os.PathLike[str]) -> int:
     """Clips across committed work files, from Parquet metadata alone (nothing decoded)."""
+    return sum(work_file_clips(pq.ParquetFile(file).metadata) for file in work_files(path))
+
+
+def work_file_clips(meta: pq.FileMetaData) -> int:
+    """Clips in one work file, from its Parquet metadata."""
+    schema = meta.schema
+    col = next(
+        (i for i in range(len(schema)) if schema.column(i).path == "clips.list.element.clip_id"),
+        None,
+    )
+    if col is None:
+        return 0
     total = 0
-    for file in work_files(path):
-        meta = pq.ParquetFile(file).metadata
-        schema = meta.schema
-        col = next(
-            (
-                i
-                for i in range(len(schema))
-                if schema.column(i).path == "clips.list.element.clip_id"
-            ),
-            None,
-        )
-        if col is None:
-            continue
-        for rg in range(meta.num_row_groups):
-            chunk = meta.row_group(rg).column(col)
-            nulls = chunk.statistics.null_count if chunk.statistics is not None else 0
-            total += chunk.num_values - (nulls or 0)
+    for rg in range(meta.num_row_groups):
+        chunk = meta.row_group(rg).column(col)
+        nulls = chunk.statistics.null_count if chunk.statistics is not None else 0
+        total += chunk.num_values - (nulls or 0)
     return total

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
+
+import numpy as np
 
 from schemas.failures import video_failure_row
 from schemas.io import SchemaError, validate_rows
@@ -133,13 +134,9 @@ def rows_problem(
         return str(exc)
     for clip in clips:
         signature = clip.get("dedup_signature")
-        if signature is not None and not all(math.isfinite(float(v)) for v in _flat(signature)):
+        if signature is not None and not np.isfinite(np.asarray(signature, np.float64)).all():
             return f"{where}: clip {clip.get('clip_id')}: dedup signature is not finite"
     return None
-
-
-def _flat(values: Any) -> list[Any]:
-    return list(values.ravel()) if hasattr(values, "ravel") else list(values)
 
 
 def failure_from_exception(

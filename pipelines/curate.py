@@ -10,17 +10,21 @@ Two Beam pipelines run one after the other:
    Videos already committed in ``OUT/_work`` are skipped, so a rerun after a crash or a
    ``kill -9`` picks up where the last commit left off.
 
-2. **Corpus phase** (:func:`build_finalize_pipeline`), rerun in full every time::
+2. **Corpus phase** (:func:`corpus_phase`, :func:`run_corpus_phase`), rerun in full every
+   time: :class:`curate.corpus.CorpusPhase` streams the committed work in memory bounded by
+   ``--corpus-memory-mb``::
 
-       ReadWork → CaptionCutoff (percentile over all scores, side input)
-                → FilterAndRecaption (per video) → MarkDuplicates (faiss; exact, or by centroid)
-                → WriteShards (clips, stories, failures) → Publish (_manifest.json)
+       plan → cut-off (percentile over all scores) → prompt bank → filter and re-caption
+            → dedup (faiss; exact, or inverted lists) → write shards → publish (_manifest.json)
 
    It reads every committed record, so percentile thresholds and dedup see the whole corpus
-   whether the per-video work ran once or in several resumed runs.
+   whether the per-video work ran once or in several resumed runs. With the local runner it
+   runs in the launcher's process; on a cluster (Dask) its keyed steps (re-captioning per
+   chunk of work, dedup search per list group, writing per shard) run on the workers
+   (:class:`pipelines.transforms.CorpusOnWorkers`).
 
-The split also suits distributed runners: the corpus phase's side inputs read cheap committed
-files, never re-trigger decoding.
+The split also suits distributed runners: the corpus phase reads cheap committed files and
+never re-triggers decoding.
 
 The transforms of each phase are in :mod:`pipelines.transforms`; the settings of a run are
 one :class:`~pipelines.settings.RunSettings`. After each run the invariant of
@@ -32,7 +36,6 @@ failure instead).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -46,6 +49,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from curate import shards
 from curate.clip_score import ClipScorer
+from curate.corpus import CorpusPhase
 from curate.decode import VideoDecoder
 from curate.dedup import Deduplicator
 from curate.models import folder_state, resolve_model_path
@@ -61,17 +65,12 @@ from .options import runner_flags, settings_of
 from .progress import WorkProgress
 from .settings import RunSettings
 from .transforms import (
-    CaptionCutoff,
     CleanCaptions,
     CommitWork,
-    FilterAndRecaption,
-    MarkDuplicates,
+    CorpusOnWorkers,
     ProbeAndSplit,
-    Publish,
     ReadManifest,
-    ReadWork,
     ScoreCaptions,
-    WriteShards,
     reset_failure_rate,
 )
 
@@ -235,66 +234,70 @@ def build_pipeline(
 # --- phase 2 -----------------------------------------------------------------------------------
 
 
-def build_finalize_pipeline(
-    p: beam.Pipeline,
+def corpus_phase(
     settings: RunSettings,
     *,
     manifest: ManifestRead,
-    fingerprints: Mapping[str, str],
     config: Mapping[str, Any],
     components: Components,
-) -> beam.PCollection:
-    """The corpus phase on ``p``: the current committed record of every usable manifest row
-    (``fingerprints``: video id -> the fingerprint its result must have) → published shards
-    and manifest. A row without a record under its fingerprint is pending."""
-    out = str(settings.output)
+) -> CorpusPhase:
+    """The corpus phase of a run (:class:`curate.corpus.CorpusPhase`) under ``settings``."""
     threshold = settings.resolved_threshold
     if threshold is None:
         raise ValueError("the run settings are not resolved (RunSettings.resolved)")
-    done = len(shards.current_records(out, fingerprints))
-    pending = len(fingerprints) - done
-    n_shards = shards.shard_count(max(done, 1), rows_per_shard=settings.videos_per_shard)
-    n_clips = shards.count_work_clips(out)
-    exact = n_clips <= settings.dedup_exact_limit
-    shards.begin_publish(out)
-
-    files = [str(f) for f in shards.work_files(out)]
-    records = p | "ReadWork" >> ReadWork(files, keep=fingerprints)
-    cutoff = records | "CaptionCutoff" >> CaptionCutoff(threshold)
-    recaptioned = records | "FilterAndRecaption" >> FilterAndRecaption(
-        cutoff, components.recaptioner, components.recaptioner_kwargs
-    )
-    final = recaptioned | "MarkDuplicates" >> MarkDuplicates(
-        components.deduplicator(settings.dedup_threshold),
-        exact=exact,
-        clusters=max(2, int(math.sqrt(n_clips))),  # ~sqrt(n) groups, as faiss guidance has it
-    )
-    clips = final | "Clips" >> beam.FlatMap(lambda tr: [tr[1]] if tr[0] == "clips" else [])
-    stories = final | "StoriesOf" >> beam.FlatMap(lambda tr: [tr[1]] if tr[0] == "stories" else [])
-    failures = (
-        recaptioned | "WorkFailures" >> beam.FlatMap(lambda r: r["failures"] or []),
-        p | "ManifestFailures" >> beam.Create(manifest.failures, reshuffle=False),
-    ) | "AllFailures" >> beam.Flatten()
-    written = (
-        clips | "WriteClips" >> WriteShards(out, "clips", n_shards),
-        stories | "WriteStories" >> WriteShards(out, "stories", n_shards),
-        failures | "WriteFailures" >> WriteShards(out, "failures", n_shards),
-    ) | "Written" >> beam.Flatten()
-    counts = {
-        "inputs": manifest.inputs,
-        "manifest_rejected": len(manifest.failures),
-        "videos": len(manifest.videos),
-        "videos_done": done,
-        "pending": pending,
-        "dedup_exact": int(exact),
-    }
-    return written | "Publish" >> Publish(
-        out,
-        cutoff,
+    return CorpusPhase(
+        str(settings.output),
+        threshold=threshold,
+        dedup=components.deduplicator(settings.dedup_threshold),
+        exact_limit=settings.dedup_exact_limit,
+        rows_per_shard=settings.videos_per_shard,
+        memory_mb=settings.corpus_memory_mb,
+        threads=max(1, min(8, os.cpu_count() or 1)),
         config={**config, "threshold": str(threshold)},
-        counts=counts,
-        default_cutoff=None if threshold.percentile else threshold.value,
+        counts={
+            "inputs": manifest.inputs,
+            "manifest_rejected": len(manifest.failures),
+            "videos": len(manifest.videos),
+        },
     )
+
+
+def run_corpus_phase(
+    phase: CorpusPhase,
+    options: PipelineOptions,
+    *,
+    manifest: ManifestRead,
+    fingerprints: Mapping[str, str],
+    components: Components,
+) -> None:
+    """Plan ``phase`` over the current committed record of every usable manifest row
+    (``fingerprints``: video id -> the fingerprint its result must have; a row without one is
+    pending) and run it: in this process with the local runner, as Beam stages on the
+    workers of any other (:class:`pipelines.transforms.CorpusOnWorkers`)."""
+    if not _on_cluster(options):
+        phase.run(
+            fingerprints,
+            components.recaptioner(**components.recaptioner_kwargs),
+            manifest_failures=manifest.failures,
+        )
+        return
+    phase.make_plan(fingerprints, manifest.failures)
+    p = beam.Pipeline(options=options)
+    _ = p | "Corpus" >> CorpusOnWorkers(
+        phase, components.recaptioner, components.recaptioner_kwargs
+    )
+    result = p.run()
+    result.wait_until_finish()
+    client = getattr(result, "client", None)  # the DaskRunner's (see _run_per_video)
+    if client is not None:
+        client.close()
+
+
+def _on_cluster(options: PipelineOptions) -> bool:
+    """Whether the run's runner executes on other machines (the corpus phase then runs on
+    its workers), rather than in this process or its children."""
+    runner = str(options.view_as(StandardOptions).runner or "").lower()
+    return any(name in runner for name in ("dask", "dataflow", "flink", "spark", "portable"))
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -325,35 +328,6 @@ def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
     if options.view_as(StandardOptions).runner is None:
         options = PipelineOptions([*runner_flags("local"), *argv])
     return options
-
-
-def _corpus_phase_options(options: PipelineOptions, argv: Sequence[str]) -> PipelineOptions:
-    """Runner options for the corpus phase.
-
-    It decodes nothing, so on the local runner one in-process worker does it faster than
-    starting worker processes. On Dask it runs on the launcher with the local runner: Beam
-    2.77's DaskRunner gives different values to transforms that read the same side input
-    (seen with the cut-off and the duplicate map), and this phase is made of side inputs.
-    The expensive per-video phase is the part that runs on the cluster.
-    """
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-
-    runner = str(options.view_as(StandardOptions).runner or "")
-    dask = "dask" in runner.lower()
-    if not dask and not runner.endswith("FnApiRunner"):
-        return options
-    if not dask and options.view_as(DirectOptions).direct_num_workers <= 1:
-        return options
-    skip = ("--direct_num_workers", "--direct_running_mode", "--runner", "--dask_")
-    flags = [a for a in argv if not a.startswith(skip)]
-    return PipelineOptions(
-        [
-            *runner_flags("local"),
-            *flags,
-            "--direct_num_workers=1",
-            "--direct_running_mode=in_memory",
-        ]
-    )
 
 
 def _metrics(result: Any) -> dict[str, Any]:
@@ -395,14 +369,13 @@ def run(
 
     out = shards.check_output_dir(str(settings.output))
     with RunLock(out):
-        return _run_locked(out, settings, options, argv, components, progress=progress, t0=t0)
+        return _run_locked(out, settings, options, components, progress=progress, t0=t0)
 
 
 def _run_locked(
     out: Path,
     settings: RunSettings,
     options: PipelineOptions,
-    argv: Sequence[str],
     components: Components,
     *,
     progress: bool,
@@ -443,7 +416,6 @@ def _run_locked(
         phase_s["per-video"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    p2 = beam.Pipeline(options=_corpus_phase_options(options, argv))
     config = {
         **work_config,
         "input": str(settings.input),
@@ -455,15 +427,10 @@ def _run_locked(
     }
     if stopped:
         config["stopped"] = stopped
-    build_finalize_pipeline(
-        p2,
-        settings,
-        manifest=manifest,
-        fingerprints=fingerprints,
-        config=config,
-        components=components,
+    phase = corpus_phase(settings, manifest=manifest, config=config, components=components)
+    run_corpus_phase(
+        phase, options, manifest=manifest, fingerprints=fingerprints, components=components
     )
-    p2.run().wait_until_finish()
     phase_s["corpus"] = time.perf_counter() - start
 
     summary = summarize(out, wall_s=time.perf_counter() - t0, phase_s=phase_s)

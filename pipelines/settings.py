@@ -203,6 +203,13 @@ class RunSettings:
         "(default 32; a manifest row is 3 deep)",
         type=positive_int,
     )
+    corpus_memory_mb: int = option(
+        1024,
+        "memory the corpus phase (cut-off, prompt bank, re-captioning, dedup, shard writing) "
+        "may hold for corpus data, in MiB, whatever the corpus' size; its models come on top "
+        "(default 1024)",
+        type=positive_int,
+    )
     no_progress: bool = option(False, "no progress bar", beam=False)
     # tuning: Beam options only
     dedup_exact_limit: int = option(
@@ -317,6 +324,8 @@ class RunSettings:
             raise ValueError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout}")
         if not 0 < self.dedup_threshold <= 1:
             raise ValueError(f"--dedup-threshold must be in (0, 1], got {self.dedup_threshold}")
+        if self.corpus_memory_mb < 16:
+            raise ValueError(f"--corpus-memory-mb must be >= 16, got {self.corpus_memory_mb}")
         # a missing, incomplete or wrong-class model, or weights that cannot be loaded
         # safely, fail now: not inside a worker after the pipeline has started
         check_clip_model(resolve_model_path(self.model))

@@ -47,6 +47,12 @@ def _check_value(value: Any, typ: pa.DataType, nullable: bool, path: str) -> str
     elif pa.types.is_list(typ):
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
             return f"{path} must be a list, got {type(value).__name__} {value!r:.80}"
+        if (
+            pa.types.is_floating(typ.value_type)
+            and isinstance(value, list)
+            and all(type(v) is float and v == v for v in value)
+        ):
+            return None  # a list of plain floats, none NaN: what embeddings are (fast path)
         for i, item in enumerate(value):
             problem = _check_value(item, typ.value_type, True, f"{path}[{i}]")
             if problem:
@@ -102,6 +108,13 @@ def table_to_rows(table: pa.Table) -> list[dict[str, Any]]:
 
 def _metadata(name: str) -> dict[bytes, bytes]:
     return {META_SCHEMA_VERSION: SCHEMA_VERSION.encode(), META_TABLE: name.encode()}
+
+
+def stamped_schema(kind: str) -> pa.Schema:
+    """The schema of ``kind`` with the metadata :func:`write_parquet` stamps a file with (for
+    a writer that writes a table row group by row group)."""
+    name, schema = _schema(kind)
+    return schema.with_metadata(_metadata(name))
 
 
 def empty_table(kind: str) -> pa.Table:

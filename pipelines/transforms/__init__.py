@@ -2,14 +2,17 @@
 
 - :mod:`~pipelines.transforms.per_video`: read the manifest, decode and split (isolated),
   clean captions, score with CLIP (``RunInference``), commit each video's work
-- :mod:`~pipelines.transforms.corpus`: read the committed work, the corpus cut-off, filter
-  and re-caption, mark duplicates, write the shards, publish the manifest
+- :mod:`~pipelines.transforms.corpus`: the corpus phase on a cluster's workers
+  (:class:`CorpusOnWorkers`, keyed steps of :class:`curate.corpus.CorpusPhase`), and as
+  record-level transforms: read the committed work, the corpus cut-off, filter and
+  re-caption, mark duplicates, write the shards, publish the manifest
 - :mod:`~pipelines.transforms.common`: dead-letter routing, :class:`Gather`, stage timing
 """
 
 from .common import FAILURES, NAMESPACE, Gather
 from .corpus import (
     CaptionCutoff,
+    CorpusOnWorkers,
     FilterAndRecaption,
     FindDuplicates,
     MarkDuplicates,
@@ -33,6 +36,7 @@ __all__ = [
     "CaptionCutoff",
     "CleanCaptions",
     "CommitWork",
+    "CorpusOnWorkers",
     "FailureRateExceeded",
     "FilterAndRecaption",
     "FindDuplicates",

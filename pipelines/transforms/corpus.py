@@ -1,16 +1,26 @@
 """The corpus phase: every committed video, filtered, re-captioned and deduplicated together.
 
-::
+Two ways to run it in Beam, both over ``curate`` steps called as tests and benchmarks call
+them (:class:`curate.threshold.Threshold`, :class:`curate.filtering.CaptionFilter`,
+:class:`curate.recaption.Recaptioner`, :class:`curate.dedup.Deduplicator`):
 
-    ReadWork → CaptionCutoff (percentile over all scores, side input)
-             → FilterAndRecaption (per video; the corpus' prompt bank as a side input)
-             → MarkDuplicates (faiss; exact, or by centroid) → WriteShards → Publish
+* :class:`CorpusOnWorkers`, what ``curate run`` runs on a cluster: the keyed steps of
+  :class:`curate.corpus.CorpusPhase` (a chunk of work files, a group of inverted lists, a
+  shard) as ``ParDo`` s spread over the workers, each reading and writing the run folder, one
+  stage after another::
 
-Each transform wraps a ``curate`` step or function (:class:`curate.threshold.Threshold`,
-:class:`curate.filtering.CaptionFilter`, :class:`curate.recaption.Recaptioner`,
-:class:`curate.dedup.Deduplicator`), called as tests and benchmarks call it. Nothing here
-decodes video, so the whole phase reruns cheaply over every committed record: its result does
-not depend on how the per-video work was split across runs.
+      scores per chunk → cut-off → bank prompts per chunk → bank → re-caption per chunk
+        → dedup search per list group → duplicate map → write per shard → publish
+
+  Elements are keys only, so the runner holds no corpus data in memory, and no stage reads a
+  side input (Beam 2.77's DaskRunner gives them unreliable values).
+* The record-level transforms (:class:`ReadWork` → :class:`CaptionCutoff` →
+  :class:`FilterAndRecaption` → :class:`MarkDuplicates` → :class:`WriteShards` →
+  :class:`Publish`): the corpus phase over a ``PCollection`` of whole records and side
+  inputs, for corpora that fit in memory.
+
+Nothing here decodes video, so the whole phase reruns cheaply over every committed record: its
+result does not depend on how the per-video work was split across runs.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from curate import shards
+from curate.corpus import CorpusPhase, recaption_filtered
 from curate.dedup import (
     Deduplicator,
     apply_duplicates,
@@ -34,11 +45,10 @@ from curate.dedup import (
     train_centroids,
 )
 from curate.filtering import CaptionFilter
-from curate.isolation import traceback_tail
 from curate.prompt_bank import build_prompt_bank
 from curate.recaption import with_clip_status
 from curate.threshold import Threshold, scorable
-from curate.work import failure_from_exception, joined_clips, rows_problem, table_row
+from curate.work import joined_clips, table_row
 from schemas import RunManifest, ShardInfo
 from schemas.tables import KEPT
 
@@ -145,31 +155,20 @@ class _RecaptionFn(beam.DoFn):
             yield {**record, "story": None}
             return
         start = time.perf_counter()
+        bank_error = None
         try:
             self._step.use_corpus_bank(bank or ())
-            clips, story = self._step.recaption_record(record["video"], record["clips"])
-        except Exception as exc:
-            # the whole video moves to the failures table: no video is in both
+        except Exception as exc:  # the video fails with it, as any re-captioning error
+            bank_error = exc
+        out = recaption_filtered(self._step, record, bank_error=bank_error)
+        if not out["clips"]:  # the whole video moved to the failures table
             self.failed.inc()
-            row = failure_from_exception(
-                record["video"], exc, stage="recaption", traceback=traceback_tail(exc)
-            )
-            yield {**record, "clips": [], "failures": [row], "story": None}
-            return
-        problem = rows_problem(record["video"], clips, story)
-        if problem is not None:  # a value no table takes fails this video, not the shards
-            self.failed.inc()
-            row = failure_from_exception(
-                record["video"], None, stage="validate", error_type="InvalidValue", message=problem
-            )
-            yield {**record, "clips": [], "failures": [row], "story": None}
-            return
-        if story is not None:
+        elif out["story"] is not None:
             self.stories.inc()
         Metrics.distribution(NAMESPACE, "recaption_ms").update(
             int((time.perf_counter() - start) * 1000)
         )
-        yield {**record, "clips": clips, "story": story}
+        yield out
 
 
 class FilterAndRecaption(beam.PTransform):
@@ -398,4 +397,107 @@ class Publish(beam.PTransform):
                 _PublishFn(self.output, self.config, self.counts),
                 cutoff=beam.pvalue.AsSingleton(self.cutoff, default_value=self.default_cutoff),
             )
+        )
+
+
+# --- the corpus phase on a cluster's workers ---------------------------------------------------
+
+
+class _KeyedStep(beam.DoFn):
+    """One keyed step of a :class:`curate.corpus.CorpusPhase` (its method ``step``) per
+    element; the re-captioning step gets a re-captioner built once per ``DoFn`` instance
+    (``factory(**kwargs)``, set up in ``setup``). ``None`` (the stage's sentinel) passes."""
+
+    def __init__(
+        self,
+        phase: CorpusPhase,
+        step: str,
+        factory: Callable[..., Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.phase, self.step = phase, step
+        self.factory, self.kwargs = factory, dict(kwargs or {})
+        self._model: Any = None
+
+    def setup(self) -> None:
+        if self.factory is not None:
+            self._model = self.factory(**self.kwargs)
+            self._model.setup()
+
+    def teardown(self) -> None:
+        if self._model is not None and hasattr(self._model, "teardown"):
+            self._model.teardown()
+
+    def process(self, key: Any) -> Iterator[Any]:
+        if key is None:
+            yield None
+            return
+        method = getattr(self.phase, self.step)
+        yield method(key, self._model) if self._model is not None else method(key)
+
+
+class _Stage(beam.PTransform):
+    """A one-element token → ``keys(token)`` spread over the workers (keyed by a
+    ``GroupByKey``: the DaskRunner ignores ``Reshuffle``) → ``fn`` per key → when every key
+    is done, ``then(results)`` as the next token. A sentinel rides along so that a stage
+    with no keys still hands a token on."""
+
+    def __init__(
+        self,
+        keys: Callable[[Any], Sequence[Any]],
+        fn: beam.DoFn,
+        then: Callable[[list], Any],
+    ) -> None:
+        super().__init__()
+        self.keys, self.fn, self.then = keys, fn, then
+
+    def expand(self, token: beam.PCollection) -> beam.PCollection:
+        keys, then = self.keys, self.then
+        return (
+            token
+            | "Keys" >> beam.FlatMap(lambda t: [None, *keys(t)])
+            | "Key" >> beam.Map(lambda k: (repr(k), k))
+            | "Spread" >> beam.GroupByKey()
+            | "Each" >> beam.FlatMap(lambda kv: kv[1])
+            | "Step" >> beam.ParDo(self.fn)
+            | "Done" >> Gather()
+            | "Then" >> beam.Map(lambda results: then([r for r in results if r is not None]))
+        )
+
+
+class CorpusOnWorkers(beam.PTransform):
+    """The corpus phase of a planned :class:`curate.corpus.CorpusPhase` as Beam stages (see
+    the module's docstring); ``recaptioner(**recaptioner_kwargs)`` is built on the workers.
+    Its output is the published manifest's path."""
+
+    def __init__(
+        self,
+        phase: CorpusPhase,
+        recaptioner: Callable[..., Any],
+        recaptioner_kwargs: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        self.phase = phase
+        self.recaptioner, self.recaptioner_kwargs = recaptioner, dict(recaptioner_kwargs)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        phase = self.phase
+        step = lambda name, *more: _KeyedStep(phase, name, *more)  # noqa: E731
+        return (
+            pbegin
+            | "Start" >> beam.Create([0])
+            | "Scores"
+            >> _Stage(lambda _: phase.score_keys(), step("chunk_scores"), lambda _: phase.cutoff())
+            | "Prompts"
+            >> _Stage(lambda _: phase.chunk_keys(), step("chunk_prompts"), lambda _: phase.bank())
+            | "Recaption"
+            >> _Stage(
+                lambda _: phase.chunk_keys(),
+                step("recaption_chunk", self.recaptioner, self.recaptioner_kwargs),
+                lambda _: phase.dedup_keys(),
+            )
+            | "Dedup"
+            >> _Stage(lambda groups: groups, step("search_group"), lambda _: phase.resolve())
+            | "Shards" >> _Stage(lambda _: phase.shard_keys(), step("write_shard"), phase.publish)
+            | "Manifest" >> beam.Map(str)
         )

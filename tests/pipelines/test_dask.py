@@ -1,7 +1,7 @@
 """The same curate pipeline on Beam's DaskRunner (a local two-worker cluster) and locally.
 
-On Dask the per-video phase runs on the cluster and the corpus phase on the launcher (see
-``pipelines.curate._corpus_phase_options``).
+On Dask the per-video phase and the corpus phase's keyed steps run on the cluster (see
+``pipelines.curate.run_corpus_phase``).
 """
 
 from __future__ import annotations

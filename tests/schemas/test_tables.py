@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -162,6 +163,25 @@ def test_validation_names_row_column_and_value(override, message):
     with pytest.raises(SchemaError) as err:
         rows_to_table(rows, "clips")
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "embedding,message",
+    [
+        ([0.1] * 100 + [float("nan")], "embedding[100] must be a number, got NaN"),
+        ([0.1, True, 0.2], "embedding[1] must be a number, got bool"),
+        ([0.1, None, 0.2], None),  # a null item is allowed, as before the fast path
+        ([0.1, 2, 0.3], None),
+        ([0.5] * 512, None),
+    ],
+)
+def test_long_float_lists_are_checked_item_by_item(embedding, message):
+    row = clip_row(0, embedding=embedding)
+    if message is None:
+        assert rows_to_table([row], "clips").column("embedding").to_pylist()[0] is not None
+        return
+    with pytest.raises(SchemaError, match=re.escape(message)):
+        rows_to_table([row], "clips")
 
 
 def test_story_segment_validation_names_nested_field():
