@@ -57,8 +57,9 @@ def _rows(out: Path, table: str) -> list[dict]:
 
 
 def _committed(out: Path) -> int:
+    """Work files committed so far (each holds ``commit_every`` videos)."""
     work = out / "_work"
-    return sum(1 for p in work.rglob("*") if p.is_file()) if work.is_dir() else 0
+    return sum(1 for _ in work.glob("w-*.parquet")) if work.is_dir() else 0
 
 
 @pytest.mark.integration
@@ -85,9 +86,11 @@ def test_a_cluster_from_the_command_line_survives_a_killed_worker(tmp_path):
         capture_output=True,
     )
     manifest = corpus / "webvid.csv"
+    # small commits (two videos each) so that the worker dies with most of the run ahead
     common = ["--input", str(manifest), "--no-progress"]
+    beam = ["--", "--commit_every=2"]
     local = subprocess.run(
-        [*CURATE, "run", *common, "--output", str(tmp_path / "local")],
+        [*CURATE, "run", *common, "--output", str(tmp_path / "local"), *beam],
         env=env,
         capture_output=True,
         text=True,
@@ -140,22 +143,24 @@ def test_a_cluster_from_the_command_line_survives_a_killed_worker(tmp_path):
                 "dask",
                 "--dask-address",
                 address,
+                *beam,
             ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        killed = False
+        killed, at_kill = False, 0
         deadline = time.monotonic() + 600
         while run.poll() is None and time.monotonic() < deadline:
-            if not killed and _committed(out) >= 3:
+            if not killed and (at_kill := _committed(out)) >= 1:
                 procs[1].send_signal(signal.SIGKILL)  # worker w0, mid-run
                 killed = True
             time.sleep(0.2)
         output = run.communicate(timeout=60)[0]
         assert run.returncode == 0, output[-3000:]
         assert killed, "the run ended before a worker could be killed"
+        assert at_kill < _committed(out), "the worker died after the last commit"
     finally:
         for p in reversed(procs):
             if p.poll() is None:
