@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {m:<16} all facts by quarter: {q}   wall {r[m]['wall_time_s']:.1f} s")
         result["lengths"] = lengths
     if args.training_free:
-        from storygen.training.unet import to_t2v_folder
+        from storygen.training.folder import to_t2v_folder
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = to_t2v_folder(args.model, Path(tmp) / "t2v")

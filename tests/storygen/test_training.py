@@ -136,7 +136,7 @@ def test_plain_text_to_video_export_is_the_same_network(tiny_folder, tmp_path):
 
     from storygen.loading import load_pipeline
     from storygen.models import unet3d_forward
-    from storygen.training.unet import to_t2v_folder
+    from storygen.training.folder import to_t2v_folder
     from storygen.training_free import is_t2v_layout
 
     out, _ = tiny_folder
