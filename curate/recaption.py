@@ -388,7 +388,7 @@ class Recaptioner(Step[Any, dict]):
         for i, cands in zip(todo, candidates):
             if not cands:
                 continue
-            score, text, source = max(cands)
+            score, text, source = _best_candidate(cands)
             if self.min_score is not None and score < self.min_score:
                 continue
             rows[i]["recaption"], rows[i]["recaption_source"] = text, source
@@ -451,3 +451,18 @@ class Recaptioner(Step[Any, dict]):
             for key in RECAPTION_INPUTS:
                 row.pop(key, None)
         return out, (story if story["segments"] else None)
+
+
+#: scores closer than this are a tie: CLIP's float noise (how frames were batched, e.g. by a
+#: resumed run) must not decide between a bank prompt and a caption, often the same text
+TIE = 1e-4
+#: who wins a tie: the scene's own caption, then the bank
+_SOURCE_ORDER = {"captioner": 0, "prompt_bank": 1}
+
+
+def _best_candidate(cands: Sequence[tuple[float, str, str]]) -> tuple[float, str, str]:
+    """The highest-scored ``(score, text, source)``; within :data:`TIE` of the best, the
+    captioner's before the bank's, then the first text in sort order."""
+    best = max(c[0] for c in cands)
+    near = [c for c in cands if c[0] >= best - TIE]
+    return min(near, key=lambda c: (_SOURCE_ORDER.get(c[2], 9), c[1]))

@@ -496,3 +496,17 @@ def test_corpus_bank_comes_first_and_joins_the_given_prompts():
         step.use_corpus_bank([])  # no bank at all: scenes without a caption stay gaps
         rows, story = step.recaption_video(clips)
         assert rows[1]["recaption"] is None and len(story["segments"]) == 1
+
+
+def test_a_near_tie_is_decided_by_source_not_by_float_noise():
+    # a resumed run batches CLIP differently: scores move by ~1e-7, the choice must not
+    from curate.recaption import _best_candidate
+
+    for eps in (1e-7, -1e-7, 5e-5):
+        cands = [(0.75, "a red circle", "prompt_bank"), (0.75 + eps, "a red circle", "captioner")]
+        assert _best_candidate(cands) == (0.75 + eps, "a red circle", "captioner")
+        assert _best_candidate(cands[::-1]) == (0.75 + eps, "a red circle", "captioner")
+    # a real margin still wins
+    assert _best_candidate([(0.80, "x", "prompt_bank"), (0.75, "y", "captioner")])[2] == (
+        "prompt_bank"
+    )
