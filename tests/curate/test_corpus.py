@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import shards
-from curate.corpus import Budget, CorpusPhase, _merge, _row_groups
+from curate.corpus import Budget, CorpusPhase
+from curate.corpus.merge import _merge, _row_groups
 from curate.dedup import Deduplicator
 from curate.run_folder import CORPUS_DIR, foreign_files
 from curate.threshold import Threshold
