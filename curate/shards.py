@@ -480,11 +480,14 @@ def count_work_clips(path: str | os.PathLike[str]) -> int:
 
 def work_file_clips(meta: pq.FileMetaData) -> int:
     """Clips in one work file, from its Parquet metadata."""
+    return leaf_count(meta, "clips.list.element.clip_id")
+
+
+def leaf_count(meta: pq.FileMetaData, path: str) -> int:
+    """Non-null values of one (nested) column of a Parquet file, from its metadata alone:
+    ``path`` is the column's dotted path, e.g. ``"failures.list.element.input_id"``."""
     schema = meta.schema
-    col = next(
-        (i for i in range(len(schema)) if schema.column(i).path == "clips.list.element.clip_id"),
-        None,
-    )
+    col = next((i for i in range(len(schema)) if schema.column(i).path == path), None)
     if col is None:
         return 0
     total = 0

@@ -24,19 +24,6 @@ from curate import shards
 logger = logging.getLogger(__name__)
 
 
-def _leaf_count(meta: Any, path: str) -> int:
-    schema = meta.schema
-    col = next((i for i in range(len(schema)) if schema.column(i).path == path), None)
-    if col is None:
-        return 0
-    total = 0
-    for rg in range(meta.num_row_groups):
-        chunk = meta.row_group(rg).column(col)
-        nulls = chunk.statistics.null_count if chunk.statistics is not None else 0
-        total += chunk.num_values - (nulls or 0)
-    return total
-
-
 class WorkProgress:
     """A tqdm bar (or, without a terminal, a log line every ``every_s``) over committed videos."""
 
@@ -79,8 +66,8 @@ class WorkProgress:
                 continue
             self._seen[file.name] = (
                 meta.num_rows,
-                _leaf_count(meta, "clips.list.element.clip_id"),
-                _leaf_count(meta, "failures.list.element.input_id"),
+                shards.leaf_count(meta, "clips.list.element.clip_id"),
+                shards.leaf_count(meta, "failures.list.element.input_id"),
             )
         videos = self.already + sum(v for v, _, _ in self._seen.values())
         clips = sum(c for _, c, _ in self._seen.values())
