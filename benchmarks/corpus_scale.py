@@ -583,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=None, help="where the run folder or store is written")
     p.add_argument("--out", default=None, help="the JSON results (benchmarks/results/...)")
     args = p.parse_args(argv)
+    if args.work_dir:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     phase = args.what == "phase"
     args.sizes = args.sizes or ("100000,300000" if phase else "100000,1000000")
     name = "corpus_phase.json" if phase else "corpus_scale.json"
