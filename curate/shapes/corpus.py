@@ -455,6 +455,33 @@ def _prepare_out_dir(root: Path, overwrite: bool) -> None:
         )
 
 
+def _die_with_parent(parent: int) -> None:
+    """An encoder process ends when the process that started it does, however that one ended
+    (a SIGKILL leaves no chance to shut the pool down): through the kernel on Linux, else by
+    watching the parent's pid."""
+    import signal
+    import threading
+    import time
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) == 0:  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # it died before the call
+                os._exit(1)
+            return
+    except (AttributeError, OSError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _encode_one(plan: VideoPlan, path: Path, preset: str) -> int:
     return write_video(path, plan.frames(), fps=plan.fps, crf=plan.crf, preset=preset)
 
@@ -479,7 +506,9 @@ def _encode_all(
     # spawn, not fork: the caller may hold threads (torch, Beam) that fork would orphan
     ctx = multiprocessing.get_context("spawn")
     counts: list[int] = [0] * len(jobs)
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         # biggest first, so a late 720p video does not leave the other workers idle
         order = sorted(
             range(len(jobs)),
