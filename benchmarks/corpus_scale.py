@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from curate import shards  # noqa: E402
 from curate.corpus import CorpusPhase  # noqa: E402
 from curate.dedup import Deduplicator  # noqa: E402
@@ -61,30 +62,6 @@ from curate.threshold import Threshold  # noqa: E402
 from schemas.tables import CLIPS_SCHEMA, KEPT, VIDEOS_SCHEMA  # noqa: E402
 
 DIM = 896
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs."""
-
-    def __init__(self) -> None:
-        self.proc = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = self.proc.memory_info().rss
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -23,47 +23,13 @@ import platform
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-
-import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-class PeakRSS:
-    """Peak resident memory of this process and all its descendants, sampled."""
-
-    def __init__(self, every_s: float = 0.2) -> None:
-        self.every_s = every_s
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                continue
-        return total
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.peak = max(self.peak, self._sample())
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from benchmarks.peak_rss import PeakRSS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--model={model}",
             f"--captioner={captioner}",
         ]
-        with PeakRSS() as mem:
+        with PeakRSS(interval=0.2, tree=True) as mem:
             start = time.perf_counter()
             summary = run(flags, progress=False)
             wall = time.perf_counter() - start

@@ -42,18 +42,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from curate.scenes import detect_boundaries, make_detector  # noqa: E402
 from curate.scenes.base import Boundary, build_scenes  # noqa: E402
 from curate.scenes.metrics import PRF, score_boundaries, score_cuts, score_gradual  # noqa: E402
@@ -62,38 +60,6 @@ from curate.video import FrameReader  # noqa: E402
 RESOLUTIONS = {"360p": (640, 360), "720p": (1280, 720)}
 SCENEDETECT = Path(sys.executable).with_name("scenedetect")
 DETECTION_WIDTH = 128
-
-
-class PeakRSS:
-    """Largest RSS above the starting value, of this process or of ``pid`` while it lives."""
-
-    def __init__(self, pid: int | None = None, interval: float = 0.005) -> None:
-        self.proc = psutil.Process(pid or os.getpid())
-        self.interval = interval
-        self.base = self.proc.memory_info().rss if pid is None else 0
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 # --- methods: each takes a video path and returns its boundaries ------------------------------
@@ -134,7 +100,7 @@ def run_cli(detector: str, workdir: Path, peaks: list[float]) -> Callable[[Path]
             name,
         ]
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        with PeakRSS(child.pid) as mem:
+        with PeakRSS(child.pid, interval=0.005) as mem:
             _, err = child.communicate()
         peaks.append(mem.peak / 2**20)
         if child.returncode != 0:
@@ -215,7 +181,7 @@ def bench_resolution(label: str, truth, workdir: Path, *, cli: bool, startup: fl
     growth = dict.fromkeys(found, 0.0)
     for v in tqdm(truth, desc=label, unit="video"):
         for name, fn in methods:
-            with PeakRSS() as mem:
+            with PeakRSS(interval=0.005) as mem:
                 t0 = time.perf_counter()
                 found[name][v.video_id] = fn(v.path)
                 elapsed[name] += time.perf_counter() - t0
