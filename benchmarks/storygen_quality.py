@@ -39,6 +39,7 @@ from storygen.training.probe import (  # noqa: E402
     evaluate,
     held_out_stories,
     load_settings,
+    probe_rows,
 )
 
 COLUMNS = ("color", "shape", "background", "all", "motion", "identity", "flicker", "seam_ratio")
@@ -67,10 +68,75 @@ def load(folder: str, device: str, scheduler: str | None) -> Any:
     return pipe.to(torch.device(device))
 
 
-def probe(pipe: Any, settings: dict[str, Any], *, stories: int, frames: int, modes: Any) -> dict:
+def probe(
+    pipe: Any,
+    settings: dict[str, Any],
+    *,
+    stories: int,
+    frames: int,
+    modes: Any,
+    renderer: Any = None,
+) -> dict:
     return evaluate(
-        pipe, held_out_stories(stories, num_frames=frames), settings=settings, modes=modes
+        pipe,
+        held_out_stories(stories, num_frames=frames),
+        settings=settings,
+        modes=modes,
+        renderer=renderer,
     )
+
+
+# --- stories spread over processes that share the device ------------------------------------
+
+_PIPE: Any = None
+
+
+def _start_worker(folder: str, device: str, scheduler: str | None) -> None:
+    import torch
+
+    global _PIPE
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
+    _PIPE = load(folder, device, scheduler)
+
+
+def _render_one(mode: str, story: Any, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    return probe_rows(_PIPE, [story], mode=mode, settings=settings, seeds=[seed])[0]
+
+
+class PoolRenderer:
+    """Renders the stories of a probe in ``processes`` worker processes, each holding the
+    model on ``device``: the batch-1 calls of the autoregressive baseline leave a GPU mostly
+    idle, so several stories at once make long probes affordable. Rows (and every number
+    read from them) are the same as rendering one story after another; only wall time
+    differs, so ``story_render_s`` is reported beside it."""
+
+    def __init__(self, folder: str, device: str, scheduler: str | None, processes: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # CUDA does not survive a fork
+        self.pool = ctx.Pool(
+            processes, initializer=_start_worker, initargs=(folder, device, scheduler)
+        )
+
+    def __call__(self, mode: str, stories: Any, settings: dict, seeds: Any) -> list:
+        tasks = [(mode, story, settings, seed) for story, seed in zip(stories, seeds)]
+        return self.pool.starmap(_render_one, tasks, chunksize=1)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+def parse_length_stories(text: str, lengths: list[int]) -> dict[int, int]:
+    """``"4"`` (every length) or ``"16:32,226:32,3376:8"`` (per length) -> {length: stories}."""
+    if ":" not in text:
+        return dict.fromkeys(lengths, int(text))
+    given = {int(k): int(v) for k, v in (part.split(":") for part in text.split(","))}
+    missing = [n for n in lengths if n not in given]
+    if missing:
+        raise SystemExit(f"--length-stories names no story count for length(s) {missing}")
+    return {n: given[n] for n in lengths}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,16 +151,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings.setdefault("guidance_scale", 2.0)
     settings["micro_batch"] = args.micro_batch
     pipe = load(args.model, args.device, settings.get("scheduler"))
+    pool = (
+        PoolRenderer(args.model, args.device, settings.get("scheduler"), args.processes)
+        if args.processes > 1
+        else None
+    )
     result: dict[str, Any] = {
         "model": str(args.model),
         "device": torch.cuda.get_device_name(0)
         if args.device.startswith("cuda")
         else platform.processor() or "cpu",
         "settings": settings,
+        "processes": args.processes,
     }
     started = time.perf_counter()
-    main = probe(pipe, settings, stories=args.stories, frames=args.frames, modes=MODES)
+
+    def save() -> None:  # after every part, so a run cut short keeps what it measured
+        result["wall_time_s"] = time.perf_counter() - started
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+
+    main = probe(
+        pipe, settings, stories=args.stories, frames=args.frames, modes=MODES, renderer=pool
+    )
     result["probe"] = main
+    save()
     print(
         table(
             f"probe: {args.stories} held-out stories of {args.frames} frames "
@@ -108,36 +190,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for steps in args.sweep_steps:
                 s = settings | {"guidance_scale": guidance, "num_inference_steps": steps}
                 r = probe(
-                    pipe, s, stories=args.sweep_stories, frames=args.frames, modes=("hierarchical",)
+                    pipe,
+                    s,
+                    stories=args.sweep_stories,
+                    frames=args.frames,
+                    modes=("hierarchical",),
+                    renderer=pool,
                 )
                 sweep[f"guidance {guidance:g}, {steps} steps"] = r["hierarchical"]
         result["sweep"] = sweep
+        save()
         print(table(f"\nsweep: {args.sweep_stories} stories, hierarchical", sweep))
-    if args.lengths:
-        lengths = {}
-        for n in [int(v) for v in args.lengths.split(",")]:
-            r = probe(pipe, settings, stories=args.length_stories, frames=n, modes=MODES)
-            lengths[str(n)] = r
-            print(
-                table(
-                    f"\nlength {n}: {args.length_stories} stories",
-                    {"ceiling": r["ceiling"]} | {m: r[m] for m in MODES},
-                )
-            )
-            for m in MODES:
-                q = " ".join(f"{v:.2f}" for v in r[m]["quarters_all"])
-                print(f"  {m:<16} all facts by quarter: {q}   wall {r[m]['wall_time_s']:.1f} s")
-        result["lengths"] = lengths
     if args.training_free:
         from storygen.training.folder import to_t2v_folder
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = to_t2v_folder(args.model, Path(tmp) / "t2v")
             t2v = load(str(folder), args.device, settings.get("scheduler"))
-            tf = probe(
-                t2v, settings, stories=args.stories, frames=args.frames, modes=("hierarchical",)
+            t2v_pool = (
+                PoolRenderer(str(folder), args.device, settings.get("scheduler"), args.processes)
+                if args.processes > 1
+                else None
             )
+            try:
+                tf = probe(
+                    t2v,
+                    settings,
+                    stories=args.stories,
+                    frames=args.frames,
+                    modes=("hierarchical",),
+                    renderer=t2v_pool,
+                )
+            finally:
+                if t2v_pool is not None:
+                    t2v_pool.close()
+            del t2v
         result["training_free"] = tf
+        save()
         print(
             table(
                 f"\ntraining-free vs masked: {args.stories} stories of {args.frames} frames",
@@ -147,10 +236,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 },
             )
         )
-    result["wall_time_s"] = time.perf_counter() - started
+    if args.lengths:
+        lengths: dict[str, Any] = {}
+        wanted = [int(v) for v in args.lengths.split(",")]
+        counts = parse_length_stories(args.length_stories, wanted)
+        for n in wanted:
+            if n == args.frames and counts[n] == args.stories:
+                r = main  # the same stories as the probe's: not rendered twice
+            else:
+                r = probe(pipe, settings, stories=counts[n], frames=n, modes=MODES, renderer=pool)
+            lengths[str(n)] = r
+            result["lengths"] = lengths
+            save()
+            print(
+                table(
+                    f"\nlength {n}: {counts[n]} stories",
+                    {"ceiling": r["ceiling"]} | {m: r[m] for m in MODES},
+                )
+            )
+            for m in MODES:
+                q = " ".join(f"{v:.2f}" for v in r[m]["quarters_all"])
+                print(f"  {m:<16} all facts by quarter: {q}   wall {r[m]['wall_time_s']:.1f} s")
+        result["lengths"] = lengths
+    if pool is not None:
+        pool.close()
     if args.plot and args.lengths:
         plot_drift(result["lengths"], args.plot)
+        result["plot"] = args.plot
         print(f"\nplot: {args.plot}")
+    save()
     return result
 
 
@@ -224,14 +338,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--lengths", default="", help="comma-separated story lengths for the drift experiment"
     )
-    p.add_argument("--length-stories", type=int, default=4)
+    p.add_argument(
+        "--length-stories",
+        default="4",
+        help='stories per length: "4", or per length as "16:32,226:32,3376:8"',
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes rendering stories side by side on the device (the numbers are "
+        "the same; only wall time changes)",
+    )
     p.add_argument("--training-free", action="store_true", help="also probe the training-free mode")
     p.add_argument("--plot", default=None, help="PNG of adherence by position (with --lengths)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storygen_quality.json"))
     args = p.parse_args(argv)
-    result = run(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    run(args)
     print(f"\nresults: {args.out}")
     return 0
 
