@@ -94,9 +94,63 @@ def load(args: argparse.Namespace) -> tuple[StoryVideoPipeline, str]:
     return pipe, name
 
 
+def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 20) -> float | None:
+    """FLOP/s of large square matrix products on ``device`` (the chip's practical peak in
+    ``dtype``, measured in the same run as the benchmark); None on CPU."""
+    if not device.startswith("cuda"):
+        return None
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> float:
+    """FLOPs of one UNet evaluation of one model call (one guidance branch), counted by
+    PyTorch's FLOP counter on the arguments of a real call of the pipeline."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    seen: list[tuple[tuple, dict]] = []
+
+    def grab(module: Any, a: tuple, kw: dict) -> None:
+        if not seen:
+            seen.append((a, kw))
+
+    handle = pipe.unet.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        pipe(
+            story_prompts(args.frames_per_call),
+            args.frames_per_call,
+            frames_per_call=args.frames_per_call,
+            num_inference_steps=1,
+            guidance_scale=args.guidance,
+            generator=0,
+            output_type=None,
+            progress=False,
+            compile="off",
+        )
+    finally:
+        handle.remove()
+    a, kw = seen[0]
+    batch = a[0].shape[0]
+    with FlopCounterMode(display=False) as counter:
+        pipe.unet(*a, **kw)
+    return counter.get_total_flops() / batch
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_grad_enabled(False)
     pipe, name = load(args)
+    dtype = next(pipe.unet.parameters()).dtype
+    peak = matmul_rate(args.device, dtype)
+    flops_call = unet_flops_per_call(pipe, args)
+    branches = 2 if args.guidance != 1.0 else 1
     n_params = sum(p.numel() for p in pipe.unet.parameters())
     lengths = [int(v) for v in args.lengths.split(",")]
     rows = []
@@ -110,6 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         generator=0,
         output_type=None,
         progress=False,
+        compile="off",
     )
     # with --devices, the hierarchical mode runs again spread over all of them (the
     # autoregressive baseline cannot use a second device for one video: its windows are
@@ -140,11 +195,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     devices=devices,
                     output_type="np",
                     progress=args.progress,
+                    compile=args.compile,
                 )
                 if args.device.startswith("cuda"):
                     for d in devices or [args.device]:
                         torch.cuda.synchronize(d)
                 wall = time.perf_counter() - t0
+            stats = out.stats
+            unet_s = sum(sum(v) for v in stats.batch_times_s.values())
+            warmup = stats.warmup_s()
+            unet_flops = flops_call * stats.calls_run * args.steps * branches
+            steady_unet_s = max(unet_s - warmup, 1e-9)
             row = {
                 "frames": n,
                 "mode": mode if devices is None else f"{mode} x{len(devices)}",
@@ -154,6 +215,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "rounds": out.plan.rounds,
                 "unet_passes": out.stats.unet_forwards,
                 "wall_time_s": wall,
+                "compiled": stats.compiled,
+                # the first batch of each shape beyond its median batch: compiling, autotuning
+                "warmup_s": warmup,
+                "wall_time_after_warmup_s": wall - warmup,
+                "unet_batches_s": unet_s,
+                "other_s": wall - unet_s,
+                "unet_tflops_per_s": unet_flops / steady_unet_s / 1e12,
+                "utilisation_of_matmul_peak": (unet_flops / steady_unet_s / peak if peak else None),
                 "s_per_frame": wall / n,
                 "peak_rss_bytes": rss.peak,
                 "peak_cuda_bytes": (
@@ -166,7 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
             print(
                 f"  {n:>5} frames  {mode:<14} {row['model_calls']:>4} calls "
-                f"{row['rounds']:>4} rounds  {wall:8.1f} s",
+                f"{row['rounds']:>4} rounds  {wall:8.1f} s (warm-up {warmup:.1f} s, "
+                f"UNet {row['unet_tflops_per_s']:.0f} TFLOP/s)",
                 flush=True,
             )
             del out
@@ -177,6 +247,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             h, a = by_mode["hierarchical"], by_mode["autoregressive"]
             ratios[str(n)] = {
                 "wall_time_autoregressive_over_hierarchical": a["wall_time_s"] / h["wall_time_s"],
+                "after_warmup_autoregressive_over_hierarchical": (
+                    a["wall_time_after_warmup_s"] / h["wall_time_after_warmup_s"]
+                ),
                 "rounds_autoregressive_over_hierarchical": a["rounds"] / h["rounds"],
                 "calls_autoregressive_over_hierarchical": a["model_calls"] / h["model_calls"],
             }
@@ -205,6 +278,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "guidance_scale": args.guidance,
         "micro_batch": args.micro_batch,
+        "compile": args.compile,
+        "unet_tflop_per_call_forward": flops_call / 1e12,
+        "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
         "torch": torch.__version__,
         "devices": args.devices or [args.device],
         "rows": rows,
@@ -217,11 +293,19 @@ def print_table(result: dict[str, Any]) -> None:
         f"\n{result['model']} ({result['unet_parameters'] / 1e6:.2f} M UNet parameters) on "
         f"{result['device']}, {result['dtype']}, {result['height_width'][0]} px, "
         f"L={result['frames_per_call']}, {result['steps']} steps, "
-        f"guidance {result['guidance_scale']}, micro-batch {result['micro_batch']}"
+        f"guidance {result['guidance_scale']}, micro-batch {result['micro_batch']}, "
+        f"compile {result['compile']}; UNet {result['unet_tflop_per_call_forward']:.3f} "
+        f"TFLOP per call per guidance branch"
+        + (
+            f"; matmul peak here {result['matmul_peak_tflops_per_s']:.0f} TFLOP/s"
+            if result["matmul_peak_tflops_per_s"]
+            else ""
+        )
     )
     head = (
         f"{'frames':>6} {'mode':<16} {'calls':>6} {'rounds':>6} {'passes':>7} "
-        f"{'wall s':>9} {'ms/frame':>9} {'peak mem':>10} {'flicker':>8} {'seam':>6}"
+        f"{'wall s':>9} {'warm-up':>8} {'TFLOP/s':>8} {'of peak':>8} {'ms/frame':>9} "
+        f"{'peak mem':>10} {'flicker':>8} {'seam':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -229,7 +313,10 @@ def print_table(result: dict[str, Any]) -> None:
         mem = r["peak_cuda_bytes"] if r["peak_cuda_bytes"] is not None else r["peak_rss_bytes"]
         print(
             f"{r['frames']:>6} {r['mode']:<16} {r['model_calls']:>6} {r['rounds']:>6} "
-            f"{r['unet_passes']:>7} {r['wall_time_s']:>9.2f} {1000 * r['s_per_frame']:>9.1f} "
+            f"{r['unet_passes']:>7} {r['wall_time_s']:>9.2f} {r['warmup_s']:>8.1f} "
+            f"{r['unet_tflops_per_s']:>8.1f} "
+            f"{(r['utilisation_of_matmul_peak'] or 0) * 100:>7.0f}% "
+            f"{1000 * r['s_per_frame']:>9.1f} "
             f"{mem / 2**20:>8.0f}MB {r['flicker']:>8.2f} {r['seam_ratio']:>6.2f}"
         )
     for n, q in result["ratios"].items():
@@ -273,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=None, help="default 1 on CPU, 7.5 on GPU")
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="compile the UNet (both modes alike; auto: on CUDA for plans of 64+ calls)",
+    )
     p.add_argument("--skip", default="", help="modes to skip, comma separated")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=None, help="default benchmarks/results/storygen_speed.json")

@@ -442,6 +442,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         callback_on_call_end: Callable[[StoryVideoPipeline, CallResult], None] | None = None,
         callback_on_level_end: Callable[[StoryVideoPipeline, int], None] | None = None,
         progress: bool = True,
+        compile: str = "auto",
     ) -> StoryVideoOutput:
         """Render a story.
 
@@ -463,6 +464,8 @@ class StoryVideoPipeline(DiffusionPipeline):
         (default on for a plain text-to-video UNet). ``reconstruction_guidance``: weight of a
         gradient step pulling the predicted clean sample towards the known frames (Ho et al.
         2022); it back-propagates through the UNet, so each step costs about three forwards.
+        ``compile``: ``"auto"`` compiles the UNet (``torch.compile``) on CUDA for plans long
+        enough to repay it, ``"on"`` / ``"off"`` force it (see :mod:`storygen.accel`).
         """
         started = time.perf_counter()
 
@@ -485,6 +488,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             micro_batch=micro_batch,
             devices=devices,
             progress=progress,
+            compile=compile,
         )
 
         # 2. plan: which call makes which frames, every frame with its prompt
@@ -539,6 +543,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         micro_batch: int,
         devices: Sequence[str | torch.device] | None,
         progress: bool,
+        compile: str = "auto",
     ) -> tuple[RenderSettings, int]:
         """The render's settings and frames per call, the model's defaults filled in (its
         sampling.json, else the built-in ones), after :meth:`check_inputs`."""
@@ -582,6 +587,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             micro_batch=micro_batch,
             devices=tuple(devices) if devices else None,
             progress=progress,
+            compile=compile,
         )
         return settings, frames_per_call
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from storygen.accel import compile_unet, resolve_compile
 from storygen.cache import CallCache
 from storygen.plan import AUTOREGRESSIVE, Call, Level, Plan
 from storygen.sampling import CallInputs
@@ -58,6 +59,21 @@ class GenerationStats:
     calls_per_device: list[int] = field(default_factory=list)
     output_path: str | None = None
     cache_dir: str | None = None
+    #: whether the UNet ran compiled (storygen.accel)
+    compiled: bool = False
+    #: seconds of every batch by its shape ("calls x frames"): the first batch of a shape
+    #: includes compiling (or cuDNN's autotuning), :meth:`warmup_s` counts it apart
+    batch_times_s: dict[str, list[float]] = field(default_factory=dict)
+
+    def warmup_s(self) -> float:
+        """Time the first batch of each shape took beyond the median batch of that shape:
+        the compile (or autotuning) cost of a run."""
+        extra = 0.0
+        for times in self.batch_times_s.values():
+            if len(times) > 1:
+                rest = sorted(times[1:])
+                extra += max(0.0, times[0] - rest[len(rest) // 2])
+        return extra
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,6 +242,9 @@ class PlanRunner:
                     self.last_use[f] = level.index
         self._unets: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
+        #: compile the UNets (storygen.accel): chosen once per render from the plan
+        self.compile = resolve_compile(settings.compile, self.devices, plan.model_calls)
+        self.stats.compiled = self.compile
         self.progress: LevelProgress | None = None
 
     # ---------------------------------------------------------------- devices
@@ -236,7 +255,10 @@ class PlanRunner:
         with self._lock:
             if key not in self._unets:
                 same = base.device == device and not any(v is base for v in self._unets.values())
-                self._unets[key] = base if same else copy.deepcopy(base).to(device)
+                unet = base if same else copy.deepcopy(base).to(device)
+                if self.compile:
+                    compile_unet(unet)
+                self._unets[key] = unet
             return self._unets[key]
 
     # ---------------------------------------------------------------- one batch
@@ -246,6 +268,7 @@ class PlanRunner:
         negative = None if self.negative is None else self.negative.to(device)[None, None]
         unet = self.unet_on(batch.level, device)
         on_step, finish = self.progress.watch(batch.calls) if self.progress else (None, None)
+        started = time.perf_counter()
         samples, forwards = self.pipe.denoise(
             unet,
             inputs.to(device),
@@ -255,7 +278,11 @@ class PlanRunner:
         )
         if finish is not None:
             finish()
-        return samples.float().cpu(), forwards
+        samples = samples.float().cpu()  # waits for the device: the batch's time ends here
+        shape = f"{len(batch.calls)}x{len(batch.calls[0])}"
+        with self._lock:
+            self.stats.batch_times_s.setdefault(shape, []).append(time.perf_counter() - started)
+        return samples, forwards
 
     def batches(self, level: int, todo: list[tuple[int, Call]]) -> list[CallBatch]:
         """Calls of equal length in batches of at most ``micro_batch``, ordered by their first

@@ -1,0 +1,78 @@
+"""Compiling the UNet (storygen.accel): when a render compiles, and that it changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from storygen.accel import COMPILE_MIN_CALLS, compile_cache_dir, is_compiled, resolve_compile
+from storygen.pipeline import StoryVideoPipeline
+from storygen.presets import new_model
+
+PROMPTS = ["a red circle moving left"] * 9 + ["a blue square on a striped background"] * 8
+RUN = {
+    "frames_per_call": 5,
+    "num_inference_steps": 2,
+    "guidance_scale": 2.0,
+    "generator": 3,
+    "progress": False,
+    "output_type": "latent",
+    "micro_batch": 3,  # a level of 4 calls: batches of 2 and 2, the global level 1
+}
+
+
+def test_auto_compiles_long_plans_on_cuda_only():
+    long, short = COMPILE_MIN_CALLS, COMPILE_MIN_CALLS - 1
+    assert resolve_compile("auto", ["cuda:0"], long) is True
+    assert resolve_compile(None, ["cuda:0", "cuda:1"], long) is True
+    assert resolve_compile("auto", ["cuda:0"], short) is False
+    assert resolve_compile("auto", ["cpu"], 10 * long) is False
+    assert resolve_compile("auto", ["cuda:0", "cpu"], long) is False
+    assert resolve_compile("on", ["cpu"], 1) is True
+    assert resolve_compile("off", ["cuda:0"], 10 * long) is False
+    with pytest.raises(ValueError, match="compile must be one of"):
+        resolve_compile("always", ["cuda:0"], long)
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "c"))
+    assert compile_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("STORYLOOM_COMPILE_CACHE")
+    assert compile_cache_dir().parts[-3:] == (".cache", "storyloom", "inductor")
+
+
+def test_a_short_cpu_render_stays_eager(tmp_path):
+    pipe = StoryVideoPipeline.from_pretrained(
+        new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    )
+    out = pipe(PROMPTS, 17, **RUN)
+    assert out.stats.compiled is False and not is_compiled(pipe.unet)
+    # every batch is timed by its shape: 1 global call of 5 frames, 2 batches of 2 local calls
+    assert out.stats.batch_times_s.keys() == {"1x5", "2x5"}
+    assert len(out.stats.batch_times_s["2x5"]) == 2
+
+
+def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    eager = StoryVideoPipeline.from_pretrained(folder).to(torch.device(device))
+    want = eager(PROMPTS, 17, compile="off", **RUN)
+    fast = StoryVideoPipeline.from_pretrained(folder).to(torch.device(device))
+    got = fast(PROMPTS, 17, compile="on", **RUN)
+    assert got.stats.compiled and is_compiled(fast.unet)
+    torch.testing.assert_close(got.frames, want.frames, atol=atol, rtol=0)
+    again = fast(PROMPTS, 17, compile="on", **RUN)  # compiled graphs are reused
+    torch.testing.assert_close(again.frames, got.frames, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_unet_renders_the_same_frames_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    _compiled_matches_eager(tmp_path, "cpu", atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_unet_renders_the_same_frames_on_cuda(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    _compiled_matches_eager(tmp_path, "cuda", atol=1e-3)
