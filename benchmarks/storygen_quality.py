@@ -268,41 +268,71 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def plot_drift(lengths: dict[str, Any], path: str) -> None:
-    """Adherence (all facts right) by tenth of the video, per length and mode, as a PNG."""
+def _dashed(d: Any, a: tuple[float, float], b: tuple[float, float], fill: str) -> None:
+    """A dashed line from a to b (8 px on, 6 px off)."""
+    (x0, y0), (x1, y1) = a, b
+    length = max(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5, 1e-9)
+    pos = 0.0
+    while pos < length:
+        end = min(pos + 8, length)
+        d.line(
+            [
+                (x0 + (x1 - x0) * pos / length, y0 + (y1 - y0) * pos / length),
+                (x0 + (x1 - x0) * end / length, y0 + (y1 - y0) * end / length),
+            ],
+            fill=fill,
+            width=3,
+        )
+        pos += 14
+
+
+def plot_drift(lengths: dict[str, Any], path: str, low: float = 0.5) -> None:
+    """Adherence (all facts right) by tenth of the video, per length and mode, as a PNG:
+    solid lines and filled dots hierarchical, dashed lines and hollow squares autoregressive;
+    the grey line is the readers' ceiling on real frames of the longest length."""
     from PIL import Image, ImageDraw
 
-    w, h, pad = 900, 420, 60
+    w, h, left, right, top, bottom = 960, 480, 70, 210, 40, 60
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    d.rectangle([pad, pad // 2, w - pad // 2, h - pad], outline="black")
-    for y in range(0, 11, 2):
-        yy = h - pad - (h - 1.5 * pad) * y / 10
-        d.line([pad - 4, yy, pad, yy], fill="black")
-        d.text((10, yy - 6), f"{y / 10:.1f}", fill="black")
-    for x in range(10):
-        xx = pad + (w - 1.5 * pad) * (x + 0.5) / 10
-        d.text((xx - 10, h - pad + 8), f"{x * 10 + 5}%", fill="black")
-    d.text((w // 2 - 140, h - 22), "position in the video (tenths)", fill="black")
-    d.text(
-        (pad, 6),
-        "all facts right per frame, by position: solid = hierarchical, dotted = autoregressive",
-        fill="black",
-    )
+    x_of = lambda i: left + (w - left - right) * (i + 0.5) / 10  # noqa: E731
+    y_of = lambda v: h - bottom - (h - top - bottom) * (max(v, low) - low) / (1 - low)  # noqa: E731
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for k in range(6):
+        v = low + (1 - low) * k / 5
+        d.line([left - 4, y_of(v), left, y_of(v)], fill="black")
+        d.line([left, y_of(v), w - right, y_of(v)], fill="#eeeeee")
+        d.text((left - 40, y_of(v) - 6), f"{v:.1f}", fill="black")
+    for i in range(10):
+        d.text((x_of(i) - 12, h - bottom + 8), f"{i * 10 + 5}%", fill="black")
+    d.text((left + 150, h - 25), "position in the video (tenths of its frames)", fill="black")
+    d.text((left, 12), "share of frames with colour, shape and background all right", fill="black")
+    longest = max(lengths, key=int)
+    ceiling = lengths[longest]["ceiling"]["all"]
+    d.line([left, y_of(ceiling), w - right, y_of(ceiling)], fill="#999999", width=2)
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     for i, (n, r) in enumerate(lengths.items()):
-        for mode, dash in (("hierarchical", False), ("autoregressive", True)):
-            vals = r[mode]["tenths_all"]
-            pts = [
-                (pad + (w - 1.5 * pad) * (x + 0.5) / 10, h - pad - (h - 1.5 * pad) * v)
-                for x, v in enumerate(vals)
-            ]
-            for k, (a, b) in enumerate(zip(pts, pts[1:])):
-                if not dash or k % 2 == 0:
-                    d.line([a, b], fill=colors[i % len(colors)], width=3)
-            for p in pts:
-                d.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colors[i % len(colors)])
-        d.text((w - 200, pad // 2 + 10 + 16 * i), f"{n} frames", fill=colors[i % len(colors)])
+        color = colors[i % len(colors)]
+        for mode in ("hierarchical", "autoregressive"):
+            pts = [(x_of(x), y_of(v)) for x, v in enumerate(r[mode]["tenths_all"])]
+            for a, b in zip(pts, pts[1:]):
+                if mode == "hierarchical":
+                    d.line([a, b], fill=color, width=3)
+                else:
+                    _dashed(d, a, b, color)
+            for x, y in pts:
+                if mode == "hierarchical":
+                    d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
+                else:
+                    d.rectangle([x - 4, y - 4, x + 4, y + 4], outline=color, fill="white", width=2)
+        d.text((w - right + 15, top + 10 + 18 * i), f"{n} frames", fill=color)
+    ly = top + 30 + 18 * len(lengths)
+    d.line([w - right + 15, ly + 6, w - right + 45, ly + 6], fill="black", width=3)
+    d.text((w - right + 52, ly), "hierarchical", fill="black")
+    _dashed(d, (w - right + 15, ly + 26), (w - right + 45, ly + 26), "black")
+    d.text((w - right + 52, ly + 20), "autoregressive", fill="black")
+    d.line([w - right + 15, ly + 46, w - right + 45, ly + 46], fill="#999999", width=2)
+    d.text((w - right + 52, ly + 40), "ceiling (real frames)", fill="black")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 

@@ -362,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--compile",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="compile the UNet (both modes alike; auto: on CUDA for plans of 64+ calls)",
+        choices=("on", "off"),
+        default="off",
+        help="compile the UNet (both modes alike)",
     )
     p.add_argument("--skip", default="", help="modes to skip, comma separated")
     p.add_argument("--progress", action="store_true")

@@ -1,17 +1,18 @@
-"""Compiling the UNet for long renders (``torch.compile``), with a compile cache on disk.
+"""Compiling the UNet (``torch.compile``), with a compile cache on disk.
 
-A story of thousands of frames runs the same UNet on the same shapes hundreds of times, so
-compiling it repays its cost (a minute or two for a ModelScope-size UNet); a short render does
-not, so it stays eager. :func:`resolve_compile` makes that choice from the plan (``"auto"``:
-on a CUDA device, for plans of at least :data:`COMPILE_MIN_CALLS` model calls), and
-:func:`compile_unet` compiles a UNet in place once (``nn.Module.compile``: the module keeps its
-class, so every caller still sees a ``MaskedUNet3D`` or ``UNet3DConditionModel``). The batch
-dimension is marked dynamic after the first shape change (PyTorch's automatic dynamic shapes),
-so a level's last, smaller batch does not cost a second full compile per size.
+``compile="on"`` (``storygen render --compile on``) compiles a render's UNet in place, once
+(``nn.Module.compile``: the module keeps its class, so every caller still sees a
+``MaskedUNet3D`` or ``UNet3DConditionModel``). The batch dimension becomes dynamic after the
+first shape change (PyTorch's automatic dynamic shapes), so a level's last, smaller batch does
+not cost a compile per size. Compiled graphs are kept in Inductor's cache
+(:func:`compile_cache_dir`, by default ``~/.cache/storyloom/inductor``), so a second run of the
+same model and shapes pays a fraction of the first compile.
 
-Compiled graphs are kept in Inductor's cache (:func:`compile_cache_dir`, by default
-``~/.cache/storyloom/inductor``), so a second run of the same model and shapes pays a fraction
-of the first compile.
+It is off by default. Measured on one H200 (``benchmarks/storygen_speed.py --device cuda
+--preset modelscope --steps 5 --lengths 3376 --compile on``, bf16): the autoregressive
+baseline's batch-1 calls run 1.5x faster compiled (96.9 s against 144.3 s eager), but the
+hierarchical levels' batched calls ran slower compiled (66 TFLOP/s after a 136 s warm-up,
+against about 180 TFLOP/s eager), so compiling is not yet a default for either mode.
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 #: the choices of ``compile`` (``storygen render --compile``)
-COMPILE_CHOICES = ("auto", "on", "off")
-#: "auto" compiles plans of at least this many model calls (226 frames at L = 16: 16 calls,
-#: eager; 3,376 frames: 241 calls, compiled)
-COMPILE_MIN_CALLS = 64
+COMPILE_CHOICES = ("on", "off")
 #: the environment variable that overrides where compiled graphs are cached
 CACHE_ENV = "STORYLOOM_COMPILE_CACHE"
 _COMPILED_FLAG = "_storyloom_compiled"
@@ -41,19 +39,12 @@ def compile_cache_dir() -> Path:
     return Path(given) if given else Path.home() / ".cache" / "storyloom" / "inductor"
 
 
-def resolve_compile(choice: str | bool | None, devices: list[Any], model_calls: int) -> bool:
-    """Whether a render compiles its UNet: ``"on"`` / ``True`` always (where torch.compile
-    exists), ``"off"`` / ``False`` never, ``"auto"`` / ``None`` on CUDA devices for plans of
-    at least :data:`COMPILE_MIN_CALLS` calls."""
-    if choice in (None, "auto"):
-        return (
-            bool(devices)
-            and all(str(d).startswith("cuda") for d in devices)
-            and model_calls >= COMPILE_MIN_CALLS
-        )
+def resolve_compile(choice: str | bool | None) -> bool:
+    """Whether a render compiles its UNet: ``"on"`` / ``True``, or ``"off"`` / ``False`` /
+    ``None`` (the default)."""
     if choice in (True, "on"):
         return True
-    if choice in (False, "off"):
+    if choice in (None, False, "off"):
         return False
     raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {choice!r}")
 

@@ -442,7 +442,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         callback_on_call_end: Callable[[StoryVideoPipeline, CallResult], None] | None = None,
         callback_on_level_end: Callable[[StoryVideoPipeline, int], None] | None = None,
         progress: bool = True,
-        compile: str = "auto",
+        compile: str = "off",
     ) -> StoryVideoOutput:
         """Render a story.
 
@@ -464,8 +464,8 @@ class StoryVideoPipeline(DiffusionPipeline):
         (default on for a plain text-to-video UNet). ``reconstruction_guidance``: weight of a
         gradient step pulling the predicted clean sample towards the known frames (Ho et al.
         2022); it back-propagates through the UNet, so each step costs about three forwards.
-        ``compile``: ``"auto"`` compiles the UNet (``torch.compile``) on CUDA for plans long
-        enough to repay it, ``"on"`` / ``"off"`` force it (see :mod:`storygen.accel`).
+        ``compile``: ``"on"`` compiles the UNet with ``torch.compile`` (see
+        :mod:`storygen.accel` for when it pays).
         """
         started = time.perf_counter()
 
@@ -543,7 +543,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         micro_batch: int,
         devices: Sequence[str | torch.device] | None,
         progress: bool,
-        compile: str = "auto",
+        compile: str = "off",
     ) -> tuple[RenderSettings, int]:
         """The render's settings and frames per call, the model's defaults filled in (its
         sampling.json, else the built-in ones), after :meth:`check_inputs`."""

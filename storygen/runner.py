@@ -243,7 +243,7 @@ class PlanRunner:
         self._unets: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
         #: compile the UNets (storygen.accel): chosen once per render from the plan
-        self.compile = resolve_compile(settings.compile, self.devices, plan.model_calls)
+        self.compile = resolve_compile(settings.compile)
         self.stats.compiled = self.compile
         self.progress: LevelProgress | None = None
 

@@ -100,8 +100,8 @@ class RenderSettings:
     micro_batch: int = 16
     devices: tuple[str | torch.device, ...] | None = None
     progress: bool = True
-    #: compile the UNet: "auto" (CUDA and a long plan, see storygen.accel), "on" or "off"
-    compile: str = "auto"
+    #: compile the UNet ("on" / "off", see storygen.accel)
+    compile: str = "off"
 
     def output_fields(self) -> dict[str, Any]:
         """The settings the frames depend on, by name (as given: the cache key hashes them)."""
