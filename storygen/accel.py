@@ -2,9 +2,7 @@
 
 ``compile="on"`` (``storygen render --compile on``) compiles a render's UNet in place, once
 (``nn.Module.compile``: the module keeps its class, so every caller still sees a
-``MaskedUNet3D`` or ``UNet3DConditionModel``). The batch dimension becomes dynamic after the
-first shape change (PyTorch's automatic dynamic shapes), so a level's last, smaller batch does
-not cost a compile per size. Compiled graphs are kept in Inductor's cache
+``MaskedUNet3D`` or ``UNet3DConditionModel``). Compiled graphs are kept in Inductor's cache
 (:func:`compile_cache_dir`, by default ``~/.cache/storyloom/inductor``), so a second run of the
 same model and shapes pays a fraction of the first compile.
 
@@ -12,7 +10,10 @@ It is off by default. Measured on one H200 (``benchmarks/storygen_speed.py --dev
 --preset modelscope --steps 5 --lengths 3376 --compile on``, bf16): the autoregressive
 baseline's batch-1 calls run 1.5x faster compiled (96.9 s against 144.3 s eager), but the
 hierarchical levels' batched calls ran slower compiled (66 TFLOP/s after a 136 s warm-up,
-against about 180 TFLOP/s eager), so compiling is not yet a default for either mode.
+against about 180 TFLOP/s eager). With ``TORCH_LOGS=recompiles`` the shipped model at 3,376
+frames recompiled for every new batch size (2, 30, 114 rows: "tensor 'mask' size mismatch at
+index 0"), about a minute each, instead of making the batch dimension dynamic as it does on
+the CPU; fixed batch shapes per level (padding the last batch) are the next step.
 """
 
 from __future__ import annotations
