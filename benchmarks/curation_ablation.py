@@ -17,7 +17,8 @@ Steps (CPU for ``prepare`` and ``table``, a GPU for ``train`` and ``probe``)::
 
     python benchmarks/curation_ablation.py prepare --out .ablation      # corpus, run, shards
     python benchmarks/curation_ablation.py train --arm curated --shards .ablation/carry/curated \\
-        --out /tmp/curated-s0 --device cuda --workers 14 --steps 3000 --seed 0
+        --out /tmp/curated-s0 --device cuda --workers 14 --steps 3000 --seed 0 \\
+        --vae models/shapes-storygen                    # one autoencoder for every arm
     python benchmarks/curation_ablation.py probe --model curated-s0=/tmp/curated-s0 \\
         --device cuda --out results/curated-s0.json --sheet results
     python benchmarks/curation_ablation.py table --results results/*.json
@@ -231,6 +232,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         workers=args.workers,
         preset=p["model_preset"],
         vae_steps=args.vae_steps or p["vae_steps"],
+        vae=args.vae,
         eval_stories=0,
         log_every=max(1, min(100, args.steps // 10)),
     )
@@ -387,6 +389,13 @@ def main(argv: list[str] | None = None) -> Any:
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument(
+        "--vae",
+        default=None,
+        help="share this autoencoder (e.g. models/shapes-storygen), frozen, across the arms "
+        "instead of training one per arm: it sees frames only, no captions, so every arm "
+        "gets the same one and the GPU time goes to the UNets",
+    )
     t.set_defaults(func=train)
     r = sub.add_parser("probe", help="probe model folders on the held-out scripts")
     r.add_argument("--model", action="append", required=True, help="NAME=FOLDER (repeatable)")

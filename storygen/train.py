@@ -49,6 +49,8 @@ _HELP = {
     "eval_stories": "held-out stories to probe at the end (0: none)",
     "log_every": "steps between log lines",
     "shards": "train from this `curate export` folder's shards instead of the shapes renderer",
+    "vae": "use this autoencoder (a model folder, or its vae/ folder), frozen, instead of "
+    "training one (runs that differ only in their data share it)",
 }
 
 

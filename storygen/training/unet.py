@@ -85,6 +85,9 @@ class TrainConfig:
     log_every: int = 100
     #: train from the shards of a `curate export` folder instead of the shapes renderer
     shards: str | None = None
+    #: start from this autoencoder (a model folder with vae/, or the vae folder itself),
+    #: frozen, instead of training one: runs that differ only in data share it
+    vae: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "frames", "size", "log_every"):
@@ -243,16 +246,19 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
             previous=previous,
         )
     tokenizer, text_encoder, text_trainable = load_text(config)
-    vae = build_vae(config.size, config.seed, config.preset)
-    vae_run = train_vae(
-        vae,
-        size=config.size,
-        device=device,
-        max_steps=config.vae_steps,
-        max_minutes=config.vae_minutes,
-        workers=config.workers,
-        seed=config.seed,
-    )
+    if config.vae:
+        vae, vae_run = load_vae(config.vae, config.size), None
+    else:
+        vae = build_vae(config.size, config.seed, config.preset)
+        vae_run = train_vae(
+            vae,
+            size=config.size,
+            device=device,
+            max_steps=config.vae_steps,
+            max_minutes=config.vae_minutes,
+            workers=config.workers,
+            seed=config.seed,
+        )
     return _Models(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
@@ -262,6 +268,28 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
         previous={},
         vae_run=vae_run,
     )
+
+
+def load_vae(path: str, size: int) -> Any:
+    """The autoencoder of a model folder (its ``vae/``) or of a ``vae`` folder itself; a clear
+    error when there is none or when it was made for another frame size."""
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+    folder = Path(path)
+    if (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"--vae {path}: no autoencoder there (neither vae/config.json nor config.json)"
+        )
+    vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
+    if int(vae.config.sample_size) != size:
+        raise ValueError(
+            f"--vae {path}: an autoencoder for {vae.config.sample_size} px frames, "
+            f"the run is for {size} px"
+        )
+    logger.info("autoencoder: %s (frozen, not trained)", folder)
+    return vae
 
 
 def _loader(config: TrainConfig, device: torch.device, seed: int) -> Any:

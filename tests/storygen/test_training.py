@@ -149,3 +149,33 @@ def test_plain_text_to_video_export_is_the_same_network(tiny_folder, tmp_path):
         a = masked(x, torch.tensor(300), ctx, spacing=torch.tensor([1.0]))
         b = unet3d_forward(plain, x, torch.tensor(300), ctx)
     assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_a_run_can_share_another_runs_autoencoder(tiny_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from storygen.training.unet import TrainConfig, train
+
+    out, _ = tiny_folder
+    base = dict(
+        preset="micro",
+        size=32,
+        frames=8,
+        batch_size=2,
+        steps=2,
+        workers=0,
+        log_every=1,
+        eval_stories=0,
+        text_encoder=str(ROOT / "models" / "shapes-clip"),
+    )
+    report = train(TrainConfig(out=str(tmp_path / "shared"), vae=str(out), **base))
+    assert [r["part"] for r in report["runs"]] == ["unet"]  # no autoencoder run
+    for name in ("diffusion_pytorch_model.safetensors",):
+        want = load_file(str(out / "vae" / name))
+        got = load_file(str(tmp_path / "shared" / "vae" / name))
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want)
+    with pytest.raises(ValueError, match="for 32 px frames, the run is for 64 px"):
+        train(TrainConfig(out=str(tmp_path / "x"), vae=str(out), **{**base, "size": 64}))
+    with pytest.raises(ValueError, match="no autoencoder there"):
+        train(TrainConfig(out=str(tmp_path / "y"), vae=str(tmp_path), **base))
