@@ -113,7 +113,8 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 20) 
 
 def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> float:
     """FLOPs of one UNet evaluation of one model call (one guidance branch), counted by
-    PyTorch's FLOP counter on the arguments of a real call of the pipeline."""
+    PyTorch's FLOP counter on the arguments of a real call of the pipeline. That call is also
+    the benchmark's warm-up (kernels, allocator, lazy imports)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     seen: list[tuple[tuple, dict]] = []
@@ -154,18 +155,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_params = sum(p.numel() for p in pipe.unet.parameters())
     lengths = [int(v) for v in args.lengths.split(",")]
     rows = []
-    # warm-up: kernels, allocator, lazy imports
-    pipe(
-        story_prompts(args.frames_per_call),
-        args.frames_per_call,
-        frames_per_call=args.frames_per_call,
-        num_inference_steps=1,
-        guidance_scale=args.guidance,
-        generator=0,
-        output_type=None,
-        progress=False,
-        compile="off",
-    )
     # with --devices, the hierarchical mode runs again spread over all of them (the
     # autoregressive baseline cannot use a second device for one video: its windows are
     # sequential)
