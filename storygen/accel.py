@@ -2,18 +2,21 @@
 
 ``compile="on"`` (``storygen render --compile on``) compiles a render's UNet in place, once
 (``nn.Module.compile``: the module keeps its class, so every caller still sees a
-``MaskedUNet3D`` or ``UNet3DConditionModel``). Compiled graphs are kept in Inductor's cache
-(:func:`compile_cache_dir`, by default ``~/.cache/storyloom/inductor``), so a second run of the
-same model and shapes pays a fraction of the first compile.
+``MaskedUNet3D`` or ``UNet3DConditionModel``), with static shapes: every forward pass is padded
+to a power-of-two number of rows (:func:`padded_rows`; the padding repeats the last row and is
+dropped from the output), so a render compiles one graph per row bucket and call length (a
+3,376-frame plan at micro-batch 16: 2 graphs) instead of one per batch size. Compiled graphs
+are kept in Inductor's cache (:func:`compile_cache_dir`, by default
+``~/.cache/storyloom/inductor``), so a second run of the same model and shapes pays a fraction
+of the first compile.
 
-It is off by default. Measured on one H200 (``benchmarks/storygen_speed.py --device cuda
---preset modelscope --steps 5 --lengths 3376 --compile on``, bf16): the autoregressive
-baseline's batch-1 calls run 1.5x faster compiled (96.9 s against 144.3 s eager), but the
-hierarchical levels' batched calls ran slower compiled (66 TFLOP/s after a 136 s warm-up,
-against about 180 TFLOP/s eager). With ``TORCH_LOGS=recompiles`` the shipped model at 3,376
-frames recompiled for every new batch size (2, 30, 114 rows: "tensor 'mask' size mismatch at
-index 0"), about a minute each, instead of making the batch dimension dynamic as it does on
-the CPU; fixed batch shapes per level (padding the last batch) are the next step.
+It is off by default. Measured on one H200 with dynamic shapes (``benchmarks/storygen_speed.py
+--device cuda --preset modelscope --steps 5 --lengths 3376 --compile on``, bf16, before the
+padding): the autoregressive baseline's batch-1 calls ran 1.5x faster compiled (96.9 s
+against 144.3 s eager), the hierarchical levels' batched calls slower (66 TFLOP/s after a
+136 s warm-up, against about 180 TFLOP/s eager); with ``TORCH_LOGS=recompiles`` the shipped
+model recompiled for every new batch size (2, 30, 114 rows: "tensor 'mask' size mismatch at
+index 0"), about a minute each. The static, padded shapes are not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -59,7 +62,15 @@ def compile_unet(unet: Any, *, mode: str | None = None) -> float:
     cache = compile_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
-    unet.compile(mode=mode, fullgraph=False)
+    import torch._dynamo
+
+    # one graph per (row bucket, call length): a handful, more than dynamo's default of 8
+    # would only be reached by plans of many uneven call lengths
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 32))
+    unet.compile(mode=mode, fullgraph=False, dynamic=False)
     setattr(unet, _COMPILED_FLAG, True)
     logger.info("compiling the UNet (graphs cached in %s)", cache)
     return time.perf_counter() - started
@@ -67,3 +78,11 @@ def compile_unet(unet: Any, *, mode: str | None = None) -> float:
 
 def is_compiled(unet: Any) -> bool:
     return bool(getattr(unet, _COMPILED_FLAG, False))
+
+
+def padded_rows(rows: int) -> int:
+    """The rows a compiled forward pass runs: the next power of two (2 -> 2, 30 -> 32,
+    114 -> 128), so that batches of nearby sizes share one static graph."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows!r}")
+    return 1 << (rows - 1).bit_length()

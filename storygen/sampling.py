@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from storygen.accel import is_compiled, padded_rows
 from storygen.models import MaskedUNet3D, unet3d_forward
 
 #: the model's (guided) output for a scaled input at a timestep
@@ -81,11 +82,19 @@ def guided_output(
         known, mask = torch.cat([known, known]), torch.cat([mask, mask])
         spacing = spacing.repeat(2)
     x = x.to(unet.dtype)
+    rows = x.shape[0]
+    if is_compiled(unet):  # static shapes: pad to the row bucket, drop the padding after
+        pad = padded_rows(rows) - rows
+        if pad:
+            x, context, known, mask, spacing = (
+                torch.cat([v, v[-1:].expand(pad, *v.shape[1:])])
+                for v in (x, context, known, mask, spacing)
+            )
     if isinstance(unet, MaskedUNet3D):
         out = unet(x, t, context, known=known.to(unet.dtype), mask=mask, spacing=spacing)
     else:
         out = unet3d_forward(unet, x, t, context)
-    out = out.float()
+    out = out[:rows].float()
     if negative is not None:
         uncond, cond = out.chunk(2)
         out = uncond + guidance_scale * (cond - uncond)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from storygen.accel import compile_cache_dir, is_compiled, resolve_compile
+from storygen.accel import compile_cache_dir, is_compiled, padded_rows, resolve_compile
 from storygen.pipeline import StoryVideoPipeline
 from storygen.presets import new_model
 
@@ -48,16 +48,43 @@ def test_a_render_stays_eager_by_default(tmp_path):
     assert len(out.stats.batch_times_s["2x5"]) == 2
 
 
+def test_rows_are_padded_to_powers_of_two():
+    assert [padded_rows(n) for n in (1, 2, 3, 4, 5, 30, 32, 33, 114)] == [
+        1,
+        2,
+        4,
+        4,
+        8,
+        32,
+        32,
+        64,
+        128,
+    ]
+    with pytest.raises(ValueError):
+        padded_rows(0)
+
+
 def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
+    from torch._dynamo.utils import counters
+
     folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
     eager = StoryVideoPipeline.from_pretrained(folder).to(torch.device(device))
     want = eager(PROMPTS, 17, compile="off", **RUN)
     fast = StoryVideoPipeline.from_pretrained(folder).to(torch.device(device))
+    graphs = counters["stats"]["unique_graphs"]
     got = fast(PROMPTS, 17, compile="on", **RUN)
     assert got.stats.compiled and is_compiled(fast.unet)
     torch.testing.assert_close(got.frames, want.frames, atol=atol, rtol=0)
-    again = fast(PROMPTS, 17, compile="on", **RUN)  # compiled graphs are reused
-    torch.testing.assert_close(again.frames, got.frames, atol=0, rtol=0)
+    # static shapes, one graph per row bucket: the global call (1 call x 2 guidance branches
+    # = 2 rows) and the local batches (2 calls = 4 rows; a batch of 3 would pad to 4 as well)
+    assert counters["stats"]["unique_graphs"] - graphs == 2
+    more = {**RUN, "micro_batch": 4}  # the 4 local calls in one batch: 8 rows, a third graph
+    again = fast(PROMPTS, 17, compile="on", **more)
+    torch.testing.assert_close(again.frames, want.frames, atol=atol, rtol=0)
+    assert counters["stats"]["unique_graphs"] - graphs == 3
+    repeat = fast(PROMPTS, 17, compile="on", **RUN)  # compiled graphs are reused
+    torch.testing.assert_close(repeat.frames, got.frames, atol=0, rtol=0)
+    assert counters["stats"]["unique_graphs"] - graphs == 3
 
 
 @pytest.mark.slow
