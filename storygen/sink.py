@@ -3,13 +3,16 @@
 
 A frame is final once the level that makes it has run; frames are emitted in index order, a
 chunk at a time, so a long video is written while it is still being generated and only the
-frames not yet written (and those later levels still need) are held.
+frames not yet written (and those later levels still need) are held. Encoding runs on a
+background thread (the encoder releases the GIL), one chunk in flight at a time, so the file is
+written while the next batches sample; an encoder error surfaces at the next chunk or at the end.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +62,47 @@ class FrameSink:
             {f for c in plan.levels[0].calls for f in c.new_frames} if plan.levels else set()
         )
         self.keyframes: dict[int, np.ndarray] = {}
+        #: the encoder's thread and the chunk it is writing (one in flight: memory stays bounded)
+        self._encoder: ThreadPoolExecutor | None = None
+        self._writing: Future | None = None
 
     def __enter__(self) -> FrameSink:
         if self.output_path is not None:
             Path(self.output_path).parent.mkdir(parents=True, exist_ok=True)
             self.writer = VideoWriter(self.output_path, fps=self.fps)
             self.writer.__enter__()
+            self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storygen-mp4")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.writer is not None:
-            self.writer.__exit__(*exc)
+        if self.writer is None:
+            return
+        failure: BaseException | None = None
+        try:
+            self._wait_for_writer()
+        except BaseException as err:  # the file must not appear: close as failed
+            failure = err
+        finally:
+            if self._encoder is not None:
+                self._encoder.shutdown(wait=True)
+        if failure is not None and exc[0] is None:
+            self.writer.__exit__(type(failure), failure, failure.__traceback__)
+            raise failure
+        self.writer.__exit__(*exc)
+
+    def _wait_for_writer(self) -> None:
+        """Wait for the chunk being encoded; re-raises the encoder's error."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
+    def _write(self, frames: np.ndarray) -> None:
+        assert self.writer is not None
+        self._wait_for_writer()  # in order, one chunk in flight
+        if self._encoder is None:
+            self.writer.write(frames)
+        else:
+            self._writing = self._encoder.submit(self.writer.write, frames)
 
     def offer(self, store: dict[int, torch.Tensor], *, flush: bool = False) -> None:
         """Emit the frames from ``next`` on that are final, in order, a chunk at a time."""
@@ -93,7 +126,7 @@ class FrameSink:
             if start + k in self.keyframe_ids:
                 self.keyframes[start + k] = frame
         if self.writer is not None:
-            self.writer.write(frames)
+            self._write(frames)
         if self.output_type in ("np", "pil"):
             self.kept.append(frames)
         elif self.output_type == "pt":

@@ -262,3 +262,37 @@ def test_streaming_holds_only_the_frames_still_needed(pipe, tmp_path):
     # one call's frames) waits to be written
     assert out.stats.peak_frames_held <= 17 + 16 + 5
     assert out.stats.peak_frames_held < 65
+
+
+def test_frames_reach_the_file_in_order_from_the_encoder_thread(pipe, tmp_path):
+    import av
+
+    prompts = ["a red circle moving left"] * 65
+    kept = pipe(prompts, 65, output_type="np", output_path=tmp_path / "order.mp4", **RUN)
+    with av.open(str(tmp_path / "order.mp4")) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert decoded.shape == kept.frames.shape
+    # h264 is lossy, but each decoded frame is nearest to the frame of the same index
+    err = np.abs(decoded[:, None].astype(np.int16) - kept.frames[None].astype(np.int16))
+    nearest = err.reshape(65, 65, -1).mean(axis=2).argmin(axis=1)
+    assert (nearest == np.arange(65)).mean() > 0.9
+
+
+def test_an_encoder_error_fails_the_render_and_leaves_no_file(pipe, tmp_path, monkeypatch):
+    from storygen.export import VideoWriter
+
+    calls = {"n": 0}
+    real = VideoWriter.write
+
+    def broken(self, frames):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(self, frames)
+
+    monkeypatch.setattr(VideoWriter, "write", broken)
+    prompts = ["a red circle moving left"] * 65
+    with pytest.raises(OSError, match="disk full"):
+        pipe(prompts, 65, output_type=None, output_path=tmp_path / "broken.mp4", **RUN)
+    assert not (tmp_path / "broken.mp4").exists()
+    assert calls["n"] >= 2
