@@ -25,8 +25,8 @@ Steps (CPU for ``prepare`` and ``table``, a GPU for ``train`` and ``probe``)::
     python benchmarks/curation_ablation.py dry-run --out /tmp/abl     # all of it, tiny, on CPU
 
 ``prepare`` checks that each arm's carried folder (its tar shards and ``_export.json``) fits
-in one device call beside the repository and the wheels the GPU image lacks (diffusers and
-decord), and writes ``prepare.json`` with the sizes. The arms may run in separate GPU sittings:
+in one device call beside the repository and the wheels the GPU image lacks (diffusers; the
+samples decode with the image's OpenCV), and writes ``prepare.json`` with the sizes. The arms may run in separate GPU sittings:
 each ``probe`` writes a JSON that ``table`` merges.
 """
 
@@ -47,9 +47,11 @@ sys.path.insert(0, str(ROOT))
 
 MIB = 1 << 20
 #: what one device call may carry, and the wheels the GPU image lacks (measured sizes of
-#: diffusers-0.42.1-py3-none-any.whl and decord-0.6.0-py3-none-manylinux2010_x86_64.whl)
+#: diffusers-0.42.1-py3-none-any.whl and importlib_metadata-10.2.0-py3-none-any.whl); the
+#: samples decode there with the image's OpenCV (curate.export.decode_mp4), since decord's
+#: 13.6 MB wheel no longer fits beside the repository and one arm's shards
 TRANSFER_BYTES = 64 * MIB
-WHEEL_BYTES = 6_355_908 + 13_602_299
+WHEEL_BYTES = 6_355_908 + 34_109
 ARMS = ("raw", "curated", "truth")
 FACTS = ("color", "shape", "background", "motion", "all")
 
@@ -63,7 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "frames": 32,
         "crf": 23,
         "pix_fmt": "yuv444p",
-        "max_samples": 1100,
+        "max_samples": 950,
         "samples_per_shard": 200,
         "train_frames": 16,
         "model_preset": "shapes",

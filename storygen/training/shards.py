@@ -3,8 +3,8 @@
 ``storygen train --shards DIR`` reads the tar shards of an export (``DIR/_export.json`` lists
 them) instead of drawing stories from the shapes renderer. Each DataLoader worker streams its
 own share of the shards (a new shard order every pass, from the seed), mixes samples through
-a shuffle buffer, decodes each sample's mp4 (decord, else PyAV: :func:`curate.export.decode_mp4`)
-and draws one window from it, as the plan's calls see windows:
+a shuffle buffer, decodes each sample's mp4 (decord, else PyAV, else OpenCV:
+:func:`curate.export.decode_mp4`) and draws one window from it, as the plan's calls see windows:
 
 - a call of ``f`` frames (most calls hold ``frames``, some fewer, as in :mod:`.windows`);
 - spacing 1 (contiguous frames at the export fps) half the time, otherwise a spacing drawn

@@ -14,6 +14,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -361,3 +362,43 @@ def test_cli_exports_and_reports(run, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     shutil.rmtree(out)
     assert main(["export", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv444p", "yuv420p"])
+def test_every_decoder_reads_a_sample_alike(pix_fmt):
+    from curate.export.codec import DECODERS, encode_mp4
+    from curate.shapes import SceneFacts, SceneRenderer
+
+    facts = SceneFacts("red", "circle", "moving left", "navy")
+    truth = np.stack(list(SceneRenderer(facts, num_frames=12, width=64, height=64, seed=1)))
+    data = encode_mp4(truth, fps=8.0, crf=18, pix_fmt=pix_fmt)
+    decoded = {name: decode_mp4(data, backend=name) for name in DECODERS}
+    for name, frames in decoded.items():
+        assert frames.shape == truth.shape and frames.dtype == np.uint8, name
+        # lossy h264: close to the frames encoded, and the decoders agree with each other
+        assert np.abs(frames.astype(int) - truth).mean() < 3.0, name
+        assert np.abs(frames.astype(int) - decoded["av"]).max() <= 3, name
+    assert np.array_equal(decode_mp4(data), decoded["decord"])  # auto: decord first here
+    with pytest.raises(ValueError, match="backend must be"):
+        decode_mp4(data, backend="ffmpeg")
+
+
+def test_auto_falls_back_to_the_decoder_that_imports(monkeypatch):
+    from curate.export import codec
+
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    frames[:, 8:24, 8:24] = (200, 40, 40)
+    data = codec.encode_mp4(frames, fps=8.0, pix_fmt="yuv444p")
+
+    def missing(_data):
+        raise ImportError("not installed")
+
+    monkeypatch.setitem(codec._DECODE, "decord", missing)
+    monkeypatch.setitem(codec._DECODE, "av", missing)
+    got = codec.decode_mp4(data)  # OpenCV, as on a machine with neither decord nor PyAV
+    assert got.shape == frames.shape and np.abs(got.astype(int) - frames).mean() < 2
+    monkeypatch.setitem(codec._DECODE, "opencv", missing)
+    with pytest.raises(ImportError, match="needs one of"):
+        codec.decode_mp4(data)
+    with pytest.raises(ImportError, match="not installed"):
+        codec.decode_mp4(data, backend="av")
