@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 from storygen.training.probe import (  # noqa: E402
     MODES,
+    REAL_KEYFRAMES,
     evaluate,
     held_out_stories,
     load_settings,
@@ -172,8 +173,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=2))
 
+    modes = (*MODES, REAL_KEYFRAMES) if args.real_keyframes else MODES
     main = probe(
-        pipe, settings, stories=args.stories, frames=args.frames, modes=MODES, renderer=pool
+        pipe, settings, stories=args.stories, frames=args.frames, modes=modes, renderer=pool
     )
     result["probe"] = main
     save()
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         table(
             f"probe: {args.stories} held-out stories of {args.frames} frames "
             f"({settings['num_inference_steps']} steps, guidance {settings['guidance_scale']})",
-            {"ceiling (real frames)": main["ceiling"]} | {m: main[m] for m in MODES},
+            {"ceiling (real frames)": main["ceiling"]} | {m: main[m] for m in modes},
         )
     )
     if args.sweep:
@@ -381,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         "the same; only wall time changes)",
     )
     p.add_argument("--training-free", action="store_true", help="also probe the training-free mode")
+    p.add_argument(
+        "--real-keyframes",
+        action="store_true",
+        help="also probe the local levels alone: hierarchical with the real keyframes in place "
+        "of the global call's (does the local model fill in motion and identity?)",
+    )
     p.add_argument("--plot", default=None, help="PNG of adherence by position (with --lengths)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storygen_quality.json"))
     args = p.parse_args(argv)

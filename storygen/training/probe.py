@@ -42,6 +42,9 @@ from curate.shapes import (
 HELD_OUT_SEED = 20_261_201
 MIN_MOTION_FRAMES = 6
 MODES = ("hierarchical", "autoregressive")
+#: hierarchical with the global call's output replaced by the real keyframes: the local
+#: model alone, given the truth at every keyframe (does it fill in the motion?)
+REAL_KEYFRAMES = "real keyframes"
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,47 @@ def render_story(
     return out.frames, known
 
 
+def render_with_real_keyframes(
+    pipe: Any, story: ProbeStory, *, settings: dict[str, Any], seed: int
+) -> tuple[np.ndarray, set[int]]:
+    """Render ``story`` hierarchically with the global call's frames taken from the real
+    story (:func:`render_truth`, encoded by the pipeline) instead of sampled: what the local
+    levels make of true keyframes. The plan's first level must be one call."""
+    import torch
+
+    plan = pipe.build_plan(
+        story.prompts(),
+        num_frames=story.num_frames,
+        fps=settings.get("fps"),
+        frames_per_call=int(settings.get("frames_per_call", 16)),
+        depth=None,
+        policy="stretch",
+    )
+    first = plan.levels[0].calls
+    if len(first) != 1:
+        raise ValueError(f"{story.story_id}: the first level has {len(first)} calls, not one")
+    # the size render_story renders at: the folder's recommended size, else the model's own
+    size = int(getattr(pipe, "sampling", {}).get("height") or pipe.default_size()[0])
+    truth = render_truth(story, size)[list(first[0].frames)]
+    pixels = torch.from_numpy(truth).permute(0, 3, 1, 2).float() / 127.5 - 1
+    keyframes = pipe.encode_frames(pixels).permute(1, 0, 2, 3)[None]  # (1, C, F, h, w)
+    sample = pipe.denoise
+    calls = 0
+
+    def denoise(unet: Any, inputs: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the global call: the real keyframes, no model evaluation
+            return keyframes.to(inputs.noise.device), 0
+        return sample(unet, inputs, **kwargs)
+
+    pipe.denoise = denoise
+    try:
+        return render_story(pipe, story, mode="hierarchical", settings=settings, seed=seed)
+    finally:
+        del pipe.denoise  # the class's method again
+
+
 def probe_rows(
     pipe: Any,
     stories: Sequence[ProbeStory],
@@ -242,7 +286,10 @@ def probe_rows(
     rows = []
     for story, seed in zip(stories, seeds, strict=True):
         started = time.perf_counter()
-        frames, known = render_story(pipe, story, mode=mode, settings=settings, seed=seed)
+        if mode == REAL_KEYFRAMES:
+            frames, known = render_with_real_keyframes(pipe, story, settings=settings, seed=seed)
+        else:
+            frames, known = render_story(pipe, story, mode=mode, settings=settings, seed=seed)
         row = read_story(frames, story, known=known)
         row["render_s"] = time.perf_counter() - started
         rows.append(row)

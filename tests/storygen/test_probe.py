@@ -117,3 +117,33 @@ def test_any_prompted_render_is_read_segment_by_segment():
     assert got["frames_unread"] == first and got["color"] == 1.0
     with pytest.raises(ValueError, match="frames for"):
         probe_prompted(frames, prompts[:-1])
+
+
+def test_real_keyframes_mode_puts_the_real_frames_at_every_keyframe(tmp_path):
+    from storygen.pipeline import StoryVideoPipeline
+    from storygen.presets import new_model
+    from storygen.training.probe import (
+        REAL_KEYFRAMES,
+        evaluate,
+        render_story,
+        render_with_real_keyframes,
+    )
+
+    story = held_out_stories(1, num_frames=22)[0]
+    # a 32 px pixel-space model (the shapes renderer draws 32 px and up)
+    folder = new_model(tmp_path / "m", preset="tiny", mode="masked", texts=story.prompts())
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    settings = {"num_inference_steps": 2, "guidance_scale": 1.0, "frames_per_call": 8}
+    frames, known = render_with_real_keyframes(pipe, story, settings=settings, seed=0)
+    truth = render_truth(story, 32)
+    keyframes = sorted(known)
+    assert len(keyframes) == 8 and keyframes[0] == 0 and keyframes[-1] == 21
+    # a pixel-space model: the real keyframes come back exactly; the frames between do not
+    np.testing.assert_array_equal(frames[keyframes], truth[keyframes])
+    between = [f for f in range(22) if f not in known]
+    assert np.abs(frames[between].astype(int) - truth[between]).mean() > 5
+    # the pipeline's own sampler is back afterwards: a plain render samples its keyframes
+    plain, _ = render_story(pipe, story, mode="hierarchical", settings=settings, seed=0)
+    assert not np.array_equal(plain[keyframes], truth[keyframes])
+    report = evaluate(pipe, [story], settings=settings, modes=(REAL_KEYFRAMES,))
+    assert report[REAL_KEYFRAMES]["frames"] == 22
