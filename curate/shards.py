@@ -436,6 +436,28 @@ def publish(path: str | os.PathLike[str], manifest: RunManifest) -> Path:
     return manifest.write(out)
 
 
+def publish_written(
+    path: str | os.PathLike[str],
+    written: Iterable[tuple[ShardInfo, Mapping[str, int]] | None],
+    *,
+    config: Mapping[str, Any],
+    counts: Mapping[str, int],
+) -> tuple[Path, int]:
+    """:func:`publish` the shards a run's writers returned (``(info, counts)``, or None where
+    a writer had nothing), the writers' counts added to ``counts``; returns the manifest's
+    path and the number of shards written."""
+    total: Counter = Counter(counts)
+    infos = []
+    for item in written:
+        if item is None:
+            continue
+        info, c = item
+        infos.append(info)
+        total.update(c)
+    manifest = RunManifest(config=dict(config), counts=dict(total), shards=infos)
+    return publish(path, manifest), len(infos)
+
+
 def read_table(path: str | os.PathLike[str], table: str) -> pa.Table:
     """One published table of a run, through its manifest (the shards it lists, in order)."""
     if table not in TABLES:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +52,25 @@ def resolve_compile(choice: str | bool | None) -> bool:
     raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {choice!r}")
 
 
-def compile_unet(unet: Any, *, mode: str | None = None) -> float:
-    """Compile ``unet``'s forward in place, once; returns the seconds spent here (the graphs
-    themselves compile lazily, on the first call of each shape)."""
-    if getattr(unet, _COMPILED_FLAG, False):
-        return 0.0
-    started = time.perf_counter()
-    cache = compile_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+def compile_unet(unet: Any) -> None:
+    """Compile ``unet``'s forward in place, once, with static shapes (the graphs themselves
+    compile lazily, on the first call of each row bucket and call length)."""
+    if is_compiled(unet):
+        return
     import torch._dynamo
 
+    cache = compile_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)  # the folder compile_cache_dir chose
     # one graph per (row bucket, call length): a handful, more than dynamo's default of 8
     # would only be reached by plans of many uneven call lengths
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 32))
-    unet.compile(mode=mode, fullgraph=False, dynamic=False)
+    unet.compile(fullgraph=False, dynamic=False)
     setattr(unet, _COMPILED_FLAG, True)
     logger.info("compiling the UNet (graphs cached in %s)", cache)
-    return time.perf_counter() - started
 
 
 def is_compiled(unet: Any) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas import RunManifest, ShardInfo
+from schemas import ShardInfo
 from schemas.tables import KEPT
 
 from .. import shards
@@ -378,20 +378,12 @@ class CorpusPhase:
         """``_manifest.json`` over the written shards (see :func:`curate.shards.publish`),
         with the cut-off and the counts; the scratch folder goes (unless ``keep_scratch``)."""
         start = time.perf_counter()
-        counts: Counter = Counter(self.plan.counts)
-        infos = []
-        for item in written:
-            if item is None:
-                continue
-            info, c = item
-            infos.append(info)
-            counts.update(c)
         config = {**self.config, "cutoff": self.read_cutoff()}
-        manifest = RunManifest(config=config, counts=dict(counts), shards=infos)
-        path = shards.publish(self.output, manifest)
+        path, self.report.shards = shards.publish_written(
+            self.output, written, config=config, counts=self.plan.counts
+        )
         if not self.keep_scratch:
             remove_owned(self.scratch)
-        self.report.shards = len(infos)
         self.report.manifest = str(path)
         self._timed("publish", start)
         return path

@@ -26,7 +26,6 @@ result does not depend on how the per-video work was split across runs.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -49,7 +48,7 @@ from curate.prompt_bank import build_prompt_bank
 from curate.recaption import with_clip_status
 from curate.threshold import Threshold, scorable
 from curate.work import joined_clips, table_row
-from schemas import RunManifest, ShardInfo
+from schemas import ShardInfo
 from schemas.tables import KEPT
 
 from .common import NAMESPACE, Gather
@@ -355,17 +354,11 @@ class _PublishFn(beam.DoFn):
         self.output, self.config, self.extra_counts = output, config, extra_counts
 
     def process(self, written: list[tuple[ShardInfo, dict[str, int]] | None], cutoff: Any) -> Any:
-        counts: Counter = Counter(self.extra_counts)
-        infos = []
-        for item in written:
-            if item is None:
-                continue
-            info, c = item
-            infos.append(info)
-            counts.update(c)
         config = {**self.config, "cutoff": cutoff}
-        manifest = RunManifest(config=config, counts=dict(counts), shards=infos)
-        yield str(shards.publish(self.output, manifest))
+        path, _ = shards.publish_written(
+            self.output, written, config=config, counts=self.extra_counts
+        )
+        yield str(path)
 
 
 class Publish(beam.PTransform):
