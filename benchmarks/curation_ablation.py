@@ -225,7 +225,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         out=args.out,
         shards=shards,
         steps=args.steps,
-        max_minutes=None,
         batch_size=args.batch_size or p["batch_size"],
         frames=p["train_frames"],
         size=p["size"],
@@ -235,6 +234,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         preset=p["model_preset"],
         vae_steps=args.vae_steps or p["vae_steps"],
         vae=args.vae,
+        max_minutes=args.max_minutes,
         eval_stories=0,
         log_every=max(1, min(100, args.steps // 10)),
     )
@@ -261,6 +261,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
             device=args.device,
             modes=("hierarchical",),
             overrides={"micro_batch": 16},
+            processes=args.processes,
         )
         report["probe_time_s"] = time.perf_counter() - started
         training = Path(folder) / "training.json"
@@ -303,6 +304,62 @@ def sheet(folder: str, name: str, out: Path, args: Any, stories: Any, p: dict) -
     entries = [(int(i), i / fps, prompts[i], frames[i]) for i in picks]
     preview_sheet(entries, path, columns=8, thumb_width=128, title=f"{name}: {story.story_id}")
     return path
+
+
+def parse_arm_spec(spec: str) -> tuple[str, str, str, int]:
+    """``NAME=ARM:SHARDS:SEED`` (``raw-s0=raw:.ablation/carry/raw:0``, ``truth=truth:none:0``)."""
+    name, _, rest = spec.partition("=")
+    parts = rest.split(":")
+    if not name or len(parts) != 3 or parts[0] not in ARMS or not parts[2].isdigit():
+        raise SystemExit(f"--arm takes NAME=ARM:SHARDS:SEED with ARM one of {ARMS}, got {spec!r}")
+    return name, parts[0], parts[1], int(parts[2])
+
+
+def sitting(args: argparse.Namespace) -> dict[str, Any]:
+    """Several arms in one GPU sitting: their trainings side by side on the device (each a
+    process with its share of the data workers; a 12 M-parameter UNet leaves an H200 mostly
+    idle, so two arms take little longer than one), then each model probed in turn. Writes
+    ``NAME.log``, ``NAME.json`` and ``sheet-NAME.png`` per arm under ``--out``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    arms = [parse_arm_spec(spec) for spec in args.arm]
+    workers = max(0, args.workers // max(1, len(arms)))
+    procs = []
+    started = time.perf_counter()
+    for name, arm, shards, seed in arms:
+        cmd = [sys.executable, __file__, "train", "--arm", arm, "--shards", shards]
+        cmd += ["--out", str(Path(args.models) / name), "--seed", str(seed)]
+        cmd += ["--steps", str(args.steps), "--device", args.device, "--preset", args.preset]
+        cmd += ["--workers", str(workers)]
+        if args.vae:
+            cmd += ["--vae", args.vae]
+        if args.max_minutes:
+            cmd += ["--max-minutes", str(args.max_minutes)]
+        log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed below)
+        procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+    failed = []
+    for name, proc, log in procs:
+        if proc.wait() != 0:
+            failed.append(name)
+        log.close()
+    train_s = time.perf_counter() - started
+    print(f"trained {len(arms)} arm(s) side by side in {train_s:.0f} s")
+    results: dict[str, Any] = {}
+    for name, *_ in arms:
+        if name in failed:
+            print(f"{name}: training failed, see {out / (name + '.log')}")
+            continue
+        r = main(
+            ["probe", "--model", f"{name}={Path(args.models) / name}", "--device", args.device]
+            + ["--out", str(out / f"{name}.json"), "--sheet", str(out), "--preset", args.preset]
+            + ["--processes", str(args.processes)]
+        )
+        r[name]["sitting"] = {"arms": [a[0] for a in arms], "train_wall_s": train_s}
+        (out / f"{name}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+        results.update(r)
+    if failed:
+        raise SystemExit(f"training failed for {failed}")
+    return results
 
 
 # --- the table (CPU) -------------------------------------------------------------------------
@@ -398,6 +455,12 @@ def main(argv: list[str] | None = None) -> Any:
         "instead of training one per arm: it sees frames only, no captions, so every arm "
         "gets the same one and the GPU time goes to the UNets",
     )
+    t.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="a safety stop: an arm cut short reports fewer steps_done than --steps",
+    )
     t.set_defaults(func=train)
     r = sub.add_parser("probe", help="probe model folders on the held-out scripts")
     r.add_argument("--model", action="append", required=True, help="NAME=FOLDER (repeatable)")
@@ -407,7 +470,27 @@ def main(argv: list[str] | None = None) -> Any:
     r.add_argument("--device", default="cpu")
     r.add_argument("--out", default=None, help="JSON to write")
     r.add_argument("--sheet", default=None, help="folder for a preview sheet per model")
+    r.add_argument(
+        "--processes", type=int, default=1, help="render the stories in N processes (same rows)"
+    )
     r.set_defaults(func=probe)
+    g = sub.add_parser("sitting", help="train arms side by side on one GPU, then probe each")
+    g.add_argument(
+        "--arm",
+        action="append",
+        required=True,
+        help="NAME=ARM:SHARDS:SEED, e.g. raw-s0=raw:.ablation/carry/raw:0 (repeatable)",
+    )
+    g.add_argument("--out", required=True, help="logs, probe JSONs and sheets")
+    g.add_argument("--models", default="/tmp/ablation-models", help="where the arms' folders go")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    g.add_argument("--steps", type=int, default=3000)
+    g.add_argument("--device", default="cuda")
+    g.add_argument("--workers", type=int, default=14, help="data workers, split over the arms")
+    g.add_argument("--vae", default=None)
+    g.add_argument("--max-minutes", type=float, default=None)
+    g.add_argument("--processes", type=int, default=8)
+    g.set_defaults(func=sitting)
     b = sub.add_parser("table", help="merge probe JSONs into the README table")
     b.add_argument("--results", nargs="+", required=True)
     b.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "curation_ablation.json"))

@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 from storygen.training.probe import (  # noqa: E402
     MODES,
     REAL_KEYFRAMES,
+    PoolRenderer,
     evaluate,
     held_out_stories,
     load_settings,
@@ -85,48 +86,6 @@ def probe(
         modes=modes,
         renderer=renderer,
     )
-
-
-# --- stories spread over processes that share the device ------------------------------------
-
-_PIPE: Any = None
-
-
-def _start_worker(folder: str, device: str, scheduler: str | None) -> None:
-    import torch
-
-    global _PIPE
-    torch.set_num_threads(1)
-    torch.set_grad_enabled(False)
-    _PIPE = load(folder, device, scheduler)
-
-
-def _render_one(mode: str, story: Any, settings: dict[str, Any], seed: int) -> dict[str, Any]:
-    return probe_rows(_PIPE, [story], mode=mode, settings=settings, seeds=[seed])[0]
-
-
-class PoolRenderer:
-    """Renders the stories of a probe in ``processes`` worker processes, each holding the
-    model on ``device``: the batch-1 calls of the autoregressive baseline leave a GPU mostly
-    idle, so several stories at once make long probes affordable. Rows (and every number
-    read from them) are the same as rendering one story after another; only wall time
-    differs, so ``story_render_s`` is reported beside it."""
-
-    def __init__(self, folder: str, device: str, scheduler: str | None, processes: int) -> None:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # CUDA does not survive a fork
-        self.pool = ctx.Pool(
-            processes, initializer=_start_worker, initargs=(folder, device, scheduler)
-        )
-
-    def __call__(self, mode: str, stories: Any, settings: dict, seeds: Any) -> list:
-        tasks = [(mode, story, settings, seed) for story, seed in zip(stories, seeds)]
-        return self.pool.starmap(_render_one, tasks, chunksize=1)
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
 
 
 def parse_length_stories(text: str, lengths: list[int]) -> dict[int, int]:
