@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 
 logger = logging.getLogger("benchmarks.quality")
@@ -90,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-real-size", action="store_true", help="skip the ViT-B/32 throughput")
     p.add_argument("--throughput-frames", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--clip-variants",
+        default="eager,compiled,fp8",
+        help="CUDA: the ViT-L/14 variants timed (eager, compiled, fp8 = compiled + float8)",
+    )
+    p.add_argument("--caption-scenes", type=int, default=1024, help="CUDA: scenes captioned")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
@@ -236,20 +244,160 @@ def real_size_clip(folder: Path) -> Path:
     return folder
 
 
-def captioner_throughput(
-    folder: str, *, device: str, scenes: int, batch: int, max_new_tokens: int = 30
+def real_size_clip_l14(folder: Path) -> Path:
+    """A ViT-L/14 CLIP (OpenAI's ``clip-vit-large-patch14`` shape: 24 vision layers of width
+    1,024 at 224 px, a 12-layer text tower of width 768) with random weights."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from curate.training.clip import save_clip_folder
+    from curate.training.tokenizer import train_clip_tokenizer
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    torch.manual_seed(0)
+    tok = train_clip_tokenizer(["a photo of a cat"], vocab_size=512)
+    cfg = CLIPConfig(
+        text_config={
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 12,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 24,
+            "patch_size": 14,
+            "image_size": 224,
+        },
+        projection_dim=768,
+    )
+    save_clip_folder(CLIPModel(cfg).eval(), tok, folder, squash=False)
+    return folder
+
+
+def clip_speed(
+    folder: str, *, device: str, frames: int, variants: list[str], batch: int | None
 ) -> dict[str, Any]:
-    """Scenes/s of ``Captioner.caption_scenes`` (storyboard or middle frame, then greedy
-    decoding) on random 4-frame scenes at the pipeline's sample size."""
+    """``ClipScorer.embed_images`` (frames preprocessed on the device included) per variant
+    ("eager", "compiled", "fp8": compiled with float8 linear layers), bf16 on CUDA: frames/s,
+    FLOPs per frame (PyTorch's counter), the share of the chip's measured bf16 matrix rate,
+    warm-up (the compile), peak memory, the model alone (preprocessed batches), and the
+    cosine of each variant's embeddings with the eager ones."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.gpu_rate import matmul_rate
+    from curate.clip_score import ClipScorer
+
+    cuda = device.startswith("cuda")
+    dtype = "bfloat16" if cuda else "float32"
+    peak = matmul_rate(device, torch.bfloat16) if cuda else None
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (frames, 224, 224, 3), dtype=np.uint8)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out: dict[str, Any] = {
+        "frames": frames,
+        "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
+    }
+    reference = None
+    flops = None
+    for variant in variants:
+        scorer = ClipScorer(
+            model=folder,
+            device=device,
+            dtype=dtype,
+            batch_size=batch,
+            compile="on" if variant in ("compiled", "fp8") and cuda else "off",
+            fp8=variant == "fp8",
+        )
+        scorer.setup()
+        if flops is None:
+            one = scorer.preprocess(x[:1])
+            with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+                scorer._model.get_image_features(pixel_values=one)
+            flops = counter.get_total_flops()
+            out["flops_per_frame"] = flops
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        t = time.perf_counter()
+        scorer.embed_images(x[: scorer.batch_size])  # warm-up: kernels, the compile
+        sync()
+        warm = time.perf_counter() - t
+        t = time.perf_counter()
+        emb = scorer.embed_images(x)
+        sync()
+        dt = time.perf_counter() - t
+        # the model alone, on batches already preprocessed on the device
+        pixels = scorer.preprocess(x[: scorer.batch_size])
+        reps = max(1, frames // scorer.batch_size)
+        with torch.inference_mode():
+            scorer.image_features(pixels)
+            sync()
+            t = time.perf_counter()
+            for _ in range(reps):
+                scorer.image_features(pixels)
+            sync()
+        model_dt = (time.perf_counter() - t) / (reps * scorer.batch_size)
+        if reference is None:
+            reference = emb
+        cos = (emb * reference).sum(axis=1)
+        rate = frames / dt
+        out[variant] = {
+            "frames_per_s": rate,
+            "model_frames_per_s": 1 / model_dt,
+            "tflops_per_s": rate * flops / 1e12,
+            "utilisation_of_matmul_peak": rate * flops / peak if peak else None,
+            "model_utilisation_of_matmul_peak": flops / model_dt / peak if peak else None,
+            "warmup_s": warm,
+            "batch_size": scorer.batch_size,
+            "peak_cuda_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+            "cosine_vs_eager_min": float(cos.min()),
+            "cosine_vs_eager_mean": float(cos.mean()),
+            "parameters": sum(p.numel() for p in scorer._model.parameters()),
+        }
+        scorer.teardown()
+        del scorer
+        if cuda:
+            torch.cuda.empty_cache()
+    return out
+
+
+def captioner_throughput(
+    folder: str,
+    *,
+    device: str,
+    scenes: int,
+    batch: int | None,
+    max_new_tokens: int = 30,
+    compile: str = "off",
+) -> dict[str, Any]:
+    """Scenes/s of ``Captioner.caption_scenes`` (storyboard or middle frame, resize and
+    normalisation on the device, then greedy decoding) on random 4-frame scenes at the
+    pipeline's sample size; bf16 on CUDA; ``compile="on"`` compiles the image tower (its
+    warm-up reported as ``warmup_s``)."""
     from curate.captioner import Captioner
 
     rng = np.random.default_rng(0)
-    cap = Captioner(folder, device=device, batch_size=batch, max_new_tokens=max_new_tokens)
+    cap = Captioner(
+        folder, device=device, batch_size=batch, max_new_tokens=max_new_tokens, compile=compile
+    )
     cap.setup()
     x = [rng.integers(0, 256, (4, 224, 298, 3), dtype=np.uint8) for _ in range(scenes)]
-    cap.caption_scenes(x[: min(2, scenes)])  # warm-up
+    t = time.perf_counter()
+    cap.caption_scenes(x[: min(cap.batch_size, scenes)])  # warm-up (and the compile)
+    warm = time.perf_counter() - t
     t = time.perf_counter()
     texts = cap.caption_scenes(x)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t
     tokens = [
         len(cap._processor.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts
@@ -262,7 +410,10 @@ def captioner_throughput(
         "input": list(cap.input_size),
         "storyboard": cap.storyboard_grid is not None,
         "mean_tokens": float(np.mean(tokens)) if tokens else 0.0,
-        "batch_size": batch,
+        "batch_size": cap.batch_size,
+        "dtype": cap.dtype,
+        "compile": compile,
+        "warmup_s": warm,
     }
 
 
@@ -332,15 +483,33 @@ def main(argv: list[str] | None = None) -> int:
             captioner, device=args.device, scenes=64, batch=args.batch_size
         )
     if not args.skip_real_size:
+        cuda = args.device.startswith("cuda")
         blip = real_size_blip(Path(tempfile.gettempdir()) / "storyloom-blip-base-random")
         # about the length of a real caption, so that decoding costs what it would
         result["captioner_blip_base"] = captioner_throughput(
             str(blip),
             device=args.device,
-            scenes=8 if args.device == "cpu" else 64,
-            batch=args.batch_size,
+            scenes=8 if args.device == "cpu" else args.caption_scenes,
+            batch=None if cuda else args.batch_size,
             max_new_tokens=12,
         )
+        if cuda:
+            result["captioner_blip_base_compiled"] = captioner_throughput(
+                str(blip),
+                device=args.device,
+                scenes=args.caption_scenes,
+                batch=None,
+                max_new_tokens=12,
+                compile="on",
+            )
+            l14 = real_size_clip_l14(Path(tempfile.gettempdir()) / "storyloom-clip-vit-l14-random")
+            result["clip_vit_l14"] = clip_speed(
+                str(l14),
+                device=args.device,
+                frames=args.throughput_frames * 16,
+                variants=args.clip_variants.split(","),
+                batch=None,
+            )
         folder = real_size_clip(Path(tempfile.gettempdir()) / "storyloom-clip-vit-b32-random")
         result["throughput_vit_b32"] = throughput(
             str(folder),
@@ -726,6 +895,7 @@ def print_table(r: dict[str, Any]) -> None:
     for key, name in (
         ("captioner_shipped", "shipped captioner"),
         ("captioner_blip_base", "BLIP-base captioner (random)"),
+        ("captioner_blip_base_compiled", "BLIP-base captioner, compiled"),
     ):
         if key in r:
             t = r[key]
@@ -733,7 +903,24 @@ def print_table(r: dict[str, Any]) -> None:
                 (
                     f"{name}, {r['machine']['device']}",
                     f"{t['scenes_per_s']:.1f} scenes/s ({t['parameters'] / 1e6:.1f} M params, "
-                    f"{t['input'][0]} px, {t['mean_tokens']:.0f} tokens)",
+                    f"{t['input'][0]} px, {t['mean_tokens']:.0f} tokens, batch "
+                    f"{t['batch_size']}, warm-up {t.get('warmup_s', 0):.1f} s)",
+                )
+            )
+    if "clip_vit_l14" in r:
+        c = r["clip_vit_l14"]
+        for variant, t in c.items():
+            if not isinstance(t, dict):
+                continue
+            share = t["utilisation_of_matmul_peak"]
+            rows.append(
+                (
+                    f"ViT-L/14 CLIP {variant}, {r['machine']['device']}",
+                    f"{t['frames_per_s']:.0f} frames/s (model alone {t['model_frames_per_s']:.0f}; "
+                    f"{t['tflops_per_s']:.0f} TFLOP/s"
+                    + (f" = {share * 100:.0f} % of the matmul peak" if share else "")
+                    + f"; batch {t['batch_size']}, warm-up {t['warmup_s']:.1f} s, "
+                    f"cosine vs eager >= {t['cosine_vs_eager_min']:.4f})",
                 )
             )
     if "captioner_shipped" in r and "captioner_blip_base" in r:

@@ -41,7 +41,6 @@ from storygen.training.probe import (  # noqa: E402
     evaluate,
     held_out_stories,
     load_settings,
-    probe_rows,
 )
 
 COLUMNS = ("color", "shape", "background", "all", "motion", "identity", "flicker", "seam_ratio")

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from storygen.pipeline import StoryVideoPipeline  # noqa: E402
 from storygen.presets import build_components  # noqa: E402
@@ -92,23 +93,6 @@ def load(args: argparse.Namespace) -> tuple[StoryVideoPipeline, str]:
         name = f"random {args.preset} ({args.mode})"
     pipe.to(device)
     return pipe, name
-
-
-def matmul_rate(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 20) -> float | None:
-    """FLOP/s of large square matrix products on ``device`` (the chip's practical peak in
-    ``dtype``, measured in the same run as the benchmark); None on CPU."""
-    if not device.startswith("cuda"):
-        return None
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    torch.cuda.synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> float:

@@ -14,10 +14,18 @@ from typing import Any
 import numpy as np
 
 from .captions import normalize_caption
+from .choices import DTYPES
 from .errors import ModelFolderError
 from .models import check_captioner_folder
-from .step import check_positive
+from .step import check_choice, check_positive
 from .storyboard import storyboard
+
+#: ``compile`` choices, as :class:`~curate.clip_score.ClipScorer` takes them
+COMPILE_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+#: scenes a CUDA captioner captions eagerly before ``compile="auto"`` compiles its image tower
+COMPILE_AFTER_SCENES = 20_000
+#: scenes per batch on CUDA when ``batch_size`` is not given
+CUDA_BATCH = 256
 
 
 class Captioner:
@@ -27,6 +35,13 @@ class Captioner:
     shipped shapes-world captioner has) is captioned from scene storyboards: the sampled frames
     tiled in time order, so that the caption can name what moves where. Any other folder gets
     each scene's middle frame.
+
+    Images are resized and normalised with torch on the model's device (as the folder's
+    image processor says: size, bicubic, rescale, mean and std), not with PIL on the host.
+    ``dtype`` "auto" is bfloat16 on CUDA and float32 on the CPU; ``batch_size`` ``None`` is
+    64 on the CPU and :data:`CUDA_BATCH` on CUDA; ``compile`` "auto" compiles the image
+    tower on CUDA (static shapes, batches padded) once :data:`COMPILE_AFTER_SCENES` scenes
+    have been captioned.
     """
 
     def __init__(
@@ -37,17 +52,32 @@ class Captioner:
         max_new_tokens: int = 30,
         num_beams: int = 1,
         prompt: str | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
+        dtype: str = "auto",
+        compile: str = "auto",
     ) -> None:
         check_positive("max_new_tokens", max_new_tokens)
         check_positive("num_beams", num_beams)
-        check_positive("batch_size", batch_size)
+        if batch_size is not None:
+            check_positive("batch_size", batch_size)
+        check_choice("dtype", dtype, (*DTYPES, "auto"))
+        check_choice("compile", compile, COMPILE_CHOICES)
+        if dtype == "auto":
+            dtype = "float32" if device == "cpu" else "bfloat16"
+        if dtype != "float32" and device == "cpu":
+            raise ValueError(f"dtype {dtype!r} needs a CUDA device; use float32 on the CPU")
         self.model_path = os.fspath(model)
         self.device = device
         self.max_new_tokens = int(max_new_tokens)
         self.num_beams = int(num_beams)
         self.prompt = prompt
+        if batch_size is None:
+            batch_size = 64 if device == "cpu" else CUDA_BATCH
         self.batch_size = int(batch_size)
+        self.dtype = dtype
+        self.compile = compile
+        self.scenes_captioned = 0
+        self._compiled = False
         self.storyboard_grid: tuple[int, int] | None = None
         self._model: Any = None
 
@@ -61,12 +91,19 @@ class Captioner:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
         self.check_folder()
+        import torch
+
         try:
             self._processor = BlipProcessor.from_pretrained(self.model_path)
-            self._model = BlipForConditionalGeneration.from_pretrained(self.model_path)
+            self._model = BlipForConditionalGeneration.from_pretrained(
+                self.model_path, dtype=getattr(torch, self.dtype)
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelFolderError(f"cannot load captioner: {exc}", uri=self.model_path) from exc
         self._model = self._model.to(self.device).eval()
+        ip = self._processor.image_processor
+        self._mean = torch.tensor(ip.image_mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(ip.image_std, device=self.device).view(1, 3, 1, 1)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -75,26 +112,69 @@ class Captioner:
         size = self._processor.image_processor.size
         return int(size["height"]), int(size["width"])
 
+    def pixel_values(self, frames: np.ndarray) -> Any:
+        """``(N, H, W, 3)`` uint8 → the model's normalised ``(N, 3, h, w)`` input, on the
+        device: what the folder's image processor computes (bicubic resize to its size,
+        rescale, normalise), done with torch where the model runs."""
+        import torch
+        import torch.nn.functional as F
+
+        self.setup()
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be (N, H, W, 3) uint8, got {frames.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.device != "cpu":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float()
+        ip = self._processor.image_processor
+        size = (int(ip.size["height"]), int(ip.size["width"]))
+        if ip.do_resize and tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp(0, 255).round()  # the processor resizes 8-bit images
+        if ip.do_rescale:
+            x = x * float(ip.rescale_factor)
+        if ip.do_normalize:
+            x = (x - self._mean) / self._std
+        return x.to(self._model.dtype)
+
+    def _maybe_compile(self) -> None:
+        if self._compiled or self.compile == "off" or self.device == "cpu":
+            return
+        if self.compile == "auto" and self.scenes_captioned < COMPILE_AFTER_SCENES:
+            return
+        from .compile_cache import use_compile_cache
+
+        use_compile_cache()
+        self._model.vision_model.compile(dynamic=False)
+        self._compiled = True
+
     def caption(self, frames: np.ndarray) -> list[str]:
         """One caption per ``(H, W, 3)`` uint8 image."""
         import torch
 
         self.setup()
-        images = list(np.asarray(frames))
+        frames = np.asarray(frames)
         texts: list[str] = []
-        for a in range(0, len(images), self.batch_size):
-            kwargs: dict[str, Any] = {
-                "images": images[a : a + self.batch_size],
-                "return_tensors": "pt",
-            }
+        for a in range(0, len(frames), self.batch_size):
+            self._maybe_compile()
+            pixels = self.pixel_values(frames[a : a + self.batch_size])
+            n = len(pixels)
+            if self._compiled and n < self.batch_size:  # one static shape
+                pad = pixels[-1:].expand(self.batch_size - n, *pixels.shape[1:])
+                pixels = torch.cat([pixels, pad])
+            kwargs: dict[str, Any] = {"pixel_values": pixels}
             if self.prompt:
-                kwargs["text"] = [self.prompt] * len(kwargs["images"])
-            inputs = self._processor(**kwargs).to(self.device)
+                enc = self._processor.tokenizer(
+                    [self.prompt] * len(pixels), return_tensors="pt"
+                ).to(self.device)
+                kwargs.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
             with torch.inference_mode():
                 ids = self._model.generate(
-                    **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
+                    **kwargs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
                 )
-            texts += self._processor.batch_decode(ids, skip_special_tokens=True)
+            texts += self._processor.batch_decode(ids[:n], skip_special_tokens=True)
+            self.scenes_captioned += n
         return [normalize_caption(t) for t in texts]
 
     def scene_image(self, frames: np.ndarray) -> np.ndarray:

@@ -41,6 +41,15 @@ from .storyboard import STORYBOARD_GRID, storyboard
 
 logger = logging.getLogger(__name__)
 
+#: ``compile`` choices: ``auto`` compiles the image tower on CUDA once a job has proved long
+#: (:data:`COMPILE_AFTER_FRAMES`); ``on`` from the first batch; ``off`` never
+COMPILE_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+#: frames a CUDA scorer embeds eagerly before ``compile="auto"`` compiles its image tower: a
+#: job this long repays the compile (about a minute cold, seconds from the on-disk cache)
+COMPILE_AFTER_FRAMES = 50_000
+#: bounds of the batch a CUDA scorer sizes from free memory (frames per forward pass)
+AUTO_BATCH = (64, 1024)
+
 
 def aggregate_scores(scores: np.ndarray, how: str) -> float:
     check_choice("aggregate", how, AGGREGATES)
@@ -59,8 +68,13 @@ class ClipScorer(Step[dict, dict]):
     """Score clip captions against their sampled frames with a CLIP model.
 
     Settings (keyword-only): ``model`` (folder or hub id, default the shipped shapes-world
-    CLIP), ``device`` ("cpu", "cuda", "cuda:1"), ``dtype`` ("float32"; "bfloat16" / "float16"
-    on CUDA), ``batch_size`` (frames per forward pass), ``aggregate`` (over frames),
+    CLIP), ``device`` ("cpu", "cuda", "cuda:1"), ``dtype`` ("auto": bfloat16 on CUDA, float32
+    on the CPU; "float32"; "bfloat16" / "float16" on CUDA), ``batch_size`` (frames per forward
+    pass; ``None``: 64 on the CPU, sized from free memory on CUDA), ``compile`` ("auto": on
+    CUDA, ``torch.compile`` the image tower with static shapes once
+    :data:`COMPILE_AFTER_FRAMES` frames have been embedded; "on"; "off"), ``fp8`` (CUDA,
+    compute capability 8.9+, needs ``torchao``: the image tower's linear layers in float8 with
+    per-row scales), ``aggregate`` (over frames),
     ``caption_mode`` ("best_fragment" or "whole"), ``text_cache_size`` (distinct texts whose
     embeddings are kept), ``num_threads`` (torch CPU threads; ``None`` leaves torch's default),
     ``storyboard`` (also embed each scene's sampled frames tiled in time order, which is what
@@ -75,8 +89,10 @@ class ClipScorer(Step[dict, dict]):
         *,
         model: str | os.PathLike[str] = DEFAULT_MODEL,
         device: str = "cpu",
-        dtype: str = "float32",
-        batch_size: int = 64,
+        dtype: str = "auto",
+        batch_size: int | None = None,
+        compile: str = "auto",
+        fp8: bool = False,
         aggregate: str = "mean",
         caption_mode: str = "best_fragment",
         text_cache_size: int = 4096,
@@ -85,10 +101,16 @@ class ClipScorer(Step[dict, dict]):
     ) -> None:
         if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        check_choice("dtype", dtype, DTYPES)
+        check_choice("dtype", dtype, (*DTYPES, "auto"))
+        if dtype == "auto":
+            dtype = "float32" if device == "cpu" else "bfloat16"
         if dtype != "float32" and device == "cpu":
             raise ValueError(f"dtype {dtype!r} needs a CUDA device; use float32 on the CPU")
-        check_positive("batch_size", batch_size)
+        if batch_size is not None:
+            check_positive("batch_size", batch_size)
+        check_choice("compile", compile, COMPILE_CHOICES)
+        if fp8 and device == "cpu":
+            raise ValueError("fp8 needs a CUDA device (compute capability 8.9 or newer)")
         check_choice("aggregate", aggregate, AGGREGATES)
         check_choice("caption_mode", caption_mode, CAPTION_MODES)
         check_positive("text_cache_size", text_cache_size, allow_zero=True)
@@ -97,7 +119,14 @@ class ClipScorer(Step[dict, dict]):
         self.model_path = os.fspath(model)
         self.device = device
         self.dtype = dtype
-        self.batch_size = int(batch_size)
+        # None: sized in setup() (from free memory on CUDA)
+        self.batch_size = int(batch_size) if batch_size is not None else 64
+        self._auto_batch = batch_size is None and device != "cpu"
+        self.compile = compile
+        self.fp8 = bool(fp8)
+        self._image_fn: Any = None  # the compiled image tower, once compiled
+        self.frames_embedded = 0
+        self.compile_time_s: float | None = None
         self.aggregate = aggregate
         self.caption_mode = caption_mode
         self.text_cache_size = int(text_cache_size)
@@ -137,6 +166,10 @@ class ClipScorer(Step[dict, dict]):
         self._tokenizer = tokenizer
         self._torch = torch
         self._torch_dtype = torch_dtype
+        if self.fp8:
+            self._to_fp8(source)
+        if self._auto_batch:
+            self.batch_size = self._batch_from_free_memory()
         self._configure_preprocessing(preprocess)
         self.storyboard_grid = self._storyboard_grid(source)
         config: Any = model.config
@@ -153,6 +186,78 @@ class ClipScorer(Step[dict, dict]):
             self.input_size[1],
             self.embedding_dim,
         )
+
+    def _to_fp8(self, source: str) -> None:
+        """The image tower's linear layers in float8 (dynamic per-row activation scales,
+        per-row weight scales) through torchao."""
+        torch = self._torch
+        major, minor = torch.cuda.get_device_capability(torch.device(self.device))
+        if (major, minor) < (8, 9):
+            raise ModelFolderError(
+                f"fp8 needs compute capability 8.9 or newer, this GPU has {major}.{minor}",
+                uri=source,
+            )
+        try:
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                PerRow,
+                quantize_,
+            )
+        except ImportError as exc:
+            raise ModelFolderError(
+                f"fp8 needs torchao (pip install 'storyloom[gpu]'): {exc}", uri=source
+            ) from exc
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        quantize_(self._model.vision_model, config)
+        quantize_(self._model.visual_projection, config)
+
+    def _batch_from_free_memory(self) -> int:
+        """Frames per forward pass on CUDA: what a quarter of the free memory holds of one
+        encoder layer's live activations, as a power of two in :data:`AUTO_BATCH`."""
+        torch = self._torch
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        vc = self._model.config.vision_config
+        tokens = (int(vc.image_size) // int(vc.patch_size)) ** 2 + 1
+        width = int(vc.intermediate_size) + 4 * int(vc.hidden_size)
+        per_frame = tokens * width * torch.empty((), dtype=self._torch_dtype).element_size() * 2
+        fits = max(1, int(free * 0.25 // per_frame))
+        lo, hi = AUTO_BATCH
+        return max(lo, min(hi, 1 << (fits.bit_length() - 1)))
+
+    def _maybe_compile(self) -> None:
+        """Compile the image tower (static shapes: every batch is padded to ``batch_size``)
+        when ``compile`` says so; graphs go to storyloom's on-disk Inductor cache."""
+        if self._image_fn is not None or self.compile == "off" or self.device == "cpu":
+            return
+        if self.compile == "auto" and self.frames_embedded < COMPILE_AFTER_FRAMES:
+            return
+        from .compile_cache import use_compile_cache
+
+        cache = use_compile_cache()
+        self._image_fn = self._torch.compile(self._model.get_image_features, dynamic=False)
+        logger.info("compiling CLIP's image tower (graphs cached in %s)", cache)
+
+    def image_features(self, pixels: Any) -> Any:
+        """The image tower on a preprocessed batch (compiled batches padded to
+        ``batch_size`` rows, the padding dropped): ``(n, D)`` projected features, on the
+        device, not normalised."""
+        self._maybe_compile()
+        if self._image_fn is None:
+            return projected_features(self._model.get_image_features(pixel_values=pixels))
+        n = len(pixels)
+        if n < self.batch_size:
+            pad = pixels[-1:].expand(self.batch_size - n, *pixels.shape[1:])
+            pixels = self._torch.cat([pixels, pad])
+        first = self.compile_time_s is None
+        if first:
+            import time
+
+            started = time.perf_counter()
+        out = projected_features(self._image_fn(pixel_values=pixels))[:n]
+        if first:
+            self._torch.cuda.synchronize()
+            self.compile_time_s = time.perf_counter() - started
+        return out
 
     def _storyboard_grid(self, source: str) -> tuple[int, int] | None:
         """Whether (and how) scenes get a storyboard embedding: ``storyboard=True`` always
@@ -272,7 +377,9 @@ class ClipScorer(Step[dict, dict]):
 
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (N, H, W, 3), got shape {frames.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.device != "cpu":  # uint8 crosses the bus: a quarter of float32's bytes
+            x = x.pin_memory().to(self.device, non_blocking=True)
         x = rearrange(x, "n h w c -> n c h w").float()
         h, w = x.shape[-2:]
         new_hw: tuple[int, int] | None = None
@@ -308,9 +415,11 @@ class ClipScorer(Step[dict, dict]):
         with self._torch.inference_mode():
             for i in range(0, len(frames), self.batch_size):
                 pixels = self.preprocess(frames[i : i + self.batch_size])
-                feats = self._model.get_image_features(pixel_values=pixels)
-                out.append(projected_features(feats).float().cpu().numpy())
-        return _l2_normalize(np.concatenate(out))
+                # kept on the device: one copy back per call, no sync between batches
+                out.append(self.image_features(pixels).float())
+                self.frames_embedded += len(pixels)
+            feats = self._torch.cat(out).cpu().numpy()
+        return _l2_normalize(feats)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm text embeddings, ``list[str]`` → ``(N, D)`` float32.

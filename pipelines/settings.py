@@ -230,7 +230,12 @@ class RunSettings:
     inference_batch_videos: int = option(
         8, "videos per RunInference batch", type=positive_int, cli=False
     )
-    clip_batch_size: int = option(64, "frames per CLIP forward pass", type=positive_int, cli=False)
+    clip_batch_size: int | None = option(
+        None,
+        "frames per CLIP forward pass (default: 64 on the CPU, sized from free memory on CUDA)",
+        type=positive_int,
+        cli=False,
+    )
     #: the parsed :class:`curate.threshold.Threshold`, set by :meth:`resolved` (not an option)
     resolved_threshold: Any = option(None, cli=False, beam=False)
 

@@ -22,24 +22,25 @@ index 0"), about a minute each. The static, padded shapes are not yet measured o
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
+
+from curate.compile_cache import CACHE_ENV, compile_cache_dir, use_compile_cache
+
+__all__ = [
+    "CACHE_ENV",
+    "COMPILE_CHOICES",
+    "compile_cache_dir",
+    "compile_unet",
+    "is_compiled",
+    "padded_rows",
+    "resolve_compile",
+]
 
 logger = logging.getLogger(__name__)
 
 #: the choices of ``compile`` (``storygen render --compile``)
 COMPILE_CHOICES = ("on", "off")
-#: the environment variable that overrides where compiled graphs are cached
-CACHE_ENV = "STORYLOOM_COMPILE_CACHE"
 _COMPILED_FLAG = "_storyloom_compiled"
-
-
-def compile_cache_dir() -> Path:
-    """Where Inductor keeps compiled graphs: ``$STORYLOOM_COMPILE_CACHE``, else
-    ``$TORCHINDUCTOR_CACHE_DIR``, else ``~/.cache/storyloom/inductor``."""
-    given = os.environ.get(CACHE_ENV) or os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    return Path(given) if given else Path.home() / ".cache" / "storyloom" / "inductor"
 
 
 def resolve_compile(choice: str | bool | None) -> bool:
@@ -59,9 +60,7 @@ def compile_unet(unet: Any) -> None:
         return
     import torch._dynamo
 
-    cache = compile_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)  # the folder compile_cache_dir chose
+    cache = use_compile_cache()
     # one graph per (row bucket, call length): a handful, more than dynamo's default of 8
     # would only be reached by plans of many uneven call lengths
     config = torch._dynamo.config

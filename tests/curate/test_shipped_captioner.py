@@ -104,3 +104,36 @@ def test_storyboard_input_comes_from_the_folder(tmp_path, captioner):
 
     with pytest.raises(ModelFolderError, match="captioning.json|grid"):
         Captioner(plain).check_folder()
+
+
+def test_device_side_preprocessing_matches_the_folder_processor(captioner):
+    """Resize and normalisation run with torch where the model runs: against the folder's
+    own image processor (PIL), within a fraction of an 8-bit level on average, a few at worst (shape edges, noise)."""
+    import torch
+
+    from curate.shapes import SceneRenderer, random_facts
+
+    rng = np.random.default_rng(5)
+    shapes = np.stack(
+        [
+            SceneRenderer(random_facts(rng), num_frames=9, width=298, height=224, seed=rng).frame(4)
+            for _ in range(6)
+        ]
+    )
+    noise = rng.integers(0, 256, (4, 224, 298, 3), dtype=np.uint8)
+    std = torch.tensor(captioner._processor.image_processor.image_std).view(1, 3, 1, 1)
+    for images, worst in ((shapes, 3.01), (noise, 8.0)):
+        want = captioner._processor(images=list(images), return_tensors="pt")["pixel_values"]
+        got = captioner.pixel_values(images)
+        levels = (got - want).abs() * std * 255
+        assert levels.max().item() <= worst
+        assert levels.mean().item() < 0.5
+
+
+def test_speed_settings_resolve_per_device():
+    cap = Captioner(DEFAULT_CAPTIONER)
+    assert (cap.dtype, cap.batch_size, cap.compile) == ("float32", 64, "auto")
+    cuda = Captioner(DEFAULT_CAPTIONER, device="cuda")
+    assert (cuda.dtype, cuda.batch_size) == ("bfloat16", 256)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Captioner(DEFAULT_CAPTIONER, dtype="bfloat16")
