@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
+from schemas.cli import auto_or_positive_int  # noqa: E402
 from storygen.pipeline import StoryVideoPipeline  # noqa: E402
 from storygen.presets import build_components  # noqa: E402
 
@@ -199,10 +200,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "s_per_frame": wall / n,
                 "peak_rss_bytes": rss.peak,
                 "peak_cuda_bytes": (
-                    max(torch.cuda.max_memory_allocated(d) for d in devices or [args.device])
+                    max(
+                        stats.peak_memory_bytes,
+                        *(torch.cuda.max_memory_allocated(d) for d in devices or [args.device]),
+                    )
                     if args.device.startswith("cuda")
                     else None
                 ),
+                "micro_batches": stats.micro_batches,
+                "call_bytes": stats.call_bytes,
                 **consistency(out.frames, out.plan),
             }
             rows.append(row)
@@ -331,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="default 2 on CPU, 10 on GPU")
     p.add_argument("--guidance", type=float, default=None, help="default 1 on CPU, 7.5 on GPU")
-    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument(
+        "--micro-batch",
+        type=auto_or_positive_int,
+        default="auto",
+        help="calls per forward pass, or auto (16 on the CPU, from free memory on CUDA)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--compile",

@@ -47,7 +47,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from curate.isolation import traceback_tail
 from curate.shards import check_output_dir
 from schemas import read_parquet, rows_to_table, video_failure_row, write_parquet
-from schemas.cli import setup_logging
+from schemas.cli import auto_or_positive_int, setup_logging
 from storygen.script import script_from_stories_row
 
 from .options import runner_flags
@@ -137,10 +137,11 @@ RENDER_FLAGS = (
     (
         "--render_micro_batch",
         {
-            "type": int,
-            "default": 16,
+            "type": auto_or_positive_int,
+            "default": "auto",
             "metavar": "N",
-            "help": "model calls per forward pass (default 16)",
+            "help": "model calls per forward pass, or auto (16 on the CPU, sized from free "
+            "memory on CUDA; default auto)",
         },
     ),
     (
@@ -223,7 +224,7 @@ class RenderSettings:
     guidance: float | None = None
     fps: float | None = None
     seed: int = 0
-    micro_batch: int = 16
+    micro_batch: int | str = "auto"
     video_format: str = "mp4"
     overwrite: bool = False
     #: stories to render in this run (for the progress lines)

@@ -93,6 +93,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def auto_or_positive_int(text: str) -> int | str:
+    """``auto`` (the tool sizes it) or a positive integer."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (``inf`` and ``nan`` are refused here, not deep in a run)."""
     try:

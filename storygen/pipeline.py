@@ -217,7 +217,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         guidance_scale: float,
         height: int,
         width: int,
-        micro_batch: int,
+        micro_batch: int | str,
         output_type: str | None,
         resample_steps: int,
         jump_length: int,
@@ -233,10 +233,13 @@ class StoryVideoPipeline(DiffusionPipeline):
                 raise ValueError(f"got {len(prompt)} per-frame prompts for num_frames={num_frames}")
         if isinstance(prompt, str) and num_frames is None:
             raise ValueError("num_frames is required with a single prompt string")
+        if micro_batch != "auto" and (
+            isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1
+        ):
+            raise ValueError(f"micro_batch must be an integer >= 1 or 'auto', got {micro_batch!r}")
         for name, value, low in (
             ("frames_per_call", frames_per_call, 3),
             ("num_inference_steps", num_inference_steps, 1),
-            ("micro_batch", micro_batch, 1),
             ("resample_steps", resample_steps, 1),
             ("jump_length", jump_length, 1),
         ):
@@ -431,7 +434,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         generator: torch.Generator | int | None = None,
         height: int | None = None,
         width: int | None = None,
-        micro_batch: int = 16,
+        micro_batch: int | str = "auto",
         output_type: str | None = "np",
         output_path: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -455,8 +458,9 @@ class StoryVideoPipeline(DiffusionPipeline):
         it. ``num_inference_steps``, ``guidance_scale``, ``frames_per_call``, ``height`` and
         ``width`` default to the model folder's ``sampling.json``, else 25 steps, guidance 3,
         16 frames per call and the model's size. ``guidance_scale`` 1 turns classifier-free
-        guidance off. ``micro_batch``: calls per
-        forward pass. ``devices``: spread the calls of a level over these devices (one model
+        guidance off. ``micro_batch``: calls per forward pass; ``"auto"`` is 16 on the CPU
+        and, on CUDA, as many as half the free memory holds once a batch has shown what a
+        call takes (a power of two, at most 128; the first level runs at 16). ``devices``: spread the calls of a level over these devices (one model
         copy each). ``cache_dir``: keep each finished batch of calls on disk and resume from
         it. ``output_path``: stream frames to a video file (mp4 / gif) as soon as they are
         final; with ``output_type=None`` no frames are kept in memory.
@@ -540,7 +544,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         jump_length: int | None,
         reconstruction_guidance: float,
         negative_prompt: str,
-        micro_batch: int,
+        micro_batch: int | str,
         devices: Sequence[str | torch.device] | None,
         progress: bool,
         compile: str = "off",

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from schemas.cli import non_negative_float, positive_float, positive_int
+from schemas.cli import auto_or_positive_int, non_negative_float, positive_float, positive_int
 from storygen.cli import DEFAULT_MODEL, DTYPES, default_model, torch_dtype
 from storygen.export import plan_sheet
 from storygen.plan import (
@@ -210,9 +210,10 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dtype", choices=DTYPES, help="(default: float32)")
     g.add_argument(
         "--micro-batch",
-        type=positive_int,
-        default=16,
-        help="model calls per forward pass (default: 16)",
+        type=auto_or_positive_int,
+        default="auto",
+        help="model calls per forward pass, or auto: 16 on the CPU, on CUDA sized from free "
+        "memory once a batch has been measured (default: auto)",
     )
     g.add_argument(
         "--compile",

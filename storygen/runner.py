@@ -36,6 +36,15 @@ from storygen.settings import RenderSettings
 from storygen.sink import FrameSink
 from storygen.text import PromptCache
 
+#: ``micro_batch="auto"``: calls per forward pass on the CPU, and on CUDA until a batch has
+#: been measured
+AUTO_MICRO_BATCH = 16
+#: ``micro_batch="auto"`` on CUDA: the most calls per forward pass, and the share of the free
+#: memory a batch may take (the rest: the allocator's slack, VAE decode, the next batch's
+#: inputs)
+AUTO_MICRO_BATCH_MAX = 128
+AUTO_MEMORY_SHARE = 0.5
+
 
 @dataclass
 class GenerationStats:
@@ -61,6 +70,10 @@ class GenerationStats:
     cache_dir: str | None = None
     #: whether the UNet ran compiled (storygen.accel)
     compiled: bool = False
+    #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
+    micro_batches: list[int] = field(default_factory=list)
+    #: CUDA memory one model call took (both guidance branches), as measured by the runner
+    call_bytes: int | None = None
     #: seconds of every batch by its shape ("calls x frames"): the first batch of a shape
     #: includes compiling (or cuDNN's autotuning), :meth:`warmup_s` counts it apart
     batch_times_s: dict[str, list[float]] = field(default_factory=dict)
@@ -82,7 +95,8 @@ class GenerationStats:
         """Peak CUDA memory allocated on the run's CUDA devices, else this process's peak RSS."""
         cuda = [torch.device(d) for d in self.devices if str(d).startswith("cuda")]
         if cuda:
-            self.peak_memory_bytes = max(torch.cuda.max_memory_allocated(d) for d in cuda)
+            now = max(torch.cuda.max_memory_allocated(d) for d in cuda)
+            self.peak_memory_bytes = max(self.peak_memory_bytes, now)
             self.peak_memory_kind = "cuda-allocated"
         else:
             # ru_maxrss is in KiB on Linux
@@ -268,6 +282,14 @@ class PlanRunner:
         negative = None if self.negative is None else self.negative.to(device)[None, None]
         unet = self.unet_on(batch.level, device)
         on_step, finish = self.progress.watch(batch.calls) if self.progress else (None, None)
+        measure = self.settings.micro_batch == "auto" and device.type == "cuda"
+        if measure:  # what the batch takes beyond what is already held
+            with self._lock:
+                self.stats.peak_memory_bytes = max(
+                    self.stats.peak_memory_bytes, torch.cuda.max_memory_allocated(device)
+                )
+            torch.cuda.reset_peak_memory_stats(device)
+            held = torch.cuda.memory_allocated(device)
         started = time.perf_counter()
         samples, forwards = self.pipe.denoise(
             unet,
@@ -279,6 +301,10 @@ class PlanRunner:
         if finish is not None:
             finish()
         samples = samples.float().cpu()  # waits for the device: the batch's time ends here
+        if measure:
+            per_call = (torch.cuda.max_memory_allocated(device) - held) // len(batch.calls)
+            with self._lock:
+                self.stats.call_bytes = max(self.stats.call_bytes or 0, int(per_call))
         shape = f"{len(batch.calls)}x{len(batch.calls[0])}"
         with self._lock:
             self.stats.batch_times_s.setdefault(shape, []).append(time.perf_counter() - started)
@@ -293,7 +319,8 @@ class PlanRunner:
         A level of an uneven plan alternates call lengths (3 and 4 frames, say); grouping by
         length rather than by run keeps the batches full.
         """
-        size, parts = self.settings.micro_batch, len(self.devices)
+        size, parts = self.micro_batch(), len(self.devices)
+        self.stats.micro_batches.append(size)
         groups: dict[int, list[tuple[int, Call]]] = {}
         for idx, call in todo:
             groups.setdefault(len(call), []).append((idx, call))
@@ -309,6 +336,27 @@ class PlanRunner:
                 start += len(chunk)
                 out.append(CallBatch(level, [i for i, _ in chunk], [c for _, c in chunk]))
         return sorted(out, key=lambda b: b.indices[0])
+
+    def micro_batch(self) -> int:
+        """Calls per forward pass for the next level: the setting, or for ``"auto"``
+        :data:`AUTO_MICRO_BATCH` on the CPU (and on CUDA before any batch was measured),
+        else what :data:`AUTO_MEMORY_SHARE` of the free memory of the tightest device holds
+        at the measured bytes per call, as a power of two (compiled graphs are padded to
+        one) up to :data:`AUTO_MICRO_BATCH_MAX`."""
+        setting = self.settings.micro_batch
+        if setting != "auto":
+            return int(setting)
+        cuda = [d for d in self.devices if d.type == "cuda"]
+        if not cuda or not self.stats.call_bytes:
+            return AUTO_MICRO_BATCH
+        free = min(
+            torch.cuda.mem_get_info(d)[0]
+            + torch.cuda.memory_reserved(d)
+            - torch.cuda.memory_allocated(d)
+            for d in cuda
+        )
+        fits = max(1, int(free * AUTO_MEMORY_SHARE) // self.stats.call_bytes)
+        return min(AUTO_MICRO_BATCH_MAX, 1 << (fits.bit_length() - 1))
 
     # ---------------------------------------------------------------- levels
     def start_progress(self, level: Level, todo: list[tuple[int, Call]]) -> None:

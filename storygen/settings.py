@@ -97,7 +97,9 @@ class RenderSettings:
     jump_length: int
     reconstruction_guidance: float
 
-    micro_batch: int = 16
+    #: model calls per forward pass, or "auto" (16 on the CPU; on CUDA sized from free memory
+    #: and the memory a call was measured to take, see storygen.runner)
+    micro_batch: int | str = "auto"
     devices: tuple[str | torch.device, ...] | None = None
     progress: bool = True
     #: compile the UNet ("on" / "off", see storygen.accel)

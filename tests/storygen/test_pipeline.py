@@ -111,6 +111,44 @@ def test_micro_batch_size_does_not_change_the_video(pipe, reference):
     torch.testing.assert_close(one, reference, rtol=0, atol=BATCH_ATOL)
 
 
+def test_auto_micro_batch_is_sixteen_on_the_cpu(pipe, reference):
+    out = pipe(PROMPTS, 17, output_type="latent", **RUN)  # micro_batch="auto" by default
+    assert out.stats.micro_batches == [16] * len(out.plan.levels)
+    assert out.stats.call_bytes is None  # nothing measured off CUDA
+    torch.testing.assert_close(out.frames, reference, rtol=0, atol=BATCH_ATOL)
+    with pytest.raises(ValueError, match="micro_batch must be an integer >= 1 or 'auto'"):
+        pipe(PROMPTS, 17, output_type="latent", micro_batch="big", **RUN)
+
+
+def test_auto_micro_batch_on_cuda_fills_half_the_free_memory(monkeypatch):
+    """Sized from the tightest device's free memory (plus the allocator's cached slack) and
+    the measured bytes per call: a power of two, at most AUTO_MICRO_BATCH_MAX."""
+    from types import SimpleNamespace
+
+    from storygen import runner
+
+    gib = 1 << 30
+    free = {0: 40 * gib, 1: 20 * gib}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (free[d.index], 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 2 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 1 * gib)
+    fake = SimpleNamespace(
+        settings=SimpleNamespace(micro_batch="auto"),
+        devices=[torch.device("cuda:0"), torch.device("cuda:1")],
+        stats=SimpleNamespace(call_bytes=None),
+    )
+    size = runner.PlanRunner.micro_batch
+    assert size(fake) == runner.AUTO_MICRO_BATCH  # nothing measured yet
+    fake.stats.call_bytes = 300 * (1 << 20)  # 300 MiB a call: (20 + 1) GiB / 2 / 300 MiB = 35
+    assert size(fake) == 32
+    fake.stats.call_bytes = 10 * (1 << 20)
+    assert size(fake) == runner.AUTO_MICRO_BATCH_MAX
+    fake.stats.call_bytes = 64 * gib  # one call does not fit: still one
+    assert size(fake) == 1
+    fake.settings.micro_batch = 5
+    assert size(fake) == 5
+
+
 def test_two_cpu_devices_give_the_single_device_video(pipe, reference):
     out = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, devices=["cpu", "cpu"], **RUN)
     assert out.stats.devices == ["cpu", "cpu"]
