@@ -3,7 +3,10 @@
 :class:`MaskedUNet3D` is diffusers' :class:`~diffusers.UNet3DConditionModel` (the ModelScope
 text-to-video UNet) whose input carries the condition video as extra channels, as inpainting
 UNets do: ``[noisy frames (C), known frames (C, zero where unknown), mask (1)]``, so
-``in_channels = 2C + 1`` and ``out_channels = C``. With an all-zero mask it is the global model;
+``in_channels = 2C + 1`` and ``out_channels = C``; with ``progress_channel`` one more channel
+holds each frame's progress through its prompt's segment (0 at the segment's first frame, 1
+at its last), which tells a keyframe drawn seconds from its neighbours where along the
+prompted motion it stands. With an all-zero mask it is the global model;
 with the first and last frame known it is NUWA-XL's local model. Its config (constructor
 kwargs) round-trips through ``save_pretrained`` / ``from_pretrained`` as JSON beside safetensors.
 
@@ -27,7 +30,13 @@ from einops import rearrange
 
 # diffusers' pipeline loader resolves a saved component ["storygen.models", "MaskedUNet3D"] by
 # looking up its base classes (ModelMixin) in this module: keep ModelMixin importable here
-__all__ = ["MaskedUNet3D", "ModelMixin", "spacing_embedding", "unet3d_forward"]
+__all__ = [
+    "MaskedUNet3D",
+    "ModelMixin",
+    "add_progress_channel",
+    "spacing_embedding",
+    "unet3d_forward",
+]
 
 
 def spacing_embedding(spacing: torch.Tensor, dim: int) -> torch.Tensor:
@@ -145,6 +154,7 @@ class MaskedUNet3D(UNet3DConditionModel):
     ``sample_channels`` is C, the channels of a frame in model space (3 for pixels, 4 for SD
     latents). ``time_cond_proj_dim``, when set, adds the embedding of the call's frame spacing
     to the timestep embedding, so one network serves every level of the plan.
+    ``progress_channel`` adds the input channel of each frame's segment progress.
     """
 
     @register_to_config
@@ -177,10 +187,12 @@ class MaskedUNet3D(UNet3DConditionModel):
         attention_head_dim: int | tuple[int] = 64,
         num_attention_heads: int | tuple[int] | None = None,
         time_cond_proj_dim: int | None = None,
+        progress_channel: bool = False,
     ):
         if sample_channels < 1:
             raise ValueError(f"sample_channels must be >= 1, got {sample_channels!r}")
-        expected_in, expected_out = 2 * sample_channels + 1, sample_channels
+        expected_in = 2 * sample_channels + 1 + int(progress_channel)
+        expected_out = sample_channels
         if in_channels not in (None, expected_in) or out_channels not in (None, expected_out):
             raise ValueError(
                 f"in_channels={in_channels!r} / out_channels={out_channels!r} do not match "
@@ -209,6 +221,10 @@ class MaskedUNet3D(UNet3DConditionModel):
     def sample_channels(self) -> int:
         return int(self.config["sample_channels"])
 
+    @property
+    def has_progress(self) -> bool:
+        return bool(self.config.get("progress_channel", False))
+
     def forward(  # type: ignore[override]
         self,
         sample: torch.Tensor,
@@ -217,14 +233,16 @@ class MaskedUNet3D(UNet3DConditionModel):
         known: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         spacing: torch.Tensor | None = None,
+        progress: torch.Tensor | None = None,
         return_dict: bool = False,
     ) -> torch.Tensor:
         """Predict noise (or v) for ``sample`` given the known frames.
 
         sample, known: (B, C, F, H, W); mask: (B, F) with 1 where a frame is known (known is
         multiplied by it, so its values at unknown frames never matter); spacing: (B,) frames
-        of the final video between adjacent frames of the call; encoder_hidden_states:
-        (B, F, S, D) or (B, S, D).
+        of the final video between adjacent frames of the call; progress: (B, F) each frame's
+        place in its prompt's segment, 0 to 1 (a model without ``progress_channel`` ignores
+        it; None is read as 0); encoder_hidden_states: (B, F, S, D) or (B, S, D).
         """
         b, c, f, h, w = sample.shape
         if c != self.sample_channels:
@@ -234,10 +252,31 @@ class MaskedUNet3D(UNet3DConditionModel):
         mask = mask.to(sample.dtype)
         known = sample.new_zeros(sample.shape) if known is None else known.to(sample.dtype)
         mask_map = mask[:, None, :, None, None].expand(b, 1, f, h, w)
-        x = torch.cat([sample, known * mask_map, mask_map], dim=1)
+        parts = [sample, known * mask_map, mask_map]
+        if self.has_progress:
+            p = sample.new_zeros(b, f) if progress is None else progress.to(sample.dtype)
+            parts.append(p[:, None, :, None, None].expand(b, 1, f, h, w))
+        x = torch.cat(parts, dim=1)
         cond = None
         if self.config["time_cond_proj_dim"] is not None:
             if spacing is None:
                 spacing = sample.new_ones(b)
             cond = spacing_embedding(spacing.to(sample.device), self.config["time_cond_proj_dim"])
         return unet3d_forward(self, x, timestep, encoder_hidden_states, timestep_cond=cond)
+
+
+def add_progress_channel(unet: MaskedUNet3D) -> MaskedUNet3D:
+    """A copy of ``unet`` with the progress input channel, its weights zero: it computes
+    exactly what ``unet`` computes until training teaches it to read the channel (a model
+    trained without it continues with ``storygen train --init``)."""
+    if unet.has_progress:
+        return unet
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    config.update(progress_channel=True, in_channels=None)
+    grown = MaskedUNet3D(**config)
+    state = dict(unet.state_dict())
+    w = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 1, *w.shape[2:])], dim=1)
+    grown.load_state_dict(state)
+    grown = grown.to(unet.device)
+    return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)

@@ -52,6 +52,7 @@ from storygen.plan import (
     autoregressive_plan,
     build_plan,
     plan_story,
+    segment_progress,
     with_prompts,
 )
 from storygen.runner import CallBatch, CallResult, GenerationStats, PlanRunner
@@ -329,7 +330,8 @@ class StoryVideoPipeline(DiffusionPipeline):
     ) -> CallInputs:
         """A batch's inputs: each call's starting noise, from its own generator seeded with
         :func:`call_seed`; the frames ``frames`` gives it and their mask; its per-frame
-        prompt embeddings (from ``text``) and frame spacing."""
+        prompt embeddings (from ``text``), frame spacing and each frame's progress through its
+        prompt's segment."""
         c = self.sample_channels
         h, w = settings.height // self.vae_scale, settings.width // self.vae_scale
         f = len(batch.calls[0])
@@ -349,6 +351,10 @@ class StoryVideoPipeline(DiffusionPipeline):
         spacing = torch.tensor(
             [(call.frames[-1] - call.frames[0]) / max(len(call) - 1, 1) for call in batch.calls]
         )
+        progress = torch.tensor(
+            [call.progress or segment_progress(call.prompts or [""] * f) for call in batch.calls],
+            dtype=torch.float32,
+        )
         return CallInputs(
             noise=torch.stack(noise),
             known=known,
@@ -356,6 +362,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             context=context,
             spacing=spacing,
             generators=generators,
+            progress=progress,
         )
 
     @torch.no_grad()

@@ -49,6 +49,8 @@ class CallInputs:
     spacing: torch.Tensor
     #: one per call, for the noise drawn while sampling (stays on the CPU)
     generators: list[torch.Generator] = field(default_factory=list)
+    #: (B, F): how far each frame is into its prompt's segment (0 to 1); None: not known
+    progress: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> CallInputs:
         return replace(
@@ -58,6 +60,7 @@ class CallInputs:
             mask=self.mask.to(device),
             context=self.context.to(device),
             spacing=self.spacing.to(device),
+            progress=None if self.progress is None else self.progress.to(device),
         )
 
 
@@ -76,22 +79,33 @@ def guided_output(
     (None: no guidance, one forward pass).
     """
     context, known, mask, spacing = inputs.context, inputs.known, inputs.mask, inputs.spacing
-    if negative is not None:
+    progress = inputs.progress
+    if progress is None:
+        progress = mask.new_zeros(mask.shape)
+    if negative is not None:  # the unconditional branch drops the text, keeps the timing
         x = torch.cat([x, x])
         context = torch.cat([negative.expand_as(context), context])
         known, mask = torch.cat([known, known]), torch.cat([mask, mask])
-        spacing = spacing.repeat(2)
+        spacing, progress = spacing.repeat(2), torch.cat([progress, progress])
     x = x.to(unet.dtype)
     rows = x.shape[0]
     if is_compiled(unet):  # static shapes: pad to the row bucket, drop the padding after
         pad = padded_rows(rows) - rows
         if pad:
-            x, context, known, mask, spacing = (
+            x, context, known, mask, spacing, progress = (
                 torch.cat([v, v[-1:].expand(pad, *v.shape[1:])])
-                for v in (x, context, known, mask, spacing)
+                for v in (x, context, known, mask, spacing, progress)
             )
     if isinstance(unet, MaskedUNet3D):
-        out = unet(x, t, context, known=known.to(unet.dtype), mask=mask, spacing=spacing)
+        out = unet(
+            x,
+            t,
+            context,
+            known=known.to(unet.dtype),
+            mask=mask,
+            spacing=spacing,
+            progress=progress,
+        )
     else:
         out = unet3d_forward(unet, x, t, context)
     out = out[:rows].float()

@@ -217,6 +217,9 @@ def sample_json(window: Window, settings: ExportSettings) -> dict[str, Any]:
         "clip_ids": window_clip_ids([window]),
         "raw": settings.raw,
         "segments": window.segments(settings.fps),
+        # each segment's whole clip span in the sample's frames (a cut clip reaches past the
+        # sample's ends): how far into its prompt each frame is
+        "segment_spans": window.segment_spans(settings.fps),
     }
 
 

@@ -100,6 +100,27 @@ class Window:
             seg["end_s"] = round(seg["end_frame"] / fps, 6)
         return [{k: s[k] for k in SEGMENT_FIELDS} for s in out]
 
+    def segment_spans(self, fps: float) -> list[list[float]]:
+        """Per segment (as :meth:`segments` lists them), the whole span of its clip in the
+        sample's own frames, ``[start, end)``: a clip the window cuts reaches before the
+        segment's first frame or past its last (before 0, past the sample's end). Anchored on
+        the segment's own first and last frames, so a span always holds its segment. A
+        trainer reads how far each frame is into its prompt's span from it."""
+        scale = fps / self.source_fps
+        runs: list[list[int]] = []  # [piece, first frame, last frame]
+        for k, p in enumerate(self.piece_of_frame):
+            if runs and runs[-1][0] == p:
+                runs[-1][2] = k
+            else:
+                runs.append([p, k, k])
+        out: list[list[float]] = []
+        for p, first, last in runs:
+            piece = self.pieces[p]
+            before = max(0, self.source_frames[first] - piece.start_frame) * scale
+            after = max(0, piece.end_frame - 1 - self.source_frames[last]) * scale
+            out.append([round(first - before, 4), round(last + 1 + after, 4)])
+        return out
+
     def main_piece(self) -> Piece:
         counts = np.bincount(np.asarray(self.piece_of_frame), minlength=len(self.pieces))
         return self.pieces[int(np.argmax(counts))]

@@ -59,6 +59,7 @@ from .build import (
     depth_for,
     max_frames,
     plan_story,
+    segment_progress,
     with_prompts,
 )
 from .limits import (
@@ -91,5 +92,6 @@ __all__ = [
     "frame_limit",
     "max_frames",
     "plan_story",
+    "segment_progress",
     "with_prompts",
 ]

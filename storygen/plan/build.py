@@ -187,22 +187,51 @@ def autoregressive_plan(num_frames: int, *, frames_per_call: int = 16, overlap: 
     return Plan(n, L, len(levels), tuple(levels), AUTOREGRESSIVE, None, n, overlap=overlap)
 
 
-def with_prompts(plan: Plan, prompts: Sequence[str], *, fps: float | None = None) -> Plan:
-    """``plan`` with per-frame prompts on the plan and on every call.
+def segment_progress(prompts: Sequence[str]) -> list[float]:
+    """How far each frame is into its segment (a run of equal prompts): 0 at the segment's
+    first frame, 1 at its last, evenly between; a one-frame segment is 0.5.
 
-    Frames past the end (trim) take the last prompt.
+    A timed prompt says what happens over its whole span ("moving right" from its start to its
+    end), so a frame's place in that span says where the action should be: a keyframe drawn
+    seconds away from its neighbours needs it to place the shape along the motion."""
+    out: list[float] = []
+    start = 0
+    for k in range(1, len(prompts) + 1):
+        if k == len(prompts) or prompts[k] != prompts[start]:
+            n = k - start
+            out += [0.5] if n == 1 else [i / (n - 1) for i in range(n)]
+            start = k
+    return out
+
+
+def with_prompts(plan: Plan, prompts: Sequence[str], *, fps: float | None = None) -> Plan:
+    """``plan`` with per-frame prompts (and each frame's :func:`segment_progress`) on the plan
+    and on every call.
+
+    Frames past the end (trim) take the last prompt, at the end of its segment.
     """
     prompts = tuple(prompts)
     if len(prompts) != plan.num_frames:
         raise ValueError(f"got {len(prompts)} prompts for a plan of {plan.num_frames} frames")
+    progress = segment_progress(prompts)
 
     def at(f: int) -> str:
         return prompts[min(f, len(prompts) - 1)]
 
+    def progress_at(f: int) -> float:
+        return progress[f] if f < len(progress) else 1.0
+
     levels = tuple(
         replace(
             lv,
-            calls=tuple(replace(c, prompts=tuple(at(f) for f in c.frames)) for c in lv.calls),
+            calls=tuple(
+                replace(
+                    c,
+                    prompts=tuple(at(f) for f in c.frames),
+                    progress=tuple(progress_at(f) for f in c.frames),
+                )
+                for c in lv.calls
+            ),
         )
         for lv in plan.levels
     )

@@ -26,6 +26,9 @@ class Call:
     frames: tuple[int, ...]
     known: tuple[bool, ...]
     prompts: tuple[str, ...] | None = None
+    #: how far each frame is into its prompt's segment, 0 at its first frame and 1 at its
+    #: last (:func:`storygen.plan.build.segment_progress`)
+    progress: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.known) != len(self.frames):
@@ -37,6 +40,11 @@ class Call:
             raise ValueError(
                 f"call at level {self.level}: {len(self.frames)} frames but "
                 f"{len(self.prompts)} prompts"
+            )
+        if self.progress is not None and len(self.progress) != len(self.frames):
+            raise ValueError(
+                f"call at level {self.level}: {len(self.frames)} frames but "
+                f"{len(self.progress)} progress values"
             )
 
     def __len__(self) -> int:
@@ -57,12 +65,15 @@ class Call:
         return f"L{self.level}-{self.frames[0]:06d}-{self.frames[-1]:06d}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "level": self.level,
             "frames": list(self.frames),
             "known": list(self.known),
             "prompts": None if self.prompts is None else list(self.prompts),
         }
+        if self.progress is not None:
+            out["progress"] = list(self.progress)
+        return out
 
 
 @dataclass(frozen=True)
@@ -232,6 +243,7 @@ class Plan:
                     tuple(int(f) for f in c["frames"]),
                     tuple(bool(x) for x in c["known"]),
                     None if c.get("prompts") is None else tuple(c["prompts"]),
+                    None if c.get("progress") is None else tuple(float(x) for x in c["progress"]),
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"plan call {k}: {exc}") from exc

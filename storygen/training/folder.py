@@ -62,8 +62,8 @@ def save_folder(out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer:
 def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> Path:
     """The same network as a plain text-to-video model in the ModelScope layout.
 
-    The UNet loses its condition channels (known frames and mask: ``conv_in`` keeps the
-    weights of the noisy sample's channels only), which is exactly the network the global role
+    The UNet loses its condition channels (known frames, mask and segment progress:
+    ``conv_in`` keeps the weights of the noisy sample's channels only), which is exactly the network the global role
     trained, with nothing given. A stock ``UNet3DConditionModel`` has no spacing input, so the
     embedding of ``spacing`` is folded into the time embedding's bias. The folder loads as
     ``TextToVideoSDPipeline`` saves it, and storygen runs it training-free.
@@ -79,7 +79,8 @@ def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> 
     config = {
         k: v
         for k, v in unet.config.items()
-        if not k.startswith("_") and k not in ("sample_channels", "time_cond_proj_dim")
+        if not k.startswith("_")
+        and k not in ("sample_channels", "time_cond_proj_dim", "progress_channel")
     }
     c = unet.sample_channels
     config.update(in_channels=c, out_channels=c)

@@ -11,9 +11,12 @@ a shuffle buffer, decodes each sample's mp4 (decord, else PyAV, else OpenCV:
   uniformly up to what the sample holds, ``(n - 1) / (f - 1)`` for a sample of ``n`` frames
   (a sample of exactly ``f`` frames gives spacing 1 only);
 - the role (global, local, autoregressive) and its mask drawn as :mod:`.windows` draws them;
-- each frame's prompt is the prompt of the sample segment it falls in.
+- each frame's prompt is the prompt of the sample segment it falls in, and its progress is
+  how far it is into that segment's whole clip (``segment_spans``; a sample written without
+  them counts from the sample's own segment bounds).
 
-Yields ``(frames uint8 (B, F, H, W, 3), prompts [[str] * F] * B, mask (B, F), spacing (B,))``.
+Yields ``(frames uint8 (B, F, H, W, 3), prompts [[str] * F] * B, mask (B, F), spacing (B,),
+progress (B, F))``.
 """
 
 from __future__ import annotations
@@ -52,10 +55,32 @@ def frame_prompts(meta: dict[str, Any]) -> list[str]:
     return prompts
 
 
+def frame_progress(meta: dict[str, Any]) -> np.ndarray:
+    """How far each frame of a sample is into its prompt's segment, 0 to 1: measured on the
+    segment's whole clip span (``segment_spans``) where the sample has it, else on the
+    segment's frames in the sample."""
+    n = int(meta["frames"])
+    out = np.full(n, 0.5, np.float32)
+    spans = meta.get("segment_spans") or [
+        [s["start_frame"], s["end_frame"]] for s in meta["segments"]
+    ]
+    for seg, (a, b) in zip(meta["segments"], spans):
+        k = np.arange(int(seg["start_frame"]), min(int(seg["end_frame"]), n))
+        length = float(b) - float(a)
+        if length > 1:
+            out[k] = np.clip((k - float(a)) / (length - 1), 0.0, 1.0)
+    return out
+
+
 def draw_window(
-    rng: np.random.Generator, frames: np.ndarray, prompts: list[str], f: int
-) -> tuple[np.ndarray, list[str], np.ndarray, float]:
-    """One window of ``f`` frames from a sample's decoded ``frames`` (n, H, W, 3)."""
+    rng: np.random.Generator,
+    frames: np.ndarray,
+    prompts: list[str],
+    f: int,
+    progress: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[str], np.ndarray, float, np.ndarray]:
+    """One window of ``f`` frames from a sample's decoded ``frames`` (n, H, W, 3), with the
+    progress of its frames (``progress`` per sample frame, default 0.5)."""
     n = len(frames)
     if n < f:
         raise ValueError(f"a sample of {n} frames cannot hold a window of {f}")
@@ -70,7 +95,15 @@ def draw_window(
     elif role == "autoregressive":
         mask[: int(rng.integers(1, min(4, f - 1) + 1))] = 1.0
     real_spacing = float(positions[-1] - positions[0]) / max(f - 1, 1)
-    return frames[positions], [prompts[int(p)] for p in positions], mask, real_spacing
+    if progress is None:
+        progress = np.full(n, 0.5, np.float32)
+    return (
+        frames[positions],
+        [prompts[int(p)] for p in positions],
+        mask,
+        real_spacing,
+        progress[positions].astype(np.float32),
+    )
 
 
 class ShardWindows(torch.utils.data.IterableDataset):
@@ -140,7 +173,7 @@ class ShardWindows(torch.utils.data.IterableDataset):
 
     def __iter__(
         self,
-    ) -> Iterator[tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor, torch.Tensor]]:
         from curate.export import decode_mp4
 
         info = torch.utils.data.get_worker_info()
@@ -149,16 +182,17 @@ class ShardWindows(torch.utils.data.IterableDataset):
         samples = self._shuffled(rng, worker, workers)
         while True:
             f = draw_call_length(rng, self.frames)
-            batch: list[tuple[np.ndarray, list[str], np.ndarray, float]] = []
+            batch: list[tuple[np.ndarray, list[str], np.ndarray, float, np.ndarray]] = []
             while len(batch) < self.batch_size:
                 sample = next(samples)
                 meta = sample["json"]
                 frames = decode_mp4(sample["mp4"])
-                batch.append(draw_window(rng, frames, frame_prompts(meta), f))
+                batch.append(draw_window(rng, frames, frame_prompts(meta), f, frame_progress(meta)))
             prompts = [[""] * f if rng.random() < self.uncond else w[1] for w in batch]
             yield (
                 torch.from_numpy(np.stack([w[0] for w in batch])),
                 prompts,
                 torch.from_numpy(np.stack([w[2] for w in batch])),
                 torch.tensor([w[3] for w in batch], dtype=torch.float32),
+                torch.from_numpy(np.stack([w[4] for w in batch])),
             )

@@ -123,6 +123,7 @@ def build_unet(cross_attention_dim: int, size: int, seed: int = 0, preset: str =
         sample_size=size // scale,
         cross_attention_dim=cross_attention_dim,
         time_cond_proj_dim=SPACING_DIM,
+        progress_channel=True,
         **UNETS[preset],
     )
 
@@ -241,7 +242,9 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
             tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
             text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
             text_trainable=bool(config.train_text),
-            unet=MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32),
+            unet=_with_progress(
+                MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32)
+            ),
             vae=AutoencoderKL.from_pretrained(str(init / "vae"), torch_dtype=torch.float32),
             previous=previous,
         )
@@ -268,6 +271,15 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
         previous={},
         vae_run=vae_run,
     )
+
+
+def _with_progress(unet: Any) -> Any:
+    """A continued UNet gains the progress channel (zero weights) if it was trained without."""
+    from storygen.models import add_progress_channel
+
+    if not unet.has_progress:
+        logger.info("adding the segment-progress input channel (zero weights: same outputs)")
+    return add_progress_channel(unet)
 
 
 def load_vae(path: str, size: int) -> Any:
@@ -359,11 +371,18 @@ class _Trainer:
         self.n_params = sum(p.numel() for p in self.unet.parameters())
 
     def loss(
-        self, frames: torch.Tensor, prompts: list[list[str]], mask: torch.Tensor, spacing: Any
+        self,
+        frames: torch.Tensor,
+        prompts: list[list[str]],
+        mask: torch.Tensor,
+        spacing: Any,
+        progress: torch.Tensor | None = None,
     ) -> torch.Tensor:
         device = self.device
         mask = mask.to(device, non_blocking=True)
         spacing = spacing.to(device, non_blocking=True)
+        if progress is not None:
+            progress = progress.to(device, non_blocking=True)
         b, f = frames.shape[:2]
         with torch.no_grad():
             # (b f) h w c -> latents (b f) c h w -> b c f h w
@@ -376,7 +395,9 @@ class _Trainer:
             noise = torch.randn_like(x0)
             a = self.alphas[t].view(b, 1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            pred = self.unet(noisy, t, context, known=x0, mask=mask, spacing=spacing)
+            pred = self.unet(
+                noisy, t, context, known=x0, mask=mask, spacing=spacing, progress=progress
+            )
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
         snr = self.alphas[t] / (1 - self.alphas[t])
         weight = (snr.clamp(max=5.0) / (snr + 1)).view(b, 1, 1, 1, 1)

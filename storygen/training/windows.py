@@ -47,7 +47,9 @@ SPACING = (1.0, 320.0)
 @dataclass(frozen=True)
 class Window:
     """One training window: ``frames`` uint8 (F, H, W, 3), a prompt per frame, the mask of
-    given frames (F,), the spacing, and the facts of every frame (for tests)."""
+    given frames (F,), the spacing, the facts of every frame (for tests) and each frame's
+    progress through its scene (F,), 0 at the scene's first frame and 1 at its last, as
+    :func:`storygen.plan.segment_progress` gives it at inference."""
 
     frames: np.ndarray
     prompts: list[str]
@@ -55,6 +57,7 @@ class Window:
     spacing: float
     role: str
     facts: list[SceneFacts]
+    progress: np.ndarray
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -122,9 +125,11 @@ def sample_window(
     out = np.empty((frames, size, size, 3), np.uint8)
     prompts: list[str] = []
     facts_per_frame: list[SceneFacts] = []
+    progress = np.empty(frames, np.float32)
     for k, pos in enumerate(positions):
         i = int(np.searchsorted(starts, pos, side="right") - 1)
         start, length, facts = scenes[i]
+        progress[k] = (pos - start) / (length - 1) if length > 1 else 0.5
         if i not in renderers:
             renderers[i] = SceneRenderer(
                 facts, num_frames=length, width=size, height=size, seed=rng
@@ -138,7 +143,7 @@ def sample_window(
     elif role == "autoregressive":
         mask[: int(rng.integers(1, min(4, frames - 1) + 1))] = 1.0
     real_spacing = float(positions[-1] - positions[0]) / max(frames - 1, 1)
-    return Window(out, prompts, mask, real_spacing, role, facts_per_frame)
+    return Window(out, prompts, mask, real_spacing, role, facts_per_frame, progress)
 
 
 #: shorter calls, as a share of ``frames``: uneven (stretched) plans make calls of 3 to L frames;
@@ -158,7 +163,8 @@ class StoryWindows(torch.utils.data.IterableDataset):
     """Endless batches of windows for training (each DataLoader worker draws its own).
 
     Yields ``(frames uint8 (B, F, H, W, 3), prompts [[str] * F] * B, mask (B, F),
-    spacing (B,))``; all windows of a batch share ``F``, which varies between batches.
+    spacing (B,), progress (B, F))``; all windows of a batch share ``F``, which varies
+    between batches.
     ``uncond`` of the windows get empty prompts (classifier-free guidance).
     """
 
@@ -170,7 +176,7 @@ class StoryWindows(torch.utils.data.IterableDataset):
 
     def __iter__(
         self,
-    ) -> Iterator[tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, worker, 7919])
@@ -183,6 +189,7 @@ class StoryWindows(torch.utils.data.IterableDataset):
                 prompts,
                 torch.from_numpy(np.stack([w.mask for w in windows])),
                 torch.tensor([w.spacing for w in windows], dtype=torch.float32),
+                torch.from_numpy(np.stack([w.progress for w in windows])),
             )
 
 

@@ -354,3 +354,23 @@ def test_check_names_the_broken_call():
     data["calls"][0]["known"][4] = True
     with pytest.raises(ValueError, match="frame 60 is given but no earlier level made it"):
         Plan.from_dict(data)
+
+
+def test_segment_progress_runs_through_each_run_of_equal_prompts():
+    from storygen.plan import segment_progress
+
+    got = segment_progress(["a", "a", "a", "b", "c", "c"])
+    assert got == [0.0, 0.5, 1.0, 0.5, 0.0, 1.0]
+    assert segment_progress([]) == []
+
+
+def test_calls_carry_the_progress_of_their_frames():
+    from storygen.plan import segment_progress, with_prompts
+
+    prompts = ["a"] * 40 + ["b"] * 60 + ["c"] * 26
+    plan = with_prompts(build_plan(126, frames_per_call=16), prompts)
+    every = segment_progress(prompts)
+    for call in plan.calls:
+        assert call.progress == tuple(every[f] for f in call.frames)
+    keyframes = plan.levels[0].calls[0]
+    assert keyframes.progress[0] == 0.0 and keyframes.progress[-1] == 1.0

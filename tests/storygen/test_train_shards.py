@@ -11,7 +11,7 @@ import torch
 
 from curate.export import ExportSettings, export_run
 from curate.shapes import parse_caption, read_frame
-from storygen.training.shards import ShardWindows, draw_window, frame_prompts
+from storygen.training.shards import ShardWindows, draw_window, frame_progress, frame_prompts
 from tests.curate.export_helpers import run_from_truth
 
 
@@ -44,12 +44,17 @@ def shards(tmp_path_factory):
 def test_batches_have_the_renderer_format_and_aligned_prompts(shards):
     data = ShardWindows(shards, batch_size=3, frames=8, size=32, seed=0, uncond=0.0)
     spacings = []
-    for step, (frames, prompts, mask, spacing) in zip(range(12), data):
+    for step, (frames, prompts, mask, spacing, progress) in zip(range(12), data):
         b, f = frames.shape[:2]
         assert frames.dtype == torch.uint8 and frames.shape[2:] == (32, 32, 3)
         assert b == 3 and 3 <= f <= 8
         assert len(prompts) == b and all(len(p) == f for p in prompts)
-        assert mask.shape == (b, f) and spacing.shape == (b,)
+        assert mask.shape == (b, f) and spacing.shape == (b,) and progress.shape == (b, f)
+        assert float(progress.min()) >= 0.0 and float(progress.max()) <= 1.0
+        for row, window_prompts in zip(progress.numpy(), prompts):  # rises through a prompt
+            for k in range(1, f):
+                if window_prompts[k] == window_prompts[k - 1]:
+                    assert row[k] > row[k - 1]
         for window, window_prompts, window_mask in zip(frames.numpy(), prompts, mask.numpy()):
             known = np.flatnonzero(window_mask).tolist()
             assert known in ([], [0, f - 1]) or known == list(range(len(known)))
@@ -66,9 +71,11 @@ def test_windows_follow_the_sample_and_sizes_are_checked(shards):
     frames = np.arange(12)[:, None, None, None] * np.ones((12, 2, 2, 3), np.uint8)
     prompts = [f"p{i}" for i in range(12)]
     for _ in range(50):
-        window, window_prompts, _, spacing = draw_window(rng, frames, prompts, 5)
+        progress = np.linspace(0, 1, 12, dtype=np.float32)
+        window, window_prompts, _, spacing, got = draw_window(rng, frames, prompts, 5, progress)
         picked = window[:, 0, 0, 0].tolist()
         assert window_prompts == [f"p{i}" for i in picked]
+        np.testing.assert_allclose(got, progress[picked])
         assert picked == sorted(picked) and 1.0 <= spacing <= 11 / 4
     meta = json.loads(next(iter(sorted(shards.glob("_parts/part-*.json")))).read_text())
     sample = meta["samples"][0]
@@ -94,3 +101,37 @@ def test_storygen_train_runs_from_shards_on_cpu(shards, tmp_path, capsys):
     assert report["steps_done"] == 3
     assert (out / "unet" / "config.json").is_file()
     assert json.loads(capsys.readouterr().out)["steps_done"] == 3
+
+
+def test_progress_counts_from_the_whole_clip_span():
+    """A clip the sample cuts: its frames' progress runs over the clip's whole span, as a
+    render's frames run over their whole segment; without spans, over the sample's part."""
+    segments = [
+        {"start_frame": 0, "end_frame": 4, "prompt": "a"},
+        {"start_frame": 4, "end_frame": 12, "prompt": "b"},
+    ]
+    spans = [[-4.0, 4.0], [4.0, 20.0]]  # "a" began 4 frames before, "b" runs on 8 after
+    got = frame_progress({"frames": 12, "segments": segments, "segment_spans": spans})
+    np.testing.assert_allclose(got[:4], [4 / 7, 5 / 7, 6 / 7, 1.0], atol=1e-6)
+    np.testing.assert_allclose(got[4:], np.arange(8) / 15, atol=1e-6)
+    plain = frame_progress({"frames": 12, "segments": segments})
+    np.testing.assert_allclose(plain[:4], np.arange(4) / 3, atol=1e-6)
+    np.testing.assert_allclose(plain[4:], np.arange(8) / 7, atol=1e-6)
+
+
+def test_exported_spans_hold_their_segments(shards):
+    for part in sorted(shards.glob("_parts/part-*.json")):
+        for sample in json.loads(part.read_text())["samples"]:
+            assert "segment_spans" not in sample  # index rows: the stories' segment shape
+    from curate.export import iter_samples
+
+    info = json.loads((shards / "_export.json").read_text())
+    paths = [str(shards / s["path"]) for s in info["shards"] if s["samples"]]
+    seen = 0
+    for sample in iter_samples(paths):
+        meta = sample["json"]
+        assert len(meta["segment_spans"]) == len(meta["segments"])
+        for seg, (a, b) in zip(meta["segments"], meta["segment_spans"]):
+            assert a <= seg["start_frame"] + 1e-6 and seg["end_frame"] <= b + 1e-6
+        seen += 1
+    assert seen > 0

@@ -28,8 +28,13 @@ def test_windows_carry_the_prompt_of_every_frame(role):
             seen = read_frame(frame)
             assert prompt == facts.caption
             assert (seen.color, seen.background) == (facts.color, facts.background)
+        assert w.progress.shape == (16,) and 0 <= w.progress.min() <= w.progress.max() <= 1
+        for k in range(1, 16):  # through a scene the progress rises with the spacing
+            if w.facts[k] == w.facts[k - 1]:
+                assert w.progress[k] > w.progress[k - 1]
         known = np.flatnonzero(w.mask)
-        if role == "global":
+        if role == "global":  # the window is the story: it opens and closes a scene
+            assert w.progress[0] == 0.0 and w.progress[-1] == 1.0
             assert known.size == 0
         elif role == "local":
             assert known.tolist() == [0, 15]
