@@ -134,6 +134,7 @@ def default_components(settings: RunSettings, *, workers: int = 1) -> Components
             "model": model,
             "device": settings.device,
             "batch_size": settings.clip_batch_size,
+            "fp8": settings.clip_fp8,
             # several local workers share the cores: one torch thread pool each, not all cores
             "num_threads": _threads_per_worker(workers, settings.device),
         },

@@ -169,7 +169,17 @@ class RunSettings:
         type=rate,
     )
     decode_timeout: float = option(300.0, "seconds one video may take to decode", type=float)
-    device: str = option("cpu", "CLIP device: cpu, cuda, cuda:1")
+    device: str = option(
+        "cpu",
+        "CLIP and captioner device: cpu, cuda, cuda:1 (on CUDA: bfloat16, batches sized from "
+        "free memory, CLIP's image tower compiled once a run has embedded 50,000 frames)",
+    )
+    clip_fp8: bool = option(
+        False,
+        "CLIP's image tower in float8 on CUDA (compute capability 8.9+, needs torchao: pip "
+        "install 'storyloom[gpu]'); 1.54x bf16 on an H200 for a ViT-L/14, embeddings at "
+        "cosine 0.998 of bf16",
+    )
     share_model: bool = option(
         False, "one CLIP per machine shared by all worker processes (large models on a GPU)"
     )

@@ -132,7 +132,7 @@ def test_device_side_preprocessing_matches_the_folder_processor(captioner):
 
 def test_speed_settings_resolve_per_device():
     cap = Captioner(DEFAULT_CAPTIONER)
-    assert (cap.dtype, cap.batch_size, cap.compile) == ("float32", 64, "auto")
+    assert (cap.dtype, cap.batch_size, cap.compile) == ("float32", 64, "off")
     cuda = Captioner(DEFAULT_CAPTIONER, device="cuda")
     assert (cuda.dtype, cuda.batch_size) == ("bfloat16", 256)
     with pytest.raises(ValueError, match="needs a CUDA device"):
