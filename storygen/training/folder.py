@@ -59,13 +59,16 @@ def save_folder(out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer:
     pipe.save_pretrained(str(out), max_shard_size="12MB")
 
 
-def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> Path:
+def to_t2v_folder(
+    src: str | Path, dst: str | Path, *, spacing: float = 1.0, progress: float = 0.5
+) -> Path:
     """The same network as a plain text-to-video model in the ModelScope layout.
 
-    The UNet loses its condition channels (known frames, mask and segment progress:
-    ``conv_in`` keeps the weights of the noisy sample's channels only), which is exactly the network the global role
+    The UNet loses its conditions (known frames, mask and segment progress: ``conv_in`` keeps
+    the weights of the noisy sample's channels only, the progress projection goes), which is exactly the network the global role
     trained, with nothing given. A stock ``UNet3DConditionModel`` has no spacing input, so the
-    embedding of ``spacing`` is folded into the time embedding's bias. The folder loads as
+    embedding of ``spacing`` is folded into the time embedding's bias, and so is a progress
+    embedding's value at ``progress`` (mid-segment by default). The folder loads as
     ``TextToVideoSDPipeline`` saves it, and storygen runs it training-free.
     """
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
@@ -80,7 +83,8 @@ def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> 
         k: v
         for k, v in unet.config.items()
         if not k.startswith("_")
-        and k not in ("sample_channels", "time_cond_proj_dim", "progress_channel")
+        and k
+        not in ("sample_channels", "time_cond_proj_dim", "progress_channel", "progress_embedding")
     }
     c = unet.sample_channels
     config.update(in_channels=c, out_channels=c)
@@ -94,6 +98,14 @@ def to_t2v_folder(src: str | Path, dst: str | Path, *, spacing: float = 1.0) -> 
             state["time_embedding.linear_1.bias"] + unet.time_embedding.linear_1.weight @ shift
         )
     del state["time_embedding.cond_proj.weight"]
+    if unet.config.get("progress_embedding", False):  # a stock UNet takes no per-frame input
+        from storygen.models import progress_embedding
+
+        with torch.no_grad():
+            at = unet.progress_proj(progress_embedding(torch.tensor([[progress]])))[0, 0]
+        state["time_embedding.linear_2.bias"] = state["time_embedding.linear_2.bias"] + at
+    for key in [k for k in state if k.startswith("progress_proj.")]:
+        del state[key]
     plain.load_state_dict(state)
     pipe: Any = TextToVideoSDPipeline(
         unet=plain.half(),

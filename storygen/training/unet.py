@@ -123,7 +123,7 @@ def build_unet(cross_attention_dim: int, size: int, seed: int = 0, preset: str =
         sample_size=size // scale,
         cross_attention_dim=cross_attention_dim,
         time_cond_proj_dim=SPACING_DIM,
-        progress_channel=True,
+        progress_embedding=True,
         **UNETS[preset],
     )
 
@@ -274,12 +274,12 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
 
 
 def _with_progress(unet: Any) -> Any:
-    """A continued UNet gains the progress channel (zero weights) if it was trained without."""
-    from storygen.models import add_progress_channel
+    """A continued UNet gains the progress embedding (zero weights) if it has none."""
+    from storygen.models import add_progress_embedding
 
-    if not unet.has_progress:
-        logger.info("adding the segment-progress input channel (zero weights: same outputs)")
-    return add_progress_channel(unet)
+    if not unet.config.get("progress_embedding", False):
+        logger.info("adding the segment-progress embedding (zero weights: same outputs)")
+    return add_progress_embedding(unet)
 
 
 def load_vae(path: str, size: int) -> Any:

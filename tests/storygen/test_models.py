@@ -126,25 +126,33 @@ def test_wrong_embedding_shape_is_named():
         model(x, 10, ctx[:, :3])
 
 
-def test_progress_channel_starts_as_the_model_it_grows_from_and_then_conditions(tmp_path):
-    from storygen.models import add_progress_channel
+@pytest.mark.parametrize("way", ["embedding", "channel"])
+def test_progress_starts_as_the_model_it_grows_from_and_then_conditions(tmp_path, way):
+    from storygen.models import add_progress_channel, add_progress_embedding
+
+    add_progress = add_progress_embedding if way == "embedding" else add_progress_channel
 
     model = _masked()
-    grown = add_progress_channel(model).eval()
-    assert grown.has_progress and grown.config.in_channels == model.config.in_channels + 1
+    grown = add_progress(model).eval()
+    assert grown.has_progress and not model.has_progress
+    extra = 1 if way == "channel" else 0
+    assert grown.config.in_channels == model.config.in_channels + extra
     x, ctx = _inputs()
     mask, spacing = torch.tensor([[1.0, 0, 0, 0, 1]]), torch.tensor([4.0])
     early, late = torch.zeros(1, 5), torch.linspace(0, 1, 5)[None]
     with torch.no_grad():
         want = model(x, 10, ctx, mask=mask, spacing=spacing)
         assert torch.equal(grown(x, 10, ctx, mask=mask, spacing=spacing, progress=late), want)
-        grown.conv_in.weight[:, -1].normal_()  # as training sets it
+        if way == "channel":  # as training sets it
+            grown.conv_in.weight[:, -1].normal_()
+        else:
+            grown.progress_proj.weight.normal_()
         a = grown(x, 10, ctx, mask=mask, spacing=spacing, progress=early)
         b = grown(x, 10, ctx, mask=mask, spacing=spacing, progress=late)
     assert not torch.allclose(a, b)
     assert torch.equal(a, grown(x, 10, ctx, mask=mask, spacing=spacing))  # None reads as 0
     grown.save_pretrained(tmp_path)
     loaded = MaskedUNet3D.from_pretrained(tmp_path).eval()
-    assert loaded.has_progress and add_progress_channel(loaded) is loaded
+    assert loaded.has_progress and add_progress(loaded) is loaded
     with torch.no_grad():
         assert torch.equal(loaded(x, 10, ctx, mask=mask, spacing=spacing, progress=late), b)
