@@ -40,6 +40,7 @@ from storygen.training.probe import (  # noqa: E402
     PoolRenderer,
     evaluate,
     held_out_stories,
+    keyframe_motion,
     load_settings,
 )
 
@@ -161,6 +162,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["sweep"] = sweep
         save()
         print(table(f"\nsweep: {args.sweep_stories} stories, hierarchical", sweep))
+    if args.keyframe_motion:
+        km = keyframe_motion(
+            pipe, held_out_stories(args.stories, num_frames=args.frames), settings=settings
+        )
+        result["keyframe_motion"] = km
+        save()
+        print(
+            f"\nglobal keyframes alone: motion {_fmt(km['motion'])} over {km['segments']} "
+            f"segments (real frames at the same positions {_fmt(km['motion_ceiling'])}), "
+            f"colour {_fmt(km['color'])}"
+        )
     if args.training_free:
         from storygen.training.folder import to_t2v_folder
 
@@ -346,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also probe the local levels alone: hierarchical with the real keyframes in place "
         "of the global call's (does the local model fill in motion and identity?)",
+    )
+    p.add_argument(
+        "--keyframe-motion",
+        action="store_true",
+        help="also read motion from the global call's keyframes alone, per segment with 3 or "
+        "more of them (cheap: one call a story; where motion is lost first)",
     )
     p.add_argument("--plot", default=None, help="PNG of adherence by position (with --lengths)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storygen_quality.json"))

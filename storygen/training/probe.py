@@ -20,6 +20,7 @@ real frames at the same size and fps. Numbers per story:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -299,6 +300,89 @@ def probe_rows(
 #: ``(mode, stories, settings, seeds) -> rows``: how :func:`evaluate` renders; the default
 #: renders with one pipeline in this process, a benchmark may spread stories over processes
 RowRenderer = Callable[[str, Sequence[ProbeStory], dict[str, Any], Sequence[int]], list]
+
+
+# --- the global call alone -------------------------------------------------------------------
+
+
+class _FirstLevelDone(Exception):
+    pass
+
+
+def global_keyframes(
+    pipe: Any, story: ProbeStory, *, settings: dict[str, Any], seed: int
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The hierarchical render's first call only (the keyframes the global model draws over
+    the whole story): its frames, uint8 (F, H, W, 3), and their positions in the story. The
+    render stops after that level."""
+    import torch
+
+    got: dict[str, Any] = {}
+
+    def on_call(_: Any, result: Any) -> None:
+        got["result"] = result
+
+    def on_level(_: Any, level: int) -> None:
+        raise _FirstLevelDone
+
+    with contextlib.suppress(_FirstLevelDone):
+        pipe(
+            story.prompts(),
+            story.num_frames,
+            fps=settings.get("fps"),
+            frames_per_call=int(settings.get("frames_per_call", 16)),
+            num_inference_steps=int(settings["num_inference_steps"]),
+            guidance_scale=float(settings["guidance_scale"]),
+            generator=seed,
+            policy="stretch",
+            output_type="np",
+            progress=False,
+            callback_on_call_end=on_call,
+            callback_on_level_end=on_level,
+        )
+    result = got["result"]
+    if result.level != 0:
+        raise ValueError(f"{story.story_id}: the first level has more than one call")
+    with torch.no_grad():
+        pixels = pipe.decode(result.sample.permute(1, 0, 2, 3))  # (F, 3, H, W) in [-1, 1]
+    frames = ((pixels.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255)
+    return frames.astype(np.uint8), tuple(result.call.frames)
+
+
+def keyframe_motion(
+    pipe: Any,
+    stories: Sequence[ProbeStory],
+    *,
+    settings: dict[str, Any],
+    seed: int = 0,
+    min_keyframes: int = 3,
+) -> dict[str, Any]:
+    """Does the global call place the shape along each segment's motion? Per segment that
+    holds at least ``min_keyframes`` of the global call's keyframes (and moves), the motion
+    read from those keyframes alone against the prompt, beside the same read on the real
+    story's frames at the same positions (the readers' ceiling); colour per keyframe too.
+    Motion lost here cannot come back in the local levels, which only fill between
+    keyframes."""
+    size = int(settings.get("height") or pipe.default_size()[0])
+    motion, ceiling, color = [], [], []
+    for i, story in enumerate(stories):
+        frames, positions = global_keyframes(pipe, story, settings=settings, seed=seed + i)
+        truth = render_truth(story, size)
+        for start, end, facts in story.segments:
+            ks = [k for k, pos in enumerate(positions) if start <= pos < end]
+            color += [read_frame(frames[k]).color == facts.color for k in ks]
+            if len(ks) < min_keyframes or facts.motion == "still":
+                continue
+            motion.append(read_motion(frames[ks], aspect=1.0) == facts.motion)
+            real = truth[[positions[k] for k in ks]]
+            ceiling.append(read_motion(real, aspect=1.0) == facts.motion)
+    return {
+        "segments": len(motion),
+        "motion": float(np.mean(motion)) if motion else None,
+        "motion_ceiling": float(np.mean(ceiling)) if ceiling else None,
+        "color": float(np.mean(color)) if color else None,
+        "min_keyframes": min_keyframes,
+    }
 
 
 # --- stories spread over processes that share the device ------------------------------------

@@ -147,3 +147,45 @@ def test_real_keyframes_mode_puts_the_real_frames_at_every_keyframe(tmp_path):
     assert not np.array_equal(plain[keyframes], truth[keyframes])
     report = evaluate(pipe, [story], settings=settings, modes=(REAL_KEYFRAMES,))
     assert report[REAL_KEYFRAMES]["frames"] == 22
+
+
+def test_global_keyframes_are_the_first_calls_frames(tmp_path):
+    from storygen.pipeline import StoryVideoPipeline
+    from storygen.presets import new_model
+    from storygen.training.probe import global_keyframes, render_story
+
+    story = held_out_stories(1, num_frames=22)[0]
+    folder = new_model(tmp_path / "m", preset="tiny", mode="masked", texts=story.prompts())
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    settings = {"num_inference_steps": 2, "guidance_scale": 1.0, "frames_per_call": 8}
+    frames, positions = global_keyframes(pipe, story, settings=settings, seed=3)
+    plan = pipe.build_plan(
+        story.prompts(), num_frames=22, fps=None, frames_per_call=8, depth=None, policy="stretch"
+    )
+    assert positions == plan.levels[0].calls[0].frames and frames.shape == (8, 32, 32, 3)
+    # a pixel-space model: the whole render keeps its keyframes as the global call drew them
+    whole, _ = render_story(pipe, story, mode="hierarchical", settings=settings, seed=3)
+    np.testing.assert_array_equal(frames, whole[list(positions)])
+
+
+def test_keyframe_motion_reads_the_real_keyframes_right_and_reversed_ones_wrong(monkeypatch):
+    """Ground truth through the readers: the real story's frames at the keyframe positions
+    read at the ceiling; the same keyframes in reverse order show every motion backwards."""
+    from storygen.training import probe
+
+    stories = held_out_stories(6, num_frames=226)
+    positions = tuple(round(k * 225 / 15) for k in range(16))
+    truth = {s.story_id: render_truth(s, 64) for s in stories}
+
+    def real(pipe, story, *, settings, seed, reverse=False):
+        frames = truth[story.story_id][list(positions)]
+        return (frames[::-1] if reverse else frames), positions
+
+    settings = {"height": 64, "num_inference_steps": 1, "guidance_scale": 1.0}
+    monkeypatch.setattr(probe, "global_keyframes", real)
+    right = probe.keyframe_motion(None, stories, settings=settings)
+    assert right["segments"] >= 6 and right["motion"] == right["motion_ceiling"] == 1.0
+    assert right["color"] == 1.0
+    monkeypatch.setattr(probe, "global_keyframes", lambda *a, **k: real(*a, **k, reverse=True))
+    backwards = probe.keyframe_motion(None, stories, settings=settings)
+    assert backwards["motion"] <= 0.2 and backwards["motion_ceiling"] == 1.0
