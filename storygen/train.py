@@ -51,6 +51,8 @@ _HELP = {
     "shards": "train from this `curate export` folder's shards instead of the shapes renderer",
     "vae": "use this autoencoder (a model folder, or its vae/ folder), frozen, instead of "
     "training one (runs that differ only in their data share it)",
+    "compile": "1: torch.compile the UNet for training (one graph per call length, compiled "
+    "in the first minutes; for GPU runs, whose small steps are bound by kernel launches)",
 }
 
 

@@ -88,6 +88,10 @@ class TrainConfig:
     #: start from this autoencoder (a model folder with vae/, or the vae folder itself),
     #: frozen, instead of training one: runs that differ only in data share it
     vae: str | None = None
+    #: 1: ``torch.compile`` the UNet for training (static shapes, one graph per call length,
+    #: graphs in storyloom's Inductor cache): for GPU runs, where a step of this small network
+    #: is bound by kernel launches
+    compile: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "frames", "size", "log_every"):
@@ -369,6 +373,19 @@ class _Trainer:
         budget = config.max_minutes * 60 if config.max_minutes else None
         self.clock = ClockCosineSchedule(self.opt, config.lr, config.steps, budget)
         self.n_params = sum(p.numel() for p in self.unet.parameters())
+        #: the diffusion times and noise of every step, from their own generator: a run's draws
+        #: do not depend on what else consumes torch's global generator (a compile does)
+        self.draws = torch.Generator(device).manual_seed(config.seed + 1_000_003)
+        if config.compile:
+            from torch._dynamo import config as dynamo_config
+
+            from curate.compile_cache import use_compile_cache
+
+            use_compile_cache()
+            for name in ("recompile_limit", "cache_size_limit"):  # a graph per call length
+                if hasattr(dynamo_config, name):
+                    setattr(dynamo_config, name, max(getattr(dynamo_config, name), 16))
+            self.unet.compile(dynamic=False)  # in place: state_dict keys unchanged
 
     def loss(
         self,
@@ -391,8 +408,8 @@ class _Trainer:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             with torch.set_grad_enabled(self.text_trainable):
                 context = _encode_prompts(self.tokens, self.text, prompts, device)
-            t = torch.randint(0, len(self.alphas), (b,), device=device)
-            noise = torch.randn_like(x0)
+            t = torch.randint(0, len(self.alphas), (b,), device=device, generator=self.draws)
+            noise = torch.randn(x0.shape, device=device, generator=self.draws, dtype=x0.dtype)
             a = self.alphas[t].view(b, 1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             pred = self.unet(
