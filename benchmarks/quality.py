@@ -221,8 +221,30 @@ def throughput(
     }
 
 
-def real_size_clip(folder: Path) -> Path:
-    """A ViT-B/32 CLIP (transformers' default config) with random weights, saved to ``folder``."""
+#: OpenAI's ``clip-vit-large-patch14`` shape: 24 vision layers of width 1,024 at 224 px, a
+#: 12-layer text tower of width 768
+VIT_L14 = {
+    "text_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+    },
+    "vision_config": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 24,
+        "patch_size": 14,
+        "image_size": 224,
+    },
+    "projection_dim": 768,
+}
+
+
+def real_size_clip(folder: Path, shape: dict[str, Any] | None = None) -> Path:
+    """A CLIP with random weights, saved to ``folder``: transformers' default config (ViT-B/32),
+    or ``shape`` (e.g. :data:`VIT_L14`: text and vision configs, projection width)."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -233,50 +255,15 @@ def real_size_clip(folder: Path) -> Path:
         return folder
     torch.manual_seed(0)
     tok = train_clip_tokenizer(["a photo of a cat"], vocab_size=512)
-    cfg = CLIPConfig(
-        text_config={
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        }
-    )
-    save_clip_folder(CLIPModel(cfg).eval(), tok, folder, squash=False)
-    return folder
-
-
-def real_size_clip_l14(folder: Path) -> Path:
-    """A ViT-L/14 CLIP (OpenAI's ``clip-vit-large-patch14`` shape: 24 vision layers of width
-    1,024 at 224 px, a 12-layer text tower of width 768) with random weights."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    from curate.training.clip import save_clip_folder
-    from curate.training.tokenizer import train_clip_tokenizer
-
-    if (folder / "model.safetensors").exists():
-        return folder
-    torch.manual_seed(0)
-    tok = train_clip_tokenizer(["a photo of a cat"], vocab_size=512)
-    cfg = CLIPConfig(
-        text_config={
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_attention_heads": 12,
-            "num_hidden_layers": 12,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
-        vision_config={
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_attention_heads": 16,
-            "num_hidden_layers": 24,
-            "patch_size": 14,
-            "image_size": 224,
-        },
-        projection_dim=768,
-    )
+    shape = shape or {}
+    text = {
+        **shape.get("text_config", {}),
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    extra = {k: v for k, v in shape.items() if k != "text_config"}
+    cfg = CLIPConfig(text_config=text, **extra)
     save_clip_folder(CLIPModel(cfg).eval(), tok, folder, squash=False)
     return folder
 
@@ -502,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
                 max_new_tokens=12,
                 compile="on",
             )
-            l14 = real_size_clip_l14(Path(tempfile.gettempdir()) / "storyloom-clip-vit-l14-random")
+            l14 = real_size_clip(
+                Path(tempfile.gettempdir()) / "storyloom-clip-vit-l14-random", VIT_L14
+            )
             result["clip_vit_l14"] = clip_speed(
                 str(l14),
                 device=args.device,

@@ -76,7 +76,6 @@ class Captioner:
         self.batch_size = int(batch_size)
         self.dtype = dtype
         self.compile = compile
-        self.scenes_captioned = 0
         self._compiled = False
         self.storyboard_grid: tuple[int, int] | None = None
         self._model: Any = None
@@ -172,7 +171,6 @@ class Captioner:
                     **kwargs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
                 )
             texts += self._processor.batch_decode(ids[:n], skip_special_tokens=True)
-            self.scenes_captioned += n
         return [normalize_caption(t) for t in texts]
 
     def scene_image(self, frames: np.ndarray) -> np.ndarray:

@@ -130,7 +130,6 @@ class ClipScorer(Step[dict, dict]):
         self.fp8 = bool(fp8)
         self._image_fn: Any = None  # the compiled image tower, once compiled
         self.frames_embedded = 0
-        self.compile_time_s: float | None = None
         self.aggregate = aggregate
         self.caption_mode = caption_mode
         self.text_cache_size = int(text_cache_size)
@@ -252,16 +251,7 @@ class ClipScorer(Step[dict, dict]):
         if n < self.batch_size:
             pad = pixels[-1:].expand(self.batch_size - n, *pixels.shape[1:])
             pixels = self._torch.cat([pixels, pad])
-        first = self.compile_time_s is None
-        if first:
-            import time
-
-            started = time.perf_counter()
-        out = projected_features(self._image_fn(pixel_values=pixels))[:n]
-        if first:
-            self._torch.cuda.synchronize()
-            self.compile_time_s = time.perf_counter() - started
-        return out
+        return projected_features(self._image_fn(pixel_values=pixels))[:n]
 
     def _storyboard_grid(self, source: str) -> tuple[int, int] | None:
         """Whether (and how) scenes get a storyboard embedding: ``storyboard=True`` always

@@ -210,9 +210,16 @@ def ceiling(stories: Sequence[ProbeStory], size: int) -> dict[str, Any]:
 
 
 def render_story(
-    pipe: Any, story: ProbeStory, *, mode: str, settings: dict[str, Any], seed: int
+    pipe: Any,
+    story: ProbeStory,
+    *,
+    mode: str,
+    settings: dict[str, Any],
+    seed: int,
+    **callbacks: Any,
 ) -> tuple[np.ndarray, set[int]]:
-    """Render a story with ``pipe`` in ``mode``; returns frames and the frames given to calls."""
+    """Render a story with ``pipe`` in ``mode``; returns frames and the frames given to calls.
+    ``callbacks`` (``callback_on_call_end``, ``callback_on_level_end``) go to the pipeline."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     out = pipe(
@@ -228,6 +235,7 @@ def render_story(
         micro_batch=int(settings.get("micro_batch", 16)),
         output_type="np",
         progress=False,
+        **callbacks,
     )
     known = {f for call in out.plan.calls for f, k in zip(call.frames, call.known) if k}
     return out.frames, known
@@ -326,17 +334,12 @@ def global_keyframes(
         raise _FirstLevelDone
 
     with contextlib.suppress(_FirstLevelDone):
-        pipe(
-            story.prompts(),
-            story.num_frames,
-            fps=settings.get("fps"),
-            frames_per_call=int(settings.get("frames_per_call", 16)),
-            num_inference_steps=int(settings["num_inference_steps"]),
-            guidance_scale=float(settings["guidance_scale"]),
-            generator=seed,
-            policy="stretch",
-            output_type="np",
-            progress=False,
+        render_story(
+            pipe,
+            story,
+            mode="hierarchical",
+            settings=settings,
+            seed=seed,
             callback_on_call_end=on_call,
             callback_on_level_end=on_level,
         )

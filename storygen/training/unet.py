@@ -376,16 +376,10 @@ class _Trainer:
         #: the diffusion times and noise of every step, from their own generator: a run's draws
         #: do not depend on what else consumes torch's global generator (a compile does)
         self.draws = torch.Generator(device).manual_seed(config.seed + 1_000_003)
-        if config.compile:
-            from torch._dynamo import config as dynamo_config
+        if config.compile:  # in place, static shapes: a graph per call length
+            from storygen.accel import compile_unet
 
-            from curate.compile_cache import use_compile_cache
-
-            use_compile_cache()
-            for name in ("recompile_limit", "cache_size_limit"):  # a graph per call length
-                if hasattr(dynamo_config, name):
-                    setattr(dynamo_config, name, max(getattr(dynamo_config, name), 16))
-            self.unet.compile(dynamic=False)  # in place: state_dict keys unchanged
+            compile_unet(self.unet)
 
     def loss(
         self,

@@ -15,6 +15,8 @@ from curate.shapes import read_frame
 from storygen.training.windows import ROLES, sample_window
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the tiny runs' shared settings: the micro network at 32 px, calls of 8 frames, in-process data
+MICRO = {"preset": "micro", "size": 32, "frames": 8, "workers": 0, "eval_stories": 0}
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -77,17 +79,13 @@ def tiny_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-storygen")
     config = TrainConfig(
         out=str(out),
-        preset="micro",
-        size=32,
-        frames=8,
         batch_size=4,
         steps=60,
         vae_steps=30,
-        workers=0,
         lr=1e-3,
         log_every=10,
-        eval_stories=0,
         text_encoder=str(ROOT / "models" / "shapes-clip"),
+        **MICRO,
     )
     return out, train(config)
 
@@ -120,17 +118,7 @@ def test_the_folder_renders_and_continues(tiny_folder, tmp_path):
     ).frames
     assert frames.shape == (9, 32, 32, 3)
     more = train(
-        TrainConfig(
-            out=str(tmp_path / "more"),
-            init=str(out),
-            preset="micro",
-            size=32,
-            frames=8,
-            batch_size=2,
-            steps=3,
-            workers=0,
-            eval_stories=0,
-        )
+        TrainConfig(out=str(tmp_path / "more"), init=str(out), batch_size=2, steps=3, **MICRO)
     )
     assert more["steps_done"] == 63
     assert [r["part"] for r in more["runs"]] == ["autoencoder", "unet", "unet"]
@@ -164,15 +152,7 @@ def test_a_run_can_share_another_runs_autoencoder(tiny_folder, tmp_path):
 
     out, _ = tiny_folder
     base = dict(
-        preset="micro",
-        size=32,
-        frames=8,
-        batch_size=2,
-        steps=2,
-        workers=0,
-        log_every=1,
-        eval_stories=0,
-        text_encoder=str(ROOT / "models" / "shapes-clip"),
+        MICRO, batch_size=2, steps=2, log_every=1, text_encoder=str(ROOT / "models" / "shapes-clip")
     )
     report = train(TrainConfig(out=str(tmp_path / "shared"), vae=str(out), **base))
     assert [r["part"] for r in report["runs"]] == ["unet"]  # no autoencoder run
@@ -203,15 +183,11 @@ def test_compiled_training_steps_match_eager_ones(tiny_folder, tmp_path, monkeyp
             TrainConfig(
                 out=str(tmp_path / f"c{flag}"),
                 init=str(out),
-                preset="micro",
-                size=32,
-                frames=8,
                 batch_size=2,
                 steps=3,
-                workers=0,
                 log_every=1,
-                eval_stories=0,
                 compile=flag,
+                **MICRO,
             )
         )
         runs[flag] = [h["loss"] for h in report["runs"][-1]["history"]]
