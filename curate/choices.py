@@ -17,6 +17,10 @@ AGGREGATES: tuple[str, ...] = ("mean", "min", "max", "median")
 CAPTION_MODES: tuple[str, ...] = ("best_fragment", "whole")
 #: dtypes a CLIP runs in (the half-precision ones on CUDA only)
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+#: what a CUDA CLIP runs in float8: "auto" (the encoder layers' MLPs once the image tower is
+#: compiled, where the GPU and torchao allow), nothing, every linear layer of the image tower,
+#: or the MLPs from the first batch
+FP8_SCOPES: tuple[str, ...] = ("auto", "off", "all", "mlp")
 #: how sampled frames are stored in a clips shard ("none": not at all)
 KEYFRAME_FORMATS: tuple[str, ...] = ("none", "jpeg", "webp")
 #: where re-captioning looks for a prompt when a scene's own caption does not fit

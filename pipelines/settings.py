@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.choices import DETECTORS, KEYFRAME_FORMATS
+from curate.choices import DETECTORS, FP8_SCOPES, KEYFRAME_FORMATS
 from schemas.inputs import ManifestLimits
 
 
@@ -174,11 +174,14 @@ class RunSettings:
         "CLIP and captioner device: cpu, cuda, cuda:1 (on CUDA: bfloat16, batches sized from "
         "free memory, CLIP's image tower compiled once a run has embedded 50,000 frames)",
     )
-    clip_fp8: bool = option(
-        False,
-        "CLIP's image tower in float8 on CUDA (compute capability 8.9+, needs torchao: pip "
-        "install 'storyloom[gpu]'); 1.54x bf16 on an H200 for a ViT-L/14, embeddings at "
-        "cosine 0.998 of bf16",
+    clip_fp8: str = option(
+        "auto",
+        "float8 in CLIP's image tower on CUDA (compute capability 8.9+, needs torchao: pip "
+        "install 'storyloom[gpu]'): auto = the encoder layers' MLPs once the tower is "
+        "compiled, where the GPU allows (ViT-L/14 on an H200: 1.42x eager bf16, embeddings at "
+        "cosine >= 0.9993 of bf16); mlp = from the first batch; all = every linear layer "
+        "(1.54x, cosine 0.998); off",
+        choices=FP8_SCOPES,
     )
     share_model: bool = option(
         False, "one CLIP per machine shared by all worker processes (large models on a GPU)"

@@ -36,8 +36,8 @@ import torch
 from curate.shapes import SceneFacts, SceneRenderer, random_facts
 
 ROLES = ("global", "local", "autoregressive")
-#: how often each role is drawn
-ROLE_WEIGHTS = (0.35, 0.45, 0.20)
+#: how often each role is drawn (the global call places every keyframe: where motion is won or lost)
+ROLE_WEIGHTS = (0.40, 0.40, 0.20)
 #: scene length on the fine timeline, frames (log-uniform)
 SCENE_FRAMES = (4, 240)
 #: window spacing, frames of the final video between adjacent frames of a call (log-uniform)

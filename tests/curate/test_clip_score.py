@@ -253,6 +253,14 @@ def test_speed_settings_resolve_per_device(tiny_clip):
         ClipScorer(model=tiny_clip, dtype="bfloat16")
     with pytest.raises(ValueError, match="fp8 needs a CUDA device"):
         ClipScorer(model=tiny_clip, fp8=True)
+    with pytest.raises(ValueError, match="fp8 needs a CUDA device"):
+        ClipScorer(model=tiny_clip, fp8="mlp")
+    with pytest.raises(ValueError, match="fp8 must be one of"):
+        ClipScorer(model=tiny_clip, device="cuda", fp8="half")
+    # the default: float8 MLPs on CUDA once compiled, nothing on the CPU
+    assert (s.fp8, s.fp8_active) == ("auto", "off")
+    assert ClipScorer(model=tiny_clip, device="cuda", fp8=False).fp8 == "off"
+    assert ClipScorer(model=tiny_clip, device="cuda", fp8="mlp").fp8_active == "mlp"
     with pytest.raises(ValueError, match="compile"):
         ClipScorer(model=tiny_clip, compile="always")
 
@@ -280,12 +288,17 @@ def test_compiled_and_fp8_image_towers_hold_the_embeddings_on_cuda(
     x = np.random.default_rng(1).integers(0, 256, (13, 40, 56, 3), dtype=np.uint8)
     with ClipScorer(model=tiny_clip, device="cuda", batch_size=8, compile="off") as s:
         want = s.embed_images(x)
-    with ClipScorer(model=tiny_clip, device="cuda", batch_size=8, compile="on") as s:
+    with ClipScorer(model=tiny_clip, device="cuda", batch_size=8, compile="on", fp8="off") as s:
         got = s.embed_images(x)
-        assert s._image_fn is not None
+        assert s._image_fn is not None and s.fp8_active == "off"
     assert (got * want).sum(axis=1).min() >= 0.999
     if torch.cuda.get_device_capability() >= (8, 9):
         pytest.importorskip("torchao")
         with ClipScorer(model=tiny_clip, device="cuda", batch_size=8, fp8=True) as s:
             fp8 = s.embed_images(x)
         assert (fp8 * want).sum(axis=1).min() >= 0.99
+        # the default: the MLPs turn float8 when the tower is compiled
+        with ClipScorer(model=tiny_clip, device="cuda", batch_size=8, compile="on") as s:
+            mlp = s.embed_images(x)
+            assert s.fp8_active == "mlp"
+        assert (mlp * want).sum(axis=1).min() >= 0.99
