@@ -9,7 +9,10 @@ its neighbours where along the prompted motion it stands: with ``progress_embedd
 sinusoidal embedding, projected, is added to that frame's timestep embedding, so it
 modulates every residual block of that frame (``progress_channel``, an extra constant input
 channel, is the earlier and weaker way: a model trained with it for 882 steps left its weights
-at 1 % of the other channels'). With an all-zero mask it is the global model;
+at 1 % of the other channels'). ``prompt_progress_embedding`` adds a
+:class:`PromptProgressEmbedding` of each frame's prompt and progress read together (which way a
+prompted motion goes and how far along it a frame is). With an all-zero mask it is the global
+model;
 with the first and last frame known it is NUWA-XL's local model. Its config (constructor
 kwargs) round-trips through ``save_pretrained`` / ``from_pretrained`` as JSON beside safetensors.
 
@@ -36,8 +39,10 @@ from einops import rearrange
 __all__ = [
     "MaskedUNet3D",
     "ModelMixin",
+    "PromptProgressEmbedding",
     "add_progress_channel",
     "add_progress_embedding",
+    "add_prompt_progress_embedding",
     "progress_embedding",
     "spacing_embedding",
     "unet3d_forward",
@@ -74,6 +79,34 @@ def progress_embedding(progress: torch.Tensor, dim: int = PROGRESS_DIM) -> torch
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
+
+
+class PromptProgressEmbedding(torch.nn.Module):
+    """Each frame's prompt read together with its segment progress, as an addition to the
+    frame's timestep embedding: ``heads`` learnt queries attention-pool the frame's prompt
+    states (so the network can single out the tokens that name a motion, which cross-attention
+    to all 77 states dilutes), then a two-layer MLP of ``[pooled prompt, progress embedding]``
+    (its last layer zero at start: a model grown with it computes what it did before).
+    Where a prompted motion puts the shape depends on both at once, which a sum of a
+    prompt-free progress term and per-token cross-attention expresses poorly."""
+
+    def __init__(self, text_dim: int, out_dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = torch.nn.Parameter(torch.randn(heads, text_dim) * text_dim**-0.5)
+        self.linear_1 = torch.nn.Linear(heads * text_dim + PROGRESS_DIM, out_dim)
+        self.linear_2 = torch.nn.Linear(out_dim, out_dim)
+        torch.nn.init.zeros_(self.linear_2.weight)
+        torch.nn.init.zeros_(self.linear_2.bias)
+
+    def forward(self, states: torch.Tensor, progress: torch.Tensor) -> torch.Tensor:
+        """states: (B, F, S, D) per-frame prompt states; progress: (B, F) -> (B, F, out_dim)."""
+        states = states.to(self.query.dtype)
+        scores = torch.einsum("bfsd,hd->bfhs", states, self.query) * states.shape[-1] ** -0.5
+        pooled = torch.einsum("bfhs,bfsd->bfhd", scores.softmax(dim=-1), states).flatten(2)
+        p = progress_embedding(progress, PROGRESS_DIM).to(pooled.dtype)
+        hidden = torch.nn.functional.silu(self.linear_1(torch.cat([pooled, p], dim=-1)))
+        return self.linear_2(hidden)
 
 
 def unet3d_forward(
@@ -216,6 +249,7 @@ class MaskedUNet3D(UNet3DConditionModel):
         time_cond_proj_dim: int | None = None,
         progress_channel: bool = False,
         progress_embedding: bool = False,
+        prompt_progress_embedding: bool = False,
     ):
         if sample_channels < 1:
             raise ValueError(f"sample_channels must be >= 1, got {sample_channels!r}")
@@ -248,6 +282,10 @@ class MaskedUNet3D(UNet3DConditionModel):
             self.progress_proj = torch.nn.Linear(PROGRESS_DIM, block_out_channels[0] * 4)
             torch.nn.init.zeros_(self.progress_proj.weight)
             torch.nn.init.zeros_(self.progress_proj.bias)
+        if prompt_progress_embedding:
+            self.prompt_progress = PromptProgressEmbedding(
+                cross_attention_dim, block_out_channels[0] * 4
+            )
 
     @property
     def sample_channels(self) -> int:
@@ -259,6 +297,7 @@ class MaskedUNet3D(UNet3DConditionModel):
         return bool(
             self.config.get("progress_channel", False)
             or self.config.get("progress_embedding", False)
+            or self.config.get("prompt_progress_embedding", False)
         )
 
     def forward(  # type: ignore[override]
@@ -302,6 +341,12 @@ class MaskedUNet3D(UNet3DConditionModel):
         if self.config.get("progress_embedding", False):
             weight = self.progress_proj.weight
             frame_emb = self.progress_proj(progress_embedding(p, PROGRESS_DIM).to(weight.dtype))
+        if self.config.get("prompt_progress_embedding", False):
+            states = encoder_hidden_states
+            if states.ndim == 3:
+                states = states[:, None].expand(-1, f, -1, -1)
+            extra = self.prompt_progress(states, p)
+            frame_emb = extra if frame_emb is None else frame_emb + extra
         return unet3d_forward(
             self, x, timestep, encoder_hidden_states, timestep_cond=cond, frame_emb=frame_emb
         )
@@ -319,6 +364,24 @@ def add_progress_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
     grown = MaskedUNet3D(**config)
     missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or set(missing) != {"progress_proj.weight", "progress_proj.bias"}:
+        raise ValueError(f"cannot grow the UNet: missing {missing}, unexpected {unexpected}")
+    grown = grown.to(unet.device)
+    return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
+
+
+def add_prompt_progress_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
+    """A copy of ``unet`` (grown with :func:`add_progress_embedding` first if it needs to be)
+    that also reads each frame's prompt with its progress (:class:`PromptProgressEmbedding`,
+    its output layer all zero): it computes exactly what ``unet`` computes until training
+    teaches it to use them."""
+    unet = add_progress_embedding(unet)
+    if unet.config.get("prompt_progress_embedding", False):
+        return unet
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    config.update(prompt_progress_embedding=True)
+    grown = MaskedUNet3D(**config)
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or not missing or not all(k.startswith("prompt_progress.") for k in missing):
         raise ValueError(f"cannot grow the UNet: missing {missing}, unexpected {unexpected}")
     grown = grown.to(unet.device)
     return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)

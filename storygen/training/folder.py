@@ -65,8 +65,10 @@ def to_t2v_folder(
     """The same network as a plain text-to-video model in the ModelScope layout.
 
     The UNet loses its conditions (known frames, mask and segment progress: ``conv_in`` keeps
-    the weights of the noisy sample's channels only, the progress projection goes), which is exactly the network the global role
-    trained, with nothing given. A stock ``UNet3DConditionModel`` has no spacing input, so the
+    the weights of the noisy sample's channels only, the progress projection goes), which is
+    the network the global role trained, with nothing given; a prompt-and-progress embedding
+    (which reads each frame's prompt, as a stock UNet's timestep embedding cannot) is left
+    out, so a model trained with one differs from its global role by it. A stock ``UNet3DConditionModel`` has no spacing input, so the
     embedding of ``spacing`` is folded into the time embedding's bias, and so is a progress
     embedding's value at ``progress`` (mid-segment by default). The folder loads as
     ``TextToVideoSDPipeline`` saves it, and storygen runs it training-free.
@@ -84,7 +86,13 @@ def to_t2v_folder(
         for k, v in unet.config.items()
         if not k.startswith("_")
         and k
-        not in ("sample_channels", "time_cond_proj_dim", "progress_channel", "progress_embedding")
+        not in (
+            "sample_channels",
+            "time_cond_proj_dim",
+            "progress_channel",
+            "progress_embedding",
+            "prompt_progress_embedding",
+        )
     }
     c = unet.sample_channels
     config.update(in_channels=c, out_channels=c)
@@ -104,7 +112,9 @@ def to_t2v_folder(
         with torch.no_grad():
             at = unet.progress_proj(progress_embedding(torch.tensor([[progress]])))[0, 0]
         state["time_embedding.linear_2.bias"] = state["time_embedding.linear_2.bias"] + at
-    for key in [k for k in state if k.startswith("progress_proj.")]:
+    # the prompt-and-progress path reads each frame's prompt, which a stock UNet's
+    # timestep embedding cannot: the plain layout leaves it out
+    for key in [k for k in state if k.startswith(("progress_proj.", "prompt_progress."))]:
         del state[key]
     plain.load_state_dict(state)
     pipe: Any = TextToVideoSDPipeline(

@@ -30,9 +30,14 @@ import torch
 
 from storygen.training.folder import NOISE, save_folder
 from storygen.training.vae import VAES, build_vae, encode, train_vae
-from storygen.training.windows import StoryWindows
+from storygen.training.windows import StoryWindows, sample_window
 
 logger = logging.getLogger(__name__)
+
+#: windows of the held-out loss, and the seed they, their diffusion times and noise come from
+#: (no training run draws from it)
+HELDOUT_WINDOWS = 64
+HELDOUT_SEED = 20_261_201
 
 #: the UNet of the shipped model: 12 M parameters, attention at 8×8 and 4×4 latents
 SHAPES_UNET: dict[str, Any] = {
@@ -128,6 +133,7 @@ def build_unet(cross_attention_dim: int, size: int, seed: int = 0, preset: str =
         cross_attention_dim=cross_attention_dim,
         time_cond_proj_dim=SPACING_DIM,
         progress_embedding=True,
+        prompt_progress_embedding=True,
         **UNETS[preset],
     )
 
@@ -278,12 +284,14 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
 
 
 def _with_progress(unet: Any) -> Any:
-    """A continued UNet gains the progress embedding (zero weights) if it has none."""
-    from storygen.models import add_progress_embedding
+    """A continued UNet gains the progress embeddings (zero output weights) it lacks."""
+    from storygen.models import add_prompt_progress_embedding
 
     if not unet.config.get("progress_embedding", False):
         logger.info("adding the segment-progress embedding (zero weights: same outputs)")
-    return add_progress_embedding(unet)
+    if not unet.config.get("prompt_progress_embedding", False):
+        logger.info("adding the prompt-and-progress embedding (zero output: same outputs)")
+    return add_prompt_progress_embedding(unet)
 
 
 def load_vae(path: str, size: int) -> Any:
@@ -416,6 +424,39 @@ class _Trainer:
         err = (pred.float() - target) ** 2 * weight * unknown
         return err.sum() / unknown.sum().clamp(min=1)
 
+    @torch.no_grad()
+    def heldout_loss(self, *, ema: bool, windows: int = HELDOUT_WINDOWS) -> float:
+        """The loss on a fixed held-out set: ``windows`` windows drawn from a seed training
+        never uses, each role and a spread of diffusion times, the same noise every time; so,
+        unlike the training loss (a few windows at random times each step), it compares a
+        run's start with its end, and one run with another. ``ema``: the moving-average
+        weights (what is saved) instead of the live ones."""
+        rng = np.random.default_rng(HELDOUT_SEED)
+        size, frames = self.config.size, self.config.frames
+        drawn = [sample_window(rng, frames=frames, size=size) for _ in range(windows)]
+        unet, text = self.unet, self.text
+        if ema:
+            self.unet, self.text = self.ema, self.ema_text
+        draws, self.draws = self.draws, torch.Generator(self.device).manual_seed(HELDOUT_SEED)
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            total = 0.0
+            for start in range(0, windows, self.config.batch_size):
+                part = drawn[start : start + self.config.batch_size]
+                batch = (
+                    torch.from_numpy(np.stack([w.frames for w in part])),
+                    [w.prompts for w in part],
+                    torch.from_numpy(np.stack([w.mask for w in part])),
+                    torch.tensor([w.spacing for w in part], dtype=torch.float32),
+                    torch.from_numpy(np.stack([w.progress for w in part])),
+                )
+                total += float(self.loss(*batch)) * len(part)
+            return total / windows
+        finally:
+            self.unet.train(was_training)
+            self.unet, self.text, self.draws = unet, text, draws
+
     def step(self, step: int, batch: Any) -> torch.Tensor:
         """One update; returns the loss, left on the device."""
         loss = self.loss(*batch)
@@ -489,7 +530,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     trainer = _Trainer(config, models, device)
     loader = _loader(config, device, config.seed + 1000 * len(models.previous.get("runs", [])))
     logger.info("training a %s-parameter MaskedUNet3D on %s", trainer.n_params, device)
+    heldout_start = trainer.heldout_loss(ema=False)
     run = _loop(config, trainer, loader)
+    heldout_end = trainer.heldout_loss(ema=True)
+    logger.info("held-out loss %.4f -> %.4f", heldout_start, heldout_end)
 
     out = Path(config.out)
     save_folder(
@@ -509,6 +553,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "steps": run.steps,
             "time_s": run.time_s,
             "final_loss": float(np.mean(run.losses[-100:])) if run.losses else None,
+            # the same fixed windows, times and noise at the run's start and end
+            "heldout_loss": {"start": heldout_start, "end": heldout_end},
             "batch_size": config.batch_size,
             "lr": config.lr,
             "text_lr": config.text_lr if trainer.text_trainable else None,

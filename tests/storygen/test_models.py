@@ -126,6 +126,44 @@ def test_wrong_embedding_shape_is_named():
         model(x, 10, ctx[:, :3])
 
 
+def test_prompt_progress_grows_silently_then_reads_prompt_and_progress_together(tmp_path):
+    """The prompt-and-progress embedding: a grown model computes what it did; once its output
+    layer is trained, the output depends on the progress, on the prompt through the pooled
+    path, and on the two jointly (the change the progress makes differs between prompts); the
+    training gradient reaches the pooling queries and the prompt states."""
+    from storygen.models import add_prompt_progress_embedding
+
+    model = _masked()
+    grown = add_prompt_progress_embedding(model).eval()
+    assert grown.config.progress_embedding and grown.config.prompt_progress_embedding
+    x, ctx = _inputs()
+    other = ctx.flip(-1)  # a different prompt on every frame
+    mask, spacing = torch.tensor([[1.0, 0, 0, 0, 1]]), torch.tensor([4.0])
+    early, late = torch.zeros(1, 5), torch.linspace(0, 1, 5)[None]
+    with torch.no_grad():
+        want = model(x, 10, ctx, mask=mask, spacing=spacing)
+        assert torch.equal(grown(x, 10, ctx, mask=mask, spacing=spacing, progress=late), want)
+        grown.prompt_progress.linear_2.weight.normal_()
+
+        def out(c, p):
+            return grown(x, 10, c, mask=mask, spacing=spacing, progress=p)
+
+        a, b = out(ctx, early), out(ctx, late)
+        c, d = out(other, early), out(other, late)
+    assert not torch.allclose(a, b)
+    assert not torch.allclose(b - a, d - c, atol=1e-6)
+    states = ctx.clone().requires_grad_(True)
+    grown.train()
+    grown(x, 10, states, mask=mask, spacing=spacing, progress=late).square().mean().backward()
+    assert grown.prompt_progress.query.grad.abs().sum() > 0
+    assert states.grad.abs().sum() > 0
+    grown.eval().save_pretrained(tmp_path)
+    loaded = MaskedUNet3D.from_pretrained(tmp_path).eval()
+    assert add_prompt_progress_embedding(loaded) is loaded
+    with torch.no_grad():
+        assert torch.equal(loaded(x, 10, ctx, mask=mask, spacing=spacing, progress=late), b)
+
+
 @pytest.mark.parametrize("way", ["embedding", "channel"])
 def test_progress_starts_as_the_model_it_grows_from_and_then_conditions(tmp_path, way):
     from storygen.models import add_progress_channel, add_progress_embedding

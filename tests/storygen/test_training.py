@@ -94,7 +94,10 @@ def test_tiny_training_lowers_the_loss_and_writes_a_folder(tiny_folder):
     out, report = tiny_folder
     history = report["runs"][-1]["history"]
     assert len(history) == 6
-    assert history[-1]["loss"] < 0.75 * history[0]["loss"]  # a tiny, noisy run: a clear fall
+    # the training loss of a tiny run is too noisy to read (a few windows at random times each
+    # step); the held-out loss (fixed windows, times and noise) falls clearly
+    heldout = report["runs"][-1]["heldout_loss"]
+    assert heldout["end"] < 0.75 * heldout["start"]
     assert report["steps_done"] == 60
     saved = json.loads((out / "training.json").read_text())
     assert [r["part"] for r in saved["runs"]] == ["autoencoder", "unet"]
@@ -124,7 +127,7 @@ def test_the_folder_renders_and_continues(tiny_folder, tmp_path):
     assert [r["part"] for r in more["runs"]] == ["autoencoder", "unet", "unet"]
 
 
-def test_plain_text_to_video_export_is_the_same_network(tiny_folder, tmp_path):
+def test_plain_text_to_video_export_is_the_same_network_less_its_prompt_path(tiny_folder, tmp_path):
     from diffusers import UNet3DConditionModel
 
     from storygen.loading import load_pipeline
@@ -139,6 +142,10 @@ def test_plain_text_to_video_export_is_the_same_network(tiny_folder, tmp_path):
     plain = UNet3DConditionModel.from_pretrained(t2v / "unet").float()
     x, ctx = torch.randn(1, 4, 5, 8, 8), torch.randn(1, 5, 77, masked.config.cross_attention_dim)
     with torch.no_grad():
+        # the prompt-and-progress path reads the prompt: the plain layout leaves it out
+        assert masked.config.prompt_progress_embedding
+        masked.prompt_progress.linear_2.weight.zero_()
+        masked.prompt_progress.linear_2.bias.zero_()
         mid = torch.full((1, 5), 0.5)  # the export folds the progress at mid-segment
         a = masked(x, torch.tensor(300), ctx, spacing=torch.tensor([1.0]), progress=mid)
         b = unet3d_forward(plain, x, torch.tensor(300), ctx)
