@@ -190,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "unet_passes": out.stats.unet_forwards,
                 "wall_time_s": wall,
                 "compiled": stats.compiled,
+                "compiled_rows": stats.compiled_rows,
                 # the first batch of each shape beyond its median batch: compiling, autotuning
                 "warmup_s": warmup,
                 "wall_time_after_warmup_s": wall - warmup,
@@ -346,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--compile",
-        choices=("on", "off"),
+        choices=("on", "all", "off"),
         default="off",
-        help="compile the UNet (both modes alike)",
+        help="compile the UNet (both modes alike): on = the batch shapes run 50+ passes, "
+        "all = every shape",
     )
     p.add_argument("--skip", default="", help="modes to skip, comma separated")
     p.add_argument("--progress", action="store_true")

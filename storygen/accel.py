@@ -1,14 +1,19 @@
 """Compiling the UNet (``torch.compile``), with a compile cache on disk.
 
-``compile="on"`` (``storygen render --compile on``) compiles a render's UNet in place, once
-(``nn.Module.compile``: the module keeps its class, so every caller still sees a
-``MaskedUNet3D`` or ``UNet3DConditionModel``), with static shapes: every forward pass is padded
-to a power-of-two number of rows (:func:`padded_rows`; the padding repeats the last row and is
-dropped from the output), so a render compiles one graph per row bucket and call length (a
-3,376-frame plan at micro-batch 16: 2 graphs) instead of one per batch size. Compiled graphs
-are kept in Inductor's cache (:func:`compile_cache_dir`, by default
-``~/.cache/storyloom/inductor``), so a second run of the same model and shapes pays a fraction
-of the first compile.
+``compile="on"`` (``storygen render --compile on``) compiles a render's UNet where it repays:
+the forward passes of each row bucket are counted as the plan's levels are batched, and a
+bucket is compiled once the render holds :data:`COMPILE_MIN_PASSES` passes of it (a
+3,376-frame plan at 25 steps: the last level's 4 batches × 25 steps compile, the global and
+middle levels' 25 passes each stay eager; the autoregressive baseline's batch-1 windows compile
+from its third window on; a short render stays eager). ``compile="all"`` compiles every
+bucket from its first pass. The UNet is compiled in place (``nn.Module.compile``: it keeps its
+class, so every caller still sees a ``MaskedUNet3D`` or ``UNet3DConditionModel``; an eager
+pass calls its ``forward`` directly), with static shapes: every compiled pass is padded to a
+power-of-two number of rows (:func:`padded_rows`; the padding repeats the last row and is
+dropped from the output), so a render compiles one graph per row bucket and call length
+instead of one per batch size. Compiled graphs are kept in Inductor's cache
+(:func:`compile_cache_dir`, by default ``~/.cache/storyloom/inductor``), so a second run of the
+same model and shapes pays a fraction of the first compile.
 
 It is off by default. Measured on one H200 with dynamic shapes (``benchmarks/storygen_speed.py
 --device cuda --preset modelscope --steps 5 --lengths 3376 --compile on``, bf16, before the
@@ -16,7 +21,9 @@ padding): the autoregressive baseline's batch-1 calls ran 1.5x faster compiled (
 against 144.3 s eager), the hierarchical levels' batched calls slower (66 TFLOP/s after a
 136 s warm-up, against about 180 TFLOP/s eager); with ``TORCH_LOGS=recompiles`` the shipped
 model recompiled for every new batch size (2, 30, 114 rows: "tensor 'mask' size mismatch at
-index 0"), about a minute each. The static, padded shapes are not yet measured on a GPU.
+index 0"), about a minute each. With static shapes and every bucket compiled, a 25-step
+3,376-frame render of that UNet had not finished compiling after 395 s (cold cache), which is
+why ``"on"`` compiles only the buckets that carry the work.
 """
 
 from __future__ import annotations
@@ -29,28 +36,78 @@ from curate.compile_cache import CACHE_ENV, compile_cache_dir, use_compile_cache
 __all__ = [
     "CACHE_ENV",
     "COMPILE_CHOICES",
+    "COMPILE_MIN_PASSES",
+    "CompilePolicy",
     "compile_cache_dir",
     "compile_unet",
+    "compiled_rows",
     "is_compiled",
     "padded_rows",
     "resolve_compile",
+    "use_compiled_rows",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: the choices of ``compile`` (``storygen render --compile``)
-COMPILE_CHOICES = ("on", "off")
+COMPILE_CHOICES = ("on", "all", "off")
+#: ``compile="on"``: forward passes of one row bucket a render must hold before that bucket is
+#: compiled (a cold compile of a large UNet costs a minute or two per graph; a pass of a full
+#: batch saves a fraction of a second to a few seconds)
+COMPILE_MIN_PASSES = 50
 _COMPILED_FLAG = "_storyloom_compiled"
+_BUCKETS_ATTR = "_storyloom_compiled_rows"
 
 
-def resolve_compile(choice: str | bool | None) -> bool:
-    """Whether a render compiles its UNet: ``"on"`` / ``True``, or ``"off"`` / ``False`` /
-    ``None`` (the default)."""
+def resolve_compile(choice: str | bool | None) -> str:
+    """A render's compile setting: ``"on"`` / ``True`` (where it repays), ``"all"`` (every
+    row bucket), or ``"off"`` / ``False`` / ``None`` (the default)."""
     if choice in (True, "on"):
-        return True
+        return "on"
+    if choice == "all":
+        return "all"
     if choice in (None, False, "off"):
-        return False
+        return "off"
     raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {choice!r}")
+
+
+class CompilePolicy:
+    """Which row buckets of a render run compiled: counts the forward passes each bucket is
+    planned to take, level by level, and compiles a bucket once the count reaches
+    ``min_passes`` (``"all"``: from the first). ``rows`` is the set a compiled UNet reads."""
+
+    def __init__(self, choice: str, min_passes: int = COMPILE_MIN_PASSES) -> None:
+        self.choice = resolve_compile(choice)
+        self.min_passes = 1 if self.choice == "all" else int(min_passes)
+        self.passes: dict[int, int] = {}
+        self.rows: set[int] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self.choice != "off"
+
+    def plan(self, batches: list[tuple[int, int]]) -> None:
+        """Count a level's batches, ``(rows, passes)`` each (rows: calls × guidance branches;
+        passes: the denoising steps of the batch), and choose the buckets to compile."""
+        if not self.enabled:
+            return
+        for rows, passes in batches:
+            bucket = padded_rows(rows)
+            self.passes[bucket] = self.passes.get(bucket, 0) + passes
+            if self.passes[bucket] >= self.min_passes:
+                self.rows.add(bucket)
+
+
+def compiled_rows(unet: Any) -> set[int]:
+    """The row buckets a compiled UNet runs compiled (empty: every pass eager)."""
+    if not is_compiled(unet):
+        return set()
+    return getattr(unet, _BUCKETS_ATTR, set())
+
+
+def use_compiled_rows(unet: Any, rows: set[int]) -> None:
+    """Let ``unet`` (compiled) run the buckets in ``rows`` compiled (the set is read live)."""
+    setattr(unet, _BUCKETS_ATTR, rows)
 
 
 def compile_unet(unet: Any) -> None:

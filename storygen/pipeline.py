@@ -475,8 +475,9 @@ class StoryVideoPipeline(DiffusionPipeline):
         (default on for a plain text-to-video UNet). ``reconstruction_guidance``: weight of a
         gradient step pulling the predicted clean sample towards the known frames (Ho et al.
         2022); it back-propagates through the UNet, so each step costs about three forwards.
-        ``compile``: ``"on"`` compiles the UNet with ``torch.compile`` (see
-        :mod:`storygen.accel` for when it pays).
+        ``compile``: ``"on"`` compiles the UNet with ``torch.compile`` for the batch shapes
+        the render runs often enough to repay it, ``"all"`` for every shape (see
+        :mod:`storygen.accel`).
         """
         started = time.perf_counter()
 

@@ -217,11 +217,12 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--compile",
-        choices=("on", "off"),
+        choices=("on", "all", "off"),
         default="off",
-        help="compile the UNet with torch.compile (a minute or two first, graphs cached in "
-        "~/.cache/storyloom/inductor or $STORYLOOM_COMPILE_CACHE); on one H200 it made "
-        "--policy autoregressive 1.5x faster and hierarchical levels slower (default: off)",
+        help="compile the UNet with torch.compile: on = the batch shapes a render runs 50 or "
+        "more passes of (a short render stays eager), all = every shape; a minute or two per "
+        "shape the first time, graphs cached in ~/.cache/storyloom/inductor or "
+        "$STORYLOOM_COMPILE_CACHE (default: off)",
     )
     g.add_argument("--cache-dir", help="keep finished calls here and resume from them")
     g.add_argument("--preview", help="also write a keyframe preview sheet (PNG)")

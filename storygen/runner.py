@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from storygen.accel import compile_unet, resolve_compile
+from storygen.accel import CompilePolicy, compile_unet, is_compiled, use_compiled_rows
 from storygen.cache import CallCache
 from storygen.plan import AUTOREGRESSIVE, Call, Level, Plan
 from storygen.sampling import CallInputs
@@ -68,8 +68,10 @@ class GenerationStats:
     calls_per_device: list[int] = field(default_factory=list)
     output_path: str | None = None
     cache_dir: str | None = None
-    #: whether the UNet ran compiled (storygen.accel)
+    #: whether compiling was asked for (storygen.accel: "on" where it repays, "all")
     compiled: bool = False
+    #: the row buckets (padded rows of a forward pass) that ran compiled
+    compiled_rows: list[int] = field(default_factory=list)
     #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
     micro_batches: list[int] = field(default_factory=list)
     #: CUDA memory one model call took (both guidance branches), as measured by the runner
@@ -256,9 +258,9 @@ class PlanRunner:
                     self.last_use[f] = level.index
         self._unets: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
-        #: compile the UNets (storygen.accel): chosen once per render from the plan
-        self.compile = resolve_compile(settings.compile)
-        self.stats.compiled = self.compile
+        #: compile the UNets (storygen.accel): which row buckets, counted as levels are batched
+        self.compile = CompilePolicy(settings.compile)
+        self.stats.compiled = self.compile.enabled
         self.progress: LevelProgress | None = None
 
     # ---------------------------------------------------------------- devices
@@ -270,8 +272,10 @@ class PlanRunner:
             if key not in self._unets:
                 same = base.device == device and not any(v is base for v in self._unets.values())
                 unet = base if same else copy.deepcopy(base).to(device)
-                if self.compile:
+                if self.compile.enabled:
                     compile_unet(unet)
+                if is_compiled(unet):  # compiled by an earlier render: this one's buckets
+                    use_compiled_rows(unet, self.compile.rows)
                 self._unets[key] = unet
             return self._unets[key]
 
@@ -335,6 +339,17 @@ class PlanRunner:
                 chunk = items[start : start + base + (k < extra)]
                 start += len(chunk)
                 out.append(CallBatch(level, [i for i, _ in chunk], [c for _, c in chunk]))
+        branches = 1 if self.negative is None else 2
+        self.compile.plan(
+            [
+                (
+                    len(b.calls) * branches,
+                    max(LevelProgress.steps_of(c, self.settings) for c in b.calls),
+                )
+                for b in out
+            ]
+        )
+        self.stats.compiled_rows = sorted(self.compile.rows)
         return sorted(out, key=lambda b: b.indices[0])
 
     def micro_batch(self) -> int:

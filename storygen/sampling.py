@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from storygen.accel import is_compiled, padded_rows
+from storygen.accel import compiled_rows, is_compiled, padded_rows
 from storygen.models import MaskedUNet3D, unet3d_forward
 
 #: the model's (guided) output for a scaled input at a timestep
@@ -89,7 +89,8 @@ def guided_output(
         spacing, progress = spacing.repeat(2), torch.cat([progress, progress])
     x = x.to(unet.dtype)
     rows = x.shape[0]
-    if is_compiled(unet):  # static shapes: pad to the row bucket, drop the padding after
+    compiled = padded_rows(rows) in compiled_rows(unet)
+    if compiled:  # static shapes: pad to the row bucket, drop the padding after
         pad = padded_rows(rows) - rows
         if pad:
             x, context, known, mask, spacing, progress = (
@@ -97,7 +98,9 @@ def guided_output(
                 for v in (x, context, known, mask, spacing, progress)
             )
     if isinstance(unet, MaskedUNet3D):
-        out = unet(
+        # a compiled UNet runs its graph through __call__; a bucket it leaves eager calls
+        # forward (an uncompiled UNet is called as usual, hooks and all)
+        out = (unet.forward if is_compiled(unet) and not compiled else unet)(
             x,
             t,
             context,

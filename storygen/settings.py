@@ -102,7 +102,8 @@ class RenderSettings:
     micro_batch: int | str = "auto"
     devices: tuple[str | torch.device, ...] | None = None
     progress: bool = True
-    #: compile the UNet ("on" / "off", see storygen.accel)
+    #: compile the UNet ("on": the row buckets that carry the work, "all", "off"; see
+    #: storygen.accel)
     compile: str = "off"
 
     def output_fields(self) -> dict[str, Any]:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from storygen.accel import compile_cache_dir, is_compiled, padded_rows, resolve_compile
+from storygen.accel import (
+    CompilePolicy,
+    compile_cache_dir,
+    is_compiled,
+    padded_rows,
+    resolve_compile,
+)
 from storygen.pipeline import StoryVideoPipeline
 from storygen.presets import new_model
 
@@ -22,11 +28,41 @@ RUN = {
 
 
 def test_compile_is_off_unless_asked():
-    assert resolve_compile(None) is False
-    assert resolve_compile("off") is False and resolve_compile(False) is False
-    assert resolve_compile("on") is True and resolve_compile(True) is True
+    assert resolve_compile(None) == "off"
+    assert resolve_compile("off") == "off" and resolve_compile(False) == "off"
+    assert resolve_compile("on") == "on" and resolve_compile(True) == "on"
+    assert resolve_compile("all") == "all"
     with pytest.raises(ValueError, match="compile must be one of"):
         resolve_compile("auto")
+
+
+def test_compile_where_it_repays():
+    """ "on" compiles a row bucket once the render holds enough passes of it: a 3,376-frame
+    hierarchical plan at 25 steps with guidance (levels of 1, 15 and 225 calls, micro-batch
+    64: 2, 30 and 4 x ~113 rows) compiles the last level's bucket only; the autoregressive
+    baseline's batch-1 windows compile from the third window on; a short render stays eager;
+    "all" compiles every bucket; "off" none."""
+    hier = CompilePolicy("on")
+    hier.plan([(2, 25)])
+    hier.plan([(30, 25)])
+    assert hier.rows == set()
+    hier.plan([(114, 25), (114, 25), (112, 25), (110, 25)])
+    assert hier.rows == {128} and hier.passes == {2: 25, 32: 25, 128: 100}
+    ar = CompilePolicy("on")
+    chosen = []
+    for _ in range(4):  # one window a level
+        ar.plan([(2, 25)])
+        chosen.append(set(ar.rows))
+    assert chosen == [set(), {2}, {2}, {2}]
+    short = CompilePolicy("on")
+    short.plan([(2, 12), (8, 12), (8, 12)])
+    assert short.rows == set()
+    every = CompilePolicy("all")
+    every.plan([(2, 1), (30, 1)])
+    assert every.rows == {2, 32}
+    off = CompilePolicy("off")
+    off.plan([(128, 10_000)])
+    assert not off.enabled and off.rows == set()
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -72,17 +108,21 @@ def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
     want = eager(PROMPTS, 17, compile="off", **RUN)
     fast = StoryVideoPipeline.from_pretrained(folder).to(torch.device(device))
     graphs = counters["stats"]["unique_graphs"]
-    got = fast(PROMPTS, 17, compile="on", **RUN)
-    assert got.stats.compiled and is_compiled(fast.unet)
+    short = fast(PROMPTS, 17, compile="on", **RUN)  # 2 steps: nothing repays a compile
+    assert short.stats.compiled and short.stats.compiled_rows == []
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(short.frames, want.frames, atol=atol, rtol=0)
+    got = fast(PROMPTS, 17, compile="all", **RUN)
+    assert got.stats.compiled and is_compiled(fast.unet) and got.stats.compiled_rows == [2, 4]
     torch.testing.assert_close(got.frames, want.frames, atol=atol, rtol=0)
     # static shapes, one graph per row bucket: the global call (1 call x 2 guidance branches
     # = 2 rows) and the local batches (2 calls = 4 rows; a batch of 3 would pad to 4 as well)
     assert counters["stats"]["unique_graphs"] - graphs == 2
     more = {**RUN, "micro_batch": 4}  # the 4 local calls in one batch: 8 rows, a third graph
-    again = fast(PROMPTS, 17, compile="on", **more)
+    again = fast(PROMPTS, 17, compile="all", **more)
     torch.testing.assert_close(again.frames, want.frames, atol=atol, rtol=0)
     assert counters["stats"]["unique_graphs"] - graphs == 3
-    repeat = fast(PROMPTS, 17, compile="on", **RUN)  # compiled graphs are reused
+    repeat = fast(PROMPTS, 17, compile="all", **RUN)  # compiled graphs are reused
     torch.testing.assert_close(repeat.frames, got.frames, atol=0, rtol=0)
     assert counters["stats"]["unique_graphs"] - graphs == 3
 
