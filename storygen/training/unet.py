@@ -97,6 +97,8 @@ class TrainConfig:
     #: graphs in storyloom's Inductor cache): for GPU runs, where a step of this small network
     #: is bound by kernel launches
     compile: int = 0
+    #: windows of the held-out loss recorded at the run's start and end (0: none)
+    heldout_windows: int = HELDOUT_WINDOWS
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "frames", "size", "log_every"):
@@ -105,6 +107,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.frames < 3:
             raise ValueError(f"frames must be >= 3, got {self.frames!r}")
+        if isinstance(self.heldout_windows, bool) or self.heldout_windows < 0:
+            raise ValueError(f"heldout_windows must be >= 0, got {self.heldout_windows!r}")
         if self.size < 32 or self.size % 8:
             raise ValueError(f"size must be a multiple of 8, >= 32, got {self.size!r}")
         if not 0 <= self.ema < 1:
@@ -530,10 +534,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     trainer = _Trainer(config, models, device)
     loader = _loader(config, device, config.seed + 1000 * len(models.previous.get("runs", [])))
     logger.info("training a %s-parameter MaskedUNet3D on %s", trainer.n_params, device)
-    heldout_start = trainer.heldout_loss(ema=False)
+    # before the first step the moving average is the starting weights, and it is never
+    # compiled: no graph is compiled for the held-out batches
+    windows = config.heldout_windows
+    heldout_start = trainer.heldout_loss(ema=True, windows=windows) if windows else None
     run = _loop(config, trainer, loader)
-    heldout_end = trainer.heldout_loss(ema=True)
-    logger.info("held-out loss %.4f -> %.4f", heldout_start, heldout_end)
+    heldout_end = trainer.heldout_loss(ema=True, windows=windows) if windows else None
+    if heldout_start is not None and heldout_end is not None:
+        logger.info("held-out loss %.4f -> %.4f", heldout_start, heldout_end)
 
     out = Path(config.out)
     save_folder(

@@ -175,6 +175,7 @@ def test_a_run_can_share_another_runs_autoencoder(tiny_folder, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # two CPU compiles of the network's forward and backward
 def test_compiled_training_steps_match_eager_ones(tiny_folder, tmp_path, monkeypatch):
     """``--compile 1`` trains the same network: from the same folder and seed, three steps
     give the losses of eager steps (the diffusion draws come from the trainer's own generator,
@@ -194,6 +195,7 @@ def test_compiled_training_steps_match_eager_ones(tiny_folder, tmp_path, monkeyp
                 steps=3,
                 log_every=1,
                 compile=flag,
+                heldout_windows=0,
                 **MICRO,
             )
         )
