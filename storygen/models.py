@@ -352,21 +352,27 @@ class MaskedUNet3D(UNet3DConditionModel):
         )
 
 
+def _grow(unet: MaskedUNet3D, flag: str, prefix: str) -> MaskedUNet3D:
+    """A copy of ``unet`` with the config ``flag`` set: every weight copied, the new module's
+    (named ``prefix``...) as it initialises them. ``unet`` itself when the flag is set."""
+    if unet.config.get(flag, False):
+        return unet
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    config[flag] = True
+    grown = MaskedUNet3D(**config)
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or not missing or not all(k.startswith(prefix) for k in missing):
+        raise ValueError(f"cannot grow the UNet: missing {missing}, unexpected {unexpected}")
+    grown = grown.to(unet.device)
+    return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
+
+
 def add_progress_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
     """A copy of ``unet`` that reads each frame's segment progress through its timestep
     embedding (``progress_proj`` all zero): it computes exactly what ``unet`` computes until
     training teaches it to use the progress (a model trained without it continues with
     ``storygen train --init``)."""
-    if unet.config.get("progress_embedding", False):
-        return unet
-    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    config.update(progress_embedding=True)
-    grown = MaskedUNet3D(**config)
-    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
-    if unexpected or set(missing) != {"progress_proj.weight", "progress_proj.bias"}:
-        raise ValueError(f"cannot grow the UNet: missing {missing}, unexpected {unexpected}")
-    grown = grown.to(unet.device)
-    return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
+    return _grow(unet, "progress_embedding", "progress_proj.")
 
 
 def add_prompt_progress_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
@@ -374,17 +380,7 @@ def add_prompt_progress_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
     that also reads each frame's prompt with its progress (:class:`PromptProgressEmbedding`,
     its output layer all zero): it computes exactly what ``unet`` computes until training
     teaches it to use them."""
-    unet = add_progress_embedding(unet)
-    if unet.config.get("prompt_progress_embedding", False):
-        return unet
-    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    config.update(prompt_progress_embedding=True)
-    grown = MaskedUNet3D(**config)
-    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
-    if unexpected or not missing or not all(k.startswith("prompt_progress.") for k in missing):
-        raise ValueError(f"cannot grow the UNet: missing {missing}, unexpected {unexpected}")
-    grown = grown.to(unet.device)
-    return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
+    return _grow(add_progress_embedding(unet), "prompt_progress_embedding", "prompt_progress.")
 
 
 def add_progress_channel(unet: MaskedUNet3D) -> MaskedUNet3D:
