@@ -42,6 +42,7 @@ from storygen.training.probe import (  # noqa: E402
     held_out_stories,
     keyframe_motion,
     load_settings,
+    prompt_sensitivity,
 )
 
 COLUMNS = ("color", "shape", "background", "all", "motion", "identity", "flicker", "seam_ratio")
@@ -173,6 +174,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"\nglobal keyframes alone: motion {_fmt(km['motion'])} over {km['segments']} "
             f"segments (real frames at the same positions {_fmt(km['motion_ceiling'])}), "
             f"colour {_fmt(km['color'])}"
+        )
+    if args.prompt_sensitivity:
+        ps = prompt_sensitivity(pipe)
+        result["prompt_sensitivity"] = ps
+        save()
+        m = ps["mean"]
+        print(
+            f"\nprompt sensitivity ({ps['windows']} windows, times {ps['times']}): the prediction "
+            f"moves {m['motion']:.4f} when the motion word flips, {m['colour']:.4f} when the "
+            f"colour changes, {m['empty']:.4f} with no prompt (motion / colour "
+            f"{ps['motion_vs_colour']:.3f})"
         )
     if args.training_free:
         from storygen.training.folder import to_t2v_folder
@@ -371,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also read motion from the global call's keyframes alone, per segment with 3 or "
         "more of them (cheap: one call a story; where motion is lost first)",
+    )
+    p.add_argument(
+        "--prompt-sensitivity",
+        action="store_true",
+        help="also measure how far the model's prediction moves when the prompt's motion word "
+        "flips (left/right, growing/shrinking), beside a colour change (seconds: no sampling)",
     )
     p.add_argument("--plot", default=None, help="PNG of adherence by position (with --lengths)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storygen_quality.json"))

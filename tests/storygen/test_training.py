@@ -200,5 +200,36 @@ def test_compiled_training_steps_match_eager_ones(tiny_folder, tmp_path, monkeyp
             )
         )
         runs[flag] = [h["loss"] for h in report["runs"][-1]["history"]]
-    assert runs[1] == pytest.approx(runs[0], rel=2e-3)
+    # the first step reads the same weights: the same loss up to the compiled kernels' float
+    # order; later steps follow an update that Adam normalises per weight (its first step is
+    # about lr * sign(grad)), so weights whose gradient is near zero (the zero-started
+    # prompt-and-progress module's) can step apart on float noise: close, not equal
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=2e-4)
+    assert runs[1][1:] == pytest.approx(runs[0][1:], rel=1e-2)
     assert load_pipeline(tmp_path / "c1").unet.has_progress
+
+
+def test_prompt_sensitivity_reads_how_far_the_prompt_moves_the_prediction(tiny_folder):
+    """The probe's numbers are prompt dependence: a trained tiny model moves with its prompt;
+    the same model with every cross-attention output (and the prompt-and-progress
+    embedding) zeroed reads no prompt, and the probe then measures exactly nothing."""
+    import torch
+
+    from storygen.loading import load_pipeline
+    from storygen.training.probe import prompt_sensitivity
+
+    out, _ = tiny_folder
+    pipe = load_pipeline(out)
+    got = prompt_sensitivity(pipe, windows=2, times=(700, 300))
+    assert set(got["by_time"]) == {"700", "300"}
+    assert got["mean"]["empty"] > 1e-3 and got["mean"]["colour"] > 0
+    with torch.no_grad():
+        for name, module in pipe.unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_out[0].weight.zero_()
+                module.to_out[0].bias.zero_()
+        if pipe.unet.config.get("prompt_progress_embedding", False):
+            pipe.unet.prompt_progress.linear_2.weight.zero_()
+            pipe.unet.prompt_progress.linear_2.bias.zero_()
+    deaf = prompt_sensitivity(pipe, windows=2, times=(700, 300))
+    assert deaf["mean"] == {"motion": 0.0, "colour": 0.0, "empty": 0.0}
