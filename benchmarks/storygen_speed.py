@@ -209,6 +209,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     else None
                 ),
                 "micro_batches": stats.micro_batches,
+                # per UNet input shape, [calls, seconds] of every batch (compile in the first)
+                "bucket_times_s": stats.bucket_times_s,
                 "call_bytes": stats.call_bytes,
                 **consistency(out.frames, out.plan),
             }

@@ -28,7 +28,13 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from storygen.accel import CompilePolicy, compile_unet, is_compiled, use_compiled_rows
+from storygen.accel import (
+    CompilePolicy,
+    compile_unet,
+    is_compiled,
+    padded_rows,
+    use_compiled_rows,
+)
 from storygen.cache import CallCache
 from storygen.plan import AUTOREGRESSIVE, Call, Level, Plan
 from storygen.sampling import CallInputs
@@ -79,15 +85,20 @@ class GenerationStats:
     #: seconds of every batch by its shape ("calls x frames"): the first batch of a shape
     #: includes compiling (or cuDNN's autotuning), :meth:`warmup_s` counts it apart
     batch_times_s: dict[str, list[float]] = field(default_factory=dict)
+    #: the same batches by the input shape the UNet sees, "rows x frames" (rows: calls x
+    #: guidance branches, padded to their power of two: one compiled graph each), as
+    #: ``[calls, seconds]`` pairs: batches of 57 and 56 calls share a graph of 128 rows
+    bucket_times_s: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def warmup_s(self) -> float:
-        """Time the first batch of each shape took beyond the median batch of that shape:
-        the compile (or autotuning) cost of a run."""
+        """The compile (or autotuning) cost of a run: per input shape the UNet sees, the time
+        its first batch took beyond its calls at the median per-call time of the later ones."""
         extra = 0.0
-        for times in self.batch_times_s.values():
-            if len(times) > 1:
-                rest = sorted(times[1:])
-                extra += max(0.0, times[0] - rest[len(rest) // 2])
+        for entries in self.bucket_times_s.values():
+            if len(entries) > 1:
+                per_call = sorted(t / max(c, 1) for c, t in entries[1:])
+                calls, first = entries[0]
+                extra += max(0.0, first - calls * per_call[len(per_call) // 2])
         return extra
 
     def to_dict(self) -> dict[str, Any]:
@@ -309,9 +320,14 @@ class PlanRunner:
             per_call = (torch.cuda.max_memory_allocated(device) - held) // len(batch.calls)
             with self._lock:
                 self.stats.call_bytes = max(self.stats.call_bytes or 0, int(per_call))
-        shape = f"{len(batch.calls)}x{len(batch.calls[0])}"
+        took = time.perf_counter() - started
+        frames = len(batch.calls[0])
+        rows = padded_rows(len(batch.calls) * (1 if self.negative is None else 2))
         with self._lock:
-            self.stats.batch_times_s.setdefault(shape, []).append(time.perf_counter() - started)
+            self.stats.batch_times_s.setdefault(f"{len(batch.calls)}x{frames}", []).append(took)
+            self.stats.bucket_times_s.setdefault(f"{rows}x{frames}", []).append(
+                [len(batch.calls), took]
+            )
         return samples, forwards
 
     def batches(self, level: int, todo: list[tuple[int, Call]]) -> list[CallBatch]:

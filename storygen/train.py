@@ -53,6 +53,9 @@ _HELP = {
     "training one (runs that differ only in their data share it)",
     "compile": "1: torch.compile the UNet for training (one graph per call length, compiled "
     "in the first minutes; for GPU runs, whose small steps are bound by kernel launches)",
+    "loss_weight": "how the loss weighs diffusion times: min-snr (Min-SNR-5: the noisiest "
+    "times, where layout and motion are decided, weigh little) or v (the plain v error: at "
+    "least as much as a clean-image error at every time); the held-out loss reads min-snr",
     "heldout_windows": "windows of the held-out loss (fixed windows, diffusion times and noise) "
     "recorded in training.json at the run's start and end, comparable across runs (0: none)",
 }

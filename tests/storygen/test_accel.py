@@ -82,6 +82,20 @@ def test_a_render_stays_eager_by_default(tmp_path):
     # every batch is timed by its shape: 1 global call of 5 frames, 2 batches of 2 local calls
     assert out.stats.batch_times_s.keys() == {"1x5", "2x5"}
     assert len(out.stats.batch_times_s["2x5"]) == 2
+    # by the shape the UNet sees: rows = calls x 2 guidance branches
+    assert out.stats.bucket_times_s.keys() == {"2x5", "4x5"}
+    assert [c for c, _ in out.stats.bucket_times_s["4x5"]] == [2, 2]
+
+
+def test_warmup_is_the_first_batch_beyond_its_calls_at_the_later_per_call_time():
+    """57 then 56-call batches share one 128-row graph: the first batch's extra time is the
+    compile, found even though no other batch has 57 calls."""
+    from storygen.runner import GenerationStats
+
+    stats = GenerationStats(num_frames=1, model_calls=1, rounds=1)
+    stats.bucket_times_s = {"128x16": [[57, 157.0], [56, 56.0], [56, 56.0], [56, 56.0]]}
+    stats.bucket_times_s["16x16"] = [[1, 3.0]]  # one batch: nothing to compare it with
+    assert stats.warmup_s() == pytest.approx(100.0)
 
 
 def test_rows_are_padded_to_powers_of_two():

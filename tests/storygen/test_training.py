@@ -179,11 +179,16 @@ def test_a_run_can_share_another_runs_autoencoder(tiny_folder, tmp_path):
 def test_compiled_training_steps_match_eager_ones(tiny_folder, tmp_path, monkeypatch):
     """``--compile 1`` trains the same network: from the same folder and seed, three steps
     give the losses of eager steps (the diffusion draws come from the trainer's own generator,
-    which compiling does not touch) and a folder that loads."""
+    which compiling does not touch) and a folder that loads. Dropout is switched off for the
+    comparison: compiled code draws its dropout masks from its own generator, so with it on the
+    two runs see different masks (a loss apart by about 5e-4 at the first step)."""
+    import torch
+
     from storygen.loading import load_pipeline
     from storygen.training.unet import TrainConfig, train
 
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
     out, _ = tiny_folder
     runs = {}
     for flag in (0, 1):
@@ -200,12 +205,11 @@ def test_compiled_training_steps_match_eager_ones(tiny_folder, tmp_path, monkeyp
             )
         )
         runs[flag] = [h["loss"] for h in report["runs"][-1]["history"]]
-    # the first step reads the same weights: the same loss up to the compiled kernels' float
-    # order; later steps follow an update that Adam normalises per weight (its first step is
-    # about lr * sign(grad)), so weights whose gradient is near zero (the zero-started
-    # prompt-and-progress module's) can step apart on float noise: close, not equal
-    assert runs[1][0] == pytest.approx(runs[0][0], rel=2e-4)
-    assert runs[1][1:] == pytest.approx(runs[0][1:], rel=1e-2)
+    # the first step reads the same weights: the same loss up to the kernels' float order;
+    # later ones follow updates that Adam normalises per weight (about lr * sign(grad) at
+    # first), where float noise in a near-zero gradient can flip a step: close, not equal
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-4)
+    assert runs[1][1:] == pytest.approx(runs[0][1:], rel=2e-3)
     assert load_pipeline(tmp_path / "c1").unet.has_progress
 
 
@@ -233,3 +237,45 @@ def test_prompt_sensitivity_reads_how_far_the_prompt_moves_the_prediction(tiny_f
             pipe.unet.prompt_progress.linear_2.bias.zero_()
     deaf = prompt_sensitivity(pipe, windows=2, times=(700, 300))
     assert deaf["mean"] == {"motion": 0.0, "colour": 0.0, "empty": 0.0}
+
+
+def test_loss_weights_put_the_noisiest_times_where_they_say():
+    """In x0 terms, Min-SNR-5 weighs a time by min(snr, 5) (almost nothing at the noisiest
+    times); the plain v loss by 1 + snr (never less than a clean-image error)."""
+    import torch
+
+    from storygen.training.unet import TrainConfig, time_weight
+
+    snr = torch.tensor([0.02, 0.5, 1.0, 4.0, 50.0])
+    assert torch.allclose(time_weight(snr, "min-snr") * (1 + snr), snr.clamp(max=5.0))
+    assert torch.allclose(time_weight(snr, "v") * (1 + snr), 1 + snr)
+    with pytest.raises(ValueError, match="loss weight"):
+        time_weight(snr, "p2")
+    with pytest.raises(ValueError, match="loss_weight"):
+        TrainConfig(out="x", loss_weight="p2")
+
+
+def test_a_run_records_its_loss_weight_and_the_heldout_loss_ignores_it(tiny_folder, tmp_path):
+    """A continued run with the plain v loss says so in training.json; the held-out loss at its
+    start reads the same weights as a Min-SNR run's from the same folder: one number, comparable
+    across runs whatever each trains with."""
+    from storygen.training.unet import TrainConfig, train
+
+    out, _ = tiny_folder
+    starts = {}
+    for kind in ("min-snr", "v"):
+        report = train(
+            TrainConfig(
+                out=str(tmp_path / kind),
+                init=str(out),
+                batch_size=2,
+                steps=1,
+                heldout_windows=4,
+                loss_weight=kind,
+                **MICRO,
+            )
+        )
+        run = report["runs"][-1]
+        assert run["loss_weight"] == kind
+        starts[kind] = run["heldout_loss"]["start"]
+    assert starts["v"] == pytest.approx(starts["min-snr"], rel=1e-6)
