@@ -11,9 +11,10 @@ modulates every residual block of that frame (``progress_channel``, an extra con
 channel, is the earlier and weaker way: a model trained with it for 882 steps left its weights
 at 1 % of the other channels'). ``prompt_progress_embedding`` adds a
 :class:`PromptProgressEmbedding` of each frame's prompt and progress read together (which way a
-prompted motion goes and how far along it a frame is). With an all-zero mask it is the global
-model;
-with the first and last frame known it is NUWA-XL's local model. Its config (constructor
+prompted motion goes and how far along it a frame is). ``frame_position_embedding`` gives the
+temporal attention, which in diffusers' 3D UNet sees no frame index, each frame's place in its
+call (:class:`FramePositionEmbedding`). With an all-zero mask it is the global model; with the
+first and last frame known it is NUWA-XL's local model. Its config (constructor
 kwargs) round-trips through ``save_pretrained`` / ``from_pretrained`` as JSON beside safetensors.
 
 Per-frame prompts: ``UNet3DConditionModel.forward`` takes one prompt per video and repeats it
@@ -27,6 +28,8 @@ off-the-shelf ModelScope checkpoint on a prompt per frame.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -37,9 +40,11 @@ from einops import rearrange
 # diffusers' pipeline loader resolves a saved component ["storygen.models", "MaskedUNet3D"] by
 # looking up its base classes (ModelMixin) in this module: keep ModelMixin importable here
 __all__ = [
+    "FramePositionEmbedding",
     "MaskedUNet3D",
     "ModelMixin",
     "PromptProgressEmbedding",
+    "add_frame_position_embedding",
     "add_progress_channel",
     "add_progress_embedding",
     "add_prompt_progress_embedding",
@@ -107,6 +112,52 @@ class PromptProgressEmbedding(torch.nn.Module):
         p = progress_embedding(progress, PROGRESS_DIM).to(pooled.dtype)
         hidden = torch.nn.functional.silu(self.linear_1(torch.cat([pooled, p], dim=-1)))
         return self.linear_2(hidden)
+
+
+#: width of the sinusoidal embedding of a frame's index within its call
+FRAME_POSITION_DIM = 32
+
+
+def frame_index_embedding(
+    frames: int, device: Any = None, dim: int = FRAME_POSITION_DIM
+) -> torch.Tensor:
+    """Sinusoidal embedding of the frame indices 0..frames-1 of a call: (frames, dim), periods
+    from 2 to about 200 frames."""
+    half = dim // 2
+    pos = torch.arange(frames, device=device, dtype=torch.float32)[:, None]
+    freqs = torch.exp(-math.log(100.0) * torch.arange(half, device=device) / max(half, 1))
+    args = pos * freqs[None] * math.pi
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class FramePositionEmbedding(torch.nn.Module):
+    """Which frame of its call a token belongs to, for a temporal attention block: diffusers'
+    3D UNet attends over frames with no position (only its 3-tap temporal convolutions know
+    which frame comes first). A projection of :func:`frame_index_embedding`, zero at start,
+    is added to the block's normalised input, ``(N, F, C)`` (diffusers' ``pos_embed`` hook)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(FRAME_POSITION_DIM, dim)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb = frame_index_embedding(x.shape[1], x.device).to(self.proj.weight.dtype)
+        return x + self.proj(emb).to(x.dtype)[None]
+
+
+def temporal_blocks(unet: torch.nn.Module) -> list[Any]:
+    """The transformer blocks of ``unet``'s temporal attention (``transformer_in`` and every
+    ``temp_attentions``)."""
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+    return [
+        block
+        for module in unet.modules()
+        if isinstance(module, TransformerTemporalModel)
+        for block in module.transformer_blocks
+    ]
 
 
 def unet3d_forward(
@@ -250,6 +301,7 @@ class MaskedUNet3D(UNet3DConditionModel):
         progress_channel: bool = False,
         progress_embedding: bool = False,
         prompt_progress_embedding: bool = False,
+        frame_position_embedding: bool = False,
     ):
         if sample_channels < 1:
             raise ValueError(f"sample_channels must be >= 1, got {sample_channels!r}")
@@ -286,6 +338,9 @@ class MaskedUNet3D(UNet3DConditionModel):
             self.prompt_progress = PromptProgressEmbedding(
                 cross_attention_dim, block_out_channels[0] * 4
             )
+        if frame_position_embedding:
+            for block in temporal_blocks(self):
+                block.pos_embed = FramePositionEmbedding(block.norm1.normalized_shape[0])
 
     @property
     def sample_channels(self) -> int:
@@ -352,16 +407,17 @@ class MaskedUNet3D(UNet3DConditionModel):
         )
 
 
-def _grow(unet: MaskedUNet3D, flag: str, prefix: str) -> MaskedUNet3D:
-    """A copy of ``unet`` with the config ``flag`` set: every weight copied, the new module's
-    (named ``prefix``...) as it initialises them. ``unet`` itself when the flag is set."""
+def _grow(unet: MaskedUNet3D, flag: str, is_new: Callable[[str], bool]) -> MaskedUNet3D:
+    """A copy of ``unet`` with the config ``flag`` set: every weight copied, the new modules'
+    (the weights whose names ``is_new`` accepts) as they initialise them. ``unet`` itself when
+    the flag is set."""
     if unet.config.get(flag, False):
         return unet
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     config[flag] = True
     grown = MaskedUNet3D(**config)
     missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
-    if unexpected or not missing or not all(k.startswith(prefix) for k in missing):
+    if unexpected or not missing or not all(is_new(k) for k in missing):
         raise ValueError(f"cannot grow the UNet: missing {missing}, unexpected {unexpected}")
     grown = grown.to(unet.device)
     return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
@@ -372,7 +428,7 @@ def add_progress_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
     embedding (``progress_proj`` all zero): it computes exactly what ``unet`` computes until
     training teaches it to use the progress (a model trained without it continues with
     ``storygen train --init``)."""
-    return _grow(unet, "progress_embedding", "progress_proj.")
+    return _grow(unet, "progress_embedding", lambda k: k.startswith("progress_proj."))
 
 
 def add_prompt_progress_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
@@ -380,7 +436,18 @@ def add_prompt_progress_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
     that also reads each frame's prompt with its progress (:class:`PromptProgressEmbedding`,
     its output layer all zero): it computes exactly what ``unet`` computes until training
     teaches it to use them."""
-    return _grow(add_progress_embedding(unet), "prompt_progress_embedding", "prompt_progress.")
+    return _grow(
+        add_progress_embedding(unet),
+        "prompt_progress_embedding",
+        lambda k: k.startswith("prompt_progress."),
+    )
+
+
+def add_frame_position_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
+    """A copy of ``unet`` whose temporal attention blocks know each frame's index in its call
+    (:class:`FramePositionEmbedding`, all zero): it computes exactly what ``unet`` computes
+    until training teaches it to use the order."""
+    return _grow(unet, "frame_position_embedding", lambda k: ".pos_embed.proj." in k)
 
 
 def add_progress_channel(unet: MaskedUNet3D) -> MaskedUNet3D:

@@ -56,6 +56,9 @@ _HELP = {
     "loss_weight": "how the loss weighs diffusion times: min-snr (Min-SNR-5: the noisiest "
     "times, where layout and motion are decided, weigh little) or v (the plain v error: at "
     "least as much as a clean-image error at every time); the held-out loss reads min-snr",
+    "frame_positions": "1: the temporal attention knows each frame's index in its call (a "
+    "zero-started embedding; --init adds it to a model without one); 0: no frame positions, "
+    "as diffusers' 3D UNet",
     "heldout_windows": "windows of the held-out loss (fixed windows, diffusion times and noise) "
     "recorded in training.json at the run's start and end, comparable across runs (0: none)",
 }

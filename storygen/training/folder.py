@@ -68,7 +68,9 @@ def to_t2v_folder(
     the weights of the noisy sample's channels only, the progress projection goes), which is
     the network the global role trained, with nothing given; a prompt-and-progress embedding
     (which reads each frame's prompt, as a stock UNet's timestep embedding cannot) is left
-    out, so a model trained with one differs from its global role by it. A stock ``UNet3DConditionModel`` has no spacing input, so the
+    out, so a model trained with one differs from its global role by it, and so are the
+    temporal attention's frame positions (a stock temporal attention has none). A stock
+    ``UNet3DConditionModel`` has no spacing input, so the
     embedding of ``spacing`` is folded into the time embedding's bias, and so is a progress
     embedding's value at ``progress`` (mid-segment by default). The folder loads as
     ``TextToVideoSDPipeline`` saves it, and storygen runs it training-free.
@@ -92,6 +94,7 @@ def to_t2v_folder(
             "progress_channel",
             "progress_embedding",
             "prompt_progress_embedding",
+            "frame_position_embedding",
         )
     }
     c = unet.sample_channels
@@ -114,7 +117,12 @@ def to_t2v_folder(
         state["time_embedding.linear_2.bias"] = state["time_embedding.linear_2.bias"] + at
     # the prompt-and-progress path reads each frame's prompt, which a stock UNet's
     # timestep embedding cannot: the plain layout leaves it out
-    for key in [k for k in state if k.startswith(("progress_proj.", "prompt_progress."))]:
+    # and a stock UNet's temporal attention has no frame positions
+    for key in [
+        k
+        for k in state
+        if k.startswith(("progress_proj.", "prompt_progress.")) or ".pos_embed.proj." in k
+    ]:
         del state[key]
     plain.load_state_dict(state)
     pipe: Any = TextToVideoSDPipeline(

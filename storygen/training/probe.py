@@ -580,7 +580,7 @@ def prompt_sensitivity(
         raise ValueError("the prompt-sensitivity probe needs a masked model with an autoencoder")
     size = pipe.default_size()[0]
     rng = np.random.default_rng([seed, 4099])
-    drawn = []
+    drawn: list[Any] = []
     while len(drawn) < windows:
         w = sample_window(rng, frames=16, size=size, role="global", spacing=1.0)
         if len(set(w.prompts)) == 1 and w.facts[0].motion in OPPOSITE_MOTION:

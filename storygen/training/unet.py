@@ -107,6 +107,9 @@ class TrainConfig:
     #: how the loss weighs diffusion times (:data:`LOSS_WEIGHTS`); the held-out loss always
     #: reads ``min-snr``, so runs stay comparable
     loss_weight: str = "min-snr"
+    #: 1: the temporal attention knows each frame's index in its call (new models are built
+    #: with it, ``--init`` adds it at zero); 0: as diffusers' 3D UNet, no position
+    frame_positions: int = 1
 
     def __post_init__(self) -> None:
         if self.loss_weight not in LOSS_WEIGHTS:
@@ -145,7 +148,13 @@ def _quiet_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def build_unet(cross_attention_dim: int, size: int, seed: int = 0, preset: str = "shapes") -> Any:
+def build_unet(
+    cross_attention_dim: int,
+    size: int,
+    seed: int = 0,
+    preset: str = "shapes",
+    frame_positions: bool = True,
+) -> Any:
     from storygen.models import MaskedUNet3D
 
     torch.manual_seed(seed)
@@ -158,6 +167,7 @@ def build_unet(cross_attention_dim: int, size: int, seed: int = 0, preset: str =
         time_cond_proj_dim=SPACING_DIM,
         progress_embedding=True,
         prompt_progress_embedding=True,
+        frame_position_embedding=frame_positions,
         **UNETS[preset],
     )
 
@@ -276,8 +286,9 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
             tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
             text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
             text_trainable=bool(config.train_text),
-            unet=_with_progress(
-                MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32)
+            unet=_grown(
+                MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32),
+                frame_positions=bool(config.frame_positions),
             ),
             vae=AutoencoderKL.from_pretrained(str(init / "vae"), torch_dtype=torch.float32),
             previous=previous,
@@ -300,22 +311,33 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         text_trainable=text_trainable or bool(config.train_text),
-        unet=build_unet(text_encoder.config.hidden_size, config.size, config.seed, config.preset),
+        unet=build_unet(
+            text_encoder.config.hidden_size,
+            config.size,
+            config.seed,
+            config.preset,
+            frame_positions=bool(config.frame_positions),
+        ),
         vae=vae,
         previous={},
         vae_run=vae_run,
     )
 
 
-def _with_progress(unet: Any) -> Any:
-    """A continued UNet gains the progress embeddings (zero output weights) it lacks."""
-    from storygen.models import add_prompt_progress_embedding
+def _grown(unet: Any, *, frame_positions: bool) -> Any:
+    """A continued UNet gains the progress embeddings it lacks, and the frame-position one
+    with ``frame_positions`` (all zero output weights: the same outputs at the start)."""
+    from storygen.models import add_frame_position_embedding, add_prompt_progress_embedding
 
     if not unet.config.get("progress_embedding", False):
         logger.info("adding the segment-progress embedding (zero weights: same outputs)")
     if not unet.config.get("prompt_progress_embedding", False):
         logger.info("adding the prompt-and-progress embedding (zero output: same outputs)")
-    return add_prompt_progress_embedding(unet)
+    unet = add_prompt_progress_embedding(unet)
+    if frame_positions and not unet.config.get("frame_position_embedding", False):
+        logger.info("adding frame positions to the temporal attention (zero: same outputs)")
+        unet = add_frame_position_embedding(unet)
+    return unet
 
 
 def load_vae(path: str, size: int) -> Any:
@@ -589,6 +611,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "heldout_loss": {"start": heldout_start, "end": heldout_end},
             "batch_size": config.batch_size,
             "loss_weight": config.loss_weight,
+            "frame_positions": bool(trainer.unet.config.get("frame_position_embedding", False)),
             "lr": config.lr,
             "text_lr": config.text_lr if trainer.text_trainable else None,
             "data_wait_s": run.data_wait_s,

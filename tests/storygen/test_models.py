@@ -194,3 +194,43 @@ def test_progress_starts_as_the_model_it_grows_from_and_then_conditions(tmp_path
     assert loaded.has_progress and add_progress(loaded) is loaded
     with torch.no_grad():
         assert torch.equal(loaded(x, 10, ctx, mask=mask, spacing=spacing, progress=late), b)
+
+
+def test_frame_positions_grow_silently_then_tell_the_temporal_attention_the_order(tmp_path):
+    """diffusers' temporal attention sees no frame index: a video whose frames are all alike
+    comes out alike over frames. The frame-position embedding starts at zero (a grown model
+    computes what it did, bit for bit); trained, the same alike frames come out different by
+    their place in the call, the gradient reaches it, and it round-trips."""
+    from storygen.models import add_frame_position_embedding, temporal_blocks
+
+    model = _masked()
+    grown = add_frame_position_embedding(model).eval()
+    assert grown.config.frame_position_embedding
+    blocks = temporal_blocks(grown)
+    assert blocks and all(b.pos_embed is not None for b in blocks)
+    assert all(b.pos_embed is None for b in temporal_blocks(model))
+    x, ctx = _inputs()
+    mask, spacing = torch.tensor([[1.0, 0, 0, 0, 1]]), torch.tensor([4.0])
+    with torch.no_grad():
+        want = model(x, 10, ctx, mask=mask, spacing=spacing)
+        assert torch.equal(grown(x, 10, ctx, mask=mask, spacing=spacing), want)
+    temporal = grown.transformer_in  # one temporal attention on its own: (B·F, C, H, W) in
+    alike = torch.randn(1, temporal.in_channels, 4, 4).expand(5, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        before = temporal(alike, num_frames=5).sample
+        assert torch.allclose(before, before[:1].expand_as(before), atol=1e-5)
+        for block in blocks:
+            block.pos_embed.proj.weight.normal_()
+        after = temporal(alike, num_frames=5).sample
+    assert (after[1:] - after[:1]).abs().amax() > 1e-2
+    grown.train()
+    grown(x, 10, ctx, mask=mask, spacing=spacing).square().mean().backward()
+    assert blocks[0].pos_embed.proj.weight.grad.abs().sum() > 0
+    grown.eval().save_pretrained(tmp_path)
+    loaded = MaskedUNet3D.from_pretrained(tmp_path).eval()
+    assert add_frame_position_embedding(loaded) is loaded
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(x, 10, ctx, mask=mask, spacing=spacing),
+            grown.eval()(x, 10, ctx, mask=mask, spacing=spacing),
+        )

@@ -146,6 +146,11 @@ def test_plain_text_to_video_export_is_the_same_network_less_its_prompt_path(tin
         assert masked.config.prompt_progress_embedding
         masked.prompt_progress.linear_2.weight.zero_()
         masked.prompt_progress.linear_2.bias.zero_()
+        # and a stock UNet's temporal attention has no frame positions
+        assert masked.config.frame_position_embedding
+        for name, param in masked.named_parameters():
+            if ".pos_embed.proj." in name:
+                param.zero_()
         mid = torch.full((1, 5), 0.5)  # the export folds the progress at mid-segment
         a = masked(x, torch.tensor(300), ctx, spacing=torch.tensor([1.0]), progress=mid)
         b = unet3d_forward(plain, x, torch.tensor(300), ctx)
@@ -277,5 +282,6 @@ def test_a_run_records_its_loss_weight_and_the_heldout_loss_ignores_it(tiny_fold
         )
         run = report["runs"][-1]
         assert run["loss_weight"] == kind
+        assert run["frame_positions"] is True  # new models are built with them
         starts[kind] = run["heldout_loss"]["start"]
     assert starts["v"] == pytest.approx(starts["min-snr"], rel=1e-6)
