@@ -115,9 +115,8 @@ def to_t2v_folder(
         with torch.no_grad():
             at = unet.progress_proj(progress_embedding(torch.tensor([[progress]])))[0, 0]
         state["time_embedding.linear_2.bias"] = state["time_embedding.linear_2.bias"] + at
-    # the prompt-and-progress path reads each frame's prompt, which a stock UNet's
-    # timestep embedding cannot: the plain layout leaves it out
-    # and a stock UNet's temporal attention has no frame positions
+    # the plain layout leaves out what a stock UNet cannot hold: the prompt-and-progress path
+    # (it reads each frame's prompt) and the temporal attention's frame positions
     for key in [
         k
         for k in state

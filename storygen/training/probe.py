@@ -572,6 +572,7 @@ def prompt_sensitivity(
     """
     import torch
 
+    from storygen.text import encode_texts
     from storygen.training.vae import encode
     from storygen.training.windows import sample_window
 
@@ -610,8 +611,6 @@ def prompt_sensitivity(
     }
 
     def states(prompts: list[str]) -> torch.Tensor:
-        from storygen.text import encode_texts
-
         s = encode_texts(pipe.tokenizer, pipe.text_encoder, prompts, device=device, dtype=dtype)
         return s[:, None].expand(-1, f, -1, -1)
 

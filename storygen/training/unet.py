@@ -30,7 +30,7 @@ import torch
 
 from storygen.training.folder import NOISE, save_folder
 from storygen.training.vae import VAES, build_vae, encode, train_vae
-from storygen.training.windows import StoryWindows, sample_window
+from storygen.training.windows import StoryWindows, collate, sample_window
 
 logger = logging.getLogger(__name__)
 
@@ -494,14 +494,7 @@ class _Trainer:
             total = 0.0
             for start in range(0, windows, self.config.batch_size):
                 part = drawn[start : start + self.config.batch_size]
-                batch = (
-                    torch.from_numpy(np.stack([w.frames for w in part])),
-                    [w.prompts for w in part],
-                    torch.from_numpy(np.stack([w.mask for w in part])),
-                    torch.tensor([w.spacing for w in part], dtype=torch.float32),
-                    torch.from_numpy(np.stack([w.progress for w in part])),
-                )
-                total += float(self.loss(*batch, weighting="min-snr")) * len(part)
+                total += float(self.loss(*collate(part), weighting="min-snr")) * len(part)
             return total / windows
         finally:
             self.unet.train(was_training)

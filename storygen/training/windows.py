@@ -184,13 +184,22 @@ class StoryWindows(torch.utils.data.IterableDataset):
             f = draw_call_length(rng, self.frames)
             windows = [sample_window(rng, frames=f, size=self.size) for _ in range(self.batch_size)]
             prompts = [[""] * f if rng.random() < self.uncond else w.prompts for w in windows]
-            yield (
-                torch.from_numpy(np.stack([w.frames for w in windows])),
-                prompts,
-                torch.from_numpy(np.stack([w.mask for w in windows])),
-                torch.tensor([w.spacing for w in windows], dtype=torch.float32),
-                torch.from_numpy(np.stack([w.progress for w in windows])),
-            )
+            yield collate(windows, prompts)
+
+
+def collate(
+    windows: list[Window], prompts: list[list[str]] | None = None
+) -> tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training batch of ``windows`` (all of one length): ``(frames uint8 (B, F, H, W, 3),
+    prompts, mask (B, F), spacing (B,), progress (B, F))``; ``prompts`` in place of the
+    windows' own (guidance's empty prompts)."""
+    return (
+        torch.from_numpy(np.stack([w.frames for w in windows])),
+        [w.prompts for w in windows] if prompts is None else prompts,
+        torch.from_numpy(np.stack([w.mask for w in windows])),
+        torch.tensor([w.spacing for w in windows], dtype=torch.float32),
+        torch.from_numpy(np.stack([w.progress for w in windows])),
+    )
 
 
 def random_frames(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
