@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from storygen.accel import (
     CompilePolicy,
     compile_unet,
+    compiled_rows,
     is_compiled,
     padded_rows,
     use_compiled_rows,
@@ -87,7 +88,8 @@ class GenerationStats:
     batch_times_s: dict[str, list[float]] = field(default_factory=dict)
     #: the same batches by the input shape the UNet sees, "rows x frames" (rows: calls x
     #: guidance branches, padded to their power of two: one compiled graph each), as
-    #: ``[calls, seconds]`` pairs: batches of 57 and 56 calls share a graph of 128 rows
+    #: ``[calls, seconds]`` pairs: batches of 57 and 56 calls share a graph of 128 rows;
+    #: batches that ran compiled are keyed "rows x frames compiled"
     bucket_times_s: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def warmup_s(self) -> float:
@@ -323,11 +325,13 @@ class PlanRunner:
         took = time.perf_counter() - started
         frames = len(batch.calls[0])
         rows = padded_rows(len(batch.calls) * (1 if self.negative is None else 2))
+        # a bucket that starts compiled part-way (the autoregressive windows compile from
+        # the one that reaches the pass count on) is timed apart from its eager batches, so
+        # the compile lands in the first batch of its own key
+        bucket = f"{rows}x{frames}" + (" compiled" if rows in compiled_rows(unet) else "")
         with self._lock:
             self.stats.batch_times_s.setdefault(f"{len(batch.calls)}x{frames}", []).append(took)
-            self.stats.bucket_times_s.setdefault(f"{rows}x{frames}", []).append(
-                [len(batch.calls), took]
-            )
+            self.stats.bucket_times_s.setdefault(bucket, []).append([len(batch.calls), took])
         return samples, forwards
 
     def batches(self, level: int, todo: list[tuple[int, Call]]) -> list[CallBatch]:

@@ -98,6 +98,19 @@ def test_warmup_is_the_first_batch_beyond_its_calls_at_the_later_per_call_time()
     assert stats.warmup_s() == pytest.approx(100.0)
 
 
+def test_a_compile_part_way_through_a_shape_is_warm_up():
+    """Autoregressive windows of one shape run eager until their pass count repays a
+    compile; the compiled batches are keyed apart, so the compile is their first batch."""
+    from storygen.runner import GenerationStats
+
+    stats = GenerationStats(num_frames=1, model_calls=1, rounds=1)
+    stats.bucket_times_s = {
+        "2x16": [[1, 0.62]] * 9,
+        "2x16 compiled": [[1, 176.4]] + [[1, 0.38]] * 215,
+    }
+    assert stats.warmup_s() == pytest.approx(176.4 - 0.38)
+
+
 def test_rows_are_padded_to_powers_of_two():
     assert [padded_rows(n) for n in (1, 2, 3, 4, 5, 30, 32, 33, 114)] == [
         1,
@@ -128,6 +141,9 @@ def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
     torch.testing.assert_close(short.frames, want.frames, atol=atol, rtol=0)
     got = fast(PROMPTS, 17, compile="all", **RUN)
     assert got.stats.compiled and is_compiled(fast.unet) and got.stats.compiled_rows == [2, 4]
+    # compiled batches are timed under their own keys (their first batch holds the compile)
+    assert short.stats.bucket_times_s.keys() == {"2x5", "4x5"}
+    assert got.stats.bucket_times_s.keys() == {"2x5 compiled", "4x5 compiled"}
     torch.testing.assert_close(got.frames, want.frames, atol=atol, rtol=0)
     # static shapes, one graph per row bucket: the global call (1 call x 2 guidance branches
     # = 2 rows) and the local batches (2 calls = 4 rows; a batch of 3 would pad to 4 as well)
