@@ -44,10 +44,12 @@ __all__ = [
     "MaskedUNet3D",
     "ModelMixin",
     "PromptProgressEmbedding",
+    "add_coordinate_channels",
     "add_frame_position_embedding",
     "add_progress_channel",
     "add_progress_embedding",
     "add_prompt_progress_embedding",
+    "coordinate_maps",
     "progress_embedding",
     "spacing_embedding",
     "unet3d_forward",
@@ -265,7 +267,11 @@ class MaskedUNet3D(UNet3DConditionModel):
     to the timestep embedding, so one network serves every level of the plan.
     ``progress_embedding`` adds each frame's segment progress to its timestep embedding
     (:func:`progress_embedding`, then ``progress_proj``); ``progress_channel`` feeds it as an
-    input channel instead (kept for models trained that way).
+    input channel instead (kept for models trained that way). ``coordinate_channels`` adds
+    two input channels holding each latent pixel's x and y (-1 to 1), as CoordConv does: a
+    convolutional network with attention over content alone is translation-equivariant, so
+    from pure noise it has no way to say *where* in the frame a shape should stand at a given
+    point of its segment (left of centre early in "moving right"); the coordinates give it.
     """
 
     @register_to_config
@@ -302,10 +308,11 @@ class MaskedUNet3D(UNet3DConditionModel):
         progress_embedding: bool = False,
         prompt_progress_embedding: bool = False,
         frame_position_embedding: bool = False,
+        coordinate_channels: bool = False,
     ):
         if sample_channels < 1:
             raise ValueError(f"sample_channels must be >= 1, got {sample_channels!r}")
-        expected_in = 2 * sample_channels + 1 + int(progress_channel)
+        expected_in = 2 * sample_channels + 1 + int(progress_channel) + 2 * int(coordinate_channels)
         expected_out = sample_channels
         if in_channels not in (None, expected_in) or out_channels not in (None, expected_out):
             raise ValueError(
@@ -386,6 +393,8 @@ class MaskedUNet3D(UNet3DConditionModel):
         p = sample.new_zeros(b, f) if progress is None else progress.to(sample.device)
         if self.config.get("progress_channel", False):
             parts.append(p.to(sample.dtype)[:, None, :, None, None].expand(b, 1, f, h, w))
+        if self.config.get("coordinate_channels", False):
+            parts.append(coordinate_maps(h, w, like=sample).expand(b, 2, f, h, w))
         x = torch.cat(parts, dim=1)
         cond = None
         if self.config["time_cond_proj_dim"] is not None:
@@ -450,18 +459,42 @@ def add_frame_position_embedding(unet: MaskedUNet3D) -> MaskedUNet3D:
     return _grow(unet, "frame_position_embedding", lambda k: ".pos_embed.proj." in k)
 
 
+def coordinate_maps(h: int, w: int, *, like: torch.Tensor) -> torch.Tensor:
+    """(1, 2, 1, h, w): each pixel's x then y, -1 at the left / top edge's pixel centre to 1
+    at the right / bottom one (the same maps at every frame and every size of latent)."""
+    ys = torch.linspace(-1.0, 1.0, h, device=like.device, dtype=like.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=like.device, dtype=like.dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y])[None, :, None]
+
+
+def add_coordinate_channels(unet: MaskedUNet3D) -> MaskedUNet3D:
+    """A copy of ``unet`` with the two coordinate input channels (``conv_in``'s weights for
+    them zero): it computes exactly what ``unet`` computes until training teaches it to use
+    where each pixel is."""
+    return _grow_inputs(unet, "coordinate_channels", at=int(unet.config["in_channels"]), count=2)
+
+
+def _grow_inputs(unet: MaskedUNet3D, flag: str, *, at: int, count: int) -> MaskedUNet3D:
+    """A copy of ``unet`` with the config ``flag`` set and ``count`` input channels more,
+    inserted at ``conv_in`` channel ``at`` with zero weights (the same outputs); ``unet``
+    itself when the flag is set."""
+    if unet.config.get(flag, False):
+        return unet
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    config.update({flag: True, "in_channels": None})
+    grown = MaskedUNet3D(**config)
+    state = dict(unet.state_dict())
+    w = state["conv_in.weight"]
+    zeros = w.new_zeros(w.shape[0], count, *w.shape[2:])
+    state["conv_in.weight"] = torch.cat([w[:, :at], zeros, w[:, at:]], dim=1)
+    grown.load_state_dict(state)
+    grown = grown.to(unet.device)
+    return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
+
+
 def add_progress_channel(unet: MaskedUNet3D) -> MaskedUNet3D:
     """A copy of ``unet`` with the progress input channel, its weights zero (the earlier,
     weaker way to give the progress; :func:`add_progress_embedding` is the one training
     uses)."""
-    if unet.config.get("progress_channel", False):
-        return unet
-    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    config.update(progress_channel=True, in_channels=None)
-    grown = MaskedUNet3D(**config)
-    state = dict(unet.state_dict())
-    w = state["conv_in.weight"]
-    state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 1, *w.shape[2:])], dim=1)
-    grown.load_state_dict(state)
-    grown = grown.to(unet.device)
-    return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
+    return _grow_inputs(unet, "progress_channel", at=2 * unet.sample_channels + 1, count=1)

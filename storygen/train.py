@@ -59,6 +59,9 @@ _HELP = {
     "frame_positions": "1: the temporal attention knows each frame's index in its call (a "
     "zero-started embedding; --init adds it to a model without one); 0: no frame positions, "
     "as diffusers' 3D UNet",
+    "coordinates": "1: two input channels hold each latent pixel's x and y, so the network "
+    "can say where a shape stands at each point of its segment (zero-started; --init adds "
+    "them); 0: none, as diffusers' 3D UNet",
     "heldout_windows": "windows of the held-out loss (fixed windows, diffusion times and noise) "
     "recorded in training.json at the run's start and end, comparable across runs (0: none)",
 }

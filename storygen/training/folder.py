@@ -69,7 +69,8 @@ def to_t2v_folder(
     the network the global role trained, with nothing given; a prompt-and-progress embedding
     (which reads each frame's prompt, as a stock UNet's timestep embedding cannot) is left
     out, so a model trained with one differs from its global role by it, and so are the
-    temporal attention's frame positions (a stock temporal attention has none). A stock
+    temporal attention's frame positions (a stock temporal attention has none) and the
+    coordinate input channels (``conv_in`` keeps the sample's channels only). A stock
     ``UNet3DConditionModel`` has no spacing input, so the
     embedding of ``spacing`` is folded into the time embedding's bias, and so is a progress
     embedding's value at ``progress`` (mid-segment by default). The folder loads as
@@ -95,6 +96,7 @@ def to_t2v_folder(
             "progress_embedding",
             "prompt_progress_embedding",
             "frame_position_embedding",
+            "coordinate_channels",
         )
     }
     c = unet.sample_channels

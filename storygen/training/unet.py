@@ -110,6 +110,9 @@ class TrainConfig:
     #: 1: the temporal attention knows each frame's index in its call (new models are built
     #: with it, ``--init`` adds it at zero); 0: as diffusers' 3D UNet, no position
     frame_positions: int = 1
+    #: 1: two input channels hold each latent pixel's x and y (new models are built with
+    #: them, ``--init`` adds them at zero); 0: none, as diffusers' 3D UNet
+    coordinates: int = 1
 
     def __post_init__(self) -> None:
         if self.loss_weight not in LOSS_WEIGHTS:
@@ -154,6 +157,7 @@ def build_unet(
     seed: int = 0,
     preset: str = "shapes",
     frame_positions: bool = True,
+    coordinates: bool = True,
 ) -> Any:
     from storygen.models import MaskedUNet3D
 
@@ -168,6 +172,7 @@ def build_unet(
         progress_embedding=True,
         prompt_progress_embedding=True,
         frame_position_embedding=frame_positions,
+        coordinate_channels=coordinates,
         **UNETS[preset],
     )
 
@@ -289,6 +294,7 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
             unet=_grown(
                 MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32),
                 frame_positions=bool(config.frame_positions),
+                coordinates=bool(config.coordinates),
             ),
             vae=AutoencoderKL.from_pretrained(str(init / "vae"), torch_dtype=torch.float32),
             previous=previous,
@@ -317,6 +323,7 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
             config.seed,
             config.preset,
             frame_positions=bool(config.frame_positions),
+            coordinates=bool(config.coordinates),
         ),
         vae=vae,
         previous={},
@@ -324,10 +331,15 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
     )
 
 
-def _grown(unet: Any, *, frame_positions: bool) -> Any:
-    """A continued UNet gains the progress embeddings it lacks, and the frame-position one
-    with ``frame_positions`` (all zero output weights: the same outputs at the start)."""
-    from storygen.models import add_frame_position_embedding, add_prompt_progress_embedding
+def _grown(unet: Any, *, frame_positions: bool, coordinates: bool = False) -> Any:
+    """A continued UNet gains the progress embeddings it lacks, the frame-position one with
+    ``frame_positions`` and the coordinate channels with ``coordinates`` (all zero weights
+    where they join: the same outputs at the start)."""
+    from storygen.models import (
+        add_coordinate_channels,
+        add_frame_position_embedding,
+        add_prompt_progress_embedding,
+    )
 
     if not unet.config.get("progress_embedding", False):
         logger.info("adding the segment-progress embedding (zero weights: same outputs)")
@@ -337,6 +349,9 @@ def _grown(unet: Any, *, frame_positions: bool) -> Any:
     if frame_positions and not unet.config.get("frame_position_embedding", False):
         logger.info("adding frame positions to the temporal attention (zero: same outputs)")
         unet = add_frame_position_embedding(unet)
+    if coordinates and not unet.config.get("coordinate_channels", False):
+        logger.info("adding the coordinate input channels (zero weights: same outputs)")
+        unet = add_coordinate_channels(unet)
     return unet
 
 
@@ -605,6 +620,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "batch_size": config.batch_size,
             "loss_weight": config.loss_weight,
             "frame_positions": bool(trainer.unet.config.get("frame_position_embedding", False)),
+            "coordinates": bool(trainer.unet.config.get("coordinate_channels", False)),
             "lr": config.lr,
             "text_lr": config.text_lr if trainer.text_trainable else None,
             "data_wait_s": run.data_wait_s,

@@ -234,3 +234,50 @@ def test_frame_positions_grow_silently_then_tell_the_temporal_attention_the_orde
             loaded(x, 10, ctx, mask=mask, spacing=spacing),
             grown.eval()(x, 10, ctx, mask=mask, spacing=spacing),
         )
+
+
+def test_coordinate_channels_grow_silently_then_tell_each_pixel_where_it_is(tmp_path):
+    """Grown with the two coordinate channels (zero weights) the UNet computes what it did,
+    bit for bit; once they carry weight, a level input gains an output that varies with the
+    pixel's place (not one shift for the whole frame), the gradient reaches them, and they
+    round-trip (and sit after the progress channel a legacy model may also gain)."""
+    from storygen.models import add_coordinate_channels, add_progress_channel, coordinate_maps
+
+    maps = coordinate_maps(3, 5, like=torch.zeros(()))
+    assert maps.shape == (1, 2, 1, 3, 5)
+    assert maps[0, 0, 0, :, 0].eq(-1).all() and maps[0, 0, 0, :, -1].eq(1).all()  # x
+    assert maps[0, 1, 0, 0].eq(-1).all() and maps[0, 1, 0, -1].eq(1).all()  # y
+
+    model = _masked()
+    grown = add_coordinate_channels(model).eval()
+    assert grown.config.coordinate_channels and not model.config.get("coordinate_channels")
+    assert grown.config.in_channels == model.config.in_channels + 2
+    x, ctx = _inputs()
+    mask, spacing = torch.tensor([[1.0, 0, 0, 0, 1]]), torch.tensor([4.0])
+    with torch.no_grad():
+        want = model(x, 10, ctx, mask=mask, spacing=spacing)
+        assert torch.equal(grown(x, 10, ctx, mask=mask, spacing=spacing), want)
+        flat, none = torch.zeros_like(x), torch.zeros(1, 5)
+        before = grown(flat, 10, ctx, mask=none, spacing=spacing)
+        grown.conv_in.weight[:, -2:].normal_()
+        change = grown(flat, 10, ctx, mask=none, spacing=spacing) - before
+    per_pixel = change - change.mean(dim=(-2, -1), keepdim=True)
+    assert per_pixel.abs().amax() > 1e-2
+    grown.train()
+    grown(x, 10, ctx, mask=mask, spacing=spacing).square().mean().backward()
+    assert grown.conv_in.weight.grad[:, -2:].abs().sum() > 0
+    grown.eval().save_pretrained(tmp_path)
+    loaded = MaskedUNet3D.from_pretrained(tmp_path).eval()
+    assert add_coordinate_channels(loaded) is loaded
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(x, 10, ctx, mask=mask, spacing=spacing),
+            grown.eval()(x, 10, ctx, mask=mask, spacing=spacing),
+        )
+    # a legacy progress channel goes before the coordinates, where forward puts it
+    both = add_progress_channel(loaded).eval()
+    with torch.no_grad():
+        assert torch.equal(
+            both(x, 10, ctx, mask=mask, spacing=spacing, progress=torch.linspace(0, 1, 5)[None]),
+            loaded(x, 10, ctx, mask=mask, spacing=spacing),
+        )

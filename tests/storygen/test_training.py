@@ -151,6 +151,9 @@ def test_plain_text_to_video_export_is_the_same_network_less_its_prompt_path(tin
         for name, param in masked.named_parameters():
             if ".pos_embed.proj." in name:
                 param.zero_()
+        # nor input channels for the pixels' coordinates (conv_in keeps the sample's)
+        assert masked.config.coordinate_channels
+        masked.conv_in.weight[:, -2:].zero_()
         mid = torch.full((1, 5), 0.5)  # the export folds the progress at mid-segment
         a = masked(x, torch.tensor(300), ctx, spacing=torch.tensor([1.0]), progress=mid)
         b = unet3d_forward(plain, x, torch.tensor(300), ctx)
@@ -283,5 +286,6 @@ def test_a_run_records_its_loss_weight_and_the_heldout_loss_ignores_it(tiny_fold
         run = report["runs"][-1]
         assert run["loss_weight"] == kind
         assert run["frame_positions"] is True  # new models are built with them
+        assert run["coordinates"] is True
         starts[kind] = run["heldout_loss"]["start"]
     assert starts["v"] == pytest.approx(starts["min-snr"], rel=1e-6)
