@@ -226,14 +226,7 @@ def test_frame_positions_grow_silently_then_tell_the_temporal_attention_the_orde
     grown.train()
     grown(x, 10, ctx, mask=mask, spacing=spacing).square().mean().backward()
     assert blocks[0].pos_embed.proj.weight.grad.abs().sum() > 0
-    grown.eval().save_pretrained(tmp_path)
-    loaded = MaskedUNet3D.from_pretrained(tmp_path).eval()
-    assert add_frame_position_embedding(loaded) is loaded
-    with torch.no_grad():
-        assert torch.equal(
-            loaded(x, 10, ctx, mask=mask, spacing=spacing),
-            grown.eval()(x, 10, ctx, mask=mask, spacing=spacing),
-        )
+    _round_trips(grown, add_frame_position_embedding, tmp_path)
 
 
 def test_coordinate_channels_grow_silently_then_tell_each_pixel_where_it_is(tmp_path):
@@ -266,14 +259,7 @@ def test_coordinate_channels_grow_silently_then_tell_each_pixel_where_it_is(tmp_
     grown.train()
     grown(x, 10, ctx, mask=mask, spacing=spacing).square().mean().backward()
     assert grown.conv_in.weight.grad[:, -2:].abs().sum() > 0
-    grown.eval().save_pretrained(tmp_path)
-    loaded = MaskedUNet3D.from_pretrained(tmp_path).eval()
-    assert add_coordinate_channels(loaded) is loaded
-    with torch.no_grad():
-        assert torch.equal(
-            loaded(x, 10, ctx, mask=mask, spacing=spacing),
-            grown.eval()(x, 10, ctx, mask=mask, spacing=spacing),
-        )
+    loaded = _round_trips(grown, add_coordinate_channels, tmp_path)
     # a legacy progress channel goes before the coordinates, where forward puts it
     both = add_progress_channel(loaded).eval()
     with torch.no_grad():
@@ -281,3 +267,19 @@ def test_coordinate_channels_grow_silently_then_tell_each_pixel_where_it_is(tmp_
             both(x, 10, ctx, mask=mask, spacing=spacing, progress=torch.linspace(0, 1, 5)[None]),
             loaded(x, 10, ctx, mask=mask, spacing=spacing),
         )
+
+
+def _round_trips(grown, add, folder):
+    """``grown`` saves and loads with the same outputs, and ``add`` leaves the loaded model as
+    it is (it has what ``add`` adds); returns the loaded model."""
+    x, ctx = _inputs()
+    mask, spacing = torch.tensor([[1.0, 0, 0, 0, 1]]), torch.tensor([4.0])
+    grown.eval().save_pretrained(folder)
+    loaded = MaskedUNet3D.from_pretrained(folder).eval()
+    assert add(loaded) is loaded
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(x, 10, ctx, mask=mask, spacing=spacing),
+            grown(x, 10, ctx, mask=mask, spacing=spacing),
+        )
+    return loaded
