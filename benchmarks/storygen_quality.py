@@ -105,7 +105,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_grad_enabled(False)
     settings = load_settings(args.model)
-    for key in ("guidance_scale", "num_inference_steps", "overlap"):
+    for key in (
+        "guidance_scale",
+        "num_inference_steps",
+        "overlap",
+        "reconstruction_guidance",
+        "resample_steps",
+    ):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     settings.setdefault("num_inference_steps", 12)
@@ -340,6 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--overlap", type=int, default=None, help="known frames per autoregressive window"
+    )
+    p.add_argument(
+        "--reconstruction-guidance",
+        type=float,
+        default=None,
+        help="override: pull each call towards its known frames by this weight (0: off)",
+    )
+    p.add_argument(
+        "--resample-steps",
+        type=int,
+        default=None,
+        help="override: RePaint passes per step of calls with known frames (1: off)",
     )
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--sweep", action="store_true", help="also sweep guidance and steps")

@@ -209,6 +209,10 @@ def ceiling(stories: Sequence[ProbeStory], size: int) -> dict[str, Any]:
     return summarize([read_story(render_truth(s, size), s) for s in stories])
 
 
+#: sampler settings that act on calls with known frames, passed on by :func:`render_story`
+KNOWN_FRAME_SAMPLING = ("resample_steps", "jump_length", "reconstruction_guidance")
+
+
 def render_story(
     pipe: Any,
     story: ProbeStory,
@@ -235,6 +239,9 @@ def render_story(
         micro_batch=int(settings.get("micro_batch", 16)),
         output_type="np",
         progress=False,
+        # the sampler's ways to make calls agree with their known frames, when the settings
+        # name them (the folder's sampling.json, or the probe's overrides)
+        **{k: settings[k] for k in KNOWN_FRAME_SAMPLING if k in settings},
         **callbacks,
     )
     known = {f for call in out.plan.calls for f, k in zip(call.frames, call.known) if k}

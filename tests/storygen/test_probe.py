@@ -189,3 +189,29 @@ def test_keyframe_motion_reads_the_real_keyframes_right_and_reversed_ones_wrong(
     monkeypatch.setattr(probe, "global_keyframes", lambda *a, **k: real(*a, **k, reverse=True))
     backwards = probe.keyframe_motion(None, stories, settings=settings)
     assert backwards["motion"] <= 0.2 and backwards["motion_ceiling"] == 1.0
+
+
+def test_the_probe_renders_with_the_known_frame_sampling_it_is_given(tmp_path):
+    """Reconstruction guidance from the settings reaches the render: the keyframes (the
+    global call knows no frame) stay as they were, the frames between change."""
+    from storygen.pipeline import StoryVideoPipeline
+    from storygen.presets import new_model
+    from storygen.training.probe import render_story
+
+    story = held_out_stories(1, num_frames=22)[0]
+    folder = new_model(tmp_path / "m", preset="tiny", mode="masked", texts=story.prompts())
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    settings = {"num_inference_steps": 2, "guidance_scale": 1.0, "frames_per_call": 8}
+    plain, known = render_story(pipe, story, mode="hierarchical", settings=settings, seed=0)
+    pulled, again = render_story(
+        pipe,
+        story,
+        mode="hierarchical",
+        settings=settings | {"reconstruction_guidance": 5.0},
+        seed=0,
+    )
+    assert known == again
+    keyframes = sorted(known)
+    np.testing.assert_array_equal(pulled[keyframes], plain[keyframes])
+    between = [f for f in range(22) if f not in known]
+    assert not np.array_equal(pulled[between], plain[between])
