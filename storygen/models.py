@@ -268,10 +268,11 @@ class MaskedUNet3D(UNet3DConditionModel):
     ``progress_embedding`` adds each frame's segment progress to its timestep embedding
     (:func:`progress_embedding`, then ``progress_proj``); ``progress_channel`` feeds it as an
     input channel instead (kept for models trained that way). ``coordinate_channels`` adds
-    two input channels holding each latent pixel's x and y (-1 to 1), as CoordConv does: a
-    convolutional network with attention over content alone is translation-equivariant, so
-    from pure noise it has no way to say *where* in the frame a shape should stand at a given
-    point of its segment (left of centre early in "moving right"); the coordinates give it.
+    two input channels holding each latent pixel's x and y (-1 to 1), as CoordConv does:
+    convolutions and attention over content know where a pixel is only through the zero
+    padding at the frame's edges, so from pure noise the network can hardly say *where* a
+    shape should stand at a given point of its segment (left of centre early in "moving
+    right"); the coordinates tell it.
     """
 
     @register_to_config
