@@ -54,8 +54,10 @@ _HELP = {
     "compile": "1: torch.compile the UNet for training (one graph per call length, compiled "
     "in the first minutes; for GPU runs, whose small steps are bound by kernel launches)",
     "loss_weight": "how the loss weighs diffusion times: min-snr (Min-SNR-5: the noisiest "
-    "times, where layout and motion are decided, weigh little) or v (the plain v error: at "
-    "least as much as a clean-image error at every time); the held-out loss reads min-snr",
+    "times, where layout and motion are decided, weigh little), v (the plain v error: at "
+    "least as much as a clean-image error at every time, far more at the cleanest) or "
+    "min-snr-floor (Min-SNR-5 whose noisiest times weigh as much as snr 1); the held-out loss "
+    "reads min-snr",
     "frame_positions": "1: the temporal attention knows each frame's index in its call (a "
     "zero-started embedding; --init adds it to a model without one); 0: no frame positions, "
     "as diffusers' 3D UNet",

@@ -41,8 +41,11 @@ HELDOUT_SEED = 20_261_201
 #: how the loss weighs diffusion times (on the v target; both in x0 terms below):
 #: ``min-snr``: Min-SNR-5, the x0 error weighted by min(snr, 5): the noisiest times, where
 #: layout and motion are decided, weigh almost nothing (snr 0.02 at t = 900);
-#: ``v``: the plain v error, the x0 error weighted by 1 + snr (at least 1 at every time)
-LOSS_WEIGHTS = ("min-snr", "v")
+#: ``v``: the plain v error, the x0 error weighted by 1 + snr (at least 1 at every time, and
+#: hundreds at the cleanest times);
+#: ``min-snr-floor``: the x0 error weighted by snr clamped to [1, 5]: Min-SNR-5 at the clean
+#: end, and the noisiest times weigh as much as any time of snr 1 (the plain v error there)
+LOSS_WEIGHTS = ("min-snr", "v", "min-snr-floor")
 
 #: the UNet of the shipped model: 12 M parameters, attention at 8×8 and 4×4 latents
 SHAPES_UNET: dict[str, Any] = {
@@ -140,6 +143,8 @@ def time_weight(snr: torch.Tensor, kind: str) -> torch.Tensor:
         return snr.clamp(max=5.0) / (snr + 1)
     if kind == "v":
         return torch.ones_like(snr)
+    if kind == "min-snr-floor":
+        return snr.clamp(min=1.0, max=5.0) / (snr + 1)
     raise ValueError(f"loss weight must be one of {LOSS_WEIGHTS}, got {kind!r}")
 
 

@@ -257,6 +257,12 @@ def test_loss_weights_put_the_noisiest_times_where_they_say():
     snr = torch.tensor([0.02, 0.5, 1.0, 4.0, 50.0])
     assert torch.allclose(time_weight(snr, "min-snr") * (1 + snr), snr.clamp(max=5.0))
     assert torch.allclose(time_weight(snr, "v") * (1 + snr), 1 + snr)
+    floor = time_weight(snr, "min-snr-floor") * (1 + snr)
+    assert torch.allclose(floor, snr.clamp(min=1.0, max=5.0))
+    # the floor lifts only the noisy end: where snr >= 1 it is Min-SNR-5
+    clean = snr >= 1
+    assert torch.allclose(floor[clean], snr.clamp(max=5.0)[clean])
+    assert (floor[~clean] > snr[~clean]).all()
     with pytest.raises(ValueError, match="loss weight"):
         time_weight(snr, "p2")
     with pytest.raises(ValueError, match="loss_weight"):
