@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"colour {_fmt(km['color'])}"
         )
     if args.prompt_sensitivity:
-        ps = prompt_sensitivity(pipe)
+        ps = prompt_sensitivity(pipe, reference_draws=args.reference_draws)
         result["prompt_sensitivity"] = ps
         save()
         m = ps["mean"]
@@ -192,6 +192,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"colour changes, {m['empty']:.4f} with no prompt (motion / colour "
             f"{ps['motion_vs_colour']:.3f})"
         )
+        if "last_time" in ps:
+            got, ref = ps["last_time"]["model"], ps["last_time"]["reference"]
+            print(
+                f"at t = {ps['last_time']['time']} (the mean video of the prompt): motion "
+                f"{got['motion']:.4f}, colour {got['colour']:.4f}; the mean of "
+                f"{args.reference_draws} real videos per prompt: motion {ref['motion']:.4f}, "
+                f"colour {ref['colour']:.4f} (estimate noise {ref['noise']:.4f})"
+            )
     if args.training_free:
         from storygen.training.folder import to_t2v_folder
 
@@ -407,6 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also measure how far the model's prediction moves when the prompt's motion word "
         "flips (left/right, growing/shrinking), beside a colour change (seconds: no sampling)",
+    )
+    p.add_argument(
+        "--reference-draws",
+        type=int,
+        default=32,
+        help="with --prompt-sensitivity: real renders per prompt whose mean video says how far "
+        "a model that has learnt its prompts moves at t = 999 (0: skip; 64 take about 6 "
+        "minutes on two CPU cores)",
     )
     p.add_argument("--plot", default=None, help="PNG of adherence by position (with --lengths)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storygen_quality.json"))

@@ -26,7 +26,7 @@ from dataclasses import fields
 
 from storygen.training.unet import TrainConfig, train
 
-_FLOATS = {"max_minutes", "vae_minutes", "lr", "text_lr", "ema"}
+_FLOATS = {"max_minutes", "vae_minutes", "lr", "text_lr", "frame_lr", "ema"}
 _HELP = {
     "out": "model folder to write",
     "init": "continue from this model folder (written by this command)",
@@ -44,6 +44,9 @@ _HELP = {
     "preset": "network sizes: shapes (the shipped model) or micro (smoke runs)",
     "train_text": "1: fine-tune the text encoder along (0: keep it frozen)",
     "text_lr": "peak learning rate of the text encoder",
+    "frame_lr": "peak learning rate of the per-frame conditioning (segment progress, prompt and "
+    "progress, frame positions: zero when --init adds them, and slow to grow at --lr); "
+    "default: --lr",
     "vae_steps": "autoencoder steps (from scratch only)",
     "vae_minutes": "autoencoder time budget",
     "eval_stories": "held-out stories to probe at the end (0: none)",

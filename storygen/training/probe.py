@@ -21,6 +21,7 @@ real frames at the same size and fps. Numbers per story:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -558,6 +559,54 @@ OPPOSITE_MOTION = {
 }
 #: diffusion times the prompt-sensitivity probe reads (of the 1,000 training steps)
 SENSITIVITY_TIMES = (900, 700, 500, 300)
+#: the last diffusion time: the input holds (almost) nothing of the video, so a v-prediction
+#: model's output is the mean video its prompt implies, which real videos give exactly
+LAST_TIME = 999
+
+
+def mean_video_edits(
+    vae: Any,
+    facts: Sequence[SceneFacts],
+    edits: dict[str, Sequence[SceneFacts]],
+    *,
+    size: int,
+    draws: int,
+    seed: int,
+) -> dict[str, float]:
+    """What a model that has learnt the mean video of each prompt shows at :data:`LAST_TIME`.
+
+    For each one-scene window (``facts``, 16 frames, the scene spanning them) the mean latent
+    video of ``draws`` real renders (random tracks) is taken, and for each edit the same with
+    the edited facts; the result is ``|mean(edit) - mean(facts)| / |mean(facts)|`` over all
+    windows, as :func:`prompt_sensitivity` reads the model. A second, independent set of draws
+    of the unedited facts measures the estimate's own noise (``noise``), which is taken out of
+    each edit's change (the two add in squares).
+    """
+    import torch
+
+    from storygen.training.vae import encode
+
+    rng = np.random.default_rng([seed, 7877])
+
+    def means(scenes: Sequence[SceneFacts]) -> torch.Tensor:
+        out = []
+        for f in scenes:
+            clips = []
+            for _ in range(draws):
+                r = SceneRenderer(f, num_frames=16, width=size, height=size, seed=rng)
+                clips.append(np.stack([r.frame(k) for k in range(16)]))
+            with torch.no_grad():
+                z = encode(vae, torch.from_numpy(np.concatenate(clips))).float()
+            out.append(z.reshape(draws, 16, *z.shape[1:]).mean(0))
+        return torch.stack(out)
+
+    base, again = means(facts), means(facts)
+    noise = float((again - base).norm() / base.norm())
+    result = {"noise": noise}
+    for name, scenes in edits.items():
+        raw = float((means(scenes) - base).norm() / base.norm())
+        result[name] = float(np.sqrt(max(raw**2 - noise**2, 0.0)))
+    return result
 
 
 def prompt_sensitivity(
@@ -566,6 +615,7 @@ def prompt_sensitivity(
     windows: int = 8,
     times: Sequence[int] = SENSITIVITY_TIMES,
     seed: int = HELD_OUT_SEED,
+    reference_draws: int = 0,
 ) -> dict[str, Any]:
     """How much the model's prediction moves when one word of the prompt changes.
 
@@ -576,6 +626,11 @@ def prompt_sensitivity(
     when the prompt is emptied. A model that draws the motion it is told changes its
     prediction with the motion word about as much as with the colour word; one that ignores
     the motion word shows a change near zero however smooth its videos are.
+
+    ``reference_draws`` > 0 also reads the model at :data:`LAST_TIME`, where its output is the
+    mean video of its prompt, beside the same edits on the mean of that many real renders per
+    window (:func:`mean_video_edits`): what a model that has learnt its prompts shows there
+    (``last_time``: ``model`` and ``reference``; not part of ``mean``).
     """
     import torch
 
@@ -604,18 +659,16 @@ def prompt_sensitivity(
     alphas = pipe.scheduler.alphas_cumprod.to(device)
     colours = sorted({w.facts[0].color for w in drawn})
 
-    def recolour(w: Any) -> str:
-        other = next(c for c in colours + ["red", "blue"] if c != w.facts[0].color)
-        return w.prompts[0].replace(w.facts[0].color, other, 1)
+    def recolour(f: SceneFacts) -> SceneFacts:
+        other = next(c for c in colours + ["red", "blue"] if c != f.color)
+        return dataclasses.replace(f, color=other)
 
-    edits = {
-        "motion": [
-            w.prompts[0].replace(w.facts[0].motion, OPPOSITE_MOTION[w.facts[0].motion])
-            for w in drawn
-        ],
-        "colour": [recolour(w) for w in drawn],
-        "empty": [""] * b,
+    facts = [w.facts[0] for w in drawn]
+    edited_facts = {
+        "motion": [dataclasses.replace(f, motion=OPPOSITE_MOTION[f.motion]) for f in facts],
+        "colour": [recolour(f) for f in facts],
     }
+    edits = {k: [f.caption for f in v] for k, v in edited_facts.items()} | {"empty": [""] * b}
 
     def states(prompts: list[str]) -> torch.Tensor:
         s = encode_texts(pipe.tokenizer, pipe.text_encoder, prompts, device=device, dtype=dtype)
@@ -623,10 +676,11 @@ def prompt_sensitivity(
 
     gen = torch.Generator().manual_seed(seed)
     by_time: dict[str, dict[str, float]] = {}
+    read = list(times) + ([LAST_TIME] if reference_draws and LAST_TIME not in times else [])
     with torch.no_grad():
         base_states = states([w.prompts[0] for w in drawn])
         edited = {k: states(v) for k, v in edits.items()}
-        for t in times:
+        for t in read:
             noise = torch.randn(x0.shape, generator=gen).to(device=device, dtype=dtype)
             a = alphas[int(t)].to(dtype)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -640,11 +694,20 @@ def prompt_sensitivity(
             by_time[str(int(t))] = {
                 k: float((p - base).norm() / base.norm().clamp(min=1e-12)) for k, p in preds.items()
             }
-    mean = {k: float(np.mean([row[k] for row in by_time.values()])) for k in edits}
-    return {
+    last = by_time.get(str(LAST_TIME))
+    if LAST_TIME not in times:
+        by_time.pop(str(LAST_TIME), None)
+    mean = {k: float(np.mean([by_time[str(int(t))][k] for t in times])) for k in edits}
+    out: dict[str, Any] = {
         "windows": windows,
         "times": [int(t) for t in times],
         "by_time": by_time,
         "mean": mean,
         "motion_vs_colour": mean["motion"] / mean["colour"] if mean["colour"] else None,
     }
+    if reference_draws:
+        reference = mean_video_edits(
+            vae, facts, edited_facts, size=size, draws=reference_draws, seed=seed
+        )
+        out["last_time"] = {"time": LAST_TIME, "model": last, "reference": reference}
+    return out

@@ -91,6 +91,9 @@ class TrainConfig:
     #: tell backgrounds apart (cosine 0.999 between "navy" and "brown"), its EOS state does
     train_text: int = 1
     text_lr: float = 5e-5
+    #: peak learning rate of the per-frame conditioning (segment progress, prompt and
+    #: progress, frame positions), which starts at zero when ``--init`` adds it; None: ``lr``
+    frame_lr: float | None = None
     #: autoencoder training, when the run starts from scratch (or --vae-steps with --init)
     vae_steps: int = 4000
     vae_minutes: float | None = None
@@ -132,8 +135,15 @@ class TrainConfig:
             raise ValueError(f"size must be a multiple of 8, >= 32, got {self.size!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1), got {self.ema!r}")
+        if self.frame_lr is not None and self.frame_lr <= 0:
+            raise ValueError(f"frame_lr must be > 0 (or None: lr), got {self.frame_lr!r}")
         if self.preset not in UNETS:
             raise ValueError(f"preset must be one of {sorted(UNETS)}, got {self.preset!r}")
+
+
+def is_framewise(name: str) -> bool:
+    """Whether a UNet parameter belongs to the per-frame conditioning (``--frame-lr``)."""
+    return name.startswith(("progress_proj.", "prompt_progress.")) or ".pos_embed." in name
 
 
 def time_weight(snr: torch.Tensor, kind: str) -> torch.Tensor:
@@ -436,10 +446,23 @@ class _Trainer:
             self.averaged.append((list(self.ema_text.parameters()), list(self.text.parameters())))
         self.alphas = DDPMScheduler(**NOISE).alphas_cumprod.to(device)
         self.params = list(self.unet.parameters())
-        groups = [{"params": list(self.unet.parameters()), "lr": config.lr}]
+        framewise = [
+            p for n, p in self.unet.named_parameters() if config.frame_lr and is_framewise(n)
+        ]
+        chosen = {id(p) for p in framewise}
+        # each group's share of the schedule's rate
+        groups = [
+            {"params": [p for p in self.params if id(p) not in chosen], "share": 1.0},
+        ]
+        if framewise:
+            groups.append({"params": framewise, "share": config.frame_lr / config.lr})
         if self.text_trainable:
             self.params += list(self.text.parameters())
-            groups.append({"params": list(self.text.parameters()), "lr": config.text_lr})
+            groups.append(
+                {"params": list(self.text.parameters()), "share": config.text_lr / config.lr}
+            )
+        for group in groups:
+            group["lr"] = config.lr * group["share"]
         # one fused kernel for the whole update on a GPU
         self.opt = torch.optim.AdamW(
             groups, lr=config.lr, weight_decay=0.01, fused=device.type == "cuda"
@@ -527,8 +550,8 @@ class _Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.clock.apply(step)
-        if self.text_trainable:  # the schedule sets one rate; the text tower runs at its share
-            self.opt.param_groups[1]["lr"] *= self.config.text_lr / self.config.lr
+        for group in self.opt.param_groups:  # the schedule sets one rate; each runs at its share
+            group["lr"] *= group["share"]
         self.opt.step()
         decay = min(self.config.ema, (1 + step) / (10 + step))
         with torch.no_grad():  # one fused update per model, not a kernel per tensor
@@ -628,6 +651,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "coordinates": bool(trainer.unet.config.get("coordinate_channels", False)),
             "lr": config.lr,
             "text_lr": config.text_lr if trainer.text_trainable else None,
+            "frame_lr": config.frame_lr,
             "data_wait_s": run.data_wait_s,
             "seed": config.seed,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -235,6 +235,15 @@ def test_prompt_sensitivity_reads_how_far_the_prompt_moves_the_prediction(tiny_f
     got = prompt_sensitivity(pipe, windows=2, times=(700, 300))
     assert set(got["by_time"]) == {"700", "300"}
     assert got["mean"]["empty"] > 1e-3 and got["mean"]["colour"] > 0
+    with_ref = prompt_sensitivity(pipe, windows=2, times=(700, 300), reference_draws=4)
+    # t = 999 is read beside the reference, not folded into the mean of the times asked for
+    assert with_ref["mean"] == pytest.approx(got["mean"]) and set(with_ref["by_time"]) == {
+        "700",
+        "300",
+    }
+    last = with_ref["last_time"]
+    assert last["time"] == 999 and min(last["model"].values()) > 0
+    assert set(last["reference"]) == {"noise", "motion", "colour"}
     with torch.no_grad():
         for name, module in pipe.unet.named_modules():
             if name.endswith("attn2"):
@@ -295,3 +304,81 @@ def test_a_run_records_its_loss_weight_and_the_heldout_loss_ignores_it(tiny_fold
         assert run["coordinates"] is True
         starts[kind] = run["heldout_loss"]["start"]
     assert starts["v"] == pytest.approx(starts["min-snr"], rel=1e-6)
+
+
+class _PixelVae:
+    """An 'autoencoder' whose latents are the frames themselves (in [-1, 1])."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        import torch
+
+        self.dtype = torch.float32
+        self.config = type("Config", (), {"scaling_factor": 1.0})()
+
+    def encode(self, x):  # noqa: ANN001, ANN201
+        mode = type("Dist", (), {"mode": lambda self: x})()
+        return type("Out", (), {"latent_dist": mode})()
+
+
+def test_the_mean_video_reference_sees_the_motion_word_and_nothing_in_a_non_edit():
+    """What a model that has learnt its prompts shows at t = 999, from real renders: flipping
+    the motion moves the mean video (where the shape stands early and late), as a colour
+    change does; an 'edit' to the same facts moves it by no more than the estimate's noise."""
+    import dataclasses
+
+    from curate.shapes import SceneFacts
+    from storygen.training.probe import mean_video_edits
+
+    facts = [
+        SceneFacts("red", "circle", "moving left", "black"),
+        SceneFacts("blue", "square", "growing", "gray"),
+    ]
+    edits = {
+        "motion": [
+            dataclasses.replace(facts[0], motion="moving right"),
+            dataclasses.replace(facts[1], motion="shrinking"),
+        ],
+        "colour": [dataclasses.replace(f, color="yellow") for f in facts],
+        "same": list(facts),
+    }
+    got = mean_video_edits(_PixelVae(), facts, edits, size=32, draws=24, seed=3)
+    assert got["same"] < 0.5 * got["motion"]
+    assert got["motion"] > got["noise"] and got["colour"] > got["noise"]
+
+
+def test_frame_lr_moves_the_per_frame_conditioning_at_its_own_rate(tiny_folder, tmp_path):
+    """--frame-lr: the segment-progress, prompt-and-progress and frame-position weights take
+    steps that many times larger than the rest of the UNet's, which steps as it did without."""
+    import torch
+
+    from storygen.training.unet import TrainConfig, _start, _Trainer, is_framewise
+    from storygen.training.windows import collate
+
+    out, _ = tiny_folder
+    rng = np.random.default_rng(11)
+    batch = collate([sample_window(rng, frames=8, size=32) for _ in range(2)])
+    moved = {}
+    for frame_lr in (None, 1e-2):
+        config = TrainConfig(
+            out=str(tmp_path / "x"), init=str(out), lr=1e-3, frame_lr=frame_lr, **MICRO
+        )
+        device = torch.device("cpu")
+        torch.manual_seed(0)
+        trainer = _Trainer(config, _start(config, device), device)
+        before = {n: p.detach().clone() for n, p in trainer.unet.named_parameters()}
+        trainer.clock.warmup = 0  # the peak rate at once
+        trainer.step(0, batch)
+        change = {
+            n: float((p.detach() - before[n]).abs().max())
+            for n, p in trainer.unet.named_parameters()
+        }
+        moved[frame_lr] = (
+            max(v for n, v in change.items() if is_framewise(n)),
+            max(v for n, v in change.items() if not is_framewise(n)),
+        )
+    assert any(is_framewise(n) for n in before)
+    # Adam's first step moves a weight by about its rate: 10x for the per-frame part only
+    assert moved[1e-2][0] == pytest.approx(10 * moved[None][0], rel=0.05)
+    assert moved[1e-2][1] == pytest.approx(moved[None][1], rel=1e-4)
