@@ -43,6 +43,14 @@ def draw(args):
     return out
 
 
+def centroid_step(frames: np.ndarray) -> float:
+    """Mean distance, in pixels, between the shape's centres in consecutive frames."""
+    size = frames.shape[1]
+    c = [read_frame(f).centroid for f in frames]
+    xy = np.array([p if p else (np.nan, np.nan) for p in c]) * size
+    return float(np.nanmean(np.linalg.norm(np.diff(xy, axis=0), axis=1)))
+
+
 def windows(seed, n, procs):
     per = -(-n // procs)
     with Pool(procs) as p:
@@ -138,7 +146,10 @@ def main():
         per = {m_: [0, 0] for m_ in MOTIONS}
         colour = 0
         confusion = {}
+        steps = {"generated": [], "real": []}
         for w, fr in zip(test, frames):
+            steps["generated"].append(centroid_step(fr))
+            steps["real"].append(centroid_step(w[0]))
             got = read_motion(fr)
             per[w[2]][0] += got == w[2]
             per[w[2]][1] += 1
@@ -150,6 +161,9 @@ def main():
             "colour": round(colour / b, 3),
             "per_motion": {k: round(v[0] / max(v[1], 1), 2) for k, v in per.items()},
             "confusion": dict(sorted(confusion.items(), key=lambda kv: -kv[1])[:12]),
+            # how far the shape's centre moves from one frame to the next, pixels (real
+            # video: a smooth glide; a call that redraws the shape elsewhere jumps)
+            "centroid_step_px": {k: round(float(np.nanmean(v)), 2) for k, v in steps.items()},
         }
 
     results = {}
