@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -567,7 +567,7 @@ LAST_TIME = 999
 def mean_video_edits(
     vae: Any,
     facts: Sequence[SceneFacts],
-    edits: dict[str, Sequence[SceneFacts]],
+    edits: Mapping[str, Sequence[SceneFacts]],
     *,
     size: int,
     draws: int,

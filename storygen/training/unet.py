@@ -446,16 +446,17 @@ class _Trainer:
             self.averaged.append((list(self.ema_text.parameters()), list(self.text.parameters())))
         self.alphas = DDPMScheduler(**NOISE).alphas_cumprod.to(device)
         self.params = list(self.unet.parameters())
+        frame_lr = config.frame_lr or config.lr
         framewise = [
             p for n, p in self.unet.named_parameters() if config.frame_lr and is_framewise(n)
         ]
         chosen = {id(p) for p in framewise}
         # each group's share of the schedule's rate
-        groups = [
+        groups: list[dict[str, Any]] = [
             {"params": [p for p in self.params if id(p) not in chosen], "share": 1.0},
         ]
         if framewise:
-            groups.append({"params": framewise, "share": config.frame_lr / config.lr})
+            groups.append({"params": framewise, "share": frame_lr / config.lr})
         if self.text_trainable:
             self.params += list(self.text.parameters())
             groups.append(
