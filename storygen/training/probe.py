@@ -675,7 +675,7 @@ def prompt_sensitivity(
         return s[:, None].expand(-1, f, -1, -1)
 
     gen = torch.Generator().manual_seed(seed)
-    by_time: dict[str, dict[str, float]] = {}
+    read_at: dict[int, dict[str, float]] = {}
     read = list(times) + ([LAST_TIME] if reference_draws and LAST_TIME not in times else [])
     with torch.no_grad():
         base_states = states([w.prompts[0] for w in drawn])
@@ -691,13 +691,11 @@ def prompt_sensitivity(
                 for k, ctx in {"prompt": base_states, **edited}.items()
             }
             base = preds.pop("prompt")
-            by_time[str(int(t))] = {
+            read_at[int(t)] = {
                 k: float((p - base).norm() / base.norm().clamp(min=1e-12)) for k, p in preds.items()
             }
-    last = by_time.get(str(LAST_TIME))
-    if LAST_TIME not in times:
-        by_time.pop(str(LAST_TIME), None)
-    mean = {k: float(np.mean([by_time[str(int(t))][k] for t in times])) for k in edits}
+    by_time = {str(int(t)): read_at[int(t)] for t in times}
+    mean = {k: float(np.mean([row[k] for row in by_time.values()])) for k in edits}
     out: dict[str, Any] = {
         "windows": windows,
         "times": [int(t) for t in times],
@@ -709,5 +707,5 @@ def prompt_sensitivity(
         reference = mean_video_edits(
             vae, facts, edited_facts, size=size, draws=reference_draws, seed=seed
         )
-        out["last_time"] = {"time": LAST_TIME, "model": last, "reference": reference}
+        out["last_time"] = {"time": LAST_TIME, "model": read_at[LAST_TIME], "reference": reference}
     return out

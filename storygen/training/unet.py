@@ -446,17 +446,18 @@ class _Trainer:
             self.averaged.append((list(self.ema_text.parameters()), list(self.text.parameters())))
         self.alphas = DDPMScheduler(**NOISE).alphas_cumprod.to(device)
         self.params = list(self.unet.parameters())
-        frame_lr = config.frame_lr or config.lr
-        framewise = [
-            p for n, p in self.unet.named_parameters() if config.frame_lr and is_framewise(n)
-        ]
-        chosen = {id(p) for p in framewise}
+        framewise = {n for n, _ in self.unet.named_parameters() if is_framewise(n)}
         # each group's share of the schedule's rate
-        groups: list[dict[str, Any]] = [
-            {"params": [p for p in self.params if id(p) not in chosen], "share": 1.0},
-        ]
-        if framewise:
-            groups.append({"params": framewise, "share": frame_lr / config.lr})
+        groups: list[dict[str, Any]] = [{"params": list(self.params), "share": 1.0}]
+        if config.frame_lr and framewise:
+            named = list(self.unet.named_parameters())
+            groups = [
+                {"params": [p for n, p in named if n not in framewise], "share": 1.0},
+                {
+                    "params": [p for n, p in named if n in framewise],
+                    "share": config.frame_lr / config.lr,
+                },
+            ]
         if self.text_trainable:
             self.params += list(self.text.parameters())
             groups.append(
