@@ -33,7 +33,6 @@ from storygen.accel import (
     compile_unet,
     compiled_rows,
     is_compiled,
-    padded_rows,
     use_compiled_rows,
 )
 from storygen.cache import CallCache
@@ -87,9 +86,9 @@ class GenerationStats:
     #: includes compiling (or cuDNN's autotuning), :meth:`warmup_s` counts it apart
     batch_times_s: dict[str, list[float]] = field(default_factory=dict)
     #: the same batches by the input shape the UNet sees, "rows x frames" (rows: calls x
-    #: guidance branches, padded to their power of two: one compiled graph each), as
-    #: ``[calls, seconds]`` pairs: batches of 57 and 56 calls share a graph of 128 rows;
-    #: batches that ran compiled are keyed "rows x frames compiled"
+    #: guidance branches), as ``[calls, seconds]`` pairs; batches that ran compiled are
+    #: keyed by the level's padded bucket, "rows x frames compiled" (one graph each: batches
+    #: of 57 and 56 calls share a graph of 120 rows)
     bucket_times_s: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def warmup_s(self) -> float:
@@ -324,11 +323,12 @@ class PlanRunner:
                 self.stats.call_bytes = max(self.stats.call_bytes or 0, int(per_call))
         took = time.perf_counter() - started
         frames = len(batch.calls[0])
-        rows = padded_rows(len(batch.calls) * (1 if self.negative is None else 2))
+        rows = len(batch.calls) * (1 if self.negative is None else 2)
+        padded = compiled_rows(unet).get(rows)
         # a bucket that starts compiled part-way (the autoregressive windows compile from
         # the one that reaches the pass count on) is timed apart from its eager batches, so
         # the compile lands in the first batch of its own key
-        bucket = f"{rows}x{frames}" + (" compiled" if rows in compiled_rows(unet) else "")
+        bucket = f"{rows}x{frames}" if padded is None else f"{padded}x{frames} compiled"
         with self._lock:
             self.stats.batch_times_s.setdefault(f"{len(batch.calls)}x{frames}", []).append(took)
             self.stats.bucket_times_s.setdefault(bucket, []).append([len(batch.calls), took])
@@ -369,15 +369,15 @@ class PlanRunner:
                 for b in out
             ]
         )
-        self.stats.compiled_rows = sorted(self.compile.rows)
+        self.stats.compiled_rows = sorted(self.compile.buckets)
         return sorted(out, key=lambda b: b.indices[0])
 
     def micro_batch(self) -> int:
         """Calls per forward pass for the next level: the setting, or for ``"auto"``
         :data:`AUTO_MICRO_BATCH` on the CPU (and on CUDA before any batch was measured),
         else what :data:`AUTO_MEMORY_SHARE` of the free memory of the tightest device holds
-        at the measured bytes per call, as a power of two (compiled graphs are padded to
-        one) up to :data:`AUTO_MICRO_BATCH_MAX`."""
+        at the measured bytes per call, as a power of two up to
+        :data:`AUTO_MICRO_BATCH_MAX`."""
         setting = self.settings.micro_batch
         if setting != "auto":
             return int(setting)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from storygen.accel import compiled_rows, is_compiled, padded_rows
+from storygen.accel import compiled_rows, is_compiled
 from storygen.models import MaskedUNet3D, unet3d_forward
 
 #: the model's (guided) output for a scaled input at a timestep
@@ -89,9 +89,10 @@ def guided_output(
         spacing, progress = spacing.repeat(2), torch.cat([progress, progress])
     x = x.to(unet.dtype)
     rows = x.shape[0]
-    compiled = padded_rows(rows) in compiled_rows(unet)
-    if compiled:  # static shapes: pad to the row bucket, drop the padding after
-        pad = padded_rows(rows) - rows
+    bucket = compiled_rows(unet).get(rows)
+    compiled = bucket is not None
+    if compiled:  # static shapes: pad to the level's row bucket, drop the padding after
+        pad = bucket - rows
         if pad:
             x, context, known, mask, spacing, progress = (
                 torch.cat([v, v[-1:].expand(pad, *v.shape[1:])])

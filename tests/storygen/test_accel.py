@@ -9,8 +9,8 @@ from storygen.accel import (
     CompilePolicy,
     compile_cache_dir,
     is_compiled,
-    padded_rows,
     resolve_compile,
+    row_bucket,
 )
 from storygen.pipeline import StoryVideoPipeline
 from storygen.presets import new_model
@@ -39,30 +39,33 @@ def test_compile_is_off_unless_asked():
 def test_compile_where_it_repays():
     """ "on" compiles a row bucket once the render holds enough passes of it: a 3,376-frame
     hierarchical plan at 25 steps with guidance (levels of 1, 15 and 225 calls, micro-batch
-    64: 2, 30 and 4 x ~113 rows) compiles the last level's bucket only; the autoregressive
-    baseline's batch-1 windows compile from the third window on; a short render stays eager;
-    "all" compiles every bucket; "off" none."""
+    64: 2, 30 and 4 x ~113 rows) compiles the last level's bucket only, every batch of it
+    padded to the bucket of the largest; the autoregressive baseline's batch-1 windows compile
+    from the third window on; a short render stays eager; "all" compiles every bucket; "off"
+    none."""
     hier = CompilePolicy("on")
     hier.plan([(2, 25)])
     hier.plan([(30, 25)])
-    assert hier.rows == set()
+    assert hier.rows == {} and hier.buckets == set()
     hier.plan([(114, 25), (114, 25), (112, 25), (110, 25)])
-    assert hier.rows == {128} and hier.passes == {2: 25, 32: 25, 128: 100}
+    assert hier.buckets == {120} and hier.passes == {2: 25, 32: 25, 120: 100}
+    assert hier.rows == {114: 120, 112: 120, 110: 120}
     ar = CompilePolicy("on")
     chosen = []
     for _ in range(4):  # one window a level
         ar.plan([(2, 25)])
-        chosen.append(set(ar.rows))
-    assert chosen == [set(), {2}, {2}, {2}]
+        chosen.append(dict(ar.rows))
+    assert chosen == [{}, {2: 2}, {2: 2}, {2: 2}]
     short = CompilePolicy("on")
     short.plan([(2, 12), (8, 12), (8, 12)])
-    assert short.rows == set()
+    assert short.rows == {} and short.passes == {8: 36}
     every = CompilePolicy("all")
-    every.plan([(2, 1), (30, 1)])
-    assert every.rows == {2, 32}
+    every.plan([(2, 1)])
+    every.plan([(30, 1), (28, 1)])
+    assert every.buckets == {2, 32} and every.rows == {2: 2, 30: 32, 28: 32}
     off = CompilePolicy("off")
     off.plan([(128, 10_000)])
-    assert not off.enabled and off.rows == set()
+    assert not off.enabled and off.rows == {} and off.buckets == set()
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -88,12 +91,12 @@ def test_a_render_stays_eager_by_default(tmp_path):
 
 
 def test_warmup_is_the_first_batch_beyond_its_calls_at_the_later_per_call_time():
-    """57 then 56-call batches share one 128-row graph: the first batch's extra time is the
+    """57 then 56-call batches share one 120-row graph: the first batch's extra time is the
     compile, found even though no other batch has 57 calls."""
     from storygen.runner import GenerationStats
 
     stats = GenerationStats(num_frames=1, model_calls=1, rounds=1)
-    stats.bucket_times_s = {"128x16": [[57, 157.0], [56, 56.0], [56, 56.0], [56, 56.0]]}
+    stats.bucket_times_s = {"120x16": [[57, 157.0], [56, 56.0], [56, 56.0], [56, 56.0]]}
     stats.bucket_times_s["16x16"] = [[1, 3.0]]  # one batch: nothing to compare it with
     assert stats.warmup_s() == pytest.approx(100.0)
 
@@ -111,20 +114,13 @@ def test_a_compile_part_way_through_a_shape_is_warm_up():
     assert stats.warmup_s() == pytest.approx(176.4 - 0.38)
 
 
-def test_rows_are_padded_to_powers_of_two():
-    assert [padded_rows(n) for n in (1, 2, 3, 4, 5, 30, 32, 33, 114)] == [
-        1,
-        2,
-        4,
-        4,
-        8,
-        32,
-        32,
-        64,
-        128,
-    ]
+def test_row_buckets_pad_little():
+    """Powers of two up to 8 rows, then multiples of 8: a level of 57- and 56-call batches
+    with guidance (114 and 112 rows) runs 120-row passes, not 128."""
+    sizes = (1, 2, 3, 4, 5, 8, 9, 30, 32, 33, 112, 114, 128)
+    assert [row_bucket(n) for n in sizes] == [1, 2, 4, 4, 8, 8, 16, 32, 32, 40, 112, 120, 128]
     with pytest.raises(ValueError):
-        padded_rows(0)
+        row_bucket(0)
 
 
 def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
@@ -146,7 +142,7 @@ def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
     assert got.stats.bucket_times_s.keys() == {"2x5 compiled", "4x5 compiled"}
     torch.testing.assert_close(got.frames, want.frames, atol=atol, rtol=0)
     # static shapes, one graph per row bucket: the global call (1 call x 2 guidance branches
-    # = 2 rows) and the local batches (2 calls = 4 rows; a batch of 3 would pad to 4 as well)
+    # = 2 rows) and the local batches (2 calls = 4 rows)
     assert counters["stats"]["unique_graphs"] - graphs == 2
     more = {**RUN, "micro_batch": 4}  # the 4 local calls in one batch: 8 rows, a third graph
     again = fast(PROMPTS, 17, compile="all", **more)
@@ -168,3 +164,40 @@ def test_compiled_unet_renders_the_same_frames_on_cpu(tmp_path, monkeypatch):
 def test_compiled_unet_renders_the_same_frames_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
     _compiled_matches_eager(tmp_path, "cuda", atol=1e-3)
+
+
+def test_a_padded_batch_gives_each_call_what_it_gives_alone(tmp_path):
+    """The padding a compiled bucket adds (the last row repeated) never reaches the calls:
+    three calls padded to a bucket of 8 rows with guidance get the outputs they get unpadded.
+    (The padding path is taken with the UNet marked compiled, without compiling it.)"""
+    from storygen.accel import _COMPILED_FLAG, use_compiled_rows
+    from storygen.loading import load_pipeline
+    from storygen.sampling import CallInputs, guided_output
+
+    pipe = load_pipeline(new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS))
+    unet = pipe.unet.eval()
+    g = torch.Generator().manual_seed(0)
+    c, s, d = unet.sample_channels, 77, unet.config.cross_attention_dim
+    b, f, h = 3, 5, 8
+    mask = torch.zeros(b, f)
+    mask[:, 0] = mask[:, -1] = 1
+    inputs = CallInputs(
+        noise=torch.zeros(b, c, f, h, h),
+        known=torch.randn(b, c, f, h, h, generator=g),
+        mask=mask,
+        context=torch.randn(b, f, s, d, generator=g),
+        spacing=torch.tensor([1.0, 4.0, 16.0]),
+        progress=torch.rand(b, f, generator=g),
+    )
+    x = torch.randn(b, c, f, h, h, generator=g)
+    t = torch.tensor(500)
+    negative = torch.randn(1, 1, s, d, generator=g)
+    seen: list[int] = []
+    unet.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        plain = guided_output(unet, x, t, inputs, 2.0, negative)
+        setattr(unet, _COMPILED_FLAG, True)
+        use_compiled_rows(unet, {2 * b: row_bucket(2 * b)})
+        padded = guided_output(unet, x, t, inputs, 2.0, negative)
+    assert seen == [6, 8]  # the second pass ran the 8-row bucket
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=0)
