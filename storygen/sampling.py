@@ -91,7 +91,7 @@ def guided_output(
     rows = x.shape[0]
     bucket = compiled_rows(unet).get(rows)
     compiled = bucket is not None
-    if compiled:  # static shapes: pad to the level's row bucket, drop the padding after
+    if bucket is not None:  # static shapes: pad to the level's row bucket, drop it after
         pad = bucket - rows
         if pad:
             x, context, known, mask, spacing, progress = (

@@ -26,7 +26,7 @@ from dataclasses import fields
 
 from storygen.training.unet import TrainConfig, train
 
-_FLOATS = {"max_minutes", "vae_minutes", "lr", "text_lr", "frame_lr", "ema"}
+_FLOATS = {"max_minutes", "vae_minutes", "lr", "text_lr", "frame_lr", "ema", "high_noise"}
 _HELP = {
     "out": "model folder to write",
     "init": "continue from this model folder (written by this command)",
@@ -61,6 +61,9 @@ _HELP = {
     "least as much as a clean-image error at every time, far more at the cleanest) or "
     "min-snr-floor (Min-SNR-5 whose noisiest times weigh as much as snr 1); the held-out loss "
     "reads min-snr",
+    "high_noise": "share of windows drawn at the noisiest diffusion times (the last fifth, "
+    "where the prompt alone decides where the shape stands) instead of uniformly; the "
+    "held-out loss draws uniformly",
     "frame_positions": "1: the temporal attention knows each frame's index in its call (a "
     "zero-started embedding; --init adds it to a model without one); 0: no frame positions, "
     "as diffusers' 3D UNet",

@@ -46,6 +46,10 @@ HELDOUT_SEED = 20_261_201
 #: ``min-snr-floor``: the x0 error weighted by snr clamped to [1, 5]: Min-SNR-5 at the clean
 #: end, and the noisiest times weigh as much as any time of snr 1 (the plain v error there)
 LOSS_WEIGHTS = ("min-snr", "v", "min-snr-floor")
+#: ``high_noise``: the noisiest times a window may be drawn at instead of uniformly (the last
+#: fifth of the schedule: the input holds next to nothing of the video, so the prompt alone
+#: decides where the shape stands; uniform draws put one window in five there)
+HIGH_NOISE_FROM = 800
 
 #: the UNet of the shipped model: 12 M parameters, attention at 8×8 and 4×4 latents
 SHAPES_UNET: dict[str, Any] = {
@@ -113,6 +117,9 @@ class TrainConfig:
     #: how the loss weighs diffusion times (:data:`LOSS_WEIGHTS`); the held-out loss always
     #: reads ``min-snr``, so runs stay comparable
     loss_weight: str = "min-snr"
+    #: share of windows drawn at the noisiest times (t >= :data:`HIGH_NOISE_FROM`) instead of
+    #: uniformly over all of them; 0: uniform (the held-out loss always draws uniformly)
+    high_noise: float = 0.0
     #: 1: the temporal attention knows each frame's index in its call (new models are built
     #: with it, ``--init`` adds it at zero); 0: as diffusers' 3D UNet, no position
     frame_positions: int = 1
@@ -123,6 +130,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss_weight not in LOSS_WEIGHTS:
             raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
+        if not 0.0 <= self.high_noise <= 1.0:
+            raise ValueError(f"high_noise must be a share in [0, 1], got {self.high_noise!r}")
         for name in ("steps", "batch_size", "frames", "size", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -489,9 +498,11 @@ class _Trainer:
         progress: torch.Tensor | None = None,
         *,
         weighting: str | None = None,
+        high_noise: float | None = None,
     ) -> torch.Tensor:
         """The weighted v loss of a batch over the frames not given (``weighting``: the
-        run's ``loss_weight`` unless given)."""
+        run's ``loss_weight`` unless given; ``high_noise``: the share of windows drawn at
+        the noisiest times, the run's unless given)."""
         device = self.device
         mask = mask.to(device, non_blocking=True)
         spacing = spacing.to(device, non_blocking=True)
@@ -505,7 +516,7 @@ class _Trainer:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             with torch.set_grad_enabled(self.text_trainable):
                 context = _encode_prompts(self.tokens, self.text, prompts, device)
-            t = torch.randint(0, len(self.alphas), (b,), device=device, generator=self.draws)
+            t = self.draw_times(b, self.config.high_noise if high_noise is None else high_noise)
             noise = torch.randn(x0.shape, device=device, generator=self.draws, dtype=x0.dtype)
             a = self.alphas[t].view(b, 1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -518,6 +529,19 @@ class _Trainer:
         unknown = (1 - mask)[:, None, :, None, None].expand_as(x0)
         err = (pred.float() - target) ** 2 * weight * unknown
         return err.sum() / unknown.sum().clamp(min=1)
+
+    def draw_times(self, count: int, high_noise: float) -> torch.Tensor:
+        """``count`` diffusion times: uniform, except a ``high_noise`` share of them drawn
+        uniformly from the noisiest (:data:`HIGH_NOISE_FROM` on)."""
+        device, steps = self.device, len(self.alphas)
+        t = torch.randint(0, steps, (count,), device=device, generator=self.draws)
+        if high_noise > 0:
+            high = torch.randint(
+                HIGH_NOISE_FROM, steps, (count,), device=device, generator=self.draws
+            )
+            pick = torch.rand(count, device=device, generator=self.draws) < high_noise
+            t = torch.where(pick, high, t)
+        return t
 
     @torch.no_grad()
     def heldout_loss(self, *, ema: bool, windows: int = HELDOUT_WINDOWS) -> float:
@@ -539,7 +563,8 @@ class _Trainer:
             total = 0.0
             for start in range(0, windows, self.config.batch_size):
                 part = drawn[start : start + self.config.batch_size]
-                total += float(self.loss(*collate(part), weighting="min-snr")) * len(part)
+                loss = self.loss(*collate(part), weighting="min-snr", high_noise=0.0)
+                total += float(loss) * len(part)
             return total / windows
         finally:
             self.unet.train(was_training)
@@ -649,6 +674,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "heldout_loss": {"start": heldout_start, "end": heldout_end},
             "batch_size": config.batch_size,
             "loss_weight": config.loss_weight,
+            "high_noise": config.high_noise,
             "frame_positions": bool(trainer.unet.config.get("frame_position_embedding", False)),
             "coordinates": bool(trainer.unet.config.get("coordinate_channels", False)),
             "lr": config.lr,

@@ -295,15 +295,43 @@ def test_a_run_records_its_loss_weight_and_the_heldout_loss_ignores_it(tiny_fold
                 steps=1,
                 heldout_windows=4,
                 loss_weight=kind,
+                high_noise=0.5 if kind == "v" else 0.0,
                 **MICRO,
             )
         )
         run = report["runs"][-1]
         assert run["loss_weight"] == kind
+        assert run["high_noise"] == (0.5 if kind == "v" else 0.0)
         assert run["frame_positions"] is True  # new models are built with them
         assert run["coordinates"] is True
         starts[kind] = run["heldout_loss"]["start"]
     assert starts["v"] == pytest.approx(starts["min-snr"], rel=1e-6)
+
+
+def test_high_noise_draws_that_share_of_windows_at_the_noisiest_times():
+    """--high-noise 0.5: half the windows drawn at t >= 800, the rest uniformly (a fifth of
+    those there too: 0.5 + 0.5 x 0.2 = 0.6 in all); 0 leaves the uniform draws as they were."""
+    import types
+
+    import torch
+
+    from storygen.training.unet import HIGH_NOISE_FROM, TrainConfig, _Trainer
+
+    def fake(seed: int) -> object:
+        return types.SimpleNamespace(
+            device=torch.device("cpu"),
+            alphas=torch.ones(1000),
+            draws=torch.Generator().manual_seed(seed),
+        )
+
+    t = _Trainer.draw_times(fake(0), 20_000, 0.5)
+    assert t.min() >= 0 and t.max() < 1000
+    assert float((t >= HIGH_NOISE_FROM).float().mean()) == pytest.approx(0.6, abs=0.02)
+    uniform = _Trainer.draw_times(fake(1), 20_000, 0.0)
+    assert float((uniform >= HIGH_NOISE_FROM).float().mean()) == pytest.approx(0.2, abs=0.02)
+    assert torch.equal(uniform, torch.randint(0, 1000, (20_000,), generator=fake(1).draws))
+    with pytest.raises(ValueError, match="high_noise"):
+        TrainConfig(out="x", high_noise=1.5)
 
 
 class _PixelVae:
