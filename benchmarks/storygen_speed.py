@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
-from schemas.cli import auto_or_positive_int  # noqa: E402
+from schemas.cli import auto_or_positive_int, positive_int  # noqa: E402
 from storygen.pipeline import StoryVideoPipeline  # noqa: E402
 from storygen.presets import build_components  # noqa: E402
 
@@ -146,86 +146,109 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = [("hierarchical", None), ("autoregressive", None)]
     if args.devices:
         runs.append(("hierarchical", args.devices))
-    for n in lengths:
-        for mode, devices in runs:
-            if mode in args.skip:
-                continue
+    todo = [
+        (n, mode, devices, k)
+        for n in lengths
+        for mode, devices in runs
+        for k in range(args.repeats)
+    ]
+    for n, mode, devices, repeat in todo:
+        if mode in args.skip:
+            continue
+        if args.device.startswith("cuda"):
+            for d in devices or [args.device]:
+                torch.cuda.synchronize(d)
+                torch.cuda.reset_peak_memory_stats(d)
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            out = pipe(
+                story_prompts(n),
+                n,
+                frames_per_call=args.frames_per_call,
+                policy="autoregressive" if mode == "autoregressive" else "stretch",
+                overlap=args.overlap,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                generator=args.seed,
+                micro_batch=args.micro_batch,
+                devices=devices,
+                output_type="np",
+                progress=args.progress,
+                compile=args.compile,
+            )
             if args.device.startswith("cuda"):
                 for d in devices or [args.device]:
                     torch.cuda.synchronize(d)
-                    torch.cuda.reset_peak_memory_stats(d)
-            with PeakRSS() as rss:
-                t0 = time.perf_counter()
-                out = pipe(
-                    story_prompts(n),
-                    n,
-                    frames_per_call=args.frames_per_call,
-                    policy="autoregressive" if mode == "autoregressive" else "stretch",
-                    overlap=args.overlap,
-                    num_inference_steps=args.steps,
-                    guidance_scale=args.guidance,
-                    generator=args.seed,
-                    micro_batch=args.micro_batch,
-                    devices=devices,
-                    output_type="np",
-                    progress=args.progress,
-                    compile=args.compile,
+            wall = time.perf_counter() - t0
+        stats = out.stats
+        unet_s = sum(sum(v) for v in stats.batch_times_s.values())
+        warmup = stats.warmup_s()
+        unet_flops = flops_call * stats.calls_run * args.steps * branches
+        steady_unet_s = max(unet_s - warmup, 1e-9)
+        row = {
+            "frames": n,
+            "mode": mode if devices is None else f"{mode} x{len(devices)}",
+            # renders of the same length and mode in this process: the first compiles
+            # (or autotunes), the later ones find its graphs warm
+            "repeat": repeat,
+            "devices": devices or [args.device],
+            "calls_per_device": out.stats.calls_per_device,
+            "model_calls": out.plan.model_calls,
+            "rounds": out.plan.rounds,
+            "unet_passes": out.stats.unet_forwards,
+            "wall_time_s": wall,
+            "compiled": stats.compiled,
+            "compiled_rows": stats.compiled_rows,
+            # the first batch of each shape beyond its median batch: compiling, autotuning
+            "warmup_s": warmup,
+            "wall_time_after_warmup_s": wall - warmup,
+            "unet_batches_s": unet_s,
+            "other_s": wall - unet_s,
+            "unet_tflops_per_s": unet_flops / steady_unet_s / 1e12,
+            "utilisation_of_matmul_peak": (unet_flops / steady_unet_s / peak if peak else None),
+            "s_per_frame": wall / n,
+            "peak_rss_bytes": rss.peak,
+            "peak_cuda_bytes": (
+                max(
+                    stats.peak_memory_bytes,
+                    *(torch.cuda.max_memory_allocated(d) for d in devices or [args.device]),
                 )
-                if args.device.startswith("cuda"):
-                    for d in devices or [args.device]:
-                        torch.cuda.synchronize(d)
-                wall = time.perf_counter() - t0
-            stats = out.stats
-            unet_s = sum(sum(v) for v in stats.batch_times_s.values())
-            warmup = stats.warmup_s()
-            unet_flops = flops_call * stats.calls_run * args.steps * branches
-            steady_unet_s = max(unet_s - warmup, 1e-9)
-            row = {
-                "frames": n,
-                "mode": mode if devices is None else f"{mode} x{len(devices)}",
-                "devices": devices or [args.device],
-                "calls_per_device": out.stats.calls_per_device,
-                "model_calls": out.plan.model_calls,
-                "rounds": out.plan.rounds,
-                "unet_passes": out.stats.unet_forwards,
-                "wall_time_s": wall,
-                "compiled": stats.compiled,
-                "compiled_rows": stats.compiled_rows,
-                # the first batch of each shape beyond its median batch: compiling, autotuning
-                "warmup_s": warmup,
-                "wall_time_after_warmup_s": wall - warmup,
-                "unet_batches_s": unet_s,
-                "other_s": wall - unet_s,
-                "unet_tflops_per_s": unet_flops / steady_unet_s / 1e12,
-                "utilisation_of_matmul_peak": (unet_flops / steady_unet_s / peak if peak else None),
-                "s_per_frame": wall / n,
-                "peak_rss_bytes": rss.peak,
-                "peak_cuda_bytes": (
-                    max(
-                        stats.peak_memory_bytes,
-                        *(torch.cuda.max_memory_allocated(d) for d in devices or [args.device]),
-                    )
-                    if args.device.startswith("cuda")
-                    else None
-                ),
-                "micro_batches": stats.micro_batches,
-                # per UNet input shape, [calls, seconds] of every batch (compile in the first)
-                "bucket_times_s": stats.bucket_times_s,
-                "call_bytes": stats.call_bytes,
-                **consistency(out.frames, out.plan),
-            }
-            rows.append(row)
-            print(
-                f"  {n:>5} frames  {mode:<14} {row['model_calls']:>4} calls "
-                f"{row['rounds']:>4} rounds  {wall:8.1f} s (warm-up {warmup:.1f} s, "
-                f"UNet {row['unet_tflops_per_s']:.0f} TFLOP/s)",
-                flush=True,
-            )
-            del out
+                if args.device.startswith("cuda")
+                else None
+            ),
+            "micro_batches": stats.micro_batches,
+            # per UNet input shape, [calls, seconds] of every batch (compile in the first)
+            "bucket_times_s": stats.bucket_times_s,
+            "call_bytes": stats.call_bytes,
+            **consistency(out.frames, out.plan),
+        }
+        rows.append(row)
+        print(
+            f"  {n:>5} frames  {mode:<14} {row['model_calls']:>4} calls "
+            f"{row['rounds']:>4} rounds  run {repeat + 1}  {wall:8.1f} s (warm-up {warmup:.1f} s, "
+            f"UNet {row['unet_tflops_per_s']:.0f} TFLOP/s)",
+            flush=True,
+        )
+        del out
     ratios = {}
+    medians: dict[str, dict[str, dict[str, float]]] = {}
     for n in lengths:
-        by_mode = {r["mode"]: r for r in rows if r["frames"] == n}
-        if len(by_mode) == 2:
+        runs_of: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["frames"] == n:
+                runs_of.setdefault(r["mode"], []).append(r)
+        # each mode by its median run (by wall time; of the repeats, --repeats)
+        by_mode = {mode: median_run(rs) for mode, rs in runs_of.items()}
+        medians[str(n)] = {
+            mode: {
+                "runs": len(rs),
+                "wall_time_s": r["wall_time_s"],
+                "wall_time_after_warmup_s": r["wall_time_after_warmup_s"],
+                "all_wall_times_s": [x["wall_time_s"] for x in rs],
+            }
+            for (mode, rs), r in zip(runs_of.items(), by_mode.values())
+        }
+        if "hierarchical" in by_mode and "autoregressive" in by_mode:
             h, a = by_mode["hierarchical"], by_mode["autoregressive"]
             ratios[str(n)] = {
                 "wall_time_autoregressive_over_hierarchical": a["wall_time_s"] / h["wall_time_s"],
@@ -265,9 +288,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
         "torch": torch.__version__,
         "devices": args.devices or [args.device],
+        "repeats": args.repeats,
         "rows": rows,
+        "medians": medians,
         "ratios": ratios,
     }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median wall time (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["wall_time_s"])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -301,6 +332,14 @@ def print_table(result: dict[str, Any]) -> None:
             f"{1000 * r['s_per_frame']:>9.1f} "
             f"{mem / 2**20:>8.0f}MB {r['flicker']:>8.2f} {r['seam_ratio']:>6.2f}"
         )
+    for n, by_mode in result.get("medians", {}).items():
+        for mode, m in by_mode.items():
+            if m["runs"] > 1:
+                print(
+                    f"{n:>6} frames {mode}: median of {m['runs']} runs "
+                    f"{m['wall_time_s']:.2f} s ({m['wall_time_after_warmup_s']:.2f} s after "
+                    f"warm-up; all: {', '.join(f'{w:.2f}' for w in m['all_wall_times_s'])})"
+                )
     for n, q in result["ratios"].items():
         if "wall_time_autoregressive_over_hierarchical" in q:
             print(
@@ -347,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         help="calls per forward pass, or auto (16 on the CPU, from free memory on CUDA)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=1,
+        help="renders of each length and mode in this process (the first compiles or "
+        "autotunes, the later find it warm); the ratios compare each mode's median run",
+    )
     p.add_argument(
         "--compile",
         choices=("on", "all", "off"),
