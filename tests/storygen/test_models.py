@@ -31,6 +31,14 @@ def _inputs(b: int = 1, f: int = 5, seed: int = 1):
     return x, ctx
 
 
+def _same_outputs(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Outputs of a model and its saved-and-loaded copy: the same weights, bit for bit, but a
+    loaded model's tensors sit in the memory-mapped file at addresses the CPU's vector kernels
+    may take another path for, so the outputs agree to float32 rounding, not always bit for bit
+    (1e-6 on the machines here)."""
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_config_and_weights_round_trip(tmp_path):
     model = _masked()
     assert model.config.in_channels == 7 and model.config.out_channels == 3
@@ -45,7 +53,7 @@ def test_config_and_weights_round_trip(tmp_path):
     with torch.no_grad():
         a = model(x, 10, ctx, known=known, mask=mask, spacing=torch.tensor([4.0]))
         b = loaded(x, 10, ctx, known=known, mask=mask, spacing=torch.tensor([4.0]))
-    assert torch.equal(a, b)
+    _same_outputs(b, a)
 
 
 def test_channel_arguments_must_match_sample_channels():
@@ -161,7 +169,7 @@ def test_prompt_progress_grows_silently_then_reads_prompt_and_progress_together(
     loaded = MaskedUNet3D.from_pretrained(tmp_path).eval()
     assert add_prompt_progress_embedding(loaded) is loaded
     with torch.no_grad():
-        assert torch.equal(loaded(x, 10, ctx, mask=mask, spacing=spacing, progress=late), b)
+        _same_outputs(loaded(x, 10, ctx, mask=mask, spacing=spacing, progress=late), b)
 
 
 @pytest.mark.parametrize("way", ["embedding", "channel"])
@@ -193,7 +201,7 @@ def test_progress_starts_as_the_model_it_grows_from_and_then_conditions(tmp_path
     loaded = MaskedUNet3D.from_pretrained(tmp_path).eval()
     assert loaded.has_progress and add_progress(loaded) is loaded
     with torch.no_grad():
-        assert torch.equal(loaded(x, 10, ctx, mask=mask, spacing=spacing, progress=late), b)
+        _same_outputs(loaded(x, 10, ctx, mask=mask, spacing=spacing, progress=late), b)
 
 
 def test_frame_positions_grow_silently_then_tell_the_temporal_attention_the_order(tmp_path):
@@ -263,7 +271,7 @@ def test_coordinate_channels_grow_silently_then_tell_each_pixel_where_it_is(tmp_
     # a legacy progress channel goes before the coordinates, where forward puts it
     both = add_progress_channel(loaded).eval()
     with torch.no_grad():
-        assert torch.equal(
+        _same_outputs(
             both(x, 10, ctx, mask=mask, spacing=spacing, progress=torch.linspace(0, 1, 5)[None]),
             loaded(x, 10, ctx, mask=mask, spacing=spacing),
         )
@@ -278,7 +286,7 @@ def _round_trips(grown, add, folder):
     loaded = MaskedUNet3D.from_pretrained(folder).eval()
     assert add(loaded) is loaded
     with torch.no_grad():
-        assert torch.equal(
+        _same_outputs(
             loaded(x, 10, ctx, mask=mask, spacing=spacing),
             grown(x, 10, ctx, mask=mask, spacing=spacing),
         )
