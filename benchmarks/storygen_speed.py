@@ -151,10 +151,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in lengths
         for mode, devices in runs
         for k in range(args.repeats)
+        if mode not in args.skip
     ]
     for n, mode, devices, repeat in todo:
-        if mode in args.skip:
-            continue
         if args.device.startswith("cuda"):
             for d in devices or [args.device]:
                 torch.cuda.synchronize(d)
@@ -242,11 +241,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         medians[str(n)] = {
             mode: {
                 "runs": len(rs),
-                "wall_time_s": r["wall_time_s"],
-                "wall_time_after_warmup_s": r["wall_time_after_warmup_s"],
-                "all_wall_times_s": [x["wall_time_s"] for x in rs],
+                "wall_time_s": by_mode[mode]["wall_time_s"],
+                "wall_time_after_warmup_s": by_mode[mode]["wall_time_after_warmup_s"],
+                "all_wall_times_s": [r["wall_time_s"] for r in rs],
             }
-            for (mode, rs), r in zip(runs_of.items(), by_mode.values())
+            for mode, rs in runs_of.items()
         }
         if "hierarchical" in by_mode and "autoregressive" in by_mode:
             h, a = by_mode["hierarchical"], by_mode["autoregressive"]
