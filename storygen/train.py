@@ -64,6 +64,9 @@ _HELP = {
     "high_noise": "share of windows drawn at the noisiest diffusion times (the last fifth, "
     "where the prompt alone decides where the shape stands) instead of uniformly; the "
     "held-out loss draws uniformly",
+    "high_noise_from": "the first diffusion time --high-noise draws from (to 999): 800, the last "
+    "fifth; 990, where the input holds nothing readable and the prompt alone sets the mean video "
+    "the first sampling step draws towards",
     "frame_positions": "1: the temporal attention knows each frame's index in its call (a "
     "zero-started embedding; --init adds it to a model without one); 0: no frame positions, "
     "as diffusers' 3D UNet",

@@ -120,6 +120,10 @@ class TrainConfig:
     #: share of windows drawn at the noisiest times (t >= :data:`HIGH_NOISE_FROM`) instead of
     #: uniformly over all of them; 0: uniform (the held-out loss always draws uniformly)
     high_noise: float = 0.0
+    #: the first of the noisiest times ``high_noise`` draws from (to the last, 999): 800 is the
+    #: last fifth; 990 is where the input holds nothing a network can read (snr under 2e-4),
+    #: so the prompt alone must say what the mean video is
+    high_noise_from: int = HIGH_NOISE_FROM
     #: 1: the temporal attention knows each frame's index in its call (new models are built
     #: with it, ``--init`` adds it at zero); 0: as diffusers' 3D UNet, no position
     frame_positions: int = 1
@@ -132,6 +136,10 @@ class TrainConfig:
             raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
         if not 0.0 <= self.high_noise <= 1.0:
             raise ValueError(f"high_noise must be a share in [0, 1], got {self.high_noise!r}")
+        if isinstance(self.high_noise_from, bool) or not 0 <= self.high_noise_from <= 999:
+            raise ValueError(
+                f"high_noise_from must be a diffusion time in [0, 999], got {self.high_noise_from!r}"
+            )
         for name in ("steps", "batch_size", "frames", "size", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -516,7 +524,11 @@ class _Trainer:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             with torch.set_grad_enabled(self.text_trainable):
                 context = _encode_prompts(self.tokens, self.text, prompts, device)
-            t = self.draw_times(b, self.config.high_noise if high_noise is None else high_noise)
+            t = self.draw_times(
+                b,
+                self.config.high_noise if high_noise is None else high_noise,
+                self.config.high_noise_from,
+            )
             noise = torch.randn(x0.shape, device=device, generator=self.draws, dtype=x0.dtype)
             a = self.alphas[t].view(b, 1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -530,14 +542,16 @@ class _Trainer:
         err = (pred.float() - target) ** 2 * weight * unknown
         return err.sum() / unknown.sum().clamp(min=1)
 
-    def draw_times(self, count: int, high_noise: float) -> torch.Tensor:
+    def draw_times(
+        self, count: int, high_noise: float, high_from: int = HIGH_NOISE_FROM
+    ) -> torch.Tensor:
         """``count`` diffusion times: uniform, except a ``high_noise`` share of them drawn
-        uniformly from the noisiest (:data:`HIGH_NOISE_FROM` on)."""
+        uniformly from the noisiest (``high_from`` on)."""
         device, steps = self.device, len(self.alphas)
         t = torch.randint(0, steps, (count,), device=device, generator=self.draws)
         if high_noise > 0:
             high = torch.randint(
-                HIGH_NOISE_FROM, steps, (count,), device=device, generator=self.draws
+                min(high_from, steps - 1), steps, (count,), device=device, generator=self.draws
             )
             pick = torch.rand(count, device=device, generator=self.draws) < high_noise
             t = torch.where(pick, high, t)
@@ -675,6 +689,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "batch_size": config.batch_size,
             "loss_weight": config.loss_weight,
             "high_noise": config.high_noise,
+            "high_noise_from": config.high_noise_from,
             "frame_positions": bool(trainer.unet.config.get("frame_position_embedding", False)),
             "coordinates": bool(trainer.unet.config.get("coordinate_channels", False)),
             "lr": config.lr,

@@ -332,6 +332,12 @@ def test_high_noise_draws_that_share_of_windows_at_the_noisiest_times():
     assert torch.equal(uniform, torch.randint(0, 1000, (20_000,), generator=fake(1).draws))
     with pytest.raises(ValueError, match="high_noise"):
         TrainConfig(out="x", high_noise=1.5)
+    # --high-noise-from 990: the share lands in the last ten times, where the input is noise
+    last = _Trainer.draw_times(fake(2), 20_000, 0.25, 990)
+    assert float((last >= 990).float().mean()) == pytest.approx(0.25 + 0.75 * 0.01, abs=0.015)
+    assert int(last.max()) == 999
+    with pytest.raises(ValueError, match="high_noise_from"):
+        TrainConfig(out="x", high_noise_from=1000)
 
 
 class _PixelVae:
