@@ -223,6 +223,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ShardWindows(shards, batch_size=1, frames=p["train_frames"], size=p["size"], seed=0)
     config = TrainConfig(
         out=args.out,
+        init=args.init,
         shards=shards,
         steps=args.steps,
         batch_size=args.batch_size or p["batch_size"],
@@ -233,7 +234,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         workers=args.workers,
         preset=p["model_preset"],
         vae_steps=args.vae_steps or p["vae_steps"],
-        vae=args.vae,
+        # a continued arm keeps the autoencoder of the folder it continues
+        vae=None if args.init else args.vae,
         max_minutes=args.max_minutes,
         eval_stories=0,
         log_every=max(1, min(100, args.steps // 10)),
@@ -319,16 +321,29 @@ def sitting(args: argparse.Namespace) -> dict[str, Any]:
     """Several arms in one GPU sitting: their trainings side by side on the device (each a
     process with its share of the data workers; a 12 M-parameter UNet leaves an H200 mostly
     idle, so two arms take little longer than one), then each model probed in turn. Writes
-    ``NAME.log``, ``NAME.json`` and ``sheet-NAME.png`` per arm under ``--out``."""
+    ``NAME.log``, ``NAME.json`` and ``sheet-NAME.png`` per arm under ``--out``.
+
+    ``--continue`` trains each arm on from its folder under ``--models`` (what an earlier call
+    of the same sitting left on the machine), so a sitting of several 10-minute device calls
+    gives every arm the same longer training: all but the last call with ``--no-probe``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     arms = [parse_arm_spec(spec) for spec in args.arm]
+    models = Path(args.models)
+    if args.continue_:
+        missing = [n for n, *_ in arms if not (models / n / "training.json").is_file()]
+        if missing:
+            raise SystemExit(f"--continue: no trained folder under {models} for {missing}")
     workers = max(0, args.workers // max(1, len(arms)))
     procs = []
     started = time.perf_counter()
     for name, arm, shards, seed in arms:
+        # a continued arm trains into NAME.next, which replaces NAME once it has finished
+        target = models / (f"{name}.next" if args.continue_ else name)
         cmd = [sys.executable, __file__, "train", "--arm", arm, "--shards", shards]
-        cmd += ["--out", str(Path(args.models) / name), "--seed", str(seed)]
+        cmd += ["--out", str(target), "--seed", str(seed)]
+        if args.continue_:
+            cmd += ["--init", str(models / name)]
         cmd += ["--steps", str(args.steps), "--device", args.device, "--preset", args.preset]
         cmd += ["--workers", str(workers)]
         if args.vae:
@@ -342,12 +357,20 @@ def sitting(args: argparse.Namespace) -> dict[str, Any]:
         if proc.wait() != 0:
             failed.append(name)
         log.close()
+        if args.continue_ and name not in failed:
+            shutil.rmtree(models / name)
+            (models / f"{name}.next").rename(models / name)
     train_s = time.perf_counter() - started
     print(f"trained {len(arms)} arm(s) side by side in {train_s:.0f} s")
     results: dict[str, Any] = {}
     for name, *_ in arms:
         if name in failed:
             print(f"{name}: training failed, see {out / (name + '.log')}")
+            continue
+        if args.no_probe:
+            done = json.loads((models / name / "training.json").read_text())["steps_done"]
+            print(f"{name}: {done} steps done, not probed (--no-probe)")
+            results[name] = {"steps_done": done}
             continue
         r = main(
             ["probe", "--model", f"{name}={Path(args.models) / name}", "--device", args.device]
@@ -461,6 +484,12 @@ def main(argv: list[str] | None = None) -> Any:
         default=None,
         help="a safety stop: an arm cut short reports fewer steps_done than --steps",
     )
+    t.add_argument(
+        "--init",
+        default=None,
+        help="continue this arm's folder (another --steps, its schedule warmed up and "
+        "decayed again, as `storygen train --init` does)",
+    )
     t.set_defaults(func=train)
     r = sub.add_parser("probe", help="probe model folders on the held-out scripts")
     r.add_argument("--model", action="append", required=True, help="NAME=FOLDER (repeatable)")
@@ -490,6 +519,18 @@ def main(argv: list[str] | None = None) -> Any:
     g.add_argument("--vae", default=None)
     g.add_argument("--max-minutes", type=float, default=None)
     g.add_argument("--processes", type=int, default=8)
+    g.add_argument(
+        "--continue",
+        dest="continue_",
+        action="store_true",
+        help="train each arm on from its folder under --models (left by an earlier call of "
+        "this sitting on the same machine) for another --steps",
+    )
+    g.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="train only (a call that a --continue call follows); the last call probes",
+    )
     g.set_defaults(func=sitting)
     b = sub.add_parser("table", help="merge probe JSONs into the README table")
     b.add_argument("--results", nargs="+", required=True)

@@ -42,3 +42,63 @@ def test_dry_run_end_to_end(tmp_path):
     assert all(a["fits"] for a in prepared["arms"].values())
     assert set(out["results"]) == {"raw-s0", "curated-s0", "curated-s1", "truth-s0"}
     assert (tmp_path / "abl" / "results" / "sheet-curated-s0.png").is_file()
+
+
+def test_sitting_continue_needs_the_arms_folders(tmp_path):
+    script = _script()
+    with pytest.raises(SystemExit, match=r"no trained folder .*'truth-s0'"):
+        script.main(
+            ["sitting", "--arm", "truth-s0=truth:none:0", "--out", str(tmp_path / "r")]
+            + ["--models", str(tmp_path / "m"), "--continue", "--no-probe", "--device", "cpu"]
+        )
+
+
+def test_sitting_continue_trains_each_arm_on_from_its_folder(tmp_path, monkeypatch):
+    """A --continue call starts every arm from its folder (--init) into NAME.next, which
+    replaces the folder once the arm has finished; --no-probe reports the steps only."""
+    script = _script()
+    models = tmp_path / "m"
+    for name in ("raw-s0", "truth-s0"):
+        (models / name).mkdir(parents=True)
+        (models / name / "training.json").write_text(json.dumps({"steps_done": 100}))
+    calls = []
+
+    class Done:
+        def __init__(self, cmd, **_):
+            calls.append(cmd)
+            out = Path(cmd[cmd.index("--out") + 1])
+            init = Path(cmd[cmd.index("--init") + 1])
+            before = json.loads((init / "training.json").read_text())["steps_done"]
+            out.mkdir(parents=True)
+            (out / "training.json").write_text(json.dumps({"steps_done": before + 7}))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(script.subprocess, "Popen", Done)
+    results = script.main(
+        ["sitting", "--arm", "raw-s0=raw:shards/raw:0", "--arm", "truth-s0=truth:none:0"]
+        + ["--out", str(tmp_path / "r"), "--models", str(models), "--steps", "7"]
+        + ["--continue", "--no-probe", "--device", "cpu", "--workers", "4"]
+    )
+    assert results == {"raw-s0": {"steps_done": 107}, "truth-s0": {"steps_done": 107}}
+    for cmd, name in zip(calls, ("raw-s0", "truth-s0"), strict=True):
+        assert cmd[cmd.index("--init") + 1] == str(models / name)
+        assert cmd[cmd.index("--out") + 1] == str(models / f"{name}.next")
+        assert cmd[cmd.index("--workers") + 1] == "2"
+    assert sorted(p.name for p in models.iterdir()) == ["raw-s0", "truth-s0"]
+    assert json.loads((models / "raw-s0" / "training.json").read_text())["steps_done"] == 107
+
+
+@pytest.mark.slow
+def test_an_arm_continued_with_init_adds_a_run(tmp_path):
+    """`train --init` on a micro arm: the continued folder holds both runs' steps."""
+    script = _script()
+    common = ["--arm", "truth", "--shards", "none", "--preset", "micro", "--device", "cpu"]
+    common += ["--workers", "0", "--steps", "1"]
+    script.main(["train", *common, "--out", str(tmp_path / "a")])
+    report = script.main(
+        ["train", *common, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a")]
+    )
+    assert report["steps_done"] == 2
+    assert [r["steps"] for r in report["runs"] if r["part"] == "unet"] == [1, 1]
