@@ -96,12 +96,10 @@ def load(args: argparse.Namespace) -> tuple[StoryVideoPipeline, str]:
     return pipe, name
 
 
-def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> float:
-    """FLOPs of one UNet evaluation of one model call (one guidance branch), counted by
-    PyTorch's FLOP counter on the arguments of a real call of the pipeline. That call is also
-    the benchmark's warm-up (kernels, allocator, lazy imports)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+def first_unet_call(
+    pipe: StoryVideoPipeline, frames_per_call: int, guidance: float
+) -> tuple[tuple, dict]:
+    """The arguments of the first UNet evaluation of a real one-call, one-step render."""
     seen: list[tuple[tuple, dict]] = []
 
     def grab(module: Any, a: tuple, kw: dict) -> None:
@@ -111,11 +109,11 @@ def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> f
     handle = pipe.unet.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         pipe(
-            story_prompts(args.frames_per_call),
-            args.frames_per_call,
-            frames_per_call=args.frames_per_call,
+            story_prompts(frames_per_call),
+            frames_per_call,
+            frames_per_call=frames_per_call,
             num_inference_steps=1,
-            guidance_scale=args.guidance,
+            guidance_scale=guidance,
             generator=0,
             output_type=None,
             progress=False,
@@ -123,7 +121,16 @@ def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> f
         )
     finally:
         handle.remove()
-    a, kw = seen[0]
+    return seen[0]
+
+
+def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> float:
+    """FLOPs of one UNet evaluation of one model call (one guidance branch), counted by
+    PyTorch's FLOP counter on the arguments of a real call of the pipeline. That call is also
+    the benchmark's warm-up (kernels, allocator, lazy imports)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    a, kw = first_unet_call(pipe, args.frames_per_call, args.guidance)
     batch = a[0].shape[0]
     with FlopCounterMode(display=False) as counter:
         pipe.unet(*a, **kw)

@@ -52,32 +52,10 @@ KINDS = {
 def call_arguments(args: argparse.Namespace) -> tuple[Any, tuple, dict]:
     """(unet, positional args, keyword args) of one UNet evaluation of a real pipeline call,
     its batch repeated to ``args.rows`` rows."""
-    from benchmarks.storygen_speed import load, story_prompts
+    from benchmarks.storygen_speed import first_unet_call, load
 
     pipe, _ = load(args)
-    seen: list[tuple[tuple, dict]] = []
-
-    def grab(module: Any, a: tuple, kw: dict) -> None:
-        if not seen:
-            seen.append((a, kw))
-
-    handle = pipe.unet.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        frames = args.frames_per_call
-        pipe(
-            story_prompts(frames),
-            frames,
-            frames_per_call=frames,
-            num_inference_steps=1,
-            guidance_scale=1.0,
-            generator=0,
-            output_type=None,
-            progress=False,
-            compile="off",
-        )
-    finally:
-        handle.remove()
-    a, kw = seen[0]
+    a, kw = first_unet_call(pipe, args.frames_per_call, guidance=1.0)
     batch = a[0].shape[0]
 
     def grow(v: Any) -> Any:
