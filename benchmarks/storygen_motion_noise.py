@@ -124,6 +124,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=[],
         help="ALPHA:TRAVEL (mix of the rolled noise, latent pixels over a segment); repeatable",
     )
+    p.add_argument(
+        "--probe-stories",
+        type=int,
+        default=0,
+        help="also render this many held-out stories whole (hierarchical) per warp and read "
+        "every frame, as storygen_quality.py does: do the local levels keep the keyframes' "
+        "motion? (0: keyframes only)",
+    )
+    p.add_argument(
+        "--skip-keyframes", action="store_true", help="with --probe-stories: the whole stories only"
+    )
+    p.add_argument(
+        "--no-baseline", action="store_true", help="leave out the unwarped noise (read before)"
+    )
     p.add_argument("--out", default=None, help="JSON to write")
     args = p.parse_args(argv)
     warps = [parse_warp(s) for s in args.warp]
@@ -132,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"--warp: alpha must be in [0, 1], got {alpha}")
 
     from storygen.loading import load_pipeline
-    from storygen.training.probe import held_out_stories, keyframe_motion, load_settings
+    from storygen.training.probe import evaluate, held_out_stories, keyframe_motion, load_settings
 
     torch.set_grad_enabled(False)
     settings = load_settings(args.model)
@@ -144,18 +158,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipe.to(torch.device(args.device))
     stories = held_out_stories(args.stories, num_frames=args.frames)
     rows = []
-    for alpha, travel in [(0.0, 0.0), *warps]:
+    for alpha, travel in ([] if args.no_baseline else [(0.0, 0.0)]) + warps:
         started = time.perf_counter()
+        row: dict[str, Any] = {"alpha": alpha, "travel": travel}
         with warped_global_noise(alpha, travel):
-            km = keyframe_motion(pipe, stories, settings=settings)
-        rows.append(
-            {"alpha": alpha, "travel": travel, **km, "time_s": time.perf_counter() - started}
-        )
-        print(
-            f"alpha {alpha:4.2f} travel {travel:4.1f}: keyframe motion {km['motion']:.3f} over "
-            f"{km['segments']} segments, keyframe colour {km['color']:.3f}",
-            flush=True,
-        )
+            if not args.skip_keyframes:
+                km = keyframe_motion(pipe, stories, settings=settings)
+                row.update(km)
+                print(
+                    f"alpha {alpha:4.2f} travel {travel:4.1f}: keyframe motion {km['motion']:.3f}"
+                    f" over {km['segments']} segments, keyframe colour {km['color']:.3f}",
+                    flush=True,
+                )
+            if args.probe_stories:
+                whole = held_out_stories(args.probe_stories, num_frames=args.frames)
+                h = evaluate(pipe, whole, settings=settings, modes=("hierarchical",))
+                row["probe"] = h["hierarchical"]
+                print(
+                    f"alpha {alpha:4.2f} travel {travel:4.1f}: {args.probe_stories} whole stories"
+                    + "".join(
+                        f", {k} {h['hierarchical'][k]:.3f}"
+                        for k in ("all", "motion", "identity", "seam_ratio")
+                    ),
+                    flush=True,
+                )
+        rows.append(row | {"time_s": time.perf_counter() - started})
     result = {"model": args.model, "stories": args.stories, "frames": args.frames, "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
