@@ -168,8 +168,6 @@ def time_variant(
     )
     if device.type == "cuda":
         row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    if unet is not base:
-        del unet, fn
     return row
 
 
