@@ -117,6 +117,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings.setdefault("num_inference_steps", 12)
     settings.setdefault("guidance_scale", 2.0)
     settings["micro_batch"] = args.micro_batch
+    if args.stories_per_render < 1:
+        raise SystemExit("--stories-per-render must be at least 1")
+    if args.stories_per_render > 1:
+        settings["stories_per_render"] = args.stories_per_render
     pipe = load(args.model, args.device, settings.get("scheduler"))
     pool = (
         PoolRenderer(args.model, args.device, settings.get("scheduler"), args.processes)
@@ -202,9 +206,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     if args.training_free:
         from storygen.training.folder import to_t2v_folder
+        from storygen.training_free import is_t2v_layout
 
+        source = args.t2v_model or args.model
         with tempfile.TemporaryDirectory() as tmp:
-            folder = to_t2v_folder(args.model, Path(tmp) / "t2v")
+            folder = (
+                Path(source) if is_t2v_layout(source) else to_t2v_folder(source, Path(tmp) / "t2v")
+            )
             t2v = load(str(folder), args.device, settings.get("scheduler"))
             t2v_pool = (
                 PoolRenderer(str(folder), args.device, settings.get("scheduler"), args.processes)
@@ -224,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if t2v_pool is not None:
                     t2v_pool.close()
             del t2v
-        result["training_free"] = tf
+        result["training_free"] = tf | {"model": str(source)}
         save()
         print(
             table(
@@ -368,6 +376,14 @@ def main(argv: list[str] | None = None) -> int:
         help="override: RePaint passes per step of calls with known frames (1: off)",
     )
     p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument(
+        "--stories-per-render",
+        type=int,
+        default=1,
+        help="render this many stories side by side in one run, their calls batched level by "
+        "level (a GPU runs 8 stories' sliding windows in about the time of one; other noise "
+        "per call than one by one, the same sampler)",
+    )
     p.add_argument("--sweep", action="store_true", help="also sweep guidance and steps")
     p.add_argument(
         "--sweep-guidance",
@@ -398,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         "--keyframe-motion)",
     )
     p.add_argument("--training-free", action="store_true", help="also probe the training-free mode")
+    p.add_argument(
+        "--t2v-model",
+        default=None,
+        help="with --training-free: the plain text-to-video model it runs (a ModelScope-layout "
+        "folder, or one `storygen train --text-to-video 1` wrote, exported on the fly); "
+        "default: --model's own network without its mask channels",
+    )
     p.add_argument(
         "--real-keyframes",
         action="store_true",

@@ -73,6 +73,10 @@ _HELP = {
     "coordinates": "1: two input channels hold each latent pixel's x and y, so the network "
     "can say where a shape stands at each point of its segment (zero-started; --init adds "
     "them); 0: none, as diffusers' 3D UNet",
+    "text_to_video": "1: train the plain text-to-video backbone the training-free mode runs "
+    "(ModelScope-style): every window a global one with nothing known, no spacing, progress, "
+    "frame-position or coordinate input; to_t2v_folder / storygen_quality.py --t2v-model export "
+    "it to the ModelScope layout exactly; --init must be a model without per-frame inputs",
     "heldout_windows": "windows of the held-out loss (fixed windows, diffusion times and noise) "
     "recorded in training.json at the run's start and end, comparable across runs (0: none)",
 }

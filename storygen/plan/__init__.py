@@ -60,6 +60,7 @@ from .build import (
     max_frames,
     plan_story,
     segment_progress,
+    side_by_side,
     with_prompts,
 )
 from .limits import (
@@ -93,5 +94,6 @@ __all__ = [
     "max_frames",
     "plan_story",
     "segment_progress",
+    "side_by_side",
     "with_prompts",
 ]

@@ -273,3 +273,61 @@ def plan_story(
     else:
         plan = build_plan(len(prompts), frames_per_call=frames_per_call, depth=depth, policy=policy)
     return with_prompts(plan, prompts, fps=fps_used)
+
+
+def side_by_side(plans: Sequence[Plan]) -> tuple[Plan, list[int]]:
+    """Several stories' plans as one plan, and where each story starts in it.
+
+    Story ``i``'s frames follow story ``i - 1``'s, and level ``k`` holds level ``k`` of every
+    plan (no call spans two stories, each keeps its own prompts and progress), so one render
+    runs the calls of all the stories level by level in shared batches: a batch of 32 stories'
+    sliding windows costs a GPU about what one window does. The plans must share a policy,
+    frames per call and frame rate and make no frames past their ends (the trim policy).
+    """
+    if not plans:
+        raise ValueError("side_by_side needs at least one plan")
+    first = plans[0]
+    for i, p in enumerate(plans):
+        if (p.policy, p.frames_per_call, p.fps, p.overlap) != (
+            first.policy,
+            first.frames_per_call,
+            first.fps,
+            first.overlap,
+        ):
+            raise ValueError(
+                f"plan {i}: policy {p.policy!r}, {p.frames_per_call} frames per call, fps "
+                f"{p.fps}, overlap {p.overlap} differ from plan 0's ({first.policy!r}, "
+                f"{first.frames_per_call}, {first.fps}, {first.overlap})"
+            )
+        if p.dropped or p.generated_frames > p.num_frames:
+            raise ValueError(f"plan {i} makes frames past its end (trim): not side by side")
+    starts, total = [], 0
+    for p in plans:
+        starts.append(total)
+        total += p.num_frames
+    check_length(total, f"{len(plans)} stories side by side")
+    levels = []
+    for k in range(max(len(p.levels) for p in plans)):
+        calls = tuple(
+            replace(c, level=k, frames=tuple(f + start for f in c.frames))
+            for p, start in zip(plans, starts)
+            if k < len(p.levels)
+            for c in p.levels[k].calls
+        )
+        spacing = next(p.levels[k].spacing for p in plans if k < len(p.levels))
+        levels.append(Level(k, calls, spacing))
+    prompts = (
+        tuple(s for p in plans for s in (p.prompts or ()))
+        if all(p.prompts is not None for p in plans)
+        else None
+    )
+    merged = replace(
+        first,
+        num_frames=total,
+        depth=max(p.depth for p in plans),
+        levels=tuple(levels),
+        prompts=prompts,
+        generated_frames=total,
+        dropped=(),
+    )
+    return merged, starts

@@ -225,11 +225,18 @@ def render_story(
 ) -> tuple[np.ndarray, set[int]]:
     """Render a story with ``pipe`` in ``mode``; returns frames and the frames given to calls.
     ``callbacks`` (``callback_on_call_end``, ``callback_on_level_end``) go to the pipeline."""
+    out = pipe(
+        story.prompts(), story.num_frames, **_render_kwargs(mode, settings, seed), **callbacks
+    )
+    known = {f for call in out.plan.calls for f, k in zip(call.frames, call.known) if k}
+    return out.frames, known
+
+
+def _render_kwargs(mode: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The pipeline's arguments for rendering in ``mode`` with the probe's ``settings``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    out = pipe(
-        story.prompts(),
-        story.num_frames,
+    return dict(
         fps=settings.get("fps"),
         frames_per_call=int(settings.get("frames_per_call", 16)),
         num_inference_steps=int(settings["num_inference_steps"]),
@@ -243,10 +250,53 @@ def render_story(
         # the sampler's ways to make calls agree with their known frames, when the settings
         # name them (the folder's sampling.json, or the probe's overrides)
         **{k: settings[k] for k in KNOWN_FRAME_SAMPLING if k in settings},
-        **callbacks,
     )
+
+
+def render_stories(
+    pipe: Any,
+    stories: Sequence[ProbeStory],
+    *,
+    mode: str,
+    settings: dict[str, Any],
+    seed: int,
+) -> list[tuple[np.ndarray, set[int]]]:
+    """Render ``stories`` side by side in one run of ``pipe``
+    (:func:`storygen.plan.side_by_side`: level by level, the calls of all the stories in
+    shared batches); per story its frames and the frames given to calls, as
+    :func:`render_story` returns them. Each call draws its own noise from ``seed`` and its
+    place in the merged plan, so a story's video differs from its render alone (another draw
+    of the same sampler), not its distribution."""
+    from storygen.plan import side_by_side
+
+    if len(stories) == 1:
+        return [render_story(pipe, stories[0], mode=mode, settings=settings, seed=seed)]
+    kwargs = _render_kwargs(mode, settings, seed)
+    plans = [
+        pipe.build_plan(
+            s.prompts(),
+            num_frames=s.num_frames,
+            fps=kwargs["fps"],
+            frames_per_call=kwargs["frames_per_call"],
+            depth=None,
+            policy=kwargs["policy"],
+            overlap=kwargs["overlap"],
+        )
+        for s in stories
+    ]
+    merged, starts = side_by_side(plans)
+    pipe.build_plan = lambda *_, **__: merged  # the pipeline renders the merged plan
+    try:
+        out = pipe(list(merged.prompts or ()), merged.num_frames, **kwargs)
+    finally:
+        del pipe.build_plan  # the class's method again
     known = {f for call in out.plan.calls for f, k in zip(call.frames, call.known) if k}
-    return out.frames, known
+    result = []
+    for start, story in zip(starts, stories):
+        end = start + story.num_frames
+        mine = {f - start for f in known if start <= f < end}
+        result.append((out.frames[start:end], mine))
+    return result
 
 
 def render_with_real_keyframes(
@@ -299,17 +349,27 @@ def probe_rows(
     seeds: Sequence[int],
 ) -> list[dict[str, Any]]:
     """Render each story (with its seed) in ``mode`` and read it back: one row per story, with
-    the story's render time (``render_s``)."""
+    the story's render time (``render_s``). ``settings["stories_per_render"]`` > 1 renders
+    that many stories at a time side by side (:func:`render_stories`, seeded with the first
+    one's seed; ``render_s`` is then the group's time shared out)."""
+    if len(stories) != len(seeds):
+        raise ValueError(f"{len(stories)} stories but {len(seeds)} seeds")
+    group = 1 if mode == REAL_KEYFRAMES else int(settings.get("stories_per_render", 1))
+    if group < 1:
+        raise ValueError(f"stories_per_render must be >= 1, got {group}")
     rows = []
-    for story, seed in zip(stories, seeds, strict=True):
+    for at in range(0, len(stories), group):
+        chunk, seed = stories[at : at + group], seeds[at]
         started = time.perf_counter()
         if mode == REAL_KEYFRAMES:
-            frames, known = render_with_real_keyframes(pipe, story, settings=settings, seed=seed)
+            rendered = [render_with_real_keyframes(pipe, chunk[0], settings=settings, seed=seed)]
         else:
-            frames, known = render_story(pipe, story, mode=mode, settings=settings, seed=seed)
-        row = read_story(frames, story, known=known)
-        row["render_s"] = time.perf_counter() - started
-        rows.append(row)
+            rendered = render_stories(pipe, chunk, mode=mode, settings=settings, seed=seed)
+        took = (time.perf_counter() - started) / len(chunk)
+        for story, (frames, known) in zip(chunk, rendered):
+            row = read_story(frames, story, known=known)
+            row["render_s"] = took
+            rows.append(row)
     return rows
 
 
@@ -412,8 +472,8 @@ def _start_worker(folder: str, device: str, scheduler: str | None) -> None:
     _PIPE = load_pipeline(folder, scheduler=scheduler).to(torch.device(device))
 
 
-def _render_one(mode: str, story: Any, settings: dict[str, Any], seed: int) -> dict[str, Any]:
-    return probe_rows(_PIPE, [story], mode=mode, settings=settings, seeds=[seed])[0]
+def _render_group(mode: str, stories: Any, settings: dict[str, Any], seeds: Any) -> list:
+    return probe_rows(_PIPE, stories, mode=mode, settings=settings, seeds=seeds)
 
 
 class PoolRenderer:
@@ -421,7 +481,8 @@ class PoolRenderer:
     folder on ``device``: the batch-1 calls of the autoregressive baseline leave a GPU mostly
     idle, so several stories at once make long probes affordable. Rows (and every number
     read from them) are the same as rendering one story after another; only wall time
-    differs, so ``story_render_s`` is reported beside it."""
+    differs, so ``story_render_s`` is reported beside it. With ``stories_per_render`` in the
+    settings each task renders that many stories side by side (:func:`render_stories`)."""
 
     def __init__(self, folder: str, device: str, scheduler: str | None, processes: int) -> None:
         import multiprocessing
@@ -432,8 +493,15 @@ class PoolRenderer:
         )
 
     def __call__(self, mode: str, stories: Any, settings: dict, seeds: Any) -> list:
-        tasks = [(mode, story, settings, seed) for story, seed in zip(stories, seeds)]
-        return self.pool.starmap(_render_one, tasks, chunksize=1)
+        # a task per render: one story, or the group ``stories_per_render`` puts side by side
+        group = 1 if mode == REAL_KEYFRAMES else int(settings.get("stories_per_render", 1))
+        tasks = [
+            (mode, list(stories[i : i + group]), settings, list(seeds[i : i + group]))
+            for i in range(0, len(stories), group)
+        ]
+        return [
+            row for rows in self.pool.starmap(_render_group, tasks, chunksize=1) for row in rows
+        ]
 
     def close(self) -> None:
         self.pool.close()

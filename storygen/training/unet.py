@@ -130,6 +130,11 @@ class TrainConfig:
     #: 1: two input channels hold each latent pixel's x and y (new models are built with
     #: them, ``--init`` adds them at zero); 0: none, as diffusers' 3D UNet
     coordinates: int = 1
+    #: 1: train the plain text-to-video backbone of the training-free mode: every window a
+    #: global one (nothing known), the network given no spacing (1 throughout), segment
+    #: progress, frame positions or coordinates, so :func:`~storygen.training.folder.
+    #: to_t2v_folder` exports exactly what was trained as a stock ``UNet3DConditionModel``
+    text_to_video: int = 0
 
     def __post_init__(self) -> None:
         if self.loss_weight not in LOSS_WEIGHTS:
@@ -190,6 +195,7 @@ def build_unet(
     preset: str = "shapes",
     frame_positions: bool = True,
     coordinates: bool = True,
+    progress: bool = True,
 ) -> Any:
     from storygen.models import MaskedUNet3D
 
@@ -201,8 +207,8 @@ def build_unet(
         sample_size=size // scale,
         cross_attention_dim=cross_attention_dim,
         time_cond_proj_dim=SPACING_DIM,
-        progress_embedding=True,
-        prompt_progress_embedding=True,
+        progress_embedding=progress,
+        prompt_progress_embedding=progress,
         frame_position_embedding=frame_positions,
         coordinate_channels=coordinates,
         **UNETS[preset],
@@ -323,10 +329,9 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
             tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
             text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
             text_trainable=bool(config.train_text),
-            unet=_grown(
+            unet=_continued(
                 MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32),
-                frame_positions=bool(config.frame_positions),
-                coordinates=bool(config.coordinates),
+                config,
             ),
             vae=AutoencoderKL.from_pretrained(str(init / "vae"), torch_dtype=torch.float32),
             previous=previous,
@@ -354,12 +359,40 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
             config.size,
             config.seed,
             config.preset,
-            frame_positions=bool(config.frame_positions),
-            coordinates=bool(config.coordinates),
+            frame_positions=bool(config.frame_positions) and not config.text_to_video,
+            coordinates=bool(config.coordinates) and not config.text_to_video,
+            progress=not config.text_to_video,
         ),
         vae=vae,
         previous={},
         vae_run=vae_run,
+    )
+
+
+#: the inputs a stock ``UNet3DConditionModel`` has no place for (config flags)
+PER_FRAME_INPUTS = (
+    "progress_channel",
+    "progress_embedding",
+    "prompt_progress_embedding",
+    "frame_position_embedding",
+    "coordinate_channels",
+)
+
+
+def _continued(unet: Any, config: TrainConfig) -> Any:
+    """The ``--init`` UNet as the run trains it: grown with the per-frame inputs it lacks, or,
+    for a text-to-video run, as it is, which must then have none of them."""
+    if config.text_to_video:
+        extra = [k for k in PER_FRAME_INPUTS if unet.config.get(k, False)]
+        if extra:
+            raise ValueError(
+                f"--text-to-video 1 --init {config.init}: its UNet has per-frame inputs a plain "
+                f"text-to-video UNet cannot hold ({', '.join(extra)}); continue a model "
+                "without them (one trained with --text-to-video 1, or one from before them)"
+            )
+        return unet
+    return _grown(
+        unet, frame_positions=bool(config.frame_positions), coordinates=bool(config.coordinates)
     )
 
 
@@ -424,7 +457,11 @@ def _loader(config: TrainConfig, device: torch.device, seed: int) -> Any:
         )
     else:
         windows = StoryWindows(
-            batch_size=config.batch_size, frames=config.frames, size=config.size, seed=seed
+            batch_size=config.batch_size,
+            frames=config.frames,
+            size=config.size,
+            seed=seed,
+            role="global" if config.text_to_video else None,
         )
     return torch.utils.data.DataLoader(
         windows,
@@ -516,6 +553,8 @@ class _Trainer:
         spacing = spacing.to(device, non_blocking=True)
         if progress is not None:
             progress = progress.to(device, non_blocking=True)
+        if self.config.text_to_video:  # a stock text-to-video UNet: nothing given, no frame rate
+            mask, spacing = torch.zeros_like(mask), torch.ones_like(spacing)
         b, f = frames.shape[:2]
         with torch.no_grad():
             # (b f) h w c -> latents (b f) c h w -> b c f h w
@@ -692,6 +731,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "high_noise_from": config.high_noise_from,
             "frame_positions": bool(trainer.unet.config.get("frame_position_embedding", False)),
             "coordinates": bool(trainer.unet.config.get("coordinate_channels", False)),
+            "text_to_video": bool(config.text_to_video),
             "lr": config.lr,
             "text_lr": config.text_lr if trainer.text_trainable else None,
             "frame_lr": config.frame_lr,

@@ -163,16 +163,27 @@ class StoryWindows(torch.utils.data.IterableDataset):
     """Endless batches of windows for training (each DataLoader worker draws its own).
 
     Yields ``(frames uint8 (B, F, H, W, 3), prompts [[str] * F] * B, mask (B, F),
-    spacing (B,), progress (B, F))``; all windows of a batch share ``F``, which varies
+    spacing (B,), progress (B, F))``, in every role or in ``role`` alone; all windows of a batch share ``F``, which varies
     between batches.
     ``uncond`` of the windows get empty prompts (classifier-free guidance).
     """
 
     def __init__(
-        self, *, batch_size: int, frames: int, size: int, seed: int, uncond: float = 0.1
+        self,
+        *,
+        batch_size: int,
+        frames: int,
+        size: int,
+        seed: int,
+        uncond: float = 0.1,
+        role: str | None = None,
     ) -> None:
+        if role is not None and role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES} or None, got {role!r}")
         self.batch_size, self.frames, self.size = batch_size, frames, size
-        self.seed, self.uncond = seed, uncond
+        #: every window in this role (``"global"``: nothing known, a plain text-to-video
+        #: model's training); None: the roles drawn as :data:`ROLE_WEIGHTS` says
+        self.seed, self.uncond, self.role = seed, uncond, role
 
     def __iter__(
         self,
@@ -182,7 +193,10 @@ class StoryWindows(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, worker, 7919])
         while True:
             f = draw_call_length(rng, self.frames)
-            windows = [sample_window(rng, frames=f, size=self.size) for _ in range(self.batch_size)]
+            windows = [
+                sample_window(rng, frames=f, size=self.size, role=self.role)
+                for _ in range(self.batch_size)
+            ]
             prompts = [[""] * f if rng.random() < self.uncond else w.prompts for w in windows]
             yield collate(windows, prompts)
 

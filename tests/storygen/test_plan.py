@@ -19,6 +19,8 @@ from storygen.plan import (
     depth_for,
     max_frames,
     plan_story,
+    side_by_side,
+    with_prompts,
 )
 from storygen.script import Segment, StoryScript
 
@@ -374,3 +376,47 @@ def test_calls_carry_the_progress_of_their_frames():
         assert call.progress == tuple(every[f] for f in call.frames)
     keyframes = plan.levels[0].calls[0]
     assert keyframes.progress[0] == 0.0 and keyframes.progress[-1] == 1.0
+
+
+@pytest.mark.parametrize("policy", ["stretch", "autoregressive"])
+def test_side_by_side_plans_keep_every_story_to_itself(policy):
+    lengths = [40, 226, 17]
+
+    def plan_of(n, tag):
+        plan = (
+            autoregressive_plan(n, frames_per_call=16)
+            if policy == "autoregressive"
+            else build_plan(n, frames_per_call=16, policy=policy)
+        )
+        return with_prompts(plan, [f"{tag} {k // 9}" for k in range(n)], fps=8)
+
+    plans = [plan_of(n, f"story {i}") for i, n in enumerate(lengths)]
+    merged, starts = side_by_side(plans)
+    merged.check()
+    assert starts == [0, 40, 266] and merged.num_frames == sum(lengths)
+    assert merged.rounds == max(p.rounds for p in plans)
+    for k, level in enumerate(merged.levels):
+        assert len(level.calls) == sum(len(p.levels[k].calls) for p in plans if k < p.rounds)
+    for plan, start in zip(plans, starts):
+        own = [c for c in merged.calls if start <= c.frames[0] < start + plan.num_frames]
+        # each story's calls come back shifted, prompts, progress and known frames intact
+        assert [
+            (c.level, tuple(f - start for f in c.frames), c.known, c.prompts, c.progress)
+            for c in own
+        ] == [(c.level, c.frames, c.known, c.prompts, c.progress) for c in plan.calls]
+        assert all(c.frames[-1] < start + plan.num_frames for c in own)
+    assert merged.prompts == tuple(x for p in plans for x in p.prompts)
+
+
+def test_side_by_side_refuses_plans_that_do_not_line_up():
+    a = build_plan(40, frames_per_call=16)
+    with pytest.raises(ValueError, match="plan 1: policy 'autoregressive'"):
+        side_by_side([a, autoregressive_plan(40, frames_per_call=16)])
+    with pytest.raises(ValueError, match="plan 1: .* 8 frames per call"):
+        side_by_side([a, build_plan(40, frames_per_call=8)])
+    trimmed = build_plan(41, frames_per_call=4, policy="trim")
+    assert trimmed.dropped
+    with pytest.raises(ValueError, match="plan 0 makes frames past its end"):
+        side_by_side([trimmed, trimmed])
+    with pytest.raises(ValueError, match="at least one"):
+        side_by_side([])

@@ -416,3 +416,76 @@ def test_frame_lr_moves_the_per_frame_conditioning_at_its_own_rate(tiny_folder, 
     # Adam's first step moves a weight by about its rate: 10x for the per-frame part only
     assert moved[1e-2][0] == pytest.approx(10 * moved[None][0], rel=0.05)
     assert moved[1e-2][1] == pytest.approx(moved[None][1], rel=1e-4)
+
+
+def test_global_role_windows_give_nothing_for_a_text_to_video_run():
+    from storygen.training.windows import StoryWindows
+
+    batches = iter(StoryWindows(batch_size=6, frames=8, size=32, seed=1, role="global"))
+    for _ in range(3):
+        frames, prompts, mask, spacing, progress = next(batches)
+        assert frames.shape[0] == 6 and not mask.any()
+        # a global window is its whole story: it opens and closes a scene
+        assert (progress[:, 0] == 0).all() and (progress[:, -1] == 1).all()
+    with pytest.raises(ValueError, match="role"):
+        StoryWindows(batch_size=2, frames=8, size=32, seed=1, role="keyframes")
+
+
+def test_text_to_video_run_exports_exactly_what_it_trained(tiny_folder, tmp_path):
+    """A --text-to-video run trains the network a stock UNet3DConditionModel holds: the export
+    to the ModelScope layout computes what the run's model computed on its training inputs
+    (nothing known, spacing 1), and it refuses to continue a model with per-frame inputs."""
+    from diffusers import UNet3DConditionModel
+
+    from storygen.loading import load_pipeline
+    from storygen.models import unet3d_forward
+    from storygen.training.folder import to_t2v_folder
+    from storygen.training.unet import TrainConfig, train
+    from storygen.training_free import is_t2v_layout
+
+    grown, _ = tiny_folder  # trained with progress, frame positions and coordinates
+    with pytest.raises(ValueError, match="per-frame inputs"):
+        train(
+            TrainConfig(
+                out=str(tmp_path / "no"), init=str(grown), text_to_video=1, steps=1, **MICRO
+            )
+        )
+    out = tmp_path / "t2v-run"
+    report = train(
+        TrainConfig(
+            out=str(out),
+            vae=str(grown),
+            text_to_video=1,
+            batch_size=2,
+            steps=3,
+            heldout_windows=4,
+            text_encoder=str(ROOT / "models" / "shapes-clip"),
+            **MICRO,
+        )
+    )
+    assert report["runs"][-1]["text_to_video"] is True
+    masked = load_pipeline(out).unet.float()
+    for flag in ("progress_embedding", "frame_position_embedding", "coordinate_channels"):
+        assert not masked.config.get(flag, False)
+    more = train(
+        TrainConfig(
+            out=str(tmp_path / "more"),
+            init=str(out),
+            text_to_video=1,
+            batch_size=2,
+            steps=2,
+            heldout_windows=0,
+            **MICRO,
+        )
+    )
+    assert more["steps_done"] == 5
+    t2v = to_t2v_folder(out, tmp_path / "t2v")
+    assert is_t2v_layout(t2v)
+    plain = UNet3DConditionModel.from_pretrained(t2v / "unet").float()
+    x, ctx = torch.randn(2, 4, 5, 8, 8), torch.randn(2, 5, 77, masked.config.cross_attention_dim)
+    with torch.no_grad():
+        a = masked(x, torch.tensor(500), ctx, spacing=torch.ones(2))
+        b = unet3d_forward(plain, x, torch.tensor(500), ctx)
+        c = masked(x, torch.tensor(500), ctx, spacing=torch.full((2,), 9.0))
+    assert torch.allclose(a, b, atol=2e-3)
+    assert not torch.allclose(b, c, atol=2e-3)  # the export holds the spacing it trained at
