@@ -234,13 +234,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             del t2v
         result["training_free"] = tf | {"model": str(source)}
         save()
+        masked = {"masked local model": main["hierarchical"]} if "hierarchical" in modes else {}
         print(
             table(
                 f"\ntraining-free vs masked: {args.stories} stories of {args.frames} frames",
-                {
-                    "masked local model": main["hierarchical"],
-                    "training-free (RePaint)": tf["hierarchical"],
-                },
+                masked | {"training-free (RePaint)": tf["hierarchical"]},
             )
         )
     if args.lengths:
@@ -248,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wanted = [int(v) for v in args.lengths.split(",")]
         counts = parse_length_stories(args.length_stories, wanted)
         for n in wanted:
-            if n == args.frames and counts[n] == args.stories:
+            if modes == MODES and n == args.frames and counts[n] == args.stories:
                 r = main  # the same stories as the probe's: not rendered twice
             else:
                 r = probe(pipe, settings, stories=counts[n], frames=n, modes=MODES, renderer=pool)
