@@ -245,21 +245,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lengths: dict[str, Any] = {}
         wanted = [int(v) for v in args.lengths.split(",")]
         counts = parse_length_stories(args.length_stories, wanted)
+        length_modes = args.length_modes
         for n in wanted:
-            if modes == MODES and n == args.frames and counts[n] == args.stories:
+            if set(length_modes) <= set(modes) and n == args.frames and counts[n] == args.stories:
                 r = main  # the same stories as the probe's: not rendered twice
             else:
-                r = probe(pipe, settings, stories=counts[n], frames=n, modes=MODES, renderer=pool)
+                r = probe(
+                    pipe, settings, stories=counts[n], frames=n, modes=length_modes, renderer=pool
+                )
             lengths[str(n)] = r
             result["lengths"] = lengths
             save()
             print(
                 table(
                     f"\nlength {n}: {counts[n]} stories",
-                    {"ceiling": r["ceiling"]} | {m: r[m] for m in MODES},
+                    {"ceiling": r["ceiling"]} | {m: r[m] for m in length_modes},
                 )
             )
-            for m in MODES:
+            for m in length_modes:
                 q = " ".join(f"{v:.2f}" for v in r[m]["quarters_all"])
                 print(f"  {m:<16} all facts by quarter: {q}   wall {r[m]['wall_time_s']:.1f} s")
         result["lengths"] = lengths
@@ -271,6 +274,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"\nplot: {args.plot}")
     save()
     return result
+
+
+def merge_lengths(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The length experiments of several results files as one: per length, the modes each
+    file measured (a later file's reading of a mode replaces an earlier one's). Runs of one
+    length must have read the same stories (their ceilings agree), or ``SystemExit``."""
+    merged: dict[str, Any] = {}
+    for i, result in enumerate(results):
+        for n, r in result.get("lengths", {}).items():
+            if n in merged and merged[n]["ceiling"] != r["ceiling"]:
+                raise SystemExit(
+                    f"--merge-lengths: file {i + 1} read other stories of length {n} "
+                    "(another ceiling) than an earlier file"
+                )
+            merged.setdefault(n, {}).update(r)
+    if not merged:
+        raise SystemExit("--merge-lengths: no length experiment in these files")
+    return dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
+
+
+def print_lengths(lengths: dict[str, Any]) -> None:
+    for n, r in lengths.items():
+        modes = [m for m in MODES if m in r]
+        print(table(f"\nlength {n}", {"ceiling": r["ceiling"]} | {m: r[m] for m in modes}))
+        for m in modes:
+            q = " ".join(f"{v:.2f}" for v in r[m]["quarters_all"])
+            print(f"  {m:<16} all facts by quarter: {q}   wall {r[m]['wall_time_s']:.1f} s")
 
 
 def _dashed(d: Any, a: tuple[float, float], b: tuple[float, float], fill: str) -> None:
@@ -318,7 +348,7 @@ def plot_drift(lengths: dict[str, Any], path: str, low: float = 0.5) -> None:
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     for i, (n, r) in enumerate(lengths.items()):
         color = colors[i % len(colors)]
-        for mode in ("hierarchical", "autoregressive"):
+        for mode in [m for m in ("hierarchical", "autoregressive") if m in r]:
             pts = [(x_of(x), y_of(v)) for x, v in enumerate(r[mode]["tenths_all"])]
             for a, b in zip(pts, pts[1:]):
                 if mode == "hierarchical":
@@ -445,13 +475,41 @@ def main(argv: list[str] | None = None) -> int:
         "a model that has learnt its prompts moves at t = 999 (0: skip; 64 take about 6 "
         "minutes on two CPU cores)",
     )
+    p.add_argument(
+        "--length-modes",
+        default=",".join(MODES),
+        help="modes of the length experiment (one per run splits a long experiment over "
+        "several device calls; --merge-lengths joins the runs)",
+    )
+    p.add_argument(
+        "--merge-lengths",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="render nothing: join the length experiments of these results files (later files "
+        "add modes and lengths to earlier ones; a length's stories must agree), print the "
+        "tables, write --out and --plot",
+    )
     p.add_argument("--plot", default=None, help="PNG of adherence by position (with --lengths)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "storygen_quality.json"))
     args = p.parse_args(argv)
     args.modes = tuple(m for m in args.modes.split(",") if m)
-    unknown = [m for m in args.modes if m not in MODES]
-    if unknown:
-        p.error(f"--modes: unknown mode(s) {unknown}; expected some of {MODES}")
+    args.length_modes = tuple(m for m in args.length_modes.split(",") if m)
+    for flag, given in (("--modes", args.modes), ("--length-modes", args.length_modes)):
+        unknown = [m for m in given if m not in MODES]
+        if unknown:
+            p.error(f"{flag}: unknown mode(s) {unknown}; expected some of {MODES}")
+    if args.merge_lengths:
+        merged = merge_lengths([json.loads(Path(f).read_text()) for f in args.merge_lengths])
+        out = {"merged_from": list(args.merge_lengths), "lengths": merged}
+        print_lengths(merged)
+        if args.plot:
+            plot_drift(merged, args.plot)
+            out["plot"] = args.plot
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2))
+        print(f"\nresults: {args.out}")
+        return 0
     run(args)
     print(f"\nresults: {args.out}")
     return 0

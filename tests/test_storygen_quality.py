@@ -60,3 +60,48 @@ def test_pooled_stories_read_as_rendered_one_by_one(script, tmp_path):
     assert alone["ceiling"] == pooled["ceiling"]
     # the two modes are not the same render (the autoregressive plan has 3 rounds of windows)
     assert alone["hierarchical"]["flicker"] != alone["autoregressive"]["flicker"]
+
+
+def test_length_runs_split_over_calls_merge_into_one_experiment(script, tmp_path):
+    import json
+
+    def reading(all_right):
+        return {
+            "all": all_right,
+            "quarters_all": [all_right] * 4,
+            "tenths_all": [all_right] * 10,
+            "wall_time_s": 1.0,
+        }
+
+    ceiling = {"all": 0.99}
+    first = {
+        "lengths": {
+            "16": {
+                "ceiling": ceiling,
+                "hierarchical": reading(0.8),
+                "autoregressive": reading(0.8),
+            },
+            "3376": {"ceiling": ceiling, "hierarchical": reading(0.85)},
+        }
+    }
+    second = {"lengths": {"3376": {"ceiling": ceiling, "autoregressive": reading(0.82)}}}
+    merged = script.merge_lengths([first, second])
+    assert list(merged) == ["16", "3376"]
+    assert merged["3376"]["hierarchical"]["all"] == 0.85
+    assert merged["3376"]["autoregressive"]["all"] == 0.82
+    other = {"lengths": {"3376": {"ceiling": {"all": 0.9}, "autoregressive": reading(0.8)}}}
+    with pytest.raises(SystemExit, match="other stories of length 3376"):
+        script.merge_lengths([first, other])
+    with pytest.raises(SystemExit, match="no length experiment"):
+        script.merge_lengths([{}])
+    files = []
+    for i, r in enumerate((first, second)):
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(r))
+    out, png = tmp_path / "merged.json", tmp_path / "drift.png"
+    assert (
+        script.main(["--merge-lengths", *map(str, files), "--out", str(out), "--plot", str(png)])
+        == 0
+    )
+    assert json.loads(out.read_text())["lengths"] == merged
+    assert png.stat().st_size > 1000
