@@ -439,6 +439,7 @@ def test_text_to_video_run_exports_exactly_what_it_trained(tiny_folder, tmp_path
 
     from storygen.loading import load_pipeline
     from storygen.models import unet3d_forward
+    from storygen.pipeline import StoryVideoPipeline, TrainingFreeStoryPipeline
     from storygen.training.folder import to_t2v_folder
     from storygen.training.unet import TrainConfig, train
     from storygen.training_free import is_t2v_layout
@@ -464,7 +465,11 @@ def test_text_to_video_run_exports_exactly_what_it_trained(tiny_folder, tmp_path
         )
     )
     assert report["runs"][-1]["text_to_video"] is True
-    masked = load_pipeline(out).unet.float()
+    # it renders training-free: the network never learnt to read known frames
+    assert isinstance(load_pipeline(out), TrainingFreeStoryPipeline)
+    assert isinstance(load_pipeline(grown), StoryVideoPipeline)
+    assert not isinstance(load_pipeline(grown), TrainingFreeStoryPipeline)
+    masked = StoryVideoPipeline.from_pretrained(out).unet.float()
     for flag in ("progress_embedding", "frame_position_embedding", "coordinate_channels"):
         assert not masked.config.get(flag, False)
     more = train(
