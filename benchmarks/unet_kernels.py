@@ -14,7 +14,10 @@ against the eager pass in the model's dtype.
     python benchmarks/unet_kernels.py --device cuda --preset modelscope --rows 120 \\
         --variants eager,eager-cl,compile,compile-fp8 --out benchmarks/results/unet_kernels_h200.json
 
-Variants: ``eager``; ``eager-cl`` (convolution weights and inputs channels-last, 2-D and 3-D);
+Variants: ``eager``; ``eager-tuned`` and ``compile-tuned`` (cuDNN's autotuner on,
+``torch.backends.cudnn.benchmark``: each convolution shape times the algorithms once, in the
+first pass, as CUDA renders do); ``eager-cl`` (convolution weights and inputs channels-last,
+2-D and 3-D);
 ``compile`` (``torch.compile``, static shapes; Inductor picks convolution layouts itself);
 ``compile-fp8`` and ``eager-fp8`` (every ``nn.Linear`` whose sizes allow it in float8 through
 torchao, dynamic per-row activation scales and per-row weight scales, as ``ClipScorer``'s fp8;
@@ -40,7 +43,15 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 
-VARIANTS = ("eager", "eager-cl", "compile", "compile-fp8", "eager-fp8")
+VARIANTS = (
+    "eager",
+    "eager-tuned",
+    "eager-cl",
+    "compile",
+    "compile-tuned",
+    "compile-fp8",
+    "eager-fp8",
+)
 #: FLOP-counter ops by kind
 KINDS = {
     "convolution": ("convolution",),
@@ -65,6 +76,44 @@ def call_arguments(args: argparse.Namespace) -> tuple[Any, tuple, dict]:
         return v
 
     return pipe.unet, tuple(grow(v) for v in a), {k: grow(v) for k, v in kw.items()}
+
+
+#: how :func:`time_split` files an operator by its name (first match wins)
+TIME_KINDS = (
+    ("attention", ("attention", "flash", "sdpa", "softmax")),
+    ("convolution", ("conv", "cudnn")),
+    ("linear", ("mm", "linear", "matmul", "gemm")),
+    ("norm", ("norm",)),
+)
+
+
+def time_split(unet: Any, a: tuple, kw: dict, device: torch.device) -> dict[str, float]:
+    """Where one eager pass spends its time, by kind of op: each operator's own time (on the
+    GPU its kernels' device time, on the CPU its CPU time; PyTorch's profiler), in ms per
+    kind, beside the pass's total ("other": element-wise ops, copies, reshapes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    unet(*a, **kw)  # warm: allocator, autotuning
+    _sync(device)
+    with profile(activities=activities) as prof:
+        unet(*a, **kw)
+        _sync(device)
+    out = {kind: 0.0 for kind, _ in TIME_KINDS} | {"other": 0.0}
+    for event in prof.key_averages():
+        us = float(
+            getattr(event, "self_device_time_total", 0.0)
+            if cuda
+            else getattr(event, "self_cpu_time_total", 0.0)
+        )
+        if us <= 0:
+            continue
+        name = event.key.lower()
+        kind = next((k for k, words in TIME_KINDS if any(w in name for w in words)), "other")
+        out[kind] += us / 1e3
+    out["total"] = sum(out.values())
+    return out
 
 
 def flop_split(unet: Any, a: tuple, kw: dict) -> dict[str, float]:
@@ -135,6 +184,24 @@ def time_variant(
         return {"variant": name, "skipped": why}
     unet = base if name == "eager" else copy.deepcopy(base)
     row: dict[str, Any] = {"variant": name}
+    tuned = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = name.endswith("-tuned")
+    try:
+        return _timed(name, unet, row, a, kw, reference, args)
+    finally:
+        torch.backends.cudnn.benchmark = tuned
+
+
+def _timed(
+    name: str,
+    unet: Any,
+    row: dict[str, Any],
+    a: tuple,
+    kw: dict,
+    reference: torch.Tensor,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    device = reference.device
     if name.endswith("-cl"):
         channels_last(unet)
     if "fp8" in name:
@@ -178,6 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unet.eval()
     flops = flop_split(unet, a, kw)
     reference = unet(*a, **kw)
+    times = time_split(unet, a, kw, device) if args.profile else None
     peak = matmul_rate(args.device, unet.dtype)
     rows = []
     for name in args.variants:
@@ -199,6 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "flops_per_pass": flops,
         "flop_shares": {k: v / flops["total"] for k, v in flops.items() if k != "total"},
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
+        "time_split_ms": times,
         "variants": rows,
     }
 
@@ -227,6 +296,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--variants", default=None, help=f"comma separated, of {', '.join(VARIANTS)}")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also split one eager pass's time by kind of op (PyTorch profiler), beside the FLOPs",
+    )
     p.add_argument("--out", default=None, help="JSON to write")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
@@ -243,6 +317,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result['model']}, {result['dtype']}, {args.rows} rows of {result['sample_shape'][1:]}: "
         f"{result['flops_per_pass']['total'] / 1e9:.1f} GFLOP a pass ({shares})"
     )
+    if result["time_split_ms"]:
+        split = result["time_split_ms"]
+        print(
+            "time of an eager pass by op: "
+            + ", ".join(
+                f"{k} {100 * v / split['total']:.0f} %" for k, v in split.items() if k != "total"
+            )
+            + f" (of {split['total']:.1f} ms in ops)"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmarks import unet_kernels
 
@@ -13,8 +14,8 @@ from benchmarks import unet_kernels
 def test_unet_kernels_on_cpu(tmp_path):
     out = tmp_path / "k.json"
     result = unet_kernels.main(
-        ["--variants", "eager,eager-cl,eager-fp8", "--rows", "3", "--frames-per-call", "8"]
-        + ["--warmup", "0", "--reps", "1", "--out", str(out)]
+        ["--variants", "eager,eager-tuned,eager-cl,eager-fp8", "--rows", "3"]
+        + ["--frames-per-call", "8", "--warmup", "0", "--reps", "1", "--profile", "--out", str(out)]
     )
     assert json.loads(out.read_text())["rows"] == 3
     assert result["sample_shape"][0] == 3 and result["sample_shape"][2] == 8
@@ -31,6 +32,15 @@ def test_unet_kernels_on_cpu(tmp_path):
         flops["total"] / (rows["eager"]["ms_per_pass"] / 1e3) / 1e12
     )
     assert rows["eager"]["share_of_matmul_peak"] is None  # no matrix rate measured on a CPU
+    # the autotuner only picks among exact algorithms: the same output
+    assert rows["eager-tuned"]["relative_error"] < 1e-5
+    assert torch.backends.cudnn.benchmark is False  # set for the variant only
+    split = result["time_split_ms"]
+    assert split["convolution"] > 0 and split["linear"] > 0
+    parts = sum(v for k, v in split.items() if k != "total")
+    assert parts == pytest.approx(split["total"])
+    # the ops of a pass take most of its measured wall time (the profiler adds a little)
+    assert 0.3 * rows["eager"]["ms_per_pass"] < split["total"] < 3 * rows["eager"]["ms_per_pass"]
 
 
 def test_unknown_variant_is_refused():
