@@ -31,7 +31,9 @@ why ``"on"`` compiles only the buckets that carry the work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from curate.compile_cache import CACHE_ENV, compile_cache_dir, use_compile_cache
@@ -44,6 +46,7 @@ __all__ = [
     "compile_cache_dir",
     "compile_unet",
     "compiled_rows",
+    "cudnn_autotune",
     "is_compiled",
     "row_bucket",
     "resolve_compile",
@@ -153,3 +156,23 @@ def row_bucket(rows: int) -> int:
     if rows <= 8:
         return 1 << (rows - 1).bit_length()
     return -(-rows // 8) * 8
+
+
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool) -> Iterator[bool]:
+    """cuDNN's autotuner (``torch.backends.cudnn.benchmark``) on inside the block when
+    ``enabled``, the process's own setting back afterwards; yields whether it is on.
+
+    Each convolution shape then times cuDNN's algorithms on its first pass and keeps the
+    fastest (a render runs a handful of shapes many times). Every algorithm computes the same
+    convolution, but the pick is made by timing and may differ from run to run, so repeated
+    renders agree to floating-point rounding rather than bit for bit (turn it off for bit-exact
+    repeats). CUDA renders turn it on by default; on a CPU it does nothing."""
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or enabled
+    try:
+        yield torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before

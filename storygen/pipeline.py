@@ -453,6 +453,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         callback_on_level_end: Callable[[StoryVideoPipeline, int], None] | None = None,
         progress: bool = True,
         compile: str = "off",
+        cudnn_autotune: bool = True,
     ) -> StoryVideoOutput:
         """Render a story.
 
@@ -475,7 +476,9 @@ class StoryVideoPipeline(DiffusionPipeline):
         (default on for a plain text-to-video UNet). ``reconstruction_guidance``: weight of a
         gradient step pulling the predicted clean sample towards the known frames (Ho et al.
         2022); it back-propagates through the UNet, so each step costs about three forwards.
-        ``compile``: ``"on"`` compiles the UNet with ``torch.compile`` for the batch shapes
+        ``cudnn_autotune``: cuDNN's autotuner for the render's convolutions on CUDA devices
+        (:func:`storygen.accel.cudnn_autotune`). ``compile``: ``"on"`` compiles the UNet with
+        ``torch.compile`` for the batch shapes
         the render runs often enough to repay it, ``"all"`` for every shape (see
         :mod:`storygen.accel`).
         """
@@ -501,6 +504,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             devices=devices,
             progress=progress,
             compile=compile,
+            cudnn_autotune=cudnn_autotune,
         )
 
         # 2. plan: which call makes which frames, every frame with its prompt
@@ -556,6 +560,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         devices: Sequence[str | torch.device] | None,
         progress: bool,
         compile: str = "off",
+        cudnn_autotune: bool = True,
     ) -> tuple[RenderSettings, int]:
         """The render's settings and frames per call, the model's defaults filled in (its
         sampling.json, else the built-in ones), after :meth:`check_inputs`."""
@@ -600,6 +605,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             devices=tuple(devices) if devices else None,
             progress=progress,
             compile=compile,
+            cudnn_autotune=cudnn_autotune,
         )
         return settings, frames_per_call
 

@@ -224,6 +224,15 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
         "shape the first time, graphs cached in ~/.cache/storyloom/inductor or "
         "$STORYLOOM_COMPILE_CACHE (default: off)",
     )
+    g.add_argument(
+        "--cudnn-autotune",
+        choices=("on", "off"),
+        default="on",
+        help="on CUDA, let cuDNN time its convolution algorithms once per shape and keep the "
+        "fastest (torch.backends.cudnn.benchmark; nothing on a CPU). The pick may differ "
+        "between runs, so repeats agree to rounding, not bit for bit: off for bit-exact "
+        "repeats (default: on)",
+    )
     g.add_argument("--cache-dir", help="keep finished calls here and resume from them")
     g.add_argument("--preview", help="also write a keyframe preview sheet (PNG)")
     g.add_argument("--stats-json", help="also write the run's statistics as JSON")
@@ -408,6 +417,7 @@ def _render(
                 reconstruction_guidance=args.reconstruction_guidance,
                 progress=not args.no_progress,
                 compile=args.compile,
+                cudnn_autotune=args.cudnn_autotune == "on",
             )
     except ValueError as exc:
         raise _Refused(f"error: {exc}") from None

@@ -32,6 +32,7 @@ from storygen.accel import (
     CompilePolicy,
     compile_unet,
     compiled_rows,
+    cudnn_autotune,
     is_compiled,
     use_compiled_rows,
 )
@@ -76,6 +77,8 @@ class GenerationStats:
     cache_dir: str | None = None
     #: whether compiling was asked for (storygen.accel: "on" where it repays, "all")
     compiled: bool = False
+    #: cuDNN's autotuner was on for the render's convolutions (CUDA)
+    cudnn_autotune: bool = False
     #: the row buckets (padded rows of a forward pass) that ran compiled
     compiled_rows: list[int] = field(default_factory=list)
     #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
@@ -416,6 +419,12 @@ class PlanRunner:
             self.unet_on(level.index, device)
 
     def run(self, sink: FrameSink) -> None:
+        cuda = any(d.type == "cuda" for d in self.devices)
+        with cudnn_autotune(self.settings.cudnn_autotune and cuda) as tuned:
+            self.stats.cudnn_autotune = tuned
+            self._run(sink)
+
+    def _run(self, sink: FrameSink) -> None:
         show = self.settings.progress
         # one worker thread per device, so a device runs its batches one after another
         executors = [ThreadPoolExecutor(max_workers=1) for _ in self.devices]

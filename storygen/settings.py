@@ -105,6 +105,10 @@ class RenderSettings:
     #: compile the UNet ("on": the row buckets that carry the work, "all", "off"; see
     #: storygen.accel)
     compile: str = "off"
+    #: cuDNN's autotuner on CUDA devices (``torch.backends.cudnn.benchmark`` for the render):
+    #: each convolution shape times cuDNN's algorithms once and keeps the fastest (repeats then
+    #: agree to rounding, not bit for bit); off leaves the process's setting as it is
+    cudnn_autotune: bool = True
 
     def output_fields(self) -> dict[str, Any]:
         """The settings the frames depend on, by name (as given: the cache key hashes them)."""

@@ -8,6 +8,7 @@ import torch
 from storygen.accel import (
     CompilePolicy,
     compile_cache_dir,
+    cudnn_autotune,
     is_compiled,
     resolve_compile,
     row_bucket,
@@ -201,3 +202,33 @@ def test_a_padded_batch_gives_each_call_what_it_gives_alone(tmp_path):
         padded = guided_output(unet, x, t, inputs, 2.0, negative)
     assert seen == [6, 8]  # the second pass ran the 8-row bucket
     torch.testing.assert_close(padded, plain, atol=1e-5, rtol=0)
+
+
+def test_cudnn_autotune_is_for_the_block_only():
+    before = torch.backends.cudnn.benchmark
+    with cudnn_autotune(True) as on:
+        assert on and torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark == before
+    with cudnn_autotune(False) as on:
+        assert on == before
+    assert torch.backends.cudnn.benchmark == before
+
+
+def test_cpu_renders_leave_cudnn_alone(tmp_path):
+    pipe = StoryVideoPipeline.from_pretrained(
+        new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    )
+    out = pipe(PROMPTS, 17, **RUN)
+    assert out.stats.cudnn_autotune is False  # nothing to tune on a CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_renders_autotune_and_give_the_same_frames(tmp_path):
+    pipe = StoryVideoPipeline.from_pretrained(
+        new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    ).to("cuda")
+    tuned = pipe(PROMPTS, 17, **RUN)
+    plain = pipe(PROMPTS, 17, **RUN, cudnn_autotune=False)
+    assert tuned.stats.cudnn_autotune is True and plain.stats.cudnn_autotune is False
+    torch.testing.assert_close(tuned.frames, plain.frames, atol=1e-3, rtol=1e-3)
