@@ -26,7 +26,16 @@ from dataclasses import fields
 
 from storygen.training.unet import TrainConfig, train
 
-_FLOATS = {"max_minutes", "vae_minutes", "lr", "text_lr", "frame_lr", "ema", "high_noise"}
+_FLOATS = {
+    "max_minutes",
+    "vae_minutes",
+    "lr",
+    "text_lr",
+    "frame_lr",
+    "ema",
+    "high_noise",
+    "boundary_weight",
+}
 _HELP = {
     "out": "model folder to write",
     "init": "continue from this model folder (written by this command)",
@@ -77,6 +86,8 @@ _HELP = {
     "(ModelScope-style): every window a global one with nothing known, no spacing, progress, "
     "frame-position or coordinate input; to_t2v_folder / storygen_quality.py --t2v-model export "
     "it to the ModelScope layout exactly; --init must be a model without per-frame inputs",
+    "boundary_weight": "loss weight of a frame next to a given one (where a call joins its "
+    "keyframes and seams show), against 1 for the others; the held-out loss weighs all alike",
     "heldout_windows": "windows of the held-out loss (fixed windows, diffusion times and noise) "
     "recorded in training.json at the run's start and end, comparable across runs (0: none)",
 }

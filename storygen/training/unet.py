@@ -135,10 +135,15 @@ class TrainConfig:
     #: progress, frame positions or coordinates, so :func:`~storygen.training.folder.
     #: to_t2v_folder` exports exactly what was trained as a stock ``UNet3DConditionModel``
     text_to_video: int = 0
+    #: loss weight of a frame next to a given one (the frames a call must join to its
+    #: keyframes, where seams show), against 1 for the others; 1: all frames alike
+    boundary_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.loss_weight not in LOSS_WEIGHTS:
             raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
+        if not self.boundary_weight >= 1.0:  # also refuses nan
+            raise ValueError(f"boundary_weight must be >= 1, got {self.boundary_weight!r}")
         if not 0.0 <= self.high_noise <= 1.0:
             raise ValueError(f"high_noise must be a share in [0, 1], got {self.high_noise!r}")
         if isinstance(self.high_noise_from, bool) or not 0 <= self.high_noise_from <= 999:
@@ -544,10 +549,12 @@ class _Trainer:
         *,
         weighting: str | None = None,
         high_noise: float | None = None,
+        boundary_weight: float | None = None,
     ) -> torch.Tensor:
         """The weighted v loss of a batch over the frames not given (``weighting``: the
         run's ``loss_weight`` unless given; ``high_noise``: the share of windows drawn at
-        the noisiest times, the run's unless given)."""
+        the noisiest times, the run's unless given; ``boundary_weight``: the weight of a frame
+        next to a given one, the run's unless given)."""
         device = self.device
         mask = mask.to(device, non_blocking=True)
         spacing = spacing.to(device, non_blocking=True)
@@ -577,7 +584,13 @@ class _Trainer:
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
         snr = self.alphas[t] / (1 - self.alphas[t])
         weight = time_weight(snr, weighting or self.config.loss_weight).view(b, 1, 1, 1, 1)
-        unknown = (1 - mask)[:, None, :, None, None].expand_as(x0)
+        frame_weight = 1 - mask  # (b, f): the frames not given
+        boundary = self.config.boundary_weight if boundary_weight is None else boundary_weight
+        if boundary != 1.0:
+            given = torch.nn.functional.pad(mask, (1, 1))
+            beside = ((given[:, :-2] + given[:, 2:]) > 0).to(mask.dtype)  # a neighbour given
+            frame_weight = frame_weight * (1 + (boundary - 1) * beside)
+        unknown = frame_weight[:, None, :, None, None].expand_as(x0)
         err = (pred.float() - target) ** 2 * weight * unknown
         return err.sum() / unknown.sum().clamp(min=1)
 
@@ -616,7 +629,9 @@ class _Trainer:
             total = 0.0
             for start in range(0, windows, self.config.batch_size):
                 part = drawn[start : start + self.config.batch_size]
-                loss = self.loss(*collate(part), weighting="min-snr", high_noise=0.0)
+                loss = self.loss(
+                    *collate(part), weighting="min-snr", high_noise=0.0, boundary_weight=1.0
+                )
                 total += float(loss) * len(part)
             return total / windows
         finally:
@@ -732,6 +747,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "frame_positions": bool(trainer.unet.config.get("frame_position_embedding", False)),
             "coordinates": bool(trainer.unet.config.get("coordinate_channels", False)),
             "text_to_video": bool(config.text_to_video),
+            "boundary_weight": config.boundary_weight,
             "lr": config.lr,
             "text_lr": config.text_lr if trainer.text_trainable else None,
             "frame_lr": config.frame_lr,

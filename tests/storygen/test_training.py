@@ -494,3 +494,47 @@ def test_text_to_video_run_exports_exactly_what_it_trained(tiny_folder, tmp_path
         c = masked(x, torch.tensor(500), ctx, spacing=torch.full((2,), 9.0))
     assert torch.allclose(a, b, atol=2e-3)
     assert not torch.allclose(b, c, atol=2e-3)  # the export holds the spacing it trained at
+
+
+def test_boundary_weight_weighs_the_frames_beside_given_ones(tiny_folder, tmp_path):
+    """--boundary-weight W: in a local window (first and last frame given) an error on the
+    frame next to a given one counts W times an error inside the window, the loss normalised by
+    the weights; the held-out loss reads every frame alike."""
+    import torch
+
+    from storygen.training.unet import TrainConfig, _start, _Trainer
+    from storygen.training.windows import collate
+
+    out, _ = tiny_folder
+    window = sample_window(np.random.default_rng(5), frames=8, size=32, role="local")
+    batch = collate([window])
+    device = torch.device("cpu")
+
+    def loss_with_error_on(trainer, frame: int, **kw) -> float:
+        alphas = trainer.alphas
+
+        def exact_but_one(noisy, t, context, *, known, mask, spacing, progress):
+            a = alphas[t].view(-1, 1, 1, 1, 1)
+            noise = (noisy - a.sqrt() * known) / (1 - a).sqrt()
+            pred = a.sqrt() * noise - (1 - a).sqrt() * known  # the v target itself
+            pred[:, :, frame] += 0.5
+            return pred
+
+        trainer.unet = exact_but_one
+        trainer.draws = torch.Generator().manual_seed(0)  # the same time and noise each call
+        return float(trainer.loss(*batch, **kw))
+
+    losses = {}
+    for w in (1.0, 4.0):
+        config = TrainConfig(out=str(tmp_path / "x"), init=str(out), boundary_weight=w, **MICRO)
+        trainer = _Trainer(config, _start(config, device), device)
+        losses[w] = {k: loss_with_error_on(trainer, k) for k in (1, 3)} | {
+            "heldout": loss_with_error_on(trainer, 1, boundary_weight=1.0)
+        }
+    inside = 8 - 2  # frames not given
+    norm = inside + 2 * (4.0 - 1)  # two frames beside the given ones, at weight 4
+    assert losses[4.0][1] == pytest.approx(losses[1.0][1] * 4.0 * inside / norm, rel=1e-4)
+    assert losses[4.0][3] == pytest.approx(losses[1.0][3] * inside / norm, rel=1e-4)
+    assert losses[4.0]["heldout"] == pytest.approx(losses[1.0][1], rel=1e-4)
+    with pytest.raises(ValueError, match="boundary_weight"):
+        TrainConfig(out="x", boundary_weight=0.5)
