@@ -71,7 +71,7 @@ def load_pipeline(
 
         with tempfile.TemporaryDirectory() as tmp:  # the weights are in memory once loaded
             pipe = TrainingFreeStoryPipeline.from_pretrained(
-                str(to_t2v_folder(path, os.path.join(tmp, "t2v"))), **kwargs
+                str(to_t2v_folder(os.fspath(path), os.path.join(tmp, "t2v"))), **kwargs
             )
     else:
         cls = TrainingFreeStoryPipeline if is_t2v_layout(path) else StoryVideoPipeline
