@@ -256,15 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lengths[str(n)] = r
             result["lengths"] = lengths
             save()
-            print(
-                table(
-                    f"\nlength {n}: {counts[n]} stories",
-                    {"ceiling": r["ceiling"]} | {m: r[m] for m in length_modes},
-                )
-            )
-            for m in length_modes:
-                q = " ".join(f"{v:.2f}" for v in r[m]["quarters_all"])
-                print(f"  {m:<16} all facts by quarter: {q}   wall {r[m]['wall_time_s']:.1f} s")
+            print_lengths({str(n): r}, modes=length_modes)
         result["lengths"] = lengths
     if pool is not None:
         pool.close()
@@ -294,11 +286,13 @@ def merge_lengths(results: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
 
 
-def print_lengths(lengths: dict[str, Any]) -> None:
+def print_lengths(lengths: dict[str, Any], modes: Any = MODES) -> None:
+    """Per length, the table of ``modes`` (those measured) and each mode's quarters."""
     for n, r in lengths.items():
-        modes = [m for m in MODES if m in r]
-        print(table(f"\nlength {n}", {"ceiling": r["ceiling"]} | {m: r[m] for m in modes}))
-        for m in modes:
+        shown = [m for m in modes if m in r]
+        title = f"\nlength {n}: {r['ceiling'].get('stories', '?')} stories"
+        print(table(title, {"ceiling": r["ceiling"]} | {m: r[m] for m in shown}))
+        for m in shown:
             q = " ".join(f"{v:.2f}" for v in r[m]["quarters_all"])
             print(f"  {m:<16} all facts by quarter: {q}   wall {r[m]['wall_time_s']:.1f} s")
 

@@ -42,6 +42,7 @@ from einops import rearrange
 __all__ = [
     "FramePositionEmbedding",
     "MaskedUNet3D",
+    "PER_FRAME_INPUTS",
     "ModelMixin",
     "PromptProgressEmbedding",
     "add_coordinate_channels",
@@ -54,6 +55,16 @@ __all__ = [
     "spacing_embedding",
     "unet3d_forward",
 ]
+
+
+#: the config flags of the per-frame inputs a stock ``UNet3DConditionModel`` has no place for
+PER_FRAME_INPUTS = (
+    "progress_channel",
+    "progress_embedding",
+    "prompt_progress_embedding",
+    "frame_position_embedding",
+    "coordinate_channels",
+)
 
 
 def spacing_embedding(spacing: torch.Tensor, dim: int) -> torch.Tensor:

@@ -78,7 +78,7 @@ def to_t2v_folder(
     """
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
-    from storygen.models import spacing_embedding
+    from storygen.models import PER_FRAME_INPUTS, spacing_embedding
     from storygen.pipeline import StoryVideoPipeline
     from storygen.settings import write_sampling_json
 
@@ -88,16 +88,7 @@ def to_t2v_folder(
         k: v
         for k, v in unet.config.items()
         if not k.startswith("_")
-        and k
-        not in (
-            "sample_channels",
-            "time_cond_proj_dim",
-            "progress_channel",
-            "progress_embedding",
-            "prompt_progress_embedding",
-            "frame_position_embedding",
-            "coordinate_channels",
-        )
+        and k not in ("sample_channels", "time_cond_proj_dim", *PER_FRAME_INPUTS)
     }
     c = unet.sample_channels
     config.update(in_channels=c, out_channels=c)

@@ -340,6 +340,15 @@ def render_with_real_keyframes(
         del pipe.denoise  # the class's method again
 
 
+def stories_per_render(mode: str, settings: dict[str, Any]) -> int:
+    """How many stories one render of ``mode`` puts side by side (``settings``'
+    ``stories_per_render``; the real-keyframes mode renders one story at a time)."""
+    group = 1 if mode == REAL_KEYFRAMES else int(settings.get("stories_per_render", 1))
+    if group < 1:
+        raise ValueError(f"stories_per_render must be >= 1, got {group}")
+    return group
+
+
 def probe_rows(
     pipe: Any,
     stories: Sequence[ProbeStory],
@@ -354,9 +363,7 @@ def probe_rows(
     one's seed; ``render_s`` is then the group's time shared out)."""
     if len(stories) != len(seeds):
         raise ValueError(f"{len(stories)} stories but {len(seeds)} seeds")
-    group = 1 if mode == REAL_KEYFRAMES else int(settings.get("stories_per_render", 1))
-    if group < 1:
-        raise ValueError(f"stories_per_render must be >= 1, got {group}")
+    group = stories_per_render(mode, settings)
     rows = []
     for at in range(0, len(stories), group):
         chunk, seed = stories[at : at + group], seeds[at]
@@ -494,7 +501,7 @@ class PoolRenderer:
 
     def __call__(self, mode: str, stories: Any, settings: dict, seeds: Any) -> list:
         # a task per render: one story, or the group ``stories_per_render`` puts side by side
-        group = 1 if mode == REAL_KEYFRAMES else int(settings.get("stories_per_render", 1))
+        group = stories_per_render(mode, settings)
         tasks = [
             (mode, list(stories[i : i + group]), settings, list(seeds[i : i + group]))
             for i in range(0, len(stories), group)

@@ -374,20 +374,12 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
     )
 
 
-#: the inputs a stock ``UNet3DConditionModel`` has no place for (config flags)
-PER_FRAME_INPUTS = (
-    "progress_channel",
-    "progress_embedding",
-    "prompt_progress_embedding",
-    "frame_position_embedding",
-    "coordinate_channels",
-)
-
-
 def _continued(unet: Any, config: TrainConfig) -> Any:
     """The ``--init`` UNet as the run trains it: grown with the per-frame inputs it lacks, or,
     for a text-to-video run, as it is, which must then have none of them."""
     if config.text_to_video:
+        from storygen.models import PER_FRAME_INPUTS
+
         extra = [k for k in PER_FRAME_INPUTS if unet.config.get(k, False)]
         if extra:
             raise ValueError(
