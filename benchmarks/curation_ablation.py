@@ -115,6 +115,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     from curate.export import ExportSettings, export_run
     from curate.shapes import GroundTruth, generate_corpus
     from pipelines.curate import run as curate_run
+    from pipelines.options import runner_flags
 
     p = PRESETS[args.preset]
     out = Path(args.out)
@@ -139,7 +140,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         [
             f"--input={corpus / 'manifest.jsonl'}",
             f"--output={out / 'run'}",
-            f"--workers={args.workers}",
+            *runner_flags("local", workers=args.workers),
         ],
         progress=not args.quiet,
     )
