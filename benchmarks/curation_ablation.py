@@ -335,17 +335,28 @@ def sitting(args: argparse.Namespace) -> dict[str, Any]:
         missing = [n for n, *_ in arms if not (models / n / "training.json").is_file()]
         if missing:
             raise SystemExit(f"--continue: no trained folder under {models} for {missing}")
+    if args.to_steps is not None and not args.continue_:
+        raise SystemExit("--to-steps evens continued arms out; it needs --continue")
     workers = max(0, args.workers // max(1, len(arms)))
     procs = []
     started = time.perf_counter()
     for name, arm, shards, seed in arms:
+        steps = args.steps
+        if args.to_steps is not None:
+            # an arm that a time cap stopped short earlier catches up: every arm ends at the
+            # same total
+            done = json.loads((models / name / "training.json").read_text())["steps_done"]
+            steps = args.to_steps - int(done)
+            if steps <= 0:
+                print(f"{name}: {done} steps done already (--to-steps {args.to_steps})")
+                continue
         # a continued arm trains into NAME.next, which replaces NAME once it has finished
         target = models / (f"{name}.next" if args.continue_ else name)
         cmd = [sys.executable, __file__, "train", "--arm", arm, "--shards", shards]
         cmd += ["--out", str(target), "--seed", str(seed)]
         if args.continue_:
             cmd += ["--init", str(models / name)]
-        cmd += ["--steps", str(args.steps), "--device", args.device, "--preset", args.preset]
+        cmd += ["--steps", str(steps), "--device", args.device, "--preset", args.preset]
         cmd += ["--workers", str(workers)]
         if args.vae:
             cmd += ["--vae", args.vae]
@@ -526,6 +537,13 @@ def main(argv: list[str] | None = None) -> Any:
         action="store_true",
         help="train each arm on from its folder under --models (left by an earlier call of "
         "this sitting on the same machine) for another --steps",
+    )
+    g.add_argument(
+        "--to-steps",
+        type=int,
+        default=None,
+        help="with --continue: train each arm on until it has done this many steps in all "
+        "(instead of another --steps), so arms a time cap left uneven end even",
     )
     g.add_argument(
         "--no-probe",

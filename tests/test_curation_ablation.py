@@ -102,3 +102,46 @@ def test_an_arm_continued_with_init_adds_a_run(tmp_path):
     )
     assert report["steps_done"] == 2
     assert [r["steps"] for r in report["runs"] if r["part"] == "unet"] == [1, 1]
+
+
+def test_sitting_to_steps_evens_out_arms_a_time_cap_left_uneven(tmp_path, monkeypatch):
+    """--to-steps gives each continued arm the steps it lacks to reach the same total, and
+    skips an arm already there."""
+    script = _script()
+    models = tmp_path / "m"
+    for name, done in (("raw-s0", 100), ("truth-s0", 90), ("curated-s0", 130)):
+        (models / name).mkdir(parents=True)
+        (models / name / "training.json").write_text(json.dumps({"steps_done": done}))
+    calls = []
+
+    class Done:
+        def __init__(self, cmd, **_):
+            calls.append(cmd)
+            out = Path(cmd[cmd.index("--out") + 1])
+            init = Path(cmd[cmd.index("--init") + 1])
+            before = json.loads((init / "training.json").read_text())["steps_done"]
+            out.mkdir(parents=True)
+            steps = int(cmd[cmd.index("--steps") + 1])
+            (out / "training.json").write_text(json.dumps({"steps_done": before + steps}))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(script.subprocess, "Popen", Done)
+    arms = ["raw-s0=raw:shards/raw:0", "truth-s0=truth:none:0", "curated-s0=curated:c:0"]
+    results = script.main(
+        ["sitting", *[a for spec in arms for a in ("--arm", spec)]]
+        + ["--out", str(tmp_path / "r"), "--models", str(models), "--to-steps", "120"]
+        + ["--continue", "--no-probe", "--device", "cpu"]
+    )
+    assert [c[c.index("--steps") + 1] for c in calls] == ["20", "30"]
+    assert results == {
+        "raw-s0": {"steps_done": 120},
+        "truth-s0": {"steps_done": 120},
+        "curated-s0": {"steps_done": 130},
+    }
+    with pytest.raises(SystemExit, match="needs --continue"):
+        script.main(
+            ["sitting", "--arm", arms[0], "--out", str(tmp_path / "r2"), "--to-steps", "5"]
+            + ["--models", str(models), "--device", "cpu"]
+        )
