@@ -392,9 +392,46 @@ def sitting(args: argparse.Namespace) -> dict[str, Any]:
         r[name]["sitting"] = {"arms": [a[0] for a in arms], "train_wall_s": train_s}
         (out / f"{name}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
         results.update(r)
+    if args.bundle:
+        bundle(out, [a[0] for a in arms], results)
     if failed:
         raise SystemExit(f"training failed for {failed}")
     return results
+
+
+def stack_sheets(paths: list[Path], out: Path) -> Path:
+    """The arms' preview sheets (the same held-out script) one above the other, one PNG."""
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in paths]
+    width = max(i.width for i in images)
+    canvas = Image.new("RGB", (width, sum(i.height for i in images)), "white")
+    y = 0
+    for image in images:
+        canvas.paste(image, (0, y))
+        y += image.height
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
+def bundle(out: Path, names: list[str], results: dict[str, Any]) -> None:
+    """Three files for any number of arms (a device call returns at most eight):
+    ``sitting.json`` (every arm's result, what ``table`` reads), ``sheets.png`` (their
+    sheets stacked) and ``train.log`` (their logs one after the other); the per-arm files go."""
+    (out / "sitting.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    sheets = [out / f"sheet-{n}.png" for n in names if (out / f"sheet-{n}.png").is_file()]
+    if sheets:
+        stack_sheets(sheets, out / "sheets.png")
+    with open(out / "train.log", "w") as log:
+        for name in names:
+            path = out / f"{name}.log"
+            if path.is_file():
+                log.write(f"==> {name} <==\n{path.read_text()}\n")
+    for name in names:
+        for path in (out / f"{name}.log", out / f"{name}.json", out / f"sheet-{name}.png"):
+            path.unlink(missing_ok=True)
+    print(f"bundled {len(names)} arm(s): {out}/sitting.json, sheets.png, train.log")
 
 
 # --- the table (CPU) -------------------------------------------------------------------------
@@ -429,6 +466,10 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     summary = {name: {k: r["hierarchical"].get(k) for k in FACTS} for name, r in merged.items()}
     out.write_text(json.dumps({"table": summary, "results": merged}, indent=2, default=str) + "\n")
     print(f"wrote {out}")
+    if args.sheets:
+        if not args.sheet_out:
+            raise SystemExit("--sheets needs --sheet-out")
+        print(f"wrote {stack_sheets([Path(p) for p in args.sheets], Path(args.sheet_out))}")
     return merged
 
 
@@ -550,9 +591,22 @@ def main(argv: list[str] | None = None) -> Any:
         action="store_true",
         help="train only (a call that a --continue call follows); the last call probes",
     )
+    g.add_argument(
+        "--bundle",
+        action="store_true",
+        help="leave three files under --out whatever the number of arms (sitting.json, "
+        "sheets.png, train.log) instead of three per arm: a device call returns eight",
+    )
     g.set_defaults(func=sitting)
     b = sub.add_parser("table", help="merge probe JSONs into the README table")
     b.add_argument("--results", nargs="+", required=True)
+    b.add_argument(
+        "--sheets",
+        nargs="+",
+        default=None,
+        help="preview sheets to stack into one PNG (--sheet-out), in this order",
+    )
+    b.add_argument("--sheet-out", default=None, help="where the stacked sheets go")
     b.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "curation_ablation.json"))
     b.set_defaults(func=table)
     d = sub.add_parser("dry-run", help="every step at toy size on the CPU")

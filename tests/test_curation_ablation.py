@@ -53,6 +53,26 @@ def test_sitting_continue_needs_the_arms_folders(tmp_path):
         )
 
 
+def _continued_training(calls):
+    """A stand-in for an arm's training process: records its command and leaves a folder
+    whose training.json adds --steps to its --init folder's."""
+
+    class Done:
+        def __init__(self, cmd, **_):
+            calls.append(cmd)
+            out = Path(cmd[cmd.index("--out") + 1])
+            init = Path(cmd[cmd.index("--init") + 1])
+            before = json.loads((init / "training.json").read_text())["steps_done"]
+            out.mkdir(parents=True)
+            steps = int(cmd[cmd.index("--steps") + 1])
+            (out / "training.json").write_text(json.dumps({"steps_done": before + steps}))
+
+        def wait(self):
+            return 0
+
+    return Done
+
+
 def test_sitting_continue_trains_each_arm_on_from_its_folder(tmp_path, monkeypatch):
     """A --continue call starts every arm from its folder (--init) into NAME.next, which
     replaces the folder once the arm has finished; --no-probe reports the steps only."""
@@ -62,20 +82,7 @@ def test_sitting_continue_trains_each_arm_on_from_its_folder(tmp_path, monkeypat
         (models / name).mkdir(parents=True)
         (models / name / "training.json").write_text(json.dumps({"steps_done": 100}))
     calls = []
-
-    class Done:
-        def __init__(self, cmd, **_):
-            calls.append(cmd)
-            out = Path(cmd[cmd.index("--out") + 1])
-            init = Path(cmd[cmd.index("--init") + 1])
-            before = json.loads((init / "training.json").read_text())["steps_done"]
-            out.mkdir(parents=True)
-            (out / "training.json").write_text(json.dumps({"steps_done": before + 7}))
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(script.subprocess, "Popen", Done)
+    monkeypatch.setattr(script.subprocess, "Popen", _continued_training(calls))
     results = script.main(
         ["sitting", "--arm", "raw-s0=raw:shards/raw:0", "--arm", "truth-s0=truth:none:0"]
         + ["--out", str(tmp_path / "r"), "--models", str(models), "--steps", "7"]
@@ -113,21 +120,7 @@ def test_sitting_to_steps_evens_out_arms_a_time_cap_left_uneven(tmp_path, monkey
         (models / name).mkdir(parents=True)
         (models / name / "training.json").write_text(json.dumps({"steps_done": done}))
     calls = []
-
-    class Done:
-        def __init__(self, cmd, **_):
-            calls.append(cmd)
-            out = Path(cmd[cmd.index("--out") + 1])
-            init = Path(cmd[cmd.index("--init") + 1])
-            before = json.loads((init / "training.json").read_text())["steps_done"]
-            out.mkdir(parents=True)
-            steps = int(cmd[cmd.index("--steps") + 1])
-            (out / "training.json").write_text(json.dumps({"steps_done": before + steps}))
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(script.subprocess, "Popen", Done)
+    monkeypatch.setattr(script.subprocess, "Popen", _continued_training(calls))
     arms = ["raw-s0=raw:shards/raw:0", "truth-s0=truth:none:0", "curated-s0=curated:c:0"]
     results = script.main(
         ["sitting", *[a for spec in arms for a in ("--arm", spec)]]
@@ -145,3 +138,65 @@ def test_sitting_to_steps_evens_out_arms_a_time_cap_left_uneven(tmp_path, monkey
             ["sitting", "--arm", arms[0], "--out", str(tmp_path / "r2"), "--to-steps", "5"]
             + ["--models", str(models), "--device", "cpu"]
         )
+
+
+def test_sitting_bundle_leaves_three_files_whatever_the_arm_count(tmp_path, monkeypatch):
+    """A device call returns at most eight files: --bundle merges the per-arm logs, JSONs
+    and sheets of four arms into sitting.json, train.log and sheets.png."""
+    from PIL import Image
+
+    script = _script()
+    models, out = tmp_path / "m", tmp_path / "r"
+    names = ["raw-s0", "truth-s0", "curated-s0", "curated-s1"]
+    for name in names:
+        (models / name).mkdir(parents=True)
+        (models / name / "training.json").write_text(json.dumps({"steps_done": 10}))
+
+    class Done:
+        def __init__(self, cmd, stdout, **_):
+            name = Path(cmd[cmd.index("--out") + 1]).name.removesuffix(".next")
+            stdout.write(f"trained {name}\n")
+            target = Path(cmd[cmd.index("--out") + 1])
+            target.mkdir(parents=True)
+            (target / "training.json").write_text(json.dumps({"steps_done": 15}))
+
+        def wait(self):
+            return 0
+
+    def fake_probe(argv):
+        name = argv[argv.index("--model") + 1].split("=")[0]
+        colour = {"raw-s0": (200, 0, 0), "truth-s0": (0, 200, 0)}.get(name, (0, 0, 200))
+        Image.new("RGB", (40, 10 + len(name)), colour).save(out / f"sheet-{name}.png")
+        result = {name: {"hierarchical": {"all": 0.5}, "ceiling": {"all": 1.0}}}
+        (out / f"{name}.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(script.subprocess, "Popen", Done)
+    real_main = script.main
+    monkeypatch.setattr(
+        script, "main", lambda argv: fake_probe(argv) if argv[0] == "probe" else real_main(argv)
+    )
+    arms = ["raw-s0=raw:r:0", "truth-s0=truth:none:0", "curated-s0=curated:c:0"]
+    arms.append("curated-s1=curated:c:1")
+    real_main(
+        ["sitting", *[a for spec in arms for a in ("--arm", spec)], "--bundle"]
+        + ["--out", str(out), "--models", str(models), "--steps", "5", "--continue"]
+        + ["--device", "cpu"]
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["sheets.png", "sitting.json", "train.log"]
+    merged = json.loads((out / "sitting.json").read_text())
+    assert list(merged) == names
+    assert all(merged[n]["sitting"]["arms"] == names for n in names)
+    log = (out / "train.log").read_text()
+    assert [line for line in log.splitlines() if line.startswith("trained")] == [
+        f"trained {n}" for n in names
+    ]
+    sheet = Image.open(out / "sheets.png")
+    assert sheet.size == (40, sum(10 + len(n) for n in names))
+    # raw's sheet on top, then truth's
+    assert sheet.getpixel((5, 2)) == (200, 0, 0)
+    assert sheet.getpixel((5, 10 + len("raw-s0") + 2)) == (0, 200, 0)
+    table = real_main(
+        ["table", "--results", str(out / "sitting.json"), "--out", str(tmp_path / "t.json")]
+    )
+    assert set(table) == set(names)
