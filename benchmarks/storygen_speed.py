@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 output_type="np",
                 progress=args.progress,
                 compile=args.compile,
+                speedups=args.speedups,
             )
             if args.device.startswith("cuda"):
                 for d in devices or [args.device]:
@@ -290,6 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "guidance_scale": args.guidance,
         "micro_batch": args.micro_batch,
         "compile": args.compile,
+        "speedups": args.speedups,
         "unet_tflop_per_call_forward": flops_call / 1e12,
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
         "torch": torch.__version__,
@@ -401,10 +403,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--compile",
-        choices=("on", "all", "off"),
-        default="off",
+        choices=("auto", "on", "all", "off"),
+        default="auto",
         help="compile the UNet (both modes alike): on = the batch shapes run 50+ passes, "
-        "all = every shape",
+        "all = every shape, auto = on for CUDA (default)",
+    )
+    p.add_argument(
+        "--speedups",
+        default="auto",
+        help="UNet speed-ups, both modes alike (storygen.accel.SPEEDUPS, comma separated), "
+        "auto = the device's defaults, none (default: auto)",
     )
     p.add_argument("--skip", default="", help="modes to skip, comma separated")
     p.add_argument("--progress", action="store_true")

@@ -14,14 +14,22 @@ against the eager pass in the model's dtype.
     python benchmarks/unet_kernels.py --device cuda --preset modelscope --rows 120 \\
         --variants eager,eager-cl,compile,compile-fp8 --out benchmarks/results/unet_kernels_h200.json
 
-Variants: ``eager``; ``eager-tuned`` and ``compile-tuned`` (cuDNN's autotuner on,
-``torch.backends.cudnn.benchmark``: each convolution shape times the algorithms once, in the
-first pass, as CUDA renders do); ``eager-cl`` (convolution weights and inputs channels-last,
-2-D and 3-D);
-``compile`` (``torch.compile``, static shapes; Inductor picks convolution layouts itself);
-``compile-fp8`` and ``eager-fp8`` (every ``nn.Linear`` whose sizes allow it in float8 through
-torchao, dynamic per-row activation scales and per-row weight scales, as ``ClipScorer``'s fp8;
-CUDA with compute capability 8.9+ and torchao, else reported as skipped with the reason).
+A variant is a base, ``eager`` or ``compile`` (``torch.compile``, static shapes), and modifiers
+joined with ``-`` or ``+`` (``compile-tuned-tconv-fp8``):
+
+- ``tuned``: cuDNN's autotuner on (``torch.backends.cudnn.benchmark``: each convolution shape
+  times the algorithms once, in the first pass, as CUDA renders do);
+- ``cl``: convolution weights and the input channels-last (2-D and 3-D);
+- ``tconv``: temporal convolutions as 2-D ones (:func:`storygen.accel.fast_temporal_convs`);
+- ``qkv``: attention projections fused (diffusers' ``fuse_qkv_projections``);
+- ``mm1x1``: Inductor runs 1x1 convolutions as matrix products (``conv_1x1_as_mm``);
+- ``cdt``: Inductor's coordinate-descent tuning of its kernels (a longer compile);
+- ``fp8``: every ``nn.Linear`` whose sizes allow it in float8 through torchao, dynamic per-row
+  activation scales and per-row weight scales, as ``ClipScorer``'s fp8 (CUDA with compute
+  capability 8.9+ and torchao, else reported as skipped with the reason).
+
+``--profile`` adds, per variant, where one pass spends its device time: by kind of op and the
+kernels that take the most.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
 import sys
 import time
@@ -42,22 +51,31 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
+from storygen.accel import SPEEDUPS, fp8_unavailable  # noqa: E402
 
-VARIANTS = (
-    "eager",
-    "eager-tuned",
-    "eager-cl",
-    "compile",
-    "compile-tuned",
-    "compile-fp8",
-    "eager-fp8",
-)
+BASES = ("eager", "compile")
+MODIFIERS = ("tuned", "cl", "tconv", "qkv", "mm1x1", "cdt", "fp8")
+#: modifiers that only mean something to the compiler
+COMPILER_ONLY = ("mm1x1", "cdt")
 #: FLOP-counter ops by kind
 KINDS = {
     "convolution": ("convolution",),
     "linear": ("addmm", "mm"),
     "attention": ("bmm", "baddbmm", "_scaled_dot_product"),
 }
+
+
+def parse_variant(name: str) -> tuple[str, set[str]]:
+    """(base, modifiers) of a variant name; ValueError when it is not one."""
+    base, *mods = re.split(r"[-+]", name)
+    if base not in BASES:
+        raise ValueError(f"{name}: a variant starts with one of {', '.join(BASES)}")
+    unknown = [m for m in mods if m not in MODIFIERS]
+    if unknown:
+        raise ValueError(f"{name}: unknown modifiers {unknown}; choose from {', '.join(MODIFIERS)}")
+    if base == "eager" and set(mods) & set(COMPILER_ONLY):
+        raise ValueError(f"{name}: {', '.join(COMPILER_ONLY)} only apply to compile")
+    return base, set(mods)
 
 
 def call_arguments(args: argparse.Namespace) -> tuple[Any, tuple, dict]:
@@ -78,29 +96,40 @@ def call_arguments(args: argparse.Namespace) -> tuple[Any, tuple, dict]:
     return pipe.unet, tuple(grow(v) for v in a), {k: grow(v) for k, v in kw.items()}
 
 
-#: how :func:`time_split` files an operator by its name (first match wins)
+#: how :func:`time_split` files a kernel (on a CPU: an operator) by its name, first match wins:
+#: cuDNN's convolution kernels are "fprop" / "implicit gemm" ones and its layout transposes
+#: "nchwToNhwc"; cuBLAS's on Hopper "nvjet" or "gemm"; Inductor's fused kernels "triton_poi"
+#: (element-wise), "triton_red" / "triton_per" (reductions: the norms), "triton_tem" (its
+#: matrix-product templates)
 TIME_KINDS = (
-    ("attention", ("attention", "flash", "sdpa", "softmax")),
-    ("convolution", ("conv", "cudnn")),
-    ("linear", ("mm", "linear", "matmul", "gemm")),
-    ("norm", ("norm",)),
+    ("attention", ("attention", "flash", "fmha", "sdpa", "softmax")),
+    ("convolution", ("conv", "cudnn", "fprop", "implicit", "nchwtonhwc", "nhwctonchw")),
+    ("linear", ("gemm", "nvjet", "cutlass", "triton_tem", "mm", "linear", "matmul")),
+    ("norm", ("norm", "moments", "triton_red", "triton_per")),
 )
 
 
-def time_split(unet: Any, a: tuple, kw: dict, device: torch.device) -> dict[str, float]:
-    """Where one eager pass spends its time, by kind of op: each operator's own time (on the
-    GPU its kernels' device time, on the CPU its CPU time; PyTorch's profiler), in ms per
-    kind, beside the pass's total ("other": element-wise ops, copies, reshapes)."""
+def kernel_kind(name: str) -> str:
+    name = name.lower()
+    return next((k for k, words in TIME_KINDS if any(w in name for w in words)), "other")
+
+
+def time_split(fn: Any, a: tuple, kw: dict, device: torch.device, top: int = 15) -> dict[str, Any]:
+    """Where one pass of ``fn`` spends its time: each kernel's device time on a GPU (each
+    operator's own CPU time on a CPU; PyTorch's profiler), in ms by kind of op
+    (:data:`TIME_KINDS`; "other": element-wise ops, copies, reshapes) beside the pass's total,
+    and the ``top`` kernels that take the most (name, kind, ms, launches)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    unet(*a, **kw)  # warm: allocator, autotuning
+    fn(*a, **kw)  # warm: allocator, autotuning
     _sync(device)
     with profile(activities=activities) as prof:
-        unet(*a, **kw)
+        fn(*a, **kw)
         _sync(device)
-    out = {kind: 0.0 for kind, _ in TIME_KINDS} | {"other": 0.0}
+    out: dict[str, Any] = {kind: 0.0 for kind, _ in TIME_KINDS} | {"other": 0.0}
+    kernels = []
     for event in prof.key_averages():
         us = float(
             getattr(event, "self_device_time_total", 0.0)
@@ -109,10 +138,13 @@ def time_split(unet: Any, a: tuple, kw: dict, device: torch.device) -> dict[str,
         )
         if us <= 0:
             continue
-        name = event.key.lower()
-        kind = next((k for k, words in TIME_KINDS if any(w in name for w in words)), "other")
+        kind = kernel_kind(event.key)
         out[kind] += us / 1e3
+        kernels.append(
+            {"name": event.key[:120], "kind": kind, "ms": us / 1e3, "launches": event.count}
+        )
     out["total"] = sum(out.values())
+    out["kernels"] = sorted(kernels, key=lambda k: -k["ms"])[:top]
     return out
 
 
@@ -133,34 +165,6 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> dict[str, float]:
     return split
 
 
-def fp8_unavailable(device: torch.device) -> str | None:
-    """Why float8 linear layers cannot run here (None: they can)."""
-    import importlib.util
-
-    if device.type != "cuda":
-        return "float8 matrix products need a CUDA GPU"
-    capability = torch.cuda.get_device_capability(device)
-    if capability < (8, 9):
-        return f"float8 needs compute capability 8.9 or newer, this GPU has {capability}"
-    if importlib.util.find_spec("torchao") is None:
-        return "float8 needs torchao (pip install 'storyloom[gpu]')"
-    return None
-
-
-def to_fp8(unet: Any) -> int:
-    """Every ``nn.Linear`` whose sizes are multiples of 16 in float8 (torchao); returns how many."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    def fits(m: Any, fqn: str) -> bool:
-        return (
-            isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0
-        )
-
-    count = sum(1 for name, m in unet.named_modules() if fits(m, name))
-    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), fits)
-    return count
-
-
 def channels_last(unet: Any) -> None:
     """Convolution weights channels-last (2-D convolutions) or channels-last-3d (3-D ones)."""
     for m in unet.modules():
@@ -179,17 +183,21 @@ def time_variant(
     name: str, base: Any, a: tuple, kw: dict, reference: torch.Tensor, args: argparse.Namespace
 ) -> dict[str, Any]:
     device = reference.device
-    why = fp8_unavailable(device) if "fp8" in name else None
+    _, mods = parse_variant(name)
+    why = fp8_unavailable(device) if "fp8" in mods else None
     if why is not None:
         return {"variant": name, "skipped": why}
     unet = base if name == "eager" else copy.deepcopy(base)
     row: dict[str, Any] = {"variant": name}
     tuned = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = name.endswith("-tuned")
+    torch.backends.cudnn.benchmark = "tuned" in mods
     try:
         return _timed(name, unet, row, a, kw, reference, args)
     finally:
         torch.backends.cudnn.benchmark = tuned
+        del unet
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _timed(
@@ -201,15 +209,24 @@ def _timed(
     reference: torch.Tensor,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    from storygen.accel import apply_speedups, inductor_options
+
     device = reference.device
-    if name.endswith("-cl"):
+    base, mods = parse_variant(name)
+    if "cl" in mods:
         channels_last(unet)
-    if "fp8" in name:
-        row["fp8_linears"] = to_fp8(unet)
+        a = (a[0].contiguous(memory_format=torch.channels_last_3d),) + tuple(a[1:])
+    row["changed_layers"] = apply_speedups(unet, tuple(m for m in mods if m in SPEEDUPS))
     fn = unet
-    if name.startswith("compile"):
+    if base == "compile":
+        from curate.compile_cache import use_compile_cache
+
+        use_compile_cache()  # the graphs a render of this shape would load
         torch._dynamo.reset()
-        fn = torch.compile(unet, dynamic=False)
+        options = inductor_options(tuple(mods)) | (
+            {"coordinate_descent_tuning": True} if "cdt" in mods else {}
+        )
+        fn = torch.compile(unet, dynamic=False, options=options)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
@@ -235,7 +252,23 @@ def _timed(
     )
     if device.type == "cuda":
         row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    if args.profile:
+        row["time_split_ms"] = time_split(fn, a, kw, device)
     return row
+
+
+def fill_zero_weights(unet: Any, seed: int = 0) -> int:
+    """Give a random preset's all-zero weight matrices (diffusers zero-initialises the last
+    convolution of each temporal convolution layer) small random values, so every layer
+    computes something and a variant that changed one would show in its error; returns how
+    many."""
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    for p in unet.parameters():
+        if p.ndim > 1 and not p.any():
+            p.data.copy_(0.02 * torch.randn(p.shape, generator=gen).to(p.dtype))
+            count += 1
+    return count
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,20 +276,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     unet, a, kw = call_arguments(args)
     unet.eval()
+    filled = 0 if args.model else fill_zero_weights(unet)
     flops = flop_split(unet, a, kw)
     reference = unet(*a, **kw)
     times = time_split(unet, a, kw, device) if args.profile else None
     peak = matmul_rate(args.device, unet.dtype)
-    rows = []
-    for name in args.variants:
-        row = time_variant(name, unet, a, kw, reference, args)
-        if "ms_per_pass" in row:
-            rate = flops["total"] / (row["ms_per_pass"] / 1e3)
-            row["tflops_per_s"] = rate / 1e12
-            row["share_of_matmul_peak"] = rate / peak if peak else None
-        rows.append(row)
-        print(format_row(row), flush=True)
-    return {
+    rows: list[dict[str, Any]] = []
+    result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "model": args.model or f"random {args.preset} ({args.mode})",
@@ -267,17 +293,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "flops_per_pass": flops,
         "flop_shares": {k: v / flops["total"] for k, v in flops.items() if k != "total"},
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
+        "zero_weights_filled": filled,
         "time_split_ms": times,
         "variants": rows,
     }
+    for name in args.variants:
+        row = time_variant(name, unet, a, kw, reference, args)
+        if "ms_per_pass" in row:
+            rate = flops["total"] / (row["ms_per_pass"] / 1e3)
+            row["tflops_per_s"] = rate / 1e12
+            row["share_of_matmul_peak"] = rate / peak if peak else None
+        rows.append(row)
+        print(format_row(row), flush=True)
+        if row.get("time_split_ms"):
+            print(format_split(row["time_split_ms"]), flush=True)
+        if args.out:  # as it goes: a run stopped part-way keeps the variants it timed
+            write(args.out, result)
+    return result
+
+
+def write(path: str, result: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def format_split(split: dict[str, Any]) -> str:
+    kinds = ", ".join(
+        f"{k} {100 * v / split['total']:.0f} %"
+        for k, v in split.items()
+        if k not in ("total", "kernels")
+    )
+    lines = [f"  time by op: {kinds} (of {split['total']:.1f} ms in ops)"]
+    for k in split.get("kernels", [])[:8]:
+        lines.append(f"    {k['ms']:9.2f} ms {k['launches']:5d}x {k['kind']:<11} {k['name'][:90]}")
+    return "\n".join(lines)
 
 
 def format_row(row: dict[str, Any]) -> str:
     if "skipped" in row:
-        return f"{row['variant']:<12} skipped: {row['skipped']}"
+        return f"{row['variant']:<24} skipped: {row['skipped']}"
     share = row.get("share_of_matmul_peak")
     return (
-        f"{row['variant']:<12} {row['ms_per_pass']:>10.2f} ms {row['tflops_per_s']:>9.3f} TFLOP/s"
+        f"{row['variant']:<24} {row['ms_per_pass']:>10.2f} ms {row['tflops_per_s']:>9.3f} TFLOP/s"
         f" {'' if share is None else f'{100 * share:5.1f} % of peak'}"
         f"  first pass {row['first_pass_s']:7.2f} s  error {row['relative_error']:.2e}"
         f"  cosine {row['cosine']:.6f}"
@@ -285,7 +342,9 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default="micro", help="random model size (storygen.presets)")
     p.add_argument("--mode", choices=("masked", "t2v"), default="masked")
@@ -293,7 +352,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--frames-per-call", type=int, default=16)
     p.add_argument("--rows", type=int, default=None, help="batch rows (default 120 GPU, 4 CPU)")
-    p.add_argument("--variants", default=None, help=f"comma separated, of {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma separated: eager or compile, each with modifiers joined by - or + (of "
+        f"{', '.join(MODIFIERS)}; see above), e.g. eager-tuned,compile-tuned-tconv",
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument(
@@ -307,9 +371,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
     args.rows = args.rows or (120 if gpu else 4)
     names = (args.variants or ("eager,eager-cl,compile,compile-fp8" if gpu else "eager")).split(",")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    for name in names:
+        try:
+            parse_variant(name)
+        except ValueError as e:
+            p.error(str(e))
     args.variants = names
     result = run(args)
     shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in result["flop_shares"].items())
@@ -318,17 +384,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result['flops_per_pass']['total'] / 1e9:.1f} GFLOP a pass ({shares})"
     )
     if result["time_split_ms"]:
-        split = result["time_split_ms"]
-        print(
-            "time of an eager pass by op: "
-            + ", ".join(
-                f"{k} {100 * v / split['total']:.0f} %" for k, v in split.items() if k != "total"
-            )
-            + f" (of {split['total']:.1f} ms in ops)"
-        )
+        print("eager pass:\n" + format_split(result["time_split_ms"]))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write(args.out, result)
         print(f"wrote {args.out}")
     return result
 

@@ -44,7 +44,13 @@ __all__ = [
     "COMPILE_MIN_PASSES",
     "CompilePolicy",
     "compile_cache_dir",
+    "SPEEDUPS",
+    "apply_speedups",
     "compile_unet",
+    "default_compile",
+    "fast_temporal_convs",
+    "inductor_options",
+    "resolve_speedups",
     "compiled_rows",
     "cudnn_autotune",
     "is_compiled",
@@ -56,7 +62,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: the choices of ``compile`` (``storygen render --compile``)
-COMPILE_CHOICES = ("on", "all", "off")
+COMPILE_CHOICES = ("auto", "on", "all", "off")
 #: ``compile="on"``: forward passes of one row bucket a render must hold before that bucket is
 #: compiled (a cold compile of a large UNet costs a minute or two per graph; a pass of a full
 #: batch saves a fraction of a second to a few seconds)
@@ -65,9 +71,17 @@ _COMPILED_FLAG = "_storyloom_compiled"
 _BUCKETS_ATTR = "_storyloom_compiled_rows"
 
 
-def resolve_compile(choice: str | bool | None) -> str:
+def default_compile(device_type: str) -> str:
+    """``compile="auto"``: ``"on"`` on CUDA (where it repays), ``"off"`` elsewhere."""
+    return "on" if device_type == "cuda" else "off"
+
+
+def resolve_compile(choice: str | bool | None, device_type: str = "cpu") -> str:
     """A render's compile setting: ``"on"`` / ``True`` (where it repays), ``"all"`` (every
-    row bucket), or ``"off"`` / ``False`` / ``None`` (the default)."""
+    row bucket), ``"off"`` / ``False`` / ``None``, or ``"auto"`` (:func:`default_compile` of
+    the render's device)."""
+    if choice == "auto":
+        return default_compile(device_type)
     if choice in (True, "on"):
         return "on"
     if choice == "all":
@@ -82,8 +96,10 @@ class CompilePolicy:
     planned to take, level by level, and compiles a bucket once the count reaches
     ``min_passes`` (``"all"``: from the first). ``rows`` is the set a compiled UNet reads."""
 
-    def __init__(self, choice: str, min_passes: int = COMPILE_MIN_PASSES) -> None:
-        self.choice = resolve_compile(choice)
+    def __init__(
+        self, choice: str, min_passes: int = COMPILE_MIN_PASSES, device_type: str = "cpu"
+    ) -> None:
+        self.choice = resolve_compile(choice, device_type)
         self.min_passes = 1 if self.choice == "all" else int(min_passes)
         #: forward passes planned per row bucket
         self.passes: dict[int, int] = {}
@@ -124,9 +140,10 @@ def use_compiled_rows(unet: Any, rows: dict[int, int]) -> None:
     setattr(unet, _BUCKETS_ATTR, rows)
 
 
-def compile_unet(unet: Any) -> None:
+def compile_unet(unet: Any, options: dict[str, Any] | None = None) -> None:
     """Compile ``unet``'s forward in place, once, with static shapes (the graphs themselves
-    compile lazily, on the first call of each row bucket and call length)."""
+    compile lazily, on the first call of each row bucket and call length); ``options``:
+    Inductor's (:func:`inductor_options`)."""
     if is_compiled(unet):
         return
     import torch._dynamo
@@ -138,7 +155,7 @@ def compile_unet(unet: Any) -> None:
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 32))
-    unet.compile(fullgraph=False, dynamic=False)
+    unet.compile(fullgraph=False, dynamic=False, options=options or None)
     setattr(unet, _COMPILED_FLAG, True)
     logger.info("compiling the UNet (graphs cached in %s)", cache)
 
@@ -176,3 +193,151 @@ def cudnn_autotune(enabled: bool) -> Iterator[bool]:
         yield torch.backends.cudnn.benchmark
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def _temporal_conv_forward(self: Any, hidden_states: Any, num_frames: int = 1) -> Any:
+    """``TemporalConvLayer.forward`` with its (3, 1, 1) ``Conv3d`` run as a (3, 1) ``Conv2d``
+    over (batch, channels, frames, height × width): the same weights, the same sums."""
+    import torch.nn.functional as F
+
+    bf, c, h, w = hidden_states.shape
+    x = hidden_states.view(bf // num_frames, num_frames, c, h * w).permute(0, 2, 1, 3)
+    identity = x
+    for seq in (self.conv1, self.conv2, self.conv3, self.conv4):
+        *pre, conv = seq
+        for module in pre:  # GroupNorm (over channels' groups × frames × pixels), SiLU, Dropout
+            x = module(x)
+        x = F.conv2d(x, conv.weight.squeeze(-1), conv.bias, padding=(conv.padding[0], 0))
+    x = identity + x
+    return x.permute(0, 2, 1, 3).reshape(bf, -1, h, w)
+
+
+def fast_temporal_convs(unet: Any) -> int:
+    """Run every temporal convolution layer of ``unet`` (diffusers' ``TemporalConvLayer``:
+    four ``Conv3d`` with (3, 1, 1) kernels) as 2-D convolutions with (3, 1) kernels over
+    (frames, pixels); returns how many layers. The weights stay where they are (state dicts,
+    training and saving are unchanged) and the result is the same convolution, but a 2-D one
+    is what cuDNN's fast kernels and Inductor's channels-last layout handle (a ``Conv3d`` keeps
+    the UNet's activations in channels-first order around it)."""
+    import types
+
+    from diffusers.models.resnet import TemporalConvLayer
+
+    count = 0
+    for module in unet.modules():
+        if not isinstance(module, TemporalConvLayer) or getattr(module, "_storyloom_2d", False):
+            continue
+        convs = [seq[-1] for seq in (module.conv1, module.conv2, module.conv3, module.conv4)]
+        if not all(
+            c.kernel_size[1:] == (1, 1)
+            and c.stride == (1, 1, 1)
+            and c.dilation == (1, 1, 1)
+            and c.groups == 1
+            and c.padding[1:] == (0, 0)
+            for c in convs
+        ):
+            continue
+        module.forward = types.MethodType(_temporal_conv_forward, module)
+        module._storyloom_2d = True
+        count += 1
+    return count
+
+
+#: the UNet speed-ups a render can ask for (``storygen render --speedups``), each with what
+#: it does to the numbers
+SPEEDUPS: dict[str, str] = {
+    "tconv": "temporal convolutions as 2-D convolutions (the same sums)",
+    "qkv": "each attention's projections fused into one matrix product (rounding only)",
+    "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
+    "fp8": "linear layers in float8 with per-row scales (torchao; CUDA, compute capability "
+    "8.9+): an approximation, see the README's error figures",
+}
+#: ``speedups="auto"``, by device type
+DEFAULT_SPEEDUPS: dict[str, tuple[str, ...]] = {
+    "cuda": ("tconv", "qkv", "mm1x1"),
+    "cpu": ("tconv",),
+}
+#: speed-ups that change the UNet's modules (a render applies them to its own copy, so the
+#: pipeline's UNet stays as loaded, trainable and savable)
+_RESHAPING = ("qkv", "fp8")
+_SPEEDUPS_ATTR = "_storyloom_speedups"
+
+
+def resolve_speedups(choice: str | Any, device_type: str) -> tuple[str, ...]:
+    """A render's speed-ups: ``"auto"`` (:data:`DEFAULT_SPEEDUPS` of the device type),
+    ``"none"``, or names of :data:`SPEEDUPS` (comma separated, or a sequence)."""
+    if choice is None or choice == "auto":
+        return DEFAULT_SPEEDUPS.get(device_type, DEFAULT_SPEEDUPS["cpu"])
+    if choice in ("none", ""):
+        return ()
+    names = [n.strip() for n in choice.split(",")] if isinstance(choice, str) else list(choice)
+    unknown = [n for n in names if n not in SPEEDUPS]
+    if unknown:
+        raise ValueError(
+            f"unknown speed-ups {unknown}: choose from {', '.join(SPEEDUPS)}, 'auto' or 'none'"
+        )
+    if "fp8" in names and device_type != "cuda":
+        raise ValueError("the fp8 speed-up needs a CUDA device")
+    return tuple(dict.fromkeys(n for n in SPEEDUPS if n in names))
+
+
+def needs_copy(speedups: tuple[str, ...]) -> bool:
+    """Whether ``speedups`` change the UNet's modules (then a render works on a copy)."""
+    return any(s in _RESHAPING for s in speedups)
+
+
+def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
+    """Apply ``speedups`` (model-side ones; ``mm1x1`` is an :func:`inductor_options` one) to
+    ``unet`` in place, once; returns what changed (layers per speed-up)."""
+    done = getattr(unet, _SPEEDUPS_ATTR, {})
+    if "tconv" in speedups and "tconv" not in done:
+        done["tconv"] = fast_temporal_convs(unet)
+    if "qkv" in speedups and "qkv" not in done:
+        if not hasattr(unet, "fuse_qkv_projections"):
+            raise ValueError(f"{type(unet).__name__} cannot fuse its attention projections")
+        unet.fuse_qkv_projections()
+        from diffusers.models.attention_processor import Attention
+
+        done["qkv"] = sum(1 for m in unet.modules() if isinstance(m, Attention))
+    if "fp8" in speedups and "fp8" not in done:
+        done["fp8"] = linears_to_fp8(unet)
+    setattr(unet, _SPEEDUPS_ATTR, done)
+    return dict(done)
+
+
+def inductor_options(speedups: tuple[str, ...]) -> dict[str, Any]:
+    """Inductor options of ``speedups`` (for :func:`compile_unet`)."""
+    return {"conv_1x1_as_mm": True} if "mm1x1" in speedups else {}
+
+
+def fp8_unavailable(device: Any) -> str | None:
+    """Why float8 linear layers cannot run on ``device`` (None: they can)."""
+    import importlib.util
+
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "float8 matrix products need a CUDA GPU"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
+        return f"float8 needs compute capability 8.9 or newer, this GPU has {capability}"
+    if importlib.util.find_spec("torchao") is None:
+        return "float8 needs torchao (pip install 'storyloom[gpu]')"
+    return None
+
+
+def linears_to_fp8(module: Any) -> int:
+    """Every ``nn.Linear`` of ``module`` whose sizes are multiples of 16 in float8 (torchao:
+    dynamic per-row activation scales, per-row weight scales); returns how many."""
+    import torch
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def fits(m: Any, fqn: str) -> bool:
+        return (
+            isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0
+        )
+
+    count = sum(1 for name, m in module.named_modules() if fits(m, name))
+    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), fits)
+    return count

@@ -44,6 +44,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from storygen.accel import resolve_compile, resolve_speedups
 from storygen.cache import CallCache, cache_key
 from storygen.models import MaskedUNet3D
 from storygen.plan import (
@@ -452,8 +453,9 @@ class StoryVideoPipeline(DiffusionPipeline):
         callback_on_call_end: Callable[[StoryVideoPipeline, CallResult], None] | None = None,
         callback_on_level_end: Callable[[StoryVideoPipeline, int], None] | None = None,
         progress: bool = True,
-        compile: str = "off",
+        compile: str = "auto",
         cudnn_autotune: bool = True,
+        speedups: str | Sequence[str] = "auto",
     ) -> StoryVideoOutput:
         """Render a story.
 
@@ -478,9 +480,10 @@ class StoryVideoPipeline(DiffusionPipeline):
         2022); it back-propagates through the UNet, so each step costs about three forwards.
         ``cudnn_autotune``: cuDNN's autotuner for the render's convolutions on CUDA devices
         (:func:`storygen.accel.cudnn_autotune`). ``compile``: ``"on"`` compiles the UNet with
-        ``torch.compile`` for the batch shapes
-        the render runs often enough to repay it, ``"all"`` for every shape (see
-        :mod:`storygen.accel`).
+        ``torch.compile`` for the batch shapes the render runs often enough to repay it,
+        ``"all"`` for every shape, ``"auto"`` (the default) is ``"on"`` on CUDA and ``"off"``
+        on a CPU (see :mod:`storygen.accel`). ``speedups``: the UNet speed-ups
+        (:data:`storygen.accel.SPEEDUPS`), ``"auto"`` for the device's defaults, or ``"none"``.
         """
         started = time.perf_counter()
 
@@ -505,6 +508,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             progress=progress,
             compile=compile,
             cudnn_autotune=cudnn_autotune,
+            speedups=speedups,
         )
 
         # 2. plan: which call makes which frames, every frame with its prompt
@@ -559,8 +563,9 @@ class StoryVideoPipeline(DiffusionPipeline):
         micro_batch: int | str,
         devices: Sequence[str | torch.device] | None,
         progress: bool,
-        compile: str = "off",
+        compile: str = "auto",
         cudnn_autotune: bool = True,
+        speedups: str | Sequence[str] = "auto",
     ) -> tuple[RenderSettings, int]:
         """The render's settings and frames per call, the model's defaults filled in (its
         sampling.json, else the built-in ones), after :meth:`check_inputs`."""
@@ -591,6 +596,9 @@ class StoryVideoPipeline(DiffusionPipeline):
             generator,
             reconstruction_guidance,
         )
+        device_type = torch.device((devices or [self.unet.device])[0]).type
+        resolve_compile(compile, device_type)  # ValueError: not a choice
+        resolve_speedups(speedups, device_type)
         settings = RenderSettings(
             seed=self.seed_of(generator),
             negative_prompt=negative_prompt,
@@ -606,6 +614,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             progress=progress,
             compile=compile,
             cudnn_autotune=cudnn_autotune,
+            speedups=speedups if isinstance(speedups, str) else tuple(speedups),
         )
         return settings, frames_per_call
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.cli import auto_or_positive_int, non_negative_float, positive_float, positive_int
+from storygen.accel import COMPILE_CHOICES, DEFAULT_SPEEDUPS, SPEEDUPS
 from storygen.cli import DEFAULT_MODEL, DTYPES, default_model, torch_dtype
 from storygen.export import plan_sheet
 from storygen.plan import (
@@ -217,12 +218,24 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--compile",
-        choices=("on", "all", "off"),
-        default="off",
+        choices=COMPILE_CHOICES,
+        default="auto",
         help="compile the UNet with torch.compile: on = the batch shapes a render runs 50 or "
-        "more passes of (a short render stays eager), all = every shape; a minute or two per "
-        "shape the first time, graphs cached in ~/.cache/storyloom/inductor or "
-        "$STORYLOOM_COMPILE_CACHE (default: off)",
+        "more passes of (a short render stays eager), all = every shape, auto = on for CUDA "
+        "and off on a CPU; a minute or two per shape the first time, graphs cached in "
+        "~/.cache/storyloom/inductor or $STORYLOOM_COMPILE_CACHE (default: auto)",
+    )
+    g.add_argument(
+        "--speedups",
+        default="auto",
+        help="UNet speed-ups, comma separated: "
+        + "; ".join(f"{k} = {v}" for k, v in SPEEDUPS.items())
+        + ". auto = "
+        + ", ".join(
+            f"{','.join(v)} on {k.upper() if k == 'cuda' else 'a CPU'}"
+            for k, v in DEFAULT_SPEEDUPS.items()
+        )
+        + "; none = off (default: auto)",
     )
     g.add_argument(
         "--cudnn-autotune",
@@ -418,6 +431,7 @@ def _render(
                 progress=not args.no_progress,
                 compile=args.compile,
                 cudnn_autotune=args.cudnn_autotune == "on",
+                speedups=args.speedups,
             )
     except ValueError as exc:
         raise _Refused(f"error: {exc}") from None

@@ -20,6 +20,7 @@ import copy
 import resource
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -30,10 +31,14 @@ from tqdm.auto import tqdm
 
 from storygen.accel import (
     CompilePolicy,
+    apply_speedups,
     compile_unet,
     compiled_rows,
     cudnn_autotune,
+    inductor_options,
     is_compiled,
+    needs_copy,
+    resolve_speedups,
     use_compiled_rows,
 )
 from storygen.cache import CallCache
@@ -51,6 +56,8 @@ AUTO_MICRO_BATCH = 16
 #: inputs)
 AUTO_MICRO_BATCH_MAX = 128
 AUTO_MEMORY_SHARE = 0.5
+#: a pipeline UNet -> its renders' sped-up copies, by (device, speed-ups)
+_SPEEDUP_COPIES: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -81,6 +88,9 @@ class GenerationStats:
     cudnn_autotune: bool = False
     #: the row buckets (padded rows of a forward pass) that ran compiled
     compiled_rows: list[int] = field(default_factory=list)
+    #: the UNet speed-ups the render ran with (storygen.accel.SPEEDUPS) and the layers each
+    #: changed
+    speedups: dict[str, int] = field(default_factory=dict)
     #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
     micro_batches: list[int] = field(default_factory=list)
     #: CUDA memory one model call took (both guidance branches), as measured by the runner
@@ -274,7 +284,9 @@ class PlanRunner:
         self._unets: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
         #: compile the UNets (storygen.accel): which row buckets, counted as levels are batched
-        self.compile = CompilePolicy(settings.compile)
+        device_type = self.devices[0].type
+        self.compile = CompilePolicy(settings.compile, device_type=device_type)
+        self.speedups = resolve_speedups(settings.speedups, device_type)
         self.stats.compiled = self.compile.enabled
         self.progress: LevelProgress | None = None
 
@@ -285,14 +297,32 @@ class PlanRunner:
         key = (id(base), str(device))
         with self._lock:
             if key not in self._unets:
-                same = base.device == device and not any(v is base for v in self._unets.values())
-                unet = base if same else copy.deepcopy(base).to(device)
+                unet = self._speedup_copy(base, device)
+                if unet is None:
+                    same = base.device == device and not any(
+                        v is base for v in self._unets.values()
+                    )
+                    unet = base if same else copy.deepcopy(base).to(device)
+                self.stats.speedups = apply_speedups(unet, self.speedups)
                 if self.compile.enabled:
-                    compile_unet(unet)
+                    compile_unet(unet, inductor_options(self.speedups))
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets
                     use_compiled_rows(unet, self.compile.rows)
                 self._unets[key] = unet
             return self._unets[key]
+
+    def _speedup_copy(self, base: Any, device: torch.device) -> Any | None:
+        """The render's own copy of ``base`` on ``device`` when its speed-ups change modules
+        (fused projections, float8 layers), kept on ``base`` for later renders with the same
+        speed-ups (and its compiled graphs with it); None when the speed-ups keep ``base``
+        as it is."""
+        if not needs_copy(self.speedups):
+            return None
+        copies = _SPEEDUP_COPIES.setdefault(base, {})
+        key = (str(device), self.speedups)
+        if key not in copies:
+            copies[key] = copy.deepcopy(base).to(device)
+        return copies[key]
 
     # ---------------------------------------------------------------- one batch
     def run_batch(

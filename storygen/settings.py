@@ -102,9 +102,12 @@ class RenderSettings:
     micro_batch: int | str = "auto"
     devices: tuple[str | torch.device, ...] | None = None
     progress: bool = True
-    #: compile the UNet ("on": the row buckets that carry the work, "all", "off"; see
-    #: storygen.accel)
-    compile: str = "off"
+    #: compile the UNet ("on": the row buckets that carry the work, "all", "off", "auto": on
+    #: for CUDA devices; see storygen.accel)
+    compile: str = "auto"
+    #: the UNet speed-ups (storygen.accel.SPEEDUPS: "auto" = the device's defaults, "none",
+    #: or names, comma separated)
+    speedups: str | tuple[str, ...] = "auto"
     #: cuDNN's autotuner on CUDA devices (``torch.backends.cudnn.benchmark`` for the render):
     #: each convolution shape times cuDNN's algorithms once and keeps the fastest (repeats then
     #: agree to rounding, not bit for bit); off leaves the process's setting as it is
