@@ -22,6 +22,9 @@ joined with ``-`` or ``+`` (``compile-tuned-tconv-fp8``):
 - ``cl``: convolution weights and the input channels-last (2-D and 3-D);
 - ``tconv``: temporal convolutions as 2-D ones (:func:`storygen.accel.fast_temporal_convs`);
 - ``qkv``: attention projections fused (diffusers' ``fuse_qkv_projections``);
+- ``tattn``: temporal attention as matrix products (:mod:`storygen.attention`);
+- ``flash``, ``eff``, ``cudnn``: scaled-dot-product attention on that backend only (flash,
+  memory-efficient, cuDNN) instead of PyTorch's pick;
 - ``mm1x1``: Inductor runs 1x1 convolutions as matrix products (``conv_1x1_as_mm``);
 - ``cdt``: Inductor's coordinate-descent tuning of its kernels (a longer compile);
 - ``fp8``: every ``nn.Linear`` whose sizes allow it in float8 through torchao, dynamic per-row
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -54,7 +58,13 @@ from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from storygen.accel import SPEEDUPS, fp8_unavailable  # noqa: E402
 
 BASES = ("eager", "compile")
-MODIFIERS = ("tuned", "cl", "tconv", "qkv", "mm1x1", "cdt", "fp8")
+MODIFIERS = ("tuned", "cl", "tconv", "qkv", "tattn", "mm1x1", "cdt", "fp8", "flash", "eff", "cudnn")
+#: modifiers that pick the backend of PyTorch's scaled-dot-product attention
+SDPA_BACKENDS = {
+    "flash": "FLASH_ATTENTION",
+    "eff": "EFFICIENT_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+}
 #: modifiers that only mean something to the compiler
 COMPILER_ONLY = ("mm1x1", "cdt")
 #: FLOP-counter ops by kind
@@ -109,6 +119,12 @@ TIME_KINDS = (
 )
 
 
+#: profiler events on the GPU timeline that are not kernels
+SKIP_EVENTS = ("aten::", "Command Buffer")
+#: entries of a time split that are not a kind's milliseconds
+NOT_KINDS = ("total", "kernels", "attention_calls")
+
+
 def kernel_kind(name: str) -> str:
     name = name.lower()
     return next((k for k, words in TIME_KINDS if any(w in name for w in words)), "other")
@@ -119,23 +135,25 @@ def time_split(fn: Any, a: tuple, kw: dict, device: torch.device, top: int = 15)
     operator's own CPU time on a CPU; PyTorch's profiler), in ms by kind of op
     (:data:`TIME_KINDS`; "other": element-wise ops, copies, reshapes) beside the pass's total,
     and the ``top`` kernels that take the most (name, kind, ms, launches)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     fn(*a, **kw)  # warm: allocator, autotuning
     _sync(device)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         fn(*a, **kw)
         _sync(device)
     out: dict[str, Any] = {kind: 0.0 for kind, _ in TIME_KINDS} | {"other": 0.0}
     kernels = []
     for event in prof.key_averages():
-        us = float(
-            getattr(event, "self_device_time_total", 0.0)
-            if cuda
-            else getattr(event, "self_cpu_time_total", 0.0)
-        )
+        if cuda:  # the kernels themselves (operators would count their kernels again)
+            if event.device_type != DeviceType.CUDA or event.key.startswith(SKIP_EVENTS):
+                continue
+            us = float(event.self_device_time_total)
+        else:
+            us = float(event.self_cpu_time_total)
         if us <= 0:
             continue
         kind = kernel_kind(event.key)
@@ -145,6 +163,17 @@ def time_split(fn: Any, a: tuple, kw: dict, device: torch.device, top: int = 15)
         )
     out["total"] = sum(out.values())
     out["kernels"] = sorted(kernels, key=lambda k: -k["ms"])[:top]
+    # the attention operators by their inputs' shapes (which layers the attention time is in)
+    calls = []
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key.startswith("aten::") and "attention" in event.key:
+            us = float(event.self_device_time_total if cuda else event.self_cpu_time_total)
+            if us > 0:
+                shapes = [s for s in event.input_shapes or [] if s][:3]
+                calls.append(
+                    {"op": event.key, "shapes": shapes, "ms": us / 1e3, "calls": event.count}
+                )
+    out["attention_calls"] = sorted(calls, key=lambda c: -c["ms"])[:top]
     return out
 
 
@@ -200,6 +229,19 @@ def time_variant(
             torch.cuda.empty_cache()
 
 
+class _on_backend(torch.nn.Module):
+    """``unet`` with scaled-dot-product attention held to ``backends``."""
+
+    def __init__(self, unet: Any, backends: list[Any]) -> None:
+        super().__init__()
+        self.unet = unet
+        self.backends = backends
+
+    def forward(self, *a: Any, **kw: Any) -> Any:
+        with sdpa_kernel(self.backends):
+            return self.unet(*a, **kw)
+
+
 def _timed(
     name: str,
     unet: Any,
@@ -218,6 +260,9 @@ def _timed(
         a = (a[0].contiguous(memory_format=torch.channels_last_3d),) + tuple(a[1:])
     row["changed_layers"] = apply_speedups(unet, tuple(m for m in mods if m in SPEEDUPS))
     fn = unet
+    backend = [getattr(SDPBackend, SDPA_BACKENDS[m]) for m in mods if m in SDPA_BACKENDS]
+    if backend:
+        unet = _on_backend(unet, backend)
     if base == "compile":
         from curate.compile_cache import use_compile_cache
 
@@ -319,13 +364,13 @@ def write(path: str, result: dict[str, Any]) -> None:
 
 def format_split(split: dict[str, Any]) -> str:
     kinds = ", ".join(
-        f"{k} {100 * v / split['total']:.0f} %"
-        for k, v in split.items()
-        if k not in ("total", "kernels")
+        f"{k} {100 * v / split['total']:.0f} %" for k, v in split.items() if k not in NOT_KINDS
     )
     lines = [f"  time by op: {kinds} (of {split['total']:.1f} ms in ops)"]
     for k in split.get("kernels", [])[:8]:
         lines.append(f"    {k['ms']:9.2f} ms {k['launches']:5d}x {k['kind']:<11} {k['name'][:90]}")
+    for c in split.get("attention_calls", [])[:6]:
+        lines.append(f"    {c['ms']:9.2f} ms {c['calls']:5d}x {c['op']} {c['shapes']}")
     return "\n".join(lines)
 
 

@@ -248,6 +248,8 @@ def fast_temporal_convs(unet: Any) -> int:
 SPEEDUPS: dict[str, str] = {
     "tconv": "temporal convolutions as 2-D convolutions (the same sums)",
     "qkv": "each attention's projections fused into one matrix product (rounding only)",
+    "tattn": "temporal attention over a call's frames as two matrix products and a float32 "
+    "softmax instead of a fused kernel (rounding only)",
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
     "fp8": "linear layers in float8 with per-row scales (torchao; CUDA, compute capability "
     "8.9+): an approximation, see the README's error figures",
@@ -299,6 +301,10 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
         from diffusers.models.attention_processor import Attention
 
         done["qkv"] = sum(1 for m in unet.modules() if isinstance(m, Attention))
+    if "tattn" in speedups and "tattn" not in done:
+        from storygen.attention import short_temporal_attention
+
+        done["tattn"] = short_temporal_attention(unet)
     if "fp8" in speedups and "fp8" not in done:
         done["fp8"] = linears_to_fp8(unet)
     setattr(unet, _SPEEDUPS_ATTR, done)

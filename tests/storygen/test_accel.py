@@ -28,13 +28,17 @@ RUN = {
 }
 
 
-def test_compile_is_off_unless_asked():
+def test_compile_auto_is_on_for_cuda_only():
     assert resolve_compile(None) == "off"
     assert resolve_compile("off") == "off" and resolve_compile(False) == "off"
     assert resolve_compile("on") == "on" and resolve_compile(True) == "on"
     assert resolve_compile("all") == "all"
+    assert resolve_compile("auto", "cuda") == "on"
+    assert resolve_compile("auto", "cpu") == "off" and resolve_compile("auto") == "off"
+    assert CompilePolicy("auto", device_type="cuda").enabled
+    assert not CompilePolicy("auto", device_type="cpu").enabled
     with pytest.raises(ValueError, match="compile must be one of"):
-        resolve_compile("auto")
+        resolve_compile("fast")
 
 
 def test_compile_where_it_repays():

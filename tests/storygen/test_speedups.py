@@ -1,0 +1,149 @@
+"""The UNet speed-ups (storygen.accel.SPEEDUPS, storygen.attention): each computes what the
+UNet computed before to rounding, a render applies them without touching the pipeline's own
+UNet, and a bad choice is refused with the choices named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from storygen.accel import (
+    DEFAULT_SPEEDUPS,
+    apply_speedups,
+    fast_temporal_convs,
+    resolve_speedups,
+)
+from storygen.attention import ShortSequenceAttnProcessor, short_temporal_attention
+from storygen.pipeline import StoryVideoPipeline
+from storygen.presets import build_components, new_model
+
+PROMPTS = ["a red circle moving left"] * 9 + ["a blue square on a striped background"] * 8
+RUN = {
+    "frames_per_call": 5,
+    "num_inference_steps": 2,
+    "guidance_scale": 2.0,
+    "generator": 3,
+    "progress": False,
+    "output_type": "latent",
+    "micro_batch": 3,
+}
+
+
+def _unet_and_call(seed: int = 0):
+    """A micro UNet with every weight random (diffusers zero-initialises the last temporal
+    convolution, which would hide a wrong one) and the arguments of one call."""
+    torch.manual_seed(seed)
+    unet = build_components("micro", mode="masked", texts=PROMPTS)["unet"].eval()
+    gen = torch.Generator().manual_seed(seed)
+    for p in unet.parameters():
+        p.data.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    b, f, h = 2, 6, unet.config.sample_size
+    sample = torch.randn(b, unet.config.in_channels, f, h, h, generator=gen)
+    context = torch.randn(b, 7, unet.config.cross_attention_dim, generator=gen)
+    return unet, (sample, torch.tensor(500), context)
+
+
+def _forward(unet, call):
+    from storygen.models import unet3d_forward
+
+    with torch.no_grad():
+        return unet3d_forward(unet, *call)
+
+
+def test_temporal_convs_as_2d_compute_the_same():
+    from diffusers.models.resnet import TemporalConvLayer
+
+    unet, call = _unet_and_call()
+    want = _forward(unet, call)
+    layers = [m for m in unet.modules() if isinstance(m, TemporalConvLayer)]
+    conv3d_calls = []
+    for m in unet.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            m.register_forward_hook(lambda *_: conv3d_calls.append(1))
+    assert fast_temporal_convs(unet) == len(layers) > 0
+    assert fast_temporal_convs(unet) == 0  # once
+    got = _forward(unet, call)
+    assert conv3d_calls == []  # no 3-D convolution ran
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    # the weights stay where they were: the state dict is the model's
+    assert any(k.endswith("conv4.3.weight") for k in unet.state_dict())
+
+
+def test_short_temporal_attention_computes_the_same_and_leaves_long_sequences_alone():
+    from diffusers.models.attention_processor import Attention
+
+    unet, call = _unet_and_call(1)
+    want = _forward(unet, call)
+    n = short_temporal_attention(unet)
+    temporal = [
+        m
+        for m in unet.modules()
+        if isinstance(m, Attention) and isinstance(m.processor, ShortSequenceAttnProcessor)
+    ]
+    assert n == len(temporal) > 0
+    assert len(temporal) < sum(1 for m in unet.modules() if isinstance(m, Attention))
+    got = _forward(unet, call)
+    assert not torch.equal(got, want)  # a different computation ran ...
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)  # ... to the same result
+    # a sequence longer than the processor takes goes to the processor it replaced
+    for m in temporal:
+        m.processor.max_len = 4  # 6 frames
+    assert torch.equal(_forward(unet, call), want)
+
+
+def test_speedups_together_with_fused_projections():
+    unet, call = _unet_and_call(2)
+    want = _forward(unet, call)
+    done = apply_speedups(unet, ("tconv", "qkv", "tattn"))
+    assert done["tconv"] > 0 and done["qkv"] > 0 and done["tattn"] > 0
+    assert apply_speedups(unet, ("tconv", "qkv", "tattn")) == done  # once
+    assert torch.allclose(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
+
+
+def test_speedup_choices():
+    assert resolve_speedups("auto", "cuda") == DEFAULT_SPEEDUPS["cuda"]
+    assert resolve_speedups("auto", "cpu") == DEFAULT_SPEEDUPS["cpu"]
+    assert resolve_speedups(None, "mps") == DEFAULT_SPEEDUPS["cpu"]
+    assert resolve_speedups("none", "cuda") == ()
+    assert resolve_speedups("qkv, tconv", "cpu") == ("tconv", "qkv")
+    assert resolve_speedups(["tattn"], "cpu") == ("tattn",)
+    with pytest.raises(ValueError, match="unknown speed-ups.*turbo.*choose from tconv"):
+        resolve_speedups("tconv,turbo", "cuda")
+    with pytest.raises(ValueError, match="fp8 speed-up needs a CUDA device"):
+        resolve_speedups("fp8", "cpu")
+
+
+def test_a_render_with_speedups_leaves_the_pipelines_unet_alone(tmp_path):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    plain = pipe(PROMPTS, 17, speedups="none", **RUN)
+    assert plain.stats.speedups == {}
+    fast = pipe(PROMPTS, 17, speedups="tconv,qkv,tattn", **RUN)
+    assert set(fast.stats.speedups) == {"tconv", "qkv", "tattn"}
+    np.testing.assert_allclose(fast.frames, plain.frames, atol=1e-4, rtol=1e-4)
+    # fused projections went to the render's copy; the pipeline's UNet is as loaded
+    processors = {type(p) for p in pipe.unet.attn_processors.values()}
+    assert processors == {AttnProcessor2_0}
+    assert not any(k.endswith("to_qkv.weight") for k in pipe.unet.state_dict())
+    # a second render with the same speed-ups reuses that copy
+    from storygen.runner import _SPEEDUP_COPIES
+
+    again = pipe(PROMPTS, 17, speedups="qkv,tattn,tconv", **RUN)
+    assert len(_SPEEDUP_COPIES[pipe.unet]) == 1
+    np.testing.assert_array_equal(again.frames, fast.frames)
+    # the default on a CPU: temporal convolutions only, which change no module
+    auto = pipe(PROMPTS, 17, **RUN)
+    assert auto.stats.speedups == {"tconv": auto.stats.speedups["tconv"]}
+    np.testing.assert_allclose(auto.frames, plain.frames, atol=1e-4, rtol=1e-4)
+
+
+def test_a_bad_speedup_is_refused_before_the_render(tmp_path):
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    with pytest.raises(ValueError, match="unknown speed-ups"):
+        pipe(PROMPTS, 17, speedups="warp", **RUN)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        pipe(PROMPTS, 17, compile="fast", **RUN)
