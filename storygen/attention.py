@@ -101,6 +101,7 @@ def short_temporal_attention(unet: torch.nn.Module, max_len: int = MAX_SHORT_SEQ
             if isinstance(attn, Attention) and not isinstance(
                 attn.processor, ShortSequenceAttnProcessor
             ):
-                attn.set_processor(ShortSequenceAttnProcessor(attn.processor, max_len))
+                processor: Any = ShortSequenceAttnProcessor(attn.processor, max_len)
+                attn.set_processor(processor)
                 count += 1
     return count

@@ -15,7 +15,7 @@ def test_unet_kernels_on_cpu(tmp_path):
     out = tmp_path / "k.json"
     autotune = torch.backends.cudnn.benchmark  # whatever an earlier test left
     result = unet_kernels.main(
-        ["--variants", "eager,eager-tuned,eager-cl,eager-fp8", "--rows", "3"]
+        ["--variants", "eager,eager-tuned,eager-cl,eager-fp8,eager+tconv+qkv+tattn", "--rows", "3"]
         + ["--frames-per-call", "8", "--warmup", "0", "--reps", "1", "--profile", "--out", str(out)]
     )
     assert json.loads(out.read_text())["rows"] == 3
@@ -25,6 +25,10 @@ def test_unet_kernels_on_cpu(tmp_path):
     assert rows["eager-cl"]["relative_error"] < 1e-5
     assert rows["eager-cl"]["cosine"] > 0.99999
     assert "CUDA" in rows["eager-fp8"]["skipped"]
+    # the speed-ups compute the same to rounding, and say which layers they changed
+    fast = rows["eager+tconv+qkv+tattn"]
+    assert fast["relative_error"] < 1e-5 and fast["cosine"] > 0.99999
+    assert min(fast["changed_layers"].values()) > 0
     flops = result["flops_per_pass"]
     assert flops["convolution"] > 0 and flops["linear"] > 0
     parts = flops["convolution"] + flops["linear"] + flops["attention"] + flops["other"]
@@ -44,6 +48,8 @@ def test_unet_kernels_on_cpu(tmp_path):
     assert 0.3 * rows["eager"]["ms_per_pass"] < split["total"] < 3 * rows["eager"]["ms_per_pass"]
 
 
-def test_unknown_variant_is_refused():
+@pytest.mark.parametrize("variant", ["turbo", "eager-turbo", "eager-mm1x1", "eager-cdt"])
+def test_unknown_variant_is_refused(variant, capsys):
     with pytest.raises(SystemExit):
-        unet_kernels.main(["--variants", "eager,turbo"])
+        unet_kernels.main(["--variants", f"eager,{variant}"])
+    assert variant in capsys.readouterr().err
