@@ -226,6 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "micro_batches": stats.micro_batches,
             # per UNet input shape, [calls, seconds] of every batch (compile in the first)
             "bucket_times_s": stats.bucket_times_s,
+            # text encoding, UNet batches, VAE decode, waiting for the video writer, the rest
+            "stages_s": stats.stage_times_s,
             "call_bytes": stats.call_bytes,
             **consistency(out.frames, out.plan),
         }
@@ -234,6 +236,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"  {n:>5} frames  {mode:<14} {row['model_calls']:>4} calls "
             f"{row['rounds']:>4} rounds  run {repeat + 1}  {wall:8.1f} s (warm-up {warmup:.1f} s, "
             f"UNet {row['unet_tflops_per_s']:.0f} TFLOP/s)",
+            flush=True,
+        )
+        print(
+            "         stages: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in stats.stage_times_s.items()),
             flush=True,
         )
         del out

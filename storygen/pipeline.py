@@ -527,12 +527,14 @@ class StoryVideoPipeline(DiffusionPipeline):
             )
 
         # 3. encode prompts, each distinct one once
+        t0 = time.perf_counter()
         text, negative = self.encode_prompt(list(plan.prompts or ()), settings.negative_prompt)
+        text_s = time.perf_counter() - t0
 
         # 4. the levels: global keyframes, then the local levels (finished calls kept on disk);
         # 5. frames: decoded and written (or kept) in order, as the levels make them final;
         # 6. the output: the frames, the plan and the run's stats
-        return self._render(
+        out = self._render(
             plan,
             settings,
             (text, negative),
@@ -543,6 +545,8 @@ class StoryVideoPipeline(DiffusionPipeline):
             callbacks=(callback_on_call_end, callback_on_level_end),
             started=started,
         )
+        out.stats.set_stages(text=text_s)
+        return out
 
     def _settings(
         self,
@@ -663,6 +667,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         stats.output_path = str(output_path) if output_path else None
         stats.cache_dir = str(cache.path) if cache is not None else None
         stats.record_peak_memory()
+        stats.set_stages(decode=sink.decode_s, write=sink.write_wait_s)
         return StoryVideoOutput(
             frames=sink.result(), plan=plan, stats=stats, keyframes=sink.keyframes
         )

@@ -103,6 +103,21 @@ class GenerationStats:
     #: keyed by the level's padded bucket, "rows x frames compiled" (one graph each: batches
     #: of 57 and 56 calls share a graph of 120 rows)
     bucket_times_s: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: where the wall time went: "text" (prompt encoding), "unet" (the batches' sampling),
+    #: "decode" (model space to pixels), "write" (waiting for the video file's writer) and
+    #: "rest" (planning, copies, the levels' bookkeeping); decoding runs on the main thread
+    #: while worker threads sample the next batch, so stages can overlap and "rest" is what
+    #: is left of the wall time, at least 0
+    stage_times_s: dict[str, float] = field(default_factory=dict)
+
+    def set_stages(self, **seconds: float) -> None:
+        """Fill :attr:`stage_times_s` from the given stages, the UNet's batch times and the
+        wall time."""
+        stages = {"text": 0.0, "unet": sum(sum(v) for v in self.batch_times_s.values())}
+        stages |= {**self.stage_times_s, **seconds}
+        stages.pop("rest", None)
+        stages["rest"] = max(0.0, self.wall_time_s - sum(stages.values()))
+        self.stage_times_s = stages
 
     def warmup_s(self) -> float:
         """The compile (or autotuning) cost of a run: per input shape the UNet sees, the time

@@ -11,6 +11,7 @@ written while the next batches sample; an encoder error surfaces at the next chu
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +58,10 @@ class FrameSink:
         self.chunk = chunk
         self.next = 0
         self.kept: list[Any] = []
+        #: seconds spent decoding frames, and waiting for (or doing) the file's writing on
+        #: the calling thread (the encoder otherwise writes in the background)
+        self.decode_s = 0.0
+        self.write_wait_s = 0.0
         self.writer: VideoWriter | None = None
         self.keyframe_ids = (
             {f for c in plan.levels[0].calls for f in c.new_frames} if plan.levels else set()
@@ -94,13 +99,19 @@ class FrameSink:
         """Wait for the chunk being encoded; re-raises the encoder's error."""
         if self._writing is not None:
             writing, self._writing = self._writing, None
-            writing.result()
+            t0 = time.perf_counter()
+            try:
+                writing.result()
+            finally:
+                self.write_wait_s += time.perf_counter() - t0
 
     def _write(self, frames: np.ndarray) -> None:
         assert self.writer is not None
         self._wait_for_writer()  # in order, one chunk in flight
         if self._encoder is None:
+            t0 = time.perf_counter()
             self.writer.write(frames)
+            self.write_wait_s += time.perf_counter() - t0
         else:
             self._writing = self._encoder.submit(self.writer.write, frames)
 
@@ -120,8 +131,10 @@ class FrameSink:
         """Frames ``start, start + 1, ...`` in model space: (n, C, h, w)."""
         if self.output_type == "latent":
             self.kept.append(samples.clone())
+        t0 = time.perf_counter()
         pixels = self.decode(samples)
         frames = to_uint8(pixels)
+        self.decode_s += time.perf_counter() - t0
         for k, frame in enumerate(frames):
             if start + k in self.keyframe_ids:
                 self.keyframes[start + k] = frame

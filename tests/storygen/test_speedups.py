@@ -147,3 +147,18 @@ def test_a_bad_speedup_is_refused_before_the_render(tmp_path):
         pipe(PROMPTS, 17, speedups="warp", **RUN)
     with pytest.raises(ValueError, match="compile must be one of"):
         pipe(PROMPTS, 17, compile="fast", **RUN)
+
+
+def test_a_render_says_where_its_time_went(tmp_path):
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    run = {**RUN, "output_type": "np"}
+    out = pipe(PROMPTS, 17, output_path=tmp_path / "v.mp4", fps=8, **run)
+    stages = out.stats.stage_times_s
+    assert list(stages) == ["text", "unet", "decode", "write", "rest"]
+    assert min(stages.values()) >= 0
+    assert stages["unet"] > 0 and stages["decode"] > 0 and stages["text"] > 0
+    batches = sum(sum(v) for v in out.stats.batch_times_s.values())
+    assert stages["unet"] == pytest.approx(batches)
+    assert stages["unet"] + stages["text"] <= out.stats.wall_time_s
+    assert (tmp_path / "v.mp4").stat().st_size > 0
