@@ -470,6 +470,18 @@ def _write_extras(
     return written
 
 
+def _speedups(stats: Any) -> str:
+    """The speed-ups and compile state of a render, for its summary."""
+    parts = [f"{k} ({n} layers)" for k, n in stats.speedups.items()] or ["none"]
+    if stats.compiled_rows:
+        parts.append(f"compiled {', '.join(str(r) for r in stats.compiled_rows)}-row passes")
+    elif stats.compiled:
+        parts.append("compile on, no shape ran enough passes to repay it")
+    if stats.cudnn_autotune:
+        parts.append("cuDNN autotuner")
+    return ", ".join(parts)
+
+
 def _summary(
     args: argparse.Namespace,
     model: Path,
@@ -490,7 +502,15 @@ def _summary(
         f"  model calls     {plan.model_calls} ({stats.calls_from_cache} from cache) "
         f"in {plan.rounds} sequential round{'s' if plan.rounds != 1 else ''}, "
         f"{stats.unet_forwards} batched UNet passes",
-        f"  wall time       {stats.wall_time_s:.1f} s",
+        f"  wall time       {stats.wall_time_s:.1f} s"
+        + (
+            " ("
+            + ", ".join(f"{k} {v:.1f} s" for k, v in stats.stage_times_s.items() if v >= 0.05)
+            + ")"
+            if stats.stage_times_s
+            else ""
+        ),
+        f"  speed-ups       {_speedups(stats)}",
         f"  peak memory     {_human_bytes(stats.peak_memory_bytes)} ({stats.peak_memory_kind}), "
         f"at most {stats.peak_frames_held} frames held",
         f"  devices         {', '.join(stats.devices)}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import av
 import pytest
@@ -69,6 +70,8 @@ def test_render_writes_video_preview_and_summary(model_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "rendered 17 frames (4.25 s at 4 fps)" in text
     assert "5 (0 from cache) in 2 sequential rounds" in text
+    assert "unet " in text.split("wall time")[1].splitlines()[0]  # where the time went
+    assert re.search(r"speed-ups\s+tconv \(\d+ layers\)", text)  # a CPU's default
     assert str(out) in text and "sheet.png" in text
     assert _frames_in(out) == 17
     assert (tmp_path / "sheet.png").stat().st_size > 0
