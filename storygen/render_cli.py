@@ -472,7 +472,7 @@ def _write_extras(
 
 def _speedups(stats: Any) -> str:
     """The speed-ups and compile state of a render, for its summary."""
-    parts = [f"{k} ({n} layers)" for k, n in stats.speedups.items()] or ["none"]
+    parts = [f"{k} ({n} layers)" if n else k for k, n in stats.speedups.items()] or ["none"]
     if stats.compiled_rows:
         parts.append(f"compiled {', '.join(str(r) for r in stats.compiled_rows)}-row passes")
     elif stats.compiled:

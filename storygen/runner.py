@@ -318,7 +318,10 @@ class PlanRunner:
                         v is base for v in self._unets.values()
                     )
                     unet = base if same else copy.deepcopy(base).to(device)
-                self.stats.speedups = apply_speedups(unet, self.speedups)
+                # layers each changed (0: a compiler option, mm1x1); what an earlier render
+                # applied in place (tconv, the same sums) stays and is reported
+                changed = apply_speedups(unet, self.speedups)
+                self.stats.speedups = {k: 0 for k in self.speedups} | changed
                 if self.compile.enabled:
                     compile_unet(unet, inductor_options(self.speedups))
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets

@@ -141,7 +141,8 @@ def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
     assert counters["stats"]["unique_graphs"] == graphs
     torch.testing.assert_close(short.frames, want.frames, atol=atol, rtol=0)
     got = fast(PROMPTS, 17, compile="all", **RUN)
-    assert got.stats.compiled and is_compiled(fast.unet) and got.stats.compiled_rows == [2, 4]
+    # compiled: the pipeline's UNet, or the render's copy where a speed-up changes modules
+    assert got.stats.compiled and got.stats.compiled_rows == [2, 4]
     # compiled batches are timed under their own keys (their first batch holds the compile)
     assert short.stats.bucket_times_s.keys() == {"2x5", "4x5"}
     assert got.stats.bucket_times_s.keys() == {"2x5 compiled", "4x5 compiled"}

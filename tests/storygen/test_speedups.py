@@ -162,3 +162,25 @@ def test_a_render_says_where_its_time_went(tmp_path):
     assert stages["unet"] == pytest.approx(batches)
     assert stages["unet"] + stages["text"] <= out.stats.wall_time_s
     assert (tmp_path / "v.mp4").stat().st_size > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_speedups_compiled_give_the_same_frames(tmp_path, monkeypatch):
+    """Every exact speed-up together, compiled, against the plain eager render; float8
+    linear layers within a stated error."""
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder).to("cuda")
+    plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
+    fast = pipe(PROMPTS, 17, speedups="tconv,qkv,tattn,mm1x1", compile="all", **RUN)
+    assert fast.stats.compiled_rows == [2, 4]
+    assert set(fast.stats.speedups) == {"tconv", "qkv", "tattn", "mm1x1"}
+    torch.testing.assert_close(fast.frames, plain.frames, atol=1e-3, rtol=1e-3)
+    from storygen.accel import fp8_unavailable
+
+    if fp8_unavailable("cuda") is None:
+        fp8 = pipe(PROMPTS, 17, speedups="tconv,fp8", compile="off", **RUN)
+        assert fp8.stats.speedups["fp8"] > 0
+        err = (fp8.frames - plain.frames).norm() / plain.frames.norm()
+        assert float(err) < 0.1
