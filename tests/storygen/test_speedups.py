@@ -18,16 +18,8 @@ from storygen.attention import ShortSequenceAttnProcessor, short_temporal_attent
 from storygen.pipeline import StoryVideoPipeline
 from storygen.presets import build_components, new_model
 
-PROMPTS = ["a red circle moving left"] * 9 + ["a blue square on a striped background"] * 8
-RUN = {
-    "frames_per_call": 5,
-    "num_inference_steps": 2,
-    "guidance_scale": 2.0,
-    "generator": 3,
-    "progress": False,
-    "output_type": "latent",
-    "micro_batch": 3,
-}
+# the same story and settings as the compile tests
+from tests.storygen.test_accel import PROMPTS, RUN  # noqa: E402
 
 
 def _unet_and_call(seed: int = 0):
