@@ -21,9 +21,9 @@ same model and shapes pays a fraction of the first compile.
 ``compile="auto"`` (the default) is ``"on"`` on CUDA and ``"off"`` elsewhere: a warm cache
 repays it on a long render (3,376 frames, 25 steps, ModelScope-shape UNet on an H200: 245 s
 against about 289 s eager), a cold one does not on the first (the 120-row graph compiles in
-2-2.5 minutes, the compiled passes save about 80 s). Measured earlier with dynamic shapes (``benchmarks/storygen_speed.py
---device cuda --preset modelscope --steps 5 --lengths 3376 --compile on``, bf16, before the
-padding): the autoregressive baseline's batch-1 calls ran 1.5x faster compiled (96.9 s
+2-2.5 minutes, the compiled passes save about 80 s). Measured earlier with dynamic shapes
+(``benchmarks/storygen_speed.py --device cuda --preset modelscope --steps 5 --lengths 3376
+--compile on``, bf16, before the padding): the autoregressive baseline's batch-1 calls ran 1.5x faster compiled (96.9 s
 against 144.3 s eager), the hierarchical levels' batched calls slower (66 TFLOP/s after a
 136 s warm-up, against about 180 TFLOP/s eager); with ``TORCH_LOGS=recompiles`` the shipped
 model recompiled for every new batch size (2, 30, 114 rows: "tensor 'mask' size mismatch at
