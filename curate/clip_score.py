@@ -201,34 +201,16 @@ class ClipScorer(Step[dict, dict]):
         per-row weight scales) through torchao: all of them (``fp8="all"``), or the encoder
         layers' MLPs only (``"mlp"``: two thirds of the tower's matrix work; the attention
         projections and the output projection stay in the model's dtype)."""
-        torch = self._torch
-        major, minor = torch.cuda.get_device_capability(torch.device(self.device))
-        if (major, minor) < (8, 9):
-            raise ModelFolderError(
-                f"fp8 needs compute capability 8.9 or newer, this GPU has {major}.{minor}",
-                uri=source,
-            )
-        try:
-            from torchao.quantization import (
-                Float8DynamicActivationFloat8WeightConfig,
-                PerRow,
-                quantize_,
-            )
-        except ImportError as exc:
-            raise ModelFolderError(
-                f"fp8 needs torchao (pip install 'storyloom[gpu]'): {exc}", uri=source
-            ) from exc
-        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-        linear = torch.nn.Linear
+        from curate.float8 import fp8_unavailable, linears_to_fp8
+
+        why = fp8_unavailable(self.device)
+        if why is not None:
+            raise ModelFolderError(why, uri=source)
         if scope == "mlp":
-            quantize_(
-                self._model.vision_model,
-                config,
-                filter_fn=lambda m, fqn: isinstance(m, linear) and ".mlp." in f".{fqn}",
-            )
+            linears_to_fp8(self._model.vision_model, lambda m, fqn: ".mlp." in f".{fqn}")
             return
-        quantize_(self._model.vision_model, config)
-        quantize_(self._model.visual_projection, config)
+        linears_to_fp8(self._model.vision_model)
+        linears_to_fp8(self._model.visual_projection)
 
     def _batch_from_free_memory(self) -> int:
         """Frames per forward pass on CUDA: what a quarter of the free memory holds of one
@@ -265,11 +247,9 @@ class ClipScorer(Step[dict, dict]):
 
     def _fp8_available(self) -> bool:
         """Whether ``fp8="auto"`` can use float8 here: compute capability 8.9+ and torchao."""
-        import importlib.util
+        from curate.float8 import fp8_unavailable
 
-        torch = self._torch
-        capability = torch.cuda.get_device_capability(torch.device(self.device))
-        return capability >= (8, 9) and importlib.util.find_spec("torchao") is not None
+        return fp8_unavailable(self.device) is None
 
     def image_features(self, pixels: Any) -> Any:
         """The image tower on a preprocessed batch (compiled batches padded to

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from curate.compile_cache import CACHE_ENV, compile_cache_dir, use_compile_cache
+from curate.float8 import fp8_unavailable, linears_to_fp8
 
 __all__ = [
     "CACHE_ENV",
@@ -52,6 +53,7 @@ __all__ = [
     "compile_unet",
     "default_compile",
     "fast_temporal_convs",
+    "fp8_unavailable",
     "inductor_options",
     "resolve_speedups",
     "compiled_rows",
@@ -310,7 +312,7 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
 
         done["tattn"] = short_temporal_attention(unet)
     if "fp8" in speedups and "fp8" not in done:
-        done["fp8"] = linears_to_fp8(unet)
+        done["fp8"] = linears_to_fp8(unet, _sizes_fit_fp8)
     setattr(unet, _SPEEDUPS_ATTR, done)
     return dict(done)
 
@@ -320,34 +322,6 @@ def inductor_options(speedups: tuple[str, ...]) -> dict[str, Any]:
     return {"conv_1x1_as_mm": True} if "mm1x1" in speedups else {}
 
 
-def fp8_unavailable(device: Any) -> str | None:
-    """Why float8 linear layers cannot run on ``device`` (None: they can)."""
-    import importlib.util
-
-    import torch
-
-    device = torch.device(device)
-    if device.type != "cuda":
-        return "float8 matrix products need a CUDA GPU"
-    capability = torch.cuda.get_device_capability(device)
-    if capability < (8, 9):
-        return f"float8 needs compute capability 8.9 or newer, this GPU has {capability}"
-    if importlib.util.find_spec("torchao") is None:
-        return "float8 needs torchao (pip install 'storyloom[gpu]')"
-    return None
-
-
-def linears_to_fp8(module: Any) -> int:
-    """Every ``nn.Linear`` of ``module`` whose sizes are multiples of 16 in float8 (torchao:
-    dynamic per-row activation scales, per-row weight scales); returns how many."""
-    import torch
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    def fits(m: Any, fqn: str) -> bool:
-        return (
-            isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0
-        )
-
-    count = sum(1 for name, m in module.named_modules() if fits(m, name))
-    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), fits)
-    return count
+def _sizes_fit_fp8(m: Any, fqn: str) -> bool:
+    """Float8 matrix products need both sizes of a layer to be multiples of 16."""
+    return bool(m.in_features % 16 == 0 and m.out_features % 16 == 0)
