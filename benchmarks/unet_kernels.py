@@ -23,6 +23,7 @@ joined with ``-`` or ``+`` (``compile-tuned-tconv-fp8``):
 - ``tconv``: temporal convolutions as 2-D ones (:func:`storygen.accel.fast_temporal_convs`);
 - ``qkv``: attention projections fused (diffusers' ``fuse_qkv_projections``);
 - ``tattn``: temporal attention as matrix products (:mod:`storygen.attention`);
+- ``pattn``: temporal attention packed eight sequences to a FlexAttention row (the same);
 - ``flash``, ``eff``, ``cudnn``: scaled-dot-product attention on that backend only (flash,
   memory-efficient, cuDNN) instead of PyTorch's pick;
 - ``mm1x1``: Inductor runs 1x1 convolutions as matrix products (``conv_1x1_as_mm``);
@@ -58,7 +59,20 @@ from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from storygen.accel import SPEEDUPS, fp8_unavailable  # noqa: E402
 
 BASES = ("eager", "compile")
-MODIFIERS = ("tuned", "cl", "tconv", "qkv", "tattn", "mm1x1", "cdt", "fp8", "flash", "eff", "cudnn")
+MODIFIERS = (
+    "tuned",
+    "cl",
+    "tconv",
+    "qkv",
+    "tattn",
+    "pattn",
+    "mm1x1",
+    "cdt",
+    "fp8",
+    "flash",
+    "eff",
+    "cudnn",
+)
 #: modifiers that pick the backend of PyTorch's scaled-dot-product attention
 SDPA_BACKENDS = {
     "flash": "FLASH_ATTENTION",

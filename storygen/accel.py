@@ -256,6 +256,8 @@ SPEEDUPS: dict[str, str] = {
     "qkv": "each attention's projections fused into one matrix product (rounding only)",
     "tattn": "temporal attention over a call's frames as two matrix products and a float32 "
     "softmax instead of a fused kernel (rounding only)",
+    "pattn": "temporal attention with eight 16-frame sequences packed into each 128-token row "
+    "of a FlexAttention kernel, masked to their own frames (rounding only)",
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
     "fp8": "linear layers in float8 with per-row scales (torchao; CUDA, compute capability "
     "8.9+): an approximation, see the README's error figures",
@@ -311,6 +313,10 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
         from storygen.attention import short_temporal_attention
 
         done["tattn"] = short_temporal_attention(unet)
+    if "pattn" in speedups and "pattn" not in done:
+        from storygen.attention import packed_temporal_attention
+
+        done["pattn"] = packed_temporal_attention(unet)
     if "fp8" in speedups and "fp8" not in done:
         done["fp8"] = linears_to_fp8(unet, _sizes_fit_fp8)
     setattr(unet, _SPEEDUPS_ATTR, done)

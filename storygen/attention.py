@@ -1,4 +1,5 @@
-"""Temporal attention over a call's frames as plain matrix products (the ``tattn`` speed-up).
+"""Temporal attention over a call's frames in forms that suit 16-token sequences (the ``tattn``
+and ``pattn`` speed-ups).
 
 A storygen UNet's temporal attention layers attend over the frames of one call: sequences of
 16 tokens, one per pixel of every frame's feature map (at 32×32 latents and 120 rows, 122,880
@@ -8,19 +9,71 @@ dominates: on an H200, the UNet's 66 attention calls took 18 % of a compiled for
 3 % of its FLOPs (``benchmarks/unet_kernels.py --profile``). For short sequences the scores
 are small (16 × 16 a head), so :class:`ShortSequenceAttnProcessor` computes them with two
 batched matrix products and a softmax in float32 instead; other calls (masks, norms, long
-sequences) go to the processor it replaced.
+sequences) go to the processor it replaced. :class:`PackedSequenceAttnProcessor` keeps a
+fused kernel but fills its tiles: the sequences of a call lie one after another in memory, so
+eight 16-token sequences are one 128-token row without a copy, and FlexAttention (compiled to
+one Triton kernel) attends within each 16-token block of it, skipping nothing it needs and
+computing the other scores only to mask them.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
-__all__ = ["MAX_SHORT_SEQUENCE", "ShortSequenceAttnProcessor", "short_temporal_attention"]
+__all__ = [
+    "MAX_SHORT_SEQUENCE",
+    "PACKED_ROW",
+    "PackedSequenceAttnProcessor",
+    "ShortSequenceAttnProcessor",
+    "packed_temporal_attention",
+    "short_temporal_attention",
+]
 
 #: the longest sequence :class:`ShortSequenceAttnProcessor` computes itself
 MAX_SHORT_SEQUENCE = 32
+#: the row length :class:`PackedSequenceAttnProcessor` packs sequences into (one kernel tile)
+PACKED_ROW = 128
+
+
+def _projections(
+    attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``attn``'s query, key and value of a call (fused projections where ``attn`` has them)."""
+    fused = getattr(attn, "fused_projections", False)
+    if encoder_hidden_states is None and fused:
+        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        return query, key, value
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    query = attn.to_q(hidden_states)
+    if fused and encoder_hidden_states is not None:
+        key, value = attn.to_kv(context).chunk(2, dim=-1)
+    else:
+        key, value = attn.to_k(context), attn.to_v(context)
+    return query, key, value
+
+
+def _output(attn: Any, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``attn``'s output projection, residual and rescaling of the attended values."""
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
+def _plain(attn: Any, context: torch.Tensor | None, mask: Any) -> bool:
+    """Whether a call of ``attn`` is plain attention (no mask, no norms) that a replacement
+    processor may compute itself."""
+    return (
+        mask is None
+        and attn.spatial_norm is None
+        and attn.group_norm is None
+        and attn.norm_q is None
+        and attn.norm_k is None
+        and not (context is not None and attn.norm_cross)
+    )
 
 
 class ShortSequenceAttnProcessor:
@@ -36,15 +89,10 @@ class ShortSequenceAttnProcessor:
         self, attn: Any, hidden_states: torch.Tensor, context: torch.Tensor | None, mask: Any
     ) -> bool:
         return (
-            mask is None
+            _plain(attn, context, mask)
             and hidden_states.ndim == 3
             and hidden_states.shape[1] <= self.max_len
             and (context is None or context.shape[1] <= self.max_len)
-            and attn.spatial_norm is None
-            and attn.group_norm is None
-            and attn.norm_q is None
-            and attn.norm_k is None
-            and not (context is not None and attn.norm_cross)
         )
 
     def __call__(
@@ -61,17 +109,8 @@ class ShortSequenceAttnProcessor:
             return self.fallback(
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
             )
-        residual = hidden_states
         batch, length, _ = hidden_states.shape
-        if encoder_hidden_states is None and getattr(attn, "fused_projections", False):
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-            query = attn.to_q(hidden_states)
-            if getattr(attn, "fused_projections", False) and encoder_hidden_states is not None:
-                key, value = attn.to_kv(context).chunk(2, dim=-1)
-            else:
-                key, value = attn.to_k(context), attn.to_v(context)
+        query, key, value = _projections(attn, hidden_states, encoder_hidden_states)
         heads = attn.heads
         dim = key.shape[-1] // heads
         query = query.reshape(batch, -1, heads, dim).transpose(1, 2)
@@ -80,16 +119,103 @@ class ShortSequenceAttnProcessor:
         scores = torch.matmul(query, key.transpose(-1, -2)).float() * (dim**-0.5)
         probs = scores.softmax(dim=-1).to(value.dtype)
         out = torch.matmul(probs, value).transpose(1, 2).reshape(batch, length, heads * dim)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return _output(attn, out, hidden_states)
 
 
-def short_temporal_attention(unet: torch.nn.Module, max_len: int = MAX_SHORT_SEQUENCE) -> int:
+def _same_sequence_score(length: int) -> Any:
+    """A FlexAttention ``score_mod`` that keeps the scores of a query and key of one
+    ``length``-token sequence of a packed row and masks the rest."""
+
+    def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return torch.where(q_idx // length == kv_idx // length, score, -float("inf"))
+
+    return score_mod
+
+
+_SCORE_MODS: dict[int, Any] = {}
+_COMPILED_FLEX: list[Any] = []
+
+
+def _flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int) -> Any:
+    """FlexAttention of packed rows of ``length``-token sequences: traced into the graph
+    being compiled, compiled on its own on CUDA in an eager forward (one kernel per shape),
+    its unfused reference elsewhere."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.compiler.is_compiling():
+        return flex_attention(query, key, value, score_mod=_same_sequence_score(length))
+    score_mod = _SCORE_MODS.setdefault(length, _same_sequence_score(length))
+    if query.device.type != "cuda":
+        with warnings.catch_warnings():  # the reference is what a CPU runs: no news
+            warnings.filterwarnings("ignore", "flex_attention called without torch.compile")
+            return flex_attention(query, key, value, score_mod=score_mod)
+    if not _COMPILED_FLEX:
+        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=False))
+    return _COMPILED_FLEX[0](query, key, value, score_mod=score_mod)
+
+
+class PackedSequenceAttnProcessor:
+    """Self-attention of short sequences with several sequences packed into one
+    :data:`PACKED_ROW`-token row of a fused FlexAttention kernel and masked to their own
+    block: the same sums as unpacked attention (float32 accumulation, bf16 inputs), in full
+    tiles. Calls it does not cover (cross-attention, masks, norms, sequences longer than half
+    a row, a batch no packing divides) go to ``fallback``."""
+
+    def __init__(self, fallback: Any, row: int = PACKED_ROW) -> None:
+        self.fallback = fallback
+        self.row = int(row)
+
+    def pack(self, batch: int, length: int) -> int:
+        """How many sequences of a ``batch`` of ``length``-token ones share a row (the most
+        that fit and divide the batch; 1 when none do)."""
+        pack = max(1, self.row // max(1, length))
+        while pack > 1 and batch % pack:
+            pack -= 1
+        return pack
+
+    def covers(
+        self, attn: Any, hidden_states: torch.Tensor, context: torch.Tensor | None, mask: Any
+    ) -> bool:
+        return (
+            context is None
+            and _plain(attn, context, mask)
+            and hidden_states.ndim == 3
+            and self.pack(hidden_states.shape[0], hidden_states.shape[1]) > 1
+        )
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if args or not self.covers(attn, hidden_states, encoder_hidden_states, attention_mask):
+            return self.fallback(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
+        batch, length, _ = hidden_states.shape
+        pack = self.pack(batch, length)
+        query, key, value = _projections(attn, hidden_states, None)
+        heads = attn.heads
+        dim = key.shape[-1] // heads
+        rows = batch // pack
+        # (batch, length, heads·dim) → (rows, heads, pack·length, dim): a view when the
+        # projection is contiguous, the packing costs no copy
+        query, key, value = (
+            t.reshape(rows, pack * length, heads, dim).transpose(1, 2) for t in (query, key, value)
+        )
+        out = _flex(query, key, value, length)
+        out = out.transpose(1, 2).reshape(batch, length, heads * dim)
+        return _output(attn, out, hidden_states)
+
+
+def _temporal_processors(unet: torch.nn.Module, make: Any, kind: type) -> int:
     """Give every temporal attention layer of ``unet`` (its ``TransformerTemporalModel``
-    blocks) a :class:`ShortSequenceAttnProcessor` over its current processor; returns how
-    many layers."""
+    blocks) the processor ``make(current)`` unless it has a ``kind`` one; returns how many."""
     from diffusers.models.attention_processor import Attention
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
@@ -98,10 +224,23 @@ def short_temporal_attention(unet: torch.nn.Module, max_len: int = MAX_SHORT_SEQ
         if not isinstance(module, TransformerTemporalModel):
             continue
         for attn in module.modules():
-            if isinstance(attn, Attention) and not isinstance(
-                attn.processor, ShortSequenceAttnProcessor
-            ):
-                processor: Any = ShortSequenceAttnProcessor(attn.processor, max_len)
-                attn.set_processor(processor)
+            if isinstance(attn, Attention) and not isinstance(attn.processor, kind):
+                attn.set_processor(make(attn.processor))
                 count += 1
     return count
+
+
+def short_temporal_attention(unet: torch.nn.Module, max_len: int = MAX_SHORT_SEQUENCE) -> int:
+    """Give every temporal attention layer of ``unet`` a :class:`ShortSequenceAttnProcessor`
+    over its current processor; returns how many layers."""
+    return _temporal_processors(
+        unet, lambda p: ShortSequenceAttnProcessor(p, max_len), ShortSequenceAttnProcessor
+    )
+
+
+def packed_temporal_attention(unet: torch.nn.Module, row: int = PACKED_ROW) -> int:
+    """Give every temporal attention layer of ``unet`` a :class:`PackedSequenceAttnProcessor`
+    over its current processor; returns how many layers."""
+    return _temporal_processors(
+        unet, lambda p: PackedSequenceAttnProcessor(p, row), PackedSequenceAttnProcessor
+    )

@@ -14,7 +14,12 @@ from storygen.accel import (
     fast_temporal_convs,
     resolve_speedups,
 )
-from storygen.attention import ShortSequenceAttnProcessor, short_temporal_attention
+from storygen.attention import (
+    PackedSequenceAttnProcessor,
+    ShortSequenceAttnProcessor,
+    packed_temporal_attention,
+    short_temporal_attention,
+)
 from storygen.pipeline import StoryVideoPipeline
 from storygen.presets import build_components, new_model
 
@@ -84,12 +89,46 @@ def test_short_temporal_attention_computes_the_same_and_leaves_long_sequences_al
     assert torch.equal(_forward(unet, call), want)
 
 
+def test_packed_temporal_attention_computes_the_same_and_packs_only_what_divides():
+    from diffusers.models.attention_processor import Attention
+
+    unet, call = _unet_and_call(3)
+    want = _forward(unet, call)
+    n = packed_temporal_attention(unet)
+    packed = [
+        m
+        for m in unet.modules()
+        if isinstance(m, Attention) and isinstance(m.processor, PackedSequenceAttnProcessor)
+    ]
+    assert n == len(packed) > 0 and packed_temporal_attention(unet) == 0  # once
+    assert len(packed) < sum(1 for m in unet.modules() if isinstance(m, Attention))
+    rows = []
+    for m in packed:  # every call packs several sequences into a row
+        m.register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[:2]))
+    got = _forward(unet, call)
+    assert rows and all(m.processor.pack(b, f) > 1 for b, f in rows)
+    assert not torch.equal(got, want)  # a different computation ran ...
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)  # ... to the same result
+    # packing: as many whole sequences as a row holds and the batch divides into
+    proc = packed[0].processor
+    assert proc.pack(122880, 16) == 8 and proc.pack(512, 6) == 16 and proc.pack(7, 16) == 7
+    assert proc.pack(131, 16) == 1  # a prime batch: nothing divides it
+    assert proc.pack(4, 100) == 1  # longer than half a row
+    # calls it cannot pack go to the processor it replaced, unchanged
+    for m in packed:
+        m.processor.row = 8  # 6-frame sequences, one to a row
+    assert torch.equal(_forward(unet, call), want)
+
+
 def test_speedups_together_with_fused_projections():
     unet, call = _unet_and_call(2)
     want = _forward(unet, call)
     done = apply_speedups(unet, ("tconv", "qkv", "tattn"))
     assert done["tconv"] > 0 and done["qkv"] > 0 and done["tattn"] > 0
     assert apply_speedups(unet, ("tconv", "qkv", "tattn")) == done  # once
+    assert torch.allclose(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
+    # packed attention over fused projections (and over the matrix-product one it wraps)
+    assert apply_speedups(unet, ("qkv", "pattn"))["pattn"] == done["tattn"]
     assert torch.allclose(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
 
 
