@@ -257,14 +257,15 @@ SPEEDUPS: dict[str, str] = {
     "tattn": "temporal attention over a call's frames as two matrix products and a float32 "
     "softmax instead of a fused kernel (rounding only)",
     "pattn": "temporal attention with eight 16-frame sequences packed into each 128-token row "
-    "of a FlexAttention kernel, masked to their own frames (rounding only)",
+    "of a FlexAttention kernel, masked to their own frames (rounding only; a render that "
+    "compiles packs in its compiled passes, one that does not in every pass)",
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
     "fp8": "linear layers in float8 with per-row scales (torchao; CUDA, compute capability "
     "8.9+): an approximation, see the README's error figures",
 }
 #: ``speedups="auto"``, by device type
 DEFAULT_SPEEDUPS: dict[str, tuple[str, ...]] = {
-    "cuda": ("tconv", "qkv", "mm1x1"),
+    "cuda": ("tconv", "qkv", "pattn", "mm1x1"),
     "cpu": ("tconv",),
 }
 #: speed-ups that change the UNet's modules (a render applies them to its own copy, so the

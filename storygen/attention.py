@@ -28,6 +28,7 @@ __all__ = [
     "PACKED_ROW",
     "PackedSequenceAttnProcessor",
     "ShortSequenceAttnProcessor",
+    "pack_eager",
     "packed_temporal_attention",
     "short_temporal_attention",
 ]
@@ -161,9 +162,12 @@ class PackedSequenceAttnProcessor:
     tiles. Calls it does not cover (cross-attention, masks, norms, sequences longer than half
     a row, a batch no packing divides) go to ``fallback``."""
 
-    def __init__(self, fallback: Any, row: int = PACKED_ROW) -> None:
+    def __init__(self, fallback: Any, row: int = PACKED_ROW, eager: bool = True) -> None:
         self.fallback = fallback
         self.row = int(row)
+        #: pack in eager forward passes too (on CUDA the kernel compiles once per shape,
+        #: seconds each); off, only graphs being compiled pack (:func:`pack_eager`)
+        self.eager = bool(eager)
 
     def pack(self, batch: int, length: int) -> int:
         """How many sequences of a ``batch`` of ``length``-token ones share a row (the most
@@ -177,7 +181,8 @@ class PackedSequenceAttnProcessor:
         self, attn: Any, hidden_states: torch.Tensor, context: torch.Tensor | None, mask: Any
     ) -> bool:
         return (
-            context is None
+            (torch.compiler.is_compiling() or self.eager)
+            and context is None
             and _plain(attn, context, mask)
             and hidden_states.ndim == 3
             and self.pack(hidden_states.shape[0], hidden_states.shape[1]) > 1
@@ -244,3 +249,16 @@ def packed_temporal_attention(unet: torch.nn.Module, row: int = PACKED_ROW) -> i
     return _temporal_processors(
         unet, lambda p: PackedSequenceAttnProcessor(p, row), PackedSequenceAttnProcessor
     )
+
+
+def pack_eager(unet: torch.nn.Module, on: bool) -> int:
+    """Whether ``unet``'s packed attention layers pack in eager forward passes too (a render
+    that compiles its bulk keeps its short eager levels on the replaced processor, so they
+    compile nothing); returns how many layers."""
+    count = 0
+    for module in unet.modules():
+        processor = getattr(module, "processor", None)
+        if isinstance(processor, PackedSequenceAttnProcessor):
+            processor.eager = bool(on)
+            count += 1
+    return count

@@ -41,6 +41,7 @@ from storygen.accel import (
     resolve_speedups,
     use_compiled_rows,
 )
+from storygen.attention import pack_eager
 from storygen.cache import CallCache
 from storygen.plan import AUTOREGRESSIVE, Call, Level, Plan
 from storygen.sampling import CallInputs
@@ -322,6 +323,9 @@ class PlanRunner:
                 # applied in place (tconv, the same sums) stays and is reported
                 changed = apply_speedups(unet, self.speedups)
                 self.stats.speedups = {k: 0 for k in self.speedups} | changed
+                # packed attention's kernel compiles per shape: where the render compiles its
+                # bulk, its eager passes (short levels) keep the processor it replaced
+                pack_eager(unet, not self.compile.enabled)
                 if self.compile.enabled:
                     compile_unet(unet, inductor_options(self.speedups))
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets
