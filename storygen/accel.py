@@ -10,17 +10,17 @@ bucket from its first pass. The UNet is compiled in place (``nn.Module.compile``
 class, so every caller still sees a ``MaskedUNet3D`` or ``UNet3DConditionModel``; an eager
 pass calls its ``forward`` directly), with static shapes: every batch of a level is padded to
 the level's row bucket (:func:`row_bucket` of its largest batch: a power of two up to 8 rows,
-then a multiple of 8; the padding repeats the last row and is dropped from the output), so a
+then an even count; the padding repeats the last row and is dropped from the output), so a
 render compiles one graph per level shape instead of one per batch size. A level's batches
 are as even as they can be (225 calls in 4 batches of 57 and 56, 114 and 112 rows with
-guidance), so padded to their own bucket they run 480 rows for 450 (6 % spare) where the
-next power of two ran 512 (12 %). Compiled graphs are kept in Inductor's cache
+guidance), so padded to their own bucket they run 456 rows for 450 (1.3 % spare) where a
+multiple of 8 ran 480 (6.7 %) and the next power of two 512 (12 %). Compiled graphs are kept in Inductor's cache
 (:func:`compile_cache_dir`, by default ``~/.cache/storyloom/inductor``), so a second run of the
 same model and shapes pays a fraction of the first compile.
 
 ``compile="auto"`` (the default) is ``"on"`` on CUDA and ``"off"`` elsewhere: a warm cache
 repays it on a long render (3,376 frames, 25 steps, ModelScope-shape UNet on an H200: 245 s
-against about 289 s eager), a cold one does not on the first (the 120-row graph compiles in
+against about 289 s eager), a cold one does not on the first (the 114-120-row graph compiles in
 2-2.5 minutes, the compiled passes save about 80 s). Measured earlier with dynamic shapes
 (``benchmarks/storygen_speed.py --device cuda --preset modelscope --steps 5 --lengths 3376
 --compile on``, bf16, before the padding): the autoregressive baseline's batch-1 calls ran 1.5x faster compiled (96.9 s
@@ -171,13 +171,15 @@ def is_compiled(unet: Any) -> bool:
 
 def row_bucket(rows: int) -> int:
     """The rows a compiled forward pass of a level runs, from its largest batch: the next
-    power of two up to 8 (1, 2, 4, 8), then the next multiple of 8 (30 -> 32, 114 -> 120), so
-    a level pads little and nearby batch sizes share a graph."""
+    power of two up to 8 (1, 2, 4, 8), then the next even count (a guidance pair: 29 -> 30,
+    114 -> 114), so the level's other batches (one call shorter at most) pad by a row or two:
+    a level of 57- and 56-call batches with guidance runs 456 rows for 450 (1.3 % spare), where
+    rounding to a multiple of 8 ran 480 (6.7 %)."""
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows!r}")
     if rows <= 8:
         return 1 << (rows - 1).bit_length()
-    return -(-rows // 8) * 8
+    return rows + rows % 2
 
 
 @contextlib.contextmanager

@@ -102,7 +102,7 @@ class GenerationStats:
     #: the same batches by the input shape the UNet sees, "rows x frames" (rows: calls x
     #: guidance branches), as ``[calls, seconds]`` pairs; batches that ran compiled are
     #: keyed by the level's padded bucket, "rows x frames compiled" (one graph each: batches
-    #: of 57 and 56 calls share a graph of 120 rows)
+    #: of 57 and 56 calls share a graph of 114 rows)
     bucket_times_s: dict[str, list[list[float]]] = field(default_factory=dict)
     #: where the wall time went: "text" (prompt encoding), "unet" (the batches' sampling),
     #: "decode" (model space to pixels), "write" (waiting for the video file's writer) and

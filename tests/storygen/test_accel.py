@@ -53,8 +53,8 @@ def test_compile_where_it_repays():
     hier.plan([(30, 25)])
     assert hier.rows == {} and hier.buckets == set()
     hier.plan([(114, 25), (114, 25), (112, 25), (110, 25)])
-    assert hier.buckets == {120} and hier.passes == {2: 25, 32: 25, 120: 100}
-    assert hier.rows == {114: 120, 112: 120, 110: 120}
+    assert hier.buckets == {114} and hier.passes == {2: 25, 30: 25, 114: 100}
+    assert hier.rows == {114: 114, 112: 114, 110: 114}
     ar = CompilePolicy("on")
     chosen = []
     for _ in range(4):  # one window a level
@@ -66,8 +66,8 @@ def test_compile_where_it_repays():
     assert short.rows == {} and short.passes == {8: 36}
     every = CompilePolicy("all")
     every.plan([(2, 1)])
-    every.plan([(30, 1), (28, 1)])
-    assert every.buckets == {2, 32} and every.rows == {2: 2, 30: 32, 28: 32}
+    every.plan([(29, 1), (28, 1)])
+    assert every.buckets == {2, 30} and every.rows == {2: 2, 29: 30, 28: 30}
     off = CompilePolicy("off")
     off.plan([(128, 10_000)])
     assert not off.enabled and off.rows == {} and off.buckets == set()
@@ -96,12 +96,12 @@ def test_a_render_stays_eager_by_default(tmp_path):
 
 
 def test_warmup_is_the_first_batch_beyond_its_calls_at_the_later_per_call_time():
-    """57 then 56-call batches share one 120-row graph: the first batch's extra time is the
+    """57 then 56-call batches share one 114-row graph: the first batch's extra time is the
     compile, found even though no other batch has 57 calls."""
     from storygen.runner import GenerationStats
 
     stats = GenerationStats(num_frames=1, model_calls=1, rounds=1)
-    stats.bucket_times_s = {"120x16": [[57, 157.0], [56, 56.0], [56, 56.0], [56, 56.0]]}
+    stats.bucket_times_s = {"114x16": [[57, 157.0], [56, 56.0], [56, 56.0], [56, 56.0]]}
     stats.bucket_times_s["16x16"] = [[1, 3.0]]  # one batch: nothing to compare it with
     assert stats.warmup_s() == pytest.approx(100.0)
 
@@ -120,10 +120,10 @@ def test_a_compile_part_way_through_a_shape_is_warm_up():
 
 
 def test_row_buckets_pad_little():
-    """Powers of two up to 8 rows, then multiples of 8: a level of 57- and 56-call batches
-    with guidance (114 and 112 rows) runs 120-row passes, not 128."""
-    sizes = (1, 2, 3, 4, 5, 8, 9, 30, 32, 33, 112, 114, 128)
-    assert [row_bucket(n) for n in sizes] == [1, 2, 4, 4, 8, 8, 16, 32, 32, 40, 112, 120, 128]
+    """Powers of two up to 8 rows, then even counts: a level of 57- and 56-call batches
+    with guidance (114 and 112 rows) runs 114-row passes, not 120 or 128."""
+    sizes = (1, 2, 3, 4, 5, 8, 9, 29, 30, 32, 33, 112, 113, 114)
+    assert [row_bucket(n) for n in sizes] == [1, 2, 4, 4, 8, 8, 10, 30, 30, 32, 34, 112, 114, 114]
     with pytest.raises(ValueError):
         row_bucket(0)
 
