@@ -227,7 +227,7 @@ def time_variant(
 ) -> dict[str, Any]:
     device = reference.device
     _, mods = parse_variant(name)
-    why = fp8_unavailable(device) if "fp8" in mods else None
+    why = fp8_unavailable(device, torchao=False) if "fp8" in mods else None
     if why is not None:
         return {"variant": name, "skipped": why}
     unet = base if name == "eager" else copy.deepcopy(base)

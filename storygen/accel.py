@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from curate.compile_cache import CACHE_ENV, compile_cache_dir, use_compile_cache
-from curate.float8 import fp8_unavailable, linears_to_fp8
+from curate.float8 import fp8_unavailable, linears_to_rowwise_fp8
 
 __all__ = [
     "CACHE_ENV",
@@ -262,8 +262,8 @@ SPEEDUPS: dict[str, str] = {
     "of a FlexAttention kernel, masked to their own frames (rounding only; a render that "
     "compiles packs in its compiled passes, one that does not in every pass)",
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
-    "fp8": "linear layers in float8 with per-row scales (torchao; CUDA, compute capability "
-    "8.9+): an approximation, see the README's error figures",
+    "fp8": "linear layers in float8 with per-row scales (torch._scaled_mm; CUDA, compute "
+    "capability 8.9+): an approximation, see the README's error figures",
 }
 #: ``speedups="auto"``, by device type
 DEFAULT_SPEEDUPS: dict[str, tuple[str, ...]] = {
@@ -321,7 +321,7 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
 
         done["pattn"] = packed_temporal_attention(unet)
     if "fp8" in speedups and "fp8" not in done:
-        done["fp8"] = linears_to_fp8(unet, _sizes_fit_fp8)
+        done["fp8"] = linears_to_rowwise_fp8(unet, _sizes_fit_fp8)
     setattr(unet, _SPEEDUPS_ATTR, done)
     return dict(done)
 

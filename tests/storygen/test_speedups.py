@@ -138,6 +138,34 @@ def test_speedups_together_with_fused_projections():
     assert torch.allclose(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
 
 
+def test_float8_linears_approximate_the_unet_and_survive_a_dtype_cast():
+    """The fp8 speed-up's layers (torch._scaled_mm, which a CPU runs too): every linear layer
+    whose sizes are multiples of 16 becomes float8, the UNet's output stays close (float8 keeps
+    3 mantissa bits: a few per cent per product), and casting the UNet to bf16 leaves the
+    float8 weights as they are."""
+    from curate.float8 import RowwiseFloat8Linear
+
+    unet, call = _unet_and_call(4)
+    want = _forward(unet, call)
+    fits = [
+        m
+        for m in unet.modules()
+        if type(m) is torch.nn.Linear and m.in_features % 16 == 0 and m.out_features % 16 == 0
+    ]
+    assert apply_speedups(unet, ("fp8",))["fp8"] == len(fits) > 0
+    layers = [m for m in unet.modules() if isinstance(m, RowwiseFloat8Linear)]
+    assert len(layers) == len(fits)
+    got = _forward(unet, call)
+    err = float((got - want).norm() / want.norm())
+    assert 0 < err < 0.1
+    unet.to(torch.bfloat16)
+    assert {m.weight_f8.dtype for m in layers} == {torch.float8_e4m3fn}
+    assert {m.weight_scale.dtype for m in layers} == {torch.float32}
+    half = _forward(unet, tuple(c.to(torch.bfloat16) if c.is_floating_point() else c for c in call))
+    assert half.dtype == torch.bfloat16
+    assert float((half.float() - want).norm() / want.norm()) < 0.1
+
+
 def test_speedup_choices():
     assert resolve_speedups("auto", "cuda") == DEFAULT_SPEEDUPS["cuda"]
     assert resolve_speedups("auto", "cpu") == DEFAULT_SPEEDUPS["cpu"]
@@ -225,7 +253,9 @@ def test_cuda_speedups_compiled_give_the_same_frames(tmp_path, monkeypatch):
         torch.testing.assert_close(packed.frames, plain.frames, atol=1e-3, rtol=1e-3)
     from storygen.accel import fp8_unavailable
 
-    if fp8_unavailable("cuda") is None:  # float8 linears against bf16 ones, as renders run
+    if (
+        fp8_unavailable("cuda", torchao=False) is None
+    ):  # float8 linears against bf16 ones, as renders run
         from storygen.loading import load_pipeline
 
         bf16 = load_pipeline(folder, torch_dtype=torch.bfloat16).to("cuda")
