@@ -77,7 +77,40 @@ def _plain(attn: Any, context: torch.Tensor | None, mask: Any) -> bool:
     )
 
 
-class ShortSequenceAttnProcessor:
+class _ReplacingProcessor:
+    """An attention processor for the calls :meth:`covers` accepts (:meth:`compute`); the
+    others go to ``fallback``, the processor it replaced."""
+
+    fallback: Any
+
+    def covers(
+        self, attn: Any, hidden_states: torch.Tensor, context: torch.Tensor | None, mask: Any
+    ) -> bool:
+        raise NotImplementedError
+
+    def compute(
+        self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if args or not self.covers(attn, hidden_states, encoder_hidden_states, attention_mask):
+            return self.fallback(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
+        return self.compute(attn, hidden_states, encoder_hidden_states)
+
+
+class ShortSequenceAttnProcessor(_ReplacingProcessor):
     """Self- or cross-attention of short sequences as ``softmax(q kᵀ · scale) v``: the scores
     in the activations' dtype (float32 accumulation in the matrix product), the softmax in
     float32. Calls it does not cover go to ``fallback``."""
@@ -96,20 +129,9 @@ class ShortSequenceAttnProcessor:
             and (context is None or context.shape[1] <= self.max_len)
         )
 
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
+    def compute(
+        self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
     ) -> torch.Tensor:
-        if args or not self.covers(attn, hidden_states, encoder_hidden_states, attention_mask):
-            return self.fallback(
-                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
-            )
         batch, length, _ = hidden_states.shape
         query, key, value = _projections(attn, hidden_states, encoder_hidden_states)
         heads = attn.heads
@@ -155,7 +177,7 @@ def _flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: i
     return _COMPILED_FLEX[0](query, key, value, score_mod=score_mod)
 
 
-class PackedSequenceAttnProcessor:
+class PackedSequenceAttnProcessor(_ReplacingProcessor):
     """Self-attention of short sequences with several sequences packed into one
     :data:`PACKED_ROW`-token row of a fused FlexAttention kernel and masked to their own
     block: the same sums as unpacked attention (float32 accumulation, bf16 inputs), in full
@@ -188,20 +210,9 @@ class PackedSequenceAttnProcessor:
             and self.pack(hidden_states.shape[0], hidden_states.shape[1]) > 1
         )
 
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
+    def compute(
+        self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
     ) -> torch.Tensor:
-        if args or not self.covers(attn, hidden_states, encoder_hidden_states, attention_mask):
-            return self.fallback(
-                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
-            )
         batch, length, _ = hidden_states.shape
         pack = self.pack(batch, length)
         query, key, value = _projections(attn, hidden_states, None)

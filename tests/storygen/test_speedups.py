@@ -68,19 +68,23 @@ def test_temporal_convs_as_2d_compute_the_same():
     assert any(k.endswith("conv4.3.weight") for k in unet.state_dict())
 
 
-def test_short_temporal_attention_computes_the_same_and_leaves_long_sequences_alone():
+def _layers_with(unet, kind):
+    """The attention layers of ``unet`` with a ``kind`` processor: some, not all (the temporal
+    ones)."""
     from diffusers.models.attention_processor import Attention
 
+    layers = [m for m in unet.modules() if isinstance(m, Attention)]
+    picked = [m for m in layers if isinstance(m.processor, kind)]
+    assert 0 < len(picked) < len(layers)
+    return picked
+
+
+def test_short_temporal_attention_computes_the_same_and_leaves_long_sequences_alone():
     unet, call = _unet_and_call(1)
     want = _forward(unet, call)
     n = short_temporal_attention(unet)
-    temporal = [
-        m
-        for m in unet.modules()
-        if isinstance(m, Attention) and isinstance(m.processor, ShortSequenceAttnProcessor)
-    ]
+    temporal = _layers_with(unet, ShortSequenceAttnProcessor)
     assert n == len(temporal) > 0
-    assert len(temporal) < sum(1 for m in unet.modules() if isinstance(m, Attention))
     got = _forward(unet, call)
     assert not torch.equal(got, want)  # a different computation ran ...
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)  # ... to the same result
@@ -91,18 +95,11 @@ def test_short_temporal_attention_computes_the_same_and_leaves_long_sequences_al
 
 
 def test_packed_temporal_attention_computes_the_same_and_packs_only_what_divides():
-    from diffusers.models.attention_processor import Attention
-
     unet, call = _unet_and_call(3)
     want = _forward(unet, call)
     n = packed_temporal_attention(unet)
-    packed = [
-        m
-        for m in unet.modules()
-        if isinstance(m, Attention) and isinstance(m.processor, PackedSequenceAttnProcessor)
-    ]
+    packed = _layers_with(unet, PackedSequenceAttnProcessor)
     assert n == len(packed) > 0 and packed_temporal_attention(unet) == 0  # once
-    assert len(packed) < sum(1 for m in unet.modules() if isinstance(m, Attention))
     rows = []
     for m in packed:  # every call packs several sequences into a row
         m.register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[:2]))
