@@ -71,6 +71,9 @@ class RowwiseFloat8Linear(torch.nn.Module):
     (float32 accumulation) in the input's dtype, the bias added in that dtype.
     ``torch.compile`` fuses the input's scaling into the kernels around it."""
 
+    weight_f8: torch.Tensor
+    weight_scale: torch.Tensor
+
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
