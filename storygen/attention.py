@@ -158,6 +158,13 @@ def _same_sequence_score(length: int) -> Any:
     return score_mod
 
 
+def _kernel_head_dim(dim: int) -> bool:
+    """Head sizes the packed CUDA kernel is given: powers of two from 16 (what FlexAttention's
+    Triton templates tile without padding; 16 is its least); others go to the replaced
+    processor."""
+    return dim >= 16 and dim & (dim - 1) == 0
+
+
 _SCORE_MODS: dict[int, Any] = {}
 _COMPILED_FLEX: list[Any] = []
 
@@ -210,6 +217,10 @@ class PackedSequenceAttnProcessor(_ReplacingProcessor):
             and context is None
             and _plain(attn, context, mask)
             and hidden_states.ndim == 3
+            and (
+                hidden_states.device.type != "cuda"  # the reference takes any head size
+                or _kernel_head_dim(attn.inner_dim // attn.heads)
+            )
             and self.pack(hidden_states.shape[0], hidden_states.shape[1]) > 1
         )
 

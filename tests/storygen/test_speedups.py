@@ -112,6 +112,16 @@ def test_packed_temporal_attention_computes_the_same_and_packs_only_what_divides
     assert proc.pack(122880, 16) == 8 and proc.pack(512, 6) == 16 and proc.pack(7, 16) == 7
     assert proc.pack(131, 16) == 1  # a prime batch: nothing divides it
     assert proc.pack(4, 100) == 1  # longer than half a row
+    from storygen.attention import _kernel_head_dim  # on CUDA, others keep their processor
+
+    assert [_kernel_head_dim(d) for d in (2, 8, 16, 40, 64, 128)] == [
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
     # eager passes of a render that compiles its bulk keep the replaced processor ...
     assert pack_eager(unet, False) == len(packed)
     assert torch.equal(_forward(unet, call), want)
