@@ -68,7 +68,8 @@ def _rowwise(t: Any) -> tuple[Any, Any]:
 class RowwiseFloat8Linear(torch.nn.Module):
     """An ``nn.Linear`` in float8: its weight quantized once with one scale per output feature,
     each call's input quantized with one scale per row, the product by ``torch._scaled_mm``
-    (float32 accumulation) in the input's dtype, the bias added in that dtype.
+    (float32 accumulation, written in bf16, returned in the input's dtype), the bias added in
+    that dtype.
     ``torch.compile`` fuses the input's scaling into the kernels around it."""
 
     weight_f8: torch.Tensor
@@ -98,8 +99,8 @@ class RowwiseFloat8Linear(torch.nn.Module):
             self.weight_f8.t(),  # (in, out), column-major as the kernel wants it
             scale_a=scale,
             scale_b=self.weight_scale,
-            out_dtype=x.dtype,
-        )
+            out_dtype=torch.bfloat16,  # what row-wise scaling writes on CUDA
+        ).to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
