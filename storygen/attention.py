@@ -192,7 +192,9 @@ class PackedSequenceAttnProcessor(_ReplacingProcessor):
     :data:`PACKED_ROW`-token row of a fused FlexAttention kernel and masked to their own
     block: the same sums as unpacked attention (float32 accumulation, bf16 inputs), in full
     tiles. Calls it does not cover (cross-attention, masks, norms, sequences longer than half
-    a row, a batch no packing divides) go to ``fallback``."""
+    a row, a batch no packing divides, on CUDA a head size the kernel does not tile) go to
+    ``fallback``, as do compiled graphs on a CPU (eager passes there run FlexAttention's
+    unfused reference)."""
 
     def __init__(self, fallback: Any, row: int = PACKED_ROW, eager: bool = True) -> None:
         self.fallback = fallback
@@ -212,15 +214,16 @@ class PackedSequenceAttnProcessor(_ReplacingProcessor):
     def covers(
         self, attn: Any, hidden_states: torch.Tensor, context: torch.Tensor | None, mask: Any
     ) -> bool:
+        compiling = torch.compiler.is_compiling()
+        cuda = hidden_states.device.type == "cuda"
         return (
-            (torch.compiler.is_compiling() or self.eager)
+            # eager: on a CPU FlexAttention's reference; compiled: CUDA's Triton kernel only
+            # (Inductor's C++ template for a CPU does not lower it)
+            (self.eager and not compiling or compiling and cuda)
             and context is None
             and _plain(attn, context, mask)
             and hidden_states.ndim == 3
-            and (
-                hidden_states.device.type != "cuda"  # the reference takes any head size
-                or _kernel_head_dim(attn.inner_dim // attn.heads)
-            )
+            and (not cuda or _kernel_head_dim(attn.inner_dim // attn.heads))
             and self.pack(hidden_states.shape[0], hidden_states.shape[1]) > 1
         )
 

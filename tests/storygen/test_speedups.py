@@ -236,6 +236,21 @@ def test_a_render_says_where_its_time_went(tmp_path):
     assert (tmp_path / "v.mp4").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_a_compiled_cpu_render_with_packed_attention_keeps_the_usual_attention(
+    tmp_path, monkeypatch
+):
+    """Inductor's CPU template does not lower FlexAttention: a compiled CPU graph keeps the
+    processor packed attention replaced, so the render runs and gives the plain frames."""
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    plain = pipe(PROMPTS, 17, speedups="none", **RUN)
+    packed = pipe(PROMPTS, 17, speedups="pattn", compile="all", **RUN)
+    assert packed.stats.speedups["pattn"] > 0 and packed.stats.compiled_rows
+    np.testing.assert_allclose(packed.frames, plain.frames, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_speedups_compiled_give_the_same_frames(tmp_path, monkeypatch):
