@@ -30,8 +30,6 @@ def fp8_unavailable(device: Any, torchao: bool = True) -> str | None:
     """Why float8 matrix products cannot run on ``device`` (None: they can): they need a CUDA
     GPU of compute capability 8.9 or newer, and torchao for :func:`linears_to_fp8`
     (``torchao=False``: :func:`linears_to_rowwise_fp8`, plain PyTorch)."""
-    import torch
-
     device = torch.device(device)
     if device.type != "cuda":
         return "float8 matrix products need a CUDA GPU"
@@ -46,7 +44,6 @@ def fp8_unavailable(device: Any, torchao: bool = True) -> str | None:
 def linears_to_fp8(module: Any, filter_fn: Callable[[Any, str], bool] | None = None) -> int:
     """The ``nn.Linear`` layers of ``module`` that ``filter_fn(layer, name)`` picks (default:
     every one) in float8; returns how many."""
-    import torch
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     def picked(m: Any, fqn: str) -> bool:

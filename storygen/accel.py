@@ -333,4 +333,4 @@ def inductor_options(speedups: tuple[str, ...]) -> dict[str, Any]:
 
 def _sizes_fit_fp8(m: Any, fqn: str) -> bool:
     """Float8 matrix products need both sizes of a layer to be multiples of 16."""
-    return bool(m.in_features % 16 == 0 and m.out_features % 16 == 0)
+    return m.in_features % 16 == 0 and m.out_features % 16 == 0

@@ -21,6 +21,7 @@ rate); eager, 2,461 and 2,268 ms against 2,422.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -139,9 +140,9 @@ class ShortSequenceAttnProcessor(_ReplacingProcessor):
         query, key, value = _projections(attn, hidden_states, encoder_hidden_states)
         heads = attn.heads
         dim = key.shape[-1] // heads
-        query = query.reshape(batch, -1, heads, dim).transpose(1, 2)
-        key = key.reshape(batch, -1, heads, dim).transpose(1, 2)
-        value = value.reshape(batch, -1, heads, dim).transpose(1, 2)
+        query, key, value = (
+            t.reshape(batch, -1, heads, dim).transpose(1, 2) for t in (query, key, value)
+        )
         scores = torch.matmul(query, key.transpose(-1, -2)).float() * (dim**-0.5)
         probs = scores.softmax(dim=-1).to(value.dtype)
         out = torch.matmul(probs, value).transpose(1, 2).reshape(batch, length, heads * dim)
@@ -166,7 +167,14 @@ def _kernel_head_dim(dim: int) -> bool:
 
 
 _SCORE_MODS: dict[int, Any] = {}
-_COMPILED_FLEX: list[Any] = []
+
+
+@functools.cache
+def _compiled_flex() -> Any:
+    """FlexAttention compiled on its own, for eager forward passes on CUDA."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int) -> Any:
@@ -177,14 +185,14 @@ def _flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: i
 
     if torch.compiler.is_compiling():
         return flex_attention(query, key, value, score_mod=_same_sequence_score(length))
-    score_mod = _SCORE_MODS.setdefault(length, _same_sequence_score(length))
+    if length not in _SCORE_MODS:  # one function a length: the compiled kernel's guards hold
+        _SCORE_MODS[length] = _same_sequence_score(length)
+    score_mod = _SCORE_MODS[length]
     if query.device.type != "cuda":
         with warnings.catch_warnings():  # the reference is what a CPU runs: no news
             warnings.filterwarnings("ignore", "flex_attention called without torch.compile")
             return flex_attention(query, key, value, score_mod=score_mod)
-    if not _COMPILED_FLEX:
-        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=False))
-    return _COMPILED_FLEX[0](query, key, value, score_mod=score_mod)
+    return _compiled_flex()(query, key, value, score_mod=score_mod)
 
 
 class PackedSequenceAttnProcessor(_ReplacingProcessor):
