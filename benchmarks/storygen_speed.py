@@ -26,6 +26,7 @@ import logging
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,35 @@ def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> f
     return counter.get_total_flops() / batch
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def decode_speed(pipe: StoryVideoPipeline, device: str, frames: int = 64) -> dict[str, Any]:
+    """The VAE decode alone (``pipe.decode``, its 16-frame chunks and the copy to the host):
+    frames a second and FLOPs a frame, timed on an idle device. In a render the decode shares
+    the device with the next batch's UNet passes, so its stage time there includes waiting for
+    them; this is its own cost."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = (side // pipe.vae_scale for side in pipe.default_size())
+    z = torch.randn(frames, pipe.sample_channels, h, w, generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        pipe.decode(z[:1])
+    pipe.decode(z[:16])  # warm-up: kernels, cuDNN's choices, the allocator
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    pipe.decode(z)  # ends with a copy to the host: waits for the device
+    took = time.perf_counter() - t0
+    return {
+        "decode_frames_per_s": frames / took,
+        "decode_gflop_per_frame": counter.get_total_flops() / 1e9,
+    }
+
+
+def run(
+    args: argparse.Namespace, on_run: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Render every length and mode ``--repeats`` times; ``on_run`` gets the result so far
+    after each render (``"complete": False`` until the last), so a run cut short keeps what
+    it measured."""
     torch.set_grad_enabled(False)
     pipe, name = load(args)
     dtype = next(pipe.unet.parameters()).dtype
@@ -146,6 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     branches = 2 if args.guidance != 1.0 else 1
     n_params = sum(p.numel() for p in pipe.unet.parameters())
     lengths = [int(v) for v in args.lengths.split(",")]
+    decoding = decode_speed(pipe, args.device)
     rows = []
     # with --devices, the hierarchical mode runs again spread over all of them (the
     # autoregressive baseline cannot use a second device for one video: its windows are
@@ -160,6 +190,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for k in range(args.repeats)
         if mode not in args.skip
     ]
+    header = {
+        "model": name,
+        "unet_parameters": n_params,
+        "device": (
+            torch.cuda.get_device_name(args.device)
+            if args.device.startswith("cuda")
+            else f"cpu ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads)"
+        ),
+        "dtype": args.dtype,
+        "height_width": list(pipe.default_size()),
+        "frames_per_call": args.frames_per_call,
+        "overlap": args.overlap,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "micro_batch": args.micro_batch,
+        "compile": args.compile,
+        "speedups": args.speedups,
+        "unet_tflop_per_call_forward": flops_call / 1e12,
+        **decoding,
+        "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
+        "torch": torch.__version__,
+        "devices": args.devices or [args.device],
+        "repeats": args.repeats,
+    }
+
     for n, mode, devices, repeat in todo:
         if args.device.startswith("cuda"):
             for d in devices or [args.device]:
@@ -235,7 +291,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"  {n:>5} frames  {mode:<14} {row['model_calls']:>4} calls "
             f"{row['rounds']:>4} rounds  run {repeat + 1}  {wall:8.1f} s (warm-up {warmup:.1f} s, "
-            f"UNet {row['unet_tflops_per_s']:.0f} TFLOP/s)",
+            f"UNet {row['unet_tflops_per_s']:.0f} TFLOP/s, peak "
+            f"{(row['peak_cuda_bytes'] or row['peak_rss_bytes']) / 2**30:.1f} GiB)",
             flush=True,
         )
         print(
@@ -244,6 +301,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         del out
+        if on_run is not None:
+            on_run({**header, "complete": False, "rows": rows, **summarise(rows, lengths)})
+    return {**header, "complete": True, "rows": rows, **summarise(rows, lengths)}
+
+
+def summarise(rows: list[dict[str, Any]], lengths: list[int]) -> dict[str, Any]:
+    """Each length's median run per mode and the ratios between the modes."""
     ratios = {}
     medians: dict[str, dict[str, dict[str, float]]] = {}
     for n in lengths:
@@ -281,33 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ratios[str(n)]["autoregressive_one_device_over_spread"] = (
                     by_mode["autoregressive"]["wall_time_s"] / spread["wall_time_s"]
                 )
-    return {
-        "model": name,
-        "unet_parameters": n_params,
-        "device": (
-            torch.cuda.get_device_name(args.device)
-            if args.device.startswith("cuda")
-            else f"cpu ({platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} threads)"
-        ),
-        "dtype": args.dtype,
-        "height_width": list(pipe.default_size()),
-        "frames_per_call": args.frames_per_call,
-        "overlap": args.overlap,
-        "steps": args.steps,
-        "guidance_scale": args.guidance,
-        "micro_batch": args.micro_batch,
-        "compile": args.compile,
-        "speedups": args.speedups,
-        "unet_tflop_per_call_forward": flops_call / 1e12,
-        "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
-        "torch": torch.__version__,
-        "devices": args.devices or [args.device],
-        "repeats": args.repeats,
-        "rows": rows,
-        "medians": medians,
-        "ratios": ratios,
-    }
+    return {"medians": medians, "ratios": ratios}
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -329,6 +367,12 @@ def print_table(result: dict[str, Any]) -> None:
             if result["matmul_peak_tflops_per_s"]
             else ""
         )
+    )
+    rate = result["decode_frames_per_s"]
+    print(
+        f"VAE decode alone: {rate:.0f} frames/s ({result['decode_gflop_per_frame']:.1f} GFLOP a "
+        f"frame, {rate * result['decode_gflop_per_frame'] / 1e3:.1f} TFLOP/s); in a render it "
+        "shares the device with the UNet, so its stage time there includes waiting for it"
     )
     head = (
         f"{'frames':>6} {'mode':<16} {'calls':>6} {'rounds':>6} {'passes':>7} "
@@ -432,10 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     args.skip = {s for s in args.skip.split(",") if s}
     args.devices = [d for d in (args.devices or "").split(",") if d] or None
     logging.basicConfig(level=logging.WARNING)
-    result = run(args)
-    print_table(result)
     out = Path(args.out or ROOT / "benchmarks" / "results" / "storygen_speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    result = run(args, on_run=lambda partial: out.write_text(json.dumps(partial, indent=2)))
+    print_table(result)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
     return 0

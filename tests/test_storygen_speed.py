@@ -35,3 +35,44 @@ def test_repeats_render_each_mode_that_often_and_compare_the_medians(tmp_path):
     ratio = result["ratios"]["16"]["wall_time_autoregressive_over_hierarchical"]
     want = medians["autoregressive"]["wall_time_s"] / medians["hierarchical"]["wall_time_s"]
     assert abs(ratio - want) < 1e-12
+
+
+def test_each_render_is_written_as_it_finishes(tmp_path, monkeypatch):
+    """A run cut short (a time limit) keeps the renders it finished: the JSON is rewritten
+    after every render, marked incomplete until the last."""
+    out = tmp_path / "speed.json"
+    seen = []
+    real = storygen_speed.run
+
+    def spy(args, on_run=None):
+        def record(partial):
+            on_run(partial)
+            seen.append(json.loads(out.read_text()))
+
+        return real(args, on_run=record)
+
+    monkeypatch.setattr(storygen_speed, "run", spy)
+    argv = ["--lengths", "16", "--steps", "1", "--out", str(out)]
+    assert storygen_speed.main(argv) == 0
+    assert [len(s["rows"]) for s in seen] == [1, 2]
+    assert [s["complete"] for s in seen] == [False, False]
+    assert "autoregressive" not in seen[0]["medians"]["16"]
+    assert seen[1]["ratios"]["16"]["wall_time_autoregressive_over_hierarchical"] > 0
+    final = json.loads(out.read_text())
+    assert final["complete"] is True and final["rows"] == seen[1]["rows"]
+
+
+def test_decode_speed_counts_the_decoders_work():
+    """The VAE decode timed alone: a latent model's decoder does work per frame, a pixel-space
+    model's decode is only a clamp."""
+    import argparse
+
+    def pipe_of(preset):
+        args = argparse.Namespace(device="cpu", dtype="float32", model=None, preset=preset)
+        args.mode = "masked"
+        return storygen_speed.load(args)[0]
+
+    latent = storygen_speed.decode_speed(pipe_of("micro-latent"), "cpu", frames=32)
+    pixels = storygen_speed.decode_speed(pipe_of("micro"), "cpu", frames=32)
+    assert latent["decode_gflop_per_frame"] > 0 and latent["decode_frames_per_s"] > 0
+    assert pixels["decode_gflop_per_frame"] == 0
