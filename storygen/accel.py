@@ -50,7 +50,9 @@ __all__ = [
     "compile_cache_dir",
     "SPEEDUPS",
     "apply_speedups",
+    "compile_decoder",
     "compile_unet",
+    "decoder_compiles",
     "default_compile",
     "fast_temporal_convs",
     "fp8_unavailable",
@@ -165,6 +167,29 @@ def compile_unet(unet: Any, options: dict[str, Any] | None = None) -> None:
     logger.info("compiling the UNet (graphs cached in %s)", cache)
 
 
+def decoder_compiles(choice: str, frames: int, chunk: int) -> bool:
+    """Whether a render compiled as ``choice`` (:func:`resolve_compile`'s) that decodes
+    ``frames`` frames ``chunk`` at a time compiles its VAE decoder (``vdec``): ``"all"``
+    always, ``"on"`` once it decodes :data:`COMPILE_MIN_PASSES` chunks (800 frames of 16)."""
+    if choice == "all":
+        return True
+    return choice == "on" and -(-frames // chunk) >= COMPILE_MIN_PASSES
+
+
+def compile_decoder(vae: Any) -> bool:
+    """Compile ``vae.decoder`` in place, once, with static shapes (the pipeline's decode pads
+    a short last chunk to a full one, so one graph serves a render); False when there is no
+    decoder to compile or it is compiled already."""
+    decoder = getattr(vae, "decoder", None)
+    if decoder is None or is_compiled(decoder):
+        return False
+    cache = use_compile_cache()
+    decoder.compile(fullgraph=False, dynamic=False)
+    setattr(decoder, _COMPILED_FLAG, True)
+    logger.info("compiling the VAE decoder (graphs cached in %s)", cache)
+    return True
+
+
 def is_compiled(unet: Any) -> bool:
     return bool(getattr(unet, _COMPILED_FLAG, False))
 
@@ -251,8 +276,8 @@ def fast_temporal_convs(unet: Any) -> int:
     return count
 
 
-#: the UNet speed-ups a render can ask for (``storygen render --speedups``), each with what
-#: it does to the numbers
+#: the speed-ups a render can ask for (``storygen render --speedups``): the UNet's, and the
+#: VAE decoder's ``vdec``; each with what it does to the numbers
 SPEEDUPS: dict[str, str] = {
     "tconv": "temporal convolutions as 2-D convolutions (the same sums)",
     "qkv": "each attention's projections fused into one matrix product (rounding only)",
@@ -264,6 +289,9 @@ SPEEDUPS: dict[str, str] = {
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
     "fp8": "linear layers in float8 with per-row scales (torch._scaled_mm; CUDA, compute "
     "capability 8.9+): an approximation, see the README's error figures",
+    "vdec": "the VAE's decoder compiled, one static graph of a full decode chunk (a short last "
+    "chunk is padded), where the render compiles and decodes at least as many chunks as a "
+    "UNet bucket needs passes (rounding only)",
 }
 #: ``speedups="auto"``, by device type
 DEFAULT_SPEEDUPS: dict[str, tuple[str, ...]] = {

@@ -44,7 +44,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from storygen.accel import resolve_compile, resolve_speedups
+from storygen.accel import is_compiled, resolve_compile, resolve_speedups
 from storygen.cache import CallCache, cache_key
 from storygen.models import MaskedUNet3D
 from storygen.plan import (
@@ -415,10 +415,17 @@ class StoryVideoPipeline(DiffusionPipeline):
         if self.vae is None:
             return samples.float().clamp(-1, 1)
         vae = self.vae
+        # a compiled decoder (the ``vdec`` speed-up) runs one static shape: a short last chunk
+        # is padded with copies of its last frame, which are dropped again
+        static = is_compiled(getattr(vae, "decoder", None))
         out = []
         for start in range(0, samples.shape[0], chunk):
             z = samples[start : start + chunk].to(device=vae.device, dtype=vae.dtype)
-            out.append(vae.decode(z / vae.config.scaling_factor).sample.float().cpu())
+            n = z.shape[0]
+            if static and n < chunk:
+                z = torch.cat([z, z[-1:].expand(chunk - n, *z.shape[1:])])
+            x = vae.decode(z / vae.config.scaling_factor).sample[:n]
+            out.append(x.float().cpu())
         return torch.cat(out).clamp(-1, 1)
 
     #: the name the tests (and earlier callers) use

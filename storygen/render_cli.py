@@ -228,7 +228,7 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--speedups",
         default="auto",
-        help="UNet speed-ups, comma separated: "
+        help="speed-ups of the UNet and the VAE decoder, comma separated: "
         + "; ".join(f"{k} = {v}" for k, v in SPEEDUPS.items())
         + ". auto = "
         + ", ".join(
@@ -477,6 +477,8 @@ def _speedups(stats: Any) -> str:
         parts.append(f"compiled {', '.join(str(r) for r in stats.compiled_rows)}-row passes")
     elif stats.compiled:
         parts.append("compile on, no shape ran enough passes to repay it")
+    if stats.decoder_compiled:
+        parts.append("decoder compiled")
     if stats.cudnn_autotune:
         parts.append("cuDNN autotuner")
     return ", ".join(parts)

@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 from storygen.accel import (
     CompilePolicy,
     apply_speedups,
+    compile_decoder,
     compile_unet,
     compiled_rows,
     cudnn_autotune,
+    decoder_compiles,
     inductor_options,
     is_compiled,
     needs_copy,
@@ -92,6 +94,8 @@ class GenerationStats:
     #: the UNet speed-ups the render ran with (storygen.accel.SPEEDUPS) and the layers each
     #: changed
     speedups: dict[str, int] = field(default_factory=dict)
+    #: whether the VAE's decoder ran compiled (the ``vdec`` speed-up, where it repays)
+    decoder_compiled: bool = False
     #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
     micro_batches: list[int] = field(default_factory=list)
     #: CUDA memory one model call took (both guidance branches), as measured by the runner
@@ -319,8 +323,9 @@ class PlanRunner:
                         v is base for v in self._unets.values()
                     )
                     unet = base if same else copy.deepcopy(base).to(device)
-                # layers each changed (0: a compiler option, mm1x1); what an earlier render
-                # applied in place (tconv, the same sums) stays and is reported
+                # layers each changed (0: a compiler option, mm1x1, or the decoder's vdec);
+                # what an earlier render applied in place (tconv, the same sums) stays and
+                # is reported
                 changed = apply_speedups(unet, self.speedups)
                 self.stats.speedups = {k: 0 for k in self.speedups} | changed
                 # packed attention's kernel compiles per shape: where the render compiles its
@@ -472,6 +477,14 @@ class PlanRunner:
 
     def run(self, sink: FrameSink) -> None:
         cuda = any(d.type == "cuda" for d in self.devices)
+        vae = getattr(self.pipe, "vae", None)
+        if (
+            "vdec" in self.speedups
+            and vae is not None
+            and decoder_compiles(self.compile.choice, self.plan.num_frames, sink.chunk)
+        ):
+            compile_decoder(vae)
+        self.stats.decoder_compiled = is_compiled(getattr(vae, "decoder", None))
         with cudnn_autotune(self.settings.cudnn_autotune and cuda) as tuned:
             self.stats.cudnn_autotune = tuned
             self._run(sink)

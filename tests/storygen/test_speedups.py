@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from storygen.accel import (
+    COMPILE_MIN_PASSES,
     DEFAULT_SPEEDUPS,
     apply_speedups,
+    compile_decoder,
+    decoder_compiles,
     fast_temporal_convs,
     resolve_speedups,
 )
@@ -249,6 +252,64 @@ def test_a_compiled_cpu_render_with_packed_attention_keeps_the_usual_attention(
     packed = pipe(PROMPTS, 17, speedups="pattn", compile="all", **RUN)
     assert packed.stats.speedups["pattn"] > 0 and packed.stats.compiled_rows
     np.testing.assert_allclose(packed.frames, plain.frames, atol=1e-4, rtol=1e-4)
+
+
+def test_the_decoder_compiles_where_the_render_decodes_enough_chunks():
+    enough = COMPILE_MIN_PASSES * 16
+    assert decoder_compiles("on", enough, 16)
+    assert decoder_compiles("on", enough - 15, 16)  # a short last chunk counts
+    assert not decoder_compiles("on", enough - 16, 16)
+    assert decoder_compiles("all", 1, 16)
+    assert not decoder_compiles("off", 10 * enough, 16)
+
+
+def test_a_compiled_decoder_decodes_the_same_frames_with_one_graph(monkeypatch, tmp_path):
+    """``vdec``: the decoder compiled with static shapes; a short last chunk is padded to a
+    full one (no second graph) and its padding dropped."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    torch.manual_seed(0)
+    pipe = StoryVideoPipeline(**build_components("micro-latent", mode="masked", texts=PROMPTS))
+    h, w = (side // pipe.vae_scale for side in pipe.default_size())
+    z = torch.randn(21, pipe.sample_channels, h, w, generator=torch.Generator().manual_seed(1))
+    want = pipe.decode(z)  # a chunk of 16 and one of 5
+    assert compile_decoder(pipe.vae) and not compile_decoder(pipe.vae)
+    counters.clear()
+    got = pipe.decode(z)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    short = pipe.decode(z[:3])
+    assert counters["stats"]["unique_graphs"] == graphs  # the short chunk reused the graph
+    assert got.shape == want.shape and short.shape == (3, *want.shape[1:])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(short, want[:3], atol=1e-5, rtol=1e-5)
+
+
+def test_a_render_compiles_its_decoder_only_when_asked_and_compiling(tmp_path):
+    folder = new_model(tmp_path / "m", preset="micro-latent", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    run = {**RUN, "compile": "off"}
+    assert not pipe(PROMPTS, 17, speedups="vdec", **run).stats.decoder_compiled
+    # compiling, but 17 frames are 2 chunks, far under what repays a compile
+    run["compile"] = "on"
+    assert not pipe(PROMPTS, 17, speedups="vdec", **run).stats.decoder_compiled
+
+
+@pytest.mark.slow
+def test_a_compiled_render_with_a_compiled_decoder_gives_the_plain_frames(tmp_path, monkeypatch):
+    """The UNet compiling on the device's worker thread while the main thread compiles and
+    runs the decoder: the render runs through and its frames are the plain ones."""
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro-latent", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    run = {**RUN, "output_type": "np"}
+    plain = pipe(PROMPTS, 17, speedups="none", **run)
+    fast = pipe(PROMPTS, 17, speedups="tconv,vdec", compile="all", **run)
+    assert fast.stats.decoder_compiled and fast.stats.compiled_rows
+    assert not plain.stats.decoder_compiled
+    diff = np.abs(fast.frames.astype(int) - plain.frames.astype(int))
+    assert diff.max() <= 1  # uint8 frames: rounding at most one level
 
 
 @pytest.mark.gpu
