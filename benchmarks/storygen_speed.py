@@ -265,6 +265,8 @@ def run(
             "compiled_rows": stats.compiled_rows,
             # the first batch of each shape beyond its median batch: compiling, autotuning
             "warmup_s": warmup,
+            # compiling as PyTorch records it (graphs of every shape, the decoder's too)
+            "compile_s": stats.compile_s,
             "wall_time_after_warmup_s": wall - warmup,
             "unet_batches_s": unet_s,
             "other_s": wall - unet_s,
@@ -292,6 +294,7 @@ def run(
         print(
             f"  {n:>5} frames  {mode:<14} {row['model_calls']:>4} calls "
             f"{row['rounds']:>4} rounds  run {repeat + 1}  {wall:8.1f} s (warm-up {warmup:.1f} s, "
+            f"compiling {stats.compile_s:.1f} s, "
             f"UNet {row['unet_tflops_per_s']:.0f} TFLOP/s, peak "
             f"{(row['peak_cuda_bytes'] or row['peak_rss_bytes']) / 2**30:.1f} GiB)",
             flush=True,

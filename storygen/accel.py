@@ -51,6 +51,7 @@ __all__ = [
     "SPEEDUPS",
     "apply_speedups",
     "compile_decoder",
+    "compile_seconds",
     "compile_unet",
     "decoder_compiles",
     "default_compile",
@@ -188,6 +189,17 @@ def compile_decoder(vae: Any) -> bool:
     setattr(decoder, _COMPILED_FLAG, True)
     logger.info("compiling the VAE decoder (graphs cached in %s)", cache)
     return True
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling so far (dynamo's tracing and Inductor's code
+    generation, or loading their cached results), from PyTorch's own compile-time record; a
+    render's compile time is the difference across it. 0 where that record is missing."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:  # pragma: no cover - a PyTorch without the record
+        return 0.0
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
 
 
 def is_compiled(unet: Any) -> bool:

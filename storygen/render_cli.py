@@ -474,7 +474,10 @@ def _speedups(stats: Any) -> str:
     """The speed-ups and compile state of a render, for its summary."""
     parts = [f"{k} ({n} layers)" if n else k for k, n in stats.speedups.items()] or ["none"]
     if stats.compiled_rows:
-        parts.append(f"compiled {', '.join(str(r) for r in stats.compiled_rows)}-row passes")
+        parts.append(
+            f"compiled {', '.join(str(r) for r in stats.compiled_rows)}-row passes "
+            f"({stats.compile_s:.0f} s compiling)"
+        )
     elif stats.compiled:
         parts.append("compile on, no shape ran enough passes to repay it")
     if stats.decoder_compiled:

@@ -33,6 +33,7 @@ from storygen.accel import (
     CompilePolicy,
     apply_speedups,
     compile_decoder,
+    compile_seconds,
     compile_unet,
     compiled_rows,
     cudnn_autotune,
@@ -96,6 +97,10 @@ class GenerationStats:
     speedups: dict[str, int] = field(default_factory=dict)
     #: whether the VAE's decoder ran compiled (the ``vdec`` speed-up, where it repays)
     decoder_compiled: bool = False
+    #: seconds the render spent compiling (the UNet's graphs, the decoder's, packed
+    #: attention's kernels; loading cached graphs counts too), from PyTorch's record: the
+    #: compile time apart from the rest, which :meth:`warmup_s` estimates by batch
+    compile_s: float = 0.0
     #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
     micro_batches: list[int] = field(default_factory=list)
     #: CUDA memory one model call took (both guidance branches), as measured by the runner
@@ -485,9 +490,13 @@ class PlanRunner:
         ):
             compile_decoder(vae)
         self.stats.decoder_compiled = is_compiled(getattr(vae, "decoder", None))
-        with cudnn_autotune(self.settings.cudnn_autotune and cuda) as tuned:
-            self.stats.cudnn_autotune = tuned
-            self._run(sink)
+        compiling = compile_seconds()
+        try:
+            with cudnn_autotune(self.settings.cudnn_autotune and cuda) as tuned:
+                self.stats.cudnn_autotune = tuned
+                self._run(sink)
+        finally:
+            self.stats.compile_s = compile_seconds() - compiling
 
     def _run(self, sink: FrameSink) -> None:
         show = self.settings.progress

@@ -138,11 +138,13 @@ def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
     graphs = counters["stats"]["unique_graphs"]
     short = fast(PROMPTS, 17, compile="on", **RUN)  # 2 steps: nothing repays a compile
     assert short.stats.compiled and short.stats.compiled_rows == []
+    assert short.stats.compile_s == 0  # nothing compiled, nothing counted
     assert counters["stats"]["unique_graphs"] == graphs
     torch.testing.assert_close(short.frames, want.frames, atol=atol, rtol=0)
     got = fast(PROMPTS, 17, compile="all", **RUN)
     # compiled: the pipeline's UNet, or the render's copy where a speed-up changes modules
     assert got.stats.compiled and got.stats.compiled_rows == [2, 4]
+    assert got.stats.compile_s > 0 and got.stats.compile_s < got.stats.wall_time_s
     # compiled batches are timed under their own keys (their first batch holds the compile)
     assert short.stats.bucket_times_s.keys() == {"2x5", "4x5"}
     assert got.stats.bucket_times_s.keys() == {"2x5 compiled", "4x5 compiled"}
@@ -156,6 +158,7 @@ def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
     assert counters["stats"]["unique_graphs"] - graphs == 3
     repeat = fast(PROMPTS, 17, compile="all", **RUN)  # compiled graphs are reused
     torch.testing.assert_close(repeat.frames, got.frames, atol=0, rtol=0)
+    assert repeat.stats.compile_s < 0.1 * got.stats.compile_s  # the graphs were reused
     assert counters["stats"]["unique_graphs"] - graphs == 3
 
 

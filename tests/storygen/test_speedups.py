@@ -308,6 +308,7 @@ def test_a_compiled_render_with_a_compiled_decoder_gives_the_plain_frames(tmp_pa
     fast = pipe(PROMPTS, 17, speedups="tconv,vdec", compile="all", **run)
     assert fast.stats.decoder_compiled and fast.stats.compiled_rows
     assert not plain.stats.decoder_compiled
+    assert fast.stats.compile_s > 0 and plain.stats.compile_s == 0
     diff = np.abs(fast.frames.astype(int) - plain.frames.astype(int))
     assert diff.max() <= 1  # uint8 frames: rounding at most one level
 
