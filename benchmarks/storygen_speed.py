@@ -139,27 +139,33 @@ def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> f
     return counter.get_total_flops() / batch
 
 
-def decode_speed(pipe: StoryVideoPipeline, device: str, frames: int = 64) -> dict[str, Any]:
-    """The VAE decode alone (``pipe.decode``, its 16-frame chunks and the copy to the host):
-    frames a second and FLOPs a frame, timed on an idle device. In a render the decode shares
-    the device with the next batch's UNet passes, so its stage time there includes waiting for
-    them; this is its own cost."""
+def _latents(pipe: StoryVideoPipeline, frames: int) -> torch.Tensor:
+    h, w = (side // pipe.vae_scale for side in pipe.default_size())
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(frames, pipe.sample_channels, h, w, generator=gen)
+
+
+def decode_flops(pipe: StoryVideoPipeline) -> float:
+    """FLOPs of the VAE decode of one frame (PyTorch's FLOP counter, the eager decoder)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    h, w = (side // pipe.vae_scale for side in pipe.default_size())
-    z = torch.randn(frames, pipe.sample_channels, h, w, generator=torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
-        pipe.decode(z[:1])
+        pipe.decode(_latents(pipe, 1))
+    return float(counter.get_total_flops())
+
+
+def decode_rate(pipe: StoryVideoPipeline, device: str, frames: int = 64) -> float:
+    """Frames a second of the VAE decode alone (``pipe.decode``: its 16-frame chunks and the
+    copy to the host), timed on an idle device. In a render the decode shares the device with
+    the next batch's UNet passes, so its stage time there includes waiting for them; this is
+    its own cost."""
+    z = _latents(pipe, frames)
     pipe.decode(z[:16])  # warm-up: kernels, cuDNN's choices, the allocator
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     pipe.decode(z)  # ends with a copy to the host: waits for the device
-    took = time.perf_counter() - t0
-    return {
-        "decode_frames_per_s": frames / took,
-        "decode_gflop_per_frame": counter.get_total_flops() / 1e9,
-    }
+    return frames / (time.perf_counter() - t0)
 
 
 def run(
@@ -176,7 +182,10 @@ def run(
     branches = 2 if args.guidance != 1.0 else 1
     n_params = sum(p.numel() for p in pipe.unet.parameters())
     lengths = [int(v) for v in args.lengths.split(",")]
-    decoding = decode_speed(pipe, args.device)
+    decoding = {
+        "decode_frames_per_s": decode_rate(pipe, args.device),
+        "decode_gflop_per_frame": decode_flops(pipe) / 1e9,
+    }
     rows = []
     # with --devices, the hierarchical mode runs again spread over all of them (the
     # autoregressive baseline cannot use a second device for one video: its windows are
@@ -308,9 +317,7 @@ def run(
         if on_run is not None:
             on_run({**header, "complete": False, "rows": rows, **summarise(rows, lengths)})
     if is_compiled(getattr(pipe.vae, "decoder", None)):  # a render compiled it (vdec)
-        header["decode_compiled_frames_per_s"] = decode_speed(pipe, args.device)[
-            "decode_frames_per_s"
-        ]
+        header["decode_compiled_frames_per_s"] = decode_rate(pipe, args.device)
     return {**header, "complete": True, "rows": rows, **summarise(rows, lengths)}
 
 

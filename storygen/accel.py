@@ -156,16 +156,13 @@ def compile_unet(unet: Any, options: dict[str, Any] | None = None) -> None:
         return
     import torch._dynamo
 
-    cache = use_compile_cache()
     # one graph per (row bucket, call length): a handful, more than dynamo's default of 8
     # would only be reached by plans of many uneven call lengths
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 32))
-    unet.compile(fullgraph=False, dynamic=False, options=options or None)
-    setattr(unet, _COMPILED_FLAG, True)
-    logger.info("compiling the UNet (graphs cached in %s)", cache)
+    _compile_in_place(unet, "the UNet", options)
 
 
 def decoder_compiles(choice: str, frames: int, chunk: int) -> bool:
@@ -184,11 +181,16 @@ def compile_decoder(vae: Any) -> bool:
     decoder = getattr(vae, "decoder", None)
     if decoder is None or is_compiled(decoder):
         return False
-    cache = use_compile_cache()
-    decoder.compile(fullgraph=False, dynamic=False)
-    setattr(decoder, _COMPILED_FLAG, True)
-    logger.info("compiling the VAE decoder (graphs cached in %s)", cache)
+    _compile_in_place(decoder, "the VAE decoder")
     return True
+
+
+def _compile_in_place(module: Any, name: str, options: dict[str, Any] | None = None) -> None:
+    """``module.compile`` with static shapes and the compile cache on disk, marked compiled."""
+    cache = use_compile_cache()
+    module.compile(fullgraph=False, dynamic=False, options=options or None)
+    setattr(module, _COMPILED_FLAG, True)
+    logger.info("compiling %s (graphs cached in %s)", name, cache)
 
 
 def compile_seconds() -> float:
