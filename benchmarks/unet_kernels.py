@@ -28,9 +28,10 @@ joined with ``-`` or ``+`` (``compile-tuned-tconv-fp8``):
   memory-efficient, cuDNN) instead of PyTorch's pick;
 - ``mm1x1``: Inductor runs 1x1 convolutions as matrix products (``conv_1x1_as_mm``);
 - ``cdt``: Inductor's coordinate-descent tuning of its kernels (a longer compile);
-- ``fp8``: every ``nn.Linear`` whose sizes allow it in float8 through torchao, dynamic per-row
-  activation scales and per-row weight scales, as ``ClipScorer``'s fp8 (CUDA with compute
-  capability 8.9+ and torchao, else reported as skipped with the reason).
+- ``fp8``: every ``nn.Linear`` whose sizes allow it in float8 (``RowwiseFloat8Linear``:
+  ``torch._scaled_mm`` with per-row activation and weight scales, the arithmetic of
+  ``ClipScorer``'s fp8; CUDA with compute capability 8.9+, else reported as skipped with the
+  reason).
 
 ``--profile`` adds, per variant, where one pass spends its device time: by kind of op and the
 kernels that take the most.

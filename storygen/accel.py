@@ -309,7 +309,7 @@ SPEEDUPS: dict[str, str] = {
 }
 #: ``speedups="auto"``, by device type
 DEFAULT_SPEEDUPS: dict[str, tuple[str, ...]] = {
-    "cuda": ("tconv", "qkv", "pattn", "mm1x1"),
+    "cuda": ("tconv", "qkv", "pattn", "mm1x1", "vdec"),
     "cpu": ("tconv",),
 }
 #: speed-ups that change the UNet's modules (a render applies them to its own copy, so the

@@ -169,12 +169,27 @@ def _kernel_head_dim(dim: int) -> bool:
 _SCORE_MODS: dict[int, Any] = {}
 
 
+#: kernel shapes FlexAttention compiles on its own for eager forward passes in one process:
+#: an eager render compiles one a resolution of the UNet (four to five) for each row count of
+#: its levels, so dynamo's default of eight recompiles ran out within one story and later
+#: shapes fell back to FlexAttention's unfused reference (slow, and scores held in memory)
+FLEX_SHAPES = 64
+
+
 @functools.cache
-def _compiled_flex() -> Any:
-    """FlexAttention compiled on its own, for eager forward passes on CUDA."""
+def _compiled_flex(backend: str = "inductor") -> Any:
+    """FlexAttention compiled on its own with static shapes, for eager forward passes on
+    CUDA: one kernel a shape, up to :data:`FLEX_SHAPES` of them."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    compiled = torch.compile(flex_attention, dynamic=False, backend=backend)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        limit = max(FLEX_SHAPES, torch._dynamo.config.recompile_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return compiled(*args, **kwargs)
+
+    return run
 
 
 def _flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int) -> Any:

@@ -136,6 +136,40 @@ def test_packed_temporal_attention_computes_the_same_and_packs_only_what_divides
     assert torch.equal(_forward(unet, call), want)
 
 
+def test_eager_packed_attention_compiles_a_kernel_for_every_shape_of_a_render():
+    """On CUDA an eager pass's packed attention runs FlexAttention compiled on its own, one
+    kernel a shape; an eager render has more shapes (resolutions × row counts) than dynamo's
+    default of eight recompiles, after which FlexAttention fell back to its unfused
+    reference. Traced here with dynamo's eager backend, which counts recompiles the same."""
+    import warnings
+
+    from storygen.attention import FLEX_SHAPES, _compiled_flex, _same_sequence_score
+
+    flex = _compiled_flex("eager")
+    score = _same_sequence_score(16)
+    shapes = torch._dynamo.config.recompile_limit + 4
+    assert shapes < FLEX_SHAPES
+    gen = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for rows in range(1, shapes + 1):
+            q, k, v = (torch.randn(rows, 2, 32, 16, generator=gen) for _ in range(3))
+            got = flex(q, k, v, score_mod=score)
+            # two 16-frame sequences to a row, each attending to itself only
+            want = torch.cat(
+                [
+                    torch.nn.functional.scaled_dot_product_attention(
+                        q[..., s : s + 16, :], k[..., s : s + 16, :], v[..., s : s + 16, :]
+                    )
+                    for s in (0, 16)
+                ],
+                dim=2,
+            )
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    unfused = [w for w in caught if "without torch.compile" in str(w.message)]
+    assert not unfused, "a shape past dynamo's recompile limit ran the unfused reference"
+
+
 def test_speedups_together_with_fused_projections():
     unet, call = _unet_and_call(2)
     want = _forward(unet, call)
