@@ -154,6 +154,12 @@ def decode_flops(pipe: StoryVideoPipeline) -> float:
     return float(counter.get_total_flops())
 
 
+def largest_rows(bucket_times_s: dict[str, Any]) -> int:
+    """The most UNet rows any batch of a render ran, from its buckets' keys
+    (``"<rows>x<frames>"``, ``" compiled"`` after a padded one)."""
+    return max((int(key.split("x", 1)[0]) for key in bucket_times_s), default=0)
+
+
 def decode_rate(pipe: StoryVideoPipeline, device: str, frames: int = 64) -> float:
     """Frames a second of the VAE decode alone (``pipe.decode``: its 16-frame chunks and the
     copy to the host), timed on an idle device. In a render the decode shares the device with
@@ -292,6 +298,9 @@ def run(
                 else None
             ),
             "micro_batches": stats.micro_batches,
+            # the UNet rows of the largest batch (calls × guidance branches, padded where
+            # compiled): what the peak memory follows
+            "largest_batch_rows": largest_rows(stats.bucket_times_s),
             # per UNet input shape, [calls, seconds] of every batch (compile in the first)
             "bucket_times_s": stats.bucket_times_s,
             # text encoding, UNet batches, VAE decode, waiting for the video writer, the rest
@@ -305,7 +314,8 @@ def run(
             f"{row['rounds']:>4} rounds  run {repeat + 1}  {wall:8.1f} s (warm-up {warmup:.1f} s, "
             f"compiling {stats.compile_s:.1f} s, "
             f"UNet {row['unet_tflops_per_s']:.0f} TFLOP/s, peak "
-            f"{(row['peak_cuda_bytes'] or row['peak_rss_bytes']) / 2**30:.1f} GiB)",
+            f"{(row['peak_cuda_bytes'] or row['peak_rss_bytes']) / 2**30:.1f} GiB "
+            f"at {row['largest_batch_rows']} rows)",
             flush=True,
         )
         print(

@@ -14,6 +14,13 @@ def test_median_run_is_the_middle_wall_time():
     assert storygen_speed.median_run(runs[:1])["k"] == 0
 
 
+def test_largest_batch_rows_reads_padded_and_eager_buckets():
+    buckets = {"2x16": [[1, 0.1]], "30x16": [[15, 1.0]], "114x16 compiled": [[57, 9.0]]}
+    assert storygen_speed.largest_rows(buckets) == 114
+    assert storygen_speed.largest_rows({"4x11": [[2, 0.1]]}) == 4
+    assert storygen_speed.largest_rows({}) == 0
+
+
 def test_repeats_render_each_mode_that_often_and_compare_the_medians(tmp_path):
     out = tmp_path / "speed.json"
     argv = ["--lengths", "16", "--repeats", "2", "--steps", "1", "--out", str(out)]
@@ -26,6 +33,8 @@ def test_repeats_render_each_mode_that_often_and_compare_the_medians(tmp_path):
         ("autoregressive", 0),
         ("autoregressive", 1),
     ]
+    # 16 frames are one call, and the CPU's default guidance 1 runs one branch: one row
+    assert [r["largest_batch_rows"] for r in rows] == [1, 1, 1, 1]
     medians = result["medians"]["16"]
     for mode in ("hierarchical", "autoregressive"):
         walls = [r["wall_time_s"] for r in rows if r["mode"] == mode]
