@@ -14,6 +14,13 @@ the mean elsewhere; 1.0 means seams are invisible in this statistic).
     python benchmarks/storygen_speed.py --device cuda --preset modelscope --steps 5 \\
         --out benchmarks/results/storygen_speed_gpu.json     # ModelScope-size UNet, bf16
 
+Per render the JSON also holds the UNet's FLOP rate against a matrix product timed in the same
+run, over all batches and over the batched level alone (``batched_level``: the bucket of the
+most rows, after its first batch), the compile time, the peak memory with the rows of the
+largest batch, the per-stage split, and on CUDA the chip's SM clock, power and temperature
+over the render (``gpu_clocks``, from ``nvidia-smi``), which tell a power-capped clock apart
+from work between passes.
+
 With random weights the consistency numbers only show that the machinery runs; speed numbers
 are what this measures.
 """
@@ -37,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.gpu_clock import GpuClocks, describe  # noqa: E402
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from schemas.cli import auto_or_positive_int, positive_int  # noqa: E402
@@ -160,6 +168,31 @@ def largest_rows(bucket_times_s: dict[str, Any]) -> int:
     return max((int(key.split("x", 1)[0]) for key in bucket_times_s), default=0)
 
 
+def largest_bucket_rate(
+    bucket_times_s: dict[str, Any], flops_per_call_pass: float, passes: int
+) -> dict[str, float] | None:
+    """The sustained UNet rate of the render's batched level: its bucket of the most rows
+    (the last level's batches), over its batches after the first (which compiles or
+    autotunes, where there are later ones), counting the useful FLOPs of the calls it ran
+    (``flops_per_call_pass``: one call's forward over its guidance branches; ``passes``:
+    forward passes per batch, the sampling steps) and not a compiled bucket's padding rows.
+    None for a render without batches."""
+    if not bucket_times_s:
+        return None
+    key = max(bucket_times_s, key=lambda k: int(k.split("x", 1)[0]))
+    entries = bucket_times_s[key]
+    steady = entries[1:] or entries
+    calls = sum(c for c, _ in steady)
+    seconds = sum(t for _, t in steady)
+    return {
+        "bucket": key,
+        "batches": len(steady),
+        "calls": calls,
+        "seconds": seconds,
+        "tflops_per_s": calls * flops_per_call_pass * passes / max(seconds, 1e-9) / 1e12,
+    }
+
+
 def decode_rate(pipe: StoryVideoPipeline, device: str, frames: int = 64) -> float:
     """Frames a second of the VAE decode alone (``pipe.decode``: its 16-frame chunks and the
     copy to the host), timed on an idle device. In a render the decode shares the device with
@@ -237,7 +270,7 @@ def run(
             for d in devices or [args.device]:
                 torch.cuda.synchronize(d)
                 torch.cuda.reset_peak_memory_stats(d)
-        with PeakRSS() as rss:
+        with PeakRSS() as rss, GpuClocks(args.device) as clocks:
             t0 = time.perf_counter()
             out = pipe(
                 story_prompts(n),
@@ -264,6 +297,15 @@ def run(
         warmup = stats.warmup_s()
         unet_flops = flops_call * stats.calls_run * args.steps * branches
         steady_unet_s = max(unet_s - warmup, 1e-9)
+
+        def level_rate(buckets: dict[str, Any]) -> dict[str, Any] | None:
+            rate = largest_bucket_rate(buckets, flops_call * branches, args.steps)
+            if rate is not None:
+                rate["utilisation_of_matmul_peak"] = (
+                    rate["tflops_per_s"] * 1e12 / peak if peak else None
+                )
+            return rate
+
         row = {
             "frames": n,
             "mode": mode if devices is None else f"{mode} x{len(devices)}",
@@ -287,6 +329,9 @@ def run(
             "other_s": wall - unet_s,
             "unet_tflops_per_s": unet_flops / steady_unet_s / 1e12,
             "utilisation_of_matmul_peak": (unet_flops / steady_unet_s / peak if peak else None),
+            # the batched level alone (its largest bucket, after its first batch): the rate
+            # the level-by-level plan is built to reach
+            "batched_level": level_rate(stats.bucket_times_s),
             "s_per_frame": wall / n,
             "peak_rss_bytes": rss.peak,
             "peak_cuda_bytes": (
@@ -297,6 +342,8 @@ def run(
                 if args.device.startswith("cuda")
                 else None
             ),
+            # the chip's clock, power and temperature over the render (CUDA with nvidia-smi)
+            "gpu_clocks": clocks.summary(),
             "micro_batches": stats.micro_batches,
             # the UNet rows of the largest batch (calls × guidance branches, padded where
             # compiled): what the peak memory follows
@@ -323,6 +370,17 @@ def run(
             + ", ".join(f"{k} {v:.1f} s" for k, v in stats.stage_times_s.items()),
             flush=True,
         )
+        if row["gpu_clocks"]:
+            print(f"         GPU: {describe(row['gpu_clocks'])}", flush=True)
+        level = row["batched_level"]
+        if level is not None:
+            share = level["utilisation_of_matmul_peak"]
+            print(
+                f"         batched level ({level['bucket']}, {level['batches']} batches after "
+                f"the first): {level['tflops_per_s']:.0f} TFLOP/s"
+                + (f", {100 * share:.1f} % of peak" if share else ""),
+                flush=True,
+            )
         del out
         if on_run is not None:
             on_run({**header, "complete": False, "rows": rows, **summarise(rows, lengths)})

@@ -8,7 +8,8 @@ milliseconds per forward pass (median of ``--reps`` timed passes after warm-up),
 one pass (PyTorch's FLOP counter, split into convolutions, linear layers and attention),
 TFLOP/s and their share of the chip's measured bf16 matrix rate, the first pass's time (the
 compile, for compiled variants), peak memory, and the output's relative error and cosine
-against the eager pass in the model's dtype.
+against the eager pass in the model's dtype; on CUDA, the SM clock and power over the timed
+passes (``gpu_clocks``, from ``nvidia-smi``).
 
     python benchmarks/unet_kernels.py                          # CPU, micro preset, eager only
     python benchmarks/unet_kernels.py --device cuda --preset modelscope --rows 120 \\
@@ -28,6 +29,10 @@ joined with ``-`` or ``+`` (``compile-tuned-tconv-fp8``):
   memory-efficient, cuDNN) instead of PyTorch's pick;
 - ``mm1x1``: Inductor runs 1x1 convolutions as matrix products (``conv_1x1_as_mm``);
 - ``cdt``: Inductor's coordinate-descent tuning of its kernels (a longer compile);
+- ``mat``: Inductor times its Triton matrix-product templates against cuBLAS for every linear
+  layer's shape and keeps the faster, which lets it fuse the element-wise work after a product
+  (bias, GEGLU's gate, residual adds) into the product's kernel (``max_autotune_gemm``: a
+  much longer compile);
 - ``fp8``: every ``nn.Linear`` whose sizes allow it in float8 (``RowwiseFloat8Linear``:
   ``torch._scaled_mm`` with per-row activation and weight scales, the arithmetic of
   ``ClipScorer``'s fp8; CUDA with compute capability 8.9+, else reported as skipped with the
@@ -56,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.gpu_clock import GpuClocks, describe  # noqa: E402
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from storygen.accel import SPEEDUPS, fp8_unavailable  # noqa: E402
 
@@ -69,6 +75,7 @@ MODIFIERS = (
     "pattn",
     "mm1x1",
     "cdt",
+    "mat",
     "fp8",
     "flash",
     "eff",
@@ -81,7 +88,7 @@ SDPA_BACKENDS = {
     "cudnn": "CUDNN_ATTENTION",
 }
 #: modifiers that only mean something to the compiler
-COMPILER_ONLY = ("mm1x1", "cdt")
+COMPILER_ONLY = ("mm1x1", "cdt", "mat")
 #: FLOP-counter ops by kind
 KINDS = {
     "convolution": ("convolution",),
@@ -283,9 +290,7 @@ def _timed(
 
         use_compile_cache()  # the graphs a render of this shape would load
         torch._dynamo.reset()
-        options = inductor_options(tuple(mods)) | (
-            {"coordinate_descent_tuning": True} if "cdt" in mods else {}
-        )
+        options = inductor_options(tuple(mods))
         fn = torch.compile(unet, dynamic=False, options=options)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -297,12 +302,15 @@ def _timed(
     for _ in range(args.warmup):
         fn(*a, **kw)
     times = []
-    for _ in range(args.reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn(*a, **kw)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    with GpuClocks(device, interval_ms=100) as clocks:
+        for _ in range(args.reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn(*a, **kw)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    # the clock the timed passes ran at (CUDA with nvidia-smi), beside a render's sustained one
+    row["gpu_clocks"] = clocks.summary()
     row["ms_per_pass"] = 1e3 * statistics.median(times)
     out = out.float()
     ref = reference.float()
@@ -398,6 +406,7 @@ def format_row(row: dict[str, Any]) -> str:
         f" {'' if share is None else f'{100 * share:5.1f} % of peak'}"
         f"  first pass {row['first_pass_s']:7.2f} s  error {row['relative_error']:.2e}"
         f"  cosine {row['cosine']:.6f}"
+        + (f"\n{'':<24} {describe(row['gpu_clocks'])}" if row.get("gpu_clocks") else "")
     )
 
 

@@ -301,6 +301,11 @@ SPEEDUPS: dict[str, str] = {
     "of a FlexAttention kernel, masked to their own frames (rounding only; a render that "
     "compiles packs in its compiled passes, one that does not in every pass)",
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
+    "cdt": "compiled graphs' fused kernels tuned by coordinate descent (a longer compile; "
+    "rounding only)",
+    "mat": "compiled graphs time Triton matrix-product templates against cuBLAS for each "
+    "linear layer's shape and keep the faster, fusing the element-wise work that follows a "
+    "product into its kernel (max_autotune_gemm: a much longer compile; rounding only)",
     "fp8": "linear layers in float8 with per-row scales (torch._scaled_mm; CUDA, compute "
     "capability 8.9+): an approximation, see the README's error figures",
     "vdec": "the VAE's decoder compiled, one static graph of a full decode chunk (a short last "
@@ -342,7 +347,8 @@ def needs_copy(speedups: tuple[str, ...]) -> bool:
 
 
 def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
-    """Apply ``speedups`` (model-side ones; ``mm1x1`` is an :func:`inductor_options` one) to
+    """Apply ``speedups`` (model-side ones; ``mm1x1``, ``cdt`` and ``mat`` are
+    :func:`inductor_options` ones) to
     ``unet`` in place, once; returns what changed (layers per speed-up)."""
     done = getattr(unet, _SPEEDUPS_ATTR, {})
     if "tconv" in speedups and "tconv" not in done:
@@ -370,7 +376,14 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
 
 def inductor_options(speedups: tuple[str, ...]) -> dict[str, Any]:
     """Inductor options of ``speedups`` (for :func:`compile_unet`)."""
-    return {"conv_1x1_as_mm": True} if "mm1x1" in speedups else {}
+    options: dict[str, Any] = {}
+    if "mm1x1" in speedups:
+        options["conv_1x1_as_mm"] = True
+    if "cdt" in speedups:
+        options["coordinate_descent_tuning"] = True
+    if "mat" in speedups:
+        options |= {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"}
+    return options
 
 
 def _sizes_fit_fp8(m: Any, fqn: str) -> bool:

@@ -21,6 +21,23 @@ def test_largest_batch_rows_reads_padded_and_eager_buckets():
     assert storygen_speed.largest_rows({}) == 0
 
 
+def test_batched_level_rate_counts_its_calls_after_the_compiling_batch():
+    buckets = {
+        "2x16": [[1, 0.5]],
+        "114x16 compiled": [[57, 100.0], [56, 4.0], [56, 4.0]],
+        "30x16": [[15, 2.0]],
+    }
+    rate = storygen_speed.largest_bucket_rate(buckets, flops_per_call_pass=1e12, passes=5)
+    assert rate["bucket"] == "114x16 compiled"
+    assert (rate["batches"], rate["calls"], rate["seconds"]) == (2, 112, 8.0)
+    # 112 calls of 1 TFLOP a pass, 5 passes each, in 8 s; the padding rows are not counted
+    assert rate["tflops_per_s"] == 112 * 5 / 8.0
+    # a bucket of one batch is all there is to count
+    only = storygen_speed.largest_bucket_rate({"4x11": [[2, 1.0]]}, 1e12, 2)
+    assert (only["batches"], only["tflops_per_s"]) == (1, 4.0)
+    assert storygen_speed.largest_bucket_rate({}, 1e12, 2) is None
+
+
 def test_repeats_render_each_mode_that_often_and_compare_the_medians(tmp_path):
     out = tmp_path / "speed.json"
     argv = ["--lengths", "16", "--repeats", "2", "--steps", "1", "--out", str(out)]
@@ -35,6 +52,12 @@ def test_repeats_render_each_mode_that_often_and_compare_the_medians(tmp_path):
     ]
     # 16 frames are one call, and the CPU's default guidance 1 runs one branch: one row
     assert [r["largest_batch_rows"] for r in rows] == [1, 1, 1, 1]
+    # one batch of one call: the batched level is that batch, at the run's own FLOP count
+    for r in rows:
+        level = r["batched_level"]
+        assert (level["batches"], level["calls"]) == (1, 1)
+        flops = result["unet_tflop_per_call_forward"] * 1e12  # one step, one branch
+        assert abs(level["tflops_per_s"] - flops / level["seconds"] / 1e12) < 1e-9
     medians = result["medians"]["16"]
     for mode in ("hierarchical", "autoregressive"):
         walls = [r["wall_time_s"] for r in rows if r["mode"] == mode]

@@ -48,7 +48,9 @@ def test_unet_kernels_on_cpu(tmp_path):
     assert 0.3 * rows["eager"]["ms_per_pass"] < split["total"] < 3 * rows["eager"]["ms_per_pass"]
 
 
-@pytest.mark.parametrize("variant", ["turbo", "eager-turbo", "eager-mm1x1", "eager-cdt"])
+@pytest.mark.parametrize(
+    "variant", ["turbo", "eager-turbo", "eager-mm1x1", "eager-cdt", "eager-mat"]
+)
 def test_unknown_variant_is_refused(variant, capsys):
     with pytest.raises(SystemExit):
         unet_kernels.main(["--variants", f"eager,{variant}"])

@@ -223,6 +223,38 @@ def test_speedup_choices():
         resolve_speedups("fp8", "cpu")
 
 
+def test_compiler_speedups_are_inductor_options_and_leave_the_modules_alone():
+    from storygen.accel import inductor_options
+
+    assert inductor_options(("tconv", "qkv")) == {}
+    assert inductor_options(("mm1x1", "cdt")) == {
+        "conv_1x1_as_mm": True,
+        "coordinate_descent_tuning": True,
+    }
+    mat = inductor_options(("mat",))
+    assert mat["max_autotune_gemm"] is True and "TRITON" in mat["max_autotune_gemm_backends"]
+    unet = build_components("micro", mode="masked")["unet"]
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    assert apply_speedups(unet, ("mm1x1", "cdt", "mat")) == {}
+    after = unet.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_a_render_compiled_with_tuned_kernels_gives_the_plain_frames(tmp_path, monkeypatch):
+    """Coordinate-descent tuning and autotuned matrix products change which kernels run, not
+    what they compute."""
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
+    tuned = pipe(PROMPTS, 17, speedups="tconv,mm1x1,cdt,mat", compile="all", **RUN)
+    assert set(tuned.stats.speedups) == {"tconv", "mm1x1", "cdt", "mat"}
+    assert tuned.stats.compiled_rows
+    torch.testing.assert_close(tuned.frames, plain.frames, atol=1e-4, rtol=1e-4)
+
+
 def test_a_render_with_speedups_leaves_the_pipelines_unet_alone(tmp_path):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
