@@ -303,6 +303,10 @@ SPEEDUPS: dict[str, str] = {
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
     "cdt": "compiled graphs' fused kernels tuned by coordinate descent (a longer compile; "
     "rounding only)",
+    "cgraph": "compiled graphs replayed as CUDA graphs (a bucket's kernels launched as one, "
+    "for the small batches where launching them costs the most: the autoregressive windows, "
+    "a story's first levels; inputs copied to the graph's own buffers; CUDA only, harmless "
+    "elsewhere; the same sums)",
     "mat": "compiled graphs time Triton matrix-product templates against cuBLAS for each "
     "linear layer's shape and keep the faster, fusing the element-wise work that follows a "
     "product into its kernel (max_autotune_gemm: a much longer compile; rounding only)",
@@ -347,7 +351,7 @@ def needs_copy(speedups: tuple[str, ...]) -> bool:
 
 
 def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
-    """Apply ``speedups`` (model-side ones; ``mm1x1``, ``cdt`` and ``mat`` are
+    """Apply ``speedups`` (model-side ones; ``mm1x1``, ``cdt``, ``cgraph`` and ``mat`` are
     :func:`inductor_options` ones) to
     ``unet`` in place, once; returns what changed (layers per speed-up)."""
     done = getattr(unet, _SPEEDUPS_ATTR, {})
@@ -383,6 +387,8 @@ def inductor_options(speedups: tuple[str, ...]) -> dict[str, Any]:
         options["coordinate_descent_tuning"] = True
     if "mat" in speedups:
         options |= {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"}
+    if "cgraph" in speedups:
+        options["triton.cudagraphs"] = True
     return options
 
 

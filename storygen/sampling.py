@@ -112,7 +112,9 @@ def guided_output(
         )
     else:
         out = unet3d_forward(unet, x, t, context)
-    out = out[:rows].float()
+    # a compiled graph replayed as a CUDA graph (cgraph) hands out its own buffer, which the
+    # next pass overwrites: a compiled pass's output is copied (a bf16 one is by the cast)
+    out = out[:rows].to(torch.float32, copy=compiled)
     if negative is not None:
         uncond, cond = out.chunk(2)
         out = uncond + guidance_scale * (cond - uncond)

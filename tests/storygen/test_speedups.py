@@ -227,6 +227,7 @@ def test_compiler_speedups_are_inductor_options_and_leave_the_modules_alone():
     from storygen.accel import inductor_options
 
     assert inductor_options(("tconv", "qkv")) == {}
+    assert inductor_options(("cgraph",)) == {"triton.cudagraphs": True}
     assert inductor_options(("mm1x1", "cdt")) == {
         "conv_1x1_as_mm": True,
         "coordinate_descent_tuning": True,
@@ -235,7 +236,7 @@ def test_compiler_speedups_are_inductor_options_and_leave_the_modules_alone():
     assert mat["max_autotune_gemm"] is True and "TRITON" in mat["max_autotune_gemm_backends"]
     unet = build_components("micro", mode="masked")["unet"]
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    assert apply_speedups(unet, ("mm1x1", "cdt", "mat")) == {}
+    assert apply_speedups(unet, ("mm1x1", "cdt", "mat", "cgraph")) == {}
     after = unet.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
@@ -249,8 +250,9 @@ def test_a_render_compiled_with_tuned_kernels_gives_the_plain_frames(tmp_path, m
     folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
     pipe = StoryVideoPipeline.from_pretrained(folder)
     plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
-    tuned = pipe(PROMPTS, 17, speedups="tconv,mm1x1,cdt,mat", compile="all", **RUN)
-    assert set(tuned.stats.speedups) == {"tconv", "mm1x1", "cdt", "mat"}
+    # CUDA graphs (cgraph) are an option of Inductor's CUDA code: harmless on a CPU
+    tuned = pipe(PROMPTS, 17, speedups="tconv,mm1x1,cdt,mat,cgraph", compile="all", **RUN)
+    assert set(tuned.stats.speedups) == {"tconv", "mm1x1", "cdt", "mat", "cgraph"}
     assert tuned.stats.compiled_rows
     torch.testing.assert_close(tuned.frames, plain.frames, atol=1e-4, rtol=1e-4)
 
@@ -397,6 +399,10 @@ def test_cuda_speedups_compiled_give_the_same_frames(tmp_path, monkeypatch):
     assert fast.stats.compiled_rows == [2, 4]
     assert set(fast.stats.speedups) == {"tconv", "qkv", "tattn", "mm1x1"}
     torch.testing.assert_close(fast.frames, plain.frames, atol=1e-3, rtol=1e-3)
+    # replayed as CUDA graphs: the same kernels; each pass's output is read before the next
+    # pass overwrites the graph's buffer (float32 here: no cast copies it)
+    graphed = pipe(PROMPTS, 17, speedups="tconv,qkv,mm1x1,cgraph", compile="all", **RUN)
+    torch.testing.assert_close(graphed.frames, plain.frames, atol=1e-3, rtol=1e-3)
     for compile_ in ("off", "all"):  # packed FlexAttention: its own kernel, and in the graph
         packed = pipe(PROMPTS, 17, speedups="tconv,qkv,pattn", compile=compile_, **RUN)
         assert packed.stats.speedups["pattn"] > 0
