@@ -48,7 +48,7 @@ from benchmarks.gpu_clock import GpuClocks, describe  # noqa: E402
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from schemas.cli import auto_or_positive_int, positive_int  # noqa: E402
-from storygen.accel import is_compiled  # noqa: E402
+from storygen.accel import is_compiled, resolve_speedups  # noqa: E402
 from storygen.pipeline import StoryVideoPipeline  # noqa: E402
 from storygen.presets import build_components  # noqa: E402
 
@@ -257,6 +257,8 @@ def run(
         "micro_batch": args.micro_batch,
         "compile": args.compile,
         "speedups": args.speedups,
+        # what that choice meant on this device (auto's meaning changes between versions)
+        "speedups_resolved": list(resolve_speedups(args.speedups, torch.device(args.device).type)),
         "unet_tflop_per_call_forward": flops_call / 1e12,
         **decoding,
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
@@ -431,6 +433,49 @@ def summarise(rows: list[dict[str, Any]], lengths: list[int]) -> dict[str, Any]:
     return {"medians": medians, "ratios": ratios}
 
 
+#: what two runs must share to be compared (--merge)
+SAME_SETTINGS = (
+    "model",
+    "device",
+    "dtype",
+    "height_width",
+    "frames_per_call",
+    "overlap",
+    "steps",
+    "guidance_scale",
+    "micro_batch",
+    "compile",
+    "speedups_resolved",
+)
+
+
+def merge(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """One result of the runs of several (separate processes or machines: one mode each, when
+    a time limit allows no more), with each length's medians and ratios over all their runs.
+    ValueError, naming the setting and the files, where they did not run alike."""
+    first = results[0]
+    for name, other in zip(names[1:], results[1:], strict=True):
+        for key in SAME_SETTINGS:
+            if key not in first or key not in other:
+                missing = names[0] if key not in first else name
+                raise ValueError(f"{missing} does not record {key!r}: cannot tell it ran alike")
+            if first[key] != other[key]:
+                raise ValueError(
+                    f"{names[0]} and {name} differ in {key}: {first[key]!r} against "
+                    f"{other[key]!r}; their times do not compare"
+                )
+    rows = [row for r in results for row in r["rows"]]
+    lengths = sorted({row["frames"] for row in rows})
+    keep = {k: v for k, v in first.items() if k not in ("rows", "medians", "ratios")}
+    return {
+        **keep,
+        "complete": all(r.get("complete", True) for r in results),
+        "merged_from": names,
+        "rows": rows,
+        **summarise(rows, lengths),
+    }
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run of median wall time (the lower middle one of an even count)."""
     ordered = sorted(runs, key=lambda r: r["wall_time_s"])
@@ -552,6 +597,15 @@ def main(argv: list[str] | None = None) -> int:
         "auto = the device's defaults, none (default: auto)",
     )
     p.add_argument("--skip", default="", help="modes to skip, comma separated")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="render nothing: merge these results (one mode each, say, from separate calls) "
+        "into one, with medians and ratios over all their runs; refused where they differ in "
+        "a setting (model, device, steps, speed-ups as resolved, ...)",
+    )
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=None, help="default benchmarks/results/storygen_speed.json")
     args = p.parse_args(argv)
@@ -564,6 +618,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out or ROOT / "benchmarks" / "results" / "storygen_speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        try:
+            result = merge([json.loads(Path(f).read_text()) for f in args.merge], args.merge)
+        except (OSError, ValueError) as exc:
+            p.error(f"--merge: {exc}")
+        print_table(result)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {out}")
+        return 0
     result = run(args, on_run=lambda partial: out.write_text(json.dumps(partial, indent=2)))
     print_table(result)
     out.write_text(json.dumps(result, indent=2))

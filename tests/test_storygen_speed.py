@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import storygen_speed
 
 
@@ -108,3 +110,38 @@ def test_decode_speed_counts_the_decoders_work():
     assert storygen_speed.decode_flops(latent) > 0
     assert storygen_speed.decode_rate(latent, "cpu", frames=32) > 0
     assert storygen_speed.decode_flops(pixels) == 0
+
+
+def test_runs_of_separate_calls_merge_into_one_comparison(tmp_path, capsys):
+    """One mode per call (a device's time limit), merged: the medians and ratio of a run of
+    both; runs made with other settings are refused, naming the setting."""
+    common = ["--lengths", "16", "--steps", "1"]
+    hier, auto = tmp_path / "hier.json", tmp_path / "auto.json"
+    assert storygen_speed.main([*common, "--skip", "autoregressive", "--out", str(hier)]) == 0
+    argv = [*common, "--skip", "hierarchical", "--repeats", "2", "--out", str(auto)]
+    assert storygen_speed.main(argv) == 0
+    merged = tmp_path / "both.json"
+    assert storygen_speed.main(["--merge", str(hier), str(auto), "--out", str(merged)]) == 0
+    result = json.loads(merged.read_text())
+    assert result["merged_from"] == [str(hier), str(auto)]
+    assert [r["mode"] for r in result["rows"]] == ["hierarchical"] + ["autoregressive"] * 2
+    assert result["speedups_resolved"] == ["tconv"]  # the CPU's auto
+    h = json.loads(hier.read_text())["rows"][0]["wall_time_s"]
+    a = storygen_speed.median_run(json.loads(auto.read_text())["rows"])["wall_time_s"]
+    ratio = result["ratios"]["16"]["wall_time_autoregressive_over_hierarchical"]
+    assert abs(ratio - a / h) < 1e-12
+    # other speed-ups: refused, the setting named
+    other = tmp_path / "other.json"
+    argv = [*common, "--skip", "hierarchical", "--speedups", "none", "--out", str(other)]
+    assert storygen_speed.main(argv) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        storygen_speed.main(["--merge", str(hier), str(other), "--out", str(merged)])
+    assert "differ in speedups_resolved" in capsys.readouterr().err
+    # a result from before the resolved speed-ups were recorded cannot be vouched for
+    old = json.loads(other.read_text())
+    del old["speedups_resolved"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit):
+        storygen_speed.main(["--merge", str(hier), str(tmp_path / "old.json")])
+    assert "does not record 'speedups_resolved'" in capsys.readouterr().err
