@@ -235,7 +235,7 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
             f"{','.join(v)} on {k.upper() if k == 'cuda' else 'a CPU'}"
             for k, v in DEFAULT_SPEEDUPS.items()
         )
-        + "; none = off (default: auto)",
+        + "; auto,NAME = those and NAME (auto,cgraph); none = off (default: auto)",
     )
     g.add_argument(
         "--cudnn-autotune",

@@ -217,6 +217,8 @@ def test_speedup_choices():
     assert resolve_speedups("none", "cuda") == ()
     assert resolve_speedups("qkv, tconv", "cpu") == ("tconv", "qkv")
     assert resolve_speedups(["tattn"], "cpu") == ("tattn",)
+    assert set(resolve_speedups("auto,cgraph", "cuda")) == {*DEFAULT_SPEEDUPS["cuda"], "cgraph"}
+    assert resolve_speedups("qkv,auto", "cpu") == ("tconv", "qkv")
     with pytest.raises(ValueError, match="unknown speed-ups.*turbo.*choose from tconv"):
         resolve_speedups("tconv,turbo", "cuda")
     with pytest.raises(ValueError, match="fp8 speed-up needs a CUDA device"):
