@@ -162,15 +162,20 @@ def decode_flops(pipe: StoryVideoPipeline) -> float:
     return float(counter.get_total_flops())
 
 
+def bucket_rows(key: str) -> int:
+    """The UNet rows of a bucket's key (``"<rows>x<frames>"``, ``" compiled"`` after a padded
+    one)."""
+    return int(key.split("x", 1)[0])
+
+
 def largest_rows(bucket_times_s: dict[str, Any]) -> int:
-    """The most UNet rows any batch of a render ran, from its buckets' keys
-    (``"<rows>x<frames>"``, ``" compiled"`` after a padded one)."""
-    return max((int(key.split("x", 1)[0]) for key in bucket_times_s), default=0)
+    """The most UNet rows any batch of a render ran, from its buckets' keys."""
+    return max(map(bucket_rows, bucket_times_s), default=0)
 
 
 def largest_bucket_rate(
     bucket_times_s: dict[str, Any], flops_per_call_pass: float, passes: int
-) -> dict[str, float] | None:
+) -> dict[str, Any] | None:
     """The sustained UNet rate of the render's batched level: its bucket of the most rows
     (the last level's batches), over its batches after the first (which compiles or
     autotunes, where there are later ones), counting the useful FLOPs of the calls it ran
@@ -179,7 +184,7 @@ def largest_bucket_rate(
     None for a render without batches."""
     if not bucket_times_s:
         return None
-    key = max(bucket_times_s, key=lambda k: int(k.split("x", 1)[0]))
+    key = max(bucket_times_s, key=bucket_rows)
     entries = bucket_times_s[key]
     steady = entries[1:] or entries
     calls = sum(c for c, _ in steady)
@@ -299,15 +304,11 @@ def run(
         warmup = stats.warmup_s()
         unet_flops = flops_call * stats.calls_run * args.steps * branches
         steady_unet_s = max(unet_s - warmup, 1e-9)
-
-        def level_rate(buckets: dict[str, Any]) -> dict[str, Any] | None:
-            rate = largest_bucket_rate(buckets, flops_call * branches, args.steps)
-            if rate is not None:
-                rate["utilisation_of_matmul_peak"] = (
-                    rate["tflops_per_s"] * 1e12 / peak if peak else None
-                )
-            return rate
-
+        level = largest_bucket_rate(stats.bucket_times_s, flops_call * branches, args.steps)
+        if level is not None:
+            level["utilisation_of_matmul_peak"] = (
+                level["tflops_per_s"] * 1e12 / peak if peak else None
+            )
         row = {
             "frames": n,
             "mode": mode if devices is None else f"{mode} x{len(devices)}",
@@ -333,7 +334,7 @@ def run(
             "utilisation_of_matmul_peak": (unet_flops / steady_unet_s / peak if peak else None),
             # the batched level alone (its largest bucket, after its first batch): the rate
             # the level-by-level plan is built to reach
-            "batched_level": level_rate(stats.bucket_times_s),
+            "batched_level": level,
             "s_per_frame": wall / n,
             "peak_rss_bytes": rss.peak,
             "peak_cuda_bytes": (
@@ -374,7 +375,6 @@ def run(
         )
         if row["gpu_clocks"]:
             print(f"         GPU: {describe(row['gpu_clocks'])}", flush=True)
-        level = row["batched_level"]
         if level is not None:
             share = level["utilisation_of_matmul_peak"]
             print(

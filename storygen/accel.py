@@ -331,15 +331,14 @@ def resolve_speedups(choice: str | Any, device_type: str) -> tuple[str, ...]:
     """A render's speed-ups: ``"auto"`` (:data:`DEFAULT_SPEEDUPS` of the device type),
     ``"none"``, or names of :data:`SPEEDUPS` (comma separated, or a sequence), among which
     ``auto`` stands for the defaults (``"auto,cdt"``: the defaults and ``cdt``)."""
+    defaults = DEFAULT_SPEEDUPS.get(device_type, DEFAULT_SPEEDUPS["cpu"])
     if choice is None or choice == "auto":
-        return DEFAULT_SPEEDUPS.get(device_type, DEFAULT_SPEEDUPS["cpu"])
+        return defaults
     if choice in ("none", ""):
         return ()
     names = [n.strip() for n in choice.split(",")] if isinstance(choice, str) else list(choice)
     if "auto" in names:  # the device's defaults and more: "auto,cdt"
-        names = [n for n in names if n != "auto"] + list(
-            DEFAULT_SPEEDUPS.get(device_type, DEFAULT_SPEEDUPS["cpu"])
-        )
+        names = [n for n in names if n != "auto"] + list(defaults)
     unknown = [n for n in names if n not in SPEEDUPS]
     if unknown:
         raise ValueError(
