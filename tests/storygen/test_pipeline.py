@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -172,6 +174,38 @@ def test_devices_share_each_level_evenly(pipe):
     one = pipe(PROMPTS[0], 47, output_type="latent", micro_batch=4, **RUN)
     assert one.stats.calls_per_device == [out.plan.model_calls]
     torch.testing.assert_close(out.frames, one.frames, rtol=0, atol=BATCH_ATOL)
+
+
+def test_a_device_keeps_its_worker_thread_from_render_to_render(pipe, reference, monkeypatch):
+    """cuDNN keeps the algorithms its autotuner picked per thread: a device's batches run on
+    one thread, the same in every render, a second device's on another; a batch that fails
+    leaves the thread serving the next render."""
+    seen: list[threading.Thread] = []
+    real = pipe.denoise
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread())
+        if fail:
+            raise _Stop
+        return real(*args, **kwargs)
+
+    fail = False
+    monkeypatch.setattr(pipe, "denoise", spy)
+    pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN)
+    first = set(seen)
+    assert len(first) == 1 and threading.current_thread() not in first
+    seen.clear()
+    fail = True
+    with pytest.raises(_Stop):
+        pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN)
+    fail = False
+    out = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN)
+    assert set(seen) == first
+    torch.testing.assert_close(out.frames, reference, rtol=0, atol=0)
+    seen.clear()
+    # level 1's four calls in two batches of two: one on each device, each on its own thread
+    pipe(PROMPTS, 17, output_type="latent", micro_batch=2, devices=["cpu", "cpu"], **RUN)
+    assert len(set(seen)) == 2 and first < set(seen)
 
 
 class _Stop(Exception):
