@@ -449,13 +449,31 @@ SAME_SETTINGS = (
 )
 
 
-def merge(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+def merge(
+    results: list[dict[str, Any]], names: list[str], *, per_mode_speedups: bool = False
+) -> dict[str, Any]:
     """One result of the runs of several (separate processes or machines: one mode each, when
     a time limit allows no more), with each length's medians and ratios over all their runs.
-    ValueError, naming the setting and the files, where they did not run alike."""
+    ValueError, naming the setting and the files, where they did not run alike.
+
+    ``per_mode_speedups``: each mode may run its own speed-ups (each at its best: CUDA graphs
+    pay for the baseline's 2-row passes, say), the same for all of a mode's runs; recorded as
+    ``speedups_by_mode``. Every other setting must still agree."""
     first = results[0]
+    settings = [k for k in SAME_SETTINGS if not (per_mode_speedups and k == "speedups_resolved")]
+    by_mode: dict[str, list[str]] = {}
+    for name, result in zip(names, results, strict=True):
+        if "speedups_resolved" not in result:
+            raise ValueError(f"{name} does not record 'speedups_resolved': cannot tell it ran alike")
+        for mode in sorted({row["mode"] for row in result["rows"]}):
+            mine = by_mode.setdefault(mode, result["speedups_resolved"])
+            if mine != result["speedups_resolved"]:
+                raise ValueError(
+                    f"{name}'s {mode} runs used speed-ups {result['speedups_resolved']!r}, "
+                    f"another file's {mine!r}: one mode's runs must run alike"
+                )
     for name, other in zip(names[1:], results[1:], strict=True):
-        for key in SAME_SETTINGS:
+        for key in settings:
             if key not in first or key not in other:
                 missing = names[0] if key not in first else name
                 raise ValueError(f"{missing} does not record {key!r}: cannot tell it ran alike")
@@ -467,10 +485,13 @@ def merge(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     rows = [row for r in results for row in r["rows"]]
     lengths = sorted({row["frames"] for row in rows})
     keep = {k: v for k, v in first.items() if k not in ("rows", "medians", "ratios")}
+    if per_mode_speedups:
+        keep["speedups_resolved"] = None
     return {
         **keep,
         "complete": all(r.get("complete", True) for r in results),
         "merged_from": names,
+        "speedups_by_mode": by_mode,
         "rows": rows,
         **summarise(rows, lengths),
     }
@@ -496,6 +517,12 @@ def print_table(result: dict[str, Any]) -> None:
             else ""
         )
     )
+    speedups = result.get("speedups_by_mode") or {}
+    if speedups:
+        print(
+            "speed-ups: "
+            + "; ".join(f"{mode} {','.join(names) or 'none'}" for mode, names in speedups.items())
+        )
     rate = result["decode_frames_per_s"]
     compiled = result.get("decode_compiled_frames_per_s")
     print(
@@ -606,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
         "into one, with medians and ratios over all their runs; refused where they differ in "
         "a setting (model, device, steps, speed-ups as resolved, ...)",
     )
+    p.add_argument(
+        "--per-mode-speedups",
+        action="store_true",
+        help="with --merge: each mode may have run its own speed-ups (the baseline at its "
+        "best, say, with cgraph), the same across that mode's runs; the table names them",
+    )
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=None, help="default benchmarks/results/storygen_speed.json")
     args = p.parse_args(argv)
@@ -620,7 +653,11 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge:
         try:
-            result = merge([json.loads(Path(f).read_text()) for f in args.merge], args.merge)
+            result = merge(
+                [json.loads(Path(f).read_text()) for f in args.merge],
+                args.merge,
+                per_mode_speedups=args.per_mode_speedups,
+            )
         except (OSError, ValueError) as exc:
             p.error(f"--merge: {exc}")
         print_table(result)

@@ -138,6 +138,20 @@ def test_runs_of_separate_calls_merge_into_one_comparison(tmp_path, capsys):
     with pytest.raises(SystemExit):
         storygen_speed.main(["--merge", str(hier), str(other), "--out", str(merged)])
     assert "differ in speedups_resolved" in capsys.readouterr().err
+    # each mode at its own best, asked for: merged, each mode's speed-ups recorded
+    argv = ["--merge", str(hier), str(other), "--per-mode-speedups", "--out", str(merged)]
+    assert storygen_speed.main(argv) == 0
+    assert "speed-ups: hierarchical tconv; autoregressive none" in capsys.readouterr().out
+    result = json.loads(merged.read_text())
+    assert result["speedups_by_mode"] == {"hierarchical": ["tconv"], "autoregressive": []}
+    assert result["speedups_resolved"] is None
+    a = json.loads(other.read_text())["rows"][0]["wall_time_s"]
+    ratio = result["ratios"]["16"]["wall_time_autoregressive_over_hierarchical"]
+    assert abs(ratio - a / h) < 1e-12
+    # but one mode's runs with two sets of speed-ups are refused
+    with pytest.raises(SystemExit):
+        storygen_speed.main(["--merge", str(auto), str(other), "--per-mode-speedups"])
+    assert "autoregressive runs used speed-ups []" in capsys.readouterr().err
     # a result from before the resolved speed-ups were recorded cannot be vouched for
     old = json.loads(other.read_text())
     del old["speedups_resolved"]
