@@ -464,7 +464,9 @@ def merge(
     by_mode: dict[str, list[str]] = {}
     for name, result in zip(names, results, strict=True):
         if "speedups_resolved" not in result:
-            raise ValueError(f"{name} does not record 'speedups_resolved': cannot tell it ran alike")
+            raise ValueError(
+                f"{name} does not record 'speedups_resolved': cannot tell it ran alike"
+            )
         for mode in sorted({row["mode"] for row in result["rows"]}):
             mine = by_mode.setdefault(mode, result["speedups_resolved"])
             if mine != result["speedups_resolved"]:

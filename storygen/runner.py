@@ -17,6 +17,7 @@ batch at a time (:class:`LevelProgress`).
 from __future__ import annotations
 
 import copy
+import os
 import resource
 import threading
 import time
@@ -56,6 +57,8 @@ from storygen.text import PromptCache
 #: one worker thread per device for the life of the process (:func:`device_worker`)
 _DEVICE_WORKERS: dict[str, ThreadPoolExecutor] = {}
 _DEVICE_WORKERS_LOCK = threading.Lock()
+# a forked child has none of its parent's threads: it starts its own
+os.register_at_fork(after_in_child=_DEVICE_WORKERS.clear)
 
 
 def device_worker(device: torch.device, slot: int = 0) -> ThreadPoolExecutor:

@@ -368,3 +368,31 @@ def test_an_encoder_error_fails_the_render_and_leaves_no_file(pipe, tmp_path, mo
         pipe(prompts, 65, output_type=None, output_path=tmp_path / "broken.mp4", **RUN)
     assert not (tmp_path / "broken.mp4").exists()
     assert calls["n"] >= 2
+
+
+def test_a_forked_child_renders_on_its_own_worker_thread(model_dir):
+    """A process forked after a render (a pool of workers, say) has none of the parent's
+    threads: its render starts its own worker instead of waiting on one that is gone. Run in
+    a fresh interpreter, away from the threads other tests leave behind."""
+    import subprocess
+    import sys
+
+    code = f"""
+import multiprocessing, torch
+from storygen.pipeline import StoryVideoPipeline
+RUN = {RUN!r}
+PROMPTS = {PROMPTS!r}
+pipe = StoryVideoPipeline.from_pretrained({str(model_dir)!r})
+def render(child=False):
+    if child:  # OpenMP's threads do not survive a fork either
+        torch.set_num_threads(1)
+    return pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN).frames
+parent = render()
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    child = pool.apply_async(render, (True,)).get(timeout=60)
+torch.testing.assert_close(child, parent, rtol=0, atol=1e-5)  # one thread's sums
+print("child rendered")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "child rendered" in done.stdout
