@@ -65,11 +65,11 @@ def device_worker(device: torch.device, slot: int = 0) -> ThreadPoolExecutor:
     """The worker thread that samples batches on ``device``, kept from render to render
     (``slot``: a device named more than once in ``devices``, each time with its own thread).
 
-    What a thread learns on its first passes stays with that thread: cuDNN keeps the
-    algorithms its autotuner picked (``cudnn_autotune``) per thread, and PyTorch its library
-    handles. A fresh thread for every render timed every convolution shape again on the
-    render's first batch of each size: 1.9 s of a 5-step render's 2-row call that otherwise
-    takes 0.25 s, 4 s on the first 114-row batch of a ModelScope-shape level (H200)."""
+    PyTorch keeps some of what a thread learns on its first passes with that thread: the
+    algorithms cuDNN's autotuner picked (``cudnn_autotune``), CUDA graph trees. With a fresh
+    thread for every render, each render's first batch of each size ran slow in a warmed-up
+    process (H200, ModelScope shape, 5 steps: a 2-row call 1.6-2.1 s against 0.25 s, the first
+    114-row batch 11.4 s against 7.4 s), but not when the passes were replayed CUDA graphs."""
     key = f"{device}#{slot}"
     with _DEVICE_WORKERS_LOCK:
         if key not in _DEVICE_WORKERS:
@@ -539,18 +539,16 @@ class PlanRunner:
                 if show:
                     self.start_progress(level, todo)
                 batches = self.batches(level.index, todo)
-                futures: list[Future] = [
-                    executors[k % len(self.devices)].submit(
-                        self.run_batch,
-                        batch,
-                        self.pipe.prepare_latents(
-                            batch, settings=self.settings, frames=self.store, text=self.text_cache
-                        ),
-                        self.devices[k % len(self.devices)],
+                futures: list[Future] = []
+                submitted = futures  # the finally below waits for what was submitted
+                for k, batch in enumerate(batches):
+                    inputs = self.pipe.prepare_latents(
+                        batch, settings=self.settings, frames=self.store, text=self.text_cache
                     )
-                    for k, batch in enumerate(batches)
-                ]
-                submitted = futures
+                    slot = k % len(self.devices)
+                    futures.append(
+                        executors[slot].submit(self.run_batch, batch, inputs, self.devices[slot])
+                    )
                 # batch k runs on device k mod N (see batches)
                 owners = [k % len(self.devices) for k in range(len(batches))]
                 pending = iter(zip(batches, futures, owners))

@@ -370,6 +370,38 @@ def test_an_encoder_error_fails_the_render_and_leaves_no_file(pipe, tmp_path, mo
     assert calls["n"] >= 2
 
 
+def test_a_failed_preparation_returns_once_the_running_batch_is_done(pipe, monkeypatch):
+    """A level's second batch fails to prepare while its first samples: the error reaches the
+    caller only once the first batch is done, so nothing runs on behind it."""
+    import time
+
+    running, done = [], []
+    started = threading.Event()
+    real_denoise, real_prepare = pipe.denoise, pipe.prepare_latents
+
+    def slow_denoise(*args, **kwargs):
+        running.append(1)
+        started.set()
+        time.sleep(0.5)
+        out = real_denoise(*args, **kwargs)
+        done.append(running.pop())
+        return out
+
+    def prepare(batch, **kwargs):
+        if batch.level == 1 and batch.indices[0] > 0:
+            assert started.wait(10)  # the first batch is sampling
+            raise _Stop
+        if batch.level == 1:
+            started.clear()
+        return real_prepare(batch, **kwargs)
+
+    monkeypatch.setattr(pipe, "denoise", slow_denoise)
+    monkeypatch.setattr(pipe, "prepare_latents", prepare)
+    with pytest.raises(_Stop):
+        pipe(PROMPTS, 17, output_type="latent", micro_batch=2, **RUN)
+    assert not running and len(done) == 2  # level 0's call and level 1's first batch
+
+
 def test_a_forked_child_renders_on_its_own_worker_thread(model_dir):
     """A process forked after a render (a pool of workers, say) has none of the parent's
     threads: its render starts its own worker instead of waiting on one that is gone. Run in
