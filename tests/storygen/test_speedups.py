@@ -405,6 +405,11 @@ def test_cuda_speedups_compiled_give_the_same_frames(tmp_path, monkeypatch):
     # pass overwrites the graph's buffer (float32 here: no cast copies it)
     graphed = pipe(PROMPTS, 17, speedups="tconv,qkv,mm1x1,cgraph", compile="all", **RUN)
     torch.testing.assert_close(graphed.frames, plain.frames, atol=1e-3, rtol=1e-3)
+    # the sliding windows, where CUDA graphs pay: each window's output feeds the next
+    ar = {**RUN, "policy": "autoregressive"}
+    plain_ar = pipe(PROMPTS, 17, speedups="none", compile="off", **ar)
+    graphed_ar = pipe(PROMPTS, 17, speedups="tconv,qkv,mm1x1,cgraph", compile="all", **ar)
+    torch.testing.assert_close(graphed_ar.frames, plain_ar.frames, atol=1e-3, rtol=1e-3)
     for compile_ in ("off", "all"):  # packed FlexAttention: its own kernel, and in the graph
         packed = pipe(PROMPTS, 17, speedups="tconv,qkv,pattn", compile=compile_, **RUN)
         assert packed.stats.speedups["pattn"] > 0
