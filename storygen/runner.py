@@ -3,8 +3,8 @@
 For every level the runner takes the calls the cache does not already hold, groups them into
 batches of ``micro_batch`` calls of equal length, prepares each batch on the main thread (the
 known frames are gathered before they can be released) and samples it on a worker thread per
-device, the same thread from render to render (:func:`device_worker`). Results are consumed in plan order, so frames reach the :class:`~storygen.sink.FrameSink`
-in order; a frame is forgotten once it is written and no later level needs it as a known frame.
+device, the same thread from render to render (:func:`device_worker`). Results are consumed
+in plan order, so frames reach the :class:`~storygen.sink.FrameSink` in order; a frame is forgotten once it is written and no later level needs it as a known frame.
 How one batch is sampled is the pipeline's business (:meth:`StoryVideoPipeline.prepare_latents`
 and :meth:`StoryVideoPipeline.denoise`).
 
@@ -530,7 +530,7 @@ class PlanRunner:
         # one worker thread per device, so a device runs its batches one after another
         names = [str(d) for d in self.devices]
         executors = [device_worker(d, names[:k].count(str(d))) for k, d in enumerate(self.devices)]
-        submitted: list[Future] = []
+        futures: list[Future] = []  # the level's batches: waited for on the way out
         try:
             for level in self.plan.levels:
                 t0 = time.perf_counter()
@@ -539,18 +539,16 @@ class PlanRunner:
                 if show:
                     self.start_progress(level, todo)
                 batches = self.batches(level.index, todo)
-                futures: list[Future] = []
-                submitted = futures  # the finally below waits for what was submitted
+                futures, owners = [], []
                 for k, batch in enumerate(batches):
                     inputs = self.pipe.prepare_latents(
                         batch, settings=self.settings, frames=self.store, text=self.text_cache
                     )
-                    slot = k % len(self.devices)
+                    slot = k % len(self.devices)  # batch k runs on device k mod N (see batches)
                     futures.append(
                         executors[slot].submit(self.run_batch, batch, inputs, self.devices[slot])
                     )
-                # batch k runs on device k mod N (see batches)
-                owners = [k % len(self.devices) for k in range(len(batches))]
+                    owners.append(slot)
                 pending = iter(zip(batches, futures, owners))
                 results = {i: (s, True) for i, s in cached.items() if i < len(level.calls)}
                 # consume in plan order, so that frames stream out in order
@@ -574,9 +572,9 @@ class PlanRunner:
             sink.offer(self.store, flush=True)
         finally:
             # on an error: batches not started are dropped, a running one is waited for
-            for f in submitted:
+            for f in futures:
                 f.cancel()
-            wait_futures(submitted)
+            wait_futures(futures)
             if self.progress is not None:
                 self.progress.close()
                 self.progress = None
