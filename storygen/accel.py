@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +54,7 @@ __all__ = [
     "compile_decoder",
     "compile_seconds",
     "compile_unet",
+    "compiled_call",
     "decoder_compiles",
     "default_compile",
     "fast_temporal_convs",
@@ -191,6 +193,78 @@ def _compile_in_place(module: Any, name: str, options: dict[str, Any] | None = N
     module.compile(fullgraph=False, dynamic=False, options=options or None)
     setattr(module, _COMPILED_FLAG, True)
     logger.info("compiling %s (graphs cached in %s)", name, cache)
+
+
+#: the call signatures a compiled module has run (:func:`compiled_call`)
+_WARM_ATTR = "_storyloom_warm_calls"
+
+
+class _CompileGate:
+    """Lets a compiled module's first call of a signature (the one that compiles a graph) run
+    alone in the process, and its other calls side by side.
+
+    A compile traces the module with process-wide state: PyTorch's FX tracer patches
+    ``nn.Module.__call__`` and sets a global "FX tracing" flag, and dynamo holds a global
+    "compiling" flag. A compiled module called from another thread meanwhile is taken for one
+    nested in the trace, and fails ("Detected that you are using FX to symbolically trace a
+    dynamo-optimized function") or runs eager. A render calls its compiled UNet on a device's
+    worker thread and its compiled VAE decoder on the render's own thread, so the first decode
+    (which compiles the decoder) met the UNet's next batch (H200, ModelScope shape, compile
+    ``all``). A compile waits for the calls running to finish and holds the others back until
+    it is done; a call waiting to compile goes before calls that arrive after it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0  # calls of signatures already compiled, running now
+        self._compiling = False
+        self._waiting = 0  # first calls waiting to compile
+
+    @contextlib.contextmanager
+    def call(self, module: Any, signature: tuple) -> Iterator[bool]:
+        warm: set[tuple] = module.__dict__.setdefault(_WARM_ATTR, set())
+        with self._cond:
+            first = signature not in warm
+            if first:
+                self._waiting += 1
+                self._cond.wait_for(lambda: not self._compiling and not self._running)
+                self._waiting -= 1
+                self._compiling = True
+            else:
+                self._cond.wait_for(lambda: not self._compiling and not self._waiting)
+                self._running += 1
+        ok = False
+        try:
+            yield first
+            ok = True
+        finally:
+            with self._cond:
+                if first:
+                    self._compiling = False
+                    if ok:  # a failed first call compiles again next time
+                        warm.add(signature)
+                else:
+                    self._running -= 1
+                self._cond.notify_all()
+
+
+_GATE = _CompileGate()
+
+
+def call_signature(*values: Any) -> tuple:
+    """What decides which graph a compiled call runs: each tensor's shape, dtype and device
+    (static shapes), and any other value as it is."""
+    import torch
+
+    return tuple(
+        (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else v for v in values
+    )
+
+
+def compiled_call(module: Any, *values: Any) -> contextlib.AbstractContextManager[bool]:
+    """The block that calls compiled ``module`` with ``values`` (its tensors and the settings
+    its graph depends on): a first call of a signature, which compiles, runs alone in the
+    process (:class:`_CompileGate`). Yields whether this call is that first one."""
+    return _GATE.call(module, call_signature(*values))
 
 
 def compile_seconds() -> float:

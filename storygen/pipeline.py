@@ -28,6 +28,7 @@ base class's ``from_pretrained`` returns it for a ModelScope-layout folder.)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -44,7 +45,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from storygen.accel import is_compiled, resolve_compile, resolve_speedups
+from storygen.accel import compiled_call, is_compiled, resolve_compile, resolve_speedups
 from storygen.cache import CallCache, cache_key
 from storygen.models import MaskedUNet3D
 from storygen.plan import (
@@ -424,7 +425,9 @@ class StoryVideoPipeline(DiffusionPipeline):
             n = z.shape[0]
             if static and n < chunk:
                 z = torch.cat([z, z[-1:].expand(chunk - n, *z.shape[1:])])
-            x = vae.decode(z / vae.config.scaling_factor).sample[:n]
+            z = z / vae.config.scaling_factor
+            with compiled_call(vae.decoder, z) if static else contextlib.nullcontext():
+                x = vae.decode(z).sample[:n]
             out.append(x.float().cpu())
         return torch.cat(out).clamp(-1, 1)
 

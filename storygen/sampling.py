@@ -19,6 +19,7 @@ level reaches every later call bit for bit. Nothing here knows about plans, devi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from storygen.accel import compiled_rows, is_compiled
+from storygen.accel import compiled_call, compiled_rows, is_compiled
 from storygen.models import MaskedUNet3D, unet3d_forward
 
 #: the model's (guided) output for a scaled input at a timestep
@@ -101,15 +102,12 @@ def guided_output(
     if isinstance(unet, MaskedUNet3D):
         # a compiled UNet runs its graph through __call__; a bucket it leaves eager calls
         # forward (an uncompiled UNet is called as usual, hooks and all)
-        out = (unet.forward if is_compiled(unet) and not compiled else unet)(
-            x,
-            t,
-            context,
-            known=known.to(unet.dtype),
-            mask=mask,
-            spacing=spacing,
-            progress=progress,
-        )
+        known = known.to(unet.dtype)
+        gate = compiled_call(unet, x, t, context, known, mask, spacing, progress)
+        with gate if compiled else contextlib.nullcontext():
+            out = (unet.forward if is_compiled(unet) and not compiled else unet)(
+                x, t, context, known=known, mask=mask, spacing=spacing, progress=progress
+            )
     else:
         out = unet3d_forward(unet, x, t, context)
     # a compiled graph replayed as a CUDA graph (cgraph) hands out its own buffer, which the

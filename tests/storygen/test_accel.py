@@ -212,6 +212,125 @@ def test_a_padded_batch_gives_each_call_what_it_gives_alone(tmp_path):
     torch.testing.assert_close(padded, plain, atol=1e-5, rtol=0)
 
 
+def _gated_unet(tmp_path):
+    """The micro UNet marked compiled (without compiling it), with a hook that records when
+    each pass starts and ends on which thread, and holds a pass while ``hold`` names its rows."""
+    import threading
+    import time
+
+    from storygen.accel import _COMPILED_FLAG, use_compiled_rows
+    from storygen.loading import load_pipeline
+    from storygen.sampling import CallInputs, guided_output
+
+    pipe = load_pipeline(new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS))
+    unet = pipe.unet.eval()
+    setattr(unet, _COMPILED_FLAG, True)
+    use_compiled_rows(unet, {r: row_bucket(r) for r in (2, 4, 6)})
+    c, s, d = unet.sample_channels, 77, unet.config.cross_attention_dim
+    f, h = 5, 8
+    log: list[tuple[str, int, float]] = []
+    hold: dict[int, float] = {}
+    entered = threading.Event()
+
+    def pre(_, args):
+        log.append(("start", args[0].shape[0], time.perf_counter()))
+        entered.set()
+        time.sleep(hold.get(args[0].shape[0], 0.0))
+
+    unet.register_forward_pre_hook(pre)
+    unet.register_forward_hook(
+        lambda _, args, out: log.append(("end", args[0].shape[0], time.perf_counter()))
+    )
+
+    def call(calls: int) -> torch.Tensor:
+        mask = torch.zeros(calls, f)
+        mask[:, 0] = 1
+        inputs = CallInputs(
+            noise=torch.zeros(calls, c, f, h, h),
+            known=torch.zeros(calls, c, f, h, h),
+            mask=mask,
+            context=torch.zeros(calls, f, s, d),
+            spacing=torch.ones(calls),
+            progress=torch.zeros(calls, f),
+        )
+        x = torch.zeros(calls, c, f, h, h)
+        with torch.no_grad():
+            return guided_output(unet, x, torch.tensor(500), inputs, 2.0, torch.zeros(1, 1, s, d))
+
+    return call, log, hold, entered, unet
+
+
+def _span(log, rows):
+    start = next(t for e, r, t in log if e == "start" and r == rows)
+    end = next(t for e, r, t in log if e == "end" and r == rows)
+    return start, end
+
+
+def test_a_compiling_pass_runs_alone_in_the_process(tmp_path):
+    """A compiled module's first pass of a shape (the one that compiles) runs alone: a pass of
+    a compiled shape on another thread waits for it to end, and it waits for one running.
+    A compile traces with process-wide state, so a compiled pass running beside it fails."""
+    import threading
+
+    call, log, hold, entered, _ = _gated_unet(tmp_path)
+    call(1)  # 2 rows with guidance: compiled from here on
+    # a first pass of 4 rows (compiling) on a worker thread, a 2-row pass meanwhile
+    hold[4] = 0.5
+    entered.clear()
+    log.clear()
+    worker = threading.Thread(target=call, args=(2,))
+    worker.start()
+    assert entered.wait(10)
+    call(1)
+    worker.join()
+    assert _span(log, 2)[0] >= _span(log, 4)[1]
+    # a 2-row pass running on a worker thread, the first pass of 6 rows (8 padded) meanwhile
+    hold.clear()
+    hold[2] = 0.5
+    entered.clear()
+    log.clear()
+    worker = threading.Thread(target=call, args=(1,))
+    worker.start()
+    assert entered.wait(10)
+    call(3)
+    worker.join()
+    assert _span(log, 8)[0] >= _span(log, 2)[1]  # 6 rows run padded to 8
+
+
+def test_passes_of_compiled_shapes_run_side_by_side(tmp_path):
+    """Only a compile runs alone: two passes of compiled shapes on two threads overlap."""
+    import threading
+
+    call, log, hold, entered, _ = _gated_unet(tmp_path)
+    call(1)
+    call(2)
+    hold.update({2: 0.5, 4: 0.5})
+    log.clear()
+    worker = threading.Thread(target=call, args=(2,))
+    worker.start()
+    assert entered.wait(10)
+    call(1)
+    worker.join()
+    assert _span(log, 2)[0] < _span(log, 4)[1]
+
+
+def test_a_failed_compiling_pass_compiles_again(tmp_path):
+    """A first pass that fails leaves its shape to compile on the next pass, and holds no
+    other pass back."""
+    from storygen.accel import _WARM_ATTR
+
+    call, log, hold, _, unet = _gated_unet(tmp_path)
+    hold[2] = -1.0  # time.sleep raises on a negative time: the pass fails
+    with pytest.raises(ValueError):
+        call(1)
+    assert not getattr(unet, _WARM_ATTR)
+    call(2)  # a first pass of another shape gets through
+    hold.clear()
+    call(1)
+    call(1)
+    assert len(getattr(unet, _WARM_ATTR)) == 2  # 2 and 4 rows
+
+
 def test_cudnn_autotune_is_for_the_block_only():
     before = torch.backends.cudnn.benchmark
     with cudnn_autotune(True) as on:
