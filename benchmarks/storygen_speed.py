@@ -327,6 +327,8 @@ def run(
             "warmup_s": warmup,
             # compiling as PyTorch records it (graphs of every shape, the decoder's too)
             "compile_s": stats.compile_s,
+            # where it went, by the phases PyTorch times (nested: they overlap)
+            "compile_phases_s": stats.compile_phases_s,
             "wall_time_after_warmup_s": wall - warmup,
             "unet_batches_s": unet_s,
             "other_s": wall - unet_s,
@@ -373,6 +375,9 @@ def run(
             + ", ".join(f"{k} {v:.1f} s" for k, v in stats.stage_times_s.items()),
             flush=True,
         )
+        if stats.compile_phases_s:
+            top = list(stats.compile_phases_s.items())[:6]
+            print("         compiling: " + ", ".join(f"{k} {v:.1f} s" for k, v in top), flush=True)
         if row["gpu_clocks"]:
             print(f"         GPU: {describe(row['gpu_clocks'])}", flush=True)
         if level is not None:

@@ -52,6 +52,7 @@ __all__ = [
     "SPEEDUPS",
     "apply_speedups",
     "compile_decoder",
+    "compile_phases",
     "compile_seconds",
     "compile_unet",
     "compiled_call",
@@ -64,6 +65,7 @@ __all__ = [
     "compiled_rows",
     "cudnn_autotune",
     "is_compiled",
+    "phases_since",
     "row_bucket",
     "resolve_compile",
     "use_compiled_rows",
@@ -276,6 +278,26 @@ def compile_seconds() -> float:
     except ImportError:  # pragma: no cover - a PyTorch without the record
         return 0.0
     return float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
+
+
+def compile_phases() -> dict[str, float]:
+    """Seconds this process has spent so far in each phase of compiling that PyTorch times
+    (``bytecode_tracing``: dynamo reading the Python; Inductor's code generation and kernel
+    compiles, or the loads of cached ones; ...), summed over calls. The phases nest, so they
+    do not add up to :func:`compile_seconds`, which is the outermost. Empty where PyTorch
+    keeps no such record."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:  # pragma: no cover - a PyTorch without the record
+        return {}
+    return {name: float(sum(times)) for name, times in compilation_time_metrics.items()}
+
+
+def phases_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The compile phases' seconds between two :func:`compile_phases` records, longest first,
+    those of a millisecond or more."""
+    spent = {name: t - before.get(name, 0.0) for name, t in after.items()}
+    return dict(sorted(((n, t) for n, t in spent.items() if t >= 1e-3), key=lambda kv: -kv[1]))
 
 
 def is_compiled(unet: Any) -> bool:

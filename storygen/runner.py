@@ -35,6 +35,7 @@ from storygen.accel import (
     CompilePolicy,
     apply_speedups,
     compile_decoder,
+    compile_phases,
     compile_seconds,
     compile_unet,
     compiled_rows,
@@ -43,6 +44,7 @@ from storygen.accel import (
     inductor_options,
     is_compiled,
     needs_copy,
+    phases_since,
     resolve_speedups,
     use_compiled_rows,
 )
@@ -128,6 +130,9 @@ class GenerationStats:
     #: attention's kernels; loading cached graphs counts too), from PyTorch's record: the
     #: compile time apart from the rest, which :meth:`warmup_s` estimates by batch
     compile_s: float = 0.0
+    #: those seconds by the phases PyTorch times (nested, longest first): where a compile,
+    #: or the load of cached graphs, goes (``storygen.accel.compile_phases``)
+    compile_phases_s: dict[str, float] = field(default_factory=dict)
     #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
     micro_batches: list[int] = field(default_factory=list)
     #: CUDA memory one model call took (both guidance branches), as measured by the runner
@@ -517,13 +522,14 @@ class PlanRunner:
         ):
             compile_decoder(vae)
         self.stats.decoder_compiled = is_compiled(getattr(vae, "decoder", None))
-        compiling = compile_seconds()
+        compiling, phases = compile_seconds(), compile_phases()
         try:
             with cudnn_autotune(self.settings.cudnn_autotune and cuda) as tuned:
                 self.stats.cudnn_autotune = tuned
                 self._run(sink)
         finally:
             self.stats.compile_s = compile_seconds() - compiling
+            self.stats.compile_phases_s = phases_since(phases, compile_phases())
 
     def _run(self, sink: FrameSink) -> None:
         show = self.settings.progress

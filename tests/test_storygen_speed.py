@@ -52,6 +52,8 @@ def test_repeats_render_each_mode_that_often_and_compare_the_medians(tmp_path):
         ("autoregressive", 0),
         ("autoregressive", 1),
     ]
+    # a CPU renders eager by default: nothing compiled, no compile phases
+    assert all(r["compile_s"] == 0 and r["compile_phases_s"] == {} for r in rows)
     # 16 frames are one call, and the CPU's default guidance 1 runs one branch: one row
     assert [r["largest_batch_rows"] for r in rows] == [1, 1, 1, 1]
     # one batch of one call: the batched level is that batch, at the run's own FLOP count

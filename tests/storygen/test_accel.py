@@ -145,6 +145,11 @@ def _compiled_matches_eager(tmp_path, device: str, atol: float) -> None:
     # compiled: the pipeline's UNet, or the render's copy where a speed-up changes modules
     assert got.stats.compiled and got.stats.compiled_rows == [2, 4]
     assert got.stats.compile_s > 0 and got.stats.compile_s < got.stats.wall_time_s
+    # by phase: the outermost is the compile time itself, dynamo's tracing inside it
+    phases = got.stats.compile_phases_s
+    assert phases["_compile.compile_inner"] == pytest.approx(got.stats.compile_s)
+    assert 0 < phases["bytecode_tracing"] < got.stats.compile_s
+    assert short.stats.compile_phases_s == {}
     # compiled batches are timed under their own keys (their first batch holds the compile)
     assert short.stats.bucket_times_s.keys() == {"2x5", "4x5"}
     assert got.stats.bucket_times_s.keys() == {"2x5 compiled", "4x5 compiled"}
@@ -329,6 +334,16 @@ def test_a_failed_compiling_pass_compiles_again(tmp_path):
     call(1)
     call(1)
     assert len(getattr(unet, _WARM_ATTR)) == 2  # 2 and 4 rows
+
+
+def test_compile_phases_are_the_time_spent_between_two_records():
+    from storygen.accel import phases_since
+
+    before = {"_compile.compile_inner": 2.0, "bytecode_tracing": 1.0, "load": 0.5}
+    after = {"_compile.compile_inner": 7.0, "bytecode_tracing": 1.5, "load": 0.5, "new": 3.0}
+    spent = phases_since(before, after)
+    assert spent == {"_compile.compile_inner": 5.0, "new": 3.0, "bytecode_tracing": 0.5}
+    assert list(spent) == ["_compile.compile_inner", "new", "bytecode_tracing"]  # longest first
 
 
 def test_cudnn_autotune_is_for_the_block_only():
