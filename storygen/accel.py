@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -250,6 +251,8 @@ class _CompileGate:
 
 
 _GATE = _CompileGate()
+# a forked child has none of its parent's threads, so none of their calls: it starts afresh
+os.register_at_fork(after_in_child=_GATE.__init__)
 
 
 def call_signature(*values: Any) -> tuple:

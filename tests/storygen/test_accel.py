@@ -336,6 +336,36 @@ def test_a_failed_compiling_pass_compiles_again(tmp_path):
     assert len(getattr(unet, _WARM_ATTR)) == 2  # 2 and 4 rows
 
 
+def test_a_forked_child_compiles_though_the_parent_was_mid_call():
+    """A child forked while a parent's thread was inside a compiled call has no such call:
+    its first call (a compile) runs at once instead of waiting for it forever."""
+    import subprocess
+    import sys
+
+    code = """
+import multiprocessing, threading, time, types
+from storygen.accel import compiled_call
+module = types.SimpleNamespace()
+with compiled_call(module, 1):  # a first call: the signature is compiled from here on
+    pass
+inside = threading.Event()
+def warm_call():
+    with compiled_call(module, 1):
+        inside.set()
+        time.sleep(3)
+threading.Thread(target=warm_call).start()
+inside.wait()
+def child():
+    with compiled_call(module, 2) as first:
+        return first
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    print("child compiled", pool.apply_async(child).get(timeout=20))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "child compiled True" in done.stdout
+
+
 def test_compile_phases_are_the_time_spent_between_two_records():
     from storygen.accel import phases_since
 
