@@ -217,6 +217,10 @@ class _CompileGate:
     it is done; a call waiting to compile goes before calls that arrive after it."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """No call running, none waiting (a forked child's start)."""
         self._cond = threading.Condition()
         self._running = 0  # calls of signatures already compiled, running now
         self._compiling = False
@@ -252,7 +256,7 @@ class _CompileGate:
 
 _GATE = _CompileGate()
 # a forked child has none of its parent's threads, so none of their calls: it starts afresh
-os.register_at_fork(after_in_child=_GATE.__init__)
+os.register_at_fork(after_in_child=_GATE.reset)
 
 
 def call_signature(*values: Any) -> tuple:
