@@ -271,52 +271,46 @@ def _span(log, rows):
     return start, end
 
 
+def _beside(gated, hold: dict[int, float], worker_calls: int, calls: int) -> list:
+    """A pass of ``worker_calls`` calls on a worker thread, held as ``hold`` says, and one of
+    ``calls`` on this thread once the worker's has started; the log of both."""
+    import threading
+
+    call, log, held, entered, _ = gated
+    held.clear()
+    held.update(hold)
+    entered.clear()
+    log.clear()
+    worker = threading.Thread(target=call, args=(worker_calls,))
+    worker.start()
+    assert entered.wait(10)
+    call(calls)
+    worker.join()
+    return list(log)
+
+
 def test_a_compiling_pass_runs_alone_in_the_process(tmp_path):
     """A compiled module's first pass of a shape (the one that compiles) runs alone: a pass of
     a compiled shape on another thread waits for it to end, and it waits for one running.
     A compile traces with process-wide state, so a compiled pass running beside it fails."""
-    import threading
-
-    call, log, hold, entered, _ = _gated_unet(tmp_path)
-    call(1)  # 2 rows with guidance: compiled from here on
+    gated = _gated_unet(tmp_path)
+    gated[0](1)  # 2 rows with guidance: compiled from here on
     # a first pass of 4 rows (compiling) on a worker thread, a 2-row pass meanwhile
-    hold[4] = 0.5
-    entered.clear()
-    log.clear()
-    worker = threading.Thread(target=call, args=(2,))
-    worker.start()
-    assert entered.wait(10)
-    call(1)
-    worker.join()
+    log = _beside(gated, {4: 0.5}, 2, 1)
     assert _span(log, 2)[0] >= _span(log, 4)[1]
     # a 2-row pass running on a worker thread, the first pass of 6 rows (8 padded) meanwhile
-    hold.clear()
-    hold[2] = 0.5
-    entered.clear()
-    log.clear()
-    worker = threading.Thread(target=call, args=(1,))
-    worker.start()
-    assert entered.wait(10)
-    call(3)
-    worker.join()
-    assert _span(log, 8)[0] >= _span(log, 2)[1]  # 6 rows run padded to 8
+    log = _beside(gated, {2: 0.5}, 1, 3)
+    assert _span(log, 8)[0] >= _span(log, 2)[1]
 
 
 def test_passes_of_compiled_shapes_run_side_by_side(tmp_path):
     """Only a compile runs alone: two passes of compiled shapes on two threads overlap."""
-    import threading
-
-    call, log, hold, entered, _ = _gated_unet(tmp_path)
-    call(1)
-    call(2)
-    hold.update({2: 0.5, 4: 0.5})
-    log.clear()
-    worker = threading.Thread(target=call, args=(2,))
-    worker.start()
-    assert entered.wait(10)
-    call(1)
-    worker.join()
-    assert _span(log, 2)[0] < _span(log, 4)[1]
+    gated = _gated_unet(tmp_path)
+    gated[0](1)
+    gated[0](2)
+    log = _beside(gated, {2: 0.5, 4: 0.5}, 2, 1)
+    (start4, end4), start2 = _span(log, 4), _span(log, 2)[0]
+    assert start4 < start2 < end4  # the 2-row pass started while the 4-row one ran
 
 
 def test_a_failed_compiling_pass_compiles_again(tmp_path):
