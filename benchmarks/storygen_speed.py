@@ -261,6 +261,7 @@ def run(
         "guidance_scale": args.guidance,
         "micro_batch": args.micro_batch,
         "compile": args.compile,
+        "cudnn_autotune": args.cudnn_autotune == "on",
         "speedups": args.speedups,
         # what that choice meant on this device (auto's meaning changes between versions)
         "speedups_resolved": list(resolve_speedups(args.speedups, torch.device(args.device).type)),
@@ -294,6 +295,7 @@ def run(
                 progress=args.progress,
                 compile=args.compile,
                 speedups=args.speedups,
+                cudnn_autotune=args.cudnn_autotune == "on",
             )
             if args.device.startswith("cuda"):
                 for d in devices or [args.device]:
@@ -451,7 +453,10 @@ SAME_SETTINGS = (
     "micro_batch",
     "compile",
     "speedups_resolved",
+    "cudnn_autotune",
 )
+#: settings recorded later than others: their value in results made before
+SETTING_BEFORE_RECORDED = {"cudnn_autotune": True}
 
 
 def merge(
@@ -479,6 +484,8 @@ def merge(
                     f"{name}'s {mode} runs used speed-ups {result['speedups_resolved']!r}, "
                     f"another file's {mine!r}: one mode's runs must run alike"
                 )
+    results = [{**SETTING_BEFORE_RECORDED, **r} for r in results]
+    first = results[0]
     for name, other in zip(names[1:], results[1:], strict=True):
         for key in settings:
             if key not in first or key not in other:
@@ -629,6 +636,13 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="UNet speed-ups, both modes alike (storygen.accel.SPEEDUPS, comma separated), "
         "auto = the device's defaults, none (default: auto)",
+    )
+    p.add_argument(
+        "--cudnn-autotune",
+        choices=("on", "off"),
+        default="on",
+        help="cuDNN's autotuner on CUDA (on, as renders run by default; off: the same "
+        "convolution algorithms in every process, so frames repeat across processes)",
     )
     p.add_argument("--skip", default="", help="modes to skip, comma separated")
     p.add_argument(

@@ -161,3 +161,14 @@ def test_runs_of_separate_calls_merge_into_one_comparison(tmp_path, capsys):
     with pytest.raises(SystemExit):
         storygen_speed.main(["--merge", str(hier), str(tmp_path / "old.json")])
     assert "does not record 'speedups_resolved'" in capsys.readouterr().err
+    # cuDNN's autotuner off against on: refused; a result from before it was recorded ran on
+    mine = json.loads(hier.read_text())
+    assert mine["cudnn_autotune"] is True
+    (tmp_path / "untuned.json").write_text(json.dumps({**mine, "cudnn_autotune": False}))
+    with pytest.raises(SystemExit):
+        storygen_speed.main(["--merge", str(tmp_path / "untuned.json"), str(auto)])
+    assert "differ in cudnn_autotune: False against True" in capsys.readouterr().err
+    del mine["cudnn_autotune"]
+    (tmp_path / "before.json").write_text(json.dumps(mine))
+    argv = ["--merge", str(tmp_path / "before.json"), str(auto), "--out", str(merged)]
+    assert storygen_speed.main(argv) == 0
