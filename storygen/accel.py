@@ -207,13 +207,13 @@ class _CompileGate:
     alone in the process, and its other calls side by side.
 
     A compile traces the module with process-wide state: PyTorch's FX tracer patches
-    ``nn.Module.__call__`` and sets a global "FX tracing" flag, and dynamo holds a global
-    "compiling" flag. A compiled module called from another thread meanwhile is taken for one
-    nested in the trace, and fails ("Detected that you are using FX to symbolically trace a
-    dynamo-optimized function") or runs eager. A render calls its compiled UNet on a device's
-    worker thread and its compiled VAE decoder on the render's own thread, so the first decode
-    (which compiles the decoder) met the UNet's next batch (H200, ModelScope shape, compile
-    ``all``). A compile waits for the calls running to finish and holds the others back until
+    ``nn.Module.__call__`` and sets a global "FX tracing" flag. A compiled module called from
+    another thread meanwhile is taken for one nested in the trace, which PyTorch 2.11 refuses
+    ("Detected that you are using FX to symbolically trace a dynamo-optimized function"; 2.13
+    also holds a global "compiling" flag that hides the case). A render calls its compiled
+    UNet on a device's worker thread and its compiled VAE decoder on the render's own thread,
+    so the first decode (which compiles the decoder) met the UNet's next batch (H200,
+    ModelScope shape, compile ``all``). A compile waits for the calls running to finish and holds the others back until
     it is done; a call waiting to compile goes before calls that arrive after it."""
 
     def __init__(self) -> None:

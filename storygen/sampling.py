@@ -103,8 +103,8 @@ def guided_output(
         # a compiled UNet runs its graph through __call__; a bucket it leaves eager calls
         # forward (an uncompiled UNet is called as usual, hooks and all)
         known = known.to(unet.dtype)
-        gate = compiled_call(unet, x, t, context, known, mask, spacing, progress)
-        with gate if compiled else contextlib.nullcontext():
+        signature = (x, t, context, known, mask, spacing, progress)
+        with compiled_call(unet, *signature) if compiled else contextlib.nullcontext():
             out = (unet.forward if is_compiled(unet) and not compiled else unet)(
                 x, t, context, known=known, mask=mask, spacing=spacing, progress=progress
             )
