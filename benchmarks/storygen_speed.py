@@ -626,10 +626,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--compile",
-        choices=("auto", "on", "all", "off"),
+        choices=("auto", "on", "all", "regional", "off"),
         default="auto",
         help="compile the UNet (both modes alike): on = the batch shapes run 50+ passes, "
-        "all = every shape, auto = on for CUDA (default)",
+        "all = every shape, regional = every shape, block by block, auto = on for CUDA "
+        "(default)",
     )
     p.add_argument(
         "--speedups",

@@ -491,7 +491,8 @@ class StoryVideoPipeline(DiffusionPipeline):
         ``cudnn_autotune``: cuDNN's autotuner for the render's convolutions on CUDA devices
         (:func:`storygen.accel.cudnn_autotune`). ``compile``: ``"on"`` compiles the UNet with
         ``torch.compile`` for the batch shapes the render runs often enough to repay it,
-        ``"all"`` for every shape, ``"auto"`` (the default) is ``"on"`` on CUDA and ``"off"``
+        ``"all"`` for every shape, ``"regional"`` for every shape with the UNet's repeated
+        blocks compiled one by one, ``"auto"`` (the default) is ``"on"`` on CUDA and ``"off"``
         on a CPU (see :mod:`storygen.accel`). ``speedups``: the UNet speed-ups
         (:data:`storygen.accel.SPEEDUPS`), ``"auto"`` for the device's defaults, or ``"none"``.
         """

@@ -369,7 +369,11 @@ class PlanRunner:
                 # bulk, its eager passes (short levels) keep the processor it replaced
                 pack_eager(unet, not self.compile.enabled)
                 if self.compile.enabled:
-                    compile_unet(unet, inductor_options(self.speedups))
+                    compile_unet(
+                        unet,
+                        inductor_options(self.speedups),
+                        regional=self.compile.choice == "regional",
+                    )
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets
                     use_compiled_rows(unet, self.compile.rows)
                 self._unets[key] = unet

@@ -102,8 +102,8 @@ class RenderSettings:
     micro_batch: int | str = "auto"
     devices: tuple[str | torch.device, ...] | None = None
     progress: bool = True
-    #: compile the UNet ("on": the row buckets that carry the work, "all", "off", "auto": on
-    #: for CUDA devices; see storygen.accel)
+    #: compile the UNet ("on": the row buckets that carry the work, "all", "regional": all,
+    #: block by block, "off", "auto": on for CUDA devices; see storygen.accel)
     compile: str = "auto"
     #: the UNet speed-ups (storygen.accel.SPEEDUPS: "auto" = the device's defaults, "none",
     #: or names, comma separated)

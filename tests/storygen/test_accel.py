@@ -33,6 +33,7 @@ def test_compile_auto_is_on_for_cuda_only():
     assert resolve_compile("off") == "off" and resolve_compile(False) == "off"
     assert resolve_compile("on") == "on" and resolve_compile(True) == "on"
     assert resolve_compile("all") == "all"
+    assert resolve_compile("regional") == "regional"
     assert resolve_compile("auto", "cuda") == "on"
     assert resolve_compile("auto", "cpu") == "off" and resolve_compile("auto") == "off"
     assert CompilePolicy("auto", device_type="cuda").enabled
@@ -68,6 +69,10 @@ def test_compile_where_it_repays():
     every.plan([(2, 1)])
     every.plan([(29, 1), (28, 1)])
     assert every.buckets == {2, 30} and every.rows == {2: 2, 29: 30, 28: 30}
+    regional = CompilePolicy("regional")  # every bucket, as "all"
+    regional.plan([(2, 1)])
+    regional.plan([(29, 1), (28, 1)])
+    assert regional.buckets == {2, 30} and regional.rows == {2: 2, 29: 30, 28: 30}
     off = CompilePolicy("off")
     off.plan([(128, 10_000)])
     assert not off.enabled and off.rows == {} and off.buckets == set()
@@ -178,6 +183,36 @@ def test_compiled_unet_renders_the_same_frames_on_cpu(tmp_path, monkeypatch):
 def test_compiled_unet_renders_the_same_frames_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
     _compiled_matches_eager(tmp_path, "cuda", atol=1e-3)
+
+
+@pytest.mark.slow
+def test_regional_compile_compiles_the_blocks_and_renders_the_same_frames(tmp_path, monkeypatch):
+    """``compile="regional"``: the UNet's repeated blocks compiled one by one, its own forward
+    left eager; the frames are the eager ones, every bucket runs compiled, and a second
+    render reuses the blocks' graphs."""
+    from storygen.accel import REPEATED_BLOCKS
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    want = StoryVideoPipeline.from_pretrained(folder)(PROMPTS, 17, compile="off", **RUN)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    got = pipe(PROMPTS, 17, compile="regional", **RUN)
+    assert got.stats.compiled_rows == [2, 4]
+    assert is_compiled(pipe.unet) and pipe.unet._compiled_call_impl is None
+    blocks = [m for m in pipe.unet.modules() if type(m).__name__ in REPEATED_BLOCKS]
+    assert blocks and all(m._compiled_call_impl is not None for m in blocks)
+    assert got.stats.compile_s > 0
+    torch.testing.assert_close(got.frames, want.frames, atol=1e-4, rtol=0)
+    again = pipe(PROMPTS, 17, compile="regional", **RUN)
+    torch.testing.assert_close(again.frames, got.frames, atol=0, rtol=0)
+    assert again.stats.compile_s < 0.1 * got.stats.compile_s
+
+
+def test_regional_compile_names_the_blocks_a_model_lacks():
+    from storygen.accel import compile_unet
+
+    with pytest.raises(ValueError, match="has none of the blocks it compiles.*Transformer2D"):
+        compile_unet(torch.nn.Sequential(torch.nn.Linear(2, 2)), regional=True)
 
 
 def test_a_padded_batch_gives_each_call_what_it_gives_alone(tmp_path):
