@@ -33,6 +33,10 @@ joined with ``-`` or ``+`` (``compile-tuned-tconv-fp8``):
   layer's shape and keeps the faster, which lets it fuse the element-wise work after a product
   (bias, GEGLU's gate, residual adds) into the product's kernel (``max_autotune_gemm``: a
   much longer compile);
+- ``reg``: the UNet's repeated blocks compiled one by one instead of its whole forward
+  (``storygen render --compile regional``: :data:`storygen.accel.REPEATED_BLOCKS`), which
+  compiles in a fraction of the time; what the blocks' boundaries cost a pass is what it
+  measures;
 - ``fp8``: every ``nn.Linear`` whose sizes allow it in float8 (``RowwiseFloat8Linear``:
   ``torch._scaled_mm`` with per-row activation and weight scales, the arithmetic of
   ``ClipScorer``'s fp8; CUDA with compute capability 8.9+, else reported as skipped with the
@@ -76,6 +80,7 @@ MODIFIERS = (
     "mm1x1",
     "cdt",
     "mat",
+    "reg",
     "fp8",
     "flash",
     "eff",
@@ -88,7 +93,7 @@ SDPA_BACKENDS = {
     "cudnn": "CUDNN_ATTENTION",
 }
 #: modifiers that only mean something to the compiler
-COMPILER_ONLY = ("mm1x1", "cdt", "mat")
+COMPILER_ONLY = ("mm1x1", "cdt", "mat", "reg")
 #: FLOP-counter ops by kind
 KINDS = {
     "convolution": ("convolution",),
@@ -291,7 +296,14 @@ def _timed(
         use_compile_cache()  # the graphs a render of this shape would load
         torch._dynamo.reset()
         options = inductor_options(tuple(mods))
-        fn = torch.compile(unet, dynamic=False, options=options)
+        if "reg" in mods:  # the blocks compiled in place, the forward around them eager
+            from storygen.accel import REPEATED_BLOCKS
+
+            for m in unet.modules():
+                if type(m).__name__ in REPEATED_BLOCKS:
+                    m.compile(dynamic=False, options=options)
+        else:
+            fn = torch.compile(unet, dynamic=False, options=options)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)

@@ -49,9 +49,23 @@ def test_unet_kernels_on_cpu(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "variant", ["turbo", "eager-turbo", "eager-mm1x1", "eager-cdt", "eager-mat"]
+    "variant", ["turbo", "eager-turbo", "eager-mm1x1", "eager-cdt", "eager-mat", "eager-reg"]
 )
 def test_unknown_variant_is_refused(variant, capsys):
     with pytest.raises(SystemExit):
         unet_kernels.main(["--variants", f"eager,{variant}"])
     assert variant in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_regional_compile_variant_agrees_with_eager(tmp_path, monkeypatch):
+    """``compile-reg``: the repeated blocks compiled one by one, the pass the eager one's."""
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    result = unet_kernels.main(
+        ["--variants", "eager,compile-reg", "--rows", "2", "--frames-per-call", "8"]
+        + ["--warmup", "1", "--reps", "1", "--out", str(tmp_path / "k.json")]
+    )
+    row = {r["variant"]: r for r in result["variants"]}["compile-reg"]
+    assert row["relative_error"] < 1e-4 and row["cosine"] > 0.9999
+    # the first pass compiled the blocks: many times a pass (an eager first pass is one)
+    assert row["first_pass_s"] > 20 * row["ms_per_pass"] / 1e3
