@@ -222,7 +222,7 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
         default="auto",
         help="compile the UNet with torch.compile: on = the batch shapes a render runs 50 or "
         "more passes of (a short render stays eager), all = every shape, regional = every "
-        "shape, the UNet's repeated blocks one by one (a much shorter compile), auto = on for CUDA "
+        "shape, the UNet's repeated blocks one by one (a shorter compile), auto = on for CUDA "
         "and off on a CPU; a minute or two per shape the first time, graphs cached in "
         "~/.cache/storyloom/inductor or $STORYLOOM_COMPILE_CACHE (default: auto)",
     )
