@@ -180,6 +180,11 @@ def compile_unet(
     (:data:`REPEATED_BLOCKS`) one by one instead. A UNet compiled already stays as it is."""
     if is_compiled(unet):
         return
+    if regional and not any(type(m).__name__ in REPEATED_BLOCKS for m in unet.modules()):
+        raise ValueError(
+            f"compile='regional': {type(unet).__name__} has none of the blocks it compiles "
+            f"({', '.join(REPEATED_BLOCKS)}); use compile='all'"
+        )
     import torch._dynamo
 
     # one graph per (row bucket, call length): a handful, more than dynamo's default of 8
@@ -194,12 +199,6 @@ def compile_unet(
         _compile_in_place(unet, "the UNet", options)
         return
     cache = use_compile_cache()
-    names = set(REPEATED_BLOCKS)
-    if not any(type(m).__name__ in names for m in unet.modules()):
-        raise ValueError(
-            f"compile='regional': {type(unet).__name__} has none of the blocks it compiles "
-            f"({', '.join(REPEATED_BLOCKS)}); use compile='all'"
-        )
     unet._repeated_blocks = REPEATED_BLOCKS
     unet.compile_repeated_blocks(fullgraph=False, dynamic=False, options=options or None)
     setattr(unet, _COMPILED_FLAG, True)

@@ -211,8 +211,10 @@ def test_regional_compile_compiles_the_blocks_and_renders_the_same_frames(tmp_pa
 def test_regional_compile_names_the_blocks_a_model_lacks():
     from storygen.accel import compile_unet
 
+    limit = torch._dynamo.config.recompile_limit
     with pytest.raises(ValueError, match="has none of the blocks it compiles.*Transformer2D"):
         compile_unet(torch.nn.Sequential(torch.nn.Linear(2, 2)), regional=True)
+    assert torch._dynamo.config.recompile_limit == limit  # refused before changing anything
 
 
 def test_a_padded_batch_gives_each_call_what_it_gives_alone(tmp_path):

@@ -137,6 +137,8 @@ def test_packed_temporal_attention_computes_the_same_and_packs_only_what_divides
     assert torch.equal(_forward(unet, call), want)
 
 
+# dynamo's default, whatever a compiled render earlier in this process raised it to
+@torch._dynamo.config.patch(recompile_limit=8)
 def test_eager_packed_attention_compiles_a_kernel_for_every_shape_of_a_render():
     """On CUDA an eager pass's packed attention runs FlexAttention compiled on its own, one
     kernel a shape; an eager render has more shapes (resolutions × row counts) than dynamo's
