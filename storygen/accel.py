@@ -85,6 +85,8 @@ logger = logging.getLogger(__name__)
 
 #: the choices of ``compile`` (``storygen render --compile``)
 COMPILE_CHOICES = ("auto", "on", "all", "regional", "off")
+#: the compile choices that compile every row bucket from its first pass
+EVERY_BUCKET = ("all", "regional")
 #: ``compile="regional"``: the UNet's blocks compiled one by one (by class name), the rest of
 #: its forward left eager
 REPEATED_BLOCKS = (
@@ -114,7 +116,7 @@ def resolve_compile(choice: str | bool | None, device_type: str = "cpu") -> str:
         return default_compile(device_type)
     if choice in (True, "on"):
         return "on"
-    if choice in ("all", "regional"):
+    if choice in EVERY_BUCKET:
         return str(choice)
     if choice in (None, False, "off"):
         return "off"
@@ -131,7 +133,7 @@ class CompilePolicy:
     ) -> None:
         self.choice = resolve_compile(choice, device_type)
         # a block's graph is small: regional compiles every bucket, as "all" does
-        self.min_passes = 1 if self.choice in ("all", "regional") else int(min_passes)
+        self.min_passes = 1 if self.choice in EVERY_BUCKET else int(min_passes)
         #: forward passes planned per row bucket
         self.passes: dict[int, int] = {}
         #: the buckets compiled so far
@@ -209,7 +211,7 @@ def decoder_compiles(choice: str, frames: int, chunk: int) -> bool:
     """Whether a render compiled as ``choice`` (:func:`resolve_compile`'s) that decodes
     ``frames`` frames ``chunk`` at a time compiles its VAE decoder (``vdec``): ``"all"``
     always, ``"on"`` once it decodes :data:`COMPILE_MIN_PASSES` chunks (800 frames of 16)."""
-    if choice in ("all", "regional"):
+    if choice in EVERY_BUCKET:
         return True
     return choice == "on" and -(-frames // chunk) >= COMPILE_MIN_PASSES
 
@@ -311,15 +313,15 @@ def compiled_call(module: Any, *values: Any) -> contextlib.AbstractContextManage
     return _GATE.call(module, call_signature(*values))
 
 
+#: the outermost compile phase PyTorch times: a compile, whole
+OUTER_PHASE = "_compile.compile_inner"
+
+
 def compile_seconds() -> float:
     """Seconds this process has spent compiling so far (dynamo's tracing and Inductor's code
     generation, or loading their cached results), from PyTorch's own compile-time record; a
     render's compile time is the difference across it. 0 where that record is missing."""
-    try:
-        from torch._dynamo.utils import compilation_time_metrics
-    except ImportError:  # pragma: no cover - a PyTorch without the record
-        return 0.0
-    return float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
+    return compile_phases().get(OUTER_PHASE, 0.0)
 
 
 def compile_phases() -> dict[str, float]:

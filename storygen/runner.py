@@ -4,7 +4,8 @@ For every level the runner takes the calls the cache does not already hold, grou
 batches of ``micro_batch`` calls of equal length, prepares each batch on the main thread (the
 known frames are gathered before they can be released) and samples it on a worker thread per
 device, the same thread from render to render (:func:`device_worker`). Results are consumed
-in plan order, so frames reach the :class:`~storygen.sink.FrameSink` in order; a frame is forgotten once it is written and no later level needs it as a known frame.
+in plan order, so frames reach the :class:`~storygen.sink.FrameSink` in order; a frame is
+forgotten once it is written and no later level needs it as a known frame.
 How one batch is sampled is the pipeline's business (:meth:`StoryVideoPipeline.prepare_latents`
 and :meth:`StoryVideoPipeline.denoise`).
 
