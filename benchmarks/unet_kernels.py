@@ -286,22 +286,20 @@ def _timed(
         channels_last(unet)
         a = (a[0].contiguous(memory_format=torch.channels_last_3d),) + tuple(a[1:])
     row["changed_layers"] = apply_speedups(unet, tuple(m for m in mods if m in SPEEDUPS))
-    fn = unet
+    module = unet
     backend = [getattr(SDPBackend, SDPA_BACKENDS[m]) for m in mods if m in SDPA_BACKENDS]
     if backend:
         unet = _on_backend(unet, backend)
+    fn = unet
     if base == "compile":
         from curate.compile_cache import use_compile_cache
+        from storygen.accel import compile_unet
 
         use_compile_cache()  # the graphs a render of this shape would load
         torch._dynamo.reset()
         options = inductor_options(tuple(mods))
         if "reg" in mods:  # the blocks compiled in place, the forward around them eager
-            from storygen.accel import REPEATED_BLOCKS
-
-            for m in unet.modules():
-                if type(m).__name__ in REPEATED_BLOCKS:
-                    m.compile(dynamic=False, options=options)
+            compile_unet(module, options, regional=True)
         else:
             fn = torch.compile(unet, dynamic=False, options=options)
     if device.type == "cuda":

@@ -69,3 +69,24 @@ def test_regional_compile_variant_agrees_with_eager(tmp_path, monkeypatch):
     assert row["relative_error"] < 1e-4 and row["cosine"] > 0.9999
     # the first pass compiled the blocks: many times a pass (an eager first pass is one)
     assert row["first_pass_s"] > 20 * row["ms_per_pass"] / 1e3
+
+
+def test_a_backend_modifier_holds_the_eager_pass_to_that_backend(tmp_path, monkeypatch):
+    """``eager-flash``: the timed passes run inside ``sdpa_kernel`` with flash attention only."""
+    import contextlib
+
+    held: list = []
+
+    @contextlib.contextmanager
+    def recording(backends):
+        held.append(list(backends))
+        yield
+
+    monkeypatch.setattr(unet_kernels, "sdpa_kernel", recording)
+    result = unet_kernels.main(
+        ["--variants", "eager,eager-flash", "--rows", "2", "--frames-per-call", "8"]
+        + ["--warmup", "0", "--reps", "1", "--out", str(tmp_path / "k.json")]
+    )
+    assert [r["variant"] for r in result["variants"]] == ["eager", "eager-flash"]
+    flash = unet_kernels.SDPBackend.FLASH_ATTENTION
+    assert held and all(b == [flash] for b in held)
