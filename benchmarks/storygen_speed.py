@@ -48,7 +48,7 @@ from benchmarks.gpu_clock import GpuClocks, describe  # noqa: E402
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from schemas.cli import auto_or_positive_int, positive_int  # noqa: E402
-from storygen.accel import is_compiled, resolve_speedups  # noqa: E402
+from storygen.accel import COMPILE_CHOICES, is_compiled, resolve_speedups  # noqa: E402
 from storygen.pipeline import StoryVideoPipeline  # noqa: E402
 from storygen.presets import build_components  # noqa: E402
 
@@ -469,7 +469,6 @@ def merge(
     ``per_mode_speedups``: each mode may run its own speed-ups (each at its best: CUDA graphs
     pay for the baseline's 2-row passes, say), the same for all of a mode's runs; recorded as
     ``speedups_by_mode``. Every other setting must still agree."""
-    first = results[0]
     settings = [k for k in SAME_SETTINGS if not (per_mode_speedups and k == "speedups_resolved")]
     by_mode: dict[str, list[str]] = {}
     for name, result in zip(names, results, strict=True):
@@ -626,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--compile",
-        choices=("auto", "on", "all", "regional", "off"),
+        choices=COMPILE_CHOICES,
         default="auto",
         help="compile the UNet (both modes alike): on = the batch shapes run 50+ passes, "
         "all = every shape, regional = every shape, block by block, auto = on for CUDA "
