@@ -480,7 +480,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         16 frames per call and the model's size. ``guidance_scale`` 1 turns classifier-free
         guidance off. ``micro_batch``: calls per forward pass; ``"auto"`` is 16 on the CPU
         and, on CUDA, as many as half the free memory holds once a batch has shown what a
-        call takes (a power of two, at most 128; the first level runs at 16). ``devices``: spread the calls of a level over these devices (one model
+        call takes (at most 128; the first level runs at 16). ``devices``: spread the calls of a level over these devices (one model
         copy each). ``cache_dir``: keep each finished batch of calls on disk and resume from
         it. ``output_path``: stream frames to a video file (mp4 / gif) as soon as they are
         final; with ``output_type=None`` no frames are kept in memory.

@@ -124,7 +124,7 @@ def test_auto_micro_batch_is_sixteen_on_the_cpu(pipe, reference):
 
 def test_auto_micro_batch_on_cuda_fills_half_the_free_memory(monkeypatch):
     """Sized from the tightest device's free memory (plus the allocator's cached slack) and
-    the measured bytes per call: a power of two, at most AUTO_MICRO_BATCH_MAX."""
+    the measured bytes per call: as many calls as fit, at most AUTO_MICRO_BATCH_MAX."""
     from types import SimpleNamespace
 
     from storygen import runner
@@ -142,7 +142,16 @@ def test_auto_micro_batch_on_cuda_fills_half_the_free_memory(monkeypatch):
     size = runner.PlanRunner.micro_batch
     assert size(fake) == runner.AUTO_MICRO_BATCH  # nothing measured yet
     fake.stats.call_bytes = 300 * (1 << 20)  # 300 MiB a call: (20 + 1) GiB / 2 / 300 MiB = 35
-    assert size(fake) == 32
+    assert size(fake) == 35  # as many as fit, not rounded down to 32
+    # the H200 case: 146 GB free, 583 or 558 MB a call; both fill two batches of a
+    # 225-call level (4 of 57 calls when rounded down to a power of two, 2 of 113 otherwise)
+    free[0] = free[1] = 146 * 10**9 - 1 * gib
+    sizes = []
+    for per_call in (583 * 10**6, 558 * 10**6):
+        fake.stats.call_bytes = per_call
+        sizes.append(size(fake))
+    assert sizes == [125, runner.AUTO_MICRO_BATCH_MAX]
+    assert {-(-225 // s) for s in sizes} == {2}
     fake.stats.call_bytes = 10 * (1 << 20)
     assert size(fake) == runner.AUTO_MICRO_BATCH_MAX
     fake.stats.call_bytes = 64 * gib  # one call does not fit: still one
