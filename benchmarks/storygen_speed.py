@@ -415,6 +415,8 @@ def summarise(rows: list[dict[str, Any]], lengths: list[int]) -> dict[str, Any]:
                 "wall_time_s": by_mode[mode]["wall_time_s"],
                 "wall_time_after_warmup_s": by_mode[mode]["wall_time_after_warmup_s"],
                 "all_wall_times_s": [r["wall_time_s"] for r in rs],
+                # a later run that compiled (a new batch size, say) is no warm repeat
+                "compiled_again": compiled_again(rs),
             }
             for mode, rs in runs_of.items()
         }
@@ -438,6 +440,23 @@ def summarise(rows: list[dict[str, Any]], lengths: list[int]) -> dict[str, Any]:
                     by_mode["autoregressive"]["wall_time_s"] / spread["wall_time_s"]
                 )
     return {"medians": medians, "ratios": ratios}
+
+
+def compiled_again(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs after a mode's first that compiled: their number (1-based), compile seconds
+    and largest batch's rows (and the first run's, to compare). Warm repeats compile nothing,
+    so a median over such runs is not the median of warm renders."""
+    first = runs[0].get("largest_batch_rows") if runs else None
+    return [
+        {
+            "run": k + 1,
+            "compile_s": r["compile_s"],
+            "largest_batch_rows": r.get("largest_batch_rows"),
+            "first_run_largest_batch_rows": first,
+        }
+        for k, r in enumerate(runs)
+        if k and (r.get("compile_s") or 0) > 0
+    ]
 
 
 #: what two runs must share to be compared (--merge)
@@ -569,6 +588,12 @@ def print_table(result: dict[str, Any]) -> None:
                     f"{n:>6} frames {mode}: median of {m['runs']} runs "
                     f"{m['wall_time_s']:.2f} s ({m['wall_time_after_warmup_s']:.2f} s after "
                     f"warm-up; all: {', '.join(f'{w:.2f}' for w in m['all_wall_times_s'])})"
+                )
+            for c in m.get("compiled_again", []):
+                print(
+                    f"{n:>6} frames {mode}: run {c['run']} compiled again ({c['compile_s']:.1f} s; "
+                    f"largest batch {c['largest_batch_rows']} rows, run 1's "
+                    f"{c['first_run_largest_batch_rows']}): not a warm repeat"
                 )
     for n, q in result["ratios"].items():
         if "wall_time_autoregressive_over_hierarchical" in q:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from benchmarks import storygen_speed
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
 def test_median_run_is_the_middle_wall_time():
@@ -14,6 +17,31 @@ def test_median_run_is_the_middle_wall_time():
     assert storygen_speed.median_run(runs)["k"] == 2
     assert storygen_speed.median_run(runs[:2])["k"] == 1  # of two, the faster
     assert storygen_speed.median_run(runs[:1])["k"] == 0
+
+
+def test_a_later_run_that_compiled_is_named(capsys):
+    """The H200 case: the second of three renders chose a larger batch and compiled for it,
+    so the median of the three is no warm render."""
+    result = json.loads(
+        (RESULTS / "storygen_speed_h200_5steps_hierarchical_3runs_c.json").read_text()
+    )
+    rows = result["rows"]
+    summary = storygen_speed.summarise(rows, [3376])["medians"]["3376"]["hierarchical"]
+    assert summary["compiled_again"] == [
+        {
+            "run": 2,
+            "compile_s": rows[1]["compile_s"],
+            "largest_batch_rows": 226,
+            "first_run_largest_batch_rows": 114,
+        }
+    ]
+    assert rows[1]["compile_s"] > 60 and rows[2]["compile_s"] == 0
+    # a compiling first run and two warm ones: nothing named
+    again = storygen_speed.summarise([rows[0], rows[2], rows[2]], [3376])["medians"]["3376"]
+    assert again["hierarchical"]["compiled_again"] == []
+    storygen_speed.print_table({**result, **storygen_speed.summarise(rows, [3376])})
+    out = capsys.readouterr().out
+    assert "run 2 compiled again (98.8 s; largest batch 226 rows, run 1's 114)" in out
 
 
 def test_largest_batch_rows_reads_padded_and_eager_buckets():
