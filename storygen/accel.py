@@ -63,7 +63,6 @@ __all__ = [
     "apply_speedups",
     "compile_decoder",
     "compile_phases",
-    "compile_seconds",
     "compile_unet",
     "compiled_call",
     "decoder_compiles",
@@ -313,22 +312,16 @@ def compiled_call(module: Any, *values: Any) -> contextlib.AbstractContextManage
     return _GATE.call(module, call_signature(*values))
 
 
-#: the outermost compile phase PyTorch times: a compile, whole
+#: the outermost compile phase PyTorch times: a compile, whole (dynamo's tracing and Inductor's
+#: code generation, or the loads of their cached results)
 OUTER_PHASE = "_compile.compile_inner"
-
-
-def compile_seconds() -> float:
-    """Seconds this process has spent compiling so far (dynamo's tracing and Inductor's code
-    generation, or loading their cached results), from PyTorch's own compile-time record; a
-    render's compile time is the difference across it. 0 where that record is missing."""
-    return compile_phases().get(OUTER_PHASE, 0.0)
 
 
 def compile_phases() -> dict[str, float]:
     """Seconds this process has spent so far in each phase of compiling that PyTorch times
     (``bytecode_tracing``: dynamo reading the Python; Inductor's code generation and kernel
     compiles, or the loads of cached ones; ...), summed over calls. The phases nest, so they
-    do not add up to :func:`compile_seconds`, which is the outermost. Empty where PyTorch
+    do not add up to the outermost, :data:`OUTER_PHASE`. Empty where PyTorch
     keeps no such record."""
     try:
         from torch._dynamo.utils import compilation_time_metrics
