@@ -45,7 +45,13 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from storygen.accel import compiled_call, is_compiled, resolve_compile, resolve_speedups
+from storygen.accel import (
+    beside_sampling,
+    compiled_call,
+    is_compiled,
+    resolve_compile,
+    resolve_speedups,
+)
 from storygen.cache import CallCache, cache_key
 from storygen.models import MaskedUNet3D
 from storygen.plan import (
@@ -420,15 +426,22 @@ class StoryVideoPipeline(DiffusionPipeline):
         # is padded with copies of its last frame, which are dropped again
         static = is_compiled(getattr(vae, "decoder", None))
         out = []
-        for start in range(0, samples.shape[0], chunk):
-            z = samples[start : start + chunk].to(device=vae.device, dtype=vae.dtype)
-            n = z.shape[0]
-            if static and n < chunk:
-                z = torch.cat([z, z[-1:].expand(chunk - n, *z.shape[1:])])
-            z = z / vae.config.scaling_factor
-            with compiled_call(vae.decoder, z) if static else contextlib.nullcontext():
-                x = vae.decode(z).sample[:n]
-            out.append(x.float().cpu())
+        # on CUDA, on a stream of its own: not queued behind the UNet passes of a batch
+        # that is running (storygen.accel.beside_sampling)
+        caller = torch.cuda.current_stream(samples.device) if samples.is_cuda else None
+        with beside_sampling(vae.device) as stream:
+            if caller is not None and stream is not None:  # samples made on the caller's
+                stream.wait_stream(caller)
+                samples.record_stream(stream)
+            for start in range(0, samples.shape[0], chunk):
+                z = samples[start : start + chunk].to(device=vae.device, dtype=vae.dtype)
+                n = z.shape[0]
+                if static and n < chunk:
+                    z = torch.cat([z, z[-1:].expand(chunk - n, *z.shape[1:])])
+                z = z / vae.config.scaling_factor
+                with compiled_call(vae.decoder, z) if static else contextlib.nullcontext():
+                    x = vae.decode(z).sample[:n]
+                out.append(x.float().cpu())
         return torch.cat(out).clamp(-1, 1)
 
     #: the name the tests (and earlier callers) use

@@ -567,6 +567,10 @@ class PlanRunner:
                         executors[slot].submit(self.run_batch, batch, inputs, self.devices[slot])
                     )
                     owners.append(slot)
+                # the last level's frames still to write are decoded now, beside this
+                # level's first batch (the autoregressive windows: the window before)
+                if level.index > 0:
+                    self.emit(sink, level.index - 1)
                 pending = iter(zip(batches, futures, owners))
                 results = {i: (s, True) for i, s in cached.items() if i < len(level.calls)}
                 # consume in plan order, so that frames stream out in order
@@ -582,7 +586,11 @@ class PlanRunner:
                         results.update({i: (s, False) for i, s in zip(batch.indices, samples)})
                     sample, from_cache = results.pop(idx)
                     self.stats.calls_from_cache += int(from_cache)
-                    self.finish_call(level.index, idx, call, sample, from_cache, sink)
+                    # a level's last call leaves its frames to the next level's start
+                    held = idx == len(level.calls) - 1 and level is not self.plan.levels[-1]
+                    self.finish_call(
+                        level.index, idx, call, sample, from_cache, sink, emit=not held
+                    )
                 self.stats.level_times_s.append(time.perf_counter() - t0)
                 self.release(level.index)
                 if self.callback_on_level_end is not None:
@@ -605,6 +613,8 @@ class PlanRunner:
         sample: torch.Tensor,
         from_cache: bool,
         sink: FrameSink,
+        *,
+        emit: bool = True,
     ) -> None:
         # a frame is made once and never changed: later calls get it back exactly as known
         for k, frame in enumerate(call.frames):
@@ -612,12 +622,23 @@ class PlanRunner:
                 self.store[frame] = sample[:, k].clone()
         if self.callback_on_call_end is not None:
             self.callback_on_call_end(self.pipe, CallResult(level, idx, call, sample, from_cache))
+        self.stats.peak_frames_held = max(self.stats.peak_frames_held, len(self.store))
+        if emit:
+            self.emit(sink, level)
+
+    def emit(self, sink: FrameSink, level: int) -> None:
+        """Decode and write the frames that are final, in order; forget those no level
+        after ``level`` needs.
+
+        A level's last call leaves this to the next level's start (:meth:`_run`), so that
+        its decode runs beside that level's first batch rather than before it is queued:
+        the autoregressive baseline's windows then overlap their decode with the next
+        window's passes, as a hierarchical level's batches overlap theirs."""
         before = sink.next
         sink.offer(self.store)
         self.written.update(range(before, sink.next))
         # frames this level still gives to its later calls were gathered when it started
         self.release(level)
-        self.stats.peak_frames_held = max(self.stats.peak_frames_held, len(self.store))
 
     def release(self, level: int) -> None:
         """Forget frames already written that no later level needs."""

@@ -7,6 +7,7 @@ import torch
 
 from storygen.accel import (
     CompilePolicy,
+    beside_sampling,
     compile_cache_dir,
     cudnn_autotune,
     is_compiled,
@@ -435,3 +436,45 @@ def test_cuda_renders_autotune_and_give_the_same_frames(tmp_path):
     plain = pipe(PROMPTS, 17, **RUN, cudnn_autotune=False)
     assert tuned.stats.cudnn_autotune is True and plain.stats.cudnn_autotune is False
     torch.testing.assert_close(tuned.frames, plain.frames, atol=1e-3, rtol=1e-3)
+
+
+def test_work_beside_sampling_changes_nothing_on_a_cpu():
+    x = torch.randn(2, 3)
+    with beside_sampling("cpu") as stream:
+        assert stream is None
+        y = x * 2
+    assert torch.equal(y, x + x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_work_beside_sampling_does_not_wait_for_the_default_stream():
+    conv = torch.nn.Conv2d(4, 8, 3).cuda()
+    host = torch.randn(16, 4, 32, 32)
+    expected = conv(host.cuda()).cpu()
+    with beside_sampling("cuda"):  # the stream's first use allocates (cudaMalloc waits for all)
+        conv(host.to("cuda")).cpu()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(1_000_000_000)  # the sampling's passes: the default stream busy a while
+    with beside_sampling("cuda") as stream:
+        got = conv(host.to("cuda")).cpu()  # host in, host out, as a decode's chunk
+    assert stream is not None and stream.priority < 0
+    assert not torch.cuda.current_stream().query(), "waited for the default stream"
+    torch.cuda.synchronize()
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_decoding_beside_sampling_gives_the_frames_of_the_default_stream(tmp_path):
+    pipe = StoryVideoPipeline.from_pretrained(
+        new_model(tmp_path / "m", preset="micro-latent", mode="masked", texts=PROMPTS)
+    ).to("cuda")
+    latents = torch.randn(20, 4, 16, 16)
+    on_cuda = latents.cuda()  # made on the default stream: the decode must wait for it
+    side = pipe.decode(on_cuda)
+    with torch.no_grad():
+        plain = torch.cat(
+            [pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample for z in on_cuda.split(16)]
+        )
+    torch.testing.assert_close(side, plain.float().cpu().clamp(-1, 1))

@@ -71,3 +71,42 @@ def test_training_free_model_runs_autoregressively():
     assert out.plan.rounds == 2
     # window 2 repeats each step once (resampling) because it has a known frame
     assert out.stats.unet_forwards == 2 + 2 * 2
+
+
+def test_a_windows_frames_are_decoded_beside_the_next_window(parts, monkeypatch):
+    # a window's frames are decoded once the next window's batch is queued, so that the
+    # decode runs beside its passes (on CUDA, on a stream of its own), not between them
+    from storygen import sink as sink_module
+
+    pipe = AutoregressiveStoryPipeline(**parts)
+    log: list[tuple[str, int]] = []
+    prepare = pipe.prepare_latents
+
+    def queued(batch, **kwargs):  # called on the calling thread just before the batch is queued
+        log.append(("queued", batch.level))
+        return prepare(batch, **kwargs)
+
+    emit = sink_module.FrameSink.emit
+
+    def decoded(self, start, samples):
+        log.append(("decoded", start + samples.shape[0] - 1))
+        return emit(self, start, samples)
+
+    monkeypatch.setattr(pipe, "prepare_latents", queued)
+    monkeypatch.setattr(sink_module.FrameSink, "emit", decoded)
+    out = pipe(["a red circle moving left"] * 65, 65, overlap=1, output_type="np", **RUN)
+    made_by = {
+        f: level.index
+        for level in out.plan.levels
+        for call in level.calls
+        for f, known in zip(call.frames, call.known)
+        if not known
+    }
+    last, latest, checked = len(out.plan.levels) - 1, -1, 0
+    for kind, value in log:
+        if kind == "queued":
+            latest = max(latest, value)
+        elif made_by[value] < last:  # the last window's frames have no window to run beside
+            assert latest > made_by[value], f"frame {value} decoded before the next window"
+            checked += 1
+    assert checked >= 3 and out.frames.shape[0] == 65
