@@ -160,6 +160,63 @@ def test_auto_micro_batch_on_cuda_fills_half_the_free_memory(monkeypatch):
     assert size(fake) == 5
 
 
+def _level_batches(devices, compile_choice, micro_batch=128, frames=3376):
+    """The batches PlanRunner.batches gives each level of a guided plan, run on a stand-in."""
+    from types import SimpleNamespace
+
+    from storygen.accel import CompilePolicy
+    from storygen.plan import build_plan
+    from storygen.runner import PlanRunner
+
+    plan = build_plan(frames)
+    fake = SimpleNamespace(
+        plan=plan,
+        devices=[torch.device(d) for d in devices],
+        negative=torch.zeros(1),  # guided: two rows a call
+        settings=SimpleNamespace(micro_batch=micro_batch, num_inference_steps=5, resample_steps=1),
+        stats=SimpleNamespace(micro_batches=[], compiled_rows=[]),
+        compile=CompilePolicy(compile_choice, device_type=devices[0].split(":")[0]),
+        batch_sizes=set(),
+        micro_batch=lambda: micro_batch,
+    )
+    fake.drain = lambda *args: PlanRunner.drain(fake, *args)
+    levels = []
+    for level in plan.levels:
+        todo = list(enumerate(level.calls))
+        levels.append([b.indices for b in PlanRunner.batches(fake, level.index, todo)])
+    return levels, fake.compile
+
+
+@pytest.mark.parametrize("compile_choice", ["all", "off"])
+def test_a_cuda_renders_last_level_ends_on_a_small_batch_of_a_shape_it_ran(compile_choice):
+    # 3,376 frames: levels of 1, 15 and 225 calls. The last level's batches were 113 and 112
+    # calls: the second's frames were all left to decode after the last pass
+    levels, policy = _level_batches(["cuda"], compile_choice)
+    assert [len(level) for level in levels] == [1, 1, 3]
+    *rest, small = levels[2]
+    assert len(small) == 15 == len(levels[1][0])  # the middle level's size: its shape again
+    assert [len(b) for b in rest] == [105, 105]
+    assert sorted(i for b in levels[2] for i in b) == list(range(225))  # each call once
+    assert small == list(range(210, 225))  # the last calls, run last: frames stay in order
+    if compile_choice == "all":  # the small batch runs the middle level's compiled graph
+        assert policy.rows[30] == 30 and 30 in policy.buckets
+        assert policy.rows[210] == 210
+
+
+def test_a_small_last_batch_only_where_it_runs_beside_a_decode_on_a_known_shape():
+    # a CPU decodes on the cores the passes use; two devices split the level between them
+    for devices in (["cpu"], ["cuda:0", "cuda:1"]):
+        levels, _ = _level_batches(devices, "off")
+        assert [len(b) for b in levels[2]] == [113, 112]
+    # compile "on": the middle level's 30 rows stayed eager (25 passes), so no small batch
+    # drains into them beside the compiled 226-row graph
+    levels, policy = _level_batches(["cuda"], "on", frames=3376)
+    assert 30 not in policy.rows and [len(b) for b in levels[2]] == [113, 112]
+    # a level of one batch has nothing to decode beside its last
+    levels, _ = _level_batches(["cuda"], "off", frames=226)
+    assert [len(b) for b in levels[-1]] == [15]
+
+
 def test_two_cpu_devices_give_the_single_device_video(pipe, reference):
     out = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, devices=["cpu", "cpu"], **RUN)
     assert out.stats.devices == ["cpu", "cpu"]
