@@ -611,8 +611,8 @@ class PlanRunner:
                         executors[slot].submit(self.run_batch, batch, inputs, self.devices[slot])
                     )
                     owners.append(slot)
-                # the last level's frames still to write are decoded now, beside this
-                # level's first batch (the autoregressive windows: the window before)
+                # the frames the level before left to write (its last call's) decode now,
+                # beside this level's first batch (an autoregressive window: the next one)
                 if level.index > 0:
                     self.emit(sink, level.index - 1)
                 pending = iter(zip(batches, futures, owners))

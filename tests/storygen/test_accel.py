@@ -29,6 +29,12 @@ RUN = {
 }
 
 
+def new_pipe(tmp_path, preset: str = "micro", device: str = "cpu") -> StoryVideoPipeline:
+    """A freshly made model of ``preset`` (masked), loaded as a pipeline on ``device``."""
+    folder = new_model(tmp_path / "m", preset=preset, mode="masked", texts=PROMPTS)
+    return StoryVideoPipeline.from_pretrained(folder).to(device)
+
+
 def test_compile_auto_is_on_for_cuda_only():
     assert resolve_compile(None) == "off"
     assert resolve_compile("off") == "off" and resolve_compile(False) == "off"
@@ -88,9 +94,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_a_render_stays_eager_by_default(tmp_path):
-    pipe = StoryVideoPipeline.from_pretrained(
-        new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
-    )
+    pipe = new_pipe(tmp_path)
     out = pipe(PROMPTS, 17, **RUN)
     assert out.stats.compiled is False and not is_compiled(pipe.unet)
     # every batch is timed by its shape: 1 global call of 5 frames, 2 batches of 2 local calls
@@ -419,9 +423,7 @@ def test_cudnn_autotune_is_for_the_block_only():
 
 
 def test_cpu_renders_leave_cudnn_alone(tmp_path):
-    pipe = StoryVideoPipeline.from_pretrained(
-        new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
-    )
+    pipe = new_pipe(tmp_path)
     out = pipe(PROMPTS, 17, **RUN)
     assert out.stats.cudnn_autotune is False  # nothing to tune on a CPU
 
@@ -429,9 +431,7 @@ def test_cpu_renders_leave_cudnn_alone(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_renders_autotune_and_give_the_same_frames(tmp_path):
-    pipe = StoryVideoPipeline.from_pretrained(
-        new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
-    ).to("cuda")
+    pipe = new_pipe(tmp_path, device="cuda")
     tuned = pipe(PROMPTS, 17, **RUN)
     plain = pipe(PROMPTS, 17, **RUN, cudnn_autotune=False)
     assert tuned.stats.cudnn_autotune is True and plain.stats.cudnn_autotune is False
@@ -467,9 +467,7 @@ def test_work_beside_sampling_does_not_wait_for_the_default_stream():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_decoding_beside_sampling_gives_the_frames_of_the_default_stream(tmp_path):
-    pipe = StoryVideoPipeline.from_pretrained(
-        new_model(tmp_path / "m", preset="micro-latent", mode="masked", texts=PROMPTS)
-    ).to("cuda")
+    pipe = new_pipe(tmp_path, "micro-latent", "cuda")
     latents = torch.randn(20, 4, 16, 16)
     on_cuda = latents.cuda()  # made on the default stream: the decode must wait for it
     side = pipe.decode(on_cuda)
