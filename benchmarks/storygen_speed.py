@@ -334,6 +334,8 @@ def run(
             "wall_time_after_warmup_s": wall - warmup,
             "unet_batches_s": unet_s,
             "other_s": wall - unet_s,
+            # from the last batch's end to the render's: the last frames' decode and write
+            "tail_s": stats.tail_s,
             "unet_tflops_per_s": unet_flops / steady_unet_s / 1e12,
             "utilisation_of_matmul_peak": (unet_flops / steady_unet_s / peak if peak else None),
             # the batched level alone (its largest bucket, after its first batch): the rate
@@ -374,7 +376,8 @@ def run(
         )
         print(
             "         stages: "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in stats.stage_times_s.items()),
+            + ", ".join(f"{k} {v:.1f} s" for k, v in stats.stage_times_s.items())
+            + f"; after the last batch {stats.tail_s:.1f} s",
             flush=True,
         )
         if stats.compile_phases_s:

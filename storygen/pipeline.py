@@ -687,7 +687,10 @@ class StoryVideoPipeline(DiffusionPipeline):
 
         # the output
         stats = runner.stats
-        stats.wall_time_s = time.perf_counter() - started
+        ended = time.perf_counter()
+        stats.wall_time_s = ended - started
+        if runner.sampling_ended is not None:
+            stats.tail_s = ended - runner.sampling_ended
         stats.output_path = str(output_path) if output_path else None
         stats.cache_dir = str(cache.path) if cache is not None else None
         stats.record_peak_memory()

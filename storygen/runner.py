@@ -152,6 +152,9 @@ class GenerationStats:
     #: while worker threads sample the next batch, so stages can overlap and "rest" is what
     #: is left of the wall time, at least 0
     stage_times_s: dict[str, float] = field(default_factory=dict)
+    #: seconds from the end of the last batch's sampling to the end of the run: the last
+    #: frames' decode and write, which nothing runs beside
+    tail_s: float = 0.0
 
     def set_stages(self, **seconds: float) -> None:
         """Fill :attr:`stage_times_s` from the given stages, the UNet's batch times and the
@@ -349,6 +352,8 @@ class PlanRunner:
         self.progress: LevelProgress | None = None
         #: calls per batch of the levels batched so far (:meth:`drain`)
         self.batch_sizes: set[int] = set()
+        #: when the last batch so far finished sampling (``time.perf_counter``)
+        self.sampling_ended: float | None = None
 
     # ---------------------------------------------------------------- devices
     def unet_on(self, level: int, device: torch.device) -> Any:
@@ -421,11 +426,12 @@ class PlanRunner:
         if finish is not None:
             finish()
         samples = samples.float().cpu()  # waits for the device: the batch's time ends here
+        ended = time.perf_counter()
         if measure:
             per_call = (torch.cuda.max_memory_allocated(device) - held) // len(batch.calls)
             with self._lock:
                 self.stats.call_bytes = max(self.stats.call_bytes or 0, int(per_call))
-        took = time.perf_counter() - started
+        took = ended - started
         frames = len(batch.calls[0])
         rows = len(batch.calls) * (1 if self.negative is None else 2)
         padded = compiled_rows(unet).get(rows)
@@ -434,6 +440,7 @@ class PlanRunner:
         # the compile lands in the first batch of its own key
         bucket = f"{rows}x{frames}" if padded is None else f"{padded}x{frames} compiled"
         with self._lock:
+            self.sampling_ended = max(self.sampling_ended or ended, ended)
             self.stats.batch_times_s.setdefault(f"{len(batch.calls)}x{frames}", []).append(took)
             self.stats.bucket_times_s.setdefault(bucket, []).append([len(batch.calls), took])
         return samples, forwards

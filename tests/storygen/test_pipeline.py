@@ -217,6 +217,24 @@ def test_a_small_last_batch_only_where_it_runs_beside_a_decode_on_a_known_shape(
     assert [len(b) for b in levels[-1]] == [15]
 
 
+def test_the_tail_is_the_time_after_the_last_batch(pipe, monkeypatch):
+    import time
+
+    plain = pipe(PROMPTS, 17, output_type="np", **RUN).stats
+    assert 0 < plain.tail_s < plain.wall_time_s
+    decode = pipe.decode
+
+    def slow(samples, *args, **kwargs):  # the last frames' decode follows the last batch
+        time.sleep(0.5)
+        return decode(samples, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "decode", slow)
+    stats = pipe(PROMPTS, 17, output_type="np", **RUN).stats
+    assert stats.tail_s >= 0.5 > plain.tail_s
+    unet = sum(sum(v) for v in stats.batch_times_s.values())
+    assert stats.tail_s <= stats.wall_time_s - unet + 1e-6  # no batch's time in it
+
+
 def test_two_cpu_devices_give_the_single_device_video(pipe, reference):
     out = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, devices=["cpu", "cpu"], **RUN)
     assert out.stats.devices == ["cpu", "cpu"]
