@@ -14,8 +14,14 @@ Settings not given (fps, steps, guidance, frames per call) are left to the story
 which takes the model folder's recommended sampling settings. Progress: a bar (or a log line
 every 30 s without a terminal) over finished videos, and a log line per story and level.
 
+On a GPU (``--render_device``, by default cuda where there is one) each worker loads the model
+there once and compiles as ``storygen render`` does (``--render_compile``, ``--render_speedups``,
+``--render_dtype``): a worker keeps its compiled graphs, so a batch shape one of its stories
+compiled costs its later stories nothing (``compile_s`` in the results).
+
 Outputs under ``--output``: ``videos/<story>.mp4``, ``results/part-00000-of-00001.parquet``
-(story_id, path, frames, seconds, model_calls, wall_time_s, status, error) and
+(story_id, path, frames, seconds, fps, model_calls, wall_time_s, status, error, device,
+compile_s) and
 ``failures/part-00000-of-00001.parquet`` (the curate failures schema, stage ``render``).
 """
 
@@ -48,6 +54,8 @@ from curate.isolation import traceback_tail
 from curate.shards import check_output_dir
 from schemas import read_parquet, rows_to_table, video_failure_row, write_parquet
 from schemas.cli import auto_or_positive_int, setup_logging
+from storygen.accel import COMPILE_CHOICES
+from storygen.cli import DTYPES
 from storygen.script import script_from_stories_row
 
 from .options import runner_flags
@@ -67,6 +75,10 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("wall_time_s", pa.float64()),
         pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
         pa.field("error", pa.string()),
+        # where it ran, and what compiling the UNet cost this story: a worker keeps its
+        # compiled graphs, so a batch shape an earlier story of the worker ran costs nothing
+        pa.field("device", pa.string()),
+        pa.field("compile_s", pa.float64()),
     ]
 )
 NAMESPACE = "storyloom_storygen"
@@ -145,6 +157,41 @@ RENDER_FLAGS = (
         },
     ),
     (
+        "--render_device",
+        {
+            "default": None,
+            "metavar": "DEVICE",
+            "help": "cpu, cuda, cuda:1 (default: cuda if there is one, else cpu)",
+        },
+    ),
+    (
+        "--render_dtype",
+        {
+            "default": None,
+            "choices": DTYPES,
+            "help": "weights' precision (default: float32)",
+        },
+    ),
+    (
+        "--render_compile",
+        {
+            "default": "auto",
+            "choices": COMPILE_CHOICES,
+            "help": "compile the UNet as storygen render --compile does (auto: on for CUDA, off "
+            "on a CPU); each worker compiles a batch shape once and keeps it for its later "
+            "stories (default auto)",
+        },
+    ),
+    (
+        "--render_speedups",
+        {
+            "default": "auto",
+            "metavar": "LIST",
+            "help": "UNet and decoder speed-ups as storygen render --speedups takes them "
+            "(default auto)",
+        },
+    ),
+    (
         "--render_format",
         {
             "default": "mp4",
@@ -182,8 +229,12 @@ A rerun into the same --render_output skips stories whose video exists (--render
 renders them again). Settings left out (fps, steps, guidance, frames per call) are the model
 folder's recommendation. Other flags are Beam's (--runner, --direct_num_workers, ...).
 
-Outputs: videos/<story>.mp4; results/ (story_id, path, frames, seconds, model_calls,
-wall_time_s, status, error); failures/ (the curate failures schema, stage "render").
+On a GPU: --render_device cuda (the default where there is one) --render_dtype bfloat16
+--render_compile all; each worker compiles a batch shape once and keeps it for its later stories.
+
+Outputs: videos/<story>.mp4; results/ (story_id, path, frames, seconds, fps, model_calls,
+wall_time_s, status, error, device, compile_s); failures/ (the curate failures schema, stage
+"render").
 """
 
 
@@ -225,6 +276,11 @@ class RenderSettings:
     fps: float | None = None
     seed: int = 0
     micro_batch: int | str = "auto"
+    #: None: cuda if there is one, else cpu
+    device: str | None = None
+    dtype: str | None = None
+    compile: str = "auto"
+    speedups: str = "auto"
     video_format: str = "mp4"
     overwrite: bool = False
     #: stories to render in this run (for the progress lines)
@@ -253,13 +309,16 @@ class _RenderFn(beam.DoFn):
         self.frames = Metrics.counter(NAMESPACE, "frames")
 
     def setup(self) -> None:
-        from storygen.pipeline import StoryVideoPipeline  # torch and diffusers: on workers only
+        from storygen.cli import torch_dtype  # torch and diffusers: on workers only
+        from storygen.loading import load_pipeline
 
         if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # setup_logging, unless -v
             from diffusers.utils import logging as diffusers_logging
 
             diffusers_logging.disable_progress_bar()  # "Loading pipeline components..."
-        self.pipe = StoryVideoPipeline.from_pretrained(self.s.model)
+        self.device = render_device(self.s.device)
+        self.pipe = load_pipeline(self.s.model, torch_dtype=torch_dtype(self.s.dtype))
+        self.pipe.to(self.device)
 
     def process(self, row: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
         story_id = str(row.get("story_id"))
@@ -279,6 +338,8 @@ class _RenderFn(beam.DoFn):
                 **self.s.pipeline_kwargs(),
                 generator=self.s.seed,
                 micro_batch=self.s.micro_batch,
+                compile=self.s.compile,
+                speedups=self.s.speedups,
                 output_type=None,
                 output_path=tmp,
                 callback_on_level_end=lambda pipe, level: logger.info(
@@ -331,8 +392,32 @@ class _RenderFn(beam.DoFn):
                 seconds=stats.num_frames / fps if fps else None,
                 model_calls=stats.model_calls,
                 wall_time_s=time.perf_counter() - start,
+                device=self.device,
+                compile_s=stats.compile_s,
             ),
         )
+
+
+def render_device(name: str | None) -> str:
+    """The device to render on: ``name``, checked, or cuda where there is one, else cpu."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--render_device {name!r}: expected cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--render_device {name!r}: no CUDA device here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--render_device {name!r}: there are {torch.cuda.device_count()} CUDA devices"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"--render_device {name!r}: expected cpu or cuda[:N]")
+    return str(device)
 
 
 def _result(story_id: str, *, status: str, **fields: Any) -> dict[str, Any]:
@@ -428,10 +513,17 @@ def run(argv: Sequence[str] | None = None, *, progress: bool = True) -> RenderSu
         fps=opts.render_fps,
         seed=opts.render_seed,
         micro_batch=opts.render_micro_batch,
+        device=(device := render_device(opts.render_device)),
+        dtype=opts.render_dtype,
+        compile=opts.render_compile,
+        speedups=opts.render_speedups,
         video_format=opts.render_format,
         overwrite=opts.render_overwrite,
         total=len(stories),
     )
+    from storygen.accel import resolve_speedups
+
+    resolve_speedups(settings.speedups, device.split(":")[0])  # a bad name: refused now
     done = 0 if settings.overwrite else _already_rendered(out, stories, settings.video_format)
     logger.info(
         "%d stories from %s, %d rendered already; model %s",

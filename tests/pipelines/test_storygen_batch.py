@@ -73,6 +73,7 @@ def test_every_story_rendered_or_failed(tmp_path, model_dir):
         assert r["status"] == "ok", r
         assert r["frames"] == int(seconds * 8) and r["seconds"] == pytest.approx(seconds)
         assert r["model_calls"] >= 1 and r["wall_time_s"] > 0
+        assert r["device"] == "cpu" and r["compile_s"] == 0.0  # auto: eager on a CPU
         assert r["path"].endswith(video_name(sid, "mp4"))
         with av.open(r["path"]) as container:
             decoded = sum(1 for _ in container.decode(video=0))
@@ -120,3 +121,83 @@ def test_render_progress_counts_finished_videos_only(tmp_path):
     (videos / "a-1.mp4").write_bytes(b"x")
     (videos / ".b-2.tmp-1.mp4").write_bytes(b"x")  # being written
     assert progress.snapshot() == (1, 0, 0)
+
+
+def test_device_dtype_compile_and_speedups_reach_each_render(tmp_path, model_dir, monkeypatch):
+    import torch
+
+    from pipelines import storygen as batch
+    from storygen.pipeline import StoryVideoPipeline
+
+    seen = []
+    call = StoryVideoPipeline.__call__
+
+    def record(self, *args, **kwargs):
+        seen.append((self.unet.dtype, kwargs["compile"], kwargs["speedups"]))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StoryVideoPipeline, "__call__", record)
+    table = tmp_path / "stories.parquet"
+    write_parquet(
+        rows_to_table([_story("s", [(0.0, 1.0, PROMPTS[0])])], "stories"), table, "stories"
+    )
+    summary = batch.run(
+        [
+            f"--stories={table}",
+            f"--render_output={tmp_path / 'out'}",
+            f"--render_model={model_dir}",
+            "--render_frames_per_call=5",
+            "--render_steps=1",
+            "--render_guidance=1.0",
+            "--render_device=cpu",
+            "--render_dtype=bfloat16",
+            "--render_compile=off",
+            "--render_speedups=none",
+        ],
+        progress=False,
+    )
+    assert [r["status"] for r in summary.results] == ["ok"]
+    assert seen == [(torch.bfloat16, "off", "none")]
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--render_device=tpu", "expected cpu or cuda"),
+        ("--render_device=meta", "--render_device 'meta': expected cpu or cuda"),
+        ("--render_speedups=warp", "unknown speed-ups"),
+    ],
+)
+def test_a_bad_device_or_speedup_is_refused_before_any_story(
+    tmp_path, model_dir, flag, message, capsys
+):
+    from pipelines.storygen import main
+
+    table = tmp_path / "stories.parquet"
+    write_parquet(
+        rows_to_table([_story("s", [(0.0, 1.0, PROMPTS[0])])], "stories"), table, "stories"
+    )
+    argv = [
+        f"--stories={table}",
+        f"--render_output={tmp_path / 'out'}",
+        f"--render_model={model_dir}",
+    ]
+    assert main([*argv, flag]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "videos").exists()
+
+
+def test_cuda_is_refused_where_there_is_none(monkeypatch):
+    import torch
+
+    from pipelines.storygen import render_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert render_device(None) == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device here"):
+        render_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert render_device(None) == "cuda" and render_device("cuda:0") == "cuda:0"
+    with pytest.raises(ValueError, match="there are 1 CUDA devices"):
+        render_device("cuda:3")
