@@ -452,7 +452,8 @@ class PlanRunner:
         batch, 2 devices: 16 batches of 14 or 15, 113 and 112 calls per device).
 
         A level of an uneven plan alternates call lengths (3 and 4 frames, say); grouping by
-        length rather than by run keeps the batches full.
+        length rather than by run keeps the batches full. On one CUDA device the plan's last
+        level ends on a small batch of a size an earlier level ran (:meth:`drain`).
         """
         size, parts = self.micro_batch(), len(self.devices)
         self.stats.micro_batches.append(size)
