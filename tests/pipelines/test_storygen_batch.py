@@ -34,6 +34,20 @@ def _story(story_id: str, segments: list[tuple[float, float, str]], fps: float =
     }
 
 
+def _flags(tmp_path, model_dir, stories: list[dict]) -> list[str]:
+    """A stories table of ``stories`` in ``tmp_path`` and the flags that render it quickly."""
+    table = tmp_path / "stories.parquet"
+    write_parquet(rows_to_table(stories, "stories", validate=False), table, "stories")
+    return [
+        f"--stories={table}",
+        f"--render_output={tmp_path / 'out'}",
+        f"--render_model={model_dir}",
+        "--render_frames_per_call=5",
+        "--render_steps=1",
+        "--render_guidance=1.0",
+    ]
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from storygen.presets import new_model
@@ -53,17 +67,7 @@ def test_every_story_rendered_or_failed(tmp_path, model_dir):
         # overlapping segments: the script check rejects it, the others go on
         _story("broken", [(0.0, 1.0, PROMPTS[0]), (0.5, 1.5, PROMPTS[1])]),
     ]
-    table = tmp_path / "stories.parquet"
-    write_parquet(rows_to_table(stories, "stories", validate=False), table, "stories")
-    flags = [
-        f"--stories={table}",
-        f"--render_output={tmp_path / 'out'}",
-        f"--render_model={model_dir}",
-        "--render_frames_per_call=5",
-        "--render_steps=1",
-        "--render_guidance=1.0",
-        "--render_micro_batch=4",
-    ]
+    flags = [*_flags(tmp_path, model_dir, stories), "--render_micro_batch=4"]
     summary = run(flags)
     results = {r["story_id"]: r for r in summary.results}
     assert results["broken"]["status"] == "failed"
@@ -137,18 +141,9 @@ def test_device_dtype_compile_and_speedups_reach_each_render(tmp_path, model_dir
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(StoryVideoPipeline, "__call__", record)
-    table = tmp_path / "stories.parquet"
-    write_parquet(
-        rows_to_table([_story("s", [(0.0, 1.0, PROMPTS[0])])], "stories"), table, "stories"
-    )
     summary = batch.run(
         [
-            f"--stories={table}",
-            f"--render_output={tmp_path / 'out'}",
-            f"--render_model={model_dir}",
-            "--render_frames_per_call=5",
-            "--render_steps=1",
-            "--render_guidance=1.0",
+            *_flags(tmp_path, model_dir, [_story("s", [(0.0, 1.0, PROMPTS[0])])]),
             "--render_device=cpu",
             "--render_dtype=bfloat16",
             "--render_compile=off",
@@ -173,15 +168,7 @@ def test_a_bad_device_or_speedup_is_refused_before_any_story(
 ):
     from pipelines.storygen import main
 
-    table = tmp_path / "stories.parquet"
-    write_parquet(
-        rows_to_table([_story("s", [(0.0, 1.0, PROMPTS[0])])], "stories"), table, "stories"
-    )
-    argv = [
-        f"--stories={table}",
-        f"--render_output={tmp_path / 'out'}",
-        f"--render_model={model_dir}",
-    ]
+    argv = _flags(tmp_path, model_dir, [_story("s", [(0.0, 1.0, PROMPTS[0])])])
     assert main([*argv, flag]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "videos").exists()
