@@ -38,6 +38,17 @@ far less: for the ModelScope-shape UNet at one 2-row shape, 4.3 s in 28 block gr
 16.2 s for the whole forward as one graph (dynamo alone, ``backend="eager"``, on a 2-core
 CPU). What the graphs' boundaries cost on a GPU (fusions across blocks, a launch per block)
 is not measured yet, so it is not a default.
+
+``compile="aot"`` compiles ahead of time: each row bucket's forward pass is exported
+(``torch.export``) and compiled by AOTInductor into a package on disk
+(``<compile cache>/aot/<key>.pt2``, :class:`AotForward`), every bucket as ``"all"`` does. A
+later process with the same model structure, dtype, speed-ups, device kind and PyTorch loads
+the package instead of compiling: no dynamo tracing and no Inductor, which from the cache on
+disk still cost ``"all"`` 92-104 s of a 25-step ModelScope-shape render on an H200, 74-83 s
+of it dynamo's tracing. The packages hold the compiled code only: the weights stay the
+module's own, handed to the package by pointer (a weight changed in place is seen; a module
+moved to another device is handed over again on its next call), so one package serves any
+weights of the same shapes. The VAE decoder (``vdec``) is compiled the same way.
 """
 
 from __future__ import annotations
@@ -56,6 +67,8 @@ __all__ = [
     "CACHE_ENV",
     "COMPILE_CHOICES",
     "COMPILE_MIN_PASSES",
+    "AOT_PHASES",
+    "AotForward",
     "CompilePolicy",
     "REPEATED_BLOCKS",
     "compile_cache_dir",
@@ -64,6 +77,7 @@ __all__ = [
     "beside_sampling",
     "compile_decoder",
     "compile_phases",
+    "compile_seconds",
     "compile_unet",
     "compiled_call",
     "decoder_compiles",
@@ -84,9 +98,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: the choices of ``compile`` (``storygen render --compile``)
-COMPILE_CHOICES = ("auto", "on", "all", "regional", "off")
+COMPILE_CHOICES = ("auto", "on", "all", "regional", "aot", "off")
 #: the compile choices that compile every row bucket from its first pass
-EVERY_BUCKET = ("all", "regional")
+EVERY_BUCKET = ("all", "regional", "aot")
+#: ``compile="aot"``: the packages' folder in the compile cache
+AOT_DIR = "aot"
+#: ``compile="aot"``'s phases in :func:`compile_phases`: exporting a forward pass,
+#: compiling it to a package, loading a package
+AOT_PHASES = ("aot_export", "aot_compile", "aot_load")
 #: ``compile="regional"``: the UNet's blocks compiled one by one (by class name), the rest of
 #: its forward left eager
 REPEATED_BLOCKS = (
@@ -110,7 +129,8 @@ def default_compile(device_type: str) -> str:
 
 def resolve_compile(choice: str | bool | None, device_type: str = "cpu") -> str:
     """A render's compile setting: ``"on"`` / ``True`` (where it repays), ``"all"`` (every
-    row bucket), ``"regional"`` (every row bucket, the repeated blocks one by one), ``"off"``
+    row bucket), ``"regional"`` (every row bucket, the repeated blocks one by one), ``"aot"``
+    (every row bucket, compiled ahead of time into packages on disk), ``"off"``
     / ``False`` / ``None``, or ``"auto"`` (:func:`default_compile` of the render's device)."""
     if choice == "auto":
         return default_compile(device_type)
@@ -174,13 +194,21 @@ def use_compiled_rows(unet: Any, rows: dict[int, int]) -> None:
 
 
 def compile_unet(
-    unet: Any, options: dict[str, Any] | None = None, *, regional: bool = False
+    unet: Any,
+    options: dict[str, Any] | None = None,
+    *,
+    regional: bool = False,
+    aot: bool = False,
 ) -> None:
     """Compile ``unet``'s forward in place, once, with static shapes (the graphs themselves
     compile lazily, on the first call of each row bucket and call length); ``options``:
     Inductor's (:func:`inductor_options`). ``regional``: compile its repeated blocks
-    (:data:`REPEATED_BLOCKS`) one by one instead. A UNet compiled already stays as it is."""
+    (:data:`REPEATED_BLOCKS`) one by one instead; ``aot``: ahead of time, into packages on
+    disk (:class:`AotForward`). A UNet compiled already stays as it is."""
     if is_compiled(unet):
+        return
+    if aot:
+        _aot_in_place(unet, "the UNet", options)
         return
     if regional and not any(type(m).__name__ in REPEATED_BLOCKS for m in unet.modules()):
         raise ValueError(
@@ -216,14 +244,18 @@ def decoder_compiles(choice: str, frames: int, chunk: int) -> bool:
     return choice == "on" and -(-frames // chunk) >= COMPILE_MIN_PASSES
 
 
-def compile_decoder(vae: Any) -> bool:
+def compile_decoder(vae: Any, *, aot: bool = False) -> bool:
     """Compile ``vae.decoder`` in place, once, with static shapes (the pipeline's decode pads
-    a short last chunk to a full one, so one graph serves a render); False when there is no
-    decoder to compile or it is compiled already."""
+    a short last chunk to a full one, so one graph serves a render; ``aot``: ahead of time,
+    as :class:`AotForward`); False when there is no decoder to compile or it is compiled
+    already."""
     decoder = getattr(vae, "decoder", None)
     if decoder is None or is_compiled(decoder):
         return False
-    _compile_in_place(decoder, "the VAE decoder")
+    if aot:
+        _aot_in_place(decoder, "the VAE decoder")
+    else:
+        _compile_in_place(decoder, "the VAE decoder")
     return True
 
 
@@ -233,6 +265,244 @@ def _compile_in_place(module: Any, name: str, options: dict[str, Any] | None = N
     module.compile(fullgraph=False, dynamic=False, options=options or None)
     setattr(module, _COMPILED_FLAG, True)
     logger.info("compiling %s (graphs cached in %s)", name, cache)
+
+
+def _aot_in_place(module: Any, name: str, options: dict[str, Any] | None = None) -> None:
+    """Run ``module``'s calls through :class:`AotForward` (the hook ``nn.Module.compile``
+    uses: ``module(...)`` runs the package of its shapes, ``module.forward(...)`` stays eager),
+    marked compiled."""
+    if options and options.get("triton.cudagraphs"):
+        raise ValueError(
+            "compile='aot' runs AOTInductor packages, which do not replay CUDA graphs: "
+            "leave out the cgraph speed-up, or compile with 'all'"
+        )
+    module._compiled_call_impl = AotForward(module, options)
+    setattr(module, _COMPILED_FLAG, True)
+    logger.info("compiling %s ahead of time (packages in %s)", name, compile_cache_dir() / AOT_DIR)
+
+
+#: seconds this process has spent in each of :data:`AOT_PHASES`
+_AOT_SECONDS: dict[str, float] = dict.fromkeys(AOT_PHASES, 0.0)
+_AOT_LOCK = threading.Lock()
+
+
+def _aot_spent(phase: str, seconds: float) -> None:
+    with _AOT_LOCK:
+        _AOT_SECONDS[phase] += seconds
+
+
+class _Program:
+    """One loaded package, the weights it reads (by name) and the state of those last handed
+    to it."""
+
+    #: the names of constants a package computes itself from the weights (runtime folding)
+    FOLDED = "_FOLDED_CONST"
+
+    def __init__(self, model: Any, weights: dict[str, Any], path: Any) -> None:
+        self.model = model
+        self.fqns = [f for f in model.get_constant_fqns() if not f.startswith(self.FOLDED)]
+        missing = [f for f in self.fqns if f not in weights]
+        if missing:
+            raise ValueError(f"{path} reads weights the module lacks: {missing[:3]}")
+        self.state: tuple[tuple[int, int], ...] = ()
+
+    def bind(self, weights: dict[str, Any]) -> None:
+        """Hand ``weights`` to the package when any was replaced or changed in place since
+        the last time (its pointer or version counter moved); the package then folds its
+        derived constants again."""
+        state = tuple((weights[f].data_ptr(), _version(weights[f])) for f in self.fqns)
+        if state != self.state:
+            self.model.load_constants(
+                {f: weights[f] for f in self.fqns}, check_full_update=False, user_managed=True
+            )
+            self.state = state
+
+
+def _version(tensor: Any) -> int:
+    """A tensor's in-place change counter (an inference tensor has none: -1)."""
+    try:
+        return int(tensor._version)
+    except RuntimeError:
+        return -1
+
+
+class AotForward:
+    """A module's calls (``nn.Module._compiled_call_impl``) run by AOTInductor packages, one
+    per call signature (:func:`call_signature` of the arguments: shapes, dtypes, devices and
+    other values), kept on disk under :func:`compile_cache_dir`/``aot``.
+
+    A signature's first call loads its package when one is on disk for the same key
+    (:meth:`key`: the module's class, config, structure, parameter shapes and dtypes, the
+    Inductor options, the signature, the device kind and PyTorch's version), else exports the
+    module's ``forward`` with these arguments (``torch.export``, non-strict) and compiles it
+    (``torch._inductor.aoti_compile_and_package``, the weights left out of the package). A
+    package that cannot be read is compiled again. The module's weights are handed to a
+    package by pointer (``load_constants(user_managed=True)``) and again whenever one of them
+    is replaced (``module.to(...)``, a loaded state dict)."""
+
+    def __init__(self, module: Any, options: dict[str, Any] | None = None) -> None:
+        self.module = module
+        self.options = dict(options or {})
+        self.programs: dict[tuple, _Program] = {}
+        #: per signature: "built" (exported and compiled) or "loaded" (from the disk)
+        self.sources: dict[tuple, str] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        signature = self.signature(args, kwargs)
+        program = self.programs.get(signature)
+        if program is None:
+            program = self.programs[signature] = self._program(signature, args, kwargs)
+        program.bind(self._weights())
+        with torch.no_grad():
+            return program.model(*args, **kwargs)
+
+    # copies and pickles (a runner's copy of a UNet, a Beam worker's) start without packages
+    def __deepcopy__(self, memo: dict[int, Any]) -> AotForward:
+        import copy
+
+        return AotForward(copy.deepcopy(self.module, memo), copy.deepcopy(self.options, memo))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"module": self.module, "options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["module"], state["options"])  # type: ignore[misc]
+
+    @staticmethod
+    def signature(args: tuple, kwargs: dict[str, Any]) -> tuple:
+        return call_signature(*args, *(v for kv in sorted(kwargs.items()) for v in kv))
+
+    def _weights(self) -> dict[str, Any]:
+        """The module's parameters and buffers by their name in the exported program."""
+        named = dict(self.module.named_parameters(prefix="m"))
+        named.update(self.module.named_buffers(prefix="m"))
+        return named
+
+    def key(self, signature: tuple) -> str:
+        """The package's name: a hash of everything the compiled code depends on."""
+        import hashlib
+        import json
+        import platform
+
+        import torch
+
+        from storygen.cache import _config_dict
+
+        module = self.module
+        device = next(iter(self._weights().values())).device
+        where: Any = platform.machine()
+        if device.type == "cuda":
+            where = [torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)]
+        payload = {
+            "format": 1,
+            "torch": torch.__version__,
+            "device": [device.type, where],
+            "class": type(module).__qualname__,
+            # the config's own settings, not where it was read from (``_name_or_path``)
+            "config": {
+                k: v for k, v in (_config_dict(module) or {}).items() if not k.startswith("_")
+            },
+            # speed-ups show here: a patched forward (tconv), an attention processor (pattn),
+            # a fused projection (qkv), a float8 layer (fp8)
+            "modules": [
+                [
+                    name,
+                    type(m).__qualname__,
+                    "forward" in vars(m),
+                    type(getattr(m, "processor", None)).__qualname__,
+                ]
+                for name, m in module.named_modules()
+            ],
+            "weights": [[n, list(t.shape), str(t.dtype)] for n, t in self._weights().items()],
+            "options": self.options,
+            "signature": repr(tuple(_device_kind(v) for v in signature)),
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+    def _program(self, signature: tuple, args: tuple, kwargs: dict[str, Any]) -> _Program:
+        import time
+
+        import torch
+
+        folder = compile_cache_dir() / AOT_DIR
+        path = folder / f"{self.key(signature)}.pt2"
+        device = next(iter(self._weights().values())).device
+        index = device.index if device.type == "cuda" and device.index is not None else -1
+        if device.type == "cuda" and index < 0:
+            index = torch.cuda.current_device()
+        if path.exists():
+            started = time.perf_counter()
+            try:
+                model = torch._inductor.aoti_load_package(str(path), device_index=index)
+                loaded = _Program(model, self._weights(), path)
+            except Exception as exc:  # a torn or foreign file: compile it again
+                logger.warning("compile='aot': cannot load %s (%s); compiling it again", path, exc)
+            else:
+                _aot_spent("aot_load", time.perf_counter() - started)
+                self.sources[signature] = "loaded"
+                return loaded
+        started = time.perf_counter()
+        # non-strict export restores the attributes of every submodule after tracing, as
+        # copies: the live objects (the render's row buckets, read as levels are planned)
+        # are put back
+        kept = [(m, dict(vars(m))) for m in self.module.modules()]
+        try:
+            with torch.no_grad():
+                program = torch.export.export(_forward_of(self.module), args, kwargs, strict=False)
+        finally:
+            for m, attrs in kept:
+                for name, value in attrs.items():
+                    if vars(m).get(name) is not value:
+                        vars(m)[name] = value
+        _aot_spent("aot_export", time.perf_counter() - started)
+        started = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.pt2"
+        # the weights stay out of the package; what Inductor derives from them (folded
+        # constants: a reshaped weight, a norm's scale folded into a product) is computed
+        # when they are handed over, not baked in from these weights' values
+        configs = {
+            **self.options,
+            "aot_inductor.package_constants_in_so": False,
+            "aot_inductor.use_runtime_constant_folding": True,
+        }
+        try:
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(partial), inductor_configs=configs
+            )
+            os.replace(partial, path)  # whole or not at all: another process may read it
+        finally:
+            partial.unlink(missing_ok=True)
+        model = torch._inductor.aoti_load_package(str(path), device_index=index)
+        _aot_spent("aot_compile", time.perf_counter() - started)
+        self.sources[signature] = "built"
+        return _Program(model, self._weights(), path)
+
+
+def _device_kind(value: Any) -> Any:
+    """A signature's entry with a tensor's device as its kind (cuda:1's package is cuda:0's)."""
+    if isinstance(value, tuple) and len(value) == 3 and hasattr(value[2], "type"):
+        return (value[0], str(value[1]), value[2].type)
+    return value
+
+
+def _forward_of(module: Any) -> Any:
+    """A module whose forward is ``module.forward`` (its weights named ``m.<name>``), for
+    export: calling ``module`` itself would run its compiled call."""
+    import torch
+
+    class Forward(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = module
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self.m.forward(*args, **kwargs)
+
+    return Forward()
 
 
 #: the call signatures a compiled module has run (:func:`compiled_call`)
@@ -323,12 +593,20 @@ def compile_phases() -> dict[str, float]:
     (``bytecode_tracing``: dynamo reading the Python; Inductor's code generation and kernel
     compiles, or the loads of cached ones; ...), summed over calls. The phases nest, so they
     do not add up to the outermost, :data:`OUTER_PHASE`. Empty where PyTorch
-    keeps no such record."""
+    keeps no such record. ``compile="aot"``'s :data:`AOT_PHASES` are among them."""
+    with _AOT_LOCK:
+        phases = dict(_AOT_SECONDS)
     try:
         from torch._dynamo.utils import compilation_time_metrics
     except ImportError:  # pragma: no cover - a PyTorch without the record
-        return {}
-    return {name: float(sum(times)) for name, times in compilation_time_metrics.items()}
+        return phases
+    return phases | {name: float(sum(t)) for name, t in compilation_time_metrics.items()}
+
+
+def compile_seconds(phases: dict[str, float]) -> float:
+    """A compile's whole time from its phases (:func:`phases_since`): dynamo's outermost
+    phase (:data:`OUTER_PHASE`) and ``compile="aot"``'s (:data:`AOT_PHASES`)."""
+    return phases.get(OUTER_PHASE, 0.0) + sum(phases.get(p, 0.0) for p in AOT_PHASES)
 
 
 def phases_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

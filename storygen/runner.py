@@ -33,11 +33,11 @@ import torch
 from tqdm.auto import tqdm
 
 from storygen.accel import (
-    OUTER_PHASE,
     CompilePolicy,
     apply_speedups,
     compile_decoder,
     compile_phases,
+    compile_seconds,
     compile_unet,
     compiled_rows,
     cudnn_autotune,
@@ -381,6 +381,7 @@ class PlanRunner:
                         unet,
                         inductor_options(self.speedups),
                         regional=self.compile.choice == "regional",
+                        aot=self.compile.choice == "aot",
                     )
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets
                     use_compiled_rows(unet, self.compile.rows)
@@ -583,7 +584,7 @@ class PlanRunner:
             and vae is not None
             and decoder_compiles(self.compile.choice, self.plan.num_frames, sink.chunk)
         ):
-            compile_decoder(vae)
+            compile_decoder(vae, aot=self.compile.choice == "aot")
         self.stats.decoder_compiled = is_compiled(getattr(vae, "decoder", None))
         phases = compile_phases()
         try:
@@ -592,8 +593,7 @@ class PlanRunner:
                 self._run(sink)
         finally:
             self.stats.compile_phases_s = phases_since(phases, compile_phases())
-            # the outermost phase is a compile, whole
-            self.stats.compile_s = self.stats.compile_phases_s.get(OUTER_PHASE, 0.0)
+            self.stats.compile_s = compile_seconds(self.stats.compile_phases_s)
 
     def _run(self, sink: FrameSink) -> None:
         show = self.settings.progress

@@ -213,6 +213,89 @@ def test_regional_compile_compiles_the_blocks_and_renders_the_same_frames(tmp_pa
     assert again.stats.compile_s < 0.1 * got.stats.compile_s
 
 
+@pytest.mark.slow
+def test_aot_compile_packages_each_bucket_and_a_new_process_loads_them(tmp_path, monkeypatch):
+    """``compile="aot"``: each row bucket's forward is exported and compiled into a package
+    on disk; the frames are the eager ones. A pipeline that starts afresh (as a new process
+    does) loads the packages instead of compiling, and a model with other weights of the same
+    shapes runs the same packages with its own weights. A package that cannot be read is
+    compiled again."""
+    from storygen.accel import AOT_DIR, AotForward
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    want = StoryVideoPipeline.from_pretrained(folder)(PROMPTS, 17, compile="off", **RUN)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    got = pipe(PROMPTS, 17, compile="aot", **RUN)
+    assert got.stats.compiled_rows == [2, 4]
+    aot = pipe.unet._compiled_call_impl
+    assert isinstance(aot, AotForward) and sorted(aot.sources.values()) == ["built", "built"]
+    packages = sorted((tmp_path / "inductor" / AOT_DIR).glob("*.pt2"))
+    assert len(packages) == 2  # one per bucket, nothing left half written
+    phases = got.stats.compile_phases_s
+    assert phases["aot_export"] > 0 and phases["aot_compile"] > phases["aot_export"]
+    assert got.stats.compile_s == pytest.approx(phases["aot_export"] + phases["aot_compile"])
+    assert "_compile.compile_inner" not in phases  # no dynamo
+    torch.testing.assert_close(got.frames, want.frames, atol=1e-4, rtol=0)
+
+    fresh = StoryVideoPipeline.from_pretrained(folder)
+    again = fresh(PROMPTS, 17, compile="aot", **RUN)
+    assert sorted(fresh.unet._compiled_call_impl.sources.values()) == ["loaded", "loaded"]
+    assert set(again.stats.compile_phases_s) <= {"aot_load"}
+    assert again.stats.compile_s < 0.05 * got.stats.compile_s
+    torch.testing.assert_close(again.frames, got.frames, atol=0, rtol=0)
+
+    other = new_model(tmp_path / "o", preset="micro", mode="masked", texts=PROMPTS, seed=7)
+    want_other = StoryVideoPipeline.from_pretrained(other)(PROMPTS, 17, compile="off", **RUN)
+    assert not torch.allclose(want_other.frames, want.frames, atol=1e-2)
+    other_pipe = StoryVideoPipeline.from_pretrained(other)
+    got_other = other_pipe(PROMPTS, 17, compile="aot", **RUN)
+    assert sorted(other_pipe.unet._compiled_call_impl.sources.values()) == ["loaded"] * 2
+    torch.testing.assert_close(got_other.frames, want_other.frames, atol=1e-4, rtol=0)
+    # weights changed in place (biases and norms too) are what the next call reads
+    scaled = StoryVideoPipeline.from_pretrained(other)
+    for unet in (other_pipe.unet, scaled.unet):
+        with torch.no_grad():
+            for p in unet.parameters():
+                p.mul_(0.5)
+    want_scaled = scaled(PROMPTS, 17, compile="off", **RUN)
+    assert not torch.allclose(want_scaled.frames, want_other.frames, atol=1e-2)
+    got_scaled = other_pipe(PROMPTS, 17, compile="aot", **RUN)
+    torch.testing.assert_close(got_scaled.frames, want_scaled.frames, atol=1e-4, rtol=0)
+
+    packages[0].write_bytes(b"torn")
+    torn = StoryVideoPipeline.from_pretrained(folder)
+    redone = torn(PROMPTS, 17, compile="aot", **RUN)
+    assert sorted(torn.unet._compiled_call_impl.sources.values()) == ["built", "loaded"]
+    torch.testing.assert_close(redone.frames, got.frames, atol=1e-5, rtol=0)
+
+
+def test_aot_compile_refuses_cuda_graphs_and_keys_what_the_code_depends_on():
+    """A package's key changes with the shapes, a patched forward or processor, a parameter's
+    dtype and the Inductor options; it does not change with the weights' values."""
+    from storygen.accel import AotForward, call_signature, compile_unet
+
+    with pytest.raises(ValueError, match="do not replay CUDA graphs.*cgraph"):
+        compile_unet(torch.nn.Linear(2, 2), {"triton.cudagraphs": True}, aot=True)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    x = torch.zeros(3, 4)
+    key = AotForward(net).key(call_signature(x))
+    assert AotForward(net).key(call_signature(x)) == key
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    assert AotForward(net).key(call_signature(x)) == key  # values are not in the package
+    assert AotForward(net).key(call_signature(torch.zeros(5, 4))) != key
+    assert AotForward(net).key(call_signature(x.double())) != key
+    assert AotForward(net, {"conv_1x1_as_mm": True}).key(call_signature(x)) != key
+    patched = AotForward(net)
+    net[1].forward = lambda v: v  # type: ignore[method-assign]
+    assert patched.key(call_signature(x)) != key
+    del net[1].forward
+    net.half()
+    assert AotForward(net).key(call_signature(x)) != key
+
+
 def test_regional_compile_names_the_blocks_a_model_lacks():
     from storygen.accel import compile_unet
 
