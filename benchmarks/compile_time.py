@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--choices",
-        default="all,regional",
-        help="compile choices to compare, comma separated (default: all,regional)",
+        default="all,regional,aot",
+        help="compile choices to compare, comma separated (default: all,regional,aot)",
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compile_time.json"))
     args, rest = p.parse_known_args(argv)

@@ -656,8 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=COMPILE_CHOICES,
         default="auto",
         help="compile the UNet (both modes alike): on = the batch shapes run 50+ passes, "
-        "all = every shape, regional = every shape, block by block, auto = on for CUDA "
-        "(default)",
+        "all = every shape, regional = every shape, block by block, aot = every shape, "
+        "ahead of time into packages on disk, auto = on for CUDA (default)",
     )
     p.add_argument(
         "--speedups",

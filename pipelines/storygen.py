@@ -521,9 +521,10 @@ def run(argv: Sequence[str] | None = None, *, progress: bool = True) -> RenderSu
         overwrite=opts.render_overwrite,
         total=len(stories),
     )
-    from storygen.accel import resolve_speedups
+    from storygen.accel import check_render_speed
 
-    resolve_speedups(settings.speedups, device.split(":")[0])  # a bad name: refused now
+    # a bad name, or choices that do not go together: refused now
+    check_render_speed(settings.compile, settings.speedups, device.split(":")[0])
     done = 0 if settings.overwrite else _already_rendered(out, stories, settings.video_format)
     logger.info(
         "%d stories from %s, %d rendered already; model %s",

@@ -75,6 +75,7 @@ __all__ = [
     "SPEEDUPS",
     "apply_speedups",
     "beside_sampling",
+    "check_render_speed",
     "compile_decoder",
     "compile_phases",
     "compile_seconds",
@@ -797,6 +798,19 @@ def resolve_speedups(choice: str | Any, device_type: str) -> tuple[str, ...]:
     if "fp8" in names and device_type != "cuda":
         raise ValueError("the fp8 speed-up needs a CUDA device")
     return tuple(dict.fromkeys(n for n in SPEEDUPS if n in names))
+
+
+def check_render_speed(compile: Any, speedups: Any, device_type: str) -> None:
+    """Refuse, before a render starts, a compile choice or speed-ups that are not known or
+    do not go together (``compile="aot"`` with ``cgraph``: AOTInductor packages replay no
+    CUDA graphs). ValueError with the reason."""
+    choice = resolve_compile(compile, device_type)
+    names = resolve_speedups(speedups, device_type)
+    if choice == "aot" and "cgraph" in names:
+        raise ValueError(
+            "compile='aot' runs AOTInductor packages, which do not replay CUDA graphs: "
+            "leave out the cgraph speed-up, or compile with 'all'"
+        )
 
 
 def needs_copy(speedups: tuple[str, ...]) -> bool:

@@ -47,10 +47,9 @@ from diffusers.utils import BaseOutput
 
 from storygen.accel import (
     beside_sampling,
+    check_render_speed,
     compiled_call,
     is_compiled,
-    resolve_compile,
-    resolve_speedups,
 )
 from storygen.cache import CallCache, cache_key
 from storygen.models import MaskedUNet3D
@@ -505,7 +504,8 @@ class StoryVideoPipeline(DiffusionPipeline):
         (:func:`storygen.accel.cudnn_autotune`). ``compile``: ``"on"`` compiles the UNet with
         ``torch.compile`` for the batch shapes the render runs often enough to repay it,
         ``"all"`` for every shape, ``"regional"`` for every shape with the UNet's repeated
-        blocks compiled one by one, ``"auto"`` (the default) is ``"on"`` on CUDA and ``"off"``
+        blocks compiled one by one, ``"aot"`` for every shape ahead of time (AOTInductor
+        packages on disk, which a later process loads without tracing), ``"auto"`` (the default) is ``"on"`` on CUDA and ``"off"``
         on a CPU (see :mod:`storygen.accel`). ``speedups``: the UNet speed-ups
         (:data:`storygen.accel.SPEEDUPS`), ``"auto"`` for the device's defaults, or ``"none"``.
         """
@@ -625,8 +625,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             reconstruction_guidance,
         )
         device_type = torch.device((devices or [self.unet.device])[0]).type
-        resolve_compile(compile, device_type)  # ValueError: not a choice
-        resolve_speedups(speedups, device_type)
+        check_render_speed(compile, speedups, device_type)  # ValueError: not a choice
         settings = RenderSettings(
             seed=self.seed_of(generator),
             negative_prompt=negative_prompt,

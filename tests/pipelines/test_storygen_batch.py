@@ -156,20 +156,21 @@ def test_device_dtype_compile_and_speedups_reach_each_render(tmp_path, model_dir
 
 
 @pytest.mark.parametrize(
-    "flag, message",
+    "flags, message",
     [
-        ("--render_device=tpu", "expected cpu or cuda"),
-        ("--render_device=meta", "--render_device 'meta': expected cpu or cuda"),
-        ("--render_speedups=warp", "unknown speed-ups"),
+        (["--render_device=tpu"], "expected cpu or cuda"),
+        (["--render_device=meta"], "--render_device 'meta': expected cpu or cuda"),
+        (["--render_speedups=warp"], "unknown speed-ups"),
+        (["--render_compile=aot", "--render_speedups=cgraph"], "do not replay CUDA graphs"),
     ],
 )
 def test_a_bad_device_or_speedup_is_refused_before_any_story(
-    tmp_path, model_dir, flag, message, capsys
+    tmp_path, model_dir, flags, message, capsys
 ):
     from pipelines.storygen import main
 
     argv = _flags(tmp_path, model_dir, [_story("s", [(0.0, 1.0, PROMPTS[0])])])
-    assert main([*argv, flag]) == 2
+    assert main([*argv, *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "videos").exists()
 

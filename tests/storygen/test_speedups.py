@@ -295,6 +295,8 @@ def test_a_bad_speedup_is_refused_before_the_render(tmp_path):
         pipe(PROMPTS, 17, speedups="warp", **RUN)
     with pytest.raises(ValueError, match="compile must be one of"):
         pipe(PROMPTS, 17, compile="fast", **RUN)
+    with pytest.raises(ValueError, match="compile='aot'.*do not replay CUDA graphs"):
+        pipe(PROMPTS, 17, compile="aot", speedups="auto,cgraph", **RUN)
 
 
 def test_a_render_says_where_its_time_went(tmp_path):
