@@ -58,7 +58,10 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from curate.compile_cache import CACHE_ENV, compile_cache_dir, use_compile_cache
 from curate.float8 import fp8_unavailable, linears_to_rowwise_fp8
@@ -105,8 +108,8 @@ EVERY_BUCKET = ("all", "regional", "aot")
 #: ``compile="aot"``: the packages' folder in the compile cache
 AOT_DIR = "aot"
 #: ``compile="aot"``'s phases in :func:`compile_phases`: exporting a forward pass,
-#: compiling it to a package, loading a package
-AOT_PHASES = ("aot_export", "aot_compile", "aot_load")
+#: compiling it to a package, loading a package, waiting for another process to build one
+AOT_PHASES = ("aot_export", "aot_compile", "aot_load", "aot_wait")
 #: ``compile="regional"``: the UNet's blocks compiled one by one (by class name), the rest of
 #: its forward left eager
 REPEATED_BLOCKS = (
@@ -434,6 +437,21 @@ class AotForward:
         index = device.index if device.type == "cuda" and device.index is not None else -1
         if device.type == "cuda" and index < 0:
             index = torch.cuda.current_device()
+        folder.mkdir(parents=True, exist_ok=True)
+        # processes that share the cache (a Beam job's workers) build a package once: the
+        # others wait for it, then load it
+        started = time.perf_counter()
+        with FileLock(f"{path}.lock"):
+            _aot_spent("aot_wait", time.perf_counter() - started)
+            loaded = self._load(signature, path, index)
+            return loaded or self._build(signature, args, kwargs, path, index)
+
+    def _load(self, signature: tuple, path: Path, index: int) -> _Program | None:
+        """The package at ``path``, loaded; None when there is none or it cannot be read."""
+        import time
+
+        import torch
+
         if path.exists():
             started = time.perf_counter()
             try:
@@ -445,6 +463,17 @@ class AotForward:
                 _aot_spent("aot_load", time.perf_counter() - started)
                 self.sources[signature] = "loaded"
                 return loaded
+        return None
+
+    def _build(
+        self, signature: tuple, args: tuple, kwargs: dict[str, Any], path: Path, index: int
+    ) -> _Program:
+        """Export the module's forward with ``args`` and ``kwargs``, compile it into a
+        package at ``path`` and load it."""
+        import time
+
+        import torch
+
         started = time.perf_counter()
         # non-strict export restores the attributes of every submodule after tracing, as
         # copies: the live objects (the render's row buckets, read as levels are planned)
@@ -460,8 +489,7 @@ class AotForward:
                         vars(m)[name] = value
         _aot_spent("aot_export", time.perf_counter() - started)
         started = time.perf_counter()
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.pt2"
+        partial = path.parent / f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.pt2"
         # the weights stay out of the package; what Inductor derives from them (folded
         # constants: a reshaped weight, a norm's scale folded into a product) is computed
         # when they are handed over, not baked in from these weights' values
