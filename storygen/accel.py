@@ -46,9 +46,9 @@ later process with the same model structure, dtype, speed-ups, device kind and P
 the package instead of compiling: no dynamo tracing and no Inductor, which from the cache on
 disk still cost ``"all"`` 92-104 s of a 25-step ModelScope-shape render on an H200, 74-83 s
 of it dynamo's tracing. The packages hold the compiled code only: the weights stay the
-module's own, handed to the package by pointer (a weight changed in place is seen; a module
-moved to another device is handed over again on its next call), so one package serves any
-weights of the same shapes. The VAE decoder (``vdec``) is compiled the same way.
+module's own, handed to the package by pointer (a weight replaced or changed in place is
+handed over again before the next call), so one package serves any weights of the same
+shapes. The VAE decoder (``vdec``) is compiled the same way.
 """
 
 from __future__ import annotations
@@ -339,10 +339,13 @@ class AotForward:
     (:meth:`key`: the module's class, config, structure, parameter shapes and dtypes, the
     Inductor options, the signature, the device kind and PyTorch's version), else exports the
     module's ``forward`` with these arguments (``torch.export``, non-strict) and compiles it
-    (``torch._inductor.aoti_compile_and_package``, the weights left out of the package). A
-    package that cannot be read is compiled again. The module's weights are handed to a
-    package by pointer (``load_constants(user_managed=True)``) and again whenever one of them
-    is replaced (``module.to(...)``, a loaded state dict)."""
+    (``torch._inductor.aoti_compile_and_package``, the weights left out of the package and
+    the constants Inductor derives from them folded at run time). A package that cannot be
+    read is compiled again; processes that share the cache build a package once (a file lock
+    per package). The module's weights are handed to a package by pointer
+    (``load_constants(user_managed=True)``) and again whenever one of them is replaced (a
+    loaded state dict) or changed in place. A module moved to another device calls with
+    other signatures, so it gets its own packages."""
 
     def __init__(self, module: Any, options: dict[str, Any] | None = None) -> None:
         self.module = module
