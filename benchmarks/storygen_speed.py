@@ -331,6 +331,8 @@ def run(
             "compile_s": stats.compile_s,
             # where it went, by the phases PyTorch times (nested: they overlap)
             "compile_phases_s": stats.compile_phases_s,
+            # compile="aot" where AOTInductor could not load packages: compiled in process
+            "compile_fallbacks": stats.compile_fallbacks,
             "wall_time_after_warmup_s": wall - warmup,
             "unet_batches_s": unet_s,
             "other_s": wall - unet_s,
@@ -383,6 +385,8 @@ def run(
         if stats.compile_phases_s:
             top = list(stats.compile_phases_s.items())[:6]
             print("         compiling: " + ", ".join(f"{k} {v:.1f} s" for k, v in top), flush=True)
+        for why in stats.compile_fallbacks:
+            print(f"         {why}", flush=True)
         if row["gpu_clocks"]:
             print(f"         GPU: {describe(row['gpu_clocks'])}", flush=True)
         if level is not None:

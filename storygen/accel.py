@@ -72,6 +72,8 @@ __all__ = [
     "COMPILE_MIN_PASSES",
     "AOT_PHASES",
     "AotForward",
+    "AotUnavailable",
+    "aot_fallbacks",
     "CompilePolicy",
     "REPEATED_BLOCKS",
     "compile_cache_dir",
@@ -108,8 +110,9 @@ EVERY_BUCKET = ("all", "regional", "aot")
 #: ``compile="aot"``: the packages' folder in the compile cache
 AOT_DIR = "aot"
 #: ``compile="aot"``'s phases in :func:`compile_phases`: exporting a forward pass,
-#: compiling it to a package, loading a package, waiting for another process to build one
-AOT_PHASES = ("aot_export", "aot_compile", "aot_load", "aot_wait")
+#: compiling it to a package, loading a package, waiting for another process to build one,
+#: a child process's first load of a package (:func:`_probe`)
+AOT_PHASES = ("aot_export", "aot_compile", "aot_load", "aot_wait", "aot_probe")
 #: ``compile="regional"``: the UNet's blocks compiled one by one (by class name), the rest of
 #: its forward left eager
 REPEATED_BLOCKS = (
@@ -295,6 +298,100 @@ def _aot_spent(phase: str, seconds: float) -> None:
         _AOT_SECONDS[phase] += seconds
 
 
+class AotUnavailable(RuntimeError):
+    """AOTInductor cannot load packages here: its loader ended a child process (a crash in
+    native code, which no Python error reports), so ``compile="aot"`` compiles in process."""
+
+
+#: why this process's ``compile="aot"`` modules fell back to compiling in process, in order
+_AOT_FALLBACKS: list[str] = []
+
+#: a child process's load of a package (:func:`_probe`)
+_PROBE = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1], device_index=int(sys.argv[2]))"
+
+
+def aot_fallbacks() -> list[str]:
+    """Why ``compile="aot"`` fell back to compiling in process (``torch.compile``, every
+    shape) in this process so far, one reason per module that did."""
+    with _AOT_LOCK:
+        return list(_AOT_FALLBACKS)
+
+
+def _probe(path: Path, index: int) -> tuple[bool, str]:
+    """Load the package at ``path`` in a child process: (True, "") when it loads; (False,
+    why) when the loader died there (a signal: the package would end this process too);
+    (True, why) when it raised (an unreadable file, which this process may build again)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    started = time.perf_counter()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path), str(index)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"loading {path.name} in a child process took over 900 s"
+    finally:
+        _aot_spent("aot_probe", time.perf_counter() - started)
+    if done.returncode == 0:
+        return True, ""
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return False, f"AOTInductor's loader died with {name} loading {path.name}"
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return True, lines[-1] if lines else f"exit status {done.returncode}"
+
+
+def _unavailable_file(folder: Path, device_type: str) -> Path:
+    return folder / f"unavailable-{device_type}.json"
+
+
+def _record_unavailable(folder: Path, path: Path, index: int, why: str) -> None:
+    """Keep why AOTInductor's loader died here, so later renders (with this PyTorch) compile
+    in process at once instead of building packages first."""
+    import json
+
+    import torch
+
+    device_type = "cuda" if index >= 0 else "cpu"
+    record = {"torch": torch.__version__, "package": path.name, "reason": why}
+    _unavailable_file(folder, device_type).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _refuse_where_unavailable(folder: Path, device_type: str) -> None:
+    """Raise :class:`AotUnavailable` where a render with this PyTorch found AOTInductor's
+    loader dying on this device type (a record of another PyTorch is dropped)."""
+    import json
+
+    import torch
+
+    file = _unavailable_file(folder, device_type)
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("torch") != torch.__version__:
+        file.unlink(missing_ok=True)
+        return
+    raise AotUnavailable(f"{record.get('reason')} (recorded in {file}: delete it to try again)")
+
+
+def _stamp(path: Path) -> str:
+    """A package file's size and modification time: what its ``.ok`` mark vouches for."""
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
 class _Program:
     """One loaded package, the weights it reads (by name) and the state of those last handed
     to it."""
@@ -353,17 +450,45 @@ class AotForward:
         self.programs: dict[tuple, _Program] = {}
         #: per signature: "built" (exported and compiled) or "loaded" (from the disk)
         self.sources: dict[tuple, str] = {}
+        #: where AOTInductor cannot load packages (:class:`AotUnavailable`): the module's
+        #: call compiled in process instead
+        self.fallback: Any = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
 
+        if self.fallback is not None:
+            return self.fallback(*args, **kwargs)
         signature = self.signature(args, kwargs)
         program = self.programs.get(signature)
         if program is None:
-            program = self.programs[signature] = self._program(signature, args, kwargs)
+            try:
+                program = self._program(signature, args, kwargs)
+            except AotUnavailable as exc:
+                return self._fall_back(str(exc))(*args, **kwargs)
+            self.programs[signature] = program
         program.bind(self._weights())
         with torch.no_grad():
             return program.model(*args, **kwargs)
+
+    def _fall_back(self, reason: str) -> Any:
+        """Compile the module's call in process (``torch.compile`` with static shapes, as
+        ``compile="all"`` does) and run every later call through it; the reason is logged and
+        kept (:func:`aot_fallbacks`)."""
+        import torch
+
+        message = (
+            f"compile='aot': {reason}; {type(self.module).__name__} compiles in process "
+            f"instead (torch.compile, every shape)"
+        )
+        logger.warning(message)
+        with _AOT_LOCK:
+            _AOT_FALLBACKS.append(message)
+        use_compile_cache()
+        self.fallback = torch.compile(
+            self.module._call_impl, fullgraph=False, dynamic=False, options=self.options or None
+        )
+        return self.fallback
 
     # copies and pickles (a runner's copy of a UNet, a Beam worker's) start without packages
     def __deepcopy__(self, memo: dict[int, Any]) -> AotForward:
@@ -446,16 +571,38 @@ class AotForward:
         started = time.perf_counter()
         with FileLock(f"{path}.lock"):
             _aot_spent("aot_wait", time.perf_counter() - started)
+            _refuse_where_unavailable(folder, device.type)
             loaded = self._load(signature, path, index)
             return loaded or self._build(signature, args, kwargs, path, index)
 
+    def _checked(self, path: Path, index: int) -> bool:
+        """Whether a child process loads the package at ``path`` (once per file: a ``.ok``
+        mark beside it vouches for it until it changes). AOTInductor's loader is native
+        code: a package it cannot run ends the process that loads it, with no error to
+        catch, so a render's own process loads only packages a child has. Raises
+        :class:`AotUnavailable` (and records it for later renders) when the loader died;
+        False when it raised (an unreadable file)."""
+        mark = path.with_name(f"{path.name}.ok")
+        if mark.exists() and mark.read_text() == _stamp(path):
+            return True
+        loads, why = _probe(path, index)
+        if not loads:
+            _record_unavailable(path.parent, path, index, why)
+            raise AotUnavailable(why)
+        if why:
+            logger.warning("compile='aot': cannot load %s (%s)", path, why)
+            return False
+        mark.write_text(_stamp(path))
+        return True
+
     def _load(self, signature: tuple, path: Path, index: int) -> _Program | None:
-        """The package at ``path``, loaded; None when there is none or it cannot be read."""
+        """The package at ``path``, loaded; None when there is none or it cannot be read
+        (compiled again then)."""
         import time
 
         import torch
 
-        if path.exists():
+        if path.exists() and self._checked(path, index):
             started = time.perf_counter()
             try:
                 model = torch._inductor.aoti_load_package(str(path), device_index=index)
@@ -508,8 +655,12 @@ class AotForward:
             os.replace(partial, path)  # whole or not at all: another process may read it
         finally:
             partial.unlink(missing_ok=True)
-        model = torch._inductor.aoti_load_package(str(path), device_index=index)
         _aot_spent("aot_compile", time.perf_counter() - started)
+        if not self._checked(path, index):
+            raise RuntimeError(f"compile='aot': the package just built, {path}, cannot be loaded")
+        started = time.perf_counter()
+        model = torch._inductor.aoti_load_package(str(path), device_index=index)
+        _aot_spent("aot_load", time.perf_counter() - started)
         self.sources[signature] = "built"
         return _Program(model, self._weights(), path)
 

@@ -482,6 +482,8 @@ def _speedups(stats: Any) -> str:
         )
     elif stats.compiled:
         parts.append("compile on, no shape ran enough passes to repay it")
+    if stats.compile_fallbacks:
+        parts.append("aot packages unusable here, compiled in process instead (see the log)")
     if stats.decoder_compiled:
         parts.append("decoder compiled")
     if stats.cudnn_autotune:

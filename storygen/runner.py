@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from storygen.accel import (
     CompilePolicy,
+    aot_fallbacks,
     apply_speedups,
     compile_decoder,
     compile_phases,
@@ -134,6 +135,9 @@ class GenerationStats:
     #: those seconds by the phases PyTorch times (nested, longest first): where a compile,
     #: or the load of cached graphs, goes (``storygen.accel.compile_phases``)
     compile_phases_s: dict[str, float] = field(default_factory=dict)
+    #: ``compile="aot"`` where AOTInductor could not load packages: why each module compiled
+    #: in process instead (``storygen.accel.aot_fallbacks``)
+    compile_fallbacks: list[str] = field(default_factory=list)
     #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
     micro_batches: list[int] = field(default_factory=list)
     #: CUDA memory one model call took (both guidance branches), as measured by the runner
@@ -587,6 +591,7 @@ class PlanRunner:
             compile_decoder(vae, aot=self.compile.choice == "aot")
         self.stats.decoder_compiled = is_compiled(getattr(vae, "decoder", None))
         phases = compile_phases()
+        fallen = len(aot_fallbacks())
         try:
             with cudnn_autotune(self.settings.cudnn_autotune and cuda) as tuned:
                 self.stats.cudnn_autotune = tuned
@@ -594,6 +599,7 @@ class PlanRunner:
         finally:
             self.stats.compile_phases_s = phases_since(phases, compile_phases())
             self.stats.compile_s = compile_seconds(self.stats.compile_phases_s)
+            self.stats.compile_fallbacks = aot_fallbacks()[fallen:]
 
     def _run(self, sink: FrameSink) -> None:
         show = self.settings.progress

@@ -213,13 +213,25 @@ def test_regional_compile_compiles_the_blocks_and_renders_the_same_frames(tmp_pa
     assert again.stats.compile_s < 0.1 * got.stats.compile_s
 
 
+def _aot_of(pipe: StoryVideoPipeline):
+    """The packages the last render's UNet ran: the pipeline's own, or the copy its speed-ups
+    made (fused projections on CUDA)."""
+    from storygen.accel import AotForward
+    from storygen.runner import _SPEEDUP_COPIES
+
+    unets = [pipe.unet, *_SPEEDUP_COPIES.get(pipe.unet, {}).values()]
+    found = [u._compiled_call_impl for u in unets if isinstance(u._compiled_call_impl, AotForward)]
+    assert len(found) == 1
+    return found[0]
+
+
 def _aot_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: float) -> None:
     """``compile="aot"``: each row bucket's forward is exported and compiled into a package
     on disk; the frames are the eager ones. A pipeline that starts afresh (as a new process
     does) loads the packages instead of compiling, and a model with other weights of the same
     shapes runs the same packages with its own weights. A package that cannot be read is
     compiled again."""
-    from storygen.accel import AOT_DIR, AotForward
+    from storygen.accel import AOT_DIR, AOT_PHASES
 
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
 
@@ -231,20 +243,24 @@ def _aot_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: float) ->
     pipe = load(folder)
     got = pipe(PROMPTS, 17, compile="aot", **RUN)
     assert got.stats.compiled_rows == [2, 4]
-    aot = pipe.unet._compiled_call_impl
-    assert isinstance(aot, AotForward) and sorted(aot.sources.values()) == ["built", "built"]
+    aot = _aot_of(pipe)
+    assert aot.fallback is None and not got.stats.compile_fallbacks
+    assert sorted(aot.sources.values()) == ["built", "built"]
     packages = sorted((tmp_path / "inductor" / AOT_DIR).glob("*.pt2"))
     assert len(packages) == 2  # one per bucket, nothing left half written
+    # each loaded by a child process first, and marked so
+    assert all(p.with_name(p.name + ".ok").exists() for p in packages)
     phases = got.stats.compile_phases_s
     assert phases["aot_export"] > 0 and phases["aot_compile"] > phases["aot_export"]
-    assert got.stats.compile_s == pytest.approx(phases["aot_export"] + phases["aot_compile"])
+    assert phases["aot_probe"] > 0 and phases["aot_load"] > 0
+    assert got.stats.compile_s == pytest.approx(sum(phases[p] for p in AOT_PHASES if p in phases))
     assert "_compile.compile_inner" not in phases  # no dynamo
     torch.testing.assert_close(got.frames, want.frames, atol=atol, rtol=0)
 
     fresh = load(folder)
     again = fresh(PROMPTS, 17, compile="aot", **RUN)
-    assert sorted(fresh.unet._compiled_call_impl.sources.values()) == ["loaded", "loaded"]
-    assert set(again.stats.compile_phases_s) <= {"aot_load", "aot_wait"}
+    assert sorted(_aot_of(fresh).sources.values()) == ["loaded", "loaded"]
+    assert set(again.stats.compile_phases_s) <= {"aot_load", "aot_wait"}  # no child this time
     assert again.stats.compile_s < 0.05 * got.stats.compile_s
     torch.testing.assert_close(again.frames, got.frames, atol=0, rtol=0)
 
@@ -253,7 +269,7 @@ def _aot_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: float) ->
     assert not torch.allclose(want_other.frames, want.frames, atol=1e-2)
     other_pipe = load(other)
     got_other = other_pipe(PROMPTS, 17, compile="aot", **RUN)
-    assert sorted(other_pipe.unet._compiled_call_impl.sources.values()) == ["loaded"] * 2
+    assert sorted(_aot_of(other_pipe).sources.values()) == ["loaded"] * 2
     torch.testing.assert_close(got_other.frames, want_other.frames, atol=atol, rtol=0)
     # weights changed in place (biases and norms too) are what the next call reads
     scaled = load(other)
@@ -269,7 +285,7 @@ def _aot_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: float) ->
     packages[0].write_bytes(b"torn")
     torn = load(folder)
     redone = torn(PROMPTS, 17, compile="aot", **RUN)
-    assert sorted(torn.unet._compiled_call_impl.sources.values()) == ["built", "loaded"]
+    assert sorted(_aot_of(torn).sources.values()) == ["built", "loaded"]
     torch.testing.assert_close(redone.frames, got.frames, atol=atol, rtol=0)
 
 
@@ -611,3 +627,70 @@ def test_decoding_beside_sampling_gives_the_frames_of_the_default_stream(tmp_pat
             [pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample for z in on_cuda.split(16)]
         )
     torch.testing.assert_close(side, plain.float().cpu().clamp(-1, 1))
+
+
+def test_aot_compiles_in_process_where_the_package_loader_dies(tmp_path, monkeypatch):
+    """AOTInductor's loader is native code: where it dies loading a package (a signal, as on
+    a mismatched CUDA set-up), the render's process would die with it. A child process loads
+    each package first; where it dies, the module compiles in process instead, says why,
+    and the record spares later renders with this PyTorch the packages."""
+    import json
+
+    from storygen import accel
+    from storygen.accel import AOT_DIR, AotForward, AotUnavailable, aot_fallbacks
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.setattr(accel, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    x = torch.linspace(-1, 1, 8).reshape(2, 4)
+    aot = AotForward(net)
+    folder = tmp_path / AOT_DIR
+    folder.mkdir()
+    package = folder / f"{aot.key(aot.signature((x,), {}))}.pt2"
+    package.write_bytes(b"a package its loader cannot run")
+    before = len(aot_fallbacks())
+    with torch.no_grad():
+        got = aot(x)
+        torch.testing.assert_close(got, net(x))
+        assert aot.fallback is not None and aot.sources == {}  # nothing loaded in process
+        torch.testing.assert_close(aot(2 * x), net(2 * x))
+    [why] = aot_fallbacks()[before:]
+    assert "SIGSEGV" in why and package.name in why and "Sequential compiles in process" in why
+    assert not package.with_name(package.name + ".ok").exists()
+    record = json.loads((folder / "unavailable-cpu.json").read_text())
+    assert record == {
+        "torch": torch.__version__,
+        "package": package.name,
+        "reason": f"AOTInductor's loader died with SIGSEGV loading {package.name}",
+    }
+
+    # a later render's module falls back at once: no child, no package built
+    def no_probe(*_):
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(accel, "_probe", no_probe)
+    other = AotForward(torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), other.module(x))
+    assert other.fallback is not None
+    assert "delete it to try again" in aot_fallbacks()[-1]
+    # another PyTorch's record is dropped, and nothing is refused
+    record["torch"] = "0.0"
+    (folder / "unavailable-cpu.json").write_text(json.dumps(record))
+    accel._refuse_where_unavailable(folder, "cpu")
+    assert not (folder / "unavailable-cpu.json").exists()
+    monkeypatch.setattr(accel, "_probe", lambda *_: (False, "died"))
+    with pytest.raises(AotUnavailable, match="died"):
+        AotForward(net)._checked(package, -1)
+
+
+def test_aot_probe_tells_a_torn_package_from_a_loader_that_dies(tmp_path):
+    """A file the loader rejects with an error is compiled again (loads: True, with why);
+    only a loader that dies makes the package unusable (loads: False)."""
+    from storygen import accel
+
+    torn = tmp_path / "torn.pt2"
+    torn.write_bytes(b"torn")
+    loads, why = accel._probe(torn, -1)
+    assert loads and why  # an error message from the loader, not a death
