@@ -356,16 +356,16 @@ def _unavailable_file(folder: Path, device_type: str) -> Path:
     return folder / f"unavailable-{device_type}.json"
 
 
-def _record_unavailable(folder: Path, path: Path, index: int, why: str) -> None:
-    """Keep why AOTInductor's loader died here, so later renders (with this PyTorch) compile
-    in process at once instead of building packages first."""
+def _record_unavailable(path: Path, device_type: str, why: str) -> None:
+    """Keep why AOTInductor's loader died on ``path`` (a package for ``device_type``), so
+    later renders with this PyTorch compile in process at once instead of building packages
+    first."""
     import json
 
     import torch
 
-    device_type = "cuda" if index >= 0 else "cpu"
     record = {"torch": torch.__version__, "package": path.name, "reason": why}
-    _unavailable_file(folder, device_type).write_text(json.dumps(record, indent=1) + "\n")
+    _unavailable_file(path.parent, device_type).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _refuse_where_unavailable(folder: Path, device_type: str) -> None:
@@ -572,10 +572,10 @@ class AotForward:
         with FileLock(f"{path}.lock"):
             _aot_spent("aot_wait", time.perf_counter() - started)
             _refuse_where_unavailable(folder, device.type)
-            loaded = self._load(signature, path, index)
-            return loaded or self._build(signature, args, kwargs, path, index)
+            loaded = self._load(signature, path, (device.type, index))
+            return loaded or self._build(signature, args, kwargs, path, (device.type, index))
 
-    def _checked(self, path: Path, index: int) -> bool:
+    def _checked(self, path: Path, device: tuple[str, int]) -> bool:
         """Whether a child process loads the package at ``path`` (once per file: a ``.ok``
         mark beside it vouches for it until it changes). AOTInductor's loader is native
         code: a package it cannot run ends the process that loads it, with no error to
@@ -585,9 +585,9 @@ class AotForward:
         mark = path.with_name(f"{path.name}.ok")
         if mark.exists() and mark.read_text() == _stamp(path):
             return True
-        loads, why = _probe(path, index)
+        loads, why = _probe(path, device[1])
         if not loads:
-            _record_unavailable(path.parent, path, index, why)
+            _record_unavailable(path, device[0], why)
             raise AotUnavailable(why)
         if why:
             logger.warning("compile='aot': cannot load %s (%s)", path, why)
@@ -595,17 +595,17 @@ class AotForward:
         mark.write_text(_stamp(path))
         return True
 
-    def _load(self, signature: tuple, path: Path, index: int) -> _Program | None:
-        """The package at ``path``, loaded; None when there is none or it cannot be read
-        (compiled again then)."""
+    def _load(self, signature: tuple, path: Path, device: tuple[str, int]) -> _Program | None:
+        """The package at ``path``, loaded on ``device`` (its type and index); None when
+        there is none or it cannot be read (compiled again then)."""
         import time
 
         import torch
 
-        if path.exists() and self._checked(path, index):
+        if path.exists() and self._checked(path, device):
             started = time.perf_counter()
             try:
-                model = torch._inductor.aoti_load_package(str(path), device_index=index)
+                model = torch._inductor.aoti_load_package(str(path), device_index=device[1])
                 loaded = _Program(model, self._weights(), path)
             except Exception as exc:  # a torn or foreign file: compile it again
                 logger.warning("compile='aot': cannot load %s (%s); compiling it again", path, exc)
@@ -616,7 +616,12 @@ class AotForward:
         return None
 
     def _build(
-        self, signature: tuple, args: tuple, kwargs: dict[str, Any], path: Path, index: int
+        self,
+        signature: tuple,
+        args: tuple,
+        kwargs: dict[str, Any],
+        path: Path,
+        device: tuple[str, int],
     ) -> _Program:
         """Export the module's forward with ``args`` and ``kwargs``, compile it into a
         package at ``path`` and load it."""
@@ -656,10 +661,10 @@ class AotForward:
         finally:
             partial.unlink(missing_ok=True)
         _aot_spent("aot_compile", time.perf_counter() - started)
-        if not self._checked(path, index):
+        if not self._checked(path, device):
             raise RuntimeError(f"compile='aot': the package just built, {path}, cannot be loaded")
         started = time.perf_counter()
-        model = torch._inductor.aoti_load_package(str(path), device_index=index)
+        model = torch._inductor.aoti_load_package(str(path), device_index=device[1])
         _aot_spent("aot_load", time.perf_counter() - started)
         self.sources[signature] = "built"
         return _Program(model, self._weights(), path)

@@ -682,7 +682,7 @@ def test_aot_compiles_in_process_where_the_package_loader_dies(tmp_path, monkeyp
     assert not (folder / "unavailable-cpu.json").exists()
     monkeypatch.setattr(accel, "_probe", lambda *_: (False, "died"))
     with pytest.raises(AotUnavailable, match="died"):
-        AotForward(net)._checked(package, -1)
+        AotForward(net)._checked(package, ("cpu", -1))
 
 
 def test_aot_probe_tells_a_torn_package_from_a_loader_that_dies(tmp_path):
