@@ -505,7 +505,8 @@ class StoryVideoPipeline(DiffusionPipeline):
         ``torch.compile`` for the batch shapes the render runs often enough to repay it,
         ``"all"`` for every shape, ``"regional"`` for every shape with the UNet's repeated
         blocks compiled one by one, ``"aot"`` for every shape ahead of time (AOTInductor
-        packages on disk, which a later process loads without tracing), ``"auto"`` (the
+        packages on disk, which a later process loads without tracing; where AOTInductor
+        cannot load them, compiled in process as ``"all"``, with a warning), ``"auto"`` (the
         default) is ``"on"`` on CUDA and ``"off"`` on a CPU (see :mod:`storygen.accel`). ``speedups``: the UNet speed-ups
         (:data:`storygen.accel.SPEEDUPS`), ``"auto"`` for the device's defaults, or ``"none"``.
         """

@@ -223,7 +223,8 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
         help="compile the UNet with torch.compile: on = the batch shapes a render runs 50 or "
         "more passes of (a short render stays eager), all = every shape, regional = every "
         "shape, the UNet's repeated blocks one by one (a shorter compile), aot = every shape, "
-        "compiled ahead of time into packages a later run loads without tracing, auto = on "
+        "compiled ahead of time into packages a later run loads without tracing (where "
+        "AOTInductor cannot load them it compiles in process, and says so), auto = on "
         "for CUDA and off on a CPU; a minute or two per shape the first time, graphs cached "
         "in ~/.cache/storyloom/inductor or $STORYLOOM_COMPILE_CACHE (default: auto)",
     )
