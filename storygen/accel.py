@@ -472,22 +472,16 @@ class AotForward:
             return program.model(*args, **kwargs)
 
     def _fall_back(self, reason: str) -> Any:
-        """Compile the module's call in process (``torch.compile`` with static shapes, as
-        ``compile="all"`` does) and run every later call through it; the reason is logged and
-        kept (:func:`aot_fallbacks`)."""
-        import torch
-
-        message = (
-            f"compile='aot': {reason}; {type(self.module).__name__} compiles in process "
-            f"instead (torch.compile, every shape)"
-        )
+        """Compile the module in place as ``compile="all"`` does (its compiled call then
+        replaces this one) and run every later call through it; the reason is logged and kept
+        (:func:`aot_fallbacks`)."""
+        name = type(self.module).__name__
+        message = f"compile='aot': {reason}; {name} compiles in process instead (torch.compile, every shape)"
         logger.warning(message)
         with _AOT_LOCK:
             _AOT_FALLBACKS.append(message)
-        use_compile_cache()
-        self.fallback = torch.compile(
-            self.module._call_impl, fullgraph=False, dynamic=False, options=self.options or None
-        )
+        _compile_in_place(self.module, name, self.options)
+        self.fallback = self.module._compiled_call_impl
         return self.fallback
 
     # copies and pickles (a runner's copy of a UNet, a Beam worker's) start without packages
