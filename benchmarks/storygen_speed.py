@@ -661,7 +661,8 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="compile the UNet (both modes alike): on = the batch shapes run 50+ passes, "
         "all = every shape, regional = every shape, block by block, aot = every shape, "
-        "ahead of time into packages on disk, auto = on for CUDA (default)",
+        "ahead of time into packages on disk, auto = on's shapes, block by block, for CUDA "
+        "(default)",
     )
     p.add_argument(
         "--speedups",

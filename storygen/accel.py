@@ -18,9 +18,13 @@ multiple of 8 ran 480 (6.7 %) and the next power of two 512 (12 %). Compiled gra
 (:func:`compile_cache_dir`, by default ``~/.cache/storyloom/inductor``), so a second run of the
 same model and shapes pays a fraction of the first compile.
 
-``compile="auto"`` (the default) is ``"on"`` on CUDA and ``"off"`` elsewhere: a warm cache
-repays it on a long render (3,376 frames, 25 steps, ModelScope-shape UNet on an H200: 245 s
-against about 289 s eager), a cold one does not on the first (the 114-120-row graph compiles in
+``compile="auto"`` (the default) is ``"off"`` on a CPU. On CUDA it compiles the row buckets
+``"on"`` would, block by block as ``"regional"`` does (whole passes for a UNet without
+:data:`REPEATED_BLOCKS`, or with the ``cgraph`` speed-up, whose CUDA graphs replay whole
+passes); a bucket it leaves eager runs the compiled blocks eager (:func:`eager_blocks`), so
+its shapes compile nothing. Whole passes, ``"on"``, were the default before; a warm cache
+repaid them on a long render (3,376 frames, 25 steps, ModelScope-shape UNet on an H200: 245 s
+against about 289 s eager), a cold one did not on the first (the 114-120-row graph compiles in
 2-2.5 minutes, the compiled passes save about 80 s). Measured earlier with dynamic shapes
 (``benchmarks/storygen_speed.py --device cuda --preset modelscope --steps 5 --lengths 3376
 --compile on``, bf16, before the padding): the autoregressive baseline's batch-1 calls ran 1.5x faster compiled (96.9 s
@@ -36,8 +40,12 @@ forward (diffusers' ``compile_repeated_blocks``, :data:`REPEATED_BLOCKS`), every
 as ``"all"`` does. Blocks of one class and one input shape share a graph, so dynamo traces
 far less: for the ModelScope-shape UNet at one 2-row shape, 4.3 s in 28 block graphs against
 16.2 s for the whole forward as one graph (dynamo alone, ``backend="eager"``, on a 2-core
-CPU). What the graphs' boundaries cost on a GPU (fusions across blocks, a launch per block)
-is not measured yet, so it is not a default.
+CPU). On an H200 (ModelScope shape, bf16, 3,376 frames, the GPU's default speed-ups,
+``benchmarks/storygen_speed.py --compile regional`` against ``all``): 177-210 s compiling cold
+against 290-404 s; from the cache on disk 35-39 s against 92-129 s, so the first 25-step render
+of a process took 210.8 s against 270.5 s; a warm 25-step render 162.9 s against 154.2 s (the
+blocks' boundaries cost 5.6 % of the passes). A render is mostly one per process, so
+``"auto"`` compiles block by block.
 
 ``compile="aot"`` compiles ahead of time: each row bucket's forward pass is exported
 (``torch.export``) and compiled by AOTInductor into a package on disk
@@ -85,9 +93,11 @@ __all__ = [
     "compile_phases",
     "compile_seconds",
     "compile_unet",
+    "has_repeated_blocks",
     "compiled_call",
     "decoder_compiles",
     "default_compile",
+    "eager_blocks",
     "fast_temporal_convs",
     "fp8_unavailable",
     "inductor_options",
@@ -130,8 +140,9 @@ _BUCKETS_ATTR = "_storyloom_compiled_rows"
 
 
 def default_compile(device_type: str) -> str:
-    """``compile="auto"``: ``"on"`` on CUDA (where it repays), ``"off"`` elsewhere."""
-    return "on" if device_type == "cuda" else "off"
+    """``compile="auto"``: ``"regional"`` on CUDA (the UNet's repeated blocks, in the row
+    buckets where it repays: :class:`CompilePolicy`), ``"off"`` elsewhere."""
+    return "regional" if device_type == "cuda" else "off"
 
 
 def resolve_compile(choice: str | bool | None, device_type: str = "cpu") -> str:
@@ -158,9 +169,14 @@ class CompilePolicy:
     def __init__(
         self, choice: str, min_passes: int = COMPILE_MIN_PASSES, device_type: str = "cpu"
     ) -> None:
+        #: chosen by ``"auto"``: compiled where it repays, block by block where the UNet has
+        #: repeated blocks (else its whole forward)
+        self.auto = choice == "auto"
         self.choice = resolve_compile(choice, device_type)
-        # a block's graph is small: regional compiles every bucket, as "all" does
-        self.min_passes = 1 if self.choice in EVERY_BUCKET else int(min_passes)
+        #: every row bucket compiled from its first pass ("all", "regional", "aot" chosen as
+        #: such); else a bucket once the render holds ``min_passes`` passes of it
+        self.every_bucket = self.choice in EVERY_BUCKET and not self.auto
+        self.min_passes = 1 if self.every_bucket else int(min_passes)
         #: forward passes planned per row bucket
         self.passes: dict[int, int] = {}
         #: the buckets compiled so far
@@ -172,6 +188,14 @@ class CompilePolicy:
     @property
     def enabled(self) -> bool:
         return self.choice != "off"
+
+    def regional_for(self, unet: Any, speedups: tuple[str, ...] = ()) -> bool:
+        """Whether ``unet`` compiles block by block: ``"regional"``; chosen by ``"auto"``, only
+        where it has :data:`REPEATED_BLOCKS` and no ``cgraph`` among ``speedups`` (CUDA graphs
+        replay whole passes), else its whole forward."""
+        if self.choice != "regional":
+            return False
+        return not self.auto or (has_repeated_blocks(unet) and "cgraph" not in speedups)
 
     def plan(self, batches: list[tuple[int, int]]) -> None:
         """Count a level's batches, ``(rows, passes)`` each (rows: calls × guidance branches;
@@ -217,7 +241,7 @@ def compile_unet(
     if aot:
         _aot_in_place(unet, "the UNet", options)
         return
-    if regional and not any(type(m).__name__ in REPEATED_BLOCKS for m in unet.modules()):
+    if regional and not has_repeated_blocks(unet):
         raise ValueError(
             f"compile='regional': {type(unet).__name__} has none of the blocks it compiles "
             f"({', '.join(REPEATED_BLOCKS)}); use compile='all'"
@@ -238,17 +262,63 @@ def compile_unet(
     cache = use_compile_cache()
     unet._repeated_blocks = REPEATED_BLOCKS
     unet.compile_repeated_blocks(fullgraph=False, dynamic=False, options=options or None)
+    for block in unet.modules():
+        if type(block).__name__ in REPEATED_BLOCKS and block._compiled_call_impl is not None:
+            block._compiled_call_impl = _GatedBlock(block, block._compiled_call_impl)
     setattr(unet, _COMPILED_FLAG, True)
     logger.info("compiling the UNet's repeated blocks (graphs cached in %s)", cache)
 
 
-def decoder_compiles(choice: str, frames: int, chunk: int) -> bool:
+def has_repeated_blocks(unet: Any) -> bool:
+    """Whether ``unet`` has any of the blocks ``compile="regional"`` compiles
+    (:data:`REPEATED_BLOCKS`)."""
+    return any(type(m).__name__ in REPEATED_BLOCKS for m in unet.modules())
+
+
+#: this thread's forward passes leave the compiled blocks eager (:func:`eager_blocks`)
+_EAGER_BLOCKS = threading.local()
+
+
+@contextlib.contextmanager
+def eager_blocks() -> Iterator[None]:
+    """Run a regionally compiled UNet's blocks eager on this thread for the block (a row
+    bucket the render leaves eager: its shapes compile nothing). Other threads' passes, a
+    decoder compiled on the main thread, another device's worker, are left as they are."""
+    before = getattr(_EAGER_BLOCKS, "on", False)
+    _EAGER_BLOCKS.on = True
+    try:
+        yield
+    finally:
+        _EAGER_BLOCKS.on = before
+
+
+class _GatedBlock:
+    """A compiled block's call (``nn.Module._compiled_call_impl``) that runs the block eager,
+    hooks and all, inside :func:`eager_blocks`."""
+
+    def __init__(self, block: Any, compiled: Any) -> None:
+        self.block = block
+        self.compiled = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_EAGER_BLOCKS, "on", False):
+            return self.block._call_impl(*args, **kwargs)
+        return self.compiled(*args, **kwargs)
+
+
+def decoder_compiles(
+    choice: str, frames: int, chunk: int, every_bucket: bool | None = None
+) -> bool:
     """Whether a render compiled as ``choice`` (:func:`resolve_compile`'s) that decodes
-    ``frames`` frames ``chunk`` at a time compiles its VAE decoder (``vdec``): ``"all"``
-    always, ``"on"`` once it decodes :data:`COMPILE_MIN_PASSES` chunks (800 frames of 16)."""
-    if choice in EVERY_BUCKET:
+    ``frames`` frames ``chunk`` at a time compiles its VAE decoder (``vdec``): one that
+    compiles every bucket (``every_bucket``, by default ``choice`` in :data:`EVERY_BUCKET`)
+    always, one that compiles where it repays (``"on"``, ``"auto"``) once it decodes
+    :data:`COMPILE_MIN_PASSES` chunks (800 frames of 16)."""
+    if choice == "off":
+        return False
+    if choice in EVERY_BUCKET if every_bucket is None else every_bucket:
         return True
-    return choice == "on" and -(-frames // chunk) >= COMPILE_MIN_PASSES
+    return -(-frames // chunk) >= COMPILE_MIN_PASSES
 
 
 def compile_decoder(vae: Any, *, aot: bool = False) -> bool:

@@ -507,7 +507,9 @@ class StoryVideoPipeline(DiffusionPipeline):
         blocks compiled one by one, ``"aot"`` for every shape ahead of time (AOTInductor
         packages on disk, which a later process loads without tracing; where AOTInductor
         cannot load them, compiled in process as ``"all"``, with a warning), ``"auto"`` (the
-        default) is ``"on"`` on CUDA and ``"off"`` on a CPU (see :mod:`storygen.accel`). ``speedups``: the UNet speed-ups
+        default) is off on a CPU and on CUDA compiles the shapes ``"on"`` would, the repeated
+        blocks one by one as ``"regional"`` does (whole passes with the ``cgraph`` speed-up or
+        a UNet without those blocks; see :mod:`storygen.accel`). ``speedups``: the UNet speed-ups
         (:data:`storygen.accel.SPEEDUPS`), ``"auto"`` for the device's defaults, or ``"none"``.
         """
         started = time.perf_counter()

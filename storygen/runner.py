@@ -384,7 +384,7 @@ class PlanRunner:
                     compile_unet(
                         unet,
                         inductor_options(self.speedups),
-                        regional=self.compile.choice == "regional",
+                        regional=self.compile.regional_for(unet, self.speedups),
                         aot=self.compile.choice == "aot",
                     )
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets
@@ -586,7 +586,9 @@ class PlanRunner:
         if (
             "vdec" in self.speedups
             and vae is not None
-            and decoder_compiles(self.compile.choice, self.plan.num_frames, sink.chunk)
+            and decoder_compiles(
+                self.compile.choice, self.plan.num_frames, sink.chunk, self.compile.every_bucket
+            )
         ):
             compile_decoder(vae, aot=self.compile.choice == "aot")
         self.stats.decoder_compiled = is_compiled(getattr(vae, "decoder", None))

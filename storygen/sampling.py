@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from storygen.accel import compiled_call, compiled_rows, is_compiled
+from storygen.accel import compiled_call, compiled_rows, eager_blocks, is_compiled
 from storygen.models import MaskedUNet3D, unet3d_forward
 
 #: the model's (guided) output for a scaled input at a timestep
@@ -99,17 +99,20 @@ def guided_output(
                 torch.cat([v, v[-1:].expand(pad, *v.shape[1:])])
                 for v in (x, context, known, mask, spacing, progress)
             )
+    # a bucket a compiled UNet leaves eager: its forward, and compiled blocks (regional) eager
+    eager = is_compiled(unet) and not compiled
     if isinstance(unet, MaskedUNet3D):
         # a compiled UNet runs its graph through __call__; a bucket it leaves eager calls
         # forward (an uncompiled UNet is called as usual, hooks and all)
         known = known.to(unet.dtype)
         signature = (x, t, context, known, mask, spacing, progress)
-        with compiled_call(unet, *signature) if compiled else contextlib.nullcontext():
-            out = (unet.forward if is_compiled(unet) and not compiled else unet)(
+        with compiled_call(unet, *signature) if compiled else eager_blocks():
+            out = (unet.forward if eager else unet)(
                 x, t, context, known=known, mask=mask, spacing=spacing, progress=progress
             )
     else:
-        out = unet3d_forward(unet, x, t, context)
+        with eager_blocks() if eager else contextlib.nullcontext():
+            out = unet3d_forward(unet, x, t, context)
     # a compiled graph replayed as a CUDA graph (cgraph) hands out its own buffer, which the
     # next pass overwrites: a compiled pass's output is copied (a bf16 one is by the cast)
     out = out[:rows].to(torch.float32, copy=compiled)

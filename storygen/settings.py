@@ -103,8 +103,8 @@ class RenderSettings:
     devices: tuple[str | torch.device, ...] | None = None
     progress: bool = True
     #: compile the UNet ("on": the row buckets that carry the work, "all", "regional": all,
-    #: block by block, "aot": all, ahead of time into packages on disk, "off", "auto": on
-    #: for CUDA devices; see storygen.accel)
+    #: block by block, "aot": all, ahead of time into packages on disk, "off", "auto": on CUDA
+    #: devices the buckets "on" compiles, block by block; see storygen.accel)
     compile: str = "auto"
     #: the UNet speed-ups (storygen.accel.SPEEDUPS: "auto" = the device's defaults, "none",
     #: or names, comma separated)

@@ -29,6 +29,13 @@ RUN = {
 }
 
 
+def new_pipe_unet() -> torch.nn.Module:
+    """A micro-preset masked UNet with random weights."""
+    from storygen.presets import build_components
+
+    return build_components("micro", mode="masked", texts=PROMPTS)["unet"]
+
+
 def new_pipe(tmp_path, preset: str = "micro", device: str = "cpu") -> StoryVideoPipeline:
     """A freshly made model of ``preset`` (masked), loaded as a pipeline on ``device``."""
     folder = new_model(tmp_path / "m", preset=preset, mode="masked", texts=PROMPTS)
@@ -41,7 +48,7 @@ def test_compile_auto_is_on_for_cuda_only():
     assert resolve_compile("on") == "on" and resolve_compile(True) == "on"
     assert resolve_compile("all") == "all"
     assert resolve_compile("regional") == "regional"
-    assert resolve_compile("auto", "cuda") == "on"
+    assert resolve_compile("auto", "cuda") == "regional"
     assert resolve_compile("auto", "cpu") == "off" and resolve_compile("auto") == "off"
     assert CompilePolicy("auto", device_type="cuda").enabled
     assert not CompilePolicy("auto", device_type="cpu").enabled
@@ -80,6 +87,21 @@ def test_compile_where_it_repays():
     regional.plan([(2, 1)])
     regional.plan([(29, 1), (28, 1)])
     assert regional.buckets == {2, 30} and regional.rows == {2: 2, 29: 30, 28: 30}
+    # "auto" on CUDA: block by block, but only where it repays, as "on"
+    auto = CompilePolicy("auto", device_type="cuda")
+    assert auto.choice == "regional" and auto.auto and not auto.every_bucket
+    for level in ([(2, 25)], [(30, 25)], [(114, 25), (114, 25), (112, 25), (110, 25)]):
+        auto.plan(level)
+    assert auto.buckets == {114} and auto.rows == hier.rows
+    assert regional.every_bucket and not regional.auto and not hier.every_bucket
+    # block by block where the UNet has the blocks and no CUDA graphs replay whole passes
+    unet = new_pipe_unet()
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert auto.regional_for(unet, ("tconv", "qkv"))
+    assert not auto.regional_for(unet, ("tconv", "cgraph"))
+    assert not auto.regional_for(plain)
+    assert regional.regional_for(unet, ("cgraph",)) and regional.regional_for(plain)
+    assert not hier.regional_for(unet) and not every.regional_for(unet)
     off = CompilePolicy("off")
     off.plan([(128, 10_000)])
     assert not off.enabled and off.rows == {} and off.buckets == set()
@@ -188,6 +210,52 @@ def test_compiled_unet_renders_the_same_frames_on_cpu(tmp_path, monkeypatch):
 def test_compiled_unet_renders_the_same_frames_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
     _compiled_matches_eager(tmp_path, "cuda", atol=1e-3)
+
+
+@pytest.mark.slow
+def test_auto_regional_compiles_only_the_buckets_that_repay(tmp_path, monkeypatch):
+    """``compile="auto"`` where it is ``"regional"`` (CUDA; here on a CPU): the blocks compile
+    for the row buckets the render holds enough passes of, and the other buckets run them eager
+    (no graph of their shapes), with the eager frames throughout."""
+    from storygen import accel, runner
+    from storygen.accel import REPEATED_BLOCKS
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    monkeypatch.setattr(accel, "default_compile", lambda device_type: "regional")
+    policies = []
+
+    def policy(choice, device_type="cpu"):  # the 4-row level's 4 passes repay, the 2-row 2 not
+        policies.append(CompilePolicy(choice, min_passes=4, device_type=device_type))
+        return policies[-1]
+
+    monkeypatch.setattr(runner, "CompilePolicy", policy)
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    want = StoryVideoPipeline.from_pretrained(folder)(PROMPTS, 17, compile="off", **RUN)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    unet = pipe.unet
+    blocks = [m for m in unet.modules() if type(m).__name__ in REPEATED_BLOCKS]
+    compiled_calls = []
+    real_compile = unet.compile_repeated_blocks
+
+    def spied(*args, **kwargs):  # count the blocks' compiled calls
+        real_compile(*args, **kwargs)
+        for block in blocks:
+            inner = block._compiled_call_impl
+
+            def counted(*a, _inner=inner, **k):
+                compiled_calls.append(1)
+                return _inner(*a, **k)
+
+            block._compiled_call_impl = counted
+
+    monkeypatch.setattr(unet, "compile_repeated_blocks", spied)
+    got = pipe(PROMPTS, 17, compile="auto", **RUN)
+    assert policies[-1].passes == {2: 2, 4: 4}
+    assert got.stats.compiled_rows == [4] and got.stats.compile_s > 0
+    assert all(isinstance(b._compiled_call_impl, accel._GatedBlock) for b in blocks)
+    # the 4-row bucket's 4 passes ran every block compiled; the 2-row bucket's 2 passes none
+    assert len(compiled_calls) == 4 * len(blocks)
+    torch.testing.assert_close(got.frames, want.frames, atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow

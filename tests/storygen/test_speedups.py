@@ -335,6 +335,10 @@ def test_the_decoder_compiles_where_the_render_decodes_enough_chunks():
     assert decoder_compiles("on", enough - 15, 16)  # a short last chunk counts
     assert not decoder_compiles("on", enough - 16, 16)
     assert decoder_compiles("all", 1, 16)
+    assert decoder_compiles("regional", 1, 16)  # chosen as such: every bucket
+    # "auto"'s regional (every_bucket False) compiles it where it repays, as "on"
+    assert not decoder_compiles("regional", enough - 16, 16, every_bucket=False)
+    assert decoder_compiles("regional", enough, 16, every_bucket=False)
     assert not decoder_compiles("off", 10 * enough, 16)
 
 
