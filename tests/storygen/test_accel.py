@@ -212,11 +212,10 @@ def test_compiled_unet_renders_the_same_frames_on_cuda(tmp_path, monkeypatch):
     _compiled_matches_eager(tmp_path, "cuda", atol=1e-3)
 
 
-@pytest.mark.slow
-def test_auto_regional_compiles_only_the_buckets_that_repay(tmp_path, monkeypatch):
-    """``compile="auto"`` where it is ``"regional"`` (CUDA; here on a CPU): the blocks compile
-    for the row buckets the render holds enough passes of, and the other buckets run them eager
-    (no graph of their shapes), with the eager frames throughout."""
+def _auto_regional_compiles_what_repays(tmp_path, monkeypatch, device: str, atol: float) -> None:
+    """``compile="auto"`` where it is ``"regional"`` (CUDA; on a CPU by a patched default): the
+    blocks compile for the row buckets the render holds enough passes of, and the other buckets
+    run them eager (no graph of their shapes), with the eager frames throughout."""
     from storygen import accel, runner
     from storygen.accel import REPEATED_BLOCKS
 
@@ -230,8 +229,10 @@ def test_auto_regional_compiles_only_the_buckets_that_repay(tmp_path, monkeypatc
 
     monkeypatch.setattr(runner, "CompilePolicy", policy)
     folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
-    want = StoryVideoPipeline.from_pretrained(folder)(PROMPTS, 17, compile="off", **RUN)
-    pipe = StoryVideoPipeline.from_pretrained(folder)
+    # on CUDA without the speed-ups, which render on a copy of the UNet
+    run = RUN | ({"speedups": "none"} if device == "cuda" else {})
+    want = StoryVideoPipeline.from_pretrained(folder).to(device)(PROMPTS, 17, compile="off", **run)
+    pipe = StoryVideoPipeline.from_pretrained(folder).to(device)
     unet = pipe.unet
     blocks = [m for m in unet.modules() if type(m).__name__ in REPEATED_BLOCKS]
     compiled_calls = []
@@ -249,13 +250,24 @@ def test_auto_regional_compiles_only_the_buckets_that_repay(tmp_path, monkeypatc
             block._compiled_call_impl = counted
 
     monkeypatch.setattr(unet, "compile_repeated_blocks", spied)
-    got = pipe(PROMPTS, 17, compile="auto", **RUN)
+    got = pipe(PROMPTS, 17, compile="auto", **run)
     assert policies[-1].passes == {2: 2, 4: 4}
     assert got.stats.compiled_rows == [4] and got.stats.compile_s > 0
     assert all(isinstance(b._compiled_call_impl, accel._GatedBlock) for b in blocks)
     # the 4-row bucket's 4 passes ran every block compiled; the 2-row bucket's 2 passes none
     assert len(compiled_calls) == 4 * len(blocks)
-    torch.testing.assert_close(got.frames, want.frames, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.frames, want.frames, atol=atol, rtol=0)
+
+
+@pytest.mark.slow
+def test_auto_regional_compiles_only_the_buckets_that_repay(tmp_path, monkeypatch):
+    _auto_regional_compiles_what_repays(tmp_path, monkeypatch, "cpu", atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_regional_compiles_only_the_buckets_that_repay_on_cuda(tmp_path, monkeypatch):
+    _auto_regional_compiles_what_repays(tmp_path, monkeypatch, "cuda", atol=1e-3)
 
 
 @pytest.mark.slow
