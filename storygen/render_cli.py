@@ -226,8 +226,9 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
         "compiled ahead of time into packages a later run loads without tracing (where "
         "AOTInductor cannot load them it compiles in process, and says so), auto = the "
         "shapes on would compile, block by block as regional does (on CUDA; whole passes with "
-        "cgraph or a UNet without those blocks) and off on a CPU; a minute or two per shape the first time, graphs cached "
-        "in ~/.cache/storyloom/inductor or $STORYLOOM_COMPILE_CACHE (default: auto)",
+        "cgraph or a UNet without those blocks) and off on a CPU; a minute or two per shape "
+        "the first time, graphs cached in ~/.cache/storyloom/inductor or "
+        "$STORYLOOM_COMPILE_CACHE (default: auto)",
     )
     g.add_argument(
         "--speedups",
