@@ -869,7 +869,15 @@ def phases_since(before: dict[str, float], after: dict[str, float]) -> dict[str,
 
 
 def is_compiled(unet: Any) -> bool:
-    return bool(getattr(unet, _COMPILED_FLAG, False))
+    """Whether ``unet`` (or a decoder) runs compiled: marked so, and its compiled call, or its
+    blocks' (regional), still in place. A copy (``copy.deepcopy``, a pickle) keeps the mark
+    but not the compiled calls, which ``nn.Module`` drops: it runs eager until compiled anew."""
+    if not getattr(unet, _COMPILED_FLAG, False):
+        return False
+    if getattr(unet, "_compiled_call_impl", None) is not None:
+        return True
+    modules = unet.modules() if hasattr(unet, "modules") else ()
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in modules)
 
 
 def row_bucket(rows: int) -> int:

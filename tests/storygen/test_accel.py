@@ -445,6 +445,27 @@ def test_aot_compile_refuses_cuda_graphs_and_keys_what_the_code_depends_on():
     assert AotForward(net).key(call_signature(x)) != key
 
 
+@pytest.mark.parametrize("regional", [False, True])
+def test_a_copy_of_a_compiled_unet_compiles_anew(regional):
+    """``nn.Module`` drops compiled calls from a copy (a render's UNet for another device, a
+    speed-up copy): the copy is not taken for compiled, and compiling it sets its own calls."""
+    import copy
+
+    from storygen.accel import compile_unet
+
+    unet = new_pipe_unet()
+    compile_unet(unet, regional=regional)
+    assert is_compiled(unet)
+    twin = copy.deepcopy(unet)
+    assert not is_compiled(twin)
+    compile_unet(twin, regional=regional)
+    assert is_compiled(twin) and is_compiled(unet)
+    calls = [m._compiled_call_impl for m in twin.modules() if m._compiled_call_impl is not None]
+    own = [m._compiled_call_impl for m in unet.modules() if m._compiled_call_impl is not None]
+    assert calls and len(calls) == len(own)
+    assert not any(c is o for c, o in zip(calls, own, strict=True))
+
+
 def test_regional_compile_names_the_blocks_a_model_lacks():
     from storygen.accel import compile_unet
 
@@ -457,7 +478,7 @@ def test_regional_compile_names_the_blocks_a_model_lacks():
 def test_a_padded_batch_gives_each_call_what_it_gives_alone(tmp_path):
     """The padding a compiled bucket adds (the last row repeated) never reaches the calls:
     three calls padded to a bucket of 8 rows with guidance get the outputs they get unpadded.
-    (The padding path is taken with the UNet marked compiled, without compiling it.)"""
+    (The padding path is taken with the UNet marked compiled, its compiled call the eager one.)"""
     from storygen.accel import _COMPILED_FLAG, use_compiled_rows
     from storygen.loading import load_pipeline
     from storygen.sampling import CallInputs, guided_output
@@ -485,6 +506,7 @@ def test_a_padded_batch_gives_each_call_what_it_gives_alone(tmp_path):
     with torch.no_grad():
         plain = guided_output(unet, x, t, inputs, 2.0, negative)
         setattr(unet, _COMPILED_FLAG, True)
+        unet._compiled_call_impl = unet._call_impl  # compiled, as far as the padding goes
         use_compiled_rows(unet, {2 * b: row_bucket(2 * b)})
         padded = guided_output(unet, x, t, inputs, 2.0, negative)
     assert seen == [6, 8]  # the second pass ran the 8-row bucket
@@ -492,8 +514,9 @@ def test_a_padded_batch_gives_each_call_what_it_gives_alone(tmp_path):
 
 
 def _gated_unet(tmp_path):
-    """The micro UNet marked compiled (without compiling it), with a hook that records when
-    each pass starts and ends on which thread, and holds a pass while ``hold`` names its rows."""
+    """The micro UNet marked compiled (its compiled call the eager one: nothing compiles), with
+    a hook that records when each pass starts and ends on which thread, and holds a pass while
+    ``hold`` names its rows."""
     import threading
     import time
 
@@ -504,6 +527,7 @@ def _gated_unet(tmp_path):
     pipe = load_pipeline(new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS))
     unet = pipe.unet.eval()
     setattr(unet, _COMPILED_FLAG, True)
+    unet._compiled_call_impl = unet._call_impl
     use_compiled_rows(unet, {r: row_bucket(r) for r in (2, 4, 6)})
     c, s, d = unet.sample_channels, 77, unet.config.cross_attention_dim
     f, h = 5, 8
