@@ -316,9 +316,9 @@ def decoder_compiles(
     :data:`COMPILE_MIN_PASSES` chunks (800 frames of 16)."""
     if choice == "off":
         return False
-    if choice in EVERY_BUCKET if every_bucket is None else every_bucket:
-        return True
-    return -(-frames // chunk) >= COMPILE_MIN_PASSES
+    if every_bucket is None:
+        every_bucket = choice in EVERY_BUCKET
+    return every_bucket or -(-frames // chunk) >= COMPILE_MIN_PASSES
 
 
 def compile_decoder(vae: Any, *, aot: bool = False) -> bool:
