@@ -5,7 +5,8 @@ The UNet and its arguments are those of a real pipeline call (a random preset, a
 ``benchmarks/storygen_speed.py`` builds it, or a model folder), the batch repeated to
 ``--rows`` rows (the last level of a 3,376-frame plan at guidance: 114-120 rows). Per variant:
 milliseconds per forward pass (median of ``--reps`` timed passes after warm-up), the FLOPs of
-one pass (PyTorch's FLOP counter, split into convolutions, linear layers and attention),
+one pass (PyTorch's FLOP counter, split into convolutions, linear layers and attention, and
+the share outside the blocks ``--compile regional`` compiles, which runs eager there),
 TFLOP/s and their share of the chip's measured bf16 matrix rate, the first pass's time (the
 compile, for compiled variants), peak memory, and the output's relative error and cosine
 against the eager pass in the model's dtype; on CUDA, the SM clock and power over the timed
@@ -204,13 +205,28 @@ def time_split(fn: Any, a: tuple, kw: dict, device: torch.device, top: int = 15)
     return out
 
 
-def flop_split(unet: Any, a: tuple, kw: dict) -> dict[str, float]:
-    """FLOPs of one pass, in all and by kind of op."""
+def block_paths(unet: Any) -> list[str]:
+    """The module paths of the blocks ``--compile regional`` compiles
+    (:data:`storygen.accel.REPEATED_BLOCKS`), outermost only."""
+    from storygen.accel import REPEATED_BLOCKS
+
+    paths: list[str] = []
+    for name, module in unet.named_modules():
+        inside = any(name.startswith(p + ".") for p in paths)
+        if type(module).__name__ in REPEATED_BLOCKS and not inside:
+            paths.append(name)
+    return paths
+
+
+def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float]:
+    """FLOPs of one pass, in all and by kind of op; and the FLOPs outside the blocks
+    ``--compile regional`` compiles (:func:`block_paths`), which run eager there."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, depth=None) as counter:
         unet(*a, **kw)
-    ops = counter.get_flop_counts()["Global"]
+    counts = counter.get_flop_counts()
+    ops = counts["Global"]
     total = float(counter.get_total_flops())
     split = {"total": total}
     for kind, names in KINDS.items():
@@ -218,7 +234,10 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> dict[str, float]:
             sum(v for k, v in ops.items() if str(k).split(".")[1].startswith(names))
         )
     split["other"] = total - sum(split[k] for k in KINDS)
-    return split
+    # the counter names a module by its path under the root's class name
+    root = type(unet).__name__
+    in_blocks = sum(sum(counts.get(f"{root}.{p}", {}).values()) for p in block_paths(unet))
+    return split, total - float(in_blocks)
 
 
 def channels_last(unet: Any) -> None:
@@ -355,7 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unet, a, kw = call_arguments(args)
     unet.eval()
     filled = 0 if args.model else fill_zero_weights(unet)
-    flops = flop_split(unet, a, kw)
+    flops, outside_blocks = flop_split(unet, a, kw)
     reference = unet(*a, **kw)
     times = time_split(unet, a, kw, device) if args.profile else None
     peak = matmul_rate(args.device, unet.dtype)
@@ -370,6 +389,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sample_shape": list(a[0].shape),
         "flops_per_pass": flops,
         "flop_shares": {k: v / flops["total"] for k, v in flops.items() if k != "total"},
+        # the part of a pass that --compile regional (reg) leaves eager
+        "flops_outside_blocks": outside_blocks,
+        "flop_share_outside_blocks": outside_blocks / flops["total"],
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
         "zero_weights_filled": filled,
         "time_split_ms": times,
@@ -420,7 +442,8 @@ def format_row(row: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, its defaults filled in for the device."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -456,11 +479,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except ValueError as e:
             p.error(str(e))
     args.variants = names
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     result = run(args)
     shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in result["flop_shares"].items())
     print(
         f"{result['model']}, {result['dtype']}, {args.rows} rows of {result['sample_shape'][1:]}: "
-        f"{result['flops_per_pass']['total'] / 1e9:.1f} GFLOP a pass ({shares})"
+        f"{result['flops_per_pass']['total'] / 1e9:.1f} GFLOP a pass ({shares}; "
+        f"{100 * result['flop_share_outside_blocks']:.1f} % outside the blocks regional "
+        "compiles)"
     )
     if result["time_split_ms"]:
         print("eager pass:\n" + format_split(result["time_split_ms"]))

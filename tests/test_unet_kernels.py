@@ -90,3 +90,38 @@ def test_a_backend_modifier_holds_the_eager_pass_to_that_backend(tmp_path, monke
     assert [r["variant"] for r in result["variants"]] == ["eager", "eager-flash"]
     flash = unet_kernels.SDPBackend.FLASH_ATTENTION
     assert held and all(b == [flash] for b in held)
+
+
+def test_flops_outside_the_regional_blocks_are_the_layers_left_eager():
+    """The FLOPs ``--compile regional`` leaves eager: those of the convolutions and linear
+    layers outside its blocks, counted here from their shapes by forward hooks."""
+    from storygen.accel import REPEATED_BLOCKS
+
+    ns = unet_kernels.parse_args(["--rows", "2", "--frames-per-call", "4"])
+    unet, a, kw = unet_kernels.call_arguments(ns)
+    torch.set_grad_enabled(False)
+    blocks = unet_kernels.block_paths(unet)
+    assert blocks and all(type(unet.get_submodule(p)).__name__ in REPEATED_BLOCKS for p in blocks)
+    expected: list[float] = []
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            expected.append(2.0 * inputs[0].numel() // module.in_features * module.weight.numel())
+        else:  # a convolution: 2 multiply-adds per weight per output position
+            per_out = module.weight[0].numel()
+            expected.append(2.0 * output.numel() * per_out)
+
+    handles = []
+    for name, module in unet.named_modules():
+        if any(name == p or name.startswith(p + ".") for p in blocks):
+            continue
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d | torch.nn.Conv3d):
+            handles.append(module.register_forward_hook(count))
+    try:
+        split, outside = unet_kernels.flop_split(unet, a, kw)
+    finally:
+        for h in handles:
+            h.remove()
+    assert expected, "the UNet has layers outside its blocks (conv_in, samplers, ...)"
+    assert outside == pytest.approx(sum(expected))
+    assert 0 < outside < split["total"]
