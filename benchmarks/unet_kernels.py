@@ -218,9 +218,10 @@ def block_paths(unet: Any) -> list[str]:
     return paths
 
 
-def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float]:
-    """FLOPs of one pass, in all and by kind of op; and the FLOPs outside the blocks
-    ``--compile regional`` compiles (:func:`block_paths`), which run eager there."""
+def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float, dict[str, float]]:
+    """FLOPs of one pass, in all and by kind of op; the FLOPs outside the blocks ``--compile
+    regional`` compiles (:func:`block_paths`), which run eager there; and those by layer
+    (the layers outside the blocks that count any, most first)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False, depth=None) as counter:
@@ -236,8 +237,18 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float]:
     split["other"] = total - sum(split[k] for k in KINDS)
     # the counter names a module by its path under the root's class name
     root = type(unet).__name__
-    in_blocks = sum(sum(counts.get(f"{root}.{p}", {}).values()) for p in block_paths(unet))
-    return split, total - float(in_blocks)
+    blocks = block_paths(unet)
+    in_blocks = sum(sum(counts.get(f"{root}.{p}", {}).values()) for p in blocks)
+    layers = {}
+    for name, module in unet.named_modules():
+        if next(module.children(), None) is not None or name == "":
+            continue
+        if any(name.startswith(p + ".") or name == p for p in blocks):
+            continue
+        if flops := float(sum(counts.get(f"{root}.{name}", {}).values())):
+            layers[name] = flops
+    by_layer = dict(sorted(layers.items(), key=lambda kv: -kv[1]))
+    return split, total - float(in_blocks), by_layer
 
 
 def channels_last(unet: Any) -> None:
@@ -374,7 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unet, a, kw = call_arguments(args)
     unet.eval()
     filled = 0 if args.model else fill_zero_weights(unet)
-    flops, outside_blocks = flop_split(unet, a, kw)
+    flops, outside_blocks, outside_layers = flop_split(unet, a, kw)
     reference = unet(*a, **kw)
     times = time_split(unet, a, kw, device) if args.profile else None
     peak = matmul_rate(args.device, unet.dtype)
@@ -392,6 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # the part of a pass that --compile regional (reg) leaves eager
         "flops_outside_blocks": outside_blocks,
         "flop_share_outside_blocks": outside_blocks / flops["total"],
+        "flops_outside_blocks_by_layer": outside_layers,
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
         "zero_weights_filled": filled,
         "time_split_ms": times,
@@ -492,6 +504,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{100 * result['flop_share_outside_blocks']:.1f} % outside the blocks regional "
         "compiles)"
     )
+    total = result["flops_per_pass"]["total"]
+    top = list(result["flops_outside_blocks_by_layer"].items())[:4]
+    if top:
+        print(
+            "outside the blocks, most first: "
+            + ", ".join(f"{name} {100 * flops / total:.2f} %" for name, flops in top)
+        )
     if result["time_split_ms"]:
         print("eager pass:\n" + format_split(result["time_split_ms"]))
     if args.out:

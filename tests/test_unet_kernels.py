@@ -118,10 +118,14 @@ def test_flops_outside_the_regional_blocks_are_the_layers_left_eager():
         if isinstance(module, torch.nn.Linear | torch.nn.Conv2d | torch.nn.Conv3d):
             handles.append(module.register_forward_hook(count))
     try:
-        split, outside = unet_kernels.flop_split(unet, a, kw)
+        split, outside, by_layer = unet_kernels.flop_split(unet, a, kw)
     finally:
         for h in handles:
             h.remove()
     assert expected, "the UNet has layers outside its blocks (conv_in, samplers, ...)"
     assert outside == pytest.approx(sum(expected))
+    # every FLOP left eager is a layer's, listed most first
+    assert sum(by_layer.values()) == pytest.approx(outside)
+    assert list(by_layer.values()) == sorted(by_layer.values(), reverse=True)
+    assert not any(name.startswith(p + ".") for name in by_layer for p in blocks)
     assert 0 < outside < split["total"]
