@@ -279,8 +279,8 @@ def clip_speed(
     warm-up (the compile), peak memory, the model alone (preprocessed batches), and the
     cosine of each variant's embeddings with the eager ones."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from benchmarks.flop_count import flop_counter
     from benchmarks.gpu_rate import matmul_rate
     from curate.clip_score import ClipScorer
 
@@ -308,7 +308,7 @@ def clip_speed(
         scorer.setup()
         if flops is None:
             one = scorer.preprocess(x[:1])
-            with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            with torch.inference_mode(), flop_counter(display=False) as counter:
                 scorer._model.get_image_features(pixel_values=one)
             flops = counter.get_total_flops()
             out["flops_per_frame"] = flops

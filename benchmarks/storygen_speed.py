@@ -138,11 +138,11 @@ def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> f
     """FLOPs of one UNet evaluation of one model call (one guidance branch), counted by
     PyTorch's FLOP counter on the arguments of a real call of the pipeline. That call is also
     the benchmark's warm-up (kernels, allocator, lazy imports)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from benchmarks.flop_count import flop_counter
 
     a, kw = first_unet_call(pipe, args.frames_per_call, args.guidance)
     batch = a[0].shape[0]
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter(display=False) as counter:
         pipe.unet(*a, **kw)
     return counter.get_total_flops() / batch
 
@@ -155,9 +155,9 @@ def _latents(pipe: StoryVideoPipeline, frames: int) -> torch.Tensor:
 
 def decode_flops(pipe: StoryVideoPipeline) -> float:
     """FLOPs of the VAE decode of one frame (PyTorch's FLOP counter, the eager decoder)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from benchmarks.flop_count import flop_counter
 
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter(display=False) as counter:
         pipe.decode(_latents(pipe, 1))
     return float(counter.get_total_flops())
 

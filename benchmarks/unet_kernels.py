@@ -222,9 +222,9 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float, 
     """FLOPs of one pass, in all and by kind of op; the FLOPs outside the blocks ``--compile
     regional`` compiles (:func:`block_paths`), which run eager there; and those by layer
     (the layers outside the blocks that count any, most first)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from benchmarks.flop_count import flop_counter
 
-    with FlopCounterMode(display=False, depth=None) as counter:
+    with flop_counter(display=False, depth=None) as counter:
         unet(*a, **kw)
     counts = counter.get_flop_counts()
     ops = counts["Global"]

@@ -30,7 +30,7 @@ def test_unet_kernels_on_cpu(tmp_path):
     assert fast["relative_error"] < 1e-5 and fast["cosine"] > 0.99999
     assert min(fast["changed_layers"].values()) > 0
     flops = result["flops_per_pass"]
-    assert flops["convolution"] > 0 and flops["linear"] > 0
+    assert flops["convolution"] > 0 and flops["linear"] > 0 and flops["attention"] > 0
     parts = flops["convolution"] + flops["linear"] + flops["attention"] + flops["other"]
     assert parts == pytest.approx(flops["total"])
     assert rows["eager"]["tflops_per_s"] == pytest.approx(
