@@ -23,6 +23,8 @@ joined with ``-`` or ``+`` (``compile-tuned-tconv-fp8``):
   times the algorithms once, in the first pass, as CUDA renders do);
 - ``cl``: convolution weights and the input channels-last (2-D and 3-D);
 - ``tconv``: temporal convolutions as 2-D ones (:func:`storygen.accel.fast_temporal_convs`);
+- ``upconv``: each 2x upsampling and its 3x3 convolution as four 2x2 convolutions of the
+  input (:func:`storygen.accel.subpixel_upsamplers`: 4/9 of those multiply-adds);
 - ``qkv``: attention projections fused (diffusers' ``fuse_qkv_projections``);
 - ``tattn``: temporal attention as matrix products (:mod:`storygen.attention`);
 - ``pattn``: temporal attention packed eight sequences to a FlexAttention row (the same);
@@ -75,6 +77,7 @@ MODIFIERS = (
     "tuned",
     "cl",
     "tconv",
+    "upconv",
     "qkv",
     "tattn",
     "pattn",

@@ -99,6 +99,8 @@ __all__ = [
     "default_compile",
     "eager_blocks",
     "fast_temporal_convs",
+    "subpixel_kernels",
+    "subpixel_upsamplers",
     "fp8_unavailable",
     "inductor_options",
     "resolve_speedups",
@@ -1000,11 +1002,98 @@ def fast_temporal_convs(unet: Any) -> int:
     return count
 
 
+#: for each output phase of a 2x nearest-neighbour upsampling (even or odd row; the same for
+#: columns), which of a 3-tap kernel's taps fall on the input's two rows it reads: an even
+#: output row 2i reads input rows i-1 (tap 0) and i (taps 1 and 2), an odd one 2i+1 reads
+#: rows i (taps 0 and 1) and i+1 (tap 2)
+_PHASE_TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+
+
+def subpixel_kernels(weight: Any) -> Any:
+    """The four 2x2 kernels, (out, in, 2, 2) each, stacked as (2, 2, out, in, 2, 2) by output
+    row and column phase, that compute a 3x3 convolution of a 2x nearest-neighbour upsampling
+    from the input itself: each is the taps of ``weight`` (out, in, 3, 3) that read the same
+    input pixel, summed (in float32, then in the weight's dtype)."""
+    import torch
+
+    taps = torch.tensor(_PHASE_TAPS, dtype=torch.float32, device=weight.device)
+    kernels = torch.einsum("apr,oirc,bqc->aboipq", taps, weight.float(), taps)
+    return kernels.to(weight.dtype)
+
+
+def _subpixel_upsample_forward(
+    self: Any, hidden_states: Any, output_size: Any = None, *args: Any, **kwargs: Any
+) -> Any:
+    """``Upsample2D.forward`` (2x nearest-neighbour, then a 3x3 convolution) as four 2x2
+    convolutions of the input, one per output phase, interleaved: the same sums (the taps
+    that read one input pixel added first), 4/9 of the multiply-adds, and no upsampled copy
+    of the input. An ``output_size`` other than twice the input's runs the usual way."""
+    import torch.nn.functional as F
+
+    n, _, h, w = hidden_states.shape
+    if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
+        return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
+    conv = self.conv if self.name == "conv" else self.Conv2d_0
+    kernels = subpixel_kernels(conv.weight)
+    padded = F.pad(hidden_states, (1, 1, 1, 1))
+    out = None
+    for a in (0, 1):
+        for b in (0, 1):
+            # output pixel (2i+a, 2j+b) reads input rows i-1+a, i+a and columns j-1+b, j+b:
+            # padded rows i+a, i+a+1 and columns j+b, j+b+1
+            part = F.conv2d(padded[:, :, a : a + h + 1, b : b + w + 1], kernels[a, b], conv.bias)
+            if out is None:  # (n, out, h, 2, w, 2): row 2i+a, column 2j+b
+                out = part.new_empty(n, part.shape[1], h, 2, w, 2)
+            out[:, :, :, a, :, b] = part
+    assert out is not None
+    return out.view(n, out.shape[1], 2 * h, 2 * w)
+
+
+def subpixel_upsamplers(unet: Any) -> int:
+    """Run every 2x nearest-neighbour upsampling that a 3x3 convolution follows (diffusers'
+    ``Upsample2D`` with ``use_conv``, the UNet's up blocks' samplers) as four 2x2
+    convolutions of the input (:func:`_subpixel_upsample_forward`); returns how many layers.
+    The weights stay where they are; the combined kernels are computed from them at each call
+    (a few element-wise kernels, against the convolution's 4/9 of the work), so they follow
+    any change to the weights."""
+    import types
+
+    import torch
+    from diffusers.models.upsampling import Upsample2D
+
+    count = 0
+    for module in unet.modules():
+        if not isinstance(module, Upsample2D) or getattr(module, "_storyloom_subpixel", False):
+            continue
+        conv = getattr(module, "conv" if module.name == "conv" else "Conv2d_0", None)
+        if not (
+            module.use_conv
+            and module.interpolate
+            and not module.use_conv_transpose
+            and module.norm is None
+            and isinstance(conv, torch.nn.Conv2d)
+            and conv.kernel_size == (3, 3)
+            and conv.padding == (1, 1)
+            and conv.stride == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+        ):
+            continue
+        module.forward = types.MethodType(_subpixel_upsample_forward, module)
+        module._storyloom_subpixel = True
+        count += 1
+    return count
+
+
 #: the speed-ups a render can ask for (``storygen render --speedups``): the UNet's, and the
 #: VAE decoder's ``vdec``; each with what it does to the numbers
 SPEEDUPS: dict[str, str] = {
     "tconv": "temporal convolutions as 2-D convolutions (the same sums)",
     "qkv": "each attention's projections fused into one matrix product (rounding only)",
+    "upconv": "each 2x nearest-neighbour upsampling and the 3x3 convolution after it as four "
+    "2x2 convolutions of the input, interleaved (4/9 of those multiply-adds; rounding only: "
+    "the taps that read one input pixel are summed first)",
     "tattn": "temporal attention over a call's frames as two matrix products and a float32 "
     "softmax instead of a fused kernel (rounding only)",
     "pattn": "temporal attention with eight 16-frame sequences packed into each 128-token row "
@@ -1031,9 +1120,10 @@ DEFAULT_SPEEDUPS: dict[str, tuple[str, ...]] = {
     "cuda": ("tconv", "qkv", "pattn", "mm1x1", "vdec"),
     "cpu": ("tconv",),
 }
-#: speed-ups that change the UNet's modules (a render applies them to its own copy, so the
-#: pipeline's UNet stays as loaded, trainable and savable)
-_RESHAPING = ("qkv", "fp8")
+#: speed-ups that change the UNet's modules, or its sums' rounding (``upconv``): a render
+#: applies them to its own copy, so the pipeline's UNet stays as loaded, trainable and
+#: savable, and a later render without them computes what it did before
+_RESHAPING = ("qkv", "upconv", "fp8")
 _SPEEDUPS_ATTR = "_storyloom_speedups"
 
 
@@ -1084,6 +1174,8 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
     done = getattr(unet, _SPEEDUPS_ATTR, {})
     if "tconv" in speedups and "tconv" not in done:
         done["tconv"] = fast_temporal_convs(unet)
+    if "upconv" in speedups and "upconv" not in done:
+        done["upconv"] = subpixel_upsamplers(unet)
     if "qkv" in speedups and "qkv" not in done:
         if not hasattr(unet, "fuse_qkv_projections"):
             raise ValueError(f"{type(unet).__name__} cannot fuse its attention projections")

@@ -262,6 +262,25 @@ def test_a_render_compiled_with_tuned_kernels_gives_the_plain_frames(tmp_path, m
     torch.testing.assert_close(tuned.frames, plain.frames, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
+def test_a_render_compiled_with_subpixel_upsampling_gives_the_plain_frames(tmp_path, monkeypatch):
+    """``upconv`` traces into the compiled graph (the kernels' summing too) and renders the
+    frames of the plain render; the pipeline's own UNet keeps the usual upsampling."""
+    from diffusers.models.upsampling import Upsample2D
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
+    fast = pipe(PROMPTS, 17, speedups="tconv,upconv", compile="all", **RUN)
+    assert fast.stats.speedups["upconv"] > 0 and fast.stats.compiled_rows
+    torch.testing.assert_close(fast.frames, plain.frames, atol=1e-4, rtol=1e-4)
+    eager = pipe(PROMPTS, 17, speedups="upconv", compile="off", **RUN)
+    torch.testing.assert_close(eager.frames, plain.frames, atol=1e-4, rtol=1e-4)
+    samplers = [m for m in pipe.unet.modules() if isinstance(m, Upsample2D)]
+    assert samplers and not any(getattr(m, "_storyloom_subpixel", False) for m in samplers)
+
+
 def test_a_render_with_speedups_leaves_the_pipelines_unet_alone(tmp_path):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -269,17 +288,20 @@ def test_a_render_with_speedups_leaves_the_pipelines_unet_alone(tmp_path):
     pipe = StoryVideoPipeline.from_pretrained(folder)
     plain = pipe(PROMPTS, 17, speedups="none", **RUN)
     assert plain.stats.speedups == {}
-    fast = pipe(PROMPTS, 17, speedups="tconv,qkv,tattn", **RUN)
-    assert set(fast.stats.speedups) == {"tconv", "qkv", "tattn"}
+    fast = pipe(PROMPTS, 17, speedups="tconv,upconv,qkv,tattn", **RUN)
+    assert set(fast.stats.speedups) == {"tconv", "upconv", "qkv", "tattn"}
+    assert fast.stats.speedups["upconv"] > 0
     np.testing.assert_allclose(fast.frames, plain.frames, atol=1e-4, rtol=1e-4)
-    # fused projections went to the render's copy; the pipeline's UNet is as loaded
+    # fused projections and the upsampling went to the render's copy; the pipeline's UNet
+    # is as loaded
     processors = {type(p) for p in pipe.unet.attn_processors.values()}
     assert processors == {AttnProcessor2_0}
     assert not any(k.endswith("to_qkv.weight") for k in pipe.unet.state_dict())
+    assert not any(getattr(m, "_storyloom_subpixel", False) for m in pipe.unet.modules())
     # a second render with the same speed-ups reuses that copy
     from storygen.runner import _SPEEDUP_COPIES
 
-    again = pipe(PROMPTS, 17, speedups="qkv,tattn,tconv", **RUN)
+    again = pipe(PROMPTS, 17, speedups="qkv,upconv,tattn,tconv", **RUN)
     assert len(_SPEEDUP_COPIES[pipe.unet]) == 1
     np.testing.assert_array_equal(again.frames, fast.frames)
     # the default on a CPU: temporal convolutions only, which change no module
@@ -408,9 +430,9 @@ def test_cuda_speedups_compiled_give_the_same_frames(tmp_path, monkeypatch):
     folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
     pipe = StoryVideoPipeline.from_pretrained(folder).to("cuda")
     plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
-    fast = pipe(PROMPTS, 17, speedups="tconv,qkv,tattn,mm1x1", compile="all", **RUN)
+    fast = pipe(PROMPTS, 17, speedups="tconv,upconv,qkv,tattn,mm1x1", compile="all", **RUN)
     assert fast.stats.compiled_rows == [2, 4]
-    assert set(fast.stats.speedups) == {"tconv", "qkv", "tattn", "mm1x1"}
+    assert set(fast.stats.speedups) == {"tconv", "upconv", "qkv", "tattn", "mm1x1"}
     torch.testing.assert_close(fast.frames, plain.frames, atol=1e-3, rtol=1e-3)
     # replayed as CUDA graphs: the same kernels; each pass's output is read before the next
     # pass overwrites the graph's buffer (float32 here: no cast copies it)
@@ -438,3 +460,52 @@ def test_cuda_speedups_compiled_give_the_same_frames(tmp_path, monkeypatch):
         assert fp8.stats.speedups["fp8"] > 0
         err = (fp8.frames.float() - want.frames.float()).norm() / want.frames.float().norm()
         assert float(err) < 0.1
+
+
+def _conv_flops(counter) -> int:
+    return sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+
+
+def test_upsampling_convs_as_four_small_ones_compute_the_same():
+    """``upconv``: a 2x nearest-neighbour upsampling and its 3x3 convolution as four 2x2
+    convolutions of the input, the same numbers to rounding for 4/9 of the multiply-adds,
+    at odd sizes and other channel counts too; an explicit other output size runs as before."""
+    from diffusers.models.upsampling import Upsample2D
+
+    from benchmarks.flop_count import flop_counter
+    from storygen.accel import subpixel_upsamplers
+
+    gen = torch.Generator().manual_seed(0)
+    for cin, cout, h, w in ((8, 8, 5, 7), (4, 6, 1, 1), (3, 5, 6, 4)):
+        layer = Upsample2D(cin, use_conv=True, out_channels=cout).eval()
+        x = torch.randn(2, cin, h, w, generator=gen)
+        with torch.no_grad(), flop_counter(display=False) as before:
+            want = layer(x)
+        with torch.no_grad():
+            odd = layer(x, (2 * h + 1, 2 * w))
+        assert subpixel_upsamplers(layer) == 1
+        assert subpixel_upsamplers(layer) == 0  # once
+        with torch.no_grad(), flop_counter(display=False) as after:
+            got = layer(x)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        # the convolutions' FLOPs (the counter also sees the kernels' summing, an einsum)
+        assert 9 * _conv_flops(after) == 4 * _conv_flops(before) > 0
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x, (2 * h + 1, 2 * w)), odd)
+    # layers it cannot take are left as they are: no convolution, a transposed one, a norm
+    plain = Upsample2D(4, use_conv=False)
+    transposed = Upsample2D(4, use_conv_transpose=True)
+    normed = Upsample2D(4, use_conv=True, norm_type="rms_norm", eps=1e-6, elementwise_affine=True)
+    assert sum(subpixel_upsamplers(m) for m in (plain, transposed, normed)) == 0
+
+
+def test_upsampling_speedup_in_a_unet_computes_the_same():
+    from diffusers.models.upsampling import Upsample2D
+
+    unet, call = _unet_and_call()
+    want = _forward(unet, call)
+    samplers = [m for m in unet.modules() if isinstance(m, Upsample2D)]
+    done = apply_speedups(unet, ("upconv",))
+    assert done["upconv"] == len(samplers) > 0
+    torch.testing.assert_close(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
+    assert "upconv" not in DEFAULT_SPEEDUPS["cpu"]  # no faster there (oneDNN's 2x2 kernels)
