@@ -319,6 +319,9 @@ def _timed(
         channels_last(unet)
         a = (a[0].contiguous(memory_format=torch.channels_last_3d),) + tuple(a[1:])
     row["changed_layers"] = apply_speedups(unet, tuple(m for m in mods if m in SPEEDUPS))
+    if row["changed_layers"].get("upconv"):
+        # the work it does (the TFLOP/s column stays the plain pass's FLOPs over the time)
+        row["flops_counted"], _, _ = flop_split(unet, a, kw)
     module = unet
     backend = [getattr(SDPBackend, SDPA_BACKENDS[m]) for m in mods if m in SDPA_BACKENDS]
     if backend:

@@ -15,7 +15,8 @@ def test_unet_kernels_on_cpu(tmp_path):
     out = tmp_path / "k.json"
     autotune = torch.backends.cudnn.benchmark  # whatever an earlier test left
     result = unet_kernels.main(
-        ["--variants", "eager,eager-tuned,eager-cl,eager-fp8,eager+tconv+qkv+tattn", "--rows", "3"]
+        ["--variants", "eager,eager-tuned,eager-cl,eager-fp8,eager+tconv+qkv+tattn,eager-upconv"]
+        + ["--rows", "3"]
         + ["--frames-per-call", "8", "--warmup", "0", "--reps", "1", "--profile", "--out", str(out)]
     )
     assert json.loads(out.read_text())["rows"] == 3
@@ -30,6 +31,14 @@ def test_unet_kernels_on_cpu(tmp_path):
     assert fast["relative_error"] < 1e-5 and fast["cosine"] > 0.99999
     assert min(fast["changed_layers"].values()) > 0
     flops = result["flops_per_pass"]
+    # upconv: the same numbers for 5/9 fewer of the upsampling convolutions' FLOPs, which are
+    # all outside the regional blocks
+    up = rows["eager-upconv"]
+    assert up["relative_error"] < 1e-5 and up["changed_layers"]["upconv"] > 0
+    saved = flops["convolution"] - up["flops_counted"]["convolution"]
+    upsampling = [v for k, v in result["flops_outside_blocks_by_layer"].items() if "upsampl" in k]
+    assert upsampling and saved == pytest.approx(5 / 9 * sum(upsampling))
+    assert up["flops_counted"]["linear"] == flops["linear"]
     assert flops["convolution"] > 0 and flops["linear"] > 0 and flops["attention"] > 0
     parts = flops["convolution"] + flops["linear"] + flops["attention"] + flops["other"]
     assert parts == pytest.approx(flops["total"])
