@@ -1054,8 +1054,9 @@ def subpixel_upsamplers(unet: Any) -> int:
     ``Upsample2D`` with ``use_conv``, the UNet's up blocks' samplers) as four 2x2
     convolutions of the input (:func:`_subpixel_upsample_forward`); returns how many layers.
     The weights stay where they are; the combined kernels are computed from them at each call
-    (a few element-wise kernels, against the convolution's 4/9 of the work), so they follow
-    any change to the weights."""
+    (one small product over the 3x3 taps, 16 values per weight pair), so they follow any
+    change to the weights. A render applies it to its own copy of the UNet, as the sums'
+    rounding changes."""
     import types
 
     import torch
