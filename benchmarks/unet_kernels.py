@@ -244,7 +244,7 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float, 
     in_blocks = sum(sum(counts.get(f"{root}.{p}", {}).values()) for p in blocks)
     layers = {}
     for name, module in unet.named_modules():
-        if next(module.children(), None) is not None or name == "":
+        if next(module.children(), None) is not None:  # layers only
             continue
         if any(name.startswith(p + ".") or name == p for p in blocks):
             continue
