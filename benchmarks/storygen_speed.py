@@ -13,6 +13,8 @@ the mean elsewhere; 1.0 means seams are invisible in this statistic).
         --steps 25 --lengths 226,3376                         # one GPU against two
     python benchmarks/storygen_speed.py --device cuda --preset modelscope --steps 5 \\
         --out benchmarks/results/storygen_speed_gpu.json     # ModelScope-size UNet, bf16
+    python benchmarks/storygen_speed.py --device cuda --preset modelscope --steps 25 \
+        --lengths 3376 --skip autoregressive --warmup-steps 1  # compile first, then time warm
 
 Per render the JSON also holds the UNet's FLOP rate against a matrix product timed in the same
 run, over all batches and over the batched level alone (``batched_level``: the bucket of the
@@ -28,12 +30,13 @@ are what this measures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,7 @@ from benchmarks.gpu_clock import GpuClocks, describe  # noqa: E402
 from benchmarks.gpu_rate import matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from schemas.cli import auto_or_positive_int, positive_int  # noqa: E402
+from storygen import accel, runner  # noqa: E402
 from storygen.accel import COMPILE_CHOICES, is_compiled, resolve_speedups  # noqa: E402
 from storygen.pipeline import StoryVideoPipeline  # noqa: E402
 from storygen.presets import build_components  # noqa: E402
@@ -212,6 +216,28 @@ def decode_rate(pipe: StoryVideoPipeline, device: str, frames: int = 64) -> floa
     return frames / (time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def compile_as_for(steps: int, warmup_steps: int) -> Iterator[None]:
+    """Renders inside compile the row buckets a render of ``steps`` steps would (a bucket
+    compiles once it holds :data:`~storygen.accel.COMPILE_MIN_PASSES` passes, and a render of
+    fewer steps holds fewer), so a short warm-up render (``--warmup-steps``) compiles the graphs
+    the timed renders then run warm."""
+    scale = warmup_steps / steps
+
+    class Policy(accel.CompilePolicy):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            if not self.every_bucket:
+                self.min_passes = self.min_passes * scale
+
+    saved = runner.CompilePolicy
+    runner.CompilePolicy = Policy  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        runner.CompilePolicy = saved  # type: ignore[misc]
+
+
 def run(
     args: argparse.Namespace, on_run: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
@@ -271,7 +297,56 @@ def run(
         "torch": torch.__version__,
         "devices": args.devices or [args.device],
         "repeats": args.repeats,
+        "warmup_steps": args.warmup_steps,
     }
+
+    def render(n: int, mode: str, devices: list[str] | None, steps: int) -> Any:
+        out = pipe(
+            story_prompts(n),
+            n,
+            frames_per_call=args.frames_per_call,
+            policy="autoregressive" if mode == "autoregressive" else "stretch",
+            overlap=args.overlap,
+            num_inference_steps=steps,
+            guidance_scale=args.guidance,
+            generator=args.seed,
+            micro_batch=args.micro_batch,
+            devices=devices,
+            output_type="np",
+            progress=args.progress,
+            compile=args.compile,
+            speedups=args.speedups,
+            cudnn_autotune=args.cudnn_autotune == "on",
+        )
+        if args.device.startswith("cuda"):
+            for d in devices or [args.device]:
+                torch.cuda.synchronize(d)
+        return out
+
+    if args.warmup_steps:
+        header["warmup_renders"] = []
+        for n, mode, devices in dict.fromkeys(
+            (n, mode, tuple(devices) if devices else None) for n, mode, devices, _ in todo
+        ):
+            t0 = time.perf_counter()
+            with compile_as_for(args.steps, args.warmup_steps):
+                out = render(n, mode, list(devices) if devices else None, args.warmup_steps)
+            warm = {
+                "frames": n,
+                "mode": mode if devices is None else f"{mode} x{len(devices)}",
+                "steps": args.warmup_steps,
+                "wall_time_s": time.perf_counter() - t0,
+                "compiled": out.stats.compiled,
+                "compiled_rows": out.stats.compiled_rows,
+                "compile_s": out.stats.compile_s,
+            }
+            header["warmup_renders"].append(warm)
+            print(
+                f"  {n:>5} frames  {warm['mode']:<14} warm-up render of {args.warmup_steps} "
+                f"steps: {warm['wall_time_s']:.1f} s, compiling {warm['compile_s']:.1f} s",
+                flush=True,
+            )
+            del out
 
     for n, mode, devices, repeat in todo:
         if args.device.startswith("cuda"):
@@ -280,26 +355,7 @@ def run(
                 torch.cuda.reset_peak_memory_stats(d)
         with PeakRSS() as rss, GpuClocks(args.device) as clocks:
             t0 = time.perf_counter()
-            out = pipe(
-                story_prompts(n),
-                n,
-                frames_per_call=args.frames_per_call,
-                policy="autoregressive" if mode == "autoregressive" else "stretch",
-                overlap=args.overlap,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                generator=args.seed,
-                micro_batch=args.micro_batch,
-                devices=devices,
-                output_type="np",
-                progress=args.progress,
-                compile=args.compile,
-                speedups=args.speedups,
-                cudnn_autotune=args.cudnn_autotune == "on",
-            )
-            if args.device.startswith("cuda"):
-                for d in devices or [args.device]:
-                    torch.cuda.synchronize(d)
+            out = render(n, mode, devices, args.steps)
             wall = time.perf_counter() - t0
         stats = out.stats
         unet_s = sum(sum(v) for v in stats.batch_times_s.values())
@@ -654,6 +710,15 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="renders of each length and mode in this process (the first compiles or "
         "autotunes, the later find it warm); the ratios compare each mode's median run",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=positive_int,
+        default=None,
+        help="before the timed renders, render each length and mode once with this many "
+        "steps, compiling what a render of --steps compiles (reported apart, as "
+        "warmup_renders): the timed renders then run warm in one process, where --repeats "
+        "would pay a whole render for it",
     )
     p.add_argument(
         "--compile",

@@ -200,3 +200,41 @@ def test_runs_of_separate_calls_merge_into_one_comparison(tmp_path, capsys):
     (tmp_path / "before.json").write_text(json.dumps(mine))
     argv = ["--merge", str(tmp_path / "before.json"), str(auto), "--out", str(merged)]
     assert storygen_speed.main(argv) == 0
+
+
+def test_a_short_warm_up_compiles_the_buckets_the_timed_render_would():
+    """--warmup-steps renders with fewer steps but must compile what a render of --steps
+    compiles: a bucket compiles once it holds COMPILE_MIN_PASSES passes, counted as if each
+    batch ran the timed render's steps."""
+    from storygen import accel, runner
+
+    need = accel.COMPILE_MIN_PASSES
+    for batches, steps in ((2, 25), (1, 25), (3, 20), (4, 10), (9, 5)):
+        full = accel.CompilePolicy("on")
+        full.plan([(30, steps)] * batches)
+        with storygen_speed.compile_as_for(steps, 1):
+            short = runner.CompilePolicy("on")
+        short.plan([(30, 1)] * batches)
+        assert bool(full.buckets) == (batches * steps >= need)
+        assert short.buckets == full.buckets and short.rows == full.rows
+    assert runner.CompilePolicy is accel.CompilePolicy  # restored on leaving
+
+
+def test_warm_up_renders_come_before_the_timed_ones_and_apart(tmp_path):
+    out = tmp_path / "speed.json"
+    argv = ["--lengths", "16", "--steps", "2", "--warmup-steps", "1", "--out", str(out)]
+    assert storygen_speed.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["warmup_steps"] == 1
+    warm = result["warmup_renders"]
+    assert [(w["frames"], w["mode"], w["steps"]) for w in warm] == [
+        (16, "hierarchical", 1),
+        (16, "autoregressive", 1),
+    ]
+    assert all(w["wall_time_s"] > 0 and w["compile_s"] == 0 for w in warm)  # a CPU: eager
+    assert [(r["mode"], r["repeat"]) for r in result["rows"]] == [
+        ("hierarchical", 0),
+        ("autoregressive", 0),
+    ]
+    # the timed renders ran the asked steps: two passes of their one call
+    assert [r["unet_passes"] for r in result["rows"]] == [2, 2]
