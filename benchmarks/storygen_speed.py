@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_clock import GpuClocks, describe  # noqa: E402
-from benchmarks.gpu_rate import matmul_rate  # noqa: E402
+from benchmarks.gpu_rate import matmul_rate, sustained_matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from schemas.cli import auto_or_positive_int, positive_int  # noqa: E402
 from storygen import accel, runner  # noqa: E402
@@ -252,6 +252,11 @@ def run(
     branches = 2 if args.guidance != 1.0 else 1
     n_params = sum(p.numel() for p in pipe.unet.parameters())
     lengths = [int(v) for v in args.lengths.split(",")]
+    sustained = (
+        sustained_matmul_rate(args.device, dtype, args.sustained_matmul)
+        if args.sustained_matmul
+        else None
+    )
     decoding = {
         "decode_frames_per_s": decode_rate(pipe, args.device),
         "decode_gflop_per_frame": decode_flops(pipe) / 1e9,
@@ -294,6 +299,8 @@ def run(
         "unet_tflop_per_call_forward": flops_call / 1e12,
         **decoding,
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
+        # the same products back to back for --sustained-matmul seconds, with the chip's clock
+        "matmul_sustained": sustained,
         "torch": torch.__version__,
         "devices": args.devices or [args.device],
         "repeats": args.repeats,
@@ -367,6 +374,10 @@ def run(
             level["utilisation_of_matmul_peak"] = (
                 level["tflops_per_s"] * 1e12 / peak if peak else None
             )
+            if sustained and sustained["second_half_flops_per_s"]:
+                level["utilisation_of_sustained_matmul"] = (
+                    level["tflops_per_s"] * 1e12 / sustained["second_half_flops_per_s"]
+                )
         row = {
             "frames": n,
             "mode": mode if devices is None else f"{mode} x{len(devices)}",
@@ -450,7 +461,13 @@ def run(
             print(
                 f"         batched level ({level['bucket']}, {level['batches']} batches after "
                 f"the first): {level['tflops_per_s']:.0f} TFLOP/s"
-                + (f", {100 * share:.1f} % of peak" if share else ""),
+                + (f", {100 * share:.1f} % of peak" if share else "")
+                + (
+                    f", {100 * level['utilisation_of_sustained_matmul']:.1f} % of the sustained "
+                    "matrix rate"
+                    if level.get("utilisation_of_sustained_matmul")
+                    else ""
+                ),
                 flush=True,
             )
         del out
@@ -618,6 +635,15 @@ def print_table(result: dict[str, Any]) -> None:
             "speed-ups: "
             + "; ".join(f"{mode} {','.join(names) or 'none'}" for mode, names in speedups.items())
         )
+    sustained = result.get("matmul_sustained")
+    if sustained:
+        late = sustained["second_half_flops_per_s"]
+        print(
+            f"matrix products sustained for {sustained['seconds']:.0f} s: "
+            f"{sustained['flops_per_s'] / 1e12:.0f} TFLOP/s"
+            + (f", {late / 1e12:.0f} in the second half" if late else "")
+            + (f"; {describe(sustained['gpu_clocks'])}" if sustained["gpu_clocks"] else "")
+        )
     rate = result["decode_frames_per_s"]
     compiled = result.get("decode_compiled_frames_per_s")
     print(
@@ -741,6 +767,16 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="cuDNN's autotuner on CUDA (on, as renders run by default; off: the same "
         "convolution algorithms in every process, so frames repeat across processes)",
+    )
+    p.add_argument(
+        "--sustained-matmul",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also run the matrix products of the peak rate back to back for this long "
+        "(CUDA): the rate a chip held at its power limit keeps over minutes, as a render's "
+        "passes run, with its clock; the batched level is then also quoted against it "
+        "(default 0: not measured)",
     )
     p.add_argument("--skip", default="", help="modes to skip, comma separated")
     p.add_argument(
