@@ -8,11 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def matmul_rate(device: str, dtype: Any, n: int = 8192, reps: int = 20) -> float | None:
-    """FLOP/s of large square matrix products on ``device`` (the chip's practical peak in
-    ``dtype``); None on CPU."""
-    if not device.startswith("cuda"):
-        return None
+def _operands(device: str, dtype: Any, n: int) -> tuple[Any, Any]:
+    """Two random ``n`` × ``n`` matrices on ``device``, multiplied a few times (kernels
+    chosen, clocks up)."""
     import torch
 
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -20,6 +18,17 @@ def matmul_rate(device: str, dtype: Any, n: int = 8192, reps: int = 20) -> float
     for _ in range(3):
         a @ b
     torch.cuda.synchronize(device)
+    return a, b
+
+
+def matmul_rate(device: str, dtype: Any, n: int = 8192, reps: int = 20) -> float | None:
+    """FLOP/s of large square matrix products on ``device`` (the chip's practical peak in
+    ``dtype``); None on CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    a, b = _operands(device, dtype, n)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
@@ -65,11 +74,7 @@ def sustained_matmul_rate(
 
     from benchmarks.gpu_clock import GpuClocks
 
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize(device)
+    a, b = _operands(device, dtype, n)
 
     def chunk() -> float:
         for _ in range(reps):
