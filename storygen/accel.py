@@ -111,6 +111,10 @@ __all__ = [
     "row_bucket",
     "resolve_compile",
     "use_compiled_rows",
+    "use_tuned_rows",
+    "tuned_rows",
+    "tuning_compiles",
+    "TUNING_OPTIONS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,6 +190,13 @@ class CompilePolicy:
         #: batch rows -> the compiled bucket they are padded to (what a compiled UNet reads);
         #: a level planned later may map a row count anew (levels run one after another)
         self.rows: dict[int, int] = {}
+        #: the rows × passes the whole render will run (:meth:`expect`), and those planned
+        #: per bucket so far
+        self.total_work = 0
+        self.work: dict[int, int] = {}
+        #: the compiled buckets that carry half the render's work or more: where kernel-tuning
+        #: options (:data:`TUNING_OPTIONS`, the ``cdt`` and ``mat`` speed-ups) apply
+        self.tuned: set[int] = set()
 
     @property
     def enabled(self) -> bool:
@@ -199,17 +210,27 @@ class CompilePolicy:
             return False
         return not self.auto or (has_repeated_blocks(unet) and "cgraph" not in speedups)
 
+    def expect(self, total_work: int) -> None:
+        """The rows × passes the whole render will run (every call's guidance branches times
+        its denoising steps), against which :meth:`plan` finds the bucket that carries the
+        render (:attr:`tuned`)."""
+        self.total_work = int(total_work)
+
     def plan(self, batches: list[tuple[int, int]]) -> None:
         """Count a level's batches, ``(rows, passes)`` each (rows: calls × guidance branches;
         passes: the denoising steps of the batch), and choose whether their bucket (the
-        :func:`row_bucket` of the largest) is compiled."""
+        :func:`row_bucket` of the largest) is compiled, and whether its kernels are tuned:
+        a compiled bucket that runs half the render's work (:meth:`expect`) or more."""
         if not self.enabled or not batches:
             return
         bucket = row_bucket(max(rows for rows, _ in batches))
         self.passes[bucket] = self.passes.get(bucket, 0) + sum(p for _, p in batches)
+        self.work[bucket] = self.work.get(bucket, 0) + sum(r * p for r, p in batches)
         if self.passes[bucket] >= self.min_passes:
             self.buckets.add(bucket)
             self.rows.update({rows: bucket for rows, _ in batches})
+            if self.total_work and 2 * self.work[bucket] >= self.total_work:
+                self.tuned.add(bucket)
 
 
 def compiled_rows(unet: Any) -> dict[int, int]:
@@ -224,6 +245,63 @@ def use_compiled_rows(unet: Any, rows: dict[int, int]) -> None:
     """Let ``unet`` (compiled) run the batch rows in ``rows`` compiled, padded to their
     bucket (the mapping is read live)."""
     setattr(unet, _BUCKETS_ATTR, rows)
+
+
+#: Inductor options that tune kernels by timing candidates as graphs compile (the ``cdt`` and
+#: ``mat`` speed-ups): minutes more per graph, for a few per cent faster passes. A render
+#: applies them only to the graphs of the bucket that carries it (:attr:`CompilePolicy.tuned`:
+#: on an H200 the ModelScope shape's 114-row graph took over 12 minutes to compile with
+#: ``cdt``, and a 3,376-frame render's two other buckets run 7 % of its passes' rows)
+TUNING_OPTIONS = ("coordinate_descent_tuning", "max_autotune_gemm", "max_autotune_gemm_backends")
+_TUNED_ATTR = "_storyloom_tuned_rows"
+#: this thread's compiles take the tuning options (:func:`tuning_compiles`)
+_TUNING = threading.local()
+
+
+def use_tuned_rows(unet: Any, buckets: set[int]) -> None:
+    """Let ``unet`` (compiled) compile the graphs of ``buckets`` with the tuning options
+    (read live, as :func:`use_compiled_rows`'s mapping)."""
+    setattr(unet, _TUNED_ATTR, buckets)
+
+
+def tuned_rows(unet: Any) -> set[int]:
+    """The row buckets whose graphs ``unet`` compiles with the tuning options."""
+    return getattr(unet, _TUNED_ATTR, set())
+
+
+@contextlib.contextmanager
+def tuning_compiles(on: bool = True) -> Iterator[None]:
+    """Graphs compiled on this thread in the block take the tuning options of a
+    :class:`BucketTuning` backend (``on``), or leave them out. A graph compiles on a row
+    bucket's first pass, which runs alone in the process (:func:`compiled_call`)."""
+    before = getattr(_TUNING, "on", False)
+    _TUNING.on = on
+    try:
+        yield
+    finally:
+        _TUNING.on = before
+
+
+class BucketTuning:
+    """A ``torch.compile`` backend: Inductor with ``options``, those among
+    :data:`TUNING_OPTIONS` only for the graphs compiled inside :func:`tuning_compiles` (the
+    bucket that carries the render). Inductor's cache keys hold the options a graph compiled
+    with, so a later process loads the tuned graphs as it does the others."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.tuned = dict(options)
+        self.plain = {k: v for k, v in options.items() if k not in TUNING_OPTIONS}
+
+    def __call__(self, gm: Any, example_inputs: Any) -> Any:
+        from torch._inductor.compile_fx import compile_fx
+
+        on = getattr(_TUNING, "on", False)
+        return compile_fx(gm, example_inputs, config_patches=self.tuned if on else self.plain)
+
+
+def tunes(options: dict[str, Any] | None) -> bool:
+    """Whether ``options`` hold any of :data:`TUNING_OPTIONS`."""
+    return any(k in (options or {}) for k in TUNING_OPTIONS)
 
 
 def compile_unet(
@@ -263,7 +341,7 @@ def compile_unet(
         return
     cache = use_compile_cache()
     unet._repeated_blocks = REPEATED_BLOCKS
-    unet.compile_repeated_blocks(fullgraph=False, dynamic=False, options=options or None)
+    unet.compile_repeated_blocks(fullgraph=False, dynamic=False, **_backend(options))
     for block in unet.modules():
         if type(block).__name__ in REPEATED_BLOCKS and block._compiled_call_impl is not None:
             block._compiled_call_impl = _GatedBlock(block, block._compiled_call_impl)
@@ -338,10 +416,19 @@ def compile_decoder(vae: Any, *, aot: bool = False) -> bool:
     return True
 
 
+def _backend(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``torch.compile``'s arguments for Inductor with ``options``: a :class:`BucketTuning`
+    backend where they tune kernels (so only the tuned bucket's graphs do), else the options
+    as they are."""
+    if tunes(options):
+        return {"backend": BucketTuning(options or {})}
+    return {"options": options or None}
+
+
 def _compile_in_place(module: Any, name: str, options: dict[str, Any] | None = None) -> None:
     """``module.compile`` with static shapes and the compile cache on disk, marked compiled."""
     cache = use_compile_cache()
-    module.compile(fullgraph=False, dynamic=False, options=options or None)
+    module.compile(fullgraph=False, dynamic=False, **_backend(options))
     setattr(module, _COMPILED_FLAG, True)
     logger.info("compiling %s (graphs cached in %s)", name, cache)
 
@@ -526,6 +613,13 @@ class AotForward:
         #: call compiled in process instead
         self.fallback: Any = None
 
+    def active_options(self) -> dict[str, Any]:
+        """The Inductor options of a package built now: :data:`TUNING_OPTIONS` only inside
+        :func:`tuning_compiles` (the bucket that carries the render)."""
+        if getattr(_TUNING, "on", False):
+            return dict(self.options)
+        return {k: v for k, v in self.options.items() if k not in TUNING_OPTIONS}
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
 
@@ -614,7 +708,7 @@ class AotForward:
                 for name, m in module.named_modules()
             ],
             "weights": [[n, list(t.shape), str(t.dtype)] for n, t in self._weights().items()],
-            "options": self.options,
+            "options": self.active_options(),
             "signature": repr(tuple(_device_kind(v) for v in signature)),
         }
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
@@ -715,7 +809,7 @@ class AotForward:
         # constants: a reshaped weight, a norm's scale folded into a product) is computed
         # when they are handed over, not baked in from these weights' values
         configs = {
-            **self.options,
+            **self.active_options(),
             "aot_inductor.package_constants_in_so": False,
             "aot_inductor.use_runtime_constant_folding": True,
         }
@@ -1101,15 +1195,17 @@ SPEEDUPS: dict[str, str] = {
     "of a FlexAttention kernel, masked to their own frames (rounding only; a render that "
     "compiles packs in its compiled passes, one that does not in every pass)",
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
-    "cdt": "compiled graphs' fused kernels tuned by coordinate descent (a longer compile; "
-    "rounding only)",
+    "cdt": "compiled graphs' fused kernels tuned by coordinate descent, in the bucket that "
+    "carries half the render's work or more (a much longer compile of that bucket; rounding "
+    "only)",
     "cgraph": "compiled graphs replayed as CUDA graphs (a bucket's kernels launched as one, "
     "for the small batches where launching them costs the most: the autoregressive windows, "
     "a story's first levels; inputs copied to the graph's own buffers; CUDA only, harmless "
     "elsewhere; the same sums)",
     "mat": "compiled graphs time Triton matrix-product templates against cuBLAS for each "
     "linear layer's shape and keep the faster, fusing the element-wise work that follows a "
-    "product into its kernel (max_autotune_gemm: a much longer compile; rounding only)",
+    "product into its kernel, in the bucket that carries half the render's work or more "
+    "(max_autotune_gemm: a much longer compile of that bucket; rounding only)",
     "fp8": "linear layers in float8 with per-row scales (torch._scaled_mm; CUDA, compute "
     "capability 8.9+): an approximation, see the README's error figures",
     "vdec": "the VAE's decoder compiled, one static graph of a full decode chunk (a short last "

@@ -49,6 +49,7 @@ from storygen.accel import (
     phases_since,
     resolve_speedups,
     use_compiled_rows,
+    use_tuned_rows,
 )
 from storygen.attention import pack_eager
 from storygen.cache import CallCache
@@ -351,6 +352,14 @@ class PlanRunner:
         #: compile the UNets (storygen.accel): which row buckets, counted as levels are batched
         device_type = self.devices[0].type
         self.compile = CompilePolicy(settings.compile, device_type=device_type)
+        branches = 1 if negative is None else 2
+        self.compile.expect(
+            sum(
+                branches * LevelProgress.steps_of(call, settings)
+                for level in plan.levels
+                for call in level.calls
+            )
+        )
         self.speedups = resolve_speedups(settings.speedups, device_type)
         self.stats.compiled = self.compile.enabled
         self.progress: LevelProgress | None = None
@@ -389,6 +398,7 @@ class PlanRunner:
                     )
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets
                     use_compiled_rows(unet, self.compile.rows)
+                    use_tuned_rows(unet, self.compile.tuned)
                 self._unets[key] = unet
             return self._unets[key]
 

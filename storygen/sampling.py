@@ -27,7 +27,14 @@ from typing import Any
 
 import torch
 
-from storygen.accel import compiled_call, compiled_rows, eager_blocks, is_compiled
+from storygen.accel import (
+    compiled_call,
+    compiled_rows,
+    eager_blocks,
+    is_compiled,
+    tuned_rows,
+    tuning_compiles,
+)
 from storygen.models import MaskedUNet3D, unet3d_forward
 
 #: the model's (guided) output for a scaled input at a timestep
@@ -101,17 +108,19 @@ def guided_output(
             )
     # a bucket a compiled UNet leaves eager: its forward, and compiled blocks (regional) eager
     eager = is_compiled(unet) and not compiled
+    # the bucket that carries the render compiles with the kernel-tuning options (cdt, mat)
+    tuning = tuning_compiles(compiled and bucket in tuned_rows(unet))
     if isinstance(unet, MaskedUNet3D):
         # a compiled UNet runs its graph through __call__; a bucket it leaves eager calls
         # forward (an uncompiled UNet is called as usual, hooks and all)
         known = known.to(unet.dtype)
         signature = (x, t, context, known, mask, spacing, progress)
-        with compiled_call(unet, *signature) if compiled else eager_blocks():
+        with tuning, compiled_call(unet, *signature) if compiled else eager_blocks():
             out = (unet.forward if eager else unet)(
                 x, t, context, known=known, mask=mask, spacing=spacing, progress=progress
             )
     else:
-        with eager_blocks() if eager else contextlib.nullcontext():
+        with tuning, eager_blocks() if eager else contextlib.nullcontext():
             out = unet3d_forward(unet, x, t, context)
     # a compiled graph replayed as a CUDA graph (cgraph) hands out its own buffer, which the
     # next pass overwrites: a compiled pass's output is copied (a bf16 one is by the cast)

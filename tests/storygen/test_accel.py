@@ -107,6 +107,89 @@ def test_compile_where_it_repays():
     assert not off.enabled and off.rows == {} and off.buckets == set()
 
 
+def test_kernel_tuning_goes_to_the_bucket_that_carries_the_render():
+    """The cdt / mat options tune only the compiled bucket with half the render's work
+    (rows × passes) or more: a 3,376-frame plan at 25 steps with guidance, compiled "all"
+    (241 calls: 12,050 rows × passes), puts 10,500 in its 210-row bucket; the 2- and 30-row
+    buckets compile without tuning. A short render holds no compiled bucket to tune."""
+    every = CompilePolicy("all")
+    every.expect(241 * 2 * 25)
+    every.plan([(2, 25)])
+    every.plan([(30, 25)])
+    assert every.tuned == set()
+    every.plan([(210, 25), (210, 25)])
+    every.plan([(30, 25)])  # the drained 15 calls
+    assert every.buckets == {2, 30, 210} and every.tuned == {210}
+    assert every.work == {2: 50, 30: 1500, 210: 10500}
+    on = CompilePolicy("on")
+    on.expect(20)
+    on.plan([(2, 2)])
+    on.plan([(4, 2), (4, 2)])  # 16 of 20, but 4 passes: not compiled, so not tuned
+    assert on.buckets == set() and on.tuned == set()
+    unknown = CompilePolicy("all")  # no total expected: nothing tuned
+    unknown.plan([(4, 2)])
+    assert unknown.buckets == {4} and unknown.tuned == set()
+
+
+def test_tuning_options_reach_only_the_graphs_compiled_inside_the_tuned_block(monkeypatch):
+    """BucketTuning: Inductor with the speed-ups' options, the kernel-tuning ones only for
+    graphs compiled inside tuning_compiles (the tuned bucket's first pass)."""
+    import torch._inductor.compile_fx as cfx
+
+    from storygen.accel import BucketTuning, inductor_options, tuning_compiles
+
+    seen = []
+    real = cfx.compile_fx
+
+    def spy(gm, example_inputs, **kwargs):
+        if "config_patches" in kwargs:  # the backend's call (compile_fx then calls itself)
+            seen.append((example_inputs[0].shape[0], kwargs["config_patches"]))
+        return real(gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(cfx, "compile_fx", spy)
+    options = inductor_options(("mm1x1", "cdt"))
+    f = torch.compile(lambda x: torch.tanh(x) * 2 + 1, backend=BucketTuning(options), dynamic=False)
+    a, b = torch.randn(3, 5), torch.randn(7, 5)
+    torch.testing.assert_close(f(a), torch.tanh(a) * 2 + 1)
+    with tuning_compiles():
+        torch.testing.assert_close(f(b), torch.tanh(b) * 2 + 1)
+    torch.testing.assert_close(f(b), torch.tanh(b) * 2 + 1)  # compiled already: no new graph
+    assert seen == [
+        (3, {"conv_1x1_as_mm": True}),
+        (7, {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True}),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compile_", ["all", "regional"])
+def test_a_render_tunes_the_kernels_of_its_bulk_bucket_only(tmp_path, monkeypatch, compile_):
+    """--speedups cdt: the graphs of the bucket that carries the render (17 frames: the
+    4-row level's 16 of 20 rows × passes) compile with coordinate-descent tuning, the 2-row
+    global call's without; the frames are the eager ones (tuning picks kernel launch
+    settings, on a CPU none)."""
+    import torch._inductor.compile_fx as cfx
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    tuned_flags = []
+    real = cfx.compile_fx
+
+    def spy(gm, example_inputs, **kwargs):
+        if "config_patches" in kwargs:
+            tuned_flags.append(kwargs["config_patches"].get("coordinate_descent_tuning", False))
+        return real(gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(cfx, "compile_fx", spy)
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    want = StoryVideoPipeline.from_pretrained(folder)(PROMPTS, 17, compile="off", **RUN)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    got = pipe(PROMPTS, 17, compile=compile_, speedups="cdt", **RUN)
+    assert got.stats.compiled_rows == [2, 4]
+    # the global call's graphs first, untuned, then as many of the 4-row bucket's, tuned
+    half = len(tuned_flags) // 2
+    assert half and tuned_flags == [False] * half + [True] * half
+    torch.testing.assert_close(got.frames, want.frames, atol=1e-4, rtol=0)
+
+
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "c"))
@@ -221,11 +304,12 @@ def _auto_regional_compiles_what_repays(tmp_path, monkeypatch, device: str, atol
 
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
     monkeypatch.setattr(accel, "default_compile", lambda device_type: "regional")
-    # float32 throughout on CUDA: cuDNN's TF32 convolutions (on by default) round the eager
-    # and the compiled blocks' inputs apart by up to 4e-3 on these frames (see test_speedups'
-    # CUDA test), which is not what this test is about
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    if device == "cuda":
+        # float32 throughout: cuDNN's TF32 convolutions (on by default) round the eager and
+        # the compiled blocks' inputs apart by up to 4e-3 on these frames (see test_speedups'
+        # CUDA test), which is not what this test is about
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     policies = []
 
     def policy(choice, device_type="cpu"):  # the 4-row level's 4 passes repay, the 2-row 2 not
