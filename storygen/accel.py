@@ -251,7 +251,7 @@ def use_compiled_rows(unet: Any, rows: dict[int, int]) -> None:
 #: ``mat`` speed-ups): minutes more per graph, for a few per cent faster passes. A render
 #: applies them only to the graphs of the bucket that carries it (:attr:`CompilePolicy.tuned`:
 #: on an H200 the ModelScope shape's 114-row graph took over 12 minutes to compile with
-#: ``cdt``, and a 3,376-frame render's two other buckets run 7 % of its passes' rows)
+#: ``cdt``, and a 3,376-frame render's two other buckets run 13 % of its rows × passes)
 TUNING_OPTIONS = ("coordinate_descent_tuning", "max_autotune_gemm", "max_autotune_gemm_backends")
 _TUNED_ATTR = "_storyloom_tuned_rows"
 #: this thread's compiles take the tuning options (:func:`tuning_compiles`)
