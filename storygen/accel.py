@@ -254,8 +254,30 @@ def use_compiled_rows(unet: Any, rows: dict[int, int]) -> None:
 #: ``cdt``, and a 3,376-frame render's two other buckets run 13 % of its rows × passes)
 TUNING_OPTIONS = ("coordinate_descent_tuning", "max_autotune_gemm", "max_autotune_gemm_backends")
 _TUNED_ATTR = "_storyloom_tuned_rows"
+
+
+class _ThreadFlag:
+    """A switch per thread, off until a block turns it (:meth:`held`)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def on(self) -> bool:
+        return getattr(self._local, "on", False)
+
+    @contextlib.contextmanager
+    def held(self, on: bool = True) -> Iterator[None]:
+        before = self.on
+        self._local.on = on
+        try:
+            yield
+        finally:
+            self._local.on = before
+
+
 #: this thread's compiles take the tuning options (:func:`tuning_compiles`)
-_TUNING = threading.local()
+_TUNING = _ThreadFlag()
 
 
 def use_tuned_rows(unet: Any, buckets: set[int]) -> None:
@@ -269,17 +291,11 @@ def tuned_rows(unet: Any) -> set[int]:
     return getattr(unet, _TUNED_ATTR, set())
 
 
-@contextlib.contextmanager
-def tuning_compiles(on: bool = True) -> Iterator[None]:
+def tuning_compiles(on: bool = True) -> contextlib.AbstractContextManager[None]:
     """Graphs compiled on this thread in the block take the tuning options of a
     :class:`BucketTuning` backend (``on``), or leave them out. A graph compiles on a row
     bucket's first pass, which runs alone in the process (:func:`compiled_call`)."""
-    before = getattr(_TUNING, "on", False)
-    _TUNING.on = on
-    try:
-        yield
-    finally:
-        _TUNING.on = before
+    return _TUNING.held(on)
 
 
 class BucketTuning:
@@ -295,8 +311,8 @@ class BucketTuning:
     def __call__(self, gm: Any, example_inputs: Any) -> Any:
         from torch._inductor.compile_fx import compile_fx
 
-        on = getattr(_TUNING, "on", False)
-        return compile_fx(gm, example_inputs, config_patches=self.tuned if on else self.plain)
+        patches = self.tuned if _TUNING.on else self.plain
+        return compile_fx(gm, example_inputs, config_patches=patches)
 
 
 def tunes(options: dict[str, Any] | None) -> bool:
@@ -356,20 +372,14 @@ def has_repeated_blocks(unet: Any) -> bool:
 
 
 #: this thread's forward passes leave the compiled blocks eager (:func:`eager_blocks`)
-_EAGER_BLOCKS = threading.local()
+_EAGER_BLOCKS = _ThreadFlag()
 
 
-@contextlib.contextmanager
-def eager_blocks() -> Iterator[None]:
+def eager_blocks() -> contextlib.AbstractContextManager[None]:
     """Run a regionally compiled UNet's blocks eager on this thread for the block (a row
     bucket the render leaves eager: its shapes compile nothing). Other threads' passes, a
     decoder compiled on the main thread, another device's worker, are left as they are."""
-    before = getattr(_EAGER_BLOCKS, "on", False)
-    _EAGER_BLOCKS.on = True
-    try:
-        yield
-    finally:
-        _EAGER_BLOCKS.on = before
+    return _EAGER_BLOCKS.held()
 
 
 class _GatedBlock:
@@ -381,7 +391,7 @@ class _GatedBlock:
         self.compiled = compiled
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if getattr(_EAGER_BLOCKS, "on", False):
+        if _EAGER_BLOCKS.on:
             return self.block._call_impl(*args, **kwargs)
         return self.compiled(*args, **kwargs)
 
@@ -616,7 +626,7 @@ class AotForward:
     def active_options(self) -> dict[str, Any]:
         """The Inductor options of a package built now: :data:`TUNING_OPTIONS` only inside
         :func:`tuning_compiles` (the bucket that carries the render)."""
-        if getattr(_TUNING, "on", False):
+        if _TUNING.on:
             return dict(self.options)
         return {k: v for k, v in self.options.items() if k not in TUNING_OPTIONS}
 
