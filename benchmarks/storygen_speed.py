@@ -346,6 +346,8 @@ def run(
                 "compiled": out.stats.compiled,
                 "compiled_rows": out.stats.compiled_rows,
                 "compile_s": out.stats.compile_s,
+                # where compiling went, kernel tuning included (which compile_s leaves out)
+                "compile_phases_s": out.stats.compile_phases_s,
             }
             header["warmup_renders"].append(warm)
             print(
@@ -353,6 +355,12 @@ def run(
                 f"steps: {warm['wall_time_s']:.1f} s, compiling {warm['compile_s']:.1f} s",
                 flush=True,
             )
+            if warm["compile_phases_s"]:
+                top = list(warm["compile_phases_s"].items())[:6]
+                print(
+                    "         compiling: " + ", ".join(f"{k} {v:.1f} s" for k, v in top),
+                    flush=True,
+                )
             del out
 
     for n, mode, devices, repeat in todo:

@@ -232,9 +232,30 @@ def test_warm_up_renders_come_before_the_timed_ones_and_apart(tmp_path):
         (16, "autoregressive", 1),
     ]
     assert all(w["wall_time_s"] > 0 and w["compile_s"] == 0 for w in warm)  # a CPU: eager
+    assert all(w["compile_phases_s"] == {} for w in warm)  # nothing compiled, nothing tuned
     assert [(r["mode"], r["repeat"]) for r in result["rows"]] == [
         ("hierarchical", 0),
         ("autoregressive", 0),
     ]
     # the timed renders ran the asked steps: two passes of their one call
     assert [r["unet_passes"] for r in result["rows"]] == [2, 2]
+
+
+@pytest.mark.slow
+def test_a_compiled_warm_up_render_reports_where_its_compiling_went(tmp_path, monkeypatch):
+    """The warm-up render pays the compile, and records its phases (where tuning kernels
+    would show, which its compile_s leaves out); the timed render after it compiles nothing."""
+    from storygen.accel import compile_seconds
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    out = tmp_path / "speed.json"
+    argv = ["--lengths", "16", "--steps", "2", "--warmup-steps", "1", "--compile", "all"]
+    argv += ["--skip", "autoregressive", "--out", str(out)]
+    assert storygen_speed.main(argv) == 0
+    result = json.loads(out.read_text())
+    (warm,) = result["warmup_renders"]
+    assert warm["compiled"] and warm["compile_s"] > 0
+    assert warm["compile_s"] == pytest.approx(compile_seconds(warm["compile_phases_s"]))
+    assert len(warm["compile_phases_s"]) > 1  # dynamo's outer phase and those inside it
+    (row,) = result["rows"]
+    assert row["compiled"] and row["compile_s"] == 0
