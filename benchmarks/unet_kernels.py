@@ -26,6 +26,9 @@ joined with ``-`` or ``+`` (``compile-tuned-tconv-fp8``):
 - ``upconv``: each 2x upsampling and its 3x3 convolution as four 2x2 convolutions of the
   input (:func:`storygen.accel.subpixel_upsamplers`: 4/9 of those multiply-adds);
 - ``qkv``: attention projections fused (diffusers' ``fuse_qkv_projections``);
+- ``xkv``: the cross-attention's keys and values projected once per distinct prompt of the
+  call and gathered per frame (:class:`storygen.attention.TableCrossAttnProcessor`; the call's
+  context handed over as a table of its distinct embeddings);
 - ``tattn``: temporal attention as matrix products (:mod:`storygen.attention`);
 - ``pattn``: temporal attention packed eight sequences to a FlexAttention row (the same);
 - ``flash``, ``eff``, ``cudnn``: scaled-dot-product attention on that backend only (flash,
@@ -86,6 +89,7 @@ MODIFIERS = (
     "mat",
     "reg",
     "fp8",
+    "xkv",
     "flash",
     "eff",
     "cudnn",
@@ -268,6 +272,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def context_table(context: torch.Tensor) -> Any:
+    """A call's per-frame context (B, F, S, D) as a :class:`storygen.attention.ContextTable`
+    of its distinct embeddings, the form the ``xkv`` speed-up's layers read."""
+    from storygen.attention import ContextTable
+
+    flat = context.reshape(context.shape[0] * context.shape[1], -1)
+    table, index = torch.unique(flat, dim=0, return_inverse=True)
+    return ContextTable(table.reshape(-1, *context.shape[2:]), index.reshape(context.shape[:2]))
+
+
 def time_variant(
     name: str, base: Any, a: tuple, kw: dict, reference: torch.Tensor, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -319,7 +333,9 @@ def _timed(
         channels_last(unet)
         a = (a[0].contiguous(memory_format=torch.channels_last_3d),) + tuple(a[1:])
     row["changed_layers"] = apply_speedups(unet, tuple(m for m in mods if m in SPEEDUPS))
-    if row["changed_layers"].get("upconv"):
+    if row["changed_layers"].get("xkv"):  # the call's prompts as a table, as a render gives
+        a = (*a[:2], context_table(a[2]), *a[3:])
+    if row["changed_layers"].get("upconv") or row["changed_layers"].get("xkv"):
         # the work it does (the TFLOP/s column stays the plain pass's FLOPs over the time)
         row["flops_counted"], _, _ = flop_split(unet, a, kw)
     module = unet

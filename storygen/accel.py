@@ -1205,6 +1205,9 @@ SPEEDUPS: dict[str, str] = {
     "of a FlexAttention kernel, masked to their own frames (rounding only; a render that "
     "compiles packs in its compiled passes, one that does not in every pass)",
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
+    "xkv": "cross-attention keys and values projected once per distinct prompt of a batch, "
+    "then gathered for each frame, instead of from every frame's copy of its prompt's "
+    "embedding (rounding only; compile='aot' packages keep the per-frame context)",
     "cdt": "compiled graphs' fused kernels tuned by coordinate descent, in the bucket that "
     "carries half the render's work or more (a much longer compile of that bucket; rounding "
     "only)",
@@ -1230,7 +1233,7 @@ DEFAULT_SPEEDUPS: dict[str, tuple[str, ...]] = {
 #: speed-ups that change the UNet's modules, or its sums' rounding (``upconv``): a render
 #: applies them to its own copy, so the pipeline's UNet stays as loaded, trainable and
 #: savable, and a later render without them computes what it did before
-_RESHAPING = ("qkv", "upconv", "fp8")
+_RESHAPING = ("qkv", "upconv", "fp8", "xkv")
 _SPEEDUPS_ATTR = "_storyloom_speedups"
 
 
@@ -1300,6 +1303,10 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
         done["pattn"] = packed_temporal_attention(unet)
     if "fp8" in speedups and "fp8" not in done:
         done["fp8"] = linears_to_rowwise_fp8(unet, _sizes_fit_fp8)
+    if "xkv" in speedups and "xkv" not in done:  # over the processors the others set
+        from storygen.attention import table_cross_attention
+
+        done["xkv"] = table_cross_attention(unet)
     setattr(unet, _SPEEDUPS_ATTR, done)
     return dict(done)
 

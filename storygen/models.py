@@ -37,6 +37,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_3d_condition import UNet3DConditionModel
 from einops import rearrange
 
+from storygen.attention import ContextTable
+
 # diffusers' pipeline loader resolves a saved component ["storygen.models", "MaskedUNet3D"] by
 # looking up its base classes (ModelMixin) in this module: keep ModelMixin importable here
 __all__ = [
@@ -177,21 +179,34 @@ def unet3d_forward(
     unet: UNet3DConditionModel,
     sample: torch.Tensor,
     timestep: torch.Tensor | float | int,
-    encoder_hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | ContextTable,
     *,
     timestep_cond: torch.Tensor | None = None,
     frame_emb: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``UNet3DConditionModel.forward`` with a prompt embedding per frame.
 
-    sample: (B, C, F, H, W); encoder_hidden_states: (B, F, S, D) per frame, or (B, S, D) for
-    one prompt per video (then identical to ``unet(...)``); frame_emb: (B, F, D_time) added to
-    each frame's timestep embedding. Returns (B, C_out, F, H, W).
+    sample: (B, C, F, H, W); encoder_hidden_states: (B, F, S, D) per frame, (B, S, D) for
+    one prompt per video (then identical to ``unet(...)``), or a :class:`ContextTable` with
+    (B, F) rows, for a UNet whose cross-attention layers read one (the ``xkv`` speed-up);
+    frame_emb: (B, F, D_time) added to each frame's timestep embedding. Returns
+    (B, C_out, F, H, W).
     """
     batch, _, num_frames = sample.shape[:3]
-    if encoder_hidden_states.ndim == 3:
+    if isinstance(encoder_hidden_states, ContextTable):
+        table, rows = encoder_hidden_states
+        if tuple(rows.shape) != (batch, num_frames):
+            raise ValueError(
+                f"the context table's rows have shape {tuple(rows.shape)}; expected "
+                f"({batch}, {num_frames}): a table row for each frame of sample "
+                f"{tuple(sample.shape)}"
+            )
+        context: Any = ContextTable(table.to(dtype=unet.dtype), rows.reshape(-1))
+    elif encoder_hidden_states.ndim == 3:
         encoder_hidden_states = encoder_hidden_states[:, None].expand(-1, num_frames, -1, -1)
-    if encoder_hidden_states.shape[:2] != (batch, num_frames):
+    if not isinstance(encoder_hidden_states, ContextTable) and (
+        encoder_hidden_states.shape[:2] != (batch, num_frames)
+    ):
         raise ValueError(
             f"encoder_hidden_states has shape {tuple(encoder_hidden_states.shape)}; expected "
             f"({batch}, {num_frames}, S, D): one embedding per frame of sample "
@@ -216,7 +231,8 @@ def unet3d_forward(
     if frame_emb is not None:
         emb = emb + rearrange(frame_emb, "b f d -> (b f) d").to(emb.dtype)
     # the one change: frames keep their own prompt, in the UNet's (b f) frame order
-    context = rearrange(encoder_hidden_states, "b f s d -> (b f) s d").to(dtype=unet.dtype)
+    if not isinstance(encoder_hidden_states, ContextTable):
+        context = rearrange(encoder_hidden_states, "b f s d -> (b f) s d").to(dtype=unet.dtype)
 
     # 2. pre-process
     x = rearrange(sample, "b c f h w -> (b f) c h w")
@@ -378,7 +394,7 @@ class MaskedUNet3D(UNet3DConditionModel):
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | ContextTable,
         known: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         spacing: torch.Tensor | None = None,
@@ -419,6 +435,8 @@ class MaskedUNet3D(UNet3DConditionModel):
             frame_emb = self.progress_proj(progress_embedding(p, PROGRESS_DIM).to(weight.dtype))
         if self.config.get("prompt_progress_embedding", False):
             states = encoder_hidden_states
+            if isinstance(states, ContextTable):  # each frame's embedding, from the table
+                states = states.table[states.rows]
             if states.ndim == 3:
                 states = states[:, None].expand(-1, f, -1, -1)
             extra = self.prompt_progress(states, p)

@@ -355,6 +355,13 @@ class StoryVideoPipeline(DiffusionPipeline):
                     known[i, :, k] = frames[frame]
                     mask[i, k] = 1.0
         context = torch.stack([text.get(list(call.prompts or ())) for call in batch.calls])
+        # the same as a table of the batch's distinct prompts and each frame's row in it
+        distinct = list(dict.fromkeys(p for call in batch.calls for p in call.prompts or ()))
+        row = {p: i for i, p in enumerate(distinct)}
+        index = [[row[p] for p in call.prompts or ()] for call in batch.calls]
+        table, index_t = None, None
+        if distinct and all(len(i) == f for i in index):
+            table, index_t = text.get(distinct), torch.tensor(index, dtype=torch.long)
         spacing = torch.tensor(
             [(call.frames[-1] - call.frames[0]) / max(len(call) - 1, 1) for call in batch.calls]
         )
@@ -370,6 +377,8 @@ class StoryVideoPipeline(DiffusionPipeline):
             spacing=spacing,
             generators=generators,
             progress=progress,
+            context_table=table,
+            context_index=index_t,
         )
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from storygen.accel import (
+    AotForward,
     compiled_call,
     compiled_rows,
     eager_blocks,
@@ -35,6 +36,7 @@ from storygen.accel import (
     tuned_rows,
     tuning_compiles,
 )
+from storygen.attention import ContextTable, reads_context_tables
 from storygen.models import MaskedUNet3D, unet3d_forward
 
 #: the model's (guided) output for a scaled input at a timestep
@@ -59,6 +61,10 @@ class CallInputs:
     generators: list[torch.Generator] = field(default_factory=list)
     #: (B, F): how far each frame is into its prompt's segment (0 to 1); None: not known
     progress: torch.Tensor | None = None
+    #: (P, S, D): each distinct prompt embedding of the batch once, and (B, F) each frame's
+    #: row in it (``context`` is that table gathered); None: not known
+    context_table: torch.Tensor | None = None
+    context_index: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> CallInputs:
         return replace(
@@ -69,6 +75,8 @@ class CallInputs:
             context=self.context.to(device),
             spacing=self.spacing.to(device),
             progress=None if self.progress is None else self.progress.to(device),
+            context_table=None if self.context_table is None else self.context_table.to(device),
+            context_index=None if self.context_index is None else self.context_index.to(device),
         )
 
 
@@ -90,6 +98,8 @@ def guided_output(
     progress = inputs.progress
     if progress is None:
         progress = mask.new_zeros(mask.shape)
+    # cross-attention that reads a table (xkv): each distinct embedding once, a row per frame
+    tabled = _context_table(unet, inputs, negative)
     if negative is not None:  # the unconditional branch drops the text, keeps the timing
         x = torch.cat([x, x])
         context = torch.cat([negative.expand_as(context), context])
@@ -106,6 +116,12 @@ def guided_output(
                 torch.cat([v, v[-1:].expand(pad, *v.shape[1:])])
                 for v in (x, context, known, mask, spacing, progress)
             )
+            if tabled is not None:
+                extra = tabled.rows[-1:].expand(pad, -1)
+                tabled = tabled._replace(rows=torch.cat([tabled.rows, extra]))
+    # the tensors a compiled graph depends on: a table and its rows, not their gather
+    states: Any = context if tabled is None else tabled
+    parts = (context,) if tabled is None else tuple(tabled)
     # a bucket a compiled UNet leaves eager: its forward, and compiled blocks (regional) eager
     eager = is_compiled(unet) and not compiled
     # the bucket that carries the render compiles with the kernel-tuning options (cdt, mat)
@@ -114,14 +130,14 @@ def guided_output(
         # a compiled UNet runs its graph through __call__; a bucket it leaves eager calls
         # forward (an uncompiled UNet is called as usual, hooks and all)
         known = known.to(unet.dtype)
-        signature = (x, t, context, known, mask, spacing, progress)
+        signature = (x, t, *parts, known, mask, spacing, progress)
         with tuning, compiled_call(unet, *signature) if compiled else eager_blocks():
             out = (unet.forward if eager else unet)(
-                x, t, context, known=known, mask=mask, spacing=spacing, progress=progress
+                x, t, states, known=known, mask=mask, spacing=spacing, progress=progress
             )
     else:
         with tuning, eager_blocks() if eager else contextlib.nullcontext():
-            out = unet3d_forward(unet, x, t, context)
+            out = unet3d_forward(unet, x, t, states)
     # a compiled graph replayed as a CUDA graph (cgraph) hands out its own buffer, which the
     # next pass overwrites: a compiled pass's output is copied (a bf16 one is by the cast)
     out = out[:rows].to(torch.float32, copy=compiled)
@@ -129,6 +145,32 @@ def guided_output(
         uncond, cond = out.chunk(2)
         out = uncond + guidance_scale * (cond - uncond)
     return out
+
+
+#: a context table's rows are padded to a multiple of this (at least this many), so stories
+#: with a few prompts more or less share a compiled graph
+TABLE_ROWS = 8
+
+
+def _context_table(
+    unet: Any, inputs: CallInputs, negative: torch.Tensor | None
+) -> ContextTable | None:
+    """The :class:`ContextTable` a UNet whose cross-attention reads one gets for ``inputs``
+    (under guidance, the unconditional embedding is its row 0), or None: a UNet that does not,
+    inputs without a table, or ``compile="aot"`` packages, which take the per-frame context
+    they were exported with."""
+    if inputs.context_table is None or inputs.context_index is None:
+        return None
+    if not reads_context_tables(unet) or isinstance(unet._compiled_call_impl, AotForward):
+        return None
+    table, index = inputs.context_table, inputs.context_index
+    if negative is not None:
+        row = negative.reshape(1, *table.shape[1:]).to(table)
+        table, index = torch.cat([row, table]), torch.cat([torch.zeros_like(index), index + 1])
+    rows = max(TABLE_ROWS, -(-table.shape[0] // TABLE_ROWS) * TABLE_ROWS)
+    if rows > table.shape[0]:  # padded with its last row, which no frame reads
+        table = torch.cat([table, table[-1:].expand(rows - table.shape[0], *table.shape[1:])])
+    return ContextTable(table.to(unet.dtype), index)
 
 
 # ----------------------------------------------------------------------------- the loop

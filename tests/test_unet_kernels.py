@@ -15,7 +15,10 @@ def test_unet_kernels_on_cpu(tmp_path):
     out = tmp_path / "k.json"
     autotune = torch.backends.cudnn.benchmark  # whatever an earlier test left
     result = unet_kernels.main(
-        ["--variants", "eager,eager-tuned,eager-cl,eager-fp8,eager+tconv+qkv+tattn,eager-upconv"]
+        [
+            "--variants",
+            "eager,eager-tuned,eager-cl,eager-fp8,eager+tconv+qkv+tattn,eager-upconv,eager-xkv",
+        ]
         + ["--rows", "3"]
         + ["--frames-per-call", "8", "--warmup", "0", "--reps", "1", "--profile", "--out", str(out)]
     )
@@ -39,6 +42,12 @@ def test_unet_kernels_on_cpu(tmp_path):
     upsampling = [v for k, v in result["flops_outside_blocks_by_layer"].items() if "upsampl" in k]
     assert upsampling and saved == pytest.approx(5 / 9 * sum(upsampling))
     assert up["flops_counted"]["linear"] == flops["linear"]
+    # xkv: the same numbers, the cross-attention's keys and values projected per distinct
+    # prompt of the call instead of per frame (its exact count: test_speedups)
+    kv = rows["eager-xkv"]
+    assert kv["relative_error"] < 1e-5 and kv["changed_layers"]["xkv"] > 0
+    assert kv["flops_counted"]["convolution"] == flops["convolution"]
+    assert 0 < flops["linear"] - kv["flops_counted"]["linear"] < 0.5 * flops["linear"]
     assert flops["convolution"] > 0 and flops["linear"] > 0 and flops["attention"] > 0
     parts = flops["convolution"] + flops["linear"] + flops["attention"] + flops["other"]
     assert parts == pytest.approx(flops["total"])

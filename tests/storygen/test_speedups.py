@@ -430,9 +430,9 @@ def test_cuda_speedups_compiled_give_the_same_frames(tmp_path, monkeypatch):
     folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
     pipe = StoryVideoPipeline.from_pretrained(folder).to("cuda")
     plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
-    fast = pipe(PROMPTS, 17, speedups="tconv,upconv,qkv,tattn,mm1x1", compile="all", **RUN)
+    fast = pipe(PROMPTS, 17, speedups="tconv,upconv,qkv,tattn,mm1x1,xkv", compile="all", **RUN)
     assert fast.stats.compiled_rows == [2, 4]
-    assert set(fast.stats.speedups) == {"tconv", "upconv", "qkv", "tattn", "mm1x1"}
+    assert set(fast.stats.speedups) == {"tconv", "upconv", "qkv", "tattn", "mm1x1", "xkv"}
     torch.testing.assert_close(fast.frames, plain.frames, atol=1e-3, rtol=1e-3)
     # replayed as CUDA graphs: the same kernels; each pass's output is read before the next
     # pass overwrites the graph's buffer (float32 here: no cast copies it)
@@ -508,3 +508,98 @@ def test_upsampling_speedup_in_a_unet_computes_the_same():
     done = apply_speedups(unet, ("upconv",))
     assert done["upconv"] == len(samplers) > 0
     torch.testing.assert_close(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
+
+
+def _kv_layers(unet):
+    from diffusers.models.attention_processor import Attention
+
+    return [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cross_attention_from_a_context_table_computes_the_same_with_fewer_flops(fused):
+    """``xkv``: keys and values projected once per row of a table of distinct embeddings and
+    gathered per frame give the per-frame context's output, and the projections' FLOPs fall
+    from one per frame to one per table row. A per-frame context still goes to the processor
+    replaced; an index that does not fit the sample is refused."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from storygen.attention import ContextTable, reads_context_tables, table_cross_attention
+
+    unet, (sample, t, _) = _unet_and_call()
+    if fused:
+        unet.fuse_qkv_projections()
+    b, f = sample.shape[0], sample.shape[2]
+    tokens, dim = 7, unet.config.cross_attention_dim
+    table = torch.randn(3, tokens, dim, generator=torch.Generator().manual_seed(1))
+    index = torch.tensor([[0, 0, 1, 1, 1, 2], [2, 2, 2, 0, 0, 0]])
+    assert index.shape == (b, f)
+    per_frame = table[index]  # (B, F, S, D)
+    want = _forward(unet, (sample, t, per_frame))
+    layers = _kv_layers(unet)
+    assert not reads_context_tables(unet)
+    assert table_cross_attention(unet) == len(layers) > 0
+    assert table_cross_attention(unet) == 0 and reads_context_tables(unet)  # once
+    got = _forward(unet, (sample, t, ContextTable(table, index)))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(_forward(unet, (sample, t, per_frame)), want, atol=0, rtol=0)
+
+    def flops(states) -> int:
+        with FlopCounterMode(display=False) as counter:
+            _forward(unet, (sample, t, states))
+        return counter.get_total_flops()
+
+    # each layer's keys and values: 2 · tokens · dim · 2C multiply-adds per embedding
+    per_row = sum(2 * tokens * dim * 2 * m.to_q.out_features for m in layers)
+    saved = flops(per_frame) - flops(ContextTable(table, index))
+    assert saved == (b * f - len(table)) * per_row
+    with pytest.raises(ValueError, match=r"rows have shape \(2, 5\); expected \(2, 6\)"):
+        _forward(unet, (sample, t, ContextTable(table, index[:, :5])))
+
+
+def test_a_render_with_context_tables_gives_the_per_frame_frames(tmp_path, monkeypatch):
+    """A render with ``xkv`` hands its cross-attention the batch's distinct prompts as a table
+    (the unconditional one among them) and renders the frames of a render without; the
+    pipeline's own UNet keeps its processors."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from storygen import attention
+
+    seen: list[int] = []
+    call = attention.TableCrossAttnProcessor.__call__
+
+    def spy(self, attn, hidden_states, *args, **kwargs):
+        states = kwargs.get("encoder_hidden_states", args[0] if args else None)
+        if isinstance(states, attention.ContextTable):
+            seen.append(int(states.rows.max()))
+        return call(self, attn, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(attention.TableCrossAttnProcessor, "__call__", spy)
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    plain = pipe(PROMPTS, 17, speedups="none", **RUN)
+    assert not seen
+    for speedups in ("xkv", "qkv,xkv"):
+        fast = pipe(PROMPTS, 17, speedups=speedups, **RUN)
+        assert fast.stats.speedups["xkv"] == len(_kv_layers(pipe.unet)) > 0
+        torch.testing.assert_close(fast.frames, plain.frames, atol=1e-5, rtol=1e-5)
+    # every cross-attention call read a table; with guidance its rows are the unconditional
+    # embedding and the story's two prompts, so some frames read row 2
+    assert seen and max(seen) == len(set(PROMPTS))
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+
+
+@pytest.mark.slow
+def test_a_compiled_render_with_context_tables_gives_the_plain_frames(tmp_path, monkeypatch):
+    """``xkv`` in compiled graphs: the table and its index are the graph's inputs, the frames
+    those of the plain render, and a second render compiles nothing."""
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
+    fast = pipe(PROMPTS, 17, speedups="tconv,qkv,xkv", compile="all", **RUN)
+    assert fast.stats.speedups["xkv"] > 0 and fast.stats.compiled_rows == [2, 4]
+    torch.testing.assert_close(fast.frames, plain.frames, atol=1e-4, rtol=1e-4)
+    again = pipe(PROMPTS, 17, speedups="tconv,qkv,xkv", compile="all", **RUN)
+    torch.testing.assert_close(again.frames, fast.frames, atol=0, rtol=0)
+    assert again.stats.compile_s < 0.1 * fast.stats.compile_s
