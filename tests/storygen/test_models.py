@@ -291,3 +291,25 @@ def _round_trips(grown, add, folder):
             grown(x, 10, ctx, mask=mask, spacing=spacing),
         )
     return loaded
+
+
+def test_a_prompt_progress_model_reads_a_context_table_as_its_per_frame_context():
+    """With ``xkv``'s table processors, a model whose prompt-and-progress embedding pools each
+    frame's prompt states gets them from the table's rows: the output of the per-frame
+    context."""
+    from storygen.attention import ContextTable, table_cross_attention
+    from storygen.models import add_prompt_progress_embedding
+
+    grown = add_prompt_progress_embedding(_masked()).eval()
+    with torch.no_grad():
+        grown.prompt_progress.linear_2.weight.normal_()  # so the prompt states matter
+    x, ctx = _inputs(b=2)
+    table = ctx[0, :3]  # three distinct prompts
+    rows = torch.tensor([[0, 0, 1, 1, 2], [2, 1, 1, 0, 0]])
+    progress = torch.linspace(0, 1, 5)[None].expand(2, -1)
+    spacing = torch.tensor([4.0, 2.0])
+    with torch.no_grad():
+        want = grown(x, 10, table[rows], spacing=spacing, progress=progress)
+        assert table_cross_attention(grown) > 0
+        got = grown(x, 10, ContextTable(table, rows), spacing=spacing, progress=progress)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
