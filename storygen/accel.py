@@ -86,6 +86,7 @@ __all__ = [
     "REPEATED_BLOCKS",
     "compile_cache_dir",
     "SPEEDUPS",
+    "applied_speedups",
     "apply_speedups",
     "beside_sampling",
     "check_render_speed",
@@ -1309,6 +1310,12 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
         done["xkv"] = table_cross_attention(unet)
     setattr(unet, _SPEEDUPS_ATTR, done)
     return dict(done)
+
+
+def applied_speedups(unet: Any) -> dict[str, int]:
+    """The model-side speed-ups :func:`apply_speedups` gave ``unet`` (layers per speed-up),
+    read without walking its modules."""
+    return dict(getattr(unet, _SPEEDUPS_ATTR, {}))
 
 
 def inductor_options(speedups: tuple[str, ...]) -> dict[str, Any]:

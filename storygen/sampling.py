@@ -29,6 +29,7 @@ import torch
 
 from storygen.accel import (
     AotForward,
+    applied_speedups,
     compiled_call,
     compiled_rows,
     eager_blocks,
@@ -36,7 +37,7 @@ from storygen.accel import (
     tuned_rows,
     tuning_compiles,
 )
-from storygen.attention import ContextTable, reads_context_tables
+from storygen.attention import ContextTable
 from storygen.models import MaskedUNet3D, unet3d_forward
 
 #: the model's (guided) output for a scaled input at a timestep
@@ -161,7 +162,8 @@ def _context_table(
     they were exported with."""
     if inputs.context_table is None or inputs.context_index is None:
         return None
-    if not reads_context_tables(unet) or isinstance(unet._compiled_call_impl, AotForward):
+    # read from the speed-ups record: a walk over the UNet's modules would cost each call
+    if not applied_speedups(unet).get("xkv") or isinstance(unet._compiled_call_impl, AotForward):
         return None
     table, index = inputs.context_table, inputs.context_index
     if negative is not None:
