@@ -202,16 +202,17 @@ def unet3d_forward(
                 f"{tuple(sample.shape)}"
             )
         context: Any = ContextTable(table.to(dtype=unet.dtype), rows.reshape(-1))
-    elif encoder_hidden_states.ndim == 3:
-        encoder_hidden_states = encoder_hidden_states[:, None].expand(-1, num_frames, -1, -1)
-    if not isinstance(encoder_hidden_states, ContextTable) and (
-        encoder_hidden_states.shape[:2] != (batch, num_frames)
-    ):
-        raise ValueError(
-            f"encoder_hidden_states has shape {tuple(encoder_hidden_states.shape)}; expected "
-            f"({batch}, {num_frames}, S, D): one embedding per frame of sample "
-            f"{tuple(sample.shape)}"
-        )
+    else:
+        if encoder_hidden_states.ndim == 3:
+            encoder_hidden_states = encoder_hidden_states[:, None].expand(-1, num_frames, -1, -1)
+        if encoder_hidden_states.shape[:2] != (batch, num_frames):
+            raise ValueError(
+                f"encoder_hidden_states has shape {tuple(encoder_hidden_states.shape)}; "
+                f"expected ({batch}, {num_frames}, S, D): one embedding per frame of sample "
+                f"{tuple(sample.shape)}"
+            )
+        # the one change: frames keep their own prompt, in the UNet's (b f) frame order
+        context = rearrange(encoder_hidden_states, "b f s d -> (b f) s d").to(dtype=unet.dtype)
     up_factor = 2**unet.num_upsamplers
     forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
     upsample_size = None
@@ -230,9 +231,6 @@ def unet3d_forward(
     emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)
     if frame_emb is not None:
         emb = emb + rearrange(frame_emb, "b f d -> (b f) d").to(emb.dtype)
-    # the one change: frames keep their own prompt, in the UNet's (b f) frame order
-    if not isinstance(encoder_hidden_states, ContextTable):
-        context = rearrange(encoder_hidden_states, "b f s d -> (b f) s d").to(dtype=unet.dtype)
 
     # 2. pre-process
     x = rearrange(sample, "b c f h w -> (b f) c h w")

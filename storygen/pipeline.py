@@ -51,6 +51,7 @@ from storygen.accel import (
     compiled_call,
     is_compiled,
 )
+from storygen.attention import ContextTable
 from storygen.cache import CallCache, cache_key
 from storygen.models import MaskedUNet3D
 from storygen.plan import (
@@ -354,14 +355,16 @@ class StoryVideoPipeline(DiffusionPipeline):
                 if is_known:
                     known[i, :, k] = frames[frame]
                     mask[i, k] = 1.0
-        context = torch.stack([text.get(list(call.prompts or ())) for call in batch.calls])
-        # the same as a table of the batch's distinct prompts and each frame's row in it
+        # the batch's distinct prompts once, each frame's row in them, and their gather
         distinct = list(dict.fromkeys(p for call in batch.calls for p in call.prompts or ()))
         row = {p: i for i, p in enumerate(distinct)}
         index = [[row[p] for p in call.prompts or ()] for call in batch.calls]
-        table, index_t = None, None
+        table = None
         if distinct and all(len(i) == f for i in index):
-            table, index_t = text.get(distinct), torch.tensor(index, dtype=torch.long)
+            table = ContextTable(text.get(distinct), torch.tensor(index, dtype=torch.long))
+            context = table.table[table.rows]
+        else:
+            context = torch.stack([text.get(list(call.prompts or ())) for call in batch.calls])
         spacing = torch.tensor(
             [(call.frames[-1] - call.frames[0]) / max(len(call) - 1, 1) for call in batch.calls]
         )
@@ -377,8 +380,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             spacing=spacing,
             generators=generators,
             progress=progress,
-            context_table=table,
-            context_index=index_t,
+            table=table,
         )
 
     @torch.no_grad()

@@ -62,10 +62,9 @@ class CallInputs:
     generators: list[torch.Generator] = field(default_factory=list)
     #: (B, F): how far each frame is into its prompt's segment (0 to 1); None: not known
     progress: torch.Tensor | None = None
-    #: (P, S, D): each distinct prompt embedding of the batch once, and (B, F) each frame's
-    #: row in it (``context`` is that table gathered); None: not known
-    context_table: torch.Tensor | None = None
-    context_index: torch.Tensor | None = None
+    #: the batch's distinct prompt embeddings (P, S, D) and each frame's row in them (B, F):
+    #: ``context`` is that table gathered; None: not known
+    table: ContextTable | None = None
 
     def to(self, device: torch.device | str) -> CallInputs:
         return replace(
@@ -76,8 +75,7 @@ class CallInputs:
             context=self.context.to(device),
             spacing=self.spacing.to(device),
             progress=None if self.progress is None else self.progress.to(device),
-            context_table=None if self.context_table is None else self.context_table.to(device),
-            context_index=None if self.context_index is None else self.context_index.to(device),
+            table=None if self.table is None else ContextTable(*(t.to(device) for t in self.table)),
         )
 
 
@@ -160,12 +158,12 @@ def _context_table(
     (under guidance, the unconditional embedding is its row 0), or None: a UNet that does not,
     inputs without a table, or ``compile="aot"`` packages, which take the per-frame context
     they were exported with."""
-    if inputs.context_table is None or inputs.context_index is None:
+    if inputs.table is None:
         return None
     # read from the speed-ups record: a walk over the UNet's modules would cost each call
     if not applied_speedups(unet).get("xkv") or isinstance(unet._compiled_call_impl, AotForward):
         return None
-    table, index = inputs.context_table, inputs.context_index
+    table, index = inputs.table
     if negative is not None:
         row = negative.reshape(1, *table.shape[1:]).to(table)
         table, index = torch.cat([row, table]), torch.cat([torch.zeros_like(index), index + 1])
