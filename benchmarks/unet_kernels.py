@@ -230,9 +230,21 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float, 
     regional`` compiles (:func:`block_paths`), which run eager there; and those by layer
     (the layers outside the blocks that count any, most first)."""
     from benchmarks.flop_count import flop_counter
+    from storygen.attention import pack_eager
 
-    with flop_counter(display=False, depth=None) as counter:
-        unet(*a, **kw)
+    # packed attention's eager kernel compiles on its own, which a FLOP counter's mode cannot
+    # trace: the count takes the plain attention it replaces (the same sums), and the layers
+    # pack again after it
+    layers = [m.processor for m in unet.modules() if hasattr(m, "processor")]
+    eager = [getattr(p, "eager", None) for p in layers]
+    pack_eager(unet, False)
+    try:
+        with flop_counter(display=False, depth=None) as counter:
+            unet(*a, **kw)
+    finally:
+        for processor, on in zip(layers, eager, strict=True):
+            if on is not None:
+                processor.eager = on
     counts = counter.get_flop_counts()
     ops = counts["Global"]
     total = float(counter.get_total_flops())

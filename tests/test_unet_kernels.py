@@ -11,13 +11,23 @@ import torch
 from benchmarks import unet_kernels
 
 
-def test_unet_kernels_on_cpu(tmp_path):
+def test_unet_kernels_on_cpu(tmp_path, monkeypatch):
+    from storygen import attention
+
+    packed_calls = []
+    flex = attention._flex
+
+    def spy(*args, **kwargs):
+        packed_calls.append(args[0].shape)
+        return flex(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "_flex", spy)
     out = tmp_path / "k.json"
     autotune = torch.backends.cudnn.benchmark  # whatever an earlier test left
     result = unet_kernels.main(
         [
             "--variants",
-            "eager,eager-tuned,eager-cl,eager-fp8,eager+tconv+qkv+tattn,eager-upconv,eager-xkv",
+            "eager,eager-tuned,eager-cl,eager-fp8,eager+tconv+qkv+tattn,eager-upconv,eager-xkv,eager-pattn-xkv",
         ]
         + ["--rows", "3"]
         + ["--frames-per-call", "8", "--warmup", "0", "--reps", "1", "--profile", "--out", str(out)]
@@ -48,6 +58,13 @@ def test_unet_kernels_on_cpu(tmp_path):
     assert kv["relative_error"] < 1e-5 and kv["changed_layers"]["xkv"] > 0
     assert kv["flops_counted"]["convolution"] == flops["convolution"]
     assert 0 < flops["linear"] - kv["flops_counted"]["linear"] < 0.5 * flops["linear"]
+    # with packed attention too: the count takes the plain attention it replaces (its eager
+    # kernel compiles on its own, which a FLOP counter cannot trace on CUDA), and the timed
+    # passes still pack
+    packed = rows["eager-pattn-xkv"]
+    assert packed["relative_error"] < 1e-5 and packed["changed_layers"]["pattn"] > 0
+    assert packed["flops_counted"] == kv["flops_counted"]
+    assert packed_calls  # the timed passes packed: the count gave the layers back
     assert flops["convolution"] > 0 and flops["linear"] > 0 and flops["attention"] > 0
     parts = flops["convolution"] + flops["linear"] + flops["attention"] + flops["other"]
     assert parts == pytest.approx(flops["total"])
