@@ -590,16 +590,20 @@ def test_a_render_with_context_tables_gives_the_per_frame_frames(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_a_compiled_render_with_context_tables_gives_the_plain_frames(tmp_path, monkeypatch):
-    """``xkv`` in compiled graphs: the table and its index are the graph's inputs, the frames
-    those of the plain render, and a second render compiles nothing."""
+@pytest.mark.parametrize("compile_mode", ["all", "regional"])
+def test_a_compiled_render_with_context_tables_gives_the_plain_frames(
+    tmp_path, monkeypatch, compile_mode
+):
+    """``xkv`` in compiled graphs, the whole UNet's or its blocks' (the table and its index
+    the graphs' inputs): the frames those of the plain render, and a second render compiles
+    nothing."""
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
     folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
     pipe = StoryVideoPipeline.from_pretrained(folder)
     plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
-    fast = pipe(PROMPTS, 17, speedups="tconv,qkv,xkv", compile="all", **RUN)
+    fast = pipe(PROMPTS, 17, speedups="tconv,qkv,xkv", compile=compile_mode, **RUN)
     assert fast.stats.speedups["xkv"] > 0 and fast.stats.compiled_rows == [2, 4]
     torch.testing.assert_close(fast.frames, plain.frames, atol=1e-4, rtol=1e-4)
-    again = pipe(PROMPTS, 17, speedups="tconv,qkv,xkv", compile="all", **RUN)
+    again = pipe(PROMPTS, 17, speedups="tconv,qkv,xkv", compile=compile_mode, **RUN)
     torch.testing.assert_close(again.frames, fast.frames, atol=0, rtol=0)
     assert again.stats.compile_s < 0.1 * fast.stats.compile_s
