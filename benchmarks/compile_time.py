@@ -1,6 +1,6 @@
 """What compiling the UNet costs, cold and from the compile cache, for each way of compiling.
 
-For each ``--compile`` choice (default ``all``, ``regional`` and ``aot``) this renders the same story
+For each ``--compile`` choice (default ``all``, ``regional``, ``aot`` and ``pre``) this renders the same story
 twice in two fresh processes that share one empty compile cache: the first process compiles
 cold, the second finds the graphs on disk (what "a second run" pays). Each render is a
 ``benchmarks/storygen_speed.py`` run; the table gives the compile time PyTorch records, where
@@ -28,7 +28,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = ROOT / "benchmarks" / "storygen_speed.py"
 #: the phases the table shows (nested: they overlap); the JSON keeps them all
-SHOWN = ("bytecode_tracing", "create_aot_dispatcher_function", "compile_file", "aot_load")
+SHOWN = (
+    "bytecode_tracing",
+    "create_aot_dispatcher_function",
+    "compile_file",
+    "aot_load",
+    "pre_load",
+)
 
 
 def render(choice: str, cache: Path, out: Path, rest: list[str]) -> dict[str, Any]:
@@ -56,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--choices",
-        default="all,regional,aot",
-        help="compile choices to compare, comma separated (default: all,regional,aot)",
+        default="all,regional,aot,pre",
+        help="compile choices to compare, comma separated (default: all,regional,aot,pre)",
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compile_time.json"))
     args, rest = p.parse_known_args(argv)

@@ -57,6 +57,14 @@ of it dynamo's tracing. The packages hold the compiled code only: the weights st
 module's own, handed to the package by pointer (a weight replaced or changed in place is
 handed over again before the next call), so one package serves any weights of the same
 shapes. The VAE decoder (``vdec``) is compiled the same way.
+
+``compile="pre"`` keeps PyTorch's own runtime and skips dynamo in a later process another way:
+each row bucket's forward is traced whole by dynamo, compiled by Inductor and saved with
+``torch.compile``'s ``aot_compile`` (``<compile cache>/aot/<key>.dynamo``,
+:class:`PrecompiledForward`); a later process loads the file and calls it, no tracing. The
+module is the saved function's first argument, so its weights are read at each call. It is
+what ``"aot"`` does where AOTInductor's loader cannot run its packages; a module dynamo cannot
+trace as one graph compiles in process as ``"all"`` does, with a warning.
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ __all__ = [
     "AOT_PHASES",
     "AotForward",
     "AotUnavailable",
+    "PrecompiledForward",
     "aot_fallbacks",
     "CompilePolicy",
     "REPEATED_BLOCKS",
@@ -121,15 +130,26 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: the choices of ``compile`` (``storygen render --compile``)
-COMPILE_CHOICES = ("auto", "on", "all", "regional", "aot", "off")
+COMPILE_CHOICES = ("auto", "on", "all", "regional", "aot", "pre", "off")
 #: the compile choices that compile every row bucket from its first pass
-EVERY_BUCKET = ("all", "regional", "aot")
+EVERY_BUCKET = ("all", "regional", "aot", "pre")
 #: ``compile="aot"``: the packages' folder in the compile cache
 AOT_DIR = "aot"
 #: ``compile="aot"``'s phases in :func:`compile_phases`: exporting a forward pass,
 #: compiling it to a package, loading a package, waiting for another process to build one,
 #: a child process's first load of a package (:func:`_probe`)
-AOT_PHASES = ("aot_export", "aot_compile", "aot_load", "aot_wait", "aot_probe")
+AOT_PHASES = (
+    "aot_export",
+    "aot_compile",
+    "aot_load",
+    "aot_wait",
+    "aot_probe",
+    "pre_compile",
+    "pre_load",
+)
+#: where AOTInductor cannot load packages: a module's precompiled calls
+#: (:class:`PrecompiledForward`), one file per call signature beside the packages
+PRE_SUFFIX = ".dynamo"
 #: ``compile="regional"``: the UNet's blocks compiled one by one (by class name), the rest of
 #: its forward left eager
 REPEATED_BLOCKS = (
@@ -155,7 +175,9 @@ def default_compile(device_type: str) -> str:
 def resolve_compile(choice: str | bool | None, device_type: str = "cpu") -> str:
     """A render's compile setting: ``"on"`` / ``True`` (where it repays), ``"all"`` (every
     row bucket), ``"regional"`` (every row bucket, the repeated blocks one by one), ``"aot"``
-    (every row bucket, compiled ahead of time into packages on disk), ``"off"``
+    (every row bucket, compiled ahead of time into packages on disk), ``"pre"`` (every row
+    bucket, traced by dynamo ahead of time into files on disk: :class:`PrecompiledForward`),
+    ``"off"``
     / ``False`` / ``None``, or ``"auto"`` (:func:`default_compile` of the render's device)."""
     if choice == "auto":
         return default_compile(device_type)
@@ -327,16 +349,18 @@ def compile_unet(
     *,
     regional: bool = False,
     aot: bool = False,
+    precompile: bool = False,
 ) -> None:
     """Compile ``unet``'s forward in place, once, with static shapes (the graphs themselves
     compile lazily, on the first call of each row bucket and call length); ``options``:
     Inductor's (:func:`inductor_options`). ``regional``: compile its repeated blocks
     (:data:`REPEATED_BLOCKS`) one by one instead; ``aot``: ahead of time, into packages on
-    disk (:class:`AotForward`). A UNet compiled already stays as it is."""
+    disk (:class:`AotForward`); ``precompile``: traced ahead of time, into files on disk
+    (:class:`PrecompiledForward`). A UNet compiled already stays as it is."""
     if is_compiled(unet):
         return
-    if aot:
-        _aot_in_place(unet, "the UNet", options)
+    if aot or precompile:
+        _aot_in_place(unet, "the UNet", options, precompile=precompile)
         return
     if regional and not has_repeated_blocks(unet):
         raise ValueError(
@@ -412,16 +436,16 @@ def decoder_compiles(
     return every_bucket or -(-frames // chunk) >= COMPILE_MIN_PASSES
 
 
-def compile_decoder(vae: Any, *, aot: bool = False) -> bool:
+def compile_decoder(vae: Any, *, aot: bool = False, precompile: bool = False) -> bool:
     """Compile ``vae.decoder`` in place, once, with static shapes (the pipeline's decode pads
     a short last chunk to a full one, so one graph serves a render; ``aot``: ahead of time,
-    as :class:`AotForward`); False when there is no decoder to compile or it is compiled
-    already."""
+    as :class:`AotForward`; ``precompile``: as :class:`PrecompiledForward`); False when
+    there is no decoder to compile or it is compiled already."""
     decoder = getattr(vae, "decoder", None)
     if decoder is None or is_compiled(decoder):
         return False
-    if aot:
-        _aot_in_place(decoder, "the VAE decoder")
+    if aot or precompile:
+        _aot_in_place(decoder, "the VAE decoder", precompile=precompile)
     else:
         _compile_in_place(decoder, "the VAE decoder")
     return True
@@ -444,18 +468,22 @@ def _compile_in_place(module: Any, name: str, options: dict[str, Any] | None = N
     logger.info("compiling %s (graphs cached in %s)", name, cache)
 
 
-def _aot_in_place(module: Any, name: str, options: dict[str, Any] | None = None) -> None:
+def _aot_in_place(
+    module: Any, name: str, options: dict[str, Any] | None = None, precompile: bool = False
+) -> None:
     """Run ``module``'s calls through :class:`AotForward` (the hook ``nn.Module.compile``
     uses: ``module(...)`` runs the package of its shapes, ``module.forward(...)`` stays eager),
-    marked compiled."""
+    marked compiled; ``precompile``: through its :class:`PrecompiledForward` from the start."""
     if options and options.get("triton.cudagraphs"):
         raise ValueError(
-            "compile='aot' runs AOTInductor packages, which do not replay CUDA graphs: "
-            "leave out the cgraph speed-up, or compile with 'all'"
+            f"compile={'pre' if precompile else 'aot'!r} runs graphs compiled ahead of time, "
+            "which do not replay CUDA graphs: leave out the cgraph speed-up, or compile with "
+            "'all'"
         )
-    module._compiled_call_impl = AotForward(module, options)
+    module._compiled_call_impl = AotForward(module, options, precompile=precompile)
     setattr(module, _COMPILED_FLAG, True)
-    logger.info("compiling %s ahead of time (packages in %s)", name, compile_cache_dir() / AOT_DIR)
+    what = "traced ahead of time" if precompile else "compiling ahead of time"
+    logger.info("%s: %s (files in %s)", name, what, compile_cache_dir() / AOT_DIR)
 
 
 #: seconds this process has spent in each of :data:`AOT_PHASES`
@@ -614,15 +642,20 @@ class AotForward:
     loaded state dict) or changed in place. A module moved to another device calls with
     other signatures, so it gets its own packages."""
 
-    def __init__(self, module: Any, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, module: Any, options: dict[str, Any] | None = None, precompile: bool = False
+    ) -> None:
         self.module = module
         self.options = dict(options or {})
+        self.precompile = bool(precompile)
         self.programs: dict[tuple, _Program] = {}
         #: per signature: "built" (exported and compiled) or "loaded" (from the disk)
         self.sources: dict[tuple, str] = {}
-        #: where AOTInductor cannot load packages (:class:`AotUnavailable`): the module's
-        #: call compiled in process instead
-        self.fallback: Any = None
+        #: where AOTInductor cannot load packages (:class:`AotUnavailable`), or asked for
+        #: (``precompile``): the module's calls run by a :class:`PrecompiledForward` instead
+        self.fallback: Any = (
+            PrecompiledForward(module, self.options, self.key) if precompile else None
+        )
 
     def active_options(self) -> dict[str, Any]:
         """The Inductor options of a package built now: :data:`TUNING_OPTIONS` only inside
@@ -649,29 +682,35 @@ class AotForward:
             return program.model(*args, **kwargs)
 
     def _fall_back(self, reason: str) -> Any:
-        """Compile the module in place as ``compile="all"`` does (its compiled call then
-        replaces this one) and run every later call through it; the reason is logged and kept
-        (:func:`aot_fallbacks`)."""
+        """Run every later call through :class:`PrecompiledForward`: graphs dynamo traced
+        once and saved, loaded by a later process without tracing again. The reason is logged
+        and kept (:func:`aot_fallbacks`)."""
         name = type(self.module).__name__
-        message = f"compile='aot': {reason}; {name} compiles in process instead (torch.compile, every shape)"
+        message = (
+            f"compile='aot': {reason}; {name} runs precompiled graphs instead "
+            f"(torch.compile's aot_compile, saved as *{PRE_SUFFIX} beside the packages)"
+        )
         logger.warning(message)
         with _AOT_LOCK:
             _AOT_FALLBACKS.append(message)
-        _compile_in_place(self.module, name, self.options)
-        self.fallback = self.module._compiled_call_impl
+        self.fallback = PrecompiledForward(self.module, self.options, self.key)
         return self.fallback
 
     # copies and pickles (a runner's copy of a UNet, a Beam worker's) start without packages
     def __deepcopy__(self, memo: dict[int, Any]) -> AotForward:
         import copy
 
-        return AotForward(copy.deepcopy(self.module, memo), copy.deepcopy(self.options, memo))
+        return AotForward(
+            copy.deepcopy(self.module, memo), copy.deepcopy(self.options, memo), self.precompile
+        )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"module": self.module, "options": self.options}
+        return {"module": self.module, "options": self.options, "precompile": self.precompile}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["module"], state["options"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["module"], state["options"], state.get("precompile", False)
+        )
 
     @staticmethod
     def signature(args: tuple, kwargs: dict[str, Any]) -> tuple:
@@ -839,6 +878,138 @@ class AotForward:
         _aot_spent("aot_load", time.perf_counter() - started)
         self.sources[signature] = "built"
         return _Program(model, self._weights(), path)
+
+
+class PrecompiledForward:
+    """A module's calls run by graphs dynamo traced ahead of time (``torch.compile``'s
+    ``aot_compile``, whole graph, static shapes), one per call signature, saved to
+    ``<compile cache>/aot/<key>.dynamo`` (``key(signature)``: :meth:`AotForward.key`) and
+    loaded by a later process, which then neither traces nor compiles. The module is the
+    compiled function's first argument, so its weights are read at every call (one file
+    serves any weights of the same shapes). The graphs' guards are not kept: the signature
+    the file is named by stands for them.
+
+    A module that dynamo cannot trace as one graph (a graph break) compiles in process
+    instead, as ``compile="all"`` does, and says why (:func:`aot_fallbacks`)."""
+
+    def __init__(self, module: Any, options: dict[str, Any] | None, key: Any) -> None:
+        self.module = module
+        self.options = dict(options or {})
+        self.key = key
+        self.calls: dict[tuple, Any] = {}
+        #: per signature: "built" (traced, compiled and saved) or "loaded" (from the disk)
+        self.sources: dict[tuple, str] = {}
+        #: where a call could not be traced whole: the module compiled in process
+        self.whole: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self.whole is not None:
+            return self.whole(*args, **kwargs)
+        if (why := precompile_unavailable()) is not None:
+            return self._compile_in_process(why)(*args, **kwargs)
+        signature = AotForward.signature(args, kwargs)
+        call = self.calls.get(signature)
+        if call is None:
+            try:
+                call = self._call(signature, args, kwargs)
+            except _NotWhole as exc:
+                return self._compile_in_process(str(exc))(*args, **kwargs)
+            self.calls[signature] = call
+        with torch.no_grad():
+            return call(self.module, *args, **kwargs)
+
+    def _compile_in_process(self, reason: str) -> Any:
+        name = type(self.module).__name__
+        message = f"compile='aot': {reason}; {name} compiles in process instead (torch.compile, every shape)"
+        logger.warning(message)
+        with _AOT_LOCK:
+            _AOT_FALLBACKS.append(message)
+        self.module._compiled_call_impl = None
+        _compile_in_place(self.module, name, self.options)
+        self.whole = self.module._compiled_call_impl
+        return self.whole
+
+    def _call(self, signature: tuple, args: tuple, kwargs: dict[str, Any]) -> Any:
+        import time
+
+        use_compile_cache()  # the kernels a loaded graph runs are Inductor's cached ones
+        folder = compile_cache_dir() / AOT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.key(signature)}{PRE_SUFFIX}"
+        started = time.perf_counter()
+        with FileLock(f"{path}.lock"):  # processes that share the cache build a file once
+            _aot_spent("aot_wait", time.perf_counter() - started)
+            return self._load(signature, path) or self._build(signature, args, kwargs, path)
+
+    def _load(self, signature: tuple, path: Path) -> Any:
+        import time
+
+        import torch
+
+        if not path.exists():
+            return None
+        started = time.perf_counter()
+        try:
+            with open(path, "rb") as f:
+                call = torch.compiler.load_compiled_function(f)
+        except Exception as exc:  # a torn file, another PyTorch's or GPU's: traced again
+            logger.warning("compile='aot': cannot load %s (%s); tracing it again", path, exc)
+            return None
+        _aot_spent("pre_load", time.perf_counter() - started)
+        self.sources[signature] = "loaded"
+        return call
+
+    def _build(self, signature: tuple, args: tuple, kwargs: dict[str, Any], path: Path) -> Any:
+        import time
+
+        import torch
+
+        started = time.perf_counter()
+        options = {
+            **{k: v for k, v in self.options.items() if k not in TUNING_OPTIONS or _TUNING.on},
+            # the file's name (its signature and everything the code depends on) is its guard
+            "guard_filter_fn": torch.compiler.skip_all_guards_unsafe,
+        }
+        compiled: Any = torch.compile(_module_call, fullgraph=True, dynamic=False, options=options)
+        partial = path.parent / f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial"
+        try:
+            with torch.no_grad():
+                call = compiled.aot_compile(((self.module, *args), kwargs))
+            call.save_compiled_function(str(partial))
+            os.replace(partial, path)  # whole or not at all: another process may read it
+        except Exception as exc:  # a graph break, code dynamo cannot save
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise _NotWhole(f"dynamo cannot precompile it as one graph: {first}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        _aot_spent("pre_compile", time.perf_counter() - started)
+        self.sources[signature] = "built"
+        return call
+
+
+def precompile_unavailable() -> str | None:
+    """Why this PyTorch cannot save dynamo's graphs (``torch.compile(...).aot_compile`` and
+    ``torch.compiler.load_compiled_function``), or None where it can."""
+    import torch
+
+    needs = ("load_compiled_function", "skip_all_guards_unsafe")
+    missing = [n for n in needs if not hasattr(torch.compiler, n)]
+    if missing:
+        return f"PyTorch {torch.__version__} has no torch.compiler.{missing[0]}"
+    return None
+
+
+class _NotWhole(RuntimeError):
+    """Dynamo could not trace a module's call as one graph."""
+
+
+def _module_call(module: Any, *args: Any, **kwargs: Any) -> Any:
+    """``module``'s forward, the function :class:`PrecompiledForward` compiles (the module an
+    argument, so the saved graph reads whatever weights it holds)."""
+    return module.forward(*args, **kwargs)
 
 
 def _device_kind(value: Any) -> Any:
@@ -1266,10 +1437,10 @@ def check_render_speed(compile: Any, speedups: Any, device_type: str) -> None:
     CUDA graphs). ValueError with the reason."""
     choice = resolve_compile(compile, device_type)
     names = resolve_speedups(speedups, device_type)
-    if choice == "aot" and "cgraph" in names:
+    if choice in ("aot", "pre") and "cgraph" in names:
         raise ValueError(
-            "compile='aot' runs AOTInductor packages, which do not replay CUDA graphs: "
-            "leave out the cgraph speed-up, or compile with 'all'"
+            f"compile={choice!r} runs graphs compiled ahead of time, which do not replay CUDA "
+            "graphs: leave out the cgraph speed-up, or compile with 'all'"
         )
 
 

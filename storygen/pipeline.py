@@ -517,7 +517,10 @@ class StoryVideoPipeline(DiffusionPipeline):
         ``"all"`` for every shape, ``"regional"`` for every shape with the UNet's repeated
         blocks compiled one by one, ``"aot"`` for every shape ahead of time (AOTInductor
         packages on disk, which a later process loads without tracing; where AOTInductor
-        cannot load them, compiled in process as ``"all"``, with a warning), ``"auto"`` (the
+        cannot load them, as ``"pre"``, with a warning), ``"pre"`` for every shape traced
+        ahead of time (dynamo's graphs compiled and saved to disk, loaded by a later process
+        without tracing; a UNet dynamo cannot trace whole compiles in process as ``"all"``,
+        with a warning), ``"auto"`` (the
         default) is off on a CPU and on CUDA compiles the shapes ``"on"`` would, the repeated
         blocks one by one as ``"regional"`` does (whole passes with the ``cgraph`` speed-up or
         a UNet without those blocks; see :mod:`storygen.accel`). ``speedups``: the UNet speed-ups

@@ -395,6 +395,7 @@ class PlanRunner:
                         inductor_options(self.speedups),
                         regional=self.compile.regional_for(unet, self.speedups),
                         aot=self.compile.choice == "aot",
+                        precompile=self.compile.choice == "pre",
                     )
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets
                     use_compiled_rows(unet, self.compile.rows)
@@ -600,7 +601,9 @@ class PlanRunner:
                 self.compile.choice, self.plan.num_frames, sink.chunk, self.compile.every_bucket
             )
         ):
-            compile_decoder(vae, aot=self.compile.choice == "aot")
+            compile_decoder(
+                vae, aot=self.compile.choice == "aot", precompile=self.compile.choice == "pre"
+            )
         self.stats.decoder_compiled = is_compiled(getattr(vae, "decoder", None))
         phases = compile_phases()
         fallen = len(aot_fallbacks())

@@ -103,7 +103,8 @@ class RenderSettings:
     devices: tuple[str | torch.device, ...] | None = None
     progress: bool = True
     #: compile the UNet ("on": the row buckets that carry the work, "all", "regional": all,
-    #: block by block, "aot": all, ahead of time into packages on disk, "off", "auto": on CUDA
+    #: block by block, "aot": all, ahead of time into packages on disk, "pre": all, traced
+    #: ahead of time into files on disk, "off", "auto": on CUDA
     #: devices the buckets "on" compiles, block by block; see storygen.accel)
     compile: str = "auto"
     #: the UNet speed-ups (storygen.accel.SPEEDUPS: "auto" = the device's defaults, "none",

@@ -470,6 +470,66 @@ def test_aot_compile_on_cuda_renders_the_eager_frames_and_reloads(tmp_path, monk
     _aot_renders_and_reloads(tmp_path, monkeypatch, "cuda", atol=1e-3)
 
 
+def _precompiled_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: float) -> None:
+    """``compile="aot"`` where AOTInductor's loader dies: each row bucket's forward is traced
+    whole by dynamo, compiled and saved instead; the frames are the eager ones, the render
+    says why, and a pipeline that starts afresh loads the saved graphs without tracing."""
+    from storygen import accel
+    from storygen.accel import AOT_DIR, OUTER_PHASE, PRE_SUFFIX, PrecompiledForward
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    monkeypatch.setattr(accel, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+
+    def load(path) -> StoryVideoPipeline:
+        return StoryVideoPipeline.from_pretrained(path).to(torch.device(device))
+
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    want = load(folder)(PROMPTS, 17, compile="off", **RUN)
+    pipe = load(folder)
+    got = pipe(PROMPTS, 17, compile="aot", **RUN)
+    assert got.stats.compiled_rows == [2, 4]
+    [why] = got.stats.compile_fallbacks
+    assert "SIGSEGV" in why and "runs precompiled graphs" in why
+    pre = _aot_of(pipe).fallback
+    assert isinstance(pre, PrecompiledForward) and pre.whole is None
+    assert sorted(pre.sources.values()) == ["built", "built"]
+    assert len(list((tmp_path / "inductor" / AOT_DIR).glob(f"*{PRE_SUFFIX}"))) == 2
+    assert got.stats.compile_phases_s["pre_compile"] > 0
+    torch.testing.assert_close(got.frames, want.frames, atol=atol, rtol=0)
+
+    fresh = load(folder)
+    again = fresh(PROMPTS, 17, compile="aot", **RUN)
+    assert sorted(_aot_of(fresh).fallback.sources.values()) == ["loaded", "loaded"]
+    phases = again.stats.compile_phases_s
+    # no dynamo: the loads of the graphs' compiled kernels are all there is
+    assert phases["pre_load"] > 0 and OUTER_PHASE not in phases
+    assert "bytecode_tracing" not in phases and "pre_compile" not in phases
+    assert again.stats.compile_s < 0.2 * got.stats.compile_s
+    torch.testing.assert_close(again.frames, got.frames, atol=0, rtol=0)
+    # compile="pre" asks for these files from the start: no package, no child, no warning
+    monkeypatch.setattr(accel, "_probe", None)
+    packages = sorted((tmp_path / "inductor" / AOT_DIR).glob("*.pt2"))
+    asked = load(folder)
+    pre_run = asked(PROMPTS, 17, compile="pre", **RUN)
+    assert not pre_run.stats.compile_fallbacks
+    assert sorted(_aot_of(asked).fallback.sources.values()) == ["loaded", "loaded"]
+    assert sorted((tmp_path / "inductor" / AOT_DIR).glob("*.pt2")) == packages
+    torch.testing.assert_close(pre_run.frames, got.frames, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_aot_precompiles_where_the_package_loader_dies_and_a_new_pipeline_loads(
+    tmp_path, monkeypatch
+):
+    _precompiled_renders_and_reloads(tmp_path, monkeypatch, "cpu", atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_aot_precompiles_on_cuda_where_the_package_loader_dies(tmp_path, monkeypatch):
+    _precompiled_renders_and_reloads(tmp_path, monkeypatch, "cuda", atol=1e-3)
+
+
 _TWO_PROCESSES = """
 import json, sys, torch
 from storygen.accel import AotForward
@@ -831,7 +891,14 @@ def test_aot_compiles_in_process_where_the_package_loader_dies(tmp_path, monkeyp
     import json
 
     from storygen import accel
-    from storygen.accel import AOT_DIR, AotForward, AotUnavailable, aot_fallbacks
+    from storygen.accel import (
+        AOT_DIR,
+        PRE_SUFFIX,
+        AotForward,
+        AotUnavailable,
+        PrecompiledForward,
+        aot_fallbacks,
+    )
 
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path))
     monkeypatch.setattr(accel, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
@@ -847,10 +914,14 @@ def test_aot_compiles_in_process_where_the_package_loader_dies(tmp_path, monkeyp
     with torch.no_grad():
         got = aot(x)
         torch.testing.assert_close(got, net(x))
-        assert aot.fallback is not None and aot.sources == {}  # nothing loaded in process
+        assert aot.sources == {}  # no package loaded in process
         torch.testing.assert_close(aot(2 * x), net(2 * x))
+    # the calls run graphs dynamo traced whole and saved beside the packages instead
+    assert isinstance(aot.fallback, PrecompiledForward)
+    assert sorted(aot.fallback.sources.values()) == ["built"]
     [why] = aot_fallbacks()[before:]
-    assert "SIGSEGV" in why and package.name in why and "Sequential compiles in process" in why
+    assert "SIGSEGV" in why and package.name in why and "Sequential runs precompiled" in why
+    assert [p.name for p in folder.glob(f"*{PRE_SUFFIX}")] == [package.stem + PRE_SUFFIX]
     assert not package.with_name(package.name + ".ok").exists()
     record = json.loads((folder / "unavailable-cpu.json").read_text())
     assert record == {
@@ -867,8 +938,16 @@ def test_aot_compiles_in_process_where_the_package_loader_dies(tmp_path, monkeyp
     other = AotForward(torch.nn.Linear(4, 3))
     with torch.no_grad():
         torch.testing.assert_close(other(x), other.module(x))
-    assert other.fallback is not None
+    assert isinstance(other.fallback, PrecompiledForward)
     assert "delete it to try again" in aot_fallbacks()[-1]
+    # a later module of the same structure loads the saved graph, and runs its own weights
+    torch.manual_seed(1)
+    same = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    later = AotForward(same)
+    with torch.no_grad():
+        torch.testing.assert_close(later(x), same(x))
+        assert not torch.allclose(same(x), net(x))
+    assert sorted(later.fallback.sources.values()) == ["loaded"]
     # another PyTorch's record is dropped, and nothing is refused
     record["torch"] = "0.0"
     (folder / "unavailable-cpu.json").write_text(json.dumps(record))
@@ -877,6 +956,97 @@ def test_aot_compiles_in_process_where_the_package_loader_dies(tmp_path, monkeyp
     monkeypatch.setattr(accel, "_probe", lambda *_: (False, "died"))
     with pytest.raises(AotUnavailable, match="died"):
         AotForward(net)._checked(package, ("cpu", -1))
+
+
+_LOAD_PRECOMPILED = """
+import json, sys, torch
+from storygen.accel import AotForward, PrecompiledForward, compile_phases
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+x = torch.linspace(-1, 1, 8).reshape(2, 4)
+pre = PrecompiledForward(net, {}, AotForward(net).key)
+with torch.no_grad():
+    got = pre(x)
+    diff = float((got - net(x)).abs().max())
+print(json.dumps({"source": list(pre.sources.values()), "diff": diff, "phases": compile_phases()}))
+"""
+
+
+def test_precompiled_calls_are_saved_loaded_without_tracing_and_rebuilt_when_torn(
+    tmp_path, monkeypatch
+):
+    """:class:`PrecompiledForward`: a signature's first call traces the module whole, compiles
+    and saves it; a new process loads the file and runs it without dynamo tracing anything;
+    another signature gets its own file; a torn file is traced again."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from storygen.accel import AOT_DIR, OUTER_PHASE, PRE_SUFFIX, AotForward, PrecompiledForward
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    x = torch.linspace(-1, 1, 8).reshape(2, 4)
+    pre = PrecompiledForward(net, {}, AotForward(net).key)
+    with torch.no_grad():
+        torch.testing.assert_close(pre(x), net(x))
+        torch.testing.assert_close(pre(3 * x), net(3 * x))  # the same graph
+        torch.testing.assert_close(pre(x[:1]), net(x[:1]))  # a graph of its own
+    assert sorted(pre.sources.values()) == ["built", "built"]
+    files = sorted((tmp_path / AOT_DIR).glob(f"*{PRE_SUFFIX}"))
+    assert len(files) == 2
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "STORYLOOM_COMPILE_CACHE": str(tmp_path), "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_PRECOMPILED], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["source"] == ["loaded"] and out["diff"] < 1e-6
+    assert out["phases"]["pre_load"] > 0 and out["phases"].get(OUTER_PHASE, 0.0) == 0.0
+    # a torn file: traced and saved again
+    key = AotForward(net).key(AotForward.signature((x,), {}))
+    torn = tmp_path / AOT_DIR / f"{key}{PRE_SUFFIX}"
+    assert torn in files
+    torn.write_bytes(torn.read_bytes()[:100])
+    again = PrecompiledForward(net, {}, AotForward(net).key)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x))
+    assert list(again.sources.values()) == ["built"] and torn.stat().st_size > 100
+
+
+class _Breaks(torch.nn.Module):
+    """A module dynamo cannot trace as one graph (a value read back to Python)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        if float(y.sum()) > 1e9:  # data-dependent branch: a graph break
+            return y
+        return y * 2
+
+
+def test_a_module_dynamo_cannot_trace_whole_compiles_in_process_and_says_why(tmp_path, monkeypatch):
+    from storygen.accel import AotForward, PrecompiledForward, aot_fallbacks
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = _Breaks()
+    x = torch.linspace(-1, 1, 8).reshape(2, 4)
+    pre = PrecompiledForward(net, {}, AotForward(net).key)
+    before = len(aot_fallbacks())
+    with torch.no_grad():
+        torch.testing.assert_close(pre(x), net(x))
+        torch.testing.assert_close(pre(x[:1]), net(x[:1]))
+    assert pre.whole is not None and pre.sources == {}
+    [why] = aot_fallbacks()[before:]
+    assert "cannot precompile it as one graph" in why and "_Breaks compiles in process" in why
 
 
 def test_aot_probe_tells_a_torn_package_from_a_loader_that_dies(tmp_path):
