@@ -693,7 +693,7 @@ class AotForward:
         logger.warning(message)
         with _AOT_LOCK:
             _AOT_FALLBACKS.append(message)
-        self.fallback = PrecompiledForward(self.module, self.options, self.key)
+        self.fallback = PrecompiledForward(self.module, self.options, self.key, "aot")
         return self.fallback
 
     # copies and pickles (a runner's copy of a UNet, a Beam worker's) start without packages
@@ -889,13 +889,20 @@ class PrecompiledForward:
     serves any weights of the same shapes). The graphs' guards are not kept: the signature
     the file is named by stands for them.
 
-    A module that dynamo cannot trace as one graph (a graph break) compiles in process
-    instead, as ``compile="all"`` does, and says why (:func:`aot_fallbacks`)."""
+    Inductor's code for a CUDA graph names the device it was traced on, so a file is kept per
+    CUDA device index (a render over two GPUs traces each once).
 
-    def __init__(self, module: Any, options: dict[str, Any] | None, key: Any) -> None:
+    A module that dynamo cannot trace as one graph (a graph break) compiles in process
+    instead, as ``compile="all"`` does, and says why (:func:`aot_fallbacks`); ``choice``
+    names the compile choice in what it says."""
+
+    def __init__(
+        self, module: Any, options: dict[str, Any] | None, key: Any, choice: str = "pre"
+    ) -> None:
         self.module = module
         self.options = dict(options or {})
         self.key = key
+        self.choice = choice
         self.calls: dict[tuple, Any] = {}
         #: per signature: "built" (traced, compiled and saved) or "loaded" (from the disk)
         self.sources: dict[tuple, str] = {}
@@ -922,7 +929,10 @@ class PrecompiledForward:
 
     def _compile_in_process(self, reason: str) -> Any:
         name = type(self.module).__name__
-        message = f"compile='aot': {reason}; {name} compiles in process instead (torch.compile, every shape)"
+        message = (
+            f"compile={self.choice!r}: {reason}; {name} compiles in process instead "
+            "(torch.compile, every shape)"
+        )
         logger.warning(message)
         with _AOT_LOCK:
             _AOT_FALLBACKS.append(message)
@@ -937,7 +947,9 @@ class PrecompiledForward:
         use_compile_cache()  # the kernels a loaded graph runs are Inductor's cached ones
         folder = compile_cache_dir() / AOT_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.key(signature)}{PRE_SUFFIX}"
+        cuda = {v[2].index or 0 for v in signature if _is_entry(v) and v[2].type == "cuda"}
+        where = f".cuda{min(cuda)}" if cuda else ""
+        path = folder / f"{self.key(signature)}{where}{PRE_SUFFIX}"
         started = time.perf_counter()
         with FileLock(f"{path}.lock"):  # processes that share the cache build a file once
             _aot_spent("aot_wait", time.perf_counter() - started)
@@ -955,7 +967,9 @@ class PrecompiledForward:
             with open(path, "rb") as f:
                 call = torch.compiler.load_compiled_function(f)
         except Exception as exc:  # a torn file, another PyTorch's or GPU's: traced again
-            logger.warning("compile='aot': cannot load %s (%s); tracing it again", path, exc)
+            logger.warning(
+                "compile=%r: cannot load %s (%s); tracing it again", self.choice, path, exc
+            )
             return None
         _aot_spent("pre_load", time.perf_counter() - started)
         self.sources[signature] = "loaded"
@@ -1010,6 +1024,11 @@ def _module_call(module: Any, *args: Any, **kwargs: Any) -> Any:
     """``module``'s forward, the function :class:`PrecompiledForward` compiles (the module an
     argument, so the saved graph reads whatever weights it holds)."""
     return module.forward(*args, **kwargs)
+
+
+def _is_entry(value: Any) -> bool:
+    """Whether a signature's entry is a tensor's (shape, dtype, device)."""
+    return isinstance(value, tuple) and len(value) == 3 and hasattr(value[2], "type")
 
 
 def _device_kind(value: Any) -> Any:
