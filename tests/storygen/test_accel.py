@@ -394,14 +394,10 @@ def _aot_of(pipe: StoryVideoPipeline):
     return found[0]
 
 
-def _aot_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: float) -> None:
-    """``compile="aot"``: each row bucket's forward is exported and compiled into a package
-    on disk; the frames are the eager ones. A pipeline that starts afresh (as a new process
-    does) loads the packages instead of compiling, and a model with other weights of the same
-    shapes runs the same packages with its own weights. A package that cannot be read is
-    compiled again."""
-    from storygen.accel import AOT_DIR, AOT_PHASES
-
+def _first_aot_render(tmp_path, monkeypatch, device: str):
+    """A micro model's eager render and its first ``compile="aot"`` render on an empty
+    compile cache: (the loader of a pipeline on ``device``, the model's folder, the eager
+    result, the pipeline that compiled, its result)."""
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
 
     def load(path) -> StoryVideoPipeline:
@@ -412,6 +408,18 @@ def _aot_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: float) ->
     pipe = load(folder)
     got = pipe(PROMPTS, 17, compile="aot", **RUN)
     assert got.stats.compiled_rows == [2, 4]
+    return load, folder, want, pipe, got
+
+
+def _aot_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: float) -> None:
+    """``compile="aot"``: each row bucket's forward is exported and compiled into a package
+    on disk; the frames are the eager ones. A pipeline that starts afresh (as a new process
+    does) loads the packages instead of compiling, and a model with other weights of the same
+    shapes runs the same packages with its own weights. A package that cannot be read is
+    compiled again."""
+    from storygen.accel import AOT_DIR, AOT_PHASES
+
+    load, folder, want, pipe, got = _first_aot_render(tmp_path, monkeypatch, device)
     assert not got.stats.compile_fallbacks, got.stats.compile_fallbacks
     aot = _aot_of(pipe)
     assert aot.fallback is None
@@ -477,17 +485,8 @@ def _precompiled_renders_and_reloads(tmp_path, monkeypatch, device: str, atol: f
     from storygen import accel
     from storygen.accel import AOT_DIR, OUTER_PHASE, PRE_SUFFIX, PrecompiledForward
 
-    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
     monkeypatch.setattr(accel, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
-
-    def load(path) -> StoryVideoPipeline:
-        return StoryVideoPipeline.from_pretrained(path).to(torch.device(device))
-
-    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
-    want = load(folder)(PROMPTS, 17, compile="off", **RUN)
-    pipe = load(folder)
-    got = pipe(PROMPTS, 17, compile="aot", **RUN)
-    assert got.stats.compiled_rows == [2, 4]
+    load, folder, want, pipe, got = _first_aot_render(tmp_path, monkeypatch, device)
     [why] = got.stats.compile_fallbacks
     assert "SIGSEGV" in why and "runs precompiled graphs" in why
     pre = _aot_of(pipe).fallback
