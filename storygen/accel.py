@@ -660,9 +660,7 @@ class AotForward:
     def active_options(self) -> dict[str, Any]:
         """The Inductor options of a package built now: :data:`TUNING_OPTIONS` only inside
         :func:`tuning_compiles` (the bucket that carries the render)."""
-        if _TUNING.on:
-            return dict(self.options)
-        return {k: v for k, v in self.options.items() if k not in TUNING_OPTIONS}
+        return _active_options(self.options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
@@ -880,6 +878,14 @@ class AotForward:
         return _Program(model, self._weights(), path)
 
 
+def _active_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for a graph compiled now: :data:`TUNING_OPTIONS` only inside
+    :func:`tuning_compiles` (the bucket that carries the render)."""
+    if _TUNING.on:
+        return dict(options)
+    return {k: v for k, v in options.items() if k not in TUNING_OPTIONS}
+
+
 class PrecompiledForward:
     """A module's calls run by graphs dynamo traced ahead of time (``torch.compile``'s
     ``aot_compile``, whole graph, static shapes), one per call signature, saved to
@@ -914,11 +920,11 @@ class PrecompiledForward:
 
         if self.whole is not None:
             return self.whole(*args, **kwargs)
-        if (why := precompile_unavailable()) is not None:
-            return self._compile_in_process(why)(*args, **kwargs)
         signature = AotForward.signature(args, kwargs)
         call = self.calls.get(signature)
         if call is None:
+            if (why := precompile_unavailable()) is not None:
+                return self._compile_in_process(why)(*args, **kwargs)
             try:
                 call = self._call(signature, args, kwargs)
             except _NotWhole as exc:
@@ -982,7 +988,7 @@ class PrecompiledForward:
 
         started = time.perf_counter()
         options = {
-            **{k: v for k, v in self.options.items() if k not in TUNING_OPTIONS or _TUNING.on},
+            **_active_options(self.options),
             # the file's name (its signature and everything the code depends on) is its guard
             "guard_filter_fn": torch.compiler.skip_all_guards_unsafe,
         }
@@ -1033,7 +1039,7 @@ def _is_entry(value: Any) -> bool:
 
 def _device_kind(value: Any) -> Any:
     """A signature's entry with a tensor's device as its kind (cuda:1's package is cuda:0's)."""
-    if isinstance(value, tuple) and len(value) == 3 and hasattr(value[2], "type"):
+    if _is_entry(value):
         return (value[0], str(value[1]), value[2].type)
     return value
 
@@ -1398,7 +1404,7 @@ SPEEDUPS: dict[str, str] = {
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
     "xkv": "cross-attention keys and values projected once per distinct prompt of a batch, "
     "then gathered for each frame, instead of from every frame's copy of its prompt's "
-    "embedding (rounding only; compile='aot' packages keep the per-frame context)",
+    "embedding (rounding only; compile='aot' and 'pre' keep the per-frame context)",
     "cdt": "compiled graphs' fused kernels tuned by coordinate descent, in the bucket that "
     "carries half the render's work or more (a much longer compile of that bucket; rounding "
     "only)",

@@ -156,8 +156,8 @@ def _context_table(
 ) -> ContextTable | None:
     """The :class:`ContextTable` a UNet whose cross-attention reads one gets for ``inputs``
     (under guidance, the unconditional embedding is its row 0), or None: a UNet that does not,
-    inputs without a table, or ``compile="aot"`` packages, which take the per-frame context
-    they were exported with."""
+    inputs without a table, or ``compile="aot"`` / ``"pre"`` graphs, which take the
+    per-frame context they were built with."""
     if inputs.table is None:
         return None
     # read from the speed-ups record: a walk over the UNet's modules would cost each call
