@@ -953,7 +953,7 @@ class PrecompiledForward:
         use_compile_cache()  # the kernels a loaded graph runs are Inductor's cached ones
         folder = compile_cache_dir() / AOT_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        cuda = {v[2].index or 0 for v in signature if _is_entry(v) and v[2].type == "cuda"}
+        cuda = {v[2].index or 0 for v in _tensor_entries(signature) if v[2].type == "cuda"}
         where = f".cuda{min(cuda)}" if cuda else ""
         path = folder / f"{self.key(signature)}{where}{PRE_SUFFIX}"
         started = time.perf_counter()
@@ -1038,10 +1038,32 @@ def _is_entry(value: Any) -> bool:
 
 
 def _device_kind(value: Any) -> Any:
-    """A signature's entry with a tensor's device as its kind (cuda:1's package is cuda:0's)."""
+    """A signature's entry with a tensor's device as its kind (cuda:1's package is cuda:0's),
+    a tuple's entries too."""
     if _is_entry(value):
         return (value[0], str(value[1]), value[2].type)
+    if _is_tuple_entry(value):
+        return (value[0], tuple(_device_kind(v) for v in value[1]))
     return value
+
+
+def _is_tuple_entry(value: Any) -> bool:
+    """Whether a signature's entry is a tuple's (its type's name, its items' entries)."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], tuple)
+    )
+
+
+def _tensor_entries(signature: tuple) -> Iterator[tuple]:
+    """The tensors' entries of a signature, those inside its tuples' too."""
+    for value in signature:
+        if _is_entry(value):
+            yield value
+        elif _is_tuple_entry(value):
+            yield from _tensor_entries(value[1])
 
 
 def _forward_of(module: Any) -> Any:
@@ -1123,12 +1145,18 @@ os.register_at_fork(after_in_child=_GATE.reset)
 
 def call_signature(*values: Any) -> tuple:
     """What decides which graph a compiled call runs: each tensor's shape, dtype and device
-    (static shapes), and any other value as it is."""
+    (static shapes), and any other value as it is; a tuple (a :class:`ContextTable`, say) as
+    its type's name and the signature of its items."""
     import torch
 
-    return tuple(
-        (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else v for v in values
-    )
+    def entry(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return (tuple(v.shape), v.dtype, v.device)
+        if isinstance(v, tuple):
+            return (type(v).__qualname__, tuple(entry(item) for item in v))
+        return v
+
+    return tuple(entry(v) for v in values)
 
 
 def compiled_call(module: Any, *values: Any) -> contextlib.AbstractContextManager[bool]:
@@ -1404,7 +1432,7 @@ SPEEDUPS: dict[str, str] = {
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
     "xkv": "cross-attention keys and values projected once per distinct prompt of a batch, "
     "then gathered for each frame, instead of from every frame's copy of its prompt's "
-    "embedding (rounding only; compile='aot' and 'pre' keep the per-frame context)",
+    "embedding (rounding only)",
     "cdt": "compiled graphs' fused kernels tuned by coordinate descent, in the bucket that "
     "carries half the render's work or more (a much longer compile of that bucket; rounding "
     "only)",

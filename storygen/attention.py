@@ -335,6 +335,21 @@ class ContextTable(NamedTuple):
     rows: torch.Tensor
 
 
+def _name_for_packages() -> None:
+    """Give :class:`ContextTable` the name under which an AOTInductor package
+    (``compile="aot"``) writes it into the structure of the call it was built for; a package
+    built with one as an argument cannot be saved without it."""
+    from torch.utils import _pytree
+
+    register = getattr(_pytree, "_register_namedtuple", None)
+    if register is None or ContextTable in _pytree.SUPPORTED_NODES:
+        return
+    register(ContextTable, serialized_type_name=f"{__name__}.ContextTable")
+
+
+_name_for_packages()
+
+
 class TableCrossAttnProcessor:
     """Cross-attention whose context is a :class:`ContextTable`: keys and values projected
     once per distinct embedding, then gathered for each frame (rounding only). A context given

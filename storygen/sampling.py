@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from storygen.accel import (
-    AotForward,
     applied_speedups,
     compiled_call,
     compiled_rows,
@@ -156,12 +155,11 @@ def _context_table(
 ) -> ContextTable | None:
     """The :class:`ContextTable` a UNet whose cross-attention reads one gets for ``inputs``
     (under guidance, the unconditional embedding is its row 0), or None: a UNet that does not,
-    inputs without a table, or ``compile="aot"`` / ``"pre"`` graphs, which take the
-    per-frame context they were built with."""
+    or inputs without a table."""
     if inputs.table is None:
         return None
     # read from the speed-ups record: a walk over the UNet's modules would cost each call
-    if not applied_speedups(unet).get("xkv") or isinstance(unet._compiled_call_impl, AotForward):
+    if not applied_speedups(unet).get("xkv"):
         return None
     table, index = inputs.table
     if negative is not None:

@@ -593,6 +593,35 @@ def test_aot_compile_refuses_cuda_graphs_and_keys_what_the_code_depends_on():
     assert AotForward(net).key(call_signature(x)) != key
 
 
+def test_a_signature_holds_a_context_tables_shapes_not_its_values():
+    """A :class:`ContextTable` argument (``xkv``) enters a call's signature as its type and
+    its tensors' shapes, dtypes and devices: tables of other values share a graph and a
+    package, a table of more rows or a plain tuple does not; a precompiled file finds the
+    CUDA device of a tensor inside the table."""
+    from storygen.accel import AotForward, _tensor_entries, call_signature
+    from storygen.attention import ContextTable
+
+    def table(rows: int, fill: float) -> ContextTable:
+        return ContextTable(torch.full((rows, 77, 16), fill), torch.zeros(2, 5, dtype=torch.long))
+
+    x = torch.zeros(2, 3)
+    sig = call_signature(x, table(8, 0.0))
+    assert sig == call_signature(x, table(8, 1.0)) and hash(sig) == hash(
+        call_signature(x, table(8, 1.0))
+    )
+    assert sig != call_signature(x, table(16, 0.0))
+    assert sig != call_signature(x, tuple(table(8, 0.0)))
+    assert [e[0] for e in _tensor_entries(sig)] == [(2, 3), (8, 77, 16), (2, 5)]
+    net = torch.nn.Linear(3, 4)
+    assert AotForward(net).key(sig) == AotForward(net).key(call_signature(x, table(8, 1.0)))
+    assert AotForward(net).key(sig) != AotForward(net).key(call_signature(x, table(16, 0.0)))
+    # a table on another device is a device entry like any tensor's
+    moved = sig[:1] + (
+        ("ContextTable", tuple((e[0], e[1], torch.device("cuda", 1)) for e in sig[1][1])),
+    )
+    assert {e[2].type for e in _tensor_entries(moved)} == {"cpu", "cuda"}
+
+
 @pytest.mark.parametrize("regional", [False, True])
 def test_a_copy_of_a_compiled_unet_compiles_anew(regional):
     """``nn.Module`` drops compiled calls from a copy (a render's UNet for another device, a

@@ -590,20 +590,45 @@ def test_a_render_with_context_tables_gives_the_per_frame_frames(tmp_path, monke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compile_mode", ["all", "regional"])
+@pytest.mark.parametrize("compile_mode", ["all", "regional", "aot", "pre"])
 def test_a_compiled_render_with_context_tables_gives_the_plain_frames(
     tmp_path, monkeypatch, compile_mode
 ):
-    """``xkv`` in compiled graphs, the whole UNet's or its blocks' (the table and its index
-    the graphs' inputs): the frames those of the plain render, and a second render compiles
-    nothing."""
+    """``xkv`` in compiled graphs, the whole UNet's or its blocks', or built ahead of time
+    (the table and its index the graphs' inputs): the frames those of the plain render, and a
+    second render compiles nothing. Graphs built ahead of time take the table as an argument
+    (their signature names its shapes, 8 rows: the unconditional embedding, the story's two
+    prompts, padding) and a new pipeline loads them from the disk."""
+    from storygen.accel import AotForward
+    from storygen.runner import _SPEEDUP_COPIES
+
     monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
     folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
     pipe = StoryVideoPipeline.from_pretrained(folder)
     plain = pipe(PROMPTS, 17, speedups="none", compile="off", **RUN)
     fast = pipe(PROMPTS, 17, speedups="tconv,qkv,xkv", compile=compile_mode, **RUN)
     assert fast.stats.speedups["xkv"] > 0 and fast.stats.compiled_rows == [2, 4]
+    assert not fast.stats.compile_fallbacks
     torch.testing.assert_close(fast.frames, plain.frames, atol=1e-4, rtol=1e-4)
     again = pipe(PROMPTS, 17, speedups="tconv,qkv,xkv", compile=compile_mode, **RUN)
     torch.testing.assert_close(again.frames, fast.frames, atol=0, rtol=0)
     assert again.stats.compile_s < 0.1 * fast.stats.compile_s
+    if compile_mode not in ("aot", "pre"):
+        return
+
+    def graphs(p: StoryVideoPipeline) -> dict:
+        [copy] = _SPEEDUP_COPIES[p.unet].values()
+        impl = copy._compiled_call_impl
+        assert isinstance(impl, AotForward)
+        return (impl.fallback or impl).sources
+
+    built = graphs(pipe)
+    assert sorted(built.values()) == ["built", "built"]
+    tables = [[v for v in sig if isinstance(v, tuple) and v[0] == "ContextTable"] for sig in built]
+    assert sorted(t[0][1][0][0] for t in tables) == [(8, 77, 16)] * 2
+    assert sorted(t[0][1][1][0] for t in tables) == [(2, 5), (4, 5)]
+    fresh = StoryVideoPipeline.from_pretrained(folder)
+    loaded = fresh(PROMPTS, 17, speedups="tconv,qkv,xkv", compile=compile_mode, **RUN)
+    assert sorted(graphs(fresh).values()) == ["loaded", "loaded"]
+    assert loaded.stats.compile_s < 0.1 * fast.stats.compile_s
+    torch.testing.assert_close(loaded.frames, fast.frames, atol=0, rtol=0)
