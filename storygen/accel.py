@@ -1430,7 +1430,7 @@ SPEEDUPS: dict[str, str] = {
     "of a FlexAttention kernel, masked to their own frames (rounding only; a render that "
     "compiles packs in its compiled passes, one that does not in every pass)",
     "mm1x1": "compiled graphs run 1x1 convolutions as matrix products (rounding only)",
-    "xkv": "cross-attention keys and values projected once per distinct prompt of a batch, "
+    "xkv": "cross-attention keys and values projected once per distinct prompt of the story, "
     "then gathered for each frame, instead of from every frame's copy of its prompt's "
     "embedding (rounding only)",
     "cdt": "compiled graphs' fused kernels tuned by coordinate descent, in the bucket that "

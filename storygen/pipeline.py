@@ -355,13 +355,14 @@ class StoryVideoPipeline(DiffusionPipeline):
                 if is_known:
                     known[i, :, k] = frames[frame]
                     mask[i, k] = 1.0
-        # the batch's distinct prompts once, each frame's row in them, and their gather
-        distinct = list(dict.fromkeys(p for call in batch.calls for p in call.prompts or ()))
-        row = {p: i for i, p in enumerate(distinct)}
-        index = [[row[p] for p in call.prompts or ()] for call in batch.calls]
+        # the render's distinct prompts once (every batch the same table, so a compiled graph
+        # that reads it sees one shape in the render), each frame's row in it, their gather
+        prompts = [list(call.prompts or ()) for call in batch.calls]
         table = None
-        if distinct and all(len(i) == f for i in index):
-            table = ContextTable(text.get(distinct), torch.tensor(index, dtype=torch.long))
+        if f and all(len(p) == f for p in prompts):
+            text.add(p for row in prompts for p in row)
+            index = [[text.index[p] for p in row] for row in prompts]
+            table = ContextTable(text.table(), torch.tensor(index, dtype=torch.long))
             context = table.table[table.rows]
         else:
             context = torch.stack([text.get(list(call.prompts or ())) for call in batch.calls])

@@ -61,8 +61,8 @@ class CallInputs:
     generators: list[torch.Generator] = field(default_factory=list)
     #: (B, F): how far each frame is into its prompt's segment (0 to 1); None: not known
     progress: torch.Tensor | None = None
-    #: the batch's distinct prompt embeddings (P, S, D) and each frame's row in them (B, F):
-    #: ``context`` is that table gathered; None: not known
+    #: the render's distinct prompt embeddings (P, S, D), the same for each of its batches,
+    #: and each frame's row in them (B, F): ``context`` is that table gathered; None: not known
     table: ContextTable | None = None
 
     def to(self, device: torch.device | str) -> CallInputs:

@@ -51,6 +51,7 @@ class PromptCache:
         self.batch_size = batch_size
         self.index: dict[str, int] = {}
         self._rows: list[torch.Tensor] = []
+        self._table: torch.Tensor | None = None
 
     def add(self, prompts: Iterable[str]) -> None:
         new = [p for p in dict.fromkeys(prompts) if p not in self.index]
@@ -70,3 +71,10 @@ class PromptCache:
         """Embeddings of ``prompts`` (encoding any not seen yet): (len(prompts), S, D)."""
         self.add(prompts)
         return torch.stack([self._rows[self.index[p]] for p in prompts])
+
+    def table(self) -> torch.Tensor:
+        """Every embedding encoded so far, row :attr:`index` ``[prompt]`` for each prompt:
+        (len(self), S, D), stacked once until a prompt is added."""
+        if self._table is None or len(self._table) != len(self._rows):
+            self._table = torch.stack(self._rows)
+        return self._table

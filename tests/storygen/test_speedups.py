@@ -589,6 +589,33 @@ def test_a_render_with_context_tables_gives_the_per_frame_frames(tmp_path, monke
     assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
 
 
+def test_every_batch_of_a_render_reads_one_table_of_the_storys_prompts(tmp_path, monkeypatch):
+    """With ``xkv`` each batch of a render gets the table of the story's distinct prompts, not
+    of its own: a story of 17 prompts, one a frame, whose first call reads 5 of them and whose
+    last level's batch reads all 17, hands every batch the same table shape (the prompts, the
+    negative one and the unconditional row, padded to 24 rows), so a compiled graph that reads
+    it compiles once per bucket; the frames are those of the per-frame render."""
+    from storygen import attention
+
+    shapes: list[tuple[int, ...]] = []
+    call = attention.TableCrossAttnProcessor.__call__
+
+    def spy(self, attn, hidden_states, *args, **kwargs):
+        states = kwargs.get("encoder_hidden_states", args[0] if args else None)
+        if isinstance(states, attention.ContextTable):
+            shapes.append(tuple(states.table.shape))
+        return call(self, attn, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(attention.TableCrossAttnProcessor, "__call__", spy)
+    story = [f"shape number {i} on a plain background" for i in range(17)]
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=story)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    plain = pipe(story, 17, speedups="none", **RUN)
+    fast = pipe(story, 17, speedups="xkv", **RUN)
+    assert set(shapes) == {(24, 77, 16)}
+    torch.testing.assert_close(fast.frames, plain.frames, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("compile_mode", ["all", "regional", "aot", "pre"])
 def test_a_compiled_render_with_context_tables_gives_the_plain_frames(
