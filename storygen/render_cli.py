@@ -480,14 +480,22 @@ def _speedups(stats: Any) -> str:
     """The speed-ups and compile state of a render, for its summary."""
     parts = [f"{k} ({n} layers)" if n else k for k, n in stats.speedups.items()] or ["none"]
     if stats.compiled_rows:
+        phases = stats.compile_phases_s
+        # graphs built ahead of time and read back from the disk (aot, pre), none built now
+        loaded = ("aot_load" in phases or "pre_load" in phases) and not (
+            "aot_compile" in phases or "pre_compile" in phases
+        )
         parts.append(
             f"compiled {', '.join(str(r) for r in stats.compiled_rows)}-row passes "
-            f"({stats.compile_s:.0f} s compiling)"
+            f"({stats.compile_s:.0f} s {'loading saved graphs' if loaded else 'compiling'})"
         )
     elif stats.compiled:
         parts.append("compile on, no shape ran enough passes to repay it")
-    if stats.compile_fallbacks:
-        parts.append("aot packages unusable here, compiled in process instead (see the log)")
+    for why in stats.compile_fallbacks:  # "compile='aot': <why>; <what it does instead> (...)"
+        instead = (
+            "precompiled graphs" if "runs precompiled graphs" in why else "compiled in process"
+        )
+        parts.append(f"{why.split(':', 1)[0]} not possible here: {instead} instead (see the log)")
     if stats.decoder_compiled:
         parts.append("decoder compiled")
     if stats.cudnn_autotune:

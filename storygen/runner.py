@@ -136,8 +136,9 @@ class GenerationStats:
     #: those seconds by the phases PyTorch times (nested, longest first): where a compile,
     #: or the load of cached graphs, goes (``storygen.accel.compile_phases``)
     compile_phases_s: dict[str, float] = field(default_factory=dict)
-    #: ``compile="aot"`` where AOTInductor could not load packages: why each module compiled
-    #: in process instead (``storygen.accel.aot_fallbacks``)
+    #: ``compile="aot"`` where AOTInductor could not load packages, ``"pre"`` where dynamo
+    #: could not trace a module whole: why, and what each module ran instead
+    #: (``storygen.accel.aot_fallbacks``)
     compile_fallbacks: list[str] = field(default_factory=list)
     #: the micro-batch each level ran at (``micro_batch="auto"`` sizes it as it goes)
     micro_batches: list[int] = field(default_factory=list)
