@@ -665,6 +665,8 @@ class AotForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
 
+        if needs_gradient(args, kwargs):
+            return self.module.forward(*args, **kwargs)
         if self.fallback is not None:
             return self.fallback(*args, **kwargs)
         signature = self.signature(args, kwargs)
@@ -878,6 +880,28 @@ class AotForward:
         return _Program(model, self._weights(), path)
 
 
+def needs_gradient(args: tuple, kwargs: dict[str, Any]) -> bool:
+    """Whether a call is to be differentiated: autograd on, and an input that requires a
+    gradient (reconstruction guidance differentiates the UNet's output by its noisy input).
+    Graphs built ahead of time (``aot``, ``pre``) run without autograd, so such a call runs
+    the module's own forward instead."""
+    import torch
+
+    if not torch.is_grad_enabled():
+        return False
+
+    def wants(value: Any) -> bool:
+        if isinstance(value, torch.Tensor):
+            return value.requires_grad
+        if isinstance(value, (tuple, list)):
+            return any(wants(v) for v in value)
+        if isinstance(value, dict):
+            return any(wants(v) for v in value.values())
+        return False
+
+    return wants(args) or wants(kwargs)
+
+
 def _active_options(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` for a graph compiled now: :data:`TUNING_OPTIONS` only inside
     :func:`tuning_compiles` (the bucket that carries the render)."""
@@ -920,6 +944,8 @@ class PrecompiledForward:
 
         if self.whole is not None:
             return self.whole(*args, **kwargs)
+        if needs_gradient(args, kwargs):
+            return self.module.forward(*args, **kwargs)
         signature = AotForward.signature(args, kwargs)
         call = self.calls.get(signature)
         if call is None:
@@ -1455,10 +1481,12 @@ DEFAULT_SPEEDUPS: dict[str, tuple[str, ...]] = {
     "cuda": ("tconv", "qkv", "pattn", "mm1x1", "vdec"),
     "cpu": ("tconv",),
 }
-#: speed-ups that change the UNet's modules, or its sums' rounding (``upconv``): a render
-#: applies them to its own copy, so the pipeline's UNet stays as loaded, trainable and
-#: savable, and a later render without them computes what it did before
-_RESHAPING = ("qkv", "upconv", "fp8", "xkv")
+#: speed-ups that change the UNet's modules or attention processors, or its sums' rounding
+#: (``upconv``): a render applies them to its own copy, so the pipeline's UNet stays as
+#: loaded, trainable and savable, and a later render without them computes what it did before
+_RESHAPING = ("qkv", "upconv", "tattn", "pattn", "fp8", "xkv")
+#: speed-ups that set attention processors, which fusing the projections (``qkv``) replaces
+_PROCESSORS = ("tattn", "pattn", "xkv")
 _SPEEDUPS_ATTR = "_storyloom_speedups"
 
 
@@ -1514,7 +1542,9 @@ def apply_speedups(unet: Any, speedups: tuple[str, ...]) -> dict[str, int]:
     if "qkv" in speedups and "qkv" not in done:
         if not hasattr(unet, "fuse_qkv_projections"):
             raise ValueError(f"{type(unet).__name__} cannot fuse its attention projections")
-        unet.fuse_qkv_projections()
+        unet.fuse_qkv_projections()  # every layer gets the fused processor
+        for name in _PROCESSORS:  # applied before, now gone: set again below if asked
+            done.pop(name, None)
         from diffusers.models.attention_processor import Attention
 
         done["qkv"] = sum(1 for m in unet.modules() if isinstance(m, Attention))

@@ -94,6 +94,18 @@ AUTO_MICRO_BATCH_MAX = 128
 AUTO_MEMORY_SHARE = 0.5
 #: a pipeline UNet -> its renders' sped-up copies, by (device, speed-ups)
 _SPEEDUP_COPIES: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+#: on a speed-up copy: :func:`weights_stamp` of the UNet it was copied from, when copied
+_STAMP_ATTR = "_storyloom_copied_from"
+
+
+def weights_stamp(module: Any) -> tuple:
+    """What a copy of ``module`` depends on: each parameter's and buffer's identity, storage,
+    version (which in-place changes bump: an optimizer step, ``load_state_dict``), dtype and
+    device. Reading it touches no tensor's data."""
+    return tuple(
+        (id(t), t.data_ptr(), t._version, t.dtype, t.device)
+        for t in (*module.parameters(), *module.buffers())
+    )
 
 
 @dataclass
@@ -413,8 +425,13 @@ class PlanRunner:
             return None
         copies = _SPEEDUP_COPIES.setdefault(base, {})
         key = (str(device), self.speedups)
-        if key not in copies:
-            copies[key] = copy.deepcopy(base).to(device)
+        stamp = weights_stamp(base)
+        if key not in copies or getattr(copies[key], _STAMP_ATTR, None) != stamp:
+            # none yet, or ``base`` changed since (a training step, a loaded state dict, a
+            # cast): a copy of the weights as they are now
+            made = copy.deepcopy(base).to(device)
+            setattr(made, _STAMP_ATTR, stamp)
+            copies[key] = made
         return copies[key]
 
     # ---------------------------------------------------------------- one batch

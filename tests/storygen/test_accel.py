@@ -593,6 +593,41 @@ def test_aot_compile_refuses_cuda_graphs_and_keys_what_the_code_depends_on():
     assert AotForward(net).key(call_signature(x)) != key
 
 
+@pytest.mark.parametrize("precompile", [False, True])
+def test_a_call_to_differentiate_runs_the_modules_own_forward_under_aot_and_pre(
+    tmp_path, monkeypatch, precompile
+):
+    """Reconstruction guidance differentiates the UNet's output by its noisy input; graphs
+    built ahead of time run without autograd, so such a call runs the module's forward (and
+    builds nothing): the gradient is eager's."""
+    from storygen.accel import AotForward, needs_gradient
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 4))
+    x = torch.randn(2, 4)
+
+    def gradient(fn):
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            out = fn(xr)
+            (g,) = torch.autograd.grad((xr - 0.5 * out).square().sum(), xr)
+        return out, g
+
+    want_out, want = gradient(net)
+    aot = AotForward(net, precompile=precompile)
+    got_out, got = gradient(aot)
+    assert got_out.requires_grad
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_out, want_out)
+    assert not aot.sources and not (aot.fallback.sources if precompile else {})
+    wanted = x.clone().requires_grad_(True)
+    assert needs_gradient(((x, wanted),), {}) and needs_gradient((), {"known": [wanted]})
+    assert not needs_gradient((x,), {"known": x})
+    with torch.no_grad():
+        assert not needs_gradient((wanted,), {})
+
+
 def test_a_signature_holds_a_context_tables_shapes_not_its_values():
     """A :class:`ContextTable` argument (``xkv``) enters a call's signature as its type and
     its tensors' shapes, dtypes and devices: tables of other values share a graph and a

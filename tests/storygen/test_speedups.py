@@ -185,6 +185,80 @@ def test_speedups_together_with_fused_projections():
     assert torch.allclose(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
 
 
+def test_fusing_projections_later_drops_the_processors_it_replaces():
+    """``qkv`` applied in a later call sets the fused processor on every attention layer:
+    the speed-ups that had set processors (``xkv``, ``tattn``) are no longer in the record
+    (a context table would reach a processor that cannot read one), and asked for again in
+    the same call they are set again over the fused projections."""
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    from storygen.accel import applied_speedups
+    from storygen.attention import TableCrossAttnProcessor
+
+    unet, call = _unet_and_call(3)
+    want = _forward(unet, call)
+    assert apply_speedups(unet, ("xkv", "tattn"))["xkv"] == len(_kv_layers(unet))
+    apply_speedups(unet, ("qkv",))
+    assert set(applied_speedups(unet)) == {"qkv"}
+    assert {type(p) for p in unet.attn_processors.values()} == {FusedAttnProcessor2_0}
+    torch.testing.assert_close(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
+    again = apply_speedups(unet, ("qkv", "xkv"))
+    assert again["xkv"] == len(_kv_layers(unet)) and "tattn" not in again
+    assert all(isinstance(m.processor, TableCrossAttnProcessor) for m in _kv_layers(unet))
+    torch.testing.assert_close(_forward(unet, call), want, atol=1e-5, rtol=1e-4)
+
+
+def test_renders_with_processor_speedups_leave_the_pipelines_unet_as_loaded(tmp_path):
+    """``tattn`` and ``pattn`` set attention processors, so a render applies them to its own
+    copy: the pipeline's UNet keeps its processors, and a later render without speed-ups is
+    the plain render bit for bit and reports none."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    plain = pipe(PROMPTS, 17, speedups="none", **RUN)
+    for speedups in ("tattn", "pattn"):
+        fast = pipe(PROMPTS, 17, speedups=speedups, **RUN)
+        assert fast.stats.speedups[speedups] > 0
+        torch.testing.assert_close(fast.frames, plain.frames, atol=1e-5, rtol=1e-5)
+        assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+        after = pipe(PROMPTS, 17, speedups="none", **RUN)
+        assert after.stats.speedups == {}
+        torch.testing.assert_close(after.frames, plain.frames, atol=0, rtol=0)
+
+
+def test_a_renders_copy_follows_the_pipelines_unet_when_it_changes(tmp_path):
+    """A render's sped-up copy of the UNet is kept for later renders (its compiled graphs
+    with it) while the UNet stays as it was; once its weights change in place (a training
+    step, a loaded state dict) or it is cast, the next render copies it again and renders
+    with its weights as they are."""
+    from storygen.runner import _SPEEDUP_COPIES
+
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    loaded = pipe(PROMPTS, 17, speedups="none", **RUN)
+    pipe(PROMPTS, 17, speedups="qkv", **RUN)
+    [first] = _SPEEDUP_COPIES[pipe.unet].values()
+    pipe(PROMPTS, 17, speedups="qkv", **RUN)
+    assert list(_SPEEDUP_COPIES[pipe.unet].values()) == [first]  # kept
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.mul_(1.5)
+    plain = pipe(PROMPTS, 17, speedups="none", **RUN)
+    fast = pipe(PROMPTS, 17, speedups="qkv", **RUN)
+    [second] = _SPEEDUP_COPIES[pipe.unet].values()
+    assert second is not first
+    torch.testing.assert_close(fast.frames, plain.frames, atol=1e-5, rtol=1e-5)
+    pipe.unet.load_state_dict(StoryVideoPipeline.from_pretrained(folder).unet.state_dict())
+    reloaded = pipe(PROMPTS, 17, speedups="qkv", **RUN)
+    assert not torch.allclose(loaded.frames, fast.frames, atol=1e-3)
+    torch.testing.assert_close(reloaded.frames, loaded.frames, atol=1e-5, rtol=1e-5)
+    pipe.unet.to(torch.float64)
+    pipe(PROMPTS, 17, speedups="qkv", **RUN)
+    [cast] = _SPEEDUP_COPIES[pipe.unet].values()
+    assert next(cast.parameters()).dtype == torch.float64
+
+
 def test_float8_linears_approximate_the_unet_and_survive_a_dtype_cast():
     """The fp8 speed-up's layers (torch._scaled_mm, which a CPU runs too): every linear layer
     whose sizes are multiples of 16 becomes float8, the UNet's output stays close (float8 keeps
