@@ -73,6 +73,7 @@ import contextlib
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -669,7 +670,7 @@ class AotForward:
             return self.module.forward(*args, **kwargs)
         if self.fallback is not None:
             return self.fallback(*args, **kwargs)
-        signature = self.signature(args, kwargs)
+        signature = self.signature(args, kwargs, self.module)
         program = self.programs.get(signature)
         if program is None:
             try:
@@ -713,8 +714,11 @@ class AotForward:
         )
 
     @staticmethod
-    def signature(args: tuple, kwargs: dict[str, Any]) -> tuple:
-        return call_signature(*args, *(v for kv in sorted(kwargs.items()) for v in kv))
+    def signature(args: tuple, kwargs: dict[str, Any], module: Any = None) -> tuple:
+        """:func:`call_signature` of a call's arguments, keyword ones by name, and whether
+        ``module`` is in training mode (dropout, norms' statistics: traced into a graph)."""
+        mode = () if module is None else (("training", bool(module.training)),)
+        return call_signature(*args, *(v for kv in sorted(kwargs.items()) for v in kv), *mode)
 
     def _weights(self) -> dict[str, Any]:
         """The module's parameters and buffers by their name in the exported program."""
@@ -738,7 +742,7 @@ class AotForward:
         if device.type == "cuda":
             where = [torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)]
         payload = {
-            "format": 1,
+            "format": 2,
             "torch": torch.__version__,
             "device": [device.type, where],
             "class": type(module).__qualname__,
@@ -757,7 +761,10 @@ class AotForward:
                 ]
                 for name, m in module.named_modules()
             ],
-            "weights": [[n, list(t.shape), str(t.dtype)] for n, t in self._weights().items()],
+            "weights": [
+                [n, list(t.shape), str(t.dtype), list(t.stride())]
+                for n, t in self._weights().items()
+            ],
             "options": self.active_options(),
             "signature": repr(tuple(_device_kind(v) for v in signature)),
         }
@@ -946,7 +953,7 @@ class PrecompiledForward:
             return self.whole(*args, **kwargs)
         if needs_gradient(args, kwargs):
             return self.module.forward(*args, **kwargs)
-        signature = AotForward.signature(args, kwargs)
+        signature = AotForward.signature(args, kwargs, self.module)
         call = self.calls.get(signature)
         if call is None:
             if (why := precompile_unavailable()) is not None:
@@ -1059,15 +1066,15 @@ def _module_call(module: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _is_entry(value: Any) -> bool:
-    """Whether a signature's entry is a tensor's (shape, dtype, device)."""
-    return isinstance(value, tuple) and len(value) == 3 and hasattr(value[2], "type")
+    """Whether a signature's entry is a tensor's (shape, dtype, device, strides)."""
+    return isinstance(value, tuple) and len(value) == 4 and hasattr(value[2], "type")
 
 
 def _device_kind(value: Any) -> Any:
     """A signature's entry with a tensor's device as its kind (cuda:1's package is cuda:0's),
     a tuple's entries too."""
     if _is_entry(value):
-        return (value[0], str(value[1]), value[2].type)
+        return (value[0], str(value[1]), value[2].type, value[3])
     if _is_tuple_entry(value):
         return (value[0], tuple(_device_kind(v) for v in value[1]))
     return value
@@ -1108,8 +1115,15 @@ def _forward_of(module: Any) -> Any:
     return Forward()
 
 
-#: the call signatures a compiled module has run (:func:`compiled_call`)
-_WARM_ATTR = "_storyloom_warm_calls"
+#: the call signatures each compiled module has run (:func:`compiled_call`), by the module
+#: itself: a copy (``copy.deepcopy``) starts with none, as its graphs compile anew
+_WARM: weakref.WeakKeyDictionary[Any, set[tuple]] = weakref.WeakKeyDictionary()
+
+
+def warm_calls(module: Any) -> set[tuple]:
+    """The call signatures ``module`` has run compiled, through :func:`compiled_call`."""
+    with _GATE._cond:
+        return set(_WARM.get(module, ()))
 
 
 class _CompileGate:
@@ -1138,8 +1152,8 @@ class _CompileGate:
 
     @contextlib.contextmanager
     def call(self, module: Any, signature: tuple) -> Iterator[bool]:
-        warm: set[tuple] = module.__dict__.setdefault(_WARM_ATTR, set())
         with self._cond:
+            warm = _WARM.setdefault(module, set())
             first = signature not in warm
             if first:
                 self._waiting += 1
@@ -1170,16 +1184,22 @@ os.register_at_fork(after_in_child=_GATE.reset)
 
 
 def call_signature(*values: Any) -> tuple:
-    """What decides which graph a compiled call runs: each tensor's shape, dtype and device
-    (static shapes), and any other value as it is; a tuple (a :class:`ContextTable`, say) as
-    its type's name and the signature of its items."""
+    """What decides which graph a compiled call runs: each tensor's shape, dtype, device and
+    strides (static shapes; a graph reads its inputs' memory as laid out when it was built);
+    a number with its type (``True``, ``1`` and ``1.0`` compare equal); a tuple (a
+    :class:`ContextTable`, say) or list as its type's name and its items' signature, a dict
+    as its keys and values' in order; any other value as it is."""
     import torch
 
     def entry(v: Any) -> Any:
         if isinstance(v, torch.Tensor):
-            return (tuple(v.shape), v.dtype, v.device)
-        if isinstance(v, tuple):
+            return (tuple(v.shape), v.dtype, v.device, tuple(v.stride()))
+        if isinstance(v, (tuple, list)):
             return (type(v).__qualname__, tuple(entry(item) for item in v))
+        if isinstance(v, dict):
+            return ("dict", tuple(x for k, item in v.items() for x in (k, entry(item))))
+        if isinstance(v, (bool, int, float, complex)):
+            return (type(v).__qualname__, v)
         return v
 
     return tuple(entry(v) for v in values)
@@ -1188,8 +1208,11 @@ def call_signature(*values: Any) -> tuple:
 def compiled_call(module: Any, *values: Any) -> contextlib.AbstractContextManager[bool]:
     """The block that calls compiled ``module`` with ``values`` (its tensors and the settings
     its graph depends on): a first call of a signature, which compiles, runs alone in the
-    process (:class:`_CompileGate`). Yields whether this call is that first one."""
-    return _GATE.call(module, call_signature(*values))
+    process (:class:`_CompileGate`). Yields whether this call is that first one. Autograd
+    on or off is part of the signature: a graph to differentiate is another graph."""
+    import torch
+
+    return _GATE.call(module, (("grad", torch.is_grad_enabled()), *call_signature(*values)))
 
 
 #: the outermost compile phase PyTorch times: a compile, whole (dynamo's tracing and Inductor's

@@ -652,9 +652,32 @@ def test_a_signature_holds_a_context_tables_shapes_not_its_values():
     assert AotForward(net).key(sig) != AotForward(net).key(call_signature(x, table(16, 0.0)))
     # a table on another device is a device entry like any tensor's
     moved = sig[:1] + (
-        ("ContextTable", tuple((e[0], e[1], torch.device("cuda", 1)) for e in sig[1][1])),
+        ("ContextTable", tuple((e[0], e[1], torch.device("cuda", 1), e[3]) for e in sig[1][1])),
     )
     assert {e[2].type for e in _tensor_entries(moved)} == {"cpu", "cuda"}
+
+
+def test_a_signature_tells_apart_what_a_graph_without_guards_would_confuse():
+    """Graphs built ahead of time keep no guards: their signature tells apart the strides of
+    a tensor (a transposed or expanded input), numbers of other types that compare equal
+    (True, 1, 1.0), lists and dicts by their items, and the module's training mode; a
+    package's key also holds its weights' strides (a channels-last copy)."""
+    from storygen.accel import AotForward, call_signature
+
+    x = torch.zeros(4, 4)
+    assert call_signature(x) != call_signature(x.t())
+    assert call_signature(x) != call_signature(torch.zeros(1, 4).expand(4, 4))
+    assert len({call_signature(v) for v in (True, 1, 1.0)}) == 3
+    assert call_signature([x, 2]) == call_signature([torch.ones(4, 4), 2])
+    assert call_signature([x, 2]) != call_signature((x, 2))
+    assert call_signature({"a": x}) != call_signature({"a": x.t()})
+    assert call_signature({"a": x}) != call_signature({"b": x})
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Dropout(0.5))
+    aot = AotForward(net)
+    evaluating = aot.signature((x,), {}, net.eval())
+    assert evaluating != aot.signature((x,), {}, net.train())
+    key = aot.key(evaluating)
+    assert AotForward(net.to(memory_format=torch.channels_last)).key(evaluating) != key
 
 
 @pytest.mark.parametrize("regional", [False, True])
@@ -826,18 +849,39 @@ def test_passes_of_compiled_shapes_run_side_by_side(tmp_path):
 def test_a_failed_compiling_pass_compiles_again(tmp_path):
     """A first pass that fails leaves its shape to compile on the next pass, and holds no
     other pass back."""
-    from storygen.accel import _WARM_ATTR
+    from storygen.accel import warm_calls
 
     call, log, hold, _, unet = _gated_unet(tmp_path)
     hold[2] = -1.0  # time.sleep raises on a negative time: the pass fails
     with pytest.raises(ValueError):
         call(1)
-    assert not getattr(unet, _WARM_ATTR)
+    assert not warm_calls(unet)
     call(2)  # a first pass of another shape gets through
     hold.clear()
     call(1)
     call(1)
-    assert len(getattr(unet, _WARM_ATTR)) == 2  # 2 and 4 rows
+    assert len(warm_calls(unet)) == 2  # 2 and 4 rows
+
+
+def test_a_copy_starts_cold_and_a_call_to_differentiate_is_another_first_call():
+    """The gate's record of a module's compiled calls: a call with autograd on is a first
+    call (dynamo compiles another graph for it) even where the same shapes ran without, and
+    a copy of the module (a render's sped-up copy, compiled anew) has run none."""
+    import copy
+
+    from storygen.accel import compiled_call, warm_calls
+
+    net = torch.nn.Linear(2, 2)
+    x = torch.zeros(1, 2)
+    firsts = []
+    for grad in (False, False, True, True):
+        with torch.set_grad_enabled(grad), compiled_call(net, x) as first:
+            firsts.append(first)
+    assert firsts == [True, False, True, False] and len(warm_calls(net)) == 2
+    twin = copy.deepcopy(net)
+    assert not warm_calls(twin)
+    with torch.no_grad(), compiled_call(twin, x) as first:
+        assert first
 
 
 def test_a_forked_child_compiles_though_the_parent_was_mid_call():
@@ -847,9 +891,9 @@ def test_a_forked_child_compiles_though_the_parent_was_mid_call():
     import sys
 
     code = """
-import multiprocessing, threading, time, types
+import multiprocessing, threading, time, torch
 from storygen.accel import compiled_call
-module = types.SimpleNamespace()
+module = torch.nn.Identity()
 with compiled_call(module, 1):  # a first call: the signature is compiled from here on
     pass
 inside = threading.Event()
@@ -971,7 +1015,7 @@ def test_aot_compiles_in_process_where_the_package_loader_dies(tmp_path, monkeyp
     aot = AotForward(net)
     folder = tmp_path / AOT_DIR
     folder.mkdir()
-    package = folder / f"{aot.key(aot.signature((x,), {}))}.pt2"
+    package = folder / f"{aot.key(aot.signature((x,), {}, net))}.pt2"
     package.write_bytes(b"a package its loader cannot run")
     before = len(aot_fallbacks())
     with torch.no_grad():
@@ -1071,7 +1115,7 @@ def test_precompiled_calls_are_saved_loaded_without_tracing_and_rebuilt_when_tor
     assert out["source"] == ["loaded"] and out["diff"] < 1e-6
     assert out["phases"]["pre_load"] > 0 and out["phases"].get(OUTER_PHASE, 0.0) == 0.0
     # a torn file: traced and saved again
-    key = AotForward(net).key(AotForward.signature((x,), {}))
+    key = AotForward(net).key(AotForward.signature((x,), {}, net))
     torn = tmp_path / AOT_DIR / f"{key}{PRE_SUFFIX}"
     assert torn in files
     torn.write_bytes(torn.read_bytes()[:100])

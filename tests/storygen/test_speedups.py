@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from storygen.accel import (
-    _WARM_ATTR,
     COMPILE_MIN_PASSES,
     DEFAULT_SPEEDUPS,
     apply_speedups,
@@ -17,6 +16,7 @@ from storygen.accel import (
     decoder_compiles,
     fast_temporal_convs,
     resolve_speedups,
+    warm_calls,
 )
 from storygen.attention import (
     PackedSequenceAttnProcessor,
@@ -457,7 +457,7 @@ def test_a_compiled_decoder_decodes_the_same_frames_with_one_graph(monkeypatch, 
     short = pipe.decode(z[:3])
     assert counters["stats"]["unique_graphs"] == graphs  # the short chunk reused the graph
     # its calls passed the compile gate as one signature, the first of them alone
-    assert len(getattr(pipe.vae.decoder, _WARM_ATTR)) == 1
+    assert len(warm_calls(pipe.vae.decoder)) == 1
     assert got.shape == want.shape and short.shape == (3, *want.shape[1:])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(short, want[:3], atol=1e-5, rtol=1e-5)
