@@ -502,7 +502,7 @@ class AotUnavailable(RuntimeError):
     native code, which no Python error reports), so ``compile="aot"`` compiles in process."""
 
 
-#: why this process's ``compile="aot"`` modules fell back to compiling in process, in order
+#: why this process's compiled modules ran otherwise than asked, and how, in order
 _AOT_FALLBACKS: list[str] = []
 
 #: a child process's load of a package (:func:`_probe`)
@@ -510,10 +510,19 @@ _PROBE = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1], devi
 
 
 def aot_fallbacks() -> list[str]:
-    """Why ``compile="aot"`` fell back to compiling in process (``torch.compile``, every
-    shape) in this process so far, one reason per module that did."""
+    """Why modules compiled otherwise than asked in this process so far, and how: ``aot``
+    running precompiled graphs, ``pre`` compiling in process, a UNet called block by block
+    compiling its blocks (:func:`record_fallback`); one message per module."""
     with _AOT_LOCK:
         return list(_AOT_FALLBACKS)
+
+
+def record_fallback(message: str) -> None:
+    """Log ``message`` (``"compile='<choice>': <why>; <what runs instead>"``) as a warning and
+    keep it for :func:`aot_fallbacks`."""
+    logger.warning(message)
+    with _AOT_LOCK:
+        _AOT_FALLBACKS.append(message)
 
 
 def _probe(path: Path, index: int) -> tuple[bool, str]:
@@ -691,9 +700,7 @@ class AotForward:
             f"compile='aot': {reason}; {name} runs precompiled graphs instead "
             f"(torch.compile's aot_compile, saved as *{PRE_SUFFIX} beside the packages)"
         )
-        logger.warning(message)
-        with _AOT_LOCK:
-            _AOT_FALLBACKS.append(message)
+        record_fallback(message)
         self.fallback = PrecompiledForward(self.module, self.options, self.key, "aot")
         return self.fallback
 
@@ -972,9 +979,7 @@ class PrecompiledForward:
             f"compile={self.choice!r}: {reason}; {name} compiles in process instead "
             "(torch.compile, every shape)"
         )
-        logger.warning(message)
-        with _AOT_LOCK:
-            _AOT_FALLBACKS.append(message)
+        record_fallback(message)
         self.module._compiled_call_impl = None
         _compile_in_place(self.module, name, self.options)
         self.whole = self.module._compiled_call_impl

@@ -476,6 +476,18 @@ def _write_extras(
     return written
 
 
+#: what a compile fallback's message says ran instead (:func:`storygen.accel.aot_fallbacks`)
+_INSTEAD = {
+    "runs precompiled graphs": "precompiled graphs instead",
+    "blocks compile one by one": "its blocks compiled one by one instead",
+    "runs eager": "eager instead",
+}
+
+
+def _instead(why: str) -> str:
+    return next((v for k, v in _INSTEAD.items() if k in why), "compiled in process instead")
+
+
 def _speedups(stats: Any) -> str:
     """The speed-ups and compile state of a render, for its summary."""
     parts = [f"{k} ({n} layers)" if n else k for k, n in stats.speedups.items()] or ["none"]
@@ -491,11 +503,8 @@ def _speedups(stats: Any) -> str:
         )
     elif stats.compiled:
         parts.append("compile on, no shape ran enough passes to repay it")
-    for why in stats.compile_fallbacks:  # "compile='aot': <why>; <what it does instead> (...)"
-        instead = (
-            "precompiled graphs" if "runs precompiled graphs" in why else "compiled in process"
-        )
-        parts.append(f"{why.split(':', 1)[0]} not possible here: {instead} instead (see the log)")
+    for why in stats.compile_fallbacks:  # "compile='aot': <why>; <what runs instead> (...)"
+        parts.append(f"{why.split(':', 1)[0]} not possible here: {_instead(why)} (see the log)")
     if stats.decoder_compiled:
         parts.append("decoder compiled")
     if stats.cudnn_autotune:

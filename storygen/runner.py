@@ -43,10 +43,12 @@ from storygen.accel import (
     compiled_rows,
     cudnn_autotune,
     decoder_compiles,
+    has_repeated_blocks,
     inductor_options,
     is_compiled,
     needs_copy,
     phases_since,
+    record_fallback,
     resolve_speedups,
     use_compiled_rows,
     use_tuned_rows,
@@ -54,7 +56,7 @@ from storygen.accel import (
 from storygen.attention import pack_eager
 from storygen.cache import CallCache
 from storygen.plan import AUTOREGRESSIVE, Call, Level, Plan
-from storygen.sampling import CallInputs
+from storygen.sampling import CallInputs, runs_whole_forward
 from storygen.settings import RenderSettings
 from storygen.sink import FrameSink
 from storygen.text import PromptCache
@@ -402,19 +404,36 @@ class PlanRunner:
                 # packed attention's kernel compiles per shape: where the render compiles its
                 # bulk, its eager passes (short levels) keep the processor it replaced
                 pack_eager(unet, not self.compile.enabled)
-                if self.compile.enabled:
-                    compile_unet(
-                        unet,
-                        inductor_options(self.speedups),
-                        regional=self.compile.regional_for(unet, self.speedups),
-                        aot=self.compile.choice == "aot",
-                        precompile=self.compile.choice == "pre",
-                    )
+                if self.compile.enabled and not is_compiled(unet):
+                    self._compile(unet)
                 if is_compiled(unet):  # compiled by an earlier render: this one's buckets
                     use_compiled_rows(unet, self.compile.rows)
                     use_tuned_rows(unet, self.compile.tuned)
                 self._unets[key] = unet
             return self._unets[key]
+
+    def _compile(self, unet: Any) -> None:
+        """Compile ``unet`` as the render's compile choice asks. A UNet that sampling calls
+        block by block (a diffusers text-to-video UNet: a prompt per frame) never runs a
+        whole forward, so a whole-UNet choice compiles its blocks one by one instead, and the
+        render says so (``compile_fallbacks``)."""
+        choice = self.compile.choice
+        regional = self.compile.regional_for(unet, self.speedups)
+        if not regional and not runs_whole_forward(unet):
+            name = type(unet).__name__
+            why = f"compile={choice!r}: sampling calls a {name} block by block (a prompt per frame)"
+            if not has_repeated_blocks(unet):
+                record_fallback(f"{why}; it runs eager instead (it has none of the blocks)")
+                return
+            record_fallback(f"{why}; its blocks compile one by one instead (as 'regional')")
+            regional = True
+        compile_unet(
+            unet,
+            inductor_options(self.speedups),
+            regional=regional,
+            aot=not regional and choice == "aot",
+            precompile=not regional and choice == "pre",
+        )
 
     def _speedup_copy(self, base: Any, device: torch.device) -> Any | None:
         """The render's own copy of ``base`` on ``device`` when its speed-ups change modules

@@ -124,7 +124,7 @@ def guided_output(
     eager = is_compiled(unet) and not compiled
     # the bucket that carries the render compiles with the kernel-tuning options (cdt, mat)
     tuning = tuning_compiles(compiled and bucket in tuned_rows(unet))
-    if isinstance(unet, MaskedUNet3D):
+    if runs_whole_forward(unet):
         # a compiled UNet runs its graph through __call__; a bucket it leaves eager calls
         # forward (an uncompiled UNet is called as usual, hooks and all)
         known = known.to(unet.dtype)
@@ -143,6 +143,13 @@ def guided_output(
         uncond, cond = out.chunk(2)
         out = uncond + guidance_scale * (cond - uncond)
     return out
+
+
+def runs_whole_forward(unet: Any) -> bool:
+    """Whether :func:`guided_output` calls ``unet`` itself (a :class:`MaskedUNet3D`, whose
+    compiled forward runs then) rather than its blocks one by one, as it does a diffusers
+    text-to-video UNet (:func:`storygen.models.unet3d_forward`, a prompt per frame)."""
+    return isinstance(unet, MaskedUNet3D)
 
 
 #: a context table's rows are padded to a multiple of this (at least this many), so stories

@@ -382,6 +382,40 @@ def test_regional_compile_compiles_the_blocks_and_renders_the_same_frames(tmp_pa
     assert again.stats.compile_s < 0.1 * got.stats.compile_s
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("choice", ["all", "pre"])
+def test_a_text_to_video_unet_compiles_its_blocks_where_a_whole_unet_is_asked(
+    tmp_path, monkeypatch, choice
+):
+    """Sampling calls a diffusers text-to-video UNet block by block (a prompt per frame), so
+    its whole forward never runs: asked to compile it whole, a render compiles its blocks
+    one by one instead, says so, and gives the eager frames."""
+    from storygen import accel
+    from storygen.accel import REPEATED_BLOCKS
+
+    compiled_calls = []
+    gated = accel._GatedBlock.__call__
+
+    def spy(self, *args, **kwargs):
+        compiled_calls.append(not accel._EAGER_BLOCKS.on)
+        return gated(self, *args, **kwargs)
+
+    monkeypatch.setattr(accel._GatedBlock, "__call__", spy)
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    folder = new_model(tmp_path / "m", preset="micro-latent", mode="t2v", texts=PROMPTS)
+    want = StoryVideoPipeline.from_pretrained(folder)(PROMPTS, 17, compile="off", **RUN)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    got = pipe(PROMPTS, 17, compile=choice, **RUN)
+    [why] = got.stats.compile_fallbacks
+    assert why.startswith(f"compile={choice!r}: sampling calls a UNet3DConditionModel")
+    assert "its blocks compile one by one instead" in why
+    assert got.stats.compiled_rows == [2, 4]
+    blocks = [m for m in pipe.unet.modules() if type(m).__name__ in REPEATED_BLOCKS]
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    assert compiled_calls and all(compiled_calls)  # every pass ran the blocks' graphs
+    torch.testing.assert_close(got.frames, want.frames, atol=1e-4, rtol=1e-4)
+
+
 def _aot_of(pipe: StoryVideoPipeline):
     """The packages the last render's UNet ran: the pipeline's own, or the copy its speed-ups
     made (fused projections on CUDA)."""

@@ -152,11 +152,14 @@ def test_the_summary_says_how_graphs_were_compiled_and_what_ran_instead():
             "instead (torch.compile's aot_compile, saved as *.dynamo beside the packages)",
             "compile='pre': dynamo cannot precompile it as one graph: x; AutoencoderKL "
             "compiles in process instead (torch.compile, every shape)",
+            "compile='all': sampling calls a UNet3DConditionModel block by block (a prompt per "
+            "frame); its blocks compile one by one instead (as 'regional')",
         ],
     )
     assert _speedups(fell).split(", ")[2:] == [
         "compile='aot' not possible here: precompiled graphs instead (see the log)",
         "compile='pre' not possible here: compiled in process instead (see the log)",
+        "compile='all' not possible here: its blocks compiled one by one instead (see the log)",
     ]
     assert _speedups(GenerationStats(**base, compiled=True)) == (
         "none, compile on, no shape ran enough passes to repay it"
