@@ -72,6 +72,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -360,9 +361,6 @@ def compile_unet(
     (:class:`PrecompiledForward`). A UNet compiled already stays as it is."""
     if is_compiled(unet):
         return
-    if aot or precompile:
-        _aot_in_place(unet, "the UNet", options, precompile=precompile)
-        return
     if regional and not has_repeated_blocks(unet):
         raise ValueError(
             f"compile='regional': {type(unet).__name__} has none of the blocks it compiles "
@@ -371,13 +369,16 @@ def compile_unet(
     import torch._dynamo
 
     # one graph per (row bucket, call length): a handful, more than dynamo's default of 8
-    # would only be reached by plans of many uneven call lengths. Regional: the blocks of a
-    # class share one forward, with a graph per (input shape, row bucket): the up path's
-    # ResNet blocks alone take a dozen shapes
+    # would only be reached by plans of many uneven call lengths (aot and pre too, where they
+    # compile in process instead). Regional: the blocks of a class share one forward, with a
+    # graph per (input shape, row bucket): the up path's ResNet blocks alone take a dozen
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 256 if regional else 32))
+    if aot or precompile:
+        _aot_in_place(unet, "the UNet", options, precompile=precompile)
+        return
     if not regional:
         _compile_in_place(unet, "the UNet", options)
         return
@@ -531,7 +532,6 @@ def _probe(path: Path, index: int) -> tuple[bool, str]:
     (True, why) when it raised (an unreadable file, which this process may build again)."""
     import signal
     import subprocess
-    import sys
     import time
 
     started = time.perf_counter()
@@ -745,11 +745,15 @@ class AotForward:
 
         module = self.module
         device = next(iter(self._weights().values())).device
-        where: Any = platform.machine()
+        where: Any = [platform.machine(), _vector_isa()]  # the CPU code's instruction set
         if device.type == "cuda":
             where = [torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)]
         payload = {
             "format": 2,
+            # a precompiled file holds Python bytecode
+            "python": list(sys.version_info[:2]),
+            # TF32 changes what a float32 product computes
+            "tf32": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32],
             "torch": torch.__version__,
             "device": [device.type, where],
             "class": type(module).__qualname__,
@@ -914,6 +918,17 @@ def needs_gradient(args: tuple, kwargs: dict[str, Any]) -> bool:
         return False
 
     return wants(args) or wants(kwargs)
+
+
+def _vector_isa() -> str:
+    """The vector instruction set Inductor compiles CPU code for on this machine ("" where
+    PyTorch cannot tell): code built for another does not run here."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        return str(pick_vec_isa())
+    except Exception:  # an older PyTorch, or no compiler to probe with
+        return ""
 
 
 def _active_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -691,11 +691,13 @@ def test_a_signature_holds_a_context_tables_shapes_not_its_values():
     assert {e[2].type for e in _tensor_entries(moved)} == {"cpu", "cuda"}
 
 
-def test_a_signature_tells_apart_what_a_graph_without_guards_would_confuse():
+def test_a_signature_tells_apart_what_a_graph_without_guards_would_confuse(monkeypatch):
     """Graphs built ahead of time keep no guards: their signature tells apart the strides of
     a tensor (a transposed or expanded input), numbers of other types that compare equal
     (True, 1, 1.0), lists and dicts by their items, and the module's training mode; a
-    package's key also holds its weights' strides (a channels-last copy)."""
+    package's key also holds its weights' strides (a channels-last copy), the CPU's vector
+    instruction set and whether float32 products run in TF32."""
+    from storygen import accel
     from storygen.accel import AotForward, call_signature
 
     x = torch.zeros(4, 4)
@@ -711,6 +713,17 @@ def test_a_signature_tells_apart_what_a_graph_without_guards_would_confuse():
     evaluating = aot.signature((x,), {}, net.eval())
     assert evaluating != aot.signature((x,), {}, net.train())
     key = aot.key(evaluating)
+    # a CPU of another vector instruction set, TF32 products: other code
+    monkeypatch.setattr(accel, "_vector_isa", lambda: "another")
+    assert aot.key(evaluating) != key
+    monkeypatch.undo()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = not tf32
+        assert aot.key(evaluating) != key
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert aot.key(evaluating) == key
     assert AotForward(net.to(memory_format=torch.channels_last)).key(evaluating) != key
 
 
