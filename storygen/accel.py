@@ -1538,11 +1538,16 @@ def resolve_speedups(choice: str | Any, device_type: str) -> tuple[str, ...]:
     ``"none"``, or names of :data:`SPEEDUPS` (comma separated, or a sequence), among which
     ``auto`` stands for the defaults (``"auto,cdt"``: the defaults and ``cdt``)."""
     defaults = DEFAULT_SPEEDUPS.get(device_type, DEFAULT_SPEEDUPS["cpu"])
-    if choice is None or choice == "auto":
+    if choice is None:
         return defaults
-    if choice in ("none", ""):
+    raw = choice.split(",") if isinstance(choice, str) else list(choice)
+    names = [n.strip() for n in raw if n.strip()]  # "qkv, tconv,": spaces, a trailing comma
+    if names == ["auto"]:
+        return defaults
+    if not names or names == ["none"]:
         return ()
-    names = [n.strip() for n in choice.split(",")] if isinstance(choice, str) else list(choice)
+    if "none" in names:
+        raise ValueError(f"speed-ups {choice!r}: 'none' goes alone, not with other names")
     if "auto" in names:  # the device's defaults and more: "auto,cdt"
         names = [n for n in names if n != "auto"] + list(defaults)
     unknown = [n for n in names if n not in SPEEDUPS]

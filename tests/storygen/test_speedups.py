@@ -292,7 +292,12 @@ def test_speedup_choices():
     assert resolve_speedups("auto", "cpu") == DEFAULT_SPEEDUPS["cpu"]
     assert resolve_speedups(None, "mps") == DEFAULT_SPEEDUPS["cpu"]
     assert resolve_speedups("none", "cuda") == ()
+    assert resolve_speedups(" none ", "cuda") == resolve_speedups(["none"], "cuda") == ()
+    assert resolve_speedups("", "cuda") == ()
     assert resolve_speedups("qkv, tconv", "cpu") == ("tconv", "qkv")
+    assert resolve_speedups("qkv,tconv,", "cpu") == ("tconv", "qkv")  # a trailing comma
+    with pytest.raises(ValueError, match="'none' goes alone"):
+        resolve_speedups("none,qkv", "cpu")
     assert resolve_speedups(["tattn"], "cpu") == ("tattn",)
     assert set(resolve_speedups("auto,cgraph", "cuda")) == {*DEFAULT_SPEEDUPS["cuda"], "cgraph"}
     assert resolve_speedups("qkv,auto", "cpu") == ("tconv", "qkv")
