@@ -437,9 +437,10 @@ class PlanRunner:
 
     def _speedup_copy(self, base: Any, device: torch.device) -> Any | None:
         """The render's own copy of ``base`` on ``device`` when its speed-ups change modules
-        (fused projections, float8 layers), kept on ``base`` for later renders with the same
-        speed-ups (and its compiled graphs with it); None when the speed-ups keep ``base``
-        as it is."""
+        or attention processors (fused projections, float8 layers, packed attention), kept on
+        ``base`` for later renders with the same speed-ups (and its compiled graphs with it)
+        while ``base``'s weights stay as they were (:func:`weights_stamp`); None when the
+        speed-ups keep ``base`` as it is."""
         if not needs_copy(self.speedups):
             return None
         copies = _SPEEDUP_COPIES.setdefault(base, {})
