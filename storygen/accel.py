@@ -477,11 +477,7 @@ def _aot_in_place(
     uses: ``module(...)`` runs the package of its shapes, ``module.forward(...)`` stays eager),
     marked compiled; ``precompile``: through its :class:`PrecompiledForward` from the start."""
     if options and options.get("triton.cudagraphs"):
-        raise ValueError(
-            f"compile={'pre' if precompile else 'aot'!r} runs graphs compiled ahead of time, "
-            "which do not replay CUDA graphs: leave out the cgraph speed-up, or compile with "
-            "'all'"
-        )
+        raise ValueError(_no_cuda_graphs("pre" if precompile else "aot"))
     module._compiled_call_impl = AotForward(module, options, precompile=precompile)
     setattr(module, _COMPILED_FLAG, True)
     what = "traced ahead of time" if precompile else "compiling ahead of time"
@@ -904,20 +900,11 @@ def needs_gradient(args: tuple, kwargs: dict[str, Any]) -> bool:
     Graphs built ahead of time (``aot``, ``pre``) run without autograd, so such a call runs
     the module's own forward instead."""
     import torch
+    from torch.utils._pytree import tree_leaves
 
-    if not torch.is_grad_enabled():
-        return False
-
-    def wants(value: Any) -> bool:
-        if isinstance(value, torch.Tensor):
-            return value.requires_grad
-        if isinstance(value, (tuple, list)):
-            return any(wants(v) for v in value)
-        if isinstance(value, dict):
-            return any(wants(v) for v in value.values())
-        return False
-
-    return wants(args) or wants(kwargs)
+    return torch.is_grad_enabled() and any(
+        isinstance(v, torch.Tensor) and v.requires_grad for v in tree_leaves((args, kwargs))
+    )
 
 
 def _vector_isa() -> str:
@@ -953,7 +940,8 @@ class PrecompiledForward:
 
     A module that dynamo cannot trace as one graph (a graph break) compiles in process
     instead, as ``compile="all"`` does, and says why (:func:`aot_fallbacks`); ``choice``
-    names the compile choice in what it says."""
+    names the compile choice in what it says. It is called through :class:`AotForward`, which
+    keeps calls to differentiate (:func:`needs_gradient`) from it."""
 
     def __init__(
         self, module: Any, options: dict[str, Any] | None, key: Any, choice: str = "pre"
@@ -973,8 +961,6 @@ class PrecompiledForward:
 
         if self.whole is not None:
             return self.whole(*args, **kwargs)
-        if needs_gradient(args, kwargs):
-            return self.module.forward(*args, **kwargs)
         signature = AotForward.signature(args, kwargs, self.module)
         call = self.calls.get(signature)
         if call is None:
@@ -1567,10 +1553,16 @@ def check_render_speed(compile: Any, speedups: Any, device_type: str) -> None:
     choice = resolve_compile(compile, device_type)
     names = resolve_speedups(speedups, device_type)
     if choice in ("aot", "pre") and "cgraph" in names:
-        raise ValueError(
-            f"compile={choice!r} runs graphs compiled ahead of time, which do not replay CUDA "
-            "graphs: leave out the cgraph speed-up, or compile with 'all'"
-        )
+        raise ValueError(_no_cuda_graphs(choice))
+
+
+def _no_cuda_graphs(choice: str) -> str:
+    """Why ``compile=choice`` (``aot``, ``pre``) and the ``cgraph`` speed-up do not go
+    together."""
+    return (
+        f"compile={choice!r} runs graphs compiled ahead of time, which do not replay CUDA "
+        "graphs: leave out the cgraph speed-up, or compile with 'all'"
+    )
 
 
 def needs_copy(speedups: tuple[str, ...]) -> bool:
