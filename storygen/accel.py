@@ -114,6 +114,7 @@ __all__ = [
     "subpixel_kernels",
     "subpixel_upsamplers",
     "fp8_unavailable",
+    "ordinary_weights",
     "inductor_options",
     "resolve_speedups",
     "compiled_rows",
@@ -631,6 +632,31 @@ def _version(tensor: Any) -> int:
         return -1
 
 
+def ordinary_weights(module: Any) -> int:
+    """Replace ``module``'s parameters and buffers made under ``torch.inference_mode`` (a
+    pipeline loaded inside it) by ordinary tensors of the same values; the number replaced.
+
+    An inference tensor keeps no version counter, so an in-place change to it (a state dict
+    loaded into it) cannot be seen: a speed-up copy or a package's folded constants made from
+    it would silently keep the old weights. An ordinary tensor's counter moves even when it
+    is changed inside ``inference_mode``."""
+    import torch
+
+    replaced = 0
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, param in list(sub._parameters.items()):
+                if param is not None and param.is_inference():
+                    grad = param.requires_grad
+                    sub._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=grad)
+                    replaced += 1
+            for name, buf in list(sub._buffers.items()):
+                if buf is not None and buf.is_inference():
+                    sub._buffers[name] = buf.clone()
+                    replaced += 1
+    return replaced
+
+
 class AotForward:
     """A module's calls (``nn.Module._compiled_call_impl``) run by AOTInductor packages, one
     per call signature (:func:`call_signature` of the arguments: shapes, dtypes, devices and
@@ -683,7 +709,10 @@ class AotForward:
             except AotUnavailable as exc:
                 return self._fall_back(str(exc))(*args, **kwargs)
             self.programs[signature] = program
-        program.bind(self._weights())
+        weights = self._weights()
+        if any(w.is_inference() for w in weights.values()) and ordinary_weights(self.module):
+            weights = self._weights()
+        program.bind(weights)
         with torch.no_grad():
             return program.model(*args, **kwargs)
 

@@ -47,6 +47,7 @@ from storygen.accel import (
     inductor_options,
     is_compiled,
     needs_copy,
+    ordinary_weights,
     phases_since,
     record_fallback,
     resolve_speedups,
@@ -390,6 +391,9 @@ class PlanRunner:
         key = (id(base), str(device))
         with self._lock:
             if key not in self._unets:
+                # weights loaded inside torch.inference_mode track no in-place changes, which
+                # the speed-up copy's stamp and a package's folded constants rely on
+                ordinary_weights(base)
                 unet = self._speedup_copy(base, device)
                 if unet is None:
                     same = base.device == device and not any(

@@ -662,6 +662,27 @@ def test_a_call_to_differentiate_runs_the_modules_own_forward_under_aot_and_pre(
         assert not needs_gradient((wanted,), {})
 
 
+def test_aot_follows_weights_changed_in_place_under_inference_mode(tmp_path, monkeypatch):
+    """A module made inside ``torch.inference_mode`` has weights without a version counter:
+    the package would fold its constants from them once and keep them after an in-place
+    change. They are made ordinary tensors of the same values, so the change is seen."""
+    from storygen.accel import AotForward
+
+    monkeypatch.setenv("STORYLOOM_COMPILE_CACHE", str(tmp_path / "inductor"))
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).eval()
+        assert net[0].weight.is_inference()
+        aot = AotForward(net)
+        x = torch.randn(3, 8)
+        torch.testing.assert_close(aot(x), net(x))
+        assert not any(t.is_inference() for t in net.state_dict().values())
+        net[0].weight.mul_(3.0)
+        net[1].bias.add_(1.0)
+        torch.testing.assert_close(aot(x), net(x))
+    assert list(aot.sources.values()) == ["built"]
+
+
 def test_a_signature_holds_a_context_tables_shapes_not_its_values():
     """A :class:`ContextTable` argument (``xkv``) enters a call's signature as its type and
     its tensors' shapes, dtypes and devices: tables of other values share a graph and a

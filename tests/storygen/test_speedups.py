@@ -227,6 +227,24 @@ def test_renders_with_processor_speedups_leave_the_pipelines_unet_as_loaded(tmp_
         torch.testing.assert_close(after.frames, plain.frames, atol=0, rtol=0)
 
 
+def test_a_pipeline_loaded_under_inference_mode_renders_with_a_copy_and_follows_it(tmp_path):
+    """Weights loaded inside ``torch.inference_mode`` keep no version counter, which the
+    speed-up copy's stamp reads: such a pipeline renders with ``qkv`` (the default on CUDA)
+    the plain frames, and a state dict loaded into it inside ``inference_mode`` reaches the
+    next render's copy."""
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    with torch.inference_mode():
+        pipe = StoryVideoPipeline.from_pretrained(folder)
+        plain = pipe(PROMPTS, 17, speedups="none", **RUN)
+        fast = pipe(PROMPTS, 17, speedups="qkv", **RUN)
+        torch.testing.assert_close(fast.frames, plain.frames, atol=1e-5, rtol=1e-5)
+        pipe.unet.load_state_dict({k: 1.5 * v for k, v in pipe.unet.state_dict().items()})
+        changed = pipe(PROMPTS, 17, speedups="none", **RUN)
+        assert not torch.allclose(changed.frames, plain.frames, atol=1e-3)
+        fast = pipe(PROMPTS, 17, speedups="qkv", **RUN)
+        torch.testing.assert_close(fast.frames, changed.frames, atol=1e-5, rtol=1e-5)
+
+
 def test_a_renders_copy_follows_the_pipelines_unet_when_it_changes(tmp_path):
     """A render's sped-up copy of the UNet is kept for later renders (its compiled graphs
     with it) while the UNet stays as it was; once its weights change in place (a training
