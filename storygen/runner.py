@@ -525,8 +525,8 @@ class PlanRunner:
             last = CallBatch(level, [i for i, _ in items[-drain:]], [c for _, c in items[-drain:]])
         for items in groups.values():
             count = -(-len(items) // size)
-            if len(items) >= parts:
-                count = parts * -(-count // parts)
+            if len(items) >= parts:  # a multiple of the devices, but never an empty batch
+                count = min(len(items), parts * -(-count // parts))
             base, extra = divmod(len(items), count)
             start = 0
             for k in range(count):

@@ -260,6 +260,16 @@ def test_devices_share_each_level_evenly(pipe):
     torch.testing.assert_close(out.frames, one.frames, rtol=0, atol=BATCH_ATOL)
 
 
+def test_devices_at_one_call_a_batch_run_every_call_once(pipe):
+    """At a micro-batch of one call, a level of an odd number of calls on two devices is as
+    many batches as calls (rounding up to a multiple of the devices would leave one empty)."""
+    one = pipe(PROMPTS[0], 18, output_type="latent", micro_batch=1, **RUN)
+    assert any(len(level.calls) % 2 for level in one.plan.levels[1:])
+    out = pipe(PROMPTS[0], 18, output_type="latent", micro_batch=1, devices=["cpu", "cpu"], **RUN)
+    assert sum(out.stats.calls_per_device) == out.plan.model_calls
+    torch.testing.assert_close(out.frames, one.frames, rtol=0, atol=BATCH_ATOL)
+
+
 def test_a_device_keeps_its_worker_thread_from_render_to_render(pipe, reference, monkeypatch):
     """cuDNN keeps the algorithms its autotuner picked per thread: a device's batches run on
     one thread, the same in every render, a second device's on another; a batch that fails
