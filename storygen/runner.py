@@ -18,6 +18,7 @@ batch at a time (:class:`LevelProgress`).
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import resource
 import threading
@@ -93,6 +94,8 @@ AUTO_MICRO_BATCH = 16
 #: ``micro_batch="auto"`` on CUDA: the most calls per forward pass, and the share of the free
 #: memory a batch may take (the rest: the allocator's slack, VAE decode, the next batch's
 #: inputs)
+logger = logging.getLogger(__name__)
+
 AUTO_MICRO_BATCH_MAX = 128
 AUTO_MEMORY_SHARE = 0.5
 #: a pipeline UNet -> its renders' sped-up copies, by (device, speed-ups)
@@ -664,6 +667,8 @@ class PlanRunner:
         names = [str(d) for d in self.devices]
         executors = [device_worker(d, names[:k].count(str(d))) for k, d in enumerate(self.devices)]
         futures: list[Future] = []  # the level's batches: waited for on the way out
+        batches: list[CallBatch] = []
+        saved: set[int] = set()  # the level's batches (by position) the cache holds
         try:
             for level in self.plan.levels:
                 t0 = time.perf_counter()
@@ -672,7 +677,7 @@ class PlanRunner:
                 if show:
                     self.start_progress(level, todo)
                 batches = self.batches(level.index, todo)
-                futures, owners = [], []
+                futures, owners, saved = [], [], set()
                 for k, batch in enumerate(batches):
                     inputs = self.pipe.prepare_latents(
                         batch, settings=self.settings, frames=self.store, text=self.text_cache
@@ -686,18 +691,19 @@ class PlanRunner:
                 # beside this level's first batch (an autoregressive window: the next one)
                 if level.index > 0:
                     self.emit(sink, level.index - 1)
-                pending = iter(zip(batches, futures, owners))
+                pending = iter(enumerate(zip(batches, futures, owners)))
                 results = {i: (s, True) for i, s in cached.items() if i < len(level.calls)}
                 # consume in plan order, so that frames stream out in order
                 for idx, call in enumerate(level.calls):
                     while idx not in results:
-                        batch, future, device = next(pending)
+                        k, (batch, future, device) = next(pending)
                         samples, forwards = future.result()
                         self.stats.unet_forwards += forwards
                         self.stats.calls_run += len(batch.calls)
                         self.stats.calls_per_device[device] += len(batch.calls)
                         if self.cache is not None:
                             self.cache.save(batch.level, batch.indices, samples)
+                            saved.add(k)
                         results.update({i: (s, False) for i, s in zip(batch.indices, samples)})
                     sample, from_cache = results.pop(idx)
                     self.stats.calls_from_cache += int(from_cache)
@@ -716,9 +722,32 @@ class PlanRunner:
             for f in futures:
                 f.cancel()
             wait_futures(futures)
+            self.keep_finished(batches, futures, saved)
             if self.progress is not None:
                 self.progress.close()
                 self.progress = None
+
+    def keep_finished(
+        self, batches: list[CallBatch], futures: list[Future], saved: set[int]
+    ) -> None:
+        """On the way out of a failed or interrupted render: the batches of the level that
+        finished but were not yet taken in plan order go to the cache, so a resumed render
+        does not sample them again."""
+        if self.cache is None:
+            return
+        kept = 0
+        for k, (batch, future) in enumerate(zip(batches, futures)):
+            if k in saved or future.cancelled() or future.exception() is not None:
+                continue
+            samples, _ = future.result()
+            try:
+                self.cache.save(batch.level, batch.indices, samples)
+            except Exception:  # the error that stopped the render is the one to raise
+                logger.exception("could not keep level %s's finished calls", batch.level)
+                return
+            kept += len(batch.calls)
+        if kept:
+            logger.info("kept %s finished calls in the cache for a resumed render", kept)
 
     def finish_call(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -334,6 +335,43 @@ def test_interrupted_run_resumes_from_the_cache(pipe, reference, tmp_path):
     # anything that changes the output changes the key
     pipe(PROMPTS, 17, output_type=None, cache_dir=tmp_path, **{**RUN, "generator": 3})
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_failed_render_keeps_the_batches_that_finished(pipe, reference, tmp_path):
+    """A later stage failing on the main thread (here the first call of level 1 taken in
+    plan order) leaves the level's other batches to finish on the worker; their calls go to
+    the cache, so the resumed render samples only what never ran."""
+    sampled: list[int] = []
+    real = pipe.denoise
+
+    def spy(unet, inputs, **kwargs):
+        out = real(unet, inputs, **kwargs)
+        sampled.append(len(inputs.noise))
+        return out
+
+    def fail_at_level_1(p, result):
+        if result.level == 1:
+            time.sleep(0.5)  # the worker finishes the level's second batch meanwhile
+            raise _Stop
+
+    pipe.denoise = spy
+    try:
+        with pytest.raises(_Stop):
+            pipe(
+                PROMPTS,
+                17,
+                output_type="latent",
+                micro_batch=2,
+                cache_dir=tmp_path,
+                callback_on_call_end=fail_at_level_1,
+                **RUN,
+            )
+        assert sum(sampled) == 5  # the global call and level 1's four, in two batches
+        out = pipe(PROMPTS, 17, output_type="latent", micro_batch=2, cache_dir=tmp_path, **RUN)
+    finally:
+        del pipe.denoise
+    assert out.stats.calls_from_cache == 5 and out.stats.calls_run == 0
+    torch.testing.assert_close(out.frames, reference, rtol=0, atol=BATCH_ATOL)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm", "euler"])
