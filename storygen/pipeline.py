@@ -64,7 +64,7 @@ from storygen.plan import (
     with_prompts,
 )
 from storygen.runner import CallBatch, CallResult, GenerationStats, PlanRunner
-from storygen.sampling import CallInputs, guided_output, sample_calls
+from storygen.sampling import CallInputs, check_scheduler, guided_output, sample_calls
 from storygen.settings import (
     BUILTIN_DEFAULTS,
     RenderSettings,
@@ -277,8 +277,8 @@ class StoryVideoPipeline(DiffusionPipeline):
     @staticmethod
     def seed_of(generator: torch.Generator | int | None) -> int:
         """The run's seed: ``generator`` itself, a Generator's initial seed, or a fresh one."""
-        if generator is None:
-            return int(torch.seed() & ((1 << 63) - 1))
+        if generator is None:  # drawn without touching torch's global generator
+            return int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1)
         if isinstance(generator, torch.Generator):
             return int(generator.initial_seed())
         _check_seed(generator)
@@ -623,10 +623,15 @@ class StoryVideoPipeline(DiffusionPipeline):
         if frames_per_call is None:
             frames_per_call = recommended["frames_per_call"]
         default_h, default_w = self.default_size()
-        height = height or recommended["height"] or default_h
-        width = width or recommended["width"] or default_w
-        resample_steps = resample_steps or (1 if self.masked else self.default_resample_steps)
-        jump_length = jump_length or self.default_jump_length
+        # None takes the default; a 0 given is refused by check_inputs, not replaced
+        if height is None:
+            height = recommended["height"] or default_h
+        if width is None:
+            width = recommended["width"] or default_w
+        if resample_steps is None:
+            resample_steps = 1 if self.masked else self.default_resample_steps
+        if jump_length is None:
+            jump_length = self.default_jump_length
         self.check_inputs(
             prompt,
             num_frames,
@@ -642,6 +647,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             generator,
             reconstruction_guidance,
         )
+        check_scheduler(self.scheduler)
         device_type = torch.device((devices or [self.unet.device])[0]).type
         check_render_speed(compile, speedups, device_type)  # ValueError: not a choice
         settings = RenderSettings(

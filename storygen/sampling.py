@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -198,6 +199,8 @@ def sample_calls(
     """
     noise, known, mask, generators = inputs.noise, inputs.known, inputs.mask, inputs.generators
     device = noise.device
+    check_scheduler(scheduler)
+    step_noise = _step_noise(scheduler, generators)
     scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = list(scheduler.timesteps)
     x = noise * scheduler.init_noise_sigma
@@ -227,7 +230,7 @@ def sample_calls(
         else:
             out = model(scheduler.scale_model_input(x, t), t)
         forwards += 1
-        x = scheduler.step(out, t, x).prev_sample
+        x = scheduler.step(out, t, x, **step_noise).prev_sample
         if callback_on_step_end is not None:
             callback_on_step_end()
         return x
@@ -248,6 +251,33 @@ def sample_calls(
                 scheduler = snapshot
     x = torch.where(known_mask, known.to(x.dtype), x)
     return x, forwards
+
+
+#: schedulers whose step draws its noise for the whole batch from one seed of their own
+#: (DPM-Solver SDE's Brownian tree), which no call's generator reaches: a call's frames would
+#: depend on the calls batched with it
+UNSEEDABLE_SCHEDULERS = ("DPMSolverSDEScheduler",)
+
+
+def check_scheduler(scheduler: Any) -> None:
+    """Refuse a scheduler whose step noise cannot come from each call's own generator."""
+    name = type(scheduler).__name__
+    if name in UNSEEDABLE_SCHEDULERS:
+        raise ValueError(
+            f"scheduler {name} draws its step noise for a whole batch from a seed of its own, "
+            "so the same seed would not give the same video; use one that draws it from a "
+            "generator (DDPM, Euler ancestral, DPM-Solver++ with algorithm_type "
+            "'sde-dpmsolver++') or a deterministic one (DDIM, DPM-Solver++, Euler)"
+        )
+
+
+def _step_noise(scheduler: Any, generators: Any) -> dict[str, Any]:
+    """What ``scheduler.step`` takes to draw its noise (DDPM, Euler ancestral, DDIM with
+    eta > 0, DPM-Solver's SDE variants) from each call's generator, one row each: the same
+    seed then gives the same video, whatever the batching."""
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        return {"generator": list(generators)}
+    return {}
 
 
 # ----------------------------------------------------------------------------- noise levels

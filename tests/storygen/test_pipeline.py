@@ -99,6 +99,44 @@ def test_seed_reproduces_and_different_seeds_differ(pipe, reference):
     assert torch.equal(gen, reference)
 
 
+@pytest.mark.parametrize("name", ["DDPMScheduler", "EulerAncestralDiscreteScheduler"])
+def test_a_stochastic_scheduler_draws_its_step_noise_from_the_seed(model_dir, name):
+    """A scheduler whose step adds noise takes it from each call's generator: the same seed
+    gives the same video, whatever torch's global generator holds and however the calls are
+    batched; a render without a seed leaves the global generator's stream as it was."""
+    import diffusers
+
+    pipe = load_pipeline(model_dir)
+    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
+    torch.manual_seed(1)
+    a = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN).frames
+    torch.manual_seed(2)
+    b = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **RUN).frames
+    assert torch.equal(a, b)
+    one = pipe(PROMPTS, 17, output_type="latent", micro_batch=1, **RUN).frames
+    torch.testing.assert_close(one, a, rtol=0, atol=BATCH_ATOL)
+    other = pipe(PROMPTS, 17, output_type="latent", micro_batch=4, **{**RUN, "generator": 8})
+    assert not torch.allclose(other.frames, a)
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    pipe(PROMPTS, 17, output_type="latent", **{**RUN, "generator": None})
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_a_scheduler_that_seeds_its_own_step_noise_is_refused(pipe):
+    from diffusers import DDIMScheduler
+
+    own = type("DPMSolverSDEScheduler", (DDIMScheduler,), {})
+    saved = pipe.scheduler
+    pipe.scheduler = own.from_config(saved.config)
+    try:
+        with pytest.raises(ValueError, match="DPMSolverSDEScheduler.*same seed"):
+            pipe(PROMPTS, 17, output_type="latent", **RUN)
+    finally:
+        pipe.scheduler = saved
+
+
 def test_call_seeds_depend_on_level_and_call_only():
     seeds = {call_seed(7, level, i) for level in range(3) for i in range(20)}
     assert len(seeds) == 60
@@ -445,6 +483,10 @@ def test_local_unet_serves_the_local_levels(model_dir):
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"output_type": "mp4"}, "output_type"),
         ({"generator": [1, 2]}, "generator"),
+        # a 0 is refused, not taken for "the default"
+        ({"height": 0}, "height"),
+        ({"resample_steps": 0}, "resample_steps"),
+        ({"jump_length": 0}, "jump_length"),
     ],
 )
 def test_bad_arguments_are_named(pipe, kwargs, match):
