@@ -113,6 +113,7 @@ __all__ = [
     "fast_temporal_convs",
     "subpixel_kernels",
     "subpixel_upsamplers",
+    "eager_calls",
     "fp8_unavailable",
     "ordinary_weights",
     "inductor_options",
@@ -452,6 +453,25 @@ def compile_decoder(vae: Any, *, aot: bool = False, precompile: bool = False) ->
     else:
         _compile_in_place(decoder, "the VAE decoder")
     return True
+
+
+@contextlib.contextmanager
+def eager_calls(module: Any) -> Any:
+    """Inside the block, calls of ``module`` compiled in place (:func:`compile_decoder`) run
+    its eager forward, as :func:`is_compiled` then says: a render that did not ask for the
+    compiled one. Its graphs are kept for a later render that does."""
+    impl = getattr(module, "_compiled_call_impl", None)
+    flag = getattr(module, _COMPILED_FLAG, False)
+    if module is None or (impl is None and not flag):
+        yield
+        return
+    module._compiled_call_impl = None
+    setattr(module, _COMPILED_FLAG, False)
+    try:
+        yield
+    finally:
+        module._compiled_call_impl = impl
+        setattr(module, _COMPILED_FLAG, flag)
 
 
 def _backend(options: dict[str, Any] | None) -> dict[str, Any]:

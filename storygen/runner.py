@@ -17,6 +17,7 @@ batch at a time (:class:`LevelProgress`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -44,6 +45,7 @@ from storygen.accel import (
     compiled_rows,
     cudnn_autotune,
     decoder_compiles,
+    eager_calls,
     has_repeated_blocks,
     inductor_options,
     is_compiled,
@@ -649,11 +651,17 @@ class PlanRunner:
             compile_decoder(
                 vae, aot=self.compile.choice == "aot", precompile=self.compile.choice == "pre"
             )
-        self.stats.decoder_compiled = is_compiled(getattr(vae, "decoder", None))
+        decoder = getattr(vae, "decoder", None)
+        # a decoder an earlier render compiled serves only renders that ask for it
+        wanted = "vdec" in self.speedups and self.compile.choice != "off"
+        self.stats.decoder_compiled = wanted and is_compiled(decoder)
         phases = compile_phases()
         fallen = len(aot_fallbacks())
         try:
-            with cudnn_autotune(self.settings.cudnn_autotune and cuda) as tuned:
+            with (
+                cudnn_autotune(self.settings.cudnn_autotune and cuda) as tuned,
+                contextlib.nullcontext() if wanted else eager_calls(decoder),
+            ):
                 self.stats.cudnn_autotune = tuned
                 self._run(sink)
         finally:

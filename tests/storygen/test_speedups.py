@@ -496,6 +496,35 @@ def test_a_render_compiles_its_decoder_only_when_asked_and_compiling(tmp_path):
     assert not pipe(PROMPTS, 17, speedups="vdec", **run).stats.decoder_compiled
 
 
+def test_a_decoder_an_earlier_render_compiled_serves_only_renders_that_ask(tmp_path):
+    """The decoder is compiled in place, once; a later render without ``vdec``, or with
+    compile off, decodes through its eager forward and says so, and the compiled call is
+    still there for the next render that asks for it."""
+    from storygen.accel import _COMPILED_FLAG
+
+    folder = new_model(tmp_path / "m", preset="micro-latent", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    decoder = pipe.vae.decoder
+    calls: list[int] = []
+
+    def compiled(*args, **kwargs):  # stands for the compiled graph: counts, runs eager
+        calls.append(1)
+        return decoder.forward(*args, **kwargs)
+
+    decoder._compiled_call_impl = compiled
+    setattr(decoder, _COMPILED_FLAG, True)
+    run = {**RUN, "output_type": "np"}
+    plain = pipe(PROMPTS, 17, speedups="none", **run)
+    assert not calls and not plain.stats.decoder_compiled
+    off = pipe(PROMPTS, 17, speedups="vdec", compile="off", **run)
+    assert not calls and not off.stats.decoder_compiled
+    assert decoder._compiled_call_impl is compiled and getattr(decoder, _COMPILED_FLAG)
+    asked = pipe(PROMPTS, 17, speedups="vdec", compile="on", **run)
+    assert calls and asked.stats.decoder_compiled
+    # the compiled decoder's short last chunk is padded to a full one: rounding differs
+    assert np.abs(asked.frames.astype(int) - plain.frames.astype(int)).max() <= 1
+
+
 @pytest.mark.slow
 def test_a_compiled_render_with_a_compiled_decoder_gives_the_plain_frames(tmp_path, monkeypatch):
     """The UNet compiling on the device's worker thread while the main thread compiles and
