@@ -100,10 +100,23 @@ logger = logging.getLogger(__name__)
 
 AUTO_MICRO_BATCH_MAX = 128
 AUTO_MEMORY_SHARE = 0.5
-#: a pipeline UNet -> its renders' sped-up copies, by (device, speed-ups)
-_SPEEDUP_COPIES: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
-#: on a speed-up copy: :func:`weights_stamp` of the UNet it was copied from, when copied
+#: a pipeline UNet -> its latest render's sped-up copy on each device (one at a time: a copy
+#: is a whole UNet's memory), by device
+_SPEEDUP_COPIES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+#: on a speed-up copy: the speed-ups it was made for and :func:`weights_stamp` of the UNet it
+#: was copied from, when copied
 _STAMP_ATTR = "_storyloom_copied_from"
+
+
+def device_named(name: str | torch.device) -> torch.device:
+    """One spelling per device, so that the device a UNet lives on is known as such: a
+    bare ``cuda`` is the current CUDA device by its index, ``cpu:0`` is ``cpu``."""
+    device = torch.device(name)
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def weights_stamp(module: Any) -> tuple:
@@ -351,7 +364,7 @@ class PlanRunner:
         self.cache = cache
         self.callback_on_call_end = callback_on_call_end
         self.callback_on_level_end = callback_on_level_end
-        self.devices = [torch.device(d) for d in (settings.devices or [pipe.unet.device])]
+        self.devices = [device_named(d) for d in (settings.devices or [pipe.unet.device])]
         self.stats = GenerationStats(
             num_frames=plan.num_frames,
             model_calls=plan.model_calls,
@@ -453,11 +466,13 @@ class PlanRunner:
         if not needs_copy(self.speedups):
             return None
         copies = _SPEEDUP_COPIES.setdefault(base, {})
-        key = (str(device), self.speedups)
-        stamp = weights_stamp(base)
+        key = str(device)
+        stamp = (self.speedups, weights_stamp(base))
         if key not in copies or getattr(copies[key], _STAMP_ATTR, None) != stamp:
-            # none yet, or ``base`` changed since (a training step, a loaded state dict, a
-            # cast): a copy of the weights as they are now
+            # none yet, one for other speed-ups, or ``base`` changed since (a training step,
+            # a loaded state dict, a cast): a copy of the weights as they are now, in place
+            # of the one before, whose memory goes with it
+            copies.pop(key, None)
             made = copy.deepcopy(base).to(device)
             setattr(made, _STAMP_ATTR, stamp)
             copies[key] = made

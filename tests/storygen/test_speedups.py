@@ -275,6 +275,32 @@ def test_a_renders_copy_follows_the_pipelines_unet_when_it_changes(tmp_path):
     pipe(PROMPTS, 17, speedups="qkv", **RUN)
     [cast] = _SPEEDUP_COPIES[pipe.unet].values()
     assert next(cast.parameters()).dtype == torch.float64
+    # other speed-ups: a copy in place of that one (a copy is a whole UNet's memory)
+    pipe(PROMPTS, 17, speedups="qkv,tattn", **RUN)
+    [other] = _SPEEDUP_COPIES[pipe.unet].values()
+    assert other is not cast
+
+
+def test_naming_the_device_the_unet_is_on_another_way_copies_nothing(tmp_path, monkeypatch):
+    """``cpu:0`` is the ``cpu`` the pipeline's UNet lives on: a render there without
+    speed-ups that change modules runs the pipeline's UNet, not a copy of it."""
+    import storygen.runner as runner
+
+    folder = new_model(tmp_path / "m", preset="micro", mode="masked", texts=PROMPTS)
+    pipe = StoryVideoPipeline.from_pretrained(folder)
+    copied: list[object] = []
+    real = runner.copy.deepcopy
+
+    def spy(obj, *args, **kwargs):
+        if obj is pipe.unet:
+            copied.append(obj)
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(runner.copy, "deepcopy", spy)
+    plain = pipe(PROMPTS, 17, speedups="tconv", **RUN)
+    named = pipe(PROMPTS, 17, speedups="tconv", devices=["cpu:0"], **RUN)
+    assert not copied and named.stats.devices == ["cpu"]
+    torch.testing.assert_close(named.frames, plain.frames, atol=0, rtol=0)
 
 
 def test_float8_linears_approximate_the_unet_and_survive_a_dtype_cast():
