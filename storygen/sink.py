@@ -131,6 +131,10 @@ class FrameSink:
         """Frames ``start, start + 1, ...`` in model space: (n, C, h, w)."""
         if self.output_type == "latent":
             self.kept.append(samples.clone())
+        if self.writer is None and self.output_type in ("latent", None):
+            # no pixels asked for: only the keyframes' (the render's preview) are decoded
+            self.decode_keyframes(start, samples)
+            return
         t0 = time.perf_counter()
         pixels = self.decode(samples)
         frames = to_uint8(pixels)
@@ -144,6 +148,17 @@ class FrameSink:
             self.kept.append(frames)
         elif self.output_type == "pt":
             self.kept.append(((pixels + 1) / 2).clamp(0, 1))
+
+    def decode_keyframes(self, start: int, samples: torch.Tensor) -> None:
+        """Decode the keyframes among frames ``start, start + 1, ...`` only."""
+        rows = [k for k in range(len(samples)) if start + k in self.keyframe_ids]
+        if not rows:
+            return
+        t0 = time.perf_counter()
+        frames = to_uint8(self.decode(samples[rows]))
+        self.decode_s += time.perf_counter() - t0
+        for k, frame in zip(rows, frames):
+            self.keyframes[start + k] = frame
 
     def result(self) -> Any:
         if self.output_type is None:

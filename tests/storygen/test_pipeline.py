@@ -495,6 +495,28 @@ def test_bad_arguments_are_named(pipe, kwargs, match):
         pipe(PROMPTS, **args)
 
 
+def test_a_render_without_pixels_decodes_only_its_keyframes(pipe, monkeypatch):
+    """``output_type="latent"`` or None, no file: the decoder sees the keyframes only (the
+    preview's), which are those of a render that decodes every frame."""
+    decoded: list[int] = []
+    real = pipe.decode
+
+    def spy(samples, *args, **kwargs):
+        decoded.append(len(samples))
+        return real(samples, *args, **kwargs)
+
+    full = pipe(PROMPTS, 17, output_type="np", **RUN)
+    monkeypatch.setattr(pipe, "decode", spy)
+    for output_type in ("latent", None):
+        decoded.clear()
+        out = pipe(PROMPTS, 17, output_type=output_type, **RUN)
+        keyframes = {f for c in out.plan.levels[0].calls for f in c.new_frames}
+        assert sum(decoded) == len(keyframes) < 17
+        assert out.keyframes.keys() == full.keyframes.keys() == keyframes
+        for f, frame in out.keyframes.items():
+            assert np.abs(frame.astype(int) - full.keyframes[f].astype(int)).max() <= 1
+
+
 def test_streaming_holds_only_the_frames_still_needed(pipe, tmp_path):
     # 65 frames at L = 5: levels of 5, 17 and 65 frames (1 + 4 + 16 calls)
     prompts = ["a red circle moving left"] * 65
