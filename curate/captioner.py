@@ -92,24 +92,35 @@ class Captioner:
         self.check_folder()
         import torch
 
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelFolderError(
+                "captioner device is CUDA but no CUDA device is available", uri=self.model_path
+            )
         try:
-            self._processor = BlipProcessor.from_pretrained(self.model_path)
-            self._model = BlipForConditionalGeneration.from_pretrained(
+            processor = BlipProcessor.from_pretrained(self.model_path)
+            ip = processor.image_processor
+            self._input_hw = _image_size(ip, self.model_path)
+            mean, std = _channel_stats(ip, self.model_path)
+            model: Any = BlipForConditionalGeneration.from_pretrained(
                 self.model_path, dtype=getattr(torch, self.dtype)
             )
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelFolderError(f"cannot load captioner: {exc}", uri=self.model_path) from exc
-        self._model = self._model.to(self.device).eval()
-        ip = self._processor.image_processor
-        self._mean = torch.tensor(ip.image_mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(ip.image_std, device=self.device).view(1, 3, 1, 1)
+            model = model.to(self.device).eval()
+            self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+            self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        except ModelFolderError:
+            raise
+        except Exception as exc:  # whatever transformers or torch raise of a damaged folder
+            raise ModelFolderError(
+                f"cannot load captioner: {type(exc).__name__}: {exc}", uri=self.model_path
+            ) from exc
+        self._processor = processor
+        self._model = model
 
     @property
     def input_size(self) -> tuple[int, int]:
         """(height, width) the processor feeds the model."""
         self.setup()
-        size = self._processor.image_processor.size
-        return int(size["height"]), int(size["width"])
+        return self._input_hw
 
     def pixel_values(self, frames: np.ndarray) -> Any:
         """``(N, H, W, 3)`` uint8 → the model's normalised ``(N, 3, h, w)`` input, on the
@@ -127,7 +138,7 @@ class Captioner:
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
         ip = self._processor.image_processor
-        size = (int(ip.size["height"]), int(ip.size["width"]))
+        size = self._input_hw
         if ip.do_resize and tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
             x = x.clamp(0, 255).round()  # the processor resizes 8-bit images
@@ -185,7 +196,58 @@ class Captioner:
         return storyboard(frames, self.input_size, self.storyboard_grid)
 
     def caption_scenes(self, scenes: Sequence[np.ndarray]) -> list[str]:
-        """One caption per scene, each given as its sampled frames in time order."""
-        if not scenes:
+        """One caption per scene, each given as its sampled frames in time order. Scenes
+        whose images differ in size (middle frames of videos of different resolutions) are
+        captioned in one batch per size, each as it would be alone."""
+        if not len(scenes):
             return []
-        return self.caption(np.stack([self.scene_image(f) for f in scenes]))
+        images = [self.scene_image(f) for f in scenes]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
+        texts: list[str] = [""] * len(images)
+        for positions in by_shape.values():
+            captions = self.caption(np.stack([images[i] for i in positions]))
+            for i, text in zip(positions, captions):
+                texts[i] = text
+        return texts
+
+
+def _image_size(ip: Any, folder: str) -> tuple[int, int]:
+    """``(height, width)`` the folder's image processor resizes to; a size of another shape
+    raises :class:`ModelFolderError` naming it."""
+    size: Any = getattr(ip, "size", None)
+    try:
+        height, width = int(size["height"]), int(size["width"])
+    except (TypeError, KeyError, ValueError):
+        height = width = 0
+    if height < 1 or width < 1:
+        try:
+            shown: Any = dict(size)  # a SizeDict: its fields that are set
+        except (TypeError, ValueError):
+            shown = size
+        raise ModelFolderError(
+            f'the image processor\'s size must be {{"height": h, "width": w}}, got {shown!r}',
+            uri=folder,
+        )
+    return height, width
+
+
+def _channel_stats(ip: Any, folder: str) -> tuple[list[float], list[float]]:
+    """The image processor's per-channel mean and std; other shapes raise
+    :class:`ModelFolderError` naming them."""
+    stats = []
+    for key in ("image_mean", "image_std"):
+        values: Any = getattr(ip, key, None)
+        try:
+            floats = [float(v) for v in values]
+        except (TypeError, ValueError):
+            floats = []
+        if len(floats) != 3 or (key == "image_std" and 0.0 in floats):
+            raise ModelFolderError(
+                f"the image processor's {key} must be three numbers, one per RGB channel, "
+                f"got {values!r}",
+                uri=folder,
+            )
+        stats.append(floats)
+    return stats[0], stats[1]

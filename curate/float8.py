@@ -33,6 +33,8 @@ def fp8_unavailable(device: Any, torchao: bool = True) -> str | None:
     device = torch.device(device)
     if device.type != "cuda":
         return "float8 matrix products need a CUDA GPU"
+    if not torch.cuda.is_available():
+        return "float8 matrix products need a CUDA GPU, and this torch sees none"
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < (8, 9):
         return f"float8 needs compute capability 8.9 or newer, this GPU has {major}.{minor}"

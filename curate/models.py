@@ -194,19 +194,30 @@ def check_clip_model(model: str | os.PathLike[str]) -> str:
     return source
 
 
-def resolve_model(model: str | os.PathLike[str]) -> str:
-    """A checked local folder, or a hub id (``org/name`` that is not an existing path)."""
+def looks_like_hub_id(model: str | os.PathLike[str]) -> bool:
+    """Whether ``model`` names a hub model (``org/name``) rather than a local folder.
+
+    A path that does not exist is still a local path when it reads as one: it starts with
+    ``./``, ``../``, ``/`` or ``~``, ends with a separator, has a first component that is a
+    folder here (``models/shapes-clipp``), or has more than one separator; such a path fails at
+    once as a missing folder instead of going to the hub.
+    """
     text = os.fspath(model)
     path = Path(text).expanduser()
-    looks_like_hub_id = (
-        not path.exists()
-        and text.count("/") == 1
-        and not text.startswith((".", "/", "~"))
-        and not text.endswith("/")
-    )
-    if looks_like_hub_id:
+    if path.exists() or text.count("/") != 1 or os.sep in text.replace("/", ""):
+        return False
+    if text.startswith((".", "/", "~")) or text.endswith("/"):
+        return False
+    return not Path(text.split("/", 1)[0]).is_dir()
+
+
+def resolve_model(model: str | os.PathLike[str]) -> str:
+    """A checked local folder, or a hub id (``org/name`` that is not a local path, see
+    :func:`looks_like_hub_id`)."""
+    text = os.fspath(model)
+    if looks_like_hub_id(text):
         return text
-    return str(check_model_folder(path))
+    return str(check_model_folder(Path(text).expanduser()))
 
 
 # --- CLIP folders: scoring.json -------------------------------------------------------------
@@ -240,7 +251,7 @@ def read_scoring(model: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
         raise ModelFolderError(
             f"{SCORING_FILE} is not readable JSON: {exc}", uri=str(model)
         ) from None
@@ -252,7 +263,7 @@ def read_scoring(model: str | os.PathLike[str]) -> dict[str, Any]:
 def write_scoring(folder: str | os.PathLike[str], values: dict[str, Any]) -> None:
     """Merge ``values`` into the folder's ``scoring.json`` (what the scorer reads of a model)."""
     path = Path(folder) / SCORING_FILE
-    current = json.loads(path.read_text()) if path.is_file() else {}
+    current = read_scoring(folder)
     current.update(values)
     path.write_text(json.dumps(current, indent=2) + "\n")
 
@@ -306,7 +317,7 @@ def check_captioner_folder(model: str | os.PathLike[str]) -> tuple[int, int] | N
         check_model_type(folder, "blip", "BLIP-class captioner")
         check_weights(folder)
         return read_captioning(folder)
-    if text.count("/") != 1:
+    if not looks_like_hub_id(text):
         raise ModelFolderError("captioner folder does not exist", uri=text)
     return None
 

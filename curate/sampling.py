@@ -165,9 +165,10 @@ class FrameSampler(Step[Any, dict]):
         if self.size is None:
             return None, None
         if isinstance(self.size, int):
+            # as the HF image processors size it: the short side exact, the long one truncated
             w, h = int(record["width"]), int(record["height"])
-            scale = self.size / min(w, h)
-            return max(1, round(w * scale)), max(1, round(h * scale))
+            long = max(1, int(self.size * max(w, h) / min(w, h)))
+            return (self.size, long) if w <= h else (long, self.size)
         h, w = self.size
         return int(w), int(h)
 

@@ -178,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         scored = _measure(path, args)
         cal = threshold.calibrate(scored.scores)
     except (CurateError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        stage = f"{exc.stage}: " if isinstance(exc, CurateError) else ""
+        print(f"error: {stage}{exc}", file=sys.stderr)
         return 2
     counts = _report(scored, cal, args.bins)
     if args.json:

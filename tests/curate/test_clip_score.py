@@ -302,3 +302,316 @@ def test_compiled_and_fp8_image_towers_hold_the_embeddings_on_cuda(
             mlp = s.embed_images(x)
             assert s.fp8_active == "mlp"
         assert (mlp * want).sum(axis=1).min() >= 0.99
+
+
+# --- float8 needs bfloat16 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("fp8", ["mlp", "all", True])
+def test_fp8_with_a_dtype_other_than_bfloat16_is_refused(tiny_clip, dtype, fp8):
+    with pytest.raises(ValueError, match=f"needs dtype 'bfloat16'.*got dtype '{dtype}'"):
+        ClipScorer(model=tiny_clip, device="cuda", dtype=dtype, fp8=fp8)
+    # bfloat16 (what "auto" is on CUDA) is accepted
+    assert ClipScorer(model=tiny_clip, device="cuda", dtype="bfloat16", fp8=fp8).fp8 != "off"
+
+
+def test_auto_fp8_turns_on_only_for_a_bfloat16_model(tiny_clip, monkeypatch):
+    """compile="auto" turns the MLPs to float8 after COMPILE_AFTER_FRAMES frames where the
+    GPU allows: only for a bfloat16 model (per-row float8 converts bfloat16 weights only), so a
+    float32 scorer (``curate calibrate``'s default dtype) never starts converting."""
+    import curate.float8
+
+    monkeypatch.setattr(curate.float8, "fp8_unavailable", lambda device, torchao=True: None)
+    assert ClipScorer(model=tiny_clip, device="cuda", dtype="bfloat16")._auto_fp8()
+    for dtype in ("float32", "float16"):
+        s = ClipScorer(model=tiny_clip, device="cuda", dtype=dtype)
+        assert s.fp8 == "auto" and not s._fp8_available() and not s._auto_fp8()
+    assert not ClipScorer(model=tiny_clip, device="cuda", fp8="off")._auto_fp8()
+    monkeypatch.setattr(curate.float8, "fp8_unavailable", lambda device, torchao=True: "no")
+    assert not ClipScorer(model=tiny_clip, device="cuda", dtype="bfloat16")._auto_fp8()
+
+
+def test_a_failed_float8_conversion_names_the_model_and_is_not_retried(
+    tiny_clip, tmp_path, monkeypatch
+):
+    import curate.compile_cache
+    import curate.float8
+
+    calls = []
+
+    def broken(module, filter_fn=None):
+        calls.append(module)
+        raise AssertionError("PerRow quantization only works for bfloat16 precision input weight")
+
+    monkeypatch.setattr(curate.float8, "fp8_unavailable", lambda device, torchao=True: None)
+    monkeypatch.setattr(curate.float8, "linears_to_fp8", broken)
+    monkeypatch.setattr(curate.compile_cache, "use_compile_cache", lambda: tmp_path)
+    with ClipScorer(model=tiny_clip, compile="on") as s:
+        s.device, s.dtype = "cuda", "bfloat16"  # as a CUDA scorer reaches _maybe_compile
+        for _ in range(2):
+            with pytest.raises(ModelFolderError, match="float8.*AssertionError") as err:
+                s._maybe_compile()
+            assert err.value.uri == str(tiny_clip) and err.value.stage == "load-model"
+        assert len(calls) == 1 and s._image_fn is None and s.fp8_active == "off"
+
+
+def test_fp8_unavailable_says_why_on_a_torch_without_cuda(monkeypatch):
+    import torch
+
+    from curate.float8 import fp8_unavailable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0", torch.device("cuda", 1)):
+        assert "CUDA GPU" in fp8_unavailable(device)
+
+
+# --- one scorer, several threads -------------------------------------------------------------
+
+
+def test_text_cache_survives_another_thread_evicting_it(tiny_clip, monkeypatch):
+    """A thread that found some texts cached runs the model on the others; meanwhile another
+    thread fills the cache and evicts them: the first still returns their embeddings."""
+    import threading
+
+    with ClipScorer(model=tiny_clip, text_cache_size=2) as s:
+        want = s.embed_texts(["a red circle", "a green star"])
+        s.embed_texts(["a red circle"])  # cached: "a green star", "a red circle"
+        entered, release = threading.Event(), threading.Event()
+        forward = s._model.get_text_features
+
+        def slow_forward(*args, **kwargs):
+            if threading.current_thread().name == "slow":
+                entered.set()
+                assert release.wait(30)
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(s._model, "get_text_features", slow_forward)
+        got: dict[str, object] = {}
+
+        def slow() -> None:
+            try:
+                got["out"] = s.embed_texts(["a red circle", "a green star", "a blue square"])
+            except Exception as exc:  # reported below
+                got["out"] = exc
+
+        thread = threading.Thread(target=slow, name="slow")
+        thread.start()
+        assert entered.wait(30)  # "a red circle" and "a green star" were found in the cache
+        s.embed_texts(["spins", "moves left"])  # evicts both
+        assert "a red circle" not in s._text_cache
+        release.set()
+        thread.join(30)
+    out = got["out"]
+    assert isinstance(out, np.ndarray), out
+    np.testing.assert_allclose(out[:2], want, atol=1e-6)
+
+
+def test_a_scorer_pickles_without_its_locks(tiny_clip):
+    import pickle
+
+    s = pickle.loads(pickle.dumps(ClipScorer(model=tiny_clip, text_cache_size=2)))
+    with s:
+        assert s.embed_texts(["a red circle"]).shape == (1, s.embedding_dim)
+
+
+# --- damaged model folders -------------------------------------------------------------------
+
+
+def _damaged(tiny_clip: Path, tmp_path: Path, name: str, text: str | bytes) -> Path:
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_clip, folder)
+    data = text.encode() if isinstance(text, str) else text
+    (folder / name).write_bytes(data)
+    return folder
+
+
+def _preprocessor(tiny_clip: Path, **changes) -> str:
+    import json
+
+    cfg = json.loads((tiny_clip / "preprocessor_config.json").read_text())
+    return json.dumps({**cfg, **changes})
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("model.safetensors", "half", "model.safetensors: tensor .* lies outside"),
+        ("model.safetensors", "hello world, not weights at all", "not a safetensors file"),
+        ("tokenizer.json", "{}", "cannot load CLIP model: KeyError"),
+        ("preprocessor_config.json", "[]", "preprocessor_config.json is not a JSON object"),
+        ("preprocessor_config.json", {"size": {"longest_edge": 32}}, "size must be"),
+        ("preprocessor_config.json", {"crop_size": "abc"}, "crop_size must be .* got 'abc'"),
+        ("preprocessor_config.json", {"image_std": [0.5, 0.5]}, "image_std must be three"),
+        ("scoring.json", b"\xff\xfe\x00garbage", "scoring.json is not readable JSON"),
+        ("scoring.json", '{"storyboard": {"grid": [0, 2]}}', "storyboard grid .* got \\[0, 2\\]"),
+        ("scoring.json", '{"storyboard": {"grid": [2]}}', "storyboard grid must be"),
+        ("scoring.json", '{"storyboard": "yes"}', "storyboard must be true, false or"),
+    ],
+)
+def test_a_damaged_folder_is_a_model_folder_error_naming_it(
+    tiny_clip, tmp_path, name, content, match
+):
+    if content == "half":
+        data = (tiny_clip / name).read_bytes()
+        content = data[: len(data) // 2]
+    elif isinstance(content, dict):
+        content = _preprocessor(tiny_clip, **content)
+    folder = _damaged(tiny_clip, tmp_path, name, content)
+    s = ClipScorer(model=folder)
+    with pytest.raises(ModelFolderError, match=match) as err:
+        s.setup()
+    assert err.value.uri == str(folder) and err.value.stage == "load-model"
+    assert str(folder) in str(err.value)
+    assert s._model is None  # nothing half set up: a later setup() starts over
+
+
+def test_calibrate_names_a_truncated_model_instead_of_a_traceback(tiny_clip, tmp_path, capsys):
+    from pipelines.cli import main
+
+    data = (tiny_clip / "model.safetensors").read_bytes()
+    folder = _damaged(tiny_clip, tmp_path, "model.safetensors", data[: len(data) // 2])
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("")
+    assert main(["calibrate", str(manifest), "--model", str(folder), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: load-model: {folder}: model.safetensors" in err
+
+
+def test_a_mistyped_local_folder_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from curate.models import check_captioner_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for typo in ("models/shapes-clipp", "./shapes-clip", "../shapes-clip", "models/a/b"):
+        with pytest.raises(ModelFolderError, match="model folder does not exist"):
+            resolve_model(typo)
+        with pytest.raises(ModelFolderError, match="captioner folder does not exist"):
+            check_captioner_folder(typo)
+    # an org/name whose org is no folder here is still a hub id
+    assert resolve_model("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    assert check_captioner_folder("Salesforce/blip-image-captioning-base") is None
+
+
+# --- storyboard settings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("declared", "forced", "grid"),
+    [
+        ("false", None, None),
+        ("false", True, (2, 2)),
+        ("true", None, (2, 2)),
+        ('{"grid": [1, 3]}', None, (1, 3)),
+        ('{"grid": [1, 3]}', False, None),
+        ("null", None, None),
+    ],
+)
+def test_storyboard_setting_of_scoring_json(tiny_clip, tmp_path, declared, forced, grid):
+    folder = _damaged(tiny_clip, tmp_path, "scoring.json", f'{{"storyboard": {declared}}}')
+    with ClipScorer(model=folder, storyboard=forced) as s:
+        assert s.storyboard_grid == grid
+
+
+# --- teardown ----------------------------------------------------------------------------------
+
+
+def test_teardown_drops_the_compiled_tower(tiny_clip, tmp_path, frames):
+    """A compiled tower is bound to its model: after teardown() and setup() on another folder
+    the scorer runs the new model, and starts counting frames (and float8) afresh."""
+    other = make_tiny_clip(tmp_path / "other", texts=WORDS, seed=1)
+    with ClipScorer(model=other, batch_size=4) as fresh:
+        want = fresh.embed_images(frames)
+    s = ClipScorer(model=tiny_clip, batch_size=4, compile="on")
+    s.setup()
+    s._image_fn = s._model.get_image_features  # what compiling leaves (bound to this model)
+    s.frames_embedded, s.fp8_active = 60_000, "mlp"
+    s.teardown()
+    assert (s._image_fn, s.frames_embedded, s.fp8_active) == (None, 0, "off")
+    s.model_path = str(other)
+    with s:
+        np.testing.assert_allclose(s.embed_images(frames), want, atol=1e-6)
+
+
+# --- preprocessing as the HF processor does it --------------------------------------------------
+
+
+def test_a_too_small_frame_is_padded_as_the_hf_processor_pads_it(tiny_clip, tmp_path):
+    """Odd padding: CLIPImageProcessor puts the extra pixel on the top and the left."""
+    from transformers import CLIPImageProcessorPil
+
+    folder = _damaged(
+        tiny_clip, tmp_path, "preprocessor_config.json", _preprocessor(tiny_clip, do_resize=False)
+    )
+    hf = CLIPImageProcessorPil.from_pretrained(folder)
+    rng = np.random.default_rng(0)
+    with ClipScorer(model=folder) as s:
+        for h, w in ((29, 31), (30, 27), (29, 40), (40, 29)):
+            img = rng.integers(0, 256, (1, h, w, 3), np.uint8)
+            ref = hf(list(img), return_tensors="pt", input_data_format="channels_last")
+            ours = s.preprocess(img).numpy()
+            np.testing.assert_allclose(ours, ref["pixel_values"].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(("h", "w"), [(90, 120), (120, 90), (48, 64), (33, 47), (3, 200)])
+def test_shortest_edge_resize_sizes_the_long_side_as_hf_does(scorer, monkeypatch, h, w):
+    """The long side is truncated (90x120 to shortest edge 32: 32x42, not 32x43), and the
+    frame sampler decodes at the same size."""
+    import torch.nn.functional as F
+    from transformers.image_transforms import get_resize_output_image_size
+
+    from curate.sampling import FrameSampler
+
+    img = np.zeros((h, w, 3), np.uint8)
+    want = get_resize_output_image_size(
+        img, scorer.sample_size, default_to_square=False, input_data_format="channels_last"
+    )
+    sizes = []
+    interpolate = F.interpolate
+
+    def spy(x, size=None, **kwargs):
+        sizes.append(tuple(size))
+        return interpolate(x, size=size, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", spy)
+    scorer.preprocess(img[None])
+    assert sizes == [tuple(want)]
+    sampler = FrameSampler(size=scorer.sample_size)
+    assert sampler._target_size({"width": w, "height": h}) == (want[1], want[0])
+
+
+# --- records and frames ---------------------------------------------------------------------------
+
+
+def test_process_all_goes_on_past_a_record_without_frames(scorer):
+    rng = np.random.default_rng(1)
+
+    def rec(i, n):
+        frames = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) if n else None
+        return {"clip_id": f"c{i}", "frames": frames, "source_caption": "a red circle"}
+
+    rows = [rec(0, 2), rec(1, 0), rec(2, 2), rec(3, 9), rec(4, 1)]
+    got = []
+    with pytest.raises(ValueError, match="clip 'c1' has no sampled frames") as err:
+        for row in scorer.process_all(rows):
+            got.append(row)
+    assert [r["clip_id"] for r in got] == ["c0", "c2", "c3", "c4"]
+    for row in got:
+        single = next(iter(scorer.process(rows[int(row["clip_id"][1:])])))
+        assert row["caption_score"] == pytest.approx(single["caption_score"], abs=1e-5)
+    # several: the first is raised, the others are noted on it
+    with pytest.raises(ValueError, match="'c1'") as err:
+        list(scorer.process_all([rec(0, 2), rec(1, 0), {**rec(5, 0), "clip_id": "c5"}]))
+    assert "'c5'" in "".join(err.value.__notes__)
+
+
+def test_frame_arrays_are_checked_before_they_are_split(scorer, frames):
+    assert scorer.embed_images([]).shape == (0, scorer.embedding_dim)
+    assert scorer.embed_images(np.array([])).shape == (0, scorer.embedding_dim)
+    with pytest.raises(ValueError, match=r"got shape \(40, 56, 3\).*frames\[None\]"):
+        scorer.embed_images(frames[0])
+    with pytest.raises(ValueError, match="scene 1's frames must be uint8.*float32"):
+        scorer.scene_embeddings([frames, frames.astype(np.float32) / 255])
+    with pytest.raises(ValueError, match="scene 0 has no frames"):
+        scorer.scene_embeddings([frames[:0]])
+    assert scorer.scene_embeddings([frames[:1], frames]).shape == (2, scorer.embedding_dim)

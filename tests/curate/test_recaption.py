@@ -324,6 +324,56 @@ def test_blip_captioner_code_path(tiny_blip):
     assert all(set(t.split()) <= vocab for t in texts)  # random weights: words, but no meaning
 
 
+def test_single_frame_captioner_takes_scenes_of_different_sizes(tiny_blip):
+    """A captioner without captioning.json captions each scene's middle frame: a batch mixing
+    videos of different resolutions is captioned as each scene would be alone."""
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (3, 32, 56, 3), dtype=np.uint8)
+    narrow = rng.integers(0, 256, (3, 32, 42, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (2, 32, 56, 3), dtype=np.uint8)
+    cap = Captioner(tiny_blip, max_new_tokens=4)
+    alone = [cap.caption_scenes([s])[0] for s in (wide, narrow, other)]
+    assert cap.storyboard_grid is None
+    assert cap.caption_scenes([wide, narrow, other]) == alone
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"size": {"shortest_edge": 32}}, "size must be .*'shortest_edge': 32"),
+        ({"image_mean": [0.5, 0.5]}, "image_mean must be three numbers"),
+        ("[]", "cannot load captioner: AttributeError"),
+    ],
+)
+def test_damaged_blip_folder_is_a_model_folder_error_naming_it(tiny_blip, tmp_path, change, match):
+    import json
+    import shutil
+
+    broken = tmp_path / "blip"
+    shutil.copytree(tiny_blip, broken)
+    config = broken / "processor_config.json"
+    if isinstance(change, str):
+        config.write_text(change)
+    else:
+        data = json.loads(config.read_text())
+        data["image_processor"].update(change)
+        config.write_text(json.dumps(data))
+    cap = Captioner(broken)
+    with pytest.raises(ModelFolderError, match=match) as err:
+        cap.setup()
+    assert err.value.uri == str(broken) and err.value.stage == "load-model"
+    assert cap._model is None
+
+
+def test_captioner_on_cuda_without_cuda_is_a_model_folder_error(tiny_blip, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelFolderError, match="no CUDA device") as err:
+        Captioner(tiny_blip, device="cuda").setup()
+    assert err.value.uri == str(tiny_blip)
+
+
 def test_incomplete_blip_folder_names_the_file(tiny_blip, tmp_path):
     import shutil
 

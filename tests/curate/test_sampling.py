@@ -119,6 +119,18 @@ def test_shortest_edge_size_keeps_aspect():
     assert rec["frames"].shape == (2, 64, 85, 3)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "want"), [(90, 120, (32, 42)), (120, 90, (42, 32)), (480, 640, (32, 42))]
+)
+def test_shortest_edge_size_truncates_the_long_side_as_hf_does(height, width, want):
+    """As the HF image processors size a frame (the long side truncated, not rounded), so that
+    the scorer gets frames it does not resize again."""
+    video = FakeVideo(50, height=height, width=width)
+    sampler = FrameSampler(k=2, size=32, reader=video)
+    rec = next(iter(sampler.process({**clip(0, 0, 50), "width": width, "height": height})))
+    assert rec["frames"].shape == (2, *want, 3)
+
+
 def test_keyframes_pick_the_largest_changes():
     # a static scene with two bursts of change at frames 30 and 70
     frames = np.zeros((100, 16, 16, 3), np.uint8)
