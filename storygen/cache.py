@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: the pipeline components whose weights determine the frames
 KEYED_COMPONENTS = ("unet", "local_unet", "vae", "text_encoder")
+#: speed-ups that approximate the model (not only round differently): frames made with them
+#: are another render's, so they enter the key
+APPROXIMATE_SPEEDUPS = ("fp8",)
 
 
 def _fingerprint(module: torch.nn.Module | None) -> str:
@@ -78,8 +81,19 @@ def cache_key(pipe: Any, plan: Plan, settings: RenderSettings) -> str:
         "plan": plan.to_dict(calls=True),
         "settings": settings.output_fields(),
     }
+    approximate = approximations(settings.speedups)
+    if approximate:  # only then: the keys of exact renders stay as they were
+        payload["approximate"] = approximate
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def approximations(speedups: str | Sequence[str]) -> list[str]:
+    """The :data:`APPROXIMATE_SPEEDUPS` among a render's speed-ups, as given (``auto`` holds
+    none of them)."""
+    raw = speedups.split(",") if isinstance(speedups, str) else list(speedups)
+    names = {n.strip() for n in raw}
+    return [n for n in APPROXIMATE_SPEEDUPS if n in names]
 
 
 class CallCache:

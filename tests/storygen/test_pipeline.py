@@ -375,6 +375,36 @@ def test_interrupted_run_resumes_from_the_cache(pipe, reference, tmp_path):
     assert len(list(tmp_path.iterdir())) == 2
 
 
+def test_the_cache_key_tells_approximate_speedups_apart(pipe):
+    """Exact speed-ups (rounding aside) share cached calls; ``fp8`` approximates the model,
+    so its calls are another render's and a resume never mixes the two."""
+    from dataclasses import replace
+
+    from storygen.cache import cache_key
+    from storygen.settings import RenderSettings
+
+    plan = pipe.build_plan(
+        PROMPTS, num_frames=17, fps=None, frames_per_call=5, depth=None, policy="stretch"
+    )
+    base = RenderSettings(
+        seed=7,
+        negative_prompt="",
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        height=16,
+        width=16,
+        resample_steps=1,
+        jump_length=1,
+        reconstruction_guidance=0.0,
+    )
+    key = cache_key(pipe, plan, base)
+    for exact in ("none", "tconv,qkv", ("tconv", "pattn"), "auto,cdt"):
+        assert cache_key(pipe, plan, replace(base, speedups=exact)) == key
+    fp8 = cache_key(pipe, plan, replace(base, speedups="auto, fp8"))
+    assert fp8 != key
+    assert cache_key(pipe, plan, replace(base, speedups=("qkv", "fp8"))) == fp8
+
+
 def test_a_failed_render_keeps_the_batches_that_finished(pipe, reference, tmp_path):
     """A later stage failing on the main thread (here the first call of level 1 taken in
     plan order) leaves the level's other batches to finish on the worker; their calls go to
