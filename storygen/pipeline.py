@@ -59,6 +59,7 @@ from storygen.plan import (
     Plan,
     autoregressive_plan,
     build_plan,
+    check_policy_options,
     plan_story,
     segment_progress,
     with_prompts,
@@ -307,6 +308,7 @@ class StoryVideoPipeline(DiffusionPipeline):
                 overlap=overlap,
             )
         prompts = [prompt] * int(num_frames or 0) if isinstance(prompt, str) else list(prompt)
+        check_policy_options(policy, depth, overlap)
         if policy == AUTOREGRESSIVE:
             plan = autoregressive_plan(
                 len(prompts), frames_per_call=frames_per_call, overlap=overlap

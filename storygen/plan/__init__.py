@@ -55,6 +55,7 @@ from __future__ import annotations
 from .build import (
     autoregressive_plan,
     build_plan,
+    check_policy_options,
     deepest,
     depth_for,
     max_frames,
@@ -92,6 +93,7 @@ __all__ = [
     "depth_for",
     "frame_limit",
     "max_frames",
+    "check_policy_options",
     "plan_story",
     "segment_progress",
     "side_by_side",

@@ -238,6 +238,19 @@ def with_prompts(plan: Plan, prompts: Sequence[str], *, fps: float | None = None
     return replace(plan, levels=levels, prompts=prompts, fps=fps if fps else plan.fps)
 
 
+def check_policy_options(policy: str, depth: int | None, overlap: int) -> None:
+    """``ValueError`` for an option the policy has no use for, rather than ignoring it:
+    ``depth`` (the levels of a hierarchy) under the sliding windows of ``"autoregressive"``,
+    an ``overlap`` other than 1 (known frames per window) under a hierarchical policy."""
+    if policy == AUTOREGRESSIVE and depth is not None:
+        raise ValueError(f"depth does not apply to the {AUTOREGRESSIVE!r} policy")
+    if policy != AUTOREGRESSIVE and overlap != 1:
+        raise ValueError(
+            f"overlap applies to the {AUTOREGRESSIVE!r} policy only, got overlap {overlap!r} "
+            f"with policy {policy!r}"
+        )
+
+
 def plan_story(
     script: StoryScript,
     *,
@@ -266,9 +279,8 @@ def plan_story(
         check_int("num_frames", num_frames, 1)
         check_length(num_frames)
     prompts = script.prompts_per_frame(fps_used, num_frames=num_frames, gaps=gaps)
+    check_policy_options(policy, depth, overlap)
     if policy == AUTOREGRESSIVE:
-        if depth is not None:
-            raise ValueError(f"depth does not apply to the {AUTOREGRESSIVE!r} policy")
         plan = autoregressive_plan(len(prompts), frames_per_call=frames_per_call, overlap=overlap)
     else:
         plan = build_plan(len(prompts), frames_per_call=frames_per_call, depth=depth, policy=policy)

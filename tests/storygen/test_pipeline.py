@@ -513,6 +513,9 @@ def test_local_unet_serves_the_local_levels(model_dir):
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"output_type": "mp4"}, "output_type"),
         ({"generator": [1, 2]}, "generator"),
+        # an option the policy has no use for is refused, not ignored
+        ({"policy": "autoregressive", "depth": 2}, "depth does not apply"),
+        ({"overlap": 2}, "overlap applies to the 'autoregressive' policy only"),
         # a 0 is refused, not taken for "the default"
         ({"height": 0}, "height"),
         ({"resample_steps": 0}, "resample_steps"),
