@@ -18,10 +18,11 @@ the mean elsewhere; 1.0 means seams are invisible in this statistic).
 
 Per render the JSON also holds the UNet's FLOP rate against a matrix product timed in the same
 run, over all batches and over the batched level alone (``batched_level``: the bucket of the
-most rows, after its first batch), the compile time, the peak memory with the rows of the
-largest batch, the per-stage split, and on CUDA the chip's SM clock, power and temperature
-over the render (``gpu_clocks``, from ``nvidia-smi``), which tell a power-capped clock apart
-from work between passes.
+most rows, after its first batch where it ran more than one), each counting a call's FLOPs at
+its own frames, the compile time, the peak memory with the rows of the largest batch, the
+per-stage split, and on CUDA the chip's SM clock, power and temperature over the render
+(``gpu_clocks``, from ``nvidia-smi``), which tell a power-capped clock apart from work between
+passes.
 
 With random weights the consistency numbers only show that the machinery runs; speed numbers
 are what this measures.
@@ -36,7 +37,7 @@ import logging
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,19 @@ from benchmarks.gpu_clock import GpuClocks, describe  # noqa: E402
 from benchmarks.gpu_rate import matmul_rate, sustained_matmul_rate  # noqa: E402
 from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from schemas.cli import auto_or_positive_int, positive_int  # noqa: E402
-from storygen import accel, runner  # noqa: E402
-from storygen.accel import COMPILE_CHOICES, is_compiled, resolve_speedups  # noqa: E402
+from storygen import accel, runner, sampling  # noqa: E402
+from storygen.accel import (  # noqa: E402
+    COMPILE_CHOICES,
+    compile_phases,
+    compile_seconds,
+    is_compiled,
+    phases_since,
+    resolve_speedups,
+)
+from storygen.models import unet3d_forward  # noqa: E402
 from storygen.pipeline import StoryVideoPipeline  # noqa: E402
 from storygen.presets import build_components  # noqa: E402
+from storygen.sampling import runs_whole_forward  # noqa: E402
 
 PROMPTS = [
     "a red circle moving right on a navy background",
@@ -110,21 +120,69 @@ def load(args: argparse.Namespace) -> tuple[StoryVideoPipeline, str]:
     return pipe, name
 
 
-def first_unet_call(
-    pipe: StoryVideoPipeline, frames_per_call: int, guidance: float
-) -> tuple[tuple, dict]:
-    """The arguments of the first UNet evaluation of a real one-call, one-step render."""
-    seen: list[tuple[tuple, dict]] = []
+class BlockByBlock(torch.nn.Module):
+    """A diffusers text-to-video UNet as sampling runs it: its blocks one by one with a prompt
+    per frame (:func:`storygen.models.unet3d_forward`), where its own forward takes one prompt
+    per video."""
 
-    def grab(module: Any, a: tuple, kw: dict) -> None:
-        if not seen:
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, *a: Any, **kw: Any) -> Any:
+        return unet3d_forward(self.unet, *a, **kw)
+
+
+def unet_pass(unet: Any) -> Any:
+    """``unet``'s forward pass as sampling runs it: ``unet`` itself (a :class:`MaskedUNet3D`),
+    else its blocks one by one (:class:`BlockByBlock`)."""
+    return unet if runs_whole_forward(unet) else BlockByBlock(unet)
+
+
+@contextlib.contextmanager
+def first_pass_of(unet: Any, seen: list[tuple[tuple, dict]]) -> Iterator[None]:
+    """Inside, the arguments of ``unet``'s first pass go to ``seen``: those of its forward,
+    or for a UNet that sampling runs block by block those of
+    :func:`storygen.models.unet3d_forward`, for :func:`unet_pass`."""
+    if runs_whole_forward(unet):
+
+        def grab(module: Any, a: tuple, kw: dict) -> None:
+            if not seen:
+                seen.append((a, kw))
+
+        handle = unet.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+        return
+    real = sampling.unet3d_forward
+
+    def recording(module: Any, *a: Any, **kw: Any) -> Any:
+        if module is unet and not seen:
             seen.append((a, kw))
+        return real(module, *a, **kw)
 
-    handle = pipe.unet.register_forward_pre_hook(grab, with_kwargs=True)
+    sampling.unet3d_forward = recording  # type: ignore[assignment]
     try:
+        yield
+    finally:
+        sampling.unet3d_forward = real
+
+
+def first_unet_call(
+    pipe: StoryVideoPipeline, frames_per_call: int, guidance: float, frames: int | None = None
+) -> tuple[tuple, dict]:
+    """The arguments of the first UNet pass (:func:`unet_pass`) of a real one-call, one-step
+    render of ``frames`` frames (default ``frames_per_call``: a whole call). The render runs
+    the UNet as loaded, without speed-ups, compiling or cuDNN's autotuner, so it leaves the
+    UNet's modules as they were and no speed-up copy behind."""
+    seen: list[tuple[tuple, dict]] = []
+    frames = frames or frames_per_call
+    with first_pass_of(pipe.unet, seen):
         pipe(
-            story_prompts(frames_per_call),
-            frames_per_call,
+            story_prompts(frames),
+            frames,
             frames_per_call=frames_per_call,
             num_inference_steps=1,
             guidance_scale=guidance,
@@ -132,23 +190,48 @@ def first_unet_call(
             output_type=None,
             progress=False,
             compile="off",
+            speedups="none",
+            cudnn_autotune=False,
         )
-    finally:
-        handle.remove()
     return seen[0]
 
 
-def unet_flops_per_call(pipe: StoryVideoPipeline, args: argparse.Namespace) -> float:
-    """FLOPs of one UNet evaluation of one model call (one guidance branch), counted by
-    PyTorch's FLOP counter on the arguments of a real call of the pipeline. That call is also
-    the benchmark's warm-up (kernels, allocator, lazy imports)."""
+def unet_flops_per_call(
+    pipe: StoryVideoPipeline, args: argparse.Namespace, frames: int | None = None
+) -> float:
+    """FLOPs of one UNet evaluation of one model call of ``frames`` frames (default
+    ``--frames-per-call``; one guidance branch), counted by PyTorch's FLOP counter on the
+    arguments of a real call of the pipeline. The first such call is also the benchmark's
+    warm-up (kernels, allocator, lazy imports)."""
     from benchmarks.flop_count import flop_counter
 
-    a, kw = first_unet_call(pipe, args.frames_per_call, args.guidance)
+    a, kw = first_unet_call(pipe, args.frames_per_call, args.guidance, frames)
     batch = a[0].shape[0]
     with flop_counter(display=False) as counter:
-        pipe.unet(*a, **kw)
+        unet_pass(pipe.unet)(*a, **kw)
     return counter.get_total_flops() / batch
+
+
+def call_lengths(
+    pipe: StoryVideoPipeline, args: argparse.Namespace, lengths: list[int], modes: set[str]
+) -> list[int]:
+    """The frame counts of the model calls the renders of ``lengths`` in ``modes`` make (their
+    plans: a level's last calls can be shorter than ``--frames-per-call``), and a whole
+    call's."""
+    counts = {args.frames_per_call}
+    for n in lengths:
+        for mode in modes:
+            plan = pipe.build_plan(
+                story_prompts(n),
+                num_frames=n,
+                fps=None,
+                frames_per_call=args.frames_per_call,
+                depth=None,
+                policy="autoregressive" if mode == "autoregressive" else "stretch",
+                overlap=args.overlap if mode == "autoregressive" else 1,
+            )
+            counts.update(len(call) for call in plan.calls)
+    return sorted(counts)
 
 
 def _latents(pipe: StoryVideoPipeline, frames: int) -> torch.Tensor:
@@ -172,34 +255,149 @@ def bucket_rows(key: str) -> int:
     return int(key.split("x", 1)[0])
 
 
+def bucket_frames(key: str) -> int:
+    """The frames of each call of a bucket, from its key."""
+    return int(key.split("x", 1)[1].split()[0])
+
+
 def largest_rows(bucket_times_s: dict[str, Any]) -> int:
     """The most UNet rows any batch of a render ran, from its buckets' keys."""
     return max(map(bucket_rows, bucket_times_s), default=0)
 
 
+def call_flops(flops_per_call_pass: float | Mapping[int, float], key: str) -> float:
+    """One call's FLOPs in the bucket ``key``: ``flops_per_call_pass`` itself, or its entry
+    for the bucket's frames (a call of 3 frames costs a fifth of one of 16)."""
+    if isinstance(flops_per_call_pass, Mapping):
+        return flops_per_call_pass[bucket_frames(key)]
+    return flops_per_call_pass
+
+
+def useful_flops(
+    bucket_times_s: dict[str, Any], flops_per_call_pass: float | Mapping[int, float], passes: int
+) -> float:
+    """The useful UNet FLOPs of a render's batches: each call's at its own frame count
+    (:func:`call_flops`) over ``passes`` forward passes, not a compiled bucket's padding
+    rows."""
+    return sum(
+        calls * call_flops(flops_per_call_pass, key) * passes
+        for key, entries in bucket_times_s.items()
+        for calls, _ in entries
+    )
+
+
 def largest_bucket_rate(
-    bucket_times_s: dict[str, Any], flops_per_call_pass: float, passes: int
+    bucket_times_s: dict[str, Any], flops_per_call_pass: float | Mapping[int, float], passes: int
 ) -> dict[str, Any] | None:
     """The sustained UNet rate of the render's batched level: its bucket of the most rows
-    (the last level's batches), over its batches after the first (which compiles or
-    autotunes, where there are later ones), counting the useful FLOPs of the calls it ran
-    (``flops_per_call_pass``: one call's forward over its guidance branches; ``passes``:
-    forward passes per batch, the sampling steps) and not a compiled bucket's padding rows.
-    None for a render without batches."""
+    (the last level's batches; of two with as many, the compiled one, then the one of more
+    batches), over its batches after the first (which compiles or autotunes, where there are
+    later ones: ``first_batch_included`` where there are not), counting the useful FLOPs of
+    the calls it ran (``flops_per_call_pass``: one call's forward over its guidance branches,
+    or those by the call's frames; ``passes``: forward passes per batch, the sampling steps)
+    and not a compiled bucket's padding rows. None for a render without batches."""
     if not bucket_times_s:
         return None
-    key = max(bucket_times_s, key=bucket_rows)
+    key = max(
+        bucket_times_s,
+        key=lambda k: (bucket_rows(k), k.endswith(" compiled"), len(bucket_times_s[k])),
+    )
     entries = bucket_times_s[key]
     steady = entries[1:] or entries
     calls = sum(c for c, _ in steady)
     seconds = sum(t for _, t in steady)
+    flops = calls * call_flops(flops_per_call_pass, key) * passes
     return {
         "bucket": key,
         "batches": len(steady),
+        "first_batch_included": len(entries) == 1,
         "calls": calls,
         "seconds": seconds,
-        "tflops_per_s": calls * flops_per_call_pass * passes / max(seconds, 1e-9) / 1e12,
+        "tflops_per_s": flops / max(seconds, 1e-9) / 1e12,
     }
+
+
+def describe_level(level: dict[str, Any]) -> str:
+    """What :func:`largest_bucket_rate` timed: its bucket and batches."""
+    if level.get("first_batch_included"):
+        return f"{level['bucket']}, its only batch, compiling or autotuning included"
+    n = level["batches"]
+    return f"{level['bucket']}, {n} batch{'es' if n != 1 else ''} after the first"
+
+
+@contextlib.contextmanager
+def batch_spans() -> Iterator[list[tuple[float, float]]]:
+    """Inside, the start and end (``time.perf_counter``) of every batch of calls a render runs
+    (``PlanRunner.run_batch``, on each device's worker thread) go to the list it gives."""
+    spans: list[tuple[float, float]] = []
+    real = runner.PlanRunner.run_batch
+
+    def timed(self: Any, *a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return real(self, *a, **kw)
+        finally:
+            spans.append((t0, time.perf_counter()))
+
+    runner.PlanRunner.run_batch = timed  # type: ignore[method-assign]
+    try:
+        yield spans
+    finally:
+        runner.PlanRunner.run_batch = real  # type: ignore[method-assign]
+
+
+def covered_s(spans: list[tuple[float, float]]) -> float:
+    """Seconds in which at least one of ``spans`` ran (their union: batches of several
+    devices run at once)."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+@contextlib.contextmanager
+def decoder_compiling(pipe: StoryVideoPipeline) -> Iterator[list[float]]:
+    """Inside, the compile seconds PyTorch records in each call of a compiled VAE decoder
+    (the ``vdec`` speed-up) go to the list it gives. They are read inside the decoder's
+    compiled call, which :func:`storygen.accel.compiled_call` lets run alone while it
+    compiles, so a UNet's compile (which a decode may wait for before it) is not among them."""
+    spent: list[float] = []
+    vae = pipe.vae
+    if vae is None:
+        yield spent
+        return
+    own = vae.__dict__.get("decode")
+    real = vae.decode
+
+    def timed(*a: Any, **kw: Any) -> Any:
+        decoder = getattr(vae, "decoder", None)
+        impl = getattr(decoder, "_compiled_call_impl", None)
+        if impl is None or not is_compiled(decoder):
+            return real(*a, **kw)
+
+        def counted(*x: Any, **y: Any) -> Any:
+            before = compile_phases()
+            try:
+                return impl(*x, **y)
+            finally:
+                spent.append(compile_seconds(phases_since(before, compile_phases())))
+
+        decoder._compiled_call_impl = counted
+        try:
+            return real(*a, **kw)
+        finally:
+            decoder._compiled_call_impl = impl
+
+    vae.decode = timed
+    try:
+        yield spent
+    finally:
+        if own is None:
+            del vae.decode
+        else:
+            vae.decode = own
 
 
 def decode_rate(pipe: StoryVideoPipeline, device: str, frames: int = 64) -> float:
@@ -248,10 +446,16 @@ def run(
     pipe, name = load(args)
     dtype = next(pipe.unet.parameters()).dtype
     peak = matmul_rate(args.device, dtype)
-    flops_call = unet_flops_per_call(pipe, args)
     branches = 2 if args.guidance != 1.0 else 1
     n_params = sum(p.numel() for p in pipe.unet.parameters())
     lengths = [int(v) for v in args.lengths.split(",")]
+    modes = {"hierarchical", "autoregressive"} - set(args.skip)
+    # one call's FLOPs by its frames: a level's last calls can be shorter than a whole call
+    flops_by_frames = {
+        f: unet_flops_per_call(pipe, args, f) for f in call_lengths(pipe, args, lengths, modes)
+    }
+    flops_call = flops_by_frames[args.frames_per_call]
+    flops_pass = {f: v * branches for f, v in flops_by_frames.items()}
     sustained = (
         sustained_matmul_rate(args.device, dtype, args.sustained_matmul)
         if args.sustained_matmul
@@ -297,6 +501,10 @@ def run(
         # what that choice meant on this device (auto's meaning changes between versions)
         "speedups_resolved": list(resolve_speedups(args.speedups, torch.device(args.device).type)),
         "unet_tflop_per_call_forward": flops_call / 1e12,
+        # the same by the frames of a call (those of the calls the renders make)
+        "unet_tflop_per_call_forward_by_frames": {
+            str(f): v / 1e12 for f, v in flops_by_frames.items()
+        },
         **decoding,
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
         # the same products back to back for --sustained-matmul seconds, with the chip's clock
@@ -313,7 +521,7 @@ def run(
             n,
             frames_per_call=args.frames_per_call,
             policy="autoregressive" if mode == "autoregressive" else "stretch",
-            overlap=args.overlap,
+            overlap=args.overlap if mode == "autoregressive" else 1,
             num_inference_steps=steps,
             guidance_scale=args.guidance,
             generator=args.seed,
@@ -368,16 +576,26 @@ def run(
             for d in devices or [args.device]:
                 torch.cuda.synchronize(d)
                 torch.cuda.reset_peak_memory_stats(d)
-        with PeakRSS() as rss, GpuClocks(args.device) as clocks:
+        with (
+            PeakRSS() as rss,
+            GpuClocks(args.device) as clocks,
+            batch_spans() as spans,
+            decoder_compiling(pipe) as decoder_compile,
+        ):
             t0 = time.perf_counter()
             out = render(n, mode, devices, args.steps)
             wall = time.perf_counter() - t0
         stats = out.stats
+        # summed over the batches: device-seconds where several devices run batches at once
         unet_s = sum(sum(v) for v in stats.batch_times_s.values())
+        # the wall time in which any device ran a batch
+        unet_wall = covered_s(spans)
         warmup = stats.warmup_s()
-        unet_flops = flops_call * stats.calls_run * args.steps * branches
+        # compiling the VAE's decoder (vdec), which no batch's time holds
+        decoder_s = sum(decoder_compile)
+        unet_flops = useful_flops(stats.bucket_times_s, flops_pass, args.steps)
         steady_unet_s = max(unet_s - warmup, 1e-9)
-        level = largest_bucket_rate(stats.bucket_times_s, flops_call * branches, args.steps)
+        level = largest_bucket_rate(stats.bucket_times_s, flops_pass, args.steps)
         if level is not None:
             level["utilisation_of_matmul_peak"] = (
                 level["tflops_per_s"] * 1e12 / peak if peak else None
@@ -408,11 +626,17 @@ def run(
             "compile_phases_s": stats.compile_phases_s,
             # compile="aot" where AOTInductor could not load packages: compiled in process
             "compile_fallbacks": stats.compile_fallbacks,
-            "wall_time_after_warmup_s": wall - warmup,
+            # of compile_s, the VAE decoder's (vdec), which warmup_s does not hold
+            "decoder_compile_s": decoder_s,
+            "wall_time_after_warmup_s": wall - warmup - decoder_s,
+            # the batches' seconds summed (device-seconds, with several devices)
             "unet_batches_s": unet_s,
-            "other_s": wall - unet_s,
+            # the wall time in which batches ran (on any device), and the rest of it
+            "unet_wall_s": unet_wall,
+            "other_s": max(0.0, wall - unet_wall),
             # from the last batch's end to the render's: the last frames' decode and write
             "tail_s": stats.tail_s,
+            # over the batches' summed seconds: a device's rate, with several devices too
             "unet_tflops_per_s": unet_flops / steady_unet_s / 1e12,
             "utilisation_of_matmul_peak": (unet_flops / steady_unet_s / peak if peak else None),
             # the batched level alone (its largest bucket, after its first batch): the rate
@@ -467,8 +691,8 @@ def run(
         if level is not None:
             share = level["utilisation_of_matmul_peak"]
             print(
-                f"         batched level ({level['bucket']}, {level['batches']} batches after "
-                f"the first): {level['tflops_per_s']:.0f} TFLOP/s"
+                f"         batched level ({describe_level(level)}): "
+                f"{level['tflops_per_s']:.0f} TFLOP/s"
                 + (f", {100 * share:.1f} % of peak" if share else "")
                 + (
                     f", {100 * level['utilisation_of_sustained_matmul']:.1f} % of the sustained "
@@ -518,7 +742,8 @@ def summarise(rows: list[dict[str, Any]], lengths: list[int]) -> dict[str, Any]:
                 "rounds_autoregressive_over_hierarchical": a["rounds"] / h["rounds"],
                 "calls_autoregressive_over_hierarchical": a["model_calls"] / h["model_calls"],
             }
-        spread = next((r for r in rows if r["frames"] == n and "x" in r["mode"]), None)
+        # the spread mode ("hierarchical x2") by its median run too
+        spread = next((r for mode, r in by_mode.items() if " x" in mode), None)
         if spread is not None and "hierarchical" in by_mode:
             ratios.setdefault(str(n), {})["speedup_over_one_device"] = (
                 by_mode["hierarchical"]["wall_time_s"] / spread["wall_time_s"]
@@ -561,9 +786,11 @@ SAME_SETTINGS = (
     "compile",
     "speedups_resolved",
     "cudnn_autotune",
+    # a warm-up render first or none: the timed renders compile, or find the graphs warm
+    "warmup_steps",
 )
 #: settings recorded later than others: their value in results made before
-SETTING_BEFORE_RECORDED = {"cudnn_autotune": True}
+SETTING_BEFORE_RECORDED = {"cudnn_autotune": True, "warmup_steps": None}
 
 
 def merge(
@@ -575,15 +802,19 @@ def merge(
 
     ``per_mode_speedups``: each mode may run its own speed-ups (each at its best: CUDA graphs
     pay for the baseline's 2-row passes, say), the same for all of a mode's runs; recorded as
-    ``speedups_by_mode``. Every other setting must still agree."""
+    ``speedups_by_mode``. Every other setting must still agree. Each mode's ``--repeats`` (of
+    each file that ran it) are recorded as ``repeats_by_mode``, and ``repeats`` is theirs where
+    all agree (else None)."""
     settings = [k for k in SAME_SETTINGS if not (per_mode_speedups and k == "speedups_resolved")]
     by_mode: dict[str, list[str]] = {}
+    repeats: dict[str, list[int | None]] = {}
     for name, result in zip(names, results, strict=True):
         if "speedups_resolved" not in result:
             raise ValueError(
                 f"{name} does not record 'speedups_resolved': cannot tell it ran alike"
             )
         for mode in sorted({row["mode"] for row in result["rows"]}):
+            repeats.setdefault(mode, []).append(result.get("repeats"))
             mine = by_mode.setdefault(mode, result["speedups_resolved"])
             if mine != result["speedups_resolved"]:
                 raise ValueError(
@@ -607,11 +838,14 @@ def merge(
     keep = {k: v for k, v in first.items() if k not in ("rows", "medians", "ratios")}
     if per_mode_speedups:
         keep["speedups_resolved"] = None
+    counts = {r.get("repeats") for r in results}
+    keep["repeats"] = counts.pop() if len(counts) == 1 else None
     return {
         **keep,
         "complete": all(r.get("complete", True) for r in results),
         "merged_from": names,
         "speedups_by_mode": by_mode,
+        "repeats_by_mode": repeats,
         "rows": rows,
         **summarise(rows, lengths),
     }
@@ -728,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="a model folder instead of a random preset")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--frames-per-call", type=int, default=16)
-    p.add_argument("--overlap", type=int, default=1)
+    p.add_argument("--overlap", type=int, default=1, help="known frames per autoregressive window")
     p.add_argument("--steps", type=int, default=None, help="default 2 on CPU, 10 on GPU")
     p.add_argument("--guidance", type=float, default=None, help="default 1 on CPU, 7.5 on GPU")
     p.add_argument(
@@ -794,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="render nothing: merge these results (one mode each, say, from separate calls) "
         "into one, with medians and ratios over all their runs; refused where they differ in "
-        "a setting (model, device, steps, speed-ups as resolved, ...)",
+        "a setting (model, device, steps, speed-ups as resolved, warm-up steps, ...)",
     )
     p.add_argument(
         "--per-mode-speedups",

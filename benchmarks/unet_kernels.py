@@ -8,7 +8,8 @@ milliseconds per forward pass (median of ``--reps`` timed passes after warm-up),
 one pass (PyTorch's FLOP counter, split into convolutions, linear layers and attention, and
 the share outside the blocks ``--compile regional`` compiles, which runs eager there),
 TFLOP/s and their share of the chip's measured bf16 matrix rate, the first pass's time (the
-compile, for compiled variants), peak memory, and the output's relative error and cosine
+compile, for compiled variants), peak memory (a variant's own: a copy of the UNet runs beside
+the eager one, whose weights it leaves out), and the output's relative error and cosine
 against the eager pass in the model's dtype; on CUDA, the SM clock and power over the timed
 passes (``gpu_clocks``, from ``nvidia-smi``).
 
@@ -125,7 +126,9 @@ def parse_variant(name: str) -> tuple[str, set[str]]:
 
 def call_arguments(args: argparse.Namespace) -> tuple[Any, tuple, dict]:
     """(unet, positional args, keyword args) of one UNet evaluation of a real pipeline call,
-    its batch repeated to ``args.rows`` rows."""
+    its batch repeated to ``args.rows`` rows: the arguments of its pass as sampling runs it
+    (:func:`benchmarks.storygen_speed.unet_pass`: a diffusers text-to-video UNet block by
+    block)."""
     from benchmarks.storygen_speed import first_unet_call, load
 
     pipe, _ = load(args)
@@ -230,6 +233,7 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float, 
     regional`` compiles (:func:`block_paths`), which run eager there; and those by layer
     (the layers outside the blocks that count any, most first)."""
     from benchmarks.flop_count import flop_counter
+    from benchmarks.storygen_speed import unet_pass
     from storygen.attention import pack_eager
 
     # packed attention's eager kernel compiles on its own, which a FLOP counter's mode cannot
@@ -238,9 +242,10 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float, 
     layers = [m.processor for m in unet.modules() if hasattr(m, "processor")]
     eager = [getattr(p, "eager", None) for p in layers]
     pack_eager(unet, False)
+    forward = unet_pass(unet)
     try:
         with flop_counter(display=False, depth=None) as counter:
-            unet(*a, **kw)
+            forward(*a, **kw)
     finally:
         for processor, on in zip(layers, eager, strict=True):
             if on is not None:
@@ -254,8 +259,11 @@ def flop_split(unet: Any, a: tuple, kw: dict) -> tuple[dict[str, float], float, 
             sum(v for k, v in ops.items() if str(k).split(".")[1].startswith(names))
         )
     split["other"] = total - sum(split[k] for k in KINDS)
-    # the counter names a module by its path under the root's class name
+    # the counter names a module by its path under the root's class name (the UNet's, or the
+    # pass's around it)
     root = type(unet).__name__
+    if forward is not unet:
+        root = f"{type(forward).__name__}.unet"
     blocks = block_paths(unet)
     in_blocks = sum(sum(counts.get(f"{root}.{p}", {}).values()) for p in blocks)
     layers = {}
@@ -303,16 +311,24 @@ def time_variant(
     if why is not None:
         return {"variant": name, "skipped": why}
     unet = base if name == "eager" else copy.deepcopy(base)
+    # a copy runs beside the base UNet, whose weights the peak then leaves out: every variant's
+    # peak is that of its own UNet
+    apart = 0 if unet is base else weight_bytes(base)
     row: dict[str, Any] = {"variant": name}
     tuned = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = "tuned" in mods
     try:
-        return _timed(name, unet, row, a, kw, reference, args)
+        return _timed(name, unet, row, a, kw, reference, args, apart=apart)
     finally:
         torch.backends.cudnn.benchmark = tuned
         del unet
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def weight_bytes(module: Any) -> int:
+    """Bytes of ``module``'s parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 class _on_backend(torch.nn.Module):
@@ -336,11 +352,18 @@ def _timed(
     kw: dict,
     reference: torch.Tensor,
     args: argparse.Namespace,
+    *,
+    apart: int = 0,
 ) -> dict[str, Any]:
+    """Time variant ``name`` on ``unet`` (the base UNet or a copy of it); ``apart``: bytes held
+    beside it (the base UNet's weights, beside a copy) that its peak memory leaves out."""
+    from benchmarks.storygen_speed import unet_pass
     from storygen.accel import apply_speedups, inductor_options, tuning_compiles
 
     device = reference.device
     base, mods = parse_variant(name)
+    # held beside this variant's UNet, which its peak memory leaves out
+    row["beside_bytes"] = apart
     if "cl" in mods:
         channels_last(unet)
         a = (a[0].contiguous(memory_format=torch.channels_last_3d),) + tuple(a[1:])
@@ -351,6 +374,7 @@ def _timed(
         # the work it does (the TFLOP/s column stays the plain pass's FLOPs over the time)
         row["flops_counted"], _, _ = flop_split(unet, a, kw)
     module = unet
+    unet = unet_pass(unet)  # a diffusers text-to-video UNet: block by block, as sampling runs it
     backend = [getattr(SDPBackend, SDPA_BACKENDS[m]) for m in mods if m in SDPA_BACKENDS]
     if backend:
         unet = _on_backend(unet, backend)
@@ -396,7 +420,7 @@ def _timed(
         torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)
     )
     if device.type == "cuda":
-        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        row["peak_memory_gb"] = (torch.cuda.max_memory_allocated(device) - apart) / 1e9
     if args.profile:
         row["time_split_ms"] = time_split(fn, a, kw, device)
     return row
@@ -417,14 +441,17 @@ def fill_zero_weights(unet: Any, seed: int = 0) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.storygen_speed import unet_pass
+
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
     unet, a, kw = call_arguments(args)
     unet.eval()
     filled = 0 if args.model else fill_zero_weights(unet)
     flops, outside_blocks, outside_layers = flop_split(unet, a, kw)
-    reference = unet(*a, **kw)
-    times = time_split(unet, a, kw, device) if args.profile else None
+    forward = unet_pass(unet)
+    reference = forward(*a, **kw)
+    times = time_split(forward, a, kw, device) if args.profile else None
     peak = matmul_rate(args.device, unet.dtype)
     rows: list[dict[str, Any]] = []
     result = {
@@ -443,6 +470,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "flops_outside_blocks_by_layer": outside_layers,
         "matmul_peak_tflops_per_s": peak / 1e12 if peak else None,
         "zero_weights_filled": filled,
+        # the UNet's parameters and buffers (a variant's copy runs beside them)
+        "unet_weight_bytes": weight_bytes(unet),
         "time_split_ms": times,
         "variants": rows,
     }

@@ -164,3 +164,65 @@ def test_flops_outside_the_regional_blocks_are_the_layers_left_eager():
     assert list(by_layer.values()) == sorted(by_layer.values(), reverse=True)
     assert not any(name.startswith(p + ".") for name in by_layer for p in blocks)
     assert 0 < outside < split["total"]
+
+
+def test_the_eager_variant_runs_the_unet_as_loaded():
+    """The pipeline call that gives the UNet's arguments applies no speed-up to it (a CPU's
+    tconv in place, say): ``eager`` is the plain UNet, ``eager-tconv`` another pass."""
+    from storygen.accel import applied_speedups
+
+    ns = unet_kernels.parse_args(["--rows", "2", "--frames-per-call", "4"])
+    unet, a, kw = unet_kernels.call_arguments(ns)
+    assert applied_speedups(unet) == {}
+    assert not unet._forward_pre_hooks
+
+
+def test_a_text_to_video_unet_runs_block_by_block(tmp_path):
+    """``--mode t2v``: a diffusers text-to-video UNet, timed and counted on the pass sampling
+    runs (its blocks one by one, a prompt per frame), speed-ups and all."""
+    result = unet_kernels.main(
+        ["--mode", "t2v", "--variants", "eager,eager-tconv,eager-xkv", "--rows", "2"]
+        + ["--frames-per-call", "4", "--warmup", "0", "--reps", "1"]
+        + ["--out", str(tmp_path / "k.json")]
+    )
+    assert result["model"] == "random micro (t2v)"
+    flops = result["flops_per_pass"]
+    assert flops["convolution"] > 0 and flops["linear"] > 0 and flops["attention"] > 0
+    # the layers outside the regional blocks are named under the UNet, as for a masked one
+    assert "conv_in" in result["flops_outside_blocks_by_layer"]
+    rows = {r["variant"]: r for r in result["variants"]}
+    assert rows["eager"]["relative_error"] == 0.0
+    for name in ("eager-tconv", "eager-xkv"):
+        assert rows[name]["relative_error"] < 1e-5 and min(rows[name]["changed_layers"].values())
+
+
+def test_a_copy_leaves_the_base_unets_weights_out_of_its_peak(tmp_path):
+    """``eager`` runs the UNet itself, any other variant a copy beside it: what its peak memory
+    leaves out is the base UNet's weights, for that variant alone."""
+    result = unet_kernels.main(
+        ["--variants", "eager,eager-tconv,eager-cl", "--rows", "2", "--frames-per-call", "4"]
+        + ["--warmup", "0", "--reps", "1", "--out", str(tmp_path / "k.json")]
+    )
+    weights = result["unet_weight_bytes"]
+    assert weights > 0
+    rows = {r["variant"]: r for r in result["variants"]}
+    assert rows["eager"]["beside_bytes"] == 0
+    assert rows["eager-tconv"]["beside_bytes"] == rows["eager-cl"]["beside_bytes"] == weights
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_peak_memory_of_a_copy_is_that_of_its_own_unet(tmp_path):
+    """A variant other than ``eager`` runs a copy of the UNet beside the base one: its peak
+    leaves the base's weights out, so it compares with eager's (tconv: the same sums, in 2-D
+    convolutions). The ModelScope shape: 2.8 GB of weights, far more than a 1-row pass's
+    activations."""
+    result = unet_kernels.main(
+        ["--device", "cuda", "--preset", "modelscope", "--variants", "eager,eager-tconv"]
+        + ["--rows", "1", "--frames-per-call", "4", "--warmup", "0", "--reps", "1"]
+        + ["--out", str(tmp_path / "k.json")]
+    )
+    weights = result["unet_weight_bytes"] / 1e9
+    rows = {r["variant"]: r for r in result["variants"]}
+    eager, tconv = rows["eager"]["peak_memory_gb"], rows["eager-tconv"]["peak_memory_gb"]
+    assert abs(tconv - eager) < 0.25 * weights
