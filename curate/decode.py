@@ -82,7 +82,11 @@ class VideoDecoder:
             **self.splitter_settings,
         )
         self._splitter.setup()
-        self._sampler = FrameSampler(k=self.samples_per_scene, size=self.sample_size)
+        self._sampler = FrameSampler(
+            k=self.samples_per_scene,
+            size=self.sample_size,
+            allow_truncated=bool(self.splitter_settings.get("allow_truncated", False)),
+        )
         if hasattr(self._sampler, "setup"):
             self._sampler.setup()
 

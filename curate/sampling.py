@@ -29,7 +29,8 @@ from .video import read_frames
 logger = logging.getLogger(__name__)
 
 
-#: ``read_frames(uri, indices, *, width=None, height=None) -> (N, H, W, 3) uint8``
+#: ``read_frames(uri, indices, *, width=None, height=None) -> (N, H, W, 3) uint8``; called
+#: with ``allow_truncated=True`` as well when the sampler is made with it
 FrameReader = Callable[..., np.ndarray]
 
 
@@ -123,6 +124,9 @@ class FrameSampler(Step[Any, dict]):
     ``size``: ``None`` (native), an int (shortest edge, aspect kept) or ``(height, width)``
     (exact, as a CLIP whose preprocessing squashes frames expects); pass
     :attr:`curate.clip_score.ClipScorer.sample_size`.
+
+    ``allow_truncated``: read a file that ends early as the scene splitter did with the same
+    setting (its scenes end where decoding stopped), instead of refusing it.
     """
 
     stage = "sample-frames"
@@ -137,6 +141,7 @@ class FrameSampler(Step[Any, dict]):
         size: int | tuple[int, int] | None = None,
         max_candidates: int = 48,
         reader: FrameReader | None = None,
+        allow_truncated: bool = False,
     ) -> None:
         check_positive("k", k)
         check_choice("strategy", strategy, STRATEGIES)
@@ -156,6 +161,7 @@ class FrameSampler(Step[Any, dict]):
         self.size = size
         self.max_candidates = int(max_candidates)
         self._reader = reader
+        self.allow_truncated = bool(allow_truncated)
 
     def setup(self) -> None:
         if self._reader is None:
@@ -196,7 +202,8 @@ class FrameSampler(Step[Any, dict]):
         wanted = sorted({i for p in plans for i in p})
         width, height = self._target_size(clips[0])
         assert self._reader is not None
-        frames = self._reader(uri, wanted, width=width, height=height)
+        options = {"allow_truncated": True} if self.allow_truncated else {}
+        frames = self._reader(uri, wanted, width=width, height=height, **options)
         if len(frames) != len(wanted):
             raise ValueError(
                 f"{uri}: asked for {len(wanted)} frames, the reader returned {len(frames)}"

@@ -412,8 +412,9 @@ def publish(path: str | os.PathLike[str], manifest: RunManifest) -> Path:
 
     Shards of an earlier run that the new ones do not replace are removed; anything else in a
     table folder (a file storyloom did not write) stays. Every table in :data:`TABLES` gets a
-    shard, an empty one when it has no rows, so globbing readers (DuckDB, ``datasets``)
-    always find a file with the schema.
+    shard, an empty one when it has no rows, so globbing readers (DuckDB, pandas, pyarrow)
+    always find a file with the schema. ``datasets`` does not read a table with no rows: it
+    refuses a shard of 0 rows.
     """
     out = Path(path)
     staging = out / STAGING_DIR

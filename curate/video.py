@@ -37,7 +37,15 @@ coded frames by 90, 180 or 270 degrees) is decoded as it is meant to be seen: ``
 their full size but not consistently when asked for a reduced one, so these streams are
 decoded with PyAV, at the coded size, and turned here.
 
-This module is longer than the others (about 800 lines) on purpose: probing and frame reading
+PyAV also decodes what decord gets wrong without saying so: MPEG transport streams (``.ts``,
+``.m2ts``, ``.mts``; decord returns frames from the wrong place in the stream, an h264 cut at
+frame 45 shows nowhere and an MPEG-2 one at frame 33), containers with more than one video
+stream (a Matroska file with a thumbnail stream before the video: decord's frames come out
+distorted at a reduced size and not at all at the full one), and frame sizes decord cannot
+output at all (2x2). Every reader takes the same stream: FFmpeg's best video stream (the one
+decord picks), never cover art.
+
+This module is longer than the others (about 950 lines) on purpose: probing and frame reading
 share one error model and one set of private helpers around decord and PyAV (opening with a
 size, classifying decord's errors, counting packets, salvaging a truncated tail). Split in
 two, those helpers would become a public API of their own for no reader's benefit.
@@ -74,9 +82,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_SIDE = 16384
 #: largest number of pixels per frame accepted (8192 x 8192; 8K UHD is 33 Mpx)
 DEFAULT_MAX_PIXELS = 8192 * 8192
-#: a frame duration may deviate this much (relative) from the median before the rate counts as
-#: variable; absorbs time-base rounding
+#: a frame duration may deviate this much (relative) from the median, or by one tick of the
+#: stream's time base, before the rate counts as variable; absorbs time-base rounding (29.97
+#: fps in Matroska's 1 ms time base is 33 and 34 ms frames)
 VFR_TOLERANCE = 0.02
+#: demuxers whose streams decord decodes with the wrong frames (FFmpeg's names)
+PYAV_CONTAINERS = frozenset({"mpegts", "mpegtsraw"})
+#: how many frames :func:`read_frames` asks decord for at a time
+READ_CHUNK = 64
 #: the highest declared frame rate trusted when the timestamps say nothing
 MAX_FPS = 1000
 
@@ -122,6 +135,11 @@ class VideoInfo:
     #: degrees (0, 90, 180, 270, counterclockwise) the coded frames are turned for display;
     #: ``width`` / ``height`` are the displayed size
     rotation: int = 0
+    #: the container's index of the video stream described (FFmpeg's best video stream, never
+    #: cover art); ``None``: choose it when opening
+    stream_index: int | None = None
+    #: video streams in the container, cover art included (more than one: read with PyAV)
+    video_streams: int = 1
 
     @property
     def path(self) -> str:
@@ -197,6 +215,8 @@ class _Header:
     duration_s: float | None = None
     #: counterclockwise degrees of the display matrix (0, 90, 180, 270)
     rotation: int = 0
+    stream_index: int | None = None
+    video_streams: int = 1
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -248,16 +268,35 @@ def _av_reason(exc: Exception) -> str:
     return str(msg).strip().splitlines()[0] if msg else type(exc).__name__
 
 
+_ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC
+
+
+def _video_stream(container: Any, index: int | None = None) -> Any:
+    """The video stream to decode: the one at ``index``, or else FFmpeg's best video stream
+    (the one decord decodes: more than a single frame wins, so a thumbnail does not), never
+    cover art; ``None`` when there is none."""
+    if index is not None:
+        return container.streams[index]
+    # cover art is a one-frame "video" stream in audio files; it is not a video
+    videos = [s for s in container.streams.video if not (int(s.disposition) & _ATTACHED_PIC)]
+    if not videos:
+        return None
+    try:
+        best = container.streams.best("video")
+    except (ValueError, TypeError):
+        best = None
+    if best is not None and any(s.index == best.index for s in videos):
+        return best
+    return videos[0]
+
+
 def _header_from(uri: str, container: Any, logs: list, max_side: int, max_pixels: int) -> _Header:
     fmt = container.format.name if container.format is not None else "?"
-    videos = [s for s in container.streams if s.type == "video"]
-    # cover art is a one-frame "video" stream in audio files; it is not a video
-    videos = [s for s in videos if not (int(s.disposition) & 0x400)]  # ATTACHED_PIC
     has_audio = any(s.type == "audio" for s in container.streams)
-    if not videos:
+    stream = _video_stream(container)
+    if stream is None:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise NoVideoStream(f"no video stream (streams: {', '.join(kinds)})", uri=uri)
-    stream = videos[0]
     ctx = stream.codec_context
     if ctx is None or ctx.codec is None:
         tag = _sample_entry(container.name) or "unknown"
@@ -288,6 +327,8 @@ def _header_from(uri: str, container: Any, logs: list, max_side: int, max_pixels
         time_base=Fraction(stream.time_base) if stream.time_base else None,
         has_audio=has_audio,
         duration_s=duration,
+        stream_index=stream.index,
+        video_streams=len(container.streams.video),
     )
 
 
@@ -309,8 +350,14 @@ def _display_rotation(container: Any, stream: Any, *, max_packets: int = 32) -> 
 
 
 def _needs_pyav(info: VideoInfo) -> bool:
-    """Frames decord cannot give as they are meant: a truncated file, a rotated stream."""
-    return info.truncated or bool(info.rotation)
+    """Frames decord cannot give as they are meant: a truncated file, a rotated stream, an
+    MPEG transport stream, a container with more than one video stream."""
+    return (
+        info.truncated
+        or bool(info.rotation)
+        or info.container in PYAV_CONTAINERS
+        or info.video_streams > 1
+    )
 
 
 def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
@@ -338,7 +385,9 @@ def _sample_entry(path: str) -> str | None:
     return head[pos + 16 : pos + 20].decode("latin-1")
 
 
-def _count_packets(uri: str, path: str, *, limit: int | None = None) -> int:
+def _count_packets(
+    uri: str, path: str, *, limit: int | None = None, stream_index: int | None = None
+) -> int:
     """Frames whose packets can be read before the file ends (demux only, no decoding);
     stops counting at ``limit``."""
     import av
@@ -346,7 +395,9 @@ def _count_packets(uri: str, path: str, *, limit: int | None = None) -> int:
     count = 0
     try:
         with av.open(path) as container:
-            stream = container.streams.video[0]
+            stream = _video_stream(container, stream_index)
+            if stream is None:
+                return 0
             for packet in container.demux(stream):
                 if packet.size > 0:
                     count += 1
@@ -380,11 +431,13 @@ def _open_decord(
 
 def _open_decord_sized(
     uri: str, path: str, width: int, height: int, *, num_threads: int = 0
-) -> tuple[Any, tuple[int, int]]:
-    """Open decord at ``width`` x ``height`` and decode one frame to prove the size works.
+) -> tuple[Any, tuple[int, int]] | None:
+    """Open decord at ``width`` x ``height`` and decode one frame to prove the size works;
+    ``None`` when decord cannot output frames at that size or near it (PyAV can).
 
     decord 0.6 fails to copy out frames at a few output widths (16, 24, 48, 72, ...: its
-    row padding does not match the array it allocates); the next even width works.
+    row padding does not match the array it allocates); the next even width works. At the
+    smallest sizes (2x2) none does.
     """
     for attempt in range(4):
         w = width + 2 * attempt
@@ -397,7 +450,8 @@ def _open_decord_sized(
             del reader
             if "DECORDArrayCopyFromTo" not in str(exc):
                 raise _classify_decord(uri, exc) from None
-    raise VideoOpenFailure(f"decord cannot decode at {width}x{height} or near it", uri=uri)
+    log.info("%s: decord cannot decode at %dx%d or near it; using PyAV", uri, width, height)
+    return None
 
 
 def _classify_decord(uri: str, exc: BaseException) -> VideoError:
@@ -461,7 +515,7 @@ def probe(
         )
     header = _read_header(uri, path, max_side=max_side, max_pixels=max_pixels)
     if cut is not None:
-        readable = _count_packets(uri, path)
+        readable = _count_packets(uri, path, stream_index=header.stream_index)
         declared = header.declared_frames
         if not allow_truncated:
             raise TruncatedVideo(
@@ -471,7 +525,10 @@ def probe(
             )
         return _truncated_info(uri, header, readable, min_frames)
 
-    if header.declared_frames == 0 and _count_packets(uri, path, limit=1) == 0:
+    if (
+        header.declared_frames == 0
+        and _count_packets(uri, path, limit=1, stream_index=header.stream_index) == 0
+    ):
         # containers without a frame count (Matroska, AVI written empty): look for packets
         raise ZeroFrames("the video stream holds no frame", uri=uri)
     times = _frame_times(uri, path, header)
@@ -488,7 +545,7 @@ def probe(
             )
         log.warning("%s: frame timestamps do not advance; using the declared rate", uri)
         return _constant_rate_info(uri, header, num_frames, header.frame_rate)
-    vfr = _is_variable(starts)
+    vfr = _is_variable(starts, header.time_base)
     duration = float(times[-1, 1] - times[0, 0])
     if vfr and times[-1, 1] <= times[-1, 0]:
         # decord gives the last frame no duration: take the container's, else the median
@@ -529,6 +586,8 @@ def _info(uri: str, header: _Header, num_frames: int, rate: Fraction, **fields: 
         declared_frames=header.declared_frames or None,
         has_audio=header.has_audio,
         rotation=header.rotation,
+        stream_index=header.stream_index,
+        video_streams=header.video_streams,
         **fields,
     )
 
@@ -569,14 +628,21 @@ def _frame_times(uri: str, path: str, header: _Header) -> np.ndarray:
         del reader
 
 
-def _is_variable(starts: np.ndarray) -> bool:
+def _is_variable(starts: np.ndarray, time_base: Fraction | None = None) -> bool:
+    """Whether frame durations vary by more than :data:`VFR_TOLERANCE` of the median and more
+    than one tick of ``time_base`` (a constant rate rounded onto a time base it does not
+    divide), where a tick is small beside a frame (a quarter of one at most)."""
     if len(starts) < 3:
         return False
     durations = np.diff(starts)
     median = float(np.median(durations))
     if median <= 0:
         return True
-    return bool(np.max(np.abs(durations - median)) > VFR_TOLERANCE * median)
+    allowed = VFR_TOLERANCE * median
+    tick = float(time_base) if time_base is not None and time_base > 0 else 0.0
+    if 0 < tick <= median / 4:
+        allowed = max(allowed, tick * (1 + 1e-6))
+    return bool(np.max(np.abs(durations - median)) > allowed)
 
 
 def _truncated_info(uri: str, header: _Header, readable: int, min_frames: int) -> VideoInfo:
@@ -676,6 +742,7 @@ class FrameReader:
         self.size: tuple[int, int] | None = None
         self.truncated_at: int | None = None
         self._reader: Any = None
+        self._pyav = False
 
     # -- lifetime
     def open(self) -> FrameReader:
@@ -694,11 +761,14 @@ class FrameReader:
             out_height=self._height,
             short_side=self._short,
         )
-        if not _needs_pyav(info) and self._reader is None:
+        self._pyav = _needs_pyav(info)
+        if not self._pyav and self._reader is None:
             w, h = self.size
-            self._reader, self.size = _open_decord_sized(
-                self.uri, info.path, w, h, num_threads=self.num_threads
-            )
+            opened = _open_decord_sized(self.uri, info.path, w, h, num_threads=self.num_threads)
+            if opened is None:
+                self._pyav = True
+            else:
+                self._reader, self.size = opened
         return self
 
     def close(self) -> None:
@@ -731,10 +801,10 @@ class FrameReader:
         return len(self.indices)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if self.info is None or (self._reader is None and not _needs_pyav(self.info)):
+        if self.info is None or self.size is None or (self._reader is None and not self._pyav):
             self.open()
         assert self.info is not None
-        if _needs_pyav(self.info):
+        if self._pyav:
             yield from self._iter_pyav()
             return
         indices = self.indices
@@ -746,7 +816,7 @@ class FrameReader:
                 frames = self._salvage(idx, exc)
                 if frames is None:
                     return
-            yield idx, frames
+            yield idx[: len(frames)], frames
             if len(frames) < len(idx):
                 return
 
@@ -770,7 +840,8 @@ class FrameReader:
 
     def _iter_pyav(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """PyAV decoding: for files whose packets end early (decord refuses them; PyAV reads
-        what is there) and for rotated streams (turned here)."""
+        what is there), for rotated streams (turned here) and for the files decord decodes
+        wrong (:func:`_needs_pyav`) or not at all."""
         import av
 
         assert self.info is not None and self.size is not None
@@ -783,7 +854,7 @@ class FrameReader:
         buf: list[np.ndarray] = []
         pos = 0
         with av.open(self.info.path) as container:
-            stream = container.streams.video[0]
+            stream = _video_stream(container, self.info.stream_index)
             stream.thread_type = "AUTO"
             try:
                 for frame in container.decode(stream):
@@ -814,49 +885,79 @@ def read_frames(
     height: int | None = None,
     short_side: int | None = None,
     info: VideoInfo | None = None,
+    allow_truncated: bool = False,
 ) -> np.ndarray:
     """Random access: the frames at ``indices`` as ``(n, h, w, 3)`` uint8 RGB, in the order
-    given (repeats allowed). Decoded at the reduced size when one is given."""
+    given (repeats allowed). Decoded at the reduced size when one is given.
+
+    Each distinct frame is decoded once, :data:`READ_CHUNK` at a time in frame order, straight
+    into its places in the result: memory beyond the result is one chunk, however many frames
+    are asked for. ``allow_truncated`` probes as :func:`probe` does with it (a file that ends
+    early gives the frames that are there; asking for one that is not raises
+    :class:`TruncatedVideo`).
+    """
     uri = os.fspath(uri)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    info = info or probe(uri)
+    info = info or probe(uri, allow_truncated=allow_truncated)
     bad = idx[(idx < 0) | (idx >= info.num_frames)]
     if len(bad):
         raise ValueError(f"{uri}: frame index {int(bad[0])!r} outside [0, {info.num_frames})")
     w, h = target_size(
         info.width, info.height, out_width=width, out_height=height, short_side=short_side
     )
+    out = np.empty((len(idx), h, w, 3), np.uint8)
     if len(idx) == 0:
-        return np.zeros((0, h, w, 3), np.uint8)
-    if _needs_pyav(info):
-        wanted = set(idx.tolist())
-        got: dict[int, np.ndarray] = {}
+        return out
+    # the distinct frames in frame order; the places in ``out`` of distinct frame u are
+    # slots[bounds[u]:bounds[u + 1]]
+    wanted, inverse = np.unique(idx, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    slots = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[slots], np.arange(len(wanted) + 1))
+
+    def place(first: int, frames: np.ndarray) -> None:
+        """Put ``frames``, distinct frames ``first``, ``first + 1``, ..., in their places."""
+        for u, frame in enumerate(frames, start=first):
+            out[slots[bounds[u] : bounds[u + 1]]] = frame
+
+    opened = None if _needs_pyav(info) else _open_decord_sized(uri, info.path, w, h)
+    if opened is None:
+        found = np.zeros(len(wanted), bool)
         with FrameReader(
-            uri, width=w, height=h, info=info, allow_truncated=True, end=max(wanted) + 1
+            uri, width=w, height=h, info=info, allow_truncated=True, end=int(wanted[-1]) + 1
         ) as reader:
             for fi, frames in reader:
-                for i, f in zip(fi.tolist(), frames, strict=True):
-                    if i in wanted:
-                        got[i] = f
-        missing = sorted(wanted - set(got))
-        if missing:
-            raise TruncatedVideo(f"frame {missing[0]} cannot be decoded", uri=uri)
-        return np.stack([got[int(i)] for i in idx])
-    reader, decoded_size = _open_decord_sized(uri, info.path, w, h)
+                pos = np.searchsorted(wanted, fi)
+                hit = np.flatnonzero(
+                    (pos < len(wanted)) & (wanted[np.minimum(pos, len(wanted) - 1)] == fi)
+                )
+                for j in hit.tolist():
+                    place(int(pos[j]), frames[j : j + 1])
+                    found[pos[j]] = True
+        if not found.all():
+            missing = int(wanted[np.flatnonzero(~found)[0]])
+            raise TruncatedVideo(f"frame {missing} cannot be decoded", uri=uri)
+        return out
+    reader, decoded_size = opened
+    opened = None  # the reader alone holds decord's FFmpeg context, released below
     try:
-        # decord seeks to the key frame before each index; sorting keeps that monotone
-        order = np.argsort(idx, kind="stable")
-        frames = reader.get_batch(idx[order].tolist()).asnumpy()
-    except _decord_error_types() as exc:
-        raise TruncatedVideo(f"cannot decode frames {idx.tolist()[:8]}: {exc}", uri=uri) from None
+        # decord seeks to the key frame before each index; frame order keeps that monotone
+        for lo in range(0, len(wanted), READ_CHUNK):
+            part = wanted[lo : lo + READ_CHUNK].tolist()
+            try:
+                frames = reader.get_batch(part).asnumpy()
+            except _decord_error_types() as exc:
+                raise TruncatedVideo(f"cannot decode frames {part[:8]}: {exc}", uri=uri) from None
+            if decoded_size != (w, h):  # decord could not produce this width (_open_decord_sized)
+                import cv2
+
+                frames = np.stack(
+                    [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
+                )
+            place(lo, frames)
+            del frames
     finally:
         del reader
-    if decoded_size != (w, h):  # decord could not produce this exact width (see _open_decord_sized)
-        import cv2
-
-        frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
-    out = np.empty_like(frames)
-    out[order] = frames
     return out
 
 

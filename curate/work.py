@@ -26,6 +26,7 @@ from schemas.tables import CLIPS_SCHEMA
 
 from .errors import CurateError
 from .shards import ATTEMPT, CLIP_EXTRAS, FINGERPRINT
+from .video import local_path
 
 #: the extras of a clip record, in ``CLIP_EXTRAS`` order
 EXTRA_KEYS: tuple[str, ...] = tuple(f.name for f in CLIP_EXTRAS if f.name != "clip_id")
@@ -50,7 +51,7 @@ def file_state(uri: str | None) -> str:
     parsed = urlparse(uri)
     if parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file":
         return "remote"
-    path = parsed.path if parsed.scheme == "file" else uri
+    path = local_path(uri) if parsed.scheme == "file" else uri
     try:
         st = os.stat(path)
     except (OSError, ValueError) as exc:

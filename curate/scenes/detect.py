@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.errors import TooFewFrames, ZeroFrames
 from curate.scenes.base import Boundary, Detector, Scene, StreamInfo, build_scenes, edge_fades
 from curate.video import FrameReader, VideoInfo, probe
 
@@ -55,7 +56,8 @@ def detect_boundaries(
     from black at the video's start or a fade out to black at its end
     (:func:`~curate.scenes.base.edge_fades`). ``progress`` is called with the number of
     frames of each chunk. When a truncated file is kept (``allow_truncated``), the returned
-    info counts the frames that actually decoded.
+    info counts the frames that actually decoded; it raises :class:`~curate.errors.ZeroFrames`
+    when none does and :class:`~curate.errors.TooFewFrames` below ``min_frames``.
     """
     if not detectors:
         raise ValueError("detectors must name at least one detector, got none")
@@ -85,6 +87,13 @@ def detect_boundaries(
         found = _outside_edge_fades(found, np.concatenate(levels), np.concatenate(indices))
     if decoded_to is not None and decoded_to < info.num_frames:
         # a truncated file kept by option: the scenes end where decoding stopped
+        if decoded_to == 0:
+            raise ZeroFrames("no frame decodes (the file is truncated or corrupt)", uri=uri)
+        if decoded_to < min_frames:
+            raise TooFewFrames(
+                f"{decoded_to} frame(s) decode before the file ends, at least {min_frames} needed",
+                uri=uri,
+            )
         found = [[b for b in out if b.frame < decoded_to] for out in found]
         info = dataclasses.replace(
             info,

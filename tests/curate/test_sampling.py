@@ -180,3 +180,43 @@ def test_bad_spans_and_mixed_videos_are_errors():
         list(sampler.process(clip(0, 5, 5)))
     with pytest.raises(ValueError, match="one video"):
         sampler.sample_video([clip(0, 0, 5), clip(1, 0, 5, uri="other.mp4")])
+
+
+def test_a_truncated_file_kept_by_option_is_sampled_too(tmp_path):
+    """The splitter keeps the scenes of a file that ends early (``allow_truncated``); sampling
+    with the same setting reads their frames instead of refusing the file."""
+    from curate.decode import VideoDecoder
+    from curate.errors import TruncatedVideo
+    from tests.badvideos import _noise_frames, write_h264
+
+    src = write_h264(tmp_path / "src.mp4", _noise_frames(80, 96, 64), faststart=True)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    row = {"video_id": "v", "uri": str(cut), "caption": "noise"}
+    decoder = VideoDecoder(
+        samples_per_scene=3,
+        sample_size=32,
+        min_scene_frames=5,
+        splitter_settings={"allow_truncated": True},
+    )
+    clips = decoder(row)
+    assert clips and clips[-1]["end_frame"] < 80
+    for c in clips:
+        assert c["frames"].shape == (3, 32, 48, 3)  # the short side at sample_size
+        assert all(c["start_frame"] <= i < c["end_frame"] for i in c["frame_indices"])
+    # without the setting the file is refused where it is first read
+    with pytest.raises(TruncatedVideo):
+        VideoDecoder(sample_size=32)(row)
+
+
+def test_allow_truncated_reaches_the_reader_only_when_set():
+    seen = []
+
+    def reader(uri, indices, *, width=None, height=None, **options):
+        seen.append(options)
+        return np.zeros((len(indices), 4, 4, 3), np.uint8)
+
+    FrameSampler(k=2, reader=reader).sample_video([clip(0, 0, 20)])
+    FrameSampler(k=2, reader=reader, allow_truncated=True).sample_video([clip(0, 0, 20)])
+    assert seen == [{}, {"allow_truncated": True}]

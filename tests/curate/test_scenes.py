@@ -429,3 +429,88 @@ def test_a_boundary_too_close_to_the_end_makes_no_short_last_scene(shapes_corpus
     n = info.num_frames
     scenes = build_scenes([Boundary(n - 5, "cut", 9.0)], info, min_scene_len=15)
     assert [(s.start_frame, s.end_frame) for s in scenes] == [(0, n)]
+
+
+def _two_colour_video(path, *, fmt: str, codec: str = "libx264", cut: int = 45, n: int = 90):
+    """Red frames, then blue from frame ``cut`` on, a block moving right across both."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=25, options={"threads": "1"})
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(n):
+            img = np.full((64, 96, 3), (200, 40, 40) if i < cut else (30, 60, 200), np.uint8)
+            img[10:30, i // 2 + 5 : i // 2 + 25] = 250
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg2video"])
+def test_a_cut_in_an_mpeg_transport_stream_is_found_at_its_frame(tmp_path, codec):
+    path = _two_colour_video(tmp_path / "cut.ts", fmt="mpegts", codec=codec)
+    scenes = split_scenes(path, "fast", min_scene_len=5)
+    assert [(s.start_frame, s.end_frame) for s in scenes] == [(0, 45), (45, 90)]
+
+
+def _corrupt_middle(tmp_path):
+    """An mp4 (index last) with 4 KiB of its frame data zeroed halfway: decord's batch read
+    fails part-way through a chunk."""
+    from tests.badvideos import _noise_frames, write_h264
+
+    src = write_h264(tmp_path / "src.mp4", _noise_frames(80, 96, 64))
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 4096] = bytes(4096)
+    path = tmp_path / "corrupt.mp4"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_failed_batch_yields_the_indices_of_the_frames_it_kept(tmp_path):
+    from curate.video import FrameReader
+
+    path = _corrupt_middle(tmp_path)
+    with FrameReader(path, allow_truncated=True, chunk=16) as reader:
+        chunks = [(idx, frames) for idx, frames in reader]
+    assert reader.truncated_at is not None and 0 < reader.truncated_at < 80
+    assert reader.truncated_at % 16  # decoding stopped inside a chunk
+    assert all(len(idx) == len(frames) for idx, frames in chunks)
+    assert np.concatenate([i for i, _ in chunks]).tolist() == list(range(reader.truncated_at))
+    # the PySceneDetect detectors zip indices and frames strictly
+    for detector in ("content", "histogram"):
+        with SceneSplitter(detector=detector, allow_truncated=True, min_scene_len=5) as step:
+            rows = step.process({"video_id": "v", "uri": str(path)})
+        assert rows[0]["start_frame"] == 0
+        assert 0 < rows[-1]["end_frame"] <= reader.truncated_at + 1
+
+
+def test_a_truncated_file_kept_by_option_still_needs_frames_that_decode(tmp_path):
+    """A file cut inside its first frame's data has a packet but no frame: no scene (0, 0)
+    comes of it; one that decodes fewer than ``min_frames`` frames is too short."""
+    import av
+
+    from curate.errors import TooFewFrames, ZeroFrames
+    from tests.badvideos import _noise_frames, write_h264
+
+    src = write_h264(tmp_path / "src.mp4", _noise_frames(12, 160, 96), faststart=True)
+    data = src.read_bytes()
+    with av.open(str(src)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    inside_first = tmp_path / "inside_first.mp4"
+    inside_first.write_bytes(data[: packets[0][0] + packets[0][1] // 2])
+    row = {"video_id": "v", "uri": str(inside_first)}
+    with pytest.raises(ZeroFrames) as err:
+        SceneSplitter(allow_truncated=True, min_frames=1).process(row)
+    assert err.value.video_id == "v" and err.value.uri == str(inside_first)
+
+    later = tmp_path / "later.mp4"
+    later.write_bytes(data[: packets[6][0] + packets[6][1] // 2])
+    present = probe(later, allow_truncated=True).num_frames  # packets, not decoded frames
+    row = {"video_id": "w", "uri": str(later)}
+    with pytest.raises(TooFewFrames, match=f"at least {present} needed"):
+        SceneSplitter(allow_truncated=True, min_frames=present).process(row)

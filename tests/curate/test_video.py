@@ -21,15 +21,19 @@ def write_video(
     size: tuple[int, int] = (96, 64),
     rate: Fraction = Fraction(25),
     pts_ms: list[int] | None = None,
+    fmt: str = "mp4",
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
 ) -> Path:
     """An h264 mp4 whose frame ``i`` is grey level ``colors[i]`` below a barcode of ``i`` (8
     black/white blocks across the top half), so a decoded frame tells which frame it is.
-    ``pts_ms`` gives irregular times (VFR)."""
+    ``pts_ms`` gives irregular times (VFR); ``fmt``, ``codec`` and ``options`` (the muxer's)
+    make other containers and codecs."""
     import av
 
     w, h = size
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate, options={"threads": "1"})
+    with av.open(str(path), "w", format=fmt, options=options or {}) as container:
+        stream = container.add_stream(codec, rate=rate, options={"threads": "1"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         tb = Fraction(1, 1000) if pts_ms is not None else 1 / rate
         stream.codec_context.time_base = tb
@@ -256,3 +260,145 @@ def test_timestamps_that_do_not_advance_fall_back_to_the_declared_rate(tmp_path)
     assert (info.num_frames, info.frame_rate, info.variable_frame_rate) == (20, 25, False)
     assert info.duration_s == pytest.approx(0.8)
     assert info.frame_time(10) == pytest.approx(0.4)
+
+
+def test_constant_2997_in_a_millisecond_time_base_is_not_variable(tmp_path):
+    """Matroska keeps times in milliseconds: 29.97 fps frames last 33 or 34 ms, one tick
+    apart, and the rate is still constant."""
+    path = write_video(tmp_path / "ntsc.mkv", ramp(60), rate=Fraction(30000, 1001), fmt="matroska")
+    info = probe(path)
+    assert not info.variable_frame_rate and info.frame_times is None
+    assert info.num_frames == 60
+    assert info.frame_rate == Fraction(30000, 1001)
+    assert info.frame_time(30) == float(Fraction(30 * 1001, 30000))
+
+
+def test_one_tick_still_counts_as_variable_where_a_tick_is_a_whole_frame():
+    from curate.video import _is_variable
+
+    tb = Fraction(1, 25)  # frames on a 1/25 s base: a frame of 80 ms is a dropped frame
+    starts = np.array([0, 1, 2, 4, 5, 6], np.float64) * float(tb)
+    assert _is_variable(starts, tb)
+    ms = Fraction(1, 1000)
+    assert not _is_variable(np.array([0, 33, 67, 100, 133, 167]) / 1000, ms)
+    assert _is_variable(np.array([0, 33, 67, 100, 140, 173]) / 1000, ms)
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "options"),
+    [
+        ("h264.ts", "libx264", None),
+        ("mpeg2.ts", "mpeg2video", None),
+        ("bluray.m2ts", "libx264", {"mpegts_m2ts_mode": "1"}),
+    ],
+)
+def test_mpeg_transport_streams_give_the_frames_at_their_indices(tmp_path, name, codec, options):
+    """decord returns frames from the wrong place in a transport stream; these files are
+    decoded with PyAV, which gives frame i at index i."""
+    path = write_video(tmp_path / name, ramp(60), fmt="mpegts", codec=codec, options=options)
+    info = probe(path)
+    assert info.container == "mpegts" and info.num_frames == 60
+    with FrameReader(path, chunk=16) as reader:
+        chunks = list(reader)
+    indices = np.concatenate([i for i, _ in chunks]).tolist()
+    assert indices == list(range(60))
+    assert frame_numbers(np.concatenate([f for _, f in chunks]), 60) == indices
+    want = [50, 3, 3, 45, 44, 0]
+    assert frame_numbers(read_frames(path, want, width=48), 60) == want
+
+
+def _thumbnail_then_video(path: Path, colors: list[int], size: tuple[int, int]) -> Path:
+    """A Matroska file whose first video stream is a one-frame 32x32 MJPEG thumbnail and whose
+    second is the video (barcoded as :func:`write_video` does)."""
+    import av
+
+    w, h = size
+    with av.open(str(path), "w", format="matroska") as container:
+        thumb = container.add_stream("mjpeg", rate=1)
+        thumb.width, thumb.height, thumb.pix_fmt = 32, 32, "yuvj420p"
+        video = container.add_stream("libx264", rate=25, options={"threads": "1"})
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 255, np.uint8), format="rgb24")
+        image.pts = 0
+        for packet in [*thumb.encode(image), *thumb.encode(None)]:
+            container.mux(packet)
+        for i, c in enumerate(colors):
+            img = np.full((h, w, 3), c, np.uint8)
+            for bit in range(8):
+                img[: h // 2, bit * w // 8 : (bit + 1) * w // 8] = 235 if (i >> bit) & 1 else 16
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+    return path
+
+
+def test_a_thumbnail_stream_before_the_video_is_not_what_is_decoded(tmp_path):
+    path = _thumbnail_then_video(tmp_path / "thumb.mkv", ramp(40), (96, 64))
+    info = probe(path)
+    assert (info.width, info.height, info.codec) == (96, 64, "h264")
+    assert (info.num_frames, info.frame_rate) == (40, 25)
+    with FrameReader(path, chunk=16) as reader:
+        frames = np.concatenate([f for _, f in reader])
+    assert frames.shape == (40, 64, 96, 3)
+    assert frame_numbers(frames, 40) == list(range(40))
+    assert frame_numbers(read_frames(path, [30, 2], width=48), 40) == [30, 2]
+
+
+def test_read_frames_decodes_in_chunks_into_place(ntsc_video, monkeypatch):
+    """Distinct frames are decoded a chunk at a time, in frame order, and land where they were
+    asked for, repeats and all."""
+    import decord
+
+    import curate.video
+
+    sizes: list[int] = []
+    get_batch = decord.VideoReader.get_batch
+
+    def counting(self, indices):
+        sizes.append(len(indices))
+        return get_batch(self, indices)
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", counting)
+    monkeypatch.setattr(curate.video, "READ_CHUNK", 8)
+    rng = np.random.default_rng(0)
+    want = rng.integers(0, 90, 40).tolist() + [89, 0, 0, 89, 17]
+    frames = read_frames(ntsc_video, want, width=48)
+    assert frames.shape == (len(want), 32, 48, 3)
+    assert frame_numbers(frames, 90) == want
+    assert sizes and max(sizes) <= 8
+    assert sum(sizes) <= len(set(want)) + 4  # each distinct frame once (+ the size checks)
+
+
+def test_read_frames_memory_is_the_result_and_one_chunk(ntsc_video, monkeypatch):
+    import curate.video
+
+    monkeypatch.setattr(curate.video, "READ_CHUNK", 8)
+    want = list(range(90)) * 3
+    tracemalloc.start()
+    frames = read_frames(ntsc_video, want)
+    _, top = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert frame_numbers(frames, 90) == want
+    assert top < frames.nbytes + 8 * 4 * frames[0].nbytes + 1_000_000
+
+
+def test_a_size_decord_cannot_output_is_decoded_with_pyav(tmp_path):
+    """decord has no output width that works for a 2x2 video; PyAV decodes it."""
+    import av
+
+    from tests.badvideos import write_h264
+
+    rng = np.random.default_rng(1)
+    path = write_h264(
+        tmp_path / "tiny.mp4", [rng.integers(0, 256, (2, 2, 3), np.uint8) for _ in range(6)]
+    )
+    with av.open(str(path)) as container:
+        want = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    with FrameReader(path) as reader:
+        got = np.concatenate([f for _, f in reader])
+    assert got.shape == (6, 2, 2, 3)
+    assert np.array_equal(got, want)
+    assert np.array_equal(read_frames(path, [5, 0]), want[[5, 0]])

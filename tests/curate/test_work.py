@@ -67,3 +67,22 @@ def test_the_fingerprint_covers_what_determines_a_result(tmp_path):
     video.write_bytes(b"other frames")
     changed.append(fingerprint(row, config=config))
     assert len({base, *changed}) == len(changed) + 1
+
+
+def test_a_file_uri_with_escaped_characters_is_the_file_it_names(tmp_path):
+    """``file://`` uris escape spaces, ``#``, ``?`` and non-ASCII names; a rerun must see the
+    file itself change."""
+    import os
+    from urllib.parse import quote
+
+    from curate.work import file_state, fingerprint
+
+    video = tmp_path / "vidéo 猫 #1?.mp4"
+    video.write_bytes(b"frames")
+    uri = "file://" + quote(str(video))
+    assert "%20" in uri and file_state(uri) == file_state(str(video))
+    assert not file_state(uri).startswith("error")
+    before = fingerprint({"video_id": "v", "uri": uri}, config="c")
+    st = video.stat()
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert fingerprint({"video_id": "v", "uri": uri}, config="c") != before
