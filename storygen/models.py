@@ -27,6 +27,7 @@ off-the-shelf ModelScope checkpoint on a prompt per frame.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -444,18 +445,59 @@ class MaskedUNet3D(UNet3DConditionModel):
         )
 
 
+def _unfused_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``unet``'s weights as a model without fused projections holds them: an attention layer's
+    fused ``to_qkv`` (``to_kv``), which is what it computes with (and what training moves),
+    split back into ``to_q``, ``to_k`` and ``to_v``."""
+    from diffusers.models.attention_processor import Attention
+
+    state = dict(unet.state_dict())
+    for name, module in unet.named_modules():
+        if not isinstance(module, Attention):
+            continue
+        prefix = f"{name}." if name else ""
+        fused = getattr(module, "fused_projections", False)
+        for joint, parts in (("to_qkv", ("to_q", "to_k", "to_v")), ("to_kv", ("to_k", "to_v"))):
+            sizes = [getattr(module, part).out_features for part in parts]
+            for kind in ("weight", "bias"):
+                value = state.pop(f"{prefix}{joint}.{kind}", None)
+                if value is not None and fused:
+                    for part, piece in zip(parts, value.split(sizes)):
+                        state[f"{prefix}{part}.{kind}"] = piece
+    return state
+
+
+def _carry_attention(unet: torch.nn.Module, grown: torch.nn.Module) -> None:
+    """Give ``grown`` the attention of ``unet`` as it runs, layer by layer where their names
+    match: the fused projections where ``unet`` fused them, and copies of its processors
+    (``tattn``, ``pattn``, ``xkv``, a fused processor) and of the ones its fusion replaced."""
+    from diffusers.models.attention_processor import Attention
+
+    source = {name: m for name, m in unet.named_modules() if isinstance(m, Attention)}
+    processors = copy.deepcopy({name: m.processor for name, m in source.items()})
+    for name, module in grown.named_modules():
+        if isinstance(module, Attention) and name in source:
+            if getattr(source[name], "fused_projections", False):
+                module.fuse_projections(fuse=True)
+            module.set_processor(processors[name])
+    original = getattr(unet, "original_attn_processors", None)
+    if original is not None:  # what unfuse_qkv_projections puts back
+        grown.original_attn_processors = copy.deepcopy(original)
+
+
 def _grow(unet: MaskedUNet3D, flag: str, is_new: Callable[[str], bool]) -> MaskedUNet3D:
-    """A copy of ``unet`` with the config ``flag`` set: every weight copied, the new modules'
-    (the weights whose names ``is_new`` accepts) as they initialise them. ``unet`` itself when
-    the flag is set."""
+    """A copy of ``unet`` with the config ``flag`` set: every weight copied (fused projections
+    too), the new modules' (the weights whose names ``is_new`` accepts) as they initialise
+    them, and the attention processors carried over. ``unet`` itself when the flag is set."""
     if unet.config.get(flag, False):
         return unet
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     config[flag] = True
     grown = MaskedUNet3D(**config)
-    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    missing, unexpected = grown.load_state_dict(_unfused_state(unet), strict=False)
     if unexpected or not missing or not all(is_new(k) for k in missing):
         raise ValueError(f"cannot grow the UNet: missing {missing}, unexpected {unexpected}")
+    _carry_attention(unet, grown)
     grown = grown.to(unet.device)
     return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
 
@@ -505,18 +547,19 @@ def add_coordinate_channels(unet: MaskedUNet3D) -> MaskedUNet3D:
 
 def _grow_inputs(unet: MaskedUNet3D, flag: str, *, at: int, count: int) -> MaskedUNet3D:
     """A copy of ``unet`` with the config ``flag`` set and ``count`` input channels more,
-    inserted at ``conv_in`` channel ``at`` with zero weights (the same outputs); ``unet``
-    itself when the flag is set."""
+    inserted at ``conv_in`` channel ``at`` with zero weights (the same outputs), its attention
+    as :func:`_grow` carries it; ``unet`` itself when the flag is set."""
     if unet.config.get(flag, False):
         return unet
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     config.update({flag: True, "in_channels": None})
     grown = MaskedUNet3D(**config)
-    state = dict(unet.state_dict())
+    state = _unfused_state(unet)
     w = state["conv_in.weight"]
     zeros = w.new_zeros(w.shape[0], count, *w.shape[2:])
     state["conv_in.weight"] = torch.cat([w[:, :at], zeros, w[:, at:]], dim=1)
     grown.load_state_dict(state)
+    _carry_attention(unet, grown)
     grown = grown.to(unet.device)
     return grown if grown.dtype == unet.dtype else grown.to(unet.dtype)
 

@@ -68,13 +68,36 @@ class PromptCache:
         return len(self.index)
 
     def get(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Embeddings of ``prompts`` (encoding any not seen yet): (len(prompts), S, D)."""
+        """Embeddings of ``prompts`` (encoding any not seen yet): (len(prompts), S, D); no
+        prompts give (0, S, D)."""
+        if not prompts:
+            return self._empty()
         self.add(prompts)
         return torch.stack([self._rows[self.index[p]] for p in prompts])
 
     def table(self) -> torch.Tensor:
         """Every embedding encoded so far, row :attr:`index` ``[prompt]`` for each prompt:
-        (len(self), S, D), stacked once until a prompt is added."""
+        (len(self), S, D), stacked once until a prompt is added; (0, S, D) before any."""
+        if not self._rows:
+            return self._empty()
         if self._table is None or len(self._table) != len(self._rows):
             self._table = torch.stack(self._rows)
         return self._table
+
+    def _empty(self) -> torch.Tensor:
+        """(0, S, D): S and D from an embedding encoded, else from the tokenizer's max length
+        and the text encoder's width; ``ValueError`` when neither says."""
+        if self._rows:
+            return self._rows[0].new_empty((0, *self._rows[0].shape))
+        length = getattr(self.tokenizer, "model_max_length", None)
+        config = getattr(self.text_encoder, "config", None)
+        width = getattr(config, "hidden_size", None)
+        if not isinstance(length, int) or not isinstance(width, int):
+            raise ValueError(
+                "no prompt encoded yet, and the tokenizer's model_max_length and the text "
+                "encoder's config.hidden_size do not give the embedding shape (S, D)"
+            )
+        dtype = getattr(self.text_encoder, "dtype", None)
+        return torch.empty(
+            0, length, width, dtype=dtype if isinstance(dtype, torch.dtype) else None
+        )

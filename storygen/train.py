@@ -10,10 +10,11 @@ A run from scratch trains the frame autoencoder first (``--vae-steps`` / ``--vae
 then the latent UNet on shapes-world story windows drawn on the fly (see
 :mod:`storygen.training`), or, with ``--shards DIR``, on windows of a ``curate export``'s
 samples (:mod:`storygen.training.shards`; the autoencoder still learns from rendered frames).
-``--init`` continues from a folder this command wrote and appends the run to its
-``training.json``. The folder is written in the pipeline layout with a
-``sampling.json`` of recommended sampling settings; ``--eval-stories N`` probes N held-out
-stories at the end (colour, shape, background, motion, identity, flicker, seams).
+``--init`` continues from a folder this command wrote (keeping its autoencoder, so at its
+frame size) and appends the run to its ``training.json``. The folder is written in the
+pipeline layout with a ``sampling.json`` of recommended sampling settings (the frames per
+call and frame size trained at); ``--eval-stories N`` probes N held-out stories at the end
+(colour, shape, background, motion, identity, flicker, seams).
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ _FLOATS = {
 }
 _HELP = {
     "out": "model folder to write",
-    "init": "continue from this model folder (written by this command)",
+    "init": "continue from this model folder (written by this command), keeping its "
+    "autoencoder: --size must be the folder's frame size, --vae is refused",
     "steps": "most UNet optimizer steps",
-    "max_minutes": "UNet time budget; the learning-rate schedule follows whichever ends first",
+    "max_minutes": "UNet time budget, from the first step; the learning-rate schedule follows "
+    "whichever ends first",
     "batch_size": "windows per step",
-    "frames": "frames per call (L)",
+    "frames": "frames per call (L); the folder's sampling.json recommends it",
     "size": "frame size in pixels (square)",
     "lr": "peak learning rate (warm-up, then cosine to zero)",
     "ema": "decay of the weights' moving average that is saved",
@@ -56,13 +59,13 @@ _HELP = {
     "frame_lr": "peak learning rate of the per-frame conditioning (segment progress, prompt and "
     "progress, frame positions: zero when --init adds them, and slow to grow at --lr); "
     "default: --lr",
-    "vae_steps": "autoencoder steps (from scratch only)",
-    "vae_minutes": "autoencoder time budget",
+    "vae_steps": "autoencoder steps (from scratch only: --init and --vae keep their autoencoder)",
+    "vae_minutes": "autoencoder time budget (from scratch only)",
     "eval_stories": "held-out stories to probe at the end (0: none)",
     "log_every": "steps between log lines",
     "shards": "train from this `curate export` folder's shards instead of the shapes renderer",
     "vae": "use this autoencoder (a model folder, or its vae/ folder), frozen, instead of "
-    "training one (runs that differ only in their data share it)",
+    "training one (runs that differ only in their data share it; not with --init)",
     "compile": "1: torch.compile the UNet for training (one graph per call length, compiled "
     "in the first minutes; for GPU runs, whose small steps are bound by kernel launches)",
     "loss_weight": "how the loss weighs diffusion times: min-snr (Min-SNR-5: the noisiest "

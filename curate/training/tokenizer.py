@@ -239,9 +239,14 @@ def train_clip_tokenizer(
     """Train a byte-level BPE on ``texts`` and return a :class:`transformers.CLIPTokenizer`.
 
     ``vocab_size`` counts the 256 byte symbols (so any text, in any script, still encodes) and
-    the two special tokens. ``base_words`` are learnt besides ``texts``, so that ordinary words
-    tokenize whole. The result truncates at ``model_max_length`` (CLIP's 77 by default) and is
-    saved to ``out_dir`` when given.
+    the two special tokens; the 256 word-final byte symbols come on top. ``base_words`` are
+    learnt besides ``texts``, so that ordinary words tokenize whole. The result truncates at
+    ``model_max_length`` (CLIP's 77 by default) and is saved to ``out_dir`` when given.
+
+    The same arguments give the same vocabulary, merges and ids every time (a text encoder
+    built from a seed then is the same model): the word-final byte symbols are numbered before
+    training, so the trainer breaks ties between equally frequent pairs the same way, and the
+    vocabulary is numbered afterwards from the merges alone (:func:`_numbered`).
     """
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
@@ -270,11 +275,18 @@ def train_clip_tokenizer(
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    # As in CLIP's own vocabulary, every byte also exists as a word-final symbol: without it
+    # a word ending in a byte never seen word-finally (a lone ".", a CJK character) would map
+    # to the unknown token, which is the end-of-text token that CLIP pools on. Given to the
+    # trainer up front, they hold fixed ids, which its tie-breaks between equally frequent
+    # pairs follow (else it numbers them in hash order, and the merge order varies by run).
+    word_final = [sym + "</w>" for sym in alphabet]
     trainer = BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size + len(word_final),
         min_frequency=min_frequency,
-        special_tokens=[BOS, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[BOS, EOS, *word_final],
+        initial_alphabet=alphabet,
         end_of_word_suffix="</w>",
         show_progress=False,
     )
@@ -282,14 +294,9 @@ def train_clip_tokenizer(
     tok.train_from_iterator(corpus, trainer=trainer)
 
     model = json.loads(tok.to_str())["model"]
-    vocab: dict[str, int] = model["vocab"]
     # tokenizers writes merges as [a, b] pairs (or "a b" strings in older versions)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    # As in CLIP's own vocabulary, every byte also exists as a word-final symbol: without it
-    # a word ending in a byte never seen word-finally (a lone ".", a CJK character) would map
-    # to the unknown token, which is the end-of-text token that CLIP pools on.
-    for sym in pre_tokenizers.ByteLevel.alphabet():
-        vocab.setdefault(sym + "</w>", len(vocab))
+    vocab = _numbered(model["vocab"], merges, alphabet)
     clip_tok = CLIPTokenizer(
         vocab=vocab,
         merges=merges,  # type: ignore[arg-type]  # tuples, as tokenizers expects
@@ -299,6 +306,20 @@ def train_clip_tokenizer(
     if out_dir is not None:
         clip_tok.save_pretrained(os.fspath(out_dir))
     return clip_tok
+
+
+def _numbered(
+    learnt: dict[str, int], merges: Sequence[tuple[str, ...]], alphabet: Sequence[str]
+) -> dict[str, int]:
+    """The vocabulary numbered from what it holds, not from the trainer's ids: the special
+    tokens, the byte symbols, the word-final byte symbols (each set sorted), the merge results
+    in merge order, then anything else, sorted."""
+    order = [BOS, EOS, *alphabet, *(sym + "</w>" for sym in alphabet)]
+    order += ["".join(m) for m in merges]
+    vocab: dict[str, int] = {}
+    for sym in [*order, *sorted(learnt)]:
+        vocab.setdefault(sym, len(vocab))
+    return vocab
 
 
 #: the special tokens of the captioner's vocabulary; ``[DEC]`` starts every generated caption

@@ -19,7 +19,8 @@ NOISE: dict[str, Any] = {
     "beta_schedule": "squaredcos_cap_v2",
     "prediction_type": "v_prediction",
 }
-#: recommended sampling, written to the folder's sampling.json (measured: see the model card)
+#: recommended sampling, written to the folder's sampling.json (measured: see the model card);
+#: a trained folder's frames per call are those it was trained with
 SAMPLING: dict[str, Any] = {
     "scheduler": "dpm",
     "num_inference_steps": 12,
@@ -42,9 +43,20 @@ def sampler(name: str = SAMPLING["scheduler"]) -> Any:
     )
 
 
-def save_folder(out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any) -> None:
+def save_folder(
+    out: Path,
+    *,
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    tokenizer: Any,
+    frames_per_call: int = SAMPLING["frames_per_call"],
+    size: int | None = None,
+) -> None:
     """Write the model folder: the pipeline layout, UNet and autoencoder in float16 (halves the
-    folder; they load as float32 unless asked otherwise), and ``sampling.json``."""
+    folder; they load as float32 unless asked otherwise), and ``sampling.json``, which
+    recommends the call length and frame size the network was trained at (``frames_per_call``;
+    ``size``, by default the autoencoder's)."""
     from storygen.pipeline import StoryVideoPipeline
 
     pipe = StoryVideoPipeline(
@@ -54,8 +66,9 @@ def save_folder(out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer:
         tokenizer=tokenizer,
         vae=copy.deepcopy(vae).half(),
     )
-    size = vae.config.sample_size
-    pipe.sampling = SAMPLING | {"height": size, "width": size}
+    if size is None:
+        size = int(vae.config.sample_size)
+    pipe.sampling = SAMPLING | {"frames_per_call": frames_per_call, "height": size, "width": size}
     pipe.save_pretrained(str(out), max_shard_size="12MB")
 
 

@@ -22,7 +22,9 @@ progress (B, F))``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,29 @@ import torch
 
 from storygen.training.windows import ROLE_WEIGHTS, ROLES, draw_call_length
 
+logger = logging.getLogger(__name__)
+
 #: samples held by each worker's shuffle buffer
 SHUFFLE_BUFFER = 256
+#: distinct samples a worker reads (or all of its share, when fewer) before it judges the
+#: share of bad ones; also the reads after which a worker with no good sample gives up
+JUDGE_AFTER = 64
+#: the share of bad samples, among the distinct ones read, past which the export is refused
+MAX_BAD_SHARE = 0.5
+
+
+class BadSample(ValueError):
+    """A sample that cannot serve as training windows (what is wrong with it is the message)."""
+
+
+@dataclass
+class _Tally:
+    """The distinct samples a worker has read, good and bad, and the first bad one's story."""
+
+    good: set[str] = field(default_factory=set)
+    bad: set[str] = field(default_factory=set)
+    reads: int = 0
+    first_bad: str = ""
 
 
 def export_info(folder: str | Path) -> dict[str, Any]:
@@ -139,6 +162,7 @@ class ShardWindows(torch.utils.data.IterableDataset):
         self.paths = [str(Path(folder) / s["path"]) for s in info["shards"] if s["samples"]]
         if not self.paths:
             raise ValueError(f"{folder}: the export holds no samples")
+        self.folder = str(folder)
         self.batch_size, self.frames, self.size = batch_size, frames, size
         self.seed, self.uncond, self.shuffle_buffer = seed, uncond, shuffle_buffer
         self.samples = int(info["counts"]["samples"])
@@ -171,23 +195,81 @@ class ShardWindows(torch.utils.data.IterableDataset):
             buffer[i], sample = sample, buffer[i]
             yield sample
 
+    def _read(self, sample: dict[str, Any]) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """A sample's decoded frames (n, H, W, 3), per-frame prompts and progress;
+        :class:`BadSample` when it cannot serve."""
+        from curate.export import decode_mp4
+
+        missing = [ext for ext in ("mp4", "json") if ext not in sample]
+        if missing:
+            raise BadSample(f"no {' or '.join(missing)} in the shard")
+        meta = sample["json"]
+        try:
+            expected = int(meta["frames"])
+            prompts, progress = frame_prompts(meta), frame_progress(meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadSample(f"its json does not read ({type(exc).__name__}: {exc})") from None
+        if expected < self.frames:
+            raise BadSample(f"{expected} frames, fewer than the {self.frames} of a call")
+        try:
+            frames = decode_mp4(sample["mp4"])
+        except ImportError:  # no decoder at all: not the sample's fault
+            raise
+        except Exception as exc:  # each decoder fails its own way on a broken file
+            raise BadSample(f"its mp4 does not decode ({type(exc).__name__}: {exc})") from None
+        if len(frames) != expected:
+            raise BadSample(f"{len(frames)} frames decoded, its json says {expected}")
+        if frames.shape[1:] != (self.size, self.size, 3):
+            raise BadSample(f"frames of {frames.shape[1:]}, the export's are {self.size} px")
+        return frames, prompts, progress
+
+    def _skip(self, tally: _Tally, key: str, why: str, share: int) -> None:
+        """Count a bad sample (a warning the first time it is read); ``ValueError`` when bad
+        samples pass :data:`MAX_BAD_SHARE` of the distinct ones read (judged once ``share``,
+        this worker's samples, or :data:`JUDGE_AFTER` of them are read) or no good one came
+        in :data:`JUDGE_AFTER` reads."""
+        if key not in tally.bad:
+            tally.bad.add(key)
+            tally.first_bad = tally.first_bad or f"{key}: {why}"
+            logger.warning(
+                "%s: skipping sample %s: %s (%s of %s distinct samples read are bad)",
+                self.folder,
+                key,
+                why,
+                len(tally.bad),
+                len(tally.bad) + len(tally.good),
+            )
+        seen = len(tally.bad) + len(tally.good)
+        judged = seen >= min(JUDGE_AFTER, share) and len(tally.bad) > MAX_BAD_SHARE * seen
+        if judged or (tally.reads >= JUDGE_AFTER and not tally.good):
+            raise ValueError(
+                f"{self.folder}: {len(tally.bad)} of the {seen} distinct samples read cannot "
+                f"serve as training windows (the first, {tally.first_bad}); export again"
+            )
+
     def __iter__(
         self,
     ) -> Iterator[tuple[torch.Tensor, list[list[str]], torch.Tensor, torch.Tensor, torch.Tensor]]:
-        from curate.export import decode_mp4
-
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng([self.seed, worker, 15485863])
         samples = self._shuffled(rng, worker, workers)
+        share = self.samples if self.samples < workers else max(1, self.samples // workers)
+        tally = _Tally()
         while True:
             f = draw_call_length(rng, self.frames)
             batch: list[tuple[np.ndarray, list[str], np.ndarray, float, np.ndarray]] = []
             while len(batch) < self.batch_size:
                 sample = next(samples)
-                meta = sample["json"]
-                frames = decode_mp4(sample["mp4"])
-                batch.append(draw_window(rng, frames, frame_prompts(meta), f, frame_progress(meta)))
+                key = str(sample.get("__key__"))
+                tally.reads += 1
+                try:
+                    frames, texts, progress = self._read(sample)
+                except BadSample as exc:
+                    self._skip(tally, key, str(exc), share)
+                    continue
+                tally.good.add(key)
+                batch.append(draw_window(rng, frames, texts, f, progress))
             prompts = [[""] * f if rng.random() < self.uncond else w[1] for w in batch]
             yield (
                 torch.from_numpy(np.stack([w[0] for w in batch])),

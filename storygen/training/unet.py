@@ -76,7 +76,8 @@ SPACING_DIM = 32
 @dataclass
 class TrainConfig:
     out: str
-    #: continue from a model folder this trainer wrote (its UNet, autoencoder, text encoder)
+    #: continue from a model folder this trainer wrote (its UNet, autoencoder, text encoder);
+    #: its autoencoder stays, so ``size`` must be the size it was made for
     init: str | None = None
     steps: int = 20000
     max_minutes: float | None = None
@@ -98,7 +99,8 @@ class TrainConfig:
     #: peak learning rate of the per-frame conditioning (segment progress, prompt and
     #: progress, frame positions), which starts at zero when ``--init`` adds it; None: ``lr``
     frame_lr: float | None = None
-    #: autoencoder training, when the run starts from scratch (or --vae-steps with --init)
+    #: autoencoder training, when the run starts from scratch: with ``--init`` or ``--vae``
+    #: the run keeps that autoencoder, frozen (the UNet's latents are its), and these are unused
     vae_steps: int = 4000
     vae_minutes: float | None = None
     eval_stories: int = 32
@@ -106,7 +108,8 @@ class TrainConfig:
     #: train from the shards of a `curate export` folder instead of the shapes renderer
     shards: str | None = None
     #: start from this autoencoder (a model folder with vae/, or the vae folder itself),
-    #: frozen, instead of training one: runs that differ only in data share it
+    #: frozen, instead of training one: runs that differ only in data share it (not with
+    #: ``init``, which keeps its folder's)
     vae: str | None = None
     #: 1: ``torch.compile`` the UNet for training (static shapes, one graph per call length,
     #: graphs in storyloom's Inductor cache): for GPU runs, where a step of this small network
@@ -154,8 +157,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.frames < 3:
-            raise ValueError(f"frames must be >= 3, got {self.frames!r}")
+        from storygen.plan.limits import FRAMES_PER_CALL_RANGE
+
+        lo, hi = FRAMES_PER_CALL_RANGE  # the folder's sampling.json recommends this call length
+        if not lo <= self.frames <= hi:
+            raise ValueError(f"frames must be from {lo} to {hi}, got {self.frames!r}")
         if isinstance(self.heldout_windows, bool) or self.heldout_windows < 0:
             raise ValueError(f"heldout_windows must be >= 0, got {self.heldout_windows!r}")
         if self.size < 32 or self.size % 8:
@@ -325,11 +331,18 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
     from storygen.models import MaskedUNet3D
 
     if config.init:
-        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-
         init = Path(config.init)
+        if config.vae:
+            raise ValueError(
+                f"--vae {config.vae} with --init {init}: a continued run keeps the autoencoder of "
+                "the folder it continues (its UNet was trained on that one's latents); leave "
+                "--vae out"
+            )
         previous = json.loads((init / "training.json").read_text())
         logger.info("continuing from %s (%s steps done)", init, previous.get("steps_done"))
+        vae = load_vae(str(init), config.size, flag="--init")
+        if config.vae_steps != TrainConfig.vae_steps or config.vae_minutes is not None:
+            logger.warning("--vae-steps / --vae-minutes unused: --init keeps its autoencoder")
         return _Models(
             tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
             text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
@@ -338,12 +351,14 @@ def _start(config: TrainConfig, device: torch.device) -> _Models:
                 MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32),
                 config,
             ),
-            vae=AutoencoderKL.from_pretrained(str(init / "vae"), torch_dtype=torch.float32),
+            vae=vae,
             previous=previous,
         )
     tokenizer, text_encoder, text_trainable = load_text(config)
     if config.vae:
         vae, vae_run = load_vae(config.vae, config.size), None
+        if config.vae_steps != TrainConfig.vae_steps or config.vae_minutes is not None:
+            logger.warning("--vae-steps / --vae-minutes unused: --vae keeps its autoencoder")
     else:
         vae = build_vae(config.size, config.seed, config.preset)
         vae_run = train_vae(
@@ -417,9 +432,10 @@ def _grown(unet: Any, *, frame_positions: bool, coordinates: bool = False) -> An
     return unet
 
 
-def load_vae(path: str, size: int) -> Any:
+def load_vae(path: str, size: int, *, flag: str = "--vae") -> Any:
     """The autoencoder of a model folder (its ``vae/``) or of a ``vae`` folder itself; a clear
-    error when there is none or when it was made for another frame size."""
+    error when there is none or when it was made for another frame size (``flag``: the option
+    that named the folder, for the messages)."""
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
     folder = Path(path)
@@ -427,13 +443,13 @@ def load_vae(path: str, size: int) -> Any:
         folder = folder / "vae"
     if not (folder / "config.json").is_file():
         raise ValueError(
-            f"--vae {path}: no autoencoder there (neither vae/config.json nor config.json)"
+            f"{flag} {path}: no autoencoder there (neither vae/config.json nor config.json)"
         )
     vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
     if int(vae.config.sample_size) != size:
         raise ValueError(
-            f"--vae {path}: an autoencoder for {vae.config.sample_size} px frames, "
-            f"the run is for {size} px"
+            f"{flag} {path}: an autoencoder for {vae.config.sample_size} px frames, "
+            f"the run is for {size} px (--size {vae.config.sample_size})"
         )
     logger.info("autoencoder: %s (frozen, not trained)", folder)
     return vae
@@ -480,8 +496,6 @@ class _Trainer:
     def __init__(self, config: TrainConfig, models: _Models, device: torch.device) -> None:
         from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
-        from curate.training.loop import ClockCosineSchedule
-
         self.config, self.device = config, device
         self.vae = models.vae.to(device).eval().requires_grad_(False)
         self.unet = models.unet.to(device).train()
@@ -520,8 +534,7 @@ class _Trainer:
         self.opt = torch.optim.AdamW(
             groups, lr=config.lr, weight_decay=0.01, fused=device.type == "cuda"
         )
-        budget = config.max_minutes * 60 if config.max_minutes else None
-        self.clock = ClockCosineSchedule(self.opt, config.lr, config.steps, budget)
+        self.start_clock()
         self.n_params = sum(p.numel() for p in self.unet.parameters())
         #: the diffusion times and noise of every step, from their own generator: a run's draws
         #: do not depend on what else consumes torch's global generator (a compile does)
@@ -530,6 +543,16 @@ class _Trainer:
             from storygen.accel import compile_unet
 
             compile_unet(self.unet)
+
+    def start_clock(self) -> None:
+        """(Re)start the learning-rate schedule and the time budget (``max_minutes``) at
+        zero: done once more right before the first step, so that what precedes it (the
+        held-out loss of the run's start) is not training time."""
+        from curate.training.loop import ClockCosineSchedule
+
+        config = self.config
+        budget = config.max_minutes * 60 if config.max_minutes else None
+        self.clock = ClockCosineSchedule(self.opt, config.lr, config.steps, budget)
 
     def loss(
         self,
@@ -693,8 +716,26 @@ def _loop(config: TrainConfig, trainer: _Trainer, loader: Any) -> _Run:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train (or continue) and write the model folder; returns the training report."""
+    """Train (or continue) and write the model folder; returns the training report.
+
+    The global torch settings a run changes (the seed of torch's generators, cuDNN's autotuner,
+    TF32 matmuls) are as they were when it returns."""
     device = resolve_device(config.device)
+    cuda = device.type == "cuda" or torch.cuda.is_initialized()
+    benchmark = torch.backends.cudnn.benchmark
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+            return _train(config, device)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
+def _train(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """:func:`train`, with the global torch settings it runs under."""
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True  # the autoencoder's float32 encode
@@ -707,6 +748,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # compiled: no graph is compiled for the held-out batches
     windows = config.heldout_windows
     heldout_start = trainer.heldout_loss(ema=True, windows=windows) if windows else None
+    trainer.start_clock()  # the time budget is the steps'
     run = _loop(config, trainer, loader)
     heldout_end = trainer.heldout_loss(ema=True, windows=windows) if windows else None
     if heldout_start is not None and heldout_end is not None:
@@ -719,6 +761,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         vae=trainer.vae,
         text_encoder=trainer.ema_text,
         tokenizer=models.tokenizer,
+        frames_per_call=config.frames,
+        size=config.size,
     )
     previous = models.previous
     runs = list(previous.get("runs", []))

@@ -313,3 +313,61 @@ def test_a_prompt_progress_model_reads_a_context_table_as_its_per_frame_context(
         assert table_cross_attention(grown) > 0
         got = grown(x, 10, ContextTable(table, rows), spacing=spacing, progress=progress)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "add",
+    [
+        "add_frame_position_embedding",
+        "add_coordinate_channels",
+        "add_prompt_progress_embedding",
+        "add_progress_channel",
+    ],
+)
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_grown_model_keeps_its_attention_processors_and_fused_projections(add, fused):
+    """Growing keeps the attention as it runs: the speed-ups' processors, layer by layer, and
+    fused projections, whose weights (what a fused model trains) are the ones carried."""
+    from diffusers.models.attention_processor import Attention
+
+    import storygen.models as models
+    from storygen.attention import (
+        ContextTable,
+        ShortSequenceAttnProcessor,
+        TableCrossAttnProcessor,
+        short_temporal_attention,
+        table_cross_attention,
+    )
+
+    model = _masked()
+    if fused:
+        model.fuse_qkv_projections()
+        with torch.no_grad():  # trained after fusing: the separate projections are stale
+            for module in model.modules():
+                if isinstance(module, Attention):
+                    joint = module.to_kv if module.is_cross_attention else module.to_qkv
+                    joint.weight.mul_(1.25)
+    short_temporal_attention(model)
+    table_cross_attention(model)
+    grown = getattr(models, add)(model).eval()
+    processors = model.attn_processors
+    assert grown.attn_processors.keys() == processors.keys()
+    for name, processor in grown.attn_processors.items():
+        assert type(processor) is type(processors[name]), name
+    kinds = {type(p) for p in processors.values()}
+    assert {ShortSequenceAttnProcessor, TableCrossAttnProcessor} <= kinds
+    layers = {n: m for n, m in grown.named_modules() if isinstance(m, Attention)}
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            assert getattr(layers[name], "fused_projections", False) == fused, name
+    x, ctx = _inputs()
+    table = ContextTable(ctx[0], torch.arange(5)[None])
+    spacing = torch.tensor([4.0])
+    with torch.no_grad():
+        for context in (ctx, table):
+            torch.testing.assert_close(
+                grown(x, 10, context, spacing=spacing),
+                model(x, 10, context, spacing=spacing),
+                rtol=0,
+                atol=1e-6,
+            )

@@ -135,3 +135,84 @@ def test_exported_spans_hold_their_segments(shards):
             assert a <= seg["start_frame"] + 1e-6 and seg["end_frame"] <= b + 1e-6
         seen += 1
     assert seen > 0
+
+
+def _write_export(folder, samples, *, frames=10):
+    """An export folder of one shard holding ``samples``: (key, json or None, mp4 or None)."""
+    import io
+    import tarfile
+
+    folder.mkdir()
+    with tarfile.open(folder / "s0.tar", "w") as tar:
+        for key, meta, mp4 in samples:
+            members = (("json", None if meta is None else json.dumps(meta).encode()), ("mp4", mp4))
+            for ext, data in members:
+                if data is not None:
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    (folder / "_export.json").write_text(
+        json.dumps(
+            {
+                "settings": {"width": 32, "height": 32, "frames": frames},
+                "shards": [{"path": "s0.tar", "samples": len(samples)}],
+                "counts": {"samples": len(samples)},
+            }
+        )
+    )
+    return folder
+
+
+def _sample(key, *, n=10, value=200, meta_frames=None, corrupt=False, size=32):
+    from curate.export.codec import encode_mp4
+
+    mp4 = encode_mp4(np.full((n, size, size, 3), value, np.uint8), fps=8)
+    if corrupt:
+        mp4 = mp4[: len(mp4) // 3]
+    frames = n if meta_frames is None else meta_frames
+    meta = {"frames": frames, "segments": [{"start_frame": 0, "end_frame": frames, "prompt": key}]}
+    return key, meta, mp4
+
+
+def test_bad_samples_are_skipped_with_a_warning(tmp_path, caplog):
+    """A broken mp4, frames that disagree with the json, a sample without its mp4 or json:
+    each skipped (one warning each), the windows drawn from the good samples only."""
+    good = [_sample(f"good{i}") for i in range(7)]
+    bad = [
+        _sample("corrupt", value=40, corrupt=True),
+        _sample("short", n=5, value=40, meta_frames=10),  # fewer decoded than the json says
+        _sample("long", value=40, meta_frames=8),  # more decoded than the json says
+        _sample("big", value=40, size=64),
+        ("nomp4", _sample("nomp4")[1], None),
+        ("nojson", None, _sample("nojson", value=40)[2]),
+    ]
+    folder = _write_export(tmp_path / "export", [*good[:2], *bad, *good[2:]])
+    data = ShardWindows(folder, batch_size=2, frames=8, size=32, seed=0, shuffle_buffer=1)
+    with caplog.at_level("WARNING", logger="storygen.training.shards"):
+        for _, (frames, prompts, *_) in zip(range(12), data):
+            assert float(frames.float().mean(dim=(1, 2, 3, 4)).min()) > 150  # good ones only
+            assert {p for clip in prompts for p in clip} <= {"", *(s[0] for s in good)}
+    skipped = [r.getMessage() for r in caplog.records]
+    assert len(skipped) == len(bad)  # each once, though read again every pass
+    for key, why in [
+        ("corrupt", "its mp4 does not decode"),
+        ("short", "5 frames decoded, its json says 10"),
+        ("long", "10 frames decoded, its json says 8"),
+        ("big", "the export's are 32 px"),
+        ("nomp4", "no mp4"),
+        ("nojson", "no json"),
+    ]:
+        assert any(f"skipping sample {key}: " in m and why in m for m in skipped), key
+
+
+def test_an_export_of_mostly_bad_samples_is_refused(tmp_path):
+    samples = [_sample("good0"), *(_sample(f"bad{i}", corrupt=True) for i in range(2))]
+    folder = _write_export(tmp_path / "export", samples)
+    data = ShardWindows(folder, batch_size=2, frames=8, size=32, seed=0, shuffle_buffer=1)
+    with pytest.raises(ValueError, match="2 of the 3 distinct samples read cannot serve"):
+        for _ in zip(range(20), data):
+            pass
+    nothing = _write_export(tmp_path / "none", [_sample("bad", corrupt=True)])
+    data = ShardWindows(nothing, batch_size=2, frames=8, size=32, seed=0, shuffle_buffer=4)
+    with pytest.raises(ValueError, match="1 of the 1 distinct samples"):
+        next(iter(data))
