@@ -402,3 +402,29 @@ def test_auto_falls_back_to_the_decoder_that_imports(monkeypatch):
         codec.decode_mp4(data)
     with pytest.raises(ImportError, match="not installed"):
         codec.decode_mp4(data, backend="av")
+
+
+def test_a_damaged_shard_gives_its_whole_samples_and_the_next_shard(tmp_path, caplog):
+    """A tar cut short mid-sample and a json member that does not parse do not end the
+    stream: the samples read whole come out, a bad json as None, then the next shard."""
+    import io
+
+    def shard(path: Path, samples: list[tuple[str, bytes, bytes]]) -> None:
+        with tarfile.open(path, "w") as tar:
+            for key, meta, mp4 in samples:
+                for ext, data in (("json", meta), ("mp4", mp4)):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+    first, second = tmp_path / "a.tar", tmp_path / "b.tar"
+    shard(first, [(f"s{i}", b'{"frames": %d}' % i, b"x" * 4000) for i in range(3)])
+    whole = first.read_bytes()
+    first.write_bytes(whole[: len(whole) - 6000])  # cut inside the last sample
+    shard(second, [("t0", b"{not json", b"y"), ("t1", b'{"frames": 1}', b"z")])
+    with caplog.at_level("WARNING"):
+        got = list(iter_samples([first, second]))
+    assert [s["__key__"] for s in got] == ["s0", "s1", "t0", "t1"]
+    assert got[1]["json"] == {"frames": 1} and got[2]["json"] is None
+    assert got[3]["mp4"] == b"z"
+    assert str(first) in caplog.text and "t0.json is not JSON" in caplog.text
