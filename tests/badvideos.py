@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,15 +92,23 @@ def write_h264(
     with av.open(str(path), "w", format="mp4", options=options) as container:
         stream = container.add_stream("libx264", rate=fps, options={"threads": "1"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        encoded = []
         for i, arr in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
             frame.pts = i
             frame.time_base = Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            encoded.append(frame)
+        encode_into(container, stream, encoded)
     return path
+
+
+def encode_into(container: Any, stream: Any, frames: Iterable[Any]) -> None:
+    """Encode ``frames`` (PyAV frames) on ``stream`` and mux them, then flush the encoder."""
+    for frame in frames:
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
 
 
 def _write_audio_only(path: Path) -> Path:
@@ -111,15 +121,14 @@ def _write_audio_only(path: Path) -> Path:
         tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         samples = np.stack([tone, tone])  # (channels, samples) for planar float
         frame_size = 1024
+        chunks = []
         for i in range(0, samples.shape[1] - frame_size, frame_size):
             chunk = np.ascontiguousarray(samples[:, i : i + frame_size])
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
             frame.sample_rate = rate
             frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            chunks.append(frame)
+        encode_into(container, stream, chunks)
     return path
 
 
@@ -129,11 +138,10 @@ def _write_raw_avi(path: Path, width: int, height: int) -> Path:
     with av.open(str(path), "w", format="avi") as container:
         stream = container.add_stream("rawvideo", rate=25)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for arr in _noise_frames(3, width, height):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+        frames = _noise_frames(3, width, height)
+        encode_into(
+            container, stream, [av.VideoFrame.from_ndarray(a, format="rgb24") for a in frames]
+        )
     return path
 
 

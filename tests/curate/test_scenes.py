@@ -21,7 +21,7 @@ from curate.scenes import (
 )
 from curate.scenes.metrics import score_boundaries, score_cuts, score_gradual
 from curate.video import probe
-from tests.badvideos import EXPECTED_ERRORS, MIN_FRAMES, make_bad_videos
+from tests.badvideos import EXPECTED_ERRORS, MIN_FRAMES, encode_into, make_bad_videos
 
 
 def truth_transitions(v) -> list[tuple[str, int, int]]:
@@ -438,15 +438,13 @@ def _two_colour_video(path, *, fmt: str, codec: str = "libx264", cut: int = 45, 
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=25, options={"threads": "1"})
         stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        frames = []
         for i in range(n):
             img = np.full((64, 96, 3), (200, 40, 40) if i < cut else (30, 60, 200), np.uint8)
             img[10:30, i // 2 + 5 : i // 2 + 25] = 250
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            frames.append(av.VideoFrame.from_ndarray(img, format="rgb24"))
+            frames[-1].pts = i
+        encode_into(container, stream, frames)
     return path
 
 

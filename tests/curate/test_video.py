@@ -12,6 +12,7 @@ import pytest
 
 from curate.errors import TooFewFrames, TruncatedVideo, VideoOpenFailure
 from curate.video import FrameReader, VideoInfo, probe, read_frames, target_size
+from tests.badvideos import encode_into
 
 
 def write_video(
@@ -320,18 +321,15 @@ def _thumbnail_then_video(path: Path, colors: list[int], size: tuple[int, int]) 
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"
         image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 255, np.uint8), format="rgb24")
         image.pts = 0
-        for packet in [*thumb.encode(image), *thumb.encode(None)]:
-            container.mux(packet)
+        encode_into(container, thumb, [image])
+        frames = []
         for i, c in enumerate(colors):
             img = np.full((h, w, 3), c, np.uint8)
             for bit in range(8):
                 img[: h // 2, bit * w // 8 : (bit + 1) * w // 8] = 235 if (i >> bit) & 1 else 16
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for packet in video.encode(frame):
-                container.mux(packet)
-        for packet in video.encode(None):
-            container.mux(packet)
+            frames.append(av.VideoFrame.from_ndarray(img, format="rgb24"))
+            frames[-1].pts = i
+        encode_into(container, video, frames)
     return path
 
 
