@@ -65,8 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the exit code of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
+    try:
+        return run_command(build_parser(), argv)
+    except KeyboardInterrupt:
+        # a render's video writer removed its temporary file on the way out; finished calls
+        # stay in --cache-dir, where a rerun resumes from them
+        print(
+            "storygen: interrupted (a render's video appears only once complete; one given "
+            "--cache-dir resumes where it stopped when run again)",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CODECS",
     "CONTAINERS",
+    "MAX_GIF_FPS",
     "ExportError",
     "SheetEntry",
     "VideoWriter",
@@ -59,19 +60,62 @@ CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 _CODEC_ALIASES = {"h265": "hevc", "x264": "h264", "avc": "h264", "vpx": "vp9"}
 _WEBM_CODECS = ("vp9",)
+#: the fastest frame rate a GIF plays at: its delays are whole centiseconds, and browsers slow
+#: a delay under 2 cs (20 ms) down to 100 ms
+MAX_GIF_FPS = 50
+#: the NTSC rates (N × 1000/1001), by their nominal N: 29.97 is 30000/1001
+_NTSC_BASES = (15, 24, 30, 48, 60, 120, 240)
 
 
 class ExportError(RuntimeError):
     """Writing a video or sheet failed; the message names the file and the reason."""
 
 
-def _rate(fps: float) -> Fraction:
-    """The frame rate as a fraction: 29.97 and 30000/1001 both become 30000/1001."""
+def _rate(fps: float | Fraction) -> Fraction:
+    """The frame rate as a fraction: an NTSC rate written to two or three decimals (23.976,
+    23.98, 29.97, 59.94, ...) and its exact fraction both become N×1000/1001 (30000/1001), the
+    rate players and ffprobe report; any other rate its nearest fraction with a denominator of
+    at most 1001 (12.5 is 25/2)."""
     if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if not (fps > 0 and math.isfinite(fps)):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
+    for base in _NTSC_BASES:
+        ntsc = Fraction(base * 1000, 1001)
+        if fps == ntsc or any(abs(fps - round(float(ntsc), d)) < 1e-9 for d in (2, 3)):
+            return ntsc
     return Fraction(fps).limit_denominator(1001)
+
+
+def check_video_path(path: str | os.PathLike[str], fps: float | None = None) -> str:
+    """The kind of video ``path`` names (``"gif"`` or ``"ffmpeg"``) from its extension;
+    ``ValueError`` for an extension :class:`VideoWriter` does not write, or a GIF faster than
+    :data:`MAX_GIF_FPS` (``fps``, where given)."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext != ".gif" and ext not in CONTAINERS:
+        raise ValueError(
+            f"{path}: unknown video extension {ext!r}; expected one of "
+            f"{sorted([*CONTAINERS, '.gif'])}"
+        )
+    if ext == ".gif" and fps is not None and float(_rate(fps)) > MAX_GIF_FPS:
+        raise ValueError(
+            f"{path}: a GIF plays at most {MAX_GIF_FPS} fps (its frame delays are whole "
+            f"centiseconds, and browsers slow delays under 20 ms down to 100 ms), asked for "
+            f"{fps:g} fps; write .mp4, .mkv or .webm, or lower the frame rate"
+        )
+    return "gif" if ext == ".gif" else "ffmpeg"
+
+
+def gif_durations(count: int, fps: float | Fraction) -> list[int]:
+    """The delays, in milliseconds, of ``count`` GIF frames at ``fps``: whole centiseconds, the
+    rounding carried from frame to frame so that frame ``k`` starts within 5 ms of ``k / fps``
+    and the whole runs ``count / fps`` seconds to the nearest centisecond (8 fps: 130, 120,
+    130, 120, ... ms)."""
+    rate = _rate(fps)
+    # frame k starts at k / rate seconds: 100 k / rate centiseconds, rounded half up
+    starts = [math.floor(Fraction(100 * k) / rate + Fraction(1, 2)) for k in range(count + 1)]
+    return [10 * (b - a) for a, b in zip(starts, starts[1:])]
 
 
 def as_uint8_frames(frames: Any, *, where: str = "frames") -> np.ndarray:
@@ -119,11 +163,7 @@ class VideoWriter:
         self.rate = _rate(fps)
         self.fps = float(self.rate)
         ext = self.path.suffix.lower()
-        if ext != ".gif" and ext not in CONTAINERS:
-            raise ValueError(
-                f"{self.path}: unknown video extension {ext!r}; expected one of "
-                f"{sorted([*CONTAINERS, '.gif'])}"
-            )
+        self.kind = check_video_path(self.path, fps)
         codec = _CODEC_ALIASES.get(codec, codec)
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
@@ -135,7 +175,6 @@ class VideoWriter:
             raise ValueError(f"quality must be an integer CRF in [0, 63], got {quality!r}")
         if isinstance(loop, bool) or not isinstance(loop, int) or loop < 0:
             raise ValueError(f"loop must be an integer >= 0 (0 loops forever), got {loop!r}")
-        self.kind = "gif" if ext == ".gif" else "ffmpeg"
         self.codec = codec
         self.quality = quality
         self.loop = loop
@@ -235,12 +274,13 @@ class VideoWriter:
         try:
             if self.kind == "gif":
                 first, *rest = self._gif_frames
-                # GIF delays are whole centiseconds: 8 fps -> 12 or 13 cs per frame
+                # GIF delays are whole centiseconds: one delay for all (Pillow truncates 125 ms
+                # to 120) would run 8 fps 4 % fast; per frame, 8 fps is 130, 120, 130, ... ms
                 first.save(
                     self._tmp,
                     save_all=True,
                     append_images=rest,
-                    duration=1000.0 / self.fps,
+                    duration=gif_durations(len(self._gif_frames), self.rate),
                     loop=self.loop,
                     optimize=False,
                     disposal=1,
@@ -482,6 +522,9 @@ def preview_sheet(
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-        sheet.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        try:
+            sheet.save(tmp, format="PNG")
+            os.replace(tmp, path)
+        finally:  # nothing left under the temporary name, written or not
+            tmp.unlink(missing_ok=True)
     return sheet

@@ -8,8 +8,18 @@ so that ``storygen --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
 
 from storygen.cli import DTYPES, torch_dtype
+
+#: the presets of :data:`storygen.presets.PRESETS` (that module imports torch: ``--help`` stays
+#: fast with the names written out here)
+PRESET_NAMES = ("micro", "micro-latent", "tiny", "tiny-latent", "modelscope")
+#: presets in pixel space, which have no VAE and so no ModelScope (t2v) layout
+PIXEL_PRESETS = ("micro", "tiny")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,15 +41,28 @@ def _add_new_model(subparsers: argparse._SubParsersAction) -> None:
         epilog="example:\n  storygen new-model demo-out/tiny-model --preset micro",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    n.add_argument("dir", help="output folder")
+    n.add_argument("dir", help="output folder (new, or empty; --force to replace one)")
     n.add_argument(
         "--preset",
+        choices=PRESET_NAMES,
         default="tiny",
         help="micro, micro-latent, tiny (default), tiny-latent, modelscope",
     )
-    n.add_argument("--mode", choices=("masked", "t2v"), default="masked", help="(default: masked)")
+    n.add_argument(
+        "--mode",
+        choices=("masked", "t2v"),
+        default="masked",
+        help="(default: masked; t2v needs a preset with a VAE: micro-latent, tiny-latent, "
+        "modelscope)",
+    )
     n.add_argument("--seed", type=int, default=0, help="(default: 0)")
     n.add_argument("--dtype", choices=DTYPES, help="(default: the preset's)")
+    n.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a folder that is not empty: the new model is written beside it, then "
+        "takes its place whole (nothing of the old folder is kept)",
+    )
     n.set_defaults(func=run_new_model)
 
 
@@ -60,14 +83,93 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
 
 
-def run_new_model(args: argparse.Namespace) -> int:
-    from storygen.presets import new_model
+def _refuse(message: str) -> int:
+    """A refused request: one message on stderr (no traceback), exit code 2."""
+    print(f"storygen new-model: {message}", file=sys.stderr)
+    return 2
 
-    out = new_model(
-        args.dir, preset=args.preset, mode=args.mode, seed=args.seed, dtype=torch_dtype(args.dtype)
-    )
+
+def _check_destination(out: Path, force: bool) -> str | None:
+    """Why the model cannot be written to ``out``, or None."""
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"{out}: {above} is a file, not a folder"
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            return f"{out}: exists and is not a folder"
+        if any(out.iterdir()) and not force:
+            return (
+                f"{out}: the folder is not empty; a model written into it would keep the old "
+                "files the new one does not replace (sampling.json, training.json, weight "
+                "shards): choose a new folder, or pass --force to replace it whole"
+            )
+    return None
+
+
+def run_new_model(args: argparse.Namespace) -> int:
+    out = Path(args.dir)
+    if out.name in ("", ".", ".."):  # "." or "..": the folder's own name, for the one beside it
+        out = Path(os.path.abspath(out))
+    if args.mode == "t2v" and args.preset in PIXEL_PRESETS:
+        return _refuse(
+            f"--preset {args.preset} is pixel space and has no VAE; the t2v (ModelScope) "
+            "layout needs one: use micro-latent, tiny-latent or modelscope"
+        )
+    try:
+        problem = _check_destination(out, args.force)
+    except OSError as exc:
+        return _refuse(f"{out}: cannot read the folder ({exc.strerror or exc})")
+    if problem:
+        return _refuse(problem)
+
+    from storygen.presets import new_model  # torch and diffusers
+
+    # written beside the destination under a temporary name, then moved into place: an
+    # interrupted run or a failed write leaves no half-written model folder
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        return _refuse(f"{out}: cannot create the folder ({exc.strerror or exc})")
+    try:
+        new_model(
+            tmp,
+            preset=args.preset,
+            mode=args.mode,
+            seed=args.seed,
+            dtype=torch_dtype(args.dtype),
+        )
+        _swap_in(tmp, out)
+    except ValueError as exc:
+        return _refuse(str(exc))
+    except OSError as exc:
+        print(
+            f"storygen new-model: writing the model to {out} failed ({exc.strerror or exc})",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote a randomly initialised {args.preset} model ({args.mode} layout) to {out}")
     return 0
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Move the finished folder ``new`` to ``out``, replacing what is there whole."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)  # the old folder back as it was
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def run_train(args: argparse.Namespace) -> int:

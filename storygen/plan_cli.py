@@ -24,6 +24,7 @@ from storygen.plan import (
     frame_limit,
     plan_story,
 )
+from storygen.plan.limits import frame_count
 from storygen.settings import resolve_sampling
 
 if TYPE_CHECKING:
@@ -149,8 +150,9 @@ def num_frames_of(args: argparse.Namespace, fps: float) -> int | None:
         frames = args.duration * fps
         if not frames <= args.max_frames:
             raise ValueError(
-                f"--duration {args.duration:g} s at {fps:g} fps is {frames:,.0f} frames, more "
-                f"than the limit of {args.max_frames:,} frames (raise it with --max-frames)"
+                f"--duration {args.duration:g} s at {fps:g} fps is {frame_count(frames)} "
+                f"frames, more than the limit of {args.max_frames:,} frames (raise it with "
+                "--max-frames)"
             )
         return max(1, round(frames))
     return None
@@ -218,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"storygen plan: error: {exc}", file=sys.stderr)
         return 2
 
-    warnings = _warnings(script, plan, fps)
+    warnings = segment_warnings(script, plan, fps)
     for line in warnings:
         log.warning("%s", line)
     try:
@@ -228,8 +230,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warnings(script: StoryScript, plan: Plan, fps: float) -> list[str]:
-    """Segments the output will not show: too short for the frame rate, or cut off."""
+def segment_warnings(script: StoryScript, plan: Plan, fps: float) -> list[str]:
+    """Segments the output will not show: too short for the frame rate, or cut off (``plan``
+    and ``render`` both warn of them)."""
     out = []
     end_s = plan.num_frames / fps
     for i, (seg, (a, b)) in enumerate(zip(script.segments, script.frame_spans(fps)), 1):

@@ -9,16 +9,19 @@ command (``run_*``, and the steps of ``run_render`` after its checks), so that
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from schemas.cli import auto_or_positive_int, non_negative_float, positive_float, positive_int
 from storygen.accel import COMPILE_CHOICES, DEFAULT_SPEEDUPS, SPEEDUPS
 from storygen.cli import DEFAULT_MODEL, DTYPES, default_model, torch_dtype
-from storygen.export import plan_sheet
+from storygen.export import CONTAINERS, MAX_GIF_FPS, ExportError, check_video_path, plan_sheet
 from storygen.plan import (
     AUTOREGRESSIVE,
     FPS_RANGE,
@@ -29,7 +32,7 @@ from storygen.plan import (
     frame_limit,
     plan_story,
 )
-from storygen.plan_cli import no_fps_message, num_frames_of, sampling_choices
+from storygen.plan_cli import no_fps_message, num_frames_of, sampling_choices, segment_warnings
 from storygen.report import write_render_report
 from storygen.settings import (
     BUILTIN_DEFAULTS,
@@ -97,7 +100,12 @@ def _add_render(subparsers: argparse._SubParsersAction) -> None:
         help="model folder (masked or ModelScope layout); default: the shipped "
         "models/shapes-storygen",
     )
-    p.add_argument("--out", required=True, help="output video (.mp4, .mkv, .webm or .gif)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=f"output video ({', '.join(sorted(CONTAINERS))} or .gif; a GIF at most "
+        f"{MAX_GIF_FPS} fps)",
+    )
     p.add_argument("--story-id", help="which story of a stories table (default: the first)")
     _add_plan_flags(p.add_argument_group("length and plan"))
     _add_sampling_flags(p.add_argument_group("sampling"))
@@ -129,13 +137,15 @@ def _add_plan_flags(g: argparse._ArgumentGroup) -> None:
         help=f"frames one model call makes ({_FROM_MODEL} {_BUILTIN_FRAMES_PER_CALL})",
     )
     g.add_argument(
-        "--depth", type=positive_int, help="levels (default: the fewest that reach the length)"
+        "--depth",
+        type=positive_int,
+        help="levels (hierarchical mode; default: the fewest that reach the length)",
     )
     g.add_argument(
         "--policy",
         choices=POLICIES,
-        default="stretch",
-        help="stretch (default): exact length, uneven spacing; trim: regular spacing",
+        help="hierarchical mode: stretch (default): exact length, uneven spacing; trim: "
+        "regular spacing",
     )
     g.add_argument(
         "--mode",
@@ -208,7 +218,12 @@ def _add_output_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--devices", help="spread each level over several devices: e.g. cuda:0,cuda:1 or cpu,cpu"
     )
-    g.add_argument("--dtype", choices=DTYPES, help="(default: float32)")
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="the dtype every part of the model loads in, whatever it was saved in "
+        "(default: float32)",
+    )
     g.add_argument(
         "--micro-batch",
         type=auto_or_positive_int,
@@ -271,10 +286,18 @@ def _human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def _fail(message: Any) -> int:
-    """Bad input: one message on stderr (no traceback), exit code 2."""
+def _fail(message: Any, code: int = 2) -> int:
+    """Bad input (exit code 2) or a render that failed (1): one message on stderr, no
+    traceback."""
     print(f"storygen render: {message}", file=sys.stderr)
-    return 2
+    return code
+
+
+def _why(exc: BaseException) -> str:
+    """An OSError as ``file: reason``; other errors as their message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 #: names of the settings in the summary
@@ -298,14 +321,19 @@ def run_render(args: argparse.Namespace) -> int:
         model = _model_folder(args)
         # 1. everything that can be checked without a model, before torch loads
         script, choices, fps, num_frames = _check_request(args, model)
-        # 2. the model, the settings it completes, the render
+        # 2. the devices, the model, the settings it completes, the render
+        _check_devices(args)
         pipe = _load_model(args, model, choices)
         out = _render(args, pipe, script, fps, num_frames, choices)
     except _Refused as exc:
         return _fail(exc)
-    written = [args.out, *_write_extras(args, out, script=script, choices=choices)]
-    print(_summary(args, model, pipe, out, fps, written, choices))
-    return 0
+    except (OSError, ExportError) as exc:  # a disk that fills up, a folder removed meanwhile
+        return _fail(f"the render failed: {_why(exc)}", code=1)
+    written, failed = _write_extras(args, out, script=script, choices=choices)
+    print(_summary(args, model, pipe, out, fps, [args.out, *written], choices))
+    for flag, path, why in failed:
+        _fail(f"{flag} {path} was not written: {why}", code=1)
+    return 1 if failed else 0
 
 
 def _model_folder(args: argparse.Namespace) -> Path:
@@ -329,6 +357,12 @@ def _check_request(
     from storygen.script import ScriptError, load_script
 
     hierarchical = args.mode == "hierarchical"
+    for flag, value in (("--depth", args.depth), ("--policy", args.policy)):
+        if value is not None and not hierarchical:
+            raise _Refused(
+                f"{flag} applies to --mode hierarchical only; --mode {args.mode} renders "
+                "sliding windows (their overlap: --overlap)"
+            )
     try:
         script = load_script(args.script, story_id=args.story_id)
         choices = sampling_choices(
@@ -345,24 +379,174 @@ def _check_request(
             raise _Refused(no_fps_message(args))
         check_fps(fps, choices["fps"].source)
         num_frames = num_frames_of(args, fps)
-        height, width = choices["height"].value, choices["width"].value
-        if height is not None or width is not None:
-            check_frame_size(height or 1, width or 1, args.max_frame_size)
+        _check_sides(choices, args.max_frame_size)
         with frame_limit(args.max_frames):
-            plan_story(  # the plan's own checks: length, frames per call, depth
+            plan = plan_story(  # the plan's own checks: length, frames per call, depth
                 script,
                 fps=fps,
                 num_frames=num_frames,
                 frames_per_call=choices["frames_per_call"].value,
                 depth=args.depth if hierarchical else None,
-                policy=args.policy if hierarchical else AUTOREGRESSIVE,
+                policy=_policy(args),
                 overlap=args.overlap,
             )
     except ScriptError as exc:
         raise _Refused(str(exc)) from None
     except ValueError as exc:
         raise _Refused(f"error: {exc}") from None
+    for line in segment_warnings(script, plan, fps):  # as `storygen plan` warns
+        logger.warning("%s", line)
+    _check_outputs(args, fps)
     return script, choices, fps, num_frames
+
+
+def _policy(args: argparse.Namespace) -> str:
+    return (args.policy or "stretch") if args.mode == "hierarchical" else AUTOREGRESSIVE
+
+
+def _check_sides(choices: dict[str, Choice], limit: int) -> None:
+    """The frame sides a flag or sampling.json set, against ``--max-frame-size`` (a side left
+    to the model is checked once it loads, :func:`_load_model`)."""
+    sides = {key: choices[key] for key in ("height", "width")}
+    for key, choice in sides.items():
+        if choice.value is not None and choice.value > limit:
+            other = "width" if key == "height" else "height"
+            size = (
+                f"frames of {sides['height'].value}×{sides['width'].value}"
+                if sides[other].value is not None
+                else f"the {other} is the model's"
+            )
+            raise _Refused(
+                f"error: {key} {choice.value} is larger than the limit of {limit} pixels "
+                f"(from {choice.source}; {size}; raise the limit with --max-frame-size)"
+            )
+
+
+#: the flags that name files or folders the render writes
+_OUTPUT_FLAGS = ("--out", "--preview", "--stats-json", "--report", "--cache-dir")
+#: a file name for each output, for a message that asks for one
+_EXAMPLE = {
+    "--out": "story.mp4",
+    "--preview": "preview.png",
+    "--stats-json": "stats.json",
+    "--report": "report.html",
+}
+
+
+def _check_outputs(args: argparse.Namespace, fps: float) -> None:
+    """Every path the render writes, checked before the model loads: the video's extension
+    (and a GIF's frame rate), no output on another or on the script, each a file (the cache a
+    folder) whose folder exists or can be made, and can be written in."""
+    try:
+        check_video_path(args.out, fps)
+    except ValueError as exc:
+        raise _Refused(f"--out {exc}") from None
+    given = [(f, getattr(args, f[2:].replace("-", "_"))) for f in _OUTPUT_FLAGS]
+    given = [(flag, value) for flag, value in given if value]
+    seen: dict[Path, str] = {}
+    script = Path(args.script)
+    if _is_file_or_folder(script):
+        seen[script.resolve()] = "the script"
+    for flag, value in given:
+        where = Path(value).resolve()
+        if where in seen:
+            other = seen[where]
+            raise _Refused(
+                f"{flag} {value} is {other}{'' if other == 'the script' else ' too'}: "
+                "it would be overwritten; give each output a path of its own"
+            )
+        seen[where] = f"the path of {flag}"
+    for flag, value in given:
+        _check_writable(flag, Path(value), folder=flag == "--cache-dir")
+    _remove_stale_temporaries(Path(args.out))
+
+
+def _is_file_or_folder(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # script text, not a path: too long, or holding a NUL
+        return False
+
+
+def _check_writable(flag: str, path: Path, *, folder: bool) -> None:
+    """Refuse, naming ``flag``, a file path that is a folder, a folder path that is a file,
+    and a place that cannot be made or written in; the folder is made where missing."""
+    where = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise _Refused(f"{flag} {path}: exists and is not a folder")
+    if not folder and path.is_dir():
+        raise _Refused(f"{flag} {path}: is a folder; name a file, e.g. {path / _EXAMPLE[flag]}")
+    above = next((p for p in (where, *where.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise _Refused(f"{flag} {path}: {above} is a file, not a folder")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _Refused(
+            f"{flag} {path}: cannot create the folder {where} ({exc.strerror or exc})"
+        ) from None
+    try:  # the outputs are written under a temporary name, then renamed: one like it
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".storygen-probe-"):
+            pass
+    except OSError as exc:
+        raise _Refused(f"{flag} {path}: cannot write in {where} ({exc.strerror or exc})") from None
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove the temporary files (``.NAME.tmp-PID.mp4``) of ``out`` that renders killed
+    without a chance to clean up left behind: those whose process is gone."""
+    prefix = f".{out.stem}.tmp-"
+    for tmp in out.parent.glob(glob.escape(prefix) + "*" + glob.escape(out.suffix)):
+        pid = tmp.name[len(prefix) : len(tmp.name) - len(out.suffix)]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            logger.info("removed %s, left by an interrupted render (process %s)", tmp, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's, or no such pid
+        return True
+    return True
+
+
+def _check_devices(args: argparse.Namespace) -> None:
+    """``--device`` and each of ``--devices``: a device torch knows, present on this machine."""
+    import torch
+
+    given = [("--device", args.device)] if args.device is not None else []
+    if args.devices is not None:
+        given += [("--devices", d.strip()) for d in args.devices.split(",")]
+    for flag, name in given:
+        shown = f"{flag} {args.devices}" if flag == "--devices" else f"{flag} {name}"
+        if not name:
+            raise _Refused(f"{shown}: an empty device name (expected e.g. cuda:0,cuda:1)")
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise _Refused(
+                f"{shown}: {name!r} is not a device (expected cpu, cuda, cuda:N or mps)"
+            ) from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise _Refused(
+                    f"{shown}: CUDA is not available here (no GPU, or a torch built without "
+                    "CUDA); use --device cpu"
+                )
+            count = torch.cuda.device_count()
+            if device.index is not None and device.index >= count:
+                raise _Refused(
+                    f"{shown}: there is no {device}; this machine has {count} CUDA "
+                    f"device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
+                )
+        elif device.type == "mps":
+            if not torch.backends.mps.is_available():
+                raise _Refused(f"{shown}: the MPS (Apple GPU) backend is not available here")
+        elif device.type != "cpu":
+            raise _Refused(f"{shown}: storygen renders on cpu, cuda, cuda:N or mps")
 
 
 def _load_model(args: argparse.Namespace, model: Path, choices: dict[str, Choice]) -> Any:
@@ -378,6 +562,14 @@ def _load_model(args: argparse.Namespace, model: Path, choices: dict[str, Choice
         )
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise _Refused(str(exc)) from None
+    if args.dtype is None:
+        # float32 unless asked: left to them, diffusers loads the UNet and VAE in float32 but
+        # transformers the text encoder in the dtype it was saved in
+        for part in pipe.components.values():
+            if isinstance(part, torch.nn.Module) and any(
+                p.is_floating_point() and p.dtype != torch.float32 for p in part.parameters()
+            ):
+                part.to(torch.float32)
     default_h, default_w = pipe.default_size()
     for key, value in (("height", default_h), ("width", default_w)):
         if choices[key].value is None:
@@ -418,7 +610,7 @@ def _render(
                 fps=fps,
                 frames_per_call=choices["frames_per_call"].value,
                 depth=args.depth if hierarchical else None,
-                policy=args.policy if hierarchical else AUTOREGRESSIVE,
+                policy=_policy(args),
                 overlap=args.overlap,
                 num_inference_steps=choices["num_inference_steps"].value,
                 guidance_scale=choices["guidance_scale"].value,
@@ -445,35 +637,52 @@ def _render(
 
 def _write_extras(
     args: argparse.Namespace, out: Any, *, script: Any, choices: dict[str, Any]
-) -> list[str]:
-    """The preview sheet, the statistics JSON and the report page, where asked for; returns
-    their paths."""
-    written = []
-    if args.preview and out.keyframes:
-        plan_sheet(out.keyframes, out.plan, args.preview)
-        written.append(args.preview)
-    if args.stats_json:
-        Path(args.stats_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.stats_json).write_text(
-            json.dumps(
-                {"stats": out.stats.to_dict(), "plan": out.plan.to_dict(calls=False)}, indent=2
-            )
-        )
-        written.append(args.stats_json)
-    if args.report:
-        settings = {key: choice.value for key, choice in choices.items()}
-        preview = args.preview if args.preview and out.keyframes else None
-        write_render_report(
+) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The preview sheet, the statistics JSON and the report page, where asked for, each
+    written whether or not another could be; returns the paths written, and (flag, path,
+    why) of each that could not be."""
+    written: list[str] = []
+    failed: list[tuple[str, str, str]] = []
+
+    def stats_json(path: str) -> None:
+        data = {"stats": out.stats.to_dict(), "plan": out.plan.to_dict(calls=False)}
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(data, indent=2))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    preview = args.preview if args.preview and out.keyframes else None
+    extras = [
+        ("--preview", preview, lambda path: plan_sheet(out.keyframes, out.plan, path)),
+        ("--stats-json", args.stats_json, stats_json),
+        (
+            "--report",
             args.report,
-            out.stats,
-            out.plan,
-            preview,
-            script=script,
-            settings=settings,
-            video=args.out,
-        )
-        written.append(args.report)
-    return written
+            lambda path: write_render_report(
+                path,
+                out.stats,
+                out.plan,
+                preview if preview in written else None,
+                script=script,
+                settings={key: choice.value for key, choice in choices.items()},
+                video=args.out,
+            ),
+        ),
+    ]
+    for flag, path, write in extras:
+        if not path:
+            continue
+        try:
+            write(path)
+        except (OSError, ExportError, ValueError) as exc:
+            failed.append((flag, path, _why(exc)))
+        else:
+            written.append(path)
+    return written, failed
 
 
 #: what a compile fallback's message says ran instead (:func:`storygen.accel.aot_fallbacks`)

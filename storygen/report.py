@@ -176,19 +176,36 @@ def _totals_html(
 
 
 def _script_html(segs: list[dict[str, Any]], duration: float | None) -> str:
-    """The script as a timeline: one bar per segment with its prompt."""
-    total = float(duration or max(float(s["end_s"]) for s in segs)) or 1.0
-    bars = "".join(
-        f'<div class="seg" style="left:{100 * float(s["start_s"]) / total:.3f}%;'
-        f'width:{100 * (float(s["end_s"]) - float(s["start_s"])) / total:.3f}%" '
-        f'title="{float(s["start_s"]):.2f}–{float(s["end_s"]):.2f} s: {_e(s["prompt"])}">'
-        f"{_e(s['prompt'])}</div>"
-        for s in segs
-    )
+    """The script as a timeline over the rendered length: one bar per segment with its prompt;
+    the part of the script after the render's end is cut off, and a note says so."""
+    script_end = max(float(s["end_s"]) for s in segs)
+    total = float(duration or script_end) or 1.0
+    bars = []
+    for s in segs:
+        start, end = float(s["start_s"]), float(s["end_s"])
+        if start >= total:
+            continue
+        bars.append(
+            f'<div class="seg" style="left:{100 * start / total:.3f}%;'
+            f'width:{100 * (min(end, total) - start) / total:.3f}%" '
+            f'title="{start:.2f}–{end:.2f} s: {_e(s["prompt"])}">'
+            f"{_e(s['prompt'])}</div>"
+        )
+    note = ""
+    if script_end > total:
+        cut = sum(1 for s in segs if float(s["start_s"]) >= total)
+        clipped = sum(1 for s in segs if float(s["start_s"]) < total < float(s["end_s"]))
+        parts = [f"{cut} segment{'s' if cut != 1 else ''} after it not shown"] if cut else []
+        if clipped:
+            parts.append(f"{clipped} cut short")
+        note = (
+            f'<p id="script-cut" class="muted">The render ends at {total:.2f} s, the script at '
+            f"{script_end:.2f} s: the timeline shows the rendered part ({', '.join(parts)}).</p>"
+        )
     return (
         "<h2>Script</h2>"
-        f'<div id="script" class="timeline" data-segments="{len(segs)}">{bars}</div>'
-        f'<div class="axis"><span>0 s</span><span>{total:.1f} s</span></div>'
+        f'<div id="script" class="timeline" data-segments="{len(segs)}">{"".join(bars)}</div>'
+        f'<div class="axis"><span>0 s</span><span>{total:.1f} s</span></div>' + note
     )
 
 
@@ -249,8 +266,11 @@ def write_render_report(
     path = Path(out_html)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:  # nothing left under the temporary name, written or not
+        tmp.unlink(missing_ok=True)
     return path
 
 

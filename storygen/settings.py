@@ -258,8 +258,12 @@ def resolve_sampling(
     ``flags`` maps ``sampling.json`` keys to the flags' values (None where not given). The
     frame rate sits between the flag and the file when a hand-written script sets it (its
     author chose it); for a ``curated`` story (a stories table row) the row's fps is the
-    source video's, so the model's native fps comes first and the row's after it.
+    source video's, so the model's native fps comes first and the row's after it. A ``model``
+    folder that does not exist is a ``ValueError`` (a mistyped ``--model`` must not fall back
+    to the built-in defaults).
     """
+    if model is not None and not Path(model).is_dir():
+        raise ValueError(f"{model}: no such model folder")
     sampling = read_sampling_json(model) if model is not None else {}
     # the summary names the model folder already; its file needs no path
     where = f"the model's {SAMPLING_FILE}"

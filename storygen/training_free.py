@@ -29,7 +29,8 @@ T2V_PIPELINES = ("TextToVideoSDPipeline", "TextToVideoZeroPipeline", "VideoToVid
 
 
 def read_model_index(path: str | os.PathLike) -> dict[str, Any]:
-    """The folder's ``model_index.json``, with a clear error naming what is missing."""
+    """The folder's ``model_index.json``, with a clear error naming what is missing or damaged
+    (``ValueError`` naming the file: not JSON, or no object with ``_class_name``)."""
     folder = Path(path)
     index = folder / "model_index.json"
     if not folder.is_dir():
@@ -39,8 +40,28 @@ def read_model_index(path: str | os.PathLike) -> dict[str, Any]:
             f"{index} is missing: {folder} is not a diffusers pipeline folder "
             "(create one with `storygen new-model` or `python -m storygen.train`)"
         )
-    with open(index) as fh:
-        return json.load(fh)
+    try:
+        with open(index, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{index}: not valid JSON ({exc.msg}, line {exc.lineno}); the model folder is damaged"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{index}: not UTF-8 text ({exc.reason}); the model folder is damaged"
+        ) from exc
+    if not isinstance(info, dict) or not isinstance(info.get("_class_name"), str):
+        got = (
+            f"a JSON {type(info).__name__}"
+            if not isinstance(info, dict)
+            else "an object without '_class_name'"
+        )
+        raise ValueError(
+            f"{index}: expected a JSON object naming the pipeline class in '_class_name' "
+            f"(as save_pretrained writes it), got {got}; the model folder is damaged"
+        )
+    return info
 
 
 def is_t2v_layout(path: str | os.PathLike) -> bool:

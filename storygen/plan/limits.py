@@ -3,6 +3,7 @@ each refuses, with a ``ValueError`` naming the value, what a plan cannot honour 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -43,13 +44,26 @@ def current_frame_limit() -> int:
     return _FRAME_LIMIT.get()
 
 
+def frame_count(num_frames: int | float) -> str:
+    """A frame count for a message: in full with thousands separators up to a trillion, past
+    that (``end: 1e300`` at 8 fps) as ``about 8.0e+300``."""
+    if isinstance(num_frames, int):
+        if num_frames < 10**12:
+            return f"{num_frames:,}"
+        # no float of an integer past 1e308, and no str() of one past 4,300 digits
+        power = int(math.log10(num_frames))
+        return f"about {num_frames // 10 ** (power - 1) / 10:.1f}e+{power:02d}"
+    if not math.isfinite(num_frames):
+        return f"{num_frames:g}"
+    return f"about {num_frames:.1e}" if num_frames >= 1e12 else f"{num_frames:,.0f}"
+
+
 def check_length(num_frames: int | float, what: str | None = None) -> None:
     """``ValueError`` when ``num_frames`` (``what``: how it was reached) exceeds the limit."""
     limit = current_frame_limit()
     if not num_frames <= limit:  # also catches nan
-        head = (
-            f"num_frames={num_frames:,}" if what is None else f"{what} is {num_frames:,.0f} frames,"
-        )
+        count = frame_count(num_frames)
+        head = f"num_frames={count}" if what is None else f"{what} is {count} frames,"
         raise ValueError(
             f"{head} more than the limit of {limit:,} frames "
             "(raise it with --max-frames, or storygen.plan.frame_limit)"

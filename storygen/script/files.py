@@ -80,6 +80,13 @@ def save_script(
 _PARSERS = {"yaml": parse_yaml, "json": parse_json, "srt": parse_srt}
 #: no file system takes a path this long (Linux's PATH_MAX): such a string is script text
 _PATH_MAX = 4096
+#: nor a file name this long (NAME_MAX)
+_NAME_MAX = 255
+
+
+def _could_be_path(text: str) -> bool:
+    """Whether a file system could hold ``text`` as a path: no NUL, no name too long."""
+    return "\0" not in text and all(len(part) <= _NAME_MAX for part in re.split(r"[/\\]", text))
 
 
 def _sniff(text: str) -> str:
@@ -103,7 +110,9 @@ def load_script(
     table, or a folder of them; ``story_id`` picks the row, default the first). A string
     holding a newline, blank, starting with ``{`` or ``[``, longer than any path, or naming no
     existing file (without a script extension) is read as text (format from ``fmt`` or
-    sniffed). ``story_id`` also overrides the id a YAML / JSON file sets. Raises
+    sniffed); but one line without a ``:`` (``nosuchfile``), which no script's text is, is
+    a path, and names a missing file. ``story_id`` also overrides the id a YAML / JSON file
+    sets. Raises
     :class:`ScriptError` listing every problem, each with its line, cue or segment.
     """
     if fmt is not None and fmt not in {*_PARSERS, "parquet"}:
@@ -118,7 +127,13 @@ def load_script(
             or not path_or_text.strip()
             or path_or_text.lstrip().startswith(("{", "["))
             or len(path_or_text) >= _PATH_MAX
-            or (Path(path_or_text).suffix.lower() not in FORMATS and not _exists(path_or_text))
+            or (
+                Path(path_or_text).suffix.lower() not in FORMATS
+                and not _exists(path_or_text)
+                # every script's text holds a ':' (YAML's keys, SRT's times) or a newline;
+                # a name longer than any file system's is text all the same
+                and (":" in path_or_text or not _could_be_path(path_or_text))
+            )
         ):
             text = path_or_text
         else:
@@ -130,6 +145,8 @@ def load_script(
         # a folder is a sharded stories table, as curate writes it
         kind = fmt or script_format(path)
         if kind is None:
+            if not path.suffix and not _exists(path):
+                raise ScriptError(str(path), ["no such file"])
             raise ScriptError(
                 str(path),
                 [f"unknown script format {path.suffix!r}; expected one of {sorted(FORMATS)}"],

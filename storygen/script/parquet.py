@@ -117,6 +117,14 @@ def _segment(seg: Any, label: str, problems: list[str]) -> dict[str, Any] | None
 
 
 def load_parquet(path: Path, story_id: str | None) -> StoryScript:
+    if path.is_dir() and not any(path.glob("*.parquet")):
+        raise ScriptError(
+            str(path),
+            [
+                "folder holds no .parquet file (a stories table is a .parquet file, or a folder "
+                "of the shards curate writes)"
+            ],
+        )
     try:
         table = read_parquet(path, "stories")
     except SchemaError as exc:

@@ -1,11 +1,14 @@
 """The SRT and WebVTT forms of a script: one cue per segment, its text the prompt.
 
-Cue numbers (SRT) and identifiers (WebVTT) are optional, markup tags are dropped, and every
-problem names the cue and its line. Subtitles carry no frame rate: pass one when rendering.
+Cue numbers (SRT) and identifiers (WebVTT) are optional, markup tags are dropped (WebVTT's
+character references decoded), and every problem names the cue and its line. A cue that runs
+into the next without a blank line between them ends where the next one's timing line begins.
+Subtitles carry no frame rate: pass one when rendering.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -15,8 +18,19 @@ from storygen.script.story import ScriptError, StoryScript, build_script
 # hours take at most 9 digits: a longer stamp is malformed, not a float overflow
 _SRT_TIME = r"(\d{1,9}:)?\d{1,2}:\d{1,2}[,.]\d{1,3}"
 _SRT_TIMING = re.compile(rf"^\s*(?P<a>{_SRT_TIME})\s*-->\s*(?P<b>{_SRT_TIME})(?:\s+.*)?$")
-# bounded repeats: an unclosed "{\" must not make the substitution quadratic in the cue's length
-_TAG = re.compile(r"</?[^>]{1,40}>|\{\\[^}]{0,200}\}")
+# the markup of a cue's text: WebVTT's tags (<c.loud>, <v Bob>, <lang en>, <ruby>, <rt>) and
+# timestamps (<00:01.500>), SRT's <font ...>, and ASS overrides ({\an8}); text such as
+# "size <10 px and >5 px" holds no tag. Bounded repeats: an unclosed "{\" must not make the
+# substitution quadratic in the cue's length
+_TAG = re.compile(
+    r"</?(?:b|i|u|s|c|v|lang|ruby|rt|font|span)(?:\.[^\s<>]{0,80})?(?:\s[^<>]{0,200})?>"
+    r"|<(?:\d{1,9}:)?\d{2}:\d{2}\.\d{3}>"
+    r"|\{\\[^}]{0,200}\}",
+    re.IGNORECASE,
+)
+#: WebVTT blocks that hold no cue, by their first line: the word alone or followed by a space
+#: or tab (a cue identified as "notebook-scene" is a cue)
+_NON_CUE_BLOCK = re.compile(r"(?:NOTE|STYLE|REGION)(?:[ \t].*)?")
 
 
 def _srt_seconds(stamp: str) -> float:
@@ -27,6 +41,30 @@ def _srt_seconds(stamp: str) -> float:
     if int(m) >= 60 or float(s) >= 60:
         raise ValueError(f"bad timestamp {quote(stamp)}: minutes and seconds must be below 60")
     return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def _timing_at(block: list[str]) -> int:
+    """Where a cue's timing line is: first, or after its number (SRT) or identifier
+    (WebVTT)."""
+    return 0 if "-->" in block[0] or re.match(r"\s*\d+:\d", block[0]) else 1
+
+
+def _split_cues(first_line: int, block: list[str]) -> list[tuple[int, list[str]]]:
+    """A block of consecutive lines as its cues, each with the line it starts on: a timing
+    line after a cue's own starts the next cue, together with the line before it where that
+    line is a cue number."""
+    cues = []
+    start = 0
+    for j in range(_timing_at(block) + 1, len(block)):
+        timing = start + _timing_at(block[start:])  # the current cue's timing line
+        if j <= timing or not _SRT_TIMING.match(block[j]):
+            continue
+        number = block[j - 1].strip()
+        cut = j - 1 if j - 1 > timing and number.isdigit() and len(number) <= 12 else j
+        cues.append((first_line + start, block[start:cut]))
+        start = cut
+    cues.append((first_line + start, block[start:]))
+    return cues
 
 
 def parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScript:
@@ -48,16 +86,17 @@ def parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScrip
             current = []
     if current:
         blocks.append((start_line, current))
-    if blocks and blocks[0][1][0].strip().upper().startswith("WEBVTT"):
+    webvtt = bool(blocks) and blocks[0][1][0].strip().upper().startswith("WEBVTT")
+    if webvtt:
         blocks = blocks[1:]
-    blocks = [b for b in blocks if not b[1][0].strip().upper().startswith(("NOTE", "STYLE"))]
+    blocks = [b for b in blocks if not _NON_CUE_BLOCK.fullmatch(b[1][0].strip())]
+    blocks = [cue for first_line, block in blocks for cue in _split_cues(first_line, block)]
 
     problems: list[str] = []
     raw: list[dict[str, Any] | None] = []
     labels: list[str] = []
     for k, (first_line, block) in enumerate(blocks, 1):
-        # a cue may start with its number (SRT) or an identifier (WebVTT) before the timing
-        timing_at = 0 if "-->" in block[0] or re.match(r"\s*\d+:\d", block[0]) else 1
+        timing_at = _timing_at(block)
         first = block[0].strip()
         number = first if timing_at and first.isdigit() and len(first) <= 12 else str(k)
         label = f"cue {number} (line {first_line})"
@@ -82,6 +121,8 @@ def parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScrip
             raw.append(None)
             continue
         prompt = " ".join(_TAG.sub("", t).strip() for t in block[timing_at + 1 :]).strip()
+        if webvtt:  # &amp;, &lt;, &nbsp; ... (SRT has no character references)
+            prompt = html.unescape(prompt)
         prompt = re.sub(r"\s+", " ", prompt)
         raw.append({"start_s": start, "end_s": end, "prompt": prompt})
     return build_script(

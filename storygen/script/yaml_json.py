@@ -267,6 +267,40 @@ def _check_yaml_events(text: str, loader: type, source: str | None) -> None:
                 sizes[anchor] = expanded - before
 
 
+def _duplicate_yaml_keys(root: Any) -> list[str]:
+    """A problem for every key a YAML mapping gives twice (a safe load keeps the last one
+    silently), with the lines of both. Each node is visited once: an alias refers to a node
+    already seen, so the walk is linear in the document's length."""
+    problems: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                stack += [key, value]
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    problems.append(
+                        (
+                            line,
+                            f"line {line}: key {quote(key.value)} given twice (first on line "
+                            f"{first[key.tag, key.value]}); keep one",
+                        )
+                    )
+                else:
+                    first[key.tag, key.value] = line
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return [problem for _, problem in sorted(problems)]
+
+
 def parse_yaml(text: str, source: str | None, story_id: str | None) -> StoryScript:
     too_large = text_too_large(text)
     if too_large:
@@ -277,6 +311,9 @@ def parse_yaml(text: str, source: str | None, story_id: str | None) -> StoryScri
         loader = loader_class(text)
         try:
             node = loader.get_single_node()
+            duplicates = _duplicate_yaml_keys(node)
+            if duplicates:
+                raise ScriptError(source, duplicates)
             data = None if node is None else loader.construct_document(node)
         finally:
             loader.dispose()
@@ -329,10 +366,11 @@ class _LineDict(dict):
     line: int = 0
 
 
-def _json_decoder(text: str, source: str | None) -> json.JSONDecoder:
+def _json_decoder(text: str, source: str | None, duplicates: list[str]) -> json.JSONDecoder:
     """A decoder whose objects carry their line (the pure-Python scanner calls our hooks),
     refusing arrays and objects nested more than ``MAX_NESTING`` deep before the scanner's
-    recursion can run out of stack."""
+    recursion can run out of stack. A key an object gives twice (the standard decoder keeps
+    the last one silently) adds a problem to ``duplicates``."""
     line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
     decoder = json.JSONDecoder()
     depth = 0
@@ -348,17 +386,36 @@ def _json_decoder(text: str, source: str | None) -> json.JSONDecoder:
                 source, [f"line {line_of(start)}: nested more than {MAX_NESTING} levels deep"]
             )
 
+    def note_duplicates(pairs: list, start: int, end: int, line: int) -> None:
+        counts: dict[str, int] = {}
+        for key, _ in pairs:
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] == 2:
+                # the lines of the key's spellings in the object, where it is written plainly
+                at = [
+                    line_of(start + m.start() + 1)
+                    for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text[start:end])
+                ]
+                where = (
+                    f"line {at[1]}: key {quote(key)} given twice (first on line {at[0]})"
+                    if len(at) >= 2
+                    else f"line {line}: the object starting here gives key {quote(key)} twice"
+                )
+                duplicates.append(f"{where}; keep one")
+
     def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None):
         nonlocal depth
         _, start = s_and_end
         enter(start)
         # JSONObject is the stdlib's object parser; typeshed does not list it
-        obj, end = json.decoder.JSONObject(  # type: ignore[attr-defined]
-            s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo
+        pairs, end = json.decoder.JSONObject(  # type: ignore[attr-defined]
+            s_and_end, strict, scan_once, object_hook, list, memo
         )
         depth -= 1
-        out = _LineDict(obj)
+        out = _LineDict(pairs)
         out.line = line_of(start)
+        if len(out) < len(pairs):
+            note_duplicates(pairs, start, end, out.line)
         return out, end
 
     def parse_array(s_and_end, scan_once):
@@ -378,8 +435,9 @@ def parse_json(text: str, source: str | None, story_id: str | None) -> StoryScri
     too_large = text_too_large(text)
     if too_large:
         raise ScriptError(source, [too_large])
+    duplicates: list[str] = []
     try:
-        data = _json_decoder(text, source).decode(text)
+        data = _json_decoder(text, source, duplicates).decode(text)
     except json.JSONDecodeError as exc:
         raise ScriptError(
             source, [f"line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})"]
@@ -388,6 +446,8 @@ def parse_json(text: str, source: str | None, story_id: str | None) -> StoryScri
         raise
     except ValueError as exc:  # an integer of 5,000 digits
         raise ScriptError(source, [f"not valid JSON ({shorten(str(exc))})"]) from exc
+    if duplicates:
+        raise ScriptError(source, duplicates)
     if isinstance(data, list):
         items, header = data, {}
     elif isinstance(data, dict):

@@ -236,3 +236,62 @@ def test_memory_does_not_grow_with_length(tmp_path):
     assert rss_late - rss_early < 40e6, (rss_early, rss_late)
     with av.open(str(path)) as container:
         assert container.streams.video[0].frames == n
+
+
+def _gif_delays(path) -> list[int]:
+    with Image.open(path) as gif:
+        delays = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            delays.append(gif.info["duration"])
+    return delays
+
+
+@pytest.mark.parametrize(
+    ("fps", "expected"),
+    [
+        (8, [130, 120] * 5),  # 125 ms a frame: one delay for all would be 120, 4 % fast
+        (30, [30, 40, 30] * 3 + [30]),  # 33.3 ms
+        (50, [20] * 10),
+        (12.5, [80] * 10),
+    ],
+)
+def test_gif_delays_add_up_to_the_frame_rate(tmp_path, fps, expected):
+    frames = _frames(10)
+    path = tmp_path / "clip.gif"
+    export_video([frames], path, fps)
+    delays = _gif_delays(path)
+    assert delays == expected
+    assert abs(sum(delays) - 10_000 / fps) <= 5  # the whole runs 10 / fps seconds
+    assert min(delays) >= 20  # browsers slow shorter delays down to 100 ms
+
+
+@pytest.mark.parametrize("fps", [60, 120, 240])
+def test_gif_faster_than_50_fps_is_refused(tmp_path, fps):
+    with pytest.raises(ValueError, match=f"a GIF plays at most 50 fps .* asked for {fps} fps"):
+        VideoWriter(tmp_path / "fast.gif", fps=fps)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("fps", "rate"),
+    [
+        (29.97, Fraction(30000, 1001)),
+        (23.976, Fraction(24000, 1001)),
+        (23.98, Fraction(24000, 1001)),
+        (59.94, Fraction(60000, 1001)),
+        (Fraction(30000, 1001), Fraction(30000, 1001)),
+        (30000 / 1001, Fraction(30000, 1001)),
+        (12.5, Fraction(25, 2)),
+        (29.9, Fraction(299, 10)),
+        (8, Fraction(8)),
+    ],
+)
+def test_ntsc_rates_are_written_as_their_exact_fractions(tmp_path, fps, rate):
+    assert VideoWriter(tmp_path / "a.mp4", fps=fps).rate == rate
+
+
+def test_ntsc_rate_round_trips_through_the_container(tmp_path):
+    path = tmp_path / "ntsc.mp4"
+    export_video([_frames(6)], path, 29.97)
+    assert _decode(path)[1] == Fraction(30000, 1001)

@@ -216,3 +216,25 @@ def test_render_command_names_a_missing_model_folder(capsys, story, tmp_path):
     argv = ["render", path, "--model", str(tmp_path / "absent"), "--out", "x.mp4"]
     assert main(argv) == 2
     assert "absent: no such model folder" in _one_line_error(capsys, "render")
+
+
+def test_plan_command_writes_a_huge_frame_count_short(capsys, story):
+    path = story("fps: 8\nsegments: [{start: 0, end: 1e300, prompt: x}]\n")
+    assert main(["plan", path]) == 2
+    err = _one_line_error(capsys, "plan")
+    assert "1e+300 s at 8 fps is about 8.0e+300 frames, more than the limit" in err
+    assert len(err) < 300
+    path = story("fps: 8\nsegments: [{start: 0, end: 10, prompt: x}]\n", "short.yaml")
+    assert main(["plan", path, "--duration", "1e300"]) == 2
+    err = _one_line_error(capsys, "plan")
+    assert "--duration 1e+300 s at 8 fps is about 8.0e+300 frames" in err
+
+
+def test_plan_frame_counts_read_in_full_up_to_a_trillion():
+    from storygen.plan.limits import frame_count
+
+    assert frame_count(2_400) == "2,400" and frame_count(2_400.4) == "2,400"
+    assert frame_count(999_999_999_999) == "999,999,999,999"
+    assert frame_count(8e300) == "about 8.0e+300"
+    assert frame_count(8 * 10**400) == "about 8.0e+400"  # past any float
+    assert frame_count(math.nan) == "nan"

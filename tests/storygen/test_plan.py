@@ -420,3 +420,10 @@ def test_side_by_side_refuses_plans_that_do_not_line_up():
         side_by_side([trimmed, trimmed])
     with pytest.raises(ValueError, match="at least one"):
         side_by_side([])
+
+
+def test_cli_refuses_a_model_folder_that_does_not_exist(capsys, tmp_path):
+    typo = tmp_path / "shapes-storygne"
+    assert _cli(str(EXAMPLES / "shapes_story.yaml"), "--model", str(typo)) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"storygen plan: error: {typo}: no such model folder"

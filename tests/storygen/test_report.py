@@ -85,3 +85,17 @@ def test_render_report_in_chromium(render, tmp_path):
         assert [r.find_elements("css selector", "td")[0].text for r in rows] == ["1", "4"]
         shot = screenshot(driver, tmp_path / "render-report.png")
     assert shot.stat().st_size > 5_000
+
+
+def test_render_report_timeline_stops_where_the_render_ends(tmp_path):
+    (tmp_path / "story.yaml").write_text(SCRIPT)  # 4.25 s
+    script = load_script(tmp_path / "story.yaml")
+    plan = plan_story(script, frames_per_call=5, num_frames=8)  # 2 s at 4 fps
+    page = build_render_report(stats={}, plan=plan, script=script)
+    timeline = page.split('id="script"')[1].split("</div></div>")[0]
+    lefts = [float(x) for x in re.findall(r"left:([\d.]+)%", timeline)]
+    widths = [float(x) for x in re.findall(r"width:([\d.]+)%", timeline)]
+    assert lefts == [0.0] and widths == [100.0]  # the first segment, cut at 2 s
+    assert "a blue square" not in timeline
+    assert "The render ends at 2.00 s, the script at 4.25 s" in page
+    assert "1 segment after it not shown, 1 cut short" in page

@@ -430,3 +430,91 @@ def test_save_and_load_round_trip(tmp_path, ext):
         return
     assert back.segments == script.segments
     assert (back.fps, back.story_id, back.duration_s) == (8.0, "round-trip", 70.0)
+
+
+# --------------------------------------------------------------------------- subtitles, in detail
+def test_srt_cue_without_a_blank_line_after_it_ends_at_the_next_timing_line():
+    text = (
+        "1\n00:00:00,000 --> 00:00:02,000\na red circle\n"
+        "2\n00:00:02,000 --> 00:00:04,000\na blue square\n"  # no blank line between the cues
+        "00:00:04,000 --> 00:00:05,000\na star\n"  # nor a number
+    )
+    script = load_script(text, fmt="srt")
+    assert script.segments == (
+        Segment(0.0, 2.0, "a red circle"),
+        Segment(2.0, 4.0, "a blue square"),
+        Segment(4.0, 5.0, "a star"),
+    )
+    broken = text.replace("2\n00:00:02,000 --> 00:00:04,000\na blue square\n", "2\n")
+    with pytest.raises(ScriptError, match=r"cue 1 \(line 1\): empty prompt"):
+        load_script(broken.replace("a red circle\n", ""), fmt="srt")
+
+
+def test_webvtt_blocks_cues_entities_and_tags(tmp_path):
+    path = tmp_path / "c.vtt"
+    path.write_text(
+        "WEBVTT\n\nREGION\nid:fred\nwidth:40%\n\nSTYLE\n::cue { color: red }\n\n"
+        "NOTE\tcomment\n\n"
+        "notebook-scene\n00:00.000 --> 00:02.000 region:fred\na blue notebook\n\n"
+        "style-2\n00:02.000 --> 00:04.000\n<c.big>Tom</c> &amp; <v Jerry>Jerry</v> &lt;3\n\n"
+        "00:04.000 --> 00:06.000\nsize <10 px and >5 px, <00:04.500>then <i>more</i>\n"
+    )
+    assert load_script(path).segments == (
+        Segment(0.0, 2.0, "a blue notebook"),
+        Segment(2.0, 4.0, "Tom & Jerry <3"),
+        Segment(4.0, 6.0, "size <10 px and >5 px, then more"),
+    )
+
+
+def test_srt_keeps_text_that_only_looks_like_a_tag():
+    script = load_script("1\n00:00:00,000 --> 00:00:02,000\nsize <10 px and >5 px\n", fmt="srt")
+    assert script.segments[0].prompt == "size <10 px and >5 px"
+    tagged = "1\n00:00:00,000 --> 00:00:02,000\n<FONT color=red>red</FONT> {\\an8}top\n"
+    assert load_script(tagged, fmt="srt").segments[0].prompt == "red top"
+
+
+# --------------------------------------------------------------------------- paths and keys
+def test_a_missing_path_without_an_extension_is_named_as_a_missing_file(tmp_path):
+    for name in ("nosuchfile", str(tmp_path / "nosuchfile"), "my story"):
+        with pytest.raises(ScriptError, match="no such file") as exc:
+            load_script(name)
+        assert exc.value.source == name
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ScriptError, match="folder holds no .parquet file"):
+        load_script(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problems"),
+    [
+        (
+            "a.yaml",
+            "fps: 8\nfps: 2\nsegments:\n  - {start: 0, end: 2, end: 6, prompt: a}\n",
+            [
+                "line 2: key 'fps' given twice (first on line 1); keep one",
+                "line 4: key 'end' given twice (first on line 4); keep one",
+            ],
+        ),
+        (
+            "a.json",
+            '{"fps": 8,\n "segments": [{"start": 0, "end": 2, "prompt": "a"}],\n "segments": []}',
+            ["line 3: key 'segments' given twice (first on line 2); keep one"],
+        ),
+        (
+            "b.json",
+            '{"segments": [{"start": 0,\n "end": 2,\n "prompt": "a",\n "end": 6}]}',
+            ["line 4: key 'end' given twice (first on line 2); keep one"],
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused_with_their_lines(tmp_path, name, text, problems):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ScriptError) as exc:
+        load_script(path)
+    assert _problems(exc) == problems
+
+
+def test_yaml_merge_keys_may_be_overridden():
+    text = "segments:\n  - &a {start: 0, end: 2, prompt: a}\n  - {<<: *a, start: 2, end: 3}\n"
+    assert load_script(text).segments[1] == Segment(2.0, 3.0, "a")

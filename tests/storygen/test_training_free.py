@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -104,3 +105,35 @@ def test_reconstruction_guidance_changes_only_the_local_levels(t2v_dir):
     assert guided.stats.unet_forwards == base.stats.unet_forwards
     with pytest.raises(ValueError, match="reconstruction_guidance"):
         pipe(PROMPTS, 17, reconstruction_guidance=-1.0, **RUN)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not valid JSON (Expecting property name enclosed in double quotes, line 1)"),
+        ("[]", "expected a JSON object naming the pipeline class in '_class_name'"),
+        ("{}", "got an object without '_class_name'"),
+        ('{"_class_name": 3}', "got an object without '_class_name'"),
+    ],
+)
+def test_damaged_model_index_names_the_file(tmp_path, text, message):
+    from storygen.training_free import check_model_files, is_t2v_layout, read_model_index
+
+    (tmp_path / "model_index.json").write_text(text)
+    for read in (read_model_index, is_t2v_layout, check_model_files):
+        with pytest.raises(ValueError, match=re.escape(message)) as exc:
+            read(tmp_path)
+        assert str(exc.value).startswith(f"{tmp_path / 'model_index.json'}: ")
+
+
+def test_render_names_a_damaged_model_index(tmp_path, capsys):
+    from storygen.cli import main
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text("[]")
+    (tmp_path / "s.yaml").write_text("fps: 4\nsegments: [{start: 0, end: 2, prompt: a}]\n")
+    argv = ["render", str(tmp_path / "s.yaml"), "--model", str(tmp_path / "model")]
+    assert main([*argv, "--out", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert f"storygen render: {tmp_path / 'model' / 'model_index.json'}: expected" in err
+    assert "Traceback" not in err
