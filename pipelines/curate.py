@@ -35,17 +35,20 @@ failure instead).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import create_runner
 
 from curate import shards
 from curate.clip_score import ClipScorer
@@ -58,7 +61,7 @@ from curate.report import report_after_run
 from curate.run_folder import RunLock, check_ownership, clear_run
 from curate.runs import RunSummary, summarize
 from curate.work import config_digest, fingerprint
-from schemas.inputs import ManifestRead, read_manifest
+from schemas.inputs import ManifestRead, detect_format, read_manifest
 
 from .handlers import ClipModelHandler
 from .options import runner_flags, settings_of
@@ -68,6 +71,7 @@ from .transforms import (
     CleanCaptions,
     CommitWork,
     CorpusOnWorkers,
+    FailureRateExceeded,
     ProbeAndSplit,
     ReadManifest,
     ScoreCaptions,
@@ -287,8 +291,9 @@ def run_corpus_phase(
     _ = p | "Corpus" >> CorpusOnWorkers(
         phase, components.recaptioner, components.recaptioner_kwargs
     )
-    result = p.run()
-    result.wait_until_finish()
+    with _quiet_stops():
+        result = p.run()
+        result.wait_until_finish()
     client = getattr(result, "client", None)  # the DaskRunner's (see _run_per_video)
     if client is not None:
         client.close()
@@ -331,6 +336,54 @@ def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
     return options
 
 
+def check_runner(options: PipelineOptions) -> None:
+    """Refuse a runner Beam does not know or cannot load here, naming it."""
+    name = str(options.view_as(StandardOptions).runner)
+    try:
+        create_runner(name)
+    except ValueError:  # not a runner Beam knows by name
+        raise ValueError(
+            f"unknown runner {name!r}: give local, dask, or a Beam runner such as "
+            "DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner"
+        ) from None
+    except (ImportError, AttributeError) as exc:  # a module path that does not load
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"runner {name!r} cannot be loaded: {why}") from None
+
+
+#: exceptions that stop a run on purpose: the failure-rate stop and Ctrl-C
+_STOPS = ("FailureRateExceeded", "KeyboardInterrupt")
+#: Beam's loggers that log them with a traceback: the ``DoFn`` runner's, and the local job
+#: service's, which relays what the worker processes of ``--workers N`` log
+_STOP_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.portability.local_job_service")
+
+
+class _QuietStops(logging.Filter):
+    """Drops Beam's ERROR records (with a traceback) of an exception that stops a run on
+    purpose, which the run reports in one line itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (FailureRateExceeded, KeyboardInterrupt)):
+            return False
+        text = record.getMessage()
+        return not any(name in text for name in _STOPS)
+
+
+@contextlib.contextmanager
+def _quiet_stops() -> Iterator[None]:
+    """:class:`_QuietStops` on Beam's loggers that report a stopping exception, for the
+    ``with`` block."""
+    quiet = _QuietStops()
+    for name in _STOP_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
+    try:
+        yield
+    finally:
+        for name in _STOP_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
+
+
 def _metrics(result: Any) -> dict[str, Any]:
     """Per-stage counters and timers of a finished run (runners without metrics give {})."""
     try:
@@ -364,10 +417,14 @@ def run(
     argv = list(sys.argv[1:] if argv is None else argv)
     options = pipeline_options(argv)
     if settings is None:
-        settings = settings_of(options).resolved()
+        runner = str(options.view_as(StandardOptions).runner)
+        settings = dataclasses.replace(settings_of(options), runner=runner).resolved()
     components = components or default_components(settings, workers=_workers(options))
     t0 = time.perf_counter()
 
+    # an unreadable manifest or an unknown runner fails before the output folder is touched
+    detect_format(str(settings.input))
+    check_runner(options)
     out = shards.check_output_dir(str(settings.output))
     with RunLock(out):
         return _run_locked(out, settings, options, components, progress=progress, t0=t0)
@@ -449,8 +506,9 @@ def _run_locked(
 def _run_per_video(p: beam.Pipeline) -> tuple[dict[str, Any], str | None]:
     """Run the per-video phase; its metrics, and why it stopped (``None``: it did not)."""
     try:
-        result = p.run()
-        result.wait_until_finish()
+        with _quiet_stops():
+            result = p.run()
+            result.wait_until_finish()
     except Exception as exc:
         if "FailureRateExceeded" not in f"{exc!r}{exc}":
             raise
@@ -470,8 +528,11 @@ def _failure_rate_message(exc: BaseException) -> str:
     if i < 0:
         return text.splitlines()[0] if text else repr(exc)
     line = text[i + len("FailureRateExceeded:") :].strip().splitlines()[0]
-    line = line.split(" [while running")[0]
-    return line.strip(" '\"")
+    line = line.split(" [while running")[0].strip(" '\"")
+    # a worker process's exception arrives wrapped, its type name repeated
+    while line.startswith("FailureRateExceeded:"):
+        line = line[len("FailureRateExceeded:") :].strip(" '\"")
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:

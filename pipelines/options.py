@@ -10,7 +10,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from .settings import RunSettings
+from .settings import LOCAL_RUNNERS, RunSettings, runner_name
 
 #: runner names accepted by ``curate run --runner`` (anything else is passed to Beam as is)
 RUNNER_ALIASES = {
@@ -36,11 +36,21 @@ def settings_of(options: PipelineOptions) -> RunSettings:
 
 
 def runner_flags(runner: str, *, workers: int = 1) -> list[str]:
-    """Beam flags for ``runner`` (an alias or a Beam runner name) and a worker count."""
+    """Beam flags for ``runner`` (an alias or a Beam runner name) and a worker count.
+
+    Worker processes are flags of the local runners (the ``FnApiRunner``, and the
+    ``DirectRunner``, which runs these pipelines on it); a Dask cluster has its own workers,
+    and any other runner sizes its workers with its own flags, so ``workers`` above 1 is
+    refused there rather than ignored."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     name = RUNNER_ALIASES.get(runner, runner)
     flags = [f"--runner={name}"]
-    if name.endswith("FnApiRunner") and workers > 1:
+    if workers > 1:
+        if runner_name(name) not in LOCAL_RUNNERS:
+            raise ValueError(
+                f"--workers applies to the local, direct and dask runners; give {runner} its "
+                "own worker flags after '--'"
+            )
         flags += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
     return flags

@@ -6,7 +6,7 @@ default, help, type and where they are offered. ``curate run``'s argparse flags
 :class:`pipelines.options.CurateOptions`) are both built from it, and the pipeline reads a
 :class:`RunSettings` whichever way it was started. Launcher options (runner, workers, Dask
 address, progress bar) are only command-line flags; tuning options (commit batching, shard
-size, inference batch sizes) are only Beam flags.
+size, inference batch sizes) are only Beam flags (``curate run`` takes them after ``--``).
 
 Beam-free and light on purpose: ``curate --help`` builds its parser from here.
 """
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,40 @@ def option(
     return field(default=default, metadata=meta)
 
 
+#: runner names (lower case, without a module path) whose workers are processes of this machine
+LOCAL_RUNNERS = ("local", "fnapi", "fnapirunner", "direct", "directrunner")
+#: runner names (lower case, without a module path) of Beam's Dask runner
+DASK_RUNNERS = ("dask", "daskrunner")
+
+_DEVICE = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
+def runner_name(runner: str) -> str:
+    """``runner`` in lower case without its module path: ``apache_beam...DaskRunner`` ->
+    ``daskrunner``."""
+    return runner.rsplit(".", 1)[-1].lower()
+
+
+def check_device(device: str, *, here: bool = True) -> None:
+    """Refuse a ``--device`` that is not ``cpu``, ``cuda`` or ``cuda:N``; with ``here`` (the
+    models run on this machine), also a CUDA device this machine does not have."""
+    m = _DEVICE.fullmatch(device)
+    if m is None:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device == "cpu" or not here:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    count = torch.cuda.device_count()
+    if int(m[1] or 0) >= count:
+        raise ValueError(
+            f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+            f"cuda:{count - 1}"
+        )
+
+
 def _metavar(name: str, type: Any, choices: Any) -> str | None:
     """A short placeholder for ``--help`` (``N``, ``X``, ``ADDRESS``), not the field's name."""
     if choices:
@@ -127,13 +162,15 @@ class RunSettings:
     )
     workers: int = option(
         1,
-        "worker processes (local: FnApiRunner multi-processing; dask: LocalCluster workers)",
+        "worker processes (local, direct: FnApiRunner multi-processing; dask: LocalCluster "
+        "workers)",
         type=int,
         beam=False,
     )
     dask_address: str | None = option(
         None,
-        "scheduler address of a running Dask cluster (default: start a local one)",
+        "scheduler address of a running Dask cluster, with --runner dask (default: start a "
+        "local one)",
         beam=False,
     )
     threshold: str = option(
@@ -278,9 +315,12 @@ class RunSettings:
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
 
     @classmethod
-    def add_beam_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """The Beam pipeline options: ``--samples_per_scene 4``, ``--overwrite[=true]``."""
-        for f in cls.options(beam=True):
+    def add_beam_arguments(
+        cls, parser: argparse.ArgumentParser, fields: Iterable[dataclasses.Field] | None = None
+    ) -> None:
+        """The Beam pipeline options: ``--samples_per_scene 4``, ``--overwrite[=true]`` (those
+        of ``fields``, default all)."""
+        for f in cls.options(beam=True) if fields is None else fields:
             m = f.metadata
             if isinstance(f.default, bool):
                 parser.add_argument(
@@ -315,11 +355,48 @@ class RunSettings:
             if getattr(self, f.name) is not None
         ]
 
+    def with_beam_args(self, argv: Sequence[str]) -> RunSettings:
+        """These settings with the tuning options (the Beam-only ones) that ``argv``, the Beam
+        flags given after ``--`` to ``curate run``, sets. A run option that has its own
+        command-line flag is refused there, naming the flag; other flags are left to Beam."""
+        flags = {f.name: "--" + f.name.replace("_", "-") for f in self.options(cli=True)}
+        tuning = [f for f in self.options(beam=True) if not f.metadata["cli"]]
+        for arg in argv:
+            if not arg.startswith("--"):
+                continue
+            given = arg.split("=", 1)[0]
+            name = given[2:].replace("-", "_")
+            if name in flags:
+                raise ValueError(f"{given} after '--': give it as {flags[name]}, before the '--'")
+            if name != given[2:] and name in {f.name for f in tuning}:
+                raise ValueError(f"{given} after '--': Beam flags use underscores: --{name}")
+        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+        self.add_beam_arguments(parser, tuning)
+        try:
+            values, _ = parser.parse_known_args(list(argv))
+        except argparse.ArgumentError as exc:
+            raise ValueError(f"after '--': {exc}") from None
+        return dataclasses.replace(self, **{f.name: getattr(values, f.name) for f in tuning})
+
+    @property
+    def on_dask(self) -> bool:
+        """Whether the run uses Beam's Dask runner."""
+        return runner_name(self.runner) in DASK_RUNNERS
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether the per-video work runs on this machine (the local runners, or Dask on a
+        cluster started here), so that its device can be checked here."""
+        if self.on_dask:
+            return self.dask_address is None
+        return runner_name(self.runner) in LOCAL_RUNNERS
+
     # --- what the values mean ----------------------------------------------------------------
 
     def resolved(self) -> RunSettings:
         """The settings with ``--threshold auto`` and ``--captioner auto`` resolved against the
-        model folder, checked before any work starts: a bad value, an unusable CLIP or
+        model folder, checked before any work starts: a bad value, an option the runner would
+        ignore, a device this machine lacks (where the work runs here), an unusable CLIP or
         captioner folder, an unreadable prompt bank fails here, naming the value."""
         # curate's model, prompt-bank and threshold modules: only when a run starts, so that
         # --help stays fast
@@ -338,6 +415,16 @@ class RunSettings:
             raise ValueError("--output is required")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.dask_address is not None and not self.on_dask:
+            raise ValueError(f"--dask-address needs --runner dask (the runner is {self.runner})")
+        if self.workers > 1 and not (self.on_dask or self.runs_here):
+            raise ValueError(
+                f"--workers applies to the local, direct and dask runners; give {self.runner} "
+                "its own worker flags after '--'"
+            )
+        check_device(self.device, here=self.runs_here)
+        if self.device == "cpu" and self.clip_fp8 in ("mlp", "all"):
+            raise ValueError(f"--clip-fp8 {self.clip_fp8} needs a CUDA --device")
         if not self.decode_timeout > 0:
             raise ValueError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout}")
         if not 0 < self.dedup_threshold <= 1:

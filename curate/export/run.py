@@ -63,10 +63,13 @@ def export_run(
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     run_folder = Path(run_folder)
     out = Path(out)
+    _check_folder(out)
     identity = {"format": EXPORT_FORMAT, "settings": settings.to_dict()}
     identity["run"] = _run_identity(run_folder)
-    _claim_folder(out, identity, overwrite=overwrite)
+    # the run and the settings are planned before anything is written: a plan that fails
+    # leaves no folder behind to refuse the corrected rerun
     plan = plan_export(run_folder, settings)
+    _claim_folder(out, identity, overwrite=overwrite)
     parts = load_parts(out)
     prune(out, parts)
     if parts and parts[-1].get("final"):  # every shard is written: publish (again)
@@ -87,13 +90,29 @@ def export_run(
     return publish(out, plan, settings, identity)
 
 
+def _check_folder(out: Path) -> None:
+    """Refuse an ``out`` that cannot be a folder: it, or the nearest of its parents that
+    exists, is a file."""
+    for path in [out, *out.parents]:
+        if path.exists():
+            if not path.is_dir():
+                where = None if path == out else str(out)
+                raise ExportError(f"{path} exists and is not a folder", uri=where)
+            return
+
+
 def _claim_folder(out: Path, identity: dict[str, Any], *, overwrite: bool) -> None:
     """Make ``out`` this export's folder: new, or holding an export of the same run with the
     same settings (``overwrite`` clears another export first)."""
     if overwrite:
         clear_export(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PARTS_DIR).mkdir(exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PARTS_DIR).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ExportError(
+            f"cannot create the folder: {exc.strerror or exc}", uri=str(out)
+        ) from None
     settings_path = out / PARTS_DIR / SETTINGS_NAME
     if settings_path.exists():
         before = json.loads(settings_path.read_text())

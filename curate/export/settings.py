@@ -3,6 +3,7 @@ files, the index schema, and the stages and error types of its failures rows."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -127,8 +128,12 @@ class ExportSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 16 or v % 2:
                 raise ValueError(f"{name} must be an even integer >= 16, got {v!r}")
-        if isinstance(self.fps, bool) or not isinstance(self.fps, int | float) or self.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {self.fps!r}")
+        if (
+            isinstance(self.fps, bool)
+            or not isinstance(self.fps, int | float)
+            or not (self.fps > 0 and math.isfinite(self.fps))
+        ):
+            raise ValueError(f"fps must be a finite number > 0, got {self.fps!r}")
         # 8 and 8.0 must write the same JSON, or a resumed export would differ
         object.__setattr__(self, "fps", float(self.fps))
         if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:

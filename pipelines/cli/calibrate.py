@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from curate.choices import AGGREGATES, DTYPES, STRATEGIES
 from curate.errors import CurateError
+from schemas.cli import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,28 @@ only where this machine can reach the hub.
 """
 
 
+def _percentile(text: str) -> float:
+    """A finite percentile in [0, 100)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentile in [0, 100), got {text!r}")
+    return value
+
+
+def _cosine(text: str) -> float:
+    """A finite cosine in [-1, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cosine in [-1, 1], got {text!r}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "calibrate",
@@ -56,12 +80,12 @@ def register(subparsers: Any) -> None:
     cut = p.add_mutually_exclusive_group()
     cut.add_argument(
         "--percentile",
-        type=float,
+        type=_percentile,
         default=None,
         help="drop the lowest PERCENTILE %% of scored clips (default: the model folder's "
         "recommended threshold (scoring.json) if it has one, else percentile 20)",
     )
-    cut.add_argument("--threshold", type=float, default=None, help="an absolute cosine cut-off")
+    cut.add_argument("--threshold", type=_cosine, default=None, help="an absolute cosine cut-off")
     p.add_argument(
         "--model",
         default=None,
@@ -70,14 +94,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward pass")
-    p.add_argument("--k", type=int, default=4, help="frames sampled per scene")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="frames per CLIP forward pass"
+    )
+    p.add_argument("--k", type=positive_int, default=4, help="frames sampled per scene")
     p.add_argument("--strategy", default="uniform", choices=STRATEGIES)
     p.add_argument("--aggregate", default="mean", choices=AGGREGATES)
     p.add_argument("--detector", default="fast", help="scene detector for manifests")
-    p.add_argument("--limit", type=int, default=None, help="score at most this many videos")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="score at most this many videos"
+    )
     p.add_argument("--rescore", action="store_true", help="re-score a clips file from its videos")
-    p.add_argument("--bins", type=int, default=20, help="histogram bins")
+    p.add_argument("--bins", type=positive_int, default=20, help="histogram bins")
     p.add_argument("--json", type=Path, default=None, help="also write scores + cut as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -167,11 +195,27 @@ def _write_json(target: Path, path: Path, scored: Any, cal: Any, counts: dict) -
     print(f"wrote {target}")
 
 
+def _json_target_problem(target: Path) -> str | None:
+    """Why ``--json`` cannot be written (``None``: it can), found before any scoring."""
+    if target.is_dir():
+        return f"--json {target}: is a folder; give a file name"
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"--json {target}: {parent} exists and is not a folder"
+            break
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
 
     path: Path = args.input
     if not path.exists():
         print(f"error: {path}: no such file or folder", file=sys.stderr)
+        return 2
+    problem = _json_target_problem(args.json) if args.json else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         threshold = _threshold(args)

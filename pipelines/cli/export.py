@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("run", help="a curate run folder (the --output of curate run)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--size", default="64", help="frame size: N (square) or WxH (default 64)")
-    p.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+    p.add_argument("--fps", type=positive_float, default=8.0, help="frames per second (default 8)")
     p.add_argument("--frames", type=positive_int, default=16, help="frames per sample (default 16)")
     p.add_argument(
         "--resize",

@@ -49,9 +49,11 @@ limits (a manifest row over one becomes a failures row naming the limit):
 
 exit status: 0 done; 2 bad arguments, unusable model or output, output in use or not
 storyloom's; 3 stopped by --max-failure-rate (finished work is published); 4 the inputs =
-clips + failures invariant does not hold.
+clips + failures invariant does not hold; 130 interrupted (Ctrl-C; rerun to resume).
 
-Dataflow, Flink and Spark: see pipelines/RUNNERS.md (pass Beam flags after "--").
+Dataflow, Flink and Spark: see pipelines/RUNNERS.md (pass Beam flags after "--"). The tuning
+options are Beam flags too, e.g. -- --videos_per_shard=100 --commit_every=16 (see
+pipelines/settings.py); a run option that has its own flag is refused after "--".
 """
 
 
@@ -93,14 +95,35 @@ def register(subparsers: Any) -> None:
     inspect.set_defaults(func=inspect_command)
 
 
+#: seconds ``curate run`` waits for the scheduler at ``--dask-address`` to answer
+DASK_CONNECT_TIMEOUT_S = 20.0
+
+INTERRUPTED = "interrupted; committed work is kept; rerun the same command to resume"
+
+
 def run_command(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # Beam hands a Ctrl-C in a step on as a RuntimeError
+        if "KeyboardInterrupt" not in f"{exc!r}":
+            raise
+    print(f"curate run: {INTERRUPTED}", file=sys.stderr)
+    return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     settings = RunSettings.from_namespace(args)
     if settings.workers < 1:
         print(f"curate run: --workers must be >= 1, got {settings.workers}", file=sys.stderr)
         return 2
     try:
-        # the threshold, prompt bank and captioner fail here, before a cluster starts
+        settings = settings.with_beam_args(args.beam_args or [])
+        # the threshold, prompt bank, captioner and device fail here, before a cluster starts
         settings = settings.resolved()
+        if settings.on_dask and settings.dask_address is not None:
+            check_dask_scheduler(settings.dask_address)
     except (CurateError, ValueError) as exc:
         print(f"curate run: {exc}", file=sys.stderr)
         return 2
@@ -112,7 +135,7 @@ def run_command(args: argparse.Namespace) -> int:
     from pipelines.options import runner_flags
 
     cluster = None
-    if settings.runner.lower() in ("dask", "daskrunner"):
+    if settings.on_dask:
         address = settings.dask_address
         if address is None:
             cluster = _local_dask_cluster(settings.workers)
@@ -142,6 +165,25 @@ def run_command(args: argparse.Namespace) -> int:
     if summary.stopped:
         return 3
     return 0 if summary.invariant_ok else 4
+
+
+def check_dask_scheduler(address: str) -> None:
+    """Refuse a ``--dask-address`` where no Dask scheduler answers within
+    :data:`DASK_CONNECT_TIMEOUT_S` seconds (or that is not an address), before any work."""
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    async def probe() -> None:
+        args = Security().get_connection_args("client")
+        comm = await connect(address, timeout=DASK_CONNECT_TIMEOUT_S, **args)
+        await comm.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ValueError(f"--dask-address {address}: no Dask scheduler answers ({exc})") from None
 
 
 def _local_dask_cluster(workers: int) -> Any:

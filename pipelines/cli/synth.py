@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+from pathlib import Path
 from typing import Any
 
+from curate.h264 import X264_PRESETS
 from schemas.cli import fraction, positive_int
 
 _EPILOG = """\
@@ -81,7 +83,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--preset",
         default="veryfast",
-        help="libx264 preset (default veryfast; ultrafast writes about 3x faster, larger files)",
+        choices=X264_PRESETS,
+        metavar="PRESET",
+        help="libx264 preset: " + ", ".join(X264_PRESETS) + " (default veryfast; ultrafast "
+        "writes about 3x faster, larger files)",
     )
     p.add_argument(
         "--workers",
@@ -105,9 +110,23 @@ def _split(text: str | None) -> list[str] | None:
     return items or None
 
 
+def _out_problem(out: Path) -> str | None:
+    """Why ``--out`` cannot be the corpus folder (``None``: it can)."""
+    for path in [out, *out.parents]:
+        if path.exists():
+            if not path.is_dir():
+                return f"--out {out}: {path} exists and is not a folder"
+            break
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from curate.shapes import generate_corpus
 
+    problem = _out_problem(Path(args.out))
+    if problem:
+        print(f"curate synth: {problem}", file=sys.stderr)
+        return 2
     try:
         lo, hi = (float(x) for x in args.scene_seconds.split(","))
     except ValueError:

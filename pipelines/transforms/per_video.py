@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -26,6 +27,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from curate import shards
 from curate.captions import CaptionCleaner
+from curate.errors import VideoOpenFailure
 from curate.isolation import IsolatedWorker, Outcome, traceback_tail
 from curate.work import VideoWork, failure_from_exception
 
@@ -67,6 +69,18 @@ class ReadManifest(beam.PTransform):
 
 
 # --- probe and split, isolated -----------------------------------------------------------------
+
+#: the probe's reason for a video named by a URL (the decoder opens local files only)
+REMOTE_URL = (
+    "remote URLs are not supported: download the videos and point the manifest at local paths"
+)
+
+
+def is_remote_url(uri: str) -> bool:
+    """Whether ``uri`` is a URL other than ``file:`` (``http://``, ``s3://``, ``gs://``...);
+    a one-letter scheme is a Windows drive letter (``C:``): a path."""
+    scheme = urlsplit(uri).scheme
+    return len(scheme) > 1 and scheme.lower() != "file"
 
 
 class _DecodeFn(beam.DoFn):
@@ -122,7 +136,11 @@ class _DecodeFn(beam.DoFn):
     def process(self, video: dict[str, Any]) -> Iterator[Any]:
         self.videos.inc()
         start = time.perf_counter()
-        outcome = self._call(video)
+        if is_remote_url(str(video.get("uri") or "")):
+            error = VideoOpenFailure(REMOTE_URL, uri=video["uri"], video_id=video["video_id"])
+            outcome = Outcome(error=error, error_type=type(error).__name__, message=REMOTE_URL)
+        else:
+            outcome = self._call(video)
         work = VideoWork(video=video)
         timed(work, "decode", time.perf_counter() - start)
         if outcome.ok:

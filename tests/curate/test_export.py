@@ -350,6 +350,22 @@ def test_settings_and_sizes_are_checked():
         ExportSettings(samples_per_shard=None)
     with pytest.raises(ValueError, match="resize"):
         ExportSettings(resize="stretch")
+    for fps in (float("inf"), float("nan"), 0):
+        with pytest.raises(ValueError, match="fps must be a finite number > 0"):
+            ExportSettings(fps=fps)
+
+
+def test_an_export_that_cannot_be_planned_writes_nothing(run, tmp_path, monkeypatch):
+    import curate.export.run as export_module
+
+    def unplannable(*args, **kwargs):
+        raise ExportError("cannot plan", uri=str(run))
+
+    monkeypatch.setattr(export_module, "plan_export", unplannable)
+    out = tmp_path / "shards"
+    with pytest.raises(ExportError, match="cannot plan"):
+        export_run(run, out, SETTINGS)
+    assert not out.exists()
 
 
 def test_cli_exports_and_reports(run, tmp_path, capsys):

@@ -229,8 +229,8 @@ def test_overwrite_redoes_everything(tmp_path):
     assert len(_rows(out, "clips")) == 5
 
 
-@pytest.mark.allow_error_logs  # Beam logs the stopping exception
-def test_failure_rate_stops_the_run_and_publishes_what_is_done(tmp_path):
+@pytest.mark.allow_error_logs  # the run logs why it stopped
+def test_failure_rate_stops_the_run_and_publishes_what_is_done(tmp_path, caplog):
     specs = {f"bad{i}": ("broken", "x") for i in range(6)}
     specs.update({f"ok{i}": ("scenes=1", "fine score 0.9") for i in range(2)})
     manifest = write_fake_corpus(tmp_path / "in", specs)
@@ -256,6 +256,9 @@ def test_failure_rate_stops_the_run_and_publishes_what_is_done(tmp_path):
     assert 4 <= len(done) < len(specs)
     assert summary.counts["pending"] == len(specs) - len(done)
     assert summary.invariant_ok, summary.invariant
+    # one line says why; Beam's traceback of the stopping exception is not shown
+    assert not [r for r in caplog.records if r.name.startswith("apache_beam")]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 40] == [summary.stopped]
 
 
 def test_unwritable_output_fails_before_any_work(tmp_path):

@@ -73,3 +73,66 @@ def test_resolved_settings_say_what_auto_means():
         RunSettings(input="m", output="o", threshold="p150").resolved()
     with pytest.raises(ValueError, match="--output is required"):
         RunSettings(input="m").resolved()
+
+
+def test_tuning_flags_after_the_double_dash_reach_the_settings():
+    settings = RunSettings(input="m.csv", output="o").with_beam_args(
+        ["--videos_per_shard=2", "--commit_every", "3", "--isolate_decode=false", "--project=p"]
+    )
+    assert (settings.videos_per_shard, settings.commit_every, settings.isolate_decode) == (
+        2,
+        3,
+        False,
+    )
+    assert settings.clip_batch_size is None  # untouched options keep their values
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--samples_per_scene=2", "give it as --samples-per-scene, before the '--'"),
+        ("--threshold=p30", "give it as --threshold"),
+        ("--runner=DataflowRunner", "give it as --runner"),
+        ("--videos-per-shard=2", "Beam flags use underscores: --videos_per_shard"),
+        ("--videos_per_shard=0", "'0'"),
+    ],
+)
+def test_run_options_after_the_double_dash_are_refused(flag, message):
+    with pytest.raises(ValueError, match=message):
+        RunSettings(input="m.csv", output="o").with_beam_args([flag])
+
+
+def test_the_device_is_checked_where_the_work_runs(monkeypatch):
+    import torch
+
+    base = RunSettings(input="m.csv", output="o", captioner="none")
+    with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N, got 'bogus'"):
+        dataclasses.replace(base, device="bogus").resolved()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device is available here"):
+        dataclasses.replace(base, device="cuda").resolved()
+    # a cluster's workers have their own GPUs: the launcher needs none
+    remote = dataclasses.replace(base, device="cuda", runner="DataflowRunner").resolved()
+    assert remote.device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="has 1 CUDA device"):
+        dataclasses.replace(base, device="cuda:1").resolved()
+    with pytest.raises(ValueError, match="--clip-fp8 mlp needs a CUDA --device"):
+        dataclasses.replace(base, clip_fp8="mlp").resolved()
+
+
+def test_options_the_runner_would_ignore_are_refused():
+    from pipelines.options import runner_flags
+
+    base = RunSettings(input="m.csv", output="o", captioner="none")
+    with pytest.raises(ValueError, match="--dask-address needs --runner dask"):
+        dataclasses.replace(base, dask_address="tcp://h:8786").resolved()
+    with pytest.raises(ValueError, match="--workers applies to the local, direct and dask"):
+        dataclasses.replace(base, runner="DataflowRunner", workers=4).resolved()
+    with pytest.raises(ValueError, match="--workers applies"):
+        runner_flags("FlinkRunner", workers=2)
+    # the DirectRunner runs these pipelines on the FnApiRunner: it takes the worker flags
+    for runner in ("direct", "DirectRunner", "local"):
+        assert "--direct_num_workers=3" in runner_flags(runner, workers=3)
+    assert dataclasses.replace(base, runner="direct", workers=2).resolved().workers == 2

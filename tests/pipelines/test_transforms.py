@@ -119,6 +119,32 @@ def test_probe_and_split_routes_failures_to_their_own_output(tmp_path):
         )
 
 
+def test_probe_and_split_names_remote_urls(tmp_path):
+    from pipelines.transforms.per_video import REMOTE_URL
+
+    videos = [
+        {"video_id": v, "uri": uri, "caption": "x"}
+        for v, uri in [("h", "https://example.com/a.mp4"), ("s", "s3://bucket/a.mp4")]
+    ]
+    with test_pipeline.TestPipeline() as p:
+        ok, failed = (
+            p | beam.Create(videos) | ProbeAndSplit(FakeDecoder, {}, timeout_s=None, isolate=False)
+        )
+        assert_that(ok, is_empty(), label="Ok")
+        assert_that(
+            failed
+            | "FailedRows"
+            >> beam.Map(lambda w: (w.video_id, w.failures[0]["stage"], w.failures[0]["message"])),
+            equal_to(
+                [
+                    ("h", "probe", f"https://example.com/a.mp4: {REMOTE_URL}"),
+                    ("s", "probe", f"s3://bucket/a.mp4: {REMOTE_URL}"),
+                ]
+            ),
+            label="Failed",
+        )
+
+
 def test_clean_captions_marks_unusable_captions_dropped():
     work = VideoWork(
         video={"video_id": "v", "uri": "v.mp4"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from pipelines.cli import main
 from schemas.io import rows_to_table, write_parquet
@@ -49,3 +50,38 @@ def test_calibrate_cli_reports_bad_input(tmp_path, capsys):
 
     assert main(["calibrate", str(tmp_path / "missing.parquet")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bins", "0"],
+        ["--threshold", "nan"],
+        ["--threshold", "2"],
+        ["--percentile", "inf"],
+        ["--percentile", "100"],
+        ["--k", "0"],
+    ],
+)
+def test_bad_values_are_refused_by_the_parser(tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", str(tmp_path), *args])
+    assert exit_.value.code == 2
+    assert repr(args[1]) in capsys.readouterr().err
+
+
+def test_an_unwritable_json_target_is_refused_before_scoring(tmp_path, capsys, monkeypatch):
+    from pipelines.cli import calibrate
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scoring started")
+
+    monkeypatch.setattr(calibrate, "_measure", no_scoring)
+    (tmp_path / "a-file").write_text("x")
+    for target, message in [
+        (tmp_path, "is a folder; give a file name"),
+        (tmp_path / "a-file" / "cal.json", "a-file exists and is not a folder"),
+    ]:
+        assert main(["calibrate", str(tmp_path), "--json", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -178,3 +178,118 @@ def test_run_help_states_the_limits_the_code_has(capsys):
         assert line in text, line
     defaults = RunSettings()
     assert defaults.manifest_limits == DEFAULT_LIMITS  # the flags' defaults are the readers'
+
+
+# --- the command line's options reach the run, or are refused before it -----------------------
+
+
+class _Summary:
+    stopped = None
+    invariant_ok = True
+
+    def lines(self):
+        return ["done"]
+
+
+def test_tuning_flags_after_the_double_dash_reach_the_run(tmp_path, monkeypatch):
+    import pipelines.curate
+
+    seen = {}
+
+    def fake_run(argv, *, settings, progress):
+        seen.update(argv=argv, settings=settings)
+        return _Summary()
+
+    monkeypatch.setattr(pipelines.curate, "run", fake_run)
+    manifest = write_fake_corpus(tmp_path / "in", {"a": ("scenes=1", "x")})
+    args = ["run", "--input", str(manifest), "--output", str(tmp_path / "o"), "--no-progress"]
+    assert main([*args, "--", "--videos_per_shard=2", "--inference_batch_videos=3"]) == 0
+    assert (seen["settings"].videos_per_shard, seen["settings"].inference_batch_videos) == (2, 3)
+
+
+def _refused_before_work(tmp_path, monkeypatch, capfd, *args: str) -> str:
+    """Run ``curate run`` with ``args``; assert it is refused in one line, exit status 2,
+    without a pipeline or an output folder; return the line."""
+    import pipelines.curate
+
+    monkeypatch.setattr(pipelines.curate, "_run_locked", _no_work)
+    manifest = write_fake_corpus(tmp_path / "in", {"a": ("scenes=1", "x")})
+    out = tmp_path / "out"
+    code = main(["run", "--input", str(manifest), "--output", str(out), "--no-progress", *args])
+    captured = capfd.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, captured
+    assert len(lines) == 1 and "Traceback" not in captured.err + captured.out, captured
+    assert not out.exists()
+    return lines[0]
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the run started")
+
+
+def test_an_unreachable_dask_scheduler_is_one_line_before_work(tmp_path, monkeypatch, capfd):
+    import socket
+
+    from pipelines.cli import run as run_cli
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(run_cli, "DASK_CONNECT_TIMEOUT_S", 0.5)
+    address = f"tcp://127.0.0.1:{port}"
+    line = _refused_before_work(
+        tmp_path, monkeypatch, capfd, "--runner", "dask", "--dask-address", address
+    )
+    assert f"--dask-address {address}: no Dask scheduler answers" in line
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--device", "bogus"], "--device must be cpu, cuda or cuda:N"),
+        (["--runner", "bogus"], "unknown runner 'bogus'"),
+        (["--dask-address", "tcp://127.0.0.1:8786"], "--dask-address needs --runner dask"),
+        (["--", "--samples_per_scene=2"], "give it as --samples-per-scene"),
+    ],
+    ids=["device", "runner", "dask-address", "after-double-dash"],
+)
+def test_bad_launch_options_are_one_line_before_work(tmp_path, monkeypatch, capfd, args, message):
+    assert message in _refused_before_work(tmp_path, monkeypatch, capfd, *args)
+
+
+def test_an_unrecognised_manifest_leaves_no_output_folder(tmp_path, monkeypatch, capfd):
+    import pipelines.curate
+
+    monkeypatch.setattr(pipelines.curate, "_run_locked", _no_work)
+    manifest = tmp_path / "random.bin"
+    manifest.write_bytes(bytes(range(256)))
+    out = tmp_path / "out"
+    code = main(["run", "--input", str(manifest), "--output", str(out), "--no-progress"])
+    assert code == 2
+    assert "unrecognised manifest format" in capfd.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "interrupt",
+    [
+        KeyboardInterrupt(),
+        RuntimeError("KeyboardInterrupt [while running 'ProbeAndSplit/Decode/ParDo(_DecodeFn)']"),
+    ],
+    ids=["KeyboardInterrupt", "as-beam-raises-it"],
+)
+def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path, monkeypatch, capfd, interrupt):
+    import pipelines.curate
+
+    def interrupted(*args, **kwargs):
+        raise interrupt
+
+    monkeypatch.setattr(pipelines.curate, "run", interrupted)
+    manifest = write_fake_corpus(tmp_path / "in", {"a": ("scenes=1", "x")})
+    code = main(["run", "--input", str(manifest), "--output", str(tmp_path / "o")])
+    captured = capfd.readouterr()
+    assert code == 130
+    assert captured.err.strip() == (
+        "curate run: interrupted; committed work is kept; rerun the same command to resume"
+    )

@@ -82,3 +82,17 @@ def test_encoder_processes_end_with_a_killed_synth(tmp_path):
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_cli_refuses_an_unknown_preset_and_a_file_as_out(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", str(tmp_path / "c"), "--preset", "bogus"])
+    assert "'bogus'" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "corpus"):
+        assert main(["synth", "--out", str(out), "--videos", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err.strip()
+            == f"curate synth: --out {out}: {tmp_path / 'a-file'} exists and is not a folder"
+        )
