@@ -13,6 +13,7 @@ match against scenes.
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import unicodedata
@@ -73,7 +74,8 @@ def decode_caption(raw: bytes | bytearray | memoryview, *, where: str = "") -> s
 def clean_caption(raw: Any, *, where: str = "") -> CleanCaption:
     """Clean one caption of any type: ``str``, UTF-8 ``bytes`` or ``None``.
 
-    Never raises for bad text; the problem becomes ``reason`` + ``note``.
+    HTML character references are decoded ("Tom &amp; Jerry" is "Tom & Jerry": scraped
+    captions carry them). Never raises for bad text; the problem becomes ``reason`` + ``note``.
     """
     if raw is None:
         return CleanCaption("", EMPTY_CAPTION, "no caption")
@@ -84,6 +86,8 @@ def clean_caption(raw: Any, *, where: str = "") -> CleanCaption:
             return CleanCaption("", INVALID_CAPTION, exc.reason)
     if not isinstance(raw, str):
         return CleanCaption("", INVALID_CAPTION, f"caption must be text, got {type(raw).__name__}")
+    if "&" in raw:
+        raw = html.unescape(raw)
     if "\ufffd" in raw:
         # U+FFFD means an earlier stage already decoded invalid bytes with errors="replace"
         return CleanCaption("", INVALID_CAPTION, "caption holds U+FFFD replacement characters")
@@ -97,26 +101,39 @@ def clean_caption(raw: Any, *, where: str = "") -> CleanCaption:
     return CleanCaption(text)
 
 
-# Connectives that start a new event in WebVid-style narration. Longer ones come first so
-# "and then" is consumed whole rather than leaving a dangling "and".
-_CONNECTIVES = r"(?:and\s+then|after\s+that|afterwards|followed\s+by|and\s+later|later|then|next)"
+# Connectives that start a new event in WebVid-style narration, taken with the comma or
+# sentence end before them ("..., then a blue square"). Longer ones come first so "and then" is
+# consumed whole rather than leaving a dangling "and"; "next to" is a place, not a connective.
+_CONNECTIVES = (
+    r"(?:and\s+then|after\s+that|afterwards|followed\s+by|and\s+later|later|then|next(?!\s+to\b))"
+)
+# Without punctuation before them, only these split: "then", "later" and "next" alone are as
+# often part of a phrase ("a woman later in life", "back then")
+_BARE = r"(?:and\s+then|and\s+later|and\s+afterwards|and\s+after\s+that)"
+# a comma between digits groups thousands ("1,000 balloons"); it separates nothing
 _SPLIT = re.compile(
-    rf"\s*(?:[;,。！？]|[.!?](?=\s|$))\s*(?:{_CONNECTIVES}\b)?\s*|\s+{_CONNECTIVES}\s+",
+    rf"\s*(?:[;。！？]|(?<!\d),|,(?!\d)|[.!?](?=\s|$))\s*(?:{_CONNECTIVES}\b)?\s*"
+    rf"|\s+{_BARE}\s+",
     re.IGNORECASE,
 )
 _EDGE = re.compile(r"^[\s,;:.!?\-。！？]+|[\s,;:.!?\-。！？]+$")
-_LEADING = re.compile(rf"^{_CONNECTIVES}\b\s*", re.IGNORECASE)
+# a caption may open with a connective ("Then a cat ..."); "Next" and "Later" open phrases
+# too ("Next generation phones"), so they go only when nothing else is left of the fragment
+_LEADING = re.compile(r"^(?:and\s+then|then|after\s+that|afterwards)\b\s*", re.IGNORECASE)
+_ONLY_CONNECTIVE = re.compile(rf"^{_CONNECTIVES}$", re.IGNORECASE)
 
 
 def split_caption(text: str) -> list[str]:
     """Split a caption narrating several events into its fragments, in order.
 
-    Splits on ";", ",", sentence ends and "then" / "and then" / "after that" / "followed
-    by"; fragments without a letter or digit are dropped. A caption with one event comes back
-    as a one-element list.
+    Splits on ";", "," (not between digits), sentence ends, the connectives after them ("...,
+    then", ". After that", "; followed by") and on "and then" / "and later" anywhere;
+    "then", "next" and "later" alone do not split ("a dog sits next to a cat" is one event).
+    Fragments without a letter or digit are dropped. A caption with one event comes back as a
+    one-element list.
     """
     parts = [_LEADING.sub("", _EDGE.sub("", p)) for p in _SPLIT.split(text or "")]
-    return [p for p in parts if any(ch.isalnum() for ch in p)]
+    return [p for p in parts if any(ch.isalnum() for ch in p) and not _ONLY_CONNECTIVE.match(p)]
 
 
 def truncate_to_tokens(text: str, tokenizer: Any, max_length: int) -> tuple[str, bool]:

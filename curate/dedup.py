@@ -540,9 +540,29 @@ def apply_duplicates(clips: Iterable[Mapping[str, Any]], dup_of: Mapping[str, st
     return out
 
 
-def story_survives_dedup(story: Mapping[str, Any], dup_of: Mapping[str, str]) -> bool:
+def story_survives_dedup(
+    story: Mapping[str, Any],
+    dup_of: Mapping[str, str],
+    clips: Sequence[Mapping[str, Any]] | None = None,
+) -> bool:
     """False when every segment of ``story`` shows a duplicate clip (a re-upload or trimmed
     copy of another video); a story that reuses one scene of another video is still a
-    distinct timeline."""
+    distinct timeline.
+
+    A segment names only its first clip, and may span several scenes (consecutive scenes with
+    one prompt merge). With ``clips`` (the video's clip rows) the story is judged on the
+    segments dedup leaves (:func:`curate.recaption.with_clip_status` splits a segment whose
+    scenes dedup parted): it goes only when every one of them is a duplicate. Without
+    ``clips`` a merged segment is judged by its first clip alone."""
+    if clips is not None:
+        from .recaption import with_clip_status
+
+        segments = with_clip_status(story, apply_duplicates(clips, dup_of))["segments"]
+        # a segment not built from these clips is left as it was: judged by its first clip
+        unchanged = [dict(seg) for seg in story.get("segments") or ()]
+        return not segments or not all(
+            seg.get("reason") == DUPLICATE or (seg in unchanged and seg.get("clip_id") in dup_of)
+            for seg in segments
+        )
     ids = [seg.get("clip_id") for seg in story.get("segments") or ()]
     return not ids or not all(i in dup_of for i in ids)

@@ -39,11 +39,18 @@ def apply_threshold(record: Mapping[str, Any], threshold: float) -> dict:
     """Give ``record`` its final ``status`` and ``reason``.
 
     Order of precedence: an earlier drop keeps its reason (empty / invalid caption, too
-    short); an unscored clip with no drop reason is an empty caption if it has none, else an
-    invalid one; a score below ``threshold`` is ``low_caption_score``; otherwise kept.
+    short, duplicate); an unscored clip with no drop reason is an empty caption if it has
+    none, else an invalid one; a score below ``threshold`` is ``low_caption_score``;
+    otherwise kept. A ``low_caption_score`` is no earlier drop but an earlier threshold's
+    verdict: it is decided again (a run's clips under another threshold, as ``curate
+    calibrate`` reads them).
     """
     out = dict(record)
-    if out.get("status") == DROPPED and out.get("reason") in DROP_REASONS:
+    if (
+        out.get("status") == DROPPED
+        and out.get("reason") in DROP_REASONS
+        and out.get("reason") != LOW_CAPTION_SCORE
+    ):
         return out
     raw: Any = out.get("caption_score")
     score = None if missing_score(raw) else float(raw)
@@ -65,7 +72,8 @@ class CaptionFilter(Step[dict, dict]):
 
     ``threshold``: an absolute cosine. ``percentile``: drop the lowest that many percent of
     the scored clips; the threshold comes from :meth:`fit` (or, in :meth:`process_all`,
-    from the records themselves, which then are held in memory). Give exactly one.
+    from the records themselves, which then are held in memory; records of which none is
+    scored keep every scored clip, as :meth:`fitted` with no cut-off does). Give exactly one.
 
     A run too large to hold in memory (the Beam pipeline's corpus phase) computes the cut-off
     once over every score (:meth:`curate.threshold.Threshold.cutoff`) and filters each video
@@ -130,7 +138,12 @@ class CaptionFilter(Step[dict, dict]):
     def process_all(self, records: Iterable[Mapping[str, Any]]) -> Iterator[dict]:
         if self.threshold is None:
             records = list(records)
-            self.fit(r.get("caption_score") for r in records if scorable(r))
+            scores = [r.get("caption_score") for r in records if scorable(r)]
+            if len(valid_scores(scores)):
+                self.fit(scores)
+            else:
+                logger.info("caption threshold: no scored clip to take percentile from")
+                self.threshold = float("-inf")
         for record in records:
             yield from self.process(record)
 

@@ -24,7 +24,7 @@ from .captions import clean_caption, normalize_caption, split_caption
 from .choices import FALLBACKS
 from .clip_score import ClipScorer
 from .models import DEFAULT_MODEL
-from .prompt_bank import PromptBank, load_prompt_bank
+from .prompt_bank import PLURAL_ENDINGS, PromptBank, load_prompt_bank, prompt_words
 from .step import Step, check_choice
 from .storyboard import scene_similarity
 from .work import joined_clips
@@ -141,6 +141,44 @@ def with_clip_status(story: Mapping[str, Any], clips: Sequence[Mapping[str, Any]
     return {**story, "segments": segments}
 
 
+def _caption_groups(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[int]]]:
+    """Each usable source caption of a video's scenes (cleaned) with the indices of the scenes
+    that carry it, in scene order. The scenes of a video share one caption unless timed
+    captions gave them their own."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        caption = r.get("source_caption")
+        if isinstance(caption, str):
+            cleaned = clean_caption(caption)
+            if cleaned.ok:
+                groups.setdefault(cleaned.text, []).append(i)
+    return list(groups.items())
+
+
+def _rows_of(a: np.ndarray | None, index: Sequence[int]) -> np.ndarray | None:
+    return None if a is None else a[list(index)]
+
+
+def _goes_on(prompt: str, head: str) -> bool:
+    """Whether ``prompt`` says ``head`` and then more, from a word boundary on."""
+    rest = prompt[len(head) :]
+    return (
+        prompt.startswith(head)
+        and bool(rest)
+        and not rest[0].isalnum()
+        and any(ch.isalnum() for ch in rest)
+    )
+
+
+def _finishes_word(prompt: str, head: str) -> bool:
+    """Whether ``prompt`` says ``head`` with its last word finished ("... on a bei" →
+    "... on a beige background"); a plural ending alone does not finish a word."""
+    if not prompt.startswith(head) or len(prompt) <= len(head) or not prompt[len(head)].isalnum():
+        return False
+    tail = prompt_words(prompt[len(head) :])
+    return not tail or tail[0] not in PLURAL_ENDINGS
+
+
 # --- the step -------------------------------------------------------------------------------------
 
 
@@ -155,18 +193,21 @@ class Recaptioner(Step[Any, dict]):
 
     Per scene, in order of preference:
 
-    1. the fragment of the video's source caption aligned to it (monotonic alignment of
-       fragments to scenes by CLIP similarity), when the clip's caption passed the filter and
-       the similarity is at least ``align_threshold``;
+    1. the fragment of its source caption aligned to it (monotonic alignment of fragments to
+       scenes by CLIP similarity), when the clip's caption passed the filter and the
+       similarity is at least ``align_threshold``. The scenes of a video share its caption,
+       unless timed captions gave scenes captions of their own (see
+       :class:`~curate.scenes.splitter.SceneSplitter`): each caption is then aligned over the
+       scenes that carry it. A caption over one scene competes whole besides its fragments;
     2. otherwise (``fallback``) the best prompt of the prompt bank by CLIP image→text
        similarity, an image-to-text ``captioner``'s caption, or whichever of the two CLIP
        prefers (``"best"``); a bank or captioner prompt scoring under ``min_score`` is not
        used.
 
-    With ``complete_truncated``, a last fragment that the bank holds longer versions of
-    (a caption cut off mid-word) is completed by the best of them. A scene left without a
-    prompt stays out of the story (a gap). Consecutive scenes with the same prompt merge into
-    one segment.
+    With ``complete_truncated``, the prompt a caption cut short ends with (at the model's
+    token limit, or mid-word) is completed by the best bank prompt that goes on from it word
+    for word (see :meth:`_complete_end`); a caption that ends complete keeps its words. A scene left without a prompt stays out of the story (a gap). Consecutive scenes
+    with the same prompt merge into one segment.
 
     Similarities are :func:`~curate.storyboard.scene_similarity`: the cosine with the scene's
     mean frame embedding, averaged with the cosine with its storyboard embedding
@@ -286,33 +327,10 @@ class Recaptioner(Step[Any, dict]):
         for r in rows:
             r["recaption"] = r["recaption_source"] = r["recaption_score"] = None
 
-        # 1. fragments of the source caption, aligned to scenes in order
-        caption = next(
-            (
-                r["source_caption"]
-                for r in rows
-                if isinstance(r.get("source_caption"), str)
-                and clean_caption(r["source_caption"]).ok
-            ),
-            None,
-        )
-        if caption is not None:
-            text, _ = self._scorer.truncate_caption(clean_caption(caption).text)
-            fragments = split_caption(text) or [text]
-            sims = scene_similarity(emb, scene, self._scorer.embed_texts(fragments))
-            assignment = align_monotonic(sims)
-            source = "source" if len(fragments) == 1 else "source_fragment"
-            for r, f, s in zip(rows, assignment, sims[np.arange(len(rows)), assignment]):
-                if not self._caption_usable(r):
-                    continue
-                if self.align_threshold is not None and s < self.align_threshold:
-                    continue
-                r["recaption"], r["recaption_source"] = fragments[f], source
-                r["recaption_score"] = float(s)
-            if self.complete_truncated:
-                self._complete_last_fragment(
-                    rows, emb, scene, assignment, fragments[-1], len(fragments) - 1
-                )
+        # 1. fragments of the source caption, aligned to scenes in order; scenes that timed
+        # captions gave captions of their own are aligned to them, each caption over its scenes
+        for caption, members in _caption_groups(rows):
+            self._align(caption, [rows[i] for i in members], emb[members], _rows_of(scene, members))
 
         # 2. bank and/or captioner for the rest
         todo = [i for i, r in enumerate(rows) if r["recaption"] is None]
@@ -321,35 +339,84 @@ class Recaptioner(Step[Any, dict]):
         story = self._story(rows, video_id)
         return rows, story
 
-    def _complete_last_fragment(
+    def _align(
+        self, caption: str, rows: list[dict], emb: np.ndarray, scene: np.ndarray | None
+    ) -> None:
+        """Give ``rows`` (scenes sharing ``caption``, in order) the fragments of it that align
+        to them. A caption over one scene competes whole too, so that a comma inside one event
+        ("a red circle, moving left") costs the scene nothing."""
+        text, truncated = self._scorer.truncate_caption(caption)
+        fragments = split_caption(text) or [text]
+        candidates = fragments + [text] if len(rows) == 1 and len(fragments) > 1 else fragments
+        sims = scene_similarity(emb, scene, self._scorer.embed_texts(candidates))
+        assignment = align_monotonic(sims)
+        for r, f, s in zip(rows, assignment, sims[np.arange(len(rows)), assignment]):
+            if not self._caption_usable(r):
+                continue
+            if self.align_threshold is not None and s < self.align_threshold:
+                continue
+            r["recaption"] = candidates[f]
+            r["recaption_source"] = "source" if candidates[f] == text else "source_fragment"
+            r["recaption_score"] = float(s)
+        if self.complete_truncated:
+            self._complete_end(rows, emb, scene, text, truncated, {fragments[-1], text})
+
+    def _complete_end(
         self,
         rows: list[dict],
         emb: np.ndarray,
         scene: np.ndarray | None,
-        assignment: list[int],
-        last: str,
-        last_index: int,
+        text: str,
+        truncated: bool,
+        ends: set[str],
     ) -> None:
-        """A caption cut off mid-sentence ("a red circle moving ri") leaves its last fragment
-        unfinished. Where the bank holds prompts that start with that fragment, the scenes
-        aligned to it take the best-scoring of them: the bank completes the source, it does
-        not overrule it."""
+        """A caption cut short leaves the scenes given its end (``ends``: its last fragment,
+        or all of it) an unfinished prompt. Cut short means cut at the model's token limit
+        (``truncated``: a bank prompt that goes on from the prompt's last word completes it),
+        or cut mid-word before it came here ("a red circle moving ri": its last word appears
+        whole nowhere in the bank or the rest of the caption, while a bank prompt finishes
+        that word, other than with a plural ending). A word cut is broken text: the
+        best-scoring completion that finishes it replaces the prompt (a score bar there would
+        be noise: CLIP scores a description cut short within 0.001 of the whole one on the
+        shipped shapes-world model, either way). A prompt cut at the token limit on a whole
+        word is a description already: the best completion replaces it only where it scores
+        at least as well. A caption that ends complete is never replaced: the bank completes
+        the source, it does not overrule it."""
         if self._bank is None or not len(self._bank):
             return
-        head = normalize_caption(last).lower()
-        matches = [
-            p for p in self._bank.prompts if p.lower().startswith(head) and len(p) > len(head)
-        ]
-        if not matches:
-            return
-        all_sims = scene_similarity(emb, scene, self._scorer.embed_texts(matches))
-        for i, (r, f) in enumerate(zip(rows, assignment)):
-            if f != last_index or r.get("recaption") != last:
+        whole = self._bank.whole_words()
+        caption_words = prompt_words(text)
+        for i, r in enumerate(rows):
+            head = r.get("recaption")
+            if head not in ends or r.get("recaption_source") not in ("source", "source_fragment"):
                 continue
-            sims = all_sims[i]
+            low = normalize_caption(head).lower()
+            words = prompt_words(low)
+            cut_word = (
+                bool(words)
+                and low.endswith(words[-1])
+                and words[-1] not in whole
+                and caption_words.count(words[-1]) == 1
+            )
+            if not (cut_word or truncated):
+                continue
+            matches = [
+                p
+                for p in self._bank.prompts
+                if (cut_word and _finishes_word(p.lower(), low))
+                or (truncated and _goes_on(p.lower(), low))
+            ]
+            if not matches:
+                continue
+            sims = scene_similarity(
+                emb[i : i + 1], _rows_of(scene, [i]), self._scorer.embed_texts(matches)
+            )[0]
             j = int(np.argmax(sims))
-            r["recaption"], r["recaption_source"] = matches[j], "prompt_bank"
-            r["recaption_score"] = float(sims[j])
+            # a word cut is broken text: its best completion is taken. A prompt that ends on a
+            # whole word is a description already: a completion must score at least as well
+            if cut_word or float(sims[j]) >= float(r["recaption_score"]) - TIE:
+                r["recaption"], r["recaption_source"] = matches[j], "prompt_bank"
+                r["recaption_score"] = float(sims[j])
 
     @staticmethod
     def _caption_usable(r: Mapping[str, Any]) -> bool:

@@ -5,7 +5,7 @@ re-captioned; a video that fails moves to the failures table whole. Used by the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..filtering import CaptionFilter
@@ -24,7 +24,8 @@ def filter_and_recaption(
     :class:`curate.recaption.Recaptioner`, its corpus bank set): ``{**record, "clips",
     "story", "failures"}``. A video that fails re-captioning (or whose rows no table takes)
     moves to the failures table whole: no video is in both (``bank_error``: the corpus bank
-    could not be set, which fails every video that needed it)."""
+    could not be set, which fails every video that needed it: see
+    :func:`recaption_filtered`)."""
     if not record["clips"]:
         return {**record, "story": None}
     clips = list(CaptionFilter.fitted(cutoff).process_all(record["clips"]))
@@ -34,14 +35,18 @@ def filter_and_recaption(
 def recaption_filtered(
     step: Any, record: Mapping[str, Any], *, bank_error: BaseException | None = None
 ) -> dict[str, Any]:
-    """Re-caption one record whose clips are filtered (see :func:`filter_and_recaption`)."""
+    """Re-caption one record whose clips are filtered (see :func:`filter_and_recaption`).
+
+    With ``bank_error`` the video fails with it only where it needed the bank: a scene took a
+    bank prompt (from whatever bank the step held), or was left to a fallback that searches
+    the bank. A video whose scenes all keep their own caption's words is re-captioned."""
     if not record["clips"]:
         return {**record, "story": None}
     video = record["video"]
     try:
-        if bank_error is not None:
-            raise bank_error
         clips, story = step.recaption_record(video, record["clips"])
+        if bank_error is not None and _needed_bank(step, clips):
+            raise bank_error
     except Exception as exc:
         row = failure_from_exception(video, exc, stage="recaption", traceback=traceback_tail(exc))
         return {**record, "clips": [], "failures": [row], "story": None}
@@ -52,3 +57,17 @@ def recaption_filtered(
         )
         return {**record, "clips": [], "failures": [row], "story": None}
     return {**record, "clips": clips, "story": story}
+
+
+#: where a scene's prompt came from when it kept its own caption's words
+_OWN_CAPTION = ("source", "source_fragment")
+
+
+def _needed_bank(step: Any, clips: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether re-captioning ``clips`` drew on the prompt bank, or would have."""
+    searched = getattr(step, "fallback", "prompt_bank") in ("prompt_bank", "best")
+    return any(
+        c.get("recaption_source") == "prompt_bank"
+        or (searched and c.get("recaption_source") not in _OWN_CAPTION)
+        for c in clips
+    )

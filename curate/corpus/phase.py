@@ -28,7 +28,7 @@ from schemas.tables import KEPT
 from .. import shards
 from ..dedup import SIGNATURE_KEY, Deduplicator
 from ..filtering import CaptionFilter
-from ..prompt_bank import build_prompt_bank
+from ..prompt_bank import bank_prompts, clean_prompt_bank
 from ..run_folder import CORPUS_DIR, remove_owned
 from ..threshold import Threshold, scorable
 from ..work import table_row
@@ -235,26 +235,28 @@ class CorpusPhase:
     # -- 3. the prompt bank
 
     def chunk_prompts(self, chunk: int) -> int:
-        """The bank prompts of ``chunk``'s videos (:func:`build_prompt_bank` of each video's
-        filtered clips) → ``prompts/c-NNNNN.json``."""
+        """The bank prompts of ``chunk``'s videos (:func:`bank_prompts` of each video's
+        filtered clips, not yet cleaned) → ``prompts/c-NNNNN.json``."""
         start = time.perf_counter()
         cut = CaptionFilter.fitted(self.read_cutoff())
         prompts: set[str] = set()
         for file, rows in self._chunk_files(chunk):
             for record in _read_light(file, rows, _PROMPT_COLUMNS):
                 if record["clips"]:
-                    prompts.update(build_prompt_bank(cut.process_all(record["clips"])))
+                    prompts.update(bank_prompts(cut.process_all(record["clips"])))
         _atomic_json(sorted(prompts), self.scratch / "prompts" / f"c-{chunk:05d}.json")
         self._timed("bank", start)
         return len(prompts)
 
     def bank(self) -> list[str]:
-        """The corpus' prompt bank: every chunk's prompts, sorted → ``bank.json``."""
+        """The corpus' prompt bank: every chunk's prompts, cleaned over the whole corpus
+        (:func:`clean_prompt_bank`: a prompt says less than one of another video's, a word
+        cut off in one video stands whole in another), sorted → ``bank.json``."""
         start = time.perf_counter()
         prompts: set[str] = set()
         for file in sorted((self.scratch / "prompts").glob("c-*.json")):
             prompts.update(json.loads(file.read_text()))
-        bank = sorted(prompts)
+        bank = sorted(clean_prompt_bank(prompts))
         _atomic_json(bank, self.scratch / "bank.json")
         self._timed("bank", start)
         return bank

@@ -120,7 +120,7 @@ def _final_stories(table: pa.Table, duplicates_for: Any) -> pa.Table:
     for row in table.to_pylist():
         clips = row.pop("_clips") or []
         dup = duplicates_for(row["video_id"]) if row.get("video_id") is not None else {}
-        if not story_survives_dedup(row, dup):
+        if not story_survives_dedup(row, dup, clips):
             continue
         out.append(with_clip_status(row, apply_duplicates(clips, dup)))
     return rows_to_table(out, "stories")

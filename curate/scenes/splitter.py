@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from curate.choices import DETECTORS
@@ -39,12 +39,43 @@ def clip_id(video_id: str, index: int) -> str:
     return f"{video_id}:{index:04d}"
 
 
+def scene_caption(
+    timed: Sequence[Mapping[str, Any]] | None, start_s: float, end_s: float
+) -> str | None:
+    """The text the timed captions (``[{start_s, end_s, text}]``) give the scene
+    ``[start_s, end_s)``: the captions lying mostly inside it (at least half of their own
+    span), joined in order with "; " when there are several (a scene the detector did not
+    cut); when none does, the one overlapping it longest (a scene inside a longer caption).
+    ``None`` when no caption with text overlaps the scene."""
+    spans = []
+    for c in timed or ():
+        text = c.get("text")
+        if not isinstance(text, str) or not text.strip():
+            continue
+        a, b = float(c["start_s"]), float(c["end_s"])
+        overlap = min(b, end_s) - max(a, start_s)
+        if overlap > 0:
+            spans.append((overlap, b - a, text.strip()))
+    if not spans:
+        return None
+    inside = [text for overlap, length, text in spans if overlap >= length / 2]
+    if inside:
+        return "; ".join(t.rstrip(" ,;.") or t for t in inside) if len(inside) > 1 else inside[0]
+    return max(spans, key=lambda s: s[0])[2]
+
+
 class SceneSplitter(Step[dict, dict]):
     """Split a video into scenes: one partial clip row per scene.
 
-    ``process(row)`` takes a videos row (``video_id``, ``uri``, ``caption``, ...) and yields
-    rows with the :data:`CLIP_COLUMNS`. A video that cannot be used raises its
-    :mod:`curate.errors` exception with ``video_id`` filled in.
+    ``process(row)`` takes a videos row (``video_id``, ``uri``, ``caption``, timed
+    ``captions``, ...) and yields rows with the :data:`CLIP_COLUMNS`. A video that cannot be
+    used raises its :mod:`curate.errors` exception with ``video_id`` filled in.
+
+    Each scene's ``source_caption`` is what the timed captions overlapping it say
+    (:func:`scene_caption`), else the row's ``caption``. Where a row has both, the timed ones
+    win for the scenes they cover: they say what each scene shows, the caption narrates the
+    whole video. A scene no timed caption covers keeps the row's caption (``None`` when it
+    has none: the clip is then dropped as ``empty_caption``).
 
     Settings: ``detector`` (``fast``, ``content``, ``adaptive``, ``histogram``) and its
     ``detector_settings``; ``min_scene_len`` (frames); ``max_scene_len_s`` (re-cut longer
@@ -134,8 +165,10 @@ class SceneSplitter(Step[dict, dict]):
                 exc.video_id = video_id or None
             raise
         caption = record.get("caption")
+        timed = record.get("captions")
         for s in scenes:
             score = s.score
+            own = scene_caption(timed, s.start_s, s.end_s) if timed else None
             yield {
                 "clip_id": clip_id(video_id, s.index),
                 "video_id": video_id,
@@ -150,9 +183,9 @@ class SceneSplitter(Step[dict, dict]):
                 "height": info.height,
                 "transition": s.transition,
                 "detector_score": None if score is None or math.isnan(score) else score,
-                "source_caption": caption,
+                "source_caption": caption if own is None else own,
             }
         log.debug("%s: %d scenes", video_id, len(scenes))
 
 
-__all__ = ["CLIP_COLUMNS", "SceneSplitter", "clip_id"]
+__all__ = ["CLIP_COLUMNS", "SceneSplitter", "clip_id", "scene_caption"]

@@ -44,7 +44,7 @@ from curate.dedup import (
     train_centroids,
 )
 from curate.filtering import CaptionFilter
-from curate.prompt_bank import build_prompt_bank
+from curate.prompt_bank import bank_prompts, clean_prompt_bank
 from curate.recaption import with_clip_status
 from curate.threshold import Threshold, scorable
 from curate.work import joined_clips, table_row
@@ -173,7 +173,7 @@ class _RecaptionFn(beam.DoFn):
 class FilterAndRecaption(beam.PTransform):
     """Per video: the corpus cut-off (a side input), then re-captioning into a story.
 
-    Between the two, the corpus's prompt bank (:func:`curate.recaption.build_prompt_bank` of
+    Between the two, the corpus's prompt bank (:func:`curate.prompt_bank.bank_prompts` of
     every video's kept clips) is gathered as a side input: a scene whose own caption failed
     the filter gets the bank prompt CLIP finds closest.
     """
@@ -195,9 +195,11 @@ class FilterAndRecaption(beam.PTransform):
         )
         bank = (
             filtered
-            | "BankPrompts" >> beam.Map(lambda r: build_prompt_bank(r["clips"]))
+            | "BankPrompts" >> beam.Map(lambda r: bank_prompts(r["clips"]))
             | "AllPrompts" >> Gather()
-            | "Bank" >> beam.Map(lambda lists: sorted({p for ps in lists for p in ps}))
+            # cleaned over the whole corpus: a video's cut prompt goes where another's says more
+            | "Bank"
+            >> beam.Map(lambda lists: sorted(clean_prompt_bank(p for ps in lists for p in ps)))
         )
         return filtered | "Recaption" >> beam.ParDo(
             _RecaptionFn(self.recaptioner, self.recaptioner_kwargs),
@@ -296,7 +298,7 @@ class MarkDuplicates(beam.PTransform):
             clips = apply_duplicates(record["clips"], dup_of)
             out = [("clips", table_row(c)) for c in clips]
             story = record.get("story")
-            if story and story_survives_dedup(story, dup_of):
+            if story and story_survives_dedup(story, dup_of, record["clips"]):
                 out.append(("stories", with_clip_status(story, clips)))
             return out
 

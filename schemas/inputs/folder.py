@@ -144,5 +144,5 @@ def read_folder(
                 )
             )
             continue
-        rows.add(row, line=None)
+        rows.add(row, line=None, entry=video.relative_to(path).as_posix())
     return rows.result

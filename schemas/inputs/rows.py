@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from ..failures import READ_MANIFEST, failure_row
 from ..io import SchemaError
@@ -37,19 +37,30 @@ class Rows:
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.result = ManifestRead(path=str(path), format=fmt)
-        self._first_line: dict[str, int | None] = {}
+        self._first: dict[str, str] = {}
 
     def fail(
-        self, message: str, *, line: int | None, input_id: str | None = None, uri: str | None = None
+        self,
+        message: str,
+        *,
+        line: int | None,
+        input_id: str | None = None,
+        uri: str | None = None,
+        entry: str | None = None,
     ) -> None:
-        where = f"line {line}" if line is not None else self.result.path
+        """A failures row for the row at ``line`` (or, in a folder, the file ``entry``)."""
+        if entry is not None:
+            where = f"{os.path.join(self.result.path, entry)}:"
+        else:
+            where = f"{self.result.path} {f'line {line}' if line is not None else ''}".rstrip()
+            where += ":"
         self.result.failures.append(
             failure_row(
                 input_id or f"{self.result.path}:{line if line is not None else '?'}",
                 uri=uri,
                 stage=READ_MANIFEST,
                 error_type=ROW_ERROR,
-                message=f"{self.result.path} {where}: {message}",
+                message=f"{where} {message}",
                 source=self.result.path,
                 source_line=line,
             )
@@ -62,18 +73,21 @@ class Rows:
         else:
             self.fail(f"unreadable row ({describe(exc)})", line=line)
 
-    def add(self, row: dict[str, Any], *, line: int | None) -> None:
+    def add(self, row: dict[str, Any], *, line: int | None, entry: str | None = None) -> None:
+        """Take ``row``, read at ``line`` of the manifest (or, in a folder, from the file
+        ``entry``, relative to it); a video id seen before makes it a failures row."""
         vid = row["video_id"]
-        if vid in self._first_line:
-            first = self._first_line[vid]
+        if vid in self._first:
+            what = "file" if entry is not None else "row"
             self.fail(
-                f"duplicate video_id {vid!r} (first seen at line {first}); row skipped",
+                f"duplicate video_id {vid!r} (first seen {self._first[vid]}); {what} skipped",
                 line=line,
-                input_id=f"{vid}@{line}",
+                input_id=entry if entry is not None else f"{vid}@{line}",
                 uri=row.get("uri"),
+                entry=entry,
             )
             return
-        self._first_line[vid] = line
+        self._first[vid] = f"as {entry}" if entry is not None else f"at line {line}"
         row.setdefault("captions", None)
         row.setdefault("duration_s", None)
         row["source"] = self.result.path
@@ -84,16 +98,25 @@ class Rows:
 def resolve_uri(uri: str, base: Path) -> str:
     """Keep URLs as they are; make relative local paths absolute against ``base``.
 
-    Symbolic links are resolved where they can be; a link loop or a dangling link is left as
-    it is, for the probe to name.
+    A ``file:`` URI is the local path it names: percent-escapes decoded
+    (``file:///data/my%20video.mp4``), a relative one (``file:videos/a.mp4``) against
+    ``base`` like any relative path. Symbolic links are resolved where they can be; a link
+    loop or a dangling link is left as it is, for the probe to name.
     """
     if "\x00" in uri:
         raise RowError("uri holds a NUL character")
     parsed = urlparse(uri)
     if parsed.scheme and len(parsed.scheme) > 1:  # http://, gs://, s3:// ... (not C:\)
-        if parsed.scheme == "file":
-            return parsed.path
-        return uri
+        if parsed.scheme != "file":
+            return uri
+        if parsed.netloc not in ("", "localhost"):
+            raise RowError(f"file uri names another host ({parsed.netloc!r}): {uri!r:.200}")
+        path = unquote(parsed.path)
+        if not path:
+            raise RowError(f"file uri names no path: {uri!r:.200}")
+        if "\x00" in path:
+            raise RowError("uri holds a NUL character")
+        return os.path.realpath(os.path.join(base, path))
     p = os.path.expanduser(uri)
     return os.path.realpath(os.path.join(base, p))
 

@@ -137,16 +137,16 @@ def read_webvid_csv(
             except Exception as exc:  # one row, whatever went wrong with it
                 rows.fail_exception(exc, line=line)
                 continue
-            if row is not None:
-                rows.add(row, line=line)
+            rows.add(row, line=line)
     return rows.result
 
 
 def _webvid_row(
     record: list[str], header: _CsvHeader, path: Path, limits: ManifestLimits
-) -> dict[str, Any] | None:
-    if not record or all(not c.strip() for c in record):
-        return None
+) -> dict[str, Any]:
+    if all(not c.strip() for c in record):
+        # a line of separators only (",,,,,"): a row that says nothing, still a line read
+        raise RowError(f"every field is blank ({len(record)} fields)")
     names, col = header.names, header.col
     if len(record) != len(names):
         raise RowError(f"expected {len(names)} fields ({', '.join(names)}), found {len(record)}")
@@ -164,11 +164,7 @@ def _webvid_row(
     caption = record[col["name"]]
     try:
         check_caption(caption, limits)
+        uri = resolve_uri(url, path.parent)
     except RowError as exc:
         raise RowError(str(exc), input_id=vid, uri=url) from None
-    return {
-        "video_id": vid,
-        "uri": resolve_uri(url, path.parent),
-        "caption": caption,
-        "duration_s": duration,
-    }
+    return {"video_id": vid, "uri": uri, "caption": caption, "duration_s": duration}

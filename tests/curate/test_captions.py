@@ -110,10 +110,34 @@ def test_cleaner_validates_settings():
         ("", []),
         (" ; , . ", []),
         ("赤い円。青い四角", ["赤い円", "青い四角"]),
+        # "next", "later" and "then" inside a phrase, a thousands separator: one event
+        ("a dog sits next to a cat", ["a dog sits next to a cat"]),
+        ("a dog sits, next to a cat", ["a dog sits", "next to a cat"]),
+        ("a woman later in life reading", ["a woman later in life reading"]),
+        ("a red circle then a blue square", ["a red circle then a blue square"]),
+        ("Next generation smartphone on a table", ["Next generation smartphone on a table"]),
+        ("1,000 balloons rising, then 20,000 more", ["1,000 balloons rising", "20,000 more"]),
+        # after a comma or a sentence end they start the next event
+        ("a dog sits. Next, a cat runs", ["a dog sits", "a cat runs"]),
+        ("Later, a cat comes", ["a cat comes"]),
+        ("a red circle and later a blue square", ["a red circle", "a blue square"]),
     ],
 )
 def test_split_caption(text, expected):
     assert split_caption(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Tom &amp; Jerry chase each other", ["Tom & Jerry chase each other"]),
+        ("Rock &#39;n&#39; roll guitarist on stage", ["Rock 'n' roll guitarist on stage"]),
+        ("a red circle &lt;HD&gt;, then a blue square", ["a red circle <HD>", "a blue square"]),
+    ],
+)
+def test_html_character_references_are_decoded_before_splitting(raw, expected):
+    cleaned = clean_caption(raw)
+    assert cleaned.ok and split_caption(cleaned.text) == expected
 
 
 def test_split_matches_the_shapes_world_connectors():

@@ -317,3 +317,74 @@ def test_what_the_phase_holds_does_not_grow_with_the_corpus(tmp_path):
     assert large_chunks > small_chunks > 1 and one == 1
     assert large < 16 + 8 and large < small + 2, (small, large)
     assert unbounded > large + 5, (large, unbounded)
+
+
+def test_the_corpus_bank_is_cleaned_over_every_video_at_once(tmp_path):
+    """A prompt that says less than another video's, or one cut off mid-word that only
+    another video's words show, leaves the bank: cleaning each video's prompts alone misses
+    both."""
+    fragments = {
+        "v000": "a red circle moving left",
+        "v001": "a red circle moving left on a brown background",
+        "v002": "a white star moving up on a black ba",
+    }
+    rng = np.random.default_rng(0)
+    keep, records = {}, []
+    for vid, text in fragments.items():
+        keep[vid] = f"fp-{vid}"
+        video = {"video_id": vid, "uri": f"{vid}.mp4", FINGERPRINT: keep[vid], ATTEMPT: 1}
+        clip = _clip(vid, 0, 0.5, _unit(rng.normal(size=DIM)), _unit(rng.normal(size=16)))
+        records.append(work_record(video, [{**clip, "source_caption": text, "fragment": text}], []))
+    shards.commit_work(tmp_path, records)
+    step = FakeRecaptioner()
+    phase = corpus_phase(tmp_path, threshold=Threshold(0.0, False), counts={"inputs": 3})
+    phase.run(keep, step)
+    assert step.bank == ["a red circle moving left on a brown background"]
+
+
+def test_a_story_stays_while_dedup_leaves_one_of_its_scenes_kept():
+    """Two scenes with one prompt merge into one segment named by its first clip; dedup
+    dropping that clip alone leaves the other scene kept, and the story with it."""
+    from curate.corpus.spill import _STORY_SPILL, _story_clips
+    from curate.corpus.write import _final_stories
+    from curate.recaption import Recaptioner
+    from tests.curate.test_recaption import StubScorer, scene
+
+    clips = [
+        scene(0, "red circle", 0, 50, caption="a red circle"),
+        scene(1, "red circle", 50, 100, caption="a red circle"),
+    ]
+    with Recaptioner(scorer=StubScorer()) as step:
+        rows, story = step.recaption_video(clips)
+    assert [s["clip_id"] for s in story["segments"]] == ["v:0000"]
+    spilled = pa.Table.from_pylist([{**story, "_clips": _story_clips(rows)}], schema=_STORY_SPILL)
+
+    def final(dup):
+        return _final_stories(spilled, lambda video_id: dup).to_pylist()
+
+    (kept,) = final({"v:0000": "w:0000"})
+    assert [(s["clip_id"], s["status"], s["reason"]) for s in kept["segments"]] == [
+        ("v:0000", "dropped", "duplicate"),
+        ("v:0001", "kept", None),
+    ]
+    assert final({"v:0000": "w:0000", "v:0001": "w:0001"}) == []  # every scene a copy
+
+
+def test_a_bank_that_could_not_be_set_fails_only_the_videos_that_needed_it():
+    from curate.corpus.per_video import recaption_filtered
+
+    class Step:
+        fallback = "prompt_bank"
+
+        def recaption_record(self, video, clips):
+            source = "prompt_bank" if "needs-bank" in video["video_id"] else "source_fragment"
+            return [dict(c, recaption="a prompt", recaption_source=source) for c in clips], None
+
+    error = RuntimeError("bank unreadable")
+    for vid, fails in (("own-words", False), ("needs-bank", True)):
+        video = {"video_id": vid, "uri": f"{vid}.mp4"}
+        clip = _clip(vid, 0, 0.5, _unit(np.ones(DIM)), _unit(np.ones(16)))
+        out = recaption_filtered(Step(), {"video": video, "clips": [clip]}, bank_error=error)
+        assert bool(out.get("failures")) == fails and bool(out["clips"]) != fails
+        if fails:
+            assert "bank unreadable" in out["failures"][0]["message"]

@@ -60,6 +60,37 @@ def test_filter_step_absolute_and_percentile():
     assert f.counts == {"kept": 8, "low_caption_score": 2}
 
 
+def test_an_earlier_threshold_verdict_is_decided_again():
+    # a run's clips file, read by ``curate calibrate`` under another threshold
+    rows = [
+        rec("was_low", 0.5, status="dropped", reason="low_caption_score"),
+        rec("still_low", 0.2, status="dropped", reason="low_caption_score"),
+        rec("now_low", 0.35),
+        rec("short", 0.9, status="dropped", reason="too_short"),
+        rec("copy", 0.9, status="dropped", reason="duplicate"),
+    ]
+    out = {
+        r["clip_id"]: (r["status"], r["reason"]) for r in (apply_threshold(r, 0.4) for r in rows)
+    }
+    assert out == {
+        "was_low": ("kept", None),
+        "still_low": ("dropped", "low_caption_score"),
+        "now_low": ("dropped", "low_caption_score"),
+        "short": ("dropped", "too_short"),
+        "copy": ("dropped", "duplicate"),
+    }
+
+
+def test_a_percentile_over_no_scored_clip_keeps_every_clip_it_can():
+    rows = [rec("empty", None, caption=""), rec("bad", None, caption="\ufffd")]
+    out = list(CaptionFilter(percentile=20).process_all(rows))
+    assert [(r["status"], r["reason"]) for r in out] == [
+        ("dropped", "empty_caption"),
+        ("dropped", "invalid_caption"),
+    ]
+    assert list(CaptionFilter(percentile=20).process_all([])) == []
+
+
 @pytest.mark.parametrize(
     "kwargs", [{}, {"threshold": 0.1, "percentile": 5}, {"threshold": 2.0}, {"percentile": 100}]
 )

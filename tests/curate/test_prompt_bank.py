@@ -45,6 +45,31 @@ def test_prompt_bank_files(tmp_path):
         ),
         # a rare last word that no longer word starts with is a whole word
         (["slow motion water", "a dog on the beach"], ["slow motion water", "a dog on the beach"]),
+        # prompts compare by whole words: "a caterpillar" does not continue "a cat", and a
+        # word the bank holds whole elsewhere is not cut off
+        (
+            ["a cat", "a black cat sleeping", "a caterpillar on a leaf"],
+            ["a cat", "a black cat sleeping", "a caterpillar on a leaf"],
+        ),
+        # two captions cut at one length limit end alike: a last word is no proof of a word
+        (
+            [
+                "a green circle growing on a brown bac",
+                "an orange square moving up on a black bac",
+                "a red circle on a navy background",
+            ],
+            ["a red circle on a navy background"],
+        ),
+        # a plural is no completion of a cut word
+        (
+            ["a red circle", "three red circles on a beige background"],
+            ["a red circle", "three red circles on a beige background"],
+        ),
+        # a tail without a letter or digit adds nothing: the clean prompt stays
+        (
+            ["a red circle on a navy background &amp", "a red circle on a navy background"],
+            ["a red circle on a navy background"],
+        ),
         ([], []),
     ],
 )
@@ -60,3 +85,11 @@ def test_bank_prompts_stand_for_one_scene_each():
     ]
     # split into events; the cut tail goes, its completion stays
     assert build_prompt_bank(rows) == ["a red circle", "a blue square", "a green star moving up"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    bank = tmp_path / "bank.txt"
+    bank.write_bytes(b"\xef\xbb\xbf# my prompts\r\na red circle\r\na blue square\r\n")
+    assert load_prompt_bank(bank) == ["a red circle", "a blue square"]
+    bank.write_bytes(b"\xef\xbb\xbfa red circle\n")
+    assert load_prompt_bank(bank) == ["a red circle"]

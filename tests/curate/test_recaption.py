@@ -498,6 +498,106 @@ def test_truncated_last_fragment_is_completed_from_the_bank():
     assert rows[1]["recaption"] == "a blue square on bei"
 
 
+class TruncatingScorer(StubScorer):
+    """Reads only the first ``keep`` words of a caption, as a model's token limit does."""
+
+    def __init__(self, keep):
+        self.keep = keep
+
+    def truncate_caption(self, text):
+        words = text.split()
+        return " ".join(words[: self.keep]), len(words) > self.keep
+
+
+class MixScorer(StubScorer):
+    """Texts embed on every axis of the shapes they name, so a text naming two shapes is
+    closest to a scene showing both."""
+
+    def embed_texts(self, texts):
+        out = np.zeros((len(texts), 5), np.float32)
+        for i, t in enumerate(texts):
+            hit = [a for k, a in AXES.items() if k in t] or [4]
+            out[i, hit] = 1.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def recaptions(clips, scorer=None, **kwargs):
+    with Recaptioner(scorer=scorer or StubScorer(), **kwargs) as step:
+        rows, _ = step.recaption_video(clips)
+    return [(r["recaption"], r["recaption_source"]) for r in rows]
+
+
+def test_a_complete_caption_is_not_replaced_by_a_bank_prompt_that_starts_like_it():
+    # neither cut at the token limit nor mid-word: the caption's words stay
+    clips = [scene(0, "red circle", 0, 50, caption="a red circle")]
+    bank = ["a red circles parade with a green star"]
+    assert recaptions(clips, prompt_bank=bank) == [("a red circle", "source")]
+    clips = [scene(0, "red circle", 0, 50, caption="a red circle moving left")]
+    bank = ["a red circle moving left on a navy background", "a blue square moving left"]
+    assert recaptions(clips, prompt_bank=bank) == [("a red circle moving left", "source")]
+
+
+def test_a_caption_cut_at_the_token_limit_is_completed_word_for_word():
+    cap = "a red circle moving left on a navy background"
+    clips = [scene(0, "red circle", 0, 50, caption=cap)]
+    bank = ["a red circle moving left on a beige background", "a red circle moving leftward"]
+    # the model reads "a red circle moving left": the bank goes on from there
+    assert recaptions(clips, TruncatingScorer(5), prompt_bank=bank) == [
+        ("a red circle moving left on a beige background", "prompt_bank")
+    ]
+    # read whole, the same caption keeps its words
+    assert recaptions(clips, TruncatingScorer(99), prompt_bank=bank) == [(cap, "source")]
+
+
+def test_a_completion_of_a_whole_word_must_score_at_least_as_well():
+    cap = "a red circle moving left on a navy background"
+    clips = [scene(0, "red circle", 0, 50, caption=cap)]
+
+    class Cut(MixScorer, TruncatingScorer):
+        pass
+
+    # read up to "left", the caption is a description already: a completion that adds a shape
+    # the scene does not show scores under it
+    bank = ["a red circle moving left beside a white ring"]
+    assert recaptions(clips, Cut(5), prompt_bank=bank) == [("a red circle moving left", "source")]
+    bank.append("a red circle moving left on a navy background")
+    assert recaptions(clips, Cut(5), prompt_bank=bank) == [
+        ("a red circle moving left on a navy background", "prompt_bank")
+    ]
+    # a word cut mid-word is broken text: the best completion finishes it
+    clips = [scene(0, "red circle", 0, 50, caption="a red circle moving le")]
+    assert recaptions(clips, MixScorer(), prompt_bank=bank[:1]) == [
+        ("a red circle moving left beside a white ring", "prompt_bank")
+    ]
+
+
+def test_scenes_with_captions_of_their_own_keep_them():
+    # timed captions gave each scene its own source caption
+    red = "a red circle moving left on a navy background"
+    blue = "a blue square growing on a beige background"
+    clips = [
+        scene(0, "red circle", 0, 40, caption=red),
+        scene(1, "blue square", 40, 80, caption=blue),
+        scene(2, "green star", 80, 120, caption=None, status="dropped", reason="empty_caption"),
+    ]
+    got = recaptions(clips, prompt_bank=["a green star on black"])
+    assert got == [(red, "source"), (blue, "source"), ("a green star on black", "prompt_bank")]
+
+
+def test_a_one_scene_caption_competes_whole_with_its_fragments():
+    # one scene showing both shapes, the caption naming both across a comma
+    clip = scene(0, "red circle", 0, 50, caption="a red circle, a blue square beside it")
+    clip["embedding"] = (np.array([1, 1, 0, 0, 0], np.float32) / np.sqrt(2)).tolist()
+    assert recaptions([clip], MixScorer()) == [("a red circle, a blue square beside it", "source")]
+    # over two scenes the fragments are what aligns
+    two = [scene(0, "red circle", 0, 40, caption=clip["source_caption"])]
+    two.append(scene(1, "blue square", 40, 80, caption=clip["source_caption"]))
+    assert [t for t, _ in recaptions(two, MixScorer())] == [
+        "a red circle",
+        "a blue square beside it",
+    ]
+
+
 # --- bank hygiene and precomputed captions -----------------------------------------------------
 
 

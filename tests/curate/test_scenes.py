@@ -271,6 +271,40 @@ def test_scene_splitter_rows(shapes_corpus):
     assert table.num_rows == len(rows)
 
 
+def test_timed_captions_give_each_scene_its_own_source_caption(tiny_video):
+    a = "a red circle moving left on a navy background"
+    b = "a blue square growing on a beige background"
+    truth = tiny_video([a, b], scene_frames=40, fps=25)
+    timed = [{"start_s": 0.0, "end_s": 1.6, "text": a}, {"start_s": 1.6, "end_s": 3.2, "text": b}]
+    row = {"video_id": "t", "uri": str(truth.path), "caption": None, "captions": timed}
+    with SceneSplitter(detector="fast") as step:
+        rows = list(step.process(row))
+        assert [r["source_caption"] for r in rows] == [a, b]
+        # with a caption as well, the timed ones win where they are; the caption covers the rest
+        row = {**row, "caption": "two shapes", "captions": timed[:1]}
+        assert [r["source_caption"] for r in step.process(row)] == [a, "two shapes"]
+
+
+def test_scene_caption_takes_the_timed_captions_of_the_span():
+    from curate.scenes.splitter import scene_caption
+
+    timed = [
+        {"start_s": 0.0, "end_s": 2.0, "text": "a red circle."},
+        {"start_s": 2.0, "end_s": 4.0, "text": "a blue square"},
+        {"start_s": 4.0, "end_s": 10.0, "text": "a green star"},
+        {"start_s": 10.0, "end_s": 11.0, "text": "  "},
+    ]
+    # a scene the detector did not cut holds two captions whole: both, in order
+    assert scene_caption(timed, 0.0, 4.0) == "a red circle; a blue square"
+    # boundaries a few frames off: the caption lying inside the scene, not its neighbours
+    assert scene_caption(timed, 1.96, 4.04) == "a blue square"
+    # a scene inside a longer caption: that caption
+    assert scene_caption(timed, 5.0, 7.0) == "a green star"
+    assert scene_caption(timed, 10.0, 11.0) is None  # a blank text says nothing
+    assert scene_caption(timed, 20.0, 21.0) is None
+    assert scene_caption([], 0.0, 1.0) is None
+
+
 def test_scene_splitter_settings_are_validated():
     with pytest.raises(ValueError, match="'nope'"):
         SceneSplitter(detector="nope")

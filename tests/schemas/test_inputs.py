@@ -54,6 +54,9 @@ def test_webvid_csv_good_rows(tmp_path):
             3,
             "duplicate video_id '1' (first seen at line 2)",
         ),
+        # a record of separators only is still a line of the manifest
+        (",,,,\n", 2, "every field is blank"),
+        ("1,a.mp4,PT1S,d,cap\n , ,,,\n", 3, "every field is blank"),
     ],
 )
 def test_webvid_bad_rows_are_located_failures(tmp_path, body, line, message):
@@ -158,6 +161,40 @@ def test_folder_with_sidecars(tmp_path):
     (fail,) = r.failures
     assert fail["input_id"] == "d" and "d.json: bad sidecar" in fail["message"]
     rows_to_table(r.videos, "videos")
+
+
+def test_file_uris_are_decoded_and_relative_ones_resolve_against_the_manifest(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # not the manifest's folder
+    video = write(tmp_path / "m" / "my video #1.mp4", b"\x00")
+    m = write(
+        tmp_path / "m" / "webvid.csv",
+        HEADER
+        + f"1,file://{video.parent}/my%20video%20%231.mp4,PT1S,d,a\n"
+        + "2,file:my%20video%20%231.mp4,PT1S,d,b\n"
+        + "3,file://localhost/data/x.mp4,PT1S,d,c\n"
+        + "4,file://fileserver/share/x.mp4,PT1S,d,d\n",
+    )
+    r = read_manifest(m)
+    by_id = {v["video_id"]: v["uri"] for v in r.videos}
+    assert by_id == {"1": str(video), "2": str(video), "3": "/data/x.mp4"}
+    (fail,) = r.failures
+    assert fail["input_id"] == "4" and "another host ('fileserver')" in fail["message"]
+
+
+def test_a_folder_video_named_twice_names_the_file_it_clashes_with(tmp_path):
+    root = tmp_path / "vids"
+    write(root / "a.mp4", b"\x00")
+    write(root / "a.mkv", b"\x00")
+    r = read_manifest(root)
+    assert [v["uri"] for v in r.videos] == [str(root / "a.mkv")]
+    (fail,) = r.failures
+    assert fail["input_id"] == "a.mp4"
+    assert fail["message"] == (
+        f"{root / 'a.mp4'}: duplicate video_id 'a' (first seen as a.mkv); file skipped"
+    )
+    assert r.inputs == 2
 
 
 def test_format_recognised_from_content_not_name(tmp_path):
