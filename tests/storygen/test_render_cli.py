@@ -351,6 +351,13 @@ def test_ctrl_c_exits_130_and_leaves_no_temporary_video(model_dir, tmp_path, cap
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_without_dtype_a_render_runs_in_bfloat16_on_cuda_and_float32_elsewhere():
+    from storygen.render_cli import default_dtype
+
+    assert default_dtype("cuda") == default_dtype("cuda:1") == "bfloat16"
+    assert default_dtype("cpu") == default_dtype("mps") == "float32"
+
+
 def test_without_dtype_every_part_loads_in_float32(tmp_path):
     from storygen.cli import build_parser
     from storygen.render_cli import _check_request, _load_model
