@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -107,6 +108,25 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
     return value
+
+
+def float_in(
+    low: float, high: float, what: str, *, high_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` to ``high`` (``high`` itself left out
+    where ``high_open``), refused naming ``what`` it stands for ("a percentile")."""
+    bounds = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low <= value < high if high_open else low <= value <= high):
+            raise argparse.ArgumentTypeError(f"expected {what} in {bounds}, got {text!r}")
+        return value
+
+    return parse
 
 
 def non_negative_float(text: str) -> float:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from curate.choices import AGGREGATES, DTYPES, STRATEGIES
 from curate.errors import CurateError
-from schemas.cli import positive_int
+from schemas.cli import float_in, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +45,9 @@ only where this machine can reach the hub.
 """
 
 
-def _percentile(text: str) -> float:
-    """A finite percentile in [0, 100)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 100.0:
-        raise argparse.ArgumentTypeError(f"expected a percentile in [0, 100), got {text!r}")
-    return value
-
-
-def _cosine(text: str) -> float:
-    """A finite cosine in [-1, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not -1.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a cosine in [-1, 1], got {text!r}")
-    return value
+#: argparse types of the cut-off's two forms
+_percentile = float_in(0.0, 100.0, "a percentile", high_open=True)
+_cosine = float_in(-1.0, 1.0, "a cosine")
 
 
 def register(subparsers: Any) -> None:
