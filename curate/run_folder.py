@@ -48,12 +48,16 @@ STAGING_DIR = "_staging"
 #: the corpus phase's scratch: what it spills to disk between its steps (curate.corpus)
 CORPUS_DIR = "_corpus"
 LOCK_NAME = ".storyloom.lock"
+#: in ``_work``, a worker process' counts of a run's videos for ``--max-failure-rate``
+#: (``_rate-<run>-<process>.json``), which every process of the run reads
+RATE_PREFIX = "_rate-"
 #: the run's self-contained HTML report, written beside the tables, and its stage timings
 REPORT_NAME = "report.html"
 TIMING_NAME = "_timing.json"
 
 _SHARD = re.compile(r"part-\d{5}-of-\d{5}\.parquet")
 _WORK_FILE = re.compile(r"w-[0-9a-f]{20,64}\.parquet")
+_RATE_FILE = re.compile(rf"{RATE_PREFIX}[0-9a-f]+-[0-9a-f]+\.json")
 #: a file written under a temporary name (``.NAME.tmp-...``) and renamed when complete
 _TEMPORARY = re.compile(r"\..+\.tmp-[\w.-]+")
 _PROBE = re.compile(r"\.write-probe-[0-9a-f]+(\.done)?")
@@ -89,7 +93,10 @@ def _owned_in_work_dir(folder: Path) -> Iterator[tuple[Path, bool]]:
     for entry in sorted(folder.iterdir()):
         name = entry.name
         ours = entry.is_file() and bool(
-            _WORK_FILE.fullmatch(name) or _TEMPORARY.fullmatch(name) or name == "_config.json"
+            _WORK_FILE.fullmatch(name)
+            or _RATE_FILE.fullmatch(name)
+            or _TEMPORARY.fullmatch(name)
+            or name == "_config.json"
         )
         yield entry, ours
 
@@ -145,7 +152,11 @@ def _is_our_name(out: Path, entry: Path) -> bool:
     if entry.parent == out:
         return entry.name in (*TOP_FILES, *TABLES, WORK_DIR, STAGING_DIR, CORPUS_DIR)
     if entry.parent.name in TABLES or entry.parent.name == WORK_DIR:
-        return bool(_SHARD.fullmatch(entry.name) or _WORK_FILE.fullmatch(entry.name))
+        return bool(
+            _SHARD.fullmatch(entry.name)
+            or _WORK_FILE.fullmatch(entry.name)
+            or _RATE_FILE.fullmatch(entry.name)
+        )
     return False
 
 

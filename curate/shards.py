@@ -9,6 +9,8 @@ A run folder looks like this::
       stories/part-00000-of-00001.parquet
       failures/part-00000-of-00001.parquet
       _work/w-<digest>.parquet          per-video results, committed as videos finish
+      _work/_rate-<run>-<process>.json  a worker process' failure counts, while a run with
+                                        --max-failure-rate goes (removed when it ends)
       .storyloom.lock                   held while a run writes the folder (curate.run_folder)
 
 Work happens in two phases. The per-video phase (decode, split, sample, score) commits one
@@ -31,6 +33,7 @@ Everything here is plain pyarrow: no Beam.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import uuid
@@ -56,6 +59,7 @@ from schemas.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, SCHEMA_VERSION, VIDEOS
 
 from .errors import OutputError
 from .run_folder import (
+    RATE_PREFIX,
     STAGING_DIR,
     TABLES,
     WORK_DIR,
@@ -197,6 +201,42 @@ def _fit(row: Mapping[str, Any] | None, schema: pa.Schema | pa.StructType) -> di
 def work_files(path: str | os.PathLike[str]) -> list[Path]:
     folder = Path(path) / WORK_DIR
     return sorted(folder.glob("w-*.parquet")) if folder.is_dir() else []
+
+
+def write_failure_count(
+    path: str | os.PathLike[str], run: str, process: str, *, seen: int, failed: int
+) -> None:
+    """Publish one worker process' counts of run ``run``'s videos, ``seen`` and ``failed``
+    (``_work/_rate-<run>-<process>.json``: temporary name, then an atomic rename)."""
+    folder = Path(path) / WORK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{RATE_PREFIX}{run}-{process}.json"
+    tmp = folder / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps({"seen": int(seen), "failed": int(failed)}))
+    os.replace(tmp, target)
+
+
+def failure_count(path: str | os.PathLike[str], run: str) -> tuple[int, int]:
+    """``(videos seen, videos failed)`` of run ``run``, summed over the counts every worker
+    process of the run published (:func:`write_failure_count`)."""
+    seen = failed = 0
+    folder = Path(path) / WORK_DIR
+    for file in sorted(folder.glob(f"{RATE_PREFIX}{run}-*.json")) if folder.is_dir() else []:
+        try:
+            counts = json.loads(file.read_text())
+            seen, failed = seen + int(counts["seen"]), failed + int(counts["failed"])
+        except (OSError, ValueError, KeyError, TypeError):  # removed since it was listed
+            continue
+    return seen, failed
+
+
+def clear_failure_counts(path: str | os.PathLike[str]) -> None:
+    """Remove the failure counts of every run into ``path`` (a new run counts afresh; a
+    finished one leaves none behind)."""
+    folder = Path(path) / WORK_DIR
+    if folder.is_dir():
+        for file in folder.glob(f"{RATE_PREFIX}*.json"):
+            file.unlink(missing_ok=True)
 
 
 def _check_work_version(file: str | os.PathLike[str]) -> None:

@@ -75,6 +75,7 @@ from .transforms import (
     ProbeAndSplit,
     ReadManifest,
     ScoreCaptions,
+    failure_rate_problem,
     reset_failure_rate,
 )
 
@@ -183,9 +184,12 @@ def build_pipeline(
     videos: Sequence[Mapping[str, Any]],
     skip: Sequence[str] = (),
     components: Components,
+    run_id: str | None = None,
 ) -> beam.PCollection:
     """The per-video phase on ``p``: the manifest's usable ``videos`` minus the done-set
-    ``skip`` → committed work; returns the committed-video summaries."""
+    ``skip`` → committed work; returns the committed-video summaries. ``run_id`` names the
+    run's failure counts (:func:`~pipelines.transforms.reset_failure_rate`; by default
+    counting starts afresh here)."""
     options = p.options
     comps = components
     handler = ClipModelHandler(
@@ -213,7 +217,7 @@ def build_pipeline(
     # Each branch is committed by its own step: a Flatten in front of one committer splits
     # the local runner's fused stage there, and no video would be committed before every
     # video was decoded (a crash would then lose the whole run's work).
-    reset_failure_rate(out)
+    run_id = run_id or reset_failure_rate(out)
     branches = {
         "Scored": scored,
         "SplitFailed": split_failed,
@@ -225,6 +229,7 @@ def build_pipeline(
         | f"CommitWork{name}"
         >> CommitWork(
             out,
+            run_id=run_id,
             every=settings.commit_every,
             interval_s=settings.commit_interval_s,
             max_failure_rate=settings.max_failure_rate,
@@ -464,13 +469,26 @@ def _run_locked(
     stopped = None
     if plan.todo:
         p = beam.Pipeline(options=options)
-        build_pipeline(p, settings, videos=plan.todo, components=components)
+        run_id = reset_failure_rate(str(out))
+        build_pipeline(p, settings, videos=plan.todo, components=components, run_id=run_id)
         watcher = WorkProgress(
             out, total=len(fingerprints), already=len(plan.done), enabled=progress
         )
         start = time.perf_counter()
         with watcher:
             stage_metrics, stopped = _run_per_video(p)
+        if stopped is None:
+            # the worker processes check the rate as they commit, but two that commit their
+            # last videos at once may each miss the other's: the whole run is checked here
+            stopped = failure_rate_problem(
+                str(out),
+                run_id,
+                max_failure_rate=settings.max_failure_rate,
+                min_inputs=settings.failure_rate_min_inputs,
+            )
+            if stopped:
+                logger.error("%s", stopped)
+        shards.clear_failure_counts(out)
         phase_s["per-video"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -201,8 +201,10 @@ class RunSettings:
     keyframe_size: int = option(256, "longest side of keyframes", type=positive_int)
     max_failure_rate: float = option(
         1.0,
-        "stop when more than this fraction of videos fail (after at least 20); what is "
-        "done is published (default 1.0: never stop)",
+        "stop when more than this fraction of the run's videos fail, once at least 20 were "
+        "seen; the rate is the whole run's (with --workers N or a cluster, every worker "
+        "process's videos together). What is done is published and the run exits with "
+        "status 3 (default 1.0: never stop)",
         type=rate,
     )
     decode_timeout: float = option(300.0, "seconds one video may take to decode", type=float)
@@ -269,7 +271,11 @@ class RunSettings:
         cli=False,
     )
     failure_rate_min_inputs: int = option(
-        20, "inputs seen before --max_failure_rate applies", type=positive_int, cli=False
+        20,
+        "videos the whole run (every worker process together) has seen before "
+        "--max_failure_rate applies",
+        type=positive_int,
+        cli=False,
     )
     isolate_decode: bool = option(True, "decode in an isolated child process", cli=False)
     commit_every: int = option(8, "videos per committed work file", type=positive_int, cli=False)

@@ -27,6 +27,7 @@ from .per_video import (
     ProbeAndSplit,
     ReadManifest,
     ScoreCaptions,
+    failure_rate_problem,
     reset_failure_rate,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "ReadWork",
     "ScoreCaptions",
     "WriteShards",
+    "failure_rate_problem",
     "reset_failure_rate",
 ]

@@ -15,8 +15,10 @@ the same atomic file: a rerun after a crash never finds one without the other.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -298,20 +300,64 @@ class ScoreCaptions(beam.PTransform):
 # --- commit per-video work -----------------------------------------------------------------------
 
 
-#: per output folder, (videos seen, videos failed) in this worker process, shared by the
-#: committers of the pipeline's branches (successes and failures are committed separately)
-_RATE: dict[str, list[int]] = {}
+# The failure rate is the whole run's: with --workers N (or a cluster's workers) each process
+# commits a share of the videos, so each publishes its counts beside the work it commits
+# (``_work/_rate-<run>-<process>.json``) and every check sums the counts of all of them.
+
+#: per (output folder, run id), [videos seen, videos failed] in this worker process, shared by
+#: the committers of the pipeline's branches (successes and failures are committed separately)
+_RATE: dict[tuple[str, str], list[int]] = {}
 _RATE_LOCK = threading.Lock()
+#: (pid, id) of this process as its count files name it; a forked child makes its own
+_PROCESS: tuple[int, str] | None = None
 
 
-def reset_failure_rate(output: str) -> None:
-    """Forget this process's counts for ``output`` (a new run starts counting afresh)."""
+def _process_id() -> str:
+    global _PROCESS
+    if _PROCESS is None or _PROCESS[0] != os.getpid():
+        _PROCESS = (os.getpid(), uuid.uuid4().hex[:16])
+    return _PROCESS[1]
+
+
+def reset_failure_rate(output: str) -> str:
+    """Start counting a new run into ``output`` afresh: forget this process's counts and the
+    count files earlier runs left there; return the id the new run's counts are kept under."""
     with _RATE_LOCK:
-        _RATE.pop(output, None)
+        for key in [k for k in _RATE if k[0] == output]:
+            del _RATE[key]
+    shards.clear_failure_counts(output)
+    return uuid.uuid4().hex[:16]
+
+
+def failure_rate_problem(
+    output: str, run_id: str, *, max_failure_rate: float, min_inputs: int
+) -> str | None:
+    """Why run ``run_id`` must stop (``None``: it need not): more than ``max_failure_rate``
+    of its videos failed, counted over every worker process, once ``min_inputs`` were seen."""
+    if max_failure_rate >= 1.0:
+        return None
+    seen, failed = shards.failure_count(output, run_id)
+    if seen < min_inputs or failed / seen <= max_failure_rate:
+        return None
+    return (
+        f"{failed} of {seen} videos failed ({failed / seen:.0%}), above --max-failure-rate "
+        f"{max_failure_rate:.0%}; stopped. Finished videos are committed under {output}; see "
+        f"the failures table, fix the inputs, and rerun to resume"
+    )
 
 
 class FailureRateExceeded(RuntimeError):
-    """Too many inputs failed; the run stops (what is committed stays committed)."""
+    """Too many inputs failed; the run stops (what is committed stays committed).
+
+    Its text starts with its name, as the runner relays a worker process's exception as
+    text."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{type(self).__name__}: {problem}")
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.problem,)
 
 
 class _CommitWorkFn(beam.DoFn):
@@ -319,19 +365,23 @@ class _CommitWorkFn(beam.DoFn):
 
     A batch is committed when it holds ``every`` videos, when ``interval_s`` passed since the
     last commit, and at the end of each bundle; a crash loses at most the batch in flight,
-    and a rerun redoes exactly those videos.
+    and a rerun redoes exactly those videos. With a ``max_failure_rate`` below 1, each commit
+    publishes this process's counts of run ``run_id`` and checks the run's rate, over every
+    worker process (:func:`failure_rate_problem`).
     """
 
     def __init__(
         self,
         output: str,
         *,
+        run_id: str,
         every: int,
         interval_s: float,
         max_failure_rate: float,
         min_inputs: int,
     ) -> None:
         self.output = output
+        self.run_id = run_id
         self.every = every
         self.interval_s = interval_s
         self.max_failure_rate = max_failure_rate
@@ -339,6 +389,10 @@ class _CommitWorkFn(beam.DoFn):
         self.committed = Metrics.counter(NAMESPACE, "committed_videos")
         self.failed = Metrics.counter(NAMESPACE, "failed_videos")
         self.commits = Metrics.counter(NAMESPACE, "work_commits")
+
+    @property
+    def counting(self) -> bool:
+        return self.max_failure_rate < 1.0
 
     def start_bundle(self) -> None:
         self._buffer: list[dict[str, Any]] = []
@@ -356,27 +410,30 @@ class _CommitWorkFn(beam.DoFn):
         self.committed.inc(len(self._buffer))
         self._buffer = []
         self._last = time.monotonic()
-        self._check_rate()
+        if self.counting:
+            self._check_rate()
 
     def _check_rate(self) -> None:
         with _RATE_LOCK:
-            seen, failed = _RATE.get(self.output, (0, 0))
-        if self.max_failure_rate >= 1.0 or seen < self.min_inputs:
-            return
-        rate = failed / seen
-        if rate > self.max_failure_rate:
-            raise FailureRateExceeded(
-                f"FailureRateExceeded: {failed} of {seen} videos failed "
-                f"({rate:.0%}), above --max-failure-rate {self.max_failure_rate:.0%}; "
-                f"stopped. Finished videos are committed under {self.output}; see the "
-                f"failures table, fix the inputs, and rerun to resume"
+            seen, failed = _RATE.get((self.output, self.run_id), (0, 0))
+            shards.write_failure_count(
+                self.output, self.run_id, _process_id(), seen=seen, failed=failed
             )
+        problem = failure_rate_problem(
+            self.output,
+            self.run_id,
+            max_failure_rate=self.max_failure_rate,
+            min_inputs=self.min_inputs,
+        )
+        if problem:
+            raise FailureRateExceeded(problem)
 
     def process(self, work: VideoWork) -> Iterator[tuple[str, int, bool]]:
-        with _RATE_LOCK:
-            counts = _RATE.setdefault(self.output, [0, 0])
-            counts[0] += 1
-            counts[1] += int(work.failed)
+        if self.counting:
+            with _RATE_LOCK:
+                counts = _RATE.setdefault((self.output, self.run_id), [0, 0])
+                counts[0] += 1
+                counts[1] += int(work.failed)
         if work.failed:
             self.failed.inc()
         self._buffer.append(work.record())
@@ -389,12 +446,16 @@ class _CommitWorkFn(beam.DoFn):
 
 
 class CommitWork(beam.PTransform):
-    """Per-video results (clips or failures) → committed work files; emits a summary per video."""
+    """Per-video results (clips or failures) → committed work files; emits a summary per video.
+
+    The committers of one run share its ``run_id`` (:func:`reset_failure_rate`): the failure
+    rate they check is over all of them, in every worker process."""
 
     def __init__(
         self,
         output: str,
         *,
+        run_id: str | None = None,
         every: int = 8,
         interval_s: float = 30.0,
         max_failure_rate: float = 1.0,
@@ -403,6 +464,7 @@ class CommitWork(beam.PTransform):
         super().__init__()
         self.fn = _CommitWorkFn(
             output,
+            run_id=run_id or uuid.uuid4().hex[:16],
             every=every,
             interval_s=interval_s,
             max_failure_rate=max_failure_rate,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import pytest
 
 from curate import shards
 from curate.errors import OutputError
+from curate.run_folder import foreign_files
 from pipelines.curate import run
+from pipelines.options import runner_flags
 from tests.pipelines.fakes import fake_components, write_fake_corpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,6 +262,31 @@ def test_failure_rate_stops_the_run_and_publishes_what_is_done(tmp_path, caplog)
     # one line says why; Beam's traceback of the stopping exception is not shown
     assert not [r for r in caplog.records if r.name.startswith("apache_beam")]
     assert [r.getMessage() for r in caplog.records if r.levelno >= 40] == [summary.stopped]
+
+
+@pytest.mark.allow_error_logs  # the run logs why it stopped
+def test_failure_rate_counts_the_videos_of_every_worker_process(tmp_path, caplog):
+    """With two worker processes each sees about half of the videos: the rate and the
+    inputs it waits for are the whole run's, not each process' own."""
+    specs = {f"bad{i}": ("broken", "x") for i in range(6)}
+    specs.update({f"ok{i}": ("scenes=1", "fine score 0.9") for i in range(2)})
+    manifest = write_fake_corpus(tmp_path / "in", specs)
+    out = tmp_path / "out"
+    flags = ["--max_failure_rate=0.5", "--failure_rate_min_inputs=6", "--commit_every=1"]
+    summary = run(
+        [*runner_flags("local", workers=2), *_flags(manifest, out, *flags)],
+        components=fake_components(),
+        progress=False,
+    )
+    assert summary.stopped, "8 videos, 6 of them failed: above 50% once 6 were seen"
+    counted = re.match(r"(\d+) of (\d+) videos failed", summary.stopped)
+    assert counted, summary.stopped
+    failed, seen = map(int, counted.groups())
+    assert 6 <= seen <= len(specs) and failed / seen > 0.5
+    assert summary.invariant_ok, summary.invariant
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 40] == [summary.stopped]
+    # the counts the processes shared are gone, and the folder holds only the run's own files
+    assert foreign_files(out) == [] and not list((out / "_work").glob("_rate*"))
 
 
 def test_unwritable_output_fails_before_any_work(tmp_path):

@@ -28,6 +28,8 @@ from pipelines.transforms import (
     ReadWork,
     ScoreCaptions,
     WriteShards,
+    failure_rate_problem,
+    reset_failure_rate,
 )
 from tests.pipelines.fakes import FakeDecoder, FakeRecaptioner, FakeScorer
 
@@ -205,6 +207,30 @@ def test_commit_work_writes_each_video_once(tmp_path):
         summaries = p | beam.Create(works) | CommitWork(str(tmp_path), every=1)
         assert_that(summaries, equal_to([("a", 1, False), ("b", 0, True)]))
     assert shards.done_set(tmp_path) == {"a", "b"}
+
+
+def test_the_failure_rate_sums_the_counts_of_every_worker_process(tmp_path):
+    from curate.run_folder import foreign_files
+
+    out = str(tmp_path)
+    run_id = reset_failure_rate(out)
+
+    def problem() -> str | None:
+        return failure_rate_problem(out, run_id, max_failure_rate=0.5, min_inputs=4)
+
+    shards.write_failure_count(out, run_id, "a1", seen=3, failed=3)
+    assert problem() is None  # 3 seen in all: fewer than 4
+    shards.write_failure_count(out, run_id, "b2", seen=3, failed=0)
+    assert problem() is None  # 3 of 6: not above 50%
+    shards.write_failure_count(out, run_id, "b2", seen=3, failed=1)  # b2's newer count
+    assert (problem() or "").startswith(
+        "4 of 6 videos failed (67%), above --max-failure-rate 50%; stopped."
+    )
+    assert foreign_files(tmp_path) == []  # the count files are the run's own
+    # a new run counts afresh; an earlier run's counts are not its own
+    again = reset_failure_rate(out)
+    assert again != run_id and shards.failure_count(out, run_id) == (0, 0)
+    assert not list((tmp_path / "_work").glob("_rate-*"))
 
 
 # --- corpus phase ----------------------------------------------------------------------------------
