@@ -199,12 +199,17 @@ def score_clips_file(
     progress: bool = True,
 ) -> Scored:
     """Score again, from their videos, the scenes a clips file lists (its first ``limit``
-    videos)."""
+    videos).
+
+    The rows may come in any order: each video is read once, with all of its clips, videos in
+    the order the file first names them and each video's clips in file order."""
     rows = read_parquet(path, "clips").to_pylist()
-    by_video = [list(g) for _, g in itertools.groupby(rows, key=lambda r: r["video_id"])]
+    by_video: dict[Any, list[dict]] = {}
+    for row in rows:
+        by_video.setdefault(row["video_id"], []).append(row)
     videos = [
         {"video_id": g[0]["video_id"], "uri": g[0]["uri"], "clips": g}
-        for g in _limited(by_video, limit)
+        for g in _limited(by_video.values(), limit)
     ]
     records, failures = score_videos(
         videos, scorer=scorer, sampler=sampler, clips_of=lambda v: v["clips"], progress=progress

@@ -44,8 +44,11 @@ def paged(blocks: Sequence[str], per_page: int) -> str:
 
 
 def histogram_svg(scores: np.ndarray, cutoff: float | None, *, bins: int = 30) -> str:
-    """An inline SVG histogram of caption scores with the cut-off drawn as a line; bins
-    below the cut-off are drawn as dropped, the others as kept."""
+    """An inline SVG histogram of caption scores with the cut-off drawn as a line.
+
+    Each bar is split by the clips it holds: those under the cut-off (dropped) at the bottom,
+    those at or above it (kept) on top, so the bin that holds the cut-off shows both parts
+    in their true proportion. Every bar part carries its clip count (``data-count``)."""
     width, height, pad, base = 760, 220, 36, 190
     if len(scores) == 0:
         return '<p class="muted" id="histogram" data-scored="0">no scored clips</p>'
@@ -54,7 +57,11 @@ def histogram_svg(scores: np.ndarray, cutoff: float | None, *, bins: int = 30) -
         lo, hi = min(lo, cutoff), max(hi, cutoff)
     if hi <= lo:
         lo, hi = lo - 0.01, hi + 0.01
-    counts, edges = np.histogram(scores, bins=bins, range=(lo, hi))
+    edges = np.histogram_bin_edges(scores, bins=bins, range=(lo, hi))
+    dropped = scores < cutoff if cutoff is not None else np.zeros(len(scores), bool)
+    below = np.histogram(scores[dropped], bins=edges)[0]
+    above = np.histogram(scores[~dropped], bins=edges)[0]
+    counts = below + above
     top = max(1, int(counts.max()))
     span = width - 2 * pad
 
@@ -68,13 +75,23 @@ def histogram_svg(scores: np.ndarray, cutoff: float | None, *, bins: int = 30) -
     ]
     for i, n in enumerate(counts):
         a, b = float(edges[i]), float(edges[i + 1])
-        h = (base - 20) * int(n) / top
-        kind = "below" if cutoff is not None and b <= cutoff else "above"
-        parts.append(
-            f'<rect class="bar {kind}" x="{x(a) + 0.5:.1f}" y="{base - h:.1f}" '
-            f'width="{max(0.5, x(b) - x(a) - 1):.1f}" height="{h:.1f}" data-count="{int(n)}">'
-            f"<title>[{a:.3f}, {b:.3f}): {int(n)} clips</title></rect>"
-        )
+        left, w = x(a) + 0.5, max(0.5, x(b) - x(a) - 1)
+        title = f"[{a:.3f}, {b:.3f}): {plural(int(n), 'clip')}"
+        if below[i] and above[i]:
+            title += f", {int(below[i])} under the cut-off, {int(above[i])} at or above it"
+        # the dropped part at the bottom, the kept part on top; an empty bin keeps one bar
+        stack = [("below", int(below[i])), ("above", int(above[i]))]
+        shown = [(kind, k) for kind, k in stack if k] or [
+            ("below" if cutoff is not None and b <= cutoff else "above", 0)
+        ]
+        y = float(base)
+        for kind, k in shown:
+            h = (base - 20) * k / top
+            y -= h
+            parts.append(
+                f'<rect class="bar {kind}" x="{left:.1f}" y="{y:.1f}" width="{w:.1f}" '
+                f'height="{h:.1f}" data-count="{k}"><title>{title}</title></rect>'
+            )
     parts.append(f'<line class="axis" x1="{pad}" y1="{base}" x2="{width - pad}" y2="{base}"/>')
     for v in np.linspace(lo, hi, 6):
         parts.append(

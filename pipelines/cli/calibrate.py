@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from curate.choices import AGGREGATES, DTYPES, STRATEGIES
 from curate.errors import CurateError
@@ -58,7 +59,11 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", type=Path, help="manifest (CSV / JSONL / folder) or clips .parquet")
+    p.add_argument(
+        "input",
+        help="manifest (CSV / JSONL / folder) or clips .parquet, on this machine (remote URLs "
+        "such as gs://, s3:// or https:// are not read)",
+    )
     cut = p.add_mutually_exclusive_group()
     cut.add_argument(
         "--percentile",
@@ -189,9 +194,24 @@ def _json_target_problem(target: Path) -> str | None:
     return None
 
 
+def _is_remote(text: str) -> bool:
+    """Whether ``text`` is a URL other than ``file:`` (``gs://``, ``s3://``, ``https://``...);
+    a one-letter scheme is a Windows drive letter (``C:``): a path."""
+    scheme = urlsplit(text).scheme
+    return len(scheme) > 1 and scheme.lower() != "file"
+
+
 def run(args: argparse.Namespace) -> int:
 
-    path: Path = args.input
+    given: str = args.input
+    if _is_remote(given):
+        print(
+            f"error: {given}: remote paths are not supported by curate calibrate; copy "
+            "the file to this machine and give its local path",
+            file=sys.stderr,
+        )
+        return 2
+    path = Path(given)
     if not path.exists():
         print(f"error: {path}: no such file or folder", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ recognises the format and picks the reader.
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 
@@ -38,6 +39,33 @@ from .webvid import WEBVID_COLUMNS, read_webvid_csv
 FORMATS = ("webvid", "jsonl", "folder")
 
 
+#: byte-order marks of text in an encoding other than UTF-8 (UTF-32's before UTF-16's, which
+#: they start with)
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+#: bytes that text (UTF-8 of any language) does not hold: C0 controls but tab, line feed,
+#: vertical tab, form feed, carriage return and escape
+_CONTROL = bytes(b for b in range(32) if b not in b"\t\n\x0b\x0c\r\x1b")
+
+
+def _looks_binary(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is binary (a video, an archive, an image...)
+    rather than text: it holds a NUL byte, or it is not UTF-8 and holds control bytes."""
+    if b"\x00" in head:
+        return True
+    try:
+        # the head may end inside a character: only a sequence that cannot continue fails
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return any(b in _CONTROL for b in head)
+    return False
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """Recognise a manifest's format from its content (not only its name)."""
     path = Path(path)
@@ -51,7 +79,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if is_dir:
         return "folder"
     with open_manifest(path) as fh:
-        head = fh.read(4096).lstrip(BOM).lstrip()
+        raw = fh.read(4096)
+    head = raw.lstrip(BOM).lstrip()
     if not head:
         raise SchemaError(f"{path}: empty manifest")
     if head.startswith(b"{"):
@@ -59,9 +88,28 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
     if "videoid" in first and "contentUrl" in first:
         return "webvid"
+    expected = (
+        "expected a WebVid CSV (header with videoid, contentUrl, name), JSON lines, or a "
+        "folder of videos"
+    )
+    wide = next((name for bom, name in _WIDE_BOMS if raw.startswith(bom)), None)
+    if wide:
+        raise SchemaError(f"{path}: the manifest is {wide} text; save it as UTF-8")
+    if _looks_binary(raw):
+        start = " ".join(f"{b:02x}" for b in raw[:12])
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            hint = (
+                f"it is named like a video: give the folder that holds the videos "
+                f"({path.parent}) as the manifest"
+            )
+        else:
+            hint = expected
+        raise SchemaError(
+            f"{path}: unrecognised manifest format: looks like a binary file (starts with "
+            f"bytes {start}), not a manifest; {hint}"
+        )
     raise SchemaError(
-        f"{path}: unrecognised manifest format: expected a WebVid CSV (header with videoid, "
-        f"contentUrl, name), JSON lines, or a folder of videos; first line is {first[:80]!r}"
+        f"{path}: unrecognised manifest format: {expected}; first line is {first[:80]!r}"
     )
 
 

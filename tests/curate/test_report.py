@@ -5,9 +5,16 @@ from __future__ import annotations
 import re
 import time
 
+import numpy as np
 import pytest
 
-from curate.report import ReportLimits, build_run_report, report_numbers, write_run_report
+from curate.report import (
+    ReportLimits,
+    build_run_report,
+    histogram_svg,
+    report_numbers,
+    write_run_report,
+)
 from pipelines.cli import main as curate_main
 
 from .report_runs import fake_run, make_videos
@@ -60,6 +67,36 @@ def test_page_shows_the_runs_numbers_with_thumbnails_and_timelines(tmp_path, vid
     # one file: nothing fetched from anywhere
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "<link" not in page and "@import" not in page
+
+
+def _bars(svg: str) -> list[tuple[str, float, float, float, int]]:
+    """``(kind, x, y, height, count)`` of each bar of a histogram."""
+    found = re.findall(
+        r'class="bar (below|above)" x="([\d.]+)" y="([\d.]+)" width="[\d.]+" '
+        r'height="([\d.]+)" data-count="(\d+)"',
+        svg,
+    )
+    return [(k, float(x), float(y), float(h), int(n)) for k, x, y, h, n in found]
+
+
+def test_the_bin_holding_the_cut_off_shows_its_dropped_and_its_kept_clips():
+    # three bins over [0.1, 0.9]: the middle one, [0.367, 0.633), holds 0.45 (under the
+    # cut-off, dropped) and 0.55 (kept)
+    scores = np.array([0.1, 0.2, 0.3, 0.45, 0.55, 0.9])
+    bars = _bars(histogram_svg(scores, 0.5, bins=3))
+    counts = {kind: sum(n for k, *_, n in bars if k == kind) for kind in ("below", "above")}
+    assert counts == {"below": 4, "above": 2}
+    # the cut-off's bin: a dropped part and a kept part on top of it, one clip each
+    by_x: dict[float, list] = {}
+    for bar in bars:
+        by_x.setdefault(bar[1], []).append(bar)
+    (split,) = [group for group in by_x.values() if len(group) == 2]
+    (low, _, y1, h1, n1), (high, _, y2, h2, n2) = sorted(split, key=lambda b: -b[2])
+    assert (low, n1, high, n2) == ("below", 1, "above", 1)
+    assert y2 + h2 == pytest.approx(y1, abs=0.1) and h1 == pytest.approx(h2)
+    # a score at the cut-off is kept, also in the last bin, whose upper edge it is
+    bars = _bars(histogram_svg(np.array([0.2, 0.5, 0.5]), 0.5, bins=2))
+    assert [(k, n) for k, *_, n in bars if n] == [("below", 1), ("above", 2)]
 
 
 def test_report_is_rewritten_with_the_runs_timing_and_flags(tmp_path, videos, capsys):

@@ -211,6 +211,38 @@ def test_format_recognised_from_content_not_name(tmp_path):
         read_manifest(tmp_path / "missing.jsonl")
 
 
+#: the first bytes of an MP4 file
+MP4_HEAD = b"\x00\x00\x00 ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(64)
+
+
+@pytest.mark.parametrize(
+    "name,data,says,hint",
+    [
+        ("clip.mp4", MP4_HEAD, "starts with bytes 00 00 00 20 66 74 79 70", True),
+        ("clip.mov", MP4_HEAD, "starts with bytes 00 00 00 20 66 74 79 70", True),
+        ("videos.zip", b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(40), "50 4b 03 04", False),
+        ("list.csv", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01", "ff d8 ff e0", False),
+    ],
+    ids=["mp4", "mov", "zip", "jpeg-named-csv"],
+)
+def test_a_binary_file_given_as_manifest_is_named_as_one(tmp_path, name, data, says, hint):
+    path = write(tmp_path / name, data)
+    with pytest.raises(SchemaError) as err:
+        read_manifest(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: unrecognised manifest format: ")
+    assert "looks like a binary file" in message and says in message
+    assert "\\x00" not in message and "first line" not in message
+    folder = f"give the folder that holds the videos ({tmp_path}) as the manifest"
+    assert (folder in message) == hint
+
+
+def test_a_utf16_manifest_is_named_as_such(tmp_path):
+    path = write(tmp_path / "webvid.csv", (HEADER + "1,a.mp4,PT1S,d,x\n").encode("utf-16"))
+    with pytest.raises(SchemaError, match=r"webvid.csv: the manifest is UTF-16 text; save it"):
+        read_manifest(path)
+
+
 @pytest.mark.parametrize(
     "text,seconds",
     [

@@ -85,3 +85,91 @@ def test_an_unwritable_json_target_is_refused_before_scoring(tmp_path, capsys, m
         assert main(["calibrate", str(tmp_path), "--json", str(target)]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+class _CountingSampler:
+    """Samples nothing; records the clip ids of each ``sample_video`` call."""
+
+    stage = "sample"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def sample_video(self, clips):
+        self.calls.append([c["clip_id"] for c in clips])
+        return [dict(c) for c in clips]
+
+
+class _ConstantScorer:
+    stage = "clip-score"
+
+    def process_all(self, records):
+        return [dict(r, caption_score=0.5) for r in records]
+
+
+def _clip_rows(videos: int, scenes: int) -> list[dict]:
+    return [
+        {
+            "clip_id": f"v{v}:{s:04d}",
+            "video_id": f"v{v}",
+            "scene_index": s,
+            "uri": f"v{v}.mp4",
+            "start_frame": 10 * s,
+            "end_frame": 10 * s + 10,
+            "start_s": s * 1.0,
+            "end_s": s * 1.0 + 1.0,
+            "fps": 10.0,
+            "width": 64,
+            "height": 64,
+            "source_caption": "a red circle",
+            "status": "kept",
+        }
+        for v in range(videos)
+        for s in range(scenes)
+    ]
+
+
+def test_rescoring_a_clips_file_reads_each_video_once_in_any_row_order(tmp_path):
+    from curate.scoring import score_clips_file
+
+    rows = _clip_rows(4, 3)
+    np.random.default_rng(3).shuffle(rows)
+    path = tmp_path / "clips.parquet"
+    write_parquet(rows_to_table(rows, "clips"), path, "clips")
+    first_seen = list(dict.fromkeys(r["video_id"] for r in rows))
+
+    sampler = _CountingSampler()
+    scored = score_clips_file(path, scorer=_ConstantScorer(), sampler=sampler, progress=False)
+    # one call per video, with all of its clips, videos in the order the file first names them
+    assert [call[0].split(":")[0] for call in sampler.calls] == first_seen
+    for call in sampler.calls:
+        video = call[0].split(":")[0]
+        assert call == [r["clip_id"] for r in rows if r["video_id"] == video]
+    assert sorted(r["clip_id"] for r in scored.records) == sorted(r["clip_id"] for r in rows)
+    assert not scored.failures
+
+    sampler = _CountingSampler()
+    scored = score_clips_file(
+        path, scorer=_ConstantScorer(), sampler=sampler, limit=2, progress=False
+    )
+    # --limit counts videos: the first two, whole
+    assert {r["video_id"] for r in scored.records} == set(first_seen[:2])
+    assert len(scored.records) == 2 * 3
+
+
+@pytest.mark.parametrize(
+    "url", ["gs://bucket/run/clips.parquet", "s3://bucket/webvid.csv", "https://host/m.jsonl"]
+)
+def test_a_remote_url_is_named_as_unsupported(url, capsys, monkeypatch):
+    from pipelines.cli import calibrate
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scoring started")
+
+    monkeypatch.setattr(calibrate, "_measure", no_scoring)
+    assert main(["calibrate", url]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"error: {url}: remote paths are not supported by curate calibrate; copy the file "
+        "to this machine and give its local path"
+    )
