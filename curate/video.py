@@ -45,14 +45,21 @@ distorted at a reduced size and not at all at the full one), and frame sizes dec
 output at all (2x2). Every reader takes the same stream: FFmpeg's best video stream (the one
 decord picks), never cover art.
 
-This module is longer than the others (about 950 lines) on purpose: probing and frame reading
+A stream damaged on the way (bytes lost or overwritten inside it) makes a decord batch fail at
+a frame that depends on timing, since decord's decoder runs ahead on a thread of its own. The
+failed chunk is then decoded again by PyAV on the calling thread, which finds where clean
+frames stop from the bytes alone, and decord decodes those frames from a copy of their packets;
+the frames kept and ``truncated_at`` are the same whatever the chunk size or the load.
+
+This module is longer than the others (about 1200 lines) on purpose: probing and frame reading
 share one error model and one set of private helpers around decord and PyAV (opening with a
-size, classifying decord's errors, counting packets, salvaging a truncated tail). Split in
+size, classifying decord's errors, counting packets, salvaging a damaged stream). Split in
 two, those helpers would become a public API of their own for no reader's benefit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -699,7 +706,11 @@ class FrameReader:
     ``short_side``); ``stride`` keeps every n-th frame; ``start`` / ``end`` restrict the span.
 
     A file that ends early raises :class:`TruncatedVideo` when decoding stops, or with
-    ``allow_truncated`` ends the iteration there (``truncated_at`` tells where).
+    ``allow_truncated`` ends the iteration there (``truncated_at`` tells where). A stream
+    damaged in the middle stops at the same frame whatever ``chunk``, ``num_threads`` or the
+    machine's load: the frames decoded before the damage are kept, with the pixels an
+    undamaged file gives. (A frame the decoder patches up without refusing the data is kept
+    as patched; those pixels depend on what it decoded before, so on where reading started.)
 
     Use as a context manager; the decoder is released on exit (and by :meth:`close`).
     """
@@ -821,22 +832,53 @@ class FrameReader:
                 return
 
     def _salvage(self, idx: np.ndarray, exc: BaseException) -> np.ndarray | None:
-        """A batch failed: decode it frame by frame to find where the data stops."""
-        good = []
-        for i in idx.tolist():
-            try:
-                good.append(self._reader.get_batch([i]).asnumpy()[0])
-            except _decord_error_types():
-                self.truncated_at = i
-                break
-        assert self.info is not None
-        if self.truncated_at is None:  # the batch failed as a whole but every frame decodes
-            return np.stack(good)
-        reason = f"decoding stopped at frame {self.truncated_at} of {self.info.num_frames}"
-        if not self.allow_truncated:
-            raise TruncatedVideo(reason, uri=self.uri) from exc
-        log.warning("%s: %s; keeping the %d frames before it", self.uri, reason, len(good))
-        return np.stack(good) if good else None
+        """A batch failed: find where clean frames stop, the same way whatever the chunk size
+        or the machine's load, and keep the frames of ``idx`` before it.
+
+        decord cannot tell: its decoder runs on a thread of its own, ahead of the frames asked
+        for, and an error there discards the frames it had already decoded, so the frame at
+        which decord gives up on a damaged stream depends on timing (on one file, anywhere
+        from frame 21 to 39 from run to run, with one decoder thread or several), and the
+        error sticks to the reader. Instead the chunk is decoded once more by
+        :func:`_clean_run` (one thread, nothing running ahead), and its clean frames are
+        decoded by decord from a copy of their packets (:func:`_decode_copy`): the pixels the
+        fast path gives, at any size. The next chunk, if any, goes to a fresh decord reader.
+        """
+        assert self.info is not None and self.size is not None
+        run = _clean_run(self.info.path, self.info.stream_index, idx, self.size)
+        reason = f"decoding stopped at frame {run.stop} of {self.info.num_frames}"
+        if run.stop is not None:
+            self.truncated_at = run.stop
+            if not self.allow_truncated:
+                raise TruncatedVideo(reason, uri=self.uri) from exc
+        end = int(idx[-1]) + 1 if run.stop is None else run.stop
+        kept = [i for i in idx.tolist() if i < end]
+        frames = None
+        if kept:
+            frames = _decode_copy(
+                self.uri, self.info.path, self.info.stream_index, run, kept, self.size
+            )
+            if frames is None:
+                log.info(
+                    "%s: decord does not decode the clean copy of frames %d-%d; PyAV's are kept",
+                    self.uri,
+                    kept[0],
+                    kept[-1],
+                )
+                frames = np.stack([run.frames[i] for i in kept])
+        if run.stop is not None:
+            log.warning("%s: %s; keeping the %d frames before it", self.uri, reason, len(kept))
+            return frames
+        # every frame of the chunk decodes: the failed reader keeps its error until it seeks
+        self._reader = None
+        self._reader = _open_decord(
+            self.uri,
+            self.info.path,
+            width=self.size[0],
+            height=self.size[1],
+            num_threads=self.num_threads,
+        )
+        return frames
 
     def _iter_pyav(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """PyAV decoding: for files whose packets end early (decord refuses them; PyAV reads
@@ -875,6 +917,184 @@ class FrameReader:
             yield np.asarray(buf_idx, dtype=np.int64), _rotate(np.stack(buf), self.info.rotation)
         if pos <= last and self.truncated_at is None:
             self.truncated_at = pos
+
+
+# --- salvaging a damaged stream ----------------------------------------------------------------
+
+#: the container :func:`_decode_copy` copies a run of clean packets into (takes any codec decord
+#: decodes and keeps the stream's colour and aspect metadata)
+SALVAGE_CONTAINER = "matroska"
+
+
+def _stamp(packet: Any) -> int | None:
+    return packet.pts if packet.pts is not None else packet.dts
+
+
+@dataclass
+class _CleanRun:
+    """What :func:`_clean_run` found."""
+
+    #: the key frame the decode started from
+    key: int
+    #: the first frame that does not decode cleanly; ``None``: every frame asked for does
+    stop: int | None
+    #: the frames asked for that decoded cleanly, at the reader's size (PyAV's conversion)
+    frames: dict[int, np.ndarray]
+    #: places, among the stream's packets, of those a copy of the run needs: from the key
+    #: frame's to the last one decoded before the run's last frame, pictures that come before
+    #: the key frame left out
+    copy: list[int]
+
+
+def _clean_run(
+    path: str, stream_index: int | None, wanted: np.ndarray, size: tuple[int, int]
+) -> _CleanRun:
+    """Decode the stream with PyAV on one thread, from the last key frame at or before
+    ``wanted[0]`` up to ``wanted[-1]``: which frames decode cleanly, and where that stops.
+
+    Frames are numbered as decord numbers them: by presentation time among all the stream's
+    packets. The decoder runs on the calling thread and is fed one packet at a time, so where
+    a damaged stream stops is a property of its bytes: the frames the decoder gives before it
+    refuses a packet are kept as decoded (damage it conceals included, as a batch decode keeps
+    it); of the frames still inside it (its reordering delay), those before the first it flags
+    as corrupt.
+    """
+    import av
+
+    first, last = int(wanted[0]), int(wanted[-1])
+    want = set(wanted.tolist())
+    packets: list[tuple[int | None, bool]] = []
+    with av.open(path) as container:
+        stream = _video_stream(container, stream_index)
+        with contextlib.suppress(av.error.FFmpegError):  # the packets before the damage
+            for p in container.demux(stream):
+                if p.size:
+                    packets.append((_stamp(p), bool(p.is_keyframe)))
+    # frame number of each packet's picture; without timestamps, the order decoded
+    rank: list[int] | None = None
+    if packets and all(s is not None for s, _ in packets):
+        order = sorted(range(len(packets)), key=lambda j: (packets[j][0], j))
+        rank = [0] * len(packets)
+        for i, j in enumerate(order):
+            rank[j] = i
+    key, key_packet = 0, 0
+    if rank is not None:
+        for pos, (_, is_key) in enumerate(packets):
+            if is_key and rank[pos] <= first:
+                key, key_packet = rank[pos], pos
+    place = {} if rank is None else {packets[j][0]: j for j in range(len(packets))}
+
+    w, h = size
+    frames: dict[int, np.ndarray] = {}
+    last_packet = key_packet - 1
+    expected = key
+
+    def take(frame: Any, damaged: bool) -> bool:
+        """Keep ``frame`` if it is the next one; ``False``: the run ends here."""
+        nonlocal expected, last_packet
+        j = place.get(frame.pts) if rank is not None else None
+        i = expected if rank is None else (None if j is None else rank[j])
+        if i is not None and i < expected:
+            return True  # a picture before the key frame, which needs earlier ones
+        if i is None or i > expected or (damaged and frame.is_corrupt):
+            return False
+        if j is not None:
+            last_packet = max(last_packet, j)
+        if i in want:
+            frames[i] = frame.to_ndarray(width=w, height=h, format="rgb24")
+        expected += 1
+        return expected <= last
+
+    with av.open(path) as container:
+        stream = _video_stream(container, stream_index)
+        ctx = stream.codec_context
+        ctx.thread_count = 1  # no decoder thread: where decoding stops cannot depend on timing
+        going, refused = True, False
+        try:
+            pos = -1
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue
+                pos += 1
+                if pos < key_packet:
+                    continue
+                for frame in ctx.decode(packet):
+                    going = take(frame, False)
+                    if not going:
+                        break
+                if not going:
+                    break
+        except av.error.FFmpegError:
+            refused = True
+        if going:  # the frames still inside the decoder
+            try:
+                tail = ctx.decode(None)
+            except av.error.FFmpegError:
+                tail = []
+            for frame in tail:
+                if not take(frame, refused):
+                    break
+    copy = [j for j in range(key_packet, last_packet + 1) if rank is not None and rank[j] >= key]
+    return _CleanRun(key=key, stop=expected if expected <= last else None, frames=frames, copy=copy)
+
+
+def _decode_copy(
+    uri: str,
+    path: str,
+    stream_index: int | None,
+    run: _CleanRun,
+    kept: list[int],
+    size: tuple[int, int],
+) -> np.ndarray | None:
+    """decord's frames ``kept`` of a clean run, at ``size``, decoded from a copy of the packets
+    the run needs (a :data:`SALVAGE_CONTAINER` file) on one decoder thread; ``None`` when the
+    copy cannot be made or decord does not decode every packet of it."""
+    import tempfile
+
+    import av
+
+    if not run.copy:
+        return None
+    needed = set(run.copy)
+    failures: tuple[type[BaseException], ...] = (
+        av.error.FFmpegError,
+        OSError,
+        ValueError,
+        VideoError,
+        *_decord_error_types(),
+    )
+    with tempfile.TemporaryDirectory(prefix="storyloom-salvage-") as tmp:
+        copy = os.path.join(tmp, "run.mkv")
+        try:
+            with av.open(path) as src, av.open(copy, "w", format=SALVAGE_CONTAINER) as out:
+                stream = _video_stream(src, stream_index)
+                target = out.add_stream_from_template(stream)
+                pos = -1
+                for packet in src.demux(stream):
+                    if not packet.size:
+                        continue
+                    pos += 1
+                    if pos in needed:
+                        packet.stream = target
+                        out.mux(packet)
+                    if pos >= run.copy[-1]:
+                        break
+            reader = _open_decord(uri, copy, width=size[0], height=size[1], num_threads=1)
+            try:
+                if len(reader) != len(run.copy):
+                    return None
+                at = [i - run.key for i in kept]
+                frames: np.ndarray = reader.get_batch(at).asnumpy()
+                if at[-1] + 1 < len(reader):
+                    # decoding the copy to its end shows any packet decord refuses
+                    reader.skip_frames(len(reader) - 1 - at[-1])
+            finally:
+                del reader
+        except failures:
+            return None
+    if frames.shape[1:3] != (size[1], size[0]):
+        return None
+    return frames
 
 
 def read_frames(

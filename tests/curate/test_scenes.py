@@ -491,7 +491,7 @@ def test_a_cut_in_an_mpeg_transport_stream_is_found_at_its_frame(tmp_path, codec
 
 def _corrupt_middle(tmp_path):
     """An mp4 (index last) with 4 KiB of its frame data zeroed halfway: decord's batch read
-    fails part-way through a chunk."""
+    fails part-way through a chunk. The undamaged file is ``src.mp4`` beside it."""
     from tests.badvideos import _noise_frames, write_h264
 
     src = write_h264(tmp_path / "src.mp4", _noise_frames(80, 96, 64))
@@ -501,6 +501,23 @@ def _corrupt_middle(tmp_path):
     path = tmp_path / "corrupt.mp4"
     path.write_bytes(bytes(data))
     return path
+
+
+def _first_damaged_frame(path, src) -> int:
+    """The first frame (in presentation order) decoded from a packet that differs from the
+    undamaged file's or from one after it: every frame before it decodes from intact data."""
+    import av
+
+    damaged, clean = path.read_bytes(), src.read_bytes()
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size, p.pts) for p in container.demux(video=0) if p.size]
+    rank = {pts: i for i, pts in enumerate(sorted(pts for _, _, pts in packets))}
+    first = next(
+        j
+        for j, (pos, size, _) in enumerate(packets)
+        if damaged[pos : pos + size] != clean[pos : pos + size]
+    )
+    return min(rank[pts] for _, _, pts in packets[first:])
 
 
 def test_a_failed_batch_yields_the_indices_of_the_frames_it_kept(tmp_path):
@@ -513,12 +530,57 @@ def test_a_failed_batch_yields_the_indices_of_the_frames_it_kept(tmp_path):
     assert reader.truncated_at % 16  # decoding stopped inside a chunk
     assert all(len(idx) == len(frames) for idx, frames in chunks)
     assert np.concatenate([i for i, _ in chunks]).tolist() == list(range(reader.truncated_at))
-    # the PySceneDetect detectors zip indices and frames strictly
-    for detector in ("content", "histogram"):
+    # the PySceneDetect detectors zip indices and frames strictly; the scenes end where the
+    # reader stopped, though the splitter reads 64 frames at a time and the reader 16
+    for detector in ("content", "histogram", "fast"):
         with SceneSplitter(detector=detector, allow_truncated=True, min_scene_len=5) as step:
             rows = step.process({"video_id": "v", "uri": str(path)})
         assert rows[0]["start_frame"] == 0
-        assert 0 < rows[-1]["end_frame"] <= reader.truncated_at + 1
+        assert rows[-1]["end_frame"] == reader.truncated_at
+
+
+@pytest.mark.parametrize("width", [None, 64])
+def test_a_damaged_stream_keeps_every_frame_before_the_damage_whatever_the_chunk(tmp_path, width):
+    """Where decoding of a damaged stream stops depends on its bytes alone, not on the chunk
+    size, the decoder's threads or the machine's load: every frame decoded before the first
+    damaged packet is kept, with the pixels the undamaged file gives at that size."""
+    from curate.errors import TruncatedVideo
+    from curate.video import FrameReader
+
+    path = _corrupt_middle(tmp_path)
+    damaged = _first_damaged_frame(path, tmp_path / "src.mp4")
+    assert 16 < damaged < 64
+    with FrameReader(tmp_path / "src.mp4", width=width, end=damaged) as reader:
+        clean = np.concatenate([frames for _, frames in reader])
+    for chunk in (8, 16, 32, 64):
+        for threads in (0, 1):
+            with FrameReader(
+                path, allow_truncated=True, chunk=chunk, num_threads=threads, width=width
+            ) as reader:
+                chunks = list(reader)
+            where = f"chunk {chunk}, {threads} threads"
+            assert reader.truncated_at == damaged, where
+            assert np.concatenate([i for i, _ in chunks]).tolist() == list(range(damaged)), where
+            assert np.array_equal(np.concatenate([f for _, f in chunks]), clean), where
+    reader = FrameReader(path, chunk=16, width=width)
+    with pytest.raises(TruncatedVideo, match=f"stopped at frame {damaged} of 80"), reader:
+        list(reader)
+
+
+def test_frames_of_a_damaged_stream_decord_cannot_decode_again_come_from_pyav(
+    tmp_path, monkeypatch
+):
+    import curate.video
+    from curate.video import FrameReader
+
+    path = _corrupt_middle(tmp_path)
+    with FrameReader(path, allow_truncated=True, chunk=16) as reader:
+        expected = np.concatenate([f for _, f in reader])
+    monkeypatch.setattr(curate.video, "_decode_copy", lambda *args: None)
+    with FrameReader(path, allow_truncated=True, chunk=16) as reader:
+        got = np.concatenate([f for _, f in reader])
+    # at the stream's own size PyAV's colour conversion gives decord's pixels
+    assert reader.truncated_at == len(expected) and np.array_equal(got, expected)
 
 
 def test_a_truncated_file_kept_by_option_still_needs_frames_that_decode(tmp_path):
