@@ -231,22 +231,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def segment_warnings(script: StoryScript, plan: Plan, fps: float) -> list[str]:
-    """Segments the output will not show: too short for the frame rate, or cut off (``plan``
-    and ``render`` both warn of them)."""
-    out = []
-    end_s = plan.num_frames / fps
-    for i, (seg, (a, b)) in enumerate(zip(script.segments, script.frame_spans(fps)), 1):
-        if seg.start_s >= end_s:
-            out.append(
-                f"segment {i} ({seg.start_s:g}–{seg.end_s:g} s) starts after the output ends "
-                f"at {end_s:g} s and is not shown"
-            )
-        elif b <= a:
-            out.append(
-                f"segment {i} ({seg.start_s:g}–{seg.end_s:g} s) falls between two frames at "
-                f"{fps:g} fps and is not shown"
-            )
-    return out
+    """Segments no frame of ``plan`` shows at ``fps``: too short for the frame rate, or past
+    the output's last frame (``plan`` and ``render`` both warn of them). Judged from the
+    segment each frame takes its prompt from, as the plan does (a frame before the first
+    segment, or in a gap, holds a segment too), and named as the script's reader labelled
+    them."""
+    return script.unshown_segments(fps, num_frames=plan.num_frames)
 
 
 def _print(

@@ -3,6 +3,8 @@ them): one script per row, problems named by story and segment."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,10 +12,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from schemas.io import SchemaError, read_parquet
 from storygen.script.limits import MAX_SEGMENTS, quote
-from storygen.script.story import ScriptError, StoryScript, build_script
+from storygen.script.story import ScriptError, StoryScript, build_script, not_unicode
 
 
 def _number(value: Any) -> float | None:
@@ -133,11 +136,20 @@ def load_parquet(path: Path, story_id: str | None) -> StoryScript:
         raise ScriptError(str(path), [f"cannot read the stories table ({exc})"]) from exc
     if table.num_rows == 0:
         raise ScriptError(str(path), ["stories table has no rows"])
+    why = not_unicode(story_id) if isinstance(story_id, str) else None
+    if why:  # no row holds it (a table is UTF-8), and pyarrow cannot even compare it
+        raise ScriptError(str(path), [f"story_id {quote(story_id)} is {why}"])
     try:
         if story_id is None:
             rows = table.slice(0, 1).to_pylist()
         else:
-            rows = table.filter(pc.equal(table["story_id"], story_id)).to_pylist()
+            matches = pc.indices_nonzero(
+                pc.fill_null(pc.equal(table["story_id"], story_id), False)
+            ).to_pylist()
+            rows = table.take(pa.array(matches, pa.int64())).to_pylist()
+            if len(rows) > 1:
+                uris = [row.get("uri") for row in rows]
+                raise ScriptError(str(path), [_duplicate_rows(path, story_id, matches, uris)])
     except (pa.ArrowException, KeyError) as exc:
         raise ScriptError(str(path), [f"cannot read the stories table ({exc})"]) from exc
     if not rows:
@@ -149,3 +161,28 @@ def load_parquet(path: Path, story_id: str | None) -> StoryScript:
             str(path), [f"no story with story_id {quote(story_id)}; available: {shown}"]
         )
     return script_from_stories_row(rows[0], source=str(path))
+
+
+def _duplicate_rows(path: Path, story_id: str, rows: list[int], uris: list[Any]) -> str:
+    """The problem of a story id that more than one row of the table holds, naming the rows
+    (in a folder of shards, each row's file and its row there) and their videos."""
+    where = [f"row {r}" for r in rows]
+    if path.is_dir():  # read_parquet reads the shards in this order, one after another
+        try:
+            files = sorted(path.glob("*.parquet"))
+            ends = list(itertools.accumulate(pq.read_metadata(f).num_rows for f in files))
+        except (pa.ArrowException, OSError):
+            ends = []
+        if ends and ends[-1] > rows[-1]:
+            where = []
+            for r in rows:
+                k = bisect.bisect_right(ends, r)
+                where.append(f"{files[k].name} row {r - (ends[k - 1] if k else 0)}")
+    where = [
+        f"{w} (uri {quote(uri, 60)})" if isinstance(uri, str) else w for w, uri in zip(where, uris)
+    ]
+    shown = ", ".join(where[:10]) + (f", … ({len(where):,} in all)" if len(where) > 10 else "")
+    return (
+        f"story_id {quote(story_id)} is on {len(rows):,} rows: {shown}; a stories table holds "
+        "each story once, so which one to read is not clear"
+    )

@@ -51,13 +51,18 @@ class ScriptError(StoryError):
 
 @dataclass(frozen=True)
 class Segment:
-    """One prompt over the half-open time span ``[start_s, end_s)``."""
+    """One prompt over the half-open time span ``[start_s, end_s)``.
+
+    ``label`` says where the segment was written (``"segment 2 (line 5)"``, ``"cue 3 (line 9)"``,
+    ``"story 's1' segment 0"``), for messages; it takes no part in comparisons.
+    """
 
     start_s: float
     end_s: float
     prompt: str
     clip_id: str | None = None
     score: float | None = None
+    label: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def duration_s(self) -> float:
@@ -204,6 +209,18 @@ class StoryScript:
         raise :class:`ScriptError` naming every gap that holds frames. ``num_frames`` defaults
         to ``round(duration × fps)``.
         """
+        prompts = self.prompts
+        return [prompts[i] for i in self.segments_per_frame(fps, num_frames=num_frames, gaps=gaps)]
+
+    def segments_per_frame(
+        self,
+        fps: float | None = None,
+        *,
+        num_frames: int | None = None,
+        gaps: str = "hold",
+    ) -> list[int]:
+        """The index (into :attr:`segments`) of the segment each frame shows, by the rules of
+        :meth:`prompts_per_frame`: a segment no frame shows is missing from the list."""
         fps = self._fps(fps)
         if gaps not in GAP_POLICIES:
             raise ValueError(f"gaps must be one of {GAP_POLICIES}, got {gaps!r}")
@@ -213,18 +230,18 @@ class StoryScript:
             raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
 
         # segment i owns frames [first_i, end_i): the frames whose time lies in its span
-        out: list[str] = []
+        out: list[int] = []
         uncovered: list[tuple[int, int]] = []  # runs of frames in a gap: [a, b)
-        held = self.segments[0].prompt
+        held = 0
         cursor = shown_end = 0
-        for seg in self.segments:
+        for i, seg in enumerate(self.segments):
             first = min(_first_frame_at_or_after(seg.start_s, fps), num_frames)
             end = min(_first_frame_at_or_after(seg.end_s, fps), num_frames)
             if first > cursor:
                 uncovered.append((cursor, first))
                 out.extend([held] * (first - cursor))
-            out.extend([seg.prompt] * (end - first))
-            held = seg.prompt
+            out.extend([i] * (end - first))
+            held = i
             cursor = max(cursor, end)
             if end > first:
                 shown_end = end
@@ -248,6 +265,39 @@ class StoryScript:
             raise ScriptError(self.source, problems)
         return out
 
+    def unshown_segments(
+        self, fps: float | None = None, *, num_frames: int | None = None
+    ) -> list[str]:
+        """A warning for each segment no frame shows at ``fps`` over ``num_frames`` frames
+        (default ``round(duration × fps)``): one that starts after the last frame, or falls
+        between two frames and is not held over a gap after it. Each names the file and the
+        segment as its reader labelled it (line, cue, story)."""
+        fps = self._fps(fps)
+        if num_frames is None:
+            num_frames = self.num_frames(fps)
+        shown = set(self.segments_per_frame(fps, num_frames=num_frames))
+        last = num_frames - 1
+        out = []
+        for i, seg in enumerate(self.segments):
+            if i in shown:
+                continue
+            first = _first_frame_at_or_after(seg.start_s, fps)
+            if first >= num_frames:
+                why = (
+                    f"it starts at {seg.start_s:g} s, after the output's last frame "
+                    f"(frame {last} at {last / fps:g} s)"
+                )
+            else:
+                before = max(0, first - 1)
+                why = (
+                    f"{seg.start_s:g}–{seg.end_s:g} s falls between two frames "
+                    f"({before / fps:g} s and {first / fps:g} s)"
+                )
+            where = f"{self.source}: " if self.source else ""
+            label = seg.label or f"segment {i + 1}"
+            out.append(f"{where}{label}: not shown at {fps:g} fps ({num_frames} frames): {why}")
+        return out
+
     def frame_spans(self, fps: float | None = None) -> list[tuple[int, int]]:
         """Each segment's half-open frame span ``[start_frame, end_frame)`` at ``fps``."""
         fps = self._fps(fps)
@@ -260,9 +310,12 @@ class StoryScript:
     def to_stories_row(self, fps: float | None = None) -> dict[str, Any]:
         """A row of ``schemas.STORIES_SCHEMA`` (times kept as written, frames at ``fps``)."""
         fps = self._fps(fps)
-        spans = self.frame_spans(fps)
+        num_frames = self.num_frames(fps)
+        # spans end at the row's last frame: a segment past it holds no frame of the row
+        spans = [(min(a, num_frames), min(b, num_frames)) for a, b in self.frame_spans(fps)]
         empty = [
-            f"segment {i + 1} ({s.start_s:g}–{s.end_s:g} s) holds no frame at {fps:g} fps"
+            f"{s.label or f'segment {i + 1}'} ({s.start_s:g}–{s.end_s:g} s) holds no frame at "
+            f"{fps:g} fps ({num_frames} frames)"
             for i, (s, (a, b)) in enumerate(zip(self.segments, spans))
             if b <= a
         ]
@@ -278,7 +331,7 @@ class StoryScript:
             "uri": self.source,
             "fps": fps,
             "duration_s": float(self.duration_s),
-            "num_frames": self.num_frames(fps),
+            "num_frames": num_frames,
             "segments": [
                 {
                     "start_s": float(s.start_s),
@@ -372,6 +425,33 @@ def _in_file_order(problems: list[str], labels: list[str]) -> list[str]:
     return sorted(problems, key=key)
 
 
+def not_unicode(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8 (a lone surrogate, as JSON's ``"\\ud800"``
+    gives), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode (lone surrogate U+{ord(text[exc.start]):04X})"
+    return None
+
+
+def _unicode_problems(good: list[tuple[dict[str, Any], str]], story_id: str | None) -> list[str]:
+    """The prompts, clip ids and story id that no text encoder, tokenizer or output file
+    takes: a problem of the script, not a crash at the stage that first writes them."""
+    problems = []
+    if isinstance(story_id, str):
+        why = not_unicode(story_id)
+        if why:
+            problems.append(f"story_id is {why}")
+    for seg, label in good:
+        for key in ("prompt", "clip_id"):
+            value = seg.get(key)
+            why = not_unicode(value) if isinstance(value, str) else None
+            if why:
+                problems.append(f"{label}: {key} is {why}")
+    return problems
+
+
 def build_script(
     raw: list[dict[str, Any] | None],
     labels: list[str],
@@ -394,6 +474,7 @@ def build_script(
     if timed:
         problems.extend(timed.values())
         good = [item for i, item in enumerate(good) if i not in timed]
+    problems.extend(_unicode_problems(good, story_id))
     if not raw and not problems:
         problems.append("script has no segments")
     elif good and not length:
@@ -407,7 +488,7 @@ def build_script(
     if problems:
         raise ScriptError(source, _in_file_order(problems, labels))
     return StoryScript(
-        tuple(Segment(**seg) for seg, _ in good),
+        tuple(Segment(**seg, label=lab) for seg, lab in good),
         fps,
         story_id,
         source,

@@ -2,8 +2,11 @@
 
 Cue numbers (SRT) and identifiers (WebVTT) are optional, markup tags are dropped (WebVTT's
 character references decoded), and every problem names the cue and its line. A cue that runs
-into the next without a blank line between them ends where the next one's timing line begins.
-Subtitles carry no frame rate: pass one when rendering.
+into the next without a blank line between them ends where the next one's timing line begins;
+so, as in the WebVTT parser, does the header or a NOTE / STYLE / REGION block that a cue follows
+without a blank line. Text in a block of its own, with no timing line (a blank line inside a
+cue's text ends the cue), is an error naming its line. Subtitles carry no frame rate: pass one
+when rendering.
 """
 
 from __future__ import annotations
@@ -67,6 +70,47 @@ def _split_cues(first_line: int, block: list[str]) -> list[tuple[int, list[str]]
     return cues
 
 
+def _cues_in_header(first_line: int, block: list[str]) -> list[tuple[int, list[str]]]:
+    """The cues a WebVTT header block runs into: as the WebVTT parser does, a line holding
+    ``-->`` ends the header and starts the next block (a cue written right under the
+    ``WEBVTT`` line, no blank line between, is a cue, not part of the header)."""
+    for j in range(1, len(block)):
+        if "-->" in block[j]:
+            return [(first_line + j, block[j:])]
+    return []
+
+
+def _cues_in_non_cue_block(first_line: int, block: list[str]) -> list[tuple[int, list[str]]]:
+    """A block as the cues it holds: itself when it is a cue, none for a WebVTT NOTE, STYLE
+    or REGION block, unless a line holding ``-->`` follows without a blank line. Then, as in
+    the WebVTT parser, that line is the cue's timing line: on the block's second line, the
+    first (``NOTE a comment``) is the cue's identifier; further down, the block ends above
+    it."""
+    if not _NON_CUE_BLOCK.fullmatch(block[0].strip()):
+        return [(first_line, block)]
+    for j in range(1, len(block)):
+        if "-->" in block[j]:
+            return [(first_line, block)] if j == 1 else [(first_line + j, block[j:])]
+    return []
+
+
+def _no_timing(block: list[str]) -> bool:
+    """Whether a block shows no sign of a timing line where a cue has one (first, or after
+    its number or identifier)."""
+    return not any("-->" in line or re.match(r"\s*\d+:\d", line) for line in block[:2])
+
+
+def _stray_text(line: int, text: str, labels: list[str], webvtt: bool) -> str:
+    """The problem of text outside any cue: most often a blank line inside the cue above."""
+    fmt = "WebVTT" if webvtt else "SRT"
+    cues = [label for label in labels if label.startswith("cue ")]
+    if cues:
+        why = f"a blank line in the text of {cues[-1]}? {fmt} ends a cue at a blank line"
+    else:
+        why = "expected a cue: its number or its timing line 'HH:MM:SS,mmm --> HH:MM:SS,mmm'"
+    return f"line {line}: text {quote(text)} outside any cue ({why})"
+
+
 def parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScript:
     too_large = text_too_large(text)
     if too_large:
@@ -88,17 +132,27 @@ def parse_srt(text: str, source: str | None, story_id: str | None) -> StoryScrip
         blocks.append((start_line, current))
     webvtt = bool(blocks) and blocks[0][1][0].strip().upper().startswith("WEBVTT")
     if webvtt:
-        blocks = blocks[1:]
-    blocks = [b for b in blocks if not _NON_CUE_BLOCK.fullmatch(b[1][0].strip())]
+        blocks = [*_cues_in_header(*blocks[0]), *blocks[1:]]
+    blocks = [
+        cue for first_line, block in blocks for cue in _cues_in_non_cue_block(first_line, block)
+    ]
     blocks = [cue for first_line, block in blocks for cue in _split_cues(first_line, block)]
 
     problems: list[str] = []
     raw: list[dict[str, Any] | None] = []
     labels: list[str] = []
-    for k, (first_line, block) in enumerate(blocks, 1):
+    k = 0  # cues so far (stray text is none)
+    for first_line, block in blocks:
         timing_at = _timing_at(block)
         first = block[0].strip()
-        number = first if timing_at and first.isdigit() and len(first) <= 12 else str(k)
+        numbered = first.isdigit() and len(first) <= 12
+        if not numbered and _no_timing(block):
+            labels.append(f"line {first_line}")
+            raw.append(None)
+            problems.append(_stray_text(first_line, first, labels[:-1], webvtt))
+            continue
+        k += 1
+        number = first if timing_at and numbered else str(k)
         label = f"cue {number} (line {first_line})"
         labels.append(label)
         if timing_at >= len(block):

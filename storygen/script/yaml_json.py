@@ -136,6 +136,12 @@ def _header(
     where: str,
 ) -> tuple[float | None, float | None, str | None]:
     fps = data.get("fps")
+    if isinstance(fps, str) and re.fullmatch(r"0[0-9]+", fps):  # YAML's 010, not octal 8
+        problems.append(
+            f"{where}: fps must be a positive number, got {quote(fps)} (a leading zero is "
+            f"not read as a number: write {int(fps)})"
+        )
+        fps = None
     if fps is not None and (
         isinstance(fps, bool)
         or not isinstance(fps, (int, float))
@@ -146,6 +152,9 @@ def _header(
         fps = None
     length = data.get("duration", data.get("duration_s"))
     length_s = None
+    if "duration" in data and "duration_s" in data:
+        problems.append(f"{where}: field 'duration' given twice (as 'duration' and 'duration_s')")
+        length = None
     if length is not None:
         try:
             length_s = parse_time(length)
@@ -194,11 +203,23 @@ def _build_from_mappings(
 
 
 # --------------------------------------------------------------------- YAML
-def _yaml_loader() -> type:
-    """A safe loader that reads ``1:02.5`` as text, not as a YAML 1.1 base-60 number.
+#: plain scalars YAML 1.1 reads as numbers that a person writing a time does not mean: a
+#: leading zero (``010``, octal 8), hex and binary (``0x20``, ``0b11``) and underscores
+#: (``1_000``, ``1_0.5``)
+_NUMERAL = re.compile(
+    r"[-+]?0[0-9_]+"
+    r"|[-+]?0[xb][0-9a-fA-F_]+"
+    r"|[-+]?(?=[0-9._]*_)(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+][0-9]+)?"
+)
 
-    PyYAML resolves ``1:2:3`` to 3723 and ``1:02.5`` to 62.5; times go through
-    :func:`parse_time` instead so that every form is checked the same way.
+
+def _yaml_loader() -> type:
+    """A safe loader that reads ``1:02.5``, ``010`` and ``0x20`` as text, not as YAML 1.1
+    numbers.
+
+    PyYAML resolves ``1:2:3`` to 3723, ``1:02.5`` to 62.5, ``010`` to 8 and ``0x20`` to 32;
+    times go through :func:`parse_time` instead so that every form is checked the same way
+    (``"010"`` is 10 s there, ``"0x20"`` no time), and an fps written so is refused.
     """
 
     # libyaml's parser where PyYAML was built with it (several times faster); same results
@@ -208,9 +229,11 @@ def _yaml_loader() -> type:
         pass
 
     clock = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-9_]+)+(?:\.[0-9_]*)?$")
+    numeral = re.compile(rf"^(?:{_NUMERAL.pattern})$")
     resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    for first in "+-0123456789":
-        resolvers[first] = [("tag:yaml.org,2002:str", clock), *resolvers.get(first, [])]
+    for first in "+-.0123456789":
+        text = [("tag:yaml.org,2002:str", clock), ("tag:yaml.org,2002:str", numeral)]
+        resolvers[first] = [*text, *resolvers.get(first, [])]
     Loader.yaml_implicit_resolvers = resolvers
     return Loader
 

@@ -47,6 +47,10 @@ def _parses_or_refuses(parse: Any, *args: Any) -> StoryScript | None:
     for seg in script.segments:
         assert math.isfinite(seg.start_s) and math.isfinite(seg.end_s)
         assert 0 <= seg.start_s < seg.end_s
+        # text every later stage writes: the tokenizer, a JSON plan, an output file's metadata
+        seg.prompt.encode("utf-8")
+        (seg.clip_id or "").encode("utf-8")
+    (script.story_id or "").encode("utf-8")
     return script
 
 
@@ -199,6 +203,24 @@ def test_json_documents_of_the_right_shape(doc):
 )
 def test_json_token_soup(pieces):
     _parses_or_refuses(parse_json, "".join(pieces), "<fuzz>", None)
+
+
+#: any code point, lone surrogates (which JSON's "\ud800" escapes give) included; st.text
+#: never draws them
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+any_text = st.lists(st.characters() | surrogates, max_size=12).map("".join)
+
+
+@FUZZ
+@given(
+    prompt=st.one_of(any_text, st.text(max_size=12)),
+    clip_id=st.one_of(st.none(), any_text),
+    story_id=st.one_of(st.none(), any_text),
+)
+def test_json_text_of_any_code_points(prompt, clip_id, story_id):
+    seg = {"start": 0, "end": 2, "prompt": prompt, "clip_id": clip_id}
+    text = json.dumps({"story_id": story_id, "segments": [seg]})  # escapes every surrogate
+    _parses_or_refuses(parse_json, text, "<fuzz>", None)
 
 
 # --------------------------------------------------------------------------- SRT / WebVTT

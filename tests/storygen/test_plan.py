@@ -323,9 +323,90 @@ def test_cli_warns_about_segments_the_output_cannot_show(capsys, tmp_path):
     )
     assert _cli(str(path), "--duration", "4") == 0
     out = capsys.readouterr().out
-    assert "segment 2 (1.05–1.1 s) falls between two frames at 4 fps" in out
-    assert "segment 4 (4–6 s) starts after the output ends at 4 s" in out
+    assert (
+        f"{path}: segment 2 (line 4): not shown at 4 fps (16 frames): 1.05–1.1 s falls between "
+        "two frames (1 s and 1.25 s)"
+    ) in out
+    assert (
+        f"{path}: segment 4 (line 6): not shown at 4 fps (16 frames): it starts at 4 s, after "
+        "the output's last frame (frame 15 at 3.75 s)"
+    ) in out
     assert "segment 3" not in out.split("warnings:")[1]
+
+
+@pytest.mark.parametrize(
+    ("segments", "flags", "unshown"),
+    [
+        # 10.1 s at 4 fps is 40 frames, the last at 9.75 s: the one at 10 s is not made
+        ("[{start: 0, end: 9.9, prompt: a}, {start: 9.9, end: 10.1, prompt: b}]", [], [2]),
+        (
+            "[{start: 0, end: 7.4, prompt: a}, {start: 7.4, end: 8, prompt: b},"
+            " {start: 8, end: 10, prompt: c}]",
+            ["--duration", "7.5"],
+            [2, 3],
+        ),
+    ],
+)
+def test_cli_warns_of_segments_past_the_last_frame_even_when_they_start_before_the_end(
+    capsys, tmp_path, segments, flags, unshown
+):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"fps: 4\nsegments: {segments}\n")
+    assert _cli(str(path), *flags, "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["prompts"]) == {"a"}
+    assert [w.split(": ")[1] for w in data["warnings"]] == [
+        f"segment {i} (line 2)" for i in unshown
+    ]
+    assert all("after the output's last frame" in w for w in data["warnings"])
+
+
+def test_a_segment_held_over_the_frames_before_it_is_shown_and_not_warned_of(tmp_path):
+    from storygen.plan_cli import segment_warnings
+
+    # at 8 fps no frame falls inside [0.01, 0.06), but frame 0, before the first segment,
+    # takes the first segment's prompt
+    script = StoryScript((Segment(0.01, 0.06, "flash"), Segment(0.06, 4.0, "blue")), 8)
+    plan = plan_story(script, fps=8)
+    assert plan.prompt_changes()[0] == (0, "flash")
+    assert segment_warnings(script, plan, 8) == []
+    # a segment between two frames that a gap after it holds is shown too; one that the next
+    # segment follows at once is not
+    script = StoryScript(
+        (
+            Segment(0, 1, "a"),
+            Segment(1.05, 1.1, "held"),
+            Segment(2, 3, "b"),
+            Segment(3.05, 3.1, "c"),
+        )
+        + (Segment(3.1, 4, "d"),),
+        4,
+    )
+    plan = plan_story(script, fps=4)
+    assert "held" in plan.prompts and "c" not in plan.prompts
+    assert segment_warnings(script, plan, 4) == [
+        "segment 4: not shown at 4 fps (16 frames): 3.05–3.1 s falls between two frames "
+        "(3 s and 3.25 s)"
+    ]
+
+
+def test_warnings_name_the_file_and_the_segment_as_its_reader_labels_it(tmp_path):
+    from storygen.plan_cli import segment_warnings
+    from storygen.script import load_script, save_script
+
+    srt = tmp_path / "s.srt"
+    srt.write_text(
+        "7\n00:00:00,000 --> 00:00:02,010\nred\n\n8\n00:00:02,010 --> 00:00:02,060\nflash\n\n"
+        "9\n00:00:02,060 --> 00:00:04,000\nblue\n"
+    )
+    table = save_script(load_script(srt), tmp_path / "s.parquet", fps=25)
+    for path, label in ((srt, "cue 8 (line 5)"), (table, "story 's' segment 1")):
+        script = load_script(path)
+        plan = plan_story(script, fps=8)
+        assert segment_warnings(script, plan, 8) == [
+            f"{path}: {label}: not shown at 8 fps (32 frames): 2.01–2.06 s falls between two "
+            "frames (2 s and 2.125 s)"
+        ]
 
 
 @pytest.mark.parametrize("policy", ["stretch", "trim", "autoregressive"])

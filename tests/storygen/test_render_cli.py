@@ -273,8 +273,14 @@ def test_render_warns_about_segments_the_output_cannot_show(request_in, tmp_path
     )
     with caplog.at_level("WARNING", logger="storygen.render_cli"):
         main(request_in("--out", str(tmp_path / "x.mp4"), "--duration", "4"))
-    assert "segment 2 (2.01–2.05 s) falls between two frames at 8 fps" in caplog.text
-    assert "segment 4 (4–6 s) starts after the output ends at 4 s" in caplog.text
+    assert (
+        f"{script}: segment 2 (line 4): not shown at 8 fps (32 frames): 2.01–2.05 s falls "
+        "between two frames (2 s and 2.125 s)"
+    ) in caplog.text
+    assert (
+        f"{script}: segment 4 (line 6): not shown at 8 fps (32 frames): it starts at 4 s, "
+        "after the output's last frame (frame 31 at 3.875 s)"
+    ) in caplog.text
     capsys.readouterr()
 
 

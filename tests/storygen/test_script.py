@@ -388,6 +388,25 @@ def test_each_frame_takes_the_segment_containing_its_time(script, fps_text):
         assert prompt == expected, (i, float(t))
 
 
+@settings(max_examples=150, deadline=None)
+@given(_scripts(), _FPS, st.integers(1, 300))
+def test_a_segment_is_warned_of_exactly_when_no_frame_shows_it(script, fps_text, num_frames):
+    # ground truth in exact rational arithmetic over the frames made (num_frames may cut the
+    # story short): a frame shows the segment holding its time, else the one before it, else
+    # the first
+    fps = float(fps_text)
+    fps_q = Fraction(fps_text)
+    starts = [Fraction(repr(s.start_s)) for s in script.segments]
+    shown = {
+        max([0, *(k for k, a in enumerate(starts) if a <= i / fps_q)]) for i in range(num_frames)
+    }
+    assert set(script.segments_per_frame(fps, num_frames=num_frames)) == shown
+    warned = script.unshown_segments(fps, num_frames=num_frames)
+    assert [w.split(":")[0] for w in warned] == [
+        f"segment {k + 1}" for k in range(len(script.segments)) if k not in shown
+    ]
+
+
 def test_to_stories_row_matches_the_schema_and_round_trips():
     script = load_script(EXAMPLES / "shapes_story.yaml")
     row = script.to_stories_row()
@@ -407,6 +426,17 @@ def test_to_stories_row_matches_the_schema_and_round_trips():
     short = StoryScript((Segment(0, 1.05, "a"), Segment(1.05, 1.1, "b"), Segment(1.1, 2, "c")))
     with pytest.raises(ScriptError, match="segment 2 .* holds no frame at 4 fps"):
         short.to_stories_row(4)
+
+
+def test_a_stories_row_ends_its_segments_at_its_last_frame():
+    """At 4 fps a 10.1 s story has 40 frames (0 to 9.75 s): a segment from 9.9 s holds none of
+    them, and the row never names a frame past its own count."""
+    late = StoryScript((Segment(0, 9.9, "a"), Segment(9.9, 10.1, "b")), 4)
+    with pytest.raises(ScriptError, match=r"segment 2 \(9.9–10.1 s\) holds no frame at 4 fps \(40"):
+        late.to_stories_row()
+    row = StoryScript((Segment(0, 5, "a"), Segment(5, 10.1, "b")), 4).to_stories_row()
+    assert row["num_frames"] == 40
+    assert [(s["start_frame"], s["end_frame"]) for s in row["segments"]] == [(0, 20), (20, 40)]
 
 
 @pytest.mark.parametrize("ext", ["yaml", "json", "srt", "parquet"])
