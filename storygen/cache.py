@@ -6,11 +6,18 @@ frames (the components' classes, configs and weights, the scheduler, the plan wi
 and :meth:`RenderSettings.output_fields <storygen.settings.RenderSettings.output_fields>`) and
 nothing that does not (micro-batch, devices, output type), so a run resumes with other batching
 and a changed setting never reads stale frames.
+
+The key is the same in every process and from every working directory: the keys diffusers and
+transformers add to a loaded config (those starting with ``_``: the folder as it was typed,
+which keys took their defaults, in an order that changes with the process's string hashing)
+are left out; the class is keyed by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -49,10 +56,14 @@ def _fingerprint(module: torch.nn.Module | None) -> str:
 
 
 def _config_dict(module: Any) -> Any:
+    """The module's config without the keys the loaders add (``_name_or_path``,
+    ``_use_default_values``, ``_class_name``, ``_diffusers_version``, ...): what it says about
+    the model, the same whichever process loaded it from whichever path."""
     config = getattr(module, "config", None)
     if config is None:
         return None
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    config = {k: v for k, v in config.items() if not str(k).startswith("_")}
     return json.loads(json.dumps(config, default=str, sort_keys=True))
 
 
@@ -117,9 +128,24 @@ class CallCache:
         return found
 
     def save(self, level: int, indices: Sequence[int], samples: torch.Tensor) -> None:
-        """Keep the outputs of calls ``indices`` of ``level`` (samples: (B, C, F, h, w))."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Keep the outputs of calls ``indices`` of ``level`` (samples: (B, C, F, h, w)).
+
+        A file that cannot be written (a full disk, a folder removed meanwhile) leaves nothing
+        behind and raises OSError naming it and why (errno ENOSPC for a full disk)."""
         name = f"level{level:04d}-calls{indices[0]:05d}-{indices[-1]:05d}.pt"
         tmp = self.path / (name + ".tmp")
-        torch.save({str(i): s.clone() for i, s in zip(indices, samples)}, tmp)
-        os.replace(tmp, self.path / name)  # atomic: a crash never leaves half a file
+        try:
+            # made in memory, then written: a full disk raises the write's OSError (ENOSPC),
+            # where torch writing the file itself fails on a short write with a RuntimeError
+            buffer = io.BytesIO()
+            torch.save({str(i): s.clone() for i, s in zip(indices, samples)}, buffer)
+            self.path.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
+            os.replace(tmp, self.path / name)  # atomic: a crash never leaves half a file
+        except (OSError, RuntimeError) as exc:
+            with contextlib.suppress(OSError):  # the error to tell is the write's
+                tmp.unlink(missing_ok=True)
+            code = getattr(exc, "errno", None)  # ENOSPC: the disk is full
+            why = os.strerror(code) if code else str(exc) or type(exc).__name__
+            raise OSError(code, why, str(self.path / name)) from exc

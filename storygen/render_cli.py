@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import json
 import logging
 import os
@@ -324,6 +325,7 @@ def run_render(args: argparse.Namespace) -> int:
         # 2. the devices, the model, the settings it completes, the render
         _check_devices(args)
         pipe = _load_model(args, model, choices)
+        _make_output_folders(args)  # only now: a refused render leaves no empty folder behind
         out = _render(args, pipe, script, fps, num_frames, choices)
     except _Refused as exc:
         return _fail(exc)
@@ -379,7 +381,7 @@ def _check_request(
             raise _Refused(no_fps_message(args))
         check_fps(fps, choices["fps"].source)
         num_frames = num_frames_of(args, fps)
-        _check_sides(choices, args.max_frame_size)
+        _check_sides(choices, args.max_frame_size, model)
         with frame_limit(args.max_frames):
             plan = plan_story(  # the plan's own checks: length, frames per call, depth
                 script,
@@ -404,9 +406,10 @@ def _policy(args: argparse.Namespace) -> str:
     return (args.policy or "stretch") if args.mode == "hierarchical" else AUTOREGRESSIVE
 
 
-def _check_sides(choices: dict[str, Choice], limit: int) -> None:
-    """The frame sides a flag or sampling.json set, against ``--max-frame-size`` (a side left
-    to the model is checked once it loads, :func:`_load_model`)."""
+def _check_sides(choices: dict[str, Choice], limit: int, model: Path) -> None:
+    """The frame sides a flag or sampling.json set, against ``--max-frame-size`` and the
+    model's VAE, whose latent pixels span ``factor`` × ``factor`` pixels (a side left to the
+    model is checked once it loads, :func:`_load_model`)."""
     sides = {key: choices[key] for key in ("height", "width")}
     for key, choice in sides.items():
         if choice.value is not None and choice.value > limit:
@@ -420,6 +423,33 @@ def _check_sides(choices: dict[str, Choice], limit: int) -> None:
                 f"error: {key} {choice.value} is larger than the limit of {limit} pixels "
                 f"(from {choice.source}; {size}; raise the limit with --max-frame-size)"
             )
+    factor = _vae_factor(model)
+    for key, choice in sides.items():
+        if choice.value is not None and factor and choice.value % factor:
+            source = choice.source
+            if "sampling.json" in source:
+                source = f"{source}, {model / 'sampling.json'}"
+            low, high = choice.value // factor * factor, (choice.value // factor + 1) * factor
+            raise _Refused(
+                f"error: {key} {choice.value} (from {source}) is not a multiple of {factor}: "
+                f"the model's VAE ({model / 'vae' / 'config.json'}) makes one latent pixel of "
+                f"{factor}×{factor} pixels; use {f'{low} or {high}' if low else high}"
+            )
+
+
+def _vae_factor(model: Path) -> int | None:
+    """How many pixels one latent pixel of the model's VAE spans, a side (2 ** (blocks - 1),
+    the pipeline's ``vae_scale``), from ``vae/config.json``; 1 without a VAE; None where the
+    folder does not say (loading the model then names what is wrong)."""
+    try:
+        index = json.loads((model / "model_index.json").read_text(encoding="utf-8"))
+        spec = index.get("vae")
+        if not isinstance(spec, list) or not spec or spec[0] is None:
+            return 1
+        config = json.loads((model / "vae" / "config.json").read_text(encoding="utf-8"))
+        return int(2 ** (len(config["block_out_channels"]) - 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 #: the flags that name files or folders the render writes
@@ -441,8 +471,7 @@ def _check_outputs(args: argparse.Namespace, fps: float) -> None:
         check_video_path(args.out, fps)
     except ValueError as exc:
         raise _Refused(f"--out {exc}") from None
-    given = [(f, getattr(args, f[2:].replace("-", "_"))) for f in _OUTPUT_FLAGS]
-    given = [(flag, value) for flag, value in given if value]
+    given = _given_outputs(args)
     seen: dict[Path, str] = {}
     script = Path(args.script)
     if _is_file_or_folder(script):
@@ -456,9 +485,20 @@ def _check_outputs(args: argparse.Namespace, fps: float) -> None:
                 "it would be overwritten; give each output a path of its own"
             )
         seen[where] = f"the path of {flag}"
+    if args.preview and Path(args.preview).suffix.lower() != ".png":
+        raise _Refused(
+            f"--preview {args.preview}: the preview sheet is a PNG image; name a .png file, "
+            f"e.g. {Path(args.preview).with_suffix('.png')}"
+        )
     for flag, value in given:
         _check_writable(flag, Path(value), folder=flag == "--cache-dir")
     _remove_stale_temporaries(Path(args.out))
+
+
+def _given_outputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(flag, path) of each output flag given."""
+    given = [(f, getattr(args, f[2:].replace("-", "_"))) for f in _OUTPUT_FLAGS]
+    return [(flag, value) for flag, value in given if value]
 
 
 def _is_file_or_folder(path: Path) -> bool:
@@ -470,26 +510,41 @@ def _is_file_or_folder(path: Path) -> bool:
 
 def _check_writable(flag: str, path: Path, *, folder: bool) -> None:
     """Refuse, naming ``flag``, a file path that is a folder, a folder path that is a file,
-    and a place that cannot be made or written in; the folder is made where missing."""
+    and a place that cannot be made or written in. Nothing is made here: a missing folder
+    is checked by writing in the nearest folder that exists, and made once the model has
+    loaded (:func:`_make_output_folders`)."""
     where = path if folder else path.parent
-    if folder and path.exists() and not path.is_dir():
-        raise _Refused(f"{flag} {path}: exists and is not a folder")
-    if not folder and path.is_dir():
-        raise _Refused(f"{flag} {path}: is a folder; name a file, e.g. {path / _EXAMPLE[flag]}")
-    above = next((p for p in (where, *where.parents) if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise _Refused(f"{flag} {path}: {above} is a file, not a folder")
     try:
-        where.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _Refused(
-            f"{flag} {path}: cannot create the folder {where} ({exc.strerror or exc})"
-        ) from None
+        if folder and path.exists() and not path.is_dir():
+            raise _Refused(f"{flag} {path}: exists and is not a folder")
+        if not folder and path.is_dir():
+            raise _Refused(f"{flag} {path}: is a folder; name a file, e.g. {path / _EXAMPLE[flag]}")
+        above = next((p for p in (where, *where.parents) if p.exists()), Path.cwd())
+    except OSError as exc:  # a folder on the way that cannot be looked into
+        raise _Refused(f"{flag} {path}: {_why(exc)}") from None
+    if not above.is_dir():
+        raise _Refused(f"{flag} {path}: {above} is a file, not a folder")
     try:  # the outputs are written under a temporary name, then renamed: one like it
-        with tempfile.NamedTemporaryFile(dir=where, prefix=".storygen-probe-"):
+        with tempfile.NamedTemporaryFile(dir=above, prefix=".storygen-probe-"):
             pass
     except OSError as exc:
-        raise _Refused(f"{flag} {path}: cannot write in {where} ({exc.strerror or exc})") from None
+        what = f"cannot write in {where}"
+        if above != where:
+            what = f"cannot create the folder {where}: cannot write in {above}"
+        raise _Refused(f"{flag} {path}: {what} ({exc.strerror or exc})") from None
+
+
+def _make_output_folders(args: argparse.Namespace) -> None:
+    """The folders of the outputs (and the cache), made where missing, right before the
+    render: :func:`_check_writable` checked that they can be."""
+    for flag, value in _given_outputs(args):
+        where = Path(value) if flag == "--cache-dir" else Path(value).parent
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _Refused(
+                f"{flag} {value}: cannot create the folder {where} ({exc.strerror or exc})"
+            ) from None
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -558,7 +613,10 @@ def _load_model(args: argparse.Namespace, model: Path, choices: dict[str, Choice
 
     try:
         pipe = load_pipeline(
-            model, torch_dtype=torch_dtype(args.dtype), scheduler=choices["scheduler"].value
+            model,
+            torch_dtype=torch_dtype(args.dtype),
+            scheduler=choices["scheduler"].value,
+            progress=not args.no_progress,
         )
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise _Refused(str(exc)) from None
@@ -662,9 +720,29 @@ def _write_extras(
         finally:
             tmp.unlink(missing_ok=True)
 
+    sheets: list[Any] = []  # the preview sheet, once drawn
+
+    def preview_sheet(path: str) -> None:
+        sheets.append(plan_sheet(out.keyframes, out.plan, path))
+
+    def sheet_png() -> bytes | None:
+        """The sheet as PNG bytes for the report page: --preview's, else drawn in memory."""
+        if not out.keyframes:
+            return None
+        buffer = io.BytesIO()
+        try:
+            image = sheets[0] if sheets else plan_sheet(out.keyframes, out.plan, None)
+            image.save(buffer, format="PNG")
+        except (OSError, ValueError) as exc:
+            logger.warning(
+                "--report %s: the page has no preview sheet (%s)", args.report, _why(exc)
+            )
+            return None
+        return buffer.getvalue()
+
     preview = args.preview if args.preview and out.keyframes else None
     extras = [
-        ("--preview", preview, lambda path: plan_sheet(out.keyframes, out.plan, path)),
+        ("--preview", preview, preview_sheet),
         ("--stats-json", args.stats_json, stats_json),
         (
             "--report",
@@ -673,7 +751,7 @@ def _write_extras(
                 path,
                 out.stats,
                 out.plan,
-                preview if preview in written else None,
+                sheet_png(),
                 script=script,
                 settings={key: choice.value for key, choice in choices.items()},
                 video=args.out,
@@ -706,7 +784,10 @@ def _instead(why: str) -> str:
 
 def _speedups(stats: Any) -> str:
     """The speed-ups and compile state of a render, for its summary."""
-    parts = [f"{k} ({n} layers)" if n else k for k, n in stats.speedups.items()] or ["none"]
+    if not stats.unet_forwards and stats.calls_from_cache:  # whether or not set up for it
+        parts = ["none needed: every model call came from the cache"]
+    else:
+        parts = [f"{k} ({n} layers)" if n else k for k, n in stats.speedups.items()] or ["none"]
     if stats.compiled_rows:
         phases = stats.compile_phases_s
         # graphs built ahead of time and read back from the disk (aot, pre), none built now
@@ -762,6 +843,9 @@ def _summary(
         f"  devices         {', '.join(stats.devices)}",
     ]
     if stats.cache_dir:
-        lines.append(f"  cache           {stats.cache_dir}")
+        lines.append(
+            f"  cache           {stats.cache_dir}"
+            + (f" (stopped keeping calls: {stats.cache_error})" if stats.cache_error else "")
+        )
     lines.append("  wrote           " + ", ".join(written))
     return "\n".join(lines)

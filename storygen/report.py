@@ -100,7 +100,7 @@ def build_render_report(
     *,
     stats: Any,
     plan: Any,
-    preview_png: str | os.PathLike[str] | None = None,
+    preview_png: str | os.PathLike[str] | bytes | None = None,
     script: Any = None,
     settings: Mapping[str, Any] | None = None,
     video: str | os.PathLike[str] | None = None,
@@ -108,7 +108,8 @@ def build_render_report(
 ) -> str:
     """The page as a string. ``stats``: a ``GenerationStats`` (or its ``to_dict()``);
     ``plan``: a ``Plan`` (or its ``to_dict()``); ``script``: a ``StoryScript`` (or a dict
-    with ``segments``); ``settings``: what the render was asked for (guidance, steps, ...)."""
+    with ``segments``); ``settings``: what the render was asked for (guidance, steps, ...);
+    ``preview_png``: the preview sheet, a PNG file or its bytes."""
     st = _as_dict(stats)
     pl = plan.to_dict(calls=False) if hasattr(plan, "to_dict") else dict(plan)
     fps = pl.get("fps") or (settings or {}).get("fps")
@@ -124,8 +125,9 @@ def build_render_report(
             + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in settings.items())
             + "</table>"
         )
-    if preview_png and Path(preview_png).exists():
-        data = base64.b64encode(Path(preview_png).read_bytes()).decode()
+    png = _png(preview_png)
+    if png:
+        data = base64.b64encode(png).decode()
         out.append(
             "<h2>Preview sheet</h2>"
             f'<img id="preview" class="sheet" src="data:image/png;base64,{data}" '
@@ -141,6 +143,15 @@ def build_render_report(
         + "\n".join(out)
         + "</body></html>\n"
     )
+
+
+def _png(preview: str | os.PathLike[str] | bytes | None) -> bytes | None:
+    """The sheet's bytes: given as such, or read from a file that exists."""
+    if isinstance(preview, bytes):
+        return preview
+    if preview and Path(preview).exists():
+        return Path(preview).read_bytes()
+    return None
 
 
 def _totals_html(
@@ -245,7 +256,7 @@ def write_render_report(
     out_html: str | os.PathLike[str],
     stats: Any,
     plan: Any,
-    preview_png: str | os.PathLike[str] | None = None,
+    preview_png: str | os.PathLike[str] | bytes | None = None,
     *,
     script: Any = None,
     settings: Mapping[str, Any] | None = None,

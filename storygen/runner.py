@@ -151,6 +151,9 @@ class GenerationStats:
     calls_per_device: list[int] = field(default_factory=list)
     output_path: str | None = None
     cache_dir: str | None = None
+    #: why the render stopped keeping calls in ``cache_dir`` part way (a full disk: the cache
+    #: is optional, the render goes on without it); None when every call was kept
+    cache_error: str | None = None
     #: whether compiling was asked for (storygen.accel: "on" where it repays, "all")
     compiled: bool = False
     #: cuDNN's autotuner was on for the render's convolutions (CUDA)
@@ -724,8 +727,7 @@ class PlanRunner:
                         self.stats.unet_forwards += forwards
                         self.stats.calls_run += len(batch.calls)
                         self.stats.calls_per_device[device] += len(batch.calls)
-                        if self.cache is not None:
-                            self.cache.save(batch.level, batch.indices, samples)
+                        if self.keep(batch, samples):
                             saved.add(k)
                         results.update({i: (s, False) for i, s in zip(batch.indices, samples)})
                     sample, from_cache = results.pop(idx)
@@ -750,25 +752,49 @@ class PlanRunner:
                 self.progress.close()
                 self.progress = None
 
+    def keep(self, batch: CallBatch, samples: torch.Tensor) -> bool:
+        """Keep a finished batch in the cache; True when it was. The cache is optional: where
+        it cannot be written (a full disk), the render warns once and goes on without it."""
+        if self.cache is None:
+            return False
+        try:
+            self.cache.save(batch.level, batch.indices, samples)
+        except OSError as exc:
+            why = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+            self.stats.cache_error = why
+            logger.warning(
+                "cannot keep level %s's calls %s-%s in the cache %s (%s); the render goes on "
+                "without the cache, and a resumed render samples these calls and the later "
+                "ones again",
+                batch.level,
+                batch.indices[0],
+                batch.indices[-1],
+                self.cache.path.parent,
+                why,
+            )
+            self.cache = None  # no retry: not of this batch, nor of the ones after it
+            return False
+        return True
+
     def keep_finished(
         self, batches: list[CallBatch], futures: list[Future], saved: set[int]
     ) -> None:
         """On the way out of a failed or interrupted render: the batches of the level that
         finished but were not yet taken in plan order go to the cache, so a resumed render
         does not sample them again."""
-        if self.cache is None:
-            return
         kept = 0
         for k, (batch, future) in enumerate(zip(batches, futures)):
+            if self.cache is None:  # none asked for, or it could not be written
+                break
             if k in saved or future.cancelled() or future.exception() is not None:
                 continue
             samples, _ = future.result()
             try:
-                self.cache.save(batch.level, batch.indices, samples)
+                if self.keep(batch, samples):
+                    kept += len(batch.calls)
             except Exception:  # the error that stopped the render is the one to raise
                 logger.exception("could not keep level %s's finished calls", batch.level)
                 return
-            kept += len(batch.calls)
         if kept:
             logger.info("kept %s finished calls in the cache for a resumed render", kept)
 

@@ -219,9 +219,14 @@ def test_an_output_folder_that_cannot_be_written_is_refused(
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(storygen.render_cli.tempfile, "NamedTemporaryFile", denied)
-    err = _refused(capsys, request_in("--out", str(tmp_path / "ro" / "x.mp4")))
-    assert f"--out {tmp_path / 'ro' / 'x.mp4'}: cannot write in {tmp_path / 'ro'}" in err
-    assert "Permission denied" in err
+    out = tmp_path / "ro" / "x.mp4"
+    err = _refused(capsys, request_in("--out", str(out)))
+    # a folder still to make: tried in the nearest one that exists, and not made
+    assert f"--out {out}: cannot create the folder {out.parent}: cannot write in {tmp_path}" in err
+    assert "Permission denied" in err and not out.parent.exists()
+    out.parent.mkdir()
+    err = _refused(capsys, request_in("--out", str(out)))
+    assert f"--out {out}: cannot write in {out.parent} (Permission denied)" in err
 
 
 def test_outputs_may_not_overwrite_each_other_or_the_script(request_in, tmp_path, capsys):

@@ -99,3 +99,16 @@ def test_render_report_timeline_stops_where_the_render_ends(tmp_path):
     assert "a blue square" not in timeline
     assert "The render ends at 2.00 s, the script at 4.25 s" in page
     assert "1 segment after it not shown, 1 cut short" in page
+
+
+def test_render_report_takes_the_sheet_as_png_bytes(render, tmp_path):
+    """A render with --report and no --preview has its sheet in memory, never on disk."""
+    import base64
+
+    stats = json.loads((render / "stats.json").read_text())
+    png = (render / "sheet.png").read_bytes()
+    page = build_render_report(stats=stats["stats"], plan=stats["plan"], preview_png=png)
+    inline = re.search(r'id="preview" class="sheet" src="data:image/png;base64,([^"]+)"', page)
+    assert inline and base64.b64decode(inline[1]) == png
+    empty = build_render_report(stats=stats["stats"], plan=stats["plan"], preview_png=b"")
+    assert 'id="preview"' not in empty
