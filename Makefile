@@ -88,8 +88,8 @@ train-clip: $(STAMP) ## train the small shapes-world CLIP shipped in models/shap
 train-captioner: $(STAMP) ## train the small shapes-world captioner shipped in models/shapes-captioner
 	$(PY) -m curate.training.captioner --out models/shapes-captioner $(CAPTIONER_TRAIN_ARGS)
 
-train-storygen: $(STAMP) ## train the small shapes-world storygen model shipped in models/shapes-storygen
-	$(PY) -m storygen.train --out models/shapes-storygen $(STORYGEN_TRAIN_ARGS)
+train-storygen: $(STAMP) ## train the small shapes-world storygen model shipped in models/shapes-storygen (replaces it)
+	$(PY) -m storygen.train --out models/shapes-storygen --force $(STORYGEN_TRAIN_ARGS)
 
 lock: ## re-resolve the pinned environment from pyproject.toml
 	$(check_python)

@@ -241,7 +241,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         eval_stories=0,
         log_every=max(1, min(100, args.steps // 10)),
     )
-    report = train_unet(config)
+    # the sitting owns its arms' folders: a new sitting's arm replaces the last one's
+    report = train_unet(config, force=True)
     print(json.dumps({"arm": args.arm, "steps_done": report["steps_done"]}))
     return report
 

@@ -67,19 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: the exit code of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)
 INTERRUPTED = 130
+#: what a command stopped by Ctrl-C leaves behind, by command
+INTERRUPT_NOTES = {
+    # a render's video writer removed its temporary file on the way out; finished calls stay
+    # in --cache-dir, where a rerun resumes from them
+    "render": "a render's video appears only once complete; one given --cache-dir resumes "
+    "where it stopped when run again",
+    # both write a model folder beside the destination and move it into place whole
+    "train": "a model folder appears only once complete: --out is as it was",
+    "new-model": "a model folder appears only once complete: DIR is as it was",
+}
+
+
+def interrupted_message(argv: list[str]) -> str:
+    """The line a command stopped by Ctrl-C prints: what it leaves behind, by command (the
+    first word of ``argv`` that is no option: ``storygen`` takes no option with a value)."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    note = INTERRUPT_NOTES.get(command or "")
+    return f"storygen: interrupted ({note})" if note else "storygen: interrupted"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         return run_command(build_parser(), argv)
     except KeyboardInterrupt:
-        # a render's video writer removed its temporary file on the way out; finished calls
-        # stay in --cache-dir, where a rerun resumes from them
-        print(
-            "storygen: interrupted (a render's video appears only once complete; one given "
-            "--cache-dir resumes where it stopped when run again)",
-            file=sys.stderr,
-        )
+        print(interrupted_message(argv), file=sys.stderr)
         return INTERRUPTED
 
 

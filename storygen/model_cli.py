@@ -141,7 +141,7 @@ def run_new_model(args: argparse.Namespace) -> int:
             seed=args.seed,
             dtype=torch_dtype(args.dtype),
         )
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     except ValueError as exc:
         return _refuse(str(exc))
     except OSError as exc:
@@ -156,8 +156,10 @@ def run_new_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _swap_in(new: Path, out: Path) -> None:
-    """Move the finished folder ``new`` to ``out``, replacing what is there whole."""
+def swap_in(new: Path, out: Path) -> None:
+    """Move the finished folder ``new`` to ``out``, replacing what is there whole (the old
+    folder stays in place until the new one is complete; ``storygen train`` writes its model
+    folder the same way)."""
     if not out.exists():
         os.replace(new, out)
         return

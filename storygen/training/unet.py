@@ -13,6 +13,11 @@ The text encoder is ``models/shapes-clip``'s text tower, fine-tuned at a lower r
 (``train_text``, ``text_lr``: its pooled state separates the grammar's facts, but its token
 states, which the UNet attends to, barely tell backgrounds apart); without that folder a small
 CLIP text model is trained along.
+
+The model folder is written under a temporary name beside ``out`` and then takes its place
+whole, with its ``training.json`` and a ``README.md`` model card: a run that stops or fails
+before then (Ctrl-C, a full disk) leaves ``out`` as it was. Ctrl-C during the UNet's steps
+stops the run as the end of its budget would, and saves what the steps so far averaged.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from storygen.training.folder import NOISE, save_folder
-from storygen.training.vae import VAES, build_vae, encode, train_vae
+from storygen.training.folder import NOISE, SAMPLING, save_folder
+from storygen.training.vae import VAES, build_vae, encode, expected_steps, train_vae
 from storygen.training.windows import StoryWindows, collate, sample_window
 
 logger = logging.getLogger(__name__)
@@ -71,6 +79,20 @@ MICRO_UNET: dict[str, Any] = {
 }
 UNETS = {"shapes": SHAPES_UNET, "micro": MICRO_UNET}
 SPACING_DIM = 32
+#: the shipped CLIP, whose text tower a run from scratch starts from (``text_encoder`` unset),
+#: beside the packages in the repository whatever the working directory
+SHIPPED_TEXT_ENCODER = Path(__file__).resolve().parents[2] / "models" / "shapes-clip"
+#: the first line of the model card a run writes (``README.md``); a card without it (written by
+#: hand) is kept when a run rewrites its folder in place (``--out X --init X``)
+CARD_MARK = (
+    "<!-- written by storygen train, which rewrites this card with the folder; "
+    "delete this line to keep your own text -->"
+)
+
+
+class RunRefused(ValueError):
+    """A run refused before it trains: a setting out of range, or an input or output folder
+    that cannot serve (``storygen train`` prints the message, exit code 2)."""
 
 
 @dataclass
@@ -89,7 +111,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 2
-    text_encoder: str | None = "models/shapes-clip"
+    #: CLIP folder whose text tower is used; None: the shipped one (:data:`SHIPPED_TEXT_ENCODER`),
+    #: or, where it is missing, a new small one trained along; "": a new one
+    text_encoder: str | None = None
     #: network sizes: "shapes" (the shipped model) or "micro" (tests, CPU smoke runs)
     preset: str = "shapes"
     #: fine-tune the text encoder too (at ``text_lr``): the CLIP tower's token states barely
@@ -143,35 +167,55 @@ class TrainConfig:
     boundary_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        # each message opens with the field's name: the command line shows it as the flag
         if self.loss_weight not in LOSS_WEIGHTS:
-            raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
-        if not self.boundary_weight >= 1.0:  # also refuses nan
-            raise ValueError(f"boundary_weight must be >= 1, got {self.boundary_weight!r}")
+            raise RunRefused(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
+        if not 1.0 <= self.boundary_weight < math.inf:  # also refuses nan
+            raise RunRefused(
+                f"boundary_weight must be >= 1 and finite, got {self.boundary_weight!r}"
+            )
         if not 0.0 <= self.high_noise <= 1.0:
-            raise ValueError(f"high_noise must be a share in [0, 1], got {self.high_noise!r}")
+            raise RunRefused(f"high_noise must be a share in [0, 1], got {self.high_noise!r}")
         if isinstance(self.high_noise_from, bool) or not 0 <= self.high_noise_from <= 999:
-            raise ValueError(
+            raise RunRefused(
                 f"high_noise_from must be a diffusion time in [0, 999], got {self.high_noise_from!r}"
             )
-        for name in ("steps", "batch_size", "frames", "size", "log_every"):
+        for name in ("steps", "batch_size", "frames", "size", "log_every", "vae_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise RunRefused(f"{name} must be a positive integer, got {value!r}")
+        for name in ("workers", "eval_stories", "heldout_windows", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise RunRefused(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("train_text", "compile", "frame_positions", "coordinates", "text_to_video"):
+            if getattr(self, name) not in (0, 1):
+                raise RunRefused(f"{name} must be 0 or 1, got {getattr(self, name)!r}")
         from storygen.plan.limits import FRAMES_PER_CALL_RANGE
 
         lo, hi = FRAMES_PER_CALL_RANGE  # the folder's sampling.json recommends this call length
         if not lo <= self.frames <= hi:
-            raise ValueError(f"frames must be from {lo} to {hi}, got {self.frames!r}")
-        if isinstance(self.heldout_windows, bool) or self.heldout_windows < 0:
-            raise ValueError(f"heldout_windows must be >= 0, got {self.heldout_windows!r}")
+            raise RunRefused(f"frames must be from {lo} to {hi}, got {self.frames!r}")
         if self.size < 32 or self.size % 8:
-            raise ValueError(f"size must be a multiple of 8, >= 32, got {self.size!r}")
+            raise RunRefused(f"size must be a multiple of 8, >= 32, got {self.size!r}")
         if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must lie in [0, 1), got {self.ema!r}")
-        if self.frame_lr is not None and self.frame_lr <= 0:
-            raise ValueError(f"frame_lr must be > 0 (or None: lr), got {self.frame_lr!r}")
+            raise RunRefused(f"ema must lie in [0, 1), got {self.ema!r}")
+        for name in ("lr", "text_lr", "frame_lr"):
+            value = getattr(self, name)
+            if name == "frame_lr" and value is None:
+                continue
+            if not 0 < value < math.inf:  # the other rates are shares of lr: 0 cannot be one
+                tail = " (or unset: --lr)" if name == "frame_lr" else ""
+                raise RunRefused(f"{name} must be a positive, finite rate{tail}, got {value!r}")
+        for name in ("max_minutes", "vae_minutes"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise RunRefused(
+                    f"{name} must be a positive, finite number of minutes (or unset: no time "
+                    f"budget), got {value!r}"
+                )
         if self.preset not in UNETS:
-            raise ValueError(f"preset must be one of {sorted(UNETS)}, got {self.preset!r}")
+            raise RunRefused(f"preset must be one of {sorted(UNETS)}, got {self.preset!r}")
 
 
 def is_framewise(name: str) -> bool:
@@ -226,8 +270,34 @@ def build_unet(
     )
 
 
+def text_encoder_folder(config: TrainConfig) -> Path | None:
+    """The CLIP folder whose text tower a run from scratch starts from, or None for a new one:
+    ``text_encoder`` as given (refused where it is no CLIP folder), else the shipped one where
+    it exists (a warning says where it looked when it does not)."""
+    if config.text_encoder == "":
+        return None
+    if config.text_encoder is None:
+        if (SHIPPED_TEXT_ENCODER / "config.json").is_file():
+            return SHIPPED_TEXT_ENCODER
+        logger.warning(
+            "text encoder: no CLIP folder at %s (the shipped models/shapes-clip): a new small one "
+            "is trained along (--text-encoder FOLDER to use another)",
+            SHIPPED_TEXT_ENCODER,
+        )
+        return None
+    path = Path(config.text_encoder)
+    if not path.is_dir():
+        raise RunRefused(
+            f"--text-encoder {path}: no such folder (a CLIP model folder, as models/shapes-clip)"
+        )
+    if not (path / "config.json").is_file():
+        raise RunRefused(f"--text-encoder {path}: no config.json there: not a CLIP model folder")
+    return path
+
+
 def load_text(config: TrainConfig) -> tuple[Any, Any, bool]:
-    """(tokenizer, text_encoder, trainable): shapes-clip's text tower if present, else new."""
+    """(tokenizer, text_encoder, trainable): the text tower of :func:`text_encoder_folder`'s
+    CLIP, else a new one."""
     from transformers import CLIPTextModel, CLIPTokenizer
     from transformers.utils import logging as transformers_logging
 
@@ -235,14 +305,18 @@ def load_text(config: TrainConfig) -> tuple[Any, Any, bool]:
     from curate.training.tokenizer import train_clip_tokenizer
     from storygen.presets import build_tiny_text_encoder
 
-    path = Path(config.text_encoder) if config.text_encoder else None
-    if path is not None and path.is_dir():
-        tokenizer = CLIPTokenizer.from_pretrained(str(path))
+    path = text_encoder_folder(config)
+    if path is not None:
         # the folder holds a whole CLIPModel: its vision tower is left out on purpose
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()
         try:
+            tokenizer = CLIPTokenizer.from_pretrained(str(path))
             encoder = CLIPTextModel.from_pretrained(str(path)).eval()
+        except (OSError, ValueError) as exc:
+            raise RunRefused(
+                f"--text-encoder {path}: cannot load it ({_first_line(exc)})"
+            ) from None
         finally:
             transformers_logging.set_verbosity(verbosity)
         logger.info("text encoder: %s", path)
@@ -255,12 +329,35 @@ def load_text(config: TrainConfig) -> tuple[Any, Any, bool]:
     return tokenizer, encoder, True
 
 
+def _first_line(exc: BaseException) -> str:
+    """An error's first line (a library's message may run on over several)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()
+
+
 def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names (``auto``: CUDA where there is one, else the CPU); refused
+    where there is no such device here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise RunRefused(
+            f"--device {name}: not a device name; storygen trains on cpu, cuda, cuda:N or auto"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise RunRefused(f"--device {name}: storygen trains on cpu, cuda, cuda:N or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RunRefused(f"--device {name}: no CUDA device is available here")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise RunRefused(
+                f"--device {name}: there is no {device}; this machine has {count} CUDA "
+                f"device{'s' if count != 1 else ''}"
+            )
+    return device
 
 
 class TokenCache:
@@ -324,33 +421,99 @@ class _Models:
     vae_run: Any = None
 
 
-def _start(config: TrainConfig, device: torch.device) -> _Models:
-    """Load the ``--init`` folder, or build new models (and train the autoencoder)."""
+#: what a model folder ``--init`` continues must hold (and ``vae/``, checked on its own: a
+#: pixel-space folder of ``storygen new-model`` has none)
+INIT_LAYOUT = ("model_index.json", "unet/config.json", "text_encoder/config.json", "tokenizer")
+
+
+def check_init(config: TrainConfig) -> dict[str, Any]:
+    """Check the ``--init`` folder's layout before anything loads; returns its training report
+    (``training.json``), or an empty one for a folder no run wrote (``storygen new-model``)."""
+    init = Path(str(config.init))
+    flag = f"--init {config.init}"
+    if config.vae:
+        raise RunRefused(
+            f"--vae {config.vae} with {flag}: a continued run keeps the autoencoder of the folder "
+            "it continues (its UNet was trained on that one's latents); leave --vae out"
+        )
+    if not init.is_dir():
+        what = "is not a folder" if init.exists() else "no such folder"
+        raise RunRefused(f"{flag}: {what} (a model folder storygen train or new-model wrote)")
+    missing = [part for part in INIT_LAYOUT if not (init / part).exists()]
+    if missing:
+        raise RunRefused(
+            f"{flag}: not a storygen model folder (no {', '.join(missing)}); --init takes a "
+            "folder storygen train or storygen new-model wrote"
+        )
+    try:
+        unet_class = json.loads((init / "model_index.json").read_text())["unet"][1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise RunRefused(f"{flag}: model_index.json names no UNet ({_first_line(exc)})") from None
+    if unet_class != "MaskedUNet3D":
+        raise RunRefused(
+            f"{flag}: its UNet is a {unet_class} (the text-to-video layout); storygen train "
+            "continues a MaskedUNet3D folder (storygen new-model --mode masked, or a run's)"
+        )
+    if not (init / "vae" / "config.json").is_file():
+        raise RunRefused(
+            f"{flag}: no autoencoder (vae/): a pixel-space model (new-model --preset micro or "
+            "tiny) cannot be trained here; start from one with a VAE (--preset micro-latent or "
+            "tiny-latent) or train from scratch"
+        )
+    record = init / "training.json"
+    if not record.exists():
+        logger.info("%s: no training.json (a new model): its record starts with this run", init)
+        return {}
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunRefused(f"{flag}: cannot read its training.json ({_first_line(exc)})") from None
+    if not isinstance(previous, dict):
+        raise RunRefused(f"{flag}: its training.json is not a training report (not an object)")
+    return previous
+
+
+def _start(
+    config: TrainConfig, device: torch.device, previous: dict[str, Any] | None = None
+) -> _Models:
+    """Load the ``--init`` folder (``previous``: its training report, read and the folder
+    checked by :func:`check_init` when not given), or build new models (and train the
+    autoencoder)."""
     from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
 
     from storygen.models import MaskedUNet3D
 
     if config.init:
         init = Path(config.init)
-        if config.vae:
-            raise ValueError(
-                f"--vae {config.vae} with --init {init}: a continued run keeps the autoencoder of "
-                "the folder it continues (its UNet was trained on that one's latents); leave "
-                "--vae out"
-            )
-        previous = json.loads((init / "training.json").read_text())
-        logger.info("continuing from %s (%s steps done)", init, previous.get("steps_done"))
+        if previous is None:
+            previous = check_init(config)
+        logger.info("continuing from %s (%s steps done)", init, previous.get("steps_done", 0))
         vae = load_vae(str(init), config.size, flag="--init")
         if config.vae_steps != TrainConfig.vae_steps or config.vae_minutes is not None:
             logger.warning("--vae-steps / --vae-minutes unused: --init keeps its autoencoder")
+        if config.text_encoder:
+            logger.warning("--text-encoder unused: --init keeps its text encoder")
+        part = "tokenizer"
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(str(init / "tokenizer"))
+            part = "text_encoder"
+            text_encoder = CLIPTextModel.from_pretrained(str(init / "text_encoder"))
+            part = "unet"
+            unet = MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise RunRefused(
+                f"--init {init}: cannot load its {part}/ ({_first_line(exc)})"
+            ) from None
+        finally:
+            transformers_logging.set_verbosity(verbosity)
         return _Models(
-            tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
-            text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
             text_trainable=bool(config.train_text),
-            unet=_continued(
-                MaskedUNet3D.from_pretrained(str(init / "unet"), torch_dtype=torch.float32),
-                config,
-            ),
+            unet=_continued(unet, config),
             vae=vae,
             previous=previous,
         )
@@ -397,7 +560,7 @@ def _continued(unet: Any, config: TrainConfig) -> Any:
 
         extra = [k for k in PER_FRAME_INPUTS if unet.config.get(k, False)]
         if extra:
-            raise ValueError(
+            raise RunRefused(
                 f"--text-to-video 1 --init {config.init}: its UNet has per-frame inputs a plain "
                 f"text-to-video UNet cannot hold ({', '.join(extra)}); continue a model "
                 "without them (one trained with --text-to-video 1, or one from before them)"
@@ -442,17 +605,35 @@ def load_vae(path: str, size: int, *, flag: str = "--vae") -> Any:
     if (folder / "vae" / "config.json").is_file():
         folder = folder / "vae"
     if not (folder / "config.json").is_file():
-        raise ValueError(
+        raise RunRefused(
             f"{flag} {path}: no autoencoder there (neither vae/config.json nor config.json)"
         )
-    vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
+    try:
+        vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise RunRefused(
+            f"{flag} {path}: cannot load its autoencoder ({_first_line(exc)})"
+        ) from None
     if int(vae.config.sample_size) != size:
-        raise ValueError(
+        raise RunRefused(
             f"{flag} {path}: an autoencoder for {vae.config.sample_size} px frames, "
             f"the run is for {size} px (--size {vae.config.sample_size})"
         )
     logger.info("autoencoder: %s (frozen, not trained)", folder)
     return vae
+
+
+def _data_fps(config: TrainConfig) -> float:
+    """The frame rate of the training windows: the export's (``--shards``), else the shapes
+    renderer's; the model folder records it."""
+    if config.shards:
+        from storygen.training.shards import export_fps
+
+        try:
+            return export_fps(config.shards)
+        except (OSError, ValueError) as exc:
+            raise RunRefused(f"--shards {_first_line(exc)}") from None
+    return float(SAMPLING["fps"])
 
 
 def _loader(config: TrainConfig, device: torch.device, seed: int) -> Any:
@@ -461,13 +642,16 @@ def _loader(config: TrainConfig, device: torch.device, seed: int) -> Any:
     if config.shards:
         from storygen.training.shards import ShardWindows
 
-        windows = ShardWindows(
-            config.shards,
-            batch_size=config.batch_size,
-            frames=config.frames,
-            size=config.size,
-            seed=seed,
-        )
+        try:  # the export is read and checked here, before anything trains
+            windows = ShardWindows(
+                config.shards,
+                batch_size=config.batch_size,
+                frames=config.frames,
+                size=config.size,
+                seed=seed,
+            )
+        except (OSError, ValueError) as exc:
+            raise RunRefused(f"--shards {_first_line(exc)}") from None
     else:
         windows = StoryWindows(
             batch_size=config.batch_size,
@@ -677,10 +861,13 @@ class _Run:
     losses: list[float]
     history: list[dict[str, float]]
     data_wait_s: float
+    #: stopped by Ctrl-C before its budget ended
+    interrupted: bool = False
 
 
 def _loop(config: TrainConfig, trainer: _Trainer, loader: Any) -> _Run:
-    """Steps until the step count or the time budget ends, logging every ``log_every``."""
+    """Steps until the step count or the time budget ends, or Ctrl-C, logging every
+    ``log_every``."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -690,80 +877,242 @@ def _loop(config: TrainConfig, trainer: _Trainer, loader: Any) -> _Run:
     bar = tqdm(total=config.steps, desc="unet", unit="step", mininterval=5)
     step = 0
     waited = 0.0  # seconds spent waiting for the data loader
+    interrupted = False
     tick = time.perf_counter()
-    for batch in loader:
-        waited += time.perf_counter() - tick
-        pending.append(trainer.step(step, batch))
-        step += 1
-        bar.update(1)
-        if step % config.log_every == 0:
-            losses.extend(torch.stack(pending).float().cpu().tolist())
-            pending.clear()
-            mean = float(np.mean(losses[-config.log_every :]))
-            elapsed = time.perf_counter() - started
-            history.append({"step": step, "loss": mean, "time_s": elapsed, "data_wait_s": waited})
-            bar.set_postfix(loss=f"{mean:.4f}")
-            logger.info(
-                "step %s loss %.4f (%.0f s, %.0f s waiting for data)", step, mean, elapsed, waited
-            )
-        if trainer.clock.finished(step):
-            break
-        tick = time.perf_counter()
+    try:
+        for batch in loader:
+            waited += time.perf_counter() - tick
+            pending.append(trainer.step(step, batch))
+            step += 1
+            bar.total = expected_steps(trainer.clock, step, config.steps)
+            bar.update(1)
+            if step % config.log_every == 0:
+                losses.extend(torch.stack(pending).float().cpu().tolist())
+                pending.clear()
+                mean = float(np.mean(losses[-config.log_every :]))
+                elapsed = time.perf_counter() - started
+                history.append(
+                    {"step": step, "loss": mean, "time_s": elapsed, "data_wait_s": waited}
+                )
+                bar.set_postfix(loss=f"{mean:.4f}")
+                logger.info(
+                    "step %s loss %.4f (%.0f s, %.0f s waiting for data)",
+                    step,
+                    mean,
+                    elapsed,
+                    waited,
+                )
+            if trainer.clock.finished(step):
+                break
+            tick = time.perf_counter()
+    except KeyboardInterrupt:  # stop here, as the end of the budget would
+        interrupted = True
+        logger.warning("interrupted (Ctrl-C) after %s steps", step)
     bar.close()
     if pending:
         losses.extend(torch.stack(pending).float().cpu().tolist())
-    return _Run(step, time.perf_counter() - started, losses, history, waited)
+    return _Run(step, time.perf_counter() - started, losses, history, waited, interrupted)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig, *, force: bool = False) -> dict[str, Any]:
     """Train (or continue) and write the model folder; returns the training report.
+
+    Everything that can be checked before training is, first: the devices, ``out`` (a folder
+    that is not empty is refused unless ``force``, or unless it is the ``init`` folder, which
+    the run then rewrites in place), the ``init`` folder's layout, ``text_encoder`` and
+    ``shards``; :class:`RunRefused` says what is wrong. The folder is written beside ``out``
+    and takes its place whole once complete (see the module's notes).
 
     The global torch settings a run changes (the seed of torch's generators, cuDNN's autotuner,
     TF32 matmuls) are as they were when it returns."""
     device = resolve_device(config.device)
+    out, in_place = check_out(config, force=force)
+    previous = check_init(config) if config.init else {}
+    if not config.init:
+        text_encoder_folder(config)  # a --text-encoder that is no CLIP folder is refused now
     cuda = device.type == "cuda" or torch.cuda.is_initialized()
     benchmark = torch.backends.cudnn.benchmark
     matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
     cudnn_tf32 = torch.backends.cudnn.allow_tf32
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
-            return _train(config, device)
+            return _train(config, device, out, in_place, previous)
     finally:
         torch.backends.cudnn.benchmark = benchmark
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
-def _train(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+def out_folder(text: str) -> Path:
+    """The folder ``--out`` names (``.`` or ``..``: by its own name, for the one beside it)."""
+    out = Path(text)
+    return Path(os.path.abspath(out)) if out.name in ("", ".", "..") else out
+
+
+def check_out(config: TrainConfig, *, force: bool = False) -> tuple[Path, bool]:
+    """(the folder to write, whether it is the ``init`` folder, rewritten in place); refused
+    where it is a file, or a folder that is not empty (unless ``force``, or it is ``init``)."""
+    if not config.out:
+        raise RunRefused("--out: name the model folder to write")
+    out = out_folder(config.out)
+    flag = f"--out {config.out}"
+    try:
+        above = next((p for p in out.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise RunRefused(f"{flag}: {above} is a file, not a folder")
+        if not (out.exists() or out.is_symlink()):
+            return out, False
+        if not out.is_dir():
+            raise RunRefused(f"{flag}: exists and is not a folder")
+        init = Path(config.init) if config.init else None
+        if init is not None and init.is_dir() and out.samefile(init):
+            return out, True
+        if not force and any(out.iterdir()):
+            raise RunRefused(
+                f"{flag}: the folder is not empty, and the run writes a whole model folder in "
+                f"its place: choose a new folder, pass --init {config.out} to continue the model "
+                "in it, or --force to replace it"
+            )
+    except OSError as exc:
+        raise RunRefused(f"{flag}: cannot read the folder ({exc.strerror or exc})") from None
+    return out, False
+
+
+def _scratch(out: Path) -> Path:
+    """A new, empty folder beside ``out``, under a hidden temporary name: the run writes the
+    model there, then moves it into place (created before training: an ``out`` whose parent
+    cannot be written is refused at once)."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise RunRefused(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    return tmp
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """What a folder rewritten in place (``--out X --init X``) holds beyond the model the run
+    writes, copied into the new one: a model card written by hand, logs, notes."""
+    for entry in sorted(old.iterdir()):
+        target = new / entry.name
+        if entry.name == "README.md" and target.exists():
+            if _written_card(old):
+                continue  # a card a run wrote: the new run's replaces it
+            logger.info(
+                "kept %s (a model card not written by storygen train); training.json holds "
+                "this run's numbers",
+                entry,
+            )
+            target.unlink()
+        elif target.exists() or target.is_symlink():
+            continue  # the run wrote its own
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True)
+        else:
+            shutil.copy2(entry, target, follow_symlinks=False)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _written_card(folder: Path) -> bool:
+    """Whether ``folder``'s README.md is a card a run wrote (or there is none)."""
+    card = folder / "README.md"
+    if not card.is_file():
+        return not card.exists()
+    with card.open(errors="replace") as f:
+        return f.readline().rstrip("\n") == CARD_MARK
+
+
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    out: Path,
+    in_place: bool,
+    previous: dict[str, Any],
+) -> dict[str, Any]:
     """:func:`train`, with the global torch settings it runs under."""
+    from storygen.model_cli import swap_in
+
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True  # the autoencoder's float32 encode
     torch.backends.cudnn.allow_tf32 = True
-    models = _start(config, device)
-    trainer = _Trainer(config, models, device)
-    loader = _loader(config, device, config.seed + 1000 * len(models.previous.get("runs", [])))
-    logger.info("training a %s-parameter MaskedUNet3D on %s", trainer.n_params, device)
-    # before the first step the moving average is the starting weights, and it is never
-    # compiled: no graph is compiled for the held-out batches
-    windows = config.heldout_windows
-    heldout_start = trainer.heldout_loss(ema=True, windows=windows) if windows else None
-    trainer.start_clock()  # the time budget is the steps'
-    run = _loop(config, trainer, loader)
-    heldout_end = trainer.heldout_loss(ema=True, windows=windows) if windows else None
-    if heldout_start is not None and heldout_end is not None:
-        logger.info("held-out loss %.4f -> %.4f", heldout_start, heldout_end)
+    # the data (--shards read and checked) and the folder's parent, before anything trains
+    loader = _loader(config, device, config.seed + 1000 * len(previous.get("runs", [])))
+    fps = _data_fps(config)
+    tmp = _scratch(out)
+    try:
+        models = _start(config, device, previous)
+        trainer = _Trainer(config, models, device)
+        logger.info("training a %s-parameter MaskedUNet3D on %s", trainer.n_params, device)
+        # before the first step the moving average is the starting weights, and it is never
+        # compiled: no graph is compiled for the held-out batches
+        windows = config.heldout_windows
+        heldout_start = trainer.heldout_loss(ema=True, windows=windows) if windows else None
+        trainer.start_clock()  # the time budget is the steps'
+        run = _loop(config, trainer, loader)
+        if run.interrupted and not run.steps:
+            raise KeyboardInterrupt  # nothing learnt: nothing to save
+        heldout_end = None
+        if windows and not run.interrupted:  # a stopped run is saved without delay
+            heldout_end = trainer.heldout_loss(ema=True, windows=windows)
+        if heldout_start is not None and heldout_end is not None:
+            logger.info("held-out loss %.4f -> %.4f", heldout_start, heldout_end)
+        save_folder(
+            tmp,
+            unet=trainer.ema,
+            vae=trainer.vae,
+            text_encoder=trainer.ema_text,
+            tokenizer=models.tokenizer,
+            frames_per_call=config.frames,
+            size=config.size,
+            fps=fps,
+        )
+        report = _report(config, trainer, models, run, heldout_start, heldout_end)
+        report["fps"] = fps
+        (tmp / "training.json").write_text(json.dumps(report, indent=2))
+        (tmp / "README.md").write_text(model_card(report, config.out))
+        if in_place:
+            _carry_over(out, tmp)
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote %s (%s steps%s)", out, run.steps, ", interrupted" if run.interrupted else "")
+    if config.eval_stories and not run.interrupted:
+        from storygen.training.probe import evaluate_folder
 
-    out = Path(config.out)
-    save_folder(
-        out,
-        unet=trainer.ema,
-        vae=trainer.vae,
-        text_encoder=trainer.ema_text,
-        tokenizer=models.tokenizer,
-        frames_per_call=config.frames,
-        size=config.size,
-    )
+        try:
+            report["eval"] = evaluate_folder(out, stories=config.eval_stories, device=str(device))
+        except KeyboardInterrupt:
+            logger.warning(
+                "the probe (--eval-stories) was interrupted: %s is saved without it", out
+            )
+            return report | {"probe_interrupted": True}
+        _replace_file(out / "training.json", json.dumps(report, indent=2))
+        if _written_card(out):
+            _replace_file(out / "README.md", model_card(report, config.out))
+    return report
+
+
+def _report(
+    config: TrainConfig,
+    trainer: _Trainer,
+    models: _Models,
+    run: _Run,
+    heldout_start: float | None,
+    heldout_end: float | None,
+) -> dict[str, Any]:
+    """The folder's training report (``training.json``): its runs so far, this one last."""
     previous = models.previous
     runs = list(previous.get("runs", []))
     if models.vae_run is not None:
@@ -773,6 +1122,7 @@ def _train(config: TrainConfig, device: torch.device) -> dict[str, Any]:
             "part": "unet",
             "steps": run.steps,
             "time_s": run.time_s,
+            "interrupted": run.interrupted,
             "final_loss": float(np.mean(run.losses[-100:])) if run.losses else None,
             # the same fixed windows, times and noise at the run's start and end
             "heldout_loss": {"start": heldout_start, "end": heldout_end},
@@ -789,11 +1139,13 @@ def _train(config: TrainConfig, device: torch.device) -> dict[str, Any]:
             "frame_lr": config.frame_lr,
             "data_wait_s": run.data_wait_s,
             "seed": config.seed,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "device": torch.cuda.get_device_name(trainer.device)
+            if trainer.device.type == "cuda"
+            else "cpu",
             "history": run.history,
         }
     )
-    report: dict[str, Any] = {
+    return {
         "config": asdict(config),
         "unet_parameters": trainer.n_params,
         "vae_parameters": sum(p.numel() for p in trainer.vae.parameters()),
@@ -803,10 +1155,89 @@ def _train(config: TrainConfig, device: torch.device) -> dict[str, Any]:
         "unet_time_s": run.time_s + float(previous.get("unet_time_s", 0.0)),
         "runs": runs,
     }
-    (out / "training.json").write_text(json.dumps(report, indent=2))
-    if config.eval_stories:
-        from storygen.training.probe import evaluate_folder
 
-        report["eval"] = evaluate_folder(out, stories=config.eval_stories, device=str(device))
-        (out / "training.json").write_text(json.dumps(report, indent=2))
-    return report
+
+#: the probe's numbers in the model card, by their keys in its summary
+_PROBE_COLUMNS = {
+    "all": "all facts",
+    "color": "colour",
+    "shape": "shape",
+    "background": "background",
+    "motion": "motion",
+    "identity": "identity",
+    "flicker": "flicker",
+    "seam_ratio": "seams",
+}
+
+
+def model_card(report: dict[str, Any], out: str) -> str:
+    """The folder's ``README.md``: what the model is, how it was trained, how to use it
+    (``out``: the folder as the command line named it)."""
+    config = report["config"]
+    unet_runs = [r for r in report["runs"] if r.get("part") == "unet"]
+    last = unet_runs[-1]
+    name = out_folder(out).name
+    text = "fine-tuned along" if report["text_encoder_trained"] else "frozen"
+    data = (
+        f"windows of the `curate export` shards in `{config['shards']}`"
+        if config.get("shards")
+        else "shapes-world story windows rendered on the fly"
+    )
+    stopped = " (stopped by Ctrl-C)" if last.get("interrupted") else ""
+    start, end = last["heldout_loss"]["start"], last["heldout_loss"]["end"]
+    if start is None:
+        heldout = "not measured (`--heldout-windows 0`)"
+    elif end is None:
+        heldout = f"{start:.4f} at its start (its end not measured: interrupted)"
+    else:
+        heldout = f"{start:.4f} → {end:.4f} (fixed windows, times and noise)"
+    lines = [
+        CARD_MARK,
+        f"# {name}: a shapes-world storygen model",
+        "",
+        "A latent video diffusion model in the `StoryVideoPipeline` folder layout, written by "
+        f"`storygen train`: a `MaskedUNet3D` of {report['unet_parameters']:,} parameters (preset "
+        f"`{config['preset']}`), its `AutoencoderKL` ({report['vae_parameters']:,} parameters) and "
+        f"a CLIP text encoder ({report['text_encoder_parameters']:,} parameters, {text}). It "
+        f"draws {config['size']}×{config['size']} px frames, {config['frames']} per model call, "
+        "the settings its `sampling.json` recommends.",
+        "",
+        "## Training",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| UNet steps | {report['steps_done']:,} in {len(unet_runs)} run(s), "
+        f"{report['unet_time_s'] / 60:.1f} minutes |",
+        f"| data | {data} |",
+        f"| last run | {last['steps']:,} steps{stopped}, batch {last['batch_size']}, learning "
+        f"rate {last['lr']:g}, `{last['loss_weight']}` loss, on {last['device']} |",
+        f"| held-out loss, last run | {heldout} |",
+        "",
+        "`training.json` holds every run's settings and numbers.",
+    ]
+    probe = report.get("eval")
+    if probe:
+        modes = [k for k, v in probe.items() if isinstance(v, dict) and "all" in v]
+        lines += [
+            "",
+            f"## Probe: {config['eval_stories']} held-out stories",
+            "",
+            "| | " + " | ".join(_PROBE_COLUMNS.values()) + " |",
+            "|---" * (len(_PROBE_COLUMNS) + 1) + "|",
+        ]
+        for mode in modes:
+            cells = [probe[mode].get(k) for k in _PROBE_COLUMNS]
+            lines.append(
+                f"| {mode} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |"
+            )
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```",
+        f"storygen render story.yaml --model {out} --out story.mp4 --preview sheet.png",
+        f"storygen train --out {out} --init {out} --max-minutes 8      # train it on",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -66,6 +66,15 @@ def build_vae(size: int, seed: int = 0, preset: str = "shapes") -> Any:
     return AutoencoderKL(sample_size=size, **VAES[preset])
 
 
+def expected_steps(clock: Any, step: int, steps: int) -> int:
+    """The steps a run will have taken when it ends, for its progress bar: ``steps``, or, with a
+    time budget, as many as the clock leaves at the pace so far, whichever is fewer."""
+    fraction = clock.fraction(step)
+    if not clock.time_budget_s or step < 1 or fraction <= 0:
+        return steps
+    return max(step, min(steps, round(step / fraction)))
+
+
 def train_vae(
     vae: Any,
     *,
@@ -117,6 +126,7 @@ def train_vae(
         opt.step()
         losses.append(loss.item())
         step += 1
+        bar.total = expected_steps(clock, step, max_steps)
         bar.update(1)
         if step % log_every == 0:
             logger.info("autoencoder step %s loss %.4f", step, float(np.mean(losses[-log_every:])))

@@ -24,6 +24,8 @@ QUICK = {
     "heldout_windows": 0,
     "text_encoder": str(ROOT / "models" / "shapes-clip"),
 }
+#: QUICK without its text encoder
+QUICK_NO_TEXT = {k: v for k, v in QUICK.items() if k != "text_encoder"}
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +131,92 @@ def test_a_run_leaves_torch_global_settings_as_it_found_them(vae_dir, tmp_path):
             torch.backends.cuda.matmul.allow_tf32,
             torch.backends.cudnn.allow_tf32,
         ) = before
+
+
+class _Bar:
+    """A stand-in for the run's progress bars ("unet", "autoencoder") that keeps the totals
+    they were given; other bars (a library's) are tqdm's."""
+
+    made: list[_Bar] = []
+
+    def __new__(cls, *args, **kwargs):
+        if kwargs.get("desc") not in ("unet", "autoencoder"):
+            from tqdm.std import tqdm
+
+            return tqdm(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, *args, total=None, **kwargs):
+        self.total, self.n = total, 0
+        _Bar.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_the_progress_bar_follows_the_time_budget_when_it_ends_first(
+    vae_dir, tmp_path, monkeypatch
+):
+    """A --max-minutes run of at most 20,000 steps: its bar counts to the steps the budget
+    leaves, not to 20,000 (whose percentage and ETA would mean nothing); the autoencoder's too."""
+    import tqdm.auto
+
+    from storygen.training.unet import TrainConfig, train
+    from storygen.training.vae import build_vae, train_vae
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.made.clear()
+    config = {**QUICK, "steps": 20_000, "max_minutes": 0.01}  # 0.6 s
+    report = train(TrainConfig(out=str(tmp_path / "m"), vae=str(vae_dir), **config))
+    (bar,) = _Bar.made
+    steps = report["runs"][-1]["steps"]
+    assert steps < 20_000 and bar.n == bar.total == steps
+
+    _Bar.made.clear()
+    vae = build_vae(32, seed=0, preset="micro")
+    run = train_vae(
+        vae,
+        size=32,
+        device=torch.device("cpu"),
+        max_steps=20_000,
+        max_minutes=0.005,
+        batch_size=2,
+        workers=0,
+    )
+    (bar,) = _Bar.made
+    assert run.steps < 20_000 and bar.n == bar.total == run.steps
+
+
+def test_the_default_text_encoder_is_the_shipped_one_wherever_the_run_starts(
+    tmp_path, monkeypatch, caplog
+):
+    """Unset, the text encoder is the shipped models/shapes-clip, found beside the packages
+    (not under the working directory); a new one is trained along only when that folder is
+    missing, with a warning that says where it looked. A folder given and missing is refused:
+    a mistyped path does not become a new random text encoder."""
+    from storygen.training import unet
+    from storygen.training.unet import RunRefused, TrainConfig, text_encoder_folder
+
+    monkeypatch.chdir(tmp_path)  # no models/ here
+    assert text_encoder_folder(TrainConfig(out="m")) == ROOT / "models" / "shapes-clip"
+    assert text_encoder_folder(TrainConfig(out="m", text_encoder="")) is None  # asked: a new one
+    gone = tmp_path / "gone"
+    monkeypatch.setattr(unet, "SHIPPED_TEXT_ENCODER", gone)
+    with caplog.at_level("WARNING", logger="storygen.training.unet"):
+        assert text_encoder_folder(TrainConfig(out="m")) is None
+    assert f"no CLIP folder at {gone}" in caplog.text
+    with pytest.raises(RunRefused, match=r"--text-encoder models/shapes-clp: no such folder"):
+        text_encoder_folder(TrainConfig(out="m", text_encoder="models/shapes-clp"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunRefused, match=r"--text-encoder empty: no config.json there"):
+        text_encoder_folder(TrainConfig(out="m", text_encoder="empty"))
+    # refused before the run trains anything
+    with pytest.raises(RunRefused, match="no such folder"):
+        unet.train(TrainConfig(out=str(tmp_path / "x"), text_encoder="gone", **QUICK_NO_TEXT))
+    assert not (tmp_path / "x").exists()
