@@ -18,8 +18,14 @@ of a stories segment, in the sample's own frames and seconds). A run of ``L`` fr
 export fps holds ``L // frames`` windows, centred, without overlap: no source frame is in two
 samples. A run shorter than one window, and a clip that falls wholly in the frames trimmed
 off a run's ends, is named in ``_failures.parquet`` with the reason, as is every clip of a
-video that cannot be decoded (the rest export). With ``raw`` every input video is one run and
-every frame's prompt is the video's manifest caption (the raw arm of the curation ablation).
+video that cannot be decoded (the rest export), of a video whose clips rows give an fps or a
+span no window can be laid over (``InvalidValue``), and of a video slower than the export fps
+(``UpsampledSource``: its frames would repeat, one source frame in two output frames, or in
+two samples; ``allow_upsample`` exports it so, and its samples' JSON shows it, a
+``source.fps`` below ``fps`` and repeated ``source_frames``). With ``raw`` every input video
+is one run and every frame's prompt is the video's manifest caption (the raw arm of the
+curation ablation); a video without one is a ``NoPrompt`` failures row (an empty prompt is
+the trainer's unconditional one).
 
 Frame ``k`` at the export fps of a run that starts at source frame ``a`` shows source frame
 ``a + round(k * source_fps / fps)`` (:func:`source_indices`): nearest-frame resampling, no
@@ -56,7 +62,7 @@ from schemas.tables import FAILURES_SCHEMA
 from .codec import ExportStep as _ExportStep  # noqa: F401
 from .codec import decode_mp4, decode_size, encode_mp4, window_groups
 from .plan import plan_export, source_indices
-from .readers import iter_samples, read_export, read_failures, shard_paths
+from .readers import iter_samples, read_export, read_failures, shard_paths, shard_samples
 from .run import _results, export_run  # noqa: F401 (_results: see _ExportStep)
 from .settings import (
     EXPORT_NAME,
@@ -90,6 +96,7 @@ __all__ = [
     "read_export",
     "read_failures",
     "shard_paths",
+    "shard_samples",
     "source_indices",
     "window_groups",
 ]

@@ -5,6 +5,7 @@ tables and decodes nothing, so the same run gives the same plan whenever it is m
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from schemas.tables import DUPLICATE, KEPT
 
 from ..shards import read_table
 from .settings import (
+    INVALID_VALUE,
     NO_PROMPT,
     OUTSIDE_WINDOWS,
     RUN_TOO_SHORT,
@@ -25,6 +27,7 @@ from .settings import (
     SEGMENT_FIELDS,
     STAGE_PLAN,
     STAGE_RUN,
+    UPSAMPLED_SOURCE,
     ExportSettings,
 )
 
@@ -221,6 +224,8 @@ def plan_export(run_folder: str | os.PathLike[str], settings: ExportSettings) ->
         by_video.setdefault(c["video_id"], []).append(c)
     counts = {"run_clips": len(clips), "run_videos": len(by_video)}
     failures = _undecoded_videos(run_folder, by_video) if settings.raw else []
+    if settings.raw:
+        counts["undecoded_videos"] = len({f["input_id"] for f in failures})
     jobs: list[VideoJob] = []
     position = 0
     capped = False
@@ -228,14 +233,19 @@ def plan_export(run_folder: str | os.PathLike[str], settings: ExportSettings) ->
         vclips = sorted(by_video[video_id], key=lambda c: (c["start_frame"], c["scene_index"]))
         first = vclips[0]
         job = VideoJob(video_id, first["uri"], int(first["width"]), int(first["height"]))
-        if settings.raw:
-            runs = [_raw_run(vclips)]
-        else:
+        if not settings.raw:
             runs, unprompted = _selected_runs(vclips, settings.include_dropped)
             failures.extend(unprompted)
+        refused = _refused_video(job, vclips, settings)
+        if refused is not None:
+            failures.extend(refused)
+            continue
+        fps = float(first["fps"])
+        if settings.raw:
+            runs = [_raw_run(vclips)]
         windows: list[Window] = []
         for pieces in runs:
-            run_windows, run_failures = _run_windows(job, pieces, float(first["fps"]), settings)
+            run_windows, run_failures = _run_windows(job, pieces, fps, settings)
             windows.extend(run_windows)
             failures.extend(run_failures)
         if not windows:
@@ -255,6 +265,59 @@ def plan_export(run_folder: str | os.PathLike[str], settings: ExportSettings) ->
     counts["planned_samples"] = position
     counts["planned_videos"] = len(jobs)
     return Plan(jobs, failures, counts)
+
+
+def _refused_video(
+    job: VideoJob, vclips: list[dict[str, Any]], settings: ExportSettings
+) -> list[dict[str, Any]] | None:
+    """The failures rows of a video the plan cannot take, None when it can: one without a
+    manifest caption (``raw``: its prompt would be the empty, unconditional one), one whose
+    clips rows hold a frame rate or span no window can be laid over, and one slower than the
+    export's fps (its frames would repeat) unless ``allow_upsample``. With ``raw`` the row is
+    the video's, otherwise one per selected clip with a prompt (a selected clip without one
+    gets its NoPrompt row from :func:`_selected_runs`)."""
+    if settings.raw:
+        if _raw_caption(vclips) is None:
+            return [_video_failure(job, NO_PROMPT, "no manifest caption (source_caption)")]
+        used = vclips
+    else:
+        used = [
+            c for c in vclips if _selected(c, settings.include_dropped) and _prompt(c) is not None
+        ]
+        if not used:
+            return None  # nothing to plan: no rows for it here
+    ids = [job.video_id] if settings.raw else [c["clip_id"] for c in used]
+    problem = _bad_values(vclips[0]["fps"], used)
+    if problem is not None:
+        return [_id_failure(i, job.uri, INVALID_VALUE, problem) for i in ids]
+    fps = float(vclips[0]["fps"])
+    if fps < settings.fps and not settings.allow_upsample:
+        why = (
+            f"its video is {fps:g} fps, below the export's {settings.fps:g} fps: its samples "
+            "would repeat source frames (export at its fps or lower, or pass allow_upsample "
+            "(--allow-upsample) to repeat them)"
+        )
+        return [_id_failure(i, job.uri, UPSAMPLED_SOURCE, why) for i in ids]
+    return None
+
+
+def _bad_values(fps: Any, used: list[dict[str, Any]]) -> str | None:
+    """What is wrong with a video's frame rate or its used clips' spans in the clips table,
+    None when nothing is."""
+    if not _finite_number(fps) or fps <= 0:
+        return f"the clips table gives its video fps {fps!r}, not a finite number > 0"
+    for c in used:
+        start, end = c["start_frame"], c["end_frame"]
+        if not (_finite_number(start) and _finite_number(end) and 0 <= start < end):
+            return (
+                f"the clips table gives clip {c['clip_id']} of its video the span "
+                f"[{start!r}, {end!r}), not frames 0 <= start_frame < end_frame"
+            )
+    return None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _undecoded_videos(
@@ -410,10 +473,20 @@ def window_clip_ids(windows: Sequence[Window]) -> list[str]:
     return list(ids)
 
 
+def _raw_caption(vclips: list[dict[str, Any]]) -> str | None:
+    """A video's manifest caption (its clips' ``source_caption``), None when it has none."""
+    for c in vclips:
+        text = c.get("source_caption")
+        if isinstance(text, str) and text.strip():
+            return text
+    return None
+
+
 def _raw_run(vclips: list[dict[str, Any]]) -> list[Piece]:
     """The whole video, every frame prompted with the manifest caption; the pieces keep the
     clip ids (for the index) but not their prompts."""
-    caption = next((c["source_caption"] for c in vclips if c.get("source_caption")), "") or ""
+    caption = _raw_caption(vclips)
+    assert caption is not None  # a video without one is refused before its run is made
     pieces = []
     t = 0
     for c in vclips:
@@ -430,10 +503,19 @@ def _raw_run(vclips: list[dict[str, Any]]) -> list[Piece]:
 
 def _piece_failure(piece: Piece, uri: str, error_type: str, message: str) -> dict[str, Any]:
     assert piece.clip_id is not None
+    return _id_failure(piece.clip_id, uri, error_type, message)
+
+
+def _id_failure(input_id: str, uri: str, error_type: str, message: str) -> dict[str, Any]:
+    """A failures row of the plan stage for a clip (or, with ``raw``, a video)."""
     return failure_row(
-        piece.clip_id,
+        input_id,
         uri=uri,
         stage=STAGE_PLAN,
         error_type=error_type,
-        message=f"{piece.clip_id}: {message}",
+        message=f"{input_id}: {message}",
     )
+
+
+def _video_failure(job: VideoJob, error_type: str, message: str) -> dict[str, Any]:
+    return _id_failure(job.video_id, job.uri, error_type, message)

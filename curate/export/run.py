@@ -193,6 +193,8 @@ def _results(
     """Each job's samples and failures, in job order. Videos are decoded and encoded by
     ``step`` in ``workers`` isolated child processes; a child that crashes or overruns
     ``timeout_s`` fails its video and is replaced."""
+    if not jobs:  # nothing to decode: no child process to start
+        return
     pool = [
         IsolatedWorker(step, {"settings": settings}, timeout_s=timeout_s, name="export")
         for _ in range(max(1, min(workers, len(jobs))))

@@ -25,6 +25,9 @@ PARTS_DIR = "_parts"
 SETTINGS_NAME = "_settings.json"
 EXPORT_FORMAT = "storyloom-shards/1"
 RESIZE_MODES = ("scale", "crop")
+#: the highest export fps: far above any training clip's, low enough that a window's frame
+#: numbers stay small (``--fps 1e12`` would plan arrays of terabytes)
+MAX_FPS = 1000.0
 PIX_FMTS = ("yuv420p", "yuv444p")
 #: header fields of every tar member: fixed, so the same samples give the same bytes
 TAR_MTIME = 0
@@ -39,6 +42,8 @@ RUN_TOO_SHORT = "RunTooShort"
 OUTSIDE_WINDOWS = "OutsideWindows"
 NO_PROMPT = "NoPrompt"
 SAMPLE_CAP = "SampleCap"
+UPSAMPLED_SOURCE = "UpsampledSource"
+INVALID_VALUE = "InvalidValue"
 
 #: one row of ``_index.parquet`` per sample
 INDEX_SCHEMA = pa.schema(
@@ -122,6 +127,9 @@ class ExportSettings:
     raw: bool = False
     #: stop planning after this many samples (videos in plan order; the rest become failures)
     max_samples: int | None = None
+    #: export a video whose fps is below ``fps`` by repeating its frames; by default such a
+    #: video is not exported (its clips become UpsampledSource failures rows)
+    allow_upsample: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -134,6 +142,8 @@ class ExportSettings:
             or not (self.fps > 0 and math.isfinite(self.fps))
         ):
             raise ValueError(f"fps must be a finite number > 0, got {self.fps!r}")
+        if self.fps > MAX_FPS:
+            raise ValueError(f"fps must be at most {MAX_FPS:g}, got {self.fps!r}")
         # 8 and 8.0 must write the same JSON, or a resumed export would differ
         object.__setattr__(self, "fps", float(self.fps))
         if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:

@@ -32,8 +32,17 @@ shards come out byte-identical. Other settings into the same folder need --overw
 Read the shards with webdataset (wds.WebDataset("OUT/shard-{000000..000009}.tar")), tarfile,
 or `storygen train --shards OUT`.
 
-exit status: 0 done; 2 bad arguments, an unreadable run folder or another export in OUT.
+A video whose frame rate is below --fps is not exported (its clips are UpsampledSource rows
+in _failures.parquet: every sample would repeat source frames) unless --allow-upsample. A
+video whose clips rows give a frame rate or span no window fits (InvalidValue) is a failures
+row too, and so, with --raw, is a video without a manifest caption (NoPrompt).
+
+exit status: 0 done; 2 bad arguments, an unreadable run folder or another export in OUT;
+3 the export holds no sample (it is published; the message and _failures.parquet say why);
+130 interrupted (Ctrl-C; rerun the same command to resume).
 """
+
+INTERRUPTED = "interrupted; finished shards are kept; rerun the same command to resume"
 
 
 def _bytes(text: str) -> int:
@@ -62,7 +71,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("run", help="a curate run folder (the --output of curate run)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--size", default="64", help="frame size: N (square) or WxH (default 64)")
-    p.add_argument("--fps", type=positive_float, default=8.0, help="frames per second (default 8)")
+    p.add_argument(
+        "--fps",
+        type=positive_float,
+        default=8.0,
+        help="frames per second (default 8; at most 1000, and no more than a video's own "
+        "unless --allow-upsample)",
+    )
     p.add_argument("--frames", type=positive_int, default=16, help="frames per sample (default 16)")
     p.add_argument(
         "--resize",
@@ -104,6 +119,12 @@ def register(subparsers: Any) -> None:
         help="stop after this many samples (whole videos, in the export's hashed order)",
     )
     p.add_argument(
+        "--allow-upsample",
+        action="store_true",
+        help="export videos slower than --fps by repeating their frames (default: such a "
+        "video's clips are UpsampledSource failures rows)",
+    )
+    p.add_argument(
         "--workers", type=positive_int, default=1, help="processes that decode and encode (1)"
     )
     p.add_argument(
@@ -118,6 +139,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"curate export: {INTERRUPTED}", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     from curate.export import ExportSettings, export_run, parse_size
 
     try:
@@ -138,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             include_dropped=args.include_dropped,
             raw=args.raw,
             max_samples=args.max_samples,
+            allow_upsample=args.allow_upsample,
         )
         summary = export_run(
             args.run,
@@ -152,4 +182,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"curate export: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))
+    if not summary.samples:
+        print(f"curate export: no sample written: {summary.why_empty()}", file=sys.stderr)
+        return 3
     return 0

@@ -52,11 +52,14 @@ def save_folder(
     tokenizer: Any,
     frames_per_call: int = SAMPLING["frames_per_call"],
     size: int | None = None,
+    fps: float = SAMPLING["fps"],
 ) -> None:
     """Write the model folder: the pipeline layout, UNet and autoencoder in float16 (halves the
     folder; they load as float32 unless asked otherwise), and ``sampling.json``, which
-    recommends the call length and frame size the network was trained at (``frames_per_call``;
-    ``size``, by default the autoencoder's)."""
+    recommends the call length, frame size and frame rate the network was trained at
+    (``frames_per_call``; ``size``, by default the autoencoder's; ``fps``, by default the
+    shapes renderer's, a ``curate export``'s own for a model trained on its shards:
+    :func:`storygen.training.shards.export_fps`)."""
     from storygen.pipeline import StoryVideoPipeline
 
     pipe = StoryVideoPipeline(
@@ -68,7 +71,12 @@ def save_folder(
     )
     if size is None:
         size = int(vae.config.sample_size)
-    pipe.sampling = SAMPLING | {"frames_per_call": frames_per_call, "height": size, "width": size}
+    pipe.sampling = SAMPLING | {
+        "frames_per_call": frames_per_call,
+        "height": size,
+        "width": size,
+        "fps": float(fps),
+    }
     pipe.save_pretrained(str(out), max_shard_size="12MB")
 
 

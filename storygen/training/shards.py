@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,16 @@ def export_info(folder: str | Path) -> dict[str, Any]:
             "`curate export`"
         )
     return json.loads(path.read_text())
+
+
+def export_fps(folder: str | Path) -> float:
+    """The frame rate of an export's samples (its settings' ``fps``): what a model trained on
+    its shards records as its frame rate (``sampling.json``, ``training.json``)."""
+    fps = export_info(folder).get("settings", {}).get("fps")
+    number = isinstance(fps, int | float) and not isinstance(fps, bool)
+    if not (number and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"{folder}: _export.json gives no frame rate (settings.fps is {fps!r})")
+    return float(fps)
 
 
 def frame_prompts(meta: dict[str, Any]) -> list[str]:
@@ -159,16 +170,39 @@ class ShardWindows(torch.utils.data.IterableDataset):
                 f"{folder}: samples hold {settings['frames']} frames, fewer than the "
                 f"{frames} frames per call asked for"
             )
-        self.paths = [str(Path(folder) / s["path"]) for s in info["shards"] if s["samples"]]
-        if not self.paths:
+        listed = [s for s in info["shards"] if s["samples"]]
+        if not listed:
             raise ValueError(f"{folder}: the export holds no samples")
+        for shard in listed:
+            path = Path(folder) / shard["path"]
+            if not path.is_file():
+                raise ValueError(
+                    f"{folder}: shard {shard['path']} is missing (_export.json lists it with "
+                    f"{shard['samples']} samples); export again"
+                )
+            held = path.stat().st_size
+            if shard.get("bytes") is not None and held != shard["bytes"]:
+                raise ValueError(
+                    f"{folder}: shard {shard['path']} holds {held} bytes, _export.json says "
+                    f"{shard['bytes']}: it was cut short or changed after the export; "
+                    "export again"
+                )
+        self.paths = [str(Path(folder) / s["path"]) for s in listed]
+        #: each shard's samples, as _export.json lists them (a shard giving fewer is logged)
+        self.counts = [int(s["samples"]) for s in listed]
         self.folder = str(folder)
         self.batch_size, self.frames, self.size = batch_size, frames, size
         self.seed, self.uncond, self.shuffle_buffer = seed, uncond, shuffle_buffer
         self.samples = int(info["counts"]["samples"])
 
     def _stream(self, rng: np.random.Generator, worker: int, workers: int) -> Iterator[dict]:
-        """This worker's samples, pass after pass, each pass in a new shard order."""
+        """This worker's samples, pass after pass, each pass in a new shard order.
+
+        A shard that gives fewer samples than ``_export.json`` lists, or is damaged, is logged
+        in the first pass only (a warning a pass would flood the log). A pass that gives this
+        worker no sample (its share of the shards damaged) reads every shard instead, and
+        when that gives none either, no shard can be read: ``ValueError``, not an endless
+        loop over nothing."""
         from curate.export import iter_samples
 
         if self.samples < workers:  # too few to share out: every worker reads them all
@@ -177,12 +211,30 @@ class ShardWindows(torch.utils.data.IterableDataset):
         while True:
             order = np.random.default_rng([self.seed, epoch, 31]).permutation(len(self.paths))
             paths = [self.paths[i] for i in order]
+            counts = [self.counts[i] for i in order]
+            warn = epoch == 0
+            given = 0
             if len(paths) >= workers:
-                yield from iter_samples(paths[worker::workers])
+                mine = iter_samples(
+                    paths[worker::workers], expected=counts[worker::workers], warn=warn
+                )
+                for sample in mine:
+                    given += 1
+                    yield sample
             else:  # fewer shards than workers: every worker reads all, keeps its share
-                for i, sample in enumerate(iter_samples(paths)):
+                for i, sample in enumerate(iter_samples(paths, expected=counts, warn=warn)):
                     if i % workers == worker:
+                        given += 1
                         yield sample
+            if not given:
+                for sample in iter_samples(paths, expected=counts, warn=False):
+                    given += 1
+                    yield sample
+            if not given:
+                raise ValueError(
+                    f"{self.folder}: no sample could be read from its {len(paths)} shards "
+                    "(damaged, or not the files the export wrote); export again"
+                )
             epoch += 1
 
     def _shuffled(self, rng: np.random.Generator, worker: int, workers: int) -> Iterator[dict]:

@@ -73,6 +73,19 @@ def exported(run, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_per_shard(run, tmp_path_factory) -> Path:
+    """The reference export of one sample per shard (resume tests stop between shards)."""
+    out = tmp_path_factory.mktemp("export_one") / "shards"
+    export_run(run, out, ExportSettings(**{**SETTINGS.to_dict(), "samples_per_shard": 1}))
+    return out
+
+
+#: the CLI flags of SETTINGS, one sample per shard
+ONE_PER_SHARD_FLAGS = ["--size", "128", "--fps", "8", "--frames", "8", "--crf", "18"]
+ONE_PER_SHARD_FLAGS += ["--pix-fmt", "yuv444p", "--samples-per-shard", "1", "--no-progress"]
+
+
 def _index(out: Path) -> list[dict]:
     return pq.read_table(out / INDEX_NAME).to_pylist()
 
@@ -272,6 +285,16 @@ def test_raw_exports_every_video_with_its_manifest_caption(corpus, run, tmp_path
         meta = sample["json"]
         assert {s["prompt"] for s in meta["segments"]} == {captions[meta["video_id"]].strip()}
     assert summary.samples == len(index)
+    # the summary counts videos, every input one exported or failed
+    counts = summary.counts
+    failed = {f["input_id"] for f in failures}
+    assert counts["videos_exported"] == len(exported) > 0
+    assert counts["videos_failed"] == len(failed) > 0
+    assert counts["input_videos"] == len(captions) + 1 == len(exported) + len(failed)
+    assert summary.lines()[1] == (
+        f"  videos exported {len(exported)}, failed {len(failed)} (of {len(captions) + 1}: "
+        f"{len(captions)} with clips, 1 that the curate run could not decode)"
+    )
 
 
 def test_include_dropped_adds_the_dropped_clips(corpus, run, exported, tmp_path):
@@ -310,15 +333,12 @@ def test_same_shards_with_two_workers_and_other_settings_refused(run, exported, 
     assert read_export(out)["settings"]["fps"] == 6.0
 
 
-def test_rerun_after_sigkill_gives_the_same_shards(run, tmp_path):
+def test_rerun_after_sigkill_gives_the_same_shards(run, one_per_shard, tmp_path):
     settings = ExportSettings(**{**SETTINGS.to_dict(), "samples_per_shard": 1})
-    reference = tmp_path / "reference"
-    export_run(run, reference, settings)
+    reference = one_per_shard
     out = tmp_path / "killed"
-    flags = ["--size", "128", "--fps", "8", "--frames", "8", "--crf", "18"]
-    flags += ["--pix-fmt", "yuv444p", "--samples-per-shard", "1", "--no-progress"]
     code = "import sys; from pipelines.cli import main; sys.exit(main())"
-    cmd = [sys.executable, "-c", code, "export", str(run), "--out", str(out), *flags]
+    cmd = [sys.executable, "-c", code, "export", str(run), "--out", str(out), *ONE_PER_SHARD_FLAGS]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -336,6 +356,81 @@ def test_rerun_after_sigkill_gives_the_same_shards(run, tmp_path):
     assert read_failures(out) == read_failures(reference)
     assert summary.samples == len(_index(reference)) > 3
     assert killed_early, "the export finished before the kill; the resume path was not exercised"
+
+
+def test_ctrl_c_says_so_in_one_line_and_the_rerun_resumes(
+    run, one_per_shard, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C between shards: exit status 130 and one line (no traceback), the finished
+    shards kept; the same command again finishes the export, shards byte-identical."""
+    import curate.export.run as export_module
+    from curate.export.writer import ShardWriter
+    from pipelines.cli import main
+
+    class Interrupted(ShardWriter):
+        def add(self, sample, *, next_position):
+            written = super().add(sample, next_position=next_position)
+            if self.shard == 2:  # two shards written: the user presses Ctrl-C
+                raise KeyboardInterrupt
+            return written
+
+    out = tmp_path / "interrupted"
+    argv = ["export", str(run), "--out", str(out), *ONE_PER_SHARD_FLAGS]
+    monkeypatch.setattr(export_module, "ShardWriter", Interrupted)
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # would end the test session
+        pytest.fail("curate export let KeyboardInterrupt through (a traceback)")
+    assert code == 130
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "curate export: interrupted; finished shards are kept; rerun the same command to resume\n"
+    )
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == [
+        "shard-000000.tar",
+        "shard-000001.tar",
+    ]
+    assert not (out / EXPORT_NAME).exists()
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert [s["sha256"] for s in read_export(out)["shards"]] == [
+        s["sha256"] for s in read_export(one_per_shard)["shards"]
+    ]
+    assert _index(out) == _index(one_per_shard)
+    assert read_failures(out) == read_failures(one_per_shard)
+
+
+def test_shard_bytes_hold_with_long_video_ids(corpus, tmp_path, caplog):
+    """Keys over 100 characters make tar write long-name blocks: a shard keeps within
+    shard_bytes all the same, but for one holding a sample larger than the limit alone,
+    which is named in a warning and counted."""
+    clips = truth_clips(corpus)
+    for c in clips:
+        c["video_id"] = "long_" + "x" * 110 + c["video_id"]
+        c["clip_id"] = c["video_id"] + c["clip_id"][c["clip_id"].index(":") :]
+    run = write_run(tmp_path / "run", clips)
+    settings = {**SETTINGS.to_dict(), "samples_per_shard": None}
+    # limits on the tar record size: where the long-name blocks, uncounted, passed them
+    for records in (4, 6, 9):
+        limit = records * tarfile.RECORDSIZE
+        out = tmp_path / f"bytes-{records}"
+        with caplog.at_level("WARNING", logger="curate.export.writer"):
+            export_run(run, out, ExportSettings(**{**settings, "shard_bytes": limit}))
+        info = read_export(out)
+        assert len(info["shards"]) > 1
+        assert all(s["bytes"] <= limit for s in info["shards"]), (limit, info["shards"])
+        assert info["counts"]["shards_over_limit"] == 0 and not caplog.records
+    limit = 2 * tarfile.RECORDSIZE  # some samples take more alone
+    out = tmp_path / "small"
+    with caplog.at_level("WARNING", logger="curate.export.writer"):
+        summary = export_run(run, out, ExportSettings(**{**settings, "shard_bytes": limit}))
+    shards = read_export(out)["shards"]
+    over = {s["path"] for s in shards if s["bytes"] > limit}
+    assert over and len(over) < len(shards)
+    assert all(s["samples"] == 1 for s in shards if s["path"] in over)
+    assert summary.counts["shards_over_limit"] == len(over)
+    warned = sorted(r.getMessage().split(":")[0] for r in caplog.records)
+    assert warned == sorted(f"sample {row['key']}" for row in _index(out) if row["shard"] in over)
 
 
 def test_settings_and_sizes_are_checked():

@@ -11,13 +11,20 @@ import torch
 
 from curate.export import ExportSettings, export_run
 from curate.shapes import parse_caption, read_frame
-from storygen.training.shards import ShardWindows, draw_window, frame_progress, frame_prompts
+from storygen.training.shards import (
+    ShardWindows,
+    draw_window,
+    export_fps,
+    frame_progress,
+    frame_prompts,
+)
 from tests.curate.export_helpers import run_from_truth
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """A 32 px export of a small 64x64 shapes corpus, samples of 12 frames."""
+    """A 32 px export of a small 64x64 shapes corpus, samples of 12 frames at 6 fps (not the
+    shapes renderer's 8, so a model trained on it shows whose frame rate it records)."""
     from curate.shapes import generate_corpus
 
     root = tmp_path_factory.mktemp("train_shards")
@@ -35,7 +42,7 @@ def shards(tmp_path_factory):
     )
     run = run_from_truth(gt, root / "run")
     settings = ExportSettings(
-        width=32, height=32, fps=8, frames=12, crf=18, pix_fmt="yuv444p", samples_per_shard=3
+        width=32, height=32, fps=6, frames=12, crf=18, pix_fmt="yuv444p", samples_per_shard=3
     )
     export_run(run, root / "shards", settings)
     return root / "shards"
@@ -100,6 +107,9 @@ def test_storygen_train_runs_from_shards_on_cpu(shards, tmp_path, capsys):
     assert report["config"]["shards"] == str(shards)
     assert report["steps_done"] == 3
     assert (out / "unet" / "config.json").is_file()
+    # the model renders at the rate its windows were exported at, not the shapes renderer's
+    assert report["fps"] == export_fps(shards) != 8.0
+    assert json.loads((out / "sampling.json").read_text())["fps"] == report["fps"]
     assert json.loads(capsys.readouterr().out)["steps_done"] == 3
 
 
@@ -216,3 +226,120 @@ def test_an_export_of_mostly_bad_samples_is_refused(tmp_path):
     data = ShardWindows(nothing, batch_size=2, frames=8, size=32, seed=0, shuffle_buffer=4)
     with pytest.raises(ValueError, match="1 of the 1 distinct samples"):
         next(iter(data))
+
+
+def _cut_after(path, samples: int) -> None:
+    """Cut a tar shard at the end of its first ``samples`` samples (a sample boundary)."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    path.write_bytes(path.read_bytes()[: members[2 * samples].offset])
+
+
+def test_a_missing_or_changed_shard_is_refused_when_training_starts(shards, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(shards, tmp_path / "shards")
+    shard = folder / "shard-000001.tar"
+    size = shard.stat().st_size
+    _cut_after(shard, 1)
+    with pytest.raises(ValueError, match=f"shard-000001.tar holds .* _export.json says {size}"):
+        ShardWindows(folder, batch_size=2, frames=8, size=32, seed=0)
+    shard.unlink()
+    with pytest.raises(ValueError, match="shard shard-000001.tar is missing"):
+        ShardWindows(folder, batch_size=2, frames=8, size=32, seed=0)
+
+
+@pytest.mark.timeout(60)
+def test_shards_that_give_no_sample_end_in_an_error_not_an_endless_loop(shards, tmp_path, caplog):
+    """Shards overwritten with zeros, sizes kept (the size check passes): training stops
+    with the reason, each shard warned about once, instead of looping over nothing."""
+    import shutil
+
+    folder = shutil.copytree(shards, tmp_path / "shards")
+    paths = sorted(folder.glob("shard-*.tar"))
+    for path in paths:
+        path.write_bytes(bytes(path.stat().st_size))
+    data = ShardWindows(folder, batch_size=2, frames=8, size=32, seed=0, shuffle_buffer=1)
+    with caplog.at_level("WARNING"), pytest.raises(ValueError) as caught:
+        next(iter(data))
+    assert str(caught.value) == (
+        f"{folder}: no sample could be read from its {len(paths)} shards (damaged, or not "
+        "the files the export wrote); export again"
+    )
+    warned = sorted(r.getMessage() for r in caplog.records if r.name == "curate.export.readers")
+    listed = json.loads((folder / "_export.json").read_text())["shards"]
+    assert warned == [
+        f"{folder / s['path']}: 0 samples read, _export.json lists {s['samples']}: the shard "
+        "was cut short or changed after the export"
+        for s in sorted(listed, key=lambda s: str(folder / s["path"]))
+    ]
+
+
+def test_a_shard_cut_at_a_sample_boundary_is_named_once(tmp_path, caplog):
+    """Without sizes in _export.json (nothing to check when built), a shard that gives 3 of
+    the 6 samples listed is warned about in the first pass, not every pass."""
+    folder = _write_export(tmp_path / "export", [_sample(f"s{i}") for i in range(6)])
+    _cut_after(folder / "s0.tar", 3)
+    data = ShardWindows(folder, batch_size=2, frames=8, size=32, seed=0, shuffle_buffer=1)
+    with caplog.at_level("WARNING"):
+        for _, (_, prompts, *_) in zip(range(10), data):  # 20 reads: 6 passes
+            assert {p for clip in prompts for p in clip} <= {"", "s0", "s1", "s2"}
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        f"{folder / 's0.tar'}: 3 samples read, _export.json lists 6: the shard was cut short "
+        "or changed after the export"
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_share_gives_nothing_reads_every_shard(tmp_path):
+    """One shard listing 4 samples gives 2: shared among 4 workers, the last two would get
+    none in every pass and loop forever; they read every sample instead."""
+    import itertools
+
+    folder = _write_export(tmp_path / "export", [_sample(f"s{i}") for i in range(4)])
+    _cut_after(folder / "s0.tar", 2)
+    data = ShardWindows(folder, batch_size=2, frames=8, size=32, seed=0)
+    rng = np.random.default_rng(0)
+    for worker in range(4):
+        got = [s["__key__"] for s in itertools.islice(data._stream(rng, worker, 4), 4)]
+        assert set(got) <= {"s0", "s1"} and len(got) == 4
+
+
+def test_a_model_trained_on_shards_records_the_export_fps(shards, tmp_path, monkeypatch):
+    """export_fps reads the export's frame rate, and save_folder writes the one it is given
+    into sampling.json (the shapes renderer's 8 fps by default)."""
+    import shutil
+
+    import storygen.pipeline
+    from storygen.training.folder import save_folder
+    from storygen.training.shards import export_fps
+
+    assert export_fps(shards) == 6.0
+    folder = shutil.copytree(shards, tmp_path / "shards")
+    info = json.loads((folder / "_export.json").read_text())
+    info["settings"]["fps"] = 12.5
+    (folder / "_export.json").write_text(json.dumps(info))
+    assert export_fps(folder) == 12.5
+    info["settings"]["fps"] = None
+    (folder / "_export.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="gives no frame rate"):
+        export_fps(folder)
+
+    written: list[dict] = []
+
+    class Pipeline:  # what save_folder builds, minus the weights
+        def __init__(self, **parts):
+            self.sampling: dict = {}
+
+        def save_pretrained(self, out, **kwargs):
+            written.append(self.sampling)
+
+    monkeypatch.setattr(storygen.pipeline, "StoryVideoPipeline", Pipeline)
+    part = torch.nn.Linear(1, 1)
+    parts = {"unet": part, "vae": part, "text_encoder": part, "tokenizer": None, "size": 32}
+    save_folder(tmp_path / "model", **parts, fps=12.5)
+    save_folder(tmp_path / "model", **parts)
+    assert [w["fps"] for w in written] == [12.5, 8.0]
