@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -131,23 +132,45 @@ class WorkProgress:
 
 class RenderProgress(WorkProgress):
     """The same bar over a batch render's finished videos (files ending in ``suffix`` in
-    ``folder``; unfinished ones are hidden temporary files)."""
+    ``folder``; unfinished ones are hidden temporary files).
+
+    ``names``: the file names this run writes (other stories' videos in the folder are not
+    counted); ``since``: a time (``time.time()``) before which a file is not this run's (a
+    run that renders its stories again, over their old videos)."""
 
     desc = "render"
     unit = "story"
 
-    def __init__(self, folder: str | Path, *, suffix: str = ".mp4", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        suffix: str = ".mp4",
+        names: Collection[str] | None = None,
+        since: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(folder, **kwargs)
         self.suffix = suffix
+        self.names = None if names is None else frozenset(names)
+        self.since = since
 
     def snapshot(self) -> tuple[int, int, int]:
         if not self.output.is_dir():
             return 0, 0, 0
-        done = sum(
-            1
-            for f in self.output.iterdir()
-            if f.suffix == self.suffix and not f.name.startswith(".")
-        )
+        done = 0
+        for f in self.output.iterdir():
+            if f.suffix != self.suffix or f.name.startswith("."):
+                continue
+            if self.names is not None and f.name not in self.names:
+                continue
+            if self.since is not None:
+                try:
+                    if f.stat().st_mtime < self.since:
+                        continue
+                except OSError:  # replaced between listing and reading
+                    continue
+            done += 1
         return done, 0, 0
 
     def _postfix(self, clips: int, failed: int) -> dict[str, int]:

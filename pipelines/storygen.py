@@ -28,8 +28,10 @@ compile_s) and
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import logging
+import math
 import os
 import re
 import sys
@@ -50,12 +52,14 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from curate.errors import CurateError
 from curate.isolation import traceback_tail
 from curate.shards import check_output_dir
 from schemas import read_parquet, rows_to_table, video_failure_row, write_parquet
 from schemas.cli import auto_or_positive_int, setup_logging
 from storygen.accel import COMPILE_CHOICES
 from storygen.cli import DTYPES
+from storygen.plan import FPS_RANGE, FRAMES_PER_CALL_RANGE, MAX_FRAMES, frame_limit
 from storygen.script import script_from_stories_row
 
 from .options import runner_flags
@@ -143,6 +147,15 @@ RENDER_FLAGS = (
             "default": None,
             "metavar": "L",
             "help": "frames per model call (default: the model's)",
+        },
+    ),
+    (
+        "--render_max_frames",
+        {
+            "type": int,
+            "default": MAX_FRAMES,
+            "metavar": "N",
+            "help": f"refuse stories longer than N frames (default: {MAX_FRAMES:,})",
         },
     ),
     ("--render_seed", {"type": int, "default": 0, "help": "seed of every story (default 0)"}),
@@ -249,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # as Beam's parser: --render_step would reach Beam as no flag at all
     )
     for flag, kwargs in RENDER_FLAGS:
         parser.add_argument(flag, **kwargs)
@@ -283,6 +297,8 @@ class RenderSettings:
     speedups: str = "auto"
     video_format: str = "mp4"
     overwrite: bool = False
+    #: the most frames a story may have (storygen.plan.frame_limit)
+    max_frames: int = MAX_FRAMES
     #: stories to render in this run (for the progress lines)
     total: int = 0
 
@@ -333,28 +349,31 @@ class _RenderFn(beam.DoFn):
         start = time.perf_counter()
         try:
             script = script_from_stories_row(row)
-            out = self.pipe(
-                script,
-                **self.s.pipeline_kwargs(),
-                generator=self.s.seed,
-                micro_batch=self.s.micro_batch,
-                compile=self.s.compile,
-                speedups=self.s.speedups,
-                output_type=None,
-                output_path=tmp,
-                callback_on_level_end=lambda pipe, level: logger.info(
-                    "story %r: level %d done (%.0f s)",
-                    story_id,
-                    level,
-                    time.perf_counter() - start,
-                ),
-                progress=False,
-            )
+            with frame_limit(self.s.max_frames):
+                out = self.pipe(
+                    script,
+                    **self.s.pipeline_kwargs(),
+                    generator=self.s.seed,
+                    micro_batch=self.s.micro_batch,
+                    compile=self.s.compile,
+                    speedups=self.s.speedups,
+                    output_type=None,
+                    output_path=tmp,
+                    callback_on_level_end=lambda pipe, level: logger.info(
+                        "story %r: level %d done (%.0f s)",
+                        story_id,
+                        level,
+                        time.perf_counter() - start,
+                    ),
+                    progress=False,
+                )
             os.replace(tmp, final)
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             self.failed.inc()
-            message = f"story {story_id!r}: {type(exc).__name__}: {exc}"
+            # the plan's limit message names storygen render's flag; this job's is another
+            why = str(exc).replace("--max-frames", "--render_max_frames")
+            message = f"story {story_id!r}: {type(exc).__name__}: {why}"
             logger.warning("%s", message)
             yield "results", _result(story_id, status="failed", error=message)
             video = {"video_id": story_id, "uri": row.get("uri")}
@@ -432,40 +451,102 @@ class _WriteTablesFn(beam.DoFn):
         self.output = output
 
     def process(self, tagged: list[tuple[str, dict]]) -> Iterator[str]:
-        out = Path(self.output)
-        results = sorted((r for t, r in tagged if t == "results"), key=lambda r: r["story_id"])
-        failures = sorted((r for t, r in tagged if t == "failures"), key=lambda r: r["input_id"])
-        target = out / "results" / "part-00000-of-00001.parquet"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        pq.write_table(pa.Table.from_pylist(results, schema=RESULTS_SCHEMA), tmp)
-        os.replace(tmp, target)
-        write_parquet(
-            rows_to_table(failures, "failures"),
-            out / "failures" / "part-00000-of-00001.parquet",
-            "failures",
-        )
-        yield str(target)
+        yield str(write_tables(self.output, tagged))
+
+
+def write_tables(output: str | os.PathLike[str], tagged: Sequence[tuple[str, dict]]) -> Path:
+    """The results and failures tables of ``tagged`` rows (either may be empty); returns the
+    results table's path."""
+    out = Path(output)
+    results = sorted((r for t, r in tagged if t == "results"), key=lambda r: r["story_id"])
+    failures = sorted((r for t, r in tagged if t == "failures"), key=lambda r: r["input_id"])
+    target = results_path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    pq.write_table(pa.Table.from_pylist(results, schema=RESULTS_SCHEMA), tmp)
+    os.replace(tmp, target)
+    write_parquet(
+        rows_to_table(failures, "failures"),
+        out / "failures" / "part-00000-of-00001.parquet",
+        "failures",
+    )
+    return target
+
+
+def results_path(output: str | os.PathLike[str]) -> Path:
+    return Path(output) / "results" / "part-00000-of-00001.parquet"
+
+
+def _stories_table(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    return p / "stories" if p.is_dir() and (p / "stories").is_dir() else p
 
 
 def read_stories(path: str | os.PathLike[str], *, limit: int = 0) -> list[dict[str, Any]]:
     """Stories rows from a stories Parquet file, a folder of them, or a curate run folder."""
-    p = Path(path)
-    if p.is_dir() and (p / "stories").is_dir():
-        p = p / "stories"
-    rows = read_parquet(p, "stories").to_pylist()
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 (0: all stories), got {limit}")
+    rows = read_parquet(_stories_table(path), "stories").to_pylist()
     rows.sort(key=lambda r: r["story_id"])
     return rows[:limit] if limit else rows
 
 
+def duplicate_stories(
+    path: str | os.PathLike[str], stories: Sequence[Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], list[tuple[str, dict]]]:
+    """``stories`` whose story_id no other row of the table at ``path`` holds, and the
+    results and failures rows of the others: every row of an id on several rows fails, as
+    ``storygen render --story-id`` refuses it (which row to render is not clear, and two
+    workers would write one video file)."""
+    from storygen.script.parquet import duplicate_rows
+
+    table = _stories_table(path)
+    columns = read_parquet(table, "stories").select(["story_id", "uri"]).to_pydict()
+    rows_of: dict[Any, list[int]] = {}
+    for i, sid in enumerate(columns["story_id"]):
+        rows_of.setdefault(sid, []).append(i)
+    unique: list[dict[str, Any]] = []
+    refused: list[tuple[str, dict]] = []
+    for row in stories:
+        sid = row["story_id"]
+        rows = rows_of.get(sid, [])
+        if len(rows) <= 1:
+            unique.append(dict(row))
+            continue
+        uris = [columns["uri"][i] for i in rows]
+        message = duplicate_rows(table, str(sid), rows, uris)
+        refused.append(("results", _result(str(sid), status="failed", error=message)))
+        refused.append(
+            (
+                "failures",
+                video_failure_row(
+                    {"video_id": str(sid), "uri": row.get("uri")},
+                    stage="render",
+                    error_type="DuplicateStory",
+                    message=message,
+                ),
+            )
+        )
+    return unique, refused
+
+
 def build_storygen_pipeline(
-    p: beam.Pipeline, stories: Sequence[Mapping[str, Any]], settings: RenderSettings
+    p: beam.Pipeline,
+    stories: Sequence[Mapping[str, Any]],
+    settings: RenderSettings,
+    refused: Sequence[tuple[str, dict]] = (),
 ) -> beam.PCollection:
-    """One element per story → videos, then the results and failures tables."""
+    """One element per story → videos, then the results and failures tables (with the rows of
+    stories ``refused`` before rendering). ``stories`` must not be empty: Gather emits nothing
+    for no elements, and no table would be written."""
+    rendered = (
+        p | "Stories" >> beam.Create(list(stories)) | "Render" >> beam.ParDo(_RenderFn(settings))
+    )
+    if refused:
+        refused_rows = p | "Refused" >> beam.Create(list(refused))
+        rendered = (rendered, refused_rows) | "WithRefused" >> beam.Flatten()
     return (
-        p
-        | "Stories" >> beam.Create(list(stories))
-        | "Render" >> beam.ParDo(_RenderFn(settings))
+        rendered
         | "Gather" >> Gather()
         | "WriteTables" >> beam.ParDo(_WriteTablesFn(settings.output))
     )
@@ -482,6 +563,11 @@ class RenderSummary:
         failed = [r for r in self.results if r["status"] == "failed"]
         skipped = [r for r in self.results if r["status"] == "skipped"]
         frames = sum(r["frames"] or 0 for r in ok)
+        if not self.results:
+            return [
+                "stories 0: nothing to render",
+                f"results {self.output / 'results'}; failures {self.output / 'failures'} (empty)",
+            ]
         lines = [
             f"stories {len(self.results)}: rendered {len(ok)}, skipped {len(skipped)} (already "
             f"rendered), failed {len(failed)}",
@@ -494,16 +580,79 @@ class RenderSummary:
         return lines
 
 
+def unknown_render_flags(argv: Sequence[str]) -> None:
+    """Refuse a flag that looks like the renderer's (``--render_*``, ``--stories*``) but is
+    none of them: Beam would take it as one of its own and ignore it, and the batch would run
+    with the defaults. Other flags are Beam's and go through."""
+    _, leftover = build_parser().parse_known_args(argv)
+    known = [flag for flag, _ in RENDER_FLAGS]
+    for arg in leftover:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith(("--render_", "--stories")):
+            close = difflib.get_close_matches(flag, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"unknown flag {flag}{hint}")
+
+
+def check_render_values(opts: Any) -> None:
+    """The values a render takes, as the storygen pipeline bounds them: refused once, before
+    any model loads, rather than per story on every worker."""
+    steps, fpc, fps, guidance = (
+        opts.render_steps,
+        opts.render_frames_per_call,
+        opts.render_fps,
+        opts.render_guidance,
+    )
+    if opts.render_max_stories < 0:
+        raise ValueError(
+            f"--render_max_stories must be >= 0 (0: all stories), got {opts.render_max_stories}"
+        )
+    if opts.render_max_frames < 1:
+        raise ValueError(f"--render_max_frames must be >= 1, got {opts.render_max_frames}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--render_steps must be >= 1, got {steps}")
+    lo, hi = FRAMES_PER_CALL_RANGE
+    if fpc is not None and not lo <= fpc <= hi:
+        raise ValueError(f"--render_frames_per_call must be from {lo} to {hi}, got {fpc}")
+    fps_lo, fps_hi = FPS_RANGE
+    if fps is not None and not (math.isfinite(fps) and fps_lo <= fps <= fps_hi):
+        raise ValueError(f"--render_fps must be from {fps_lo:g} to {fps_hi:g}, got {fps:g}")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"--render_guidance must be a finite number >= 0, got {guidance:g}")
+
+
+def check_model_folder(model: str) -> None:
+    """A storygen model folder with every file it names, and readable sampling settings."""
+    from storygen.settings import read_sampling_json
+    from storygen.training_free import check_model_files
+
+    try:
+        check_model_files(model)
+        read_sampling_json(model)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--render_model {model}: {exc}") from None
+
+
 def run(argv: Sequence[str] | None = None, *, progress: bool = True) -> RenderSummary:
     argv = list(sys.argv[1:] if argv is None else argv)
+    unknown_render_flags(argv)
     options = PipelineOptions(argv)
     opts = options.view_as(StorygenOptions)
     if not opts.stories or not opts.render_output or not opts.render_model:
         raise ValueError("--stories, --render_output and --render_model are required")
     if options.view_as(StandardOptions).runner is None:
         options = PipelineOptions([*runner_flags("local"), *argv])
+    # everything that can be refused is, before a folder is made or a model loads
+    check_render_values(opts)
+    check_model_folder(str(opts.render_model))
+    device = render_device(opts.render_device)
+    from storygen.accel import check_render_speed
+
+    # a bad name, or choices that do not go together: refused now
+    check_render_speed(opts.render_compile, opts.render_speedups, device.split(":")[0])
     out = check_output_dir(opts.render_output)
-    stories = read_stories(opts.stories, limit=opts.render_max_stories)
+    selected = read_stories(opts.stories, limit=opts.render_max_stories)
+    stories, refused = duplicate_stories(opts.stories, selected)
     settings = RenderSettings(
         model=str(opts.render_model),
         output=str(out),
@@ -513,18 +662,22 @@ def run(argv: Sequence[str] | None = None, *, progress: bool = True) -> RenderSu
         fps=opts.render_fps,
         seed=opts.render_seed,
         micro_batch=opts.render_micro_batch,
-        device=(device := render_device(opts.render_device)),
+        device=device,
         dtype=opts.render_dtype,
         compile=opts.render_compile,
         speedups=opts.render_speedups,
         video_format=opts.render_format,
         overwrite=opts.render_overwrite,
+        max_frames=opts.render_max_frames,
         total=len(stories),
     )
-    from storygen.accel import check_render_speed
-
-    # a bad name, or choices that do not go together: refused now
-    check_render_speed(settings.compile, settings.speedups, device.split(":")[0])
+    for _, row in refused[::2]:
+        logger.warning("%s", row["error"])
+    start = time.perf_counter()
+    if not stories:  # no Beam job: it would write no tables (Gather emits nothing)
+        write_tables(out, refused)
+        return RenderSummary(out, _read_results(out), time.perf_counter() - start)
+    names = [video_name(str(s["story_id"]), settings.video_format) for s in stories]
     done = 0 if settings.overwrite else _already_rendered(out, stories, settings.video_format)
     logger.info(
         "%d stories from %s, %d rendered already; model %s",
@@ -533,18 +686,28 @@ def run(argv: Sequence[str] | None = None, *, progress: bool = True) -> RenderSu
         done,
         settings.model,
     )
-    start = time.perf_counter()
     watcher = RenderProgress(
         out / "videos",
         total=len(stories),
         already=done,
         enabled=progress,
         suffix=f".{settings.video_format}",
+        names=names,
+        since=time.time() if settings.overwrite else None,
     )
     with watcher, beam.Pipeline(options=options) as p:
-        build_storygen_pipeline(p, stories, settings)
-    results = pq.read_table(out / "results" / "part-00000-of-00001.parquet").to_pylist()
+        build_storygen_pipeline(p, stories, settings, refused)
+    results = _read_results(out)
+    expected = sorted(
+        [str(s["story_id"]) for s in stories] + [r["story_id"] for _, r in refused[::2]]
+    )
+    if sorted(r["story_id"] for r in results) != expected:  # never another run's table
+        raise RuntimeError(f"{results_path(out)} is not this run's: its stories differ")
     return RenderSummary(out, results, time.perf_counter() - start)
+
+
+def _read_results(out: Path) -> list[dict[str, Any]]:
+    return pq.read_table(results_path(out)).to_pylist()
 
 
 def _already_rendered(out: Path, stories: Sequence[Mapping[str, Any]], fmt: str) -> int:
@@ -554,11 +717,11 @@ def _already_rendered(out: Path, stories: Sequence[Mapping[str, Any]], fmt: str)
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, _beam = build_parser().parse_known_args(argv)  # --help, and unknown render flags
+    args, _beam = build_parser().parse_known_args(argv)  # --help; unknown render flags: run
     setup_logging(args.verbose)
     try:
         summary = run([a for a in argv if a not in ("-v", "--verbose")])
-    except ValueError as exc:
+    except (ValueError, CurateError) as exc:  # CurateError: an unwritable --render_output
         print(f"python -m pipelines.storygen: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))

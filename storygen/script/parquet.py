@@ -149,7 +149,7 @@ def load_parquet(path: Path, story_id: str | None) -> StoryScript:
             rows = table.take(pa.array(matches, pa.int64())).to_pylist()
             if len(rows) > 1:
                 uris = [row.get("uri") for row in rows]
-                raise ScriptError(str(path), [_duplicate_rows(path, story_id, matches, uris)])
+                raise ScriptError(str(path), [duplicate_rows(path, story_id, matches, uris)])
     except (pa.ArrowException, KeyError) as exc:
         raise ScriptError(str(path), [f"cannot read the stories table ({exc})"]) from exc
     if not rows:
@@ -163,7 +163,7 @@ def load_parquet(path: Path, story_id: str | None) -> StoryScript:
     return script_from_stories_row(rows[0], source=str(path))
 
 
-def _duplicate_rows(path: Path, story_id: str, rows: list[int], uris: list[Any]) -> str:
+def duplicate_rows(path: Path, story_id: str, rows: list[int], uris: list[Any]) -> str:
     """The problem of a story id that more than one row of the table holds, naming the rows
     (in a folder of shards, each row's file and its row there) and their videos."""
     where = [f"row {r}" for r in rows]
