@@ -13,9 +13,12 @@ Search: exact inner product (``faiss.IndexFlatIP``) for small sets; for large on
 and :func:`dedup_group` searches inside each key's group. The two halves are separate so that
 a distributed pipeline can group by key between them.
 
-In each connected group of pairs above ``threshold`` the member with the best caption score
-is kept (ties: the earliest clip id); the others are dropped with reason ``duplicate`` and
-``duplicate_of`` naming the kept clip.
+Between two videos only scenes matched one to one and in order count (a repeated shot is
+not a duplicate of its own video), and a group never holds two clips of one video. In each
+connected group the member with the best caption score is kept (ties: the earliest clip id);
+where two videos are copies of one another (a re-upload, a trimmed copy) the better video
+keeps every scene they share, so one story stays whole. The others are dropped with reason
+``duplicate`` and ``duplicate_of`` naming the kept clip.
 """
 
 from __future__ import annotations
@@ -87,14 +90,28 @@ def clip_signature(
             pick = np.linspace(0, len(frames) - 1, k).round().astype(int)
             frames = frames[pick]
         parts.append(np.sqrt(pixel_weight) * thumbnail_signature(frames, size=thumb_size))
-    return np.concatenate(parts).astype(np.float32)
+    # a uniform (black, single-colour) clip has no pixel part once mean-centred: renormalise
+    # so the signature stays a unit vector and two copies of it still score 1
+    return _unit(np.concatenate(parts))
 
 
 # --- search ---------------------------------------------------------------------------------
 
 
+#: a cosine this close below the threshold still counts: float32 inner products of unit
+#: vectors are off by a few ULPs (an identical copy can score 0.99999994), so a threshold of
+#: 1.0 must still catch exact copies
+THRESHOLD_TOLERANCE = 1e-6
+
+
+def at_least(threshold: float) -> float:
+    """The lowest cosine accepted at ``threshold`` (:data:`THRESHOLD_TOLERANCE` below it)."""
+    return float(threshold) - THRESHOLD_TOLERANCE
+
+
 def similar_pairs(signatures: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """All pairs ``(i, j, cosine)`` with ``i < j`` and cosine >= ``threshold`` (exact search)."""
+    """All pairs ``(i, j, cosine)`` with ``i < j`` and cosine >= ``threshold`` (exact search,
+    up to :data:`THRESHOLD_TOLERANCE`)."""
     import faiss
 
     x = np.ascontiguousarray(signatures, dtype=np.float32)
@@ -105,11 +122,12 @@ def similar_pairs(signatures: np.ndarray, threshold: float) -> list[tuple[int, i
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     # faiss' range search keeps scores strictly above the radius
-    lims, dist, ids = index.range_search(x, float(np.nextafter(np.float32(threshold), -np.inf)))
+    low = at_least(threshold)
+    lims, dist, ids = index.range_search(x, float(np.nextafter(np.float32(low), -np.inf)))
     pairs = []
     for i in range(len(x)):
         for s, j in zip(dist[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]]):
-            if j > i and s >= threshold:
+            if j > i and s >= low:
                 pairs.append((i, int(j), float(s)))
     return pairs
 
@@ -193,57 +211,132 @@ def _rank_key(row: Mapping[str, Any]) -> tuple:
     return (row.get("status") == DROPPED, -score, -length, str(row.get("clip_id")))
 
 
-def resolve_duplicates(
-    rows: Sequence[Mapping[str, Any]], pairs: Iterable[tuple[int, int, float]]
-) -> list[dict]:
-    """Union-find over ``pairs``; each group keeps its best member, the rest point to it."""
-    out = [dict(r) for r in rows]
-    uf = UnionFind(len(out))
-    for i, j, _ in pairs:
-        uf.union(i, j)
-    for group in uf.groups():
-        best = min(group, key=lambda i: _rank_key(out[i]))
-        for i in group:
-            if i == best:
-                continue
-            out[i]["duplicate_of"] = out[best]["clip_id"]
-            if out[i].get("status") != DROPPED:
-                out[i]["status"], out[i]["reason"] = DROPPED, DUPLICATE
+def _video_ranks(rows: Sequence[Mapping[str, Any]], videos: Iterable[str]) -> dict[str, tuple]:
+    """Rank of each of ``videos`` among copies of one another, best first: more kept scenes
+    (a trimmed copy has fewer), then the mean caption score (at :data:`RANK_DECIMALS`), then
+    more frames, then the video id. Ranked once per video, so a copy pair's winner is the
+    same for every scene they share."""
+    wanted = set(videos)
+    if not wanted:
+        return {}
+    members: dict[str, list[Mapping[str, Any]]]
+    if isinstance(rows, ClipRows):
+        members = {v: [rows[i] for i in idx] for v, idx in rows.by_video(wanted).items()}
+    else:
+        members = defaultdict(list)
+        for r in rows:
+            if r.get("video_id") in wanted:
+                members[r["video_id"]].append(r)
+    out = {}
+    for v in wanted:
+        kept = [r for r in members.get(v, ()) if r.get("status") != DROPPED]
+        scores = [float(r["caption_score"]) for r in kept if r.get("caption_score") is not None]
+        mean = round(sum(scores) / len(scores), RANK_DECIMALS) if scores else -1e9
+        frames = sum(int(r.get("end_frame", 0)) - int(r.get("start_frame", 0)) for r in kept)
+        out[v] = (-len(kept), -mean, -frames, str(v))
     return out
 
 
 def duplicate_map(
-    rows: Sequence[Mapping[str, Any]], pairs: Iterable[tuple[int, int, float]]
+    rows: Sequence[Mapping[str, Any]],
+    pairs: Iterable[tuple[int, int, float]],
+    copies: Iterable[tuple[str, str]] = (),
 ) -> dict[str, str]:
-    """``{clip_id: duplicate_of}`` of :func:`resolve_duplicates`, touching only the rows that
-    are in a pair: the groups, and the member each keeps, are the same, so a corpus of millions
-    of clips (``rows`` a :class:`ClipRows`) is resolved without a dict per clip."""
-    parent: dict[int, int] = {}
+    """``{clip_id: duplicate_of}`` over the duplicate ``pairs`` of ``rows``, touching only
+    the rows that are in a pair, so a corpus of millions of clips (``rows`` a
+    :class:`ClipRows`) is resolved without a dict per clip.
 
-    def find(i: int) -> int:
-        root = i
-        while parent.setdefault(root, root) != root:
+    Pairs join groups (union-find), strongest first (then by clip ids, so the order of the
+    rows does not matter); a pair that would put two clips of one video in a group is refused:
+    a video's scenes are never duplicates of one another. ``copies`` are video pairs that the
+    video pass found to be copies (one entirely inside the other, :func:`consistent_matches`):
+    in a group holding clips of both, the clip of the better video (:func:`_video_ranks`)
+    stands for both, so a re-upload and its original do not split their scenes between them.
+    Among what remains, the best clip (:func:`_rank_key`) is kept and the others point to it.
+    """
+    pairs = list(pairs)
+    info: dict[int, Mapping[str, Any]] = {}
+    for i, j, _ in pairs:
+        for k in (int(i), int(j)):
+            if k not in info:
+                info[k] = rows[k]
+
+    def video(k: int) -> Any:
+        v = info[k].get("video_id")
+        return ("", k) if v is None else v  # no video: a clip of its own
+
+    def cid(k: int) -> str:
+        return str(info[k].get("clip_id"))
+
+    parent: dict[int, int] = {k: k for k in info}
+    videos: dict[int, set] = {k: {video(k)} for k in info}
+
+    def find(k: int) -> int:
+        root = k
+        while parent[root] != root:
             root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
+        while parent[k] != root:
+            parent[k], k = root, parent[k]
         return root
 
-    for i, j, _ in pairs:
-        a, b = find(int(i)), find(int(j))
-        if a != b:
-            parent[max(a, b)] = min(a, b)
+    ordered = sorted(
+        ((int(i), int(j), float(sim)) for i, j, sim in pairs),
+        key=lambda p: (
+            -round(p[2], RANK_DECIMALS),
+            min(cid(p[0]), cid(p[1])),
+            max(cid(p[0]), cid(p[1])),
+        ),
+    )
+    for i, j, _ in ordered:
+        a, b = find(i), find(j)
+        if a == b or videos[a] & videos[b]:
+            continue  # already one group, or two clips of one video would share it
+        if len(videos[a]) < len(videos[b]):
+            a, b = b, a
+        parent[b] = a
+        videos[a] |= videos.pop(b)
     groups: dict[int, list[int]] = defaultdict(list)
-    for i in list(parent):
-        groups[find(i)].append(i)
+    for k in info:
+        groups[find(k)].append(k)
+
+    copied = [tuple(c) for c in copies]
+    rank = _video_ranks(rows, {v for c in copied for v in c})
+    beaten: dict[Any, set] = defaultdict(set)  # video -> the better videos it copies
+    for va, vb in copied:
+        if va != vb:
+            lo, hi = sorted((va, vb), key=lambda v: rank[v])
+            beaten[hi].add(lo)
+
     out: dict[str, str] = {}
     for group in groups.values():
         if len(group) < 2:
             continue
-        members = {i: rows[i] for i in group}
-        best = min(group, key=lambda i: _rank_key(members[i]))
-        for i in group:
-            if i != best:
-                out[members[i]["clip_id"]] = members[best]["clip_id"]
+        present = {video(k) for k in group}
+        # a clip of a video copying a better video present here gives way to it
+        standing = [k for k in group if not (beaten.get(video(k), set()) & present)]
+        best = min(standing, key=lambda k: _rank_key(info[k]))
+        for k in group:
+            if k != best:
+                out[cid(k)] = cid(best)
+    return out
+
+
+def resolve_duplicates(
+    rows: Sequence[Mapping[str, Any]],
+    pairs: Iterable[tuple[int, int, float]],
+    copies: Iterable[tuple[str, str]] = (),
+) -> list[dict]:
+    """The rows with :func:`duplicate_map` applied: each group keeps one member, the rest
+    point to it (``duplicate_of``) and are dropped as duplicates."""
+    out = [dict(r) for r in rows]
+    dup = duplicate_map(out, pairs, copies)
+    for row in out:
+        original = dup.get(str(row.get("clip_id")))
+        if original is None:
+            continue
+        row["duplicate_of"] = original
+        if row.get("status") != DROPPED:
+            row["status"], row["reason"] = DROPPED, DUPLICATE
     return out
 
 
@@ -304,28 +397,35 @@ class ClipRows(Sequence[dict]):
         return out
 
 
-def consistent_pairs(
+def consistent_matches(
     rows: Sequence[Mapping[str, Any]],
     pairs: Iterable[tuple[int, int, float]],
     signatures: Any,
     *,
     threshold: float,
     relaxed_threshold: float,
-) -> list[tuple[int, int, float]]:
+) -> tuple[list[tuple[int, int, float]], list[tuple[str, str]]]:
     """Video-level consistency: duplicate videos are copies of whole videos.
 
     Pairs above ``threshold`` between two videos make those videos duplicate candidates; the
-    other scenes of two such videos, matched in order, are then accepted down to
+    scenes of two such videos are then matched one to one, in order (:func:`_align`), down to
     ``relaxed_threshold`` (a trimmed copy's first and last scenes lose frames, so they match
-    less well than the untouched middle ones). Pairs inside one video are ignored: scenes of
-    one video that look alike are a repeated shot, not a duplicate.
+    less well than the untouched middle ones). Only those matches are duplicate pairs: a
+    shot repeated inside one video matches one scene of the other video, not every one. Pairs
+    inside one video are ignored: scenes of one video that look alike are a repeated shot,
+    not a duplicate.
+
+    Returns the pairs and the *copies*: the candidate video pairs whose match covers every
+    scene of one of the two (a re-upload, or a trimmed copy), for :func:`duplicate_map`.
 
     ``signatures`` is an ``(n, dim)`` array or anything indexed like one by a list of rows
     (a :class:`curate.dedup_index.SignatureStore`): only the two videos' scenes are read for
     each candidate pair.
     """
     strong = [(i, j, s) for i, j, s in pairs if rows[i]["video_id"] != rows[j]["video_id"]]
-    video_pairs = {tuple(sorted((rows[i]["video_id"], rows[j]["video_id"]))) for i, j, _ in strong}
+    video_pairs = sorted(
+        {tuple(sorted((rows[i]["video_id"], rows[j]["video_id"]))) for i, j, _ in strong}
+    )
     needed = {v for pair in video_pairs for v in pair}
     if isinstance(rows, ClipRows):
         by_video = rows.by_video(needed)
@@ -334,23 +434,46 @@ def consistent_pairs(
         for i, r in enumerate(rows):
             if r["video_id"] in needed:
                 by_video[r["video_id"]].append(i)
-    accepted = {(i, j): s for i, j, s in strong}
+
+    def scene_order(i: int) -> tuple:
+        r = rows[i]
+        return (r.get("scene_index", 0), str(r.get("clip_id")))
+
+    accepted: dict[tuple[int, int], float] = {}
+    copies: list[tuple[str, str]] = []
     for va, vb in video_pairs:
-        a = sorted(by_video[va], key=lambda i: rows[i].get("scene_index", 0))
-        b = sorted(by_video[vb], key=lambda i: rows[i].get("scene_index", 0))
-        sims = signatures[a] @ signatures[b].T
+        a = sorted(by_video[va], key=scene_order)
+        b = sorted(by_video[vb], key=scene_order)
+        sims = np.asarray(signatures[a] @ signatures[b].T)
         # monotone alignment of the two scene lists (longest chain of in-order matches)
-        for ia, ib in _align(sims, relaxed_threshold):
+        matched = _align(sims, relaxed_threshold)
+        for ia, ib in matched:
             key = (min(a[ia], b[ib]), max(a[ia], b[ib]))
-            accepted.setdefault(key, float(sims[ia, ib]))
-    return [(i, j, s) for (i, j), s in sorted(accepted.items())]
+            accepted[key] = max(accepted.get(key, -np.inf), float(sims[ia, ib]))
+        if matched and len(matched) in (len(a), len(b)):
+            copies.append((va, vb))
+    return [(i, j, s) for (i, j), s in sorted(accepted.items())], copies
+
+
+def consistent_pairs(
+    rows: Sequence[Mapping[str, Any]],
+    pairs: Iterable[tuple[int, int, float]],
+    signatures: Any,
+    *,
+    threshold: float,
+    relaxed_threshold: float,
+) -> list[tuple[int, int, float]]:
+    """The duplicate pairs of :func:`consistent_matches` (without the copies)."""
+    return consistent_matches(
+        rows, pairs, signatures, threshold=threshold, relaxed_threshold=relaxed_threshold
+    )[0]
 
 
 def _align(sims: np.ndarray, threshold: float) -> list[tuple[int, int]]:
     """Order-preserving matching of rows to columns maximising the summed similarity of
     matches above ``threshold`` (dynamic programming, as in sequence alignment)."""
     n, m = sims.shape
-    gain = np.where(sims >= threshold, sims, -np.inf)
+    gain = np.where(sims >= at_least(threshold), sims, -np.inf)
     best = np.zeros((n + 1, m + 1))
     for i in range(1, n + 1):
         for j in range(1, m + 1):
@@ -441,40 +564,45 @@ class Deduplicator(Step[Any, dict]):
         out[SIGNATURE_KEY] = self.signature(record).tolist()
         return out
 
+    def matches(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        pairs: Iterable[tuple[int, int, float]],
+        signatures: Any,
+    ) -> tuple[list[tuple[int, int, float]], list[tuple[str, str]]]:
+        """The duplicate pairs among ``rows`` given the ``pairs`` above the threshold, and the
+        video pairs that are copies (:func:`consistent_matches`; without a relaxed threshold
+        scenes are matched at the threshold itself). ``signatures`` as
+        :func:`consistent_matches` takes them."""
+        relaxed = self.threshold if self.relaxed_threshold is None else self.relaxed_threshold
+        return consistent_matches(
+            rows, pairs, signatures, threshold=self.threshold, relaxed_threshold=relaxed
+        )
+
     def video_pairs(
         self,
         rows: Sequence[Mapping[str, Any]],
         pairs: Iterable[tuple[int, int, float]],
         signatures: Any,
     ) -> list[tuple[int, int, float]]:
-        """The duplicate pairs among ``rows`` given the ``pairs`` above the threshold: those
-        between two videos, with the video-level pass (:func:`consistent_pairs`) when a
-        relaxed threshold is set. ``signatures`` as :func:`consistent_pairs` takes them."""
-        if self.relaxed_threshold is not None:
-            return consistent_pairs(
-                rows,
-                pairs,
-                signatures,
-                threshold=self.threshold,
-                relaxed_threshold=self.relaxed_threshold,
-            )
-        return [(i, j, s) for i, j, s in pairs if rows[i]["video_id"] != rows[j]["video_id"]]
+        """The duplicate pairs of :meth:`matches` (without the copies)."""
+        return self.matches(rows, pairs, signatures)[0]
 
     def dedup_group(self, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Mark duplicates among ``rows`` (one centroid key's group, or a whole small run)."""
         if not rows:
             return []
         sigs = np.stack([self.signature(r) for r in rows])
-        pairs = self.video_pairs(rows, similar_pairs(sigs, self.threshold), sigs)
-        return resolve_duplicates(rows, pairs)
+        return resolve_duplicates(
+            rows, *self.matches(rows, similar_pairs(sigs, self.threshold), sigs)
+        )
 
     def duplicates(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         """``{clip_id: duplicate_of}`` among ``rows`` (one group; see :meth:`dedup_group`)."""
         if len(rows) < 2:
             return {}
         sigs = np.stack([self.signature(r) for r in rows])
-        pairs = self.video_pairs(rows, similar_pairs(sigs, self.threshold), sigs)
-        return duplicate_map(rows, pairs)
+        return duplicate_map(rows, *self.matches(rows, similar_pairs(sigs, self.threshold), sigs))
 
     def assign_centroids(self, signatures: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         return assign_centroids(signatures, centroids, nprobe=self.nprobe)
@@ -492,7 +620,9 @@ class Deduplicator(Step[Any, dict]):
             return
         sigs = np.stack([self.signature(r) for r in rows])
         n_centroids = self.n_centroids or max(2, int(np.sqrt(len(rows))))
-        centroids = train_centroids(sigs, n_centroids=n_centroids, seed=self.seed)
+        # trained in clip id order, so the centroids do not depend on the order of the rows
+        canonical = sorted(range(len(rows)), key=lambda i: str(rows[i]["clip_id"]))
+        centroids = train_centroids(sigs[canonical], n_centroids=n_centroids, seed=self.seed)
         keys = assign_centroids(sigs, centroids, nprobe=self.nprobe).reshape(len(rows), -1)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, ks in enumerate(keys):
@@ -512,7 +642,7 @@ class Deduplicator(Step[Any, dict]):
             len(pairs),
             self.threshold,
         )
-        yield from resolve_duplicates(rows, self.video_pairs(rows, sorted(pairs), sigs))
+        yield from resolve_duplicates(rows, *self.matches(rows, sorted(pairs), sigs))
 
 
 # --- a run's duplicate map ------------------------------------------------------------------

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .dedup import at_least
+
 logger = logging.getLogger(__name__)
 
 _ROW_DTYPE = np.float16  # the default: half the disk, recall measured
@@ -307,13 +309,14 @@ def _pairs_in(ids: np.ndarray, x: np.ndarray, threshold: float) -> list[tuple[in
 
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(np.ascontiguousarray(x))
+    low = at_least(threshold)
     # faiss' range search keeps scores strictly above the radius
-    lims, dist, nbr = index.range_search(x, float(np.nextafter(np.float32(threshold), -np.inf)))
+    lims, dist, nbr = index.range_search(x, float(np.nextafter(np.float32(low), -np.inf)))
     out = []
     for a in range(len(x)):
         for s, b in zip(dist[lims[a] : lims[a + 1]], nbr[lims[a] : lims[a + 1]]):
             i, j = int(ids[a]), int(ids[b])
-            if i < j and s >= threshold:
+            if i < j and s >= low:
                 out.append((i, j, float(s)))
     return out
 
@@ -332,7 +335,7 @@ def exact_neighbours(
     out: set[tuple[int, int]] = set()
     for start, x in store.chunks(_chunk_rows(store.dim, memory_mb)):
         sims = q @ x.T
-        a, b = np.nonzero(sims >= threshold)
+        a, b = np.nonzero(sims >= at_least(threshold))
         for i, j in zip(qid[a], b + start):
             if i != j:
                 out.add((int(min(i, j)), int(max(i, j))))

@@ -56,6 +56,13 @@ def dedup_table(dedup_dir: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, schema=DEDUP_COLUMNS) for f in metas])
 
 
+def clip_order(table: pa.Table) -> np.ndarray:
+    """The row order of ``table`` by clip id: the canonical order of the inverted-list
+    search's store and dedup columns."""
+    order = pc.sort_indices(table, sort_keys=[("clip_id", "ascending")])
+    return order.to_numpy().astype(np.int64)
+
+
 def signature_store(dedup_dir: Path) -> SignatureStore | None:
     """The joined signature store of the inverted-list search (``None`` before it is built)."""
     path = dedup_dir / "signatures.sig"
@@ -69,28 +76,49 @@ def signature_store(dedup_dir: Path) -> SignatureStore | None:
 def build_lists(
     scratch: Path, dedup_dir: Path, metas: list[Path], dedup: Deduplicator, *, memory_mb: int
 ) -> dict[str, Any] | None:
-    """The chunks' signatures (``metas``) joined into one store, centroids trained on a
-    sample and every clip written to its lists (``scratch/lists``, their sizes in
-    ``list_sizes.npy``). Returns what the search is (the report's ``dedup``), or ``None``
+    """The chunks' signatures (``metas``) joined into one store in clip id order, centroids
+    trained on a sample and every clip written to its lists (``scratch/lists``, their sizes
+    in ``list_sizes.npy``). Returns what the search is (the report's ``dedup``), or ``None``
     when there are fewer than two clips to search."""
     dtype = np.dtype(np.float16)
     dim = None
+    sources: list[tuple[Path, int]] = []
+    for meta in metas:
+        part = meta.with_suffix(".sig")
+        rows = pq.ParquetFile(meta).metadata.num_rows
+        width = part.stat().st_size // max(rows, 1) // dtype.itemsize
+        if dim is None:
+            dim = width
+        elif width != dim:
+            raise ValueError(f"{part}: signatures are {width} wide, earlier chunks' {dim}")
+        sources.append((part, rows))
+    assert dim is not None
+    # the store's rows in clip id order (as :func:`list_duplicates` reads the dedup columns),
+    # not in the order the chunks spilled them: the k-means sample, the lists and so the
+    # pairs found are the same however the work was committed, split or resumed
+    order = clip_order(pa.concat_tables([pq.read_table(m, columns=["clip_id"]) for m in metas]))
+    starts = np.cumsum([0] + [rows for _, rows in sources]).astype(np.int64)
+    maps = [
+        np.memmap(part, dtype=dtype, mode="r", shape=(rows, dim)) if rows else None
+        for part, rows in sources
+    ]
     target = dedup_dir / "signatures.sig"
     target.unlink(missing_ok=True)
+    block = max(1, (1 << 24) // max(dim * dtype.itemsize, 1))
     with target.open("ab") as out:
-        for meta in metas:
-            part = meta.with_suffix(".sig")
-            rows = pq.ParquetFile(meta).metadata.num_rows
-            size = part.stat().st_size
-            width = size // max(rows, 1) // dtype.itemsize
-            if dim is None:
-                dim = width
-            elif width != dim:
-                raise ValueError(f"{part}: signatures are {width} wide, earlier chunks' {dim}")
-            with part.open("rb") as src:
-                while block := src.read(1 << 24):
-                    out.write(block)
-            part.unlink()
+        for k in range(0, len(order), block):
+            take = order[k : k + block]
+            src = np.searchsorted(starts, take, side="right") - 1
+            rows_out = np.empty((len(take), dim), dtype)
+            for f in np.unique(src):
+                hit = src == f
+                source = maps[int(f)]
+                assert source is not None
+                rows_out[hit] = source[take[hit] - starts[f]]
+            out.write(rows_out.tobytes())
+    del maps
+    for part, _ in sources:
+        part.unlink()
     assert dim is not None
     _atomic_json({"dim": int(dim), "dtype": dtype.name}, dedup_dir / "signatures.json")
     store = signature_store(dedup_dir)
@@ -153,10 +181,11 @@ def list_duplicates(
     store: SignatureStore | None,
     dedup: Deduplicator,
 ) -> dict[str, str]:
-    """The duplicate map over the store and the dedup columns (``table``) from the pairs
+    """The duplicate map over the store and the dedup columns (``table``, in chunk order as
+    :func:`dedup_table` reads them; put in the store's clip id order here) from the pairs
     the list groups found."""
-    rows = ClipRows(table)
-    return duplicate_map(rows, dedup.video_pairs(rows, pairs, store)) if pairs else {}
+    rows = ClipRows(table.take(pa.array(clip_order(table))))
+    return duplicate_map(rows, *dedup.matches(rows, pairs, store)) if pairs else {}
 
 
 def exact_duplicates(dedup_dir: Path, table: pa.Table, dedup: Deduplicator) -> dict[str, str]:

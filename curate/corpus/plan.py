@@ -12,7 +12,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from schemas.tables import KEPT
 
 from .. import shards
 
@@ -74,6 +78,8 @@ class CorpusPlan:
     work_clips: int
     exact: bool
     counts: dict[str, int] = field(default_factory=dict)
+    #: kept clips of the chosen records: at most what enters dedup (decides ``exact``)
+    dedup_clips: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -132,7 +138,14 @@ def plan_corpus(
             size = 0
         chunks[-1].append(i)
         size += clips
-    exact = work_clips <= exact_limit
+    dedup_clips = sum(
+        kept_clips(file, chosen, fallback=clips_in[i])
+        for i, (file, chosen) in enumerate(zip(files, rows))
+        if chosen
+    )
+    # exact or not is decided by the clips this run can deduplicate (the kept clips of the
+    # chosen records), not by every clip in the work files (older records, other videos)
+    exact = dedup_clips <= exact_limit
     return CorpusPlan(
         files=files,
         rows=rows,
@@ -143,6 +156,7 @@ def plan_corpus(
         shards=shards.shard_count(max(done, 1), rows_per_shard=rows_per_shard),
         work_clips=work_clips,
         exact=exact,
+        dedup_clips=dedup_clips,
         counts={
             **counts,
             "videos_done": done,
@@ -150,3 +164,20 @@ def plan_corpus(
             "dedup_exact": int(exact),
         },
     )
+
+
+def kept_clips(file: str, rows: list[int], *, fallback: int) -> int:
+    """Kept clips of the records at ``rows`` of a work file (one nested column read);
+    ``fallback`` (the file's clips, an upper bound) where the column cannot be read, so a
+    file of another layout never makes a large corpus look small enough for exact dedup."""
+    column = "clips.list.element.status"
+    try:
+        table = pq.ParquetFile(file).read(columns=[column])
+    except (KeyError, pa.ArrowInvalid):
+        return fallback
+    statuses = pc.list_flatten(table.column(0).take(pa.array(rows, pa.int64())))
+    if len(statuses) == 0:
+        return 0
+    if pa.types.is_struct(statuses.type):
+        statuses = pc.struct_field(statuses, "status")
+    return int(pc.sum(pc.equal(statuses, KEPT)).as_py() or 0)

@@ -101,7 +101,7 @@ def test_inverted_lists_over_a_store_give_the_exact_duplicate_map(tmp_path):
             found[(i, j)] = s
     pairs = sorted((i, j, s) for (i, j), s in found.items())
     table = ClipRows(pa.Table.from_pylist(rows, schema=DEDUP_COLUMNS))
-    approx = duplicate_map(table, dedup.video_pairs(table, pairs, store))
+    approx = duplicate_map(table, *dedup.matches(table, pairs, store))
 
     assert approx == exact
     strong = {(a, b) for a, b in planted if float(sigs[a] @ sigs[b]) >= 0.95}
