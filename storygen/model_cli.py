@@ -126,11 +126,8 @@ def run_new_model(args: argparse.Namespace) -> int:
 
     # written beside the destination under a temporary name, then moved into place: an
     # interrupted run or a failed write leaves no half-written model folder
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = scratch_beside(out)
     except OSError as exc:
         return _refuse(f"{out}: cannot create the folder ({exc.strerror or exc})")
     try:
@@ -154,6 +151,17 @@ def run_new_model(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote a randomly initialised {args.preset} model ({args.mode} layout) to {out}")
     return 0
+
+
+def scratch_beside(out: Path) -> Path:
+    """A new, empty folder beside ``out`` under a hidden temporary name, for a model folder
+    written whole and then moved into place (:func:`swap_in`); ``OSError`` where it cannot be
+    made."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
 
 
 def swap_in(new: Path, out: Path) -> None:

@@ -982,14 +982,12 @@ def _scratch(out: Path) -> Path:
     """A new, empty folder beside ``out``, under a hidden temporary name: the run writes the
     model there, then moves it into place (created before training: an ``out`` whose parent
     cannot be written is refused at once)."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    from storygen.model_cli import scratch_beside
+
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        return scratch_beside(out)
     except OSError as exc:
         raise RunRefused(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
-    return tmp
 
 
 def _carry_over(old: Path, new: Path) -> None:

@@ -14,3 +14,13 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """An untrained micro autoencoder for 32 px frames: runs share it instead of training one."""
+    from storygen.training.vae import build_vae
+
+    out = tmp_path_factory.mktemp("vae")
+    build_vae(32, seed=0, preset="micro").save_pretrained(str(out))
+    return out

@@ -29,16 +29,6 @@ QUICK_NO_TEXT = {k: v for k, v in QUICK.items() if k != "text_encoder"}
 
 
 @pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    """An untrained micro autoencoder for 32 px frames: runs share it instead of training one."""
-    from storygen.training.vae import build_vae
-
-    out = tmp_path_factory.mktemp("vae")
-    build_vae(32, seed=0, preset="micro").save_pretrained(str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
 def base(tmp_path_factory, vae_dir):
     from storygen.training.unet import TrainConfig, train
 
