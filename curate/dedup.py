@@ -13,6 +13,11 @@ Search: exact inner product (``faiss.IndexFlatIP``) for small sets; for large on
 and :func:`dedup_group` searches inside each key's group. The two halves are separate so that
 a distributed pipeline can group by key between them.
 
+Each clip keeps at most its :data:`MAX_NEIGHBOURS` nearest neighbours above the threshold
+(ties broken by clip id order), so a shot shared by many videos (an intro, a logo card) gives
+pairs and candidate video pairs in proportion to the clips, not to their square; union-find
+still joins every copy of the shot.
+
 Between two videos only scenes matched one to one and in order count (a repeated shot is
 not a duplicate of its own video), and a group never holds two clips of one video. In each
 connected group the member with the best caption score is kept (ties: the earliest clip id);
@@ -109,27 +114,146 @@ def at_least(threshold: float) -> float:
     return float(threshold) - THRESHOLD_TOLERANCE
 
 
-def similar_pairs(signatures: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """All pairs ``(i, j, cosine)`` with ``i < j`` and cosine >= ``threshold`` (exact search,
-    up to :data:`THRESHOLD_TOLERANCE`)."""
+#: the most neighbours above the threshold a clip keeps: its nearest (by cosine at
+#: :data:`RANK_DECIMALS`, ties by the canonical row order). A shot shared by K clips (an intro
+#: or logo card) then gives O(K·MAX_NEIGHBOURS) pairs, not K²/2, and the video pass as many
+#: candidate video pairs; union-find over these pairs still joins all K copies. Where no clip
+#: has more neighbours than this, every pair above the threshold is kept.
+MAX_NEIGHBOURS = 32
+
+#: range search runs over blocks of queries with at most about this many results each
+#: (queries × rows), so K identical clips do not make a K² result table at once
+RANGE_BLOCK_RESULTS = 1 << 22
+
+
+def _nearest_mask(
+    q: np.ndarray, nbr: np.ndarray, s: np.ndarray, neighbours: int | None, rank: np.ndarray | None
+) -> np.ndarray:
+    """Which of the directed candidates ``q → nbr`` (cosine ``s``) are among the
+    ``neighbours`` nearest of their query ``q``: by cosine at :data:`RANK_DECIMALS`, then by
+    ``rank[nbr]`` (``nbr`` itself without ``rank``), so the choice does not depend on the
+    order of the rows, and float noise in the scores (below the rounding) cannot change it."""
+    keep = np.zeros(len(q), bool)
+    if neighbours is None or len(q) == 0:
+        keep[:] = True
+        return keep
+    tie = nbr if rank is None else rank[nbr]
+    order = np.lexsort((tie, -np.round(s.astype(np.float64), RANK_DECIMALS), q))
+    qs = q[order]
+    starts = np.flatnonzero(np.r_[True, qs[1:] != qs[:-1]])
+    runs = np.diff(np.r_[starts, len(qs)])
+    place = np.arange(len(qs)) - np.repeat(starts, runs)
+    keep[order[place < neighbours]] = True
+    return keep
+
+
+def _undirected(q: np.ndarray, nbr: np.ndarray, s: np.ndarray) -> list[tuple[int, int, float]]:
+    """Directed pairs → ``(i, j, cosine)`` with ``i < j``, each once, sorted; the score of the
+    ``i → j`` direction where both are present."""
+    if len(q) == 0:
+        return []
+    lo, hi = np.minimum(q, nbr), np.maximum(q, nbr)
+    order = np.lexsort((q > nbr, hi, lo))
+    lo, hi, s = lo[order], hi[order], s[order]
+    first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])]
+    return list(
+        zip(
+            lo[first].tolist(),
+            hi[first].tolist(),
+            s[first].astype(np.float64).tolist(),
+        )
+    )
+
+
+def nearest_pairs(
+    pairs: Iterable[tuple[int, int, float]],
+    *,
+    neighbours: int | None = MAX_NEIGHBOURS,
+    rank: np.ndarray | None = None,
+) -> list[tuple[int, int, float]]:
+    """The ``pairs`` ``(i, j, cosine)`` that are among the ``neighbours`` nearest of ``i`` or
+    of ``j`` (as :func:`similar_pairs` chooses them; ``rank[i]`` is row ``i``'s place in the
+    canonical order, the row index itself without it), sorted. For pairs merged from
+    several searches (inverted lists, centroid groups): a clip's nearest overall are among
+    its nearest in some search, so this gives what one search over all of them would."""
+    arr = np.array([(int(i), int(j), float(s)) for i, j, s in pairs], dtype=np.float64)
+    if not len(arr):
+        return []
+    a, b = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
+    i, j, s = np.minimum(a, b), np.maximum(a, b), arr[:, 2]
+    # a pair found twice (in two lists) counts once, at its best score
+    order = np.lexsort((-s, j, i))
+    i, j, s = i[order], j[order], s[order]
+    first = np.r_[True, (i[1:] != i[:-1]) | (j[1:] != j[:-1])]
+    i, j, s = i[first], j[first], s[first]
+    q, nbr, s = np.r_[i, j], np.r_[j, i], np.r_[s, s]
+    keep = _nearest_mask(q, nbr, s, neighbours, rank)
+    return _undirected(q[keep], nbr[keep], s[keep])
+
+
+def range_neighbours(
+    signatures: np.ndarray,
+    threshold: float,
+    *,
+    neighbours: int | None = MAX_NEIGHBOURS,
+    rank: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact range search of every row against the others: directed ``(query, neighbour,
+    cosine)`` arrays (row positions) with cosine >= ``threshold`` (up to
+    :data:`THRESHOLD_TOLERANCE`), each query's ``neighbours`` nearest (:func:`nearest_pairs`
+    for ``rank``). Queries are searched in blocks of :data:`RANGE_BLOCK_RESULTS` results."""
     import faiss
 
     x = np.ascontiguousarray(signatures, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"signatures must be (n, d), got shape {x.shape}")
-    if len(x) < 2:
-        return []
+    n = len(x)
+    empty = np.empty(0, np.int64)
+    if n < 2:
+        return empty, empty, np.empty(0, np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    # faiss' range search keeps scores strictly above the radius
     low = at_least(threshold)
-    lims, dist, ids = index.range_search(x, float(np.nextafter(np.float32(low), -np.inf)))
-    pairs = []
-    for i in range(len(x)):
-        for s, j in zip(dist[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]]):
-            if j > i and s >= low:
-                pairs.append((i, int(j), float(s)))
-    return pairs
+    # faiss' range search keeps scores strictly above the radius
+    radius = float(np.nextafter(np.float32(low), -np.inf))
+    block = n if n * n <= RANGE_BLOCK_RESULTS else max(1, RANGE_BLOCK_RESULTS // n)
+    qs, ns, ss = [], [], []
+    for start in range(0, n, block):
+        lims, dist, ids = index.range_search(x[start : start + block], radius)
+        lims = lims.astype(np.int64)
+        q = np.repeat(np.arange(start, start + len(lims) - 1, dtype=np.int64), np.diff(lims))
+        ids = ids.astype(np.int64)
+        ok = (ids != q) & (dist >= low)
+        q, ids, dist = q[ok], ids[ok], dist[ok]
+        keep = _nearest_mask(q, ids, dist, neighbours, rank)
+        qs.append(q[keep])
+        ns.append(ids[keep])
+        ss.append(dist[keep])
+    return np.concatenate(qs), np.concatenate(ns), np.concatenate(ss)
+
+
+def similar_pairs(
+    signatures: np.ndarray,
+    threshold: float,
+    *,
+    neighbours: int | None = MAX_NEIGHBOURS,
+    rank: np.ndarray | None = None,
+) -> list[tuple[int, int, float]]:
+    """The pairs ``(i, j, cosine)`` with ``i < j`` and cosine >= ``threshold`` (exact search,
+    up to :data:`THRESHOLD_TOLERANCE`) where ``j`` is among the ``neighbours`` nearest of
+    ``i`` or ``i`` among those of ``j`` (:data:`MAX_NEIGHBOURS`; ``None``: every pair).
+    Ties are broken by ``rank`` (row ``i``'s place in the canonical order; the row order
+    itself without it), so the pairs do not depend on the order of the rows."""
+    return _undirected(*range_neighbours(signatures, threshold, neighbours=neighbours, rank=rank))
+
+
+def clip_rank(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Each row's place in clip id order: the canonical order that breaks ties between
+    equally near neighbours (:func:`similar_pairs`)."""
+    order = sorted(range(len(rows)), key=lambda i: str(rows[i].get("clip_id")))
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows), dtype=np.int64)
+    return rank
 
 
 def train_centroids(
@@ -593,16 +717,16 @@ class Deduplicator(Step[Any, dict]):
         if not rows:
             return []
         sigs = np.stack([self.signature(r) for r in rows])
-        return resolve_duplicates(
-            rows, *self.matches(rows, similar_pairs(sigs, self.threshold), sigs)
-        )
+        pairs = similar_pairs(sigs, self.threshold, rank=clip_rank(rows))
+        return resolve_duplicates(rows, *self.matches(rows, pairs, sigs))
 
     def duplicates(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         """``{clip_id: duplicate_of}`` among ``rows`` (one group; see :meth:`dedup_group`)."""
         if len(rows) < 2:
             return {}
         sigs = np.stack([self.signature(r) for r in rows])
-        return duplicate_map(rows, *self.matches(rows, similar_pairs(sigs, self.threshold), sigs))
+        pairs = similar_pairs(sigs, self.threshold, rank=clip_rank(rows))
+        return duplicate_map(rows, *self.matches(rows, pairs, sigs))
 
     def assign_centroids(self, signatures: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         return assign_centroids(signatures, centroids, nprobe=self.nprobe)
@@ -621,7 +745,8 @@ class Deduplicator(Step[Any, dict]):
         sigs = np.stack([self.signature(r) for r in rows])
         n_centroids = self.n_centroids or max(2, int(np.sqrt(len(rows))))
         # trained in clip id order, so the centroids do not depend on the order of the rows
-        canonical = sorted(range(len(rows)), key=lambda i: str(rows[i]["clip_id"]))
+        rank = clip_rank(rows)
+        canonical = np.argsort(rank)
         centroids = train_centroids(sigs[canonical], n_centroids=n_centroids, seed=self.seed)
         keys = assign_centroids(sigs, centroids, nprobe=self.nprobe).reshape(len(rows), -1)
         groups: dict[int, list[int]] = defaultdict(list)
@@ -631,7 +756,7 @@ class Deduplicator(Step[Any, dict]):
         pairs: set[tuple[int, int, float]] = set()
         for members in groups.values():
             sub = sigs[members]
-            for a, b, s in similar_pairs(sub, self.threshold):
+            for a, b, s in similar_pairs(sub, self.threshold, rank=rank[members]):
                 i, j = members[a], members[b]
                 if rows[i]["video_id"] != rows[j]["video_id"]:
                     pairs.add((min(i, j), max(i, j), s))
@@ -642,7 +767,9 @@ class Deduplicator(Step[Any, dict]):
             len(pairs),
             self.threshold,
         )
-        yield from resolve_duplicates(rows, *self.matches(rows, sorted(pairs), sigs))
+        # a clip's nearest in each group it was sent to → its nearest overall
+        found = nearest_pairs(sorted(pairs), rank=rank)
+        yield from resolve_duplicates(rows, *self.matches(rows, found, sigs))
 
 
 # --- a run's duplicate map ------------------------------------------------------------------

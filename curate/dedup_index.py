@@ -13,7 +13,9 @@ clips. A corpus of millions of clips (WebVid-10M cuts into tens of millions) doe
 3. :func:`search_list` reads one list back whole (one sequential read) and searches it
    exactly (``faiss.IndexFlatIP`` range search); lists are independent, so they run in
    parallel (threads in :func:`ivf_pairs`, workers on a cluster in the corpus phase). A pair
-   found in two lists is counted once.
+   found in two lists is counted once. Each clip keeps its
+   :data:`curate.dedup.MAX_NEIGHBOURS` nearest in a list, and of those found in its lists
+   its nearest overall (:func:`curate.dedup.nearest_pairs`), as the exact search does.
 
 Memory is bounded by ``memory_mb``: it sets the streaming chunk and caps the k-means sample;
 the largest list is what must fit at once (lists are about ``n / n_lists`` rows; with the
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .dedup import at_least
+from .dedup import MAX_NEIGHBOURS, _undirected, at_least, nearest_pairs, range_neighbours
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +233,8 @@ def search_list(
     folder: str | os.PathLike[str], key: int, store: SignatureStore, threshold: float
 ) -> list[tuple[int, int, float]]:
     """Exact pairs ``(i, j, cosine)``, ``i < j``, cosine >= ``threshold``, among the rows of
-    inverted list ``key`` (written by :func:`assign_lists` from ``store``)."""
+    inverted list ``key`` (written by :func:`assign_lists` from ``store``), each row's
+    :data:`curate.dedup.MAX_NEIGHBOURS` nearest (ties by store row, the canonical order)."""
     path = list_path(folder, key)
     if not path.exists():
         return []
@@ -253,8 +256,10 @@ def ivf_pairs(
     seed: int = 0,
     work_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[list[tuple[int, int, float]], IvfReport]:
-    """All pairs ``(i, j, cosine)``, ``i < j``, cosine >= ``threshold``, found within the
-    ``nprobe`` nearest inverted lists of each clip (exact inside a list)."""
+    """The pairs ``(i, j, cosine)``, ``i < j``, cosine >= ``threshold``, found within the
+    ``nprobe`` nearest inverted lists of each clip (exact inside a list), each clip's
+    :data:`curate.dedup.MAX_NEIGHBOURS` nearest (:func:`curate.dedup.nearest_pairs`; ties by
+    store row)."""
     import time
 
     n = len(store)
@@ -286,11 +291,11 @@ def ivf_pairs(
                 lambda key: search_list(tmp, key, store, threshold), range(lists)
             ):
                 for i, j, s in pairs:
-                    found[(i, j)] = s
+                    found[(i, j)] = max(s, found.get((i, j), s))
         report.search_s = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = [(i, j, s) for (i, j), s in sorted(found.items())]
+    out = nearest_pairs((i, j, s) for (i, j), s in sorted(found.items()))
     report.pairs = len(out)
     logger.info(
         "ivf dedup: %d clips, %d lists (largest %d), %d pairs >= %.3f",
@@ -304,21 +309,11 @@ def ivf_pairs(
 
 
 def _pairs_in(ids: np.ndarray, x: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Exact pairs above ``threshold`` among rows ``x`` with global ``ids``."""
-    import faiss
-
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(np.ascontiguousarray(x))
-    low = at_least(threshold)
-    # faiss' range search keeps scores strictly above the radius
-    lims, dist, nbr = index.range_search(x, float(np.nextafter(np.float32(low), -np.inf)))
-    out = []
-    for a in range(len(x)):
-        for s, b in zip(dist[lims[a] : lims[a + 1]], nbr[lims[a] : lims[a + 1]]):
-            i, j = int(ids[a]), int(ids[b])
-            if i < j and s >= low:
-                out.append((i, j, float(s)))
-    return out
+    """Exact pairs above ``threshold`` among rows ``x`` with global ``ids`` (the canonical
+    order, which breaks ties): each row's :data:`curate.dedup.MAX_NEIGHBOURS` nearest."""
+    ids = np.asarray(ids, np.int64)
+    q, nbr, s = range_neighbours(x, threshold, neighbours=MAX_NEIGHBOURS, rank=ids)
+    return _undirected(ids[q], ids[nbr], s)
 
 
 def exact_neighbours(

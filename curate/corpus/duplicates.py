@@ -24,6 +24,7 @@ from ..dedup import (
     ClipRows,
     Deduplicator,
     duplicate_map,
+    nearest_pairs,
 )
 from ..dedup_index import (
     SignatureStore,
@@ -167,12 +168,14 @@ def search_list_group(scratch: Path, dedup_dir: Path, group: int, threshold: flo
 
 
 def found_pairs(scratch: Path) -> list[tuple[int, int, float]]:
-    """The pairs the list groups found, each once (a pair may sit in two lists)."""
+    """The pairs the list groups found, each once (a pair may sit in two lists), each clip's
+    :data:`curate.dedup.MAX_NEIGHBOURS` nearest among them (store rows are in clip id
+    order, the canonical order that breaks ties)."""
     found: dict[tuple[int, int], float] = {}
     for file in sorted((scratch / "pairs").glob("g-*.npy")):
         for i, j, s in np.load(file).tolist():
-            found[(i, j)] = s
-    return [(i, j, s) for (i, j), s in sorted(found.items())]
+            found[(i, j)] = max(s, found.get((i, j), s))
+    return nearest_pairs((i, j, s) for (i, j), s in sorted(found.items()))
 
 
 def list_duplicates(

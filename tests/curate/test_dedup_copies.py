@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 
 from curate.dedup import (
     DEDUP_COLUMNS,
+    MAX_NEIGHBOURS,
     ClipRows,
     Deduplicator,
+    clip_rank,
     clip_signature,
     duplicate_map,
     similar_pairs,
@@ -253,3 +255,82 @@ def test_exact_search_or_not_counts_this_runs_kept_clips(tmp_path):
     assert plan.exact and plan.work_clips == 1000 and plan.dedup_clips == 200
     plan = phase.make_plan(keep)
     assert plan.dedup_clips == 1000 and not plan.exact
+
+
+# --- a shot shared by many videos -----------------------------------------------------------
+
+
+def _shared_intro(videos=300, seed=3):
+    """``videos`` videos, each a shared intro card (re-encoded) and 4 scenes of its own."""
+    rng = np.random.default_rng(seed)
+    intro = _unit(rng.normal(size=64))
+    spec = {
+        f"v{v:04d}": [(intro, 0.5)] + [(_unit(rng.normal(size=64)), 0.5) for _ in range(4)]
+        for v in range(videos)
+    }
+    return _rows(spec, seed=seed)
+
+
+def test_a_shot_shared_by_many_videos_is_one_group_with_pairs_bounded(tmp_path, monkeypatch):
+    import curate.dedup as dedup_module
+
+    videos = 300
+    rows = _shared_intro(videos)
+    sigs = np.stack([r["dedup_signature"] for r in rows])
+    handed: dict[str, int] = {}
+    real = dedup_module.consistent_matches
+
+    def counting(rows_, pairs, signatures, **settings):
+        pairs = list(pairs)
+        handed["pairs"] = len(pairs)
+        handed["video_pairs"] = len(
+            {tuple(sorted((rows_[i]["video_id"], rows_[j]["video_id"]))) for i, j, _ in pairs}
+        )
+        return real(rows_, pairs, signatures, **settings)
+
+    monkeypatch.setattr(dedup_module, "consistent_matches", counting)
+    dedup = Deduplicator.at(0.95)
+    dup = dedup.duplicates(rows)
+    intros = sorted(r["clip_id"] for r in rows if r["scene_index"] == 0)
+    # one group of every intro, the best (ties: the first clip id) kept; no other scene touched
+    assert dup == {c: intros[0] for c in intros[1:]}
+    # every pair among the intros is above the threshold, but each clip keeps its nearest
+    every = videos * (videos - 1) // 2
+    assert len(similar_pairs(sigs, 0.95, neighbours=None)) == every
+    bound = videos * MAX_NEIGHBOURS
+    assert 0 < handed["pairs"] <= bound < every and len(rows) * MAX_NEIGHBOURS >= bound
+    assert handed["video_pairs"] <= bound
+    monkeypatch.setattr(dedup_module, "consistent_matches", real)
+
+    # range search in small blocks of queries, inverted lists and the store find the same
+    pairs = {(i, j) for i, j, _ in similar_pairs(sigs, 0.95)}
+    monkeypatch.setattr(dedup_module, "RANGE_BLOCK_RESULTS", 50_000)
+    assert {(i, j) for i, j, _ in similar_pairs(sigs, 0.95)} == pairs
+    store = SignatureStore(tmp_path / "s.sig", sigs.shape[1], dtype=np.float32)
+    store.append(sigs)
+    found, report = ivf_pairs(store, 0.95, n_lists=4, nprobe=4, workers=1)
+    assert {(i, j) for i, j, _ in found} == pairs and report.pairs == len(pairs)
+    assert _on_disk(tmp_path / "disk", rows, dedup) == dup
+
+
+def test_a_shared_shot_gives_the_same_groups_whatever_the_row_order():
+    rows = _shared_intro(300)
+    dedup = Deduplicator.at(0.95)
+    dup = dedup.duplicates(rows)
+    shuffled = [rows[i] for i in np.random.default_rng(7).permutation(len(rows))]
+    assert dedup.duplicates(shuffled) == dup
+
+    def clip_pairs(rs):
+        sigs = np.stack([r["dedup_signature"] for r in rs])
+        ids = [r["clip_id"] for r in rs]
+        return {
+            tuple(sorted((ids[i], ids[j])))
+            for i, j, _ in similar_pairs(sigs, 0.95, rank=clip_rank(rs))
+        }
+
+    assert clip_pairs(shuffled) == clip_pairs(rows)
+    # centroid groups (above the exact limit): the same, in either order
+    grouped = Deduplicator.at(0.95, exact_limit=100)
+    marked = {r["clip_id"]: r.get("duplicate_of") for r in grouped.process_all(rows)}
+    again = {r["clip_id"]: r.get("duplicate_of") for r in grouped.process_all(shuffled)}
+    assert again == marked and {k: v for k, v in marked.items() if v} == dup
