@@ -36,7 +36,7 @@ import diffusers
 import torch
 from safetensors import SafetensorError
 
-from storygen.pipeline import StoryVideoPipeline, TrainingFreeStoryPipeline
+from storygen.pipeline import StoryVideoPipeline, TrainingFreeStoryPipeline, loading_as_saved
 from storygen.settings import SCHEDULERS
 from storygen.training_free import check_model_files, is_t2v_layout, read_model_index
 
@@ -100,17 +100,7 @@ def load_pipeline(
     check_weight_files(path)
     with _loading_bars(progress):
         if not is_t2v_layout(path) and trained_as_text_to_video(path):
-            import tempfile
-
-            from storygen.training.folder import to_t2v_folder
-
-            load_parts(path)  # the folder's weights fit it: else a clear error, not the export's
-            with tempfile.TemporaryDirectory() as tmp:  # the weights are in memory once loaded
-                pipe = _from_pretrained(
-                    TrainingFreeStoryPipeline,
-                    to_t2v_folder(os.fspath(path), os.path.join(tmp, "t2v")),
-                    kwargs,
-                )
+            pipe = load_text_to_video_trained(path, kwargs)
         else:
             cls = TrainingFreeStoryPipeline if is_t2v_layout(path) else StoryVideoPipeline
             pipe = _from_pretrained(cls, path, kwargs)
@@ -119,9 +109,34 @@ def load_pipeline(
     return pipe
 
 
+def load_text_to_video_trained(
+    path: str | os.PathLike, kwargs: dict[str, Any] | None = None
+) -> TrainingFreeStoryPipeline:
+    """A masked-layout folder whose UNet was last trained as plain text-to-video
+    (:func:`trained_as_text_to_video`), exported to the ModelScope layout and loaded as the
+    :class:`TrainingFreeStoryPipeline` it is. ``kwargs``: ``from_pretrained``'s.
+
+    :func:`load_pipeline` and ``StoryVideoPipeline.from_pretrained`` both load such a folder
+    this way (neither calls the other for it: ``from_pretrained`` on the training-free class
+    does not come back here)."""
+    import tempfile
+
+    from storygen.training.folder import to_t2v_folder
+
+    kwargs = dict(kwargs or {})
+    load_parts(path)  # the folder's weights fit it: else a clear error, not the export's
+    with tempfile.TemporaryDirectory() as tmp:  # the weights are in memory once loaded
+        with loading_as_saved():  # the export loads the folder as it is: no recursion
+            exported = to_t2v_folder(os.fspath(path), os.path.join(tmp, "t2v"))
+        pipe = _from_pretrained(TrainingFreeStoryPipeline, exported, kwargs)
+    return pipe  # type: ignore[no-any-return]
+
+
 def _from_pretrained(cls: Any, path: str | os.PathLike, kwargs: dict[str, Any]) -> Any:
-    """``cls.from_pretrained`` on the parts :func:`load_parts` loaded and checked."""
+    """``cls.from_pretrained`` on the parts :func:`load_parts` loaded and checked (a part
+    given in ``kwargs`` is taken as given)."""
     parts = load_parts(path, torch_dtype=kwargs.get("torch_dtype"))
+    parts = {name: part for name, part in parts.items() if name not in kwargs}
     try:
         return cls.from_pretrained(str(path), **kwargs, **parts)
     except (RuntimeError, SafetensorError) as exc:  # a tokenizer or scheduler file

@@ -29,16 +29,18 @@ base class's ``from_pretrained`` returns it for a ModelScope-layout folder.)
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import hashlib
 import logging
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -64,11 +66,15 @@ from storygen.plan import (
     segment_progress,
     with_prompts,
 )
+from storygen.plan.limits import check_length
 from storygen.runner import CallBatch, CallResult, GenerationStats, PlanRunner
 from storygen.sampling import CallInputs, check_scheduler, guided_output, sample_calls
+from storygen.script import StoryScript
 from storygen.settings import (
     BUILTIN_DEFAULTS,
     RenderSettings,
+    _check_sampling_value,
+    check_frame_size,
     read_sampling_json,
     write_sampling_json,
 )
@@ -92,18 +98,71 @@ class StoryVideoOutput(BaseOutput):
     keyframes: dict[int, np.ndarray] = field(default_factory=dict)
 
 
+#: set while a folder trained as text-to-video is exported (which loads it as it is, masked):
+#: ``StoryVideoPipeline.from_pretrained`` then loads it as it is, not exports it again
+_LOAD_AS_SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "storygen_load_as_saved", default=False
+)
+
+
+@contextlib.contextmanager
+def loading_as_saved() -> Any:
+    """Within the block ``StoryVideoPipeline.from_pretrained`` loads a masked-layout folder
+    trained as text-to-video as the masked pipeline its files describe (for the export)."""
+    token = _LOAD_AS_SAVED.set(True)
+    try:
+        yield
+    finally:
+        _LOAD_AS_SAVED.reset(token)
+
+
+#: ``__call__``'s output with ``return_dict=False``: (frames, plan, stats, keyframes)
+StoryVideoTuple = tuple[Any, Plan, GenerationStats, dict[int, np.ndarray]]
+
+
 def call_seed(seed: int, level: int, index: int) -> int:
     """A per-call seed from (seed, level, call index): independent of batching and devices."""
     digest = hashlib.sha256(f"storygen:{seed}:{level}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer of any kind (Python's, numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number of any kind (Python's, numpy's), not a bool."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(value)
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A numpy integer or float as Python's int or float; anything else as it is."""
+    if _is_int(value) and not isinstance(value, int):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
 def _check_seed(generator: Any) -> None:
-    if isinstance(generator, bool) or not isinstance(generator, int):
+    if not _is_int(generator):
         raise ValueError(
             f"generator must be one seed or one torch.Generator, got {generator!r}: "
             "every call derives its own noise from it"
         )
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: its repr, cut short, and its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -129,12 +188,14 @@ class StoryVideoPipeline(DiffusionPipeline):
     model_cpu_offload_seq: Any = "text_encoder->unet->local_unet->vae"
     _optional_components = ["vae", "local_unet"]
 
-    #: the folder's recommended sampling settings (``sampling.json``): defaults of ``__call__``
-    sampling: dict[str, Any] = {}
+    #: the folder's recommended sampling settings (``sampling.json``): defaults of ``__call__``;
+    #: a dict of each pipeline's own (set in ``__init__``), never shared between pipelines
+    sampling: dict[str, Any]
 
-    #: training-free defaults (RePaint): repeat each window of ``jump_length`` steps this many
-    #: times; a masked model needs no resampling
-    default_resample_steps = 1
+    #: training-free defaults (RePaint), for any UNet but a :class:`MaskedUNet3D`, whatever
+    #: the pipeline class: repeat each window of ``jump_length`` steps this many times; a
+    #: masked model needs no resampling (1 and 1)
+    default_resample_steps = 2
     default_jump_length = 1
 
     def __init__(
@@ -147,6 +208,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         local_unet: Any = None,
     ) -> None:
         super().__init__()
+        self.sampling = {}
         self.register_modules(
             unet=unet,
             scheduler=scheduler,
@@ -164,7 +226,9 @@ class StoryVideoPipeline(DiffusionPipeline):
         """Load a model folder in either layout.
 
         A ModelScope-layout text-to-video folder (``TextToVideoSDPipeline``'s) loads as a
-        :class:`TrainingFreeStoryPipeline` when called on this class. A missing config or
+        :class:`TrainingFreeStoryPipeline` when called on this class, and so does a folder
+        whose UNet was last trained as plain text-to-video (``storygen train
+        --text-to-video 1``), as :func:`storygen.loading.load_pipeline` loads it. A missing config or
         weight file raises FileNotFoundError naming it.
         """
         path = Path(pretrained_model_name_or_path)
@@ -173,6 +237,14 @@ class StoryVideoPipeline(DiffusionPipeline):
         check_model_files(path)
         if cls is StoryVideoPipeline and is_t2v_layout(path):
             cls = TrainingFreeStoryPipeline
+        elif cls is StoryVideoPipeline and "unet" not in kwargs and not _LOAD_AS_SAVED.get():
+            # a masked-layout folder trained as plain text-to-video loads as load_pipeline
+            # loads it: exported, as a TrainingFreeStoryPipeline (imported here: loading
+            # imports this module)
+            from storygen.loading import load_text_to_video_trained, trained_as_text_to_video
+
+            if trained_as_text_to_video(path):
+                return load_text_to_video_trained(path, kwargs)
         pipe = super().from_pretrained(str(path), **kwargs)
         pipe.sampling = read_sampling_json(path)
         return pipe
@@ -233,9 +305,15 @@ class StoryVideoPipeline(DiffusionPipeline):
         jump_length: int,
         generator: torch.Generator | int | None = None,
         reconstruction_guidance: float = 0.0,
+        negative_prompt: str | None = "",
     ) -> None:
-        if prompt is None or (isinstance(prompt, (str, list, tuple)) and len(prompt) == 0):
-            raise ValueError("prompt must be a string, a list of per-frame prompts or a script")
+        if not isinstance(prompt, (str, list, tuple, StoryScript)) or (
+            isinstance(prompt, (str, list, tuple)) and len(prompt) == 0
+        ):
+            raise ValueError(
+                "prompt must be a string, a list of per-frame prompts or a StoryScript, "
+                f"got {_shown(prompt)}"
+            )
         if isinstance(prompt, (list, tuple)):
             if not all(isinstance(p, str) for p in prompt):
                 raise ValueError("a prompt list must hold one string per frame")
@@ -243,8 +321,17 @@ class StoryVideoPipeline(DiffusionPipeline):
                 raise ValueError(f"got {len(prompt)} per-frame prompts for num_frames={num_frames}")
         if isinstance(prompt, str) and num_frames is None:
             raise ValueError("num_frames is required with a single prompt string")
+        if num_frames is not None:
+            # checked before anything is allocated for the frames
+            if not _is_int(num_frames) or num_frames < 1:
+                raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+            check_length(int(num_frames))
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise ValueError(
+                f"negative_prompt must be a string or None, got {_shown(negative_prompt)}"
+            )
         if micro_batch != "auto" and (
-            isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1
+            not _is_int(micro_batch) or micro_batch < 1  # type: ignore[operator]
         ):
             raise ValueError(f"micro_batch must be an integer >= 1 or 'auto', got {micro_batch!r}")
         for name, value, low in (
@@ -253,10 +340,12 @@ class StoryVideoPipeline(DiffusionPipeline):
             ("resample_steps", resample_steps, 1),
             ("jump_length", jump_length, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not _is_int(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        # the same rule as the CLI's and sampling.json's: a finite number >= 0
+        _check_sampling_value("guidance_scale", guidance_scale)
+        # positive integers no larger than the CLI's cap, before anything is allocated
+        check_frame_size(_plain(height), _plain(width))
         factor = self.vae_scale
         if height % factor or width % factor or height < factor or width < factor:
             raise ValueError(
@@ -266,11 +355,7 @@ class StoryVideoPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             _check_seed(generator)
-        if not (
-            isinstance(reconstruction_guidance, (int, float))
-            and math.isfinite(reconstruction_guidance)
-            and reconstruction_guidance >= 0
-        ):
+        if not (_is_real(reconstruction_guidance) and reconstruction_guidance >= 0):
             raise ValueError(
                 f"reconstruction_guidance must be a number >= 0, got {reconstruction_guidance!r}"
             )
@@ -307,7 +392,13 @@ class StoryVideoPipeline(DiffusionPipeline):
                 policy=policy,
                 overlap=overlap,
             )
-        prompts = [prompt] * int(num_frames or 0) if isinstance(prompt, str) else list(prompt)
+        if isinstance(prompt, str):
+            if not _is_int(num_frames) or num_frames < 1:  # type: ignore[operator]
+                raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+            check_length(int(num_frames))  # type: ignore[arg-type]
+            prompts = [prompt] * int(num_frames)  # type: ignore[arg-type]
+        else:
+            prompts = list(prompt)
         check_policy_options(policy, depth, overlap)
         if policy == AUTOREGRESSIVE:
             plan = autoregressive_plan(
@@ -321,9 +412,19 @@ class StoryVideoPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ text
     def encode_prompt(
-        self, prompts: Sequence[str], negative_prompt: str
+        self, prompts: str | Sequence[str], negative_prompt: str | None = ""
     ) -> tuple[PromptCache, torch.Tensor]:
-        """Encode every distinct prompt once; returns the table and the negative embedding."""
+        """Encode every distinct prompt once; returns the table and the negative embedding.
+
+        ``prompts``: one prompt (a string) or several; ``negative_prompt`` None is ``""``."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if negative_prompt is None:
+            negative_prompt = ""
+        if not isinstance(negative_prompt, str):
+            raise ValueError(
+                f"negative_prompt must be a string or None, got {_shown(negative_prompt)}"
+            )
         cache = PromptCache(self.tokenizer, self.text_encoder)
         cache.add(prompts)
         negative = cache.get([negative_prompt])[0]
@@ -461,7 +562,27 @@ class StoryVideoPipeline(DiffusionPipeline):
     decode_frames = decode
 
     # ------------------------------------------------------------------ main
-    @torch.no_grad()
+    @overload
+    def __call__(
+        self,
+        prompt: Any,
+        num_frames: int | None = None,
+        *,
+        return_dict: Literal[False],
+        **kwargs: Any,
+    ) -> StoryVideoTuple: ...
+
+    @overload
+    def __call__(
+        self,
+        prompt: Any,
+        num_frames: int | None = None,
+        *,
+        return_dict: Literal[True] = True,
+        **kwargs: Any,
+    ) -> StoryVideoOutput: ...
+
+    @torch.no_grad()  # type: ignore[misc]
     def __call__(
         self,
         prompt: Any,
@@ -474,7 +595,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         overlap: int = 1,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        negative_prompt: str = "",
+        negative_prompt: str | None = "",
         generator: torch.Generator | int | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -482,7 +603,7 @@ class StoryVideoPipeline(DiffusionPipeline):
         output_type: str | None = "np",
         output_path: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
-        devices: Sequence[str | torch.device] | None = None,
+        devices: Sequence[str | torch.device] | str | torch.device | None = None,
         resample_steps: int | None = None,
         jump_length: int | None = None,
         reconstruction_guidance: float = 0.0,
@@ -492,7 +613,8 @@ class StoryVideoPipeline(DiffusionPipeline):
         compile: str = "auto",
         cudnn_autotune: bool = True,
         speedups: str | Sequence[str] = "auto",
-    ) -> StoryVideoOutput:
+        return_dict: bool = True,
+    ) -> StoryVideoOutput | StoryVideoTuple:
         """Render a story.
 
         ``prompt``: one string for every frame, a list with one prompt per frame, or a
@@ -528,6 +650,8 @@ class StoryVideoPipeline(DiffusionPipeline):
         blocks one by one as ``"regional"`` does (whole passes with the ``cgraph`` speed-up or
         a UNet without those blocks; see :mod:`storygen.accel`). ``speedups``: the UNet speed-ups
         (:data:`storygen.accel.SPEEDUPS`), ``"auto"`` for the device's defaults, or ``"none"``.
+        ``return_dict=False``: the output as a tuple, as diffusers pipelines give it:
+        ``(frames, plan, stats, keyframes)`` (``frames`` first even where it is None).
         """
         started = time.perf_counter()
 
@@ -590,6 +714,8 @@ class StoryVideoPipeline(DiffusionPipeline):
             started=started,
         )
         out.stats.set_stages(text=text_s)
+        if not return_dict:
+            return (out.frames, out.plan, out.stats, out.keyframes)
         return out
 
     def _settings(
@@ -607,16 +733,47 @@ class StoryVideoPipeline(DiffusionPipeline):
         resample_steps: int | None,
         jump_length: int | None,
         reconstruction_guidance: float,
-        negative_prompt: str,
+        negative_prompt: str | None,
         micro_batch: int | str,
-        devices: Sequence[str | torch.device] | None,
+        devices: Sequence[str | torch.device] | str | torch.device | None,
         progress: bool,
         compile: str = "auto",
         cudnn_autotune: bool = True,
         speedups: str | Sequence[str] = "auto",
     ) -> tuple[RenderSettings, int]:
         """The render's settings and frames per call, the model's defaults filled in (its
-        sampling.json, else the built-in ones), after :meth:`check_inputs`."""
+        sampling.json, else the built-in ones), after :meth:`check_inputs`. numpy numbers are
+        taken as Python's; one device (a string or ``torch.device``) is a list of one."""
+        if isinstance(devices, (str, torch.device)):
+            devices = [devices]
+        (
+            num_frames,
+            generator,
+            frames_per_call,
+            num_inference_steps,
+            guidance_scale,
+            height,
+            width,
+            resample_steps,
+            jump_length,
+            reconstruction_guidance,
+            micro_batch,
+        ) = (
+            _plain(v)
+            for v in (
+                num_frames,
+                generator,
+                frames_per_call,
+                num_inference_steps,
+                guidance_scale,
+                height,
+                width,
+                resample_steps,
+                jump_length,
+                reconstruction_guidance,
+                micro_batch,
+            )
+        )
         recommended = {**BUILTIN_DEFAULTS, **self.sampling}
         if num_inference_steps is None:
             num_inference_steps = recommended["num_inference_steps"]
@@ -630,10 +787,13 @@ class StoryVideoPipeline(DiffusionPipeline):
             height = recommended["height"] or default_h
         if width is None:
             width = recommended["width"] or default_w
+        # keyed on the UNet, not the pipeline class: an AutoregressiveStoryPipeline (or a
+        # StoryVideoPipeline) over a text-to-video UNet resamples as the training-free one
+        training_free = not isinstance(self.unet, MaskedUNet3D)
         if resample_steps is None:
-            resample_steps = 1 if self.masked else self.default_resample_steps
+            resample_steps = self.default_resample_steps if training_free else 1
         if jump_length is None:
-            jump_length = self.default_jump_length
+            jump_length = self.default_jump_length if training_free else 1
         self.check_inputs(
             prompt,
             num_frames,
@@ -648,15 +808,16 @@ class StoryVideoPipeline(DiffusionPipeline):
             jump_length,
             generator,
             reconstruction_guidance,
+            negative_prompt,
         )
         check_scheduler(self.scheduler)
         device_type = torch.device((devices or [self.unet.device])[0]).type
         check_render_speed(compile, speedups, device_type)  # ValueError: not a choice
         settings = RenderSettings(
             seed=self.seed_of(generator),
-            negative_prompt=negative_prompt,
+            negative_prompt=negative_prompt or "",
             num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
+            guidance_scale=float(guidance_scale),
             height=height,
             width=width,
             resample_steps=resample_steps,
@@ -728,7 +889,8 @@ class StoryVideoPipeline(DiffusionPipeline):
 class TrainingFreeStoryPipeline(StoryVideoPipeline):
     """:class:`StoryVideoPipeline` over an off-the-shelf text-to-video UNet.
 
-    Differs only in its defaults: RePaint resampling is on (each step denoised twice).
+    Differs only in ``masked`` (always False); RePaint resampling is on (each step denoised
+    twice) as it is for any pipeline over a UNet that is not a :class:`MaskedUNet3D`.
     Load with ``TrainingFreeStoryPipeline.from_pretrained(folder)`` on a folder that
     ``TextToVideoSDPipeline.save_pretrained`` wrote (e.g. ModelScope's ``text-to-video-ms-1.7b``);
     ``StoryVideoPipeline.from_pretrained`` returns one for such a folder, which is why the two

@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from storygen.plan import FPS_RANGE, FRAMES_PER_CALL_RANGE
 
@@ -135,8 +138,10 @@ def check_frame_size(height: int, width: int, limit: int = MAX_FRAME_SIZE) -> No
 
 # --------------------------------------------------------------------- sampling.json
 def _positive_int(value: Any) -> int | None:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return None
+    if isinstance(value, numbers.Integral):
+        value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return value if isinstance(value, int) and value >= 1 else None
@@ -159,7 +164,8 @@ def _check_sampling_value(key: str, value: Any) -> Any:
         if number is None or not lo <= number <= hi:
             raise ValueError(f"frames_per_call must be an integer from {lo} to {hi}, got {value!r}")
         return number
-    finite = not isinstance(value, bool) and isinstance(value, (int, float))
+    # any real number (numpy's too), not a bool
+    finite = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
     finite = finite and math.isfinite(value)
     if key == "guidance_scale":
         if not finite or value < 0:
