@@ -31,6 +31,14 @@ logger = logging.getLogger(__name__)
 _WS = re.compile(r"\s+")
 # C0/C1 control characters other than whitespace; they are never meaningful in a caption
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# the joiners some scripts and emoji sequences need among the format characters (Cf), which are
+# otherwise invisible marks (zero-width spaces, byte-order marks, direction overrides)
+_JOINERS = frozenset("\u200c\u200d")
+# HTML formatting tags scraped captions carry, literal or escaped ("&lt;i&gt;"): markup, not text
+_TAG = re.compile(
+    r"<\s*/?\s*(?:a|b|big|br|div|em|font|i|p|small|span|strong|sub|sup|u)\b[^<>]{0,200}>",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,13 @@ class CleanCaption:
 
 
 def normalize_caption(text: str) -> str:
-    """NFC-normalise, drop control characters, collapse whitespace runs, strip the ends."""
+    """NFC-normalise, drop control characters and invisible format characters (zero-width
+    spaces, byte-order marks, direction marks; the joiners stay), collapse whitespace runs,
+    strip the ends."""
     text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub(" ", text)
+    if not text.isascii():
+        text = "".join(ch for ch in text if ch in _JOINERS or unicodedata.category(ch) != "Cf")
     return _WS.sub(" ", text).strip()
 
 
@@ -75,7 +87,9 @@ def clean_caption(raw: Any, *, where: str = "") -> CleanCaption:
     """Clean one caption of any type: ``str``, UTF-8 ``bytes`` or ``None``.
 
     HTML character references are decoded ("Tom &amp; Jerry" is "Tom & Jerry": scraped
-    captions carry them). Never raises for bad text; the problem becomes ``reason`` + ``note``.
+    captions carry them) and HTML formatting tags removed ("<i>A dog</i>" is "A dog"); a
+    reference to no character ("&#0;") is dropped as a control character would be. Never raises
+    for bad text; the problem becomes ``reason`` + ``note``.
     """
     if raw is None:
         return CleanCaption("", EMPTY_CAPTION, "no caption")
@@ -86,11 +100,19 @@ def clean_caption(raw: Any, *, where: str = "") -> CleanCaption:
             return CleanCaption("", INVALID_CAPTION, exc.reason)
     if not isinstance(raw, str):
         return CleanCaption("", INVALID_CAPTION, f"caption must be text, got {type(raw).__name__}")
-    if "&" in raw:
-        raw = html.unescape(raw)
     if "\ufffd" in raw:
         # U+FFFD means an earlier stage already decoded invalid bytes with errors="replace"
         return CleanCaption("", INVALID_CAPTION, "caption holds U+FFFD replacement characters")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's "\ud83d": half of an emoji's pair
+        where_ = f"lone surrogate U+{ord(raw[exc.start]):04X}"
+        return CleanCaption("", INVALID_CAPTION, f"caption is not valid Unicode ({where_})")
+    if "&" in raw:
+        # a reference to no character (&#0;, &#xD800;) decodes to U+FFFD: dropped like a control
+        raw = html.unescape(raw).replace("\ufffd", " ")
+    if "<" in raw:
+        raw = _TAG.sub(" ", raw)
     text = normalize_caption(raw)
     if not text:
         return CleanCaption("", EMPTY_CAPTION, "caption is empty or whitespace only")

@@ -8,12 +8,14 @@ import pytest
 
 from curate.captions import (
     CaptionCleaner,
+    CleanCaption,
     clean_caption,
     decode_caption,
     normalize_caption,
     split_caption,
 )
 from curate.errors import CaptionError
+from schemas.tables import INVALID_CAPTION
 
 
 @pytest.mark.parametrize(
@@ -152,3 +154,35 @@ def test_split_matches_the_shapes_world_connectors():
     rng = np.random.default_rng(0)
     for _ in range(20):
         assert split_caption(join_captions(caps, rng)) == caps
+
+
+def test_a_lone_surrogate_is_an_invalid_caption_not_a_crash_at_the_writer():
+    """JSON's "\\ud83d" (half of an emoji's pair) reaches the cleaner as a lone surrogate,
+    which no Parquet writer can encode."""
+    got = clean_caption("a red circle \ud83d moving")
+    assert (got.text, got.reason) == ("", INVALID_CAPTION)
+    assert got.note == "caption is not valid Unicode (lone surrogate U+D83D)"
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        ("Tom &#0; Jerry", "Tom Jerry"),  # a reference to no character: dropped like a NUL
+        ("\ufeffa dog", "a dog"),  # byte-order mark
+        ("a red\u200b circle", "a red circle"),  # zero-width space
+        ("\u202eA dog runs\u202c", "A dog runs"),  # direction override
+        ("a family: 👨\u200d👩\u200d👧", "a family: 👨\u200d👩\u200d👧"),  # joiners stay
+        ("&lt;i&gt;A dog&lt;/i&gt; runs &lt;br /&gt;", "A dog runs"),
+        ("<b>bold</b> dog <SPAN class='x'>jumps</SPAN>", "bold dog jumps"),
+        ("a <3 heart, x < y > z", "a <3 heart, x < y > z"),  # not markup
+    ],
+)
+def test_invisible_characters_and_markup_leave_the_caption(raw, text):
+    assert clean_caption(raw) == CleanCaption(text)
+
+
+def test_invisible_characters_do_not_split_one_prompt_into_several():
+    from curate.prompt_bank import clean_prompt_bank
+
+    bank = ["\ufeffa red circle", "a red circle moving up", "a red\u200b circle"]
+    assert clean_prompt_bank(bank) == ["a red circle moving up"]
