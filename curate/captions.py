@@ -36,7 +36,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _JOINERS = frozenset("\u200c\u200d")
 # HTML formatting tags scraped captions carry, literal or escaped ("&lt;i&gt;"): markup, not text
 _TAG = re.compile(
-    r"<\s*/?\s*(?:a|b|big|br|div|em|font|i|p|small|span|strong|sub|sup|u)\b[^<>]{0,200}>",
+    r"</?(?:a|b|big|br|div|em|font|i|p|small|span|strong|sub|sup|u)"
+    r"""(?:\s+[\w:-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>=]+))*\s*/?>""",
     re.IGNORECASE,
 )
 

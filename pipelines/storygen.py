@@ -501,7 +501,7 @@ def duplicate_stories(
     from storygen.script.parquet import duplicate_rows
 
     table = _stories_table(path)
-    columns = read_parquet(table, "stories").select(["story_id", "uri"]).to_pydict()
+    columns = read_parquet(table, "stories", columns=["story_id", "uri"]).to_pydict()
     rows_of: dict[Any, list[int]] = {}
     for i, sid in enumerate(columns["story_id"]):
         rows_of.setdefault(sid, []).append(i)

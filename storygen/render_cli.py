@@ -42,6 +42,7 @@ from storygen.settings import (
     Choice,
     check_frame_size,
     describe,
+    frame_size_limit,
 )
 
 logger = logging.getLogger(__name__)
@@ -668,7 +669,7 @@ def _render(
     """The render, its frames streamed to ``--out``."""
     hierarchical = args.mode == "hierarchical"
     try:
-        with frame_limit(args.max_frames):
+        with frame_limit(args.max_frames), frame_size_limit(args.max_frame_size):
             return pipe(
                 script,
                 num_frames,

@@ -11,11 +11,13 @@ Nothing here imports torch, so the command line can describe its defaults cheapl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,15 +126,39 @@ class RenderSettings:
 
 
 # --------------------------------------------------------------------- frame size
-def check_frame_size(height: int, width: int, limit: int = MAX_FRAME_SIZE) -> None:
-    """``ValueError`` when a side is not a positive integer or larger than ``limit`` pixels."""
+_SIZE_LIMIT: ContextVar[int] = ContextVar("storygen_frame_size_limit", default=MAX_FRAME_SIZE)
+
+
+@contextlib.contextmanager
+def frame_size_limit(limit: int) -> Iterator[int]:
+    """Renders inside the block may have sides of up to ``limit`` pixels (``--max-frame-size``;
+    :data:`MAX_FRAME_SIZE` otherwise), as :func:`storygen.plan.frame_limit` does for frames::
+
+        with frame_size_limit(8192):
+            pipe(script, height=4608, width=4608)
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"frame size limit must be a positive number of pixels, got {limit!r}")
+    token = _SIZE_LIMIT.set(limit)
+    try:
+        yield limit
+    finally:
+        _SIZE_LIMIT.reset(token)
+
+
+def check_frame_size(height: int, width: int, limit: int | None = None) -> None:
+    """``ValueError`` when a side is not a positive integer or larger than ``limit`` pixels
+    (by default the cap in force: :func:`frame_size_limit`)."""
+    if limit is None:
+        limit = _SIZE_LIMIT.get()
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive number of pixels, got {value!r}")
         if value > limit:
             raise ValueError(
                 f"{name} {value} is larger than the limit of {limit} pixels "
-                f"(frames of {height}×{width}; raise the limit with --max-frame-size)"
+                f"(frames of {height}×{width}; raise the limit with --max-frame-size, or "
+                "storygen.settings.frame_size_limit)"
             )
 
 

@@ -267,6 +267,12 @@ def plan_export(run_folder: str | os.PathLike[str], settings: ExportSettings) ->
     return Plan(jobs, failures, counts)
 
 
+#: how far below the export's fps a video may be and still be exported: NTSC rates (29.97 for
+#: 30, 23.976 for 24, 59.94 for 60) repeat one frame in about a thousand, under one in 60 of
+#: 16-frame samples, where 25 for 30 repeats one in six
+UPSAMPLE_TOLERANCE = 0.002
+
+
 def _refused_video(
     job: VideoJob, vclips: list[dict[str, Any]], settings: ExportSettings
 ) -> list[dict[str, Any]] | None:
@@ -291,7 +297,7 @@ def _refused_video(
     if problem is not None:
         return [_id_failure(i, job.uri, INVALID_VALUE, problem) for i in ids]
     fps = float(vclips[0]["fps"])
-    if fps < settings.fps and not settings.allow_upsample:
+    if fps < settings.fps * (1 - UPSAMPLE_TOLERANCE) and not settings.allow_upsample:
         why = (
             f"its video is {fps:g} fps, below the export's {settings.fps:g} fps: its samples "
             "would repeat source frames (export at its fps or lower, or pass allow_upsample "

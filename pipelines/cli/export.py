@@ -33,7 +33,8 @@ Read the shards with webdataset (wds.WebDataset("OUT/shard-{000000..000009}.tar"
 or `storygen train --shards OUT`.
 
 A video whose frame rate is below --fps is not exported (its clips are UpsampledSource rows
-in _failures.parquet: every sample would repeat source frames) unless --allow-upsample. A
+in _failures.parquet: its samples would repeat source frames) unless --allow-upsample; NTSC
+rates pass for their round ones (29.97 for 30, 23.976 for 24: 0.2 % slower or less). A
 video whose clips rows give a frame rate or span no window fits (InvalidValue) is a failures
 row too, and so, with --raw, is a video without a manifest caption (NoPrompt).
 

@@ -175,6 +175,8 @@ def test_a_lone_surrogate_is_an_invalid_caption_not_a_crash_at_the_writer():
         ("&lt;i&gt;A dog&lt;/i&gt; runs &lt;br /&gt;", "A dog runs"),
         ("<b>bold</b> dog <SPAN class='x'>jumps</SPAN>", "bold dog jumps"),
         ("a <3 heart, x < y > z", "a <3 heart, x < y > z"),  # not markup
+        ("a<b and c>d", "a<b and c>d"),  # a tag's name, but not a tag's shape
+        ('<a href="http://x" target=_blank>link</a> text', "link text"),
     ],
 )
 def test_invisible_characters_and_markup_leave_the_caption(raw, text):

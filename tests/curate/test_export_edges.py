@@ -120,6 +120,16 @@ def test_a_source_slower_than_the_export_fps_is_refused_unless_allowed(tmp_path)
     assert not _rows(plan.failures, "UpsampledSource")
 
 
+def test_an_ntsc_rate_passes_for_its_round_one(tmp_path):
+    """29.97 fps exported at 30 repeats one frame in about a thousand: exported; a video 1 %
+    slower is not."""
+    settings = ExportSettings(**{**SETTINGS.to_dict(), "fps": 30.0})
+    clips = _clips("ntsc", [(0, 200)], fps=30000 / 1001) + _clips("slower", [(0, 200)], fps=29.7)
+    plan = plan_export(write_run(tmp_path / "run", clips), settings)
+    assert [j.video_id for j in plan.jobs] == ["ntsc"]
+    assert set(_rows(plan.failures, "UpsampledSource")) == {"slower:0000"}
+
+
 def test_the_export_fps_is_bounded(tmp_path, capsys):
     from pipelines.cli import main
 

@@ -209,3 +209,21 @@ def test_return_dict_false_gives_a_tuple(pipe):
     assert sorted(keyframes) == sorted(out.keyframes)
     none = pipe(PROMPTS[:5], 5, return_dict=False, **{**RUN, "output_type": None})
     assert len(none) == 4 and none[0] is None
+
+
+def test_the_frame_size_cap_is_the_one_in_force():
+    """``--max-frame-size`` raises the cap for the render it wraps (the CLI checks the size
+    before loading, then renders inside ``frame_size_limit``)."""
+    from types import SimpleNamespace
+
+    from storygen.settings import MAX_FRAME_SIZE, check_frame_size, frame_size_limit
+
+    side = MAX_FRAME_SIZE + 512
+    args = (SimpleNamespace(vae_scale=8), "a dog", 16, 8, 10, 7.5, side, side, 1, None, 1, 1)
+    with pytest.raises(ValueError, match=f"height {side} is larger than the limit"):
+        StoryVideoPipeline.check_inputs(*args)
+    with frame_size_limit(2 * MAX_FRAME_SIZE):
+        StoryVideoPipeline.check_inputs(*args)
+        check_frame_size(side, side)
+    with pytest.raises(ValueError, match="larger than the limit"):
+        check_frame_size(side, side)
