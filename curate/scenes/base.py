@@ -121,6 +121,18 @@ class Detector(ABC):
         return []
 
 
+def check_frames(frames: np.ndarray, detector: str) -> None:
+    """``ValueError`` unless ``frames`` are what every detector reads: ``(n, h, w, 3)`` uint8
+    RGB (the numba path would truncate floats in [0, 1] to 0 and find nothing, OpenCV's would
+    fail on other channel counts)."""
+    shape, dtype = getattr(frames, "shape", None), getattr(frames, "dtype", None)
+    if dtype != np.uint8 or len(shape or ()) != 4 or shape[-1] != 3:
+        raise ValueError(
+            f"{detector} scene detector reads frames (n, height, width, 3) of uint8 RGB, got "
+            f"shape {shape} of {dtype}"
+        )
+
+
 #: mean level (0-255) below which a frame is black, for the fades at a video's ends
 EDGE_BLACK_LEVEL = 8.0
 

@@ -107,12 +107,14 @@ def detect_boundaries(
 def _outside_edge_fades(
     found: list[list[Boundary]], levels: np.ndarray, indices: np.ndarray
 ) -> list[list[Boundary]]:
-    """Each detector's boundaries less those inside the fades at the video's two ends."""
+    """Each detector's boundaries less those inside the fades at the video's two ends. A
+    boundary on a fade's first black frame at the end is kept, as one on the first frame after
+    a fade in is: it is a hard cut to black (a fade out ramps down before its black run)."""
     start, end = edge_fades(levels)
     if start == 0 and end == len(levels):
         return found
     first = int(indices[start]) if start < len(indices) else int(indices[-1]) + 1
-    last = int(indices[end]) if end < len(indices) else int(indices[-1]) + 1
+    last = int(indices[end]) + 1 if end < len(indices) else int(indices[-1]) + 1
     return [[b for b in out if first <= b.frame < last] for out in found]
 
 

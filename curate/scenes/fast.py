@@ -39,7 +39,7 @@ from typing import ClassVar
 import numba
 import numpy as np
 
-from curate.scenes.base import Boundary, Detector, StreamInfo
+from curate.scenes.base import Boundary, Detector, StreamInfo, check_frames
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ class FastDetector(Detector):
     def process(self, indices: np.ndarray, frames: np.ndarray) -> list[Boundary]:
         if len(frames) == 0:
             return []
+        check_frames(frames, "fast")
         frames = np.ascontiguousarray(frames)
         buf = frames if self._tail is None else np.concatenate([self._tail, frames])
         first_new = 0 if self._tail is None else len(self._tail)

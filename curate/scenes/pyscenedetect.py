@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from curate.scenes.base import Boundary, Detector, StreamInfo
+from curate.scenes.base import Boundary, Detector, StreamInfo, check_frames
 
 
 class PySceneDetectDetector(Detector):
@@ -52,6 +52,8 @@ class PySceneDetectDetector(Detector):
     def process(self, indices: np.ndarray, frames: np.ndarray) -> list[Boundary]:
         from scenedetect import FrameTimecode
 
+        if len(frames):
+            check_frames(frames, type(self).__name__)
         stride = self.stream.stride if hasattr(self, "stream") else 1
         out: list[Boundary] = []
         # scenedetect wants BGR; one flip per chunk, then contiguous frames for OpenCV

@@ -20,7 +20,7 @@ from curate.scenes import (
     split_scenes,
 )
 from curate.scenes.metrics import score_boundaries, score_cuts, score_gradual
-from curate.video import probe
+from curate.video import VideoInfo, probe
 from tests.badvideos import EXPECTED_ERRORS, MIN_FRAMES, encode_into, make_bad_videos
 
 
@@ -455,6 +455,42 @@ def test_a_black_opening_cut_to_a_scene_is_still_a_cut(tmp_path):
     )
     write_video(tmp_path / "black.mp4", black + scene, fps=25)
     assert [s.start_frame for s in split_scenes(tmp_path / "black.mp4", "fast")] == [0, 30]
+
+
+@pytest.mark.parametrize("detector", ["fast", "content"])
+def test_a_hard_cut_to_black_that_ends_the_video_is_still_a_cut(tmp_path, detector):
+    """The mirror of the black opening: the black tail is not a fade out, so its cut stays."""
+    from curate.shapes import SceneFacts, render_scene, write_video
+
+    black = [np.zeros((96, 160, 3), np.uint8)] * 30
+    scene = list(
+        render_scene(
+            SceneFacts("red", "circle", "still", "gray"), num_frames=60, width=160, height=96
+        )
+    )
+    write_video(tmp_path / "black.mp4", scene + black, fps=25)
+    assert [s.start_frame for s in split_scenes(tmp_path / "black.mp4", detector)] == [0, 60]
+
+
+@pytest.mark.parametrize("detector", ["fast", "content", "adaptive", "histogram"])
+@pytest.mark.parametrize(
+    "frames",
+    [
+        np.zeros((4, 8, 8, 3), np.float32),  # floats in [0, 1]: the numba path read zeros
+        np.zeros((4, 8, 8), np.uint8),  # grayscale
+        np.zeros((4, 8, 8, 4), np.uint8),  # RGBA
+    ],
+    ids=["float", "gray", "rgba"],
+)
+def test_detectors_refuse_frames_they_cannot_read_by_shape_and_dtype(detector, frames):
+    from curate.scenes.base import StreamInfo
+    from curate.scenes.detect import make_detector
+
+    info = VideoInfo("x", 4, 30.0, Fraction(30), 4 / 30, 8, 8, "h264", "mp4")
+    det = make_detector(detector)
+    det.reset(StreamInfo(info, (8, 8), 4))
+    with pytest.raises(ValueError, match=r"\(n, height, width, 3\) of uint8 RGB, got shape"):
+        det.process(np.arange(4), frames)
 
 
 def test_a_boundary_too_close_to_the_end_makes_no_short_last_scene(shapes_corpus):
