@@ -125,8 +125,9 @@ def check_frames(frames: np.ndarray, detector: str) -> None:
     """``ValueError`` unless ``frames`` are what every detector reads: ``(n, h, w, 3)`` uint8
     RGB (the numba path would truncate floats in [0, 1] to 0 and find nothing, OpenCV's would
     fail on other channel counts)."""
-    shape, dtype = getattr(frames, "shape", None), getattr(frames, "dtype", None)
-    if dtype != np.uint8 or len(shape or ()) != 4 or shape[-1] != 3:
+    shape: tuple = tuple(getattr(frames, "shape", ()))
+    dtype = getattr(frames, "dtype", None)
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
         raise ValueError(
             f"{detector} scene detector reads frames (n, height, width, 3) of uint8 RGB, got "
             f"shape {shape} of {dtype}"
