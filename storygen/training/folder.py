@@ -100,10 +100,11 @@ def to_t2v_folder(
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
     from storygen.models import PER_FRAME_INPUTS, spacing_embedding
-    from storygen.pipeline import StoryVideoPipeline
+    from storygen.pipeline import StoryVideoPipeline, loading_as_saved
     from storygen.settings import write_sampling_json
 
-    masked = StoryVideoPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
+    with loading_as_saved():  # the masked network as saved, not its export (which this is)
+        masked = StoryVideoPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
     unet = masked.unet
     config = {
         k: v

@@ -438,8 +438,8 @@ def test_text_to_video_run_exports_exactly_what_it_trained(tiny_folder, tmp_path
     from diffusers import UNet3DConditionModel
 
     from storygen.loading import load_pipeline
-    from storygen.models import unet3d_forward
-    from storygen.pipeline import StoryVideoPipeline, TrainingFreeStoryPipeline
+    from storygen.models import MaskedUNet3D, unet3d_forward
+    from storygen.pipeline import StoryVideoPipeline, TrainingFreeStoryPipeline, loading_as_saved
     from storygen.training.folder import to_t2v_folder
     from storygen.training.unet import TrainConfig, train
     from storygen.training_free import is_t2v_layout
@@ -469,7 +469,11 @@ def test_text_to_video_run_exports_exactly_what_it_trained(tiny_folder, tmp_path
     assert isinstance(load_pipeline(out), TrainingFreeStoryPipeline)
     assert isinstance(load_pipeline(grown), StoryVideoPipeline)
     assert not isinstance(load_pipeline(grown), TrainingFreeStoryPipeline)
-    masked = StoryVideoPipeline.from_pretrained(out).unet.float()
+    # from_pretrained gives the export too; the network as saved is the masked one
+    assert isinstance(StoryVideoPipeline.from_pretrained(out), TrainingFreeStoryPipeline)
+    with loading_as_saved():
+        masked = StoryVideoPipeline.from_pretrained(out).unet.float()
+    assert isinstance(masked, MaskedUNet3D)
     for flag in ("progress_embedding", "frame_position_embedding", "coordinate_channels"):
         assert not masked.config.get(flag, False)
     more = train(
