@@ -46,7 +46,9 @@ __all__ = [
     "SCHEDULERS",
     "ModelFolderError",
     "check_weight_files",
+    "load_checked",
     "load_pipeline",
+    "load_text_to_video_trained",
     "make_scheduler",
     "trained_as_text_to_video",
 ]
@@ -103,7 +105,7 @@ def load_pipeline(
             pipe = load_text_to_video_trained(path, kwargs)
         else:
             cls = TrainingFreeStoryPipeline if is_t2v_layout(path) else StoryVideoPipeline
-            pipe = _from_pretrained(cls, path, kwargs)
+            pipe = load_checked(cls, path, kwargs)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     return pipe
@@ -124,15 +126,16 @@ def load_text_to_video_trained(
     from storygen.training.folder import to_t2v_folder
 
     kwargs = dict(kwargs or {})
-    load_parts(path)  # the folder's weights fit it: else a clear error, not the export's
     with tempfile.TemporaryDirectory() as tmp:  # the weights are in memory once loaded
-        with loading_as_saved():  # the export loads the folder as it is: no recursion
+        # the export loads the folder as it is (no recursion), its parts checked
+        # (:func:`load_checked`): a folder whose weights do not fit gets a clear error
+        with loading_as_saved():
             exported = to_t2v_folder(os.fspath(path), os.path.join(tmp, "t2v"))
-        pipe = _from_pretrained(TrainingFreeStoryPipeline, exported, kwargs)
+        pipe = load_checked(TrainingFreeStoryPipeline, exported, kwargs)
     return pipe  # type: ignore[no-any-return]
 
 
-def _from_pretrained(cls: Any, path: str | os.PathLike, kwargs: dict[str, Any]) -> Any:
+def load_checked(cls: Any, path: str | os.PathLike, kwargs: dict[str, Any]) -> Any:
     """``cls.from_pretrained`` on the parts :func:`load_parts` loaded and checked (a part
     given in ``kwargs`` is taken as given)."""
     parts = load_parts(path, torch_dtype=kwargs.get("torch_dtype"))

@@ -758,9 +758,9 @@ class StoryVideoPipeline(DiffusionPipeline):
             jump_length,
             reconstruction_guidance,
             micro_batch,
-        ) = (
-            _plain(v)
-            for v in (
+        ) = map(
+            _plain,
+            (
                 num_frames,
                 generator,
                 frames_per_call,
@@ -772,7 +772,7 @@ class StoryVideoPipeline(DiffusionPipeline):
                 jump_length,
                 reconstruction_guidance,
                 micro_batch,
-            )
+            ),
         )
         recommended = {**BUILTIN_DEFAULTS, **self.sampling}
         if num_inference_steps is None:

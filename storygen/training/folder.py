@@ -99,12 +99,13 @@ def to_t2v_folder(
     """
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
+    from storygen.loading import load_checked
     from storygen.models import PER_FRAME_INPUTS, spacing_embedding
     from storygen.pipeline import StoryVideoPipeline, loading_as_saved
     from storygen.settings import write_sampling_json
 
     with loading_as_saved():  # the masked network as saved, not its export (which this is)
-        masked = StoryVideoPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
+        masked = load_checked(StoryVideoPipeline, src, {"torch_dtype": torch.float32})
     unet = masked.unet
     config = {
         k: v
